@@ -1,0 +1,177 @@
+"""Explicit, stateless randomness.
+
+Every random number evalkit draws is a pure function of ``(seed, key, shape)``: keys are derived
+with a counter-based mixer (the SplitMix64 finaliser, vectorised in torch). This gives three
+guarantees that a stateful ``torch.Generator`` cannot give when work is chunked:
+
+* the global RNGs of Python, NumPy and torch are never read or advanced;
+* a sample's draws do not depend on the batch size, the chunking, or the other samples in the
+  batch: sample keys are derived from the seed and the sample's own values
+  (:func:`sample_keys`), and each row of a perturbation batch carries its own key;
+* the same seed gives the same numbers on every run on the same device type.
+
+Keys are int64 tensors; arithmetic wraps modulo 2**64 as in two's complement. Bulk draws seed a
+``torch.Generator`` per key (see :func:`uniform`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+import numpy as np
+import torch
+
+__all__ = [
+    "combine",
+    "derive_seed",
+    "mix",
+    "normal",
+    "permutation_keys",
+    "resolve_seed",
+    "sample_keys",
+    "scalar_uniform",
+    "uniform",
+]
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_C1 = 0xBF58476D1CE4E5B9
+_C2 = 0x94D049BB133111EB
+
+
+def _signed(v: int) -> int:
+    v &= (1 << 64) - 1
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+_GOLDEN_S = _signed(_GOLDEN)
+_C1_S = _signed(_C1)
+_C2_S = _signed(_C2)
+
+
+def _shr(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def mix(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 finaliser: a bijective 64-bit mixing function on int64 tensors."""
+    z = (z ^ _shr(z, 30)) * _C1_S
+    z = (z ^ _shr(z, 27)) * _C2_S
+    return z ^ _shr(z, 31)
+
+
+def _mix_int(v: int) -> int:
+    v &= (1 << 64) - 1
+    v = ((v ^ (v >> 30)) * _C1) & ((1 << 64) - 1)
+    v = ((v ^ (v >> 27)) * _C2) & ((1 << 64) - 1)
+    return _signed(v ^ (v >> 31))
+
+
+def derive_seed(seed: int, *labels: int | str) -> int:
+    """A new 64-bit seed from ``seed`` and labels (e.g. a layer name or a stream number)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(int(seed).to_bytes(16, "little", signed=True))
+    for label in labels:
+        h.update(b"\x00" + str(label).encode())
+    return _signed(int.from_bytes(h.digest(), "little"))
+
+
+def resolve_seed(seed: int | np.integer | torch.Generator | None) -> int:
+    """Turn a user ``seed`` into a concrete integer.
+
+    ``None`` draws fresh entropy from the operating system (not from any global RNG), so runs
+    differ; the resolved value is recorded by the caller so that a run can be reproduced.
+    A ``torch.Generator`` is advanced by one draw.
+    """
+    if seed is None:
+        return secrets.randbits(63)
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(0, 2**62, (1,), generator=seed).item())
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(f"`seed` must be an int, a torch.Generator or None; got {seed!r}.")
+    return int(seed)
+
+
+def sample_keys(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """One int64 key per sample, from the seed and the sample's values only.
+
+    Two identical samples get the same key; a sample gets the same key in any batch.
+    """
+    arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy().reshape(x.shape[0], -1))
+    salt = int(seed).to_bytes(16, "little", signed=True)
+    keys = [
+        int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8, key=salt).digest(), "little")
+        for row in arr
+    ]
+    return torch.tensor([_signed(k) for k in keys], dtype=torch.int64, device=x.device)
+
+
+def combine(keys: torch.Tensor, *streams: int | torch.Tensor) -> torch.Tensor:
+    """Derive row keys from parent keys and stream indices (e.g. step, draw), elementwise."""
+    out = keys.to(torch.int64)
+    for s in streams:
+        if isinstance(s, torch.Tensor):
+            s = s.to(device=out.device, dtype=torch.int64)
+        else:
+            s = _mix_int(int(s) + 1)
+        out = mix(out * _GOLDEN_S + s + 1)
+    return out
+
+
+def _seeds(keys: torch.Tensor, stream: int) -> list[int]:
+    mixed = combine(keys, stream) & ((1 << 63) - 1)
+    return mixed.tolist()
+
+
+def scalar_uniform(keys: torch.Tensor, *, stream: int = 0) -> torch.Tensor:
+    """One U[0, 1) float64 draw per key, fully vectorised (for cheap per-row decisions)."""
+    bits = combine(keys, stream)
+    return _shr(bits, 11).to(torch.float64) * (1.0 / (1 << 53))
+
+
+def uniform(
+    keys: torch.Tensor,
+    shape: tuple[int, ...],
+    *,
+    low: float = 0.0,
+    high: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+    stream: int = 0,
+) -> torch.Tensor:
+    """U[low, high) draws of shape ``(len(keys), *shape)``, one independent stream per key.
+
+    Each key seeds a ``torch.Generator`` on the keys' device, so the draws of a row depend only
+    on its key and ``shape`` (not on the other rows). Call it with one key per *sample* and the
+    sample's whole block of draws in ``shape``: the cost is one generator seeding per key.
+    Note: the CPU generator uses 32 bits of the seed; CPU and CUDA streams differ.
+    """
+    out = torch.empty((keys.shape[0], *shape), dtype=dtype, device=keys.device)
+    gen = torch.Generator(device=keys.device)
+    for i, seed in enumerate(_seeds(keys, stream)):
+        gen.manual_seed(seed)
+        out[i].uniform_(low, high, generator=gen)
+    return out
+
+
+def normal(
+    keys: torch.Tensor,
+    shape: tuple[int, ...],
+    *,
+    mean: float = 0.0,
+    std: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+    stream: int = 0,
+) -> torch.Tensor:
+    """N(mean, std**2) draws of shape ``(len(keys), *shape)``; see :func:`uniform`."""
+    out = torch.empty((keys.shape[0], *shape), dtype=dtype, device=keys.device)
+    gen = torch.Generator(device=keys.device)
+    for i, seed in enumerate(_seeds(keys, stream)):
+        gen.manual_seed(seed)
+        out[i].normal_(mean, std, generator=gen)
+    return out
+
+
+def permutation_keys(keys: torch.Tensor, n: int, *, stream: int = 0) -> torch.Tensor:
+    """Random sort keys (B, n): ``argsort`` along the last axis is a uniform permutation."""
+    return uniform(keys, (n,), dtype=torch.float64, stream=stream)

@@ -1,0 +1,27 @@
+"""Evaluation metrics, one module per family, behind one protocol (:class:`Metric`).
+
+>>> import evalkit as ek
+>>> ek.metrics.list_metrics()                     # doctest: +SKIP
+>>> ek.metrics.get("PixelFlipping")(features_in_step=28)(model, x, y, a)   # doctest: +SKIP
+"""
+
+from .base import FAMILIES, Metric, MetricBatch, get, list_metrics, register
+from .normalise import (
+    get_normaliser,
+    normalise_by_average_second_moment_estimate,
+    normalise_by_max,
+    normalise_by_negative,
+)
+
+__all__ = [
+    "FAMILIES",
+    "Metric",
+    "MetricBatch",
+    "get",
+    "get_normaliser",
+    "list_metrics",
+    "normalise_by_average_second_moment_estimate",
+    "normalise_by_max",
+    "normalise_by_negative",
+    "register",
+]

@@ -1,0 +1,601 @@
+"""The metric protocol shared by every evaluation metric.
+
+``metric(model, x, y, a=None, *, s=None, explain_fn=None, explain_kwargs=None, batch_size=None,
+device=None) -> numpy.ndarray`` of per-sample scores, shape (N,). The base class does
+everything that is not specific to one metric, once: input conversion and validation, explaining
+on demand, per-sample ``normalise`` and ``abs``, seeding, NaN bookkeeping and aggregation.
+A metric implements :meth:`Metric._evaluate` on a :class:`MetricBatch` of tensors.
+
+Subclasses declare metadata as class attributes (``family``, ``higher_is_better``, ...) and are
+registered by class name on definition; see :func:`get` and :func:`list_metrics`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import _rng
+from .._validation import (
+    UndefinedScoreWarning,
+    as_tensor,
+    check_attributions,
+    check_bool,
+    check_inputs,
+    check_labels,
+    check_masks,
+    to_numpy,
+)
+from ..models import ModelWrapper, wrap_model
+from ..runner import ForwardRunner
+from .normalise import get_normaliser
+
+__all__ = ["FAMILIES", "Metric", "MetricBatch", "get", "list_metrics", "register"]
+
+FAMILIES = ("faithfulness", "robustness", "localisation", "complexity", "randomisation",
+            "axiomatic")
+
+_REGISTRY: dict[str, type[Metric]] = {}
+_ALIASES: dict[str, str] = {}
+
+# Quantus' __call__ keyword names, accepted so that ported code runs unchanged.
+_CALL_ALIASES = {
+    "x_batch": "x",
+    "y_batch": "y",
+    "a_batch": "a",
+    "s_batch": "s",
+    "explain_func": "explain_fn",
+    "explain_func_kwargs": "explain_kwargs",
+}
+
+
+@dataclass(eq=False)
+class MetricBatch:
+    """Everything a metric's ``_evaluate`` needs, as tensors on one device.
+
+    ``x`` (N, ...) inputs; ``y`` labels (or None); ``a`` attributions aligned with ``x``
+    (float64, after ``normalise``/``abs``; rows with non-finite values are zeroed and already
+    flagged NaN); ``s`` bool masks or None; ``model`` the wrapper (None for model-free metrics
+    called without one); ``runner`` the batched forward runner; ``seed`` the resolved seed.
+    """
+
+    metric: Metric
+    x: torch.Tensor
+    y: torch.Tensor | None
+    a: torch.Tensor | None
+    s: torch.Tensor | None
+    model: ModelWrapper | None
+    runner: ForwardRunner | None
+    seed: int
+    model_obj: Any = None
+    explain_fn: Callable[..., Any] | None = None
+    explain_kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    nan_reasons: list[str | None] = field(default_factory=list)
+    curves: torch.Tensor | None = None
+    curve_x: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    @cached_property
+    def keys(self) -> torch.Tensor:
+        """Per-sample random keys from the seed and each sample's values (see ``_rng``)."""
+        return _rng.sample_keys(self.x, self.seed)
+
+    def set_nan(self, mask: torch.Tensor | np.ndarray, reason: str) -> None:
+        """Mark samples (bool mask (N,)) as undefined with a reason (the first reason wins)."""
+        m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        for i in np.flatnonzero(m):
+            if self.nan_reasons[i] is None:
+                self.nan_reasons[i] = reason
+
+    def set_curves(self, curves: torch.Tensor, x_axis: torch.Tensor | np.ndarray) -> None:
+        """Expose per-sample curves (N, T) and their x-axis (T,) as ``metric.curves_``."""
+        self.curves = curves
+        self.curve_x = torch.as_tensor(x_axis)
+
+    def require_model(self) -> ModelWrapper:
+        if self.model is None or self.runner is None:
+            raise ValueError(f"{type(self.metric).__name__} needs a model; got model=None.")
+        return self.model
+
+    def explain(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Explain new inputs with the metric's explain function and preprocessing.
+
+        Called in chunks of the batch size; returns float64 attributions aligned with ``x``.
+        """
+        return self.metric._explain(self, x, y)
+
+
+class Metric:
+    """Base class of all metrics. See the module docstring for the calling protocol.
+
+    Parameters shared by every metric
+    ---------------------------------
+    abs:
+        Take the absolute value of attributions before scoring (``None``: the metric's default).
+    normalise:
+        Normalise each attribution map on its own (never over the batch) before scoring.
+    normalise_func:
+        ``"max"`` (a / max|a|), ``"negative"`` (positive and negative parts separately),
+        ``"second_moment"`` (a / sqrt(mean a^2)), or a callable on the (N, ...) batch.
+    softmax:
+        Score class probabilities instead of logits. ``None``: the wrapper's setting if the
+        model was wrapped with an explicit ``softmax``, else the metric's default.
+    aggregate:
+        A function applied to the per-sample scores (e.g. ``np.nanmean``); ``None`` returns
+        them as an (N,) array. Quantus' ``return_aggregate``/``aggregate_func`` are accepted.
+    seed:
+        An int, a ``torch.Generator`` or ``None`` (fresh entropy, recorded in ``seed_``).
+        Random draws depend only on the seed and each sample's values, never on the batch.
+    progress:
+        Show progress bars for long work.
+    disable_warnings:
+        Silence evalkit's warnings about undefined (NaN) scores.
+
+    Attributes set by each call
+    ---------------------------
+    scores_ : numpy.ndarray (N,)
+    nan_reasons_ : dict[int, str]
+        Why each NaN score is undefined, by sample index.
+    curves_, curve_x_ : numpy.ndarray or None
+        Per-sample curves (N, T) and their x-axis, for curve metrics.
+    seed_ : int
+        The seed actually used.
+    """
+
+    # ---- metadata (override in subclasses)
+    family: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    needs_masks: ClassVar[bool] = False
+    needs_gradients: ClassVar[bool] = False
+    needs_model: ClassVar[bool] = True
+    re_explains: ClassVar[bool] = False
+    stochastic: ClassVar[bool] = False
+    set_level: ClassVar[bool] = False
+    paper: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: metric-specific keyword arguments accepted by ``__call__`` (passed in ``batch.extra``)
+    call_options: ClassVar[tuple[str, ...]] = ()
+
+    # ---- defaults of the shared options (Quantus' per-metric defaults unless documented)
+    default_abs: ClassVar[bool] = False
+    default_normalise: ClassVar[bool] = True
+    default_normalise_func: ClassVar[str] = "max"
+    default_softmax: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.family and not cls.__name__.startswith("_") and not inspect.isabstract(cls):
+            if cls.family not in FAMILIES:
+                raise ValueError(f"{cls.__name__}.family must be one of {FAMILIES}.")
+            register(cls)
+
+    def __init__(
+        self,
+        *,
+        abs: bool | None = None,
+        normalise: bool | None = None,
+        normalise_func: str | Callable[..., torch.Tensor] | None = None,
+        softmax: bool | None = None,
+        aggregate: Callable[[np.ndarray], Any] | None = None,
+        seed: int | torch.Generator | None = None,
+        progress: bool = False,
+        disable_warnings: bool = False,
+        **quantus_kwargs: Any,
+    ) -> None:
+        return_aggregate = quantus_kwargs.pop("return_aggregate", None)
+        aggregate_func = quantus_kwargs.pop("aggregate_func", None)
+        display_progressbar = quantus_kwargs.pop("display_progressbar", None)
+        normalise_func_kwargs = quantus_kwargs.pop("normalise_func_kwargs", None)
+        if quantus_kwargs:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword arguments {sorted(quantus_kwargs)}; "
+                f"valid parameters are {sorted(self._param_names())}."
+            )
+        if normalise_func_kwargs:
+            raise TypeError("`normalise_func_kwargs` is not supported: normalisation is always "
+                            "per sample; pass a callable as `normalise_func` instead.")
+        if return_aggregate:
+            aggregate = aggregate or aggregate_func or np.mean
+        if display_progressbar is not None:
+            progress = bool(display_progressbar)
+        self.abs = self.default_abs if abs is None else check_bool("abs", abs)
+        self.normalise = (
+            self.default_normalise if normalise is None else check_bool("normalise", normalise)
+        )
+        self.normalise_func = normalise_func or self.default_normalise_func
+        get_normaliser(self.normalise_func)
+        if softmax is not None:
+            check_bool("softmax", softmax)
+        self.softmax = softmax
+        if aggregate is not None and not callable(aggregate):
+            raise TypeError("`aggregate` must be a callable such as numpy.nanmean, or None.")
+        self.aggregate = aggregate
+        if seed is not None and not isinstance(seed, int | np.integer | torch.Generator):
+            raise TypeError(f"`seed` must be an int, a torch.Generator or None; got {seed!r}.")
+        self.seed = seed
+        self.progress = check_bool("progress", progress)
+        self.disable_warnings = check_bool("disable_warnings", disable_warnings)
+        self.scores_: np.ndarray | None = None
+        self.nan_reasons_: dict[int, str] = {}
+        self.curves_: np.ndarray | None = None
+        self.curve_x_: np.ndarray | None = None
+        self.seed_: int | None = None
+
+    # ----------------------------------------------------------------- sklearn-style protocol
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        names: list[str] = []
+        for klass in cls.__mro__:
+            if klass is object or "__init__" not in klass.__dict__:
+                continue
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                    if p.name not in names:
+                        names.append(p.name)
+            if klass is Metric:
+                break
+        return names
+
+    def get_params(self) -> dict[str, Any]:
+        """The metric's parameters, resolved (e.g. the class default of ``abs`` filled in)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Metric:
+        """Return a new metric with some parameters changed (the original is unchanged)."""
+        current = self.get_params()
+        unknown = set(params) - set(current)
+        if unknown:
+            raise TypeError(f"Unknown parameters {sorted(unknown)} for {type(self).__name__}.")
+        current.update(params)
+        return type(self)(**current)
+
+    def clone(self) -> Metric:
+        return self.set_params()
+
+    def __repr__(self) -> str:
+        defaults = type(self)._defaults()
+        shown = [
+            f"{k}={v!r}" for k, v in self.get_params().items()
+            if k in defaults and not _same(v, defaults[k])
+        ]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    @classmethod
+    def _defaults(cls) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "abs": cls.default_abs,
+            "normalise": cls.default_normalise,
+            "normalise_func": cls.default_normalise_func,
+        }
+        for klass in cls.__mro__:
+            if klass is object or "__init__" not in klass.__dict__:
+                continue
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.default is not p.empty and p.name not in out:
+                    out[p.name] = p.default
+            if klass is Metric:
+                break
+        return out
+
+    @classmethod
+    def metadata(cls) -> dict[str, Any]:
+        """The class metadata as a dict (one row of :func:`list_metrics`)."""
+        return {
+            "name": cls.__name__,
+            "family": cls.family,
+            "higher_is_better": cls.higher_is_better,
+            "needs_masks": cls.needs_masks,
+            "needs_gradients": cls.needs_gradients,
+            "needs_model": cls.needs_model,
+            "re_explains": cls.re_explains,
+            "stochastic": cls.stochastic,
+            "set_level": cls.set_level,
+            "default_abs": cls.default_abs,
+            "default_normalise": cls.default_normalise,
+            "default_softmax": cls.default_softmax,
+            "paper": cls.paper,
+        }
+
+    # ----------------------------------------------------------------- the protocol
+    def __call__(
+        self,
+        model: Any = None,
+        x: Any = None,
+        y: Any = None,
+        a: Any = None,
+        *,
+        s: Any = None,
+        explain_fn: Callable[..., Any] | None = None,
+        explain_kwargs: Mapping[str, Any] | None = None,
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Score explanations ``a`` of ``model`` on inputs ``x`` with labels ``y``.
+
+        Parameters
+        ----------
+        model:
+            A ``torch.nn.Module``, a callable on NumPy batches, or a
+            :class:`~evalkit.models.ModelWrapper`. May be None for metrics that only read
+            attributions and masks (``needs_model`` False) when ``a`` is given.
+        x, y:
+            Inputs (N, ...) channel-first and their labels (N,) (or what the target needs).
+        a:
+            Attributions broadcastable to ``x`` ((N, C, ...), (N, 1, ...) or (N, ...)).
+            ``None``: computed with ``explain_fn(model, x, y, **explain_kwargs)``.
+        s:
+            Binary ground-truth masks, for localisation metrics.
+        explain_fn:
+            ``f(model, x, y, **kwargs) -> attributions``: receives the ``model`` argument as
+            given and ``x``/``y`` as tensors on the model's device; may return NumPy or torch.
+            Default: :func:`evalkit.explain` (``method`` in ``explain_kwargs``, default
+            ``"Saliency"``).
+        batch_size:
+            Inputs per forward/explain call (default: from a 64 MiB input budget).
+        device:
+            For model-free metrics, where to compute; for torch models it must match the
+            model's device (evalkit never moves your model).
+
+        Quantus keyword names (``x_batch``, ``y_batch``, ``a_batch``, ``s_batch``,
+        ``explain_func``, ``explain_func_kwargs``, ``channel_first``, ``softmax``) are accepted.
+
+        Returns
+        -------
+        numpy.ndarray
+            Per-sample scores (N,), float64, NaN where undefined (see ``nan_reasons_``); or
+            ``aggregate(scores)`` if ``aggregate`` was set.
+        """
+        x, y, a, s, explain_fn, explain_kwargs, extra = self._resolve_call_aliases(
+            x, y, a, s, explain_fn, explain_kwargs, kwargs
+        )
+        if x is None:
+            raise TypeError(f"{type(self).__name__}() missing the inputs `x`.")
+        batch = self._prepare(model, x, y, a, s, explain_fn, explain_kwargs, batch_size, device,
+                              extra)
+        scores = self._evaluate(batch)
+        result = self._finalise(batch, scores)
+        if self.aggregate is not None:
+            return np.asarray(self.aggregate(result))
+        return result
+
+    def _resolve_call_aliases(self, x, y, a, s, explain_fn, explain_kwargs, kwargs):
+        values = {"x": x, "y": y, "a": a, "s": s, "explain_fn": explain_fn,
+                  "explain_kwargs": explain_kwargs}
+        extra: dict[str, Any] = {}
+        channel_first = kwargs.pop("channel_first", None)
+        softmax = kwargs.pop("softmax", None)
+        for key, value in kwargs.items():
+            if key in _CALL_ALIASES:
+                target = _CALL_ALIASES[key]
+                if values[target] is not None:
+                    raise TypeError(f"Got both `{target}` and its Quantus alias `{key}`.")
+                values[target] = value
+            elif key in self.call_options:
+                extra[key] = value
+            elif key in ("model_predict_kwargs", "custom_batch"):
+                raise TypeError(
+                    f"`{key}` is not supported; wrap the model with evalkit.models.wrap_model "
+                    "or pass the metric-specific argument."
+                )
+            else:
+                raise TypeError(f"{type(self).__name__}() got an unexpected keyword `{key}`.")
+        if softmax is not None:
+            extra["_softmax_override"] = check_bool("softmax", softmax)
+        if channel_first is False:
+            extra["_channels_last"] = True
+        return (values["x"], values["y"], values["a"], values["s"], values["explain_fn"],
+                values["explain_kwargs"], extra)
+
+    # ----------------------------------------------------------------- preparation
+    def _resolve_softmax(self, wrapper: ModelWrapper, extra: dict[str, Any]) -> ModelWrapper:
+        if "_softmax_override" in extra:
+            choice = extra.pop("_softmax_override")
+        elif self.softmax is not None:
+            choice = self.softmax
+        elif wrapper.softmax is not None:
+            return wrapper
+        else:
+            choice = self.default_softmax
+        return wrapper if wrapper.softmax == choice else wrapper.with_options(softmax=choice)
+
+    def _prepare(self, model, x, y, a, s, explain_fn, explain_kwargs, batch_size, device, extra):
+        channels_last = extra.pop("_channels_last", False)
+        wrapper: ModelWrapper | None = None
+        if model is not None:
+            wrapper = self._resolve_softmax(wrap_model(model, device=device), extra)
+            if batch_size is not None:
+                wrapper = wrapper.with_options(batch_size=batch_size)
+        elif self.needs_model or a is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a model"
+                + ("" if self.needs_model else " to compute attributions (a is None)") + "."
+            )
+
+        if wrapper is not None:
+            xt = wrapper.prepare(x)
+        else:
+            xt = as_tensor(x, "x", device=device)
+            if not xt.is_floating_point():
+                xt = xt.float()
+        if channels_last:
+            xt = xt.movedim(-1, 1)
+        xt = check_inputs(xt)
+        n = xt.shape[0]
+        dev = xt.device
+
+        yt = None
+        if y is not None:
+            yt = check_labels(as_tensor(y, "y", device=dev), n)
+        if wrapper is not None:
+            wrapper.check_labels(xt, yt)
+
+        seed = _rng.resolve_seed(self.seed)
+        runner = (
+            ForwardRunner(wrapper, batch_size=batch_size, progress=self.progress)
+            if wrapper is not None else None
+        )
+        batch = MetricBatch(
+            metric=self, x=xt, y=yt, a=None, s=None, model=wrapper, runner=runner, seed=seed,
+            model_obj=model, explain_fn=explain_fn, explain_kwargs=dict(explain_kwargs or {}),
+            batch_size=batch_size, extra=extra, nan_reasons=[None] * n,
+        )
+
+        if s is not None:
+            st = as_tensor(s, "s", device=dev)
+            if channels_last and st.ndim == xt.ndim:
+                st = st.movedim(-1, 1)
+            batch.s = check_masks(st, xt)
+        elif self.needs_masks:
+            raise ValueError(f"{type(self).__name__} needs ground-truth masks `s`.")
+
+        if a is None:
+            if wrapper is None:
+                raise ValueError("Attributions `a` are None and there is no model to explain.")
+            raw = self._run_explain(batch, xt, yt)
+        else:
+            raw = as_tensor(a, "a", device=dev)
+            if channels_last and raw.ndim == xt.ndim:
+                raw = raw.movedim(-1, 1)
+        batch.a = self._preprocess_attributions(batch, raw, xt, flag_nan=True)
+        return batch
+
+    def _preprocess_attributions(
+        self, batch: MetricBatch, raw: torch.Tensor, x: torch.Tensor, *, flag_nan: bool
+    ) -> torch.Tensor:
+        a = check_attributions(raw, x)
+        a = a.to(device=batch.device, dtype=torch.float64)
+        finite = torch.isfinite(a).reshape(a.shape[0], -1).all(1)
+        if not bool(finite.all()):
+            if flag_nan:
+                batch.set_nan(~finite, "attribution contains NaN or Inf")
+            a = torch.where(finite.reshape(-1, *([1] * (a.ndim - 1))), a, torch.zeros_like(a))
+        if self.normalise:
+            a = get_normaliser(self.normalise_func)(a)
+        if self.abs:
+            a = a.abs()
+        return a
+
+    # ----------------------------------------------------------------- explaining
+    def _explain_callable(self, batch: MetricBatch) -> tuple[Callable[..., Any], dict[str, Any]]:
+        if batch.explain_fn is not None:
+            if not callable(batch.explain_fn):
+                raise TypeError("`explain_fn` must be callable: f(model, x, y, **kwargs).")
+            return batch.explain_fn, batch.explain_kwargs
+        from ..explain import explain
+
+        return explain, batch.explain_kwargs
+
+    def _run_explain(self, batch: MetricBatch, x: torch.Tensor, y: torch.Tensor | None):
+        fn, kwargs = self._explain_callable(batch)
+        model_arg = batch.model_obj if batch.explain_fn is not None else batch.model
+        size = batch.batch_size or (batch.model.resolve_batch_size(x) if batch.model else len(x))
+        parts = []
+        for start in range(0, x.shape[0], size):
+            xs = x[start : start + size]
+            ys = None if y is None else y[start : start + size]
+            out = fn(model_arg, xs, ys, **kwargs)
+            parts.append(as_tensor(out, "explanation", device=x.device))
+        return torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+
+    def _explain(self, batch: MetricBatch, x: torch.Tensor, y: torch.Tensor | None):
+        raw = self._run_explain(batch, x, y)
+        return self._preprocess_attributions(batch, raw, x, flag_nan=False)
+
+    # ----------------------------------------------------------------- hooks
+    def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
+        """Compute the (N,) scores. Subclasses implement this."""
+        raise NotImplementedError
+
+    def _finalise(self, batch: MetricBatch, scores: torch.Tensor) -> np.ndarray:
+        if not isinstance(scores, torch.Tensor) or scores.shape != (batch.n,):
+            raise RuntimeError(
+                f"{type(self).__name__}._evaluate must return a tensor of shape ({batch.n},)."
+            )
+        out = to_numpy(scores.to(torch.float64)).copy()
+        reasons = list(batch.nan_reasons)
+        undefined = ~np.isfinite(out)
+        for i in np.flatnonzero(undefined):
+            if reasons[i] is None:
+                reasons[i] = "score is not finite"
+        for i, r in enumerate(reasons):
+            if r is not None:
+                out[i] = np.nan
+        self.scores_ = out
+        self.nan_reasons_ = {i: r for i, r in enumerate(reasons) if r is not None}
+        self.curves_ = None if batch.curves is None else to_numpy(batch.curves.to(torch.float64))
+        self.curve_x_ = None if batch.curve_x is None else to_numpy(batch.curve_x)
+        self.seed_ = batch.seed
+        if self.nan_reasons_ and not self.disable_warnings:
+            counts = Counter(self.nan_reasons_.values())
+            detail = "; ".join(f"{r}: {c}" for r, c in counts.most_common())
+            warnings.warn(
+                f"{type(self).__name__}: {len(self.nan_reasons_)} of {batch.n} scores are "
+                f"undefined (NaN) ({detail}). See `nan_reasons_`.",
+                UndefinedScoreWarning,
+                stacklevel=3,
+            )
+        return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+# --------------------------------------------------------------------- registry
+def register(cls: type[Metric]) -> type[Metric]:
+    """Register a metric class under its name (and its ``aliases``)."""
+    _REGISTRY[cls.__name__] = cls
+    for alias in cls.aliases:
+        _ALIASES[alias.lower()] = cls.__name__
+    return cls
+
+
+def get(name: str) -> type[Metric]:
+    """Look up a metric class by name (case-insensitive), e.g. ``get("PixelFlipping")``."""
+    if not isinstance(name, str):
+        raise TypeError(f"Metric names are strings; got {type(name).__name__}.")
+    by_lower = {k.lower(): k for k in _REGISTRY}
+    key = name.lower()
+    if key in by_lower:
+        return _REGISTRY[by_lower[key]]
+    if key in _ALIASES:
+        return _REGISTRY[_ALIASES[key]]
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise KeyError(f"No metric named {name!r}.{hint} See evalkit.metrics.list_metrics().")
+
+
+def list_metrics(family: str | None = None) -> pd.DataFrame:
+    """All registered metrics and their metadata, one row each, sorted by family and name."""
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"`family` must be one of {FAMILIES}; got {family!r}.")
+    rows = [cls.metadata() for cls in _REGISTRY.values()]
+    frame = pd.DataFrame(rows, columns=list(Metric.metadata().keys()))
+    if family is not None:
+        frame = frame[frame["family"] == family]
+    order = {f: i for i, f in enumerate(FAMILIES)}
+    frame = frame.assign(_o=frame["family"].map(order)).sort_values(["_o", "name"])
+    return frame.drop(columns="_o").reset_index(drop=True)

@@ -1,0 +1,87 @@
+"""Framework-agnostic model wrappers and targets.
+
+>>> import evalkit as ek
+>>> wrapped = ek.models.wrap_model(torch_module, softmax=True)         # doctest: +SKIP
+>>> wrapped = ek.models.wrap_model(sklearn_clf.predict_proba)          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import ForwardCounter, ModelWrapper
+from .callable_model import CallableModel
+from .targets import (
+    ClassTarget,
+    MultiLabelTarget,
+    OutputIndex,
+    SegmentationTarget,
+    Target,
+    as_target,
+)
+from .torch_model import TorchModel, randomisable_layers
+
+__all__ = [
+    "CallableModel",
+    "ClassTarget",
+    "ForwardCounter",
+    "ModelWrapper",
+    "MultiLabelTarget",
+    "OutputIndex",
+    "SegmentationTarget",
+    "Target",
+    "TorchModel",
+    "as_target",
+    "randomisable_layers",
+    "wrap_model",
+]
+
+
+def wrap_model(
+    obj: Any,
+    *,
+    softmax: bool | None = None,
+    target: object = None,
+    device: torch.device | str | None = None,
+    **kwargs: Any,
+) -> ModelWrapper:
+    """Wrap a model so every metric and explainer can use it.
+
+    - ``torch.nn.Module`` -> :class:`TorchModel`;
+    - an object with ``predict_proba`` (scikit-learn) -> :class:`CallableModel` on it;
+    - any other callable -> :class:`CallableModel` (NumPy in, scores out);
+    - a :class:`ModelWrapper` is returned as is, or as a view with the given options.
+
+    Extra keyword arguments go to the wrapper's constructor (e.g. ``eval_mode``,
+    ``output_fn``, ``input_type``, ``channels_last``, ``batch_size``).
+    """
+    if isinstance(obj, ModelWrapper):
+        if kwargs:
+            raise TypeError(
+                f"Options {sorted(kwargs)} cannot be applied to an existing wrapper; "
+                "wrap the raw model instead."
+            )
+        if device is not None and torch.device(device) != obj.device:
+            raise ValueError(
+                f"The wrapper runs on {obj.device}; device={device!r} was requested."
+            )
+        options: dict[str, Any] = {}
+        if softmax is not None:
+            options["softmax"] = softmax
+        if target is not None:
+            options["target"] = target
+        return obj.with_options(**options) if options else obj
+    if isinstance(obj, nn.Module):
+        return TorchModel(obj, softmax=softmax, target=target, device=device, **kwargs)
+    if not callable(obj) and callable(getattr(obj, "predict_proba", None)):
+        return CallableModel(obj.predict_proba, softmax=softmax, target=target, device=device,
+                             **kwargs)
+    if callable(obj):
+        return CallableModel(obj, softmax=softmax, target=target, device=device, **kwargs)
+    raise TypeError(
+        "`model` must be a torch.nn.Module, a callable mapping a batch to outputs, an object "
+        f"with predict_proba, or a ModelWrapper; got {type(obj).__name__}."
+    )

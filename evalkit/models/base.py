@@ -1,0 +1,203 @@
+"""The model contract: :class:`ModelWrapper`.
+
+A wrapper turns a user's model (a ``torch.nn.Module`` or any callable) into one interface:
+``predict`` in memory-bounded batches on the model's device under ``torch.inference_mode``,
+``score`` (the target scalar per sample), and context managers that yield modified *copies*
+(randomised layers, noisy parameters) without ever touching the user's model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._batching import resolve_batch_size
+from .._validation import as_tensor
+from .targets import _BaseTarget, as_target
+
+__all__ = ["ForwardCounter", "ModelWrapper"]
+
+
+@dataclass
+class ForwardCounter:
+    """Counts the forward calls a wrapper issued and the rows (inputs) they carried."""
+
+    calls: int = 0
+    rows: int = 0
+
+    def reset(self) -> None:
+        self.calls = 0
+        self.rows = 0
+
+
+class ModelWrapper(ABC):
+    """Base class of the model wrappers; build one with :func:`evalkit.models.wrap_model`.
+
+    Parameters
+    ----------
+    softmax:
+        Apply a softmax over the class axis (dim 1) to the model's outputs, so targets read
+        probabilities. ``None`` leaves the choice to the metric using the wrapper (each metric
+        has a documented default); ``True``/``False`` is a fixed choice. The user's model is
+        never rewritten: the softmax is applied to its outputs.
+    target:
+        Which scalar of the outputs is scored; see :mod:`evalkit.models.targets`.
+    batch_size:
+        Default number of inputs per forward call (``None``: chosen from a memory budget).
+    """
+
+    #: whether gradients of the outputs with respect to the inputs are available
+    differentiable: bool = False
+
+    def __init__(
+        self,
+        *,
+        softmax: bool | None = None,
+        target: object = None,
+        batch_size: int | None = None,
+    ) -> None:
+        if softmax is not None and not isinstance(softmax, bool):
+            raise TypeError(f"`softmax` must be True, False or None; got {softmax!r}.")
+        self.softmax = softmax
+        self.target: _BaseTarget = as_target(target)
+        self.batch_size = batch_size
+        self.counter = ForwardCounter()
+        self._output_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    # ----------------------------------------------------------------- abstract interface
+    @property
+    @abstractmethod
+    def model(self) -> Any:
+        """The wrapped user object."""
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Where inputs are sent and outputs live."""
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype:
+        """The floating dtype the model expects."""
+
+    @abstractmethod
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw outputs for a batch ``x`` already on ``self.device``."""
+
+    # ----------------------------------------------------------------- options
+    def with_options(self, **options: Any) -> ModelWrapper:
+        """A view of this wrapper with other ``softmax``/``target``/``batch_size`` settings.
+
+        The view shares the model and the forward counter; the original is unchanged.
+        """
+        view = copy.copy(self)
+        for key, value in options.items():
+            if key == "softmax":
+                if value is not None and not isinstance(value, bool):
+                    raise TypeError(f"`softmax` must be True, False or None; got {value!r}.")
+                view.softmax = value
+            elif key == "target":
+                view.target = as_target(value)
+            elif key == "batch_size":
+                view.batch_size = value
+            else:
+                raise TypeError(f"Unknown wrapper option {key!r}.")
+        return view
+
+    # ----------------------------------------------------------------- forward paths
+    def prepare(self, x: Any) -> torch.Tensor:
+        """Convert inputs to a tensor of the model's dtype on its device."""
+        t = as_tensor(x, "x")
+        if not t.is_floating_point() or t.dtype != self.dtype:
+            t = t.to(self.dtype)
+        return t.to(self.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs for one batch, with autograd as the ambient mode allows (for explainers)."""
+        self.counter.calls += 1
+        self.counter.rows += int(x.shape[0])
+        out = self._forward(x)
+        if self.softmax:
+            out = torch.softmax(out, dim=1)
+        return out
+
+    def predict(self, x: Any, *, batch_size: int | None = None) -> torch.Tensor:
+        """Outputs for all of ``x`` in batches, under ``torch.inference_mode``.
+
+        Returns a tensor on the wrapper's device.
+        """
+        x = self.prepare(x)
+        n = x.shape[0]
+        bs = self.resolve_batch_size(x, batch_size)
+        outs = []
+        with self.evaluation(), torch.inference_mode():
+            for start in range(0, n, bs):
+                outs.append(self(x[start : start + bs]))
+        return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+
+    def score(self, x: Any, y: Any = None, *, batch_size: int | None = None) -> torch.Tensor:
+        """The target score of every sample, shape (N,)."""
+        outputs = self.predict(x, batch_size=batch_size)
+        yt = None if y is None else as_tensor(y, "y", device=outputs.device)
+        return self.target(outputs, yt)
+
+    def select(self, outputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Apply the target to outputs already computed."""
+        return self.target(outputs, y)
+
+    def resolve_batch_size(self, x: torch.Tensor, batch_size: int | None = None) -> int:
+        row_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * x.element_size()
+        return resolve_batch_size(batch_size or self.batch_size, row_bytes)
+
+    def output_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        """Per-sample output shape for inputs like ``x`` (one cached forward on one sample)."""
+        key = tuple(x.shape[1:])
+        if key not in self._output_shapes:
+            out = self.predict(x[:1])
+            self._output_shapes[key] = tuple(out.shape[1:])
+        return self._output_shapes[key]
+
+    def check_labels(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Validate ``y`` for the wrapper's target (e.g. class indices within range)."""
+        self.target.check(y, self.output_shape(x))
+
+    @contextlib.contextmanager
+    def evaluation(self) -> Iterator[None]:
+        """Context in which the model behaves deterministically (eval mode for torch)."""
+        yield
+
+    # ----------------------------------------------------------------- copies
+    def randomise_layers(
+        self, order: str = "top_down", *, seed: int = 42, layer_names: list[str] | None = None
+    ) -> Iterator[tuple[str, ModelWrapper]]:
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot randomise layers: it has no access to the model's "
+            "parameters. Wrap a torch.nn.Module to use randomisation metrics."
+        )
+
+    def perturbed(
+        self, noise_type: str = "multiplicative", mean: float = 1.0, std: float = 0.01, *,
+        seed: int = 0,
+    ) -> contextlib.AbstractContextManager[ModelWrapper]:
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot perturb parameters: it has no access to them. "
+            "Wrap a torch.nn.Module to use model perturbation tests."
+        )
+
+    def hidden_representations(
+        self, x: Any, layer_names: list[str], *, batch_size: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(
+            f"{type(self).__name__} exposes no hidden layers; wrap a torch.nn.Module."
+        )
+
+    def __repr__(self) -> str:
+        opts = [f"softmax={self.softmax}", f"target={self.target!r}", f"device={self.device}"]
+        return f"{type(self).__name__}({type(self.model).__name__}, {', '.join(opts)})"

@@ -1,0 +1,191 @@
+"""Targets: which scalar of a model's output a metric or an explainer looks at.
+
+A target is any callable ``target(outputs, y) -> Tensor[N]`` where ``outputs`` are the model's
+outputs for N inputs (after the wrapper's optional softmax) and ``y`` holds one label (or label
+row) per input. The default, :class:`ClassTarget`, picks ``outputs[i, y[i]]``: the class logit, or
+the class probability when the wrapper applies a softmax. Other tasks plug in here: regression
+(:class:`OutputIndex`), multi-label (:class:`MultiLabelTarget`), segmentation
+(:class:`SegmentationTarget`) or any custom callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import torch
+
+__all__ = [
+    "ClassTarget",
+    "MultiLabelTarget",
+    "OutputIndex",
+    "SegmentationTarget",
+    "Target",
+    "as_target",
+]
+
+
+@runtime_checkable
+class Target(Protocol):
+    """Protocol of a target: ``(outputs, y) -> scores`` of shape (N,)."""
+
+    def __call__(self, outputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor: ...
+
+
+class _BaseTarget:
+    #: whether ``y`` must hold integer class indices checked against the number of outputs
+    uses_class_labels: bool = False
+
+    def check(self, y: torch.Tensor | None, output_shape: tuple[int, ...]) -> None:
+        """Validate ``y`` against the model's per-sample output shape before any heavy work."""
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+class ClassTarget(_BaseTarget):
+    """``outputs[i, y[i]]``: the logit (or probability, with softmax) of class ``y[i]``."""
+
+    uses_class_labels = True
+
+    def __call__(self, outputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            raise ValueError("ClassTarget needs class labels `y`, one per sample.")
+        if outputs.ndim != 2:
+            raise ValueError(
+                f"ClassTarget expects outputs of shape (N, n_classes); got {tuple(outputs.shape)}."
+                " Use OutputIndex, SegmentationTarget or a custom target for other outputs."
+            )
+        idx = y.to(device=outputs.device, dtype=torch.long).reshape(-1, 1)
+        return outputs.gather(1, idx).squeeze(1)
+
+    def check(self, y: torch.Tensor | None, output_shape: tuple[int, ...]) -> None:
+        if y is None:
+            raise ValueError("`y` is required: one class index per sample.")
+        if y.ndim != 1:
+            raise ValueError(
+                f"`y` must hold one class index per sample, shape (N,); got {tuple(y.shape)}."
+            )
+        if y.is_floating_point():
+            if not bool((y == torch.round(y)).all()):
+                raise ValueError("`y` must hold integer class indices; got non-integer values.")
+        elif y.dtype == torch.bool or y.is_complex():
+            raise ValueError(f"`y` must hold integer class indices; got dtype {y.dtype}.")
+        if len(output_shape) != 1:
+            raise ValueError(
+                f"The model's outputs have per-sample shape {output_shape}, not (n_classes,); "
+                "pass a target for this output, e.g. SegmentationTarget() or a callable."
+            )
+        n_classes = output_shape[0]
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= n_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"`y` contains the label {bad}, but the model outputs {n_classes} classes "
+                f"(valid labels are 0..{n_classes - 1})."
+            )
+
+
+class OutputIndex(_BaseTarget):
+    """A fixed output: ``outputs[:, index]`` (regression heads, a fixed class); ignores ``y``."""
+
+    def __init__(self, index: int = 0) -> None:
+        self.index = int(index)
+
+    def __call__(self, outputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if outputs.ndim == 1:
+            if self.index != 0:
+                raise ValueError("The model returns one value per sample; use index=0.")
+            return outputs
+        return outputs.reshape(outputs.shape[0], -1)[:, self.index]
+
+
+class MultiLabelTarget(_BaseTarget):
+    """Multi-label models: sum (or mean) of the outputs of the labels marked in a multi-hot ``y``.
+
+    ``y`` has shape (N, n_labels) with 0/1 entries.
+    """
+
+    def __init__(self, reduction: str = "sum") -> None:
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"`reduction` must be 'sum' or 'mean'; got {reduction!r}.")
+        self.reduction = reduction
+
+    def __call__(self, outputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            raise ValueError("MultiLabelTarget needs a multi-hot `y` of shape (N, n_labels).")
+        w = y.to(device=outputs.device, dtype=outputs.dtype)
+        total = (outputs * w).sum(1)
+        if self.reduction == "mean":
+            total = total / w.sum(1).clamp_min(1)
+        return total
+
+    def check(self, y: torch.Tensor | None, output_shape: tuple[int, ...]) -> None:
+        if y is None or y.ndim != 2 or (y.shape[1],) != tuple(output_shape):
+            got = None if y is None else tuple(y.shape)
+            raise ValueError(
+                f"MultiLabelTarget needs a multi-hot `y` of shape (N, {output_shape}); got {got}."
+            )
+
+
+class SegmentationTarget(_BaseTarget):
+    """Segmentation models with outputs (N, n_classes, *S): the class-``y[i]`` map, reduced
+    over a region (the whole image by default, or a fixed boolean ``region`` of shape S)."""
+
+    uses_class_labels = True
+
+    def __init__(self, region: torch.Tensor | None = None, reduction: str = "sum") -> None:
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"`reduction` must be 'sum' or 'mean'; got {reduction!r}.")
+        self.region = None if region is None else torch.as_tensor(region).bool()
+        self.reduction = reduction
+
+    def __call__(self, outputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            raise ValueError("SegmentationTarget needs a class index per sample in `y`.")
+        idx = y.to(device=outputs.device, dtype=torch.long)
+        maps = outputs[torch.arange(outputs.shape[0], device=outputs.device), idx]
+        if self.region is not None:
+            w = self.region.to(device=maps.device, dtype=maps.dtype)
+            total = (maps * w).flatten(1).sum(1)
+            return total / w.sum().clamp_min(1) if self.reduction == "mean" else total
+        flat = maps.flatten(1)
+        return flat.mean(1) if self.reduction == "mean" else flat.sum(1)
+
+    def check(self, y: torch.Tensor | None, output_shape: tuple[int, ...]) -> None:
+        ClassTarget().check(y, (output_shape[0],))
+
+
+class _CallableTarget(_BaseTarget):
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]) -> None:
+        self.fn = fn
+
+    def __call__(self, outputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        out = self.fn(outputs, y)
+        if not isinstance(out, torch.Tensor) or out.shape != (outputs.shape[0],):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"A custom target must return a tensor of shape (N,) = ({outputs.shape[0]},); "
+                f"got {shape}."
+            )
+        return out
+
+    def __repr__(self) -> str:
+        return f"{getattr(self.fn, '__name__', type(self.fn).__name__)}"
+
+
+def as_target(target: object) -> _BaseTarget:
+    """Resolve ``None`` (class index), an int (fixed output index) or a callable to a target."""
+    if target is None:
+        return ClassTarget()
+    if isinstance(target, _BaseTarget):
+        return target
+    if isinstance(target, int) and not isinstance(target, bool):
+        return OutputIndex(target)
+    if callable(target):
+        return _CallableTarget(target)
+    raise TypeError(
+        "`target` must be None, an int, a Target object or a callable (outputs, y) -> (N,) "
+        f"scores; got {type(target).__name__}."
+    )

@@ -1,0 +1,294 @@
+"""Wrapper for ``torch.nn.Module`` models, with context-managed copies and hooks.
+
+Nothing here mutates the user's module: evaluation mode is entered and the exact per-module
+training flags restored afterwards; randomised and noisy models are deep copies; hooks are
+removed when their context exits, even on error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._rng import derive_seed
+from .._validation import check_option
+from .base import ModelWrapper
+
+__all__ = ["TorchModel", "randomisable_layers"]
+
+LAYER_ORDERS = ("top_down", "bottom_up", "independent")
+NOISE_TYPES = ("multiplicative", "additive")
+
+
+def randomisable_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules that own parameters (not through children), in definition order.
+
+    These are the "layers" of layer-randomisation tests (conv, linear, normalisation...).
+    """
+    return [
+        (name, m)
+        for name, m in module.named_modules()
+        if name and any(True for _ in m.parameters(recurse=False))
+    ]
+
+
+class TorchModel(ModelWrapper):
+    """A ``torch.nn.Module`` behind the :class:`ModelWrapper` interface.
+
+    Parameters
+    ----------
+    model:
+        The module. It is never moved, copied (except inside the randomisation/noise contexts),
+        switched between train and eval mode for good, or given hooks that outlive a call.
+    softmax, target, batch_size:
+        See :class:`ModelWrapper`.
+    device:
+        Must match the device of the model's parameters if given (evalkit never moves your
+        model); ``None`` uses that device.
+    eval_mode:
+        Run forward passes in evaluation mode (the default), restoring every module's training
+        flag afterwards. With ``False`` the model runs in whatever mode it is in: dropout and
+        batch-norm statistics then make scores depend on the batch.
+    output_fn:
+        Optional function that extracts the output tensor from what the module returns (e.g.
+        ``lambda out: out.logits`` for Hugging Face models).
+    """
+
+    differentiable = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        softmax: bool | None = None,
+        target: object = None,
+        device: torch.device | str | None = None,
+        batch_size: int | None = None,
+        eval_mode: bool = True,
+        output_fn: Callable[[Any], torch.Tensor] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"TorchModel needs a torch.nn.Module; got {type(model).__name__}.")
+        super().__init__(softmax=softmax, target=target, batch_size=batch_size)
+        self._model = model
+        self.eval_mode = bool(eval_mode)
+        self.output_fn = output_fn
+        param = next(iter(model.parameters()), None)
+        if param is None:
+            param = next(iter(model.buffers()), None)
+        model_device = param.device if param is not None else torch.device("cpu")
+        if device is not None:
+            wanted = torch.device(device)
+            if not _same_device(wanted, model_device):
+                raise ValueError(
+                    f"The model's parameters are on {model_device} but device={wanted} was "
+                    f"requested. evalkit never moves your model: call model.to({str(wanted)!r}) "
+                    "yourself, or leave `device` unset."
+                )
+        self._device = model_device
+        floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
+        self._dtype = floating[0] if floating else torch.get_default_dtype()
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._model(x)
+        if self.output_fn is not None:
+            out = self.output_fn(out)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"The model returned {type(out).__name__}, not a tensor; pass "
+                "`output_fn=` to wrap_model to extract the output tensor."
+            )
+        return out
+
+    @contextlib.contextmanager
+    def evaluation(self) -> Iterator[None]:
+        if not self.eval_mode:
+            yield
+            return
+        flags = [(m, m.training) for m in self._model.modules()]
+        if not any(training for _, training in flags):
+            yield
+            return
+        self._model.eval()
+        try:
+            yield
+        finally:
+            for m, training in flags:
+                m.training = training
+
+    # ----------------------------------------------------------------- copies
+    def _copy(self, module: nn.Module) -> TorchModel:
+        clone = copy.copy(self)
+        clone._model = module
+        clone._output_shapes = {}
+        return clone
+
+    def randomise_layers(
+        self,
+        order: str = "top_down",
+        *,
+        seed: int = 42,
+        layer_names: list[str] | None = None,
+    ) -> Iterator[tuple[str, TorchModel]]:
+        """Yield ``(layer_name, wrapper)`` for progressively randomised copies of the model.
+
+        ``order``: ``"top_down"`` randomises layers cumulatively from the output to the input
+        (cascading, Adebayo et al. 2018); ``"bottom_up"`` cumulatively from the input;
+        ``"independent"`` one layer at a time with all others at their trained values.
+        Each layer is re-initialised with its own ``reset_parameters`` under a seed derived
+        from ``seed`` and the layer's name, so a layer gets the same weights on every run and in
+        every order. The global RNG state is saved and restored around each initialisation.
+        The yielded wrapper is only valid until the next step; the user's model is untouched.
+        """
+        check_option("order", order, LAYER_ORDERS)
+        layers = randomisable_layers(self._model)
+        if layer_names is not None:
+            known = {name for name, _ in layers}
+            missing = [n for n in layer_names if n not in known]
+            if missing:
+                raise ValueError(
+                    f"Unknown or parameter-free layers {missing}; randomisable layers are "
+                    f"{sorted(known)}."
+                )
+            layers = [(n, m) for n, m in layers if n in set(layer_names)]
+        names = [name for name, _ in layers]
+        if order == "top_down":
+            names = names[::-1]
+        work = copy.deepcopy(self._model)
+        modules = dict(work.named_modules())
+        pristine = copy.deepcopy(work.state_dict()) if order == "independent" else None
+        try:
+            for name in names:
+                if pristine is not None:
+                    work.load_state_dict(pristine)
+                _reinitialise(modules[name], derive_seed(seed, "layer", name))
+                yield name, self._copy(work)
+        finally:
+            del work, modules, pristine
+
+    @contextlib.contextmanager
+    def randomised(self, layer_names: list[str], *, seed: int = 42) -> Iterator[TorchModel]:
+        """A copy with the given layers re-initialised (see :meth:`randomise_layers`)."""
+        work = copy.deepcopy(self._model)
+        modules = dict(work.named_modules())
+        for name in layer_names:
+            if name not in modules:
+                raise ValueError(f"Unknown layer {name!r}.")
+            _reinitialise(modules[name], derive_seed(seed, "layer", name))
+        yield self._copy(work)
+
+    @contextlib.contextmanager
+    def perturbed(
+        self,
+        noise_type: str = "multiplicative",
+        mean: float = 1.0,
+        std: float = 0.01,
+        *,
+        seed: int = 0,
+    ) -> Iterator[TorchModel]:
+        """A copy whose parameters carry Gaussian noise ``eps ~ N(mean, std**2)``.
+
+        ``"multiplicative"``: ``theta * eps``; ``"additive"``: ``theta + eps`` (every parameter
+        tensor; buffers such as batch-norm statistics are left alone, as in MetaQuantus). Each
+        parameter's noise is drawn from its own generator seeded from ``seed`` and its name.
+        """
+        check_option("noise_type", noise_type, NOISE_TYPES)
+        if std < 0:
+            raise ValueError(f"`std` must be >= 0; got {std}.")
+        work = copy.deepcopy(self._model)
+        with torch.no_grad():
+            for name, p in work.named_parameters():
+                gen = torch.Generator(device=p.device)
+                gen.manual_seed(derive_seed(seed, "param", name) & ((1 << 63) - 1))
+                eps = torch.empty_like(p).normal_(mean, std, generator=gen)
+                if noise_type == "multiplicative":
+                    p.mul_(eps)
+                else:
+                    p.add_(eps)
+        yield self._copy(work)
+
+    # ----------------------------------------------------------------- hidden layers
+    @contextlib.contextmanager
+    def capture(self, layer_names: list[str]) -> Iterator[dict[str, list[torch.Tensor]]]:
+        """Record the outputs of named layers during forward passes inside the context.
+
+        Yields a dict ``name -> list of output tensors`` (one per forward call). The hooks are
+        removed on exit, also on error.
+        """
+        modules = dict(self._model.named_modules())
+        missing = [n for n in layer_names if n not in modules or not n]
+        if missing:
+            raise ValueError(f"Unknown layers {missing}; e.g. {list(modules)[1:8]}.")
+        store: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
+        handles = []
+
+        def hook_for(name: str) -> Callable[..., None]:
+            def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+                if isinstance(output, tuple | list):
+                    output = output[0]
+                store[name].append(output)
+
+            return hook
+
+        try:
+            for name in layer_names:
+                handles.append(modules[name].register_forward_hook(hook_for(name)))
+            yield store
+        finally:
+            for h in handles:
+                h.remove()
+
+    def hidden_representations(
+        self, x: Any, layer_names: list[str], *, batch_size: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Outputs of the named layers for all of ``x``, each of shape (N, ...)."""
+        with self.capture(layer_names) as store:
+            self.predict(x, batch_size=batch_size)
+        return {name: torch.cat(parts, 0) for name, parts in store.items()}
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type == "cuda":
+        ia = a.index if a.index is not None else torch.cuda.current_device()
+        ib = b.index if b.index is not None else torch.cuda.current_device()
+        return ia == ib
+    return True
+
+
+def _reinitialise(module: nn.Module, seed: int) -> None:
+    """Re-draw a layer's parameters from its default initialisation under ``seed``.
+
+    ``reset_parameters`` draws from the global RNG, so that state is forked (saved and restored)
+    around it: the caller's random streams are unaffected. Layers without ``reset_parameters``
+    get N(0, std) with the std of the trained values.
+    """
+    seed &= (1 << 63) - 1
+    devices = [p.device for p in module.parameters(recurse=False) if p.device.type == "cuda"]
+    with torch.random.fork_rng(devices=sorted({d.index or 0 for d in devices})), torch.no_grad():
+        torch.manual_seed(seed)
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        else:
+            for p in module.parameters(recurse=False):
+                std = float(p.std()) if p.numel() > 1 else 1.0
+                p.normal_(0.0, std if std > 0 else 1.0)

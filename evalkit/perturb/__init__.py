@@ -1,0 +1,40 @@
+"""The shared perturbation engine: feature groupings, baselines/imputers and noise models."""
+
+from .baselines import BASELINES, Baseline, Imputer, gaussian_blur, make_imputer
+from .groupings import (
+    ChannelValues,
+    Columns,
+    CustomGrouping,
+    FeatureGrouping,
+    Grouping,
+    Patches,
+    Pixels,
+    Superpixels,
+    Windows,
+    make_grouping,
+    rank_groups,
+)
+from .noise import GaussianNoise, Noise, UniformNoise, make_noise
+
+__all__ = [
+    "BASELINES",
+    "Baseline",
+    "ChannelValues",
+    "Columns",
+    "CustomGrouping",
+    "FeatureGrouping",
+    "GaussianNoise",
+    "Grouping",
+    "Imputer",
+    "Noise",
+    "Patches",
+    "Pixels",
+    "Superpixels",
+    "UniformNoise",
+    "Windows",
+    "gaussian_blur",
+    "make_grouping",
+    "make_imputer",
+    "make_noise",
+    "rank_groups",
+]

@@ -1,0 +1,158 @@
+"""The batched forward runner: where the speed comes from.
+
+Perturbation metrics need the model's target score on many modified inputs: samples x steps x
+draws. :class:`ForwardRunner` takes a *builder* that makes any slice of those inputs on demand,
+walks the flattened index space in chunks as large as the memory budget allows, runs the model
+once per chunk under ``torch.inference_mode`` and evaluation mode, and scatters the target scores
+into a tensor of the requested shape. Inputs are never all materialised at once, and no metric
+loops over samples in Python.
+
+Chunks follow sample-major order, so one chunk covers all steps of a few samples, and a
+sample's scores do not depend on the chunk size (the model sees each input exactly once).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ._batching import resolve_batch_size
+from .models.base import ModelWrapper
+
+__all__ = ["Builder", "ForwardRunner", "Reducer"]
+
+#: ``build(index) -> inputs``: ``index`` is a tuple of (B,) int64 tensors, one per axis of the
+#: work shape (``index[0]`` is the sample); returns the (B, *input_shape) inputs of those rows.
+Builder = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
+#: ``reduce(outputs, index) -> values``: maps model outputs of a chunk to (B, ...) values.
+Reducer = Callable[[torch.Tensor, tuple[torch.Tensor, ...]], torch.Tensor]
+
+
+class ForwardRunner:
+    """Runs a wrapped model over lazily built inputs in memory-bounded chunks.
+
+    Parameters
+    ----------
+    model:
+        The :class:`~evalkit.models.ModelWrapper`.
+    batch_size:
+        Rows per forward call. ``None`` chooses the largest chunk whose *input* fits in
+        ``memory_budget`` (default 64 MiB), up to 2048 rows.
+    memory_budget:
+        Bytes (or a string like ``"512MiB"``) of input per chunk when ``batch_size`` is None.
+    progress:
+        Show a tqdm progress bar over the rows.
+    cache:
+        Optional mapping used by :meth:`run` when it is given a ``cache_key``: results are
+        stored under the key and returned without any forward pass on a repeat.
+
+    On CUDA, a chunk that runs out of memory is retried at half the size.
+    """
+
+    def __init__(
+        self,
+        model: ModelWrapper,
+        *,
+        batch_size: int | None = None,
+        memory_budget: int | str | None = None,
+        progress: bool = False,
+        cache: MutableMapping[Any, torch.Tensor] | None = None,
+    ) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.memory_budget = memory_budget
+        self.progress = progress
+        self.cache = cache
+
+    def chunk_size(self, row_shape: tuple[int, ...], dtype: torch.dtype) -> int:
+        item = torch.empty((), dtype=dtype).element_size()
+        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * item
+        return resolve_batch_size(self.batch_size or self.model.batch_size, row_bytes,
+                                  self.memory_budget)
+
+    def run(
+        self,
+        build: Builder,
+        shape: tuple[int, ...],
+        *,
+        y: torch.Tensor | None = None,
+        reduce: Reducer | None = None,
+        row_shape: tuple[int, ...],
+        desc: str | None = None,
+        cache_key: Any = None,
+    ) -> torch.Tensor:
+        """Evaluate the model on every row of the work ``shape`` = (N, ...).
+
+        Returns a tensor of shape ``shape`` (or ``shape + extra`` when ``reduce`` returns extra
+        axes). By default each row's value is the wrapper's target score with label
+        ``y[index[0]]``.
+        """
+        if cache_key is not None and self.cache is not None and cache_key in self.cache:
+            return self.cache[cache_key]
+        if reduce is None:
+            model = self.model
+
+            def reduce(outputs: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+                return model.select(outputs, None if y is None else y[index[0]])
+
+        total = math.prod(shape)
+        if total == 0:
+            return torch.empty(shape, dtype=self.model.dtype, device=self.model.device)
+        device = self.model.device
+        chunk = self.chunk_size(row_shape, self.model.dtype)
+        out: torch.Tensor | None = None
+        bar = tqdm(total=total, desc=desc, unit="input", disable=not self.progress, leave=False)
+        dims = torch.tensor(shape, dtype=torch.int64)
+        start = 0
+        with self.model.evaluation(), torch.inference_mode():
+            while start < total:
+                stop = min(total, start + chunk)
+                flat = torch.arange(start, stop, dtype=torch.int64)
+                index = tuple(i.to(device) for i in _unravel(flat, dims))
+                try:
+                    inputs = build(index)
+                    values = reduce(self.model(inputs), index)
+                except torch.cuda.OutOfMemoryError:
+                    if chunk == 1:
+                        raise
+                    chunk = max(1, chunk // 2)
+                    torch.cuda.empty_cache()
+                    continue
+                if out is None:
+                    out = torch.empty((total, *values.shape[1:]), dtype=values.dtype,
+                                      device=values.device)
+                out[start:stop] = values
+                bar.update(stop - start)
+                start = stop
+        bar.close()
+        result = out.reshape(*shape, *out.shape[1:])
+        if cache_key is not None and self.cache is not None:
+            self.cache[cache_key] = result
+        return result
+
+    def outputs(
+        self,
+        x: torch.Tensor,
+        *,
+        y: torch.Tensor | None = None,
+        reduce: Reducer | None = None,
+        desc: str | None = None,
+    ) -> torch.Tensor:
+        """Convenience: run already-built inputs ``x`` (N, ...) through the same chunking."""
+        x = self.model.prepare(x)
+        return self.run(lambda index: x[index[0]], (x.shape[0],), y=y, reduce=reduce,
+                        row_shape=tuple(x.shape[1:]), desc=desc)
+
+
+def _unravel(flat: torch.Tensor, dims: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    out = []
+    rem = flat
+    for d in reversed(dims.tolist()):
+        out.append(rem % d)
+        rem = rem // d
+    return tuple(reversed(out))
