@@ -36,6 +36,11 @@ def _args(y: torch.Tensor | None) -> tuple[Any, ...] | None:
     return None if y is None else (y,)
 
 
+def _grad_input(x: torch.Tensor) -> torch.Tensor:
+    """A gradient-requiring alias of ``x`` (the caller's tensor keeps requires_grad=False)."""
+    return x.detach().requires_grad_(True)
+
+
 @register_explainer("Gradient")
 def gradient(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """Signed input gradient of the target score (Simonyan et al. 2014, without abs)."""
@@ -43,7 +48,7 @@ def gradient(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw:
 
     _require_gradients(model, "Gradient")
     return Saliency(_scalar_forward(model)).attribute(
-        x, abs=False, additional_forward_args=_args(y), **kw
+        _grad_input(x), abs=False, additional_forward_args=_args(y), **kw
     )
 
 
@@ -54,7 +59,9 @@ def saliency(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw:
 
     _require_gradients(model, "Saliency")
     kw.setdefault("abs", True)
-    return Saliency(_scalar_forward(model)).attribute(x, additional_forward_args=_args(y), **kw)
+    return Saliency(_scalar_forward(model)).attribute(
+        _grad_input(x), additional_forward_args=_args(y), **kw
+    )
 
 
 @register_explainer("InputXGradient")
@@ -64,7 +71,7 @@ def input_x_gradient(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | Non
 
     _require_gradients(model, "InputXGradient")
     return InputXGradient(_scalar_forward(model)).attribute(
-        x, additional_forward_args=_args(y), **kw
+        _grad_input(x), additional_forward_args=_args(y), **kw
     )
 
 
@@ -79,5 +86,5 @@ def integrated_gradients(
     _require_gradients(model, "IntegratedGradients")
     kw.setdefault("internal_batch_size", x.shape[0])
     return IntegratedGradients(_scalar_forward(model)).attribute(
-        x, additional_forward_args=_args(y), **kw
+        _grad_input(x), additional_forward_args=_args(y), **kw
     )

@@ -25,3 +25,8 @@ __all__ = [
     "normalise_by_negative",
     "register",
 ]
+
+from .complexity import Complexity, EffectiveComplexity, Sparseness
+from .faithfulness import PixelFlipping
+
+__all__ += ["Complexity", "EffectiveComplexity", "PixelFlipping", "Sparseness"]

@@ -19,14 +19,15 @@ __all__ = [
 ]
 
 
-def _per_sample(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], *([1] * (t.ndim - 1)))
+def _per_sample(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample (N,) statistic to broadcast against ``like`` (N, ...)."""
+    return scale.reshape(scale.shape[0], *([1] * (like.ndim - 1)))
 
 
 def normalise_by_max(a: torch.Tensor) -> torch.Tensor:
     """a / max|a| per sample, so each map lies in [-1, 1] with max |a| = 1."""
     scale = a.reshape(a.shape[0], -1).abs().amax(1)
-    return a / _per_sample(torch.where(scale > 0, scale, torch.ones_like(scale)))
+    return a / _per_sample(torch.where(scale > 0, scale, torch.ones_like(scale)), a)
 
 
 def normalise_by_negative(a: torch.Tensor) -> torch.Tensor:
@@ -34,15 +35,15 @@ def normalise_by_negative(a: torch.Tensor) -> torch.Tensor:
     flat = a.reshape(a.shape[0], -1)
     pos = flat.amax(1).clamp_min(0)
     neg = (-flat.amin(1)).clamp_min(0)
-    pos = _per_sample(torch.where(pos > 0, pos, torch.ones_like(pos)))
-    neg = _per_sample(torch.where(neg > 0, neg, torch.ones_like(neg)))
+    pos = _per_sample(torch.where(pos > 0, pos, torch.ones_like(pos)), a)
+    neg = _per_sample(torch.where(neg > 0, neg, torch.ones_like(neg)), a)
     return torch.where(a > 0, a / pos, a / neg)
 
 
 def normalise_by_average_second_moment_estimate(a: torch.Tensor) -> torch.Tensor:
     """a / sqrt(mean(a**2)) per sample (unit second moment; Agarwal et al. 2022)."""
     m2 = a.reshape(a.shape[0], -1).pow(2).mean(1).sqrt()
-    return a / _per_sample(torch.where(m2 > 0, m2, torch.ones_like(m2)))
+    return a / _per_sample(torch.where(m2 > 0, m2, torch.ones_like(m2)), a)
 
 
 NORMALISERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
