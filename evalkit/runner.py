@@ -42,7 +42,8 @@ class ForwardRunner:
         The :class:`~evalkit.models.ModelWrapper`.
     batch_size:
         Rows per forward call. ``None`` chooses the largest chunk whose *input* fits in
-        ``memory_budget`` (default 64 MiB), up to 2048 rows.
+        ``memory_budget`` (default 4 MiB on CPU, 256 MiB on CUDA), up to 512 (CPU) or 8192
+        (CUDA) rows.
     memory_budget:
         Bytes (or a string like ``"512MiB"``) of input per chunk when ``batch_size`` is None.
     progress:
@@ -73,7 +74,7 @@ class ForwardRunner:
         item = torch.empty((), dtype=dtype).element_size()
         row_bytes = int(np.prod(row_shape, dtype=np.int64)) * item
         return resolve_batch_size(self.batch_size or self.model.batch_size, row_bytes,
-                                  self.memory_budget)
+                                  self.memory_budget, self.model.device.type)
 
     def run(
         self,

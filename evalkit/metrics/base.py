@@ -351,7 +351,8 @@ class Metric:
             Default: :func:`evalkit.explain` (``method`` in ``explain_kwargs``, default
             ``"Saliency"``).
         batch_size:
-            Inputs per forward/explain call (default: from a 64 MiB input budget).
+            Inputs per forward/explain call (default: from a per-device input memory budget,
+            see :class:`~evalkit.runner.ForwardRunner`).
         device:
             For model-free metrics, where to compute; for torch models it must match the
             model's device (evalkit never moves your model).

@@ -154,7 +154,8 @@ class ModelWrapper(ABC):
 
     def resolve_batch_size(self, x: torch.Tensor, batch_size: int | None = None) -> int:
         row_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * x.element_size()
-        return resolve_batch_size(batch_size or self.batch_size, row_bytes)
+        return resolve_batch_size(batch_size or self.batch_size, row_bytes,
+                                  device_type=self.device.type)
 
     def output_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         """Per-sample output shape for inputs like ``x`` (one cached forward on one sample)."""
