@@ -1,0 +1,267 @@
+"""Tests of the batched forward runner (`evalkit.runner.ForwardRunner`)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from evalkit.models import OutputIndex, wrap_model
+from evalkit.runner import ForwardRunner
+
+N_CLASSES = 4
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(4 * 8 * 8, N_CLASSES)
+
+    def forward(self, x):
+        return self.fc(self.drop(torch.relu(self.bn(self.conv(x))).flatten(1)))
+
+
+def make_net() -> TinyNet:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = TinyNet()
+        with torch.no_grad():
+            net.bn.running_mean.uniform_(-0.5, 0.5)
+            net.bn.running_var.uniform_(0.5, 2.0)
+    net.train()  # dropout active unless the runner enters evaluation mode
+    net.fc.eval()  # mixed flags
+    return net
+
+
+N, T = 5, 4
+X = torch.randn(N, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+Y = torch.tensor([0, 1, 2, 3, 1])
+
+
+def build_factory(x: torch.Tensor, t_steps: int):
+    """Row (i, t) is sample i scaled by (t + 1) / T with t * 0.1 added."""
+
+    def build(index):
+        i, t = index
+        scale = ((t + 1).to(x.dtype) / t_steps).reshape(-1, 1, 1, 1)
+        return x[i] * scale + 0.1 * t.to(x.dtype).reshape(-1, 1, 1, 1)
+
+    return build
+
+
+def direct_loop(wrapper, x, y, t_steps):
+    out = torch.empty(x.shape[0], t_steps)
+    for i in range(x.shape[0]):
+        for t in range(t_steps):
+            row = x[i : i + 1] * ((t + 1) / t_steps) + 0.1 * t
+            out[i, t] = wrapper.score(row, y[i : i + 1])[0]
+    return out
+
+
+def test_run_equals_direct_loop():
+    w = wrap_model(make_net())
+    ref = direct_loop(w, X, Y, T)
+    res = ForwardRunner(w).run(build_factory(X, T), (N, T), y=Y, row_shape=(3, 8, 8))
+    assert res.shape == (N, T)
+    assert torch.allclose(res, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("bs", [1, 3, 7, None])
+def test_batch_size_invariance(bs):
+    w = wrap_model(make_net())
+    full = ForwardRunner(w, batch_size=N * T).run(build_factory(X, T), (N, T), y=Y,
+                                                  row_shape=(3, 8, 8))
+    res = ForwardRunner(w, batch_size=bs).run(build_factory(X, T), (N, T), y=Y,
+                                              row_shape=(3, 8, 8))
+    assert torch.allclose(res, full, atol=1e-6)
+    # a chunk size from the model's own default and from a memory budget
+    res2 = ForwardRunner(w.with_options(batch_size=bs)).run(build_factory(X, T), (N, T), y=Y,
+                                                            row_shape=(3, 8, 8))
+    assert torch.allclose(res2, full, atol=1e-6)
+
+
+def test_memory_budget_chunking():
+    w = wrap_model(make_net())
+    row_bytes = 3 * 8 * 8 * 4
+    runner = ForwardRunner(w, memory_budget=row_bytes * 3)
+    assert runner.chunk_size((3, 8, 8), torch.float32) == 3
+    assert ForwardRunner(w, memory_budget=f"{row_bytes * 2}B").chunk_size((3, 8, 8),
+                                                                          torch.float32) == 2
+    w.counter.reset()
+    res = runner.run(build_factory(X, T), (N, T), y=Y, row_shape=(3, 8, 8))
+    assert w.counter.calls == math.ceil(N * T / 3) and w.counter.rows == N * T
+    full = ForwardRunner(w, batch_size=100).run(build_factory(X, T), (N, T), y=Y,
+                                                row_shape=(3, 8, 8))
+    assert torch.allclose(res, full, atol=1e-6)
+    with pytest.raises(ValueError, match="memory_budget"):
+        ForwardRunner(w, memory_budget="plenty").chunk_size((3,), torch.float32)
+    with pytest.raises(ValueError, match="batch_size"):
+        ForwardRunner(w, batch_size=-2).chunk_size((3,), torch.float32)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: batch_size=0 is silently treated as 'automatic' because of "
+    "`self.batch_size or self.model.batch_size` (runner.py chunk_size; same pattern in "
+    "ModelWrapper.resolve_batch_size and Metric._run_explain), so it is never rejected.",
+)
+@pytest.mark.parametrize("where", ["runner", "predict"])
+def test_batch_size_zero_rejected(where):
+    w = wrap_model(make_net())
+    with pytest.raises(ValueError, match="batch_size"):
+        if where == "runner":
+            ForwardRunner(w, batch_size=0).chunk_size((3,), torch.float32)
+        else:
+            w.predict(X, batch_size=0)
+
+
+@pytest.mark.parametrize("bs", [1, 3, 7, 20])
+def test_forward_counter_and_each_row_once(bs):
+    w = wrap_model(make_net())
+    w.counter.reset()
+    seen = []
+
+    def build(index):
+        assert all(i.dtype == torch.int64 for i in index)
+        assert len(index) == 2 and index[0].shape == index[1].shape
+        seen.extend(zip(index[0].tolist(), index[1].tolist(), strict=True))
+        return build_factory(X, T)(index)
+
+    ForwardRunner(w, batch_size=bs).run(build, (N, T), y=Y, row_shape=(3, 8, 8))
+    assert w.counter.rows == N * T
+    assert w.counter.calls == math.ceil(N * T / bs)
+    # every row exactly once, in sample-major order
+    assert seen == [(i, t) for i in range(N) for t in range(T)]
+
+
+def test_three_axis_work_shape():
+    w = wrap_model(make_net())
+    d = 2
+
+    def build(index):
+        i, t, k = index
+        return X[i] + (t * 10 + k).to(X.dtype).reshape(-1, 1, 1, 1) * 0.01
+
+    res = ForwardRunner(w, batch_size=4).run(build, (N, 3, d), y=Y, row_shape=(3, 8, 8))
+    assert res.shape == (N, 3, d)
+    for i, t, k in ((0, 0, 0), (4, 2, 1), (2, 1, 0)):
+        want = w.score(X[i : i + 1] + (t * 10 + k) * 0.01, Y[i : i + 1])[0]
+        assert torch.allclose(res[i, t, k], want, atol=1e-5)
+
+
+def test_custom_reduce_with_extra_axes():
+    w = wrap_model(make_net())
+
+    def reduce(outputs, index):
+        return outputs[:, :2] * (index[1] + 1).to(outputs.dtype).unsqueeze(1)
+
+    res = ForwardRunner(w, batch_size=3).run(build_factory(X, T), (N, T), reduce=reduce,
+                                             row_shape=(3, 8, 8))
+    assert res.shape == (N, T, 2)
+    for i in range(N):
+        for t in range(T):
+            logits = w.predict(X[i : i + 1] * ((t + 1) / T) + 0.1 * t)[0, :2]
+            assert torch.allclose(res[i, t], logits * (t + 1), atol=1e-5)
+
+
+def test_softmax_and_target_of_wrapper_are_used():
+    net = make_net()
+    w = wrap_model(net, softmax=True, target=OutputIndex(2))
+    res = ForwardRunner(w).run(build_factory(X, T), (N, T), row_shape=(3, 8, 8))  # no y needed
+    probs = wrap_model(net, softmax=True).predict(X * (1 / T))
+    assert torch.allclose(res[:, 0], probs[:, 2], atol=1e-6)
+    assert bool(((res > 0) & (res < 1)).all())
+
+
+def test_cache_returns_without_forward_calls():
+    w = wrap_model(make_net())
+    cache: dict = {}
+    runner = ForwardRunner(w, cache=cache, batch_size=6)
+    first = runner.run(build_factory(X, T), (N, T), y=Y, row_shape=(3, 8, 8), cache_key="k")
+    assert "k" in cache
+    w.counter.reset()
+    calls = []
+    again = runner.run(lambda idx: calls.append(1), (N, T), y=Y, row_shape=(3, 8, 8),
+                       cache_key="k")
+    assert w.counter.calls == 0 and not calls
+    assert torch.equal(again, first)
+    other = runner.run(build_factory(X, T), (N, T), y=Y, row_shape=(3, 8, 8), cache_key="k2")
+    assert w.counter.calls > 0 and torch.equal(other, first)
+    # no cache_key: no caching
+    n_keys = len(cache)
+    runner.run(build_factory(X, T), (N, T), y=Y, row_shape=(3, 8, 8))
+    assert len(cache) == n_keys
+
+
+def test_progress_flag():
+    w = wrap_model(make_net())
+    quiet = ForwardRunner(w, batch_size=3).run(build_factory(X, T), (N, T), y=Y,
+                                               row_shape=(3, 8, 8))
+    loud = ForwardRunner(w, batch_size=3, progress=True).run(
+        build_factory(X, T), (N, T), y=Y, row_shape=(3, 8, 8), desc="testing")
+    assert torch.equal(quiet, loud)
+
+
+def test_evaluation_mode_inference_and_flags_restored():
+    net = make_net()
+    flags = {n: m.training for n, m in net.named_modules()}
+    w = wrap_model(net)
+    seen = []
+
+    def build(index):
+        seen.append((net.training, net.drop.training, torch.is_inference_mode_enabled()))
+        return build_factory(X, T)(index)
+
+    a = ForwardRunner(w, batch_size=7).run(build, (N, T), y=Y, row_shape=(3, 8, 8))
+    b = ForwardRunner(w, batch_size=7).run(build, (N, T), y=Y, row_shape=(3, 8, 8))
+    assert torch.equal(a, b)  # dropout is off: deterministic
+    assert all(s == (False, False, True) for s in seen)
+    assert {n: m.training for n, m in net.named_modules()} == flags
+    assert not a.requires_grad
+
+    def failing(index):
+        raise RuntimeError("builder failed")
+
+    with pytest.raises(RuntimeError, match="builder failed"):
+        ForwardRunner(w).run(failing, (N, T), y=Y, row_shape=(3, 8, 8))
+    assert {n: m.training for n, m in net.named_modules()} == flags
+
+
+def test_outputs_helper():
+    w = wrap_model(make_net())
+    for bs in (1, 2, None):
+        runner = ForwardRunner(w, batch_size=bs)
+        scores = runner.outputs(X, y=Y)
+        assert torch.allclose(scores, w.score(X, Y), atol=1e-6)
+        logits = runner.outputs(X.numpy(), reduce=lambda out, idx: out)
+        assert logits.shape == (N, N_CLASSES)
+        assert torch.allclose(logits, w.predict(X), atol=1e-6)
+
+
+def test_empty_work():
+    w = wrap_model(make_net())
+    w.counter.reset()
+    res = ForwardRunner(w).run(build_factory(X, T), (0, T), y=Y, row_shape=(3, 8, 8))
+    assert res.shape == (0, T) and w.counter.calls == 0
+
+
+def test_default_reduce_needs_labels_for_class_target():
+    w = wrap_model(make_net())
+    with pytest.raises(ValueError, match="class labels"):
+        ForwardRunner(w).run(build_factory(X, T), (N, T), row_shape=(3, 8, 8))
+
+
+def test_numpy_callable_model():
+    import numpy as np
+
+    wmat = np.random.default_rng(0).normal(size=(3 * 8 * 8, N_CLASSES)).astype(np.float32)
+    w = wrap_model(lambda b: b.reshape(len(b), -1) @ wmat)
+    res = ForwardRunner(w, batch_size=3).run(build_factory(X, T), (N, T), y=Y,
+                                             row_shape=(3, 8, 8))
+    ref = direct_loop(w, X, Y, T)
+    assert torch.allclose(res, ref, atol=1e-4)
