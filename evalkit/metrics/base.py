@@ -116,12 +116,21 @@ class MetricBatch:
             raise ValueError(f"{type(self.metric).__name__} needs a model; got model=None.")
         return self.model
 
-    def explain(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def explain(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        *,
+        model: ModelWrapper | None = None,
+    ) -> torch.Tensor:
         """Explain new inputs with the metric's explain function and preprocessing.
 
-        Called in chunks of the batch size; returns float64 attributions aligned with ``x``.
+        ``model`` explains with another wrapper instead (e.g. a randomised copy from
+        ``batch.model.randomise_layers``): a user ``explain_fn`` then receives its raw module,
+        the default explainer the wrapper itself. Called in chunks of the batch size; returns
+        float64 attributions aligned with ``x``.
         """
-        return self.metric._explain(self, x, y)
+        return self.metric._explain(self, x, y, model=model)
 
 
 class Metric:
@@ -506,9 +515,18 @@ class Metric:
 
         return explain, batch.explain_kwargs
 
-    def _run_explain(self, batch: MetricBatch, x: torch.Tensor, y: torch.Tensor | None):
+    def _run_explain(
+        self,
+        batch: MetricBatch,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        model: ModelWrapper | None = None,
+    ) -> torch.Tensor:
         fn, kwargs = self._explain_callable(batch)
-        model_arg = batch.model_obj if batch.explain_fn is not None else batch.model
+        if model is not None:
+            model_arg: Any = model.model if batch.explain_fn is not None else model
+        else:
+            model_arg = batch.model_obj if batch.explain_fn is not None else batch.model
         size = batch.batch_size or (batch.model.resolve_batch_size(x) if batch.model else len(x))
         parts = []
         for start in range(0, x.shape[0], size):
@@ -518,8 +536,14 @@ class Metric:
             parts.append(as_tensor(out, "explanation", device=x.device))
         return torch.cat(parts, 0) if len(parts) > 1 else parts[0]
 
-    def _explain(self, batch: MetricBatch, x: torch.Tensor, y: torch.Tensor | None):
-        raw = self._run_explain(batch, x, y)
+    def _explain(
+        self,
+        batch: MetricBatch,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        model: ModelWrapper | None = None,
+    ) -> torch.Tensor:
+        raw = self._run_explain(batch, x, y, model)
         return self._preprocess_attributions(batch, raw, x, flag_nan=False)
 
     # ----------------------------------------------------------------- hooks
