@@ -146,6 +146,7 @@ class TorchModel(ModelWrapper):
         *,
         seed: int = 42,
         layer_names: list[str] | None = None,
+        keep_buffers: bool = False,
     ) -> Iterator[tuple[str, TorchModel]]:
         """Yield ``(layer_name, wrapper)`` for progressively randomised copies of the model.
 
@@ -156,6 +157,10 @@ class TorchModel(ModelWrapper):
         from ``seed`` and the layer's name, so a layer gets the same weights on every run and in
         every order. The global RNG state is saved and restored around each initialisation.
         The yielded wrapper is only valid until the next step; the user's model is untouched.
+
+        ``keep_buffers=True`` re-initialises a layer's parameters only and keeps its buffers:
+        ``reset_parameters`` of a batch-norm layer also resets the running statistics, which
+        this restores (the trained statistics stay, the affine parameters are re-initialised).
         """
         check_option("order", order, LAYER_ORDERS)
         layers = randomisable_layers(self._model)
@@ -178,20 +183,24 @@ class TorchModel(ModelWrapper):
             for name in names:
                 if pristine is not None:
                     work.load_state_dict(pristine)
-                _reinitialise(modules[name], derive_seed(seed, "layer", name))
+                _reinitialise(modules[name], derive_seed(seed, "layer", name),
+                              keep_buffers=keep_buffers)
                 yield name, self._copy(work)
         finally:
             del work, modules, pristine
 
     @contextlib.contextmanager
-    def randomised(self, layer_names: list[str], *, seed: int = 42) -> Iterator[TorchModel]:
+    def randomised(
+        self, layer_names: list[str], *, seed: int = 42, keep_buffers: bool = False
+    ) -> Iterator[TorchModel]:
         """A copy with the given layers re-initialised (see :meth:`randomise_layers`)."""
         work = copy.deepcopy(self._model)
         modules = dict(work.named_modules())
         for name in layer_names:
             if name not in modules:
                 raise ValueError(f"Unknown layer {name!r}.")
-            _reinitialise(modules[name], derive_seed(seed, "layer", name))
+            _reinitialise(modules[name], derive_seed(seed, "layer", name),
+                          keep_buffers=keep_buffers)
         yield self._copy(work)
 
     @contextlib.contextmanager
@@ -274,13 +283,18 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return True
 
 
-def _reinitialise(module: nn.Module, seed: int) -> None:
+def _reinitialise(module: nn.Module, seed: int, *, keep_buffers: bool = False) -> None:
     """Re-draw a layer's parameters from its default initialisation under ``seed``.
 
     ``reset_parameters`` draws from the global RNG, so that state is forked (saved and restored)
     around it: the caller's random streams are unaffected. Layers without ``reset_parameters``
-    get N(0, std) with the std of the trained values.
+    get N(0, std) with the std of the trained values. ``keep_buffers`` restores the layer's own
+    buffers afterwards (e.g. batch-norm running statistics, which ``reset_parameters`` resets).
     """
+    saved = (
+        {name: b.detach().clone() for name, b in module.named_buffers(recurse=False)}
+        if keep_buffers else {}
+    )
     seed &= (1 << 63) - 1
     devices = [p.device for p in module.parameters(recurse=False) if p.device.type == "cuda"]
     with torch.random.fork_rng(devices=sorted({d.index or 0 for d in devices})), torch.no_grad():
@@ -292,3 +306,5 @@ def _reinitialise(module: nn.Module, seed: int) -> None:
             for p in module.parameters(recurse=False):
                 std = float(p.std()) if p.numel() > 1 else 1.0
                 p.normal_(0.0, std if std > 0 else 1.0)
+        for name, value in saved.items():
+            getattr(module, name).copy_(value)
