@@ -233,6 +233,18 @@ class TestWrapModel:
         assert wrap_model(net, device="cpu").device == torch.device("cpu")
         assert next(net.parameters()).device.type == "cpu"
 
+    @pytest.mark.xfail(
+        strict=True,
+        reason="BUG: wrap_model(wrapper, device=...) compares devices with `!=` "
+        "(models/__init__.py:67) instead of _same_device, so 'cpu:0' vs 'cpu' (and, on GPUs, "
+        "'cuda' vs 'cuda:0') is rejected although wrap_model(module, device=...) accepts it.",
+    )
+    def test_wrapper_device_equivalent_spelling(self):
+        net = make_tinynet()
+        assert wrap_model(net, device="cpu:0").device.type == "cpu"
+        w = wrap_model(net)
+        assert wrap_model(w, device="cpu:0") is w
+
     def test_parameter_free_module(self):
         w = wrap_model(nn.Flatten())
         assert w.device.type == "cpu" and w.dtype == torch.get_default_dtype()
@@ -489,18 +501,21 @@ class TestLabelValidation:
 
     @pytest.mark.xfail(
         strict=True,
-        reason="BUG: ModelWrapper.score / evalkit.explain do not call target.check: an "
-        "out-of-range label raises torch's 'index 7 is out of bounds' RuntimeError (a device "
-        "assert on CUDA) instead of the ValueError naming `y`.",
+        reason="BUG: ModelWrapper.score does not call target.check: an out-of-range label "
+        "raises torch's 'index 7 is out of bounds' RuntimeError (a device assert on CUDA) "
+        "instead of the ValueError naming `y`.",
     )
-    @pytest.mark.parametrize("entry", ["score", "explain"])
-    def test_out_of_range_label_clear_error(self, entry):
-        y = torch.tensor([0, 1, 7])
+    def test_score_out_of_range_label_clear_error(self):
         with pytest.raises(ValueError, match="`y`"):
-            if entry == "score":
-                self.w.score(self.x, y)
-            else:
-                ek.explain(self.w, self.x, y)
+            self.w.score(self.x, torch.tensor([0, 1, 7]))
+
+    @pytest.mark.parametrize(
+        ("y", "match"), [([0, 1, 7], "label 7"), ([0, -1, 2], "label -1"),
+                         ([0.5, 1.0, 2.0], "non-integer")]
+    )
+    def test_explain_validates_labels(self, y, match):
+        with pytest.raises(ValueError, match=match):
+            ek.explain(self.w, self.x, torch.tensor(y))
 
 
 # ============================================================================ eval mode
@@ -661,6 +676,19 @@ class TestRandomiseLayers:
             assert all(torch.equal(st[k], fc_weights[k]) for k in st)
         with pytest.raises(ValueError, match="Unknown layer 'nope'"), w.randomised(["nope"]):
             pass
+
+    def test_keep_buffers(self):
+        net = make_tinynet()
+        w = wrap_model(net)
+        with w.randomised(["bn"], seed=0) as rw:  # reset_parameters also resets the stats
+            assert torch.equal(rw.model.bn.running_mean, torch.zeros(4))
+            assert torch.equal(rw.model.bn.running_var, torch.ones(4))
+        with w.randomised(["bn"], seed=0, keep_buffers=True) as rw:
+            assert torch.equal(rw.model.bn.running_mean, net.bn.running_mean)
+            assert torch.equal(rw.model.bn.running_var, net.bn.running_var)
+            assert layer_differs(net, rw.model, "bn")
+        for name, rw in w.randomise_layers("independent", keep_buffers=True):
+            assert torch.equal(rw.model.bn.running_var, net.bn.running_var), name
 
     def test_layer_without_reset_parameters(self):
         class Scale(nn.Module):
