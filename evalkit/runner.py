@@ -73,7 +73,8 @@ class ForwardRunner:
     def chunk_size(self, row_shape: tuple[int, ...], dtype: torch.dtype) -> int:
         item = torch.empty((), dtype=dtype).element_size()
         row_bytes = int(np.prod(row_shape, dtype=np.int64)) * item
-        return resolve_batch_size(self.batch_size or self.model.batch_size, row_bytes,
+        chosen = self.batch_size if self.batch_size is not None else self.model.batch_size
+        return resolve_batch_size(chosen, row_bytes,
                                   self.memory_budget, self.model.device.type)
 
     def run(
@@ -94,7 +95,7 @@ class ForwardRunner:
         ``y[index[0]]``.
         """
         if cache_key is not None and self.cache is not None and cache_key in self.cache:
-            return self.cache[cache_key]
+            return self.cache[cache_key].clone()
         if reduce is None:
             model = self.model
 
@@ -131,9 +132,10 @@ class ForwardRunner:
                 bar.update(stop - start)
                 start = stop
         bar.close()
-        result = out.reshape(*shape, *out.shape[1:])
+        # a normal tensor (not an inference tensor), so callers may update it in place
+        result = out.reshape(*shape, *out.shape[1:]).clone()
         if cache_key is not None and self.cache is not None:
-            self.cache[cache_key] = result
+            self.cache[cache_key] = result.clone()
         return result
 
     def outputs(

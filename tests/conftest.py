@@ -22,3 +22,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "quantus" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.oracle)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_torch_thread():
+    """One torch thread per test process: the tests use tiny models, for which thread start-up
+    costs more than it saves, and several test processes may share the machine's cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

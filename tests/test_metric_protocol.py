@@ -566,12 +566,6 @@ class TestCallAliases:
         with pytest.raises(TypeError, match="`softmax`"):
             m(NET, x, y, a, softmax="yes")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: wrap_model(obj_with_predict_proba) leaves softmax=None, so a metric with "
-        "default_softmax=True applies a softmax to probabilities (0.7 -> 0.46); predict_proba "
-        "outputs should default to softmax=False.",
-    )
     def test_predict_proba_is_not_softmaxed_again(self):
         class Clf:
             def predict_proba(self, b):
@@ -729,13 +723,6 @@ class TestRequirements:
         spy(None, x, None, a)
         assert spy.batch.model is None and spy.batch.runner is None
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: Metric._prepare wraps any given model and calls wrapper.check_labels even "
-        "for needs_model=False metrics with `a` given, so a Quantus-style call "
-        "metric(model=net, x_batch=x, y_batch=None, a_batch=a) of a complexity metric raises "
-        "'`y` is required' (and spends a forward pass).",
-    )
     def test_model_free_metric_ignores_model_without_labels(self):
         x, _, a, _ = data(3)
         out = DummyProtoSum()(NET, x, None, a)

@@ -233,12 +233,6 @@ class TestWrapModel:
         assert wrap_model(net, device="cpu").device == torch.device("cpu")
         assert next(net.parameters()).device.type == "cpu"
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: wrap_model(wrapper, device=...) compares devices with `!=` "
-        "(models/__init__.py:67) instead of _same_device, so 'cpu:0' vs 'cpu' (and, on GPUs, "
-        "'cuda' vs 'cuda:0') is rejected although wrap_model(module, device=...) accepts it.",
-    )
     def test_wrapper_device_equivalent_spelling(self):
         net = make_tinynet()
         assert wrap_model(net, device="cpu:0").device.type == "cpu"
@@ -344,11 +338,6 @@ class TestPredictScore:
         out = w.predict(images(2))
         assert not out.requires_grad
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: ModelWrapper.predict on an empty batch crashes with IndexError "
-        "('list index out of range', evalkit/models/base.py predict: `outs[0]`).",
-    )
     def test_predict_empty_batch_clear_error_or_empty_output(self):
         w = wrap_model(make_tinynet())
         try:
@@ -489,22 +478,11 @@ class TestLabelValidation:
         with pytest.raises(ValueError, match="`y` has 2 entries but `x` has 3"):
             check_labels(torch.tensor([0, 1]), 3)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: ModelWrapper.score does not validate y: non-integer float labels are "
-        "silently truncated (1.7 -> class 1) and a short y silently returns fewer scores.",
-    )
     @pytest.mark.parametrize("y", [[0.5, 1.7, 2.2], [0, 1]])
     def test_score_validates_labels(self, y):
         with pytest.raises(ValueError, match="`y`"):
             self.w.score(self.x, torch.tensor(y))
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: ModelWrapper.score does not call target.check: an out-of-range label "
-        "raises torch's 'index 7 is out of bounds' RuntimeError (a device assert on CUDA) "
-        "instead of the ValueError naming `y`.",
-    )
     def test_score_out_of_range_label_clear_error(self):
         with pytest.raises(ValueError, match="`y`"):
             self.w.score(self.x, torch.tensor([0, 1, 7]))
@@ -868,12 +846,6 @@ class TestCallableModel:
         with pytest.raises(TypeError, match="not differentiable"):
             ek.explain(w, images(2), labels(2), method="Saliency")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: ModelWrapper declares randomise_layers/perturbed/hidden_representations but "
-        "not randomised()/capture(), so CallableModel raises AttributeError instead of the "
-        "documented NotImplementedError.",
-    )
     def test_randomised_not_implemented(self):
         w = wrap_model(numpy_linear())
         with pytest.raises(NotImplementedError), w.randomised(["fc"]):

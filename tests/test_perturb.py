@@ -144,11 +144,6 @@ class TestPatches:
             Patches((2, 2))(rand(1, 3, 8))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Patches(1.5) raises TypeError \"'float' object is not iterable\" from "
-    "tuple(patch_size) instead of the ValueError naming `patch_size` (groupings.py:172).",
-)
 def test_patches_float_size_clear_error():
     with pytest.raises(ValueError, match="`patch_size`"):
         Patches(1.5)
@@ -279,12 +274,6 @@ def test_make_grouping():
     assert repr(Patches(3)) == "Patches(patch_size=3)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: make_grouping(array) evaluates `spec == 'pixels'` on the array first "
-    "(groupings.py:329), which raises 'truth value of an array is ambiguous' for a NumPy label "
-    "array; the documented label-array spec never reaches CustomGrouping.",
-)
 def test_make_grouping_from_numpy_label_array():
     g = make_grouping(np.array([[0, 1], [1, 1]]))
     assert isinstance(g, CustomGrouping)
@@ -518,16 +507,11 @@ class TestBaselines:
         # the mean of every channel is roughly preserved and the image is smoother
         assert out.diff(dim=-1).abs().mean() < x.diff(dim=-1).abs().mean()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: gaussian_blur with an even kernel_size pads k//2 on both sides, so the "
-        "convolution returns extent + 1 values and the reshape fails with an obscure "
-        "RuntimeError (baselines.py gaussian_blur); round k up to odd or reject even sizes.",
-    )
     def test_blur_even_kernel_size(self):
-        x = rand(1, 2, 9, 9)
-        out = Baseline("blur", blur_sigma=1.0, blur_kernel_size=4).values(x)
-        assert out.shape == x.shape
+        with pytest.raises(ValueError, match="positive odd integer"):
+            Baseline("blur", blur_sigma=1.0, blur_kernel_size=4)
+        with pytest.raises(ValueError, match="positive odd integer"):
+            gaussian_blur(rand(1, 2, 9, 9), 1.0, kernel_size=4)
 
     def test_blur_small_sigma_is_identity(self):
         x = rand(1, 2, 6, 5)
@@ -629,11 +613,6 @@ class TestNoise:
         assert bool((tensor_clip >= t_lo).all()) and bool((tensor_clip <= t_hi).all())
         assert bool((tensor_clip == t_lo).any()) and bool((tensor_clip == t_hi).any())
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: Noise.__call__ passes clip=(tensor, float) straight to torch.clamp, which "
-        "rejects mixed tensor/number bounds (noise.py:41) although the signature allows it.",
-    )
     def test_clip_mixed_tensor_and_float(self):
         x = torch.zeros(2, 3, 4)
         out = GaussianNoise(perturb_std=5.0)(x, torch.tensor([1, 2]),

@@ -114,12 +114,6 @@ def test_memory_budget_chunking():
         ForwardRunner(w, batch_size=-2).chunk_size((3,), torch.float32)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: batch_size=0 is silently treated as 'automatic' because of "
-    "`self.batch_size or self.model.batch_size` (runner.py chunk_size; same pattern in "
-    "ModelWrapper.resolve_batch_size and Metric._run_explain), so it is never rejected.",
-)
 @pytest.mark.parametrize("where", ["runner", "predict"])
 def test_batch_size_zero_rejected(where):
     w = wrap_model(make_net())

@@ -27,6 +27,7 @@ import torch
 
 from .. import _rng
 from .._validation import (
+    EvalkitWarning,
     UndefinedScoreWarning,
     as_tensor,
     check_attributions,
@@ -431,7 +432,9 @@ class Metric:
     def _prepare(self, model, x, y, a, s, explain_fn, explain_kwargs, batch_size, device, extra):
         channels_last = extra.pop("_channels_last", False)
         wrapper: ModelWrapper | None = None
-        if model is not None:
+        # Model-free metrics given attributions ignore the model: no wrapping, no label checks,
+        # no forward pass (Quantus-style calls pass a model and no labels to them).
+        if model is not None and (self.needs_model or a is None):
             wrapper = self._resolve_softmax(wrap_model(model, device=device), extra)
             if batch_size is not None:
                 wrapper = wrapper.with_options(batch_size=batch_size)
@@ -527,7 +530,10 @@ class Metric:
             model_arg: Any = model.model if batch.explain_fn is not None else model
         else:
             model_arg = batch.model_obj if batch.explain_fn is not None else batch.model
-        size = batch.batch_size or (batch.model.resolve_batch_size(x) if batch.model else len(x))
+        if batch.model is not None:
+            size = batch.model.resolve_batch_size(x, batch.batch_size)
+        else:
+            size = batch.batch_size if batch.batch_size is not None else len(x)
         parts = []
         for start in range(0, x.shape[0], size):
             xs = x[start : start + size]
@@ -592,6 +598,13 @@ def _same(a: Any, b: Any) -> bool:
 # --------------------------------------------------------------------- registry
 def register(cls: type[Metric]) -> type[Metric]:
     """Register a metric class under its name (and its ``aliases``)."""
+    previous = _REGISTRY.get(cls.__name__)
+    if previous is not None and previous is not cls and (
+        previous.__module__, previous.__qualname__) != (cls.__module__, cls.__qualname__):
+        warnings.warn(
+            f"A metric named {cls.__name__!r} from {previous.__module__} is replaced by the one "
+            f"from {cls.__module__}.", EvalkitWarning, stacklevel=3,
+        )
     _REGISTRY[cls.__name__] = cls
     for alias in cls.aliases:
         _ALIASES[alias.lower()] = cls.__name__

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ForwardCounter, ModelWrapper
+from .base import ForwardCounter, ModelWrapper, same_device
 from .callable_model import CallableModel
 from .targets import (
     ClassTarget,
@@ -64,7 +64,7 @@ def wrap_model(
                 f"Options {sorted(kwargs)} cannot be applied to an existing wrapper; "
                 "wrap the raw model instead."
             )
-        if device is not None and torch.device(device) != obj.device:
+        if device is not None and not same_device(device, obj.device):
             raise ValueError(
                 f"The wrapper runs on {obj.device}; device={device!r} was requested."
             )
@@ -77,8 +77,9 @@ def wrap_model(
     if isinstance(obj, nn.Module):
         return TorchModel(obj, softmax=softmax, target=target, device=device, **kwargs)
     if not callable(obj) and callable(getattr(obj, "predict_proba", None)):
-        return CallableModel(obj.predict_proba, softmax=softmax, target=target, device=device,
-                             **kwargs)
+        # predict_proba already returns probabilities: never soften them again by default
+        return CallableModel(obj.predict_proba, softmax=bool(softmax), target=target,
+                             device=device, **kwargs)
     if callable(obj):
         return CallableModel(obj, softmax=softmax, target=target, device=device, **kwargs)
     raise TypeError(

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from .._batching import resolve_batch_size
-from .._validation import as_tensor
+from .._validation import as_tensor, check_labels
 from .targets import _BaseTarget, as_target
 
-__all__ = ["ForwardCounter", "ModelWrapper"]
+__all__ = ["ForwardCounter", "ModelWrapper", "same_device"]
 
 
 @dataclass
@@ -135,17 +135,22 @@ class ModelWrapper(ABC):
         """
         x = self.prepare(x)
         n = x.shape[0]
+        if n == 0:
+            raise ValueError("`x` is an empty batch (N = 0); give at least one sample.")
         bs = self.resolve_batch_size(x, batch_size)
         outs = []
         with self.evaluation(), torch.inference_mode():
             for start in range(0, n, bs):
                 outs.append(self(x[start : start + bs]))
-        return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+        # cloned outside inference mode: callers get an ordinary tensor they may modify
+        return (torch.cat(outs, 0) if len(outs) > 1 else outs[0]).clone()
 
     def score(self, x: Any, y: Any = None, *, batch_size: int | None = None) -> torch.Tensor:
-        """The target score of every sample, shape (N,)."""
+        """The target score of every sample, shape (N,); ``y`` is validated for the target."""
+        x = self.prepare(x)
+        yt = None if y is None else check_labels(as_tensor(y, "y", device=self.device), len(x))
+        self.check_labels(x, yt)
         outputs = self.predict(x, batch_size=batch_size)
-        yt = None if y is None else as_tensor(y, "y", device=outputs.device)
         return self.target(outputs, yt)
 
     def select(self, outputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -154,8 +159,8 @@ class ModelWrapper(ABC):
 
     def resolve_batch_size(self, x: torch.Tensor, batch_size: int | None = None) -> int:
         row_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * x.element_size()
-        return resolve_batch_size(batch_size or self.batch_size, row_bytes,
-                                  device_type=self.device.type)
+        chosen = batch_size if batch_size is not None else self.batch_size
+        return resolve_batch_size(chosen, row_bytes, device_type=self.device.type)
 
     def output_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         """Per-sample output shape for inputs like ``x`` (one cached forward on one sample)."""
@@ -184,12 +189,27 @@ class ModelWrapper(ABC):
         )
 
     def perturbed(
-        self, noise_type: str = "multiplicative", mean: float = 1.0, std: float = 0.01, *,
+        self, noise_type: str = "multiplicative", mean: float | None = None, std: float = 0.01, *,
         seed: int = 0,
     ) -> contextlib.AbstractContextManager[ModelWrapper]:
         raise NotImplementedError(
             f"{type(self).__name__} cannot perturb parameters: it has no access to them. "
             "Wrap a torch.nn.Module to use model perturbation tests."
+        )
+
+    def randomised(
+        self, layer_names: list[str], *, seed: int = 42
+    ) -> contextlib.AbstractContextManager[ModelWrapper]:
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot randomise layers: it has no access to the model's "
+            "parameters. Wrap a torch.nn.Module to use randomisation metrics."
+        )
+
+    def capture(
+        self, layer_names: list[str]
+    ) -> contextlib.AbstractContextManager[dict[str, list[torch.Tensor]]]:
+        raise NotImplementedError(
+            f"{type(self).__name__} exposes no hidden layers; wrap a torch.nn.Module."
         )
 
     def hidden_representations(
@@ -202,3 +222,15 @@ class ModelWrapper(ABC):
     def __repr__(self) -> str:
         opts = [f"softmax={self.softmax}", f"target={self.target!r}", f"device={self.device}"]
         return f"{type(self).__name__}({type(self.model).__name__}, {', '.join(opts)})"
+
+
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Device equality that treats ``cpu``/``cpu:0`` and ``cuda``/``cuda:<current>`` alike."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type == "cuda":
+        ia = a.index if a.index is not None else torch.cuda.current_device()
+        ib = b.index if b.index is not None else torch.cuda.current_device()
+        return ia == ib
+    return a.type == "cpu" or a.index == b.index

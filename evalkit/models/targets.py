@@ -125,7 +125,8 @@ class MultiLabelTarget(_BaseTarget):
         if y is None or y.ndim != 2 or (y.shape[1],) != tuple(output_shape):
             got = None if y is None else tuple(y.shape)
             raise ValueError(
-                f"MultiLabelTarget needs a multi-hot `y` of shape (N, {output_shape}); got {got}."
+                f"MultiLabelTarget needs a multi-hot `y` of shape (N, {output_shape[0]}); "
+                f"got {got}."
             )
 
 

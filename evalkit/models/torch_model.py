@@ -17,7 +17,7 @@ from torch import nn
 
 from .._rng import derive_seed
 from .._validation import check_option
-from .base import ModelWrapper
+from .base import ModelWrapper, same_device
 
 __all__ = ["TorchModel", "randomisable_layers"]
 
@@ -53,7 +53,8 @@ class TorchModel(ModelWrapper):
     eval_mode:
         Run forward passes in evaluation mode (the default), restoring every module's training
         flag afterwards. With ``False`` the model runs in whatever mode it is in: dropout and
-        batch-norm statistics then make scores depend on the batch.
+        batch-norm statistics then make scores depend on the batch, and batch-norm layers in
+        training mode update their running statistics (the user's model changes).
     output_fn:
         Optional function that extracts the output tensor from what the module returns (e.g.
         ``lambda out: out.logits`` for Hugging Face models).
@@ -84,7 +85,7 @@ class TorchModel(ModelWrapper):
         model_device = param.device if param is not None else torch.device("cpu")
         if device is not None:
             wanted = torch.device(device)
-            if not _same_device(wanted, model_device):
+            if not same_device(wanted, model_device):
                 raise ValueError(
                     f"The model's parameters are on {model_device} but device={wanted} was "
                     f"requested. evalkit never moves your model: call model.to({str(wanted)!r}) "
@@ -207,18 +208,22 @@ class TorchModel(ModelWrapper):
     def perturbed(
         self,
         noise_type: str = "multiplicative",
-        mean: float = 1.0,
+        mean: float | None = None,
         std: float = 0.01,
         *,
         seed: int = 0,
     ) -> Iterator[TorchModel]:
         """A copy whose parameters carry Gaussian noise ``eps ~ N(mean, std**2)``.
 
+        ``mean`` defaults to 1 for multiplicative noise and 0 for additive noise (both leave the
+        parameters unchanged on average).
         ``"multiplicative"``: ``theta * eps``; ``"additive"``: ``theta + eps`` (every parameter
         tensor; buffers such as batch-norm statistics are left alone, as in MetaQuantus). Each
         parameter's noise is drawn from its own generator seeded from ``seed`` and its name.
         """
         check_option("noise_type", noise_type, NOISE_TYPES)
+        if mean is None:
+            mean = 1.0 if noise_type == "multiplicative" else 0.0
         if std < 0:
             raise ValueError(f"`std` must be >= 0; got {std}.")
         work = copy.deepcopy(self._model)
@@ -271,16 +276,6 @@ class TorchModel(ModelWrapper):
         with self.capture(layer_names) as store:
             self.predict(x, batch_size=batch_size)
         return {name: torch.cat(parts, 0) for name, parts in store.items()}
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    if a.type != b.type:
-        return False
-    if a.type == "cuda":
-        ia = a.index if a.index is not None else torch.cuda.current_device()
-        ib = b.index if b.index is not None else torch.cuda.current_device()
-        return ia == ib
-    return True
 
 
 def _reinitialise(module: nn.Module, seed: int, *, keep_buffers: bool = False) -> None:

@@ -97,6 +97,13 @@ class Baseline(Imputer):
             raise ValueError("`uniform_high` must be larger than `uniform_low`.")
         if blur_sigma <= 0:
             raise ValueError(f"`blur_sigma` must be > 0; got {blur_sigma}.")
+        if blur_kernel_size is not None and (
+            isinstance(blur_kernel_size, bool) or not isinstance(blur_kernel_size, int)
+            or blur_kernel_size < 1 or blur_kernel_size % 2 == 0
+        ):
+            raise ValueError(
+                f"`blur_kernel_size` must be a positive odd integer; got {blur_kernel_size!r}."
+            )
         self.kind = kind
         self.value = value
         self.uniform_low = uniform_low
@@ -180,7 +187,13 @@ def gaussian_blur(
     """
     if x.ndim not in (3, 4):
         raise ValueError(f"Blur needs (N, C, T) or (N, C, H, W) inputs; got {tuple(x.shape)}.")
-    size = kernel_size or 2 * math.ceil(3 * sigma) + 1
+    if kernel_size is None:
+        size = 2 * math.ceil(3 * sigma) + 1
+    elif isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
+            or kernel_size % 2 == 0:
+        raise ValueError(f"`kernel_size` must be a positive odd integer; got {kernel_size!r}.")
+    else:
+        size = kernel_size
     out = x
     for axis in range(2, x.ndim):
         extent = x.shape[axis]

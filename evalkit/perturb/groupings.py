@@ -169,7 +169,12 @@ class Patches(FeatureGrouping):
     """
 
     def __init__(self, patch_size: int | Sequence[int]) -> None:
-        sizes = (patch_size,) if isinstance(patch_size, int) else tuple(patch_size)
+        if isinstance(patch_size, int | np.integer):
+            sizes = (int(patch_size),) if not isinstance(patch_size, bool) else (patch_size,)
+        elif isinstance(patch_size, Sequence) and not isinstance(patch_size, str):
+            sizes = tuple(patch_size)
+        else:
+            raise ValueError(f"`patch_size` must be a positive int or ints; got {patch_size!r}.")
         if not sizes or any(not isinstance(p, int) or isinstance(p, bool) or p < 1 for p in sizes):
             raise ValueError(f"`patch_size` must be a positive int or ints; got {patch_size!r}.")
         self.patch_size = patch_size
@@ -326,10 +331,12 @@ class CustomGrouping(FeatureGrouping):
 def make_grouping(spec: object) -> FeatureGrouping:
     """Resolve a grouping spec: ``None``/``"pixels"``, ``"channel_values"``, an int (patch
     size), ``"slic"``/``"felzenszwalb"``, an array of labels, or a :class:`FeatureGrouping`."""
-    if spec is None or spec == "pixels":
-        return Pixels()
     if isinstance(spec, FeatureGrouping):
         return spec
+    if isinstance(spec, np.ndarray | torch.Tensor):
+        return CustomGrouping(spec)
+    if spec is None or spec == "pixels":
+        return Pixels()
     if spec == "channel_values":
         return ChannelValues()
     if spec in ("slic", "felzenszwalb"):

@@ -38,7 +38,8 @@ class Noise:
             n = n * mask.to(n.dtype)
         out = x + n
         if clip is not None:
-            out = torch.clamp(out, min=clip[0], max=clip[1])
+            low, high = (torch.as_tensor(c, dtype=out.dtype, device=out.device) for c in clip)
+            out = torch.clamp(out, min=low, max=high)
         return out
 
     def __repr__(self) -> str:
