@@ -1,24 +1,63 @@
 """``explain()``: attributions from a registry of explanation methods.
 
 >>> a = evalkit.explain(model, x, y, method="IntegratedGradients", n_steps=32)  # doctest: +SKIP
+>>> cam = evalkit.explain(model, x, y, method="GradCAM", layer="features.conv3")  # doctest: +SKIP
 
 NumPy in gives NumPy out; tensors in give tensors out (on the model's device). Every method
 honours the wrapper's target (class index per sample, probabilities with ``softmax=True``, or a
 custom score callable): the explained quantity is the scored quantity.
+
+Methods (see :func:`available_methods`; :func:`explainer_info` says what each needs):
+
+- captum: Saliency, Gradient, InputXGradient, IntegratedGradients, GradientShap (native, seeded
+  per sample), DeepLift, DeepLiftShap, GuidedBackprop, Deconvolution, LRP, Occlusion,
+  FeatureAblation, Lime, KernelShap, and the layer methods LayerGradCam, GuidedGradCam,
+  LayerConductance, LayerActivation, InternalInfluence, LayerGradientXActivation;
+- the CAM family in torch (:mod:`evalkit.explain.cam`): GradCAM, HiResCAM, GradCAMElementWise,
+  GradCAMPlusPlus, XGradCAM, LayerCAM, EigenCAM, EigenGradCAM, ScoreCAM, AblationCAM, FullGrad,
+  RandomCAM;
+- controls: Random, Constant, Sobel, GroundTruth (``masks=``).
+
+Shapes: input-space methods give (N, C, ...) like ``x``; CAMs, Sobel, Constant and GroundTruth
+give one map (N, 1, ...); ``reduce_channels`` reduces any output to (N, 1, ...). Deep Feature
+Factorization (:class:`DeepFeatureFactorization`) is a batch-level analysis with its own result
+object, not an attribution method of the registry.
 """
 
+from .cam import (
+    DEFAULT_AUGMENTATIONS,
+    fullgrad_decomposition,
+    swin_reshape_transform,
+    vit_reshape_transform,
+)
 from .core import (
+    ExplainerInfo,
     available_methods,
     explain,
+    explainer_info,
     get_explainer,
     numpy_explain_fn,
     register_explainer,
 )
+from .dff import DeepFeatureFactorization, FactorizationResult, deep_feature_factorization, nmf
+from .visualise import show_cam_on_image, show_factorization_on_image
 
 __all__ = [
+    "DEFAULT_AUGMENTATIONS",
+    "DeepFeatureFactorization",
+    "ExplainerInfo",
+    "FactorizationResult",
     "available_methods",
+    "deep_feature_factorization",
     "explain",
+    "explainer_info",
+    "fullgrad_decomposition",
     "get_explainer",
+    "nmf",
     "numpy_explain_fn",
     "register_explainer",
+    "show_cam_on_image",
+    "show_factorization_on_image",
+    "swin_reshape_transform",
+    "vit_reshape_transform",
 ]

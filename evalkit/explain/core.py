@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._batching import resolve_batch_size
 from .._validation import as_tensor, check_inputs, check_labels, check_option, is_numpy_like
 from ..models import ModelWrapper, wrap_model
+from ._hooks import require_gradients, require_module
 
 __all__ = [
+    "ExplainerInfo",
     "available_methods",
     "explain",
+    "explainer_info",
     "get_explainer",
     "numpy_explain_fn",
     "register_explainer",
@@ -23,26 +28,93 @@ __all__ = [
 #: ``fn(model: ModelWrapper, x: Tensor, y: Tensor | None, **kwargs) -> Tensor`` per method
 Explainer = Callable[..., torch.Tensor]
 
-_EXPLAINERS: dict[str, Explainer] = {}
-_ALIASES: dict[str, str] = {}
 _REDUCTIONS = (None, "sum", "mean", "abs_sum", "max_abs")
+#: bytes of *input* per explainer call when no batch size is given. Explainers run backward
+#: passes (and captum expands inputs over steps), so a chunk holds far more activation memory
+#: than a forward-only runner chunk of the same input size: the CUDA budget is smaller than the
+#: runner's. A chunk that still runs out of CUDA memory is retried at half the size.
+EXPLAIN_MEMORY_BUDGET = {"cpu": 4 * 2**20, "cuda": 32 * 2**20}
+
+
+@dataclass(frozen=True)
+class ExplainerInfo:
+    """What an explanation method needs and gives; the registry's record of a method.
+
+    Attributes
+    ----------
+    name:
+        The registered name.
+    fn:
+        ``fn(model: ModelWrapper, x, y, **kwargs) -> Tensor`` (``x`` a chunk on the model's
+        device, ``y`` its labels or None).
+    requires_gradients:
+        Needs a differentiable wrapper (a torch model); ``explain`` raises a TypeError otherwise.
+    requires_module:
+        Needs a ``torch.nn.Module`` (it hooks layers): CAMs, layer methods, DeepLift, LRP...
+    uses_target:
+        Explains the wrapper's target score (so ``y`` is validated against it). False for
+        class-agnostic maps (EigenCAM, LayerActivation) and for the controls.
+    model_free:
+        Does not look at the model at all (the controls).
+    per_sample:
+        Keyword arguments that hold one row per sample (e.g. ``masks`` of GroundTruth, per-sample
+        ``baselines``): ``explain`` slices them along with ``x`` when it chunks the batch. A value
+        whose first axis is not N is passed to every chunk unchanged (a shared baseline).
+    needs_masks:
+        Needs ground-truth masks, passed as ``masks=`` (GroundTruth). ``evaluate()`` and metrics
+        can look this up to pass their ``s``.
+    stochastic:
+        Draws random numbers (always from a ``seed`` keyword, per sample; never the global RNG).
+    batch_dependent:
+        A sample's map depends on the other samples of its batch. No registered method is.
+    """
+
+    name: str
+    fn: Explainer
+    requires_gradients: bool = False
+    requires_module: bool = False
+    uses_target: bool = True
+    model_free: bool = False
+    per_sample: tuple[str, ...] = ()
+    needs_masks: bool = False
+    stochastic: bool = False
+    batch_dependent: bool = False
+
+
+_EXPLAINERS: dict[str, ExplainerInfo] = {}
+_ALIASES: dict[str, str] = {}
+_ALIAS_SPELLINGS: dict[str, str] = {}
 
 
 def register_explainer(
-    name: str, *, aliases: tuple[str, ...] = (), overwrite: bool = False
+    name: str,
+    *,
+    aliases: tuple[str, ...] = (),
+    overwrite: bool = False,
+    **info: Any,
 ) -> Callable[[Explainer], Explainer]:
     """Decorator registering ``fn(model, x, y, **kwargs) -> Tensor`` under ``name``.
 
     ``model`` is a :class:`~evalkit.models.ModelWrapper`; ``x`` a batch on its device; ``y``
-    the labels (or None). Return attributions of shape (N, C, ...) or (N, 1, ...).
+    the labels (or None). Return attributions of shape (N, C, ...) or (N, 1, ...), one row per
+    input. Further keyword arguments are :class:`ExplainerInfo` fields (e.g.
+    ``requires_gradients=True``, ``per_sample=("masks",)``).
+
+    >>> @register_explainer("Sign")                                    # doctest: +SKIP
+    ... def sign(model, x, y, **kw):
+    ...     return torch.sign(x)
     """
+    unknown = set(info) - (set(ExplainerInfo.__dataclass_fields__) - {"name", "fn"})
+    if unknown:
+        raise TypeError(f"Unknown explainer properties {sorted(unknown)}.")
 
     def decorate(fn: Explainer) -> Explainer:
         if not overwrite and name in _EXPLAINERS:
             raise ValueError(f"An explainer named {name!r} is already registered.")
-        _EXPLAINERS[name] = fn
+        _EXPLAINERS[name] = ExplainerInfo(name=name, fn=fn, **info)
         for alias in aliases:
             _ALIASES[alias.lower()] = name
+            _ALIAS_SPELLINGS[alias] = name
         return fn
 
     return decorate
@@ -54,10 +126,20 @@ def available_methods() -> list[str]:
     return sorted(_EXPLAINERS)
 
 
-def get_explainer(method: str) -> Explainer:
+def explainer_info(method: str) -> ExplainerInfo:
+    """The :class:`ExplainerInfo` of a method.
+
+    Lookup order: a registered name, an alias as spelled (Quantus' ``"GradCam"`` is captum's
+    LayerGradCam, ``"Control Var. Sobel Filter"`` is Sobel), then both case-insensitively
+    (``"gradcam"`` is the native GradCAM).
+    """
     _load_builtin()
+    if not isinstance(method, str):
+        raise TypeError(f"`method` must be a method name (str); got {type(method).__name__}.")
     if method in _EXPLAINERS:
         return _EXPLAINERS[method]
+    if method in _ALIAS_SPELLINGS:  # an alias as written, e.g. Quantus' "GradCam"
+        return _EXPLAINERS[_ALIAS_SPELLINGS[method]]
     lower = {k.lower(): k for k in _EXPLAINERS}
     if method.lower() in lower:
         return _EXPLAINERS[lower[method.lower()]]
@@ -67,6 +149,11 @@ def get_explainer(method: str) -> Explainer:
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ValueError(f"Unknown explanation method {method!r}.{hint} "
                      f"Available: {', '.join(sorted(_EXPLAINERS))}.")
+
+
+def get_explainer(method: str) -> Explainer:
+    """The explainer function registered under ``method``."""
+    return explainer_info(method).fn
 
 
 def explain(
@@ -87,40 +174,116 @@ def explain(
     ----------
     model:
         ``torch.nn.Module``, callable or :class:`~evalkit.models.ModelWrapper`.
+    x:
+        A batch, (N, C, H, W) images, (N, C, T) series or (N, D) tabular rows; NumPy or torch.
+    y:
+        One label per sample for the wrapper's target (class indices by default).
     method:
         A registered name (see :func:`available_methods`), e.g. ``"Saliency"``,
-        ``"IntegratedGradients"``.
+        ``"IntegratedGradients"``, ``"GradCAM"``, ``"Sobel"``.
     reduce_channels:
-        ``None`` keeps one value per input element (N, C, ...); ``"sum"``, ``"mean"``,
+        ``None`` returns what the method gives: one value per input element (N, C, ...) for
+        input-space methods (Saliency, IntegratedGradients, Occlusion...), one map (N, 1, ...)
+        for CAMs and the Sobel/Constant/GroundTruth controls. ``"sum"``, ``"mean"``,
         ``"abs_sum"`` or ``"max_abs"`` reduce over the channel axis to (N, 1, ...).
     batch_size:
-        Inputs per explainer call (default: from the memory budget).
+        Inputs per explainer call (default: from an input-memory budget; a CUDA chunk that
+        runs out of memory is retried at half the size). Every registered method is per-sample,
+        so the result does not depend on it.
     softmax, target:
-        Override the wrapper's output settings for this explanation.
+        Override the wrapper's output settings for this explanation: the explained scalar is
+        ``target(softmax?(model(x)), y)``, e.g. the class logit (default), the class probability
+        (``softmax=True``), or any custom score callable ``(outputs, y) -> (N,)``.
     **kwargs:
-        Passed to the method (e.g. ``n_steps``, ``baselines`` for IntegratedGradients).
+        Passed to the method (``n_steps``, ``baselines``, ``layer``, ``seed``, ``masks``...).
+        Keyword arguments that hold one row per sample (``masks``, per-sample ``baselines``)
+        are sliced with ``x`` (see :class:`ExplainerInfo`); NumPy arrays are converted to
+        tensors on the model's device.
 
     Returns
     -------
     Attributions as a NumPy array if ``x`` was one, else a tensor on the model's device.
+
+    Notes
+    -----
+    Runs with autograd enabled even inside ``torch.no_grad()`` or ``torch.inference_mode()``,
+    in the wrapper's evaluation mode (every module's training flag is restored afterwards).
+    Gradients are taken with ``torch.autograd.grad`` with respect to inputs or activations
+    only: the ``.grad`` of the model's parameters is never written.
     """
     check_option("reduce_channels", reduce_channels, _REDUCTIONS)
-    fn = get_explainer(method)
+    info = explainer_info(method)
     wrapper = wrap_model(model, softmax=softmax, target=target)
     numpy_in = is_numpy_like(x)
     xt = check_inputs(wrapper.prepare(x))
-    yt = None if y is None else check_labels(as_tensor(y, "y", device=wrapper.device), len(xt))
-    size = wrapper.resolve_batch_size(xt, batch_size)
+    n = xt.shape[0]
+    yt = None if y is None else check_labels(as_tensor(y, "y", device=wrapper.device), n)
+    if not info.model_free:
+        if info.requires_module:
+            require_module(wrapper, info.name)
+        if info.requires_gradients:
+            require_gradients(wrapper, info.name)
+        if info.uses_target:
+            wrapper.check_labels(xt, yt)
+    kwargs = _tensor_kwargs(kwargs, wrapper)
+    sliced = [k for k in info.per_sample if _is_per_sample(kwargs.get(k), n)]
+
+    row_bytes = int(np.prod(xt.shape[1:], dtype=np.int64)) * xt.element_size()
+    kind = "cuda" if wrapper.device.type == "cuda" else "cpu"
+    size = resolve_batch_size(batch_size if batch_size is not None else wrapper.batch_size,
+                              row_bytes, EXPLAIN_MEMORY_BUDGET[kind], kind)
     parts = []
-    with wrapper.evaluation():
-        for start in range(0, xt.shape[0], size):
-            xs = xt[start : start + size]
-            ys = None if yt is None else yt[start : start + size]
-            out = fn(wrapper, xs, ys, **kwargs)
-            parts.append(as_tensor(out, "explanation", device=wrapper.device).detach())
+    with wrapper.evaluation(), torch.inference_mode(False), torch.enable_grad():
+        if xt.is_inference():
+            xt = xt.clone()
+        start = 0
+        while start < n:
+            stop = min(n, start + size)
+            chunk_kw = dict(kwargs)
+            for k in sliced:
+                chunk_kw[k] = kwargs[k][start:stop]
+            xs = xt[start:stop]
+            ys = None if yt is None else yt[start:stop]
+            try:
+                out = info.fn(wrapper, xs, ys, **chunk_kw)
+            except torch.cuda.OutOfMemoryError:
+                if size == 1 or batch_size is not None:
+                    raise
+                size = max(1, size // 2)
+                torch.cuda.empty_cache()
+                continue
+            out = as_tensor(out, "explanation", device=wrapper.device).detach()
+            if out.is_floating_point() and out.dtype != xs.dtype:
+                out = out.to(xs.dtype)  # e.g. scikit-learn surrogates return float32
+            if out.ndim == 0 or out.shape[0] != stop - start:
+                raise RuntimeError(
+                    f"The explainer {info.name!r} returned shape {tuple(out.shape)} for "
+                    f"{stop - start} inputs; it must return one attribution per input."
+                )
+            parts.append(out)
+            start = stop
     a = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
     a = _reduce_channels(a, reduce_channels)
     return a.cpu().numpy() if numpy_in else a
+
+
+def _is_per_sample(value: Any, n: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n and n > 1
+
+
+def _tensor_kwargs(kwargs: dict[str, Any], wrapper: ModelWrapper) -> dict[str, Any]:
+    """NumPy arrays in ``kwargs`` become tensors on the model's device (floats in its dtype)."""
+    out = {}
+    for key, value in kwargs.items():
+        if isinstance(value, np.ndarray):
+            t = as_tensor(value, key, device=wrapper.device)
+            if t.is_floating_point():
+                t = t.to(wrapper.dtype)
+            value = t
+        elif isinstance(value, torch.Tensor) and value.device != wrapper.device:
+            value = value.to(wrapper.device)
+        out[key] = value
+    return out
 
 
 def _reduce_channels(a: torch.Tensor, how: str | None) -> torch.Tensor:
@@ -155,4 +318,4 @@ def _load_builtin() -> None:
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        from . import captum_methods, controls  # noqa: F401
+        from . import cam, captum_methods, controls  # noqa: F401
