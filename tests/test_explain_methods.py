@@ -154,3 +154,22 @@ def test_info_is_consistent(method):
     assert not info.batch_dependent
     if info.model_free:
         assert not info.requires_gradients and not info.requires_module
+
+
+@pytest.mark.parametrize("method", _methods())
+def test_constant_input_gives_finite_maps(method):
+    """Degenerate inputs (all zeros: constant activations, zero gradients, zero-span masks,
+    a rank-0 SVD) give finite maps, never NaN."""
+    model = make(BnNet)
+    x = torch.zeros((2, 3, 8, 8), dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    a = ek.explain(model, x, y, method=method, **_kwargs(method, x))
+    assert bool(torch.isfinite(a).all())
+
+
+def test_nan_input_is_rejected():
+    model = make(BnNet)
+    x, y = inputs(2)
+    x[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        ek.explain(model, x, y, method="GradCAM")
