@@ -207,3 +207,30 @@ def test_batch_size_zero_is_rejected():
     x, y = inputs(2)
     with pytest.raises(ValueError, match="batch_size"):
         ek.explain(model, x, y, batch_size=0)
+
+
+def test_quantus_keyword_names():
+    model = make(GapNet)
+    x, y = inputs(4)
+    b = torch.rand(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(0))
+    ref = ek.explain(model, x, y, method="IntegratedGradients", baselines=b, n_steps=5)
+    # `baseline` is renamed before chunking, so a per-sample baseline is sliced too
+    got = ek.explain(model, x, y, method="IntegratedGradients", baseline=b, n_steps=5,
+                     batch_size=3)
+    torch.testing.assert_close(got, ref)
+    cam = ek.explain(model, x, y, method="GradCAM", layer="features.relu2")
+    torch.testing.assert_close(
+        ek.explain(model, x, y, method="GradCAM", gc_layer="model.features[3]",
+                   interpolate=(8, 8), interpolate_mode="bilinear"), cam)
+    ek.explain(model, x, y, method="GuidedGradCam", gc_layer="features.relu2",
+               interpolate_mode="nearest")
+    with pytest.raises(ValueError, match="input size"):
+        ek.explain(model, x, y, method="LayerGradCam", gc_layer="features.relu2",
+                   interpolate=(4, 4))
+    with pytest.raises(TypeError, match="not both"):
+        ek.explain(model, x, y, method="IntegratedGradients", baseline=b, baselines=b)
+    torch.testing.assert_close(
+        ek.explain(model, x, y, method="IntegratedGradients",
+                   xai_lib_kwargs={"multiply_by_inputs": False}),
+        ek.explain(model, x, y, method="IntegratedGradients",
+                   constructor_kwargs={"multiply_by_inputs": False}))

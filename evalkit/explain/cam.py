@@ -350,10 +350,9 @@ def _augmented(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, aug_
 def _run(spec: _Spec, model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, kw):
     module = require_module(model, spec.name)
     layer = kw.pop("layer", None)
-    for alias in ("target_layers", "gc_layer"):  # pytorch-grad-cam's and Quantus' names
-        value = kw.pop(alias, None)
-        if layer is None:
-            layer = value
+    targets = kw.pop("target_layers", None)  # pytorch-grad-cam's name
+    if layer is None:
+        layer = targets
     layers = resolve_layers(module, layer if layer is not None else default_cam_layer(module))
     reshape = kw.pop("reshape_transform", None)
     aug_smooth = bool(kw.pop("aug_smooth", False))
@@ -393,6 +392,7 @@ def _register(spec: _Spec, doc: str) -> None:
         requires_module=True,
         requires_gradients=spec.gradients,
         uses_target=spec.gradients or spec.needs_score,
+        quantus_names=True,
     )(explainer)
 
 
@@ -630,7 +630,8 @@ def _rescale(t: torch.Tensor) -> torch.Tensor:
     return _safe_div(t - lo, span.expand_as(t))
 
 
-@register_explainer("FullGrad", requires_module=True, requires_gradients=True)
+@register_explainer("FullGrad", requires_module=True, requires_gradients=True,
+                    quantus_names=True)
 def fullgrad(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """FullGrad saliency (Srinivas & Fleuret 2019): ``psi(|x * grad_x|)`` plus, for every
     convolution / batch-norm layer, ``psi(|b * d score / d z|)`` resized to the input and summed

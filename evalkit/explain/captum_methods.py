@@ -8,10 +8,10 @@ layer only (captum uses ``torch.autograd.grad``), so the ``.grad`` of the model'
 never touched.
 
 Keyword arguments pass through to captum's ``attribute``; arguments for the captum
-*constructor* (e.g. ``multiply_by_inputs``) go in ``constructor_kwargs`` (Quantus' name
-``xai_lib_kwargs`` is accepted). Layers are given by name (``"features.conv3"``, or a Python
-path such as ``"layer4[-1]"``, never ``eval``'d) or as a module, in ``layer`` (Quantus'
-``gc_layer`` is accepted).
+*constructor* (e.g. ``multiply_by_inputs``) go in ``constructor_kwargs``. Layers are given by
+name (``"features.conv3"``, or a Python path such as ``"layer4[-1]"``, never ``eval``'d) or as a
+module, in ``layer``. Quantus' names (``baseline``, ``gc_layer``, ``interpolate_mode``,
+``xai_lib_kwargs``) are accepted (see ``ExplainerInfo.quantus_names``).
 
 Methods that hook the model's modules (DeepLift, DeepLiftShap, GuidedBackprop, Deconvolution,
 GuidedGradCam, LRP) run inside a guard that restores every module's hooks and attributes
@@ -52,8 +52,9 @@ from .core import register_explainer
 
 __all__: list[str] = []
 
-_GRAD = {"requires_gradients": True}
-_MODULE = {"requires_gradients": True, "requires_module": True}
+_GRAD = {"requires_gradients": True, "quantus_names": True}
+_MODULE = {"requires_gradients": True, "requires_module": True, "quantus_names": True}
+_BLACK_BOX = {"quantus_names": True}
 _BASELINES = ("baselines",)
 
 
@@ -89,11 +90,7 @@ def _grad_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def _constructor_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
-    ctor = kw.pop("constructor_kwargs", None)
-    legacy = kw.pop("xai_lib_kwargs", None)
-    out = dict(legacy or {})
-    out.update(ctor or {})
-    return out
+    return dict(kw.pop("constructor_kwargs", None) or {})
 
 
 def _integration_rule(kw: dict[str, Any]) -> None:
@@ -114,10 +111,7 @@ def _no_delta(kw: dict[str, Any], method: str) -> None:
 def _layer(model: ModelWrapper, kw: dict[str, Any], method: str) -> nn.Module:
     module = require_module(model, method)
     spec = kw.pop("layer", None)
-    legacy = kw.pop("gc_layer", None)
-    if spec is None:
-        spec = legacy if legacy is not None else default_cam_layer(module)
-    return resolve_layer(module, spec)[1]
+    return resolve_layer(module, spec if spec is not None else default_cam_layer(module))[1]
 
 
 def _forward_rows(x: torch.Tensor, model: ModelWrapper) -> int:
@@ -370,7 +364,7 @@ def _quiet_hook_warning() -> Iterator[None]:
 
 
 # ============================================================================ perturbation
-@register_explainer("Occlusion", per_sample=_BASELINES)
+@register_explainer("Occlusion", per_sample=_BASELINES, **_BLACK_BOX)
 def occlusion(
     model: ModelWrapper,
     x: torch.Tensor,
@@ -408,7 +402,7 @@ def occlusion(
         )
 
 
-@register_explainer("FeatureAblation", per_sample=("baselines", "feature_mask"))
+@register_explainer("FeatureAblation", per_sample=("baselines", "feature_mask"), **_BLACK_BOX)
 def feature_ablation(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """Feature ablation: the score change when a feature (group) is replaced by ``baselines``
     (default 0). Black-box. Without ``feature_mask`` every input element is its own feature
@@ -452,7 +446,8 @@ def _surrogate(cls_name: str, model: ModelWrapper, x, y, kw) -> torch.Tensor:
     return torch.cat(out, 0)
 
 
-@register_explainer("Lime", per_sample=("baselines", "feature_mask"), stochastic=True)
+@register_explainer("Lime", per_sample=("baselines", "feature_mask"), stochastic=True,
+                    **_BLACK_BOX)
 def lime(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """LIME (Ribeiro et al. 2016) with captum's defaults (``n_samples=25``, a Lasso surrogate
     from scikit-learn). Black-box. Use ``feature_mask``, ``patch_size`` or ``grouping`` to
@@ -461,7 +456,8 @@ def lime(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any
     return _surrogate("Lime", model, x, y, kw)
 
 
-@register_explainer("KernelShap", per_sample=("baselines", "feature_mask"), stochastic=True)
+@register_explainer("KernelShap", per_sample=("baselines", "feature_mask"), stochastic=True,
+                    **_BLACK_BOX)
 def kernel_shap(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """Kernel SHAP (Lundberg & Lee 2017) through captum (``n_samples=25`` by default, a linear
     surrogate from scikit-learn). Black-box; features as for :func:`lime`; seeded per sample."""
@@ -520,6 +516,8 @@ def guided_grad_cam(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None
 
     require_gradients(model, "GuidedGradCam")
     layer = _layer(model, kw, "GuidedGradCam")
+    if "upsample_mode" in kw:  # captum calls it interpolate_mode (default "nearest")
+        kw["interpolate_mode"] = kw.pop("upsample_mode")
     score_module = _ScoreModule(model)
     with module_guard(score_module.net), _quiet_hook_warning():
         return ca.GuidedGradCam(score_module, layer, **_constructor_kwargs(kw)).attribute(

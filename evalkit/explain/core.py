@@ -67,6 +67,10 @@ class ExplainerInfo:
         Draws random numbers (always from a ``seed`` keyword, per sample; never the global RNG).
     batch_dependent:
         A sample's map depends on the other samples of its batch. No registered method is.
+    quantus_names:
+        Accept Quantus' keyword names (``baseline``, ``gc_layer``, ``interpolate``,
+        ``interpolate_mode``, ``xai_lib_kwargs``); ``explain`` renames them to evalkit's
+        (``baselines``, ``layer``, ``upsample_mode``, ``constructor_kwargs``) before the call.
     """
 
     name: str
@@ -79,6 +83,16 @@ class ExplainerInfo:
     needs_masks: bool = False
     stochastic: bool = False
     batch_dependent: bool = False
+    quantus_names: bool = False
+
+
+#: Quantus' ``explain`` keyword names -> evalkit's
+QUANTUS_KWARGS = {
+    "baseline": "baselines",
+    "gc_layer": "layer",
+    "interpolate_mode": "upsample_mode",
+    "xai_lib_kwargs": "constructor_kwargs",
+}
 
 
 _EXPLAINERS: dict[str, ExplainerInfo] = {}
@@ -225,6 +239,8 @@ def explain(
             require_gradients(wrapper, info.name)
         if info.uses_target:
             wrapper.check_labels(xt, yt)
+    if info.quantus_names:
+        kwargs = _rename_quantus_kwargs(kwargs, xt)
     kwargs = _tensor_kwargs(kwargs, wrapper)
     sliced = [k for k in info.per_sample if _is_per_sample(kwargs.get(k), n)]
 
@@ -265,6 +281,23 @@ def explain(
     a = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
     a = _reduce_channels(a, reduce_channels)
     return a.cpu().numpy() if numpy_in else a
+
+
+def _rename_quantus_kwargs(kwargs: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
+    out = dict(kwargs)
+    for old, new in QUANTUS_KWARGS.items():
+        if old in out:
+            if new in out:
+                raise TypeError(f"Pass `{new}` or Quantus' `{old}`, not both.")
+            out[new] = out.pop(old)
+    if "interpolate" in out:  # Quantus' target size of layer maps: here always the input size
+        size = out.pop("interpolate")
+        if size is not None and tuple(int(s) for s in size) != tuple(x.shape[2:]):
+            raise ValueError(
+                f"interpolate={tuple(size)}: explain() resizes layer maps to the input size "
+                f"{tuple(x.shape[2:])} (or leaves them at the layer's size with raw=True)."
+            )
+    return out
 
 
 def _is_per_sample(value: Any, n: int) -> bool:
