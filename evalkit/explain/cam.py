@@ -286,13 +286,21 @@ def _layer_maps(
 
 def _first_component(T: torch.Tensor) -> torch.Tensor:
     """Projection of each sample's (positions x channels) matrix, centred per channel, on its
-    first principal component; oriented to correlate positively with ``T.sum(1)``."""
+    first principal component; oriented to correlate positively with ``T.sum(1)``.
+
+    The component comes from a symmetric eigendecomposition of the smaller Gram matrix
+    (``M M^T`` or ``M^T M``), batched: the same projection ``M v1 = s1 u1`` as an SVD, many
+    times faster for the small, wide matrices of CAM layers (49 x 2048 for ResNet-50)."""
     n, k = T.shape[:2]
     spatial = T.shape[2:]
     M = T.reshape(n, k, -1).transpose(1, 2)  # (N, P, K)
     M = M - M.mean(1, keepdim=True)
-    U, S, _ = torch.linalg.svd(M, full_matrices=False)
-    proj = U[..., 0] * S[:, :1]  # (N, P) = M @ v1
+    if M.shape[1] <= M.shape[2]:
+        values, vectors = torch.linalg.eigh(M @ M.transpose(1, 2))  # ascending
+        proj = vectors[..., -1] * values[:, -1:].clamp_min(0).sqrt()  # (N, P) = s1 u1
+    else:
+        _, vectors = torch.linalg.eigh(M.transpose(1, 2) @ M)
+        proj = (M @ vectors[..., -1:]).squeeze(-1)  # (N, P) = M v1
     ref = T.sum(1).reshape(n, -1)
     ref = ref - ref.mean(1, keepdim=True)
     sign = torch.sign((proj * ref).sum(1))
@@ -659,8 +667,9 @@ def fullgrad(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw:
         for _, part in parts:
             if part.ndim != xa.ndim:
                 continue  # linear layers: no spatial map
-            m = interpolate_to(_rescale(part.to(dtype)), xa.shape[2:], upsample_mode)
-            total = total + m.sum(1, keepdim=True)
+            # resizing is linear, so the channel sum is taken first, at the layer's size
+            m = _rescale(part.to(dtype)).sum(1, keepdim=True)
+            total = total + interpolate_to(m, xa.shape[2:], upsample_mode)
         return total
 
     return _augmented(one, x, aug_smooth, aug_transforms).to(x.dtype)
