@@ -35,6 +35,7 @@ from .._validation import (
     check_inputs,
     check_labels,
     check_masks,
+    finite_rows,
     to_numpy,
 )
 from ..models import ModelWrapper, wrap_model
@@ -497,7 +498,7 @@ class Metric:
     ) -> torch.Tensor:
         a = check_attributions(raw, x)
         a = a.to(device=batch.device, dtype=torch.float64)
-        finite = torch.isfinite(a).reshape(a.shape[0], -1).all(1)
+        finite = finite_rows(a)
         if not bool(finite.all()):
             if flag_nan:
                 batch.set_nan(~finite, "attribution contains NaN or Inf")
