@@ -28,5 +28,27 @@ __all__ = [
 
 from .complexity import Complexity, EffectiveComplexity, Sparseness
 from .faithfulness import PixelFlipping
+from .localisation import (
+    AUC,
+    AttributionLocalisation,
+    BoxLocalisation,
+    EnergyPointingGame,
+    Focus,
+    PointingGame,
+    RelevanceMassAccuracy,
+    RelevanceRankAccuracy,
+    TopKIntersection,
+)
 
 __all__ += ["Complexity", "EffectiveComplexity", "PixelFlipping", "Sparseness"]
+__all__ += [
+    "AUC",
+    "AttributionLocalisation",
+    "BoxLocalisation",
+    "EnergyPointingGame",
+    "Focus",
+    "PointingGame",
+    "RelevanceMassAccuracy",
+    "RelevanceRankAccuracy",
+    "TopKIntersection",
+]

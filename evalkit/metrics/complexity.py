@@ -27,8 +27,10 @@ class Sparseness(Metric):
     G = sum_i (2i - n - 1) |a|_(i) / (n sum_i |a|_(i)) with |a| sorted ascending: 0 for a uniform
     map, (n - 1)/n for a map with a single non-zero element. An all-zero map is undefined (NaN).
 
-    Deviation from Quantus: no +1e-7 offset is added to the attributions (it biases the index
-    of sparse maps); all-zero maps give NaN with a reason instead of a near-zero number.
+    Deviation from Quantus: no +1e-7 offset is added to the attributions. The offset scales the
+    index by sum|a| / (sum|a| + n 1e-7) (the weights 2i - n - 1 sum to zero), which pulls sparse
+    and small-valued maps towards 0; all-zero maps give NaN with a reason instead of Quantus' 0.
+    |a| is used whatever ``abs`` says (the Gini index needs non-negative values).
 
     Reference: P. Chalasani et al., "Concise Explanations of Neural Networks using Adversarial
     Training", ICML 2020.
@@ -54,7 +56,13 @@ class Sparseness(Metric):
 class Complexity(Metric):
     """Shannon entropy of the attribution distribution p_i = |a_i| / sum|a| (Bhatt et al.
     2020). **Lower is better**: 0 for a single non-zero element, log(n) for a uniform map.
-    An all-zero map is undefined (NaN). Natural logarithm, as in Quantus (scipy's entropy).
+    An all-zero map is undefined (NaN). Natural logarithm, as in the paper and Quantus.
+
+    Deviations from Quantus: p log p is taken as 0 at p = 0 exactly (Quantus adds 1e-12 inside
+    the logarithm, a difference below n * 1e-12); |a| is used whatever ``abs`` says (the
+    distribution needs non-negative weights; Quantus divides signed values by sum|a| when
+    ``abs=False`` and writes into the caller's array, bug C15); an all-zero map is NaN with a
+    reason (Quantus: NaN from 0/0 with a RuntimeWarning).
 
     Reference: U. Bhatt, A. Weller, J. M. F. Moura, "Evaluating and Aggregating Feature-based
     Model Explanations", IJCAI 2020.
@@ -80,7 +88,12 @@ class EffectiveComplexity(Metric):
     """Number of features with |a_i| > ``eps`` (Nguyen & Rodriguez Martinez 2020).
     **Lower is better**. With the default per-sample max normalisation, ``eps`` is relative to
     each map's largest absolute value (in Quantus the maximum was taken over the whole batch,
-    bug C1, so a sample's count depended on the other samples).
+    bug C1, so a sample's count depended on the other samples); with ``normalise=False`` it is
+    an absolute threshold and the counts equal Quantus'.
+
+    A feature is one element of the map (a pixel of a 1-channel map, a channel value of a
+    C-channel map). An all-zero map is NaN with a reason: it explains nothing, and a count of 0
+    would rank it as the best (least complex) explanation (Quantus returns 0).
 
     Reference: A. Nguyen, M. Rodriguez Martinez, "On Quantitative Aspects of Model
     Interpretability", arXiv:2007.07584, 2020.
@@ -98,4 +111,6 @@ class EffectiveComplexity(Metric):
         self.eps = check_scalar("eps", eps, (int, float), min_val=0)
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
-        return (_flat_abs(batch) > self.eps).sum(1).to(torch.float64)
+        a = _flat_abs(batch)
+        batch.set_nan(a.amax(1) == 0, "attribution is all zero")
+        return (a > self.eps).sum(1).to(torch.float64)
