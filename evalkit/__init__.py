@@ -2,10 +2,11 @@
 
 Layers (each imports only those above it in this list): ``models`` (wrappers, targets),
 ``perturb`` (groupings, baselines, noise), ``runner`` (batched forward passes), ``explain``,
-``metrics``.
+``metrics``; ``masks`` (ground-truth masks, boxes, mosaics) stands beside them.
 """
 
 from . import (
+    masks,
     metrics,
     models,
     perturb,
@@ -21,6 +22,7 @@ __all__ = [
     "UndefinedScoreWarning",
     "__version__",
     "explain",
+    "masks",
     "metrics",
     "models",
     "perturb",
