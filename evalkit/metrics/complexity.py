@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .._validation import check_scalar
+from ._sorting import sort_rows
 from .base import Metric, MetricBatch
 
 __all__ = ["Complexity", "EffectiveComplexity", "Sparseness"]
@@ -44,7 +45,7 @@ class Sparseness(Metric):
              "Training, ICML 2020")
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
-        a = torch.sort(_flat_abs(batch), dim=1).values
+        a = sort_rows(_flat_abs(batch))
         n = a.shape[1]
         total = a.sum(1)
         i = torch.arange(1, n + 1, dtype=a.dtype, device=a.device)

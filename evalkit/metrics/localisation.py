@@ -36,6 +36,7 @@ import torch
 
 from .._validation import as_tensor, check_bool, check_option, check_scalar
 from ..masks import boxes_from_masks, cam_localisation, dilate, masks_from_boxes, quadrant_masks
+from ._sorting import sort_rows
 from .base import Metric, MetricBatch
 
 __all__ = [
@@ -98,29 +99,12 @@ def _positive_mass_ratio(batch: MetricBatch, a: torch.Tensor, s: torch.Tensor) -
     return _safe_div((pos * s).sum(1), total)
 
 
-def _sort_rows(a: torch.Tensor, *, indices: bool = False) -> Any:
-    """Each row of ``a`` (N, P) sorted ascending (and the sorting indices if asked).
-
-    On the CPU the rows are sorted by NumPy, on a zero-copy view (one vectorised call for the
-    whole batch; torch's CPU sort is several times slower on short rows); elsewhere by
-    ``torch.sort``. Ties are left in any order: every caller treats tied values as a group.
-    """
-    if a.device.type != "cpu":
-        out = a.sort(dim=1)
-        return (out.values, out.indices) if indices else out.values
-    arr = a.detach().numpy()
-    if not indices:
-        return torch.from_numpy(np.sort(arr, axis=1))
-    order = np.argsort(arr, axis=1)
-    return torch.from_numpy(np.take_along_axis(arr, order, axis=1)), torch.from_numpy(order)
-
-
 def _expected_top_hits(a: torch.Tensor, s: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Expected number of mask pixels among the ``k`` (N,) largest values of ``a`` (N, P),
     with ties at the cut broken uniformly at random (exact expectation, no sampling)."""
     p = a.shape[1]
     kk = k.clamp(1, p).to(torch.int64)
-    kth = _sort_rows(a).gather(1, (p - kk).unsqueeze(1))  # the k-th largest value
+    kth = sort_rows(a).gather(1, (p - kk).unsqueeze(1))  # the k-th largest value
     above, tied = a > kth, a == kth
     n_above = above.sum(1)
     n_tied = tied.sum(1)
@@ -457,7 +441,7 @@ class AUC(_LocalisationMetric):
         a, _ = _pixel_maps(batch)
         s = _pixel_masks(batch)
         _flag_mask_sizes(batch, s, full_undefined=True)
-        v, order = _sort_rows(a, indices=True)
+        v, order = sort_rows(a, indices=True)
         ranks = _average_ranks_sorted(v)
         pos_sorted = s.gather(1, order)
         r_pos = (ranks * pos_sorted).sum(1)
