@@ -87,6 +87,16 @@ def _flag_mask_sizes(batch: MetricBatch, s: torch.Tensor, *, full_undefined: boo
                       "ground-truth mask covers the whole input (no pixels outside it)")
 
 
+def _scored_pair(batch: MetricBatch, *, full_undefined: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """Per-pixel maps (N, P), masks (N, P) and the spatial shape; empty masks (and, if asked,
+    full ones) are flagged NaN with a reason."""
+    a, spatial = _pixel_maps(batch)
+    s = _pixel_masks(batch)
+    _flag_mask_sizes(batch, s, full_undefined=full_undefined)
+    return a, s, spatial
+
+
 def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return num / torch.where(den != 0, den, torch.ones_like(den))
 
@@ -205,9 +215,7 @@ class PointingGame(_LocalisationMetric):
         self.ties = check_option("ties", ties, ("mean", "any", "first"))
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
-        a, spatial = _pixel_maps(batch)
-        s = _pixel_masks(batch)
-        _flag_mask_sizes(batch, s)
+        a, s, spatial = _scored_pair(batch)
         region = s
         if self.tolerance > 0:
             if len(spatial) not in (1, 2):
@@ -230,6 +238,9 @@ class PointingGame(_LocalisationMetric):
 
 
 # --------------------------------------------------------------------------- mass-based
+_ARRAS = ("Arras, Osman & Samek, CLEVR-XAI: A benchmark dataset for the ground truth "
+          "evaluation of neural network explanations, Information Fusion 2022")
+
 class AttributionLocalisation(_LocalisationMetric):
     """Attribution localisation (Kohlbrenner et al. 2020): the inside-total relevance ratio
     mu = R_in / R_tot, the share of the (positive) relevance that falls inside the mask.
@@ -272,9 +283,7 @@ class AttributionLocalisation(_LocalisationMetric):
         self.positive_attributions = check_bool("positive_attributions", positive_attributions)
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
-        a, _ = _pixel_maps(batch)
-        s = _pixel_masks(batch)
-        _flag_mask_sizes(batch, s)
+        a, s, _ = _scored_pair(batch)
         frac = s.sum(1).to(torch.float64) / s.shape[1]
         batch.set_nan(frac > self.max_size, f"mask covers more than max_size={self.max_size} "
                                             "of the input")
@@ -309,9 +318,7 @@ class EnergyPointingGame(_LocalisationMetric):
              "Neural Networks, CVPRW 2020")
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
-        a, _ = _pixel_maps(batch)
-        s = _pixel_masks(batch)
-        _flag_mask_sizes(batch, s)
+        a, s, _ = _scored_pair(batch)
         return _positive_mass_ratio(batch, a, s)
 
 
@@ -328,13 +335,10 @@ class RelevanceMassAccuracy(_LocalisationMetric):
     truth evaluation of neural network explanations", Information Fusion 81, 2022.
     """
 
-    paper = ("Arras, Osman & Samek, CLEVR-XAI: A benchmark dataset for the ground truth "
-             "evaluation of neural network explanations, Information Fusion 2022")
+    paper = _ARRAS
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
-        a, _ = _pixel_maps(batch)
-        s = _pixel_masks(batch)
-        _flag_mask_sizes(batch, s)
+        a, s, _ = _scored_pair(batch)
         total = a.sum(1)
         batch.set_nan(total == 0, "total attribution is zero")
         batch.set_nan(total < 0, "total attribution is negative (use abs=True)")
@@ -353,13 +357,10 @@ class RelevanceRankAccuracy(_LocalisationMetric):
     Reference: L. Arras, A. Osman, W. Samek, Information Fusion 81, 2022.
     """
 
-    paper = ("Arras, Osman & Samek, CLEVR-XAI: A benchmark dataset for the ground truth "
-             "evaluation of neural network explanations, Information Fusion 2022")
+    paper = _ARRAS
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
-        a, _ = _pixel_maps(batch)
-        s = _pixel_masks(batch)
-        _flag_mask_sizes(batch, s)
+        a, s, _ = _scored_pair(batch)
         k = s.sum(1)
         return _safe_div(_expected_top_hits(a, s, k), k.to(torch.float64))
 
@@ -409,9 +410,7 @@ class TopKIntersection(_LocalisationMetric):
         return self.k
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
-        a, _ = _pixel_maps(batch)
-        s = _pixel_masks(batch)
-        _flag_mask_sizes(batch, s)
+        a, s, _ = _scored_pair(batch)
         k = self._resolve_k(a.shape[1])
         kt = torch.full((a.shape[0],), k, dtype=torch.int64, device=a.device)
         score = _expected_top_hits(a, s, kt) / k
@@ -438,9 +437,7 @@ class AUC(_LocalisationMetric):
     paper = "Fawcett, An introduction to ROC analysis, Pattern Recognition Letters 2006"
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
-        a, _ = _pixel_maps(batch)
-        s = _pixel_masks(batch)
-        _flag_mask_sizes(batch, s, full_undefined=True)
+        a, s, _ = _scored_pair(batch, full_undefined=True)
         v, order = sort_rows(a, indices=True)
         ranks = _average_ranks_sorted(v)
         pos_sorted = s.gather(1, order)
