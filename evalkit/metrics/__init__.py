@@ -26,6 +26,8 @@ __all__ = [
     "register",
 ]
 
+from . import similarity
+from .axiomatic import Completeness, InputInvariance, NonSensitivity
 from .complexity import Complexity, EffectiveComplexity, Sparseness
 from .faithfulness import PixelFlipping
 from .localisation import (
@@ -38,6 +40,13 @@ from .localisation import (
     RelevanceMassAccuracy,
     RelevanceRankAccuracy,
     TopKIntersection,
+)
+from .randomisation import (
+    MPRT,
+    EfficientMPRT,
+    ModelParameterRandomisation,
+    RandomLogit,
+    SmoothMPRT,
 )
 
 __all__ += ["Complexity", "EffectiveComplexity", "PixelFlipping", "Sparseness"]
@@ -52,3 +61,6 @@ __all__ += [
     "RelevanceRankAccuracy",
     "TopKIntersection",
 ]
+__all__ += ["MPRT", "EfficientMPRT", "ModelParameterRandomisation", "RandomLogit",
+            "SmoothMPRT", "similarity"]
+__all__ += ["Completeness", "InputInvariance", "NonSensitivity"]

@@ -1,0 +1,464 @@
+"""Axiomatic: does the explanation satisfy a property every good explanation should have?
+
+* :class:`Completeness` (Sundararajan et al. 2017): the attributions add up to the change of the
+  output between the input and a baseline.
+* :class:`NonSensitivity` (Nguyen & Rodriguez Martinez 2020): features the model does not react
+  to get zero attribution, and the other way round.
+* :class:`InputInvariance` (Kindermans et al. 2019): a constant shift of the input, absorbed by
+  the first layer's bias, leaves the explanation unchanged.
+
+Each runs its forward passes through the batched runner (one call for the whole batch) and
+never touches the user's model: InputInvariance builds a modified copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._validation import EvalkitWarning, as_tensor, check_bool, check_scalar
+from ..models import ModelWrapper
+from ..perturb import make_grouping, make_imputer
+from ..perturb.baselines import Baseline
+from .base import Metric, MetricBatch
+
+__all__ = ["Completeness", "InputInvariance", "NonSensitivity"]
+
+
+def _bool_or_residual(passed: torch.Tensor, residual: torch.Tensor, as_residual: bool
+                      ) -> torch.Tensor:
+    return residual.to(torch.float64) if as_residual else passed.to(torch.float64)
+
+
+# ============================================================================ Completeness
+class Completeness(Metric):
+    """Completeness (Sundararajan, Taly & Yan 2017). **Higher is better** (1 = satisfied).
+
+    An attribution is complete when its sum equals the change of the target score between the
+    input and the baseline: sum_i a_i = f(x) - f(x'), where x' has every feature replaced by
+    ``perturb_baseline`` (Integrated Gradients satisfies it by construction, up to the
+    integration error; so do DeepLift and LRP's conservation variants). The score is 1.0 if
+    |sum(a) - output_func(f(x) - f(x'))| <= ``atol`` + ``rtol`` * |output_func(f(x) - f(x'))|
+    and 0.0 otherwise, or, with ``return_residual=True``, the residual itself (lower is then
+    better). The residuals, output differences and attribution sums of the last call are in
+    ``residuals_``, ``output_differences_`` and ``attribution_sums_``.
+
+    The baseline must be the one the explanation was computed against: for captum's Integrated
+    Gradients with its default zero baseline use ``perturb_baseline="zero"``; the default
+    ``"black"`` is the per-sample minimum of x (Quantus' default), which equals 0 only for
+    inputs whose minimum is 0. Attributions are summed over their own elements (a 1-channel map
+    is not broadcast over the input channels first).
+
+    Deviations from Quantus (``quantus.Completeness`` 0.6): a tolerance instead of exact float
+    equality, and ``normalise=False`` by default (Quantus divides ``a`` by its maximum, which
+    breaks the sum, and then compares floats with ``==``, so every sample fails: bug C3).
+    A warning is issued when ``normalise=True`` is requested.
+
+    Parameters
+    ----------
+    perturb_baseline:
+        The baseline x' (a name, number, array or imputer; see :mod:`evalkit.perturb`).
+    output_func:
+        Applied to f(x) - f(x') (a tensor (N,)) before the comparison; default identity.
+    rtol, atol:
+        Relative (to |f(x) - f(x')|) and absolute tolerance. The default ``rtol=0.05`` is the
+        5% criterion Sundararajan et al. give for choosing the number of integration steps.
+    return_residual:
+        Return |sum(a) - output_func(f(x) - f(x'))| instead of the pass/fail value.
+
+    Reference: M. Sundararajan, A. Taly, Q. Yan, "Axiomatic Attribution for Deep Networks",
+    ICML 2017.
+    """
+
+    family = "axiomatic"
+    higher_is_better = True
+    default_abs = False
+    default_normalise = False
+    default_softmax = False
+    paper = "Sundararajan, Taly & Yan, Axiomatic Attribution for Deep Networks, ICML 2017"
+
+    def __init__(
+        self,
+        perturb_baseline: Any = "black",
+        output_func: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        rtol: float = 0.05,
+        atol: float = 1e-4,
+        return_residual: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("normalise"):
+            warnings.warn(
+                "Completeness with normalise=True compares the sum of *normalised* attributions "
+                "with an output difference; the property is then generally violated.",
+                EvalkitWarning, stacklevel=2)
+        super().__init__(**kwargs)
+        self.perturb_baseline = perturb_baseline
+        self._imputer = make_imputer(perturb_baseline)
+        if output_func is not None and not callable(output_func):
+            raise TypeError("`output_func` must be callable on a tensor (N,), or None.")
+        self.output_func = output_func
+        self.rtol = check_scalar("rtol", rtol, (int, float), min_val=0)
+        self.atol = check_scalar("atol", atol, (int, float), min_val=0)
+        self.return_residual = check_bool("return_residual", return_residual)
+        self.residuals_: np.ndarray | None = None
+        self.output_differences_: np.ndarray | None = None
+        self.attribution_sums_: np.ndarray | None = None
+
+    def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
+        batch.require_model()
+        assert batch.a is not None and batch.runner is not None
+        x = batch.x
+        keys = batch.keys if self._imputer.stochastic else None
+        full = torch.ones((1,) * x.ndim, dtype=torch.bool, device=x.device).expand_as(x)
+        x_base = self._imputer.fill(x, full, keys=keys)
+
+        def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            i, which = index
+            use_base = (which == 1).reshape(-1, *([1] * (x.ndim - 1)))
+            return torch.where(use_base, x_base[i], x[i])
+
+        scores = batch.runner.run(build, (batch.n, 2), y=batch.y, row_shape=tuple(x.shape[1:]),
+                                  desc="Completeness").to(torch.float64)
+        delta = scores[:, 0] - scores[:, 1]
+        if self.output_func is not None:
+            delta = torch.as_tensor(self.output_func(delta), device=x.device).to(torch.float64)
+            if delta.shape != (batch.n,):
+                raise RuntimeError(f"output_func returned shape {tuple(delta.shape)}; expected "
+                                   f"({batch.n},).")
+        total = batch.a.reshape(batch.n, -1).sum(1)
+        residual = (total - delta).abs()
+        passed = residual <= self.atol + self.rtol * delta.abs()
+        batch.set_nan(~torch.isfinite(delta), "the model's output difference is not finite")
+        self.residuals_ = residual.cpu().numpy()
+        self.output_differences_ = delta.cpu().numpy()
+        self.attribution_sums_ = total.cpu().numpy()
+        return _bool_or_residual(passed, residual, self.return_residual)
+
+
+# ============================================================================ NonSensitivity
+class NonSensitivity(Metric):
+    """Non-sensitivity (Nguyen & Rodriguez Martinez 2020). **Lower is better** (0 = satisfied).
+
+    The set of features with zero attribution should be the set of features the model is not
+    sensitive to. Each feature group (``grouping``, merged ``features_in_step`` at a time in
+    group-id order, e.g. raster order for pixels) is replaced by ``perturb_baseline`` on its
+    own, and the group is *insensitive* when |f(x) - f(x with the group replaced)| < ``eps``.
+    An attribution element is *zero* when |a_i| < ``eps``. The score counts the violations,
+    i.e. the size of the symmetric difference: elements with zero attribution in a sensitive
+    group, plus elements with non-zero attribution in an insensitive group.
+
+    Violations are counted per element of the attribution map (a 1-channel map counts pixels, a
+    C-channel map channel values), each element taking its group's sensitivity; with
+    ``grouping="channel_values"`` a 1-channel map is broadcast over the input channels first,
+    which is Quantus' count.
+
+    All N x (G + 1) forward passes (the unperturbed input and one per group) go through the
+    runner in one call: linear in the batch size (Quantus' ``main`` predicts the whole batch
+    for every sample and group: quadratic).
+
+    Deviations from Quantus: the zero test uses |a| (Quantus tests a < eps, so negative
+    attributions count as zero when ``abs=False``); groups default to whole pixels
+    (``grouping="channel_values"`` for Quantus' per-channel-value features); normalisation is
+    per sample, so with the default ``normalise=True`` ``eps`` is relative to each map's
+    largest |a| (Quantus: the batch's, bug C1).
+
+    Reference: A. Nguyen, M. Rodriguez Martinez, "On Quantitative Aspects of Model
+    Interpretability", arXiv:2007.07584, 2020.
+    """
+
+    family = "axiomatic"
+    higher_is_better = False
+    default_abs = True
+    default_normalise = True
+    default_softmax = True
+    paper = ("Nguyen & Rodriguez Martinez, On Quantitative Aspects of Model Interpretability, "
+             "arXiv 2020")
+
+    def __init__(
+        self,
+        eps: float = 1e-5,
+        features_in_step: int = 1,
+        perturb_baseline: Any = "black",
+        *,
+        grouping: Any = "pixels",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.eps = check_scalar("eps", eps, (int, float), min_val=0)
+        self.features_in_step = check_scalar("features_in_step", features_in_step, int,
+                                             min_val=1)
+        self.perturb_baseline = perturb_baseline
+        self._imputer = make_imputer(perturb_baseline)
+        self.grouping = grouping
+        self._grouping = make_grouping(grouping)
+        self.sensitive_: np.ndarray | None = None
+
+    def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
+        batch.require_model()
+        assert batch.a is not None and batch.runner is not None
+        x = batch.x
+        n = batch.n
+        grouping = self._grouping(x)
+        labels = grouping.labels // self.features_in_step  # (N|1, Cg, *S)
+        n_groups = (grouping.n_groups + self.features_in_step - 1) // self.features_in_step
+        g_max = int(n_groups.max())
+        keys = batch.keys if self._imputer.stochastic else None
+        values = None
+        if isinstance(self._imputer, Baseline):
+            values = self._imputer.values(x, keys)
+            values = values.expand(torch.broadcast_shapes(values.shape, x.shape))
+        shared = labels.shape[0] == 1
+        ones = (1,) * (x.ndim - 1)
+
+        def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            i, col = index
+            xi = x[i]
+            lab = labels.expand(len(i), *labels.shape[1:]) if shared else labels[i]
+            mask = lab == (col - 1).reshape(-1, *ones)  # column 0: nothing replaced
+            if values is not None:
+                vi = values[i] if values.shape[0] == n else values.expand_as(xi)
+                return torch.where(mask, vi, xi)
+            row_keys = None if keys is None else keys[i]
+            return self._imputer.fill(xi, mask.expand_as(xi), keys=row_keys)
+
+        scores = batch.runner.run(build, (n, g_max + 1), y=batch.y,
+                                  row_shape=tuple(x.shape[1:]),
+                                  desc="NonSensitivity").to(torch.float64)
+        change = (scores[:, 1:] - scores[:, :1]).abs()  # (N, G)
+        valid = torch.arange(g_max, device=x.device)[None, :] < n_groups[:, None]
+        sensitive = (change >= self.eps) & valid
+        self.sensitive_ = sensitive.cpu().numpy()
+        batch.set_nan(~torch.isfinite(scores).all(1), "a model output is not finite")
+
+        a = batch.a
+        shape = torch.broadcast_shapes(a.shape, (n, *labels.shape[1:]))
+        lab = labels.expand(n if shared else labels.shape[0], *labels.shape[1:]).expand(shape)
+        elem_sensitive = sensitive.gather(1, lab.reshape(n, -1))
+        zero = a.expand(shape).reshape(n, -1).abs() < self.eps
+        return (zero == elem_sensitive).sum(1).to(torch.float64)
+
+
+# ============================================================================ InputInvariance
+_FIRST_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+class _ShiftCompensated(nn.Module):
+    """``layer(x) - offset``: a per-position bias, for zero-padded convolutions, where a
+    per-channel bias cannot absorb an input shift at the borders."""
+
+    def __init__(self, layer: nn.Module, offset: torch.Tensor) -> None:
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("offset", offset)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x) - self.offset
+
+
+class InputInvariance(Metric):
+    """Input invariance (Kindermans et al. 2019). **Higher is better** (1 = invariant).
+
+    Two models that compute the same function up to a constant shift of the input, m2(x + d) =
+    m1(x), should get the same explanation: a(m2, x + d) = a(m1, x). m2 is a copy of the model
+    whose first layer (the first Conv1d/2d/3d or Linear applied to the input) absorbs the shift
+    in its bias: b2 = b1 - W d. The score is 1.0 when the two explanations agree within
+    max|a2 - a1| <= ``atol`` + ``rtol`` * max|a1| (per sample), else 0.0; with
+    ``return_residual=True`` the relative residual max|a2 - a1| / max|a1| instead.
+
+    Kindermans et al. show that gradient-based methods such as Gradient / Saliency and
+    SmoothGrad are input invariant (the two functions have the same gradients), while
+    Input x Gradient, and Integrated Gradients or Deep Taylor decomposition with a reference
+    point that does not move with the input (e.g. a zero baseline), are not.
+
+    The compensation is verified: the copy's outputs on x + d must equal the model's outputs on
+    x (a ValueError otherwise, e.g. when the input is rescaled before the first layer). When the
+    first layer is a zero-padded convolution, W d is not constant at the borders; the copy then
+    subtracts the exact per-position response of the layer to d (a bias map) instead of
+    changing the per-channel bias. ``first_layer_`` and ``compensation_`` report what was done.
+
+    Deviations from Quantus (``quantus.InputInvariance`` 0.6): the first layer is found from
+    the forward pass (Quantus assumes ``modules[1]`` is a biased convolution), linear first
+    layers and bias-free layers work, the compensation is exact at padded borders, and the
+    tolerance is relative to each map's scale (Quantus: ``np.isclose(atol=1e-4)`` elementwise).
+
+    Parameters
+    ----------
+    input_shift:
+        The shift d: a number, or an array broadcastable to one input (e.g. per channel
+        (C, 1, 1)).
+    rtol, atol:
+        Tolerances of the comparison (relative to max|a1| per sample, and absolute).
+    return_residual:
+        Return max|a2 - a1| / max|a1| per sample instead of pass/fail (lower is then better).
+
+    Reference: P.-J. Kindermans et al., "The (Un)reliability of Saliency Methods", in
+    Explainable AI: Interpreting, Explaining and Visualizing Deep Learning, LNCS 11700, 2019.
+    """
+
+    family = "axiomatic"
+    higher_is_better = True
+    re_explains = True
+    default_abs = False
+    default_normalise = False
+    default_softmax = False
+    paper = ("Kindermans et al., The (Un)reliability of Saliency Methods, Explainable AI "
+             "(LNCS 11700), 2019")
+
+    def __init__(
+        self,
+        input_shift: Any = -1.0,
+        *,
+        rtol: float = 1e-3,
+        atol: float = 1e-6,
+        return_residual: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("perturb_func", None)  # Quantus' shift function: the shift is built in
+        if kwargs.get("normalise") or kwargs.get("abs"):
+            warnings.warn("InputInvariance compares raw explanations; normalise/abs can hide "
+                          "or create differences.", EvalkitWarning, stacklevel=2)
+        super().__init__(**kwargs)
+        if isinstance(input_shift, bool) or not isinstance(
+            input_shift, int | float | np.ndarray | torch.Tensor | np.generic
+        ):
+            raise TypeError(f"`input_shift` must be a number or an array; got {input_shift!r}.")
+        self.input_shift = input_shift
+        self.rtol = check_scalar("rtol", rtol, (int, float), min_val=0)
+        self.atol = check_scalar("atol", atol, (int, float), min_val=0)
+        self.return_residual = check_bool("return_residual", return_residual)
+        self.first_layer_: str | None = None
+        self.compensation_: str | None = None
+        self.residuals_: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ the shifted copy
+    def _shift(self, x: torch.Tensor) -> torch.Tensor:
+        d = as_tensor(self.input_shift, "input_shift", dtype=x.dtype, device=x.device)
+        try:
+            return torch.broadcast_to(d, x.shape[1:]).unsqueeze(0)
+        except RuntimeError as err:
+            raise ValueError(
+                f"`input_shift` of shape {tuple(d.shape)} does not broadcast to one input of "
+                f"shape {tuple(x.shape[1:])}."
+            ) from err
+
+    def shifted_model(self, model: ModelWrapper, x: torch.Tensor) -> tuple[nn.Module, str, str]:
+        """A deep copy of ``model``'s module whose first layer absorbs the shift, the first
+        layer's name, and the kind of compensation (``"bias"`` or ``"bias map"``)."""
+        module = getattr(model, "model", None)
+        if not isinstance(module, nn.Module):
+            raise NotImplementedError(
+                "InputInvariance needs a torch.nn.Module: it changes the first layer's bias "
+                f"in a copy of the model; got {type(model).__name__}."
+            )
+        d = self._shift(x)
+        probe = x[:1].detach().clone()
+        name, layer_input_shape = self._first_layer(model, module, probe)
+        work = copy.deepcopy(module)
+        layer = dict(work.named_modules())[name]
+        with torch.no_grad():
+            d_in = d.reshape(layer_input_shape)
+            comp = layer(d_in) - layer(torch.zeros_like(d_in))  # W d, with the layer's padding
+            channel_dim = 1 if isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d) \
+                else comp.ndim - 1
+            per_channel = comp.movedim(channel_dim, -1).reshape(-1, comp.shape[channel_dim])
+            constant = bool(torch.allclose(per_channel, per_channel[:1].expand_as(per_channel),
+                                           rtol=1e-5, atol=1e-6 * (1 + float(comp.abs().max()))))
+            if constant:
+                shift = per_channel[0]
+                if layer.bias is None:
+                    layer.bias = nn.Parameter(-shift.clone())
+                else:
+                    layer.bias.sub_(shift)
+                kind = "bias"
+            else:
+                parent_name, _, child = name.rpartition(".")
+                parent = dict(work.named_modules())[parent_name] if parent_name else work
+                if parent is work and not parent_name and name == "":
+                    raise ValueError("InputInvariance cannot wrap the model itself.")
+                setattr(parent, child, _ShiftCompensated(layer, comp.detach().clone()))
+                kind = "bias map"
+        return work, name, kind
+
+    @staticmethod
+    def _first_layer(model: ModelWrapper, module: nn.Module, probe: torch.Tensor
+                     ) -> tuple[str, tuple[int, ...]]:
+        names = {m: n for n, m in module.named_modules()}
+        calls: list[tuple[nn.Module, torch.Tensor]] = []
+        handles = []
+
+        def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                calls.append((mod, args[0]))
+
+        try:
+            for m in module.modules():
+                if isinstance(m, _FIRST_LAYER_TYPES):
+                    handles.append(m.register_forward_pre_hook(hook))
+            with model.evaluation(), torch.no_grad():
+                module(probe)
+        finally:
+            for h in handles:
+                h.remove()
+        if not calls:
+            raise ValueError("InputInvariance needs a model whose first layer is a Conv1d, "
+                             "Conv2d, Conv3d or Linear layer; none was called.")
+        first, first_in = calls[0]
+        same_data = (first_in.data_ptr() == probe.data_ptr()
+                     and first_in.numel() == probe.numel())
+        if not same_data:
+            raise ValueError(
+                f"InputInvariance: the first Conv/Linear layer ({names[first]!r}) does not "
+                "receive the model's input unchanged (the model transforms the input first), "
+                "so its bias cannot absorb an input shift."
+            )
+        return names[first], tuple(first_in.shape)
+
+    # ------------------------------------------------------------------ evaluate
+    def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
+        model = batch.require_model()
+        assert batch.a is not None
+        x = batch.x
+        work, name, kind = self.shifted_model(model, x)
+        shifted = model._copy(work)  # a wrapper with the same options around the copy
+        x_shift = x + self._shift(x)
+        self.first_layer_, self.compensation_ = name, kind
+        # the compensation must be exact: m2(x + d) == m1(x)
+        ref = model.predict(x).to(torch.float64)
+        out = shifted.predict(x_shift).to(torch.float64)
+        scale = float(ref.abs().max()) if ref.numel() else 0.0
+        err = float((out - ref).abs().max()) if ref.numel() else 0.0
+        if not math.isfinite(err) or err > 1e-3 * max(scale, 1.0):
+            raise ValueError(
+                f"InputInvariance: the shifted copy does not reproduce the model (max output "
+                f"difference {err:.3g}); the first layer {name!r} cannot absorb the shift."
+            )
+        raw = self._run_explain(batch, x_shift, batch.y, shifted)
+        finite = torch.isfinite(raw.reshape(batch.n, -1)).all(1)
+        a2 = self._preprocess_attributions(batch, raw, x_shift, flag_nan=False)
+        a1 = batch.a
+        if a2.shape != a1.shape:
+            raise ValueError(
+                f"InputInvariance: the explain function returns attributions of shape "
+                f"{tuple(a2.shape)} but `a` has shape {tuple(a1.shape)}; compute `a` with the "
+                "same explain function."
+            )
+        diff = (a2 - a1).reshape(batch.n, -1).abs().amax(1)
+        scale_a = a1.reshape(batch.n, -1).abs().amax(1)
+        passed = diff <= self.atol + self.rtol * scale_a
+        batch.set_nan(~finite, "the shifted model's explanation contains NaN or Inf")
+        rel = diff / torch.where(scale_a > 0, scale_a, torch.ones_like(scale_a))
+        rel = torch.where((scale_a > 0) | (diff == 0), rel, torch.full_like(rel, math.inf))
+        self.residuals_ = rel.cpu().numpy()
+        if self.return_residual:
+            batch.set_nan((scale_a == 0) & (diff > 0),
+                          "the original explanation is all zero: the relative residual is "
+                          "undefined")
+        return _bool_or_residual(passed, rel, self.return_residual)
