@@ -48,7 +48,7 @@ from ._hooks import (
     require_module,
     resolve_layer,
 )
-from .core import register_explainer
+from .core import EXPLAIN_MEMORY_BUDGET, register_explainer
 
 __all__: list[str] = []
 
@@ -120,6 +120,16 @@ def _forward_rows(x: torch.Tensor, model: ModelWrapper) -> int:
     kind = "cuda" if model.device.type == "cuda" else "cpu"
     rows = resolve_batch_size(model.batch_size, row_bytes, device_type=kind)
     return max(1, rows // max(1, x.shape[0]))
+
+
+def _step_rows(x: torch.Tensor, model: ModelWrapper, minimum: int) -> int:
+    """captum's ``internal_batch_size`` for path methods (IG, conductance...): as many
+    (sample, step) rows per forward/backward pass as the explain memory budget allows, so a
+    small chunk does not pay one pass per step; at least ``minimum``."""
+    row_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * x.element_size()
+    kind = "cuda" if model.device.type == "cuda" else "cpu"
+    rows = resolve_batch_size(model.batch_size, row_bytes, EXPLAIN_MEMORY_BUDGET[kind], kind)
+    return max(minimum, rows)
 
 
 def _feature_mask(x: torch.Tensor, kw: dict[str, Any]) -> None:
@@ -217,9 +227,12 @@ def integrated_gradients(
 
     ``n_steps`` (default 50), ``baselines`` (default zeros; a scalar, one (1, ...) baseline or
     one per sample), ``integration_method`` (captum's ``method``, default ``"gausslegendre"``)
-    and ``internal_batch_size`` (default: the chunk size, so each step is one batched backward
-    pass) pass through to captum. Quantus hard-codes ``n_steps=10, method="riemann_trapezoid"``;
-    pass ``n_steps=10, integration_method="riemann_trapezoid"`` to reproduce it.
+    and ``internal_batch_size`` (default: as many sample-steps per pass as the explain memory
+    budget allows, at least the chunk) pass through to captum. Quantus hard-codes
+    ``n_steps=10, method="riemann_trapezoid"``; pass ``n_steps=10,
+    integration_method="riemann_trapezoid"`` to reproduce it. Note that captum's trapezoid
+    weights sum to ``(n_steps - 1) / n_steps``, not 1, so that rule loses completeness by that
+    factor (10 % with Quantus' settings); the default Gauss-Legendre rule does not.
     """
     from captum.attr import IntegratedGradients
 
@@ -227,7 +240,7 @@ def integrated_gradients(
     _no_delta(kw, "IntegratedGradients")
     _integration_rule(kw)
     ctor = _constructor_kwargs(kw)
-    kw.setdefault("internal_batch_size", x.shape[0])
+    kw.setdefault("internal_batch_size", _step_rows(x, model, x.shape[0]))
     return IntegratedGradients(_scalar_forward(model), **ctor).attribute(
         _grad_input(x), additional_forward_args=_args(y), **kw
     )
@@ -480,10 +493,10 @@ def _layer_attribution(
     layer = _layer(model, kw, cls_name)
     ctor = _constructor_kwargs(kw)
     explainer = getattr(ca, cls_name)(_scalar_forward(model), layer, **ctor)
-    if cls_name == "LayerConductance":  # finite differences: at least two steps per chunk
-        kw.setdefault("internal_batch_size", 2 * x.shape[0])
+    if cls_name == "LayerConductance":  # finite differences: at least two steps per pass
+        kw.setdefault("internal_batch_size", _step_rows(x, model, 2 * x.shape[0]))
     elif cls_name == "InternalInfluence":
-        kw.setdefault("internal_batch_size", x.shape[0])
+        kw.setdefault("internal_batch_size", _step_rows(x, model, x.shape[0]))
     attr = explainer.attribute(_grad_input(x), additional_forward_args=_args(y), **kw)
     if isinstance(attr, tuple | list):
         attr = attr[0]
