@@ -1,0 +1,495 @@
+"""Timing primitives, forward counting, floors, and the runner of one (spec, workload) case.
+
+Measurement protocol for one case:
+
+1. Warm-up: run ours once, then Quantus once, each under a forward counter (a forward pre-hook
+   on the workload's root module, removed in a ``finally``). The counted calls/rows are what the
+   table reports, and the outputs of these runs feed the agreement check.
+2. Build the floor from what ours needed (by default: the forward rows it issued, at the
+   runner's batch size; specs may give their own floor, e.g. forward+backward for explainers).
+3. Timed rounds, alternating in the same process: ours, Quantus, floor, ours, Quantus, floor...
+   so that slow drift (thermal, other processes) hits all three alike. A call that takes less
+   than ``min_time`` is repeated in an inner loop and its time averaged. The median over the
+   rounds is reported (the minimum is kept too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .workloads import Workload
+
+__all__ = [
+    "Agreement",
+    "Case",
+    "Context",
+    "ForwardCount",
+    "Result",
+    "TimedExplainer",
+    "Timing",
+    "count_forwards",
+    "forward_backward_floor",
+    "forward_floor",
+    "max_abs_diff",
+    "run_case",
+    "set_clock",
+    "time_alternating",
+    "time_call",
+]
+
+
+# --------------------------------------------------------------------------- timing
+_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock_name = "wall"
+
+
+def set_clock(name: str) -> None:
+    """``"wall"`` (default; what a user waits) or ``"cpu"`` (this process's CPU time, all
+    threads: robust to other processes sharing the cores, meaningful with one torch thread
+    since idle-waiting threads also burn CPU time; never for CUDA, whose work is not on the
+    CPU)."""
+    global _clock_name
+    if name not in _CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(_CLOCKS)}; got {name!r}")
+    _clock_name = name
+
+
+def clock_name() -> str:
+    return _clock_name
+
+
+def clock() -> float:
+    return _CLOCKS[_clock_name]()
+
+
+@dataclass
+class Timing:
+    """Seconds per call over the timed rounds."""
+
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.times)) if self.times else math.nan
+
+    @property
+    def min(self) -> float:
+        return float(np.min(self.times)) if self.times else math.nan
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _inner_count(fn: Callable[[], Any], min_time: float, device: torch.device | None,
+                 max_inner: int = 100) -> int:
+    """Call ``fn`` once (a warm-up call) and return how many calls make one measurement last
+    at least ``min_time`` (1 for slow calls)."""
+    t0 = clock()
+    fn()
+    _sync(device)
+    dt = clock() - t0
+    if min_time <= 0 or dt >= min_time:
+        return 1
+    return int(min(max_inner, max(1, math.ceil(min_time / max(dt, 1e-6)))))
+
+
+def _measure(fn: Callable[[], Any], inner: int, device: torch.device | None) -> float:
+    _sync(device)
+    t0 = clock()
+    for _ in range(inner):
+        fn()
+    _sync(device)
+    return (clock() - t0) / inner
+
+
+def time_call(fn: Callable[[], Any], repeats: int = 3, *, warmup: int = 1,
+              min_time: float = 0.2, device: torch.device | None = None) -> Timing:
+    """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` measurements."""
+    return time_alternating({"fn": fn}, repeats, warmup=warmup, min_time=min_time,
+                            device=device)["fn"]
+
+
+def time_alternating(fns: dict[str, Callable[[], Any]], repeats: int = 3, *, warmup: int = 1,
+                     min_time: float = 0.2, device: torch.device | None = None,
+                     warm: dict[str, float] | None = None) -> dict[str, Timing]:
+    """Time several callables in alternation: a, b, c, a, b, c, ... (``repeats`` rounds).
+
+    ``warmup`` untimed calls of each first (the inner-loop count is calibrated on the last).
+    ``warm`` maps names already warmed up by the caller to the seconds that warm-up took; those
+    get no further warm-up and their inner-loop count comes from that time.
+    """
+    inner: dict[str, int] = {}
+    for name, fn in fns.items():
+        if warm is not None and name in warm and warm[name] >= 2 * min_time:
+            inner[name] = 1  # slow enough: no further warm-up, one call per measurement
+            continue
+        if warm is not None and name in warm:  # fast: calibrate on a second call
+            inner[name] = _inner_count(fn, min_time, device)
+            continue
+        for _ in range(max(0, warmup - 1)):
+            fn()
+            _sync(device)
+        inner[name] = _inner_count(fn, min_time, device) if warmup > 0 else 1
+    out = {name: Timing([]) for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            out[name].times.append(_measure(fn, inner[name], device))
+    return out
+
+
+# --------------------------------------------------------------------------- counting
+@dataclass
+class ForwardCount:
+    """Forward calls of a module and the rows (inputs) they carried."""
+
+    calls: int = 0
+    rows: int = 0
+
+    def text(self) -> str:
+        return f"{self.calls} / {self.rows}"
+
+
+@contextlib.contextmanager
+def count_forwards(model: nn.Module) -> Iterator[ForwardCount]:
+    """Count calls of ``model.forward`` (a forward pre-hook on the root module).
+
+    Counts every path into the model: evalkit's wrapper, Quantus' wrapper (which calls the
+    module, or a ``Sequential(module, Softmax)`` around it), captum's explainers. The hook is
+    removed on exit, also on error.
+    """
+    count = ForwardCount()
+
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        count.calls += 1
+        if args and hasattr(args[0], "shape") and len(args[0].shape) > 0:
+            count.rows += int(args[0].shape[0])
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
+class TimedExplainer:
+    """Wraps an explain function and accumulates the seconds spent in it (for the share of a
+    metric's time spent explaining). Pass it as ``explain_fn``; ``reset()`` before each run."""
+
+    def __init__(self, fn: Callable[..., Any], device: torch.device | None = None) -> None:
+        self.fn = fn
+        self.device = device
+        self.seconds = 0.0
+        self.calls = 0
+        self.__name__ = getattr(fn, "__name__", "explain")
+
+    def reset(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        _sync(self.device)
+        t0 = clock()
+        out = self.fn(*args, **kwargs)
+        _sync(self.device)
+        self.seconds += clock() - t0
+        self.calls += 1
+        return out
+
+
+# --------------------------------------------------------------------------- floors
+def _chunk_of(w: Workload, batch_size: int) -> torch.Tensor:
+    reps = math.ceil(batch_size / w.n)
+    return w.x.repeat(reps, *([1] * (w.x.ndim - 1)))[:batch_size].contiguous()
+
+
+def forward_floor(w: Workload, rows: int, batch_size: int) -> Callable[[], None] | None:
+    """A callable that runs ``rows`` bare forward rows of the workload's input shape in chunks
+    of ``batch_size`` under ``torch.inference_mode`` (model in eval mode). None if rows == 0."""
+    if rows <= 0:
+        return None
+    batch_size = max(1, min(batch_size, rows))
+    full = _chunk_of(w, batch_size)
+    n_full, rest = divmod(rows, batch_size)
+    last = full[:rest] if rest else None
+    model = w.model
+
+    def run() -> None:
+        with torch.inference_mode():
+            for _ in range(n_full):
+                model(full)
+            if last is not None:
+                model(last)
+
+    return run
+
+
+def forward_backward_floor(w: Workload, rows: int, batch_size: int) -> Callable[[], None] | None:
+    """``rows`` forward rows plus the gradient of the predicted-class logit with respect to the
+    inputs (``torch.autograd.grad``), in chunks of ``batch_size``: the bare cost of a gradient
+    explanation."""
+    if rows <= 0:
+        return None
+    batch_size = max(1, min(batch_size, rows))
+    full = _chunk_of(w, batch_size)
+    reps = math.ceil(batch_size / w.n)
+    y_full = w.y.repeat(reps)[:batch_size]
+    n_full, rest = divmod(rows, batch_size)
+    model = w.model
+
+    def one(xc: torch.Tensor, yc: torch.Tensor) -> None:
+        xg = xc.detach().requires_grad_(True)
+        out = model(xg)
+        torch.autograd.grad(out.gather(1, yc[:, None]).sum(), xg)
+
+    def run() -> None:
+        for _ in range(n_full):
+            one(full, y_full)
+        if rest:
+            one(full[:rest], y_full[:rest])
+
+    return run
+
+
+# --------------------------------------------------------------------------- agreement
+@dataclass
+class Agreement:
+    """Numeric agreement of ours with Quantus: ``value`` (max abs difference) and/or text."""
+
+    value: float | None = None
+    text: str = ""
+
+    def render(self) -> str:
+        if self.value is None:
+            return self.text or "—"
+        v = f"max abs diff {self.value:.2g}"
+        return f"{v} ({self.text})" if self.text else v
+
+
+def max_abs_diff(ours: Any, theirs: Any, *, text: str = "", tol: float | None = None
+                 ) -> Agreement:
+    """Max |ours - theirs| over finite pairs (shape-checked); NaN positions must coincide.
+
+    With ``tol``, also reports how many samples (rows of axis 0) agree within ``tol``.
+    """
+    a = np.asarray(ours, dtype=np.float64)
+    b = np.asarray(theirs, dtype=np.float64)
+    if a.shape != b.shape:
+        return Agreement(None, f"shapes differ: ours {a.shape}, Quantus {b.shape}")
+    na, nb = ~np.isfinite(a), ~np.isfinite(b)
+    parts = [text] if text else []
+    if (na != nb).any():
+        parts.append(f"{int((na != nb).sum())} NaN mismatches")
+    both = ~(na | nb)
+    diff = np.where(both, np.abs(np.where(both, a, 0) - np.where(both, b, 0)), 0.0)
+    value = float(diff.max()) if both.any() else math.nan
+    if tol is not None and a.ndim >= 1 and value > tol:
+        per_row = diff.reshape(a.shape[0], -1).max(1) if a.size else diff
+        parts.append(f"{int((per_row <= tol).sum())}/{a.shape[0]} samples within {tol:g}")
+    return Agreement(value, "; ".join(parts))
+
+
+# --------------------------------------------------------------------------- cases
+@dataclass
+class Context:
+    """What a spec's ``build`` gets besides the workload."""
+
+    batch_size: int  #: our runner's rows per forward call for this workload's inputs
+    device: torch.device
+    quantus: Any = None  #: the imported quantus module, or None (--no-quantus / not installed)
+    quick: bool = False
+
+    @property
+    def quantus_device(self) -> str:
+        return str(self.device)
+
+
+@dataclass
+class Case:
+    """One metric on one workload, as built by a spec.
+
+    ``ours()`` runs our metric once and returns what the agreement check compares;
+    ``quantus()`` does the same for Quantus (None when Quantus has no equivalent);
+    ``agreement(ours_out, quantus_out)`` returns an :class:`Agreement`.
+    ``floor``: ``"forward"`` (bare forward of the rows ours issued, at ``ctx.batch_size``),
+    ``"forward_backward"`` (the same with an input gradient), None (no model work), or a callable
+    ``floor(rows_ours, calls_ours) -> zero-arg callable``.
+    ``explainer`` is an optional :class:`TimedExplainer` used by ours, to report the share of
+    our time spent explaining.
+    """
+
+    ours: Callable[[], Any]
+    quantus: Callable[[], Any] | None = None
+    agreement: Callable[[Any, Any], Agreement] | None = None
+    floor: str | Callable[[int, int], Callable[[], None] | None] | None = "forward"
+    settings: str = ""
+    note: str = ""
+    explainer: TimedExplainer | None = None
+
+
+@dataclass
+class Result:
+    """One row of the table."""
+
+    metric: str
+    family: str
+    workload: str
+    n: int
+    settings: str = ""
+    ours_s: float = math.nan
+    ours_min_s: float = math.nan
+    quantus_s: float = math.nan
+    quantus_min_s: float = math.nan
+    floor_s: float = math.nan
+    ours_fwd: ForwardCount | None = None
+    quantus_fwd: ForwardCount | None = None
+    agreement: str = ""
+    agreement_value: float | None = None
+    explainer_share: float | None = None
+    batch_size: int | None = None
+    note: str = ""
+    error: str = ""
+    quantus_error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        """Quantus time / our time (> 1: we are faster)."""
+        return self.quantus_s / self.ours_s if self.ours_s > 0 else math.nan
+
+    @property
+    def floor_ratio(self) -> float:
+        """Our time / floor time (1 = at the floor)."""
+        return self.ours_s / self.floor_s if self.floor_s > 0 else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("ours_fwd", "quantus_fwd")}
+        d["ours_fwd"] = None if self.ours_fwd is None else [self.ours_fwd.calls,
+                                                            self.ours_fwd.rows]
+        d["quantus_fwd"] = None if self.quantus_fwd is None else [self.quantus_fwd.calls,
+                                                                  self.quantus_fwd.rows]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        d = dict(d)
+        for key in ("ours_fwd", "quantus_fwd"):
+            v = d.get(key)
+            d[key] = None if v is None else ForwardCount(int(v[0]), int(v[1]))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _short_error(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    first = msg[0] if msg else ""
+    text = f"{type(exc).__name__}: {first}"
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
+             min_time: float = 0.2, verbose: bool = False) -> Result:
+    """Run one spec on one workload; errors are recorded in the result, never raised."""
+    res = Result(metric=spec.name, family=spec.family, workload=w.name, n=w.n,
+                 batch_size=ctx.batch_size)
+    try:
+        case: Case = spec.build(w, ctx)
+    except Exception as exc:  # a spec that cannot even be built
+        res.error = f"build failed: {_short_error(exc)}"
+        if verbose:
+            traceback.print_exc()
+        return res
+    res.settings, res.note = case.settings, case.note
+
+    # 1. warm-up runs, counted (the first call of each also pays one-off costs such as
+    #    imports and caches; it is not timed for the table)
+    warm: dict[str, float] = {}
+    try:
+        if case.explainer is not None:
+            case.explainer.reset()
+        t0 = clock()
+        with count_forwards(w.model) as c_ours:
+            out_ours = case.ours()
+        _sync(ctx.device)
+        warm["ours"] = clock() - t0
+        res.ours_fwd = c_ours
+    except Exception as exc:
+        res.error = f"ours failed: {_short_error(exc)}"
+        if verbose:
+            traceback.print_exc()
+        return res
+
+    quantus_fn = case.quantus if ctx.quantus is not None else None
+    out_q = None
+    if quantus_fn is not None:
+        try:
+            t0 = clock()
+            with count_forwards(w.model) as c_q:
+                out_q = quantus_fn()
+            _sync(ctx.device)
+            warm["quantus"] = clock() - t0
+            res.quantus_fwd = c_q
+        except Exception as exc:
+            res.quantus_error = _short_error(exc)
+            quantus_fn = None
+            if verbose:
+                traceback.print_exc()
+    if quantus_fn is not None and case.agreement is not None:
+        try:
+            ag = case.agreement(out_ours, out_q)
+            res.agreement, res.agreement_value = ag.render(), ag.value
+        except Exception as exc:
+            res.agreement = f"check failed: {_short_error(exc)}"
+    elif quantus_fn is None and res.quantus_error:
+        res.agreement = "—"
+
+    # 2. the floor
+    floor_fn = None
+    try:
+        if case.floor == "forward":
+            floor_fn = forward_floor(w, c_ours.rows, ctx.batch_size)
+        elif case.floor == "forward_backward":
+            floor_fn = forward_backward_floor(w, c_ours.rows, ctx.batch_size)
+        elif callable(case.floor):
+            floor_fn = case.floor(c_ours.rows, c_ours.calls)
+    except Exception as exc:
+        res.extra["floor_error"] = _short_error(exc)
+
+    # 3. alternating timed rounds
+    fns: dict[str, Callable[[], Any]] = {"ours": case.ours}
+    if quantus_fn is not None:
+        fns["quantus"] = quantus_fn
+    if floor_fn is not None:
+        fns["floor"] = floor_fn
+    try:
+        timings = time_alternating(fns, repeats, warmup=1, min_time=min_time,
+                                   device=ctx.device, warm=warm)
+    except Exception as exc:
+        res.error = f"timing failed: {_short_error(exc)}"
+        return res
+    res.ours_s, res.ours_min_s = timings["ours"].median, timings["ours"].min
+    if "quantus" in timings:
+        res.quantus_s, res.quantus_min_s = timings["quantus"].median, timings["quantus"].min
+    if "floor" in timings:
+        res.floor_s = timings["floor"].median
+
+    # 4. share of our time spent in the explainer (one extra, untimed-for-table run)
+    if case.explainer is not None:
+        case.explainer.reset()
+        t0 = clock()
+        case.ours()
+        _sync(ctx.device)
+        total = clock() - t0
+        res.explainer_share = case.explainer.seconds / total if total > 0 else None
+    return res

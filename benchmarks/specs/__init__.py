@@ -1,0 +1,75 @@
+"""Benchmark specs, one module per metric family, so each family's entries live apart.
+
+A spec names a metric (or explainer), its family, the workloads it runs on, and ``build(w, ctx)
+-> Case``: how to run ours and the Quantus equivalent on workload ``w`` with the *same settings*,
+how to compare their outputs, and what the floor is (see :class:`benchmarks.harness.Case`).
+
+To add a metric: append a :class:`Spec` to ``SPECS`` in the family's module (e.g.
+``benchmarks/specs/localisation.py``). ``all_specs()`` collects every module's ``SPECS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..harness import Case, Context
+from ..workloads import Workload
+
+__all__ = ["FAMILY_MODULES", "IMPORT_ERRORS", "Spec", "all_specs", "select_specs"]
+
+#: family modules in table order (the ``family`` of their specs)
+FAMILY_MODULES = ("explainers", "faithfulness", "robustness", "localisation", "complexity",
+                  "randomisation", "axiomatic")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One benchmark entry. ``name`` is the table's metric column (unique)."""
+
+    name: str
+    family: str
+    build: Callable[[Workload, Context], Case]
+    workloads: tuple[str, ...] = ("W1", "W2")
+    #: True: also part of the ``--quick`` smoke selection
+    smoke: bool = False
+
+
+#: family module -> import error, for modules that could not be loaded (e.g. a metric that is
+#: not implemented yet); their specs are skipped and the runner reports the error.
+IMPORT_ERRORS: dict[str, str] = {}
+
+
+def all_specs() -> list[Spec]:
+    specs: list[Spec] = []
+    for mod in FAMILY_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{mod}")
+        except Exception as exc:  # one broken family must not stop the others
+            IMPORT_ERRORS[mod] = f"{type(exc).__name__}: {exc}"
+            continue
+        specs.extend(getattr(module, "SPECS", []))
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"Duplicate benchmark spec names: {dupes}")
+    return specs
+
+
+def select_specs(metrics: list[str] | None = None, families: list[str] | None = None) -> list[Spec]:
+    """Specs filtered by name (case-insensitive, exact) and/or family."""
+    specs = all_specs()
+    if metrics:
+        wanted = {m.lower() for m in metrics}
+        known = {s.name.lower() for s in specs}
+        unknown = sorted(wanted - known)
+        if unknown:
+            skipped = f"; modules not loaded: {IMPORT_ERRORS}" if IMPORT_ERRORS else ""
+            raise KeyError(f"Unknown benchmark metrics {unknown}; known: "
+                           f"{sorted(s.name for s in specs)}{skipped}")
+        specs = [s for s in specs if s.name.lower() in wanted]
+    if families:
+        fams = {f.lower() for f in families}
+        specs = [s for s in specs if s.family.lower() in fams]
+    return specs

@@ -1,0 +1,126 @@
+"""Localisation specs (model-free when attributions are given: no forward passes, no floor).
+
+Every entry scores the workload's 1-channel Saliency maps ``a`` against its masks ``s`` (one
+random rectangle per sample) with the same settings on both sides. Quantus is called with
+``model=None`` (it only needs a model to explain); Focus needs one for its input checks, so the
+workload's model is passed, but nothing is explained.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from evalkit.masks import build_mosaics, make_mosaics
+from evalkit.metrics import (
+    AUC,
+    AttributionLocalisation,
+    BoxLocalisation,
+    EnergyPointingGame,
+    Focus,
+    PointingGame,
+    RelevanceMassAccuracy,
+    RelevanceRankAccuracy,
+    TopKIntersection,
+)
+
+from ..harness import Case, Context, max_abs_diff
+from ..workloads import Workload
+from . import Spec
+
+
+def _masked(ours_cls: type, quantus_name: str | None, *, settings: str, note: str = "",
+            ours_kwargs: dict[str, Any] | None = None,
+            quantus_kwargs: dict[str, Any] | None = None, agreement_text: str = ""):
+    def build(w: Workload, ctx: Context) -> Case:
+        metric = ours_cls(**(ours_kwargs or {}))
+
+        def ours() -> np.ndarray:
+            return metric(None, w.x, w.y, w.a, s=w.s)
+
+        quantus_fn = None
+        if ctx.quantus is not None and quantus_name is not None:
+            q = getattr(ctx.quantus, quantus_name)(disable_warnings=True,
+                                                   **(quantus_kwargs or {}))
+            x, y, a, s = w.np("x"), w.np("y"), w.np("a"), w.np("s")
+
+            def quantus_fn() -> np.ndarray:
+                return np.asarray(q(model=None, x_batch=x, y_batch=y, a_batch=a, s_batch=s,
+                                    device=ctx.quantus_device, batch_size=ctx.batch_size),
+                                  dtype=np.float64)
+
+        return Case(ours=ours, quantus=quantus_fn,
+                    agreement=lambda o, t: max_abs_diff(o, t, text=agreement_text),
+                    floor=None, settings=settings, note=note)
+
+    return build
+
+
+def _focus(w: Workload, ctx: Context) -> Case:
+    """Mosaics of the workload's images; their maps are the tiles' Saliency maps arranged the
+    same way (what an explainer that looks only at each tile would give)."""
+    per_class = max(1, math.ceil(w.n / 7))
+    mos = make_mosaics(w.x, w.y, mosaics_per_class=per_class, seed=0)
+    a = build_mosaics(w.a[mos.indices])
+    metric = Focus()
+
+    def ours() -> np.ndarray:
+        return metric(None, mos.x, mos.y, a, quadrants=mos.quadrants)
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.Focus(disable_warnings=True)
+        x, y, a_np = mos.x.cpu().numpy(), mos.y.cpu().numpy(), a.cpu().numpy()
+        custom = [tuple(int(v) for v in row) for row in mos.quadrants.cpu().tolist()]
+
+        def quantus_fn() -> np.ndarray:
+            return np.asarray(q(model=w.model, x_batch=x, y_batch=y, a_batch=a_np,
+                                custom_batch=custom, device=ctx.quantus_device,
+                                batch_size=ctx.batch_size), dtype=np.float64)
+
+    return Case(ours=ours, quantus=quantus_fn, agreement=lambda o, t: max_abs_diff(o, t),
+                floor=None, settings=f"{len(mos)} 2x2 mosaics of the workload's images, their "
+                                     "tiles' Saliency maps",
+                note="Quantus needs a model for its checks (not called)")
+
+
+_TIES = "maps without ties: ties='mean' (ours) and Quantus' 'any' coincide"
+
+SPECS = [
+    Spec("PointingGame", "localisation",
+         _masked(PointingGame, "PointingGame", settings="1-channel Saliency, tolerance=0",
+                 note=_TIES)),
+    Spec("PointingGame[tolerance=3]", "localisation",
+         _masked(PointingGame, None, settings="1-channel Saliency, tolerance=3 px, weighted",
+                 ours_kwargs=dict(tolerance=3, weighted=True),
+                 note="no Quantus equivalent (no tolerance; weighted crashes, bug C7)")),
+    Spec("AttributionLocalisation", "localisation",
+         _masked(AttributionLocalisation, "AttributionLocalisation",
+                 settings="1-channel Saliency, abs=True (Quantus' default)",
+                 ours_kwargs=dict(abs=True))),
+    Spec("EnergyPointingGame", "localisation",
+         _masked(EnergyPointingGame, "AttributionLocalisation",
+                 settings="1-channel Saliency, positive part",
+                 quantus_kwargs=dict(abs=False, positive_attributions=True),
+                 note="Quantus equivalent: AttributionLocalisation(positive_attributions=True, "
+                      "abs=False)")),
+    Spec("TopKIntersection", "localisation",
+         _masked(TopKIntersection, "TopKIntersection", settings="1-channel Saliency, k=100",
+                 ours_kwargs=dict(k=100), quantus_kwargs=dict(k=100))),
+    Spec("RelevanceRankAccuracy", "localisation",
+         _masked(RelevanceRankAccuracy, "RelevanceRankAccuracy",
+                 settings="1-channel Saliency, defaults")),
+    Spec("RelevanceMassAccuracy", "localisation",
+         _masked(RelevanceMassAccuracy, "RelevanceMassAccuracy",
+                 settings="1-channel Saliency, defaults")),
+    Spec("AUC", "localisation",
+         _masked(AUC, "AUC", settings="1-channel Saliency, defaults",
+                 note="Quantus: sklearn roc_curve per sample; ours: one batched rank formula")),
+    Spec("Focus", "localisation", _focus),
+    Spec("BoxLocalisation", "localisation",
+         _masked(BoxLocalisation, None, settings="1-channel Saliency, 20 % of max, IoU >= 0.5",
+                 note="CAM-paper protocol; no Quantus equivalent (components labelled with "
+                      "scipy.ndimage on the CPU)")),
+]
