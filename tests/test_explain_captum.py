@@ -317,3 +317,26 @@ def test_layer_method_on_a_non_spatial_layer():
     with pytest.raises(ValueError, match="raw=True"):
         ek.explain(model, x, y, method="LayerActivation", layer="fc")
     assert ek.explain(model, x, y, method="LayerActivation", layer="fc", raw=True).shape == (2, 3)
+
+
+class SharedRelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU()  # used twice
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.conv2(self.relu(self.conv1(x)))).mean((2, 3)))
+
+
+def test_reused_modules_are_refused_by_stateful_rules():
+    model = make(SharedRelu)
+    x, y = inputs(2)
+    for method in ("DeepLift", "DeepLiftShap", "LRP"):
+        with pytest.raises(ValueError, match=r"\['relu'\] run more than once"):
+            ek.explain(model, x, y, method=method)
+        for m in model.modules():
+            assert not m._forward_pre_hooks and not m._forward_hooks
+    assert ek.explain(model, x, y, method="GuidedBackprop").shape == x.shape  # per-call hooks

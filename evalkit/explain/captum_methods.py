@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -310,10 +311,50 @@ def gradient_shap(
 
 
 # ============================================================================ hooked backprop
+#: captum's rules that keep per-module state: one call per forward pass or wrong attributions
+_STATEFUL_RULES = ("DeepLift", "DeepLiftShap", "LRP")
+
+
+def _check_single_use(model: ModelWrapper, x: torch.Tensor, method: str) -> None:
+    """Raise when a leaf module runs more than once per forward pass (one sample shows it):
+    captum's DeepLift and LRP store one input/output per module, so a reused ``nn.ReLU``
+    gets the state of its last call (DeepLift then fails with a RuntimeError deep inside
+    captum, LRP silently returns wrong relevances)."""
+    root = require_module(model, method)
+    counts: dict[str, int] = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(_module: nn.Module, _inputs: Any) -> None:
+            counts[name] = counts.get(name, 0) + 1
+
+        return hook
+
+    try:
+        for name, m in root.named_modules():
+            if name and not any(True for _ in m.children()):
+                handles.append(m.register_forward_pre_hook(hook_for(name)))
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    reused = sorted(name for name, c in counts.items() if c > 1)
+    if reused:
+        raise ValueError(
+            f"{method}: the modules {reused} run more than once per forward pass; captum's "
+            f"{method} keeps one state per module, so it cannot attribute through them. Give "
+            "each use its own module (e.g. one nn.ReLU per activation), or use a gradient "
+            "method (IntegratedGradients, GuidedBackprop)."
+        )
+
+
 def _modified_backprop(cls_name: str, model: ModelWrapper, x, y, kw) -> torch.Tensor:
     import captum.attr as ca
 
     require_gradients(model, cls_name)
+    if cls_name in _STATEFUL_RULES:
+        _check_single_use(model, x, cls_name)
     score_module = _ScoreModule(model)
     with module_guard(score_module.net), _quiet_hook_warning():
         return getattr(ca, cls_name)(score_module, **_constructor_kwargs(kw)).attribute(
@@ -325,7 +366,8 @@ def _modified_backprop(cls_name: str, model: ModelWrapper, x, y, kw) -> torch.Te
 def deep_lift(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """DeepLIFT with the Rescale rule (Shrikumar et al. 2017), ``baselines`` default zeros.
 
-    Correct only when every ``nn.ReLU`` module is used once (not reused, not ``F.relu``)."""
+    Needs every module to run once per forward pass (a reused ``nn.ReLU`` raises a
+    ValueError); functional ``F.relu`` calls get plain gradients."""
     _no_delta(kw, "DeepLift")
     return _modified_backprop("DeepLift", model, x, y, kw)
 
@@ -368,8 +410,6 @@ def lrp(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any)
 
 @contextlib.contextmanager
 def _quiet_hook_warning() -> Iterator[None]:
-    import warnings
-
     with warnings.catch_warnings():
         # captum announces (each call) that it hooks the ReLUs and removes the hooks afterwards
         warnings.filterwarnings("ignore", message=r"\s*Setting (forward, )?backward hooks")
