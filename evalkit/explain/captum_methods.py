@@ -38,7 +38,6 @@ import torch
 from torch import nn
 
 from .. import _rng
-from .._batching import resolve_batch_size
 from ..models import ModelWrapper
 from ..perturb import Patches, make_grouping
 from ._hooks import (
@@ -49,7 +48,7 @@ from ._hooks import (
     require_module,
     resolve_layer,
 )
-from .core import EXPLAIN_MEMORY_BUDGET, register_explainer
+from .core import explain_rows, register_explainer
 
 __all__: list[str] = []
 
@@ -116,21 +115,16 @@ def _layer(model: ModelWrapper, kw: dict[str, Any], method: str) -> nn.Module:
 
 
 def _forward_rows(x: torch.Tensor, model: ModelWrapper) -> int:
-    """Perturbed inputs per forward call for the black-box methods (a runner-sized budget)."""
-    row_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * x.element_size()
-    kind = "cuda" if model.device.type == "cuda" else "cpu"
-    rows = resolve_batch_size(model.batch_size, row_bytes, device_type=kind)
-    return max(1, rows // max(1, x.shape[0]))
+    """Perturbations per sample per forward call for the black-box methods: the forward
+    runner's rows per call (a forward-only budget) shared by the chunk's samples."""
+    return max(1, model.resolve_batch_size(x) // max(1, x.shape[0]))
 
 
 def _step_rows(x: torch.Tensor, model: ModelWrapper, minimum: int) -> int:
     """captum's ``internal_batch_size`` for path methods (IG, conductance...): as many
     (sample, step) rows per forward/backward pass as the explain memory budget allows, so a
     small chunk does not pay one pass per step; at least ``minimum``."""
-    row_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * x.element_size()
-    kind = "cuda" if model.device.type == "cuda" else "cpu"
-    rows = resolve_batch_size(model.batch_size, row_bytes, EXPLAIN_MEMORY_BUDGET[kind], kind)
-    return max(minimum, rows)
+    return max(minimum, explain_rows(x, model))
 
 
 def _feature_mask(x: torch.Tensor, kw: dict[str, Any]) -> None:

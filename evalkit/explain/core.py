@@ -244,10 +244,7 @@ def explain(
     kwargs = _tensor_kwargs(kwargs, wrapper)
     sliced = [k for k in info.per_sample if _is_per_sample(kwargs.get(k), n)]
 
-    row_bytes = int(np.prod(xt.shape[1:], dtype=np.int64)) * xt.element_size()
-    kind = "cuda" if wrapper.device.type == "cuda" else "cpu"
-    size = resolve_batch_size(batch_size if batch_size is not None else wrapper.batch_size,
-                              row_bytes, EXPLAIN_MEMORY_BUDGET[kind], kind)
+    size = explain_rows(xt, wrapper, batch_size)
     parts = []
     with wrapper.evaluation(), torch.inference_mode(False), torch.enable_grad():
         if xt.is_inference():
@@ -281,6 +278,15 @@ def explain(
     a = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
     a = _reduce_channels(a, reduce_channels)
     return a.cpu().numpy() if numpy_in else a
+
+
+def explain_rows(x: torch.Tensor, model: ModelWrapper, batch_size: int | None = None) -> int:
+    """Inputs per explainer call: ``batch_size`` (or the wrapper's), else as many rows like
+    ``x``'s as :data:`EXPLAIN_MEMORY_BUDGET` allows on the model's device."""
+    row_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * x.element_size()
+    kind = "cuda" if model.device.type == "cuda" else "cpu"
+    requested = batch_size if batch_size is not None else model.batch_size
+    return resolve_batch_size(requested, row_bytes, EXPLAIN_MEMORY_BUDGET[kind], kind)
 
 
 def _rename_quantus_kwargs(kwargs: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:

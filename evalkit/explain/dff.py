@@ -24,12 +24,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .. import _rng
-from .._batching import resolve_batch_size
 from .._validation import check_inputs, is_numpy_like
 from ..models import ModelWrapper, wrap_model
 from ._hooks import capture, interpolate_to, require_module, resolve_layer
@@ -180,9 +178,7 @@ class DeepFeatureFactorization:
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's (reshaped) activations for ``x`` (N, K, *s), in forward chunks."""
         wrapper = self.wrapper
-        row_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * x.element_size()
-        requested = self.batch_size if self.batch_size is not None else wrapper.batch_size
-        size = resolve_batch_size(requested, row_bytes, device_type=wrapper.device.type)
+        size = wrapper.resolve_batch_size(x, self.batch_size)
         parts = []
         with wrapper.evaluation(), torch.inference_mode():
             with capture([(self.layer_name, self.layer)]) as record:
