@@ -267,7 +267,8 @@ def _layer_maps(
         if G is not None and not bool(G.any()):
             warnings.warn(
                 f"The gradient of the target score at layer {name!r} is exactly zero for every "
-                "sample (after reshape_transform), so the gradient CAM maps are zero. Is the "
+                "sample of this batch (after reshape_transform), so their gradient CAM maps are "
+                "zero. Is the "
                 "layer disconnected from the target (e.g. patch tokens of the last ViT block, "
                 "when only CLS feeds the head)?",
                 EvalkitWarning,
