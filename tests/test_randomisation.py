@@ -402,6 +402,15 @@ class TestMPRTUndefined:
         s = m(model, x, y, a, explain_fn=grad_fn)
         assert math.isnan(s[0]) and "first explanation is constant" in m.nan_reasons_[0]
 
+    def test_non_finite_reference_row(self, setup):
+        model, x, y = setup
+        a = grad_fn(model, x, y)
+        a[3, 0, 5, 5] = float("inf")
+        m = MPRT(disable_warnings=True)
+        s = m(model, x, y, a, explain_fn=grad_fn)
+        assert math.isnan(s[3]) and m.nan_reasons_[3] == "attribution contains NaN or Inf"
+        assert np.isfinite(np.delete(s, 3)).all()
+
     def test_shape_mismatch_message(self, setup):
         model, x, y = setup
         a = torch.rand(8, 1, 28, 28)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import EvalkitWarning, as_tensor, check_bool, check_scalar
+from .._validation import EvalkitWarning, as_tensor, check_bool, check_scalar, finite_rows
 from ..models import ModelWrapper
 from ..perturb import make_grouping, make_imputer
 from ..perturb.baselines import Baseline
@@ -441,7 +441,7 @@ class InputInvariance(Metric):
                 f"difference {err:.3g}); the first layer {name!r} cannot absorb the shift."
             )
         raw = self._run_explain(batch, x_shift, batch.y, shifted)
-        finite = torch.isfinite(raw.reshape(batch.n, -1)).all(1)
+        finite = finite_rows(raw)
         a2 = self._preprocess_attributions(batch, raw, x_shift, flag_nan=False)
         a1 = batch.a
         if a2.shape != a1.shape:

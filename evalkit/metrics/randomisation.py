@@ -42,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import _rng
-from .._validation import check_bool, check_option, check_scalar
+from .._validation import check_bool, check_option, check_scalar, finite_rows
 from ..models import ModelWrapper, randomisable_layers
 from .base import Metric, MetricBatch
 from .similarity import (
@@ -190,7 +190,7 @@ class _ModelRandomisation(Metric):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Explanations (after ``normalise``/``abs``) and a (N,) mask of finite rows."""
         raw = self._run_explain(batch, x, y, model)
-        finite = torch.isfinite(raw.reshape(raw.shape[0], -1)).all(1).to(batch.device)
+        finite = finite_rows(raw).to(batch.device)
         a = self._preprocess_attributions(batch, raw, x, flag_nan=False)
         if like is not None and a.shape != like.shape:
             raise ValueError(
@@ -324,10 +324,10 @@ class MPRT(_ModelRandomisation):
             if "ref_rank" not in cache:
                 flat = ref.reshape(ref.shape[0], -1).to(torch.float64)
                 cache["ref_rank"] = rank(flat)
-                cache["ref_finite"] = torch.isfinite(flat).all(1)
+                cache["ref_finite"] = finite_rows(flat)
             flat = other.reshape(other.shape[0], -1).to(torch.float64)
             s = _pearson_flat(cache["ref_rank"], rank(flat))
-            ok = cache["ref_finite"] & torch.isfinite(flat).all(1)
+            ok = cache["ref_finite"] & finite_rows(flat)
             s = torch.where(ok, s, torch.full_like(s, math.nan))
         else:
             s = torch.as_tensor(fn(ref, other))
@@ -347,6 +347,7 @@ class MPRT(_ModelRandomisation):
         return s, reasons
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
+        self.layer_scores_ = None
         model = batch.require_model()
         names = self._layers(model)
         ref = self._reference(batch)
@@ -439,7 +440,8 @@ class SmoothMPRT(MPRT):
     paper = ("Hedström et al., Sanity Checks Revisited: An Exploration to Repair the Model "
              "Parameter Randomisation Test, XAI in Action (NeurIPS workshop) 2023")
 
-    #: bytes of cached noise above which noise is re-drawn per chunk instead
+    #: bytes of noisy inputs (N x nr_samples rows) kept for a call; above it, they are re-built
+    #: per chunk from the same per-sample noise (slower, bounded memory)
     noise_cache_bytes: int = 512 * 2**20
 
     def __init__(
@@ -474,25 +476,28 @@ class SmoothMPRT(MPRT):
         return ref
 
     # ------------------------------------------------------------------ smoothing
-    def _noise_for(self, batch: MetricBatch, x: torch.Tensor, rows: torch.Tensor | None
-                   ) -> torch.Tensor:
-        """Unit Gaussian noise (n, K-1, *x.shape[1:]) of the samples ``rows`` (all if None),
-        from each sample's key; cached per call when it fits ``noise_cache_bytes``."""
-        k = self.nr_samples - 1
-        cache = batch.extra.get("_smooth_noise")
-        if cache is not None and cache[0] is x:
-            noise = cache[1]
-            return noise if rows is None else noise[rows]
+    def _noise(self, batch: MetricBatch, x: torch.Tensor, samples: slice) -> torch.Tensor:
+        """Unit Gaussian noise (n, K-1, *x.shape[1:]) of ``x[samples]``, each sample's block
+        drawn from its own key (the same in any batch)."""
         keys = batch.keys if x is batch.x else _rng.sample_keys(x, batch.seed)
-        stream = 0x534D5054  # "SMPT"
-        size = x.shape[0] * k * int(np.prod(x.shape[1:])) * x.element_size()
-        if size <= self.noise_cache_bytes:
-            noise = _rng.normal(keys, (k, *x.shape[1:]), dtype=x.dtype, stream=stream)
-            noise = noise.to(x.device)
-            batch.extra["_smooth_noise"] = (x, noise)
-            return noise if rows is None else noise[rows]
-        sel = keys if rows is None else keys[rows]
-        return _rng.normal(sel, (k, *x.shape[1:]), dtype=x.dtype, stream=stream).to(x.device)
+        shape = (self.nr_samples - 1, *x.shape[1:])
+        return _rng.normal(keys[samples], shape, dtype=x.dtype, stream=0x534D5054).to(x.device)
+
+    def _noisy_rows(self, batch: MetricBatch, x: torch.Tensor, first: int, last: int
+                    ) -> torch.Tensor:
+        """The K inputs of samples ``first..last-1``, sample-major: K - 1 noisy copies with
+        sigma_i = noise_magnitude * (max x_i - min x_i), then x_i itself; ((last-first) K, ...).
+        """
+        k = self.nr_samples
+        xs = x[first:last]
+        flat = xs.reshape(xs.shape[0], -1)
+        std = self.noise_magnitude * (flat.amax(1) - flat.amin(1))
+        std = std.reshape(-1, 1, *([1] * (x.ndim - 1)))
+        rows = torch.empty((xs.shape[0], k, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        torch.addcmul(xs.unsqueeze(1), self._noise(batch, x, slice(first, last)), std,
+                      out=rows[:, : k - 1])
+        rows[:, k - 1] = xs
+        return rows.reshape(-1, *x.shape[1:])
 
     def _run_explain(
         self,
@@ -510,39 +515,36 @@ class SmoothMPRT(MPRT):
         else:
             model_arg = batch.model_obj if batch.explain_fn is not None else batch.model
         n = x.shape[0]
-        flat = x.reshape(n, -1)
-        std = self.noise_magnitude * (flat.amax(1) - flat.amin(1))
-        std = std.reshape(n, *([1] * (x.ndim - 1)))
-        size = batch.batch_size or (batch.model.resolve_batch_size(x) if batch.model else n)
         total = n * k
-        acc: torch.Tensor | None = None
+        # the noisy inputs of the whole batch are built once per call and reused by every
+        # model when they fit the budget; otherwise per chunk (the same values)
+        cached = batch.extra.get("_smooth_rows")
+        rows_all = cached[1] if cached is not None and cached[0] is x else None
+        if rows_all is None and total * x[0].numel() * x.element_size() <= self.noise_cache_bytes:
+            rows_all = self._noisy_rows(batch, x, 0, n)
+            batch.extra["_smooth_rows"] = (x, rows_all)
+        y_rows = None if y is None else y.repeat_interleave(k)
+        size = batch.batch_size or (batch.model.resolve_batch_size(x) if batch.model else n)
+        parts = []
         start = 0
         while start < total:
             stop = min(total, start + size)
-            idx = torch.arange(start, stop, device=x.device)
-            sample, draw = idx // k, idx % k
-            xs = x[sample]
-            noisy = draw < k - 1
-            if bool(noisy.any()):
-                first, last = int(sample[0]), int(sample[-1]) + 1
-                block = self._noise_for(batch, x, torch.arange(first, last, device=x.device))
-                eps = block[sample - first, draw.clamp(max=k - 2)]
-                eps = eps * std[sample]
-                xs = torch.where(noisy.reshape(-1, *([1] * (x.ndim - 1))), xs + eps, xs)
-            ys = None if y is None else y[sample]
+            if rows_all is not None:
+                xs = rows_all[start:stop]
+            else:
+                first, last = start // k, (stop - 1) // k + 1
+                xs = self._noisy_rows(batch, x, first, last)[start - first * k : stop - first * k]
+            ys = None if y_rows is None else y_rows[start:stop]
             out = torch.as_tensor(fn(model_arg, xs, ys, **kwargs), device=x.device)
             if out.ndim == 0 or out.shape[0] != stop - start:
                 raise RuntimeError(
                     f"The explain function returned shape {tuple(out.shape)} for "
                     f"{stop - start} inputs; it must return one attribution per input."
                 )
-            out = out.detach().to(torch.float64)
-            if acc is None:
-                acc = torch.zeros((n, *out.shape[1:]), dtype=torch.float64, device=x.device)
-            acc.index_add_(0, sample, out)
+            parts.append(out.detach())
             start = stop
-        assert acc is not None
-        return acc / k
+        out = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return out.reshape(n, k, *out.shape[1:]).to(torch.float64).mean(1)
 
 
 # ============================================================================ EfficientMPRT
@@ -695,6 +697,7 @@ class EfficientMPRT(_ModelRandomisation):
         self.extra_scores_: pd.DataFrame | None = None
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
+        self.layer_scores_ = self.extra_scores_ = None
         model = batch.require_model()
         names = self._layers(model)
         assert batch.a is not None
@@ -819,6 +822,7 @@ class RandomLogit(Metric):
         self.y_off_: np.ndarray | None = None
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
+        self.y_off_ = None
         model = batch.require_model()
         if not getattr(model.target, "uses_class_labels", False) or batch.y is None:
             raise ValueError("RandomLogit explains other classes: it needs class-index labels "
@@ -835,7 +839,7 @@ class RandomLogit(Metric):
         y_off = (y + offset.to(y.device)) % n_classes
         self.y_off_ = y_off.cpu().numpy()
         raw = self._run_explain(batch, batch.x, y_off.to(batch.y.dtype))
-        finite = torch.isfinite(raw.reshape(batch.n, -1)).all(1)
+        finite = finite_rows(raw)
         a_off = self._preprocess_attributions(batch, raw, batch.x, flag_nan=False)
         assert batch.a is not None
         if a_off.shape != batch.a.shape:

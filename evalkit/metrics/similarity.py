@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._validation import finite_rows
 from ._sorting import sort_rows
 
 __all__ = [
@@ -172,7 +173,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = _pair(a, b)
     fa, fb = _flat(a), _flat(b)
     out = _pearson_flat(rank(fa), rank(fb))
-    finite = torch.isfinite(fa).all(1) & torch.isfinite(fb).all(1)
+    finite = finite_rows(fa) & finite_rows(fb)
     return torch.where(finite, out, torch.full_like(out, math.nan))
 
 
@@ -547,7 +548,7 @@ def undefined_reason(
     fa = _flat(torch.as_tensor(a))
     fb = _flat(torch.as_tensor(b))
     reasons: list[str | None] = [None] * fa.shape[0]
-    finite = (torch.isfinite(fa).all(1) & torch.isfinite(fb).all(1)).tolist()
+    finite = (finite_rows(fa) & finite_rows(fb)).tolist()
     for i, ok in enumerate(finite):
         if not ok:
             reasons[i] = "an explanation contains NaN or Inf"
