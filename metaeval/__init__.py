@@ -1,11 +1,57 @@
 """metaeval: meta-evaluation of explanation metrics (how reliable is a metric?).
 
-This package builds on :mod:`evalkit` (evalkit never imports it). It is a skeleton for now: the
-perturbation tests and reliability statistics arrive with the meta-evaluation work.
+Builds on :mod:`evalkit` (evalkit never imports it).
+
+* MetaQuantus' perturbation tests and criteria (Hedström et al., "The Meta-Evaluation Problem
+  in Explainable AI: Identifying Reliable Estimators with MetaQuantus", TMLR 2023):
+  :class:`ModelPerturbationTest`, :class:`InputPerturbationTest`, :func:`default_suite`,
+  :class:`MetaEvaluation` (IAC_NR, IAC_AR, IEC_NR, IEC_AR and MC; higher is better),
+  :class:`MetaEvaluationResult`, and :class:`MetaEvaluationBenchmark` (data sets x models x
+  metric families, every perturbation and explanation shared by all metrics, resumable).
+* Reference estimators with known criteria: :class:`ReferenceEstimator`.
+* Reliability statistics of a set of metrics on the same results (Tomsett et al. AAAI 2020;
+  Gevaert et al. 2024): :func:`reliability_report`, :func:`krippendorff_alpha` and friends in
+  :mod:`metaeval.reliability`.
 """
 
 import evalkit
 
-__all__ = ["evalkit_version"]
+from . import criteria, plots, reliability
+from .benchmark import MetaEvaluationBenchmark
+from .criteria import CRITERIA, chance_levels
+from .engine import MetaEvaluation
+from .reference import REFERENCE_KINDS, ReferenceEstimator, reference_estimators
+from .reliability import ReliabilityReport, krippendorff_alpha, reliability_report
+from .results import MetaEvaluationResult
+from .suite import (
+    InputPerturbationTest,
+    ModelPerturbationTest,
+    applicability,
+    default_suite,
+    reads_input,
+)
+
+__all__ = [
+    "CRITERIA",
+    "REFERENCE_KINDS",
+    "InputPerturbationTest",
+    "MetaEvaluation",
+    "MetaEvaluationBenchmark",
+    "MetaEvaluationResult",
+    "ModelPerturbationTest",
+    "ReferenceEstimator",
+    "ReliabilityReport",
+    "applicability",
+    "chance_levels",
+    "criteria",
+    "default_suite",
+    "evalkit_version",
+    "krippendorff_alpha",
+    "plots",
+    "reads_input",
+    "reference_estimators",
+    "reliability",
+    "reliability_report",
+]
 
 evalkit_version = evalkit.__version__

@@ -1,0 +1,551 @@
+"""The meta-evaluation engine: perturb once, explain once, score every metric.
+
+For one model and data set, the work of a meta-evaluation is organised in *units* that every
+metric being meta-evaluated shares:
+
+* the **unperturbed unit**: the model's predictions ŷ, one explanation per method, and each
+  metric's scores of them (once, not once per test as in MetaQuantus);
+* one **perturbation unit** per (test, iteration t, perturbation k): one perturbed model (a
+  seeded noisy copy from the wrapper) or one perturbed input batch, its predictions and sample
+  mask, one explanation per method on it, and each metric's scores.
+
+A unit's result (masks, predictions and per-metric score arrays) is a plain dict of NumPy
+arrays, so :class:`~metaeval.benchmark.MetaEvaluationBenchmark` can store and resume it.
+Randomness: the model noise, the input noise, stochastic explainers and stochastic metrics each
+get a seed derived from the meta-evaluation's ``seed`` and the unit's labels
+(:func:`evalkit._rng.derive_seed`); the global RNGs are never used.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+import evalkit
+from evalkit import _rng
+from evalkit._validation import UndefinedScoreWarning, as_tensor, check_inputs, check_labels
+from evalkit.cache import forward_cache
+from evalkit.models import ModelWrapper, wrap_model
+from evalkit.perturb import UniformNoise
+
+from .reference import ReferenceEstimator
+from .results import MetaEvaluationResult, MetricRecord, RunBlock
+from .suite import (
+    InputPerturbationTest,
+    ModelPerturbationTest,
+    PerturbationTest,
+    applicability,
+    as_suite,
+)
+
+__all__ = ["MetaEvaluation"]
+
+RANDOMNESS = ("independent", "common")
+
+
+def _as_methods(xai_methods: Any) -> dict[str, dict[str, Any]]:
+    if xai_methods is None:
+        raise ValueError("`xai_methods` is required, e.g. {'Saliency': {}, "
+                         "'IntegratedGradients': {'n_steps': 16}}.")
+    if isinstance(xai_methods, str):
+        xai_methods = [xai_methods]
+    if isinstance(xai_methods, Mapping):
+        out = {}
+        for name, kw in xai_methods.items():
+            if not isinstance(name, str):
+                raise TypeError(f"`xai_methods` keys must be method names; got {name!r}.")
+            if kw is None:
+                kw = {}
+            if not isinstance(kw, Mapping):
+                raise TypeError(f"`xai_methods[{name!r}]` must be a dict of keyword arguments.")
+            out[name] = dict(kw)
+    else:
+        out = {}
+        for name in xai_methods:
+            if not isinstance(name, str):
+                raise TypeError(f"`xai_methods` must hold method names; got {name!r}.")
+            out[name] = {}
+    if not out:
+        raise ValueError("`xai_methods` is empty; give at least one explanation method.")
+    return out
+
+
+def _as_metrics(metric: Any, name: str | None) -> dict[str, Any]:
+    if isinstance(metric, Mapping):
+        if not metric:
+            raise ValueError("`metric` is an empty dict.")
+        out = {}
+        for k, m in metric.items():
+            if not isinstance(k, str):
+                raise TypeError(f"Metric names must be strings; got {k!r}.")
+            out[k] = _check_metric(m, k)
+        return out
+    key = name or (type(metric).__name__ if not isinstance(metric, ReferenceEstimator)
+                   else f"Reference:{metric.kind}")
+    return {key: _check_metric(metric, key)}
+
+
+def _check_metric(m: Any, name: str) -> Any:
+    if isinstance(m, ReferenceEstimator):
+        return m
+    if not isinstance(m, evalkit.metrics.Metric):
+        raise TypeError(f"Metric {name!r} must be an evalkit Metric (or a ReferenceEstimator); "
+                        f"got {type(m).__name__}.")
+    if getattr(m, "aggregate", None) is not None:
+        raise ValueError(f"Metric {name!r} aggregates its scores (aggregate=...); meta-evaluation "
+                         "needs per-sample scores: create it without `aggregate`.")
+    if getattr(m, "set_level", False):
+        raise ValueError(f"Metric {name!r} is set-level (one score per data set, not per "
+                         "sample); the criteria need per-sample scores.")
+    return m
+
+
+@dataclass
+class _State:
+    """Everything a unit needs about one (model, data) pair."""
+
+    wrapper: ModelWrapper
+    x: torch.Tensor
+    y_true: torch.Tensor | None
+    y_pred: torch.Tensor
+    target: torch.Tensor
+    s: torch.Tensor | None
+    keys: torch.Tensor
+    data_range: tuple[float, float]
+    explanations: dict[str, torch.Tensor] = field(default_factory=dict)
+    timings: Counter = field(default_factory=Counter)
+
+
+class MetaEvaluation:
+    """Meta-evaluate metrics with the MetaQuantus perturbation tests and criteria.
+
+    Hedström, Bommer, Wickstrøm, Samek, Lapuschkin, Höhne, "The Meta-Evaluation Problem in
+    Explainable AI: Identifying Reliable Estimators with MetaQuantus", TMLR 2023. Every
+    criterion and the MC score lie in [0, 1]; **higher is better** (ideal m* = (1, 1, 1, 1)).
+
+    Parameters
+    ----------
+    tests:
+        Perturbation tests (a list, or MetaQuantus' dict of named tests); default
+        :func:`~metaeval.default_suite`. At most one test per (space, type).
+    xai_methods:
+        ``{name: explain kwargs}`` (or a list of names). A kwargs dict may hold ``"method"``
+        to give a registered method another display name.
+    iterations, nr_perturbations:
+        ``I`` iterations of ``K`` perturbations each (MetaQuantus' ``iterations`` and
+        ``nr_perturbations``). Criteria are averaged over the K perturbations within an
+        iteration; the spread (std) is over iterations.
+    seed:
+        An int; every random draw (model noise, input noise, stochastic explainers and
+        metrics) derives from it and the unit's labels.
+    target:
+        ``"prediction"`` (default, as MetaQuantus): explain and score the model's predicted
+        class ŷ; ``"label"``: the given ``y``.
+    randomness:
+        ``"independent"`` (default): each call of a stochastic metric or explainer gets its own
+        seed, as MetaQuantus' fresh global draws do, so a metric's own randomness counts against
+        its noise resilience. ``"common"``: the same seeds before and after a perturbation
+        (common random numbers), isolating the perturbation's effect.
+    undefined:
+        How MC treats an undefined criterion (no sample kept by any perturbation of a test):
+        ``"nan"`` (default) makes that space's MC NaN; ``"ignore"`` averages the defined
+        criteria (MetaQuantus' ``nanmean`` since its PR #9; 0.0.5 gives NaN).
+    explain_fn:
+        ``f(model, x, y, **kwargs) -> attributions``; default :func:`evalkit.explain`
+        (``method=`` from the method name).
+    batch_size:
+        Rows per forward/explain call for the metrics (default from a memory budget).
+    keep_scores:
+        Keep every per-sample score in the result (for :meth:`MetaEvaluationResult.scores_frame`
+        and re-analysis; a few floats per sample and perturbation).
+    progress:
+        Print one line per unit.
+
+    Call it with a metric (or a dict of metrics, evaluated together on shared perturbations
+    and explanations), the model, inputs ``x``, labels ``y`` and, for localisation metrics,
+    masks ``s``; it returns a :class:`~metaeval.results.MetaEvaluationResult`.
+
+    >>> me = MetaEvaluation(default_suite(), {"Saliency": {}, "IntegratedGradients": {}},
+    ...                     iterations=3, nr_perturbations=5, seed=0)      # doctest: +SKIP
+    >>> res = me({"Sparseness": Sparseness(), "PG": PointingGame()}, model, x, y, s=s)
+    >>> res.summary()                                                  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        tests: Any = None,
+        xai_methods: Any = None,
+        iterations: int = 3,
+        nr_perturbations: int = 5,
+        seed: int = 0,
+        *,
+        target: str = "prediction",
+        randomness: str = "independent",
+        undefined: str = "nan",
+        explain_fn: Callable[..., Any] | None = None,
+        batch_size: int | None = None,
+        keep_scores: bool = True,
+        progress: bool = False,
+    ) -> None:
+        self.tests = as_suite(tests)
+        self.xai_methods = _as_methods(xai_methods)
+        for arg, v in (("iterations", iterations), ("nr_perturbations", nr_perturbations)):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+                raise ValueError(f"`{arg}` must be a positive integer; got {v!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise TypeError(f"`seed` must be an int; got {seed!r}.")
+        if target not in ("prediction", "label"):
+            raise ValueError(f"`target` must be 'prediction' or 'label'; got {target!r}.")
+        if randomness not in RANDOMNESS:
+            raise ValueError(f"`randomness` must be one of {RANDOMNESS}; got {randomness!r}.")
+        if undefined not in ("nan", "ignore"):
+            raise ValueError(f"`undefined` must be 'nan' or 'ignore'; got {undefined!r}.")
+        if explain_fn is not None and not callable(explain_fn):
+            raise TypeError("`explain_fn` must be callable: f(model, x, y, **kwargs).")
+        self.iterations = int(iterations)
+        self.nr_perturbations = int(nr_perturbations)
+        self.seed = int(seed)
+        self.target = target
+        self.randomness = randomness
+        self.undefined = undefined
+        self.explain_fn = explain_fn
+        self.batch_size = batch_size
+        self.keep_scores = bool(keep_scores)
+        self.progress = bool(progress)
+        self.result_: MetaEvaluationResult | None = None
+
+    def __repr__(self) -> str:
+        return (f"MetaEvaluation(tests={[t.name for t in self.tests]}, "
+                f"xai_methods={list(self.xai_methods)}, iterations={self.iterations}, "
+                f"nr_perturbations={self.nr_perturbations}, seed={self.seed})")
+
+    def config(self) -> dict[str, Any]:
+        """The settings that determine the numbers (recorded in results and store keys)."""
+        return {
+            "tests": [t.params() for t in self.tests],
+            "xai_methods": {k: {kk: repr(vv) for kk, vv in v.items()}
+                            for k, v in self.xai_methods.items()},
+            "iterations": self.iterations,
+            "nr_perturbations": self.nr_perturbations,
+            "seed": self.seed,
+            "target": self.target,
+            "randomness": self.randomness,
+            "explain_fn": None if self.explain_fn is None else repr(self.explain_fn),
+        }
+
+    # ------------------------------------------------------------------ entry point
+    def __call__(
+        self,
+        metric: Any,
+        model: Any,
+        x: Any,
+        y: Any = None,
+        s: Any = None,
+        *,
+        metric_name: str | None = None,
+        **kwargs: Any,
+    ) -> MetaEvaluationResult:
+        """Meta-evaluate ``metric`` (one, or a dict ``{name: metric}`` sharing all the work)
+        on ``model`` and ``x``; Quantus names ``x_batch``, ``y_batch``, ``s_batch`` work too."""
+        x, y, s = _aliases(x, y, s, kwargs)
+        metrics = _as_metrics(metric, metric_name)
+        state = self.prepare(model, x, y, s)
+        unperturbed = self.run_unperturbed(state, metrics)
+        units = {}
+        for test in self.tests:
+            for t in range(self.iterations):
+                for k in range(self.nr_perturbations):
+                    units[(test.name, t, k)] = self.run_perturbation(
+                        state, metrics, test, t, k, unperturbed=unperturbed)
+        block = self.assemble(metrics, state, unperturbed, units)
+        result = MetaEvaluationResult([block], config=self.config(), undefined=self.undefined)
+        self.result_ = result
+        return result
+
+    # ------------------------------------------------------------------ preparation
+    def prepare(self, model: Any, x: Any, y: Any = None, s: Any = None) -> _State:
+        """Wrap the model, validate the data, and compute the predictions ŷ."""
+        wrapper = wrap_model(model)
+        if self.batch_size is not None:
+            wrapper = wrapper.with_options(batch_size=self.batch_size)
+        xt = check_inputs(wrapper.prepare(x))
+        n = xt.shape[0]
+        yt = None if y is None else check_labels(as_tensor(y, "y", device=wrapper.device), n)
+        st = None
+        if s is not None:
+            st = as_tensor(s, "s", device=wrapper.device)
+            if st.shape[0] != n:
+                raise ValueError(f"`s` must have one mask per sample ({n}); got {st.shape}.")
+        out = wrapper.predict(xt)
+        if out.ndim != 2:
+            raise ValueError("MetaEvaluation needs a classifier: the model's outputs must have "
+                             f"shape (N, classes); got {tuple(out.shape)}.")
+        y_pred = out.argmax(1)
+        if self.target == "label":
+            if yt is None:
+                raise ValueError("target='label' needs the labels `y`.")
+            target = yt
+        else:
+            target = y_pred
+        return _State(
+            wrapper=wrapper, x=xt, y_true=yt, y_pred=y_pred, target=target, s=st,
+            keys=_rng.sample_keys(xt, self.seed),
+            data_range=(float(xt.min()), float(xt.max())),
+        )
+
+    def _seed(self, *labels: Any) -> int:
+        return _rng.derive_seed(self.seed, *labels) & ((1 << 62) - 1)
+
+    def _explain(self, state: _State, model: ModelWrapper, x: torch.Tensor, method: str,
+                 unit: tuple) -> torch.Tensor:
+        kw = dict(self.xai_methods[method])
+        name = kw.pop("method", method)
+        if self.explain_fn is not None:
+            return as_tensor(self.explain_fn(model.model, x, state.target, method=name, **kw),
+                             "explanation", device=x.device)
+        if "seed" not in kw and _stochastic(name):
+            kw["seed"] = self._seed("explain", method, *(unit if self.randomness ==
+                                                         "independent" else ()))
+        return evalkit.explain(model, x, state.target, method=name, **kw)
+
+    def _score(self, state: _State, name: str, metric: Any, model: ModelWrapper,
+               x: torch.Tensor, a: torch.Tensor, method: str, unit: tuple,
+               reasons: Counter) -> np.ndarray:
+        kw = dict(self.xai_methods[method])
+        explain_name = kw.pop("method", method)
+        seed_labels = ("metric", name, method, *(unit if self.randomness == "independent"
+                                                 else ()))
+        m = metric
+        if getattr(metric, "stochastic", False) or getattr(metric, "re_explains", False):
+            m = metric.set_params(seed=self._seed(*seed_labels))
+        if self.explain_fn is not None:
+            explain_kwargs = {"method": explain_name, **kw}
+            explain_fn = self.explain_fn
+        else:
+            if _stochastic(explain_name) and "seed" not in kw:
+                kw["seed"] = self._seed("metric-explain", *seed_labels[1:])
+            explain_kwargs = {"method": explain_name, **kw}
+            explain_fn = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedScoreWarning)
+            scores = m(model, x, state.target, a, s=state.s, explain_fn=explain_fn,
+                       explain_kwargs=explain_kwargs, batch_size=self.batch_size)
+        for r in getattr(m, "nan_reasons_", {}).values():
+            reasons[r] += 1
+        return np.asarray(scores, dtype=np.float64)
+
+    # ------------------------------------------------------------------ units
+    def clean_explanation(self, state: _State, method: str) -> torch.Tensor:
+        """The explanation of the unperturbed input by ``method`` (computed once)."""
+        if method not in state.explanations:
+            t0 = time.perf_counter()
+            state.explanations[method] = self._explain(state, state.wrapper, state.x, method,
+                                                       ("unperturbed",))
+            state.timings["explain"] += time.perf_counter() - t0
+        return state.explanations[method]
+
+    def run_unperturbed(self, state: _State, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """The unperturbed unit: an explanation per method (kept on ``state``) and the scores
+        ``{metric: (L, N)}``."""
+        t0 = time.perf_counter()
+        unit = ("unperturbed",)
+        scores, reasons = {}, {}
+        for name, metric in metrics.items():
+            t1 = time.perf_counter()
+            counter: Counter = Counter()
+            if isinstance(metric, ReferenceEstimator):
+                q = metric.unperturbed((len(self.xai_methods), state.x.shape[0]),
+                                       self._seed("reference", name))
+            elif getattr(metric, "needs_masks", False) and state.s is None:
+                q = np.full((len(self.xai_methods), state.x.shape[0]), np.nan)
+                counter["the metric needs masks `s`"] += 1
+            else:
+                q = np.stack([
+                    self._score(state, name, metric, state.wrapper, state.x,
+                                self.clean_explanation(state, m), m, unit, counter)
+                    for m in self.xai_methods
+                ])
+            scores[name] = q
+            reasons[name] = dict(counter)
+            state.timings[f"score:{name}"] += time.perf_counter() - t1
+        if self.progress:
+            print(f"[metaeval] unperturbed: {time.perf_counter() - t0:.2f} s", flush=True)
+        return {"scores": scores, "nan_reasons": reasons, "has_masks": state.s is not None,
+                "y_pred": state.y_pred.cpu().numpy()}
+
+    def _perturbed_input(self, state: _State, test: InputPerturbationTest,
+                         t: int, k: int) -> torch.Tensor:
+        keys = _rng.combine(state.keys, self._seed("input", test.name, t, k))
+        noise = UniformNoise(lower_bound=test.noise)
+        if test.clip == "data":
+            return noise(state.x, keys, clip=state.data_range)
+        xh = noise(state.x, keys)
+        if test.clip == "metaquantus":  # MetaQuantus: clip(x̂, min(x), max(x̂))
+            return torch.clamp(xh, min=state.data_range[0])
+        if test.clip is None:
+            return xh
+        return torch.clamp(xh, min=test.clip[0], max=test.clip[1])
+
+    def run_perturbation(self, state: _State, metrics: Mapping[str, Any],
+                         test: PerturbationTest, t: int, k: int,
+                         unperturbed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """One perturbation unit: ``{"y_pred": (N,), "mask": (N,), "scores": {metric: (L, N)}}``.
+
+        Metrics for which the test is not applicable are not scored (NaN). Reference
+        estimators need the unperturbed scores (``unperturbed``, from :meth:`run_unperturbed`).
+        """
+        t0 = time.perf_counter()
+        unit = (test.name, t, k)
+        methods = list(self.xai_methods)
+        todo = {n: m for n, m in metrics.items()
+                if applicability(m, test, methods,
+                                 custom_explainer=self.explain_fn is not None)[0]
+                and not (getattr(m, "needs_masks", False) and state.s is None)}
+        scores: dict[str, np.ndarray] = {}
+        reasons: dict[str, dict[str, int]] = {}
+        n, l_ = state.x.shape[0], len(methods)
+        with forward_cache():
+            # one cache per unit: a perturbed copy lives for the whole unit, so cached rows
+            # can never be confused with another copy's
+            if isinstance(test, ModelPerturbationTest):
+                ctx = state.wrapper.perturbed(test.noise_type, test.mean, test.std,
+                                              seed=self._seed("model", test.name, t, k))
+                with ctx as model:
+                    x = state.x
+                    y_hat = model.predict(x).argmax(1)
+                    scores, reasons = self._score_unit(state, todo, model, x, unit,
+                                                       explain=True, unperturbed=unperturbed)
+            else:
+                model = state.wrapper
+                x = self._perturbed_input(state, test, t, k)
+                y_hat = model.predict(x).argmax(1)
+                scores, reasons = self._score_unit(state, todo, model, x, unit,
+                                                   explain=test.re_explain,
+                                                   unperturbed=unperturbed)
+        for name in metrics:
+            if name not in scores:
+                scores[name] = np.full((l_, n), np.nan)
+        changed = (y_hat != state.y_pred).cpu().numpy()
+        state.timings["perturbation"] += time.perf_counter() - t0
+        if self.progress:
+            print(f"[metaeval] {test.name} t={t} k={k}: {time.perf_counter() - t0:.2f} s, "
+                  f"{int(changed.sum())}/{n} predictions changed", flush=True)
+        return {"y_pred": y_hat.cpu().numpy(), "mask": test.keeps(changed),
+                "scores": scores, "nan_reasons": reasons}
+
+    def _score_unit(self, state: _State, metrics: Mapping[str, Any], model: ModelWrapper,
+                    x: torch.Tensor, unit: tuple, *, explain: bool,
+                    unperturbed: Mapping[str, Any] | None
+                    ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, int]]]:
+        real = {n: m for n, m in metrics.items() if not isinstance(m, ReferenceEstimator)}
+        explanations: dict[str, torch.Tensor] = {}
+        if real:
+            t0 = time.perf_counter()
+            for method in self.xai_methods:
+                explanations[method] = (self._explain(state, model, x, method, unit) if explain
+                                        else self.clean_explanation(state, method))
+            state.timings["explain"] += time.perf_counter() - t0
+        scores, reasons = {}, {}
+        for name, metric in metrics.items():
+            t1 = time.perf_counter()
+            counter: Counter = Counter()
+            if isinstance(metric, ReferenceEstimator):
+                if unperturbed is None:
+                    raise ValueError("Reference estimators need the unperturbed scores: pass "
+                                     "`unperturbed=` (the result of run_unperturbed).")
+                scores[name] = metric.perturbed(unperturbed["scores"][name],
+                                                self._seed("reference", name), *unit)
+            else:
+                scores[name] = np.stack([
+                    self._score(state, name, metric, model, x, explanations[m], m, unit,
+                                counter)
+                    for m in self.xai_methods
+                ])
+            reasons[name] = dict(counter)
+            state.timings[f"score:{name}"] += time.perf_counter() - t1
+        return scores, reasons
+
+    # ------------------------------------------------------------------ assembling
+    def assemble(self, metrics: Mapping[str, Any], state_or_info: Any,
+                 unperturbed: Mapping[str, Any], units: Mapping[tuple, Mapping[str, Any]],
+                 *, dataset: str = "", model: str = "") -> RunBlock:
+        """Collect the units into a :class:`~metaeval.results.RunBlock`."""
+        n_i, n_k = self.iterations, self.nr_perturbations
+        methods = list(self.xai_methods)
+        masks, preds = {}, {}
+        for test in self.tests:
+            masks[test.name] = np.stack([np.stack([
+                np.asarray(units[(test.name, t, k)]["mask"], dtype=bool) for k in range(n_k)])
+                for t in range(n_i)])
+            preds[test.name] = np.stack([np.stack([
+                np.asarray(units[(test.name, t, k)]["y_pred"]) for k in range(n_k)])
+                for t in range(n_i)])
+        records = {}
+        for name, metric in metrics.items():
+            applicable = {}
+            for test in self.tests:
+                ok, why = applicability(metric, test, methods,
+                                        custom_explainer=self.explain_fn is not None)
+                if ok and getattr(metric, "needs_masks", False) and \
+                        unperturbed.get("has_masks", True) is False:
+                    ok, why = False, "the metric needs masks `s`"
+                applicable[test.name] = (ok, why)
+            q_hat = {test.name: np.stack([np.stack([
+                np.asarray(units[(test.name, t, k)]["scores"][name], dtype=np.float64)
+                for k in range(n_k)]) for t in range(n_i)]) for test in self.tests}
+            reasons: Counter = Counter(unperturbed.get("nan_reasons", {}).get(name, {}))
+            for u in units.values():
+                reasons.update(u.get("nan_reasons", {}).get(name, {}))
+            records[name] = MetricRecord(
+                name=name,
+                family=str(getattr(metric, "family", "") or ""),
+                higher_is_better=bool(metric.higher_is_better),
+                description=repr(metric),
+                q_star=np.asarray(unperturbed["scores"][name], dtype=np.float64),
+                q_hat=q_hat,
+                applicable=applicable,
+                nan_reasons=dict(reasons),
+            )
+        y_true = None
+        timings: dict[str, float] = {}
+        if isinstance(state_or_info, _State):
+            y_true = None if state_or_info.y_true is None else \
+                state_or_info.y_true.cpu().numpy()
+            timings = dict(state_or_info.timings)
+        return RunBlock(
+            dataset=dataset, model=model, tests=list(self.tests), methods=methods,
+            iterations=n_i, nr_perturbations=n_k,
+            y_pred=np.asarray(unperturbed["y_pred"]), y_true=y_true,
+            masks=masks, y_pred_perturbed=preds, metrics=records, timings=timings,
+            keep_scores=self.keep_scores,
+        )
+
+
+def _stochastic(method: str) -> bool:
+    try:
+        from evalkit.explain import explainer_info
+
+        return bool(explainer_info(method).stochastic)
+    except (ValueError, TypeError):
+        return False
+
+
+def _aliases(x: Any, y: Any, s: Any, kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
+    names = {"x_batch": "x", "y_batch": "y", "s_batch": "s"}
+    vals = {"x": x, "y": y, "s": s}
+    for key, value in kwargs.items():
+        if key not in names:
+            raise TypeError(f"MetaEvaluation() got an unexpected keyword `{key}`.")
+        if vals[names[key]] is not None:
+            raise TypeError(f"Got both `{names[key]}` and its Quantus alias `{key}`.")
+        vals[names[key]] = value
+    if vals["x"] is None:
+        raise TypeError("MetaEvaluation() missing the inputs `x`.")
+    return vals["x"], vals["y"], vals["s"]

@@ -1,0 +1,261 @@
+"""Known-answer tests of the MetaQuantus criteria on constructed score arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from metaeval import criteria as C
+from metaeval.results import MetaEvaluationResult, MetricRecord, RunBlock
+from metaeval.suite import InputPerturbationTest, ModelPerturbationTest
+
+
+# --------------------------------------------------------------------------- IAC
+def test_iac_is_the_zsplit_wilcoxon_pvalue_over_kept_finite_pairs():
+    rng = np.random.default_rng(3)
+    q_star = rng.random((2, 12))
+    q_hat = (q_star + rng.normal(0, 0.2, (2, 12)))[None]
+    mask = np.ones((1, 12), dtype=bool)
+    mask[0, :3] = False
+    q_hat[0, 1, 5] = np.nan
+    res = C.iac_pvalues(q_star, q_hat, mask)
+    want0 = scipy.stats.wilcoxon(q_star[0, 3:], q_hat[0, 0, 3:], zero_method="zsplit")[1]
+    keep = np.arange(12) >= 3
+    keep[5] = False
+    want1 = scipy.stats.wilcoxon(q_star[1, keep], q_hat[0, 1, keep], zero_method="zsplit")[1]
+    np.testing.assert_allclose(res.values[0], [want0, want1])
+    assert res.n_used.tolist() == [[9, 8]]
+
+
+def test_iac_identical_scores_give_p_one_even_for_a_single_pair():
+    q = np.array([[0.3, 0.2, 0.9]])
+    assert C.iac_pvalues(q, q[None], np.ones((1, 3), bool)).values[0, 0] == 1.0
+    one = np.array([True, False, False])
+    assert C.iac_pvalues(q, q[None], one[None]).values[0, 0] == 1.0
+
+
+def test_iac_empty_mask_is_undefined_not_zero():
+    q = np.random.default_rng(0).random((3, 5))
+    res = C.iac_pvalues(q, q[None] + 1, np.zeros((1, 5), bool))
+    assert np.isnan(res.values).all()
+    assert (res.n_used == 0).all()
+    # all pairs NaN: also undefined
+    res = C.iac_pvalues(np.full((1, 4), np.nan), np.ones((1, 1, 4)), np.ones((1, 4), bool))
+    assert np.isnan(res.values).all()
+
+
+def test_iac_all_differences_one_sign_gives_the_exact_two_sided_pvalue():
+    rng = np.random.default_rng(1)
+    q = rng.random((1, 10))
+    p = C.iac_pvalues(q, q[None] + 5 + rng.random((1, 1, 10)), np.ones((1, 10), bool))
+    assert p.values[0, 0] == pytest.approx(2 / 2**10)
+
+
+# --------------------------------------------------------------------------- IEC_NR
+def test_iec_nr_counts_exact_rank_position_agreement():
+    # sample 0: ranking unchanged (3/3); sample 1: two methods swap (1/3 agree)
+    q_star = np.array([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]])
+    q_hat = np.array([[0.2, 0.6], [0.6, 0.2], [1.0, 1.0]])[None]
+    v = C.iec_nr(q_star, q_hat, np.ones((1, 2), bool))
+    assert v.values[0] == pytest.approx((1 + 1 / 3) / 2)
+    # reversing the ranking of 3 methods keeps only the middle one
+    rev = C.iec_nr(q_star[:, :1], -q_star[None, :, :1], np.ones((1, 1), bool))
+    assert rev.values[0] == pytest.approx(1 / 3)
+
+
+def test_iec_nr_ties_agree_only_when_the_tie_block_is_unchanged():
+    q_star = np.array([[1.0], [1.0], [0.0]])  # methods 0 and 1 tied at the top
+    same_ties = np.array([[[2.0], [2.0], [0.5]]])
+    broken = np.array([[[2.0], [1.0], [0.5]]])
+    mask = np.ones((1, 1), bool)
+    assert C.iec_nr(q_star, same_ties, mask).values[0] == 1.0
+    # method 2 keeps its block (rank 0); methods 0/1 go from block (1, 2) to singletons
+    assert C.iec_nr(q_star, broken, mask).values[0] == pytest.approx(1 / 3)
+    lo, hi = C.tie_blocks(q_star)
+    assert lo[:, 0].tolist() == [1, 1, 0] and hi[:, 0].tolist() == [2, 2, 0]
+
+
+def test_iec_nr_without_ties_equals_argsort_position_agreement():
+    rng = np.random.default_rng(5)
+    q_star = rng.random((5, 40))
+    q_hat = rng.random((3, 5, 40))
+    mask = rng.random((3, 40)) < 0.6
+    got = C.iec_nr(q_star, q_hat, mask).values
+    r0 = np.argsort(q_star, axis=0)
+    for k in range(3):
+        rk = np.argsort(q_hat[k], axis=0)
+        want = (r0 == rk)[:, mask[k]].mean()
+        assert got[k] == pytest.approx(want)
+
+
+def test_iec_nr_skips_rows_with_nan_and_empty_masks():
+    q_star = np.array([[0.1, np.nan, 0.3], [0.2, 0.5, 0.1]])
+    q_hat = q_star[None].copy()
+    q_hat[0, 0, 1] = 0.7
+    v = C.iec_nr(q_star, q_hat, np.ones((1, 3), bool))
+    assert v.n_used[0] == 2 and v.values[0] == 1.0
+    e = C.iec_nr(q_star, q_hat, np.zeros((1, 3), bool))
+    assert np.isnan(e.values[0]) and e.n_used[0] == 0
+
+
+def test_iec_nr_chance_level():
+    rng = np.random.default_rng(2)
+    l_ = 4
+    q_star = rng.random((l_, 30))
+    q_hat = rng.random((2, l_, 30))
+    ch = C.iec_nr_chance(q_star, q_hat, np.ones((2, 30), bool))
+    np.testing.assert_allclose(ch.values, 1 / l_)
+    # all tied before and after: chance 1 (a perfect IEC_NR carries no information)
+    ones = np.ones((l_, 6))
+    assert C.iec_nr_chance(ones, ones[None], np.ones((1, 6), bool)).values[0] == 1.0
+    # a binary metric: blocks {0,1} and {2,3}; after: same block structure
+    qs = np.array([[1.0], [1.0], [0.0], [0.0]])
+    qh = np.array([[[0.0], [1.0], [1.0], [0.0]]])
+    assert C.iec_nr_chance(qs, qh, np.ones((1, 1), bool)).values[0] == pytest.approx(0.5)
+    # the permutation null by brute force
+    perms = [np.array(p) for p in __import__("itertools").permutations(range(4))]
+    brute = np.mean([C.iec_nr(qs, qh[:, p], np.ones((1, 1), bool)).values[0] for p in perms])
+    assert brute == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- IEC_AR
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_iec_ar_direction_comes_from_the_metric(higher_is_better):
+    q_star = np.array([[0.9, 0.8, 0.7]])
+    dropped = np.array([[[0.1, 0.1, 0.1]]])
+    v = C.iec_ar(q_star, dropped, np.ones((1, 3), bool), higher_is_better=higher_is_better)
+    # scores fell: worse for higher-is-better metrics, better for lower-is-better ones
+    assert v.values[0] == (1.0 if higher_is_better else 0.0)
+
+
+def test_iec_ar_ties_count_as_no_reaction_and_nan_pairs_are_dropped():
+    q_star = np.array([[0.5, 0.5, 0.5, 0.5]])
+    q_hat = np.array([[[0.5, 0.4, 0.6, np.nan]]])
+    mask = np.array([[True, True, True, True]])
+    v = C.iec_ar(q_star, q_hat, mask, higher_is_better=True)
+    assert v.values[0] == pytest.approx(1 / 3) and v.n_used[0] == 3
+    assert np.isnan(C.iec_ar(q_star, q_hat, ~mask, higher_is_better=True).values[0])
+
+
+def test_iec_ar_rejects_string_directions():
+    q = np.zeros((1, 2))
+    with pytest.raises(TypeError, match="higher_is_better"):
+        C.iec_ar(q, q[None], np.ones((1, 2), bool), higher_is_better="higher")
+
+
+def test_shape_and_type_validation():
+    q = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="q_hat"):
+        C.iec_nr(q, np.zeros((1, 3, 3)), np.ones((1, 3), bool))
+    with pytest.raises(ValueError, match="mask"):
+        C.iec_nr(q, np.zeros((1, 2, 3)), np.ones((2, 3), bool))
+    with pytest.raises(TypeError, match="boolean"):
+        C.iec_nr(q, np.zeros((1, 2, 3)), np.ones((1, 3)))
+    with pytest.raises(ValueError, match="q_star"):
+        C.iac_pvalues(np.zeros(3), np.zeros((1, 1, 3)), np.ones((1, 3), bool))
+
+
+def test_chance_levels():
+    c = C.chance_levels(6)
+    assert c["IEC_NR"] == pytest.approx(1 / 6)
+    assert c["MC"] == pytest.approx((1.5 + 1 / 6) / 4)
+    with pytest.raises(ValueError):
+        C.chance_levels(0)
+
+
+# --------------------------------------------------------------------------- aggregation
+def _block(q_star, q_hat_by_test, masks_by_test, higher_is_better=True, tests=None):
+    tests = tests or [ModelPerturbationTest("Resilience", std=0.01),
+                      ModelPerturbationTest("Adversary", std=1.0)]
+    i_, k_ = next(iter(masks_by_test.values())).shape[:2]
+    rec = MetricRecord(name="m", family="f", higher_is_better=higher_is_better,
+                       description="m", q_star=q_star, q_hat=q_hat_by_test,
+                       applicable={t.name: (True, "") for t in tests})
+    return RunBlock(dataset="d", model="net", tests=tests, methods=["a", "b"], iterations=i_,
+                    nr_perturbations=k_, y_pred=np.zeros(q_star.shape[1], int), y_true=None,
+                    masks=masks_by_test,
+                    y_pred_perturbed={t: np.zeros(m.shape, int) for t, m in masks_by_test.items()},
+                    metrics={"m": rec})
+
+
+def test_aggregation_matches_the_definitions():
+    rng = np.random.default_rng(11)
+    n, i_, k_ = 20, 3, 2
+    q_star = rng.random((2, n))
+    res_hat = q_star + rng.normal(0, 0.05, (i_, k_, 2, n))
+    adv_hat = rng.random((i_, k_, 2, n))
+    m_res = rng.random((i_, k_, n)) < 0.9
+    m_adv = rng.random((i_, k_, n)) < 0.5
+    block = _block(q_star, {"Model Resilience Test": res_hat, "Model Adversary Test": adv_hat},
+                   {"Model Resilience Test": m_res, "Model Adversary Test": m_adv})
+    s = MetaEvaluationResult([block]).summary()
+    row = s[s["space"] == "Model"].iloc[0]
+    per_t = {c: [] for c in C.CRITERIA}
+    for t in range(i_):
+        per_t["IAC_NR"].append(C.iac_pvalues(q_star, res_hat[t], m_res[t]).values.mean())
+        per_t["IAC_AR"].append((1 - C.iac_pvalues(q_star, adv_hat[t], m_adv[t]).values).mean())
+        per_t["IEC_NR"].append(C.iec_nr(q_star, res_hat[t], m_res[t]).values.mean())
+        per_t["IEC_AR"].append(C.iec_ar(q_star, adv_hat[t], m_adv[t],
+                                        higher_is_better=True).values.mean())
+    for c in C.CRITERIA:
+        assert row[c] == pytest.approx(np.mean(per_t[c]))
+        assert row[f"{c}_std"] == pytest.approx(np.std(per_t[c]))
+    mc_t = np.mean([per_t[c] for c in C.CRITERIA], axis=0)
+    assert row["MC"] == pytest.approx(mc_t.mean())
+    assert row["MC_std"] == pytest.approx(mc_t.std())
+    assert row["chance_IEC_NR"] == 0.5 and row["chance_MC"] == pytest.approx(0.5)
+    assert row["kept_NR"] == pytest.approx(m_res.mean())
+    it = MetaEvaluationResult([block]).to_frame("iteration")
+    np.testing.assert_allclose(it["MC"], mc_t)
+
+
+def test_empty_adversary_masks_are_reported_and_make_mc_undefined():
+    q = np.random.default_rng(0).random((2, 8))
+    i_, k_ = 2, 2
+    hat = np.broadcast_to(q, (i_, k_, 2, 8)).copy()
+    block = _block(q, {"Model Resilience Test": hat, "Model Adversary Test": hat},
+                   {"Model Resilience Test": np.ones((i_, k_, 8), bool),
+                    "Model Adversary Test": np.zeros((i_, k_, 8), bool)})
+    s = MetaEvaluationResult([block]).summary()
+    row = s[s["space"] == "Model"].iloc[0]
+    assert np.isnan(row["IAC_AR"]) and np.isnan(row["IEC_AR"]) and np.isnan(row["MC"])
+    assert row["IAC_NR"] == 1.0 and row["kept_AR"] == 0.0
+    assert "no prediction changed in 4 of 4" in row["note"]
+    lenient = MetaEvaluationResult([block], undefined="ignore").summary()
+    assert lenient[lenient["space"] == "Model"].iloc[0]["MC"] == pytest.approx(1.0)
+    table = MetaEvaluationResult([block]).table()
+    assert table.loc[table["space"] == "Model", "IAC_AR"].iloc[0] == "undefined"
+
+
+def test_partially_empty_masks_are_left_out_of_the_mean():
+    q = np.array([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]])
+    hat = np.broadcast_to(q, (1, 2, 2, 4)).copy()
+    adv = hat.copy()
+    adv[0, 0] -= 1.0  # perturbation 0: everything got worse (higher is better)
+    m_adv = np.array([[[True, True, False, False], [False, False, False, False]]])
+    block = _block(q, {"Model Resilience Test": hat, "Model Adversary Test": adv},
+                   {"Model Resilience Test": np.ones((1, 2, 4), bool),
+                    "Model Adversary Test": m_adv})
+    row = MetaEvaluationResult([block]).summary().iloc[0]
+    assert row["IEC_AR"] == 1.0  # the empty perturbation is not a 0
+    assert row["undefined"] == 1 + 2  # one IEC value and two IAC values (one per method)
+
+
+def test_mean_space_is_the_mean_over_spaces_and_na_spaces_are_excluded():
+    q = np.random.default_rng(4).random((2, 10))
+    hat = np.broadcast_to(q, (1, 1, 2, 10)).copy()
+    tests = [ModelPerturbationTest("Resilience", std=0.01),
+             ModelPerturbationTest("Adversary", std=1.0),
+             InputPerturbationTest("Resilience", 0.01), InputPerturbationTest("Adversary", 1.0)]
+    ones = np.ones((1, 1, 10), bool)
+    block = _block(q, {t.name: hat for t in tests}, {t.name: ones for t in tests}, tests=tests)
+    rec = block.metrics["m"]
+    s = MetaEvaluationResult([block]).summary()
+    assert s["space"].tolist() == ["Model", "Input", "Mean"]
+    assert s.iloc[2]["MC"] == pytest.approx(s.iloc[:2]["MC"].mean())
+    rec.applicable["Input Resilience Test"] = (False, "reason")
+    s = MetaEvaluationResult([block]).summary()
+    assert not s.iloc[1]["applicable"] and np.isnan(s.iloc[1]["MC"])
+    assert s.iloc[2]["MC"] == pytest.approx(s.iloc[0]["MC"])
+    assert "over Model only" in s.iloc[2]["note"]

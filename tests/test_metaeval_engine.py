@@ -1,0 +1,357 @@
+"""The meta-evaluation pipeline on a tiny model: seeding, sharing, applicability, masks,
+clipping, reference-estimator calibration, benchmark resumption, results and plots."""
+
+from __future__ import annotations
+
+import copy
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import evalkit as ek
+import metaeval as me
+from metaeval.benchmark import DirectoryStore
+
+matplotlib.use("Agg")
+
+METHODS = {"Saliency": {}, "InputXGradient": {}}
+
+
+def _model(seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 8 * 8, 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def data():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(16, 1, 8, 8, generator=gen)
+    model = _model()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    s = torch.zeros(16, 1, 8, 8, dtype=torch.bool)
+    s[:, :, 2:6, 2:6] = True
+    return model, x, y, s
+
+
+class CountingExplain:
+    """An explain function that counts its calls (and explains with evalkit)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.rows = 0
+
+    def __call__(self, model, x, y, **kw):
+        self.calls += 1
+        self.rows += int(x.shape[0])
+        return ek.explain(model, x, y, **kw)
+
+
+def _suite():
+    return me.default_suite()
+
+
+# --------------------------------------------------------------------------- basics
+def test_same_seed_same_numbers_and_the_model_is_untouched(data):
+    model, x, y, _s = data
+    before = copy.deepcopy(model.state_dict())
+    model.train()
+    metrics = {"Sparseness": ek.metrics.Sparseness(),
+               "FC": ek.metrics.FaithfulnessCorrelation(nr_runs=4, subset_size=8)}
+    run = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=2, seed=3)
+    a = run(metrics, model, x, y).summary()
+    b = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=2, seed=3)(
+        metrics, model, x, y).summary()
+    pd.testing.assert_frame_equal(a, b)
+    assert model.training  # the training flag is restored
+    model.eval()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    c = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=2, seed=4)(
+        metrics, model, x, y).summary()
+    assert not np.allclose(a["IAC_NR"].to_numpy(), c["IAC_NR"].to_numpy(), equal_nan=True)
+    assert run.result_ is not None
+
+
+def test_masks_follow_the_predictions_and_coverage_is_reported(data):
+    model, x, y, _ = data
+    res = me.MetaEvaluation(_suite(), METHODS, iterations=2, nr_perturbations=2, seed=0)(
+        ek.metrics.Sparseness(), model, x, y)
+    block = res.blocks[0]
+    for test in block.tests:
+        changed = block.y_pred_perturbed[test.name] != block.y_pred
+        want = ~changed if test.type == "Resilience" else changed
+        np.testing.assert_array_equal(block.masks[test.name], want)
+    cov = res.coverage()
+    assert set(cov["test"]) == {t.name for t in block.tests}
+    row = cov[cov["test"] == "Model Adversary Test"].iloc[0]
+    assert 0 < row["kept_mean"] <= 1  # sigma = 2 flips predictions
+    s = res.summary()
+    assert {"kept_NR", "kept_AR", "chance_IEC_NR", "IEC_NR_chance_ties"} <= set(s.columns)
+    assert s["chance_IEC_NR"].iloc[0] == pytest.approx(1 / 2)
+
+
+def test_explanations_and_perturbations_are_shared_by_all_metrics(data):
+    model, x, y, s = data
+    counter = CountingExplain()
+    run = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=2, seed=0,
+                            explain_fn=counter)
+    run({"Sparseness": ek.metrics.Sparseness(), "Complexity": ek.metrics.Complexity(),
+         "PointingGame": ek.metrics.PointingGame()}, model, x, y, s=s)
+    units = len(run.tests) * 1 * 2
+    # one explanation per method for the clean input, and one per method and unit
+    assert counter.calls == len(METHODS) * (1 + units)
+
+
+def test_input_agnostic_metrics_are_not_applicable_to_the_original_input_test(data):
+    model, x, y, s = data
+    suite = me.default_suite(re_explain=False, clip="metaquantus")
+    metrics = {"Sparseness": ek.metrics.Sparseness(), "PG": ek.metrics.PointingGame(),
+               "FC": ek.metrics.FaithfulnessCorrelation(nr_runs=4, subset_size=8)}
+    res = me.MetaEvaluation(suite, METHODS, iterations=1, nr_perturbations=2, seed=0)(
+        metrics, model, x, y, s=s)
+    summ = res.summary().set_index(["metric", "space"])
+    for name in ("Sparseness", "PG"):
+        assert not summ.loc[(name, "Input"), "applicable"]
+        assert np.isnan(summ.loc[(name, "Input"), "MC"])
+        assert "re_explain=False" in summ.loc[(name, "Input"), "note"]
+        assert summ.loc[(name, "Model"), "applicable"]
+        # MC̄ falls back to the applicable space instead of averaging in a meaningless 0.5
+        assert summ.loc[(name, "Mean"), "MC"] == pytest.approx(summ.loc[(name, "Model"), "MC"])
+        block = res.blocks[0]
+        assert np.isnan(block.metrics[name].q_hat["Input Resilience Test"]).all()
+    assert summ.loc[("FC", "Input"), "applicable"]  # it runs the model on x
+    # re-explaining the perturbed input (the default) makes the test applicable again
+    res2 = me.MetaEvaluation(me.default_suite(), METHODS, iterations=1, nr_perturbations=1,
+                             seed=0)({"Sparseness": ek.metrics.Sparseness()}, model, x, y)
+    assert res2.summary()["applicable"].all()
+
+
+def test_applicability_rules():
+    sparse, fc = ek.metrics.Sparseness(), ek.metrics.FaithfulnessCorrelation()
+    mpt = me.ModelPerturbationTest("Resilience", std=0.01)
+    ipt_orig = me.InputPerturbationTest("Resilience", 0.01, re_explain=False)
+    ipt = me.InputPerturbationTest("Resilience", 0.01)
+    assert me.applicability(sparse, mpt, ["Saliency"])[0]
+    assert not me.applicability(sparse, mpt, ["Sobel"])[0]  # model-free explainer
+    assert me.applicability(sparse, mpt, ["Sobel", "Saliency"])[0]
+    assert not me.applicability(sparse, ipt_orig, ["Saliency"])[0]
+    assert me.applicability(fc, ipt_orig, ["Saliency"])[0]
+    assert me.applicability(sparse, ipt, ["Saliency"])[0]
+    assert not me.applicability(sparse, ipt, ["Constant"])[0]
+    assert not me.reads_input(sparse) and me.reads_input(fc)
+    assert me.reads_input(ek.metrics.MaxSensitivity())
+
+
+def test_masks_are_required_by_localisation_metrics(data):
+    model, x, y, _ = data
+    res = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=1, seed=0)(
+        {"PG": ek.metrics.PointingGame()}, model, x, y)
+    assert np.isnan(res.summary()["MC"]).all()
+    assert "needs masks" in res.nan_reasons()["reason"].iloc[0]
+
+
+def test_input_noise_is_clipped_to_the_data_range(data):
+    model, x, y, _ = data
+    run = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=1, seed=0)
+    state = run.prepare(model, x * 0.5 + 0.2, y)
+    lo, hi = state.data_range
+    big = me.InputPerturbationTest("Adversary", 5.0)
+    xh = run._perturbed_input(state, big, 0, 0)
+    assert float(xh.min()) >= lo and float(xh.max()) <= hi
+    assert not torch.equal(xh, state.x)
+    mq = run._perturbed_input(state, me.InputPerturbationTest("Adversary", 5.0,
+                                                              clip="metaquantus"), 0, 0)
+    assert float(mq.min()) >= lo and float(mq.max()) > hi  # MetaQuantus' upper bound never binds
+    fixed = run._perturbed_input(state, me.InputPerturbationTest("Adversary", 5.0,
+                                                                 clip=(0.0, 1.0)), 0, 0)
+    assert float(fixed.min()) >= 0.0 and float(fixed.max()) <= 1.0
+    free = run._perturbed_input(state, me.InputPerturbationTest("Adversary", 5.0, clip=None),
+                                0, 0)
+    assert float((free - state.x).abs().max()) <= 5.0 and float(free.max()) > 1.0
+    # the noise of a sample does not depend on the batch it is in
+    state2 = run.prepare(model, (x * 0.5 + 0.2)[3:9], y[3:9])
+    state2.data_range = state.data_range
+    part = run._perturbed_input(state2, big, 0, 0)
+    torch.testing.assert_close(part, xh[3:9])
+
+
+# --------------------------------------------------------------------------- calibration
+@pytest.fixture(scope="module")
+def calibration(data):
+    model, _, _, _ = data
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand(64, 1, 8, 8, generator=gen)
+    estimators = {
+        "same": me.ReferenceEstimator("same"),
+        "different": me.ReferenceEstimator("different"),
+        "worse": me.ReferenceEstimator("different", shift="worse", higher_is_better=False),
+        "random": me.ReferenceEstimator("random"),
+    }
+    suite = [me.ModelPerturbationTest("Resilience", std=0.001),
+             me.ModelPerturbationTest("Adversary", std=2.0),
+             me.InputPerturbationTest("Resilience", 0.001),
+             me.InputPerturbationTest("Adversary", 5.0)]
+    run = me.MetaEvaluation(suite, {"a": {"method": "Saliency"}, "b": {"method": "Saliency"},
+                                    "c": {"method": "Saliency"}},
+                            iterations=2, nr_perturbations=5, seed=0)
+    return run(estimators, model, x).summary().set_index(["metric", "space"])
+
+
+def test_reference_same_estimator_scores_exactly_its_derivation(calibration):
+    for space in ("Model", "Input"):
+        r = calibration.loc[("same", space)]
+        assert (r["IAC_NR"], r["IAC_AR"], r["IEC_NR"], r["IEC_AR"]) == (1.0, 0.0, 1.0, 0.0)
+        assert r["MC"] == 0.5
+
+
+def test_reference_different_estimator(calibration):
+    l_ = 3
+    for space in ("Model", "Input"):
+        r = calibration.loc[("different", space)]
+        kept = min(r["kept_NR"], r["kept_AR"]) * 64
+        assert r["IAC_NR"] < 0.05 and r["IAC_AR"] > 0.9, (kept, r["IAC_NR"])
+        assert r["IEC_NR"] == pytest.approx(1 / l_, abs=0.08)
+        assert r["IEC_AR"] == 0.0  # quality improved: never "worse"
+        assert r["MC"] == pytest.approx((1 + 1 / l_) / 4, abs=0.05)
+        w = calibration.loc[("worse", space)]
+        assert w["IEC_AR"] == 1.0
+        assert w["MC"] == pytest.approx((2 + 1 / l_) / 4, abs=0.05)
+
+
+def test_reference_random_estimator_sits_at_the_chance_levels(calibration):
+    for space in ("Model", "Input"):
+        r = calibration.loc[("random", space)]
+        assert r["IAC_NR"] == pytest.approx(0.5, abs=0.15)
+        assert r["IAC_AR"] == pytest.approx(0.5, abs=0.15)
+        assert r["IEC_NR"] == pytest.approx(r["chance_IEC_NR"], abs=0.06)
+        assert r["IEC_AR"] == pytest.approx(0.5, abs=0.06)
+        assert r["MC"] == pytest.approx(r["chance_MC"], abs=0.07)
+
+
+# --------------------------------------------------------------------------- benchmark
+def test_benchmark_shares_units_and_resumes_from_the_store(data, tmp_path):
+    model, x, y, s = data
+    counter = CountingExplain()
+    run = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=2, seed=0,
+                            explain_fn=counter)
+    datasets = {"tiny": {"x": x, "y": y, "s": s, "models": {"a": model, "b": _model(1)}}}
+    metrics = {"Complexity": {"Sparseness": ek.metrics.Sparseness()},
+               "Localisation": {"PG": ek.metrics.PointingGame()}}
+    bench = me.MetaEvaluationBenchmark(run, metrics, datasets, store=tmp_path)
+    first = bench.run()
+    units = 1 + len(run.tests) * 2
+    assert bench.stats_["units_computed"] == 2 * units
+    assert counter.calls == 2 * len(METHODS) * units
+    summ = first.summary()
+    assert set(summ["model"]) == {"a", "b"}
+    assert set(summ["family"]) == {"Complexity", "Localisation"}
+
+    counter.calls = 0
+    again = me.MetaEvaluationBenchmark(run, metrics, datasets, store=tmp_path)
+    second = again.run()
+    assert again.stats_["units_loaded"] == 2 * units and again.stats_["units_computed"] == 0
+    assert counter.calls == 0
+    pd.testing.assert_frame_equal(first.summary(), second.summary())
+
+    # a new metric: only its scores are computed (the units' explanations are redone once)
+    more = {**metrics, "Faithfulness": {"FC": ek.metrics.FaithfulnessCorrelation(
+        nr_runs=4, subset_size=8)}}
+    third_b = me.MetaEvaluationBenchmark(run, more, datasets, store=DirectoryStore(tmp_path))
+    third = third_b.run()
+    assert third_b.stats_["scores_computed"] == 2 * units
+    assert third_b.stats_["scores_loaded"] == 2 * 2 * units
+    old = third.summary()
+    old = old[old["metric"] != "FC"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, first.summary())
+
+
+def test_benchmark_equals_single_runs(data):
+    model, x, y, _s = data
+    run = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=1, seed=5)
+    bench = me.MetaEvaluationBenchmark(
+        run, {"Sparseness": ek.metrics.Sparseness()},
+        {"tiny": {"x": x, "y": y, "models": {"net": model}}}).run()
+    single = run({"Sparseness": ek.metrics.Sparseness()}, model, x, y)
+    cols = ["IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR", "MC"]
+    np.testing.assert_allclose(bench.summary()[cols].to_numpy(dtype=float),
+                               single.summary()[cols].to_numpy(dtype=float))
+
+
+# --------------------------------------------------------------------------- results
+def test_result_frames_persistence_and_plots(data, tmp_path):
+    model, x, y, s = data
+    res = me.MetaEvaluation(_suite(), METHODS, iterations=2, nr_perturbations=2, seed=0)(
+        {"Sparseness": ek.metrics.Sparseness(), "PG": ek.metrics.PointingGame(),
+         **me.reference_estimators()}, model, x, y, s=s)
+    long = res.to_frame()
+    n_rows = 5 * 4 * 2 * 2 * (len(METHODS) + 1)
+    assert len(long) == n_rows
+    assert {"criterion", "iteration", "perturbation", "method", "value", "kept"} <= set(long)
+    it = res.to_frame("iteration")
+    assert len(it) == 5 * 2 * 2
+    table = res.table()
+    assert table["MC"].str.contains("±").any()
+    assert table.attrs["chance"]["IEC_NR"] == pytest.approx(0.5)
+    scores = res.scores_frame()
+    assert len(scores) == 5 * 16 * len(METHODS) * (1 + 4 * 2 * 2)
+    path = tmp_path / "res.json"
+    res.save(path)
+    back = me.MetaEvaluationResult.load(path)
+    pd.testing.assert_frame_equal(back.summary(), res.summary())
+    assert list(res.ranking()["rank"])
+    fig = res.plot_area(n_cols=3)
+    assert len([a for a in fig.axes if a.has_data()]) == 5
+    fig2 = res.plot_scatter()
+    assert len(fig2.axes) == 2
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_validation_errors(data):
+    model, x, y, _ = data
+    with pytest.raises(ValueError, match="xai_methods"):
+        me.MetaEvaluation(_suite(), None)
+    with pytest.raises(ValueError, match="one per space"):
+        me.MetaEvaluation([me.ModelPerturbationTest("Resilience", std=0.1)] * 2, METHODS)
+    with pytest.raises(ValueError, match="type"):
+        me.ModelPerturbationTest("Robust", std=0.1)
+    with pytest.raises(ValueError, match="std"):
+        me.ModelPerturbationTest("Adversary", std=0.0)
+    with pytest.raises(ValueError, match="noise"):
+        me.InputPerturbationTest("Adversary", -1.0)
+    with pytest.raises(ValueError, match="clip"):
+        me.InputPerturbationTest("Adversary", 1.0, clip=(1.0, 0.0))
+    with pytest.raises(ValueError, match="iterations"):
+        me.MetaEvaluation(_suite(), METHODS, iterations=0)
+    run = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=1)
+    with pytest.raises(ValueError, match="aggregate"):
+        run(ek.metrics.Sparseness(aggregate=np.mean), model, x, y)
+    with pytest.raises(TypeError, match="evalkit Metric"):
+        run(lambda *a: 0, model, x, y)
+    with pytest.raises(ValueError, match="label"):
+        me.MetaEvaluation(_suite(), METHODS, target="label")(ek.metrics.Sparseness(), model, x)
+    with pytest.raises(ValueError, match="setting"):
+        me.default_suite("cifar")
+
+
+def test_default_suite_settings():
+    mnist = {t.name: t for t in me.default_suite()}
+    assert mnist["Model Adversary Test"].std == 2.0 and mnist["Input Adversary Test"].noise == 5.0
+    assert mnist["Model Resilience Test"].std == 0.001
+    assert mnist["Input Resilience Test"].noise == 0.001
+    imagenet = {t.name: t for t in me.default_suite("imagenet")}
+    assert imagenet["Model Adversary Test"].std == 0.5
+    tutorial = {t.name: t for t in me.default_suite("tutorial")}
+    assert tutorial["Input Adversary Test"].noise == 3.0
+    assert all(t.mean == 1.0 for t in mnist.values() if t.space == "Model")
