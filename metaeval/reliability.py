@@ -186,7 +186,9 @@ def inter_method_reliability(scores: np.ndarray) -> float:
     if s.shape[0] < 3 or s.shape[1] < 2:
         return float("nan")
     r = scipy.stats.rankdata(s, axis=0)
-    c = np.corrcoef(r.T)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        c = np.corrcoef(r.T)  # a constant method gives NaN correlations, left out
     iu = np.triu_indices(s.shape[1], 1)
     vals = c[iu]
     return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
@@ -306,7 +308,8 @@ def cronbach_alpha(items: np.ndarray) -> float:
     k = x.shape[1]
     if k < 2 or x.shape[0] < 3:
         return float("nan")
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         c = np.corrcoef(x.T)
     iu = np.triu_indices(k, 1)
     r = np.nanmean(c[iu]) if np.isfinite(c[iu]).any() else np.nan
