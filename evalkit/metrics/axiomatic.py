@@ -286,8 +286,11 @@ class InputInvariance(Metric):
 
     Deviations from Quantus (``quantus.InputInvariance`` 0.6): the first layer is found from
     the forward pass (Quantus assumes ``modules[1]`` is a biased convolution), linear first
-    layers and bias-free layers work, the compensation is exact at padded borders, and the
-    tolerance is relative to each map's scale (Quantus: ``np.isclose(atol=1e-4)`` elementwise).
+    layers and bias-free layers work, the compensation is exact at padded borders, every input
+    element is shifted (Quantus' ``perturb_batch`` passes ``indices[i][1:]``, so the first
+    element of each input stays unshifted and the shifted model sees a different input there),
+    and the tolerance is relative to each map's scale (Quantus: ``np.isclose(atol=1e-4)``
+    elementwise).
 
     Parameters
     ----------
