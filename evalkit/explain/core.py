@@ -13,6 +13,7 @@ import torch
 from .._batching import resolve_batch_size
 from .._validation import as_tensor, check_inputs, check_labels, check_option, is_numpy_like
 from ..models import ModelWrapper, wrap_model
+from ..models.targets import _BaseTarget
 from ._hooks import require_gradients, require_module
 
 __all__ = [
@@ -238,7 +239,7 @@ def explain(
         if info.requires_gradients:
             require_gradients(wrapper, info.name)
         if info.uses_target:
-            wrapper.check_labels(xt, yt)
+            wrapper = wrapper.with_options(target=_CheckedTarget(wrapper.target))
     if info.quantus_names:
         kwargs = _rename_quantus_kwargs(kwargs, xt)
     kwargs = _tensor_kwargs(kwargs, wrapper)
@@ -278,6 +279,27 @@ def explain(
     a = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
     a = _reduce_channels(a, reduce_channels)
     return a.cpu().numpy() if numpy_in else a
+
+
+class _CheckedTarget(_BaseTarget):
+    """The wrapper's target, validating the labels against the outputs it is given before
+    scoring them (``target.check``): a bad label fails on the explainer's first forward pass,
+    with the target's message, and without an extra forward pass just to learn the output
+    shape (for a fresh wrapper that would be one more model call per ``explain``)."""
+
+    def __init__(self, inner: _BaseTarget) -> None:
+        self.inner = inner
+        self.uses_class_labels = inner.uses_class_labels
+
+    def __call__(self, outputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        self.inner.check(y, tuple(outputs.shape[1:]))
+        return self.inner(outputs, y)
+
+    def check(self, y: torch.Tensor | None, output_shape: tuple[int, ...]) -> None:
+        self.inner.check(y, output_shape)
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
 
 
 def explain_rows(x: torch.Tensor, model: ModelWrapper, batch_size: int | None = None) -> int:
