@@ -273,6 +273,14 @@ class MetaEvaluation:
     def prepare(self, model: Any, x: Any, y: Any = None, s: Any = None) -> _State:
         """Wrap the model, validate the data, and compute the predictions ŷ."""
         wrapper = wrap_model(model)
+        if any(isinstance(t, ModelPerturbationTest) for t in self.tests) and \
+                type(wrapper).perturbed is ModelWrapper.perturbed:
+            raise TypeError(
+                f"Model perturbation tests need access to the parameters; a "
+                f"{type(wrapper).__name__} has none. Wrap a torch.nn.Module, or meta-evaluate "
+                "with input tests only (tests=[t for t in default_suite() if t.space == "
+                "'Input'])."
+            )
         if self.batch_size is not None:
             wrapper = wrapper.with_options(batch_size=self.batch_size)
         xt = check_inputs(wrapper.prepare(x))

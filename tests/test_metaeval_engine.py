@@ -355,3 +355,19 @@ def test_default_suite_settings():
     tutorial = {t.name: t for t in me.default_suite("tutorial")}
     assert tutorial["Input Adversary Test"].noise == 3.0
     assert all(t.mean == 1.0 for t in mnist.values() if t.space == "Model")
+
+
+def test_callable_models_get_input_tests_only(data):
+    model, x, y, _ = data
+
+    def predict(arr):
+        with torch.no_grad():
+            return model(torch.as_tensor(arr)).numpy()
+
+    run = me.MetaEvaluation(_suite(), {"Sobel": {}}, iterations=1, nr_perturbations=1)
+    with pytest.raises(TypeError, match="Input"):
+        run(ek.metrics.Sparseness(), predict, x.numpy(), y.numpy())
+    inputs_only = [t for t in me.default_suite() if t.space == "Input"]
+    res = me.MetaEvaluation(inputs_only, {"Sobel": {}}, iterations=1, nr_perturbations=1)(
+        ek.metrics.Sparseness(), predict, x.numpy(), y.numpy())
+    assert res.summary()["space"].tolist() == ["Input"]

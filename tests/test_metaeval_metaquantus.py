@@ -145,6 +145,7 @@ def test_aggregation_equals_metaquantus_where_it_is_correct(mq, hib, direction, 
             assert res["IEC_{AR} mean"] == pytest.approx(1 - ours.loc[space, "IEC_AR"])
 
 
+@pytest.mark.slow
 def test_metaquantus_input_test_is_degenerate_for_input_agnostic_metrics(mq, quantus):
     """MetaQuantus scores clean-input explanations under the input test, so Sparseness sees the
     same inputs and gets IAC_NR = IEC_NR = 1 exactly (the "always the same" estimator); we

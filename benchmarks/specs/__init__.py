@@ -21,7 +21,7 @@ __all__ = ["FAMILY_MODULES", "IMPORT_ERRORS", "Spec", "all_specs", "select_specs
 
 #: family modules in table order (the ``family`` of their specs)
 FAMILY_MODULES = ("explainers", "faithfulness", "robustness", "localisation", "complexity",
-                  "randomisation", "axiomatic")
+                  "randomisation", "axiomatic", "metaeval")
 
 
 @dataclass(frozen=True)
