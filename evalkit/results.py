@@ -1,0 +1,325 @@
+"""The result of :func:`evalkit.evaluate`: per-sample scores with everything needed to trust
+and reproduce them.
+
+>>> results = ek.evaluate(metrics, methods, model, x, y, s=masks)      # doctest: +SKIP
+>>> results.to_frame()          # one row per (method, metric, sample)   # doctest: +SKIP
+>>> results.summary()           # mean, std, sem, n_valid, n_nan per cell # doctest: +SKIP
+>>> results.leaderboard()       # direction-aware ranks with bootstrap CIs # doctest: +SKIP
+>>> results.plot("radar")       # a matplotlib Figure                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from .leaderboard import Leaderboard
+
+__all__ = ["CellError", "Results", "library_versions"]
+
+Cell = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class CellError:
+    """Why one (method, metric) cell has no scores: the exception and its traceback.
+
+    ``samples`` is the (start, stop) range of the unit that failed (None when the method's
+    explanation failed before any unit ran).
+    """
+
+    method: str
+    metric: str
+    type: str
+    message: str
+    traceback: str = ""
+    samples: tuple[int, int] | None = None
+
+    def __str__(self) -> str:
+        where = "" if self.samples is None else f" (samples {self.samples[0]}:{self.samples[1]})"
+        return f"{self.method} x {self.metric}{where}: {self.type}: {self.message}"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of evalkit and the libraries that determine its numbers."""
+    import torch
+
+    from ._version import __version__
+
+    out = {"evalkit": __version__, "torch": torch.__version__, "numpy": np.__version__,
+           "pandas": pd.__version__, "python": platform.python_version()}
+    try:
+        import captum
+
+        out["captum"] = captum.__version__
+    except Exception:  # captum is a dependency, but a broken install must not lose results
+        out["captum"] = "unavailable"
+    try:
+        import scipy
+
+        out["scipy"] = scipy.__version__
+    except Exception:
+        pass
+    return out
+
+
+class Results:
+    """Per-sample scores of every (method, metric) cell of an evaluation.
+
+    Attributes
+    ----------
+    methods, metrics:
+        Display names, in the order given to :func:`~evalkit.evaluate`.
+    n:
+        Number of samples.
+    scores:
+        ``{(method, metric): ndarray (n,)}``; NaN where undefined (see ``nan_reasons``) and for
+        failed cells (see ``errors``).
+    nan_reasons:
+        ``{(method, metric): {sample: reason}}``.
+    curves, curve_x:
+        ``{(method, metric): ndarray (n, T)}`` and the curves' x-axis (T,), for metrics that
+        record curves (removal/insertion curves, ...).
+    errors:
+        ``{(method, metric): CellError}`` for cells that failed; the other cells are complete.
+    metric_info:
+        ``{metric: {...}}``: class, family, direction (``higher_is_better``), ``set_level``,
+        ``re_explains``, the fully resolved parameters (JSON-serialisable), the metric's repr
+        and the seed it ran with.
+    method_info:
+        ``{method: {...}}``: how the method was given (``"registered"``, ``"callable"`` or
+        ``"array"``), the registered method and its keyword arguments, the explain function.
+    seed, seeds:
+        The evaluation's seed and each metric's derived seed.
+    timings, explain_timings:
+        Seconds per cell (summed over its units, including units read from a store, which keep
+        the time they took when computed) and seconds to explain each method in this run.
+    config_hashes:
+        ``{(method, metric): hash}``: what the stored rows of each cell are keyed by (see
+        :mod:`evalkit.store`).
+    resumed:
+        ``{(method, metric): units}`` read from the store instead of computed.
+    versions:
+        Library versions (:func:`library_versions`).
+    wall_time:
+        Seconds the evaluation took.
+    """
+
+    def __init__(
+        self,
+        *,
+        methods: Iterable[str],
+        metrics: Iterable[str],
+        n: int,
+        scores: Mapping[Cell, np.ndarray],
+        nan_reasons: Mapping[Cell, Mapping[int, str]] | None = None,
+        curves: Mapping[Cell, np.ndarray] | None = None,
+        curve_x: Mapping[Cell, np.ndarray] | None = None,
+        errors: Mapping[Cell, CellError] | None = None,
+        metric_info: Mapping[str, Mapping[str, Any]] | None = None,
+        method_info: Mapping[str, Mapping[str, Any]] | None = None,
+        seed: int | None = None,
+        seeds: Mapping[str, int] | None = None,
+        timings: Mapping[Cell, float] | None = None,
+        explain_timings: Mapping[str, float] | None = None,
+        config_hashes: Mapping[Cell, str] | None = None,
+        resumed: Mapping[Cell, int] | None = None,
+        versions: Mapping[str, str] | None = None,
+        wall_time: float | None = None,
+        store: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.methods = list(methods)
+        self.metrics = list(metrics)
+        self.n = int(n)
+        self.scores = {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}
+        for (method, metric), v in self.scores.items():
+            if v.shape != (self.n,):
+                raise ValueError(
+                    f"scores[{method!r}, {metric!r}] has shape {v.shape}; expected ({self.n},)."
+                )
+        for method in self.methods:
+            for metric in self.metrics:
+                self.scores.setdefault((method, metric), np.full(self.n, np.nan))
+        self.nan_reasons = {k: dict(v) for k, v in (nan_reasons or {}).items()}
+        self.curves = dict(curves or {})
+        self.curve_x = dict(curve_x or {})
+        self.errors = dict(errors or {})
+        self.metric_info = {k: dict(v) for k, v in (metric_info or {}).items()}
+        for metric in self.metrics:
+            info = self.metric_info.setdefault(metric, {})
+            info.setdefault("family", "")
+            info.setdefault("higher_is_better", True)
+        self.method_info = {k: dict(v) for k, v in (method_info or {}).items()}
+        self.seed = seed
+        self.seeds = dict(seeds or {})
+        self.timings = dict(timings or {})
+        self.explain_timings = dict(explain_timings or {})
+        self.config_hashes = dict(config_hashes or {})
+        self.resumed = dict(resumed or {})
+        self.versions = dict(versions) if versions is not None else library_versions()
+        self.wall_time = wall_time
+        self.store = store
+        self.extra = dict(extra or {})
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_scores(
+        cls,
+        scores: Mapping[str, Mapping[str, Any]],
+        *,
+        higher_is_better: Mapping[str, bool] | bool = True,
+        families: Mapping[str, str] | None = None,
+    ) -> Results:
+        """Results from per-sample scores computed elsewhere: ``{method: {metric: (n,)}}``.
+
+        Scalars are one sample each. ``higher_is_better`` gives each metric's direction (one
+        bool for all); ``families`` each metric's family (default: the metric's own name, so
+        each metric is its own family). Useful to rank published numbers.
+        """
+        methods = list(scores)
+        metrics: list[str] = []
+        for row in scores.values():
+            for metric in row:
+                if metric not in metrics:
+                    metrics.append(metric)
+        arrays = {(m, k): np.atleast_1d(np.asarray(v, dtype=np.float64))
+                  for m, row in scores.items() for k, v in row.items()}
+        lengths = {v.shape[0] for v in arrays.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"Every cell needs the same number of samples; got {sorted(lengths)}.")
+        if isinstance(higher_is_better, bool):
+            directions = dict.fromkeys(metrics, higher_is_better)
+        else:
+            missing = set(metrics) - set(higher_is_better)
+            if missing:
+                raise ValueError(f"`higher_is_better` has no direction for {sorted(missing)}.")
+            directions = {k: bool(higher_is_better[k]) for k in metrics}
+        info = {k: {"family": (families or {}).get(k, k), "higher_is_better": directions[k]}
+                for k in metrics}
+        return cls(methods=methods, metrics=metrics, n=lengths.pop(), scores=arrays,
+                   metric_info=info)
+
+    # ------------------------------------------------------------------ access
+    def __getitem__(self, cell: Cell) -> np.ndarray:
+        method, metric = cell
+        if (method, metric) not in self.scores:
+            raise KeyError(f"No cell ({method!r}, {metric!r}); methods {self.methods}, "
+                           f"metrics {self.metrics}.")
+        return self.scores[method, metric]
+
+    def family(self, metric: str) -> str:
+        return str(self.metric_info[metric].get("family", ""))
+
+    def higher_is_better(self, metric: str) -> bool:
+        return bool(self.metric_info[metric].get("higher_is_better", True))
+
+    def __repr__(self) -> str:
+        failed = f", {len(self.errors)} failed cells" if self.errors else ""
+        return (f"Results({len(self.methods)} methods x {len(self.metrics)} metrics x "
+                f"{self.n} samples{failed})")
+
+    # ------------------------------------------------------------------ frames
+    def to_frame(self) -> pd.DataFrame:
+        """A tidy DataFrame, one row per (method, metric, sample): ``method``, ``metric``,
+        ``sample``, ``score``, ``family``, ``higher_is_better``, ``nan_reason``."""
+        parts = []
+        for method in self.methods:
+            for metric in self.metrics:
+                reasons = self.nan_reasons.get((method, metric), {})
+                err = self.errors.get((method, metric))
+                reason_col = [reasons.get(i) for i in range(self.n)]
+                if err is not None:
+                    reason_col = [f"error: {err.type}"] * self.n
+                parts.append(pd.DataFrame({
+                    "method": method,
+                    "metric": metric,
+                    "sample": np.arange(self.n),
+                    "score": self.scores[method, metric],
+                    "family": self.family(metric),
+                    "higher_is_better": self.higher_is_better(metric),
+                    "nan_reason": reason_col,
+                }))
+        frame = pd.concat(parts, ignore_index=True)
+        frame["method"] = pd.Categorical(frame["method"], categories=self.methods)
+        frame["metric"] = pd.Categorical(frame["metric"], categories=self.metrics)
+        return frame
+
+    def summary(self, *, wide: bool = False) -> pd.DataFrame:
+        """Aggregate table: per (method, metric) the ``mean``, ``std`` (ddof=1), ``sem``,
+        ``median``, ``n_valid``, ``n_nan``, ``family``, ``higher_is_better``, ``time_s`` and
+        ``error`` (the failure message or None). NaN scores are left out of the statistics.
+
+        ``wide=True`` gives only the means, methods x metrics.
+        """
+        rows = []
+        for method in self.methods:
+            for metric in self.metrics:
+                v = self.scores[method, metric]
+                valid = v[np.isfinite(v)]
+                k = valid.size
+                std = float(np.std(valid, ddof=1)) if k > 1 else np.nan
+                err = self.errors.get((method, metric))
+                rows.append({
+                    "method": method,
+                    "metric": metric,
+                    "family": self.family(metric),
+                    "higher_is_better": self.higher_is_better(metric),
+                    "mean": float(valid.mean()) if k else np.nan,
+                    "std": std,
+                    "sem": std / np.sqrt(k) if k > 1 else np.nan,
+                    "median": float(np.median(valid)) if k else np.nan,
+                    "n_valid": int(k),
+                    "n_nan": int(self.n - k),
+                    "time_s": self.timings.get((method, metric), np.nan),
+                    "error": None if err is None else f"{err.type}: {err.message}",
+                })
+        frame = pd.DataFrame(rows).set_index(["method", "metric"])
+        if wide:
+            return frame["mean"].unstack("metric").reindex(index=self.methods,
+                                                           columns=self.metrics)
+        return frame
+
+    # ------------------------------------------------------------------ configuration
+    def config(self) -> dict[str, Any]:
+        """Everything needed to reproduce the run, as a JSON-serialisable dict."""
+        return {
+            "n": self.n,
+            "seed": self.seed,
+            "seeds": self.seeds,
+            "metrics": self.metric_info,
+            "methods": self.method_info,
+            "config_hashes": {f"{m} | {k}": h for (m, k), h in self.config_hashes.items()},
+            "versions": self.versions,
+            **self.extra,
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        """:meth:`config` as JSON."""
+        return json.dumps(self.config(), default=str, **kwargs)
+
+    # ------------------------------------------------------------------ views
+    def leaderboard(self, **kwargs: Any) -> Leaderboard:
+        """A :class:`~evalkit.leaderboard.Leaderboard` (keyword arguments go to it)."""
+        from .leaderboard import Leaderboard
+
+        return Leaderboard(self, **kwargs)
+
+    def plot(self, kind: str = "radar", **kwargs: Any) -> Figure:
+        """Plot the results: ``"radar"`` (family ranks), ``"bars"`` (mean scores with
+        bootstrap error bars), ``"distributions"`` (per-sample scores; ``"violin"``/``"box"``),
+        ``"curves"`` (mean curves with their spread) or ``"explanations"`` (an image grid of
+        explanations with their scores; needs ``x`` and ``attributions``). Keyword arguments
+        go to the function in :mod:`evalkit.plotting`. Returns the matplotlib Figure."""
+        from . import plotting
+
+        return plotting.plot(self, kind, **kwargs)
