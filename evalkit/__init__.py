@@ -14,13 +14,17 @@ from . import (
 )
 from ._validation import EvalkitWarning, UndefinedScoreWarning
 from ._version import __version__
+from .evaluate import evaluate
 from .explain import explain
 from .models import wrap_model
+from .results import Results
 
 __all__ = [
     "EvalkitWarning",
+    "Results",
     "UndefinedScoreWarning",
     "__version__",
+    "evaluate",
     "explain",
     "masks",
     "metrics",
