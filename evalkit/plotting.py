@@ -1,0 +1,413 @@
+"""Figures of evaluation results (matplotlib).
+
+Every function returns a ``matplotlib.figure.Figure`` built without ``pyplot`` (no global
+figure state, any backend): save it with ``fig.savefig(path)``; notebooks display it.
+:meth:`evalkit.results.Results.plot` dispatches here by name.
+
+* :func:`plot_radar`: a radar ("spyder") chart of each method's family ranks, as in the Quantus
+  tutorial, drawn so that the best rank is on the outside;
+* :func:`plot_bars`: mean score per method and metric with bootstrap confidence intervals;
+* :func:`plot_distributions`: per-sample scores (violins or boxes);
+* :func:`plot_curves`: mean removal/insertion curves with their spread across samples;
+* :func:`plot_explanations`: explanations overlaid on their inputs with each method's score
+  printed on the map (the benchmark figure of pytorch-grad-cam's CAM metrics tutorial).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from .leaderboard import Leaderboard
+    from .results import Results
+
+__all__ = [
+    "plot",
+    "plot_bars",
+    "plot_curves",
+    "plot_distributions",
+    "plot_explanations",
+    "plot_radar",
+]
+
+_KINDS = ("radar", "bars", "distributions", "violin", "box", "curves", "explanations")
+
+
+def plot(results: Results, kind: str = "radar", **kwargs: Any) -> Figure:
+    """Dispatch by name: ``"radar"``, ``"bars"``, ``"distributions"`` (``"violin"``,
+    ``"box"``), ``"curves"`` or ``"explanations"``."""
+    if kind == "radar":
+        return plot_radar(results, **kwargs)
+    if kind == "bars":
+        return plot_bars(results, **kwargs)
+    if kind in ("distributions", "violin", "box"):
+        if kind != "distributions":
+            kwargs.setdefault("style", kind)
+        return plot_distributions(results, **kwargs)
+    if kind == "curves":
+        return plot_curves(results, **kwargs)
+    if kind == "explanations":
+        return plot_explanations(results, **kwargs)
+    raise ValueError(f"`kind` must be one of {_KINDS}; got {kind!r}.")
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _colours(n: int) -> list[Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _select(values: Sequence[str] | None, available: Sequence[str], what: str) -> list[str]:
+    if values is None:
+        return list(available)
+    out = list(values)
+    for v in out:
+        if v not in available:
+            raise ValueError(f"Unknown {what} {v!r}; available: {list(available)}.")
+    return out
+
+
+def _grid(n: int, ncols: int, cell: tuple[float, float]) -> tuple[Figure, list[Any]]:
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig = _figure(cell[0] * ncols, cell[1] * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    return fig, axes[:n]
+
+
+def _arrow(results: Results, metric: str) -> str:
+    return "↑" if results.higher_is_better(metric) else "↓"
+
+
+# ---------------------------------------------------------------------- radar
+def plot_radar(
+    results: Results,
+    *,
+    leaderboard: Leaderboard | None = None,
+    by: str = "family",
+    methods: Sequence[str] | None = None,
+    title: str | None = None,
+    fill: bool = True,
+    **leaderboard_kwargs: Any,
+) -> Figure:
+    """A radar chart with one axis per family (``by="family"``) or metric (``by="metric"``)
+    and one polygon per method. The radius is ``n_methods + 1 - rank``: the best rank (1)
+    lies on the outside, as in the Quantus tutorial, and every axis points the same way
+    whatever the metrics' directions."""
+    from .leaderboard import Leaderboard
+
+    if by not in ("family", "metric"):
+        raise ValueError(f"`by` must be 'family' or 'metric'; got {by!r}.")
+    board = leaderboard if leaderboard is not None else Leaderboard(
+        results, **{"n_boot": 0, **leaderboard_kwargs})
+    names = _select(methods, board.methods, "method")
+    if by == "family":
+        axes_names = list(board.families_order)
+        values = np.array([[board.table.loc[m, f"{f} rank"] for f in axes_names] for m in names])
+    else:
+        axes_names = list(board.metrics)
+        values = np.array([[board.ranks.loc[m, k] for k in axes_names] for m in names])
+    top = len(board.methods)
+    radius = top + 1 - values
+    angles = np.linspace(0, 2 * np.pi, len(axes_names), endpoint=False)
+    closed = np.concatenate([angles, angles[:1]])
+    fig = _figure(9.0, 6.5)
+    ax = fig.add_subplot(projection="polar")
+    ax.set_theta_offset(np.pi / 2)
+    ax.set_theta_direction(-1)
+    for colour, name, r in zip(_colours(len(names)), names, radius, strict=True):
+        r = np.where(np.isfinite(r), r, 0.0)
+        rc = np.concatenate([r, r[:1]])
+        ax.plot(closed, rc, color=colour, linewidth=2, label=name)
+        if fill:
+            ax.fill(closed, rc, color=colour, alpha=0.12)
+    ax.set_xticks(angles)
+    ax.set_xticklabels(axes_names)
+    ax.tick_params(axis="x", pad=10)
+    ax.set_ylim(0, top + 0.2)
+    ax.set_yticks(np.arange(1, top + 1))
+    ax.set_yticklabels([f"{top + 1 - t:g}" for t in range(1, top + 1)], fontsize="x-small")
+    mode = board.mode.replace("_", " ")
+    fig.suptitle(title or f"Ranks by {by} (outside = rank 1 = best; {mode})", fontsize="medium")
+    fig.legend(loc="outside right upper", fontsize="small", frameon=False)
+    return fig
+
+
+# ---------------------------------------------------------------------- bars
+def plot_bars(
+    results: Results,
+    *,
+    metrics: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    leaderboard: Leaderboard | None = None,
+    ncols: int = 4,
+    **leaderboard_kwargs: Any,
+) -> Figure:
+    """One panel per metric: each method's mean score with its bootstrap confidence interval
+    (from ``leaderboard``, else a new :class:`~evalkit.leaderboard.Leaderboard`; the standard
+    error when it has no resamples)."""
+    from .leaderboard import Leaderboard
+
+    board = leaderboard if leaderboard is not None else Leaderboard(results, **leaderboard_kwargs)
+    metric_names = _select(metrics, board.metrics, "metric")
+    names = _select(methods, board.methods, "method")
+    value = "scaled" if board.rescale is not None else "score"
+    fig, axes = _grid(len(metric_names), ncols, (3.2, 2.8))
+    colours = _colours(len(names))
+    long = board.long.set_index(["method", "metric"])
+    for ax, k in zip(axes, metric_names, strict=True):
+        mean = np.array([long.loc[(m, k), value] for m in names], dtype=float)
+        lo = np.array([long.loc[(m, k), f"{value}_lo"] for m in names], dtype=float)
+        hi = np.array([long.loc[(m, k), f"{value}_hi"] for m in names], dtype=float)
+        if not np.isfinite(lo).any() and value == "score":  # no resamples: standard errors
+            sem = results.summary().loc[[(m, k) for m in names], "sem"].to_numpy(dtype=float)
+            lo, hi = mean - sem, mean + sem
+        err = np.vstack([np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)])
+        err = np.where(np.isfinite(err), err, 0.0)
+        pos = np.arange(len(names))
+        ax.bar(pos, np.where(np.isfinite(mean), mean, 0.0), yerr=err, color=colours,
+               capsize=3, edgecolor="none")
+        for p, v in zip(pos, mean, strict=True):
+            if not np.isfinite(v):
+                ax.text(p, 0, "n/a", ha="center", va="bottom", fontsize="x-small")
+        ax.set_xticks(pos)
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize="small")
+        label = f"{k} {_arrow(results, k)}" if value == "score" else f"{k} (scaled)"
+        ax.set_title(label, fontsize="medium")
+        ax.axhline(0, color="black", linewidth=0.6)
+    return fig
+
+
+# ---------------------------------------------------------------------- distributions
+def plot_distributions(
+    results: Results,
+    *,
+    metrics: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    style: str = "violin",
+    ncols: int = 4,
+) -> Figure:
+    """One panel per metric: the per-sample scores of each method (NaN left out), as violins
+    (``style="violin"``, with the median marked) or boxes (``style="box"``)."""
+    if style not in ("violin", "box"):
+        raise ValueError(f"`style` must be 'violin' or 'box'; got {style!r}.")
+    metric_names = _select(metrics, results.metrics, "metric")
+    names = _select(methods, results.methods, "method")
+    fig, axes = _grid(len(metric_names), ncols, (3.2, 2.8))
+    colours = _colours(len(names))
+    for ax, k in zip(axes, metric_names, strict=True):
+        data = [results.scores[m, k][np.isfinite(results.scores[m, k])] for m in names]
+        pos = [i for i, d in enumerate(data) if d.size]
+        present = [data[i] for i in pos]
+        if present:
+            if style == "violin":
+                parts = ax.violinplot(present, positions=pos, showmedians=True, widths=0.8)
+                for body, i in zip(parts["bodies"], pos, strict=True):
+                    body.set_facecolor(colours[i])
+                    body.set_alpha(0.6)
+                for key in ("cmedians", "cbars", "cmins", "cmaxes"):
+                    if key in parts:
+                        parts[key].set_color("0.25")
+                        parts[key].set_linewidth(0.8)
+            else:
+                box = ax.boxplot(present, positions=pos, widths=0.6, patch_artist=True)
+                for patch, i in zip(box["boxes"], pos, strict=True):
+                    patch.set_facecolor(colours[i])
+                    patch.set_alpha(0.6)
+        for i, d in enumerate(data):
+            if not d.size:
+                ax.text(i, 0.5, "n/a", ha="center", transform=ax.get_xaxis_transform(),
+                        fontsize="x-small")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize="small")
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.set_title(f"{k} {_arrow(results, k)}", fontsize="medium")
+    return fig
+
+
+# ---------------------------------------------------------------------- curves
+def plot_curves(
+    results: Results,
+    *,
+    metrics: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    spread: str | None = "iqr",
+    ncols: int = 3,
+) -> Figure:
+    """One panel per metric that records curves (``Metric.curves_``, e.g. PixelFlipping,
+    Deletion, Insertion, ROAD): each method's mean curve over the samples with its spread
+    (``"iqr"``: 25th-75th percentiles, ``"std"``: one standard deviation, ``"sem"``: one
+    standard error, None: none)."""
+    if spread not in ("iqr", "std", "sem", None):
+        raise ValueError(f"`spread` must be 'iqr', 'std', 'sem' or None; got {spread!r}.")
+    names = _select(methods, results.methods, "method")
+    with_curves = [k for k in results.metrics
+                   if any((m, k) in results.curves for m in results.methods)]
+    metric_names = _select(metrics, with_curves, "metric with curves") if metrics is not None \
+        else with_curves
+    if not metric_names:
+        raise ValueError("None of the metrics recorded curves (e.g. PixelFlipping, Deletion, "
+                         "Insertion, ROAD do).")
+    fig, axes = _grid(len(metric_names), ncols, (3.8, 3.0))
+    colours = _colours(len(names))
+    for ax, k in zip(axes, metric_names, strict=True):
+        for colour, m in zip(colours, names, strict=True):
+            c = results.curves.get((m, k))
+            if c is None:
+                continue
+            rows = c[np.isfinite(c).any(1)]
+            if not rows.size:
+                continue
+            xs = results.curve_x.get((m, k))
+            xs = np.arange(rows.shape[1]) if xs is None or len(xs) != rows.shape[1] \
+                else np.asarray(xs, dtype=float)
+            mean = np.nanmean(rows, 0)
+            ax.plot(xs, mean, color=colour, label=m, linewidth=1.6)
+            if spread is not None and rows.shape[0] > 1:
+                if spread == "iqr":
+                    lo, hi = np.nanpercentile(rows, [25, 75], axis=0)
+                else:
+                    sd = np.nanstd(rows, 0, ddof=1)
+                    if spread == "sem":
+                        sd = sd / np.sqrt(np.isfinite(rows).sum(0).clip(min=1))
+                    lo, hi = mean - sd, mean + sd
+                ax.fill_between(xs, lo, hi, color=colour, alpha=0.08, linewidth=0)
+        ax.set_title(f"{k} {_arrow(results, k)}", fontsize="medium")
+        xs_all = [results.curve_x[m, k] for m in names if (m, k) in results.curve_x]
+        fraction = bool(xs_all) and all(np.nanmin(v) >= 0 and np.nanmax(v) <= 1 for v in xs_all)
+        ax.set_xlabel("fraction of features" if fraction else "step", fontsize="small")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper",
+               fontsize="small", frameon=False)
+    return fig
+
+
+# ---------------------------------------------------------------------- explanations
+def _image(x: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W, 3) floats in [0, 1] (min-max scaled when outside)."""
+    img = np.asarray(x, dtype=np.float64)
+    if img.shape[0] == 1:
+        img = np.repeat(img, 3, 0)
+    elif img.shape[0] != 3:
+        img = np.repeat(img.mean(0, keepdims=True), 3, 0)
+    img = np.moveaxis(img, 0, -1)
+    lo, hi = img.min(), img.max()
+    if lo < 0 or hi > 1:
+        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return img
+
+
+def _map(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 3:
+        a = a[0] if a.shape[0] == 1 else np.abs(a).sum(0)
+    return np.where(np.isfinite(a), a, 0.0)
+
+
+def plot_explanations(
+    results: Results | None = None,
+    x: Any = None,
+    attributions: Mapping[str, Any] | None = None,
+    *,
+    metric: str | None = None,
+    samples: int | Sequence[int] = 4,
+    methods: Sequence[str] | None = None,
+    sample_indices: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    y: Any = None,
+    colormap: str = "jet",
+    image_weight: float = 0.5,
+) -> Figure:
+    """An image grid: one row per sample, the input then each method's explanation overlaid
+    on it (:func:`evalkit.explain.show_cam_on_image`), with the method's score on ``metric``
+    for that sample printed on the map.
+
+    Parameters
+    ----------
+    results:
+        Where the scores come from (None: no scores printed).
+    x:
+        The images shown, (k, C, H, W) with C in {1, 3}.
+    attributions:
+        ``{method: (k, ...)}`` explanations of those images (e.g. from
+        :func:`evalkit.evaluate.explain_methods`); multi-channel maps are shown as the sum of
+        absolute values over channels.
+    metric:
+        Whose scores are printed (default: the first metric of ``results``).
+    samples:
+        How many of the given images to show, or which of them.
+    sample_indices:
+        The indices of the shown images in ``results`` (default: the positions in ``x``), to
+        look up their scores.
+    class_names, y:
+        Labels printed above each row's input.
+    """
+    from matplotlib import patheffects
+
+    from .explain.visualise import show_cam_on_image
+
+    if x is None or attributions is None:
+        raise ValueError("plot_explanations needs the images `x` and their `attributions` "
+                         "({method: array}); see evalkit.evaluate.explain_methods.")
+    xs = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+    if xs.ndim != 4:
+        raise ValueError(f"`x` must be images (k, C, H, W); got shape {xs.shape}.")
+    chosen = list(range(min(int(samples), xs.shape[0]))) if isinstance(samples, int | np.integer) \
+        else [int(i) for i in samples]
+    names = list(attributions) if methods is None else list(methods)
+    for m in names:
+        if m not in attributions:
+            raise ValueError(f"No attributions for method {m!r}.")
+    if results is not None and metric is None:
+        metric = results.metrics[0]
+    if results is not None and metric not in results.metrics:
+        raise ValueError(f"Unknown metric {metric!r}; results have {results.metrics}.")
+    index_of = list(sample_indices) if sample_indices is not None else list(range(xs.shape[0]))
+    labels = None if y is None else np.asarray(y.cpu() if hasattr(y, "cpu") else y)
+    ncols = len(names) + 1
+    fig = _figure(1.9 * ncols, 2.0 * len(chosen) + 0.4)
+    axes = fig.subplots(len(chosen), ncols, squeeze=False)
+    outline = [patheffects.withStroke(linewidth=2.2, foreground="black")]
+    for r, i in enumerate(chosen):
+        img = _image(xs[i])
+        axes[r, 0].imshow(img)
+        head = f"sample {index_of[i]}"
+        if labels is not None:
+            label = labels[i]
+            head += f": {class_names[int(label)]}" if class_names is not None else f": y={label}"
+        axes[r, 0].set_title(head, fontsize="small")
+        for c, m in enumerate(names, start=1):
+            a = np.asarray(attributions[m])
+            amap = _map(a[i])
+            if amap.shape != img.shape[:2]:
+                raise ValueError(f"attributions[{m!r}] maps are {amap.shape}; images are "
+                                 f"{img.shape[:2]}.")
+            ax = axes[r, c]
+            ax.imshow(show_cam_on_image(img, amap, colormap=colormap, image_weight=image_weight))
+            if r == 0:
+                ax.set_title(m, fontsize="small")
+            if results is not None and m in results.methods:
+                v = results.scores[m, metric][index_of[i]]
+                text = f"{v:.3f}" if np.isfinite(v) else "n/a"
+                ax.text(0.04, 0.04, text, transform=ax.transAxes, color="white",
+                        fontsize="small", fontweight="bold", path_effects=outline)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if results is not None:
+        fig.suptitle(f"{metric} {_arrow(results, metric)} per sample", fontsize="medium")
+    return fig
