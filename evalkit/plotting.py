@@ -170,12 +170,14 @@ def plot_bars(
     fig, axes = _grid(len(metric_names), ncols, (3.2, 2.8))
     colours = _colours(len(names))
     long = board.long.set_index(["method", "metric"])
+    summary = None
     for ax, k in zip(axes, metric_names, strict=True):
         mean = np.array([long.loc[(m, k), value] for m in names], dtype=float)
         lo = np.array([long.loc[(m, k), f"{value}_lo"] for m in names], dtype=float)
         hi = np.array([long.loc[(m, k), f"{value}_hi"] for m in names], dtype=float)
         if not np.isfinite(lo).any() and value == "score":  # no resamples: standard errors
-            sem = results.summary().loc[[(m, k) for m in names], "sem"].to_numpy(dtype=float)
+            summary = results.summary() if summary is None else summary
+            sem = summary.loc[[(m, k) for m in names], "sem"].to_numpy(dtype=float)
             lo, hi = mean - sem, mean + sem
         err = np.vstack([np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)])
         err = np.where(np.isfinite(err), err, 0.0)
