@@ -165,6 +165,12 @@ class MetaEvaluation:
     keep_scores:
         Keep every per-sample score in the result (for :meth:`MetaEvaluationResult.scores_frame`
         and re-analysis; a few floats per sample and perturbation).
+    score_all:
+        Only the samples a perturbation's mask keeps enter the criteria, so by default only
+        they are explained and scored after that perturbation (the others are NaN); evalkit's
+        explanations and metrics are per sample, so their scores are exactly those of a full
+        run. ``True`` scores every sample (as MetaQuantus does). A custom ``explain_fn`` always
+        gets every sample (it might depend on the batch).
     progress:
         Print one line per unit.
 
@@ -192,6 +198,7 @@ class MetaEvaluation:
         explain_fn: Callable[..., Any] | None = None,
         batch_size: int | None = None,
         keep_scores: bool = True,
+        score_all: bool = False,
         progress: bool = False,
     ) -> None:
         self.tests = as_suite(tests)
@@ -218,6 +225,7 @@ class MetaEvaluation:
         self.explain_fn = explain_fn
         self.batch_size = batch_size
         self.keep_scores = bool(keep_scores)
+        self.score_all = bool(score_all)
         self.progress = bool(progress)
         self.result_: MetaEvaluationResult | None = None
 
@@ -237,6 +245,7 @@ class MetaEvaluation:
             "seed": self.seed,
             "target": self.target,
             "randomness": self.randomness,
+            "score_all": self.score_all,
             "explain_fn": None if self.explain_fn is None else repr(self.explain_fn),
         }
 
@@ -312,20 +321,21 @@ class MetaEvaluation:
         return _rng.derive_seed(self.seed, *labels) & ((1 << 62) - 1)
 
     def _explain(self, state: _State, model: ModelWrapper, x: torch.Tensor, method: str,
-                 unit: tuple) -> torch.Tensor:
+                 unit: tuple, target: torch.Tensor | None = None) -> torch.Tensor:
+        target = state.target if target is None else target
         kw = dict(self.xai_methods[method])
         name = kw.pop("method", method)
         if self.explain_fn is not None:
-            return as_tensor(self.explain_fn(model.model, x, state.target, method=name, **kw),
+            return as_tensor(self.explain_fn(model.model, x, target, method=name, **kw),
                              "explanation", device=x.device)
         if "seed" not in kw and _stochastic(name):
             kw["seed"] = self._seed("explain", method, *(unit if self.randomness ==
                                                          "independent" else ()))
-        return evalkit.explain(model, x, state.target, method=name, **kw)
+        return evalkit.explain(model, x, target, method=name, **kw)
 
     def _score(self, state: _State, name: str, metric: Any, model: ModelWrapper,
                x: torch.Tensor, a: torch.Tensor, method: str, unit: tuple,
-               reasons: Counter) -> np.ndarray:
+               reasons: Counter, idx: torch.Tensor | None = None) -> np.ndarray:
         kw = dict(self.xai_methods[method])
         explain_name = kw.pop("method", method)
         seed_labels = ("metric", name, method, *(unit if self.randomness == "independent"
@@ -343,7 +353,9 @@ class MetaEvaluation:
             explain_fn = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UndefinedScoreWarning)
-            scores = m(model, x, state.target, a, s=state.s, explain_fn=explain_fn,
+            target = state.target if idx is None else state.target[idx]
+            s = state.s if idx is None or state.s is None else state.s[idx]
+            scores = m(model, x, target, a, s=s, explain_fn=explain_fn,
                        explain_kwargs=explain_kwargs, batch_size=self.batch_size)
         for r in getattr(m, "nan_reasons_", {}).values():
             reasons[r] += 1
@@ -428,15 +440,16 @@ class MetaEvaluation:
                 with ctx as model:
                     x = state.x
                     y_hat = model.predict(x).argmax(1)
-                    scores, reasons = self._score_unit(state, todo, model, x, unit,
-                                                       explain=True, unperturbed=unperturbed)
+                    scores, reasons = self._score_unit(
+                        state, todo, model, x, unit, explain=True, unperturbed=unperturbed,
+                        keep=self._kept(test, y_hat, state))
             else:
                 model = state.wrapper
                 x = self._perturbed_input(state, test, t, k)
                 y_hat = model.predict(x).argmax(1)
-                scores, reasons = self._score_unit(state, todo, model, x, unit,
-                                                   explain=test.re_explain,
-                                                   unperturbed=unperturbed)
+                scores, reasons = self._score_unit(
+                    state, todo, model, x, unit, explain=test.re_explain,
+                    unperturbed=unperturbed, keep=self._kept(test, y_hat, state))
         for name in metrics:
             if name not in scores:
                 scores[name] = np.full((l_, n), np.nan)
@@ -448,17 +461,39 @@ class MetaEvaluation:
         return {"y_pred": y_hat.cpu().numpy(), "mask": test.keeps(changed),
                 "scores": scores, "nan_reasons": reasons}
 
+    def _kept(self, test: PerturbationTest, y_hat: torch.Tensor, state: _State
+              ) -> torch.Tensor | None:
+        """Indices of the samples the test's mask keeps, or None for all of them (or when
+        ``score_all`` is set, or a custom explain function may depend on the batch)."""
+        if self.score_all or self.explain_fn is not None:
+            return None
+        keep = test.keeps(y_hat != state.y_pred)
+        if bool(keep.all()):
+            return None
+        return keep.nonzero().flatten()
+
     def _score_unit(self, state: _State, metrics: Mapping[str, Any], model: ModelWrapper,
                     x: torch.Tensor, unit: tuple, *, explain: bool,
-                    unperturbed: Mapping[str, Any] | None
+                    unperturbed: Mapping[str, Any] | None,
+                    keep: torch.Tensor | None = None,
                     ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, int]]]:
         real = {n: m for n, m in metrics.items() if not isinstance(m, ReferenceEstimator)}
+        n = x.shape[0]
+        if keep is not None:
+            # Only the kept samples enter the criteria. evalkit's explanations and metrics are
+            # per sample (a sample's result does not depend on its batch), so scoring the kept
+            # subset gives exactly their scores; the others stay NaN.
+            x = x[keep]
         explanations: dict[str, torch.Tensor] = {}
-        if real:
+        if real and x.shape[0]:
             t0 = time.perf_counter()
+            target = state.target if keep is None else state.target[keep]
             for method in self.xai_methods:
-                explanations[method] = (self._explain(state, model, x, method, unit) if explain
-                                        else self.clean_explanation(state, method))
+                if explain:
+                    explanations[method] = self._explain(state, model, x, method, unit, target)
+                else:
+                    clean = self.clean_explanation(state, method)
+                    explanations[method] = clean if keep is None else clean[keep]
             state.timings["explain"] += time.perf_counter() - t0
         scores, reasons = {}, {}
         for name, metric in metrics.items():
@@ -470,12 +505,19 @@ class MetaEvaluation:
                                      "`unperturbed=` (the result of run_unperturbed).")
                 scores[name] = metric.perturbed(unperturbed["scores"][name],
                                                 self._seed("reference", name), *unit)
+            elif x.shape[0] == 0:
+                scores[name] = np.full((len(self.xai_methods), n), np.nan)
             else:
-                scores[name] = np.stack([
+                q = np.stack([
                     self._score(state, name, metric, model, x, explanations[m], m, unit,
-                                counter)
+                                counter, keep)
                     for m in self.xai_methods
                 ])
+                if keep is not None:
+                    full = np.full((q.shape[0], n), np.nan)
+                    full[:, keep.cpu().numpy()] = q
+                    q = full
+                scores[name] = q
             reasons[name] = dict(counter)
             state.timings[f"score:{name}"] += time.perf_counter() - t1
         return scores, reasons

@@ -371,3 +371,28 @@ def test_callable_models_get_input_tests_only(data):
     res = me.MetaEvaluation(inputs_only, {"Sobel": {}}, iterations=1, nr_perturbations=1)(
         ek.metrics.Sparseness(), predict, x.numpy(), y.numpy())
     assert res.summary()["space"].tolist() == ["Input"]
+
+
+def test_scoring_only_the_kept_samples_is_exact(data):
+    model, x, y, s = data
+    metrics = {"Sparseness": ek.metrics.Sparseness(), "PG": ek.metrics.PointingGame(),
+               "FC": ek.metrics.FaithfulnessCorrelation(nr_runs=4, subset_size=8),
+               "MaxSens": ek.metrics.MaxSensitivity(nr_samples=2)}
+    methods = {"Saliency": {}, "GradientShap": {}}
+    kept = me.MetaEvaluation(_suite(), methods, iterations=1, nr_perturbations=2, seed=1)(
+        metrics, model, x, y, s=s)
+    full = me.MetaEvaluation(_suite(), methods, iterations=1, nr_perturbations=2, seed=1,
+                             score_all=True)(metrics, model, x, y, s=s)
+    cols = ["IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR", "MC"]
+    np.testing.assert_allclose(kept.summary()[cols].to_numpy(dtype=float),
+                               full.summary()[cols].to_numpy(dtype=float))
+    bk, bf = kept.blocks[0], full.blocks[0]
+    saw_subset = False
+    for name in metrics:
+        for test in bk.tests:
+            mask = bk.masks[test.name][:, :, None, :]  # (I, K, 1, N)
+            qk, qf = bk.metrics[name].q_hat[test.name], bf.metrics[name].q_hat[test.name]
+            np.testing.assert_allclose(np.where(mask, qk, 0.0), np.where(mask, qf, 0.0))
+            assert np.isnan(qk[np.broadcast_to(~mask, qk.shape)]).all()
+            saw_subset |= bool((~mask).any())
+    assert saw_subset
