@@ -789,7 +789,8 @@ def evaluate(
         configuration hash are read back instead of computed (see :mod:`evalkit.store`).
     chunk_size:
         Samples per unit of work (default 256): what a killed run can lose, and the size of
-        each metric call. Does not change results.
+        each metric call. Does not change results; a resumed run finds its stored units only
+        with the same ``chunk_size``.
 
     Returns
     -------

@@ -326,20 +326,34 @@ class Leaderboard:
                else "rank of the mean score")
         ci_text = (f"; [{self.ci:.0%} bootstrap CI over samples, {self.n_boot} resamples]"
                    if self.n_boot else "")
-        return (f"Cells: {score_text}, with the rank in parentheses ({how}; 1 = best). Family "
-                f"columns: mean rank over the family's metrics; mean rank: over families"
-                f"{ci_text}.")
+        notes = ""
+        cells = [(m, k) for m in self.methods for k in self.metrics]
+        if any(c in self.results.errors for c in cells):
+            notes += " error: the cell failed (see Results.errors)."
+        if any(c not in self.results.errors and not np.isfinite(self.scores.loc[c])
+               for c in cells):
+            notes += " n/a: no score (undefined on every sample, or not rescalable)."
+        family_text = ("Family columns: mean rank over the family's metrics; mean rank: over "
+                       "families" if self._show_families() else "Mean rank: over families")
+        return (f"Cells: {score_text}, with the rank in parentheses ({how}; 1 = best). "
+                f"{family_text}{ci_text}.{notes}")
+
+    def _show_families(self) -> bool:
+        """Family columns are shown unless every family has one metric (they would repeat
+        the metrics' ranks)."""
+        return len(self.families_order) < len(self.metrics)
 
     def _cells(self, ci: bool, digits: int, arrows: tuple[str, str], bold: tuple[str, str]
                ) -> tuple[list[str], list[list[str]]]:
         t = self.table
+        families = self.families_order if self._show_families() else []
         headers = ["method"] + [self._metric_header(k, arrows) for k in self.metrics]
-        headers += [*self.families_order, "mean rank"]
+        headers += [*families, "mean rank"]
         if self.rescale is not None:
             headers.append("mean scaled score")
         best_rank = {k: np.nanmin(self.ranks[k]) if np.isfinite(self.ranks[k]).any() else None
                      for k in self.metrics}
-        fam_cols = [f"{f} rank" for f in self.families_order]
+        fam_cols = [f"{f} rank" for f in families]
         best_fam = {c: np.nanmin(t[c]) if np.isfinite(t[c]).any() else None for c in fam_cols}
         best_overall = np.nanmin(t["mean rank"]) if np.isfinite(t["mean rank"]).any() else None
         rows = []

@@ -176,27 +176,31 @@ class _Cells(HTMLParser):
 
 @pytest.fixture()
 def board():
-    r = _results({"my_method": {"PF": [0.2, 0.3, 0.25], "Loc": [0.9, 0.8, 0.7]},
-                  "Random": {"PF": [0.5, 0.4, 0.45], "Loc": [0.1, 0.3, 0.2]}},
-                 hib={"PF": False, "Loc": True}, families={"PF": "faithfulness",
-                                                            "Loc": "localisation"})
+    r = _results({"my_method": {"PF": [0.2, 0.3, 0.25], "Loc": [0.9, 0.8, 0.7],
+                                "Loc2": [0.5, 0.6, 0.7]},
+                  "Random": {"PF": [0.5, 0.4, 0.45], "Loc": [0.1, 0.3, 0.2],
+                             "Loc2": [0.6, 0.7, 0.8]}},
+                 hib={"PF": False, "Loc": True, "Loc2": True},
+                 families={"PF": "faithfulness", "Loc": "localisation", "Loc2": "localisation"})
     return Leaderboard(r, n_boot=100)
 
 
 def test_markdown_export(board):
     md = board.to_markdown()
     lines = md.splitlines()
-    assert lines[0] == ("| method | PF ↓ | Loc ↑ | faithfulness | localisation | mean rank |")
-    assert lines[2].startswith("| my_method | **0.250 (1.0)** | **0.800 (1.0)** |")
-    assert "[1.0, 1.0]" in lines[2]
-    assert lines[3].startswith("| Random | 0.450 (2.0) |")
+    assert lines[0] == ("| method | PF ↓ | Loc ↑ | Loc2 ↑ | faithfulness | localisation | "
+                        "mean rank |")
+    assert lines[2] == ("| my_method | **0.250 (1.0)** | **0.800 (1.0)** | 0.600 (2.0) | "
+                        "**1.0** | **1.5** | **1.25 [1.2, 1.2]** |")
+    assert lines[3] == ("| Random | 0.450 (2.0) | 0.200 (2.0) | **0.700 (1.0)** | 2.0 | **1.5** | "
+                        "1.75 [1.8, 1.8] |")
     assert "bootstrap CI" in md and "1 = best" in md
     assert "[" not in board.to_markdown(ci=False, caption=False)
 
 
 def test_latex_export(board):
     tex = board.to_latex(label="tab:lb")
-    assert "\\begin{tabular}{lrrrrr}" in tex and "\\toprule" in tex and "\\bottomrule" in tex
+    assert "\\begin{tabular}{lrrrrrr}" in tex and "\\toprule" in tex and "\\bottomrule" in tex
     assert "my\\_method" in tex and "PF $\\downarrow$" in tex and "Loc $\\uparrow$" in tex
     assert "\\textbf{0.250 (1.0)}" in tex and "\\label{tab:lb}" in tex
     assert "95\\%" in tex
@@ -216,7 +220,14 @@ def test_csv_export(board, tmp_path):
     np.testing.assert_allclose(frame.to_numpy(dtype=float), board.table.to_numpy(dtype=float))
     board.to_csv(tmp_path / "lb.csv", long=True)
     long = pd.read_csv(tmp_path / "lb.csv")
-    assert {"score_lo", "rank_hi", "n_samples"} <= set(long.columns) and len(long) == 4
+    assert {"score_lo", "rank_hi", "n_samples"} <= set(long.columns) and len(long) == 6
+
+
+def test_family_columns_only_when_they_add_something():
+    r = _results({"A": {"m": [1.0], "k": [2.0]}, "B": {"m": [2.0], "k": [1.0]}})
+    md = Leaderboard(r, n_boot=0).to_markdown()
+    assert md.splitlines()[0] == "| method | m ↑ | k ↑ | mean rank |"
+    assert "Family columns" not in md
 
 
 def test_argument_checks():
