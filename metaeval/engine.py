@@ -335,7 +335,8 @@ class MetaEvaluation:
 
     def _score(self, state: _State, name: str, metric: Any, model: ModelWrapper,
                x: torch.Tensor, a: torch.Tensor, method: str, unit: tuple,
-               reasons: Counter, idx: torch.Tensor | None = None) -> np.ndarray:
+               reasons: Counter, idx: torch.Tensor | None = None,
+               positions: dict[int, str] | None = None) -> np.ndarray:
         kw = dict(self.xai_methods[method])
         explain_name = kw.pop("method", method)
         seed_labels = ("metric", name, method, *(unit if self.randomness == "independent"
@@ -357,8 +358,12 @@ class MetaEvaluation:
             s = state.s if idx is None or state.s is None else state.s[idx]
             scores = m(model, x, target, a, s=s, explain_fn=explain_fn,
                        explain_kwargs=explain_kwargs, batch_size=self.batch_size)
-        for r in getattr(m, "nan_reasons_", {}).values():
+        got = getattr(m, "nan_reasons_", {})
+        for r in got.values():
             reasons[r] += 1
+        if positions is not None:
+            where = None if idx is None else idx.cpu().numpy()
+            positions.update({int(i if where is None else where[i]): r for i, r in got.items()})
         return np.asarray(scores, dtype=np.float64)
 
     # ------------------------------------------------------------------ units
@@ -376,29 +381,35 @@ class MetaEvaluation:
         ``{metric: (L, N)}``."""
         t0 = time.perf_counter()
         unit = ("unperturbed",)
-        scores, reasons = {}, {}
+        scores, reasons, positions = {}, {}, {}
+        n = state.x.shape[0]
         for name, metric in metrics.items():
             t1 = time.perf_counter()
             counter: Counter = Counter()
+            pos: dict[str, dict[int, str]] = {m: {} for m in self.xai_methods}
             if isinstance(metric, ReferenceEstimator):
-                q = metric.unperturbed((len(self.xai_methods), state.x.shape[0]),
+                q = metric.unperturbed((len(self.xai_methods), n),
                                        self._seed("reference", name))
             elif getattr(metric, "needs_masks", False) and state.s is None:
-                q = np.full((len(self.xai_methods), state.x.shape[0]), np.nan)
-                counter["the metric needs masks `s`"] += 1
+                q = np.full((len(self.xai_methods), n), np.nan)
+                counter["the metric needs masks `s`"] += len(self.xai_methods) * n
+                pos = {m: dict.fromkeys(range(n), "the metric needs masks `s`")
+                       for m in self.xai_methods}
             else:
                 q = np.stack([
                     self._score(state, name, metric, state.wrapper, state.x,
-                                self.clean_explanation(state, m), m, unit, counter)
+                                self.clean_explanation(state, m), m, unit, counter,
+                                positions=pos[m])
                     for m in self.xai_methods
                 ])
             scores[name] = q
             reasons[name] = dict(counter)
+            positions[name] = pos
             state.timings[f"score:{name}"] += time.perf_counter() - t1
         if self.progress:
             print(f"[metaeval] unperturbed: {time.perf_counter() - t0:.2f} s", flush=True)
-        return {"scores": scores, "nan_reasons": reasons, "has_masks": state.s is not None,
-                "y_pred": state.y_pred.cpu().numpy()}
+        return {"scores": scores, "nan_reasons": reasons, "nan_positions": positions,
+                "has_masks": state.s is not None, "y_pred": state.y_pred.cpu().numpy()}
 
     def _perturbed_input(self, state: _State, test: InputPerturbationTest,
                          t: int, k: int) -> torch.Tensor:
@@ -428,8 +439,6 @@ class MetaEvaluation:
                 if applicability(m, test, methods,
                                  custom_explainer=self.explain_fn is not None)[0]
                 and not (getattr(m, "needs_masks", False) and state.s is None)}
-        scores: dict[str, np.ndarray] = {}
-        reasons: dict[str, dict[str, int]] = {}
         n, l_ = state.x.shape[0], len(methods)
         with forward_cache():
             # one cache per unit: a perturbed copy lives for the whole unit, so cached rows
@@ -440,26 +449,28 @@ class MetaEvaluation:
                 with ctx as model:
                     x = state.x
                     y_hat = model.predict(x).argmax(1)
-                    scores, reasons = self._score_unit(
+                    scores, reasons, positions = self._score_unit(
                         state, todo, model, x, unit, explain=True, unperturbed=unperturbed,
                         keep=self._kept(test, y_hat, state))
             else:
                 model = state.wrapper
                 x = self._perturbed_input(state, test, t, k)
                 y_hat = model.predict(x).argmax(1)
-                scores, reasons = self._score_unit(
+                scores, reasons, positions = self._score_unit(
                     state, todo, model, x, unit, explain=test.re_explain,
                     unperturbed=unperturbed, keep=self._kept(test, y_hat, state))
         for name in metrics:
             if name not in scores:
                 scores[name] = np.full((l_, n), np.nan)
+                reasons[name] = {}
+                positions[name] = {m: {} for m in methods}
         changed = (y_hat != state.y_pred).cpu().numpy()
         state.timings["perturbation"] += time.perf_counter() - t0
         if self.progress:
             print(f"[metaeval] {test.name} t={t} k={k}: {time.perf_counter() - t0:.2f} s, "
                   f"{int(changed.sum())}/{n} predictions changed", flush=True)
         return {"y_pred": y_hat.cpu().numpy(), "mask": test.keeps(changed),
-                "scores": scores, "nan_reasons": reasons}
+                "scores": scores, "nan_reasons": reasons, "nan_positions": positions}
 
     def _kept(self, test: PerturbationTest, y_hat: torch.Tensor, state: _State
               ) -> torch.Tensor | None:
@@ -476,7 +487,8 @@ class MetaEvaluation:
                     x: torch.Tensor, unit: tuple, *, explain: bool,
                     unperturbed: Mapping[str, Any] | None,
                     keep: torch.Tensor | None = None,
-                    ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, int]]]:
+                    ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, int]],
+                               dict[str, dict[str, dict[int, str]]]]:
         real = {n: m for n, m in metrics.items() if not isinstance(m, ReferenceEstimator)}
         n = x.shape[0]
         if keep is not None:
@@ -495,10 +507,11 @@ class MetaEvaluation:
                     clean = self.clean_explanation(state, method)
                     explanations[method] = clean if keep is None else clean[keep]
             state.timings["explain"] += time.perf_counter() - t0
-        scores, reasons = {}, {}
+        scores, reasons, positions = {}, {}, {}
         for name, metric in metrics.items():
             t1 = time.perf_counter()
             counter: Counter = Counter()
+            pos: dict[str, dict[int, str]] = {m: {} for m in self.xai_methods}
             if isinstance(metric, ReferenceEstimator):
                 if unperturbed is None:
                     raise ValueError("Reference estimators need the unperturbed scores: pass "
@@ -510,7 +523,7 @@ class MetaEvaluation:
             else:
                 q = np.stack([
                     self._score(state, name, metric, model, x, explanations[m], m, unit,
-                                counter, keep)
+                                counter, keep, positions=pos[m])
                     for m in self.xai_methods
                 ])
                 if keep is not None:
@@ -519,8 +532,9 @@ class MetaEvaluation:
                     q = full
                 scores[name] = q
             reasons[name] = dict(counter)
+            positions[name] = pos
             state.timings[f"score:{name}"] += time.perf_counter() - t1
-        return scores, reasons
+        return scores, reasons, positions
 
     # ------------------------------------------------------------------ assembling
     def assemble(self, metrics: Mapping[str, Any], state_or_info: Any,

@@ -14,7 +14,7 @@ from torch import nn
 
 import evalkit as ek
 import metaeval as me
-from metaeval.benchmark import DirectoryStore
+from evalkit.store import ResultStore
 
 matplotlib.use("Agg")
 
@@ -247,7 +247,8 @@ def test_benchmark_shares_units_and_resumes_from_the_store(data, tmp_path):
     datasets = {"tiny": {"x": x, "y": y, "s": s, "models": {"a": model, "b": _model(1)}}}
     metrics = {"Complexity": {"Sparseness": ek.metrics.Sparseness()},
                "Localisation": {"PG": ek.metrics.PointingGame()}}
-    bench = me.MetaEvaluationBenchmark(run, metrics, datasets, store=tmp_path)
+    path = tmp_path / "meta.sqlite"
+    bench = me.MetaEvaluationBenchmark(run, metrics, datasets, store=path)
     first = bench.run()
     units = 1 + len(run.tests) * 2
     assert bench.stats_["units_computed"] == 2 * units
@@ -257,7 +258,7 @@ def test_benchmark_shares_units_and_resumes_from_the_store(data, tmp_path):
     assert set(summ["family"]) == {"Complexity", "Localisation"}
 
     counter.calls = 0
-    again = me.MetaEvaluationBenchmark(run, metrics, datasets, store=tmp_path)
+    again = me.MetaEvaluationBenchmark(run, metrics, datasets, store=path)
     second = again.run()
     assert again.stats_["units_loaded"] == 2 * units and again.stats_["units_computed"] == 0
     assert counter.calls == 0
@@ -266,7 +267,7 @@ def test_benchmark_shares_units_and_resumes_from_the_store(data, tmp_path):
     # a new metric: only its scores are computed (the units' explanations are redone once)
     more = {**metrics, "Faithfulness": {"FC": ek.metrics.FaithfulnessCorrelation(
         nr_runs=4, subset_size=8)}}
-    third_b = me.MetaEvaluationBenchmark(run, more, datasets, store=DirectoryStore(tmp_path))
+    third_b = me.MetaEvaluationBenchmark(run, more, datasets, store=ResultStore(path))
     third = third_b.run()
     assert third_b.stats_["scores_computed"] == 2 * units
     assert third_b.stats_["scores_loaded"] == 2 * 2 * units
@@ -396,3 +397,35 @@ def test_scoring_only_the_kept_samples_is_exact(data):
             assert np.isnan(qk[np.broadcast_to(~mask, qk.shape)]).all()
             saw_subset |= bool((~mask).any())
     assert saw_subset
+
+
+class _Flaky(ek.metrics.Sparseness):
+    """Sparseness that fails after ``budget`` calls (a run killed part-way)."""
+
+    budget: int | None = None
+
+    def _evaluate(self, batch):
+        if _Flaky.budget is not None:
+            if _Flaky.budget <= 0:
+                raise RuntimeError("killed")
+            _Flaky.budget -= 1
+        return super()._evaluate(batch)
+
+
+def test_benchmark_resumes_after_a_crash(data, tmp_path):
+    model, x, y, _ = data
+    run = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=2, seed=0)
+    datasets = {"tiny": {"x": x, "y": y, "models": {"net": model}}}
+    path = tmp_path / "crash.sqlite"
+    _Flaky.budget = 2 * len(METHODS) + 1  # the unperturbed unit and one more unit, then fail
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            me.MetaEvaluationBenchmark(run, {"s": _Flaky()}, datasets, store=path).run()
+    finally:
+        _Flaky.budget = None
+    resumed = me.MetaEvaluationBenchmark(run, {"s": _Flaky()}, datasets, store=path)
+    got = resumed.run()
+    assert resumed.stats_["units_loaded"] == 2
+    assert resumed.stats_["units_computed"] == 1 + len(run.tests) * 2 - 2
+    fresh = me.MetaEvaluationBenchmark(run, {"s": _Flaky()}, datasets).run()
+    pd.testing.assert_frame_equal(got.summary(), fresh.summary())

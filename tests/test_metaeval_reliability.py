@@ -230,3 +230,18 @@ def test_reliability_report_handles_nan_scores():
     assert rep.reliability["n_samples"].iloc[0] == 14
     lb = rep.leaderboard.set_index("method")
     assert lb.loc["b", "n"] == 14 and lb.loc["a", "n"] == 15
+
+
+def test_reliability_report_accepts_evalkit_results():
+    import evalkit as ek
+
+    rng = np.random.default_rng(9)
+    scores = {m: {"PixelFlipping": rng.random(25) + shift, "Sparseness": rng.random(25) + shift}
+              for m, shift in (("Saliency", 0.0), ("IG", 0.5), ("Random", 1.0))}
+    results = ek.Results.from_scores(scores, higher_is_better={"PixelFlipping": False,
+                                                               "Sparseness": True})
+    rep = me.reliability_report(results, n_boot=50)
+    lb = rep.leaderboard.set_index(["metric", "method"])
+    assert lb.loc[("PixelFlipping", "Saliency"), "rank"] == 1.0  # lower is better
+    assert lb.loc[("Sparseness", "Random"), "rank"] == 1.0
+    assert set(rep.significance["metric"]) == {"PixelFlipping", "Sparseness"}
