@@ -14,6 +14,7 @@ from . import (
 )
 from ._validation import EvalkitWarning, UndefinedScoreWarning
 from ._version import __version__
+from .cache import ForwardCache, forward_cache
 from .evaluate import evaluate
 from .explain import explain
 from .models import wrap_model
@@ -21,11 +22,13 @@ from .results import Results
 
 __all__ = [
     "EvalkitWarning",
+    "ForwardCache",
     "Results",
     "UndefinedScoreWarning",
     "__version__",
     "evaluate",
     "explain",
+    "forward_cache",
     "masks",
     "metrics",
     "models",

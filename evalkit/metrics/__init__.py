@@ -29,7 +29,25 @@ __all__ = [
 from . import similarity
 from .axiomatic import Completeness, InputInvariance, NonSensitivity
 from .complexity import Complexity, EffectiveComplexity, Sparseness
-from .faithfulness import PixelFlipping
+from .faithfulness import (
+    IROF,
+    ROAD,
+    AverageDrop,
+    AverageGain,
+    AverageIncrease,
+    Deletion,
+    FaithfulnessCorrelation,
+    FaithfulnessEstimate,
+    Infidelity,
+    Insertion,
+    Monotonicity,
+    MonotonicityCorrelation,
+    PixelFlipping,
+    RegionPerturbation,
+    Selectivity,
+    SensitivityN,
+    Sufficiency,
+)
 from .localisation import (
     AUC,
     AttributionLocalisation,
@@ -48,8 +66,37 @@ from .randomisation import (
     RandomLogit,
     SmoothMPRT,
 )
+from .robustness import (
+    AvgSensitivity,
+    Consistency,
+    Continuity,
+    LocalLipschitzEstimate,
+    MaxSensitivity,
+    RelativeInputStability,
+    RelativeOutputStability,
+    RelativeRepresentationStability,
+)
 
 __all__ += ["Complexity", "EffectiveComplexity", "PixelFlipping", "Sparseness"]
+__all__ += [
+    "IROF",
+    "ROAD",
+    "AverageDrop",
+    "AverageGain",
+    "AverageIncrease",
+    "Deletion",
+    "FaithfulnessCorrelation",
+    "FaithfulnessEstimate",
+    "Infidelity",
+    "Insertion",
+    "Monotonicity",
+    "MonotonicityCorrelation",
+    "RegionPerturbation",
+    "Selectivity",
+    "SensitivityN",
+    "Sufficiency",
+]
+
 __all__ += [
     "AUC",
     "AttributionLocalisation",
@@ -64,3 +111,14 @@ __all__ += [
 __all__ += ["MPRT", "EfficientMPRT", "ModelParameterRandomisation", "RandomLogit",
             "SmoothMPRT", "similarity"]
 __all__ += ["Completeness", "InputInvariance", "NonSensitivity"]
+
+__all__ += [
+    "AvgSensitivity",
+    "Consistency",
+    "Continuity",
+    "LocalLipschitzEstimate",
+    "MaxSensitivity",
+    "RelativeInputStability",
+    "RelativeOutputStability",
+    "RelativeRepresentationStability",
+]

@@ -1,11 +1,17 @@
 """The shared kernel of removal and insertion curves.
 
 Many faithfulness metrics are the same computation with different knobs: order the feature
-groups by attribution, replace the first k_t groups for a sequence of k_t (or insert them onto a
-baseline canvas), and read the model's target score at each step. :func:`removal_curve` does
-that for every sample and step in one runner call, building each perturbed input on the fly
-from a per-element rank map: the input for (sample i, step t) is
-``where(rank_i < k_t, baseline_i, x_i)``.
+groups by attribution, perturb a *window* of that order (the first k groups for a deletion
+curve, all but the first k for an insertion curve, groups k..k+s for a single-block removal),
+replace the perturbed groups with a baseline or an imputer, and read the model's target score.
+
+:func:`window_scores` does that for every sample and step in one runner call, building each
+perturbed input on the fly from a per-element rank map: the input of (sample i, row t) is
+``where(lo[i, t] <= rank_i < hi[i, t], baseline_i, x_i)``. Rows that perturb nothing reuse the
+score of the unperturbed input (:func:`clean_scores`), consecutive duplicate rows (a sample
+with fewer groups than the longest) are computed once, and when a
+:func:`~evalkit.cache.forward_cache` is active, rows another metric already computed on the
+same model, input, order and baseline are read from the cache instead of being forwarded.
 """
 
 from __future__ import annotations
@@ -15,21 +21,38 @@ from dataclasses import dataclass
 import torch
 
 from .. import _rng
+from ..cache import active_cache, combine_hashes, model_key, row_hashes
 from ..perturb import FeatureGrouping, Grouping, Imputer, rank_groups
 from ..perturb.baselines import Baseline
 from .base import MetricBatch
 
-__all__ = ["RemovalPlan", "removal_curve", "steps_from_features_in_step", "trapezoid_auc"]
+__all__ = [
+    "Ordering",
+    "RemovalPlan",
+    "cached_rows",
+    "clean_scores",
+    "order_groups",
+    "removal_curve",
+    "run_rows",
+    "sample_fingerprints",
+    "steps_from_features_in_step",
+    "trapezoid_auc",
+    "window_scores",
+]
+
+_ORDERS = ("morf", "lerf", "random", "index")
 
 
 @dataclass(frozen=True)
 class RemovalPlan:
     """How groups are ordered and replaced.
 
-    ``order``: ``"morf"``, ``"lerf"`` or ``"random"``; ``group_reduction``: how a group's
-    attribution is summarised for the ordering (``"sum"`` or ``"mean"``); ``mode``:
-    ``"deletion"`` replaces the first k groups of x by the baseline, ``"insertion"`` starts
-    from the baseline and puts the first k groups of x back.
+    ``order``: ``"morf"`` (most relevant first), ``"lerf"`` (least relevant first),
+    ``"random"`` (a seeded random order per sample) or ``"index"`` (group-id order, e.g. the
+    raster scan of patches); ``group_reduction``: how a group's attribution is summarised for
+    the ordering (``"sum"``, ``"mean"`` or ``"max"``); ``mode``: ``"deletion"`` replaces the
+    first k groups of x by the baseline, ``"insertion"`` starts from the baseline and puts the
+    first k groups of x back.
     """
 
     grouping: FeatureGrouping
@@ -37,6 +60,57 @@ class RemovalPlan:
     order: str = "morf"
     group_reduction: str = "sum"
     mode: str = "deletion"
+
+
+@dataclass
+class Ordering:
+    """The groups of a batch, their attribution per group, and the order they are perturbed in.
+
+    ``group_scores`` (N, G) float64 (NaN for groups a sample lacks); ``order`` (N, G) group ids,
+    first perturbed first; ``rank_map`` (N, Cg, *S) the position of each element's group in its
+    sample's order (broadcastable against x).
+    """
+
+    grouping: Grouping
+    group_scores: torch.Tensor
+    order: torch.Tensor
+    rank_map: torch.Tensor
+    order_name: str
+
+    @property
+    def n_groups(self) -> torch.Tensor:
+        return self.grouping.n_groups
+
+
+def order_groups(
+    batch: MetricBatch,
+    grouping: FeatureGrouping | Grouping,
+    order: str = "morf",
+    group_reduction: str = "sum",
+    *,
+    stream: int = 0x0DE5,
+) -> Ordering:
+    """Group the batch's inputs and order the groups by the batch's attributions."""
+    if order not in _ORDERS:
+        raise ValueError(f"`order` must be one of {_ORDERS}; got {order!r}.")
+    if batch.a is None:
+        raise ValueError(f"{type(batch.metric).__name__} needs attributions.")
+    grp = grouping if isinstance(grouping, Grouping) else grouping(batch.x)
+    scores = grp.reduce(batch.a, group_reduction)
+    valid = grp.valid()
+    if order == "index":
+        ids = torch.arange(grp.max_groups, device=scores.device, dtype=torch.float64)
+        order_t = rank_groups(-ids.expand_as(scores), valid, "morf")
+    elif order == "random":
+        keys = _rng.permutation_keys(_rng.combine(batch.keys, stream), grp.max_groups)
+        order_t = rank_groups(scores, valid, "random", random_keys=keys)
+    else:
+        order_t = rank_groups(scores, valid, order)
+    rank = torch.empty_like(order_t).scatter_(
+        1, order_t, torch.arange(order_t.shape[1], device=order_t.device).expand_as(order_t)
+        .contiguous()
+    )
+    return Ordering(grp, scores, order_t, grp.expand(rank), order)
 
 
 def steps_from_features_in_step(n_groups: torch.Tensor, features_in_step: int) -> torch.Tensor:
@@ -50,6 +124,225 @@ def steps_from_features_in_step(n_groups: torch.Tensor, features_in_step: int) -
     return torch.minimum(t.unsqueeze(0) * features_in_step, n_groups.unsqueeze(1))
 
 
+# ---------------------------------------------------------------------- row runner
+QUANTITIES = ("score", "correct")
+
+
+def _reducer(batch: MetricBatch, quantity: str, y_rows: torch.Tensor | None):
+    """``score``: the wrapper's target score; ``correct``: 1.0 where argmax(outputs) == y."""
+    if quantity == "score":
+        return None
+    if quantity == "correct":
+        if y_rows is None:
+            raise ValueError(f"{type(batch.metric).__name__} needs labels `y` for accuracy.")
+
+        def reduce(outputs: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            if outputs.ndim != 2:
+                raise ValueError("Accuracy needs class outputs of shape (N, n_classes).")
+            pred = outputs.argmax(1)
+            return (pred == y_rows[index[0]].to(pred.device, torch.long)).to(torch.float64)
+
+        return reduce
+    raise ValueError(f"Unknown quantity {quantity!r}; use one of {QUANTITIES}.")
+
+
+def run_rows(batch: MetricBatch, build_rows, sample_idx: torch.Tensor, *,
+             quantity: str = "score", desc: str | None = None) -> torch.Tensor:
+    """Run the model on M irregular rows: ``build_rows(m) -> inputs`` for row ids ``m`` (B,),
+    whose samples are ``sample_idx`` (M,) (for the labels). Returns (M,) float64 values."""
+    batch.require_model()
+    m = int(sample_idx.shape[0])
+    if m == 0:
+        return torch.empty(0, dtype=torch.float64, device=batch.device)
+    y_rows = None if batch.y is None else batch.y[sample_idx]
+    out = batch.runner.run(  # type: ignore[union-attr]
+        lambda index: build_rows(index[0]), (m,), y=y_rows,
+        reduce=_reducer(batch, quantity, y_rows), row_shape=tuple(batch.x.shape[1:]), desc=desc,
+    )
+    return out.to(torch.float64)
+
+
+def cached_rows(
+    batch: MetricBatch,
+    sample_idx: torch.Tensor,
+    row_keys: list,
+    fingerprints: list[bytes] | None,
+    build_rows,
+    *,
+    quantity: str = "score",
+    desc: str | None = None,
+) -> torch.Tensor:
+    """:func:`run_rows` through the active :func:`~evalkit.cache.forward_cache` (if any).
+
+    Row m belongs to sample ``sample_idx[m]`` and has the hashable key ``row_keys[m]`` within
+    that sample; ``fingerprints`` (N,) identify everything else that determines the inputs
+    (see :mod:`evalkit.cache`). Without an active cache (or fingerprints) this is
+    :func:`run_rows`.
+    """
+    cache = active_cache()
+    m = int(sample_idx.shape[0])
+    if cache is None or fingerprints is None or m == 0:
+        return run_rows(batch, build_rows, sample_idx, quantity=quantity, desc=desc)
+    fps = combine_hashes(fingerprints, quantity.encode())
+    s_list = sample_idx.tolist()
+    groups: dict[int, list[int]] = {}
+    for j, i in enumerate(s_list):
+        groups.setdefault(i, []).append(j)
+    order = sorted(groups)
+    got = cache.lookup([fps[i] for i in order], [[row_keys[j] for j in groups[i]] for i in order])
+    out = torch.full((m,), float("nan"), dtype=torch.float64, device=batch.device)
+    missing: list[int] = []
+    for i, vals in zip(order, got, strict=True):
+        for j, v in zip(groups[i], vals, strict=True):
+            if v is None:
+                missing.append(j)
+            else:
+                out[j] = v
+    if missing:
+        miss = torch.tensor(sorted(missing), dtype=torch.int64, device=batch.device)
+        new = run_rows(batch, lambda mm: build_rows(miss[mm]), sample_idx[miss],
+                       quantity=quantity, desc=desc)
+        out[miss] = new
+        per: dict[int, tuple[list, list]] = {}
+        for j, v in zip(miss.tolist(), new.tolist(), strict=True):
+            ks, vs = per.setdefault(s_list[j], ([], []))
+            ks.append(row_keys[j])
+            vs.append(v)
+        idxs = sorted(per)
+        cache.store([fps[i] for i in idxs], [per[i][0] for i in idxs],
+                    [per[i][1] for i in idxs])
+    return out
+
+
+def sample_fingerprints(batch: MetricBatch, *parts: list[bytes] | bytes) -> list[bytes] | None:
+    """Per-sample fingerprints for :func:`cached_rows`: model, input, label and ``parts``
+    (None when no cache is active, so nothing is hashed)."""
+    if active_cache() is None:
+        return None
+    return combine_hashes(_model_and_inputs(batch), *parts) if parts else _model_and_inputs(batch)
+
+
+def clean_scores(batch: MetricBatch, quantity: str = "score") -> torch.Tensor:
+    """(N,) float64 target scores (or correctness) of the unperturbed inputs, computed once per
+    call and shared between metrics through the cache."""
+    memo_key = f"_clean_{quantity}"
+    memo = batch.extra.get(memo_key)
+    if memo is not None:
+        return memo
+    x = batch.x
+    n = batch.n
+    idx = torch.arange(n, device=x.device)
+    fps = sample_fingerprints(batch, b"clean")
+    out = cached_rows(batch, idx, [()] * n, fps, lambda m: x[m], quantity=quantity,
+                      desc="unperturbed")
+    batch.extra[memo_key] = out
+    return out
+
+
+def _model_and_inputs(batch: MetricBatch) -> list[bytes]:
+    memo = batch.extra.get("_fp_base")
+    if memo is None:
+        mk = model_key(batch.model)
+        memo = combine_hashes(row_hashes(batch.x, batch.n), row_hashes(batch.y, batch.n), mk)
+        batch.extra["_fp_base"] = memo
+    return memo
+
+
+# ---------------------------------------------------------------------- windows
+def window_scores(
+    batch: MetricBatch,
+    ordering: Ordering,
+    imputer: Imputer,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    *,
+    keys: torch.Tensor | None = None,
+    quantity: str = "score",
+    desc: str | None = None,
+) -> torch.Tensor:
+    """Target scores (N, T) float64 with the groups of rank ``lo[i, t] <= r < hi[i, t]``
+    perturbed by ``imputer`` in sample i's order.
+
+    ``keys`` (N,): random keys passed to a stochastic imputer (default: the batch's sample
+    keys). Rows that perturb no group get the unperturbed score. ``quantity="correct"`` reads
+    1[argmax f = y] instead of the target score.
+    """
+    batch.require_model()
+    x = batch.x
+    dev = x.device
+    lo = lo.to(device=dev, dtype=torch.int64)
+    hi = hi.to(device=dev, dtype=torch.int64)
+    n, t_count = lo.shape
+    g = ordering.n_groups.to(dev).unsqueeze(1)
+    lo_c = lo.clamp(0)
+    hi_c = torch.minimum(hi, g)
+    identity = hi_c <= lo_c
+    lo_c = torch.where(identity, torch.zeros_like(lo_c), lo_c)
+    hi_c = torch.where(identity, torch.zeros_like(hi_c), hi_c)
+    dup = torch.zeros_like(identity)
+    if t_count > 1:
+        dup[:, 1:] = (lo_c[:, 1:] == lo_c[:, :-1]) & (hi_c[:, 1:] == hi_c[:, :-1])
+    need = ~identity & ~dup
+
+    stochastic = getattr(imputer, "stochastic", False)
+    row_keys = (batch.keys if keys is None else keys) if stochastic else None
+    base = None
+    if isinstance(imputer, Baseline):
+        base = imputer.values(x, row_keys)
+        base = base.expand_as(x) if base.shape[0] == 1 else base
+    rank_map = ordering.rank_map
+
+    scores = torch.full((n, t_count), float("nan"), dtype=torch.float64, device=dev)
+    if bool(identity.any()):
+        clean = clean_scores(batch, quantity)
+        scores = torch.where(identity, clean.unsqueeze(1), scores)
+
+    rows = need.nonzero()  # (M, 2) sample-major
+    if rows.shape[0]:
+        ti, tt = rows[:, 0], rows[:, 1]
+        r_lo, r_hi = lo_c[ti, tt], hi_c[ti, tt]
+        view = (-1, *([1] * (x.ndim - 1)))
+
+        def build(m: torch.Tensor) -> torch.Tensor:
+            i = ti[m]
+            r = rank_map[i]
+            perturbed = (r >= r_lo[m].reshape(view)) & (r < r_hi[m].reshape(view))
+            xi = x[i]
+            if base is not None:
+                return torch.where(perturbed, base[i], xi)
+            k = None if row_keys is None else row_keys[i]
+            return imputer.fill(xi, perturbed, keys=k)
+
+        fps = None
+        keys_list: list = []
+        if active_cache() is not None:
+            fps = _window_fingerprints(batch, ordering, imputer, base, row_keys)
+            keys_list = list(zip(r_lo.tolist(), r_hi.tolist(), strict=True))
+        scores[ti, tt] = cached_rows(batch, ti, keys_list, fps, build, quantity=quantity,
+                                     desc=desc)
+
+    if bool(dup.any()):
+        for t in range(1, t_count):
+            col = dup[:, t]
+            if bool(col.any()):
+                scores[:, t] = torch.where(col, scores[:, t - 1], scores[:, t])
+    return scores
+
+
+def _window_fingerprints(batch: MetricBatch, ordering: Ordering, imputer: Imputer,
+                         base: torch.Tensor | None, row_keys: torch.Tensor | None) -> list[bytes]:
+    n = batch.n
+    grp = ordering.grouping
+    labels = row_hashes(grp.labels, n)
+    order = row_hashes(ordering.order, n)
+    if base is not None:
+        repl = row_hashes(base, n)
+    else:
+        repl = combine_hashes(row_hashes(row_keys, n), repr(imputer).encode())
+    return combine_hashes(_model_and_inputs(batch), labels, order, repl, b"window")
+
+
+# ---------------------------------------------------------------------- curves
 def removal_curve(
     batch: MetricBatch,
     plan: RemovalPlan,
@@ -57,6 +350,7 @@ def removal_curve(
     *,
     features_in_step: int = 1,
     grouping: Grouping | None = None,
+    ordering: Ordering | None = None,
     desc: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, Grouping]:
     """Target scores along a removal (or insertion) curve.
@@ -64,67 +358,40 @@ def removal_curve(
     Parameters
     ----------
     steps:
-        (N, T) int64 numbers of groups perturbed at each step; default
-        :func:`steps_from_features_in_step` (which starts with 0, the unperturbed input).
+        (N, T) int64 numbers of groups removed (deletion) or inserted (insertion) at each step;
+        default :func:`steps_from_features_in_step` (which starts with 0).
     grouping:
         A precomputed grouping of ``batch.x`` (else ``plan.grouping`` is applied).
+    ordering:
+        A precomputed :class:`Ordering` (else computed from the plan).
 
     Returns
     -------
     scores:
         (N, T) float64 target scores.
     fractions:
-        (N, T) float64 share of groups perturbed at each step, k_t / G_i.
+        (N, T) float64 share of groups removed (inserted) at each step, k_t / G_i.
     grouping:
         The grouping used.
     """
     batch.require_model()
-    x, a = batch.x, batch.a
-    if a is None:
-        raise ValueError("removal_curve needs attributions.")
-    grp = grouping if grouping is not None else plan.grouping(x)
+    if ordering is None:
+        ordering = order_groups(batch, grouping if grouping is not None else plan.grouping,
+                                plan.order, plan.group_reduction)
+    grp = ordering.grouping
     if steps is None:
         steps = steps_from_features_in_step(grp.n_groups, features_in_step)
-    steps = steps.to(device=x.device, dtype=torch.int64)
-    n, t_count = steps.shape
-
-    group_scores = grp.reduce(a, plan.group_reduction)
-    random_keys = None
-    if plan.order == "random":
-        random_keys = _rng.permutation_keys(_rng.combine(batch.keys, 0x0DE5), grp.max_groups)
-    order = rank_groups(group_scores, grp.valid(), plan.order, random_keys=random_keys)
-    # rank[i, g] = position of group g in sample i's order
-    rank = torch.empty_like(order).scatter_(
-        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order).contiguous()
-    )
-    rank_map = grp.expand(rank)  # (N, Cg, *S)
-
-    imputer = plan.imputer
-    needs_keys = imputer.stochastic
-    base = None
-    if isinstance(imputer, Baseline):
-        base = imputer.values(x, batch.keys if needs_keys else None)
-        base = base.expand_as(x) if base.shape[0] == 1 else base
-    row_keys_base = batch.keys if needs_keys else None
-    insertion = plan.mode == "insertion"
-
-    def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        i, t = index
-        k = steps[i, t].reshape(-1, *([1] * (x.ndim - 1)))
-        perturbed = rank_map[i] < k
-        if insertion:
-            perturbed = ~perturbed
-        xi = x[i]
-        if base is not None:
-            return torch.where(perturbed, base[i], xi)
-        keys = None if row_keys_base is None else row_keys_base[i]
-        return imputer.fill(xi, perturbed, keys=keys)
-
-    scores = batch.runner.run(  # type: ignore[union-attr]
-        build, (n, t_count), y=batch.y, row_shape=tuple(x.shape[1:]), desc=desc
-    )
+    steps = steps.to(device=batch.device, dtype=torch.int64)
+    g = grp.n_groups.to(batch.device).unsqueeze(1).expand_as(steps)
+    if plan.mode == "insertion":
+        lo, hi = steps, g
+    elif plan.mode == "deletion":
+        lo, hi = torch.zeros_like(steps), steps
+    else:
+        raise ValueError(f"`mode` must be 'deletion' or 'insertion'; got {plan.mode!r}.")
+    scores = window_scores(batch, ordering, plan.imputer, lo, hi, desc=desc)
     fractions = steps.to(torch.float64) / grp.n_groups.to(torch.float64).unsqueeze(1)
-    return scores.to(torch.float64), fractions, grp
+    return scores, fractions, grp
 
 
 def trapezoid_auc(curve: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from .groupings import (
     make_grouping,
     rank_groups,
 )
+from .imputation import NoisyLinearImputer
 from .noise import GaussianNoise, Noise, UniformNoise, make_noise
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Grouping",
     "Imputer",
     "Noise",
+    "NoisyLinearImputer",
     "Patches",
     "Pixels",
     "Superpixels",

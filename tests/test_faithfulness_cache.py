@@ -1,0 +1,179 @@
+"""The forward cache: metrics that walk the same perturbed inputs share forward passes."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import evalkit as ek
+from evalkit import metrics as M
+from evalkit.cache import ForwardCache, active_cache, forward_cache
+
+warnings.filterwarnings("ignore", category=ek.UndefinedScoreWarning)
+
+
+@pytest.fixture()
+def setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(6 * 64, 4)).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand((10, 3, 8, 8), generator=g)
+    y = torch.arange(10) % 4
+    a = torch.randn((10, 1, 8, 8), generator=g)
+    return model, x, y, a
+
+
+def _suite():
+    return [
+        M.PixelFlipping(features_in_step=4),
+        M.Deletion(features_in_step=4, perturb_baseline="black"),
+        M.SensitivityN(features_in_step=4, subsets="morf"),
+        M.FaithfulnessEstimate(features_in_step=4, softmax=True),
+        M.RegionPerturbation(patch_size=2, regions_evaluation=8),
+        M.Selectivity(patch_size=2),
+        M.IROF(grouping=2, perturb_baseline="black"),
+        M.AverageDrop(),
+        M.AverageIncrease(),
+        M.AverageGain(),
+        M.ROAD(percentages=[25, 50], score="confidence", seed=0),
+        M.ROAD(percentages=[25, 50], order="morf", score="confidence", seed=0),
+    ]
+
+
+def _run(suite, model, x, y, a, cache=None):
+    w = ek.wrap_model(model)
+    w.counter.reset()
+    w.output_shape(x)  # the label check's one-row forward, done before counting
+    w.counter.reset()
+    if cache is None:
+        scores = [m(w, x, y, a) for m in suite]
+    else:
+        with cache:
+            scores = [m(w, x, y, a) for m in suite]
+    return scores, w.counter.rows
+
+
+def test_suite_issues_fewer_rows_with_identical_scores(setup):
+    model, x, y, a = setup
+    sep, rows_sep = _run(_suite(), model, x, y, a)
+    cache = ForwardCache()
+    shared, rows_shared = _run(_suite(), model, x, y, a, cache)
+    for s1, s2, m in zip(sep, shared, _suite(), strict=True):
+        np.testing.assert_allclose(s2, s1, rtol=1e-6, atol=1e-7, err_msg=repr(m))
+    assert rows_shared < 0.6 * rows_sep, (rows_shared, rows_sep)
+    st = cache.stats()
+    assert st.hits > 0 and st.misses == rows_shared
+    # a second pass over the same suite is free
+    again, rows_again = _run(_suite(), model, x, y, a, cache)
+    assert rows_again == 0
+    for s1, s2 in zip(shared, again, strict=True):
+        np.testing.assert_array_equal(s1, s2)
+
+
+def test_pixel_flipping_and_deletion_share_every_row(setup):
+    model, x, y, a = setup
+    w = ek.wrap_model(model)
+    with forward_cache() as cache:
+        pf = M.PixelFlipping(features_in_step=8)(w, x, y, a)
+        w.counter.reset()
+        de = M.Deletion(features_in_step=8, perturb_baseline="black")(w, x, y, a)
+        assert w.counter.rows <= 1  # at most the label check
+    np.testing.assert_array_equal(pf, de)
+    assert len(cache) > 0
+
+
+def test_same_order_different_values_share(setup):
+    """Rows are keyed by the order of the groups, not by the attribution values."""
+    model, x, y, a = setup
+    w = ek.wrap_model(model)
+    m = M.PixelFlipping(features_in_step=8, normalise=False)
+    with forward_cache():
+        s1 = m(w, x, y, a)
+        w.counter.reset()
+        s2 = m(w, x, y, 3 * a + 1)
+        assert w.counter.rows <= 1
+        w.counter.reset()
+        m(w, x, y, -a)  # another order: recomputed
+        assert w.counter.rows > 10
+    np.testing.assert_array_equal(s1, s2)
+
+
+def test_model_update_invalidates(setup):
+    model, x, y, a = setup
+    w = ek.wrap_model(model)
+    m = M.PixelFlipping(features_in_step=8)
+    with forward_cache():
+        s1 = m(w, x, y, a)
+        with torch.no_grad():
+            model[0].weight.mul_(1.5)  # an in-place update, as an optimiser step does
+        w.counter.reset()
+        s2 = m(w, x, y, a)
+        assert w.counter.rows > 10
+    assert not np.allclose(s1, s2)
+    s3 = m(w, x, y, a)
+    np.testing.assert_allclose(s3, s2, rtol=1e-6)
+
+
+def test_softmax_and_labels_are_part_of_the_key(setup):
+    model, x, y, a = setup
+    w = ek.wrap_model(model)
+    with forward_cache():
+        p = M.PixelFlipping(features_in_step=8)(w, x, y, a)
+        logits = M.PixelFlipping(features_in_step=8, softmax=False)(w, x, y, a)
+        other_y = M.PixelFlipping(features_in_step=8)(w, x, (y + 1) % 4, a)
+    assert np.all(p <= 1) and not np.allclose(p, logits)
+    np.testing.assert_allclose(other_y, M.PixelFlipping(features_in_step=8)(w, x, (y + 1) % 4, a))
+
+
+def test_off_by_default_and_context_scoping(setup):
+    model, x, y, a = setup
+    assert active_cache() is None
+    w = ek.wrap_model(model)
+    m = M.PixelFlipping(features_in_step=8)
+    m(w, x, y, a)
+    w.counter.reset()
+    m(w, x, y, a)
+    assert w.counter.rows > 10
+    with forward_cache() as outer:
+        assert active_cache() is outer
+        with forward_cache() as inner:
+            assert active_cache() is inner
+        assert active_cache() is outer
+    assert active_cache() is None
+
+
+def test_memory_bound_evicts_least_recent_samples(setup):
+    model, x, y, a = setup
+    w = ek.wrap_model(model)
+    m = M.PixelFlipping(features_in_step=4)
+    ref = m(w, x, y, a)
+    cache = ForwardCache(max_rows=40)
+    with cache:
+        s = m(w, x, y, a)
+        assert len(cache) <= 40
+        assert cache.stats().evicted > 0
+        s2 = m(w, x, y, a)
+    np.testing.assert_allclose(s, ref, rtol=1e-6)
+    np.testing.assert_allclose(s2, ref, rtol=1e-6)
+    with pytest.raises(ValueError):
+        ForwardCache(max_rows=0)
+
+
+def test_stochastic_baselines_share_only_identical_draws(setup):
+    model, x, y, a = setup
+    w = ek.wrap_model(model)
+    with forward_cache():
+        s1 = M.PixelFlipping(features_in_step=8, perturb_baseline="uniform", seed=1)(w, x, y, a)
+        w.counter.reset()
+        s2 = M.PixelFlipping(features_in_step=8, perturb_baseline="uniform", seed=2)(w, x, y, a)
+        assert w.counter.rows > 10  # other draws, other inputs
+        w.counter.reset()
+        s3 = M.PixelFlipping(features_in_step=8, perturb_baseline="uniform", seed=1)(w, x, y, a)
+        assert w.counter.rows <= 1
+    np.testing.assert_array_equal(s1, s3)
+    assert not np.allclose(s1, s2)
