@@ -1,0 +1,597 @@
+"""Faithfulness specs.
+
+Quantus counts every channel value as a feature and ranks them by the attribution broadcast to
+the input's shape; evalkit's default feature is a whole pixel. The Quantus-comparable entries
+therefore use either per-channel attributions with ``grouping="channel_values"`` (the same
+ordering, the same removals) or metrics whose features are pixel patches in both libraries
+(RegionPerturbation, Selectivity, Infidelity); entries with our default grouping and no Quantus
+equivalent are listed on their own.
+
+Quantus' ROAD and IROF crash on RGB inputs with 1-channel attributions (bug C13; IROF asserts the
+mask shape equals the input shape), so their Quantus-comparable entries run on a 1-channel view
+of the workload: the channel mean, fed to the workload's model through a module that repeats it
+to 3 channels (the forward counter and the floor see the same model).
+
+W2 (ResNet-18, 224x224, N=16, CPU) settings are reduced where the default would need thousands
+of forward rows per sample; every entry states its settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from evalkit import forward_cache
+from evalkit.metrics import (
+    IROF,
+    ROAD,
+    AverageDrop,
+    AverageGain,
+    AverageIncrease,
+    Deletion,
+    FaithfulnessCorrelation,
+    FaithfulnessEstimate,
+    Infidelity,
+    Insertion,
+    Monotonicity,
+    MonotonicityCorrelation,
+    PixelFlipping,
+    RegionPerturbation,
+    Selectivity,
+    SensitivityN,
+    Sufficiency,
+)
+
+from ..harness import Agreement, Case, Context, max_abs_diff
+from ..workloads import Workload
+from . import Spec
+
+# channel values removed per step: 28 on W1 (84 steps of 2352); 12544 on W2 (12 steps of
+# 150528). Quantus requires H*W % features_in_step == 0 (784 and 50176).
+_PF_STEP = {"W1": 28, "W2": 12544}
+
+
+def _step(w: Workload) -> int:
+    return _PF_STEP.get(w.name, 28)
+
+
+def _quantus_call(ctx: Context, metric: Any, model: nn.Module, x: np.ndarray, y: np.ndarray,
+                  a: np.ndarray, **call_kw: Any):
+    def call():
+        return metric(model=model, x_batch=x, y_batch=y, a_batch=a,
+                      device=ctx.quantus_device, batch_size=ctx.batch_size, **call_kw)
+
+    return call
+
+
+class _Repeat3(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(-1, 3, *x.shape[2:])
+
+
+class _OneChannel:
+    """A 1-channel view of a workload: inputs averaged over channels, the same model."""
+
+    def __init__(self, w: Workload) -> None:
+        self.x = w.x.mean(1, keepdim=True)
+        self.model = nn.Sequential(_Repeat3(), w.model).eval()
+        self.y = w.y
+        self.a = w.a
+        self.x_np = self.x.detach().cpu().numpy()
+
+
+def _curves_agree(text: str = "curves"):
+    def agreement(o: np.ndarray, t: np.ndarray) -> Agreement:
+        ag = max_abs_diff(o, t, text=text, tol=1e-5)
+        if ag.value is not None and ag.value > 1e-5:
+            ag.text += " (the others: tied attributions ranked in another order)"
+        return ag
+
+    return agreement
+
+
+# --------------------------------------------------------------------------- removal curves
+def _pixel_flipping(w: Workload, ctx: Context) -> Case:
+    fis = _step(w)
+    ours_metric = PixelFlipping(features_in_step=fis, grouping="channel_values")
+
+    def ours() -> np.ndarray:
+        ours_metric(w.model, w.x, w.y, w.a_channels)
+        return ours_metric.curves_[:, 1:]  # drop the unperturbed point Quantus does not have
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.PixelFlipping(features_in_step=fis, return_auc_per_sample=False,
+                                      disable_warnings=True)
+        quantus_fn = _quantus_call(ctx, q, w.model, w.np("x"), w.np("y"), w.np("a_channels"))
+        inner = quantus_fn
+        quantus_fn = lambda: np.asarray(inner())  # noqa: E731
+
+    n_feat = int(np.prod(w.row_shape))
+    return Case(
+        ours=ours, quantus=quantus_fn, agreement=_curves_agree(),
+        settings=f"per-channel Saliency, channel values, features_in_step={fis} "
+                 f"({-(-n_feat // fis)} steps), black, softmax",
+        note="curves compared (AUC conventions differ: ours trapezoid over the fraction removed "
+             "from the unperturbed input, Quantus unit spacing)",
+    )
+
+
+_PF_PIXELS = {"W1": dict(features_in_step=28), "W2": dict(features_in_step=14, grouping=16)}
+
+
+def _pixel_flipping_pixels(w: Workload, ctx: Context) -> Case:
+    kw = _PF_PIXELS.get(w.name, dict(features_in_step=28))
+    metric = PixelFlipping(**kw)
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a)
+
+    grouping = kw.get("grouping", "pixels")
+    what = f"{grouping}x{grouping} patches" if isinstance(grouping, int) else "pixels"
+    return Case(
+        ours=ours,
+        settings=f"1-channel Saliency, {what}, features_in_step={kw['features_in_step']}",
+        note="our default grouping; no Quantus equivalent (removing whole RGB pixels needs "
+             "features_in_step = 3k, rejected by its H*W divisibility assert)",
+    )
+
+
+_RISE_STEPS = {"W1": 98, "W2": 12}
+
+
+def _rise(cls: type):
+    def build(w: Workload, ctx: Context) -> Case:
+        steps = _RISE_STEPS.get(w.name, 98)
+        metric = cls(n_steps=steps)
+
+        def ours() -> np.ndarray:
+            return metric(w.model, w.x, w.y, w.a)
+
+        canvas = "zero" if cls is Deletion else "RISE blur (sigma 5, 11 px)"
+        return Case(ours=ours, settings=f"1-channel Saliency, pixels, {steps} steps, "
+                                        f"{canvas}, softmax",
+                    note="not in Quantus")
+
+    return build
+
+
+_REGION = {"W1": dict(patch_size=4, regions_evaluation=49),
+           "W2": dict(patch_size=16, regions_evaluation=12)}
+
+
+def _region_perturbation(w: Workload, ctx: Context) -> Case:
+    kw = _REGION.get(w.name, _REGION["W1"])
+    metric = RegionPerturbation(**kw)
+
+    def ours() -> np.ndarray:
+        metric(w.model, w.x, w.y, w.a)
+        return metric.curves_[:, 1:]
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.RegionPerturbation(disable_warnings=True, **kw)
+        inner = _quantus_call(ctx, q, w.model, w.np("x"), w.np("y"), w.np("a"))
+        quantus_fn = lambda: np.asarray(inner())  # noqa: E731
+    return Case(ours=ours, quantus=quantus_fn, agreement=_curves_agree("drop curves"),
+                settings=f"1-channel Saliency, {kw['patch_size']}x{kw['patch_size']} patches, "
+                         f"morf, {kw['regions_evaluation']} regions, black, softmax",
+                note="drop curves compared; score: AUC over the fraction of regions")
+
+
+_SELECTIVITY = {"W1": 4, "W2": 56}
+
+
+def _selectivity(w: Workload, ctx: Context) -> Case:
+    p = _SELECTIVITY.get(w.name, 4)
+    metric = Selectivity(patch_size=p)
+
+    def ours() -> np.ndarray:
+        metric(w.model, w.x, w.y, w.a)
+        return metric.curves_[:, 1:]
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.Selectivity(patch_size=p, disable_warnings=True)
+        inner = _quantus_call(ctx, q, w.model, w.np("x"), w.np("y"), w.np("a"))
+        quantus_fn = lambda: np.asarray(inner())  # noqa: E731
+    n_p = (w.row_shape[1] // p) * (w.row_shape[2] // p)
+    return Case(ours=ours, quantus=quantus_fn, agreement=_curves_agree(),
+                settings=f"1-channel Saliency, {p}x{p} patches ({n_p} steps), black, softmax")
+
+
+_IROF_SEG = {"W1": 100, "W2": 16}
+
+
+def _irof(w: Workload, ctx: Context) -> Case:
+    one = _OneChannel(w)
+    seg = _IROF_SEG.get(w.name, 100)
+    metric = IROF(perturb_baseline=0.0, segmentation_kwargs={"n_segments": seg})
+
+    def ours() -> np.ndarray:
+        return metric(one.model, one.x, one.y, one.a)
+
+    quantus_fn = None
+    if ctx.quantus is not None and seg == 100:
+        q = ctx.quantus.IROF(perturb_baseline=0.0, return_aggregate=False,
+                             disable_warnings=True)
+        inner = _quantus_call(ctx, q, one.model, one.x_np, w.np("y"), w.np("a"))
+        quantus_fn = lambda: np.asarray(inner())  # noqa: E731
+
+    def agreement(o: np.ndarray, t: np.ndarray) -> Agreement:
+        return Agreement(None, "scales differ (ours 1 - AUC in [0, 1], Quantus G - unit-spacing "
+                               "AUC) and SLIC runs on min-max scaled images here; identical "
+                               "curves with identical segments are tested in "
+                               "tests/test_faithfulness_quantus.py")
+
+    return Case(ours=ours, quantus=quantus_fn, agreement=agreement,
+                settings=f"1-channel view (channel mean), SLIC n_segments={seg}, baseline 0, "
+                         "softmax",
+                note="Quantus' IROF fails on RGB inputs (mask shape assert), hence the 1-channel "
+                     "view; SLIC is a per-image CPU loop in both")
+
+
+# --------------------------------------------------------------------------- correlations
+def _faithfulness_estimate(w: Workload, ctx: Context) -> Case:
+    fis = _step(w)
+    metric = FaithfulnessEstimate(features_in_step=fis, grouping="channel_values")
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a_channels)
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.FaithfulnessEstimate(features_in_step=fis, disable_warnings=True)
+        inner = _quantus_call(ctx, q, w.model, w.np("x"), w.np("y"), w.np("a_channels"))
+        quantus_fn = lambda: np.asarray(inner())  # noqa: E731
+    n_feat = int(np.prod(w.row_shape))
+    return Case(ours=ours, quantus=quantus_fn,
+                agreement=lambda o, t: max_abs_diff(o, t, tol=1e-5),
+                settings=f"per-channel Saliency, channel values, features_in_step={fis} "
+                         f"({-(-n_feat // fis)} blocks), black, logits")
+
+
+_FC = {"W1": dict(nr_runs=100, subset_size=224), "W2": dict(nr_runs=10, subset_size=224)}
+
+
+def _faithfulness_correlation(w: Workload, ctx: Context) -> Case:
+    kw = _FC.get(w.name, _FC["W1"])
+    metric = FaithfulnessCorrelation(grouping="channel_values", seed=0, **kw)
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a_channels)
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.FaithfulnessCorrelation(return_aggregate=False, disable_warnings=True,
+                                                **kw)
+        inner = _quantus_call(ctx, q, w.model, w.np("x"), w.np("y"), w.np("a_channels"))
+        quantus_fn = lambda: np.asarray(inner())  # noqa: E731
+
+    def agreement(o: np.ndarray, t: np.ndarray) -> Agreement:
+        return Agreement(None, f"random subsets differ (mean ours {np.nanmean(o):.3f}, Quantus "
+                               f"{np.nanmean(t):.3f}); equal to 1e-5 with the same subsets in "
+                               "tests/test_faithfulness_quantus.py")
+
+    return Case(ours=ours, quantus=quantus_fn, agreement=agreement,
+                settings=f"per-channel Saliency, channel values, nr_runs={kw['nr_runs']}, "
+                         f"subset_size={kw['subset_size']}, black, logits")
+
+
+_SN = {"W1": dict(features_in_step=28), "W2": dict(features_in_step=12544)}
+
+
+def _sensitivity_n_morf(w: Workload, ctx: Context) -> Case:
+    kw = _SN.get(w.name, _SN["W1"])
+    # Quantus takes n up to 80 % of H*W even when its features are the C*H*W channel values
+    channels = w.row_shape[0]
+    metric = SensitivityN(subsets="morf", grouping="channel_values", normalise=False,
+                          n_max_percentage=0.8 / channels, **kw)
+
+    def ours() -> np.ndarray:
+        metric(w.model, w.x, w.y, w.a_channels)
+        return metric.curves_[0]
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.SensitivityN(return_aggregate=False, normalise=False,
+                                     disable_warnings=True, **kw)
+        inner = _quantus_call(ctx, q, w.model, w.np("x"), w.np("y"), w.np("a_channels"))
+        quantus_fn = lambda: np.asarray(inner())  # noqa: E731
+
+    def agreement(o: np.ndarray, t: np.ndarray) -> Agreement:
+        if o.shape != t.shape:
+            return Agreement(None, f"shapes differ {o.shape} vs {t.shape}")
+        first = abs(float(o[0]) - float(t[0]))
+        return Agreement(first, "first n only: later Quantus pairs the cumulative change with "
+                                "the last step's attribution sum (bug C24)")
+
+    return Case(ours=ours, quantus=quantus_fn, agreement=agreement,
+                settings=f"set-level (subsets='morf'), per-channel Saliency, channel values, "
+                         f"features_in_step={kw['features_in_step']}, n up to 80 % of H*W "
+                         "(Quantus' rule), black, softmax, normalise=False",
+                note="ours forwards only the n <= 80 % steps it uses; Quantus forwards the whole "
+                     "curve")
+
+
+_SN_RANDOM = {"W1": dict(features_in_step=56, nr_subsets=10),
+              "W2": dict(features_in_step=10035, nr_subsets=4)}
+
+
+def _sensitivity_n_random(w: Workload, ctx: Context) -> Case:
+    kw = _SN_RANDOM.get(w.name, _SN_RANDOM["W1"])
+    metric = SensitivityN(seed=0, **kw)
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a)
+
+    return Case(ours=ours, settings=f"per-sample (random subsets), 1-channel Saliency, pixels, "
+                                    f"features_in_step={kw['features_in_step']}, "
+                                    f"nr_subsets={kw['nr_subsets']}, black, softmax",
+                note="the paper's per-sample form; no Quantus equivalent")
+
+
+_MONO = {"W1": 28, "W2": 12544}
+
+
+def _monotonicity(w: Workload, ctx: Context) -> Case:
+    fis = _MONO.get(w.name, 28)
+    metric = Monotonicity(features_in_step=fis, grouping="channel_values")
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a_channels)
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.Monotonicity(features_in_step=fis, disable_warnings=True)
+        inner = _quantus_call(ctx, q, w.model, w.np("x"), w.np("y"), w.np("a_channels"))
+        quantus_fn = lambda: np.asarray(inner(), dtype=float)  # noqa: E731
+
+    def agreement(o: np.ndarray, t: np.ndarray) -> Agreement:
+        return Agreement(None, f"by design: Quantus re-applies the baseline (bug C2) and says "
+                               f"{np.mean(t):.0%} monotonic, ours restores the features "
+                               f"({np.mean(o):.0%})")
+
+    return Case(ours=ours, quantus=quantus_fn, agreement=agreement,
+                settings=f"per-channel Saliency (abs), channel values, features_in_step={fis}, "
+                         "black, softmax")
+
+
+_MC = {"W1": dict(nr_samples=10, features_in_step=196),
+       "W2": dict(nr_samples=2, features_in_step=25088)}
+
+
+def _monotonicity_correlation(w: Workload, ctx: Context) -> Case:
+    kw = _MC.get(w.name, _MC["W1"])
+    metric = MonotonicityCorrelation(grouping="channel_values", seed=0, **kw)
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a_channels)
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.MonotonicityCorrelation(disable_warnings=True, **kw)
+        inner = _quantus_call(ctx, q, w.model, w.np("x"), w.np("y"), w.np("a_channels"))
+        quantus_fn = lambda: np.asarray(inner())  # noqa: E731
+
+    def agreement(o: np.ndarray, t: np.ndarray) -> Agreement:
+        return Agreement(None, "random draws differ; Quantus' uniform baseline is one value per "
+                               "sample (bug C27), ours one per element; equal to 1e-5 with a "
+                               "deterministic baseline in tests/test_faithfulness_quantus.py")
+
+    n_feat = int(np.prod(w.row_shape))
+    steps = -(-n_feat // kw["features_in_step"])
+    return Case(ours=ours, quantus=quantus_fn, agreement=agreement,
+                settings=f"per-channel Saliency (abs), channel values, features_in_step="
+                         f"{kw['features_in_step']} ({steps} blocks), nr_samples="
+                         f"{kw['nr_samples']}, uniform, softmax")
+
+
+# --------------------------------------------------------------------------- infidelity
+_INF = {"W1": ([4], 10), "W2": ([56], 3)}
+
+
+def _infidelity_patches(w: Workload, ctx: Context) -> Case:
+    sizes, repeats = _INF.get(w.name, ([4], 10))
+    metric = Infidelity(perturb_func="patches", perturb_patch_sizes=sizes,
+                        n_perturb_samples=repeats)
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a)
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.Infidelity(perturb_patch_sizes=sizes, n_perturb_samples=repeats,
+                                   disable_warnings=True)
+        inner = _quantus_call(ctx, q, w.model, w.np("x"), w.np("y"), w.np("a"))
+        quantus_fn = lambda: np.asarray(inner())  # noqa: E731
+
+    def agreement(o: np.ndarray, t: np.ndarray) -> Agreement:
+        ag = max_abs_diff(o, t)
+        if ag.value is not None:
+            rel = ag.value / max(1e-12, float(np.abs(t).max()))
+            ag.text = f"relative {rel:.1g}"
+        return ag
+
+    return Case(ours=ours, quantus=quantus_fn, agreement=agreement,
+                settings=f"Quantus' deterministic variant: 1-channel Saliency, "
+                         f"{sizes[0]}x{sizes[0]} patches cumulative, black, logits, "
+                         f"n_perturb_samples={repeats}",
+                note="Quantus repeats the identical deterministic pass n_perturb_samples times; "
+                     "ours runs it once")
+
+
+_INF_G = {"W1": 10, "W2": 4}
+
+
+def _infidelity_gaussian(w: Workload, ctx: Context) -> Case:
+    k = _INF_G.get(w.name, 10)
+    metric = Infidelity(n_perturb_samples=k, noise_std=0.1, optimal_scaling=True, seed=0)
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a)
+
+    return Case(ours=ours, settings=f"the paper's form: Gaussian I ~ N(0, 0.1^2), "
+                                    f"n_perturb_samples={k}, optimal scaling, logits",
+                note="no Quantus equivalent (its Infidelity is the patch variant); equal to "
+                     "captum.metrics.infidelity on the same noise in the tests")
+
+
+# --------------------------------------------------------------------------- ROAD
+_ROAD_PCT = {"W1": [10, 20, 30, 40, 50, 60, 70, 80, 90], "W2": [20, 40, 60, 80]}
+
+
+def _road_quantus(w: Workload, ctx: Context) -> Case:
+    one = _OneChannel(w)
+    pct = _ROAD_PCT.get(w.name, _ROAD_PCT["W1"])
+    metric = ROAD(percentages=pct, order="morf", score="accuracy", seed=0)
+
+    def ours() -> np.ndarray:
+        metric(one.model, one.x, one.y, one.a)
+        return metric.morf_curves_.mean(0)
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.ROAD(percentages=pct, disable_warnings=True)
+        inner = _quantus_call(ctx, q, one.model, one.x_np, w.np("y"), w.np("a"))
+        quantus_fn = lambda: np.asarray(list(inner().values()))  # noqa: E731
+
+    def agreement(o: np.ndarray, t: np.ndarray) -> Agreement:
+        ag = max_abs_diff(o, t)
+        ag.text = ("mean MoRF accuracy per percentage; the noise draws differ (equal without "
+                   "noise in the tests)")
+        return ag
+
+    return Case(ours=ours, quantus=quantus_fn, agreement=agreement,
+                settings="1-channel view (channel mean), 1-channel Saliency, MoRF, accuracy, "
+                         f"percentages {pct}, noise 0.01",
+                note="Quantus fails on RGB with 1-channel attributions (bug C13), hence the "
+                     "1-channel view")
+
+
+def _road_rgb(w: Workload, ctx: Context) -> Case:
+    pct = _ROAD_PCT.get(w.name, _ROAD_PCT["W1"])
+    metric = ROAD(percentages=pct, seed=0)
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a)
+
+    return Case(ours=ours,
+                settings="RGB, 1-channel Saliency, combined (LeRF - MoRF)/2, accuracy, "
+                         f"percentages {pct}, noise 0.01",
+                note="our defaults; Quantus cannot run this (bug C13)")
+
+
+# --------------------------------------------------------------------------- other
+def _confidence(cls: type):
+    def build(w: Workload, ctx: Context) -> Case:
+        metric = cls()
+
+        def ours() -> np.ndarray:
+            return metric(w.model, w.x, w.y, w.a)
+
+        return Case(ours=ours, settings="1-channel Saliency min-max normalised, x * map, "
+                                        "softmax",
+                    note="not in Quantus (pytorch-grad-cam loops over images on the CPU)")
+
+    return build
+
+
+_SUFF = {"W1": 0.6, "W2": 0.8}
+
+
+def _sufficiency(w: Workload, ctx: Context) -> Case:
+    th = _SUFF.get(w.name, 0.6)
+    metric = Sufficiency(threshold=th, normalise=False)
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a)
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.Sufficiency(threshold=th, normalise=False, disable_warnings=True)
+        inner = _quantus_call(ctx, q, w.model, w.np("x"), w.np("y"), w.np("a"))
+        quantus_fn = lambda: np.asarray(inner())  # noqa: E731
+
+    def agreement(o: np.ndarray, t: np.ndarray) -> Agreement:
+        defined = np.isfinite(o)
+        ag = max_abs_diff(o[defined], t[defined])
+        ag.text = (f"{int(defined.sum())}/{len(o)} samples with neighbours compared; the others "
+                   "are NaN here, 0 in Quantus")
+        return ag
+
+    return Case(ours=ours, quantus=quantus_fn, agreement=agreement,
+                settings=f"set-level, 1-channel Saliency (abs), seuclidean, threshold {th}, "
+                         "normalise=False",
+                note="Quantus works on its batch chunk; both see the whole set here")
+
+
+_SUITE_REGION = {"W1": dict(patch_size=4, regions_evaluation=49),
+                 "W2": dict(patch_size=56, regions_evaluation=16)}
+
+
+def _suite(w: Workload) -> list:
+    fis = _PF_PIXELS.get(w.name, {}).get("features_in_step", 28)
+    grouping = _PF_PIXELS.get(w.name, {}).get("grouping", "pixels")
+    reg = _SUITE_REGION.get(w.name, _SUITE_REGION["W1"])
+    return [
+        PixelFlipping(features_in_step=fis, grouping=grouping),
+        Deletion(features_in_step=fis, perturb_baseline="black", grouping=grouping),
+        SensitivityN(features_in_step=fis, subsets="morf", grouping=grouping),
+        FaithfulnessEstimate(features_in_step=fis * 4, grouping=grouping, softmax=True),
+        RegionPerturbation(**reg),
+        Selectivity(patch_size=reg["patch_size"]),
+        AverageDrop(), AverageIncrease(), AverageGain(),
+    ]
+
+
+def _suite_case(shared: bool):
+    def build(w: Workload, ctx: Context) -> Case:
+        suite = _suite(w)
+
+        def ours() -> list:
+            if shared:
+                with forward_cache():
+                    return [m(w.model, w.x, w.y, w.a) for m in suite]
+            return [m(w.model, w.x, w.y, w.a) for m in suite]
+
+        names = ", ".join(type(m).__name__ for m in suite)
+        return Case(ours=ours,
+                    settings=("one forward_cache() around " if shared else "separately: ")
+                    + names,
+                    note="PixelFlipping/Deletion/SensitivityN walk the same MoRF curve, "
+                         "RegionPerturbation/Selectivity the same patch curve, the confidence "
+                         "metrics the same x * map; all share f(x)" if shared else
+                         "the same metrics without the cache")
+
+    return build
+
+
+SPECS = [
+    Spec("PixelFlipping", "faithfulness", _pixel_flipping, smoke=True),
+    Spec("PixelFlipping[pixels]", "faithfulness", _pixel_flipping_pixels),
+    Spec("Deletion", "faithfulness", _rise(Deletion)),
+    Spec("Insertion", "faithfulness", _rise(Insertion)),
+    Spec("RegionPerturbation", "faithfulness", _region_perturbation),
+    Spec("Selectivity", "faithfulness", _selectivity),
+    Spec("IROF[1-channel]", "faithfulness", _irof),
+    Spec("FaithfulnessEstimate", "faithfulness", _faithfulness_estimate),
+    Spec("FaithfulnessCorrelation", "faithfulness", _faithfulness_correlation),
+    Spec("SensitivityN[morf]", "faithfulness", _sensitivity_n_morf),
+    Spec("SensitivityN[random]", "faithfulness", _sensitivity_n_random),
+    Spec("Monotonicity", "faithfulness", _monotonicity),
+    Spec("MonotonicityCorrelation", "faithfulness", _monotonicity_correlation),
+    Spec("Infidelity[patches]", "faithfulness", _infidelity_patches),
+    Spec("Infidelity[gaussian]", "faithfulness", _infidelity_gaussian),
+    Spec("ROAD[1-channel]", "faithfulness", _road_quantus),
+    Spec("ROAD", "faithfulness", _road_rgb),
+    Spec("AverageDrop", "faithfulness", _confidence(AverageDrop)),
+    Spec("AverageIncrease", "faithfulness", _confidence(AverageIncrease)),
+    Spec("AverageGain", "faithfulness", _confidence(AverageGain)),
+    Spec("Sufficiency", "faithfulness", _sufficiency),
+    Spec("FaithfulnessSuite[separate]", "faithfulness", _suite_case(False)),
+    Spec("FaithfulnessSuite[forward_cache]", "faithfulness", _suite_case(True)),
+]

@@ -1,0 +1,233 @@
+"""Robustness specs: every re-explaining metric with Saliency and Integrated Gradients as the
+explainer, ``nr_samples=10`` (Continuity: ``nr_steps=10``), on W1 and W2; plus Consistency.
+
+Both libraries get the same precomputed ``a`` (channel-summed, Quantus' layout) and the same
+explainer: ours ``evalkit.explain`` (wrapped in a :class:`~benchmarks.harness.TimedExplainer`
+for the explainer share), Quantus ``quantus.explain``; Integrated Gradients with 10 steps and
+Quantus' ``riemann_trapezoid`` rule in both. Ours gets the model as an ``evalkit.wrap_model``
+wrapper, as a user evaluating many metrics would: a user ``explain_fn`` receives the model as
+given, and ``explain()`` handed a raw module re-wraps it on every call and probes its output
+shape with a one-row forward pass each time (one extra row per chunk of the batch size: a few
+percent on W2, where a chunk holds 6 images).
+
+The floor is the bare work the metric needs: ``evalkit.explain`` on the N*K perturbed inputs
+stacked (built before timing) plus, for metrics that check predictions or read outputs
+(RIS/ROS/RRS, default ``drop_draw``), a bare forward pass of those N*K rows and the N
+unperturbed ones at the runner's batch size.
+
+Agreement: the noise draws differ between the libraries (so do the per-sample maxima); the
+table shows the median score of each over the samples finite in both (the relative stabilities
+are heavy-tailed, so means are dominated by a few samples). Continuity's translations are
+deterministic and compared exactly. LocalLipschitzEstimate and Continuity run with
+``normalise=False`` in both (Quantus' default normalisation runs over the whole batch, C1, so
+its scores would mean something else).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+import evalkit
+from evalkit.metrics import (
+    AvgSensitivity,
+    Consistency,
+    Continuity,
+    LocalLipschitzEstimate,
+    MaxSensitivity,
+    RelativeInputStability,
+    RelativeOutputStability,
+    RelativeRepresentationStability,
+)
+
+from ..harness import Agreement, Case, Context, TimedExplainer, forward_floor, max_abs_diff
+from ..workloads import Workload
+from . import Spec
+
+K = 10
+_EXPLAINERS: dict[str, dict[str, Any]] = {
+    "Saliency": {},
+    "IntegratedGradients": {"n_steps": 10, "integration_method": "riemann_trapezoid"},
+}
+#: representation layer of RRS per workload (Quantus skips nn.Sequential containers)
+_RRS_LAYER = {"W1": "fc.2", "W2": "avgpool"}
+_A_CACHE: dict[tuple[str, int, str, str], torch.Tensor] = {}
+
+
+def _attributions(w: Workload, method: str) -> torch.Tensor:
+    if method == "Saliency":
+        return w.a
+    key = (w.name, w.n, str(w.device), method)
+    if key not in _A_CACHE:
+        _A_CACHE[key] = evalkit.explain(w.model, w.x, w.y, method=method,
+                                        reduce_channels="sum", **_EXPLAINERS[method]).detach()
+    return _A_CACHE[key]
+
+
+def _median_agreement(o: Any, t: Any) -> Agreement:
+    o = np.asarray(o, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    both = np.isfinite(o) & np.isfinite(t)
+    nan_o, nan_t = int((~np.isfinite(o)).sum()), int((~np.isfinite(t)).sum())
+    if both.any():
+        text = (f"median ours {np.median(o[both]):.4g} vs Quantus {np.median(t[both]):.4g} "
+                "(different noise draws)")
+    else:
+        text = "no sample finite in both"
+    if nan_o or nan_t:
+        text += f"; NaN ours {nan_o}, Quantus {nan_t}"
+    return Agreement(None, text)
+
+
+def _floor(w: Workload, ctx: Context, method: str, forward_rows: int,
+           perturb: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[int, int], Any]:
+    """explain() on the N*K stacked perturbed inputs, plus ``forward_rows`` bare forwards."""
+
+    def make(_rows: int, _calls: int) -> Callable[[], None]:
+        stack = perturb(w.x)
+        y_stack = w.y.repeat_interleave(K)
+        fwd = forward_floor(w, forward_rows, ctx.batch_size)
+        kw = {"method": method, "reduce_channels": "sum", **_EXPLAINERS[method]}
+
+        def run() -> None:
+            evalkit.explain(w.model, stack, y_stack, **kw)
+            if fwd is not None:
+                fwd()
+
+        return run
+
+    return make
+
+
+def _noise_stack(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    def perturb(x: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        shape = (x.shape[0], K, *x.shape[1:])
+        if kind == "gaussian":
+            n = 0.1 * torch.randn(shape, generator=g)
+        elif kind == "uniform":
+            n = 0.4 * torch.rand(shape, generator=g) - 0.2
+        else:
+            n = 0.02 + 0.18 * torch.rand(shape, generator=g)
+        return (x.unsqueeze(1) + n.to(x.device)).reshape(-1, *x.shape[1:])
+
+    return perturb
+
+
+def _shift_stack(x: torch.Tensor) -> torch.Tensor:
+    from evalkit.metrics.robustness import _translate, translation_shifts
+
+    fill = x.reshape(x.shape[0], -1).amin(1).reshape(-1, 1, 1, 1)
+    shifts = translation_shifts(x.shape[-1], K)
+    return torch.stack([_translate(x, s, 3, fill) for s in shifts], 1).reshape(-1, *x.shape[1:])
+
+
+# name -> (our class, our kwargs, Quantus class name, Quantus kwargs, noise of the floor stack,
+#          whether the metric needs forward passes of the perturbed inputs)
+_METRICS: dict[str, tuple[type, dict[str, Any], str, dict[str, Any], str, bool]] = {
+    "LocalLipschitzEstimate": (LocalLipschitzEstimate, {"nr_samples": K, "normalise": False},
+                               "LocalLipschitzEstimate", {"nr_samples": K, "normalise": False},
+                               "gaussian", False),
+    "MaxSensitivity": (MaxSensitivity, {"nr_samples": K}, "MaxSensitivity",
+                       {"nr_samples": K}, "uniform", False),
+    "AvgSensitivity": (AvgSensitivity, {"nr_samples": K}, "AvgSensitivity",
+                       {"nr_samples": K}, "uniform", False),
+    "Continuity": (Continuity, {"nr_steps": K, "normalise": False}, "Continuity",
+                   {"nr_steps": K, "normalise": False}, "shift", False),
+    "RelativeInputStability": (RelativeInputStability, {"nr_samples": K},
+                               "RelativeInputStability", {"nr_samples": K}, "positive", True),
+    "RelativeOutputStability": (RelativeOutputStability, {"nr_samples": K},
+                                "RelativeOutputStability", {"nr_samples": K}, "positive", True),
+    "RelativeRepresentationStability": (RelativeRepresentationStability, {"nr_samples": K},
+                                        "RelativeRepresentationStability", {"nr_samples": K},
+                                        "positive", True),
+}
+
+
+def _spec(name: str, method: str) -> Callable[[Workload, Context], Case]:
+    cls, ours_kw, q_name, q_kw, noise, needs_forward = _METRICS[name]
+
+    def build(w: Workload, ctx: Context) -> Case:
+        kw = dict(ours_kw)
+        qkw = dict(q_kw)
+        if cls is RelativeRepresentationStability:
+            kw["layer_names"] = [_RRS_LAYER[w.name]]
+            qkw["layer_names"] = [_RRS_LAYER[w.name]]
+        metric = cls(seed=0, **kw)
+        a = _attributions(w, method)
+        te = TimedExplainer(evalkit.explain, device=ctx.device)
+        explain_kwargs = {"method": method, "reduce_channels": "sum", **_EXPLAINERS[method]}
+        # the model as an evalkit wrapper: a user explain_fn receives the model as given, and
+        # explain() re-wrapping a raw module would probe its output shape (one extra forward
+        # row) on every call, i.e. on every chunk of the batch size
+        wrapper = evalkit.wrap_model(w.model)
+
+        def ours() -> np.ndarray:
+            return metric(wrapper, w.x, w.y, a, explain_fn=te, explain_kwargs=explain_kwargs)
+
+        quantus_fn = None
+        if ctx.quantus is not None:
+            q = getattr(ctx.quantus, q_name)(disable_warnings=True, **qkw)
+            xn, yn, an = w.np("x"), w.np("y"), a.detach().cpu().numpy()
+
+            def quantus_fn() -> np.ndarray:
+                return np.asarray(q(model=w.model, x_batch=xn, y_batch=yn, a_batch=an,
+                                    explain_func=ctx.quantus.explain,
+                                    explain_func_kwargs={"method": method},
+                                    device=ctx.quantus_device, batch_size=ctx.batch_size),
+                                  dtype=np.float64)
+
+        forward_rows = w.n * K + w.n if needs_forward else 0
+        perturb = _shift_stack if noise == "shift" else _noise_stack(noise)
+        settings = f"{method}, nr_{'steps' if cls is Continuity else 'samples'}={K}"
+        if cls is RelativeRepresentationStability:
+            settings += f", layer {_RRS_LAYER[w.name]}"
+        if needs_forward:
+            settings += ", drop_draw (ours) / NaN on flip (Quantus)"
+        note = ("floor: explain() on the N*K stacked inputs"
+                + (" + forward of N*K + N rows" if needs_forward else ""))
+        if cls is Continuity:
+            agreement = lambda o, t: max_abs_diff(o, t)  # noqa: E731
+            note += "; Quantus also re-explains x (N more rows)"
+        else:
+            agreement = _median_agreement
+        return Case(ours=ours, quantus=quantus_fn, agreement=agreement,
+                    floor=_floor(w, ctx, method, forward_rows, perturb),
+                    settings=settings, note=note, explainer=te)
+
+    return build
+
+
+def _consistency(w: Workload, ctx: Context) -> Case:
+    metric = Consistency()
+    wrapper = evalkit.wrap_model(w.model)  # its output shape is probed once, not per call
+
+    def ours() -> np.ndarray:
+        return metric(wrapper, w.x, w.y, w.a)
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.Consistency(disable_warnings=True)
+        xn, yn, an = w.np("x"), w.np("y"), w.np("a")
+
+        def quantus_fn() -> np.ndarray:
+            return np.asarray(q(model=w.model, x_batch=xn, y_batch=yn, a_batch=an,
+                                device=ctx.quantus_device, batch_size=max(w.n, ctx.batch_size)),
+                              dtype=np.float64)
+
+    return Case(ours=ours, quantus=quantus_fn,
+                agreement=lambda o, t: Agreement(None, "different discretisers by design: "
+                                                 "Quantus' top_n_sign reads the first 5 "
+                                                 "entries (C10)"),
+                floor="forward", settings="Saliency a, top_n_sign (n=5)",
+                note="one forward pass of the N inputs (model given as an evalkit wrapper); "
+                     "Quantus with batch_size >= N")
+
+
+SPECS = [
+    Spec(f"{name}[{method}]", "robustness", _spec(name, method))
+    for name in _METRICS for method in _EXPLAINERS
+] + [Spec("Consistency", "robustness", _consistency)]
