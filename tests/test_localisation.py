@@ -405,16 +405,78 @@ def test_energy_pointing_game_with_boxes():
     np.testing.assert_array_equal(hwc, via_boxes)
 
 
-def test_relevance_mass_accuracy_signed_totals():
-    a = np.zeros((2, 1, 2, 2))
-    a[0, 0, 0, 0], a[0, 0, 1, 1] = 2.0, -1.0  # total 1, inside 2: ratio 2 (documented)
-    a[1, 0, 0, 0], a[1, 0, 1, 1] = 1.0, -3.0  # negative total
+def test_relevance_mass_accuracy_uses_positive_relevance():
+    """Arras et al. 2022 sum positive relevance only: R_within = sum of R_p > 0 in the mask,
+    R_total = sum of R_p > 0, so the score is a share in [0, 1] for signed maps too."""
+    a = np.zeros((4, 1, 2, 2))
+    a[0, 0, 0, 0], a[0, 0, 1, 1] = 2.0, -1.0  # signed total 1, inside 2: Quantus gives 2
+    a[1, 0, 0, 0], a[1, 0, 0, 1], a[1, 0, 1, 1] = 1.0, -5.0, 3.0  # -5 in the mask is ignored
+    a[2] = -1.0  # no positive relevance at all
+    a[3, 0, 1, 0], a[3, 0, 0, 0] = 4.0, -4.0  # signed total 0, positive mass all outside
     s = np.zeros(a.shape, bool)
-    s[:, 0, 0, 0] = True
+    s[:, 0, 0, :] = True  # the top row
     metric = RelevanceMassAccuracy()
     out = score(metric, a, s)
-    assert out[0] == 2.0 and np.isnan(out[1]) and "negative" in metric.nan_reasons_[1]
-    np.testing.assert_allclose(score(RelevanceMassAccuracy(abs=True), a, s), [2 / 3, 1 / 4])
+    np.testing.assert_array_equal(out[[0, 1, 3]], [1.0, 1 / 4, 0.0])
+    assert np.isnan(out[2]) and "no positive attribution" in metric.nan_reasons_[2]
+    # abs=True scores the magnitude |a|: 2/3, 6/9, a uniform 1/2, 4/8
+    np.testing.assert_allclose(score(RelevanceMassAccuracy(abs=True), a, s),
+                               [2 / 3, 6 / 9, 1 / 2, 1 / 2])
+
+
+def test_relevance_mass_accuracy_signed_ratio_option():
+    a = np.zeros((3, 1, 2, 2))
+    a[0, 0, 0, 0], a[0, 0, 1, 1] = 2.0, -1.0  # ratio 2: not a share
+    a[1, 0, 0, 0], a[1, 0, 1, 1] = 1.0, -3.0  # negative total
+    a[2, 0, 0, 0], a[2, 0, 1, 1] = 1.0, 3.0  # non-negative: 1/4 in both readings
+    s = np.zeros(a.shape, bool)
+    s[:, 0, 0, 0] = True
+    metric = RelevanceMassAccuracy(positive_attributions=False)
+    out = score(metric, a, s)
+    assert np.isnan(out[:2]).all() and out[2] == 0.25
+    assert "outside [0, 1]" in metric.nan_reasons_[0]
+    assert "not positive" in metric.nan_reasons_[1]
+    with pytest.raises(TypeError, match="positive_attributions"):
+        RelevanceMassAccuracy(positive_attributions="yes")
+
+
+def test_mass_scores_of_signed_channel_maps_are_shares():
+    """InputXGradient-like signed 3-channel maps (summed per pixel) on every localisation
+    metric without a chance rescaling: each score is in [0, 1], and the mass ratios equal a
+    NumPy computation of the positive-relevance definition."""
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(32, 3, 9, 9)) + rng.normal(0.3, 0.2, size=(32, 1, 1, 1))
+    s = np.zeros((32, 1, 9, 9), bool)
+    for i in range(32):
+        r, c = rng.integers(0, 5, 2)
+        s[i, 0, r : r + 4, c : c + 3] = True
+    pix = np.clip(a.sum(1), 0, None).reshape(32, -1)
+    expected = (pix * s.reshape(32, -1)).sum(1) / pix.sum(1)
+    for metric in (RelevanceMassAccuracy(), AttributionLocalisation(), EnergyPointingGame()):
+        np.testing.assert_allclose(score(metric, a, s), expected, rtol=1e-12, atol=0)
+    signed = (a.sum(1).reshape(32, -1) * s.reshape(32, -1)).sum(1) / a.sum((1, 2, 3))
+    assert ((signed > 1) | (signed < 0)).any()  # the signed ratio (Quantus) leaves [0, 1] here
+    for make in [*ALL_METRICS, lambda: RelevanceMassAccuracy(positive_attributions=False)]:
+        out = score(make(), a, s)
+        finite = out[np.isfinite(out)]
+        assert finite.size and (finite >= 0).all() and (finite <= 1).all(), make
+
+
+def test_relevance_mass_accuracy_input_x_gradient_on_a_model():
+    """End to end with a signed explainer: InputXGradient of a trained CNN, 3 channels."""
+    from evalkit.datasets import make_shapes
+    from evalkit.zoo import load_shapes_cnn
+
+    model = load_shapes_cnn()
+    data = make_shapes(6, seed=3)
+    a = ek.explain(model, data.x, data.y, method="InputXGradient")
+    assert a.shape[1] == 3 and (a < 0).any()
+    metric = RelevanceMassAccuracy()
+    out = metric(model, data.x, data.y, a, s=data.masks)
+    pix = np.clip(a.astype(np.float64).sum(1), 0, None).reshape(len(a), -1)
+    inside = (pix * data.masks.reshape(len(a), -1)).sum(1)
+    np.testing.assert_allclose(out, inside / pix.sum(1), rtol=1e-12)
+    assert ((out >= 0) & (out <= 1)).all()
 
 
 # --------------------------------------------------------------------------- rank-based

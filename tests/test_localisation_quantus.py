@@ -91,6 +91,22 @@ def test_agreement_with_signed_maps(quantus):
                                    rtol=0, atol=1e-6, err_msg=repr(mine))
 
 
+def test_relevance_mass_accuracy_on_signed_maps(quantus):
+    """Quantus divides the signed sums, so signed maps score outside [0, 1]; evalkit follows
+    Arras et al. (positive relevance only) and equals Quantus given the positive part."""
+    x, a, s = inputs(3)
+    rng = np.random.default_rng(3)
+    a = a * rng.choice([-1.0, 1.0], size=a.shape, p=[0.45, 0.55])
+    q = dict(disable_warnings=True, normalise=False)
+    theirs = quantus_scores(quantus.RelevanceMassAccuracy(**q), x, a, s)
+    assert ((theirs > 1) | (theirs < 0)).any()
+    mine = ours(RelevanceMassAccuracy(), x, a, s)
+    assert ((mine >= 0) & (mine <= 1)).all()
+    np.testing.assert_allclose(
+        mine, quantus_scores(quantus.RelevanceMassAccuracy(**q), x, np.clip(a, 0, None), s),
+        rtol=0, atol=1e-6)
+
+
 def test_agreement_on_quantus_scenarios_without_ties(quantus):
     """Quantus' all_in_gt / none_in_gt / seg_bigger fixtures (noise background, no ties)."""
     rng = np.random.default_rng(2)

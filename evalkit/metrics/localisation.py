@@ -106,7 +106,20 @@ def _positive_mass_ratio(batch: MetricBatch, a: torch.Tensor, s: torch.Tensor) -
     pos = a.clamp_min(0)
     total = pos.sum(1)
     batch.set_nan(total == 0, "no positive attribution (total positive relevance is zero)")
-    return _safe_div((pos * s).sum(1), total)
+    # a share by construction; the clamp only absorbs summation-order rounding (1 ulp)
+    return _safe_div((pos * s).sum(1), total).clamp(0.0, 1.0)
+
+
+def _signed_mass_ratio(batch: MetricBatch, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """sum_in a / sum a of signed maps, NaN with a reason where it is not a share in [0, 1]
+    (a total <= 0, or more (or less than no) relevance inside the mask than in the map)."""
+    total = a.sum(1)
+    batch.set_nan(total <= 0, "total attribution is not positive")
+    mu = _safe_div((a * s).sum(1), total)
+    batch.set_nan((total > 0) & ((mu < 0) | (mu > 1)),
+                  "inside/total ratio outside [0, 1] (signed attributions; use "
+                  "positive_attributions=True or abs=True)")
+    return mu
 
 
 def _expected_top_hits(a: torch.Tensor, s: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -290,11 +303,7 @@ class AttributionLocalisation(_LocalisationMetric):
         if self.positive_attributions:
             mu = _positive_mass_ratio(batch, a, s)
         else:
-            total = a.sum(1)
-            batch.set_nan(total <= 0, "total attribution is not positive")
-            mu = _safe_div((a * s).sum(1), total)
-            batch.set_nan((mu < 0) | (mu > 1), "inside/total ratio outside [0, 1] (signed "
-                          "attributions; use positive_attributions=True or abs=True)")
+            mu = _signed_mass_ratio(batch, a, s)
         if self.weighted:
             mu = _safe_div(mu, frac)
         return mu
@@ -305,10 +314,10 @@ class EnergyPointingGame(_LocalisationMetric):
     saliency energy inside the ground-truth mask or box, sum_in max(a, 0) / sum max(a, 0).
     **Higher is better**.
 
-    The same quantity as ``AttributionLocalisation()`` with its default
-    ``positive_attributions=True`` (landscape notes: a naming difference); provided under the
-    Score-CAM name, typically with ``boxes=`` (the paper scores bounding boxes). An all-zero (or
-    all-negative) map is NaN with a reason.
+    The same quantity as ``AttributionLocalisation()`` and ``RelevanceMassAccuracy()`` with
+    their default ``positive_attributions=True`` (landscape notes: a naming difference);
+    provided under the Score-CAM name, typically with ``boxes=`` (the paper scores bounding
+    boxes). An all-zero (or all-negative) map is NaN with a reason.
 
     Reference: H. Wang et al., "Score-CAM: Score-Weighted Visual Explanations for Convolutional
     Neural Networks", CVPR Workshops 2020.
@@ -324,12 +333,28 @@ class EnergyPointingGame(_LocalisationMetric):
 
 class RelevanceMassAccuracy(_LocalisationMetric):
     """Relevance mass accuracy (Arras et al. 2022): R_within / R_total, the share of the
-    relevance inside the mask. **Higher is better**; 1 when all relevance is in the mask.
+    *positive* relevance that lies inside the mask. **Higher is better**; in [0, 1], 1 when all
+    positive relevance is in the mask.
 
-    Computed on the attributions as preprocessed (``abs=False`` by default, as in Quantus):
-    pass non-negative maps or ``abs=True`` for the paper's reading of relevance mass; with
-    signed maps the ratio can leave [0, 1]. A total of zero, or a negative total, is NaN with a
-    reason (Quantus divides without a guard: NaN or a meaningless ratio).
+    Arras et al. define both sums over positive relevance only, R_within = sum of R_p over mask
+    pixels p with R_p > 0 and R_total = sum of R_p over all pixels with R_p > 0, so the score
+    is a share and never leaves [0, 1]. The sign is read per pixel, after the channel sum
+    (module docstring): pass ``abs=True`` (or a 1-channel pooling of your choice) to score the
+    magnitude instead, one of the channel poolings the CLEVR-XAI paper compares.
+
+    Parameters
+    ----------
+    positive_attributions:
+        ``True`` (default): the paper's positive-relevance sums. ``False``: the raw ratio
+        sum_in a / sum a of the signed map; samples where it is not a share (a total <= 0, or a
+        ratio outside [0, 1], possible only with signed maps) are NaN with a reason.
+
+    Deviation from Quantus (``quantus.RelevanceMassAccuracy`` 0.6, ``abs=False``): Quantus
+    divides the signed sums (its docstring speaks of positive attributions, its code does not
+    clip), so a signed map such as InputXGradient summed over channels can score above 1 (more
+    relevance inside the mask than in the whole map) or below 0, and a zero total gives NaN
+    from 0/0 without a reason. The two agree on non-negative maps (Saliency, ``abs=True``, CAMs
+    after their ReLU). A map without positive relevance is NaN with a reason here.
 
     Reference: L. Arras, A. Osman, W. Samek, "CLEVR-XAI: A benchmark dataset for the ground
     truth evaluation of neural network explanations", Information Fusion 81, 2022.
@@ -337,12 +362,15 @@ class RelevanceMassAccuracy(_LocalisationMetric):
 
     paper = _ARRAS
 
+    def __init__(self, positive_attributions: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.positive_attributions = check_bool("positive_attributions", positive_attributions)
+
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         a, s, _ = _scored_pair(batch)
-        total = a.sum(1)
-        batch.set_nan(total == 0, "total attribution is zero")
-        batch.set_nan(total < 0, "total attribution is negative (use abs=True)")
-        return _safe_div((a * s).sum(1), total)
+        if self.positive_attributions:
+            return _positive_mass_ratio(batch, a, s)
+        return _signed_mass_ratio(batch, a, s)
 
 
 # --------------------------------------------------------------------------- rank-based
