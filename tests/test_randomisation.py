@@ -171,14 +171,12 @@ class TestMPRTKnownAnswers:
         m2 = MPRT()
         np.testing.assert_allclose(m2(model, data.x, data.y, explain_fn=sobel), 1.0)
 
-    def test_sobel_control_if_registered(self, setup):
-        from evalkit.explain import available_methods
-
-        if "Sobel" not in available_methods():
-            pytest.skip("no Sobel control registered")
+    def test_sobel_control_keeps_similarity_one_at_every_layer(self, setup):
         model, x, y = setup
         m = MPRT()
         np.testing.assert_allclose(m(model, x, y, explain_kwargs={"method": "Sobel"}), 1.0)
+        np.testing.assert_allclose(m.layer_scores_.to_numpy(), 1.0)
+        assert len(m.layer_scores_) == len(LENET_LAYERS)
 
 
 class TestMPRTLayers:
@@ -324,7 +322,11 @@ class TestMPRTSeeding:
 
 
 class TestMPRTNormLayers:
-    def _states(self, norm_layers):
+    """What randomising a batch-norm layer means (module docstring of randomisation.py):
+    torch's reset_parameters is deterministic (weight 1, bias 0), so the default draws a
+    random weight instead."""
+
+    def _states(self, norm_layers, seed=42, order="bottom_up", **kw):
         net = bn_net()
         x = images(4, (1, 12, 12))
         y = predicted(net, x)
@@ -335,31 +337,97 @@ class TestMPRTNormLayers:
                 seen.append({k: v.clone() for k, v in m[1].state_dict().items()})
             return grad_fn(m, xs, ys)
 
-        m = MPRT(layer_order="bottom_up", norm_layers=norm_layers)
-        m(net, x, y, explain_fn=fn)
-        return net, m, seen
+        m = MPRT(layer_order=order, norm_layers=norm_layers, seed=seed, **kw)
+        scores = m(net, x, y, explain_fn=fn)
+        return net, m, seen, scores
+
+    def test_random_is_the_default_and_draws_seeded_random_weights(self):
+        assert MPRT().norm_layers == "random"
+        assert SmoothMPRT().norm_layers == "random" and EfficientMPRT().norm_layers == "random"
+        net, m, seen, _ = self._states("random", seed=1)
+        assert list(m.layer_scores_.index) == ["0", "1", "4"]
+        bn = seen[1]  # after randomising layer "1"
+        trained = net[1].state_dict()
+        assert not torch.equal(bn["weight"], trained["weight"])
+        assert not torch.equal(bn["weight"], torch.ones(4))  # not torch's constant reset
+        assert ((bn["weight"] >= 0) & (bn["weight"] < 1)).all()
+        assert torch.equal(bn["bias"], torch.zeros(4))
+        assert torch.equal(bn["running_mean"], trained["running_mean"])
+        assert torch.equal(bn["running_var"], trained["running_var"])
+        assert torch.equal(seen[2]["weight"], bn["weight"])  # the cascade keeps it randomised
+        # before the layer's step it is the trained layer
+        assert torch.equal(seen[0]["weight"], trained["weight"])
+        # same seed: same draw; another seed: another draw
+        _, _, again, _ = self._states("random", seed=1)
+        _, _, other, _ = self._states("random", seed=2)
+        assert torch.equal(again[1]["weight"], bn["weight"])
+        assert not torch.equal(other[1]["weight"], bn["weight"])
+
+    @pytest.mark.parametrize("order", ["top_down", "independent"])
+    def test_random_draw_is_the_same_in_every_order_and_skip_layers(self, order):
+        _, _, bottom_up, _ = self._states("random", seed=5)
+        _, m, seen, _ = self._states("random", seed=5, order=order)
+        step = list(m.layer_scores_.index).index("1")
+        assert torch.equal(seen[step]["weight"], bottom_up[1]["weight"])
+        _, _, last, _ = self._states("random", seed=5, order="top_down", skip_layers=True)
+        assert len(last) == 1 and torch.equal(last[0]["weight"], bottom_up[1]["weight"])
+
+    def test_skip_layers_equals_last_cascade_step_with_norm_layers(self):
+        _, full, _, _ = self._states("random", order="top_down")
+        _, _, _, skip = self._states("random", order="top_down", skip_layers=True)
+        np.testing.assert_allclose(skip, full.layer_scores_.iloc[-1].to_numpy(), atol=1e-12)
+
+    def test_random_leaves_user_model_and_global_rng_alone(self):
+        before = rng_states()
+        net, _, _, _ = self._states("random")
+        after = rng_states()
+        assert torch.equal(before[0], after[0])
+        np.testing.assert_array_equal(before[1], after[1])
+        fresh = bn_net()
+        assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in net.state_dict().items())
 
     def test_reinit_keeps_running_statistics(self):
-        net, m, seen = self._states("reinit")
+        net, m, seen, _ = self._states("reinit")
         assert list(m.layer_scores_.index) == ["0", "1", "4"]
         bn = seen[1]  # after randomising layer "1"
         assert torch.equal(bn["weight"], torch.ones(4)) and torch.equal(bn["bias"], torch.zeros(4))
         assert torch.equal(bn["running_mean"], net[1].running_mean)
         assert torch.equal(bn["running_var"], net[1].running_var)
+        _, _, other, _ = self._states("reinit", seed=7)
+        assert torch.equal(other[1]["weight"], bn["weight"])  # deterministic: seed-independent
 
     def test_reset_resets_running_statistics(self):
-        _, _, seen = self._states("reset")
+        _, _, seen, _ = self._states("reset")
+        assert torch.equal(seen[1]["weight"], torch.ones(4))
         assert torch.equal(seen[1]["running_mean"], torch.zeros(4))
         assert torch.equal(seen[1]["running_var"], torch.ones(4))
 
     def test_skip_leaves_norm_layers_out(self):
-        net, m, seen = self._states("skip")
+        net, m, seen, _ = self._states("skip")
         assert list(m.layer_scores_.index) == ["0", "4"]
         assert all(torch.equal(s["weight"], net[1].weight) for s in seen)
 
+    def test_layer_norm_gets_a_random_weight_too(self):
+        def make():
+            return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.LayerNorm(8), nn.ReLU(),
+                                 nn.Linear(8, 3))
+
+        net = seeded(make, 2)
+        x = images(3, (1, 4, 4))
+        seen = []
+
+        def fn(m, xs, ys):
+            if m is not net:
+                seen.append(m[2].weight.detach().clone())
+            return grad_fn(m, xs, ys)
+
+        MPRT(layer_order="bottom_up")(net, x, predicted(net, x), explain_fn=fn)
+        assert torch.equal(seen[0], net[2].weight)  # before its step
+        assert not torch.equal(seen[1], torch.ones(8)) and ((seen[1] >= 0) & (seen[1] < 1)).all()
+
     def test_bad_option(self):
         with pytest.raises(ValueError, match="norm_layers"):
-            MPRT(norm_layers="random")
+            MPRT(norm_layers="uniform")
 
 
 class TestMPRTUndefined:

@@ -1,4 +1,5 @@
-"""Randomisation specs: MPRT and SmoothMPRT with Saliency against Quantus.
+"""Randomisation specs: MPRT, SmoothMPRT, EfficientMPRT and RandomLogit with Saliency against
+Quantus.
 
 Both metrics are explanation-bound: the floor is the bare forward+backward (input gradient) of
 every explanation they need, at the runner's batch size:
@@ -7,11 +8,15 @@ every explanation they need, at the runner's batch size:
   default computes no self-comparison of the un-randomised model; Quantus does, +N rows);
 * SmoothMPRT with ``nr_samples`` K: the smoothed reference and every layer, (L + 1) x N x K
   rows (Quantus does the same amount of explaining, in K calls of the batch per model).
+* EfficientMPRT (``skip_layers=True``, both defaults): one explanation of the fully randomised
+  model, N rows (Quantus also re-explains the original model, +N);
+* RandomLogit: one explanation of every sample for another class, N rows.
 
 The per-layer similarities cannot agree exactly: the random weights differ (evalkit seeds each
 layer from the seed and its name; Quantus reseeds the global RNG with ``seed + 1`` before every
-layer), batch-norm layers are re-initialised differently (evalkit keeps their running
-statistics, Quantus resets them), and SmoothMPRT's noise differs. The agreement column shows the
+layer), batch-norm layers are re-initialised differently (evalkit draws random weights and
+keeps their running statistics, Quantus resets them to constants), and SmoothMPRT's noise
+differs. The agreement column shows the
 per-layer mean similarities side by side for orientation. Exact agreement with Quantus' seeding
 reproduced is a test (tests/test_randomisation.py::TestQuantusOracle).
 """
@@ -19,8 +24,9 @@ reproduced is a test (tests/test_randomisation.py::TestQuantusOracle).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from evalkit.metrics import MPRT, SmoothMPRT
+from evalkit.metrics import MPRT, EfficientMPRT, RandomLogit, SmoothMPRT
 from evalkit.models import randomisable_layers
 
 from ..harness import Agreement, Case, Context, forward_backward_floor
@@ -77,7 +83,8 @@ def _mprt(w: Workload, ctx: Context) -> Case:
         settings=f"Saliency (|grad| summed over channels), top_down cascade over {n_layers} "
                  "layers, Spearman, a given",
         note="floor: L x N bare input gradients; Quantus also re-explains the un-randomised "
-             "model (+N); weights differ (per-layer seeds, batch-norm statistics kept)",
+             "model (+N); weights differ (per-layer seeds, random batch-norm weights, statistics "
+             "kept)",
     )
 
 
@@ -115,7 +122,81 @@ def _smooth_mprt(w: Workload, ctx: Context) -> Case:
     )
 
 
+def _mean_scores_agreement(what: str):
+    def agreement(ours: np.ndarray, theirs: np.ndarray) -> Agreement:
+        o = np.asarray(ours, dtype=float)
+        t = np.asarray(theirs, dtype=float)
+        return Agreement(None, f"mean score ours {np.nanmean(o):.3g} / Quantus "
+                               f"{np.nanmean(t):.3g} ({what})")
+
+    return agreement
+
+
+def _efficient_mprt(w: Workload, ctx: Context) -> Case:
+    n_layers = len(randomisable_layers(w.model))
+    metric = EfficientMPRT()
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a, explain_kwargs=_SALIENCY)
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.EfficientMPRT(disable_warnings=True, display_progressbar=False)
+        x, y, a = w.np("x"), w.np("y"), w.np("a")
+
+        def quantus_fn() -> np.ndarray:
+            return np.asarray(q(model=w.model, x_batch=x, y_batch=y, a_batch=a.copy(),
+                                explain_func=ctx.quantus.explain,
+                                explain_func_kwargs={"method": "Saliency"},
+                                device=ctx.quantus_device, batch_size=ctx.batch_size),
+                              dtype=np.float64)
+
+    return Case(
+        ours=ours, quantus=quantus_fn,
+        agreement=_mean_scores_agreement("different random weights; Quantus re-explains the "
+                                         "original model"),
+        floor=lambda rows, calls: forward_backward_floor(w, w.n, ctx.batch_size),
+        settings=f"Saliency, skip_layers=True (fully randomised model, {n_layers} layers "
+                 "bottom_up), 100 bins",
+        note="floor: N bare input gradients (the randomised model's explanations); Quantus "
+             "also re-explains the original model (+N)",
+    )
+
+
+def _random_logit(w: Workload, ctx: Context) -> Case:
+    metric = RandomLogit()
+    with torch.inference_mode():
+        n_classes = int(w.model(w.x[:1]).shape[1])
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a, explain_kwargs=_SALIENCY)
+
+    quantus_fn = None
+    if ctx.quantus is not None:
+        q = ctx.quantus.RandomLogit(num_classes=n_classes, disable_warnings=True)
+        x, y, a = w.np("x"), w.np("y"), w.np("a")
+
+        def quantus_fn() -> np.ndarray:
+            return np.asarray(q(model=w.model, x_batch=x, y_batch=y, a_batch=a.copy(),
+                                explain_func=ctx.quantus.explain,
+                                explain_func_kwargs={"method": "Saliency"},
+                                device=ctx.quantus_device, batch_size=ctx.batch_size),
+                              dtype=np.float64)
+
+    return Case(
+        ours=ours, quantus=quantus_fn,
+        agreement=_mean_scores_agreement("the random classes differ; SSIM with a 2-D window "
+                                         "(ours) vs on the flattened maps (Quantus)"),
+        floor=lambda rows, calls: forward_backward_floor(w, w.n, ctx.batch_size),
+        settings=f"Saliency, SSIM, normalised, num_classes={n_classes} (Quantus' 1000 default "
+                 "crashes on W1, bug C11)",
+        note="floor: N bare input gradients (the other class's explanations)",
+    )
+
+
 SPECS = [
     Spec("MPRT", "randomisation", _mprt),
     Spec("SmoothMPRT", "randomisation", _smooth_mprt),
+    Spec("EfficientMPRT", "randomisation", _efficient_mprt),
+    Spec("RandomLogit", "randomisation", _random_logit),
 ]

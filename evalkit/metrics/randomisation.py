@@ -13,20 +13,25 @@ explanations of each modified copy are computed for the whole batch in chunks (n
 sample), with the metric's explain function (``explain_fn``, or :func:`evalkit.explain` with
 ``explain_kwargs``).
 
-Batch normalisation (the ``norm_layers`` option of the MPRT family)
---------------------------------------------------------------------
-``reset_parameters`` of a batch-norm layer is deterministic: weight 1, bias 0, and it also resets
-the running statistics to mean 0 and variance 1. "Randomising" such a layer the torch way (and
-Quantus' way) therefore replaces a trained normalisation by an almost-identity map
-(x / sqrt(1 + eps) in evaluation mode): a change of scale of the layer's input, the same for
-every seed, rather than destroyed learned information. evalkit's default,
-``norm_layers="reinit"``, follows Adebayo et al.'s original code instead: it re-runs the
-initialisers of the layer's *trainable* parameters only (TensorFlow's
-``initialize_variables(trainable_variables)``), so the affine parameters return to their
-initial values (1, 0) while the running statistics, which are not trained parameters, stay: the
-layer keeps normalising its inputs and only loses what it learned. The step is still
-deterministic (it carries no randomness). ``"reset"`` is torch's / Quantus' behaviour and
-``"skip"`` leaves normalisation layers trained and out of the layer list.
+Normalisation layers (the ``norm_layers`` option of the MPRT family)
+-------------------------------------------------------------------
+Adebayo et al. re-initialise each layer's weights *randomly*. Most layers' ``reset_parameters``
+draws random values, but that of a normalisation layer (batch, instance, group, layer or RMS
+norm) is deterministic: weight 1, bias 0, and for batch norm also running mean 0 and variance 1.
+"Randomising" such a layer the torch way (Quantus' way) therefore gives the same layer for every
+seed: with reset statistics an almost-identity map (x / sqrt(1 + eps) in evaluation mode), a
+change of scale rather than destroyed learned information. The options:
+
+* ``"random"`` (default): a random initialisation, seeded per layer like every other layer:
+  the affine weight is drawn from U(0, 1) (the initialiser torch used for batch-norm weights
+  before version 1.2) and the bias set to 0; the running statistics are kept, so the layer
+  still normalises its inputs and only loses its learned per-channel gain and shift, scrambled
+  by random gains.
+* ``"reinit"``: the initial values of the trainable parameters only (weight 1, bias 0), running
+  statistics kept (TensorFlow's ``initialize_variables(trainable_variables)`` in Adebayo et
+  al.'s code). Deterministic: the same for every seed.
+* ``"reset"``: torch's ``reset_parameters``, also resetting the running statistics (Quantus).
+* ``"skip"``: normalisation layers stay trained and are not in the layer list.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import _rng
+from .._rng import derive_seed
 from .._validation import check_bool, check_option, check_scalar, finite_rows
 from ..models import ModelWrapper, randomisable_layers
 from .base import Metric, MetricBatch
@@ -57,7 +63,7 @@ from .similarity import (
 __all__ = ["MPRT", "EfficientMPRT", "ModelParameterRandomisation", "RandomLogit", "SmoothMPRT"]
 
 LAYER_ORDERS = ("top_down", "bottom_up", "independent")
-NORM_LAYER_MODES = ("reinit", "reset", "skip")
+NORM_LAYER_MODES = ("random", "reinit", "reset", "skip")
 SUMMARIES = ("mean", "last")
 N_BINS_RULES = ("freedman_diaconis", "scott", "sqrt", "sturges", "rice")
 
@@ -84,6 +90,20 @@ _RULE_ALIASES = {
 
 def _is_norm_layer(module: nn.Module) -> bool:
     return isinstance(module, _NORM_TYPES)
+
+
+def _random_norm_init(module: nn.Module, seed: int) -> None:
+    """``norm_layers="random"``: affine weight ~ U(0, 1), bias 0, from a generator of the
+    layer's own (no global RNG); buffers (running statistics) are left as they are."""
+    weight = getattr(module, "weight", None)
+    bias = getattr(module, "bias", None)
+    with torch.no_grad():
+        if isinstance(weight, torch.Tensor):
+            gen = torch.Generator(device=weight.device)
+            gen.manual_seed(seed & ((1 << 63) - 1))
+            weight.uniform_(0.0, 1.0, generator=gen)
+        if isinstance(bias, torch.Tensor):
+            bias.zero_()
 
 
 def _similarity_name(func: Any) -> str:
@@ -118,7 +138,7 @@ class _ModelRandomisation(Metric):
         *,
         layer_order: str = "top_down",
         layer_names: list[str] | None = None,
-        norm_layers: str = "reinit",
+        norm_layers: str = "random",
         seed: int | torch.Generator | None = 42,
         **kwargs: Any,
     ) -> None:
@@ -166,15 +186,28 @@ class _ModelRandomisation(Metric):
     ) -> Iterator[tuple[str, ModelWrapper]]:
         """``(layer, copy)`` in the metric's order; ``only_last`` yields only the final step
         (the fully randomised model of a cascade), built directly."""
-        keep = self.norm_layers == "reinit"
+        keep = self.norm_layers in ("random", "reinit")
         if only_last:
             last = self._ordered(names)[-1]
             with model.randomised(names, seed=seed, keep_buffers=keep) as copy:
+                self._randomise_norm_layers(copy, names, seed)
                 yield last, _same_shapes(copy, model)
             return
         for name, copy in model.randomise_layers(self.layer_order, seed=seed, layer_names=names,
                                                  keep_buffers=keep):
+            # the copies of a cascade share one module, so a layer drawn here stays drawn
+            self._randomise_norm_layers(copy, [name], seed)
             yield name, _same_shapes(copy, model)
+
+    def _randomise_norm_layers(self, copy: ModelWrapper, names: list[str], seed: int) -> None:
+        """Give the normalisation layers among ``names`` of the copy their random
+        initialisation (``norm_layers="random"``), each from a seed of its own name."""
+        if self.norm_layers != "random":
+            return
+        modules = dict(copy.model.named_modules())
+        for name in names:
+            if _is_norm_layer(modules[name]):
+                _random_norm_init(modules[name], derive_seed(seed, "norm_layer", name))
 
     def _progress(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
@@ -237,10 +270,12 @@ class MPRT(_ModelRandomisation):
     layer_names:
         Randomise only these layers (names from ``model.named_modules()``), in the order.
     norm_layers:
-        What randomising a normalisation layer means: ``"reinit"`` (default; its parameters
-        back to their initial values, running statistics kept, as in Adebayo et al.'s code),
+        What randomising a normalisation layer means: ``"random"`` (default; a seeded random
+        affine weight U(0, 1) and bias 0, running statistics kept), ``"reinit"`` (the initial
+        values 1 and 0, running statistics kept, as in Adebayo et al.'s code; deterministic),
         ``"reset"`` (torch's ``reset_parameters``, also resetting the running statistics; what
-        Quantus does), ``"skip"`` (never randomised, not listed). See the module docstring.
+        Quantus does; deterministic), ``"skip"`` (never randomised, not listed). See the module
+        docstring.
     include_original:
         Also compare ``a`` with a fresh explanation of the unmodified model, reported as the
         row ``"original"`` of ``layer_scores_`` (a check of the explainer's determinism, never
@@ -256,8 +291,9 @@ class MPRT(_ModelRandomisation):
     * each layer gets its own seed (from ``seed`` and its name) in a forked RNG; Quantus calls
       ``torch.manual_seed(seed + 1)`` before every layer (the same seed for all layers) and
       leaves the global RNG reseeded (bug C22);
-    * normalisation layers are re-initialised without resetting their running statistics
-      (``norm_layers="reinit"``; ``"reset"`` gives Quantus' behaviour);
+    * normalisation layers get a random initialisation and keep their running statistics
+      (``norm_layers="random"``; Quantus' ``reset_parameters`` gives every seed the same
+      identity-like layer; ``"reset"`` reproduces it);
     * a layer is a module that owns parameters (Quantus: any module with ``reset_parameters``;
       the same for standard layers);
     * normalisation and ``abs`` are per sample (Quantus normalises ``a`` by the maximum over
@@ -281,7 +317,7 @@ class MPRT(_ModelRandomisation):
         summary: str = "mean",
         skip_layers: bool = False,
         layer_names: list[str] | None = None,
-        norm_layers: str = "reinit",
+        norm_layers: str = "random",
         include_original: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -665,7 +701,7 @@ class EfficientMPRT(_ModelRandomisation):
         skip_layers: bool = True,
         compute_extra_scores: bool = False,
         layer_names: list[str] | None = None,
-        norm_layers: str = "reinit",
+        norm_layers: str = "random",
         **kwargs: Any,
     ) -> None:
         legacy = kwargs.pop("complexity_func_kwargs", None)
