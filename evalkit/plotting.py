@@ -10,7 +10,11 @@ figure state, any backend): save it with ``fig.savefig(path)``; notebooks displa
 * :func:`plot_distributions`: per-sample scores (violins or boxes);
 * :func:`plot_curves`: mean removal/insertion curves with their spread across samples;
 * :func:`plot_explanations`: explanations overlaid on their inputs with each method's score
-  printed on the map (the benchmark figure of pytorch-grad-cam's CAM metrics tutorial).
+  printed on the map (the benchmark figure of pytorch-grad-cam's CAM metrics tutorial);
+* :func:`plot_rank_frequency`: how often each method takes each rank across many settings
+  (e.g. a metric's parameterisations), from :func:`rank_frequencies`, next to the ideal of a
+  method that always takes the same rank (the parameter-sensitivity figure of the Quantus
+  tutorial).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     from matplotlib.figure import Figure
 
     from .leaderboard import Leaderboard
@@ -34,6 +39,8 @@ __all__ = [
     "plot_distributions",
     "plot_explanations",
     "plot_radar",
+    "plot_rank_frequency",
+    "rank_frequencies",
 ]
 
 _KINDS = ("radar", "bars", "distributions", "violin", "box", "curves", "explanations")
@@ -413,3 +420,140 @@ def plot_explanations(
     if results is not None:
         fig.suptitle(f"{metric} {_arrow(results, metric)} per sample", fontsize="medium")
     return fig
+
+
+# ---------------------------------------------------------------------- rank frequencies
+def _score_table(scores: Any) -> tuple[np.ndarray, list[str]]:
+    """(settings, methods) float array and the method names from a DataFrame (columns are the
+    methods), a mapping ``{method: values}`` or a 2-D array (methods named M1, M2, ...)."""
+    import pandas as pd
+
+    if isinstance(scores, pd.DataFrame):
+        names = [str(c) for c in scores.columns]
+        values = scores.to_numpy(dtype=np.float64)
+    elif isinstance(scores, Mapping):
+        names = [str(k) for k in scores]
+        columns = [np.asarray(v, dtype=np.float64).reshape(-1) for v in scores.values()]
+        if len({c.shape[0] for c in columns}) > 1:
+            raise ValueError("`scores` maps every method to the same number of settings; got "
+                             f"lengths {[c.shape[0] for c in columns]}.")
+        values = np.stack(columns, 1) if columns else np.empty((0, 0))
+    else:
+        values = np.asarray(scores, dtype=np.float64)
+        if values.ndim != 2:
+            raise ValueError("`scores` must be a DataFrame (settings x methods), a dict "
+                             f"{{method: values}} or a 2-D array; got shape {values.shape}.")
+        names = [f"M{j + 1}" for j in range(values.shape[1])]
+    if values.ndim != 2 or values.shape[1] < 2:
+        raise ValueError(f"`scores` needs at least two methods (columns); got shape "
+                         f"{values.shape}.")
+    return values, names
+
+
+def rank_frequencies(scores: Any, higher_is_better: bool = True) -> pd.DataFrame:
+    """How often each method takes each rank, over the rows of ``scores``.
+
+    Parameters
+    ----------
+    scores:
+        One row per setting (a metric's parameterisation, a metric, a sample, ...) and one
+        column per method: a ``DataFrame`` (e.g. ``results.summary(wide=True).T`` of an
+        evaluation whose metrics are the parameterisations), ``{method: values}`` or a 2-D
+        array.
+    higher_is_better:
+        The scores' direction: rank 1 is the best method of a row.
+
+    Returns
+    -------
+    ``DataFrame`` methods x ranks ``1..M``: the fraction of rows in which the method takes each
+    rank (each row of the frame sums to 1). Tied methods share the places of their tie: two
+    methods tied for first each count half a first and half a second place. Rows with a
+    non-finite score are left out; ``attrs`` records ``n_settings`` (rows used) and
+    ``n_dropped``.
+    """
+    import pandas as pd
+
+    values, names = _score_table(scores)
+    finite = np.isfinite(values).all(1)
+    kept = values[finite]
+    if kept.shape[0] == 0:
+        raise ValueError("No row of `scores` is finite for every method; nothing to rank.")
+    from scipy.stats import rankdata
+
+    key = -kept if higher_is_better else kept
+    lo = rankdata(key, axis=1, method="min")  # (R, M) first place of each tie block
+    hi = rankdata(key, axis=1, method="max")  # last place
+    places = np.arange(1, len(names) + 1)
+    inside = (places >= lo[..., None]) & (places <= hi[..., None])  # (R, M, places)
+    share = inside / (hi - lo + 1)[..., None]
+    frame = pd.DataFrame(share.mean(0), index=pd.Index(names, name="method"),
+                         columns=pd.Index(places, name="rank"))
+    frame.attrs["n_settings"] = int(kept.shape[0])
+    frame.attrs["n_dropped"] = int((~finite).sum())
+    return frame
+
+
+def plot_rank_frequency(
+    scores: Any,
+    higher_is_better: bool = True,
+    *,
+    reference: bool = True,
+    title: str | None = None,
+    xlabel: str | None = None,
+) -> Figure:
+    """Stacked bars, one per method: the share of settings in which it takes rank 1 (best,
+    bottom), 2, ... (from :func:`rank_frequencies`, same arguments).
+
+    With ``reference=True`` the bars are preceded by the ideal, one reference method per rank
+    that takes it in every setting ("expectation"), as in the parameter-sensitivity figure of
+    the Quantus tutorial: a metric whose ranking does not depend on its parameters would give
+    bars like these.
+    """
+    from matplotlib.ticker import PercentFormatter
+
+    freq = rank_frequencies(scores, higher_is_better)
+    names = list(freq.index)
+    m = len(names)
+    labels = names
+    table = freq.to_numpy()
+    if reference:
+        ideal = [chr(ord("A") + j) if j < 26 else f"R{j + 1}" for j in range(m)]
+        labels = ideal + names
+        table = np.vstack([np.eye(m), table])
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    colours = [cmap(j / max(1, m - 1)) for j in range(m)]
+    fig = _figure(max(4.5, 0.55 * len(labels) + 2.0), 4.2)
+    ax = fig.add_subplot()
+    pos = np.arange(len(labels))
+    bottom = np.zeros(len(labels))
+    for r in range(m):
+        ax.bar(pos, 100 * table[:, r], bottom=100 * bottom, color=colours[r], width=0.65,
+               edgecolor="white", linewidth=0.5, label=_ordinal(r + 1))
+        bottom += table[:, r]
+    if reference:
+        ax.axvline(m - 0.5, color="black", linewidth=1.0)
+    ax.set_xticks(pos)
+    ax.set_xticklabels(labels, rotation=30 if max(map(len, labels)) > 4 else 0,
+                       ha="right" if max(map(len, labels)) > 4 else "center")
+    ax.set_ylim(0, 100)
+    ax.yaxis.set_major_formatter(PercentFormatter())
+    ax.set_ylabel("share of settings at each rank")
+    n_text = f"{freq.attrs['n_settings']} settings"
+    if freq.attrs["n_dropped"]:
+        n_text += f", {freq.attrs['n_dropped']} with undefined scores left out"
+    default_x = ("expectation | reality" if reference else "method") + f" ({n_text})"
+    ax.set_xlabel(xlabel or default_x)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    fig.legend(loc="outside right upper", title="rank (1 = best)", fontsize="small",
+               frameon=False)
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def _ordinal(k: int) -> str:
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
