@@ -117,6 +117,40 @@ class TestCompleteness:
         with pytest.raises(ValueError):
             Completeness(rtol=-1)
 
+    def test_absolute_and_relative_tolerance_known_answers(self):
+        """On a linear model with a zero baseline, a = W_y * x is complete; an offset e added to
+        one element gives the residual |e|: it passes iff |e| <= atol + rtol * |f(x) - f(0)|."""
+        model = linear_model()
+        x = images(4, (1, 3, 4)) + 0.5
+        y = predicted(model, x)
+        w = model[1].weight.detach()[y].reshape(4, 1, 3, 4)
+        delta = (x * w).reshape(4, -1).sum(1).double()
+        exact = (x * w).double()
+        frac = torch.tensor([0.05, 0.15, -0.05, -0.15], dtype=torch.float64)
+        a = exact.clone()
+        a[:, 0, 0, 0] += frac * delta.abs()  # residuals 5 % and 15 % of |delta|
+        rel = Completeness(perturb_baseline="zero", rtol=0.1, atol=0.0)
+        np.testing.assert_array_equal(rel(model, x, y, a), [1.0, 0.0, 1.0, 0.0])
+        np.testing.assert_allclose(rel.residuals_, (frac * delta).abs().numpy(), rtol=1e-5)
+        np.testing.assert_allclose(rel.output_differences_, delta.numpy(), rtol=1e-5)
+        b = exact.clone()
+        b[:, 0, 0, 0] += torch.tensor([0.09, 0.11, -0.09, -0.11], dtype=torch.float64)
+        absolute = Completeness(perturb_baseline="zero", rtol=0.0, atol=0.1)
+        np.testing.assert_array_equal(absolute(model, x, y, b), [1.0, 0.0, 1.0, 0.0])
+        both = Completeness(perturb_baseline="zero", rtol=0.1, atol=0.1)
+        assert both(model, x, y, b).tolist() == [1.0, 1.0, 1.0, 1.0]
+        # the residual mode returns |e|, and its direction flips (lower is better)
+        res = Completeness(perturb_baseline="zero", return_residual=True)
+        np.testing.assert_allclose(res(model, x, y, b), [0.09, 0.11, 0.09, 0.11], rtol=1e-4)
+        assert res.higher_is_better is False and Completeness().higher_is_better is True
+        assert Completeness.higher_is_better is True
+        # a NaN attribution row is NaN with a reason, the others unaffected
+        b[2, 0, 1, 1] = float("nan")
+        m = Completeness(perturb_baseline="zero", rtol=0.0, atol=0.1, disable_warnings=True)
+        out = m(model, x, y, b)
+        assert np.isnan(out[2]) and "NaN" in m.nan_reasons_[2]
+        np.testing.assert_array_equal(out[[0, 1, 3]], [1.0, 0.0, 0.0])
+
     def test_normalise_warns_and_default_is_off(self):
         assert not Completeness().normalise and not Completeness().abs
         with pytest.warns(EvalkitWarning, match="normalised"):
@@ -400,6 +434,7 @@ class TestInputInvariance:
         model, x, y = data
         state = {k: v.clone() for k, v in model.state_dict().items()}
         m = InputInvariance(return_residual=True)
+        assert m.higher_is_better is False and InputInvariance().higher_is_better is True
         r = m(model, x, y, explain_kwargs={"method": "InputXGradient"})
         np.testing.assert_allclose(r, m.residuals_)
         assert (r > 0.05).all()

@@ -516,6 +516,23 @@ class TestMPRTSimilarities:
         fixed = MPRT(similarity_func=func)(model, x, y, explain_fn=fixed_fn)
         np.testing.assert_allclose(fixed, 0.0 if func == "mse" else 1.0, atol=1e-9)
 
+    def test_direction_follows_the_similarity_kind(self, setup):
+        """A distance grows as the explanations differ: higher is then better, for the
+        instance (class metadata unchanged); a faithful explainer scores above the control."""
+        model, x, y = setup
+        assert MPRT.higher_is_better is False and RandomLogit.higher_is_better is False
+        for func, hib in [("spearman", False), ("ssim", False), ("mse", True),
+                          ("euclidean", True), (lambda a, b: spearman(a, b), False)]:
+            assert MPRT(similarity_func=func).higher_is_better is hib
+            assert RandomLogit(similarity_func=func).higher_is_better is hib
+            assert SmoothMPRT(similarity_func=func).higher_is_better is hib
+        m = MPRT(similarity_func="mse")
+        assert m.set_params(similarity_func="spearman").higher_is_better is False
+        assert m.clone().higher_is_better is True
+        faithful = MPRT(similarity_func="mse", normalise=True)(model, x, y, explain_fn=grad_fn)
+        control = MPRT(similarity_func="mse", normalise=True)(model, x, y, explain_fn=fixed_fn)
+        assert (faithful > control).all()
+
     def test_custom_callable_and_errors(self, setup):
         model, x, y = setup
         m = MPRT(similarity_func=lambda a, b: (a - b).abs().reshape(len(a), -1).amax(1))

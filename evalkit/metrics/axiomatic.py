@@ -71,7 +71,8 @@ class Completeness(Metric):
         Relative (to |f(x) - f(x')|) and absolute tolerance. The default ``rtol=0.05`` is the
         5% criterion Sundararajan et al. give for choosing the number of integration steps.
     return_residual:
-        Return |sum(a) - output_func(f(x) - f(x'))| instead of the pass/fail value.
+        Return |sum(a) - output_func(f(x) - f(x'))| instead of the pass/fail value; the
+        instance's ``higher_is_better`` is then False.
 
     Reference: M. Sundararajan, A. Taly, Q. Yan, "Axiomatic Attribution for Deep Networks",
     ICML 2017.
@@ -108,6 +109,9 @@ class Completeness(Metric):
         self.rtol = check_scalar("rtol", rtol, (int, float), min_val=0)
         self.atol = check_scalar("atol", atol, (int, float), min_val=0)
         self.return_residual = check_bool("return_residual", return_residual)
+        # a residual is an error: the direction of this instance flips (metaeval and anyone
+        # reading ``metric.higher_is_better`` rank by it)
+        self.higher_is_better = not self.return_residual
         self.residuals_: np.ndarray | None = None
         self.output_differences_: np.ndarray | None = None
         self.attribution_sums_: np.ndarray | None = None
@@ -337,6 +341,9 @@ class InputInvariance(Metric):
         self.rtol = check_scalar("rtol", rtol, (int, float), min_val=0)
         self.atol = check_scalar("atol", atol, (int, float), min_val=0)
         self.return_residual = check_bool("return_residual", return_residual)
+        # a residual is an error: the direction of this instance flips (metaeval and anyone
+        # reading ``metric.higher_is_better`` rank by it)
+        self.higher_is_better = not self.return_residual
         self.first_layer_: str | None = None
         self.compensation_: str | None = None
         self.residuals_: np.ndarray | None = None

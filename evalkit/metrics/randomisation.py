@@ -106,6 +106,18 @@ def _random_norm_init(module: nn.Module, seed: int) -> None:
             bias.zero_()
 
 
+def _lower_is_better(similarity_func: Any) -> bool:
+    """Direction of a score that is ``similarity_func`` of two explanations which should
+    differ: lower is better for a similarity, higher for a registered distance (``"mse"``,
+    ``"euclidean"``...). A callable is taken to be a similarity."""
+    if isinstance(similarity_func, str):
+        try:
+            return similarity_info(similarity_func).kind != "distance"
+        except ValueError:
+            return True
+    return True
+
+
 def _similarity_name(func: Any) -> str:
     if isinstance(func, str):
         try:
@@ -257,7 +269,8 @@ class MPRT(_ModelRandomisation):
     similarity_func:
         A registered name (``"spearman"``, ``"pearson"``, ``"ssim"``, ``"hog"``, ``"cosine"``,
         ``"mse"``...; see :mod:`evalkit.metrics.similarity`) or ``f(a, b) -> (N,)`` on
-        (N, ...) float64 tensors. With a distance (``"mse"``), *higher* means less similar.
+        (N, ...) float64 tensors. With a registered distance (``"mse"``, ``"euclidean"``...)
+        *higher* means less similar, and the instance's ``higher_is_better`` is True.
     layer_order:
         ``"top_down"``, ``"bottom_up"`` or ``"independent"``.
     summary:
@@ -334,6 +347,9 @@ class MPRT(_ModelRandomisation):
                          norm_layers=norm_layers, seed=seed, **kwargs)
         self.similarity_func = similarity_func
         get_similarity(similarity_func)
+        # with a distance, explanations that differ more score higher: this instance's
+        # direction flips (metaeval and anyone reading ``metric.higher_is_better`` rank by it)
+        self.higher_is_better = not _lower_is_better(similarity_func)
         self.summary = check_option("summary", summary, SUMMARIES)
         self.skip_layers = check_bool("skip_layers", skip_layers)
         if self.skip_layers and self.layer_order == "independent":
@@ -815,7 +831,8 @@ class RandomLogit(Metric):
 
     Explains each sample again for a random *other* class y' != y and compares that map with
     the explanation of y by ``similarity_func`` (SSIM by default). A class-sensitive explanation
-    changes with the class: low similarity is good.
+    changes with the class: low similarity is good (with a registered distance such as
+    ``"mse"`` high is good, and the instance's ``higher_is_better`` says so).
 
     The number of classes comes from the model's output (Quantus defaults to
     ``num_classes=1000`` and crashes on smaller models, bug C11); ``num_classes`` is accepted
@@ -852,6 +869,9 @@ class RandomLogit(Metric):
         super().__init__(seed=seed, **kwargs)
         self.similarity_func = similarity_func
         get_similarity(similarity_func)
+        # with a distance, explanations that differ more score higher: this instance's
+        # direction flips (metaeval and anyone reading ``metric.higher_is_better`` rank by it)
+        self.higher_is_better = not _lower_is_better(similarity_func)
         if num_classes is not None:
             num_classes = check_scalar("num_classes", num_classes, int, min_val=2)
         self.num_classes = num_classes
