@@ -28,7 +28,9 @@ How it runs
 * **Errors stay in their cell**: a (method, metric) that raises is recorded in
   ``Results.errors`` with its traceback, and the run goes on.
 * **Seeds**: each metric runs with a seed derived from ``seed`` and the metric's name (never
-  from a global RNG), so results do not depend on the order of the metrics; stochastic
+  from a global RNG), so results do not depend on the order of the metrics; metrics with a
+  ``seed_scope()`` (robustness metrics: their perturbation settings) get one derived from that
+  scope instead, so those with the same settings perturb alike and share explanations; stochastic
   registered explainers (``Random``, ``GradientShap``, ...) given no ``seed`` get one derived
   from ``seed`` and the method's name.
 
@@ -185,6 +187,15 @@ def _method_seed(seed: int, name: str) -> int:
 
 def _metric_seed(seed: int, name: str) -> int:
     return _rng.derive_seed(seed, "metric", name) & _SEED_MASK
+
+
+def _seed_label(name: str, metric: Metric) -> str:
+    """The metric's name, or its ``seed_scope()`` where it has one: metrics with the same scope
+    (robustness metrics with the same perturbation settings) get the same seed, so they draw
+    the same perturbations and share their explanations through the unit's forward cache."""
+    scope = getattr(metric, "seed_scope", None)
+    label = scope() if callable(scope) else None
+    return name if label is None else f"scope:{label}"
 
 
 def _resolve_method(
@@ -400,7 +411,8 @@ class Evaluation:
             self.s = st
         self.numpy_in = is_numpy_like(x)
 
-        self.seeds = {name: _metric_seed(self.seed, name) for name in self.metrics}
+        self.seeds = {name: _metric_seed(self.seed, _seed_label(name, m))
+                      for name, m in self.metrics.items()}
         self.run_metrics = {name: _run_metric_clone(m, self.seeds[name])
                             for name, m in self.metrics.items()}
         self.methods: dict[str, _Method] = {
@@ -774,8 +786,9 @@ def evaluate(
         An explain function used for dict specs instead of :func:`evalkit.explain`; it is
         called as ``explain_fn(model, x, y, method=<name>, **spec)`` (Quantus' convention).
     seed:
-        Every metric runs with ``derive_seed(seed, metric name)`` (recorded in
-        ``Results.seeds``); ``None`` draws fresh entropy once (recorded in ``Results.seed``).
+        Every metric runs with ``derive_seed(seed, metric name)``, or with one derived from its
+        ``seed_scope()`` where it has one (recorded in ``Results.seeds``); ``None`` draws fresh
+        entropy once (recorded in ``Results.seed``).
     batch_size:
         Inputs per forward/explain call (default: from a memory budget). Does not change
         results.
