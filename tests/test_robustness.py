@@ -752,6 +752,49 @@ class TestSharing:
             assert wrapper.counter.rows == before  # no explanation, no forward pass
             assert explanation_cache(cache).stats().hits == 3
 
+    def test_metrics_of_different_classes_share_the_same_perturbations(self):
+        x, y = cnn_data(4)
+        a = ek.explain(CNN, x, y, method="Saliency")
+        counter = CountingExplain()
+        with forward_cache():
+            MaxSensitivity(nr_samples=5, seed=3)(CNN, x, y, a, explain_fn=counter)
+            LocalLipschitzEstimate(nr_samples=5, seed=3, perturb_func="uniform",
+                                   lower_bound=0.2)(CNN, x, y, a, explain_fn=counter)
+            assert counter.rows == 20
+            # Continuity with Gaussian noise draws what LocalLipschitzEstimate draws
+            LocalLipschitzEstimate(nr_samples=5, seed=3)(CNN, x, y, a, explain_fn=counter)
+            Continuity(nr_steps=5, perturb_func="gaussian", seed=3)(CNN, x, y, a,
+                                                                     explain_fn=counter)
+            assert counter.rows == 40
+        assert MaxSensitivity(nr_samples=5).seed_scope() == LocalLipschitzEstimate(
+            nr_samples=5, perturb_func="uniform", lower_bound=0.2).seed_scope()
+        assert Continuity(nr_steps=5, perturb_func="gaussian").seed_scope() == \
+            LocalLipschitzEstimate(nr_samples=5).seed_scope()
+        assert MaxSensitivity(nr_samples=5).seed_scope() != MaxSensitivity(
+            nr_samples=6).seed_scope()
+        assert Continuity(perturb_func=lambda xs, step: xs).seed_scope() is None
+
+    def test_evaluate_shares_between_metrics_with_the_same_settings(self):
+        """evaluate() gives metrics with the same perturbation settings the same seed (derived
+        from their seed_scope, not their names), so they explain the perturbed inputs once."""
+        x, y = cnn_data(4)
+        counter = CountingExplain()
+        metrics = {"Max": MaxSensitivity(nr_samples=5), "Avg": AvgSensitivity(nr_samples=5),
+                   "LLE": LocalLipschitzEstimate(nr_samples=5, perturb_func="uniform",
+                                                 lower_bound=0.2),
+                   "Max0.1": MaxSensitivity(nr_samples=5, lower_bound=0.1)}
+        r = ek.evaluate(metrics, {"Sal": counter}, CNN, x, y, seed=0, progress=False)
+        # 4 rows for the method's own explanations, 20 shared by Max/Avg/LLE, 20 for Max0.1
+        assert counter.rows == 4 + 20 + 20
+        assert r.seeds["Max"] == r.seeds["Avg"] == r.seeds["LLE"] != r.seeds["Max0.1"]
+        for name, metric in metrics.items():
+            alone = metric.set_params(seed=r.seeds[name])(CNN, x, y, explain_fn=counter)
+            np.testing.assert_allclose(r["Sal", name], alone, rtol=1e-12, err_msg=name)
+        # the same seeds whatever the names and order of the metrics
+        r2 = ek.evaluate({"b": AvgSensitivity(nr_samples=5), "a": MaxSensitivity(nr_samples=5)},
+                         {"Sal": counter}, CNN, x, y, seed=0, progress=False)
+        assert r2.seeds["a"] == r2.seeds["b"] == r.seeds["Max"]
+
     def test_cache_eviction_budget(self):
         x, y = cnn_data(4)
         with forward_cache() as cache:

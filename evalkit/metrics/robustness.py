@@ -150,13 +150,17 @@ class _Draws:
     spec: bytes | None
 
 
+def _noise_spec(noise: Noise, k: int) -> str:
+    return f"noise|{noise!r}|{k}|{_NOISE_STREAM}"
+
+
 def _noise_draws(noise: Noise, k: int) -> _Draws:
     def make(x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         # one stream per sample, the sample's whole (K, ...) block at once
         n = noise.sample(_rng.combine(keys, _NOISE_STREAM), (k, *x.shape[1:]), x.dtype)
         return x.unsqueeze(1) + n.to(x.device)
 
-    return _Draws(k, make, f"noise|{noise!r}|{k}|{_NOISE_STREAM}".encode())
+    return _Draws(k, make, _noise_spec(noise, k).encode())
 
 
 def translation_shifts(length: int, nr_steps: int) -> list[int]:
@@ -353,6 +357,18 @@ class _PerturbationRobustness(Metric):
         self.draw_scores_: np.ndarray | None = None
         self.prediction_changed_: np.ndarray | None = None
 
+    def seed_scope(self) -> str | None:
+        """What the random perturbations depend on besides the seed, or None.
+
+        Metrics with equal scopes draw identical perturbations from the same seed.
+        :func:`evalkit.evaluate` therefore derives their seed from the scope rather than from
+        the metric's name: robustness metrics with the same perturbation settings in one
+        evaluation perturb identically and share the explanations of the perturbed inputs
+        (through the forward cache each unit runs in), instead of each explaining its own
+        N x K copies.
+        """
+        return None
+
     # ---- hooks
     def _draws(self, batch: MetricBatch) -> _Draws:
         raise NotImplementedError
@@ -540,6 +556,9 @@ class _NoiseRobustness(_PerturbationRobustness):
 
     def _draws(self, batch: MetricBatch) -> _Draws:
         return _noise_draws(self.noise_, self.nr_samples)
+
+    def seed_scope(self) -> str | None:
+        return _noise_spec(self.noise_, self.nr_samples)
 
 
 _RELATIVE_DOC = """
@@ -826,6 +845,16 @@ class Continuity(_PerturbationRobustness):
         if self._noise is not None:
             return _noise_draws(self._noise, self.nr_steps)
         return _callable_draws(self.perturb_func, self.nr_steps)
+
+    def seed_scope(self) -> str | None:
+        if self.perturb_func in ("translation_x", "translation_y"):
+            # deterministic unless the baseline is random; array baselines have no short name
+            if isinstance(self._baseline.kind, np.ndarray | torch.Tensor):
+                return None
+            return f"translation|{self.perturb_func}|{self.nr_steps}|{self._baseline!r}"
+        if self._noise is not None:
+            return _noise_spec(self._noise, self.nr_steps)  # the same draws as the noise metrics
+        return None
 
     def _undefined_reason(self) -> str:
         return "no perturbation changed the input (||x - x'|| = 0)"
