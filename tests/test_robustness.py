@@ -567,13 +567,24 @@ class TestPredictionChange:
 
 # ============================================================================ seeding / batching
 class TestBatchIndependence:
-    @pytest.mark.parametrize("cls", NOISE_METRICS)
-    def test_alone_in_batch_permuted_and_batch_sizes(self, cls):
+    @pytest.mark.parametrize("make", [
+        *[lambda cls=cls: cls(nr_samples=6, seed=11) for cls in NOISE_METRICS],
+        lambda: RelativeRepresentationStability(nr_samples=6, seed=11, layer_names=["relu"]),
+        # draws 0, 1, 5, 4, 1 of 6 flip per sample
+        lambda: MaxSensitivity(nr_samples=6, seed=11, lower_bound=0.3,
+                               on_prediction_change="drop_draw"),
+        lambda: Continuity(nr_steps=6, perturb_func="gaussian", seed=11),
+        lambda: Continuity(nr_steps=6, perturb_baseline="uniform", seed=11),  # random fill
+    ], ids=[*[c.__name__ for c in NOISE_METRICS], "RRS", "MaxSensitivity-drop_draw",
+            "Continuity-gaussian", "Continuity-uniform-fill"])
+    def test_alone_in_batch_permuted_and_batch_sizes(self, make):
         x, y = cnn_data(5)
         a = ek.explain(CNN, x, y, method="Saliency")
-        m = cls(nr_samples=6, seed=11)
+        m = make()
         ref = m(CNN, x, y, a)
         ref_draws = m.draw_scores_.copy()
+        ref_changed = m.prediction_changed_
+        assert np.isfinite(ref).all()
         alone = m(CNN, x[2:3], y[2:3], a[2:3])
         np.testing.assert_allclose(alone, ref[2:3], rtol=1e-5)
         perm = torch.tensor([4, 2, 0, 3, 1])
@@ -583,6 +594,8 @@ class TestBatchIndependence:
         np.testing.assert_allclose(m(CNN, x, y, a, batch_size=7, stack_budget=1), ref,
                                    rtol=1e-5)
         np.testing.assert_allclose(m.draw_scores_, ref_draws, rtol=1e-5)
+        if ref_changed is not None:
+            np.testing.assert_array_equal(m.prediction_changed_, ref_changed)
 
     def test_perturbed_inputs_are_bit_identical(self):
         x, y = cnn_data(4)
@@ -646,6 +659,16 @@ class TestExplainBatching:
         counter = CountingExplain()
         MaxSensitivity(nr_samples=10, seed=0)(CNN, x, y, a, explain_fn=counter, batch_size=16)
         assert counter.calls == 4 and counter.rows == 60  # 16 + 16 + 16 + 12 rows
+
+    def test_default_chunks_follow_the_memory_budget(self):
+        """Without a batch size, the N*K stack is explained in chunks of the size the wrapper
+        picks from its input-memory budget: a few large calls, never one per draw or sample."""
+        x, y = cnn_data(60)
+        size = ek.wrap_model(CNN).resolve_batch_size(x)
+        counter = CountingExplain(identity_explain)
+        MaxSensitivity(nr_samples=10, seed=0)(CNN, x, y, x, explain_fn=counter)
+        assert counter.rows == 600 and counter.calls == math.ceil(600 / size)
+        assert max(len(t) for t in counter.inputs) == min(size, 600)
 
     def test_memory_budget_chunks_samples(self):
         x, y = cnn_data(6)

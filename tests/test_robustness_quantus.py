@@ -245,3 +245,54 @@ def test_quantus_nan_propagation_vs_drop_draw(quantus):
                  explain_kwargs=kw)
     flipped_some = m.prediction_changed_.any(1) & ~m.prediction_changed_.all(1)
     assert flipped_some.any() and np.isfinite(ours[flipped_some]).all()
+
+
+def _square_np(model, inputs, targets, **kw):
+    return np.asarray(inputs, dtype=np.float32) ** 2
+
+
+@pytest.mark.parametrize("name", ["LocalLipschitzEstimate", "MaxSensitivity", "AvgSensitivity",
+                                  "RelativeInputStability", "RelativeOutputStability",
+                                  "RelativeRepresentationStability"])
+def test_score_distributions_over_many_draws(quantus, name):
+    """A smooth nonlinear explainer (a = x**2) with default noise: each sample's score is a
+    function of its K random draws, so over 300 samples the two libraries' scores must follow
+    the same distribution (two-sample Kolmogorov-Smirnov) with the same mean (Welch z)."""
+    from scipy.stats import ks_2samp
+
+    n = 300
+    g = torch.Generator().manual_seed(7)
+    x = 0.2 + torch.rand(n, 1, 4, 4, generator=g)
+    model = Linear(16, 3, seed=3).eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    xn, yn = x.numpy(), y.numpy()
+    a = _square_np(None, xn, yn)
+    ours_cls = {c.__name__: c for c in (LocalLipschitzEstimate, MaxSensitivity, AvgSensitivity,
+                                        RelativeInputStability, RelativeOutputStability,
+                                        RelativeRepresentationStability)}[name]
+    q_kw: dict = {"nr_samples": 3, "disable_warnings": True}
+    kw: dict = {"nr_samples": 3, "seed": 0}
+    if name == "LocalLipschitzEstimate":
+        q_kw["normalise"] = kw["normalise"] = False  # Quantus normalises over the batch (C1)
+    if name.startswith("Relative"):
+        q_kw["return_nan_when_prediction_changes"] = False
+        kw["on_prediction_change"] = "keep"
+    if name == "RelativeRepresentationStability":
+        q_kw["layer_names"] = kw["layer_names"] = ["fc"]
+    q = getattr(quantus, name)(**q_kw)
+    state = np.random.get_state()  # noqa: NPY002  (Quantus draws from the global generator)
+    try:
+        np.random.seed(1234)  # noqa: NPY002  (deterministic test; restored below)
+        theirs = _q(q, model, xn, yn, a, _square_np)
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
+    ours = ours_cls(**kw)(model, x, y, a, explain_fn=numpy_explain_fn(_square_np))
+    if name in ("RelativeInputStability", "RelativeOutputStability",
+                "RelativeRepresentationStability"):
+        ours, theirs = np.log(ours), np.log(theirs)  # ratios: compare on the log scale
+    assert np.isfinite(ours).all() and np.isfinite(theirs).all()
+    assert ks_2samp(ours, theirs).pvalue > 1e-3
+    se = np.sqrt(ours.var(ddof=1) / n + theirs.var(ddof=1) / n)
+    assert abs(ours.mean() - theirs.mean()) <= 4 * se
+
