@@ -22,6 +22,7 @@ import griffe
 
 _ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|obj|data|exc|const):`~?([^`]+)`")
 _DASHES = re.compile(r"^\s*-{3,}\s*$")
+_DOCTEST_FLAG = re.compile(r"\s*#\s*doctest:.*$")
 #: sections whose items are ``name:`` / ``name : type`` lines followed by indented text
 _ITEM_SECTIONS = {"parameters", "other parameters", "attributes", "keyword arguments",
                   "args", "arguments"}
@@ -52,8 +53,9 @@ def _doctests_to_blocks(lines: list[str]) -> list[str]:
         if not in_examples and line.lstrip().startswith(">>>"):
             indent = line[: len(line) - len(line.lstrip())]
             block = []
-            while i < len(lines) and lines[i].lstrip().startswith((">>>", "...")):
-                block.append(lines[i][len(indent):])
+            # a doctest example runs to the next blank line (prompts and expected output)
+            while i < len(lines) and lines[i].strip():
+                block.append(_DOCTEST_FLAG.sub("", lines[i][len(indent):]))
                 i += 1
             if out and out[-1].strip():
                 out.append("")
