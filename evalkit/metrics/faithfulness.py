@@ -13,7 +13,14 @@ Conventions shared by every metric in this module:
   The first point of a removal curve is the unperturbed input; the first point of an insertion
   curve is the empty canvas.
 * **Correlation metrics** return NaN with a reason (``metric.nan_reasons_``) when the
-  perturbations change nothing or the attribution sums are constant, never a crash.
+  perturbations change nothing or the attribution sums are constant, never a crash. Their
+  ``similarity_func`` is ``"pearson"``, ``"spearman"`` or a callable ``f(a, b) -> float`` on
+  two 1-D arrays (Quantus' ``similarity_func`` functions work), called once per sample.
+* **Ties** in the attribution (a constant or all-zero map) are ranked in group-id order (raster
+  order for pixels and patches), so curve metrics give a deterministic, finite score for them;
+  correlation and confidence metrics give NaN with a reason.
+* **Non-finite attributions**: a sample whose attribution has NaN or Inf is NaN with a reason,
+  and set-level metrics leave it out of the set.
 * **Randomness** comes only from ``seed`` through per-sample keys (:mod:`evalkit._rng`): a
   sample gets the same draws in any batch, at any batch size, in any order.
 * **Set-level** metrics (``Sufficiency``; ``SensitivityN(subsets="morf")``) are defined over a
@@ -97,13 +104,16 @@ def _rank_rows(v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def _correlate(
     a: torch.Tensor,
     b: torch.Tensor,
-    kind: str | Callable[[np.ndarray, np.ndarray], np.ndarray],
+    kind: str | Callable[[np.ndarray, np.ndarray], float],
     valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row-wise correlation of ``a`` and ``b`` (N, K) over the ``valid`` entries.
 
-    Returns ``(corr, a_constant, b_constant)``: the two masks flag rows where a correlation is
-    undefined (and ``corr`` is NaN there).
+    ``kind``: ``"pearson"``, ``"spearman"`` (average ranks for ties) or a callable
+    ``f(a_row, b_row) -> float`` on two 1-D NumPy arrays (e.g. Quantus'
+    ``correlation_kendall_tau``), called once per row on its valid entries: a user function
+    forces that Python loop. Returns ``(corr, a_constant, b_constant)``: the two masks flag
+    rows where a correlation is undefined (and ``corr`` is NaN there).
     """
     a = a.to(torch.float64)
     b = b.to(torch.float64)
@@ -114,12 +124,14 @@ def _correlate(
     b_const = torch.where(valid, b, inf).amin(1) == torch.where(valid, b, -inf).amax(1)
     few = valid.sum(1) < 2
     a_const = a_const | few
+    undefined = a_const | b_const
     if callable(kind):
-        if not bool(valid.all()):
-            raise ValueError("A custom similarity_func needs the same number of perturbations "
-                             "for every sample.")
-        corr = torch.as_tensor(np.asarray(kind(a.cpu().numpy(), b.cpu().numpy()),
-                                          dtype=np.float64), device=a.device).reshape(-1)
+        a_np, b_np, v_np = (t.detach().cpu().numpy() for t in (a, b, valid))
+        und = undefined.cpu().numpy()
+        vals = np.full(a_np.shape[0], np.nan)
+        for i in np.flatnonzero(~und):
+            vals[i] = float(np.asarray(kind(a_np[i, v_np[i]], b_np[i, v_np[i]])).reshape(-1)[0])
+        corr = torch.from_numpy(vals).to(a.device)
     else:
         if kind == "spearman":
             a = _rank_rows(a, valid)
@@ -130,8 +142,14 @@ def _correlate(
         db = (b.nan_to_num(0) - (b.nan_to_num(0) * w).sum(1, keepdim=True) / cnt) * w
         den = torch.sqrt((da * da).sum(1) * (db * db).sum(1))
         corr = (da * db).sum(1) / torch.where(den > 0, den, torch.ones_like(den))
-    undefined = a_const | b_const
     return corr.masked_fill(undefined, math.nan), a_const, b_const
+
+
+def _valid_samples(batch: MetricBatch) -> torch.Tensor:
+    """(N,) bool: samples not already undefined (their attribution was finite). Set-level
+    metrics leave the others out of the set."""
+    return torch.tensor([r is None for r in batch.nan_reasons], dtype=torch.bool,
+                        device=batch.device)
 
 
 def _flag_correlation(batch: MetricBatch, a_const: torch.Tensor, b_const: torch.Tensor) -> None:
@@ -349,9 +367,19 @@ class Insertion(Deletion):
     """Insertion (Petsiuk, Das & Saenko 2018, RISE): the target probability as the most
     relevant features are inserted onto a blurred copy of the input. **Higher is better**.
 
-    The curve starts at the canvas (``perturb_baseline``, by default RISE's Gaussian blur with
-    sigma 5 and an 11-pixel kernel) and ends at the unperturbed input; the score is its area
-    over the fraction of features inserted. Other parameters as in :class:`Deletion`.
+    The curve starts at the canvas (``perturb_baseline``, by default a Gaussian blur of the
+    input with RISE's sigma 5 and 11-pixel kernel) and ends at the unperturbed input; the score
+    is its area over the fraction of features inserted. Other parameters as in
+    :class:`Deletion`; ``blur_sigma`` and ``blur_kernel_size`` set the canvas blur.
+
+    Deliberate differences from the RISE code (Quantus has no Insertion): RISE's kernel is
+    ``scipy.ndimage.gaussian_filter`` of an 11x11 delta (reflected at the kernel's border) applied
+    with zero padding, which darkens the image border; here it is the truncated, normalised
+    Gaussian applied with reflect padding, so a constant image stays constant. The x-axis is the
+    exact fraction of features inserted (see :class:`Deletion`).
+
+    Reference: V. Petsiuk, A. Das, K. Saenko, "RISE: Randomized Input Sampling for Explanation
+    of Black-box Models", BMVC 2018.
     """
 
     higher_is_better = True
@@ -397,7 +425,8 @@ class RegionPerturbation(Metric):
     Deviations from Quantus: patches at the border of inputs whose size is not a multiple of
     ``patch_size`` are smaller (Quantus pads the attribution with zeros and the input with its
     edge values, which gives the same sums and replacements); a patch holds all channels of
-    its pixels, as in Quantus. The random order comes from ``seed``.
+    its pixels, as in Quantus. The random order comes from ``seed``; after a call,
+    ``order_`` (N, G) holds each sample's patch ids (raster order) in the order replaced.
 
     Reference: W. Samek et al., "Evaluating the Visualization of What a Deep Neural Network
     Has Learned", IEEE TNNLS 28(11), 2017 (arXiv 2015).
@@ -431,11 +460,13 @@ class RegionPerturbation(Metric):
         self.higher_is_better = order != "lerf"
         self.stochastic = order == "random" or _is_stochastic(perturb_baseline)
         self._imputer = make_imputer(perturb_baseline)
+        self.order_: np.ndarray | None = None
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         grouping = Patches(self.patch_size) if self.grouping is None else make_grouping(
             self.grouping)
         ordering = order_groups(batch, grouping, self.order)
+        self.order_ = ordering.order.cpu().numpy()
         g = ordering.n_groups
         last = torch.clamp(g, max=self.regions_evaluation)
         t = torch.arange(int(last.max()) + 1, device=g.device)
@@ -560,6 +591,9 @@ class Monotonicity(Metric):
 
     Quantus 0.6 re-applies the baseline instead of restoring the features (bug C2), so its
     result never depends on the attribution; here the features of x really are restored.
+    Quantus returns booleans; here 1.0/0.0 floats. As in Quantus (and unlike AIX360, which
+    scores the predicted class), the scored class is ``y``; pass the predictions as ``y`` for
+    AIX360's choice.
 
     Reference: V. Arya et al., "One Explanation Does Not Fit All: A Toolkit and Taxonomy of AI
     Explainability Techniques", arXiv:1909.03012, 2019; R. Luss et al., 2019.
@@ -676,23 +710,32 @@ class SensitivityN(Metric):
         sizes = self._sizes(grp)
         clean = clean_scores(batch)
         if self.subsets == "morf":
-            corr = self._across_samples(batch, ordering, sizes, clean)
+            corr, a_const, b_const = self._across_samples(batch, ordering, sizes, clean)
         else:
-            corr = self._per_sample(batch, grp, ordering.group_scores, sizes, clean)
+            corr, a_const, b_const = self._per_sample(batch, grp, ordering.group_scores, sizes,
+                                                      clean)
         fractions = sizes.to(torch.float64) / grp.n_groups.to(torch.float64).unsqueeze(1)
         _set_curves(batch, corr, fractions)
         defined = torch.isfinite(corr)
         score = torch.where(defined, corr, torch.zeros_like(corr)).sum(1) / defined.sum(1)
-        batch.set_nan(~defined.any(1), "the correlation is undefined for every subset size "
-                      "(constant attribution sums or output changes)")
+        none = ~defined.any(1)
+        batch.set_nan(none & b_const.all(1), _NO_CHANGE + " at any subset size")
+        batch.set_nan(none & a_const.all(1), _CONST_ATTR + " at every subset size")
+        batch.set_nan(none, "the correlation is undefined for every subset size (constant "
+                      "attribution sums or output changes)")
         return score
 
-    def _across_samples(self, batch, ordering, sizes, clean) -> torch.Tensor:
+    def _across_samples(self, batch, ordering, sizes, clean):
         n = batch.n
-        if n < 3:
+        ok = _valid_samples(batch)
+        t_count = sizes.shape[1]
+        if int(ok.sum()) < 3:
             batch.set_nan(torch.ones(n, dtype=torch.bool), "SensitivityN(subsets='morf') "
-                          "correlates across samples and needs at least 3 samples")
-            return torch.full(sizes.shape, math.nan, dtype=torch.float64, device=batch.device)
+                          "correlates across samples and needs at least 3 samples with finite "
+                          "attributions")
+            flags = torch.zeros(sizes.shape, dtype=torch.bool, device=batch.device)
+            nan = torch.full(sizes.shape, math.nan, dtype=torch.float64, device=batch.device)
+            return nan, flags, flags
         plan = RemovalPlan(ordering.grouping, self._imputer)
         scores, _, _ = removal_curve(batch, plan, sizes, ordering=ordering,
                                      desc=type(self).__name__)
@@ -700,8 +743,10 @@ class SensitivityN(Metric):
         gs = ordering.group_scores.nan_to_num(0.0).gather(1, ordering.order)
         csum = gs.cumsum(1)
         att = csum.gather(1, (sizes - 1).clamp(min=0))
-        corr, _, _ = _correlate(att.T, deltas.T, self.similarity_func)
-        return corr.unsqueeze(0).expand(n, -1).contiguous()
+        # samples whose attribution was not finite take no part in the set's correlation
+        corr, a_const, b_const = _correlate(att.T, deltas.T, self.similarity_func,
+                                            ok.unsqueeze(0).expand(t_count, -1))
+        return tuple(v.unsqueeze(0).expand(n, -1).contiguous() for v in (corr, a_const, b_const))
 
     def _per_sample(self, batch, grp, group_scores, sizes, clean) -> torch.Tensor:
         x = batch.x
@@ -742,8 +787,9 @@ class SensitivityN(Metric):
         deltas = clean.reshape(n, 1, 1) - scores.to(torch.float64)
         a2 = att.permute(0, 2, 1).reshape(n * t_count, k)
         d2 = deltas.permute(0, 2, 1).reshape(n * t_count, k)
-        corr, _, _ = _correlate(a2, d2, self.similarity_func)
-        return corr.reshape(n, t_count)
+        corr, a_const, b_const = _correlate(a2, d2, self.similarity_func)
+        return (corr.reshape(n, t_count), a_const.reshape(n, t_count),
+                b_const.reshape(n, t_count))
 
 
 # ====================================================================== correlation metrics
@@ -1042,6 +1088,10 @@ class Infidelity(Metric):
         self.perturb_patch_sizes = sizes
         self.loss_func = check_option("loss_func", loss_func, ("mse",))
         self._imputer = make_imputer(perturb_baseline)
+        if self.perturb_func == "patches" and not isinstance(self._imputer, Baseline):
+            raise ValueError("perturb_func='patches' needs a mask-independent perturb_baseline "
+                             "(a name, number or array), not an Imputer: I = x - x_k must be "
+                             "known before the model is run.")
         self.stochastic = perturb_func == "gaussian" or self._imputer.stochastic
 
     def _loss(self, dots: torch.Tensor, deltas: torch.Tensor,
@@ -1103,9 +1153,7 @@ class Infidelity(Metric):
                 scores = window_scores(batch, ordering, self._imputer, lo, hi, keys=keys,
                                        desc=type(self).__name__)
                 deltas = clean.unsqueeze(1) - scores
-                if base is None:
-                    raise ValueError("perturb_func='patches' needs a mask-independent "
-                                     "perturb_baseline.")
+                assert base is not None  # checked in __init__
                 per_group = grp.reduce(a * (x.to(torch.float64) - base.to(torch.float64)),
                                        "sum").nan_to_num(0.0)
                 dots = per_group.gather(1, ordering.order).cumsum(1).gather(1, hi - 1)
@@ -1144,7 +1192,9 @@ class ROAD(Metric):
     ``lerf_curves_`` hold both. The mean over samples of the MoRF accuracy curve is Quantus'
     per-percentage output.
 
-    Conventions: ``percentages`` are percentages of pixels *removed* (Quantus' convention).
+    Conventions: ``percentages`` are percentages of pixels *removed* (Quantus' convention;
+    default 10, 20, ..., 90, where Quantus' default is 1, 3, ..., 99: 50 forward passes per
+    sample and order instead of 9).
     pytorch-grad-cam's ``percentile`` is the percentage *kept* for MoRF (``ROADMostRelevantFirst
     (percentile=80)`` removes 20 %) and the percentage of most relevant pixels kept for LeRF;
     for symmetric sets such as its [20, 40, 60, 80] both conventions give the same pairs.
@@ -1325,8 +1375,12 @@ class AverageDrop(_ConfidenceChange):
 class AverageIncrease(_ConfidenceChange):
     """Increase in Confidence (Chattopadhay et al. 2018, Grad-CAM++): 1 if the target
     confidence on x * e is higher than on x, else 0 (pytorch-grad-cam's
-    ``IncreaseInConfidence``). **Higher is better**; the mean over samples is the paper's
-    "% Increase in Confidence" / 100. See :class:`AverageDrop` for the options.
+    ``IncreaseInConfidence``). **Higher is better** (with ``invert=True``, lower is better);
+    the mean over samples is the paper's "% Increase in Confidence" / 100. See
+    :class:`AverageDrop` for the options. Quantus has no such metric.
+
+    Reference: A. Chattopadhay et al., "Grad-CAM++: Generalized Gradient-based Visual
+    Explanations for Deep Convolutional Networks", WACV 2018.
     """
 
     higher_is_better = True
@@ -1411,7 +1465,14 @@ class Sufficiency(Metric):
             var = np.where(var > 0, var, 1.0)
             d = cdist(a, a, "seuclidean", V=var)
         else:
-            d = cdist(a, a, self.distance_func)
+            try:
+                d = cdist(a, a, self.distance_func)
+            except (ValueError, np.linalg.LinAlgError) as err:
+                raise ValueError(
+                    f"Sufficiency: scipy's cdist failed with distance_func="
+                    f"{self.distance_func!r} on {a.shape[0]} attributions of {a.shape[1]} "
+                    f"features: {err}"
+                ) from err
         if self.normalise_distances:
             finite = d[np.isfinite(d)]
             top = finite.max() if finite.size else 0.0
@@ -1423,11 +1484,17 @@ class Sufficiency(Metric):
         batch.require_model()
         a = batch.a
         assert a is not None
-        d = torch.from_numpy(self.distances(a.reshape(batch.n, -1).cpu().numpy()))
-        d = d.to(batch.device)
+        n = batch.n
+        # a sample whose attribution was not finite is no one's neighbour (it is NaN itself)
+        ok = _valid_samples(batch)
+        idx = ok.nonzero().flatten()
+        d = torch.full((n, n), math.inf, dtype=torch.float64, device=batch.device)
+        if idx.numel():
+            sub = self.distances(a[idx].reshape(idx.numel(), -1).cpu().numpy())
+            d[idx.unsqueeze(1), idx.unsqueeze(0)] = torch.from_numpy(sub).to(batch.device)
         pred = batch.runner.outputs(  # type: ignore[union-attr]
             batch.x, reduce=lambda out, index: out.argmax(1)).to(batch.device)
-        near = (d <= self.threshold) & ~torch.eye(batch.n, dtype=torch.bool, device=d.device)
+        near = (d <= self.threshold) & ~torch.eye(n, dtype=torch.bool, device=d.device)
         same = pred.unsqueeze(0) == pred.unsqueeze(1)
         count = near.sum(1)
         batch.set_nan(count == 0, "no other sample's explanation is within the threshold")

@@ -1,0 +1,205 @@
+"""Every faithfulness metric against the same edge cases and invariances.
+
+One small instance of each of the 17 metrics of issue 3 (a registry test makes sure a new metric
+is added here). For each: a non-finite attribution row gives NaN with a reason for that sample
+only (the others are what they are without it, set-level metrics included); all-zero and
+constant maps never crash (curve metrics rank ties in group-id order, correlation and
+confidence metrics give NaN with a reason); NaN inputs are rejected naming `x`; scores do not
+depend on the batch size or the order of the samples (nor, for per-sample metrics, on the
+other samples), and the same seed gives identical numbers; the class docstring states the
+direction and cites the paper.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import evalkit as ek
+from evalkit import metrics as M
+
+pytestmark = pytest.mark.filterwarnings("ignore::evalkit.UndefinedScoreWarning")
+
+N = 6
+
+
+def _metrics() -> dict[str, ek.metrics.Metric]:
+    return {
+        "PixelFlipping": M.PixelFlipping(features_in_step=6),
+        "Deletion": M.Deletion(n_steps=6),
+        "Insertion": M.Insertion(n_steps=6),
+        "RegionPerturbation": M.RegionPerturbation(patch_size=2, regions_evaluation=5),
+        "Selectivity": M.Selectivity(patch_size=3),
+        "IROF": M.IROF(segmentation_kwargs={"n_segments": 6}),
+        "SensitivityN": M.SensitivityN(features_in_step=6, nr_subsets=4, seed=0),
+        "FaithfulnessCorrelation": M.FaithfulnessCorrelation(nr_runs=6, subset_size=5, seed=0),
+        "FaithfulnessEstimate": M.FaithfulnessEstimate(features_in_step=6),
+        "Monotonicity": M.Monotonicity(features_in_step=6),
+        "MonotonicityCorrelation": M.MonotonicityCorrelation(nr_samples=3, features_in_step=6,
+                                                             seed=0),
+        "Infidelity": M.Infidelity(n_perturb_samples=4, seed=0),
+        "ROAD": M.ROAD(percentages=[25, 75], seed=0),
+        "AverageDrop": M.AverageDrop(),
+        "AverageIncrease": M.AverageIncrease(),
+        "AverageGain": M.AverageGain(),
+        "Sufficiency": M.Sufficiency(threshold=0.9),
+    }
+
+
+# variants: set-level and stochastic-baseline forms of the same classes
+VARIANTS = {
+    "SensitivityN[morf]": M.SensitivityN(features_in_step=6, subsets="morf", normalise=False),
+    "PixelFlipping[uniform]": M.PixelFlipping(features_in_step=6, perturb_baseline="uniform",
+                                              seed=3),
+    "Selectivity[random]": M.Selectivity(patch_size=3, perturb_baseline="random", seed=3),
+    "IROF[uniform]": M.IROF(segmentation_kwargs={"n_segments": 6}, perturb_baseline="uniform",
+                            seed=3),
+    "Monotonicity[uniform]": M.Monotonicity(features_in_step=6, perturb_baseline="uniform",
+                                            seed=3),
+    "FaithfulnessEstimate[uniform]": M.FaithfulnessEstimate(features_in_step=6,
+                                                            perturb_baseline="uniform", seed=3),
+    "RegionPerturbation[random]": M.RegionPerturbation(patch_size=2, order="random", seed=3),
+    "Infidelity[patches,uniform]": M.Infidelity(perturb_func="patches", perturb_patch_sizes=[3],
+                                                perturb_baseline="uniform",
+                                                n_perturb_samples=2, seed=3),
+    "ROAD[confidence]": M.ROAD(percentages=[25, 75], score="confidence", seed=3),
+    "AverageDrop[uniform]": M.AverageDrop(perturb_baseline="uniform", seed=3),
+}
+
+ALL = {**_metrics(), **VARIANTS}
+CORRELATION = ("SensitivityN", "FaithfulnessCorrelation", "FaithfulnessEstimate",
+               "MonotonicityCorrelation")
+CONFIDENCE = ("AverageDrop", "AverageIncrease", "AverageGain")
+
+
+def _is_set_level(metric) -> bool:
+    return bool(metric.set_level)
+
+
+@pytest.fixture(scope="module")
+def data():
+    torch.manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(),
+                              nn.Linear(4 * 36, 3)).double().eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand((N, 3, 6, 6), generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    a = torch.randn((N, 1, 6, 6), generator=g, dtype=torch.float64)
+    return model, x, y, a
+
+
+def test_every_faithfulness_metric_is_covered():
+    registered = set(ek.metrics.list_metrics("faithfulness")["name"])
+    assert registered == set(_metrics()), registered ^ set(_metrics())
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_nan_attribution_row_is_nan_with_reason_and_leaves_the_others(name, data):
+    model, x, y, a = data
+    metric = ALL[name]
+    bad = a.clone()
+    bad[2, 0, 1, 1] = float("nan")
+    s = metric(model, x, y, bad)
+    assert np.isnan(s[2])
+    assert "NaN or Inf" in metric.nan_reasons_[2]
+    keep = [0, 1, 3, 4, 5]
+    ref = metric(model, x[keep], y[keep], a[keep])
+    np.testing.assert_allclose(s[keep], ref, rtol=1e-12, atol=1e-12)
+    inf = a.clone()
+    inf[0, 0, 0, 0] = float("inf")
+    s2 = metric(model, x, y, inf)
+    assert np.isnan(s2[0]) and "NaN or Inf" in metric.nan_reasons_[0]
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_zero_and_constant_maps_never_crash(name, data):
+    model, x, y, a = data
+    metric = ALL[name]
+    odd = a.clone()
+    odd[0] = 0.0
+    odd[1] = 0.5
+    s = metric(model, x, y, odd)
+    assert s.shape == (N,)
+    base = name.split("[")[0]
+    for i in (0, 1):
+        if np.isnan(s[i]):
+            assert i in metric.nan_reasons_  # never an unexplained NaN
+    if base in CORRELATION and name != "SensitivityN[morf]":
+        assert np.isnan(s[:2]).all()
+        assert all("constant" in metric.nan_reasons_[i] for i in (0, 1))
+    elif base in CONFIDENCE:
+        assert np.isnan(s[:2]).all()
+        assert all("constant" in metric.nan_reasons_[i] for i in (0, 1))
+    elif base not in ("Sufficiency", "SensitivityN"):
+        assert np.isfinite(s[:2]).all(), metric.nan_reasons_
+    # rows with a real attribution are unaffected by the degenerate ones (per-sample metrics)
+    if not _is_set_level(metric):
+        np.testing.assert_allclose(s[2:], metric(model, x[2:], y[2:], a[2:]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["PixelFlipping", "Deletion", "Insertion", "Selectivity",
+                                  "RegionPerturbation", "Monotonicity"])
+def test_ties_are_ranked_in_group_id_order(name, data):
+    """A constant map ranks the groups in raster order (MoRF) and reverse for the ascending
+    orders: the same scores as a strictly decreasing (or increasing) raster ramp."""
+    model, x, y, _ = data
+    metric = ALL[name]
+    ramp = -torch.arange(36, dtype=torch.float64).reshape(1, 1, 6, 6).expand(N, 1, 6, 6)
+    if name == "Monotonicity":  # ascending order, abs by default: ties first id first
+        metric = metric.set_params(abs=False)
+        ramp = -ramp
+    const = torch.full((N, 1, 6, 6), 0.25, dtype=torch.float64)
+    np.testing.assert_array_equal(metric(model, x, y, const), metric(model, x, y, ramp))
+
+
+def test_nan_inputs_are_rejected_naming_x(data):
+    model, x, y, a = data
+    bad = x.clone()
+    bad[1, 0, 0, 0] = float("nan")
+    for metric in _metrics().values():
+        with pytest.raises(ValueError, match="`x`"):
+            metric(model, bad, y, a)
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_batch_size_order_and_seed_invariance(name, data):
+    model, x, y, a = data
+    metric = ALL[name]
+    full = metric(model, x, y, a)
+    for bs in (1, 4):
+        np.testing.assert_allclose(metric(model, x, y, a, batch_size=bs), full, rtol=1e-12,
+                                   atol=1e-12, err_msg=f"batch_size={bs}")
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    np.testing.assert_allclose(metric(model, x[perm], y[perm], a[perm]), full[perm.numpy()],
+                               rtol=1e-12, atol=1e-12)
+    if not _is_set_level(metric):
+        np.testing.assert_allclose(metric(model, x[4:5], y[4:5], a[4:5]), full[4:5],
+                                   rtol=1e-12, atol=1e-12)
+    if metric.stochastic and metric.seed is not None:
+        again = metric.clone()(model, x, y, a)
+        np.testing.assert_array_equal(again, full)
+        if name not in ("ROAD", "Monotonicity[uniform]"):  # 0/1 scores: may all agree
+            other = metric.set_params(seed=metric.seed + 100)(model, x, y, a)
+            assert not np.allclose(other, full, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", list(_metrics()))
+def test_docstring_states_direction_paper_and_quantus_differences(name):
+    cls = ek.metrics.get(name)
+    doc = " ".join((cls.__doc__ or "").split())
+    want = "higher is better" if cls.higher_is_better else "lower is better"
+    assert re.search(want, doc, re.IGNORECASE), f"{name}: direction not stated"
+    assert re.search(r"(19|20)\d\d", doc) and "Reference" in doc, f"{name}: no citation"
+    assert cls.paper
+    quantus_has = {"FaithfulnessCorrelation", "FaithfulnessEstimate", "PixelFlipping",
+                   "RegionPerturbation", "Selectivity", "SensitivityN", "IROF", "Monotonicity",
+                   "MonotonicityCorrelation", "Infidelity", "Sufficiency", "ROAD"}
+    if name in quantus_has:
+        assert "Quantus" in doc, f"{name}: differences from Quantus not stated"
