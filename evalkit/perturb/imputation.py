@@ -138,82 +138,148 @@ def linear_imputation(x: torch.Tensor, mask: torch.Tensor, *,
 BAND_LIMIT = 64
 
 
+#: LAPACK's banded Cholesky switches to its blocked, multi-threaded BLAS form from this
+#: bandwidth on (ILAENV's block size for DPBTRF)
+BLOCKED_KD = 32
+
+_CONTROLLER: object | None = None
+
+
+def _blas_controller():
+    """A cached ``threadpoolctl.ThreadpoolController`` (False if threadpoolctl is missing).
+
+    Building a controller inspects every loaded library (milliseconds); limiting through a
+    cached one costs microseconds."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        try:
+            from scipy.linalg import lapack  # noqa: F401  (load scipy's BLAS before inspecting)
+            from threadpoolctl import ThreadpoolController
+
+            _CONTROLLER = ThreadpoolController()
+        except Exception:  # threadpoolctl is optional
+            _CONTROLLER = False
+    return _CONTROLLER
+
+
 class _single_blas_thread:
-    """Limit BLAS to one thread (if threadpoolctl is installed): the many tiny factorisations
-    gain nothing from threads, and OpenBLAS' thread start-up dominates them on busy machines."""
+    """Limit BLAS to one thread (when threadpoolctl is installed). Blocked band factorisations
+    gain nothing from threads on these sizes, and on a busy machine OpenBLAS' spinning threads
+    made them ten times slower."""
 
     def __enter__(self):
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            self._ctx = None
-            return self
-        self._ctx = threadpool_limits(1, user_api="blas")
+        ctrl = _blas_controller()
+        self._ctx = ctrl.limit(limits=1, user_api="blas") if ctrl else None
+        if self._ctx is not None:
+            self._ctx.__enter__()
         return self
 
     def __exit__(self, *exc):
         if self._ctx is not None:
-            self._ctx.restore_original_limits()
+            self._ctx.__exit__(*exc)
 
 
 def _system(xv: np.ndarray, m: np.ndarray):
-    """Diagonal, right-hand side and the (pixel j, pixel j + d, weight) couplings of the
-    unknowns of each image, over the flattened pixels."""
+    """Diagonal (H*W,), right-hand sides (S, C, H*W) and the (pixel j, pixel j + d, weight)
+    couplings (d > 0) of the unknowns of each image, over the flattened pixels."""
     s, c, h, w = xv.shape
+    known = xv * (~m)[:, None]
+    rhs = np.zeros((s, c, h, w))
+    diag = np.zeros((h, w))
+    couplings = []
     n = h * w
     r, col = np.divmod(np.arange(n), w)
-    xs = xv.reshape(s, c, n)
-    mf = m.reshape(s, n)
-    known = xs * (~mf)[:, None, :]
-    diag = np.zeros(n)
-    rhs = np.zeros((s, c, n))
-    couplings = []
     for dr, dc, wt in NEIGHBOUR_WEIGHTS:
-        rr, cc = r + dr, col + dc
-        inb = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-        j = np.flatnonzero(inb)
-        nb = rr[inb] * w + cc[inb]
-        diag[j] += wt
-        rhs[:, :, j] += wt * known[:, :, nb]
+        # pixels (r, c) whose neighbour (r + dr, c + dc) is in bounds: shifted slices, no
+        # fancy indexing over the (S, C, H, W) block
+        tr = slice(max(0, -dr), h - max(0, dr))
+        tc = slice(max(0, -dc), w - max(0, dc))
+        sr = slice(max(0, dr), h - max(0, -dr))
+        sc = slice(max(0, dc), w - max(0, -dc))
+        rhs[:, :, tr, tc] += wt * known[:, :, sr, sc]
+        diag[tr, tc] += wt
         if dr * w + dc > 0:
-            couplings.append((j, nb, wt))
-    return diag, rhs, couplings
+            rr, cc = r + dr, col + dc
+            j = np.flatnonzero((rr >= 0) & (rr < h) & (cc >= 0) & (cc < w))
+            couplings.append((j, rr[j] * w + cc[j], wt))
+    return diag.reshape(n), rhs.reshape(s, c, n), couplings
+
+
+#: the most band-matrix bytes one banded solve may use (images are solved in groups below it)
+BAND_BYTES = 64 * 2**20
 
 
 def _solve_banded(xv: np.ndarray, m: np.ndarray) -> np.ndarray:
-    from scipy.linalg import lapack
+    """Banded Cholesky solves of many images with no Python loop over the images.
 
+    The block-diagonal matrix of several images' banded systems is itself banded (no coupling
+    between blocks), so one LAPACK ``pbsv`` call solves a whole group of images. The cost of a
+    band solve grows with the square of its bandwidth, which is each image's own largest offset
+    between coupled unknowns (few removed pixels: a narrow band); images are therefore sorted
+    by bandwidth and grouped with images of similar bandwidth.
+    """
     s, c, h, w = xv.shape
     n = h * w
     mf = m.reshape(s, n)
     diag, rhs, couplings = _system(xv, m)
-    uid = np.cumsum(mf, 1) - 1  # index of each unknown within its image (row-major)
-    nu = mf.sum(1)
-    kmax = w + 1
-    ab = np.zeros((s, int(nu.max()), kmax + 1))
+    cum = np.cumsum(mf, 1)
     kd = np.zeros(s, dtype=np.int64)
-    for j, nb, wt in couplings:
-        si, k = np.nonzero(mf[:, j] & mf[:, nb])
-        u1 = uid[si, j[k]]
-        off = uid[si, nb[k]] - u1
-        ab[si, u1, off] = -wt
-        np.maximum.at(kd, si, off)
-    si, pix = np.nonzero(mf)  # all unknowns, image-major
-    ab[si, uid[si, pix], 0] = diag[pix]
-    b_all = rhs.transpose(0, 2, 1)[si, pix]  # (U, C)
-    starts = np.concatenate([[0], np.cumsum(nu)])
-    sol = np.empty_like(b_all)
-    for i in range(s):
-        k = int(nu[i])
-        band = np.asfortranarray(ab[i, :k, : kd[i] + 1].T)
-        rhs_i = np.asfortranarray(b_all[starts[i] : starts[i + 1]])
-        _, x_i, info = lapack.dpbsv(band, rhs_i, lower=1, overwrite_ab=1, overwrite_b=1)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"Linear imputation system is singular (info={info}).")
-        sol[starts[i] : starts[i + 1]] = x_i
+    for j, nb, _wt in couplings:
+        off = np.where(mf[:, j] & mf[:, nb], cum[:, nb] - cum[:, j], 0)
+        kd = np.maximum(kd, off.max(1))
+    nu = mf.sum(1)
+    order = np.argsort(kd, kind="stable")
     out = xv.reshape(s, c, n).copy()
-    out.transpose(0, 2, 1)[si, pix] = sol
+    start = 0
+    while start < s:
+        stop = start + 1
+        total = int(nu[order[start]])
+        base_kd = int(kd[order[start]])
+        while stop < s:
+            k_next = int(kd[order[stop]])
+            grown = total + int(nu[order[stop]])
+            if k_next > 1.25 * base_kd + 2 or grown * (k_next + 1) * 8 > BAND_BYTES:
+                break
+            total = grown
+            stop += 1
+        group = order[start:stop]
+        if int(kd[group[-1]]) >= BLOCKED_KD and not _blas_controller():
+            # without threadpoolctl BLAS threads cannot be limited: sparse LU instead
+            out[group] = _solve_block(xv[group], m[group]).reshape(len(group), c, n)
+        else:
+            _solve_band_group(group, mf, diag, rhs, couplings, out)
+        start = stop
     return out.reshape(s, c, h, w)
+
+
+def _solve_band_group(idx: np.ndarray, mf: np.ndarray, diag: np.ndarray, rhs: np.ndarray,
+                      couplings: list, out: np.ndarray) -> None:
+    """One ``pbsv`` call for the images ``idx``; writes the solution into ``out`` (S, C, n)."""
+    from scipy.linalg import lapack
+
+    sub = mf[idx]
+    g, n = sub.shape
+    gid = (np.cumsum(sub.reshape(-1)) - 1).reshape(g, n)  # global index of each unknown
+    si, pix = np.nonzero(sub)  # all unknowns, in global order
+    u = si.shape[0]
+    rows = []
+    kd = 0
+    for j, nb, wt in couplings:
+        ss, k = np.nonzero(sub[:, j] & sub[:, nb])
+        if ss.size:
+            a = gid[ss, j[k]]
+            off = gid[ss, nb[k]] - a
+            rows.append((a, off, wt))
+            kd = max(kd, int(off.max()))
+    ab = np.zeros((kd + 1, u), order="F")
+    ab[0] = diag[pix]
+    for a, off, wt in rows:
+        ab[off, a] = -wt
+    b_all = np.asfortranarray(rhs[idx[si], :, pix])  # (U, C)
+    _, sol, info = lapack.dpbsv(ab, b_all, lower=1, overwrite_ab=1, overwrite_b=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"Linear imputation system is singular (info={info}).")
+    out[idx[si], :, pix] = sol
 
 
 def _solve_sparse(xv: np.ndarray, m: np.ndarray, out: np.ndarray, todo: np.ndarray,

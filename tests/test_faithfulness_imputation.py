@@ -1,0 +1,141 @@
+"""ROAD's noisy linear imputation (evalkit.perturb.imputation): exact neighbour weights,
+hand-computable solutions, every solver route, noise placement and seeding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from evalkit import _rng
+from evalkit.perturb import imputation as imp
+from evalkit.perturb.imputation import NEIGHBOUR_WEIGHTS, NoisyLinearImputer, linear_imputation
+
+
+def test_neighbour_weights_are_the_papers():
+    """1/6 for the 4 orthogonal and 1/12 for the 4 diagonal neighbours; they sum to 1."""
+    w = {(dr, dc): wt for dr, dc, wt in NEIGHBOUR_WEIGHTS}
+    assert len(w) == 8 and (0, 0) not in w
+    for (dr, dc), wt in w.items():
+        assert wt == pytest.approx(1 / 6 if abs(dr) + abs(dc) == 1 else 1 / 12)
+    assert sum(w.values()) == pytest.approx(1.0)
+
+
+def test_single_pixel_known_answers():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((1, 2, 4, 5), generator=g, dtype=torch.float64)
+    # interior pixel: the weighted mean of its 8 neighbours
+    m = torch.zeros((1, 4, 5), dtype=torch.bool)
+    m[0, 1, 2] = True
+    out = linear_imputation(x, m)
+    xi = x[0]
+    want = (xi[:, 0, 2] + xi[:, 2, 2] + xi[:, 1, 1] + xi[:, 1, 3]) / 6 + (
+        xi[:, 0, 1] + xi[:, 0, 3] + xi[:, 2, 1] + xi[:, 2, 3]) / 12
+    torch.testing.assert_close(out[0, :, 1, 2], want, rtol=1e-12, atol=1e-12)
+    # corner pixel: its 3 in-bound neighbours, weights renormalised by their sum 5/12
+    m = torch.zeros((1, 4, 5), dtype=torch.bool)
+    m[0, 0, 0] = True
+    out2 = linear_imputation(x, m)
+    want2 = (2 * xi[:, 0, 1] + 2 * xi[:, 1, 0] + xi[:, 1, 1]) / 5
+    torch.testing.assert_close(out2[0, :, 0, 0], want2, rtol=1e-12, atol=1e-12)
+    # everything else untouched
+    keep = ~m[0]
+    torch.testing.assert_close(out2[0][:, keep], x[0][:, keep], rtol=0, atol=0)
+
+
+def _plane(h, w, c=3):
+    r = torch.arange(h, dtype=torch.float64).reshape(h, 1)
+    q = torch.arange(w, dtype=torch.float64).reshape(1, w)
+    return torch.stack([0.3 * r - 0.2 * q + k for k in range(c)]).unsqueeze(0)
+
+
+@pytest.mark.parametrize("route", ["banded", "sparse", "banded_no_threadpoolctl"])
+@pytest.mark.parametrize("shape", [(9, 9), (12, 7), (7, 40)])
+def test_a_plane_is_reproduced_exactly(route, shape, monkeypatch):
+    """Removed interior pixels of a linear image: the weighted neighbour mean of a plane is the
+    plane, so the unique solution is the plane itself (any mask that keeps the border)."""
+    if route == "sparse":
+        monkeypatch.setattr(imp, "BAND_LIMIT", 0)
+    if route == "banded_no_threadpoolctl":
+        monkeypatch.setattr(imp, "_CONTROLLER", False)
+        monkeypatch.setattr(imp, "BLOCKED_KD", 2)  # route the wide bands to the sparse LU
+    h, w = shape
+    x = _plane(h, w).expand(5, -1, -1, -1).clone()
+    g = torch.Generator().manual_seed(1)
+    m = torch.rand((5, h, w), generator=g) < torch.tensor([0.1, 0.4, 0.7, 0.95, 1.0]).reshape(
+        5, 1, 1)
+    m[:, 0, :] = m[:, -1, :] = m[:, :, 0] = m[:, :, -1] = False
+    noisy = x + 5 * m.unsqueeze(1)  # the removed values must not matter
+    out = linear_imputation(noisy, m)
+    torch.testing.assert_close(out, x, rtol=1e-10, atol=1e-10)
+
+
+def test_routes_agree_on_random_images(monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand((6, 3, 10, 13), generator=g, dtype=torch.float64)
+    m = torch.rand((6, 10, 13), generator=g) < torch.linspace(0.05, 0.99, 6).reshape(6, 1, 1)
+    banded = linear_imputation(x, m)
+    monkeypatch.setattr(imp, "BAND_LIMIT", 0)
+    sparse = linear_imputation(x, m)
+    torch.testing.assert_close(banded, sparse, rtol=1e-10, atol=1e-12)
+    # one image at a time gives the same as the batch (groups of images in one band solve)
+    monkeypatch.setattr(imp, "BAND_LIMIT", 64)
+    single = torch.cat([linear_imputation(x[i : i + 1], m[i : i + 1]) for i in range(6)])
+    torch.testing.assert_close(banded, single, rtol=1e-12, atol=1e-13)
+
+
+def test_all_removed_and_nothing_removed():
+    x = torch.rand((2, 1, 5, 5), dtype=torch.float64)
+    m = torch.zeros((2, 5, 5), dtype=torch.bool)
+    m[1] = True
+    out = linear_imputation(x, m)
+    torch.testing.assert_close(out[0], x[0], rtol=0, atol=0)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))  # no boundary values: 0
+
+
+def test_noise_only_on_imputed_pixels_seeded_per_key():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand((3, 3, 16, 16), generator=g, dtype=torch.float64)
+    m = (torch.rand((3, 1, 16, 16), generator=g) < 0.5)
+    keys = _rng.sample_keys(x, 7)
+    clean = NoisyLinearImputer(0.0).fill(x, m)
+    noisy = NoisyLinearImputer(0.2).fill(x, m, keys=keys)
+    diff = noisy - clean
+    mm = m.expand_as(x)
+    assert torch.equal(diff[~mm], torch.zeros_like(diff[~mm]))
+    assert abs(float(diff[mm].std()) - 0.2) < 0.02 and abs(float(diff[mm].mean())) < 0.02
+    # a row's noise depends on its key alone, not on the batch
+    alone = NoisyLinearImputer(0.2).fill(x[1:2], m[1:2], keys=keys[1:2])
+    torch.testing.assert_close(alone, noisy[1:2], rtol=0, atol=1e-15)
+    again = NoisyLinearImputer(0.2).fill(x, m, keys=keys)
+    assert torch.equal(again, noisy)
+    with pytest.raises(ValueError, match="keys"):
+        NoisyLinearImputer(0.2).fill(x, m)
+
+
+def test_channel_specific_masks_are_solved_per_channel():
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand((2, 2, 6, 6), generator=g, dtype=torch.float64)
+    m = torch.rand((2, 2, 6, 6), generator=g) < 0.4
+    out = NoisyLinearImputer(0.0).fill(x, m)
+    for c in range(2):
+        ref = linear_imputation(x[:, c : c + 1], m[:, c])
+        torch.testing.assert_close(out[:, c : c + 1], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="noise"):
+        NoisyLinearImputer(-1.0)
+    with pytest.raises(ValueError, match="images"):
+        NoisyLinearImputer(0.0).fill(torch.zeros(2, 5), torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask"):
+        linear_imputation(torch.zeros(1, 1, 4, 4), torch.zeros(1, 3, 4, dtype=torch.bool))
+
+
+def test_float32_inputs_keep_their_dtype_and_device():
+    x = torch.rand((2, 3, 8, 8))
+    m = torch.rand((2, 8, 8)) < 0.3
+    out = linear_imputation(x, m)
+    assert out.dtype == torch.float32 and out.device == x.device
+    np.testing.assert_allclose(out.numpy(), linear_imputation(x.double(), m).numpy(), rtol=1e-6,
+                               atol=1e-6)
