@@ -11,11 +11,13 @@ Equation of a removed pixel u (in-bounds neighbours n with weights w_n, S_u thei
 ``S_u v_u - sum_{n removed} w_n v_n = sum_{n kept} w_n x_n``. The matrix is symmetric and, as
 long as at least one pixel of the image is kept, positive definite.
 
-Batching: all the images of a call are solved as one block-diagonal sparse system (split into
-blocks of at most ``max_unknowns`` unknowns), built with vectorised NumPy (no per-pixel Python
-loop); scipy has no batched sparse solver, so this is the fastest exact CPU route. The noise is
-drawn from the rows' random keys (:mod:`evalkit._rng`), one field per distinct key, so a sample
-gets the same noise field whatever the batch.
+Batching: the images of a call are solved together as block-diagonal systems, built with
+vectorised NumPy (no per-image or per-pixel Python loop): small images as one banded Cholesky
+(LAPACK ``pbsv``) per group of images of similar bandwidth, larger ones as one sparse LU
+(SuperLU) per block of at most ``max_unknowns`` unknowns. The solve runs on the CPU (scipy has
+no GPU or batched sparse solver); inputs on another device are copied there and back. The noise
+is drawn from the rows' random keys (:mod:`evalkit._rng`), one field per distinct key, so a
+sample gets the same noise field whatever the batch.
 """
 
 from __future__ import annotations
@@ -99,12 +101,13 @@ def linear_imputation(x: torch.Tensor, mask: torch.Tensor, *,
     """Exact (noise-free) linear imputation of the pixels ``mask`` (B, H, W) of ``x``
     (B, C, H, W); see :class:`NoisyLinearImputer`. Returns a new tensor like ``x``.
 
-    Small images (the shorter side at most ``BAND_LIMIT`` pixels) are solved one banded
-    Cholesky (LAPACK ``pbsv``) per image, on the unknowns only, ordered along the shorter side
-    so that the bandwidth is at most that side + 1: the cheapest exact route for many small
-    systems. Larger images use one sparse LU (SuperLU, minimum-degree ordering) per block of
-    images, whose fill grows far slower than a band. An image with every pixel removed has no
-    boundary values; its pixels become 0.
+    Small images (the shorter side at most ``BAND_LIMIT`` pixels) are solved with banded
+    Cholesky (LAPACK ``pbsv``) on the unknowns only, ordered along the shorter side so that the
+    bandwidth is at most that side + 1, one call per group of images (see
+    :func:`_solve_banded`): the cheapest exact route for many small systems. Larger images use
+    one sparse LU (SuperLU, minimum-degree ordering) per block of images, whose fill grows far
+    slower than a band. An image with every pixel removed has no boundary values; its pixels
+    become 0 (the system would be singular).
     """
     b, _c, h, w = x.shape
     m = mask.detach().to("cpu").numpy().astype(bool, copy=False)
