@@ -192,6 +192,8 @@ class TestMetadata:
             RelativeInputStability(lower_bound=0.3, upper_bound=0.2)
         with pytest.raises(ValueError, match="eps_min"):
             RelativeInputStability(eps_min=0)
+        with pytest.raises(ValueError, match="translation_x"):
+            Continuity(perturb_func="rotation")
         with pytest.raises(ValueError, match="discretise_func"):
             Consistency(discretise_func="first_n")
         with pytest.raises(TypeError, match="unexpected keyword"):

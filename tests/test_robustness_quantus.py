@@ -162,6 +162,26 @@ def test_quantus_functions_are_recognised(quantus):
     assert c.discretise_func == "top_n_sign"  # ours: the real top-n (C10)
 
 
+def test_quantus_perturbation_functions_are_recognised(quantus):
+    """Ported code passing Quantus' perturbation functions gets the same perturbation here
+    (Continuity must not call them as f(x, step) callables)."""
+    from quantus.functions import perturb_func as pf
+
+    x, y = cnn_data(3)
+    a = ek.explain(CNN, x, y, method="Saliency")
+    for q_fn, ours in ((pf.uniform_noise, "uniform"), (pf.batch_gaussian_noise, "gaussian")):
+        m = MaxSensitivity(nr_samples=3, seed=0, perturb_func=q_fn)
+        assert m.seed_scope() == MaxSensitivity(nr_samples=3, perturb_func=ours).seed_scope()
+        np.testing.assert_array_equal(
+            m(CNN, x, y, a), MaxSensitivity(nr_samples=3, seed=0, perturb_func=ours)(CNN, x, y, a))
+    for q_fn, ours in ((pf.translation_x_direction, "translation_x"),
+                       (pf.translation_y_direction, "translation_y"),
+                       (pf.gaussian_noise, "gaussian")):
+        got = Continuity(nr_steps=4, perturb_func=q_fn, seed=0)(CNN, x, y, a)
+        np.testing.assert_array_equal(
+            got, Continuity(nr_steps=4, perturb_func=ours, seed=0)(CNN, x, y, a))
+
+
 # ============================================================================ stochastic
 def test_max_and_avg_sensitivity_identity_distribution(quantus):
     """||delta|| / ||x|| with delta ~ U(-0.2, 0.2)^D: the same distribution in both."""

@@ -29,14 +29,19 @@ How they run
   function share the perturbed inputs' explanations and model outputs
   (:class:`evalkit.cache.ExplanationCache`): e.g. MaxSensitivity and AvgSensitivity with the
   same settings explain once, and so do RelativeInputStability and RelativeOutputStability.
+  :func:`evalkit.evaluate` runs each unit inside such a context and seeds metrics with equal
+  :meth:`seed_scope` (their perturbation settings) alike, so there they share by default.
 
 After each call a metric exposes ``draw_scores_`` (N, K): the per-draw values (NaN for draws
 that did not count) and ``prediction_changed_`` (N, K) bool (None when not computed). The call
 option ``stack_budget`` (bytes, or a string like ``"64MiB"``) bounds the perturbed inputs and
 explanations built at once (default 256 MiB on CPU, 1 GiB on CUDA).
 
-Not supported from Quantus: ``similarity_func`` (the metrics compute their own ratios; choose
-``norm_numerator``/``norm_denominator``), NumPy ``perturb_func`` callables and
+Quantus' own norm, discretisation and perturbation functions (``quantus.fro_norm``,
+``quantus.functions.perturb_func.uniform_noise``, ``translation_x_direction``...) are recognised
+by name and replaced by the equivalents here, with the metric's parameters. Not supported from
+Quantus: ``similarity_func`` (the metrics compute their own ratios; choose
+``norm_numerator``/``norm_denominator``), other NumPy ``perturb_func`` callables and
 ``perturb_func_kwargs`` (use ``perturb_func="gaussian"``/``"uniform"`` with their parameters or
 an :class:`evalkit.perturb.Noise`).
 """
@@ -224,9 +229,25 @@ def _callable_draws(fn: Callable[[torch.Tensor, int], torch.Tensor], k: int) -> 
     return _Draws(k, make, None)
 
 
+#: Quantus' perturbation functions -> the equivalent here (their parameters are the metric's)
+_QUANTUS_PERTURB = {
+    "gaussian_noise": "gaussian", "batch_gaussian_noise": "gaussian",
+    "uniform_noise": "uniform", "batch_uniform_noise": "uniform",
+    "translation_x_direction": "translation_x", "batched_translation": "translation_x",
+    "translation_y_direction": "translation_y",
+}
+
+
+def _perturb_name(perturb_func: Any) -> Any:
+    """A function from the quantus package -> our name for the same perturbation."""
+    name = _quantus_name(perturb_func, _QUANTUS_PERTURB)
+    return _QUANTUS_PERTURB[name] if isinstance(name, str) and name in _QUANTUS_PERTURB else name
+
+
 def _make_noise(perturb_func: Any, perturb_mean: float, perturb_std: float,
                 lower_bound: float, upper_bound: float | None) -> Noise:
     """The noise model of ``perturb_func`` with the metric's parameters for that kind."""
+    perturb_func = _perturb_name(perturb_func)
     if isinstance(perturb_func, Noise):
         return perturb_func
     params = {"gaussian": {"perturb_mean": perturb_mean, "perturb_std": perturb_std},
@@ -677,8 +698,10 @@ class MaxSensitivity(_NoiseRobustness):
     """Max-sensitivity of the explanation (Yeh et al. 2019). **Lower is better**.
 
     SENS_max(x) = max_k ||a(x) - a(x'_k)|| / ||a(x)|| over K copies x'_k = x + U(-r, r)
-    (``lower_bound`` = r = 0.2 by default; Frobenius/L2 norms). The denominator is ||a(x)||, the
-    relative form of the fixed Quantus (#288/#289); the paper's own max-sensitivity has no
+    (``lower_bound`` = r = 0.2 by default: uniform in the L-infinity ball of radius r, as the
+    paper's experiments sample; Frobenius/L2 norms). The denominator ||a(x)|| makes the score
+    comparable across explainers of different scales; it is the form of the authors'
+    experiment code and of the fixed Quantus (#288/#289). The paper's formula has no
     denominator (``norm_denominator=None`` gives it).
 
     Parameters
@@ -755,6 +778,9 @@ class AvgSensitivity(MaxSensitivity):
     reduction = "mean"
 
 
+_TRANSLATIONS = ("translation_x", "translation_y")
+
+
 class Continuity(_PerturbationRobustness):
     """Explanation continuity (Montavon, Samek & Müller 2018). **Lower is better**.
 
@@ -773,7 +799,8 @@ class Continuity(_PerturbationRobustness):
         ``"translation_y"`` (images), ``"gaussian"``/``"uniform"``/an
         :class:`evalkit.perturb.Noise` (keyed noise, ``nr_steps`` draws, parameters as in
         :class:`LocalLipschitzEstimate`), or a callable ``f(x, step) -> x'`` on (B, ...) tensors
-        (deterministic; ``step`` = 0..nr_steps-1).
+        (deterministic and row by row, so that scores do not depend on the batch;
+        ``step`` = 0..nr_steps-1).
     perturb_baseline:
         Fill of the vacated positions of a translation: any evalkit baseline ("black", "white",
         "mean", "zero", a number, an array...).
@@ -825,13 +852,16 @@ class Continuity(_PerturbationRobustness):
             raise TypeError("`perturb_baseline` must be a baseline (a name, number or array), "
                             "not a mask-dependent imputer.")
         self._noise: Noise | None = None
-        if perturb_func in ("translation_x", "translation_y"):
-            pass
-        elif callable(perturb_func) and not isinstance(perturb_func, Noise):
-            pass
-        else:
-            self._noise = _make_noise(perturb_func, perturb_mean, perturb_std, lower_bound,
+        #: the perturbation: a translation name, a Noise or a user callable
+        self._perturb = _perturb_name(perturb_func)
+        name = self._perturb if isinstance(self._perturb, str) else None
+        if isinstance(self._perturb, Noise) or name in ("gaussian", "uniform"):
+            self._noise = _make_noise(self._perturb, perturb_mean, perturb_std, lower_bound,
                                       upper_bound)
+        elif name not in _TRANSLATIONS and (name is not None or not callable(self._perturb)):
+            raise ValueError("`perturb_func` must be 'translation_x', 'translation_y', "
+                             "'gaussian', 'uniform', an evalkit.perturb.Noise or a callable "
+                             f"f(x, step) -> x'; got {perturb_func!r}.")
         self._setup_prediction_change(on_prediction_change, return_nan_when_prediction_changes)
 
     @property
@@ -839,19 +869,18 @@ class Continuity(_PerturbationRobustness):
         return self.nr_steps
 
     def _draws(self, batch: MetricBatch) -> _Draws:
-        if self.perturb_func in ("translation_x", "translation_y"):
-            return _translation_draws(self.perturb_func[-1], self.nr_steps, self._baseline,
-                                      batch.x)
         if self._noise is not None:
             return _noise_draws(self._noise, self.nr_steps)
-        return _callable_draws(self.perturb_func, self.nr_steps)
+        if isinstance(self._perturb, str):  # a translation (checked in __init__)
+            return _translation_draws(self._perturb[-1], self.nr_steps, self._baseline, batch.x)
+        return _callable_draws(self._perturb, self.nr_steps)
 
     def seed_scope(self) -> str | None:
-        if self.perturb_func in ("translation_x", "translation_y"):
+        if self._noise is None and isinstance(self._perturb, str):  # a translation
             # deterministic unless the baseline is random; array baselines have no short name
             if isinstance(self._baseline.kind, np.ndarray | torch.Tensor):
                 return None
-            return f"translation|{self.perturb_func}|{self.nr_steps}|{self._baseline!r}"
+            return f"translation|{self._perturb}|{self.nr_steps}|{self._baseline!r}"
         if self._noise is not None:
             return _noise_spec(self._noise, self.nr_steps)  # the same draws as the noise metrics
         return None
@@ -1140,6 +1169,9 @@ class Consistency(Metric):
     n:
         n of the top-n discretisers (default 5) or the decimals of ``"floating_points"``
         (default 2).
+
+    With the default ``abs=True`` (as in Quantus) every attribution is non-negative, so
+    ``"top_n_sign"`` and ``"sign"`` see no negative signs; pass ``abs=False`` to use them.
 
     Deviations from Quantus 0.6: ``"top_n_sign"`` really takes the n most relevant features
     (Quantus takes the first n entries of the flattened map, C10, so on images every map gets
