@@ -126,6 +126,50 @@ def test_insertion_default_canvas_is_rise_blur():
     assert (b.blur_sigma, b.blur_kernel_size) == (5.0, 11)
 
 
+def test_insertion_blur_canvas_known_answer():
+    """The canvas is a Gaussian blur (sigma 5, 11-pixel kernel, mirrored borders): the first
+    point of the curve is f(blur(x)), the last f(x); with a linear model every point is
+    f(canvas) + the inserted contributions of (x - canvas)."""
+    from scipy.ndimage import gaussian_filter
+
+    x, y, wt = _data(n=3, c=2, h=12, w=12, seed=32)
+    model = LinearLogit(wt)
+    a = torch.randn((3, 1, 12, 12), dtype=torch.float64)
+    m = Insertion(features_in_step=36, softmax=False, normalise=False)
+    m(model, x, y, a)
+    canvas = torch.from_numpy(gaussian_filter(x.numpy(), sigma=(0, 0, 5, 5), mode="mirror",
+                                              truncate=1.0))
+    f = lambda z: (z * wt).flatten(1).sum(1)  # noqa: E731
+    np.testing.assert_allclose(m.curves_[:, 0], f(canvas).numpy(), rtol=1e-10)
+    np.testing.assert_allclose(m.curves_[:, -1], f(x).numpy(), rtol=1e-10)
+    gain = ((x - canvas) * wt).sum(1).reshape(3, -1)  # per pixel
+    order = torch.sort(a.reshape(3, -1), dim=1, descending=True, stable=True).indices
+    csum = torch.cat([torch.zeros(3, 1, dtype=torch.float64), gain.gather(1, order).cumsum(1)],
+                     1)
+    expected = f(canvas).unsqueeze(1) + csum[:, [0, 36, 72, 108, 144]]
+    np.testing.assert_allclose(m.curves_, expected.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_selectivity_known_curve():
+    x, y, wt = _data(h=6, w=6, seed=33)
+    model = LinearLogit(wt)
+    a = torch.randn_like(x)
+    m = Selectivity(patch_size=3, perturb_baseline="zero", softmax=False, normalise=False)
+    s = m(model, x, y, a)
+    # 4 patches of 3x3 (raster order), most relevant (largest attribution sum) first
+    def patches(t):
+        return t.reshape(5, 2, 3, 2, 3).permute(0, 1, 3, 2, 4).reshape(5, 4, 9).sum(2)
+
+    contrib, att = patches(x * wt), patches(a)
+    order = torch.sort(att, dim=1, descending=True, stable=True).indices
+    total = contrib.sum(1, keepdim=True)
+    curve = torch.cat([total, total - contrib.gather(1, order).cumsum(1)], 1)
+    np.testing.assert_allclose(m.curves_, curve.numpy(), atol=1e-10)
+    np.testing.assert_allclose(m.curve_x_, [0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_allclose(s, np.trapezoid(curve.numpy(), dx=0.25, axis=1), atol=1e-10)
+    assert not Selectivity.higher_is_better
+
+
 def test_region_perturbation_drops_and_aopc():
     x, y, wt = _data(h=4, w=4, seed=3)
     a = x * wt
@@ -250,6 +294,44 @@ def test_faithfulness_correlation_nan_reasons():
     s2 = m(LinearLogit(wt), x, y, torch.ones_like(x))
     assert np.isnan(s2).all()
     assert all("constant" in r for r in m.nan_reasons_.values())
+
+
+@pytest.mark.parametrize("metric", [
+    FaithfulnessCorrelation(nr_runs=10, subset_size=4, seed=0),
+    FaithfulnessEstimate(features_in_step=4),
+    MonotonicityCorrelation(nr_samples=3, features_in_step=4, seed=0),
+    MonotonicityCorrelation(nr_samples=3, features_in_step=4, perturb_baseline="black"),
+    SensitivityN(features_in_step=4, nr_subsets=5, seed=0),
+    SensitivityN(features_in_step=4, subsets="morf"),
+], ids=lambda m: repr(m)[:50])
+def test_correlation_metrics_nan_with_reason_when_nothing_changes(metric):
+    x, y, wt = _data(n=4, h=6, w=6, seed=30)
+    with pytest.warns(ek.UndefinedScoreWarning):
+        s = metric(LinearLogit(torch.zeros_like(wt)), x, y, torch.randn_like(x))
+    assert np.isnan(s).all()
+    assert all("did not change" in r for r in metric.nan_reasons_.values()), metric.nan_reasons_
+
+
+@pytest.mark.parametrize("cls,kw", [
+    (FaithfulnessEstimate, dict(features_in_step=4)),
+    (FaithfulnessCorrelation, dict(nr_runs=12, subset_size=6, seed=2)),
+    (MonotonicityCorrelation, dict(nr_samples=2, features_in_step=4, perturb_baseline="black")),
+    (SensitivityN, dict(features_in_step=4, nr_subsets=6, seed=2)),
+])
+def test_callable_similarity_func_is_called_per_sample(cls, kw):
+    """A callable f(a, b) -> float on two 1-D arrays (Quantus' signature) gives the same as the
+    built-in correlation it implements."""
+    from scipy.stats import pearsonr, spearmanr
+
+    x, y, wt = _data(n=4, h=6, w=6, seed=31)
+    model = LinearLogit(wt)
+    a = torch.randn_like(x)
+    builtin = cls(**kw)
+    name = builtin.similarity_func
+    fn = (lambda u, v: pearsonr(u, v)[0]) if name == "pearson" else (
+        lambda u, v: spearmanr(u, v)[0])
+    np.testing.assert_allclose(cls(similarity_func=fn, **kw)(model, x, y, a),
+                               builtin(model, x, y, a), rtol=1e-10, atol=1e-12)
 
 
 def test_faithfulness_correlation_subset_too_large():

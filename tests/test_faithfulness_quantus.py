@@ -269,3 +269,106 @@ def test_sufficiency(quantus, setup):
     assert defined.any()
     np.testing.assert_allclose(ours[defined], q[defined], **TOL)
     np.testing.assert_array_equal(q[~defined], 0.0)  # Quantus: 0 without neighbours
+
+
+def test_region_perturbation_random_order_with_the_same_permutations(quantus, setup,
+                                                                      monkeypatch):
+    """Quantus draws the random patch order from NumPy's global RNG: feed it ours."""
+    model, x, y, a = setup
+    ours = RegionPerturbation(patch_size=2, regions_evaluation=10, order="random", seed=4)
+    ours(model, x, y, a)
+    feed = iter(list(ours.order_))
+
+    def fake_permutation(n):
+        assert n == 16
+        return next(feed)
+
+    monkeypatch.setattr(np.random, "permutation", fake_permutation)
+    q = np.array(_q(quantus, quantus.RegionPerturbation, setup, patch_size=2,
+                    regions_evaluation=10, order="random"))
+    np.testing.assert_allclose(ours.curves_[:, 1:], q, **TOL)
+
+
+def test_region_perturbation_direction_bug_c17(quantus):
+    """Quantus declares LOWER for a curve of prediction drops; MoRF drops are better large."""
+    assert quantus.RegionPerturbation.score_direction.name == "LOWER"
+    assert RegionPerturbation(order="morf").higher_is_better
+    assert not RegionPerturbation(order="lerf").higher_is_better
+
+
+def test_quantus_similarity_functions_work_as_similarity_func(quantus, setup):
+    model, x, y, a = setup
+    for name, fn in [("pearson", quantus.similarity_func.correlation_pearson),
+                     ("spearman", quantus.similarity_func.correlation_spearman)]:
+        builtin = FaithfulnessEstimate(features_in_step=4, similarity_func=name)(model, x, y, a)
+        given = FaithfulnessEstimate(features_in_step=4, similarity_func=fn)(model, x, y, a)
+        np.testing.assert_allclose(given, builtin, rtol=1e-10, atol=1e-12)
+
+
+def test_infidelity_patch_size_not_dividing_the_image_bug_c12(quantus, setup):
+    """Quantus cannot reshape 8x8 inputs into 3x3 patches; ours uses smaller border patches.
+    Known answer on a linear model: the mean over the cumulative raster steps k of
+    (sum (a - w)(x - x_k))^2, where x_k has the first k patches replaced by the black baseline
+    (the sample's minimum)."""
+    _, x, _, a = setup
+    with pytest.raises(ValueError, match="reshape"):
+        _q(quantus, quantus.Infidelity, setup, perturb_patch_sizes=[3])
+    w = torch.randn((1, 8, 8), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    class Lin(nn.Module):
+        def forward(self, z):
+            s = (z * w).flatten(1).sum(1)
+            return torch.stack([s, -s], 1)
+
+    xt, at = torch.from_numpy(x).double(), torch.from_numpy(a).double()
+    ours = Infidelity(perturb_func="patches", perturb_patch_sizes=[3])(
+        Lin(), xt, torch.zeros(N, dtype=torch.long), at)
+    base = xt.flatten(1).amin(1).reshape(-1, 1, 1, 1)
+    labels = (torch.arange(8) // 3).reshape(8, 1) * 3 + (torch.arange(8) // 3).reshape(1, 8)
+    removed = torch.zeros_like(xt, dtype=torch.bool)
+    losses = []
+    for k in range(9):
+        removed = removed | (labels == k)
+        diff = torch.where(removed, xt - base, torch.zeros_like(xt))
+        losses.append((((at - w) * diff).flatten(1).sum(1)) ** 2)
+    np.testing.assert_allclose(ours, torch.stack(losses, 1).mean(1).numpy(), rtol=1e-10)
+
+
+def test_road_first_chunk_only_bug_c4(quantus, setup):
+    """With batch_size=3 Quantus' ROAD returns the accuracy of the first 3 samples only; ours
+    scores every sample (each as it scores alone)."""
+    model, x, y, a = setup
+    pct = [20, 60]
+    q = _q(quantus, quantus.ROAD, setup, percentages=pct, noise=0.0, call_kw={})
+    q3 = quantus.ROAD(percentages=pct, noise=0.0, disable_warnings=True)(
+        model=model, x_batch=x, y_batch=y, a_batch=a, device="cpu", batch_size=3)
+    m = ROAD(percentages=pct, noise=0.0, order="morf")
+    s = m(model, x, y, a, batch_size=3)
+    np.testing.assert_allclose([q3[p] for p in pct], m.morf_curves_[:3].mean(0), atol=1e-12)
+    np.testing.assert_allclose([q[p] for p in pct], m.morf_curves_.mean(0), atol=1e-12)
+    assert s.shape == (N,) and np.isfinite(s).all()
+    for i in range(N):
+        np.testing.assert_array_equal(m(model, x[i : i + 1], y[i : i + 1], a[i : i + 1]), s[i])
+
+
+def test_sufficiency_other_distances_bug_c9(quantus, setup):
+    """Quantus passes V=None to every scipy distance: only 'seuclidean' runs."""
+    from scipy.spatial.distance import cdist
+
+    model, x, y, a = setup
+    with pytest.raises(TypeError):
+        _q(quantus, quantus.Sufficiency, setup, distance_func="euclidean")
+    m = Sufficiency(threshold=0.7, distance_func="euclidean", normalise=False)
+    s = m(model, x, y, a)
+    flat = np.abs(a.reshape(N, -1)).astype(np.float64)
+    d = cdist(flat, flat, "euclidean")
+    d = d / d.max()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x)).argmax(1).numpy()
+    assert np.isfinite(s).sum() >= 2
+    for i in range(N):
+        near = [j for j in range(N) if j != i and d[i, j] <= 0.7]
+        if near:
+            assert s[i] == pytest.approx(np.mean([pred[j] == pred[i] for j in near]))
+        else:
+            assert np.isnan(s[i])

@@ -95,9 +95,23 @@ def test_concentrated_attribution_beats_random(metric, data):
 
 
 def test_monotonicity_on_the_region_model(data):
-    """Monotonicity cannot rank these two: restoring a pixel of the 'against' region in any
-    order lowers the score, so both attributions are non-monotone; its discriminative known
-    answers are in test_faithfulness.py. Here it must at least not prefer the random map."""
+    """Monotonicity (features added back onto the baseline in ascending order; the first
+    addition is not compared, as in AIX360) with signed attributions and one region per step:
+    the concentrated map restores the whole 'against' region (lowest attribution) in the first,
+    uncompared step, then background (no effect), then the 'for' region (each step raises the
+    score): monotone. A random map mixes the regions' pixels over many steps: not monotone."""
     model, x, y, good, rand = data
-    m = M.Monotonicity(features_in_step=8)
-    assert np.nanmean(m(model, x, y, good)) >= np.nanmean(m(model, x, y, rand))
+    m = M.Monotonicity(features_in_step=16, abs=False)
+    s_good = m(model, x, y, good)
+    s_rand = m(model, x, y, rand)
+    np.testing.assert_array_equal(s_good, np.ones(len(x)))
+    assert np.mean(s_good) > np.mean(s_rand)
+    # with the default abs=True both regions rank high and interleave: neither map is monotone,
+    # and the concentrated one must at least not lose
+    m_abs = M.Monotonicity(features_in_step=8)
+    assert np.nanmean(m_abs(model, x, y, good)) >= np.nanmean(m_abs(model, x, y, rand))
+
+
+def test_every_faithfulness_metric_has_a_sanity_case():
+    covered = {type(m).__name__ for m in CASES} | {"Monotonicity"}
+    assert covered == set(ek.metrics.list_metrics("faithfulness")["name"])
