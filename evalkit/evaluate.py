@@ -51,7 +51,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -77,6 +77,9 @@ from .store import (
     fingerprint,
     model_fingerprint,
 )
+
+if TYPE_CHECKING:
+    from .executors import Executor
 
 __all__ = ["Evaluation", "WorkUnit", "evaluate", "explain_methods"]
 
@@ -513,10 +516,21 @@ class Evaluation:
 
     def compute_unit(self, unit: WorkUnit, attributions: torch.Tensor) -> UnitRecord:
         """Run one unit; ``attributions`` holds the method's (N, ...) explanations (at least
-        the unit's rows). Raises what the metric raises."""
+        the unit's rows), or only the unit's ``stop - start`` rows. Raises what the metric
+        raises."""
         metric = self.run_metrics[unit.metric]
         method = self.methods[unit.method]
         sl = slice(unit.start, unit.stop)
+        rows = attributions.shape[0] if attributions.ndim else -1
+        if rows != self.n:
+            if rows != unit.stop - unit.start:
+                raise ValueError(
+                    f"`attributions` must have the evaluation's N = {self.n} rows or the unit's "
+                    f"{unit.stop - unit.start}; got shape {tuple(attributions.shape)}.")
+            attributions = attributions.to(self.x.device)
+            sl_a = slice(0, unit.stop - unit.start)
+        else:
+            sl_a = sl
         kwargs: dict[str, Any] = {"s": None if self.s is None else self.s[sl],
                                   "batch_size": self.batch_size, "device": self.device}
         if metric.re_explains:
@@ -525,7 +539,7 @@ class Evaluation:
             kwargs["explain_kwargs"] = ekw
         started = time.perf_counter()
         metric(self.model, self.x[sl], None if self.y is None else self.y[sl],
-               attributions[sl], **kwargs)
+               attributions[sl_a], **kwargs)
         elapsed = time.perf_counter() - started
         return UnitRecord(
             key=unit.key, cell_hash=unit.cell_hash, method=unit.method, metric=unit.metric,
@@ -755,6 +769,7 @@ def evaluate(
     progress: bool = True,
     store: str | Path | ResultStore | None = None,
     chunk_size: int | None = None,
+    executor: str | Executor | None = None,
 ) -> Results:
     """Score every explanation method with every metric.
 
@@ -804,6 +819,11 @@ def evaluate(
         Samples per unit of work (default 256): what a killed run can lose, and the size of
         each metric call. Does not change results; a resumed run finds its stored units only
         with the same ``chunk_size``.
+    executor:
+        Where the units run: ``None``/``"local"`` in this process; ``"ray"`` (optional extra
+        ``ray``) or an :class:`evalkit.executors.RayExecutor` on the workers of a Ray cluster,
+        with the same results bit for bit and the same ``store`` semantics (see
+        :mod:`evalkit.executors`).
 
     Returns
     -------
@@ -811,7 +831,11 @@ def evaluate(
     """
     evaluation = Evaluation(metrics, xai_methods, model, x, y, s, explain_fn=explain_fn, seed=seed,
                             batch_size=batch_size, device=device, chunk_size=chunk_size)
-    return evaluation.run(store=store, progress=progress)
+    if executor is None:
+        return evaluation.run(store=store, progress=progress)
+    from .executors import as_executor
+
+    return as_executor(executor).run_evaluation(evaluation, store=store, progress=progress)
 
 
 def explain_methods(
