@@ -187,6 +187,8 @@ def model_key(wrapper: Any) -> bytes:
                    getattr(wrapper, "eval_mode", None), wrapper.softmax,
                    _target_key(wrapper.target), id(getattr(wrapper, "output_fn", None)),
                    getattr(wrapper, "channels_last", None))).encode())
+    if getattr(wrapper, "autocast", None) is not None:
+        h.update(f"autocast:{wrapper.autocast}".encode())
     if isinstance(model, torch.nn.Module):
         versions = [(id(t), t._version, t.data_ptr()) for t in model.parameters()]
         versions += [(id(t), t._version, t.data_ptr()) for t in model.buffers()]

@@ -197,8 +197,11 @@ def model_fingerprint(model: Any) -> dict[str, Any]:
     from .models import ModelWrapper
 
     if isinstance(model, ModelWrapper):
-        return {"__wrapper__": type(model).__name__, "softmax": model.softmax,
-                "target": canonical(model.target), "model": model_fingerprint(model.model)}
+        out = {"__wrapper__": type(model).__name__, "softmax": model.softmax,
+               "target": canonical(model.target), "model": model_fingerprint(model.model)}
+        if getattr(model, "autocast", None) is not None:  # mixed-precision forward passes
+            out["autocast"] = str(model.autocast)
+        return out
     if isinstance(model, torch.nn.Module):
         h = hashlib.blake2b(digest_size=16)
         for name, t in model.state_dict(keep_vars=False).items():

@@ -23,6 +23,7 @@ __all__ = ["TorchModel", "randomisable_layers"]
 
 LAYER_ORDERS = ("top_down", "bottom_up", "independent")
 NOISE_TYPES = ("multiplicative", "additive")
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def randomisable_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -58,6 +59,14 @@ class TorchModel(ModelWrapper):
     output_fn:
         Optional function that extracts the output tensor from what the module returns (e.g.
         ``lambda out: out.logits`` for Hugging Face models).
+    autocast:
+        Run the model's forward passes under ``torch.autocast`` with this dtype
+        (``torch.bfloat16`` or ``torch.float16``; ``True`` means ``torch.bfloat16``) on the
+        model's device type: mixed precision for speed on GPUs. The outputs are cast back to
+        float32 (float64 for a float64 model) before any target, softmax or metric maths, and
+        gradients reach the inputs in their own dtype. ``None`` (default): full precision.
+        Scores then differ from a full-precision run by the autocast's rounding; the setting
+        is part of the model's fingerprint (store keys) and forward-cache keys.
     """
 
     differentiable = True
@@ -72,9 +81,18 @@ class TorchModel(ModelWrapper):
         batch_size: int | None = None,
         eval_mode: bool = True,
         output_fn: Callable[[Any], torch.Tensor] | None = None,
+        autocast: torch.dtype | bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"TorchModel needs a torch.nn.Module; got {type(model).__name__}.")
+        if autocast is True:
+            autocast = torch.bfloat16
+        elif autocast is False:
+            autocast = None
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"`autocast` must be torch.bfloat16, torch.float16, True or None; "
+                             f"got {autocast!r}.")
+        self.autocast: torch.dtype | None = autocast
         super().__init__(softmax=softmax, target=target, batch_size=batch_size)
         self._model = model
         self.eval_mode = bool(eval_mode)
@@ -108,14 +126,19 @@ class TorchModel(ModelWrapper):
         return self._dtype
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._model(x)
-        if self.output_fn is not None:
-            out = self.output_fn(out)
+        with (torch.autocast(device_type=self._device.type, dtype=self.autocast)
+              if self.autocast is not None else contextlib.nullcontext()):
+            out = self._model(x)
+            if self.output_fn is not None:
+                out = self.output_fn(out)
         if not isinstance(out, torch.Tensor):
             raise TypeError(
                 f"The model returned {type(out).__name__}, not a tensor; pass "
                 "`output_fn=` to wrap_model to extract the output tensor."
             )
+        if self.autocast is not None and out.is_floating_point():
+            # metric maths (targets, softmax, differences of scores) in full precision
+            out = out.to(torch.promote_types(self._dtype, torch.float32))
         return out
 
     @contextlib.contextmanager
