@@ -114,8 +114,9 @@ class ForwardRunner:
         with self.model.evaluation(), torch.inference_mode():
             while start < total:
                 stop = min(total, start + chunk)
-                flat = torch.arange(start, stop, dtype=torch.int64)
-                index = tuple(i.to(device) for i in _unravel(flat, dims))
+                # built on the model's device: no host-to-device copy (a sync on CUDA) per chunk
+                flat = torch.arange(start, stop, dtype=torch.int64, device=device)
+                index = _unravel(flat, dims)
                 try:
                     inputs = build(index)
                     values = reduce(self.model(inputs), index)
