@@ -192,12 +192,18 @@ def cached_rows(
     got = cache.lookup([fps[i] for i in order], [[row_keys[j] for j in groups[i]] for i in order])
     out = torch.full((m,), float("nan"), dtype=torch.float64, device=batch.device)
     missing: list[int] = []
+    hit_rows: list[int] = []
+    hit_values: list[float] = []
     for i, vals in zip(order, got, strict=True):
         for j, v in zip(groups[i], vals, strict=True):
             if v is None:
                 missing.append(j)
             else:
-                out[j] = v
+                hit_rows.append(j)
+                hit_values.append(v)
+    if hit_rows:  # one copy to the device, not one per cached row
+        out[torch.tensor(hit_rows, dtype=torch.int64, device=batch.device)] = torch.tensor(
+            hit_values, dtype=torch.float64, device=batch.device)
     if missing:
         miss = torch.tensor(sorted(missing), dtype=torch.int64, device=batch.device)
         new = run_rows(batch, lambda mm: build_rows(miss[mm]), sample_idx[miss],
@@ -321,11 +327,12 @@ def window_scores(
         scores[ti, tt] = cached_rows(batch, ti, keys_list, fps, build, quantity=quantity,
                                      desc=desc)
 
-    if bool(dup.any()):
-        for t in range(1, t_count):
-            col = dup[:, t]
-            if bool(col.any()):
-                scores[:, t] = torch.where(col, scores[:, t - 1], scores[:, t])
+    if t_count > 1:
+        # a repeated window takes the score of the last step before it that was run: a forward
+        # fill over steps as one gather (no host sync per step)
+        steps = torch.arange(t_count, device=dev).expand(n, t_count)
+        source = torch.where(dup, torch.zeros_like(steps), steps).cummax(1).values
+        scores = scores.gather(1, source)
     return scores
 
 
