@@ -841,10 +841,17 @@ class FaithfulnessCorrelation(Metric):
         out = torch.empty((batch.n, self.nr_runs, self.subset_size), dtype=torch.int64,
                           device=batch.device)
         block = max(1, 2**22 // max(1, self.nr_runs * g_max))
+        k = self.subset_size
         for s in range(0, batch.n, block):
             u = _rng.uniform(keys[s : s + block], (self.nr_runs, g_max), dtype=torch.float64)
             u = u.masked_fill(~valid[s : s + block].unsqueeze(1), math.inf)
-            out[s : s + block] = u.topk(self.subset_size, dim=2, largest=False).indices
+            # the k smallest of i.i.d. uniforms: a uniform k-subset (argpartition is ~2x faster
+            # than topk on the CPU; the order within a subset does not matter)
+            if u.device.type == "cpu":
+                idx = np.argpartition(u.numpy(), k - 1, axis=2)[..., :k]
+                out[s : s + block] = torch.from_numpy(idx)
+            else:
+                out[s : s + block] = u.topk(k, dim=2, largest=False).indices
         return out
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
@@ -1140,7 +1147,7 @@ class Infidelity(Metric):
         repeats = self.n_perturb_samples if self._imputer.stochastic else 1
         losses = []
         for r in range(repeats):
-            keys = _rng.combine(batch.keys, 0x1F1D, r)
+            keys = _rng.combine(batch.keys, 0x1F1D, r) if self._imputer.stochastic else None
             base = _baseline_values(self._imputer, x, keys)
             for p in self.perturb_patch_sizes:
                 grouping = Patches(p)
@@ -1325,11 +1332,9 @@ class _ConfidenceChange(Metric):
         """(f(x), f(x * e)) per sample, float64."""
         x = batch.x
         e = self._maps(batch).to(x.dtype)
-        base = self._imputer.values(x, batch.keys) if isinstance(self._imputer, Baseline) \
-            else None
+        base = _baseline_values(self._imputer, x, batch.keys if self.stochastic else None)
         if base is None:
             raise ValueError("The confidence metrics need a mask-independent perturb_baseline.")
-        base = base.expand_as(x)
         n = batch.n
         idx = torch.arange(n, device=x.device)
         fps = sample_fingerprints(batch, row_hashes(e, n), row_hashes(base, n), b"cam-mult")
