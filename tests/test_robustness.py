@@ -941,15 +941,92 @@ class TestRepresentationLayers:
         a = ek.explain(CNN, x, y, method="Saliency")
         kw = dict(nr_samples=4, seed=0, on_prediction_change="keep")
         by_name = RelativeRepresentationStability(layer_names=["relu"], **kw)(CNN, x, y, a)
-        by_index = RelativeRepresentationStability(layer_indices=[2], **kw)(CNN, x, y, a)
+        # Quantus' positions: the modules except the model itself (conv, relu, fc)
+        by_index = RelativeRepresentationStability(layer_indices=[1], **kw)(CNN, x, y, a)
         np.testing.assert_allclose(by_name, by_index)
         both = RelativeRepresentationStability(layer_names=["relu", "fc"], **kw)(CNN, x, y, a)
         every = RelativeRepresentationStability(layer_names="all", **kw)(CNN, x, y, a)
+        explicit = RelativeRepresentationStability(layer_names=["conv", "relu", "fc"], **kw)(
+            CNN, x, y, a)
         assert np.isfinite(both).all() and np.isfinite(every).all()
+        np.testing.assert_allclose(every, explicit)
         fc = RelativeRepresentationStability(layer_names=["fc"], **kw)(CNN, x, y, a)
+        np.testing.assert_allclose(
+            fc, RelativeRepresentationStability(layer_indices=[-1], **kw)(CNN, x, y, a))
         assert not np.allclose(fc, by_name)
         # the hooks are gone afterwards
         assert all(not m._forward_hooks for m in CNN.modules())
+
+    def test_resolve_layers(self):
+        class Block(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = nn.Conv2d(3, 3, 3, padding=1)
+                self.act = nn.ReLU()
+
+            def forward(self, x):
+                return self.act(self.conv(x)) + x
+
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.block = Block()
+                self.head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
+                self.unused = nn.Linear(2, 2)
+
+            def forward(self, x):
+                return self.head(self.block(x))
+
+        net = Net().eval()
+        rrs = RelativeRepresentationStability
+        assert rrs(layer_names="all").resolve_layers(net) == [
+            "block.conv", "block.act", "head.0", "head.1", "unused"]
+        # Quantus' list for indices skips the model and nn.Sequential containers only
+        assert rrs(layer_indices=[0, 3, -1, -2]).resolve_layers(net) == [
+            "block", "head.0", "unused", "head.1"]
+        with pytest.raises(ValueError, match="out of range"):
+            rrs(layer_indices=[6]).resolve_layers(net)
+        with pytest.raises(TypeError, match="integers"):
+            rrs(layer_indices=["head"]).resolve_layers(net)
+        # "all" leaves out the layer that never runs; a named one that never runs is an error
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(3, 3, 8, 8, generator=g)
+        y = torch.zeros(3, dtype=torch.int64)
+        kw = dict(nr_samples=3, seed=0, on_prediction_change="keep")
+        every = rrs(layer_names="all", **kw)(net, x, y, explain_fn=identity_explain)
+        used = rrs(layer_names=["block.conv", "block.act", "head.0", "head.1"], **kw)(
+            net, x, y, explain_fn=identity_explain)
+        np.testing.assert_allclose(every, used)
+        with pytest.raises(RuntimeError, match="produced no output"):
+            rrs(layer_names=["unused"], **kw)(net, x, y, explain_fn=identity_explain)
+
+    def test_representation_is_recorded_before_in_place_operations(self):
+        """Regression: a layer followed by ReLU(inplace=True) must contribute its own output,
+        not the rectified one the in-place ReLU leaves in the same tensor."""
+        model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(inplace=True), nn.Linear(3, 2)).eval()
+        with torch.no_grad():
+            model[0].weight.copy_(torch.tensor([[1.0, -1.0, 0.5, 0.0], [-1.0, 0.5, 0.0, 1.0],
+                                                [0.3, 0.3, -1.0, 0.2]]))
+            model[0].bias.copy_(torch.tensor([0.1, -0.2, 0.15]))
+            model[2].weight.copy_(torch.ones(2, 3))
+            model[2].bias.zero_()
+        x = torch.tensor([[0.2, 0.9, 0.4, 0.1], [0.8, 0.1, 0.6, 0.3]])
+        y = torch.zeros(2, dtype=torch.int64)
+        noise = FixedNoise(torch.tensor([0.1, -0.2, 0.05, 0.1]), [1.0, -0.5])
+        out = RelativeRepresentationStability(
+            nr_samples=2, perturb_func=noise, layer_names=["0"], on_prediction_change="keep")(
+            model, x, y, explain_fn=identity_explain)
+        xd = x.double()
+        w, b = model[0].weight.detach().double(), model[0].bias.detach().double()
+        h = xd @ w.T + b
+        assert (h < 0).any() and (h.abs() > 0.05).all()  # the ReLU would change it
+        expected = []
+        for k in (1.0, -0.5):
+            xp = (x + k * noise.pattern).double()
+            num = ((xd - xp) / xd).norm(dim=1)
+            den = ((h - (xp @ w.T + b)) / h.abs()).norm(dim=1)
+            expected.append(num / den)
+        np.testing.assert_allclose(out, torch.stack(expected, 1).amax(1).numpy(), rtol=1e-5)
 
     def test_needs_a_torch_module(self):
         x, y = cnn_data(2)

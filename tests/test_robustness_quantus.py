@@ -316,3 +316,44 @@ def test_score_distributions_over_many_draws(quantus, name):
     se = np.sqrt(ours.var(ddof=1) / n + theirs.var(ddof=1) / n)
     assert abs(ours.mean() - theirs.mean()) <= 4 * se
 
+
+
+def test_layer_indices_select_quantus_layers(quantus):
+    """``layer_indices`` index Quantus' layer list (the modules except the model itself and
+    nn.Sequential containers): the same position selects the same layer in both libraries.
+    Quantus' negative indices are off by one (-1 selects nothing); ours count from the end."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.act = nn.Tanh()
+
+        def forward(self, x):
+            return self.act(self.conv(x)) + x
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                self.block = Block()
+                self.head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+
+        def forward(self, x):
+            return self.head(self.block(x))
+
+    net = Net().eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)).numpy()
+    from quantus.helpers.model.pytorch_model import PyTorchModel
+
+    qm = PyTorchModel(net, channel_first=True, softmax=False, device="cpu")
+    listed = RelativeRepresentationStability(layer_indices=list(range(5))).resolve_layers(net)
+    assert listed == ["block", "block.conv", "block.act", "head.0", "head.1"]
+    for i, name in enumerate(listed):
+        np.testing.assert_array_equal(qm.get_hidden_representations(x, layer_indices=[i]),
+                                      qm.get_hidden_representations(x, layer_names=[name]))
+    with pytest.raises(ValueError):  # Quantus: "No hidden representations were selected"
+        qm.get_hidden_representations(x, layer_indices=[-1])
+    assert RelativeRepresentationStability(layer_indices=[-1]).resolve_layers(net) == ["head.1"]

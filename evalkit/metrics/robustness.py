@@ -893,6 +893,10 @@ class Continuity(_PerturbationRobustness):
 
 
 # ---------------------------------------------------------------------------- relative stability
+def _leaf_layers(model: torch.nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if n and next(m.children(), None) is None]
+
+
 def _relative_change(ref: torch.Tensor, new: torch.Tensor, eps_min: float, p: float
                      ) -> torch.Tensor:
     """|| (ref - new) / max(|ref|, eps_min) ||_p over the last axis (``ref`` broadcasts against
@@ -1004,33 +1008,65 @@ class _RepresentationForward(_Forward):
 
     spec = None
 
-    def __init__(self, metric: RelativeRepresentationStability, wrapper: Any,
-                 layers: list[str], n: int) -> None:
+    def __init__(self, metric: RelativeRepresentationStability, module: torch.nn.Module,
+                 layers: list[str], n: int, *, skip_silent: bool = False) -> None:
         self.metric = metric
-        self.wrapper = wrapper
+        self.module = module
         self.layers = layers
         self.n = n
+        #: leave out layers that do not run (layer_names="all": e.g. an unused head)
+        self.skip_silent = skip_silent
         self.clean = True
         self.clean_reps: torch.Tensor | None = None
+        self._used: list[str] | None = None
         self._store: dict[str, list[torch.Tensor]] | None = None
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
-        with self.wrapper.capture(self.layers) as store:
-            self._store = store
-            try:
-                yield
-            finally:
-                self._store = None
+        modules = dict(self.module.named_modules())
+        missing = [name for name in self.layers if not name or name not in modules]
+        if missing:
+            raise ValueError(f"Unknown layers {missing}; e.g. {list(modules)[1:8]}.")
+        store: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+
+        def hook_for(name: str) -> Callable[..., None]:
+            def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+                if isinstance(output, tuple | list):
+                    output = output[0]
+                # a copy taken now: a later in-place operation (ReLU(inplace=True) after the
+                # layer) would otherwise change the recorded output
+                store[name].append(output.reshape(output.shape[0], -1).clone())
+
+            return hook
+
+        handles = [modules[name].register_forward_hook(hook_for(name)) for name in self.layers]
+        self._store = store
+        try:
+            yield
+        finally:
+            self._store = None
+            for h in handles:
+                h.remove()
 
     def _reps(self) -> torch.Tensor:
         parts = []
+        used = []
         for name in self.layers:
             captured = self._store[name]  # type: ignore[index]
             if not captured:
+                if self.skip_silent:
+                    continue
                 raise RuntimeError(f"Layer {name!r} produced no output in the forward pass.")
-            parts.extend(t.reshape(t.shape[0], -1) for t in captured)
+            used.append(name)
+            parts.extend(captured)
             captured.clear()
+        if self._used is None:
+            if not parts:
+                raise RuntimeError(f"None of the layers {self.layers} ran in the forward pass.")
+            self._used = used
+        elif used != self._used:
+            raise RuntimeError("The representation layers that ran differ between forward "
+                               f"passes ({self._used} vs {used}).")
         return torch.cat(parts, 1)
 
     def reduce(self, outputs: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
@@ -1060,15 +1096,23 @@ class RelativeRepresentationStability(_RelativeStability):
     layer_names:
         The layers whose outputs form the representation, by module name (see
         ``model.named_modules()``), e.g. ``["fc.0"]``. Required: choose them explicitly;
-        ``"all"`` takes every leaf module (Quantus' default, which is memory-hungry and mixes
-        scales).
+        ``"all"`` takes every leaf module that runs in the forward pass (memory-hungry, and it
+        mixes scales). :meth:`resolve_layers` shows the names chosen for a model.
     layer_indices:
-        Quantus' alternative: positions in ``list(model.named_modules())`` (negative counts
-        from the end). Give one of ``layer_names`` and ``layer_indices``.
+        Quantus' alternative: positions in Quantus' list of layers, i.e. every named module
+        except the model itself and ``nn.Sequential`` containers, in ``named_modules()``
+        order; negative positions count from the end. Give one of ``layer_names`` and
+        ``layer_indices``.
     <<NOISE>>
     <<RELATIVE>>
 
     <<DEVIATIONS>>
+    Layers (RRS): no default (Quantus takes all layers); ``"all"`` means the leaf modules that
+    run (Quantus: every module but ``nn.Sequential`` containers, so a residual block's output
+    and those of the layers inside it all enter); each layer's output is recorded as a copy
+    when the layer returns (Quantus keeps the tensor, so a following ``ReLU(inplace=True)``
+    rectifies the recorded representation); negative ``layer_indices`` count from the end
+    (Quantus' are off by one: -1 selects nothing).
 
     Needs a ``torch.nn.Module`` (the layers are read with forward hooks, removed afterwards).
 
@@ -1099,35 +1143,43 @@ class RelativeRepresentationStability(_RelativeStability):
         self.layer_names = layer_names
         self.layer_indices = layer_indices
 
-    def _resolve_layers(self, batch: MetricBatch) -> list[str]:
-        module = getattr(batch.model, "model", None)
-        if not isinstance(module, torch.nn.Module) or not hasattr(batch.model, "capture"):
-            raise TypeError("RelativeRepresentationStability needs a torch.nn.Module: it reads "
-                            "hidden layers with forward hooks.")
-        named = list(module.named_modules())
+    def resolve_layers(self, model: torch.nn.Module) -> list[str]:
+        """The names of the layers whose outputs form the representation of ``model``."""
+        named = list(model.named_modules())
         if self.layer_names is None and self.layer_indices is None:
-            leaves = [n for n, m in named if n and not any(True for _ in m.children())]
+            leaves = _leaf_layers(model)
             raise ValueError(
                 "RelativeRepresentationStability needs the representation layers: pass "
                 f"layer_names=[...] (e.g. {leaves[-3:]}) or layer_names='all' for every leaf "
                 "module."
             )
         if self.layer_names == "all":
-            return [n for n, m in named if n and not any(True for _ in m.children())]
+            return _leaf_layers(model)
         if self.layer_indices is not None:
+            # Quantus' list: every module but the model itself and nn.Sequential containers
+            listed = [n for n, m in named if n and not isinstance(m, torch.nn.Sequential)]
             out = []
             for i in self.layer_indices:
-                if not -len(named) <= i < len(named):
-                    raise ValueError(f"layer index {i} is out of range ({len(named)} modules).")
-                name = named[i][0]
-                if not name:
-                    raise ValueError(f"layer index {i} is the model itself, not a layer.")
-                out.append(name)
+                if isinstance(i, bool) or not isinstance(i, int | np.integer):
+                    raise TypeError(f"`layer_indices` must be integers; got {i!r}.")
+                if not -len(listed) <= i < len(listed):
+                    raise ValueError(f"layer index {i} is out of range: the model has "
+                                     f"{len(listed)} indexable layers ({listed}).")
+                out.append(listed[i])
             return out
         return list(self.layer_names)  # type: ignore[arg-type]
 
+    def _resolve_layers(self, batch: MetricBatch) -> list[str]:
+        module = getattr(batch.model, "model", None)
+        if not isinstance(module, torch.nn.Module) or not hasattr(batch.model, "capture"):
+            raise TypeError("RelativeRepresentationStability needs a torch.nn.Module: it reads "
+                            "hidden layers with forward hooks.")
+        return self.resolve_layers(module)
+
     def _forward(self, batch: MetricBatch) -> _Forward:
-        return _RepresentationForward(self, batch.model, self._resolve_layers(batch), batch.n)
+        return _RepresentationForward(self, batch.model.model,  # type: ignore[union-attr]
+                                      self._resolve_layers(batch), batch.n,
+                                      skip_silent=self.layer_names == "all")
 
     def _clean_forward(self, batch: MetricBatch, forward: _Forward) -> torch.Tensor:
         assert isinstance(forward, _RepresentationForward)
