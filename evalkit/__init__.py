@@ -16,6 +16,7 @@ from ._validation import EvalkitWarning, UndefinedScoreWarning
 from ._version import __version__
 from .cache import ForwardCache, forward_cache
 from .evaluate import evaluate
+from .executors import RayExecutor
 from .explain import explain
 from .models import wrap_model
 from .results import Results
@@ -23,6 +24,7 @@ from .results import Results
 __all__ = [
     "EvalkitWarning",
     "ForwardCache",
+    "RayExecutor",
     "Results",
     "UndefinedScoreWarning",
     "__version__",

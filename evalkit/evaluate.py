@@ -25,6 +25,9 @@ How it runs
   :func:`evalkit.forward_cache`, so removal/insertion curves with the same ordering and
   baseline, and robustness metrics with the same perturbations, reuse each other's work.
 * **Crash-safe and resumable** with ``store=``: see :mod:`evalkit.store`.
+* **Distributed** with ``executor="ray"`` (or a :class:`evalkit.executors.RayExecutor`): the
+  units run on the workers of a Ray cluster with the same results; see
+  :mod:`evalkit.executors`.
 * **Errors stay in their cell**: a (method, metric) that raises is recorded in
   ``Results.errors`` with its traceback, and the run goes on.
 * **Seeds**: each metric runs with a seed derived from ``seed`` and the metric's name (never
