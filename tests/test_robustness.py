@@ -672,6 +672,27 @@ class TestExplainBatching:
         assert counter.rows == 600 and counter.calls == math.ceil(600 / size)
         assert max(len(t) for t in counter.inputs) == min(size, 600)
 
+    def test_multi_dimensional_labels_follow_their_copies(self):
+        """Regression: labels of shape (N, ...) (multi-label targets) were flattened when
+        repeated for the K copies; each copy must get its sample's label row."""
+        from evalkit.models.targets import MultiLabelTarget
+
+        x, _ = cnn_data(3)
+        y = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 0, 0, 1], [1, 1, 0, 0, 0]])
+        wrapper = ek.wrap_model(CNN, target=MultiLabelTarget())
+        seen = []
+
+        def fn(model, xs, ys, **kw):
+            seen.append(ys.clone())
+            return ek.explain(model, xs, ys, method="Saliency")
+
+        m = MaxSensitivity(nr_samples=4, seed=0)
+        out = m(wrapper, x, y, explain_fn=fn)
+        assert torch.equal(seen[-1], y.repeat_interleave(4, dim=0))
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(m(wrapper, x[1:2], y[1:2], explain_fn=fn), out[1:2],
+                                   rtol=1e-6)
+
     def test_memory_budget_chunks_samples(self):
         x, y = cnn_data(6)
         counter = CountingExplain()

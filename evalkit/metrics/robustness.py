@@ -438,7 +438,7 @@ class _PerturbationRobustness(Metric):
             got = None
             if todo:
                 xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
-                ys = None if batch.y is None else batch.y[idx[todo]].repeat_interleave(k)
+                ys = None if batch.y is None else batch.y[idx[todo]].repeat_interleave(k, dim=0)
                 got = self._run_explain(batch, xs, ys)
                 if store is not None:  # copies: a view would keep the whole chunk alive
                     blocks = got.reshape(len(todo), k, *got.shape[1:])
