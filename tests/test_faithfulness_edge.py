@@ -203,3 +203,26 @@ def test_docstring_states_direction_paper_and_quantus_differences(name):
                    "MonotonicityCorrelation", "Infidelity", "Sufficiency", "ROAD"}
     if name in quantus_has:
         assert "Quantus" in doc, f"{name}: differences from Quantus not stated"
+
+
+@pytest.mark.parametrize("name", ["PixelFlipping", "Deletion", "Insertion", "Selectivity",
+                                  "RegionPerturbation", "IROF", "PixelFlipping[uniform]"])
+def test_curve_metrics_return_the_trapezoid_area_over_the_fraction_perturbed(name, data):
+    model, x, y, a = data
+    metric = ALL[name]
+    s = metric(model, x, y, a)
+    curves, xs = metric.curves_, metric.curve_x_
+    assert curves.shape[0] == N and curves.ndim == 2
+    xs2 = np.broadcast_to(xs, curves.shape)
+    assert np.all(xs2[:, 0] == 0) and np.all(np.diff(xs2, axis=1) >= 0)
+    assert np.all(xs2 <= 1)
+    if name != "RegionPerturbation":  # its curve stops after regions_evaluation regions
+        assert np.all(xs2[:, -1] == 1)
+    auc = np.trapezoid(curves, xs2, axis=1)
+    np.testing.assert_allclose(s, 1 - auc if name == "IROF" else auc, rtol=1e-12, atol=1e-12)
+    # scores compare across step sizes: a finer step walks the same features
+    if name == "PixelFlipping":
+        fine = M.PixelFlipping(features_in_step=1)
+        fine(model, x, y, a)
+        assert fine.curves_.shape[1] == 37
+        np.testing.assert_allclose(fine.curves_[:, ::6], curves, rtol=1e-12)
