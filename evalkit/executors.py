@@ -734,8 +734,9 @@ class RayExecutor(Executor):
 def _fatal(item: tuple[Any, ...]) -> _Fatal:
     _k, tname, msg, tb = item[:4]
     return _Fatal(
-        f"A Ray worker could not load the evaluation ({tname}: {msg}). The workers need evalkit "
-        "and every module your model, metrics and explain functions come from (pass "
+        f"A Ray worker could not load the model, data and settings shipped to it ({tname}: "
+        f"{msg}). The workers need evalkit and every module your model, metrics and explain "
+        "functions come from (pass "
         "init_kwargs={'runtime_env': {...}} or install them on the cluster).\n\nWorker "
         f"traceback:\n{tb}")
 

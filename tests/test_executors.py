@@ -75,6 +75,17 @@ def _square(shared, k):
     return shared * k * k
 
 
+def _explode():
+    raise ModuleNotFoundError("no module named 'only_on_the_driver'")
+
+
+class _Unloadable:
+    """Pickles on the driver; unpickling it (on a worker) fails like a missing module."""
+
+    def __reduce__(self):
+        return _explode, ()
+
+
 def _assert_same(a: ek.Results, b: ek.Results) -> None:
     """Scores, NaN reasons, curves and errors equal bit for bit."""
     assert a.methods == b.methods and a.metrics == b.metrics
@@ -254,6 +265,8 @@ def test_ray_imap_and_cluster_checks(cluster):
     with pytest.raises(ValueError, match="job 1 of 2 failed") as info:
         list(ex.imap_unordered(_raise_value_error, 2, [(1,)]))
     assert "Raised on a Ray worker" in "".join(getattr(info.value, "__notes__", []))
+    with pytest.raises(RuntimeError, match=r"could not load.*only_on_the_driver"):
+        list(ex.imap_unordered(_square, _Unloadable(), [(1,)]))
     with pytest.raises(ValueError, match="no GPUs"):
         list(RayExecutor(num_gpus_per_worker=1).imap_unordered(_square, 1, [(1,)]))
 
