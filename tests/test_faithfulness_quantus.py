@@ -372,3 +372,39 @@ def test_sufficiency_other_distances_bug_c9(quantus, setup):
             assert s[i] == pytest.approx(np.mean([pred[j] == pred[i] for j in near]))
         else:
             assert np.isnan(s[i])
+
+
+@pytest.fixture(scope="module")
+def rgb():
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(4 * 36, 5)).eval()
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand((N, 3, 6, 6), generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    a = torch.randn((N, 3, 6, 6), generator=g)  # per channel value: Quantus' features
+    return model, x.numpy(), y.numpy(), a.numpy()
+
+
+@pytest.mark.parametrize("name", ["PixelFlipping", "FaithfulnessEstimate", "Monotonicity[C2]"])
+def test_rgb_channel_values_reproduce_quantus_features(quantus, rgb, name):
+    """On RGB inputs Quantus' features are channel values; grouping='channel_values' gives
+    the same computation."""
+    model, x, y, a = rgb
+    if name == "PixelFlipping":
+        q = np.array(_q(quantus, quantus.PixelFlipping, rgb, features_in_step=6))
+        ours = PixelFlipping(features_in_step=6, grouping="channel_values")
+        ours(model, x, y, a)
+        np.testing.assert_allclose(ours.curves_[:, 1:], q, **TOL)
+    elif name == "FaithfulnessEstimate":
+        q = np.array(_q(quantus, quantus.FaithfulnessEstimate, rgb, features_in_step=6))
+        ours = FaithfulnessEstimate(features_in_step=6, grouping="channel_values")
+        np.testing.assert_allclose(ours(model, x, y, a), q, **TOL)
+    else:  # Quantus' no-op (C2): the all-baseline curve is flat, so it always says True
+        q = _q(quantus, quantus.Monotonicity, rgb, features_in_step=6)
+        assert all(q)
+        ours = Monotonicity(features_in_step=6, grouping="channel_values")
+        ours(model, x, y, a)
+        assert np.ptp(ours.curves_, axis=1).min() > 0  # ours restores x: the curve moves
