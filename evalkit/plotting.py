@@ -547,8 +547,9 @@ def plot_rank_frequency(
     ax.set_xlabel(xlabel or default_x)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    fig.legend(loc="outside right upper", title="rank (1 = best)", fontsize="small",
-               frameon=False)
+    # below the axes, so that a long title never runs into it
+    fig.legend(loc="outside lower center", title="rank (1 = best)", fontsize="small",
+               ncols=min(m, 8), frameon=False)
     if title:
         fig.suptitle(title, fontsize="medium")
     return fig
