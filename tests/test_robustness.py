@@ -364,6 +364,30 @@ class TestContinuity:
             expected.append(best)
         np.testing.assert_allclose(out, expected, rtol=1e-6)
 
+    def test_linear_model_weight_times_input_closed_form(self):
+        """Continuity of W_y * x on a linear model over (N, C, T) series: the explanation
+        changes by W_y * (x - x'), so C = max_k ||W_y * d_k||_1 / ||d_k||_2 for the shifted
+        copies' differences d_k (zero fill)."""
+        n, t = 4, 7
+        model = Linear(t, 3, seed=5).eval()
+        g = torch.Generator().manual_seed(5)
+        x = torch.rand(n, 1, t, generator=g) + 0.1
+        with torch.no_grad():
+            y = model(x).argmax(1)
+        out = Continuity(nr_steps=5, perturb_baseline=0.0, abs=False, normalise=False)(
+            model, x, y, explain_fn=w_times_x)
+        w = model.fc.weight.detach().double()[y]
+        expected = []
+        for i in range(n):
+            xi = x[i, 0].double().numpy()
+            best = -np.inf
+            for shift in translation_shifts(t, 5):
+                d = xi - _manual_shift(xi[None], shift, 0.0, 1)[0]
+                if np.linalg.norm(d) > 0:
+                    best = max(best, np.abs(w[i].numpy() * d).sum() / np.linalg.norm(d))
+            expected.append(best)
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+
     def test_honours_perturbation_choice(self):
         """Quantus ignores perturb_func/perturb_baseline (C19); here each choice matters."""
         x, y = cnn_data(3)
