@@ -2,8 +2,10 @@
 preprocessing, NaN bookkeeping, explain-on-demand, parameters, the registry, per-sample
 semantics (hypothesis property tests) and no mutation of the caller's arrays or model.
 
-The metrics below are test-only. Those with a ``family`` are registered by name (all start with
-``DummyProto`` so they cannot clash with real metrics); helper metrics without a family are not.
+The metrics below are test-only. Those with a ``family`` register themselves by name when they
+are defined (all start with ``DummyProto``); they are taken out of the registry again right away,
+so that tests elsewhere that list the built-in metrics never see them, and put back only while
+the registry tests run. Helper metrics without a family are never registered.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 import evalkit as ek
 from evalkit import _rng
-from evalkit.metrics import FAMILIES, Metric, MetricBatch, get, list_metrics
+from evalkit.metrics import FAMILIES, Metric, MetricBatch, base, get, list_metrics, register
 from evalkit.perturb import Baseline, GaussianNoise, Pixels, rank_groups
 
 
@@ -129,6 +131,19 @@ class DummyProtoMask(Metric):
         total = a.reshape(batch.n, -1).sum(1)
         batch.set_nan(total == 0, "attribution is all zero")
         return inside / total
+
+
+_DUMMIES = (DummyProtoSum, DummyProtoTopK, DummyProtoNoise, DummyProtoMask)
+
+
+def _unregister(classes) -> None:
+    for cls in classes:
+        base._REGISTRY.pop(cls.__name__, None)
+        for alias in cls.aliases:
+            base._ALIASES.pop(alias.lower(), None)
+
+
+_unregister(_DUMMIES)
 
 
 class SpyMetric(Metric):
@@ -883,6 +898,13 @@ class TestParams:
 
 # ============================================================================ registry
 class TestRegistry:
+    @pytest.fixture(autouse=True)
+    def _dummies_registered(self):
+        for cls in _DUMMIES:
+            register(cls)
+        yield
+        _unregister(_DUMMIES)
+
     def test_get_case_insensitive_and_alias(self):
         assert get("DummyProtoSum") is DummyProtoSum
         assert get("dummyprotosum") is DummyProtoSum
@@ -927,6 +949,13 @@ class TestRegistry:
     def test_invalid_family_rejected_at_definition(self):
         with pytest.raises(ValueError, match="family must be one of"):
             type("DummyProtoBadFamily", (Metric,), {"family": "speed"})
+
+    def test_definition_registers(self):
+        cls = type("DummyProtoDefined", (Metric,), {"family": "complexity"})
+        try:
+            assert get("DummyProtoDefined") is cls
+        finally:
+            _unregister([cls])
 
     def test_private_and_familyless_not_registered(self):
         type("_DummyProtoPrivate", (Metric,), {"family": "complexity"})
