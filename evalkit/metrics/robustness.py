@@ -978,7 +978,9 @@ class RelativeOutputStability(_RelativeStability):
     ROS(x) = max_k ||(a - a'_k) / a||_p / max(||h(x) - h(x'_k)||_p, eps_min), where h are the
     model's outputs (logits; probabilities with ``softmax=True``), over the class-preserving
     perturbations by default. The model outputs on the perturbed inputs come from the same
-    forward pass as the prediction check.
+    forward pass as the prediction check. The denominator is the paper's (and Quantus')
+    absolute output change; OpenXAI's implementation divides by the relative change
+    ||(h(x) - h(x'_k)) / h(x)||_p instead.
 
     Parameters
     ----------
