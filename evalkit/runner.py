@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ._batching import resolve_batch_size
+from ._progress import tqdm
 from .models.base import ModelWrapper
 
 __all__ = ["Builder", "ForwardRunner", "Reducer"]

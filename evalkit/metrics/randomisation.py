@@ -44,9 +44,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import _rng
+from .._progress import tqdm
 from .._rng import derive_seed
 from .._validation import check_bool, check_option, check_scalar, finite_rows
 from ..models import ModelWrapper, randomisable_layers
