@@ -1029,6 +1029,7 @@ class TestRepresentationLayers:
         # Quantus' list for indices skips the model and nn.Sequential containers only
         assert rrs(layer_indices=[0, 3, -1, -2]).resolve_layers(net) == [
             "block", "head.0", "unused", "head.1"]
+        assert rrs(layer_indices=-2).resolve_layers(net) == ["head.1"]
         with pytest.raises(ValueError, match="out of range"):
             rrs(layer_indices=[6]).resolve_layers(net)
         with pytest.raises(TypeError, match="integers"):

@@ -1142,6 +1142,8 @@ class RelativeRepresentationStability(_RelativeStability):
             raise ValueError("Give either `layer_names` or `layer_indices`, not both.")
         if isinstance(layer_names, str) and layer_names != "all":
             layer_names = [layer_names]
+        if isinstance(layer_indices, int | np.integer) and not isinstance(layer_indices, bool):
+            layer_indices = [int(layer_indices)]
         self.layer_names = layer_names
         self.layer_indices = layer_indices
 
