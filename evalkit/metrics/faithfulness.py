@@ -842,9 +842,11 @@ class FaithfulnessCorrelation(Metric):
                           device=batch.device)
         block = max(1, 2**22 // max(1, self.nr_runs * g_max))
         k = self.subset_size
+        all_valid = bool(valid.all())
         for s in range(0, batch.n, block):
             u = _rng.uniform(keys[s : s + block], (self.nr_runs, g_max), dtype=torch.float64)
-            u = u.masked_fill(~valid[s : s + block].unsqueeze(1), math.inf)
+            if not all_valid:
+                u = u.masked_fill(~valid[s : s + block].unsqueeze(1), math.inf)
             # the k smallest of i.i.d. uniforms: a uniform k-subset (argpartition is ~2x faster
             # than topk on the CPU; the order within a subset does not matter)
             if u.device.type == "cpu":
