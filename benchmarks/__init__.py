@@ -1,6 +1,11 @@
 """Benchmark harness: times evalkit's metrics against the bare forward-pass floor and, where the
-installed ``quantus`` package has the same metric, against Quantus on identical inputs.
+installed ``quantus`` package has the same metric, against Quantus on identical inputs; the
+meta-evaluation (W3) against MetaQuantus 0.0.5.
 
-Run ``python -m benchmarks.run --help``; the results table lives in ``docs/benchmarks.md``.
-Nothing here is imported by evalkit; speed targets are measured here, never asserted in tests.
+Regenerate the whole of ``docs/benchmarks.md`` with one command (about an hour of one core)::
+
+    python -m benchmarks.run --full
+
+See ``python -m benchmarks.run --help`` and ``benchmarks/run.py``. Nothing here is imported by
+evalkit; speed targets are measured here, never asserted in tests.
 """

@@ -11,6 +11,11 @@ Measurement protocol for one case:
    so that slow drift (thermal, other processes) hits all three alike. A call that takes less
    than ``min_time`` is repeated in an inner loop and its time averaged. The median over the
    rounds is reported (the minimum is kept too).
+
+   With ``max_case_s``, slow cases get fewer rounds: as many as fit that many seconds given the
+   warm-up times (at least one, at most ``repeats``); the row records how many it got.
+4. The explainer share (cases with a :class:`TimedExplainer`): from the warm-up call when it
+   was slow (one-off costs are then negligible), else from one extra call.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ __all__ = [
     "max_abs_diff",
     "run_case",
     "set_clock",
+    "skipped_result",
     "time_alternating",
     "time_call",
 ]
@@ -192,11 +198,13 @@ class TimedExplainer:
         self.device = device
         self.seconds = 0.0
         self.calls = 0
+        self.rows = 0  #: inputs explained (rows of the second argument, ``x``)
         self.__name__ = getattr(fn, "__name__", "explain")
 
     def reset(self) -> None:
         self.seconds = 0.0
         self.calls = 0
+        self.rows = 0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         _sync(self.device)
@@ -205,6 +213,9 @@ class TimedExplainer:
         _sync(self.device)
         self.seconds += clock() - t0
         self.calls += 1
+        x = args[1] if len(args) > 1 else kwargs.get("x", kwargs.get("inputs"))
+        if hasattr(x, "shape") and len(x.shape) > 0:
+            self.rows += int(x.shape[0])
         return out
 
 
@@ -309,6 +320,8 @@ class Context:
     device: torch.device
     quantus: Any = None  #: the imported quantus module, or None (--no-quantus / not installed)
     quick: bool = False
+    #: sample counts asked for with ``--n`` (e.g. ``{"W3": 16}``)
+    n: dict[str, int] = field(default_factory=dict)
 
     @property
     def quantus_device(self) -> str:
@@ -327,6 +340,8 @@ class Case:
     ``floor(rows_ours, calls_ours) -> zero-arg callable``.
     ``explainer`` is an optional :class:`TimedExplainer` used by ours, to report the share of
     our time spent explaining.
+    ``stats`` is an optional zero-arg callable returning a dict stored in the row's ``extra``
+    after the counted warm-up run of ours (e.g. cache statistics of a suite).
     """
 
     ours: Callable[[], Any]
@@ -336,6 +351,7 @@ class Case:
     settings: str = ""
     note: str = ""
     explainer: TimedExplainer | None = None
+    stats: Callable[[], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -398,11 +414,26 @@ def _short_error(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def skipped_result(spec: Any, w: Workload, ctx: Context, reason: str) -> Result:
+    """The row of a spec that does not run on this workload, with the reason."""
+    res = Result(metric=spec.name, family=spec.family, workload=w.name, n=w.n,
+                 batch_size=ctx.batch_size, note=f"not run on {w.name}: {reason}")
+    res.extra["skipped"] = reason
+    return res
+
+
 def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
-             min_time: float = 0.2, verbose: bool = False) -> Result:
+             min_time: float = 0.2, max_case_s: float | None = None,
+             verbose: bool = False) -> Result:
     """Run one spec on one workload; errors are recorded in the result, never raised."""
     res = Result(metric=spec.name, family=spec.family, workload=w.name, n=w.n,
                  batch_size=ctx.batch_size)
+    n_sub = dict(getattr(spec, "subset", ())).get(w.name)
+    prefix = ""
+    if n_sub is not None and n_sub < w.n:
+        prefix = f"first {n_sub} of {w.n} samples; "
+        w = w.head(n_sub)
+        res.n = w.n
     try:
         case: Case = spec.build(w, ctx)
     except Exception as exc:  # a spec that cannot even be built
@@ -410,7 +441,7 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         if verbose:
             traceback.print_exc()
         return res
-    res.settings, res.note = case.settings, case.note
+    res.settings, res.note = prefix + case.settings, case.note
 
     # 1. warm-up runs, counted (the first call of each also pays one-off costs such as
     #    imports and caches; it is not timed for the table)
@@ -424,6 +455,8 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         _sync(ctx.device)
         warm["ours"] = clock() - t0
         res.ours_fwd = c_ours
+        if case.stats is not None:
+            res.extra.update(case.stats())
     except Exception as exc:
         res.error = f"ours failed: {_short_error(exc)}"
         if verbose:
@@ -465,6 +498,21 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
             floor_fn = case.floor(c_ours.rows, c_ours.calls)
     except Exception as exc:
         res.extra["floor_error"] = _short_error(exc)
+    warm_share: float | None = None
+    if case.explainer is not None:  # what the counted warm-up run explained
+        res.extra["explained_rows"] = case.explainer.rows
+        res.extra["explainer_calls"] = case.explainer.calls
+        warm_share = (case.explainer.seconds / warm["ours"]
+                      if warm["ours"] >= 2 * min_time > 0 else None)
+    if floor_fn is not None:  # the floor's warm-up, timed to plan the rounds
+        try:
+            t0 = clock()
+            floor_fn()
+            _sync(ctx.device)
+            warm["floor"] = clock() - t0
+        except Exception as exc:
+            res.extra["floor_error"] = _short_error(exc)
+            floor_fn = None
 
     # 3. alternating timed rounds
     fns: dict[str, Callable[[], Any]] = {"ours": case.ours}
@@ -472,9 +520,17 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         fns["quantus"] = quantus_fn
     if floor_fn is not None:
         fns["floor"] = floor_fn
+    rounds = repeats
+    if max_case_s is not None:
+        per_round = sum(warm.get(k, 0.0) for k in fns)
+        rounds = min(repeats, int(max_case_s // max(per_round, 1e-9)))
+    res.extra["rounds"] = rounds
     try:
-        timings = time_alternating(fns, repeats, warmup=1, min_time=min_time,
-                                   device=ctx.device, warm=warm)
+        if rounds > 0:
+            timings = time_alternating(fns, rounds, warmup=1, min_time=min_time,
+                                       device=ctx.device, warm=warm)
+        else:  # one round does not fit the budget: the counted warm-up calls are the timing
+            timings = {k: Timing([warm[k]]) for k in fns}
     except Exception as exc:
         res.error = f"timing failed: {_short_error(exc)}"
         return res
@@ -484,8 +540,10 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
     if "floor" in timings:
         res.floor_s = timings["floor"].median
 
-    # 4. share of our time spent in the explainer (one extra, untimed-for-table run)
-    if case.explainer is not None:
+    # 4. share of our time spent in the explainer: from the slow warm-up, else one extra run
+    if case.explainer is not None and warm_share is not None:
+        res.explainer_share = warm_share
+    elif case.explainer is not None:
         case.explainer.reset()
         t0 = clock()
         case.ours()

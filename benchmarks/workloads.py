@@ -190,6 +190,19 @@ class Workload:
     def shape_text(self) -> str:
         return "x".join(str(d) for d in self.row_shape)
 
+    def head(self, n: int) -> Workload:
+        """The same workload restricted to its first ``n`` samples (cached; ``self`` if
+        ``n >= self.n``)."""
+        if n >= self.n:
+            return self
+        key = f"_head{n}"
+        if key not in self.__dict__:
+            self.__dict__[key] = Workload(
+                name=self.name, description=self.description, model=self.model,
+                x=self.x[:n], y=self.y[:n], a=self.a[:n], a_channels=self.a_channels[:n],
+                s=self.s[:n], device=self.device)
+        return self.__dict__[key]
+
 
 def _finish(name: str, description: str, model: nn.Module, x: torch.Tensor, s: torch.Tensor,
             device: torch.device) -> Workload:

@@ -20,9 +20,13 @@ SMOKE = ["PixelFlipping", "Sparseness"]
 
 
 def _table(md: str) -> tuple[list[str], list[list[str]]]:
-    lines = [ln for ln in md.split("## Results", 1)[1].splitlines() if ln.startswith("|")]
+    """The header and rows of the per-family result tables (one table per family)."""
+    lines = [ln for ln in md.split("## Results", 1)[1].split("<!--", 1)[0].splitlines()
+             if ln.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split(" | ")]
-    rows = [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines[2:]]
+    rows = [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines
+            if not ln.startswith("| metric |") and not ln.startswith("|---")]
+    assert all(ln == lines[0] for ln in lines if ln.startswith("| metric |"))
     return header, rows
 
 
@@ -120,3 +124,83 @@ def test_timing_primitives():
     assert (c.calls, c.rows) == (2, 7) and not model._forward_pre_hooks
     ag = harness.max_abs_diff(np.array([1.0, np.nan]), np.array([1.5, np.nan]))
     assert ag.value == 0.5
+
+
+def test_every_registered_metric_has_a_spec():
+    from evalkit.explain.core import available_methods
+    from evalkit.metrics import list_metrics
+
+    specs = all_specs()
+    covered = {s.registered for s in specs}
+    assert set(list_metrics()["name"]) <= covered
+    assert set(available_methods()) <= covered
+    # suites and the meta-evaluation measure no single metric
+    assert {s.name for s in specs if not s.registered} >= {
+        "FaithfulnessSuite[separate]", "RobustnessSuite[forward_cache]", "MetaEvaluation (W3)"}
+
+
+def _result(metric, family="faithfulness", workload="W1", **kw):
+    r = harness.Result(metric=metric, family=family, workload=workload, n=8, **kw)
+    r.extra["rounds"] = 3
+    return r
+
+
+def test_targets_summary_misses_and_sharing_render():
+    from benchmarks import run
+
+    fwd = harness.ForwardCount
+    results = [
+        # within the floor target and faster than Quantus
+        _result("PixelFlipping", ours_s=1.0, quantus_s=1.5, floor_s=0.9),
+        # misses the floor target (1.5x) and is slower than Quantus
+        _result("Deletion", ours_s=1.5, quantus_s=1.2, floor_s=1.0),
+        # a Python-loop metric: 5x applies only where Quantus is >= 5x the floor
+        _result("ROAD", ours_s=1.0, quantus_s=3.0, floor_s=1.0),       # Quantus 3x floor
+        _result("IROF[1-channel]", ours_s=1.0, quantus_s=4.0, floor_s=0.5),  # reachable, missed
+        _result("NonSensitivity", family="axiomatic", workload="W2",
+                note="not run on W2: too many rows", extra={"skipped": "too many rows"}),
+        _result("FaithfulnessSuite[separate]", ours_s=2.0, ours_fwd=fwd(10, 1000)),
+        _result("FaithfulnessSuite[forward_cache]", ours_s=1.0, ours_fwd=fwd(6, 400),
+                floor_s=0.9, settings="one forward_cache() around A, B"),
+    ]
+    checks = {r.metric: run._checks(r) for r in results}
+    assert checks["PixelFlipping"] == {"floor": True, "quantus": True, "loop": None}
+    assert checks["Deletion"] == {"floor": False, "quantus": False, "loop": None}
+    assert checks["ROAD"]["loop"] is None and checks["ROAD"]["quantus"] is True
+    assert checks["IROF[1-channel]"]["loop"] is False
+    assert checks["NonSensitivity"] == {"floor": None, "quantus": None, "loop": None}
+    assert all(v is None for v in checks["FaithfulnessSuite[separate]"].values())
+
+    md = run.render_markdown(results, {"r": {"date": "r", "command": "cmd"}}, "cmd")
+    summary = md.split("## Summary", 1)[1].split("## Rows that miss", 1)[0]
+    faith = next(ln for ln in summary.splitlines() if ln.startswith("| faithfulness |"))
+    # floor: PixelFlipping, ROAD met; Deletion, IROF missed
+    assert "2/4 (2/4 rows)" in faith and "0/1 (0/1 rows)" in faith
+    misses = md.split("## Rows that miss a target", 1)[1].split("## ", 1)[0]
+    assert "| Deletion | W1 (N=8) | floor ratio <= 1.25 | 1.50 |" in misses
+    assert "| IROF[1-channel] | W1 (N=8) | >= 5x Quantus |" in misses
+    assert "PixelFlipping" not in misses and "NonSensitivity" not in misses
+    sharing = md.split("## Shared work", 1)[1].split("## ", 1)[0]
+    assert "| FaithfulnessSuite | W1 (N=8) | 1000 / 400 (60% saved) |" in sharing
+    _, rows = _table(md)
+    skipped = next(r for r in rows if r[0] == "NonSensitivity")
+    assert "not run on W2: too many rows" in skipped[COLUMNS.index("note")]
+
+
+def test_case_budget_uses_the_warm_up_when_one_round_does_not_fit():
+    from benchmarks.specs import Spec
+
+    w = get_workload("W1", 8)
+    calls = []
+
+    def build(w, ctx):
+        return harness.Case(ours=lambda: calls.append("ours"), floor=None)
+
+    spec = Spec("Fake", "faithfulness", build)
+    ctx = harness.Context(batch_size=8, device=torch.device("cpu"))
+    res = harness.run_case(spec, w, ctx, repeats=3, min_time=0.0, max_case_s=0.0)
+    assert res.extra["rounds"] == 0 and calls == ["ours"]  # the counted call only
+    assert math.isfinite(res.ours_s)
+    calls.clear()
+    res = harness.run_case(spec, w, ctx, repeats=3, min_time=0.0, max_case_s=1e9)
+    assert res.extra["rounds"] == 3 and len(calls) == 1 + 3  # the counted call, 3 rounds

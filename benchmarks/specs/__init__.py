@@ -34,6 +34,17 @@ class Spec:
     workloads: tuple[str, ...] = ("W1", "W2")
     #: True: also part of the ``--quick`` smoke selection
     smoke: bool = False
+    #: workload -> why the spec does not run there (the table gets a row saying so)
+    skip: tuple[tuple[str, str], ...] = ()
+    #: workload -> run on its first n samples only (too slow on all of them; the row says so)
+    subset: tuple[tuple[str, int], ...] = ()
+    #: the registered metric this spec measures (default: ``name`` before any ``[variant]``);
+    #: "" for entries that are not one metric (suites, the meta-evaluation)
+    metric: str | None = None
+
+    @property
+    def registered(self) -> str:
+        return self.name.split("[", 1)[0] if self.metric is None else self.metric
 
 
 #: family module -> import error, for modules that could not be loaded (e.g. a metric that is

@@ -592,6 +592,6 @@ SPECS = [
     Spec("AverageIncrease", "faithfulness", _confidence(AverageIncrease)),
     Spec("AverageGain", "faithfulness", _confidence(AverageGain)),
     Spec("Sufficiency", "faithfulness", _sufficiency),
-    Spec("FaithfulnessSuite[separate]", "faithfulness", _suite_case(False)),
-    Spec("FaithfulnessSuite[forward_cache]", "faithfulness", _suite_case(True)),
+    Spec("FaithfulnessSuite[separate]", "faithfulness", _suite_case(False), metric=""),
+    Spec("FaithfulnessSuite[forward_cache]", "faithfulness", _suite_case(True), metric=""),
 ]

@@ -1,6 +1,7 @@
 """Meta-evaluation spec, workload W3: the MetaQuantus tutorial setting on W1's model.
 
-W3 = W1's model (the DermaMNIST tutorial CNN) and its first 64 samples; the four MetaQuantus
+W3 = W1's model (the DermaMNIST tutorial CNN) and its first 64 samples (``--n W3=16`` for
+fewer); the four MetaQuantus
 tests of the ImageNet tutorial (``default_suite("tutorial")``: model noise sigma 0.001 / 0.5,
 uniform input noise +-0.001 / +-3.0), iterations 2, perturbations 3; explanation methods
 Saliency, IntegratedGradients (10 steps, Quantus' ``riemann_trapezoid``) and GradientShap;
@@ -81,7 +82,7 @@ def _mq_suite(mq: Any) -> dict[str, Any]:
 
 
 def _build(w: Workload, ctx: Context) -> Case:
-    n = min(N, w.n)
+    n = min(ctx.n.get("W3", N), w.n)
     x, y, s = w.x[:n], w.y[:n], w.s[:n]
     run = me.MetaEvaluation(me.default_suite("tutorial"), METHODS, iterations=ITERATIONS,
                             nr_perturbations=PERTURBATIONS, seed=0)
@@ -129,4 +130,4 @@ def _build(w: Workload, ctx: Context) -> Case:
     )
 
 
-SPECS = [Spec("MetaEvaluation (W3)", "metaeval", _build, workloads=("W1",))]
+SPECS = [Spec("MetaEvaluation (W3)", "metaeval", _build, workloads=("W1",), metric="")]

@@ -43,7 +43,15 @@ from evalkit.metrics import (
     RelativeRepresentationStability,
 )
 
-from ..harness import Agreement, Case, Context, TimedExplainer, forward_floor, max_abs_diff
+from ..harness import (
+    Agreement,
+    Case,
+    Context,
+    TimedExplainer,
+    forward_backward_floor,
+    forward_floor,
+    max_abs_diff,
+)
 from ..workloads import Workload
 from . import Spec
 
@@ -227,7 +235,85 @@ def _consistency(w: Workload, ctx: Context) -> Case:
                      "Quantus with batch_size >= N")
 
 
+#: Integrated Gradients explains 10 interpolation steps per input: the N x K = 2,560 perturbed
+#: inputs of all of W1 would take minutes per call for each side and the floor; its rows use the
+#: first samples only (the per-sample work, hence the ratios, do not depend on N)
+_SUBSET = {"IntegratedGradients": (("W1", 64), ("W2", 1))}
+
 SPECS = [
-    Spec(f"{name}[{method}]", "robustness", _spec(name, method))
+    Spec(f"{name}[{method}]", "robustness", _spec(name, method),
+         subset=_SUBSET.get(method, ()))
     for name in _METRICS for method in _EXPLAINERS
 ] + [Spec("Consistency", "robustness", _consistency)]
+
+
+# --------------------------------------------------------------------------- sharing (issue 6)
+def _suite_metrics(w: Workload) -> list[Any]:
+    """Every re-explaining metric with its benchmark settings: MaxSensitivity/AvgSensitivity
+    share one noise model (uniform +-0.2), the three relative stabilities another (uniform
+    [0.02, 0.2]); LocalLipschitzEstimate (Gaussian) and Continuity (translations) share nothing
+    but f(x)."""
+    out = []
+    for cls, kw, *_ in _METRICS.values():
+        kw = dict(kw)
+        if cls is RelativeRepresentationStability:
+            kw["layer_names"] = [_RRS_LAYER[w.name]]
+        out.append(cls(seed=0, **kw))
+    return out
+
+
+def _robustness_suite(shared: bool):
+    def build(w: Workload, ctx: Context) -> Case:
+        from evalkit import forward_cache
+        from evalkit.cache import explanation_cache
+
+        method = "Saliency"
+        suite = _suite_metrics(w)
+        te = TimedExplainer(evalkit.explain, device=ctx.device)
+        explain_kwargs = {"method": method, "reduce_channels": "sum", **_EXPLAINERS[method]}
+        wrapper = evalkit.wrap_model(w.model)
+        a = _attributions(w, method)
+        stats: dict[str, Any] = {}
+
+        def ours() -> list:
+            if not shared:
+                return [m(wrapper, w.x, w.y, a, explain_fn=te, explain_kwargs=explain_kwargs)
+                        for m in suite]
+            with forward_cache() as cache:
+                out = [m(wrapper, w.x, w.y, a, explain_fn=te, explain_kwargs=explain_kwargs)
+                       for m in suite]
+                st = explanation_cache(cache).stats()
+                stats.update(cache_hits=st.hits, cache_misses=st.misses)
+            return out
+
+        def floor(rows: int, _calls: int) -> Callable[[], None] | None:
+            # bare gradients of the rows explained + bare forwards of the other rows issued
+            explained = te.rows
+            grads = forward_backward_floor(w, explained, ctx.batch_size)
+            fwd = forward_floor(w, max(0, rows - explained), ctx.batch_size)
+
+            def run() -> None:
+                if grads is not None:
+                    grads()
+                if fwd is not None:
+                    fwd()
+
+            return run
+
+        names = ", ".join(type(m).__name__ for m in suite)
+        return Case(
+            ours=ours, floor=floor, explainer=te, stats=lambda: dict(stats),
+            settings=(("one forward_cache() around " if shared else "separately: ") + names
+                      + f"; {method}, nr_samples/nr_steps={K}, seed 0"),
+            note=("Max/AvgSensitivity share their perturbed inputs and explanations, so do "
+                  "RIS/ROS/RRS; floor: bare gradients of the rows explained + bare forwards "
+                  "of the other rows" if shared else "the same metrics without the cache"),
+        )
+
+    return build
+
+
+SPECS += [
+    Spec("RobustnessSuite[separate]", "robustness", _robustness_suite(False), metric=""),
+    Spec("RobustnessSuite[forward_cache]", "robustness", _robustness_suite(True), metric=""),
+]
