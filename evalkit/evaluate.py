@@ -562,7 +562,7 @@ class Evaluation:
             out[name] = {
                 "class": f"{cls.__module__}.{cls.__qualname__}",
                 "family": cls.family,
-                "higher_is_better": bool(cls.higher_is_better),
+                "higher_is_better": bool(metric.higher_is_better),
                 "set_level": bool(cls.set_level),
                 "re_explains": bool(cls.re_explains),
                 "stochastic": bool(cls.stochastic),

@@ -441,3 +441,21 @@ def test_no_warnings_for_clean_runs(data):
         warnings.simplefilter("error")
         r = ek.evaluate(_cheap_metrics(), {"Saliency": {}}, model, x, y, s, progress=False)
     assert isinstance(r.summary(), pd.DataFrame)
+
+
+def test_direction_set_by_the_metric_object_ranks_the_leaderboard(data):
+    """Completeness(return_residual=True) scores a residual (lower is better) although the
+    class default is higher-is-better; results and ranks follow the object."""
+    model, x, y, _ = data
+    n = 6
+    # Saliency maps have larger sums than the output, IG's sum to it (small residuals)
+    r = ek.evaluate({"residual": ek.metrics.Completeness(return_residual=True),
+                     "passes": ek.metrics.Completeness()},
+                    {"IntegratedGradients": {"n_steps": 64}, "Saliency": {}},
+                    model, x[:n], y[:n], progress=False)
+    assert r.higher_is_better("residual") is False and r.higher_is_better("passes") is True
+    res = r.scores["IntegratedGradients", "residual"], r.scores["Saliency", "residual"]
+    assert np.nanmean(res[0]) < np.nanmean(res[1])
+    ranks = r.leaderboard(n_boot=0).ranks
+    if np.all(np.isfinite(res[0])) and np.all(np.isfinite(res[1])):
+        assert ranks.loc["IntegratedGradients", "residual"] == 1
