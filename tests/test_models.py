@@ -753,6 +753,16 @@ class TestHidden:
         assert torch.allclose(chunked["fc"], reps["fc"], atol=1e-6)
         assert all(not m._forward_hooks for m in net.modules())
 
+    def test_capture_is_not_changed_by_a_later_inplace_op(self):
+        net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 2))
+        w = wrap_model(net)
+        x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+        reps = w.hidden_representations(x, ["0"])
+        with torch.no_grad():
+            expected = net[0](x)
+        assert (expected < 0).any()  # the ReLU would have clipped these in place
+        assert torch.equal(reps["0"], expected)
+
     def test_capture_removes_hooks_also_on_error(self):
         net = make_tinynet()
         w = wrap_model(net)

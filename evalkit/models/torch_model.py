@@ -266,8 +266,9 @@ class TorchModel(ModelWrapper):
     def capture(self, layer_names: list[str]) -> Iterator[dict[str, list[torch.Tensor]]]:
         """Record the outputs of named layers during forward passes inside the context.
 
-        Yields a dict ``name -> list of output tensors`` (one per forward call). The hooks are
-        removed on exit, also on error.
+        Yields a dict ``name -> list of output tensors`` (one per forward call). Each output is
+        copied when the layer returns, so a later in-place operation (``ReLU(inplace=True)``)
+        cannot change what was recorded. The hooks are removed on exit, also on error.
         """
         modules = dict(self._model.named_modules())
         missing = [n for n in layer_names if n not in modules or not n]
@@ -280,7 +281,7 @@ class TorchModel(ModelWrapper):
             def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
                 if isinstance(output, tuple | list):
                     output = output[0]
-                store[name].append(output)
+                store[name].append(output.clone())
 
             return hook
 
