@@ -39,7 +39,8 @@ def plot_area(result: Any, *, dataset: str | None = None, model: str | None = No
     Panel titles give MC̄ (the mean MC over the applicable spaces); the legend gives each
     space's MC and kite area. Returns the matplotlib Figure (nothing is written to disk).
     """
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     s = _select(result.summary(), dataset, model)
     names = list(dict.fromkeys(s["metric"])) if metrics is None else list(metrics)
@@ -48,8 +49,10 @@ def plot_area(result: Any, *, dataset: str | None = None, model: str | None = No
     n_cols = max(1, min(n_cols, len(names)))
     n_rows = int(np.ceil(len(names) / n_cols))
     figsize = figsize or (4.0 * n_cols, 4.0 * n_rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=figsize, squeeze=False)
-    cmap = plt.get_cmap("tab10")
+    # a Figure without pyplot: nothing is registered with a backend, so notebooks show it once
+    fig = Figure(figsize=figsize)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    cmap = colormaps["tab10"]
     for i, name in enumerate(names):
         ax = axes[i // n_cols][i % n_cols]
         rows = s[s["metric"] == name]
@@ -98,12 +101,14 @@ def plot_scatter(result: Any, *, dataset: str | None = None, model: str | None =
                  figsize: tuple[float, float] = (10.0, 4.5)) -> Any:
     """Two panels: IAC_NR vs IAC_AR and IEC_NR vs IEC_AR, one point per (metric, space)
     (▲ Input, ● Model), with the chance levels as dotted lines. Returns the Figure."""
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     s = _select(result.summary(), dataset, model)
     s = s[s["space"].isin(["Model", "Input"]) & s["applicable"]]
-    fig, axes = plt.subplots(1, 2, figsize=figsize)
-    cmap = plt.get_cmap("tab10")
+    fig = Figure(figsize=figsize)
+    axes = fig.subplots(1, 2)
+    cmap = colormaps["tab10"]
     names = list(dict.fromkeys(s["metric"]))
     for ax, (cx, cy) in zip(axes, (("IAC_NR", "IAC_AR"), ("IEC_NR", "IEC_AR")), strict=True):
         for i, name in enumerate(names):
