@@ -40,6 +40,7 @@ Semantics
 from __future__ import annotations
 
 import html
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
+
+from ._validation import EvalkitWarning
 
 if TYPE_CHECKING:  # pragma: no cover
     from .results import Results
@@ -110,6 +113,9 @@ class Leaderboard:
         One row per (method, family): ``rank``, ``rank_lo``, ``rank_hi``.
     ranks, scores:
         Method x metric tables of the ranks and of the (possibly rescaled) scores.
+    not_rescalable:
+        With ``rescale``: the metrics on which the baseline scores as well as the best method,
+        so no method can be rescaled (n/a, with a warning and a caption note).
     """
 
     def __init__(
@@ -242,6 +248,20 @@ class Leaderboard:
                 add("overall_scaled", _nanmean(np.stack(fam_scaled), 0))
 
         full = {name: np.concatenate(parts, 0) for name, parts in stats.items()}
+        if base_idx is not None:
+            self.not_rescalable = [
+                k for k in self.metrics
+                if np.isfinite(full[f"score:{k}"][0, base_idx])
+                and not np.isfinite(full[f"scaled:{k}"][0]).any()
+            ]
+            if self.not_rescalable:
+                warnings.warn(
+                    f"rescale={self.rescale!r}: the baseline scores as well as the best method "
+                    f"on {self.not_rescalable}, so these metrics cannot be rescaled (their "
+                    "scaled scores are n/a) and the mean scaled score leaves them out for "
+                    "every method.", EvalkitWarning, stacklevel=3)
+        else:
+            self.not_rescalable = []
         lo_q, hi_q = 100 * (1 - self.ci) / 2, 100 * (1 + self.ci) / 2
 
         def point_ci(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -333,6 +353,9 @@ class Leaderboard:
         if any(c not in self.results.errors and not np.isfinite(self.scores.loc[c])
                for c in cells):
             notes += " n/a: no score (undefined on every sample, or not rescalable)."
+        if self.not_rescalable:
+            notes += (f" Not rescalable ({self.rescale} scores best): "
+                      f"{', '.join(self.not_rescalable)}.")
         family_text = ("Family columns: mean rank over the family's metrics; mean rank: over "
                        "families" if self._show_families() else "Mean rank: over families")
         return (f"Cells: {score_text}, with the rank in parentheses ({how}; 1 = best). "

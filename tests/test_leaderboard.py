@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evalkit import EvalkitWarning
 from evalkit.leaderboard import Leaderboard, rank_methods
 from evalkit.results import CellError, Results
 
@@ -89,6 +90,17 @@ def test_rescaling_between_baseline_and_best():
     pd.testing.assert_frame_equal(board.ranks, plain.ranks)
     with pytest.raises(ValueError, match="rescale"):
         Leaderboard(r, rescale="Nope")
+
+
+def test_rescaling_when_the_baseline_is_best_warns_and_says_so():
+    r = _results({"A": {"m": [0.2], "k": [0.9]}, "Random": {"m": [0.7], "k": [0.1]}})
+    with pytest.warns(EvalkitWarning, match=r"on \['m'\], so these metrics cannot be rescaled"):
+        board = Leaderboard(r, rescale="Random", n_boot=0)
+    assert board.not_rescalable == ["m"]
+    assert board.scores["m"].isna().all()
+    np.testing.assert_allclose(board.scores.loc[["A", "Random"], "k"], [1.0, 0.0])
+    assert "Not rescalable (Random scores best): m." in board.caption()
+    assert Leaderboard(r, n_boot=0).not_rescalable == []
 
 
 def test_family_and_overall_ranks():
