@@ -23,9 +23,7 @@ from evalkit.executors import LocalExecutor, RayExecutor, as_executor
 from evalkit.metrics.complexity import Sparseness
 from evalkit.store import ResultStore
 
-# a Ray cluster's start-up and its workers' imports take most of this module's ~1-1.5 min
-pytestmark = pytest.mark.slow
-
+# ~45 s on a quiet 2-core machine, most of it the cluster's start-up and its workers' imports
 TESTS_DIR = Path(__file__).resolve().parent
 KILL_MARKER = "EVALKIT_TEST_KILL_MARKER"
 
