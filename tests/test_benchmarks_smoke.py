@@ -58,7 +58,8 @@ def _check(results, md: str, *, with_quantus: bool) -> None:
     assert sp.ours_fwd.rows == 0 and math.isnan(sp.floor_s)
 
 
-@pytest.mark.parametrize("with_quantus", [True, False], ids=["quantus", "no-quantus"])
+@pytest.mark.parametrize("with_quantus", [pytest.param(True, marks=pytest.mark.oracle), False],
+                         ids=["quantus", "no-quantus"])
 def test_quick_run(tmp_path, with_quantus):
     if with_quantus:
         pytest.importorskip("quantus")
@@ -162,14 +163,29 @@ def test_targets_summary_misses_and_sharing_render():
         _result("FaithfulnessSuite[separate]", ours_s=2.0, ours_fwd=fwd(10, 1000)),
         _result("FaithfulnessSuite[forward_cache]", ours_s=1.0, ours_fwd=fwd(6, 400),
                 floor_s=0.9, settings="one forward_cache() around A, B"),
+        # the family's own targets (specs' speedup_targets): 10x on W1 for localisation ...
+        _result("TopKIntersection", family="localisation", ours_s=1.0, quantus_s=8.0),
+        _result("TopKIntersection", family="localisation", workload="W2", ours_s=1.0,
+                quantus_s=2.0),  # no target on W2
+        # ... 2x for MPRT, where Quantus is at least 2x the floor
+        _result("MPRT", family="randomisation", ours_s=1.0, quantus_s=2.5, floor_s=1.0),
+        _result("MPRT", family="randomisation", workload="W2", ours_s=1.0, quantus_s=1.5,
+                floor_s=1.0),  # Quantus 1.5x the floor: 2x unreachable
     ]
-    checks = {r.metric: run._checks(r) for r in results}
-    assert checks["PixelFlipping"] == {"floor": True, "quantus": True, "loop": None}
-    assert checks["Deletion"] == {"floor": False, "quantus": False, "loop": None}
+    checks = {(r.metric, r.workload): run._checks(r) for r in results}
+    checks.update({r.metric: checks[(r.metric, r.workload)] for r in results
+                   if r.workload == "W1"})
+    none = {"floor": None, "quantus": None, "loop": None, "spec": None}
+    assert checks["PixelFlipping"] == {**none, "floor": True, "quantus": True}
+    assert checks["Deletion"] == {**none, "floor": False, "quantus": False}
     assert checks["ROAD"]["loop"] is None and checks["ROAD"]["quantus"] is True
     assert checks["IROF[1-channel]"]["loop"] is False
-    assert checks["NonSensitivity"] == {"floor": None, "quantus": None, "loop": None}
+    assert checks["NonSensitivity", "W2"] == none
     assert all(v is None for v in checks["FaithfulnessSuite[separate]"].values())
+    assert checks["TopKIntersection"]["spec"] is False
+    assert checks["TopKIntersection", "W2"]["spec"] is None
+    assert checks["MPRT"]["spec"] is True
+    assert checks["MPRT", "W2"]["spec"] is None
 
     md = run.render_markdown(results, {"r": {"date": "r", "command": "cmd"}}, "cmd")
     summary = md.split("## Summary", 1)[1].split("## Rows that miss", 1)[0]
@@ -179,6 +195,10 @@ def test_targets_summary_misses_and_sharing_render():
     misses = md.split("## Rows that miss a target", 1)[1].split("## ", 1)[0]
     assert "| Deletion | W1 (N=8) | floor ratio <= 1.25 | 1.50 |" in misses
     assert "| IROF[1-channel] | W1 (N=8) | >= 5x Quantus |" in misses
+    assert "| TopKIntersection | W1 (N=8) | >= 10x Quantus | speed-up 8.00 |" in misses
+    loc = next(ln for ln in summary.splitlines() if ln.startswith("| localisation |"))
+    assert loc.endswith("| 0/1 (0/1 rows) |")
+    assert ">= 10x on W1 for PointingGame" in summary and ">= 2x on W1, W2 for MPRT" in summary
     assert "PixelFlipping" not in misses and "NonSensitivity" not in misses
     sharing = md.split("## Shared work", 1)[1].split("## ", 1)[0]
     assert "| FaithfulnessSuite | W1 (N=8) | 1000 / 400 (60% saved) |" in sharing
@@ -204,3 +224,27 @@ def test_case_budget_uses_the_warm_up_when_one_round_does_not_fit():
     calls.clear()
     res = harness.run_case(spec, w, ctx, repeats=3, min_time=0.0, max_case_s=1e9)
     assert res.extra["rounds"] == 3 and len(calls) == 1 + 3  # the counted call, 3 rounds
+
+
+def test_spec_scale_builds_the_workload_at_its_own_size(monkeypatch, tmp_path):
+    from benchmarks import run
+    from benchmarks.specs import Spec
+
+    seen = []
+
+    def build(w, ctx):
+        seen.append(w.n)
+        return harness.Case(ours=lambda: np.zeros(w.n), floor=None)
+
+    specs = [Spec("Scaled", "complexity", build, workloads=("W1",), scale=(("W1", 12),)),
+             Spec("Plain", "complexity", build, workloads=("W1",))]
+    monkeypatch.setattr(run, "select_specs", lambda *a, **k: specs)
+    monkeypatch.setattr(run, "PARTIAL_DIR", tmp_path)
+    results, _ = run.run_benchmarks(workloads=("W1",), use_quantus=False, n={"W1": 8},
+                                    repeats=1, min_time=0.0, verbose=False)
+    assert [r.n for r in results] == [12, 8] and seen == [12, 8]
+    # --quick keeps every spec at the quick size
+    seen.clear()
+    results, _ = run.run_benchmarks(workloads=("W1",), use_quantus=False, quick=True,
+                                    metrics=["x"], repeats=1, verbose=False)
+    assert seen == [8, 8]

@@ -584,6 +584,7 @@ class TestNoise:
         assert abs(float(asym.mean()) - 0.35) < 0.01
         assert torch.equal(UniformNoise(lower_bound=0.0)(x, keys), x)
 
+    @pytest.mark.oracle
     def test_quantus_uniform_noise_convention(self):
         pf = pytest.importorskip("quantus.functions.perturb_func")
         arr = np.zeros(500)

@@ -38,6 +38,14 @@ class Spec:
     skip: tuple[tuple[str, str], ...] = ()
     #: workload -> run on its first n samples only (too slow on all of them; the row says so)
     subset: tuple[tuple[str, int], ...] = ()
+    #: workload -> build it with this many samples instead of its default (model-free metrics,
+    #: whose targets are stated at a scale, e.g. W1 with 1,000+ samples); it takes precedence
+    #: over ``--n`` (which keeps the model-heavy specs small), ``--quick`` over it
+    scale: tuple[tuple[str, int], ...] = ()
+    #: workload -> speed-up over Quantus an issue asks of this metric there (e.g. 10 on W1 for
+    #: localisation and complexity, 2 for MPRT); checked where Quantus itself is that far
+    #: above the floor
+    speedup_targets: tuple[tuple[str, float], ...] = ()
     #: the registered metric this spec measures (default: ``name`` before any ``[variant]``);
     #: "" for entries that are not one metric (suites, the meta-evaluation)
     metric: str | None = None

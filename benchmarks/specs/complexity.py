@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from evalkit.metrics import Complexity, EffectiveComplexity, Sparseness
@@ -50,3 +52,8 @@ SPECS = [
                           "batch-global max (bug C1), so its counts depend on the batch",
                      normalise=False)),
 ]
+
+#: issue 4: per-sample and vectorised, each at least 10x faster than Quantus 0.6 on W1 with
+#: 1,000+ samples; W2 at its full 16 samples
+SPECS = [dataclasses.replace(s, scale=(("W1", 1024), ("W2", 16)), speedup_targets=(("W1", 10.0),))
+         for s in SPECS]

@@ -8,6 +8,7 @@ workload's model is passed, but nothing is explained.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -117,10 +118,17 @@ SPECS = [
                  settings="1-channel Saliency, defaults")),
     Spec("AUC", "localisation",
          _masked(AUC, "AUC", settings="1-channel Saliency, defaults",
-                 note="Quantus: sklearn roc_curve per sample; ours: one batched rank formula")),
+                 note="Quantus: sklearn roc_curve per sample; ours: one batched rank formula",
+                 agreement_text="Quantus' batch-global float32 normalisation can merge two "
+                                "nearly equal values into a tie; 1e-16 with normalise=False")),
     Spec("Focus", "localisation", _focus),
     Spec("BoxLocalisation", "localisation",
          _masked(BoxLocalisation, None, settings="1-channel Saliency, 20 % of max, IoU >= 0.5",
                  note="CAM-paper protocol; no Quantus equivalent (components labelled with "
                       "scipy.ndimage on the CPU)")),
 ]
+
+#: issue 4: vectorised over the batch, each at least 10x faster than Quantus 0.6 on W1 with
+#: 1,000+ samples (its per-sample loops show at that scale); W2 at its full 16 samples
+SPECS = [dataclasses.replace(s, scale=(("W1", 1024), ("W2", 16)), speedup_targets=(("W1", 10.0),))
+         for s in SPECS]

@@ -195,10 +195,12 @@ def _random_logit(w: Workload, ctx: Context) -> Case:
 
 
 SPECS = [
-    Spec("MPRT", "randomisation", _mprt),
+    # issue 7: MPRT and SmoothMPRT with Saliency at least 2x faster than Quantus 0.6
+    Spec("MPRT", "randomisation", _mprt, speedup_targets=(("W1", 2.0), ("W2", 2.0))),
     # (L + 1) x N x K explanations per call: 14 x 256 x 10 = 35,840 gradients on W1 and
     # 42 x 4 x 10 = 1,680 ResNet-18 gradients on W2, for each side and the floor
-    Spec("SmoothMPRT", "randomisation", _smooth_mprt, subset=(("W1", 64), ("W2", 1))),
+    Spec("SmoothMPRT", "randomisation", _smooth_mprt, subset=(("W1", 64), ("W2", 1)),
+         speedup_targets=(("W1", 2.0), ("W2", 2.0))),
     Spec("EfficientMPRT", "randomisation", _efficient_mprt),
     Spec("RandomLogit", "randomisation", _random_logit),
 ]
