@@ -6,7 +6,8 @@
 * the getting-started example of ``docs/index.md`` runs and prints what the page says it prints.
 
 CI runs only pytest, so this is where the docs are built in CI. Skipped (with the reason) when
-the ``docs`` extra (mkdocs, mkdocs-material, mkdocstrings[python]) is not installed.
+the ``docs`` extra (mkdocs, mkdocs-material, mkdocstrings[python]) is not installed, except
+under ``.ci/run`` (``EVALKIT_REQUIRE_EXTRAS=1``, see ``tests/conftest.py``), where that fails.
 """
 
 from __future__ import annotations

@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _explain_helpers import GapNet, inputs, make, rng_states, same_rng
+from _explain_helpers import (
+    BnNet,
+    GapNet,
+    assert_unchanged,
+    inputs,
+    make,
+    module_state,
+    rng_states,
+    same_rng,
+)
 
 from evalkit.explain import (
     DeepFeatureFactorization,
@@ -107,6 +116,25 @@ def test_dff_numpy_module_layer_and_tokens():
     torch.testing.assert_close(tok.heatmaps, plain.heatmaps)
     with pytest.raises(ValueError, match="reshape_transform"):
         deep_feature_factorization(Tokens(), x, "tokens", n_components=2)
+
+
+def test_dff_leaves_the_model_as_it_was():
+    """Parameters, buffers (batch-norm statistics), .grad, train/eval flags, hooks and the
+    global RNGs are the same after a factorisation, in train mode too."""
+    model = make(BnNet)
+    model.train()  # dropout and batch-norm would change buffers in train mode
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    hook = model.fc.register_forward_hook(lambda *_: None)
+    x, _ = inputs(3)
+    before, rng = module_state(model), rng_states()
+    res = deep_feature_factorization(model, x, "features.relu2", n_components=2,
+                                     computation_on_concepts="fc")
+    assert res.heatmaps.shape == (3, 2, 8, 8)
+    assert_unchanged(model, before)
+    assert model.training and same_rng(rng, rng_states())
+    assert list(model.fc._forward_hooks) == [hook.id]  # the user's hook, and only it
+    hook.remove()
 
 
 # ============================================================================ overlays

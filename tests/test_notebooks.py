@@ -81,7 +81,8 @@ def _execute(nb, path: Path, kernel_dir: Path, runtime_dir: Path, monkeypatch) -
 
 def test_notebooks_present() -> None:
     names = {p.name for p in NOTEBOOKS}
-    assert {"cam_metrics_and_tuning.ipynb", "deep_feature_factorization.ipynb"} <= names
+    assert {"cam_metrics_and_tuning.ipynb", "deep_feature_factorization.ipynb",
+            "quantus_style_evaluation.ipynb"} <= names
 
 
 @pytest.mark.slow
