@@ -11,9 +11,10 @@
 
 How it runs
 -----------
-* **Each method is explained once**, and its attributions are shared by every metric. Metrics
-  that re-explain (robustness, randomisation, ...: ``Metric.re_explains``) get the method's
-  explain function as well.
+* **Each method is explained once**, and its attributions are shared by every metric: each
+  sample's row is explained once, chunk by chunk, just before the chunk's units. Metrics that
+  re-explain (robustness, randomisation, ...: ``Metric.re_explains``) get the method's explain
+  function as well.
 * **Units of work.** Samples are processed in chunks of ``chunk_size``; one unit is one
   (method, metric, chunk), or one (method, metric) over the whole set for set-level metrics
   (``Metric.set_level``). Because every evalkit metric has per-sample semantics (a sample's
@@ -694,26 +695,43 @@ class Evaluation:
     def _run_method(self, mname, todo, records, errors, explain_timings, db, bar) -> None:
         from .cache import explanation_cache, forward_cache
 
-        rows = np.zeros(self.n, dtype=bool)
-        for u in todo:
-            rows[u.start : u.stop] = True
-        bar.set_postfix_str(f"explaining {mname}", refresh=True)
-        t0 = time.perf_counter()
-        try:
-            a = self.explain(mname, torch.from_numpy(np.flatnonzero(rows)))
-        except Exception as exc:
-            tb = traceback.format_exc()
-            for u in todo:
-                errors.setdefault((u.method, u.metric), CellError(
-                    u.method, u.metric, type(exc).__name__,
-                    f"explaining the method failed: {exc}", tb, None))
-            bar.update(len(todo))
-            return
-        explain_timings[mname] = time.perf_counter() - t0
         by_chunk: dict[tuple[int, int], list[WorkUnit]] = {}
         for u in todo:
             by_chunk.setdefault((u.start, u.stop), []).append(u)
-        for group in by_chunk.values():
+        # Rows are explained chunk by chunk, just before the chunk's units (each row once, the
+        # result shared by every metric), so a killed run loses at most the explanations and
+        # scores of the chunk in flight.
+        a: torch.Tensor | None = None
+        explained = np.zeros(self.n, dtype=bool)
+        groups = list(by_chunk.items())
+        for k, ((start, stop), group) in enumerate(groups):
+            need = np.zeros(self.n, dtype=bool)
+            need[start:stop] = True
+            need &= ~explained
+            if need.any():
+                bar.set_postfix_str(f"explaining {mname} [{start}:{stop}]", refresh=True)
+                t0 = time.perf_counter()
+                try:
+                    part = self.explain(mname, torch.from_numpy(np.flatnonzero(need)))
+                except Exception as exc:
+                    tb = traceback.format_exc()
+                    left = [u for _, g in groups[k:] for u in g]
+                    for u in left:
+                        errors.setdefault((u.method, u.metric), CellError(
+                            u.method, u.metric, type(exc).__name__,
+                            f"explaining the method failed: {exc}", tb, None))
+                    bar.update(len(left))
+                    return
+                explain_timings[mname] = (explain_timings.get(mname, 0.0)
+                                          + time.perf_counter() - t0)
+                if a is None:  # the first part (NaN outside its rows), or given attributions
+                    a = part
+                    explained |= (need if self.methods[mname].attributions is None
+                                  else np.ones(self.n, dtype=bool))
+                else:
+                    idx = torch.from_numpy(np.flatnonzero(need)).to(a.device)
+                    a[idx] = part[idx]
+                    explained |= need
             with forward_cache() as cache:
                 for u in group:
                     cell = (u.method, u.metric)

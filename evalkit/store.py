@@ -3,9 +3,11 @@ configuration hashes that key them.
 
 :func:`evalkit.evaluate` splits its work into **units**: one (method, metric, chunk of samples)
 each, or one (method, metric) over the whole set for set-level metrics. With
-``store="results.sqlite"`` every finished unit is committed as one row at once, so a killed run
-loses at most the unit in flight, and running the same call again reads every stored unit back
-instead of computing it.
+``store="results.sqlite"`` every finished unit is committed as one row at once, and a method's
+explanations are computed chunk by chunk just before the chunk's units, so a killed run loses
+at most the chunk in flight (its explanations and unfinished units), and running the same call
+again reads every stored unit back instead of computing it (explaining only the rows of the
+chunks still to score).
 
 What a stored row is keyed by
 -----------------------------

@@ -40,8 +40,9 @@ class TestSharing:
         a, b = CountingExplainer("Saliency"), CountingExplainer("InputXGradient")
         r = ek.evaluate({**_cheap_metrics(), "Complexity": ek.metrics.Complexity()},
                         {"A": a, "B": b}, model, x, y, s, chunk_size=5, progress=False)
-        # one call on all 12 inputs, although 4 metrics ran on 3 chunks each
-        assert a.calls == [12] and b.calls == [12]
+        # each input explained once (one call per chunk of 5, just before the chunk's units),
+        # although 4 metrics ran on 3 chunks each
+        assert a.calls == [5, 5, 2] and b.calls == [5, 5, 2]
         assert not r.errors
         assert all(np.isfinite(r["A", k]).all() for k in r.metrics)
 
@@ -56,8 +57,8 @@ class TestSharing:
         ek.evaluate(_cheap_metrics(), {"Saliency": {"reduce_channels": "abs_sum"},
                                        "InputXGradient": {}}, model, x, y, s,
                     explain_fn=counting_explain, chunk_size=4, progress=False)
-        # Quantus' convention: the display name is injected as `method`
-        assert sorted(seen) == [("InputXGradient", 12), ("Saliency", 12)]
+        # Quantus' convention: the display name is injected as `method`; each row once
+        assert sorted(seen) == [("InputXGradient", 4)] * 3 + [("Saliency", 4)] * 3
 
     def test_reexplaining_metric_gets_the_method_function(self, data):
         model, x, y, s = data
@@ -66,9 +67,8 @@ class TestSharing:
                          "RRA": ek.metrics.RelevanceRankAccuracy()},
                         {"A": a}, model, x, y, s, chunk_size=6, progress=False)
         assert not r.errors
-        # the shared explanation (12 rows) once, then RandomLogit's re-explanations per chunk
-        assert a.calls[0] == 12
-        assert sum(a.calls[1:]) == 12 and len(a.calls) == 3
+        # per chunk: the shared explanation of its 6 rows, then RandomLogit's re-explanation
+        assert a.calls == [6, 6, 6, 6]
 
     def test_method_kwargs_do_not_leak(self, data):
         """Quantus bug C21: one method's explain kwargs leaked into the next method's."""

@@ -195,6 +195,37 @@ def test_resume_after_kill(tmp_path, call_log):
     _same_results(resumed, reference)
 
 
+def test_kill_while_explaining_loses_only_that_chunk(tmp_path):
+    """Rows are explained chunk by chunk: a run that dies while explaining its third chunk keeps
+    the first two chunks' units, and the resumed run explains only the rows still to score."""
+    model, x, y, s = problem(16, seed=3)
+    seen: list[int] = []
+
+    def explain_fn(model, x, y, method, die_at=None, **kw):
+        seen.append(int(x.shape[0]))
+        if len(seen) == die_at:
+            raise KeyboardInterrupt  # what a kill looks like from inside the run
+        return ek.explain(model, x, y, method=method, **kw)
+
+    store = str(tmp_path / "explain.sqlite")
+    metrics = {"rank": ek.metrics.RelevanceRankAccuracy(), "sparse": ek.metrics.Sparseness()}
+
+    def run(die_at=None):
+        return ek.evaluate(metrics, {"Saliency": {"die_at": die_at}}, model, x, y, s,
+                           explain_fn=explain_fn, chunk_size=4,
+                           store=store, progress=False)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(die_at=3)
+    assert seen == [4, 4, 4]
+    with ResultStore(store) as db:
+        assert len(db) == 4  # 2 metrics x the 2 chunks explained before the kill
+    seen.clear()
+    resumed = run(die_at=3)  # the same configuration; now the third call is chunk 12:16
+    assert seen == [4, 4]  # chunks 8:12 and 12:16 only
+    assert sum(resumed.resumed.values()) == 4
+
+
 def test_changed_parameter_recomputes_only_that_metric(tmp_path, call_log):
     model, x, y, _s = problem(8, seed=4)
     store = str(tmp_path / "p.sqlite")
