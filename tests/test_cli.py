@@ -182,6 +182,47 @@ def test_demo_runs(tmp_path, capsys):
     assert "GroundTruth x MaxSensitivity" in out
 
 
+def _leaderboard_rows(markdown: str) -> dict[str, list[str]]:
+    """method -> its cells, from the first leaderboard table in ``markdown``."""
+    lines = [ln for ln in markdown.splitlines() if ln.startswith("| ")]
+    header = lines[0]
+    assert header.startswith("| method | PixelFlipping")
+    return {cells[0]: cells[1:] for ln in lines[1:]
+            if (cells := [c.strip().strip("*") for c in ln.strip("|").split("|")])}
+
+
+def _score_and_rank(cell: str) -> tuple[float, float]:
+    score, rank = cell.replace("*", "").split(" (")
+    return float(score), float(rank.rstrip(")"))
+
+
+@pytest.mark.slow
+def test_full_demo_matches_the_readme_and_ranks_the_controls(tmp_path, capsys):
+    """The whole demo (64 samples, 8 methods, 9 metrics): the README shows its leaderboard, the
+    ground-truth mask ranks first on localisation and the random map last on most metrics."""
+    assert main(["demo", "--no-report", "--no-progress", "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    ours = _leaderboard_rows(out)
+    readme = _leaderboard_rows((TESTS_DIR.parent / "README.md").read_text(encoding="utf-8"))
+    assert list(ours) == list(readme)  # the same order of methods
+    n_metrics = 9
+    for method, cells in ours.items():
+        for got, shown in zip(cells[:n_metrics], readme[method][:n_metrics], strict=True):
+            if got == "error" or shown == "error":
+                assert got == shown, method
+                continue
+            (gs, gr), (ss, sr) = _score_and_rank(got), _score_and_rank(shown)
+            assert gs == pytest.approx(ss, abs=2e-3) and gr == pytest.approx(sr, abs=0.15), (
+                method, got, shown)
+    family = {name: float(cells[n_metrics + 1]) for name, cells in ours.items()}  # localisation
+    assert min(family, key=family.get) == "GroundTruth"
+    ranks = {name: [_score_and_rank(c)[1] if c != "error" else np.nan
+                    for c in cells[:n_metrics]] for name, cells in ours.items()}
+    table = pd.DataFrame(ranks).T
+    last = [k for k in table.columns if table.loc["Random", k] >= table[k].max() - 0.5]
+    assert len(last) >= 5, last  # last or within half a rank of the last place
+
+
 def test_listing_commands(capsys):
     assert main(["metrics", "--family", "localisation"]) == 0
     assert "PointingGame" in capsys.readouterr().out
