@@ -63,12 +63,15 @@ def library_versions() -> dict[str, str]:
         out["captum"] = captum.__version__
     except Exception:  # captum is a dependency, but a broken install must not lose results
         out["captum"] = "unavailable"
-    try:
-        import scipy
+    import importlib.metadata as md
 
-        out["scipy"] = scipy.__version__
-    except Exception:
-        pass
+    # the other libraries whose code computes numbers (superpixels, progress and plots do not
+    # change scores, but a report names them all)
+    for dist in ("scipy", "scikit-image", "matplotlib", "tqdm"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
     return out
 
 

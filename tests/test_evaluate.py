@@ -323,7 +323,7 @@ class TestResults:
         assert "features_in_step=256" in info["repr"]
         assert results.method_info["Saliency"]["method"] == "Saliency"
         assert results.method_info["Saliency"]["kwargs"]["reduce_channels"] == "abs_sum"
-        for lib in ("evalkit", "torch", "numpy", "captum"):
+        for lib in ("evalkit", "torch", "numpy", "captum", "scipy", "scikit-image", "matplotlib"):
             assert lib in results.versions
         text = results.to_json()
         assert json.loads(text)["metrics"]["PF"]["params"]["features_in_step"] == 256
