@@ -782,6 +782,15 @@ class TestInputErrors:
         with pytest.raises(ValueError, match="`x` contains NaN"):
             DummyProtoSum()(None, x.numpy(), None, a.numpy())
 
+    def test_x_the_model_cannot_take(self):
+        """A wrong rank or layout fails in the first forward, deep in the model: the error
+        names `x` and its shape, and keeps the model's own message."""
+        x, y, a, _ = data(3)
+        for bad in (x[:, 0], x.permute(0, 2, 3, 1)):  # no channel axis; channels last
+            with pytest.raises(ValueError, match=r"cannot run on `x` of shape \(3, ") as info:
+                get("PixelFlipping")()(NET, bad, y, a[:, 0] if bad.ndim == 3 else a)
+            assert isinstance(info.value.__cause__, RuntimeError)
+
     @pytest.mark.parametrize(
         ("y", "match"),
         [([0, 1, 4], "label 4"), ([0, -1, 1], "label -1"), ([0.0, 1.5, 2.0], "non-integer"),

@@ -166,7 +166,16 @@ class ModelWrapper(ABC):
         """Per-sample output shape for inputs like ``x`` (one cached forward on one sample)."""
         key = tuple(x.shape[1:])
         if key not in self._output_shapes:
-            out = self.predict(x[:1])
+            try:
+                out = self.predict(x[:1])
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                # the first forward of a call: a wrong rank or layout of x fails here, deep in
+                # the model; say which argument and shape it was
+                raise ValueError(
+                    f"The model cannot run on `x` of shape {tuple(x.shape)} (one sample: "
+                    f"{tuple(x.shape[1:])}); check its rank and layout (e.g. channels first, "
+                    f"(N, C, H, W) for a 2-D CNN). The model raised {type(exc).__name__}: {exc}"
+                ) from exc
             self._output_shapes[key] = tuple(out.shape[1:])
         return self._output_shapes[key]
 
