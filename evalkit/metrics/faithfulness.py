@@ -33,7 +33,6 @@ Conventions shared by every metric in this module:
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -189,37 +188,16 @@ def _row_percentile(v: torch.Tensor, q: float) -> torch.Tensor:
     return srt[:, lo] + frac * (srt[:, hi] - srt[:, lo])
 
 
-class _PerSample:
-    """A small LRU memo of per-sample blocks (random draws generated lazily in builders)."""
+def _gather_per_sample(blocks_of: Callable[[torch.Tensor], torch.Tensor], i: torch.Tensor,
+                       j: torch.Tensor) -> torch.Tensor:
+    """``blocks_of(samples)[., j[b]]`` of sample ``i[b]`` for every row b.
 
-    def __init__(self, fn: Callable[[int], Any], size: int = 4) -> None:
-        self.fn = fn
-        self.size = size
-        self._memo: OrderedDict[int, Any] = OrderedDict()
-
-    def __call__(self, i: int) -> Any:
-        if i in self._memo:
-            self._memo.move_to_end(i)
-            return self._memo[i]
-        v = self.fn(i)
-        self._memo[i] = v
-        if len(self._memo) > self.size:
-            self._memo.popitem(last=False)
-        return v
-
-
-def _stack_per_sample(memo: _PerSample, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    """``memo(i[b])[j[b]]`` for every row b, computing each distinct sample's block once."""
-    out: torch.Tensor | None = None
-    for s in torch.unique(i).tolist():
-        sel = (i == s).nonzero().flatten()
-        block = memo(int(s))[j[sel]]
-        if out is None:
-            out = torch.empty((i.shape[0], *block.shape[1:]), dtype=block.dtype,
-                              device=block.device)
-        out[sel] = block
-    assert out is not None
-    return out
+    ``blocks_of`` takes the distinct sample indices of the rows and returns their per-sample
+    blocks (U, K, ...) in one vectorised call (random draws keyed per sample, so a block does
+    not depend on which samples share the call); memory is bounded by the runner's chunk.
+    """
+    uniq, inverse = torch.unique(i, return_inverse=True)
+    return blocks_of(uniq)[inverse, j]
 
 
 def _n_groups_check(name: str, value: int, grp: Grouping, what: str) -> None:
@@ -757,27 +735,33 @@ class SensitivityN(Metric):
         gs = group_scores.nan_to_num(0.0)
         keys = _rng.combine(batch.keys, 0x5E45)
 
-        def ranks_of(i: int) -> torch.Tensor:
-            u = _rng.uniform(keys[i : i + 1], (k, g_max), dtype=torch.float64)[0]
-            u = u.masked_fill(~valid[i], math.inf)
-            order = u.argsort(1)
-            rank = torch.empty_like(order).scatter_(
-                1, order, torch.arange(g_max, device=order.device).expand(k, -1).contiguous())
-            return rank  # (K, G): position of each group in run r's permutation
+        def orders_of(i: torch.Tensor) -> torch.Tensor:
+            """(len(i), K, G): run r's random permutation of each sample's groups."""
+            u = _rng.uniform(keys[i], (k, g_max), dtype=torch.float64)
+            return u.masked_fill(~valid[i].unsqueeze(1), math.inf).argsort(2)
 
-        memo = _PerSample(ranks_of)
+        def ranks_of(i: torch.Tensor) -> torch.Tensor:
+            """(len(i), K, G): the position of each group in run r's permutation."""
+            order = orders_of(i)
+            pos = torch.arange(g_max, device=order.device).expand_as(order).contiguous()
+            return torch.empty_like(order).scatter_(2, order, pos)
+
         att = torch.empty((n, k, t_count), dtype=torch.float64, device=x.device)
-        for i in range(n):
-            rank = memo(i)
-            order = rank.argsort(1)
-            csum = gs[i][order].cumsum(1)  # (K, G)
-            att[i] = csum[:, (sizes[i] - 1).clamp(min=0)]
+        # the attribution sums of every run's first n groups, a bounded block of samples at a
+        # time ((samples, K, G) permutations)
+        block = max(1, (1 << 22) // max(1, k * g_max))
+        for lo in range(0, n, block):
+            idx = torch.arange(lo, min(n, lo + block), device=x.device)
+            order = orders_of(idx)
+            csum = gs[idx].unsqueeze(1).expand(-1, k, -1).gather(2, order).cumsum(2)
+            steps = (sizes[idx] - 1).clamp(min=0).unsqueeze(1).expand(-1, k, -1)
+            att[idx] = csum.gather(2, steps)
         base = _baseline_values(self._imputer, x, batch.keys)
         imp_keys = batch.keys if self._imputer.stochastic else None
 
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, r, t = index
-            rank_rows = _stack_per_sample(memo, i, r)  # (B, G)
+            rank_rows = _gather_per_sample(ranks_of, i, r)  # (B, G)
             sel = rank_rows < sizes[i, t].unsqueeze(1)
             mask = grp.expand(sel, i)
             return _replace(self._imputer, base, x[i], mask, i, imp_keys)
@@ -1008,22 +992,20 @@ class MonotonicityCorrelation(Metric):
             rank_map = ordering.rank_map
             view = (-1, *([1] * (x.ndim - 1)))
 
-            def values(i: int) -> torch.Tensor:
-                xi = x[i : i + 1].expand(s_count, *x.shape[1:])
-                if isinstance(imputer, Baseline):
-                    v = imputer.values(xi, draw_keys[i])
-                    return v.expand_as(xi) if v.shape[0] == 1 else v
-                return xi  # imputers fill in build()
-
-            memo = _PerSample(values)
+            def values(i: torch.Tensor) -> torch.Tensor:
+                """(len(i), S, ...): the baseline values of each sample's S draws."""
+                xi = x[i].unsqueeze(1).expand(-1, s_count, *x.shape[1:])
+                flat = xi.reshape(-1, *x.shape[1:])
+                v = imputer.values(flat, draw_keys[i].reshape(-1))
+                return (v.expand_as(flat) if v.shape[0] == 1 else v).reshape(xi.shape)
 
             def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
                 i, s, tt = index
                 r = rank_map[i]
                 mask = (r >= lo[i, tt].reshape(view)) & (r < hi[i, tt].reshape(view))
                 if isinstance(imputer, Baseline):
-                    return torch.where(mask, _stack_per_sample(memo, i, s), x[i])
-                return imputer.fill(x[i], mask, keys=draw_keys[i, s])
+                    return torch.where(mask, _gather_per_sample(values, i, s), x[i])
+                return imputer.fill(x[i], mask, keys=draw_keys[i, s])  # imputers fill here
 
             out = batch.runner.run(build, (batch.n, s_count, t_count),  # type: ignore
                                    y=batch.y, row_shape=tuple(x.shape[1:]),
@@ -1126,13 +1108,14 @@ class Infidelity(Metric):
         assert a is not None
         keys = batch.keys
         std = float(self.noise_std)
-        memo = _PerSample(lambda i: infidelity_noise(keys[i : i + 1], k, tuple(x.shape[1:]),
-                                                     std, x.dtype)[0])
+        def noise_of(i: torch.Tensor) -> torch.Tensor:
+            return infidelity_noise(keys[i], k, tuple(x.shape[1:]), std, x.dtype)
+
         dots = torch.full((batch.n, k), math.nan, dtype=torch.float64, device=x.device)
 
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, r = index
-            noise = _stack_per_sample(memo, i, r)
+            noise = _gather_per_sample(noise_of, i, r)
             dots[i, r] = (a[i] * noise.to(torch.float64)).flatten(1).sum(1)
             return x[i] - noise
 
