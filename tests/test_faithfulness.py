@@ -596,6 +596,33 @@ def test_sufficiency_seuclidean_survives_zero_variance_features():
     assert np.isfinite(s).all()
 
 
+@pytest.mark.parametrize("name", ["seuclidean", "euclidean", "sqeuclidean", "cityblock"])
+@pytest.mark.parametrize("normalise_distances", [True, False])
+def test_sufficiency_distances_equal_scipy(name, normalise_distances):
+    """The torch route of the Euclidean distances gives scipy's cdist (to 1e-10, exactly 0
+    on the diagonal); the other names go through scipy itself."""
+    from scipy.spatial.distance import cdist
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand((9, 20), generator=g, dtype=torch.float64)
+    a[:, 3] = 0.5  # a constant feature (unit variance for seuclidean)
+    a[4] = a[2]  # two identical maps: distance 0 off the diagonal
+    m = Sufficiency(distance_func=name, normalise_distances=normalise_distances)
+    an = a.numpy()
+    if name == "seuclidean":
+        var = an.var(axis=0, ddof=1)
+        want = cdist(an, an, name, V=np.where(var > 0, var, 1.0))
+    else:
+        want = cdist(an, an, name)
+    if normalise_distances:
+        want = want / want.max()
+    for given in (a, an):
+        got = np.asarray(torch.as_tensor(m.distances(given)))
+        np.testing.assert_allclose(got, want, atol=1e-10, rtol=0)
+        assert (np.diag(got) == 0).all()
+    assert isinstance(m.distances(an), np.ndarray)
+
+
 # ---------------------------------------------------------------------- invariances
 def _stochastic_metrics():
     return [
