@@ -21,6 +21,17 @@ from .explain import explain
 from .models import wrap_model
 from .results import Results
 
+#: submodules imported on first access (``ek.datasets.make_shapes``, ``ek.zoo``, ...)
+_LAZY_SUBMODULES = ("datasets", "zoo", "leaderboard", "plotting", "store", "cache", "cli")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "EvalkitWarning",
     "ForwardCache",
