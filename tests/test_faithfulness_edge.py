@@ -68,6 +68,9 @@ VARIANTS = {
                                                 n_perturb_samples=2, seed=3),
     "ROAD[confidence]": M.ROAD(percentages=[25, 75], score="confidence", seed=3),
     "AverageDrop[uniform]": M.AverageDrop(perturb_baseline="uniform", seed=3),
+    "Deletion[uniform]": M.Deletion(n_steps=6, perturb_baseline="uniform", seed=3),
+    "IROF[felzenszwalb]": M.IROF(segmentation_method="felzenszwalb",
+                                 segmentation_kwargs={"scale": 2, "min_size": 2}),
 }
 
 ALL = {**_metrics(), **VARIANTS}
@@ -188,6 +191,21 @@ def test_batch_size_order_and_seed_invariance(name, data):
         if name not in ("ROAD", "Monotonicity[uniform]"):  # 0/1 scores: may all agree
             other = metric.set_params(seed=metric.seed + 100)(model, x, y, a)
             assert not np.allclose(other, full, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_stochastic_flag_says_whether_the_metric_draws_random_numbers(name, data):
+    """`stochastic` is True exactly where the scores depend on the seed (random baselines,
+    orders, subsets, noise): evaluate() and metaeval seed by it, and list_metrics reports it."""
+    model, x, y, a = data
+    metric = ALL[name]
+    first = metric.clone().set_params(seed=1)(model, x, y, a)
+    second = metric.clone().set_params(seed=2)(model, x, y, a)
+    depends = not np.allclose(first, second, equal_nan=True)
+    if depends:
+        assert metric.stochastic, name
+    if not metric.stochastic:
+        np.testing.assert_array_equal(first, second)
 
 
 @pytest.mark.parametrize("name", list(_metrics()))

@@ -410,6 +410,21 @@ class TestContinuity:
         out = Continuity(perturb_func=brighten, **kw)(CNN, x, y, a)
         assert sorted(set(calls)) == list(range(6)) and np.isfinite(out).all()
 
+    def test_stochastic_flag_follows_the_perturbation(self):
+        """Translations with a fixed baseline are deterministic; noise, or a translation that
+        shifts in random values, is stochastic (evaluate() and metaeval seed by the flag)."""
+        assert not Continuity().stochastic
+        assert Continuity(perturb_func="gaussian").stochastic
+        assert Continuity(perturb_func="uniform").stochastic
+        assert Continuity(perturb_baseline="uniform").stochastic
+        x, y = cnn_data(3)
+        a = ek.explain(CNN, x, y, method="Saliency")
+        kw = dict(nr_steps=3, perturb_baseline="uniform")
+        first = Continuity(seed=1, **kw)(CNN, x, y, a)
+        assert not np.allclose(first, Continuity(seed=2, **kw)(CNN, x, y, a))
+        np.testing.assert_array_equal(Continuity(nr_steps=3, seed=1)(CNN, x, y, a),
+                                      Continuity(nr_steps=3, seed=2)(CNN, x, y, a))
+
     def test_noise_continuity_equals_lipschitz_with_l1_l2(self):
         x, y = cnn_data(4)
         a = ek.explain(CNN, x, y, method="Saliency")

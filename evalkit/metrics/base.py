@@ -628,7 +628,12 @@ def get(name: str) -> type[Metric]:
 
 
 def list_metrics(family: str | None = None) -> pd.DataFrame:
-    """All registered metrics and their metadata, one row each, sorted by family and name."""
+    """All registered metrics and their metadata, one row each, sorted by family and name.
+
+    The metadata are the classes' (their default settings); some depend on an instance's
+    settings and are then read from the instance: e.g. ``PixelFlipping(perturb_baseline=
+    "uniform").stochastic`` is True, ``SensitivityN(subsets="morf").set_level`` too.
+    """
     if family is not None and family not in FAMILIES:
         raise ValueError(f"`family` must be one of {FAMILIES}; got {family!r}.")
     rows = [cls.metadata() for cls in _REGISTRY.values()]

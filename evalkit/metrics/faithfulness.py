@@ -269,6 +269,7 @@ class PixelFlipping(Metric):
         self.perturb_baseline = perturb_baseline
         self.grouping = grouping
         self._plan = RemovalPlan(make_grouping(grouping), make_imputer(perturb_baseline))
+        self.stochastic = self._plan.imputer.stochastic
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         curve, fractions, _ = removal_curve(
@@ -326,6 +327,7 @@ class Deletion(Metric):
         self.perturb_baseline = perturb_baseline
         self.grouping = grouping
         self._plan = RemovalPlan(make_grouping(grouping), self._imputer(), mode=self._mode)
+        self.stochastic = self._plan.imputer.stochastic
 
     def _imputer(self) -> Imputer:
         return make_imputer(self.perturb_baseline)
