@@ -751,6 +751,23 @@ class TestEfficientMPRT:
         with pytest.raises(TypeError, match="complexity_func"):
             EfficientMPRT(complexity_func=lambda a, x: 0)
 
+    def test_trained_model_saliency_rewarded_sobel_zero(self):
+        """On the shipped shapes CNN, the gradient (model-dependent) gains histogram entropy
+        when the model is randomised, a Sobel filter (model-independent) cannot: eMPRT ranks
+        Saliency first in the direction the class declares (higher is better)."""
+        from evalkit.datasets import make_shapes
+        from evalkit.zoo import load_shapes_cnn
+
+        model = load_shapes_cnn()
+        data = make_shapes(16, seed=0)
+        sal = EfficientMPRT()(model, data.x, data.y, explain_kwargs={"method": "Saliency"})
+        sobel = EfficientMPRT()(model, data.x, data.y, explain_kwargs={"method": "Sobel"})
+        assert EfficientMPRT.higher_is_better is True
+        assert sal.shape == sobel.shape == (16,)
+        assert sal.mean() > 0.3 and (sal > 0.1).all()  # observed: mean 0.62, min 0.24
+        np.testing.assert_allclose(sobel, 0.0, atol=1e-12)
+        assert sal.mean() - sobel.mean() > 0.3  # Saliency wins in the declared direction
+
     def test_extra_scores(self, setup):
         model, x, y = setup
         m = EfficientMPRT(compute_extra_scores=True, skip_layers=False)
@@ -895,3 +912,148 @@ class TestQuantusOracle:
             explain_func=lambda model, inputs, targets, **kw: np.abs(inputs), device="cpu")
         np.testing.assert_allclose(q, 1.0)
         np.testing.assert_allclose(MPRT()(model, x, y, a, explain_fn=fixed_fn), 1.0)
+
+    def test_smooth_mprt_noise_free_matches_quantus_per_layer(self, quantus, setup, monkeypatch):
+        """SmoothMPRT with ``noise_magnitude=0`` is deterministic on both sides (Quantus draws
+        ``randn * 0``), so with Quantus' layer seeding reproduced the per-layer Spearman
+        similarities agree to float64 rounding.
+
+        Bug C6: Quantus' SmoothMPRT never calls ``explain_func`` (the recorder below stays
+        empty); it calls ``quantus.explain(model, x, y, **explain_func_kwargs)``. So that both
+        sides use the same explanation, our ``explain_fn`` *is* that call (the signed gradient,
+        ``method="Gradient"``, summed over channels). ``nr_samples=2`` keeps Quantus' running
+        mean a / 2 + a / 2 exact in float32. Quantus compares with ``a_batch`` as given, so ours
+        uses ``reference="given"``; its second-moment normalisation is over the whole batch
+        (C1), ours per sample, which a rank correlation cannot see. ``include_original=True``
+        gives our ``"original"`` row; Quantus' average includes it (C5), our summary does not.
+        """
+        model, x, y = setup
+
+        def q_explain(m, xs, ys):
+            return torch.as_tensor(quantus.explain(m, xs.detach().cpu().numpy(),
+                                                   ys.cpu().numpy(), method="Gradient"))
+
+        ignored = []
+
+        def q_func(model, inputs, targets, **kwargs):
+            ignored.append(len(inputs))
+            return _q_grad(model, inputs, targets)
+
+        a = q_explain(model, x, y).numpy()
+        q_kw = {"nr_samples": 2, "noise_magnitude": 0.0, "disable_warnings": True,
+                "display_progressbar": False}
+        call = {"model": model, "x_batch": x.numpy(), "y_batch": y.numpy(),
+                "explain_func": q_func, "explain_func_kwargs": {"method": "Gradient"},
+                "device": "cpu"}
+        q_layers = quantus.SmoothMPRT(**q_kw)(a_batch=a.copy(), **call)
+        q_avg = quantus.SmoothMPRT(return_average_correlation=True, **q_kw)(a_batch=a.copy(),
+                                                                           **call)
+        assert ignored == []  # C6
+
+        import evalkit.models.torch_model as tm
+
+        monkeypatch.setattr(tm, "derive_seed", lambda seed, *labels: seed + 1)
+        ours = SmoothMPRT(nr_samples=2, noise_magnitude=0.0, layer_order="bottom_up",
+                          norm_layers="reset", include_original=True, reference="given", seed=42)
+        assert ours.normalise_func == "second_moment" and ours.abs
+        summary = ours(model, x, y, torch.as_tensor(a), explain_fn=q_explain)
+        table = ours.layer_scores_
+        assert list(q_layers) == list(table.index) == ["original", *LENET_LAYERS]
+        for layer, values in q_layers.items():
+            np.testing.assert_allclose(table.loc[layer].to_numpy(), values, rtol=0, atol=1e-12,
+                                       err_msg=layer)
+        np.testing.assert_allclose(table.loc["original"].to_numpy(), 1.0, atol=1e-12)
+        np.testing.assert_allclose(q_avg, table.mean(axis=0).to_numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(summary, table.loc[LENET_LAYERS].mean(axis=0).to_numpy(),
+                                   rtol=0, atol=1e-12)
+        assert np.all(np.asarray(q_avg) > summary + 0.05)  # C5: the 1.0 'original' inflates it
+
+    def test_efficient_mprt_matches_quantus(self, quantus, setup, monkeypatch):
+        """eMPRT with 100 bins, ``skip_layers=True`` and a deterministic explainer (the signed
+        gradient), layer seeding as Quantus': the original and fully randomised entropies and
+        the scores agree to float64 rounding. Quantus cascades through every layer (explaining
+        only the last); ours builds the fully randomised copy directly, from the same per-layer
+        seeds.
+
+        By design, Quantus re-explains the original model and uses ``a_batch`` only for a bin
+        rule (none is used with ``n_bins`` given), while ours takes ``a`` as the original
+        explanation: they agree when ``a`` is that explanation; for another ``a``, Quantus'
+        scores do not move and ours are the relative rise from ``a``'s entropy.
+        """
+        model, x, y = setup
+        a = grad_fn(model, x, y).numpy()
+        call = {"model": model, "x_batch": x.numpy(), "y_batch": y.numpy(),
+                "explain_func": _q_grad, "device": "cpu"}
+        q = quantus.EfficientMPRT(complexity_func_kwargs={"n_bins": 100}, skip_layers=True,
+                                  disable_warnings=True, display_progressbar=False)
+        q_scores = np.asarray(q(a_batch=a.copy(), **call))
+        q_ent = q.explanation_scores_by_layer
+        assert list(q_ent) == ["orig", LENET_LAYERS[-1]]
+
+        import evalkit.models.torch_model as tm
+
+        monkeypatch.setattr(tm, "derive_seed", lambda seed, *labels: seed + 1)
+        ours = EfficientMPRT(n_bins=100, skip_layers=True, norm_layers="reset", seed=42)
+        scores = ours(model, x, y, torch.as_tensor(a), explain_fn=grad_fn)
+        ent = ours.layer_scores_
+        np.testing.assert_allclose(ent.loc["original"].to_numpy(), q_ent["orig"], rtol=0,
+                                   atol=1e-12)
+        np.testing.assert_allclose(ent.loc[LENET_LAYERS[-1]].to_numpy(),
+                                   q_ent[LENET_LAYERS[-1]], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(scores, q_scores, rtol=0, atol=1e-12)
+        assert np.abs(scores).max() > 0.01  # not trivially 0 on both sides
+
+        # the by-design difference: another `a`
+        other = a + np.random.default_rng(0).normal(0, a.std(), a.shape).astype(a.dtype)
+        q_other = np.asarray(quantus.EfficientMPRT(
+            complexity_func_kwargs={"n_bins": 100}, disable_warnings=True)(a_batch=other, **call))
+        np.testing.assert_array_equal(q_other, q_scores)
+        ours_other = EfficientMPRT(n_bins=100, norm_layers="reset", seed=42)
+        s_other = ours_other(model, x, y, torch.as_tensor(other), explain_fn=grad_fn)
+        h0 = _histogram_entropy(torch.as_tensor(other), torch.full((8,), 100)).numpy()
+        h1 = q_ent[LENET_LAYERS[-1]]
+        np.testing.assert_allclose(s_other, (h1 - h0) / h0, rtol=0, atol=1e-12)
+        assert not np.allclose(s_other, q_scores, atol=1e-3)
+
+    def test_random_logit_same_off_classes_matches_quantus(self, quantus, setup, monkeypatch):
+        """RandomLogit on a 10-class model (``num_classes=10``; Quantus' 1000 crashes, C11)
+        with Quantus' draw replaced by the off-target classes ours drew (``y_off_``): Quantus
+        picks ``y_off = others[randint(0, 9)]``, the other classes in increasing order, so the
+        index of class c is c - (c > y). Similarity: ours on the flattened maps, Quantus'
+        1-D SSIM (7-wide window, joint data range). ``normalise=False`` on both sides: Quantus
+        normalises ``a_batch`` and the new maps by separate batch-wide maxima (C1), which
+        changes their relative scale and so the SSIM; the maps are otherwise the same signed
+        gradients.
+        """
+        model, x, _ = setup
+        y = torch.tensor([7, 0, 3, 9, 1, 5, 2, 8])
+        a = grad_fn(model, x, y).numpy()
+        ours = RandomLogit(similarity_func=lambda p, q: ssim(p.flatten(1), q.flatten(1)),
+                           normalise=False)
+        scores = ours(model, x, y, torch.as_tensor(a), explain_fn=grad_fn)
+        y_off = ours.y_off_
+        assert (y_off != y.numpy()).all() and len(set(y_off.tolist())) > 1
+
+        real_randint = np.random.randint
+        used = []
+
+        def randint(low, high=None, size=None, *args, **kwargs):
+            if (low, high, size) == (0, 9, 8):
+                used.append(True)
+                return np.where(y_off < y.numpy(), y_off, y_off - 1)
+            return real_randint(low, high, size, *args, **kwargs)
+
+        monkeypatch.setattr(np.random, "randint", randint)
+        q = quantus.RandomLogit(num_classes=10, normalise=False, disable_warnings=True,
+                                display_progressbar=False)
+        q_scores = np.asarray(q(model=model, x_batch=x.numpy(), y_batch=y.numpy(),
+                                a_batch=a.copy(), explain_func=_q_grad, device="cpu"))
+        monkeypatch.undo()
+        assert used == [True]
+        np.testing.assert_allclose(scores, q_scores, rtol=0, atol=1e-7)
+        assert np.ptp(scores) > 1e-3  # distinct per-sample values were compared
+
+
+def _q_grad(model, inputs, targets, **kwargs):
+    """A Quantus-style explain function: the signed gradient summed over channels, NumPy out."""
+    return grad_fn(model, torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()
