@@ -106,10 +106,21 @@ def test_monotonicity_on_the_region_model(data):
     s_rand = m(model, x, y, rand)
     np.testing.assert_array_equal(s_good, np.ones(len(x)))
     assert np.mean(s_good) > np.mean(s_rand)
-    # with the default abs=True both regions rank high and interleave: neither map is monotone,
-    # and the concentrated one must at least not lose
+    # with the default abs=True both regions rank high and interleave: neither map is monotone
+    # (the docstring says so: the signless order cannot reward a faithful map on signed
+    # evidence), and the concentrated one must at least not lose
     m_abs = M.Monotonicity(features_in_step=8)
     assert np.nanmean(m_abs(model, x, y, good)) >= np.nanmean(m_abs(model, x, y, rand))
+    # and on a model with positive evidence only, every order is monotone: nothing to tell apart
+    class Positive(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = 4.0 * x[:, :, A[0], A[1]].mean((1, 2, 3))
+            return torch.stack([s, -s], 1)
+
+    x_pos = x.clone()
+    x_pos[:, :, A[0], A[1]] = x[:, :, A[0], A[1]].clamp_min(0.7)
+    y_pos = torch.zeros(len(x), dtype=torch.long)
+    np.testing.assert_array_equal(m_abs(Positive(), x_pos, y_pos, rand), np.ones(len(x)))
 
 
 def test_every_faithfulness_metric_has_a_sanity_case():

@@ -569,6 +569,13 @@ class Monotonicity(Metric):
     not compared). ``tolerance`` allows decreases of at most that size (0 by default, as in the
     paper).
 
+    What it can tell apart: with ``abs=True`` (the default, as in Quantus) the order ignores
+    signs, so on a model with evidence against the class (features that lower the score) a
+    faithful map puts those features among the last added and is not monotonic, like any
+    other map; on a model with only positive evidence every order is monotonic. Use
+    ``abs=False`` on signed attributions for a check that rewards them (the sanity test in
+    ``tests/test_faithfulness_sanity.py`` shows both).
+
     Quantus 0.6 re-applies the baseline instead of restoring the features (bug C2), so its
     result never depends on the attribution; here the features of x really are restored.
     Quantus returns booleans; here 1.0/0.0 floats. As in Quantus (and unlike AIX360, which
