@@ -491,6 +491,41 @@ def test_road_rgb_with_one_channel_attribution():
     assert set(np.unique(m.morf_curves_)) <= {0.0, 1.0}
 
 
+def test_road_rgb_one_channel_attribution_removes_whole_pixels_known_answer():
+    """RGB inputs with a 1-channel map: pixels are ranked by the map and all three channels
+    of a removed pixel go (Quantus crashes here, bug C13). With the zero imputer on a linear
+    model the change at p % is minus the removed pixels' contributions summed over channels."""
+    x, y, wt = _data(n=3, c=3, h=4, w=4, seed=21)
+    model = LinearLogit(wt)
+    a = torch.randn((3, 1, 4, 4), generator=torch.Generator().manual_seed(5),
+                    dtype=torch.float64)
+    m = ROAD(percentages=[25, 50, 75], imputer=Baseline("zero"), score="confidence",
+             order="morf", softmax=False)
+    s = m(model, x, y, a)
+    pixel_contrib = (x * wt).sum(1).reshape(3, -1)  # per pixel, all channels
+    order = torch.sort(a.reshape(3, -1), dim=1, descending=True, stable=True).indices
+    removed = torch.cat([torch.zeros(3, 1, dtype=torch.float64),
+                         pixel_contrib.gather(1, order).cumsum(1)], 1)[:, [4, 8, 12]]
+    np.testing.assert_allclose(m.curves_, -removed.numpy(), atol=1e-10)
+    np.testing.assert_allclose(s, -removed.mean(1).numpy(), atol=1e-10)
+
+
+def test_noise_free_imputation_of_rgb_pixels_is_per_channel():
+    """With a 1-channel mask on RGB, every channel of a removed pixel is imputed from the same
+    channel of its neighbours: the same as imputing each channel as its own 1-channel image."""
+    from evalkit.perturb.imputation import NoisyLinearImputer
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand((2, 3, 7, 9), generator=g, dtype=torch.float64)
+    mask = torch.rand((2, 1, 7, 9), generator=g) < 0.6
+    imp = NoisyLinearImputer(noise=0.0)
+    rgb = imp.fill(x, mask)
+    for ch in range(3):
+        one = imp.fill(x[:, ch : ch + 1], mask)
+        torch.testing.assert_close(rgb[:, ch : ch + 1], one, rtol=0, atol=1e-12)
+    assert torch.equal(rgb[~mask.expand_as(x)], x[~mask.expand_as(x)])  # kept pixels kept
+
+
 def test_road_accuracy_curve_reads_argmax():
     x, y, wt = _data(n=4, h=4, w=4, seed=20)
     model = LinearLogit(wt, b=0.0)
