@@ -13,21 +13,34 @@ Per perturbation ``k``:
 
 * **IAC** (intra-consistency), per method ``j``: the two-sided Wilcoxon signed-rank p-value
   (``zero_method="zsplit"``) of the pairs (q*_ij, q̂_kij) over the kept samples ``i`` with both
-  scores finite. NR tests use ``p``, AR tests ``1 - p``. Chance level 0.5: under exchangeable
-  scores (an estimator whose scores are unrelated draws) p is uniform, so E[p] = E[1 - p] = 0.5.
+  scores finite. NR tests use ``p``, AR tests ``1 - p``.
 * **IEC_NR** (inter-consistency under minor perturbations): the fraction of (sample, method)
   pairs whose *rank position* is the same before and after the perturbation, over kept samples
   whose L scores are all finite in both. MetaQuantus compares ``argsort`` positions, which breaks
   ties arbitrarily; here a method's position is its tie block (the interval of ranks its tied
   group occupies) and it agrees when the interval is identical. Without ties this is exactly
-  MetaQuantus' criterion. Chance level ``1/L`` (a uniformly random re-ranking); with ties the
-  data-dependent chance level of :func:`iec_nr_chance` is reported as well.
+  MetaQuantus' criterion.
 * **IEC_AR** (inter-consistency under disruptive perturbations): the fraction of finite
   (sample, method) pairs of kept samples whose quality got *worse*: q̂ < q* for higher-is-better
   metrics, q̂ > q* for lower-is-better ones (equal scores count as no reaction, 0). The direction
   comes from the metric's own ``higher_is_better`` metadata (MetaQuantus 0.0.5 tests the
   truthiness of a string flag and so inverts this criterion for every higher-is-better metric).
-  Chance level 0.5 for continuous scores.
+
+**Chance levels** are each criterion's expected value under a null that keeps the observed
+scores and ties but removes what the criterion looks for:
+
+* IAC and IEC_AR compare each pair (q*, q̂) before and after the perturbation; their null
+  exchanges the two scores of every pair with probability ½ (the null of the Wilcoxon test).
+  :func:`iac_chance` is E[p] under it: 0.5 for continuous scores (up to the discreteness of
+  small exact tests), 1 when every pair is tied (p = 1 whatever the signs), and far above 0.5
+  when most pairs are tied (the zero differences widen the test's null distribution: with 12
+  changed pairs among 1,024 it is 0.87). :func:`iec_ar_chance` is half the fraction of untied
+  pairs (a tied pair never counts as worse): 0.5 for continuous scores, 0 when nothing changed.
+* IEC_NR compares rank positions across methods; its null hands each sample's perturbed scores
+  to the methods in a uniformly random order (:func:`iec_nr_chance`): 1/L without ties, 1 when
+  everything is tied.
+
+:func:`chance_levels` gives the values for continuous scores (0.5, 0.5, 1/L, 0.5).
 
 A perturbation whose mask keeps no sample (no prediction flipped under an Adversary test, all
 flipped under a Resilience test), or no finite pair, has an *undefined* value (NaN) and is
@@ -41,14 +54,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.stats
+from scipy.special import ndtr
 
 __all__ = [
     "CHANCE",
     "CRITERIA",
     "CriterionValues",
     "chance_levels",
+    "iac_chance",
     "iac_pvalues",
     "iec_ar",
+    "iec_ar_chance",
     "iec_nr",
     "iec_nr_chance",
     "tie_blocks",
@@ -58,13 +74,17 @@ __all__ = [
 #: the four criteria, in MetaQuantus' order m = (IAC_NR, IAC_AR, IEC_NR, IEC_AR)
 CRITERIA = ("IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR")
 
-#: chance levels that do not depend on L (IEC_NR's is 1/L; see :func:`chance_levels`)
+#: chance levels for continuous (untied) scores that do not depend on L (IEC_NR's is 1/L; see
+#: :func:`chance_levels`); with ties see :func:`iac_chance`, :func:`iec_ar_chance` and
+#: :func:`iec_nr_chance`
 CHANCE = {"IAC_NR": 0.5, "IAC_AR": 0.5, "IEC_AR": 0.5}
 
 
 def chance_levels(n_methods: int) -> dict[str, float]:
     """The value of each criterion (and MC) for an estimator whose scores are unrelated
-    random draws: 0.5 for IAC_NR, IAC_AR and IEC_AR, ``1/L`` for IEC_NR, and their mean for MC.
+    continuous random draws (no ties): 0.5 for IAC_NR, IAC_AR and IEC_AR, ``1/L`` for IEC_NR,
+    and their mean for MC. With tied scores the chance levels depend on the data (see the
+    module docstring); :meth:`~metaeval.MetaEvaluationResult.summary` reports those.
     """
     if n_methods < 1:
         raise ValueError(f"`n_methods` must be >= 1; got {n_methods}.")
@@ -148,6 +168,114 @@ def iac_pvalues(q_star: np.ndarray, q_hat: np.ndarray, mask: np.ndarray) -> Crit
     return CriterionValues(p, used)
 
 
+#: above this many (pairs x rank units), :func:`iac_chance` approximates the null distribution
+#: of the signed-rank statistic by a normal one instead of computing it exactly
+_EXACT_NULL_BUDGET = 5_000_000
+
+
+def iac_chance(q_star: np.ndarray, q_hat: np.ndarray, mask: np.ndarray,
+               pvalues: np.ndarray | None = None) -> CriterionValues:
+    """The chance level of IAC per perturbation and method (K, L): E[p] of the p-value of
+    :func:`iac_pvalues` when the two scores of every kept finite pair are exchanged with
+    probability ½ (the sign-flip null of the Wilcoxon test), keeping the observed differences
+    and ties. It is the chance level of IAC_NR; IAC_AR's is ``1 - E[p]``.
+
+    * every pair tied: 1 (p is 1 whatever the signs);
+    * continuous scores: 0.5 for many pairs (a little more for a few pairs: the exact test is
+      discrete, e.g. 0.537 for 8 pairs);
+    * mostly tied pairs (a binary metric that rarely changes): well above 0.5, because the
+      zero differences' ranks widen the test's null distribution (12 changed pairs among 1,024
+      give 0.87).
+
+    The null distribution of the statistic is computed exactly (by the distribution of subset
+    sums of the untied pairs' ranks) where that is cheap, else approximated by a normal
+    distribution (many untied pairs, where the approximation error is below 0.001). Which of
+    SciPy's p-values (exact/permutation for small samples, asymptotic otherwise) applies is
+    read off the observed p-value, so the level is that of the p-values the criterion used;
+    ``pvalues`` (K, L) from :func:`iac_pvalues` saves recomputing them. NaN where the p-value
+    is undefined.
+    """
+    q_star, q_hat, mask = _check(q_star, q_hat, mask)
+    if pvalues is None:
+        pvalues = iac_pvalues(q_star, q_hat, mask).values
+    k_, l_, _ = q_hat.shape
+    out = np.full((k_, l_), np.nan)
+    used = np.zeros((k_, l_), dtype=np.int64)
+    finite_star = np.isfinite(q_star)
+    for k in range(k_):
+        for j in range(l_):
+            keep = mask[k] & finite_star[j] & np.isfinite(q_hat[k, j])
+            used[k, j] = int(keep.sum())
+            if used[k, j]:
+                out[k, j] = _null_mean_pvalue(q_star[j, keep] - q_hat[k, j, keep],
+                                              float(pvalues[k, j]))
+    return CriterionValues(out, used)
+
+
+def _subset_sums(weights: np.ndarray) -> np.ndarray:
+    """P(sum of a uniformly random subset of the integer ``weights`` = s), s = 0..sum."""
+    total = int(weights.sum())
+    probs = np.zeros(total + 1)
+    probs[0] = 1.0
+    top = 0
+    for w in (int(v) for v in weights):
+        shifted = probs[: top + 1].copy()
+        probs[: top + 1] *= 0.5
+        probs[w: w + top + 1] += 0.5 * shifted
+        top += w
+    return probs
+
+
+def _null_mean_pvalue(d: np.ndarray, p_obs: float) -> float:
+    """E[p] of the two-sided zsplit Wilcoxon p-value of the differences ``d`` when each
+    difference's sign is flipped with probability ½ (``p_obs``: the observed p-value)."""
+    n = d.size
+    if n == 0:
+        return float("nan")
+    untied = d != 0
+    if not untied.any():
+        return 1.0  # wilcoxon_pvalue gives 1 for all-zero differences, whatever the signs
+    if not np.isfinite(p_obs):
+        return float("nan")
+    a = np.abs(d)
+    ranks = scipy.stats.rankdata(a)  # average ranks of |d|, zeros included (zsplit)
+    r = ranks[untied]
+    # the statistic: T = sum of the ranks of the positive differences (+ half the zeros'
+    # ranks, a constant); under the null T - sum(r)/2 is symmetric around 0
+    _, counts = np.unique(a, return_counts=True)
+    se = np.sqrt((n * (n + 1.0) * (2 * n + 1.0) - 0.5 * float(np.sum(counts**3 - counts))) / 24)
+    centre = r.sum() / 2
+
+    def asymptotic(t: np.ndarray | float) -> np.ndarray:
+        return np.minimum(1.0, 2 * ndtr(-np.abs(np.asarray(t) - centre) / se))
+
+    weights = np.rint(2 * r).astype(np.int64)  # ranks are multiples of 1/2
+    small = n <= 50  # SciPy may use an exact or permutation p-value only up to 50 pairs
+    if not small and r.size * int(weights.sum()) > _EXACT_NULL_BUDGET:
+        # T approximately normal with variance sum(r^2)/4: E[2 Phi(-|X|/se)] for X ~ N(0, s^2)
+        # is 1 - (2/pi) arctan(s/se)
+        s = 0.5 * float(np.sqrt(np.sum(r**2)))
+        return float(1.0 - 2.0 / np.pi * np.arctan(s / se))
+    probs = _subset_sums(weights)
+    support = np.flatnonzero(probs > 0)
+    prob = probs[support]
+    t = support / 2.0
+    e_asymptotic = float(np.sum(prob * asymptotic(t)))
+    if not small:
+        return e_asymptotic
+    # exact (no ties) or permutation p-values: p(t) = min(1, 2 min(P(T <= t), P(T >= t)))
+    below = np.cumsum(prob)
+    above = np.cumsum(prob[::-1])[::-1]
+    p_exact = np.minimum(1.0, 2 * np.minimum(below, above))
+    t_obs = float(np.sum(r[d[untied] > 0]))
+    i = int(np.searchsorted(t, t_obs))
+    tol = 1e-9 * max(1.0, p_obs)
+    exact_fits = i < t.size and t[i] == t_obs and abs(p_exact[i] - p_obs) <= tol
+    if exact_fits and abs(float(asymptotic(t_obs)) - p_obs) > tol:
+        return float(np.sum(prob * p_exact))
+    return e_asymptotic
+
+
 def tie_blocks(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rank intervals of the methods (axis 0) per sample: ``lo`` is the number of methods with a
     strictly lower score, ``hi`` one less than the number with a lower or equal score. A method
@@ -213,6 +341,22 @@ def iec_ar(
     hits = (worse & use).sum((1, 2))
     with np.errstate(invalid="ignore", divide="ignore"):
         values = np.where(n > 0, hits / np.maximum(n, 1), np.nan)
+    return CriterionValues(values.astype(np.float64), n.astype(np.int64))
+
+
+def iec_ar_chance(q_star: np.ndarray, q_hat: np.ndarray, mask: np.ndarray) -> CriterionValues:
+    """The chance level of IEC_AR per perturbation (K,): its expected value when the two scores
+    of every finite kept (sample, method) pair are exchanged with probability ½ (the null of
+    IAC), keeping the observed ties. A tied pair never counts as worse and an untied one is
+    worse with probability ½, so it is half the fraction of untied pairs: 0.5 for continuous
+    scores, 0 when no score changed. It does not depend on the direction."""
+    q_star, q_hat, mask = _check(q_star, q_hat, mask)
+    finite = np.isfinite(q_hat) & np.isfinite(q_star)[None]
+    use = finite & mask[:, None, :]
+    n = use.sum((1, 2))
+    untied = ((q_hat != q_star[None]) & use).sum((1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(n > 0, 0.5 * untied / np.maximum(n, 1), np.nan)
     return CriterionValues(values.astype(np.float64), n.astype(np.int64))
 
 

@@ -4,7 +4,8 @@ plots of MetaQuantus (Hedström et al., TMLR 2023).
 The kite of one space has its vertices on the axes at (-IAC_AR, 0), (0, IAC_NR), (IEC_AR, 0)
 and (0, -IEC_NR); the ideal m* = (1, 1, 1, 1) is the grey diamond of area 2. The kite's area is
 ½ (IAC_AR + IEC_AR)(IAC_NR + IEC_NR), which is *not* the MC score (the mean of the four); both are
-printed. The chance-level kite (0.5, 0.5, 1/L, 0.5) is drawn dotted.
+printed. The metric's chance-level kite (its chance levels given the observed ties, averaged
+over the spaces; (0.5, 0.5, 1/L, 0.5) for continuous scores) is drawn dotted.
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ def plot_area(result: Any, *, dataset: str | None = None, model: str | None = No
         colour = (colours or {}).get(name, cmap(i % 10))
         ax.fill([-1, 0, 1, 0], [0, 1, 0, -1], color="black", alpha=0.075, label="m*")
         if show_chance and len(rows):
-            r0 = rows.iloc[0]
-            _kite(ax, {c: r0[f"chance_{c}"] for c in ("IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR")},
-                  fill=False, linestyle=":", edgecolor="grey", label="chance")
+            mean = rows[rows["space"] == "Mean"]
+            r0 = mean.iloc[0] if len(mean) else rows.iloc[0]
+            chance = {c: r0[f"chance_{c}"] for c in ("IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR")}
+            if all(np.isfinite(list(chance.values()))):
+                _kite(ax, chance, fill=False, linestyle=":", edgecolor="grey", label="chance")
         for space in ("Input", "Model"):
             r = rows[rows["space"] == space]
             if not len(r):
@@ -100,12 +103,19 @@ def plot_area(result: Any, *, dataset: str | None = None, model: str | None = No
 def plot_scatter(result: Any, *, dataset: str | None = None, model: str | None = None,
                  figsize: tuple[float, float] = (10.0, 4.5)) -> Any:
     """Two panels: IAC_NR vs IAC_AR and IEC_NR vs IEC_AR, one point per (metric, space)
-    (▲ Input, ● Model), with the chance levels as dotted lines. Returns the Figure."""
+    (▲ Input, ● Model), with the chance levels for continuous scores (0.5, 0.5, 1/L, 0.5) as
+    dotted lines (with ties, each metric's own levels are in ``summary()``). Returns the
+    Figure."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
+    from .criteria import chance_levels
+
     s = _select(result.summary(), dataset, model)
     s = s[s["space"].isin(["Model", "Input"]) & s["applicable"]]
+    blocks = [b for b in result.blocks if (dataset is None or b.dataset == dataset)
+              and (model is None or b.model == model)]
+    chance = chance_levels(len(blocks[0].methods)) if blocks else {}
     fig = Figure(figsize=figsize)
     axes = fig.subplots(1, 2)
     cmap = colormaps["tab10"]
@@ -119,8 +129,8 @@ def plot_scatter(result: Any, *, dataset: str | None = None, model: str | None =
                                edgecolor="black",
                                label=f"{name} ({space})")
         if len(s):
-            ax.axvline(s.iloc[0][f"chance_{cx}"], color="grey", ls=":", lw=1)
-            ax.axhline(s.iloc[0][f"chance_{cy}"], color="grey", ls=":", lw=1)
+            ax.axvline(chance[cx], color="grey", ls=":", lw=1)
+            ax.axhline(chance[cy], color="grey", ls=":", lw=1)
         ax.set_xlim(-0.05, 1.05)
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel(cx)

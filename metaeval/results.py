@@ -98,7 +98,8 @@ class _TestValues:
     iac_n: np.ndarray
     iec: np.ndarray  #: (I, K)
     iec_n: np.ndarray
-    iec_chance: np.ndarray | None  #: (I, K), NR tests only
+    iac_chance: np.ndarray  #: (I, K, L) chance level of each IAC value
+    iec_chance: np.ndarray  #: (I, K) chance level of each IEC value
     kept: np.ndarray  #: (I, K) fraction of samples kept by the mask
     applicable: bool
     reason: str
@@ -114,21 +115,26 @@ def _test_values(block: RunBlock, rec: MetricRecord, test: PerturbationTest) -> 
     iac_n = np.zeros((n_i, n_k, n_l), dtype=np.int64)
     iec = np.full((n_i, n_k), np.nan)
     iec_n = np.zeros((n_i, n_k), dtype=np.int64)
-    chance = np.full((n_i, n_k), np.nan) if fm == "NR" else None
+    iac_chance = np.full((n_i, n_k, n_l), np.nan)
+    iec_chance = np.full((n_i, n_k), np.nan)
     if ok:
         q_hat = rec.q_hat[test.name]
         for t in range(n_i):
             p = C.iac_pvalues(rec.q_star, q_hat[t], masks[t])
+            e_p = C.iac_chance(rec.q_star, q_hat[t], masks[t], pvalues=p.values).values
             iac[t] = p.values if fm == "NR" else 1.0 - p.values
+            iac_chance[t] = e_p if fm == "NR" else 1.0 - e_p
             iac_n[t] = p.n_used
             if fm == "NR":
                 v = C.iec_nr(rec.q_star, q_hat[t], masks[t])
-                chance[t] = C.iec_nr_chance(rec.q_star, q_hat[t], masks[t]).values
+                iec_chance[t] = C.iec_nr_chance(rec.q_star, q_hat[t], masks[t]).values
             else:
                 v = C.iec_ar(rec.q_star, q_hat[t], masks[t],
                              higher_is_better=rec.higher_is_better)
+                iec_chance[t] = C.iec_ar_chance(rec.q_star, q_hat[t], masks[t]).values
             iec[t], iec_n[t] = v.values, v.n_used
-    return _TestValues(f"IAC_{fm}", f"IEC_{fm}", iac, iac_n, iec, iec_n, chance, kept, ok, why)
+    return _TestValues(f"IAC_{fm}", f"IEC_{fm}", iac, iac_n, iec, iec_n, iac_chance,
+                       iec_chance, kept, ok, why)
 
 
 class MetaEvaluationResult:
@@ -137,9 +143,11 @@ class MetaEvaluationResult:
     Tables (pandas):
 
     * :meth:`summary` (alias :meth:`scores`): one row per (dataset, model, metric, space) with
-      the four criteria, MC, their spreads over iterations, the chance levels, the coverage
-      (fraction of samples the masks kept) and applicability; space ``"Mean"`` is MC̄;
-    * :meth:`table`: the same as "mean ± k·std" strings, in the layout of the paper's tables;
+      the four criteria, MC, their spreads over iterations, their chance levels given the
+      observed ties, the coverage (fraction of samples the masks kept) and applicability;
+      space ``"Mean"`` is MC̄;
+    * :meth:`table`: the same as "mean ± k·std" strings, in the layout of the paper's tables,
+      with the chance levels as columns;
     * :meth:`to_frame`: the long format, one row per criterion value per perturbation (and
       per method for IAC); ``level="iteration"`` gives per-iteration criteria and MC(t);
     * :meth:`scores_frame`: every per-sample score (when ``keep_scores``).
@@ -176,8 +184,9 @@ class MetaEvaluationResult:
 
     def to_frame(self, level: str = "perturbation") -> pd.DataFrame:
         """Long format. ``level="perturbation"``: one row per (metric, test, iteration,
-        perturbation[, method]) with ``value``, ``n_used`` (samples or pairs that entered it)
-        and ``kept`` (fraction of samples the mask kept). ``level="iteration"``: one row per
+        perturbation[, method]) with ``value``, its ``chance`` level (see
+        :mod:`metaeval.criteria`), ``n_used`` (samples or pairs that entered it) and ``kept``
+        (fraction of samples the mask kept). ``level="iteration"``: one row per
         (metric, space, iteration) with the four criteria and MC(t)."""
         if level == "iteration":
             return self._iteration_frame()
@@ -197,18 +206,22 @@ class MetaEvaluationResult:
                                 rows.append({**base, "criterion": v.criterion_iac,
                                              "iteration": t, "perturbation": k,
                                              "method": method, "value": v.iac[t, k, j],
+                                             "chance": v.iac_chance[t, k, j],
                                              "n_used": int(v.iac_n[t, k, j]),
                                              "kept": v.kept[t, k]})
                             rows.append({**base, "criterion": v.criterion_iec, "iteration": t,
                                          "perturbation": k, "method": None,
-                                         "value": v.iec[t, k], "n_used": int(v.iec_n[t, k]),
+                                         "value": v.iec[t, k], "chance": v.iec_chance[t, k],
+                                         "n_used": int(v.iec_n[t, k]),
                                          "kept": v.kept[t, k]})
         return pd.DataFrame(rows)
 
     def _space_iterations(self, bi: int, block: RunBlock, name: str, space: str
                           ) -> dict[str, np.ndarray]:
-        """Per-iteration criteria (I,) of one space; NaN for a missing or N/A test."""
+        """Per-iteration criteria (I,) of one space, and their chance levels (``chance_<c>``);
+        NaN for a missing or N/A test."""
         out = {c: np.full(block.iterations, np.nan) for c in C.CRITERIA}
+        out.update({f"chance_{c}": np.full(block.iterations, np.nan) for c in C.CRITERIA})
         for type_ in ("Resilience", "Adversary"):
             test = block.test(space, type_)
             if test is None:
@@ -218,9 +231,14 @@ class MetaEvaluationResult:
                 continue
             out[v.criterion_iac] = _nanmean(v.iac.reshape(block.iterations, -1), axis=1)
             out[v.criterion_iec] = _nanmean(v.iec, axis=1)
-        stack = np.stack([out[c] for c in C.CRITERIA])
-        out["MC"] = (_nanmean(stack, axis=0) if self.undefined == "ignore"
-                     else stack.mean(0))
+            # chance levels of the same values (NaN exactly where the value is undefined)
+            out[f"chance_{v.criterion_iac}"] = _nanmean(
+                v.iac_chance.reshape(block.iterations, -1), axis=1)
+            out[f"chance_{v.criterion_iec}"] = _nanmean(v.iec_chance, axis=1)
+        for prefix in ("", "chance_"):
+            stack = np.stack([out[f"{prefix}{c}"] for c in C.CRITERIA])
+            out[f"{prefix}MC"] = (_nanmean(stack, axis=0) if self.undefined == "ignore"
+                                  else stack.mean(0))
         return out
 
     def _iteration_frame(self) -> pd.DataFrame:
@@ -240,33 +258,36 @@ class MetaEvaluationResult:
         """One row per (dataset, model, metric, space) plus a ``"Mean"`` space row (MC̄).
 
         Columns: the four criteria and ``MC`` (means over iterations) with ``*_std``
-        (std over iterations); ``chance_*`` (the value of an estimator with unrelated random
-        scores: 0.5, 0.5, 1/L, 0.5 and their mean); ``IEC_NR_chance_ties`` (IEC_NR's chance
-        level given the observed ties, see :func:`~metaeval.criteria.iec_nr_chance`);
-        ``kept_NR``/``kept_AR`` (mean fraction of samples kept by the Resilience/Adversary
-        masks: the coverage); ``undefined`` (perturbation values left undefined by an empty
-        mask); ``applicable`` and ``note``.
+        (std over iterations); ``chance_*``: each criterion's chance level given the observed
+        scores and ties (see :mod:`metaeval.criteria`: :func:`~metaeval.criteria.iac_chance`,
+        :func:`~metaeval.criteria.iec_nr_chance`, :func:`~metaeval.criteria.iec_ar_chance`),
+        averaged exactly as the criterion is, and ``chance_MC`` their mean; for continuous
+        scores they are 0.5, 0.5, 1/L, 0.5 (:func:`~metaeval.criteria.chance_levels`), with
+        ties they can be far from it (a binary metric that rarely changes has IAC_NR and
+        IEC_NR chance levels near 1 and an IEC_AR chance level near 0); NaN where the test is
+        not applicable; ``kept_NR``/``kept_AR`` (mean fraction of samples kept by the
+        Resilience/Adversary masks: the coverage); ``undefined`` (perturbation values left
+        undefined by an empty mask); ``applicable`` and ``note``.
         """
         rows = []
         for bi, block in enumerate(self.blocks):
             spaces = [s for s in SPACES if any(t.space == s for t in block.tests)]
-            chance = C.chance_levels(len(block.methods))
             for _name, rec in block.metrics.items():
                 ids = self._ids(block, rec)
                 space_rows = []
                 for space in spaces:
-                    row = self._summary_row(bi, block, rec, space, chance)
+                    row = self._summary_row(bi, block, rec, space)
                     space_rows.append(row)
                     rows.append({**ids, **row})
                 if len(space_rows) > 1:
-                    rows.append({**ids, **self._mean_row(space_rows, chance)})
+                    rows.append({**ids, **self._mean_row(space_rows)})
         frame = pd.DataFrame(rows)
         return frame
 
     scores = summary
 
-    def _summary_row(self, bi: int, block: RunBlock, rec: MetricRecord, space: str,
-                     chance: dict[str, float]) -> dict[str, Any]:
+    def _summary_row(self, bi: int, block: RunBlock, rec: MetricRecord, space: str
+                     ) -> dict[str, Any]:
         it = self._space_iterations(bi, block, rec.name, space)
         row: dict[str, Any] = {"space": space}
         for c in C.CRITERIA:
@@ -275,9 +296,11 @@ class MetaEvaluationResult:
         crit = np.array([row[c] for c in C.CRITERIA])
         row["MC"] = _nanmean(crit) if self.undefined == "ignore" else crit.mean()
         row["MC_std"] = _nanstd(it["MC"]) if np.isfinite(it["MC"]).any() else np.nan
-        for c in (*C.CRITERIA, "MC"):
-            row[f"chance_{c}"] = chance[c]
-        row["IEC_NR_chance_ties"] = np.nan
+        for c in C.CRITERIA:
+            ch = it[f"chance_{c}"]
+            row[f"chance_{c}"] = _nanmean(ch) if np.isfinite(ch).any() else np.nan
+        crit = np.array([row[f"chance_{c}"] for c in C.CRITERIA])
+        row["chance_MC"] = _nanmean(crit) if self.undefined == "ignore" else crit.mean()
         notes, applicable, undefined = [], True, 0
         for type_, fm in (("Resilience", "NR"), ("Adversary", "AR")):
             test = block.test(space, type_)
@@ -293,9 +316,6 @@ class MetaEvaluationResult:
                 notes.append(f"{test.name} not applicable: {v.reason}")
                 continue
             undefined += int(np.isnan(v.iec).sum() + np.isnan(v.iac).sum())
-            if fm == "NR" and v.iec_chance is not None:
-                row["IEC_NR_chance_ties"] = _nanmean(v.iec_chance) \
-                    if np.isfinite(v.iec_chance).any() else np.nan
             n_empty = int((block.masks[test.name].sum(-1) == 0).sum())
             if n_empty:
                 what = "no prediction changed" if fm == "AR" else "every prediction changed"
@@ -306,9 +326,9 @@ class MetaEvaluationResult:
         row["note"] = "; ".join(notes)
         return row
 
-    def _mean_row(self, space_rows: list[dict[str, Any]], chance: dict[str, float]
-                  ) -> dict[str, Any]:
-        """MC̄: criteria and MC averaged over the spaces whose tests apply."""
+    def _mean_row(self, space_rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """MC̄: criteria, MC and their chance levels averaged over the spaces whose tests
+        apply."""
         use = [r for r in space_rows if r["applicable"]]
         row: dict[str, Any] = {"space": "Mean"}
         for c in (*C.CRITERIA, "MC"):
@@ -316,9 +336,9 @@ class MetaEvaluationResult:
             row[c] = _nanmean(vals) if len(vals) and np.isfinite(vals).any() else np.nan
             row[f"{c}_std"] = np.nan
         for c in (*C.CRITERIA, "MC"):
-            row[f"chance_{c}"] = chance[c]
-        ties = np.array([r["IEC_NR_chance_ties"] for r in use], dtype=np.float64)
-        row["IEC_NR_chance_ties"] = _nanmean(ties) if np.isfinite(ties).any() else np.nan
+            vals = np.array([r[f"chance_{c}"] for r in use], dtype=np.float64)
+            row[f"chance_{c}"] = (_nanmean(vals) if len(vals) and np.isfinite(vals).any()
+                                  else np.nan)
         for fm in ("NR", "AR"):
             row[f"kept_{fm}"] = np.nan
         row["undefined"] = int(sum(r["undefined"] for r in use))
@@ -328,27 +348,32 @@ class MetaEvaluationResult:
         return row
 
     def table(self, std_times: float = 2.0, *, digits: int = 3,
-              spaces: Sequence[str] = ("Model", "Input", "Mean")) -> pd.DataFrame:
+              spaces: Sequence[str] = ("Model", "Input", "Mean"),
+              chance: bool = True) -> pd.DataFrame:
         """The summary as "mean ± std_times·std" strings (the paper prints ± 2σ), one row per
-        (dataset, model, family, metric, space); N/A rows say so."""
+        (dataset, model, family, metric, space); N/A rows say so. With ``chance`` (default),
+        columns ``chance_IAC_NR`` ... ``chance_MC`` give each row's chance levels (see
+        :meth:`summary`): a criterion at its chance level carries no information about the metric.
+        """
         s = self.summary()
         s = s[s["space"].isin(spaces)]
         out = s[["dataset", "model", "family", "metric", "space"]].copy()
-        for c in (*C.CRITERIA, "MC"):
+        columns = [(c, c, True) for c in (*C.CRITERIA, "MC")]
+        if chance:
+            columns += [(f"chance_{c}", f"chance_{c}", False) for c in (*C.CRITERIA, "MC")]
+        for col, key, spread in columns:
             cells = []
             for _, r in s.iterrows():
                 if not r["applicable"] and r["space"] != "Mean":
                     cells.append("n/a")
-                elif not np.isfinite(r[c]):
+                elif not np.isfinite(r[key]):
                     cells.append("undefined")
-                elif np.isfinite(r[f"{c}_std"]):
-                    cells.append(f"{r[c]:.{digits}f} ± {std_times * r[f'{c}_std']:.{digits}f}")
+                elif spread and np.isfinite(r[f"{key}_std"]):
+                    cells.append(f"{r[key]:.{digits}f} ± "
+                                 f"{std_times * r[f'{key}_std']:.{digits}f}")
                 else:
-                    cells.append(f"{r[c]:.{digits}f}")
-            out[c] = cells
-        first = s.iloc[0] if len(s) else None
-        if first is not None:
-            out.attrs["chance"] = {c: first[f"chance_{c}"] for c in (*C.CRITERIA, "MC")}
+                    cells.append(f"{r[key]:.{digits}f}")
+            out[col] = cells
         return out.reset_index(drop=True)
 
     def ranking(self) -> pd.DataFrame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -164,6 +166,97 @@ def test_chance_levels():
         C.chance_levels(0)
 
 
+# --------------------------------------------------------------------------- tie-aware chance
+def _sign_flip_mean_p(q_star: np.ndarray, q_hat: np.ndarray) -> float:
+    """E[p] under the exchangeable-pairs null by brute force: every way of swapping the two
+    scores of the untied pairs, each p-value from wilcoxon_pvalue (i.e. SciPy)."""
+    untied = np.flatnonzero(q_star != q_hat)
+    ps = []
+    for swap in itertools.product([False, True], repeat=untied.size):
+        a, b = q_star.copy(), q_hat.copy()
+        sw = untied[np.array(swap, dtype=bool)]
+        a[sw], b[sw] = q_hat[sw], q_star[sw]
+        ps.append(C.wilcoxon_pvalue(a, b))
+    return float(np.mean(ps))
+
+
+def test_iec_ar_chance_is_half_the_fraction_of_untied_pairs():
+    # 3 finite pairs, 2 untied: chance 1/2 * 2/3; IEC_AR itself is 1/3 (one got worse)
+    q_star = np.array([[0.5, 0.5, 0.5, 0.5]])
+    q_hat = np.array([[[0.5, 0.4, 0.6, np.nan]]])
+    mask = np.ones((1, 4), bool)
+    ch = C.iec_ar_chance(q_star, q_hat, mask)
+    assert ch.values[0] == pytest.approx(1 / 3) and ch.n_used[0] == 3
+    # a binary metric scoring every method 1, two of 2 x 4 pairs dropped to 0 after the
+    # perturbation: IEC_AR = 2/8, chance 1/2 * 2/8 (not 0.5)
+    ones = np.ones((2, 4))
+    dropped = ones.copy()
+    dropped[0, 1] = dropped[1, 3] = 0.0
+    assert C.iec_ar(ones, dropped[None], mask, higher_is_better=True).values[0] == 0.25
+    assert C.iec_ar_chance(ones, dropped[None], mask).values[0] == 0.125
+    # nothing changed: chance 0; continuous scores: 1/2; empty mask: undefined
+    assert C.iec_ar_chance(ones, ones[None], mask).values[0] == 0.0
+    rng = np.random.default_rng(0)
+    assert C.iec_ar_chance(rng.random((3, 9)), rng.random((1, 3, 9)),
+                           np.ones((1, 9), bool)).values[0] == 0.5
+    assert np.isnan(C.iec_ar_chance(ones, dropped[None], ~mask).values[0])
+
+
+def test_iac_chance_known_answers():
+    mask = np.ones((1, 6), bool)
+    q = np.array([[0.2, 0.4, 0.4, 0.9, 0.1, 0.3]])
+    # every pair tied: p = 1 whatever the signs, so IAC_NR's chance is 1 (IAC_AR's 0)
+    assert C.iac_chance(q, q[None], mask).values[0, 0] == 1.0
+    # two untied pairs (differences 1 and 2, no zeros): T = sum of the positive ranks is
+    # 0, 1, 2 or 3 with probability 1/4 each; the exact two-sided p-values are 0.5, 1, 1, 0.5
+    two = C.iac_chance(np.array([[0.0, 0.0]]), np.array([[[1.0, 2.0]]]), np.ones((1, 2), bool))
+    assert two.values[0, 0] == pytest.approx(0.75)
+    # continuous scores, many pairs: 1/2 (the normal approximation of the null is exact
+    # at the centre of a symmetric statistic)
+    rng = np.random.default_rng(4)
+    big = C.iac_chance(rng.random((1, 400)), rng.random((1, 1, 400)), np.ones((1, 400), bool))
+    assert big.values[0, 0] == pytest.approx(0.5, abs=1e-12)
+    # undefined where the p-value is
+    assert np.isnan(C.iac_chance(q, q[None], ~mask).values[0, 0])
+
+
+@pytest.mark.parametrize("n, changed, seed", [
+    (10, 2, 0),    # zeros, few pairs (SciPy >= 1.13: permutation p-values)
+    (9, 3, 1),
+    (7, 7, 2),     # no zeros, no ties: SciPy's exact test
+    (20, 5, 3),    # zeros, > 13 pairs (asymptotic)
+    (60, 7, 4),    # > 50 pairs (asymptotic)
+    (200, 8, 5),   # mostly tied, like a binary metric that rarely changes
+])
+def test_iac_chance_equals_the_sign_flip_null_by_brute_force(n, changed, seed):
+    rng = np.random.default_rng(seed)
+    if changed == n:  # continuous scores
+        q_star, q_hat = rng.random(n), rng.random(n)
+    else:
+        q_star = rng.integers(0, 3, n).astype(float)  # ties among the scores too
+        q_hat = q_star.copy()
+        idx = rng.choice(n, changed, replace=False)
+        q_hat[idx] = rng.integers(0, 3, changed) + rng.choice([-0.5, 0.5], changed)
+    got = C.iac_chance(q_star[None], q_hat[None, None], np.ones((1, n), bool)).values[0, 0]
+    assert got == pytest.approx(_sign_flip_mean_p(q_star, q_hat), abs=1e-12)
+    if n >= 60:
+        assert got > 0.6  # the zero differences push E[p] far above 0.5
+
+
+def test_iac_chance_normal_approximation_is_close_to_the_exact_null(monkeypatch):
+    rng = np.random.default_rng(6)
+    n, changed = 1024, 60
+    q_star = np.zeros(n)
+    q_hat = q_star.copy()
+    q_hat[rng.choice(n, changed, replace=False)] = rng.normal(0, 1, changed)
+    args = (q_star[None], q_hat[None, None], np.ones((1, n), bool))
+    approx = C.iac_chance(*args).values[0, 0]  # 60 pairs x ranks ~1,000: over the budget
+    monkeypatch.setattr(C, "_EXACT_NULL_BUDGET", 10**9)
+    exact = C.iac_chance(*args).values[0, 0]
+    assert approx != exact and approx == pytest.approx(exact, abs=1e-3)
+    assert exact > 0.7
+
+
 # --------------------------------------------------------------------------- aggregation
 def _block(q_star, q_hat_by_test, masks_by_test, higher_is_better=True, tests=None):
     tests = tests or [ModelPerturbationTest("Resilience", std=0.01),
@@ -192,19 +285,30 @@ def test_aggregation_matches_the_definitions():
     s = MetaEvaluationResult([block]).summary()
     row = s[s["space"] == "Model"].iloc[0]
     per_t = {c: [] for c in C.CRITERIA}
+    chance_t = {c: [] for c in C.CRITERIA}
     for t in range(i_):
         per_t["IAC_NR"].append(C.iac_pvalues(q_star, res_hat[t], m_res[t]).values.mean())
         per_t["IAC_AR"].append((1 - C.iac_pvalues(q_star, adv_hat[t], m_adv[t]).values).mean())
         per_t["IEC_NR"].append(C.iec_nr(q_star, res_hat[t], m_res[t]).values.mean())
         per_t["IEC_AR"].append(C.iec_ar(q_star, adv_hat[t], m_adv[t],
                                         higher_is_better=True).values.mean())
+        chance_t["IAC_NR"].append(C.iac_chance(q_star, res_hat[t], m_res[t]).values.mean())
+        chance_t["IAC_AR"].append((1 - C.iac_chance(q_star, adv_hat[t], m_adv[t]).values)
+                                  .mean())
+        chance_t["IEC_NR"].append(C.iec_nr_chance(q_star, res_hat[t], m_res[t]).values.mean())
+        chance_t["IEC_AR"].append(C.iec_ar_chance(q_star, adv_hat[t], m_adv[t]).values.mean())
     for c in C.CRITERIA:
         assert row[c] == pytest.approx(np.mean(per_t[c]))
         assert row[f"{c}_std"] == pytest.approx(np.std(per_t[c]))
+        assert row[f"chance_{c}"] == pytest.approx(np.mean(chance_t[c]))
     mc_t = np.mean([per_t[c] for c in C.CRITERIA], axis=0)
     assert row["MC"] == pytest.approx(mc_t.mean())
     assert row["MC_std"] == pytest.approx(mc_t.std())
-    assert row["chance_IEC_NR"] == 0.5 and row["chance_MC"] == pytest.approx(0.5)
+    # continuous scores: no ties, so IEC_NR's chance is 1/L and IEC_AR's 1/2 exactly; IAC's is
+    # E[p] of the exact test on 10-20 pairs (a little above 0.5 by its discreteness)
+    assert row["chance_IEC_NR"] == 0.5 and row["chance_IEC_AR"] == 0.5
+    assert 0.5 <= row["chance_IAC_NR"] < 0.53 and 0.47 < row["chance_IAC_AR"] <= 0.5
+    assert row["chance_MC"] == pytest.approx(np.mean([row[f"chance_{c}"] for c in C.CRITERIA]))
     assert row["kept_NR"] == pytest.approx(m_res.mean())
     it = MetaEvaluationResult([block]).to_frame("iteration")
     np.testing.assert_allclose(it["MC"], mc_t)
@@ -259,3 +363,28 @@ def test_mean_space_is_the_mean_over_spaces_and_na_spaces_are_excluded():
     assert not s.iloc[1]["applicable"] and np.isnan(s.iloc[1]["MC"])
     assert s.iloc[2]["MC"] == pytest.approx(s.iloc[0]["MC"])
     assert "over Model only" in s.iloc[2]["note"]
+
+
+def test_summary_reports_tie_aware_chance_levels_of_a_binary_metric():
+    """A Pointing-Game-like metric: every method scores 1; the Resilience perturbation changes
+    nothing, the Adversary one drops 3 of the 2 x 6 scores to 0."""
+    q = np.ones((2, 6))
+    adv = q.copy()
+    adv[0, [1, 4]] = 0.0
+    adv[1, 2] = 0.0
+    ones = np.ones((1, 1, 6), bool)
+    block = _block(q, {"Model Resilience Test": q[None, None].copy(),
+                       "Model Adversary Test": adv[None, None]},
+                   {"Model Resilience Test": ones, "Model Adversary Test": ones})
+    row = MetaEvaluationResult([block]).summary().iloc[0]
+    # NR: nothing changed and everything is tied: perfect criteria, at chance level 1
+    assert row["IAC_NR"] == row["chance_IAC_NR"] == 1.0
+    assert row["IEC_NR"] == row["chance_IEC_NR"] == 1.0
+    # AR: 3 of 12 pairs got worse; under the exchangeable-pairs null each untied pair is worse
+    # with probability 1/2 and a tied pair never: 1/2 * 3/12
+    assert row["IEC_AR"] == 0.25 and row["chance_IEC_AR"] == 0.125
+    want_iac_ar = 1 - np.mean([_sign_flip_mean_p(q[j], adv[j]) for j in range(2)])
+    assert row["chance_IAC_AR"] == pytest.approx(want_iac_ar)
+    assert row["chance_MC"] == pytest.approx((1 + want_iac_ar + 1 + 0.125) / 4)
+    table = MetaEvaluationResult([block]).table()
+    assert table.loc[0, "chance_IEC_AR"] == "0.125" and table.loc[0, "chance_IEC_NR"] == "1.000"

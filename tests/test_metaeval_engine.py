@@ -96,8 +96,8 @@ def test_masks_follow_the_predictions_and_coverage_is_reported(data):
     row = cov[cov["test"] == "Model Adversary Test"].iloc[0]
     assert 0 < row["kept_mean"] <= 1  # sigma = 2 flips predictions
     s = res.summary()
-    assert {"kept_NR", "kept_AR", "chance_IEC_NR", "IEC_NR_chance_ties"} <= set(s.columns)
-    assert s["chance_IEC_NR"].iloc[0] == pytest.approx(1 / 2)
+    assert {"kept_NR", "kept_AR", "chance_IEC_NR", "chance_IEC_AR", "chance_MC"} <= set(s.columns)
+    assert s["chance_IEC_NR"].iloc[0] == pytest.approx(1 / 2)  # continuous scores, L = 2
 
 
 def test_explanations_and_perturbations_are_shared_by_all_metrics(data):
@@ -302,7 +302,13 @@ def test_result_frames_persistence_and_plots(data, tmp_path):
     assert len(it) == 5 * 2 * 2
     table = res.table()
     assert table["MC"].str.contains("±").any()
-    assert table.attrs["chance"]["IEC_NR"] == pytest.approx(0.5)
+    # the chance levels are columns of the table
+    assert {f"chance_{c}" for c in (*me.CRITERIA, "MC")} <= set(table.columns)
+    summ = res.summary()
+    spar = (summ["metric"] == "Sparseness") & (summ["space"] == "Model")
+    assert table.loc[spar.to_numpy(), "chance_IEC_NR"].iloc[0] == \
+        f"{summ.loc[spar, 'chance_IEC_NR'].iloc[0]:.3f}"
+    assert "chance_MC" not in res.table(chance=False).columns
     scores = res.scores_frame()
     assert len(scores) == 5 * 16 * len(METHODS) * (1 + 4 * 2 * 2)
     path = tmp_path / "res.json"
