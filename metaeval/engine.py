@@ -137,7 +137,9 @@ class MetaEvaluation:
         :func:`~metaeval.default_suite`. At most one test per (space, type).
     xai_methods:
         ``{name: explain kwargs}`` (or a list of names). A kwargs dict may hold ``"method"``
-        to give a registered method another display name.
+        to give a registered method another display name; whether a test is applicable is
+        judged by that registered method (``{"C1": {"method": "Constant"}}`` is the Constant
+        control whatever its display name).
     iterations, nr_perturbations:
         ``I`` iterations of ``K`` perturbations each (MetaQuantus' ``iterations`` and
         ``nr_perturbations``). Criteria are averaged over the K perturbations within an
@@ -317,6 +319,12 @@ class MetaEvaluation:
             data_range=(float(xt.min()), float(xt.max())),
         )
 
+    def _explained_methods(self) -> list[Any]:
+        """The method each display name explains with (``kwargs["method"]``, else the name
+        itself), in order: applicability looks these up, so ``{"C1": {"method":
+        "Constant"}}`` is treated as the Constant control it is."""
+        return [kw.get("method", name) for name, kw in self.xai_methods.items()]
+
     def _seed(self, *labels: Any) -> int:
         return _rng.derive_seed(self.seed, *labels) & ((1 << 62) - 1)
 
@@ -435,8 +443,9 @@ class MetaEvaluation:
         t0 = time.perf_counter()
         unit = (test.name, t, k)
         methods = list(self.xai_methods)
+        explained = self._explained_methods()
         todo = {n: m for n, m in metrics.items()
-                if applicability(m, test, methods,
+                if applicability(m, test, explained,
                                  custom_explainer=self.explain_fn is not None)[0]
                 and not (getattr(m, "needs_masks", False) and state.s is None)}
         n, l_ = state.x.shape[0], len(methods)
@@ -551,11 +560,12 @@ class MetaEvaluation:
             preds[test.name] = np.stack([np.stack([
                 np.asarray(units[(test.name, t, k)]["y_pred"]) for k in range(n_k)])
                 for t in range(n_i)])
+        explained = self._explained_methods()
         records = {}
         for name, metric in metrics.items():
             applicable = {}
             for test in self.tests:
-                ok, why = applicability(metric, test, methods,
+                ok, why = applicability(metric, test, explained,
                                         custom_explainer=self.explain_fn is not None)
                 if ok and getattr(metric, "needs_masks", False) and \
                         unperturbed.get("has_masks", True) is False:

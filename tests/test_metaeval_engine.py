@@ -152,6 +152,34 @@ def test_applicability_rules():
     assert me.reads_input(ek.metrics.MaxSensitivity())
 
 
+def test_applicability_uses_the_registered_method_not_the_display_name(data):
+    """Regression: display names that are not registered (C1, C2) were looked up as unknown
+    methods, assumed to read the model and input, and Sparseness of two Constant maps was
+    reported applicable with the meaningless MC = 0.5 of an estimator that cannot react."""
+    model, x, y, _ = data
+    sparse = ek.metrics.Sparseness()
+    consts = {"C1": {"method": "Constant"}, "C2": {"method": "Constant", "constant_value": 2.0}}
+    for methods in (consts, {"Constant": {}}):
+        res = me.MetaEvaluation(_suite(), methods, iterations=1, nr_perturbations=1, seed=0)(
+            {"Sparseness": sparse}, model, x, y)
+        summ = res.summary()
+        assert not summ["applicable"].any(), methods
+        assert summ["MC"].isna().all()
+        block = res.blocks[0]
+        assert all(not ok for ok, _ in block.metrics["Sparseness"].applicable.values())
+        for q in block.metrics["Sparseness"].q_hat.values():
+            assert np.isnan(q).all()  # not scored at all
+    # a renamed model-reading method next to the controls makes the tests applicable again
+    res = me.MetaEvaluation(_suite(), {**consts, "grad": {"method": "Saliency"}},
+                            iterations=1, nr_perturbations=1, seed=0)({"Sparseness": sparse},
+                                                                      model, x, y)
+    assert res.summary()["applicable"].all()
+    # a custom explain function is opaque: kept applicable, as before
+    res = me.MetaEvaluation(_suite(), consts, iterations=1, nr_perturbations=1, seed=0,
+                            explain_fn=CountingExplain())({"Sparseness": sparse}, model, x, y)
+    assert res.summary()["applicable"].all()
+
+
 def test_masks_are_required_by_localisation_metrics(data):
     model, x, y, _ = data
     res = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=1, seed=0)(
