@@ -92,12 +92,27 @@ def _as_metrics(metric: Any, name: str | None) -> dict[str, Any]:
     return {key: _check_metric(metric, key)}
 
 
+def _direction(m: Any, name: str) -> bool:
+    """The metric's ``higher_is_better`` as a bool; anything but a bool (or NumPy bool) raises:
+    IEC_AR's direction must never come from the truthiness of a string or number (MetaQuantus
+    0.0.5 tests ``if score_direction:``, so ``"higher"`` takes its lower-is-better branch)."""
+    value = getattr(m, "higher_is_better", None)
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(
+            f"Metric {name!r} ({type(m).__name__}) declares higher_is_better={value!r}; it must "
+            "be a bool (True: higher scores are better, False: lower are), since IEC_AR reads "
+            "the direction from it.")
+    return bool(value)
+
+
 def _check_metric(m: Any, name: str) -> Any:
     if isinstance(m, ReferenceEstimator):
+        _direction(m, name)
         return m
     if not isinstance(m, evalkit.metrics.Metric):
         raise TypeError(f"Metric {name!r} must be an evalkit Metric (or a ReferenceEstimator); "
                         f"got {type(m).__name__}.")
+    _direction(m, name)
     if getattr(m, "aggregate", None) is not None:
         raise ValueError(f"Metric {name!r} aggregates its scores (aggregate=...); meta-evaluation "
                          "needs per-sample scores: create it without `aggregate`.")
@@ -580,7 +595,7 @@ class MetaEvaluation:
             records[name] = MetricRecord(
                 name=name,
                 family=str(getattr(metric, "family", "") or ""),
-                higher_is_better=bool(metric.higher_is_better),
+                higher_is_better=_direction(metric, name),
                 description=repr(metric),
                 q_star=np.asarray(unperturbed["scores"][name], dtype=np.float64),
                 q_hat=q_hat,

@@ -380,6 +380,35 @@ def test_validation_errors(data):
         me.default_suite("cifar")
 
 
+@pytest.mark.parametrize("direction", ["higher", "lower", 1, 0, None, np.float64(1.0)])
+def test_a_non_bool_direction_is_rejected_naming_the_metric(data, direction):
+    model, x, y, _ = data
+
+    class Odd(ek.metrics.Sparseness):
+        pass
+
+    odd = Odd()
+    odd.higher_is_better = direction
+    run = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=1)
+    with pytest.raises(TypeError, match=r"'odd sparseness' \(Odd\) declares higher_is_better"):
+        run({"odd sparseness": odd}, model, x, y)
+    with pytest.raises(TypeError, match=r"'Odd'.*must be a bool"):
+        run(odd, model, x, y)  # named by its class
+    with pytest.raises(TypeError, match="higher_is_better"):
+        me.MetaEvaluationBenchmark(run, {"Complexity": {"odd": odd}},
+                                   {"d": {"x": x, "y": y, "models": {"net": model}}})
+
+
+def test_numpy_bool_directions_are_accepted(data):
+    model, x, y, _ = data
+    metric = ek.metrics.Sparseness()
+    metric.higher_is_better = np.bool_(False)
+    res = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=1)(
+        {"flipped": metric}, model, x, y)
+    rec = res.blocks[0].metrics["flipped"]
+    assert rec.higher_is_better is False  # stored as a plain bool
+
+
 def test_default_suite_settings():
     mnist = {t.name: t for t in me.default_suite()}
     assert mnist["Model Adversary Test"].std == 2.0 and mnist["Input Adversary Test"].noise == 5.0
