@@ -1117,6 +1117,7 @@ class Infidelity(Metric):
         assert a is not None
         keys = batch.keys
         std = float(self.noise_std)
+
         def noise_of(i: torch.Tensor) -> torch.Tensor:
             return infidelity_noise(keys[i], k, tuple(x.shape[1:]), std, x.dtype)
 
@@ -1457,11 +1458,12 @@ class Sufficiency(Metric):
         self.normalise_distances = check_bool("normalise_distances", normalise_distances)
 
     def distances(self, a: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """The (N, N) distance matrix of flattened attributions ``a`` (N, D), normalised.
+        """The (N, N) distance matrix of flattened attributions ``a`` (N, D), normalised;
+        NumPy in, NumPy out.
 
         (Standardised) Euclidean distances are computed in torch on ``a``'s device (see
-        :func:`_euclidean_distances`); other distances by ``scipy.spatial.distance.cdist``
-        (NumPy in, NumPy out)."""
+        :func:`_euclidean_distances`); other distances by ``scipy.spatial.distance.cdist``."""
+        device = a.device if isinstance(a, torch.Tensor) else torch.device("cpu")
         if self.distance_func in ("seuclidean", "euclidean", "sqeuclidean"):
             t = torch.as_tensor(a).to(torch.float64)
             if self.distance_func == "seuclidean":
@@ -1471,29 +1473,24 @@ class Sufficiency(Metric):
             d = _euclidean_distances(t)
             if self.distance_func == "sqeuclidean":
                 d = d * d
-            if self.normalise_distances:
-                finite = d[torch.isfinite(d)]
-                top = float(finite.max()) if finite.numel() else 0.0
-                if top > 0:
-                    d = d / top
-            return d if isinstance(a, torch.Tensor) else d.cpu().numpy()
-        from scipy.spatial.distance import cdist
+        else:
+            from scipy.spatial.distance import cdist
 
-        a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-        try:
-            d = cdist(a, a, self.distance_func)
-        except (ValueError, np.linalg.LinAlgError) as err:
-            raise ValueError(
-                f"Sufficiency: scipy's cdist failed with distance_func="
-                f"{self.distance_func!r} on {a.shape[0]} attributions of {a.shape[1]} "
-                f"features: {err}"
-            ) from err
+            arr = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+            try:
+                d = torch.from_numpy(cdist(arr, arr, self.distance_func)).to(device)
+            except (ValueError, np.linalg.LinAlgError) as err:
+                raise ValueError(
+                    f"Sufficiency: scipy's cdist failed with distance_func="
+                    f"{self.distance_func!r} on {arr.shape[0]} attributions of {arr.shape[1]} "
+                    f"features: {err}"
+                ) from err
         if self.normalise_distances:
-            finite = d[np.isfinite(d)]
-            top = finite.max() if finite.size else 0.0
+            finite = d[torch.isfinite(d)]
+            top = float(finite.max()) if finite.numel() else 0.0
             if top > 0:
                 d = d / top
-        return d
+        return d if isinstance(a, torch.Tensor) else d.cpu().numpy()
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         batch.require_model()
