@@ -13,7 +13,11 @@ A unit's result (masks, predictions and per-metric score arrays) is a plain dict
 arrays, so :class:`~metaeval.benchmark.MetaEvaluationBenchmark` can store and resume it.
 Randomness: the model noise, the input noise, stochastic explainers and stochastic metrics each
 get a seed derived from the meta-evaluation's ``seed`` and the unit's labels
-(:func:`evalkit._rng.derive_seed`); the global RNGs are never used.
+(:func:`evalkit._rng.derive_seed`); the global RNGs are never used. A metric's seed derives from
+its ``seed_scope()`` where it has one, else from its name (as in :func:`evalkit.evaluate`), so
+robustness metrics with the same perturbation settings (MaxSensitivity and AvgSensitivity)
+draw the same perturbed inputs and share their re-explanations through the forward cache that
+every unit, the unperturbed one included, runs in.
 """
 
 from __future__ import annotations
@@ -362,8 +366,8 @@ class MetaEvaluation:
                positions: dict[int, str] | None = None) -> np.ndarray:
         kw = dict(self.xai_methods[method])
         explain_name = kw.pop("method", method)
-        seed_labels = ("metric", name, method, *(unit if self.randomness == "independent"
-                                                 else ()))
+        seed_labels = ("metric", _seed_label(name, metric), method,
+                       *(unit if self.randomness == "independent" else ()))
         m = metric
         if getattr(metric, "stochastic", False) or getattr(metric, "re_explains", False):
             m = metric.set_params(seed=self._seed(*seed_labels))
@@ -403,6 +407,15 @@ class MetaEvaluation:
         """The unperturbed unit: an explanation per method (kept on ``state``) and the scores
         ``{metric: (L, N)}``."""
         t0 = time.perf_counter()
+        with forward_cache():
+            # like a perturbation unit: metrics share forward passes and robustness metrics
+            # with the same seed scope their re-explanations; the cache ends with the unit
+            out = self._unperturbed_scores(state, metrics)
+        if self.progress:
+            print(f"[metaeval] unperturbed: {time.perf_counter() - t0:.2f} s", flush=True)
+        return out
+
+    def _unperturbed_scores(self, state: _State, metrics: Mapping[str, Any]) -> dict[str, Any]:
         unit = ("unperturbed",)
         scores, reasons, positions = {}, {}, {}
         n = state.x.shape[0]
@@ -429,8 +442,6 @@ class MetaEvaluation:
             reasons[name] = dict(counter)
             positions[name] = pos
             state.timings[f"score:{name}"] += time.perf_counter() - t1
-        if self.progress:
-            print(f"[metaeval] unperturbed: {time.perf_counter() - t0:.2f} s", flush=True)
         return {"scores": scores, "nan_reasons": reasons, "nan_positions": positions,
                 "has_masks": state.s is not None, "y_pred": state.y_pred.cpu().numpy()}
 
@@ -615,6 +626,16 @@ class MetaEvaluation:
             masks=masks, y_pred_perturbed=preds, metrics=records, timings=timings,
             keep_scores=self.keep_scores,
         )
+
+
+def _seed_label(name: str, metric: Any) -> str:
+    """What a metric's seeds derive from: its ``seed_scope()`` where it has one (as in
+    :func:`evalkit.evaluate`), else its name. Metrics with the same scope (robustness metrics
+    with the same perturbation settings, e.g. MaxSensitivity and AvgSensitivity) then draw the
+    same perturbations and share their re-explanations through the unit's forward cache."""
+    scope = getattr(metric, "seed_scope", None)
+    label = scope() if callable(scope) else None
+    return name if label is None else f"scope:{label}"
 
 
 def _stochastic(method: str) -> bool:

@@ -112,6 +112,71 @@ def test_explanations_and_perturbations_are_shared_by_all_metrics(data):
     assert counter.calls == len(METHODS) * (1 + units)
 
 
+@pytest.fixture
+def counting_methods(monkeypatch):
+    """Saliency and (stochastic) GradientShap registered under new names that count the rows
+    they explain: the default evalkit.explain path, as used by metrics that re-explain."""
+    import dataclasses
+
+    from evalkit.explain import core
+
+    rows = {"CountingSaliency": 0, "CountingGradientShap": 0}
+    for name, base in (("CountingSaliency", "Saliency"),
+                       ("CountingGradientShap", "GradientShap")):
+        info = core.explainer_info(base)
+
+        def fn(model, x, y, _name=name, _fn=info.fn, **kw):
+            rows[_name] += int(x.shape[0])
+            return _fn(model, x, y, **kw)
+
+        monkeypatch.setitem(core._EXPLAINERS, name, dataclasses.replace(info, name=name, fn=fn))
+    return rows
+
+
+def test_robustness_metrics_with_one_seed_scope_share_their_re_explanations(
+        data, counting_methods):
+    """MaxSensitivity and AvgSensitivity with the same noise settings have the same
+    seed_scope(): seeded from it (as evalkit.evaluate does), they draw the same perturbed
+    inputs in every unit, the unperturbed one included, and the second reads the first's
+    re-explanations from the unit's explanation cache: together they explain no more rows than
+    one of them alone, and their scores are those of separate runs."""
+    model, x, y, _ = data
+    suite = [me.ModelPerturbationTest("Resilience", std=0.001),
+             me.InputPerturbationTest("Resilience", 0.001)]
+    methods = {"sal": {"method": "CountingSaliency"}, "gs": {"method": "CountingGradientShap"}}
+
+    def make():
+        return {"Max": ek.metrics.MaxSensitivity(nr_samples=3),
+                "Avg": ek.metrics.AvgSensitivity(nr_samples=3)}
+
+    assert make()["Max"].seed_scope() == make()["Avg"].seed_scope() is not None
+
+    def run(names):
+        for k in counting_methods:
+            counting_methods[k] = 0
+        metrics = {k: v for k, v in make().items() if k in names}
+        res = me.MetaEvaluation(suite, methods, iterations=1, nr_perturbations=2, seed=0)(
+            metrics, model, x, y)
+        return dict(counting_methods), res
+
+    alone_max, res_max = run(["Max"])
+    alone_avg, res_avg = run(["Avg"])
+    both, res_both = run(["Max", "Avg"])
+    n = x.shape[0]
+    units = 1 + len(suite) * 2
+    # every row explained: the clean and perturbed inputs once per unit (<= n rows each, the
+    # masks may drop some) and, per unit, 3 noisy copies of each sample for the metric
+    for method in counting_methods:
+        assert alone_max[method] == alone_avg[method] == both[method]
+        assert both[method] <= units * n * (1 + 3)
+        assert both[method] > units * 3 * n * 0.5  # the metric's re-explanations are counted
+    for name, alone in (("Max", res_max), ("Avg", res_avg)):
+        a, b = alone.blocks[0].metrics[name], res_both.blocks[0].metrics[name]
+        np.testing.assert_allclose(b.q_star, a.q_star)
+        for test in b.q_hat:
+            np.testing.assert_allclose(b.q_hat[test], a.q_hat[test])
+
+
 def test_input_agnostic_metrics_are_not_applicable_to_the_original_input_test(data):
     model, x, y, s = data
     suite = me.default_suite(re_explain=False, clip="metaquantus")
