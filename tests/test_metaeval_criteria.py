@@ -30,6 +30,31 @@ def test_iac_is_the_zsplit_wilcoxon_pvalue_over_kept_finite_pairs():
     assert res.n_used.tolist() == [[9, 8]]
 
 
+@pytest.mark.parametrize("n, zeros, seed", [
+    (10, 3, 0),   # zeros among few pairs (SciPy >= 1.13: a permutation test)
+    (11, 2, 1),
+    (30, 8, 2),   # zeros among more pairs (normal approximation)
+    (80, 40, 3),  # half the differences zero, > 50 pairs
+    (25, 24, 4),  # a single non-zero difference
+])
+def test_zsplit_pvalues_with_partly_zero_differences_equal_scipy(n, zeros, seed):
+    rng = np.random.default_rng(seed)
+    a = np.round(rng.random(n), 2)  # coarse scores: tied |differences| as well
+    b = a + np.round(rng.normal(0, 0.1, n), 2)
+    same = rng.choice(n, zeros, replace=False)
+    b[same] = a[same]
+    assert 0 < (a - b != 0).sum() <= n - zeros
+    want = scipy.stats.wilcoxon(a, b, zero_method="zsplit", alternative="two-sided").pvalue
+    assert C.wilcoxon_pvalue(a, b) == want
+    # through the per-perturbation kernel, over a mask, with a NaN pair dropped
+    mask = np.ones(n + 2, bool)
+    mask[-1] = False
+    q_star = np.concatenate([a, [np.nan, 0.3]])[None]
+    q_hat = np.concatenate([b, [0.5, 0.9]])[None, None]
+    got = C.iac_pvalues(q_star, q_hat, mask[None])
+    assert got.values[0, 0] == want and got.n_used[0, 0] == n
+
+
 def test_iac_identical_scores_give_p_one_even_for_a_single_pair():
     q = np.array([[0.3, 0.2, 0.9]])
     assert C.iac_pvalues(q, q[None], np.ones((1, 3), bool)).values[0, 0] == 1.0

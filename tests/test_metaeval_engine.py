@@ -331,6 +331,77 @@ def test_reference_random_estimator_sits_at_the_chance_levels(calibration):
         assert r["MC"] == pytest.approx(r["chance_MC"], abs=0.07)
 
 
+@pytest.fixture(scope="module")
+def calibration6(data):
+    """The reference estimators with L = 6 methods (MetaQuantus' MNIST setting) on 40 samples,
+    so that every perturbation keeps at most 50 pairs and SciPy's Wilcoxon test is exact."""
+    model, _, _, _ = data
+    x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    estimators = {
+        "same": me.ReferenceEstimator("same"),
+        "different": me.ReferenceEstimator("different"),
+        "worse": me.ReferenceEstimator("different", shift="worse", higher_is_better=False),
+        "random": me.ReferenceEstimator("random"),
+    }
+    run = me.MetaEvaluation(_suite(), {m: {"method": "Saliency"} for m in "abcdef"},
+                            iterations=2, nr_perturbations=3, seed=1)
+    return run(estimators, model, x)
+
+
+def test_reference_estimators_with_six_methods(calibration6):
+    l_ = 6
+    summ = calibration6.summary().set_index(["metric", "space"])
+    iac = calibration6.to_frame().query("criterion.str.startswith('IAC')")
+    assert iac["n_used"].max() <= 40 and (iac["n_used"] > 0).all()  # pairs per p-value
+    for space in ("Model", "Input"):
+        same = summ.loc[("same", space)]
+        assert (same["IAC_NR"], same["IAC_AR"], same["IEC_NR"], same["IEC_AR"]) == (1, 0, 1, 0)
+        assert same["MC"] == 0.5
+        # every pair tied before and after: IAC and IEC_AR sit exactly at their chance levels
+        # (p = 1 and "never worse" whatever the null); only its ranking (IEC_NR = 1, chance
+        # 1/L: untied U(0, 1) scores across methods) is informative
+        for c in ("IAC_NR", "IAC_AR", "IEC_AR"):
+            assert same[f"chance_{c}"] == same[c], c
+        assert same["chance_IEC_NR"] == pytest.approx(1 / l_, abs=1e-12)
+        assert same["chance_MC"] == pytest.approx((1 + 1 / l_) / 4)
+
+        diff = summ.loc[("different", space)]
+        assert diff["IEC_AR"] == 0.0  # quality always improved
+        assert diff["IEC_NR"] == pytest.approx(1 / l_, abs=0.05)
+        assert diff["chance_IEC_NR"] == pytest.approx(1 / l_, abs=1e-12)  # no ties
+        assert diff["chance_IEC_AR"] == 0.5
+        assert diff["MC"] == pytest.approx((1 + 1 / l_) / 4, abs=0.02)  # MetaQuantus: 0.29
+        assert summ.loc[("worse", space), "IEC_AR"] == 1.0
+
+        rnd = summ.loc[("random", space)]
+        assert rnd["IEC_NR"] == pytest.approx(1 / l_, abs=0.05)
+        assert rnd["IEC_AR"] == pytest.approx(0.5, abs=0.06)
+        assert rnd["IAC_NR"] == pytest.approx(0.5, abs=0.15)
+        assert rnd["IAC_AR"] == pytest.approx(0.5, abs=0.15)
+        assert rnd["MC"] == pytest.approx((1.5 + 1 / l_) / 4, abs=0.07)
+
+
+def test_reference_different_estimator_iac_is_exactly_two_over_two_to_the_n(calibration6):
+    """Every perturbed score of "different" is better than its unperturbed one, so all n kept
+    differences have one sign: the signed-rank statistic takes its extreme value, which has
+    probability 1/2**n under the exact null distribution (no ties, n <= 50), and the two-sided
+    p-value is 2/2**n. (reference/metaquantus.md only says IAC_NR ~ 0; this is the exact value
+    that follows from the definition.)"""
+    frame = calibration6.to_frame()
+    rows = frame[(frame["metric"] == "different") & frame["criterion"].str.startswith("IAC")]
+    assert len(rows) == 4 * 2 * 3 * 6  # tests x iterations x perturbations x methods
+    n = rows["n_used"].to_numpy()
+    p = 2.0 / 2.0 ** n
+    want = np.where(rows["criterion"] == "IAC_NR", p, 1 - p)
+    np.testing.assert_allclose(rows["value"].to_numpy(), want, rtol=1e-9, atol=0)
+    # and the summary's IAC_NR is their mean over (perturbation, method), then iterations
+    for test, space in (("Model Resilience Test", "Model"), ("Input Resilience Test", "Input")):
+        r = rows[rows["test"] == test]
+        per_t = [2.0 / 2.0 ** r[r["iteration"] == t]["n_used"].to_numpy() for t in range(2)]
+        got = calibration6.summary().set_index(["metric", "space"]).loc[("different", space)]
+        assert got["IAC_NR"] == pytest.approx(np.mean([v.mean() for v in per_t]), rel=1e-9)
+
+
 # --------------------------------------------------------------------------- benchmark
 def test_benchmark_shares_units_and_resumes_from_the_store(data, tmp_path):
     model, x, y, s = data
