@@ -189,7 +189,7 @@ def iac_chance(q_star: np.ndarray, q_hat: np.ndarray, mask: np.ndarray,
 
     The null distribution of the statistic is computed exactly (by the distribution of subset
     sums of the untied pairs' ranks) where that is cheap, else approximated by a normal
-    distribution (many untied pairs, where the approximation error is below 0.001). Which of
+    distribution (many untied pairs, where the approximation error is about 0.001 or less). Which of
     SciPy's p-values (exact/permutation for small samples, asymptotic otherwise) applies is
     read off the observed p-value, so the level is that of the p-values the criterion used;
     ``pvalues`` (K, L) from :func:`iac_pvalues` saves recomputing them. NaN where the p-value
