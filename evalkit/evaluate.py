@@ -196,10 +196,11 @@ def _metric_seed(seed: int, name: str) -> int:
     return _rng.derive_seed(seed, "metric", name) & _SEED_MASK
 
 
-def _seed_label(name: str, metric: Metric) -> str:
-    """The metric's name, or its ``seed_scope()`` where it has one: metrics with the same scope
-    (robustness metrics with the same perturbation settings) get the same seed, so they draw
-    the same perturbations and share their explanations through the unit's forward cache."""
+def seed_label(name: str, metric: Metric) -> str:
+    """What a metric's seed derives from: its ``seed_scope()`` where it has one, else its name
+    in the evaluation. Metrics with the same scope (robustness metrics with the same
+    perturbation settings) get the same seed, so they draw the same perturbations and share
+    their explanations through the unit's forward cache (also used by metaeval)."""
     scope = getattr(metric, "seed_scope", None)
     label = scope() if callable(scope) else None
     return name if label is None else f"scope:{label}"
@@ -418,7 +419,7 @@ class Evaluation:
             self.s = st
         self.numpy_in = is_numpy_like(x)
 
-        self.seeds = {name: _metric_seed(self.seed, _seed_label(name, m))
+        self.seeds = {name: _metric_seed(self.seed, seed_label(name, m))
                       for name, m in self.metrics.items()}
         self.run_metrics = {name: _run_metric_clone(m, self.seeds[name])
                             for name, m in self.metrics.items()}

@@ -36,6 +36,7 @@ import evalkit
 from evalkit import _rng
 from evalkit._validation import UndefinedScoreWarning, as_tensor, check_inputs, check_labels
 from evalkit.cache import forward_cache
+from evalkit.evaluate import seed_label
 from evalkit.models import ModelWrapper, wrap_model
 from evalkit.perturb import UniformNoise
 
@@ -366,7 +367,7 @@ class MetaEvaluation:
                positions: dict[int, str] | None = None) -> np.ndarray:
         kw = dict(self.xai_methods[method])
         explain_name = kw.pop("method", method)
-        seed_labels = ("metric", _seed_label(name, metric), method,
+        seed_labels = ("metric", seed_label(name, metric), method,
                        *(unit if self.randomness == "independent" else ()))
         m = metric
         if getattr(metric, "stochastic", False) or getattr(metric, "re_explains", False):
@@ -626,16 +627,6 @@ class MetaEvaluation:
             masks=masks, y_pred_perturbed=preds, metrics=records, timings=timings,
             keep_scores=self.keep_scores,
         )
-
-
-def _seed_label(name: str, metric: Any) -> str:
-    """What a metric's seeds derive from: its ``seed_scope()`` where it has one (as in
-    :func:`evalkit.evaluate`), else its name. Metrics with the same scope (robustness metrics
-    with the same perturbation settings, e.g. MaxSensitivity and AvgSensitivity) then draw the
-    same perturbations and share their re-explanations through the unit's forward cache."""
-    scope = getattr(metric, "seed_scope", None)
-    label = scope() if callable(scope) else None
-    return name if label is None else f"scope:{label}"
 
 
 def _stochastic(method: str) -> bool:
