@@ -129,13 +129,22 @@ def linear_imputation(x: torch.Tensor, mask: torch.Tensor, *,
     if todo.size:
         with _single_blas_thread():
             if min(h, w) <= BAND_LIMIT:
-                out[todo] = _solve_banded(xv[todo], m[todo])
+                # a bounded number of pixels at a time: the systems' float64 work arrays then
+                # stay small enough to be reused from the heap and the caches (one call over
+                # thousands of small images spent more time in fresh memory than in LAPACK)
+                step = max(1, BAND_GROUP_PIXELS // (h * w))
+                for start in range(0, todo.size, step):
+                    part = todo[start : start + step]
+                    out[part] = _solve_banded(xv[part], m[part])
             else:
                 _solve_sparse(xv, m, out, todo, counts, max_unknowns)
     if transpose:
         out = out.transpose(0, 1, 3, 2)
     return torch.from_numpy(np.ascontiguousarray(out)).to(device=x.device, dtype=x.dtype)
 
+
+#: pixels (images x H x W) per :func:`_solve_banded` call
+BAND_GROUP_PIXELS = 1 << 17
 
 #: images whose shorter side is at most this are solved with banded Cholesky (faster than the
 #: sparse LU up to 224 x 224 at least; beyond, the band matrix grows past ~100 MB per image)
