@@ -50,6 +50,7 @@ counted in the coverage; it never turns into 0 or 1.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,8 +156,15 @@ def iac_pvalues(q_star: np.ndarray, q_hat: np.ndarray, mask: np.ndarray) -> Crit
     batched into one call.
     """
     q_star, q_hat, mask = _check(q_star, q_hat, mask)
+    return _over_kept_pairs(q_star, q_hat, mask, lambda k, j, a, b: wilcoxon_pvalue(a, b))
+
+
+def _over_kept_pairs(q_star: np.ndarray, q_hat: np.ndarray, mask: np.ndarray,
+                     fn: Callable[[int, int, np.ndarray, np.ndarray], float]) -> CriterionValues:
+    """``fn(k, j, q*, q̂)`` per perturbation k and method j, on the kept samples whose two
+    scores are finite (NaN where none is left), with the number of pairs used."""
     k_, l_, _ = q_hat.shape
-    p = np.full((k_, l_), np.nan)
+    out = np.full((k_, l_), np.nan)
     used = np.zeros((k_, l_), dtype=np.int64)
     finite_star = np.isfinite(q_star)
     for k in range(k_):
@@ -164,8 +172,8 @@ def iac_pvalues(q_star: np.ndarray, q_hat: np.ndarray, mask: np.ndarray) -> Crit
             keep = mask[k] & finite_star[j] & np.isfinite(q_hat[k, j])
             used[k, j] = int(keep.sum())
             if used[k, j]:
-                p[k, j] = wilcoxon_pvalue(q_star[j, keep], q_hat[k, j, keep])
-    return CriterionValues(p, used)
+                out[k, j] = fn(k, j, q_star[j, keep], q_hat[k, j, keep])
+    return CriterionValues(out, used)
 
 
 #: above this many (pairs x rank units), :func:`iac_chance` approximates the null distribution
@@ -196,20 +204,9 @@ def iac_chance(q_star: np.ndarray, q_hat: np.ndarray, mask: np.ndarray,
     is undefined.
     """
     q_star, q_hat, mask = _check(q_star, q_hat, mask)
-    if pvalues is None:
-        pvalues = iac_pvalues(q_star, q_hat, mask).values
-    k_, l_, _ = q_hat.shape
-    out = np.full((k_, l_), np.nan)
-    used = np.zeros((k_, l_), dtype=np.int64)
-    finite_star = np.isfinite(q_star)
-    for k in range(k_):
-        for j in range(l_):
-            keep = mask[k] & finite_star[j] & np.isfinite(q_hat[k, j])
-            used[k, j] = int(keep.sum())
-            if used[k, j]:
-                out[k, j] = _null_mean_pvalue(q_star[j, keep] - q_hat[k, j, keep],
-                                              float(pvalues[k, j]))
-    return CriterionValues(out, used)
+    p_obs = iac_pvalues(q_star, q_hat, mask).values if pvalues is None else pvalues
+    return _over_kept_pairs(q_star, q_hat, mask,
+                            lambda k, j, a, b: _null_mean_pvalue(a - b, float(p_obs[k, j])))
 
 
 def _subset_sums(weights: np.ndarray) -> np.ndarray:
