@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import math
 import os
@@ -324,9 +325,14 @@ PYTHON_LOOP_METRICS = ("ROAD", "IROF", "Infidelity", "NonSensitivity", "AUC", "R
 NOISE = 0.05
 
 
+@functools.cache
+def _specs_by_name() -> dict[str, Any]:
+    return {s.name: s for s in all_specs()}
+
+
 def _spec_of(r: Result) -> Any:
     """The spec a row came from (None for rows of specs that no longer exist)."""
-    return {s.name: s for s in all_specs()}.get(r.metric)
+    return _specs_by_name().get(r.metric)
 
 
 def _registered(r: Result) -> str:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from evalkit.metrics import Complexity, EffectiveComplexity, Sparseness
 
 from ..harness import Case, Context, max_abs_diff
 from ..workloads import Workload
-from . import Spec
+from . import Spec, at_model_free_scale
 
 
 def _model_free(ours_cls, quantus_name: str, *, settings: str, note: str = "",
@@ -53,7 +51,4 @@ SPECS = [
                      normalise=False)),
 ]
 
-#: issue 4: per-sample and vectorised, each at least 10x faster than Quantus 0.6 on W1 with
-#: 1,000+ samples; W2 at its full 16 samples
-SPECS = [dataclasses.replace(s, scale=(("W1", 1024), ("W2", 16)), speedup_targets=(("W1", 10.0),))
-         for s in SPECS]
+SPECS = at_model_free_scale(SPECS)

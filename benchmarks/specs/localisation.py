@@ -8,7 +8,6 @@ workload's model is passed, but nothing is explained.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -29,7 +28,7 @@ from evalkit.metrics import (
 
 from ..harness import Case, Context, max_abs_diff
 from ..workloads import Workload
-from . import Spec
+from . import Spec, at_model_free_scale
 
 
 def _masked(ours_cls: type, quantus_name: str | None, *, settings: str, note: str = "",
@@ -128,7 +127,4 @@ SPECS = [
                       "scipy.ndimage on the CPU)")),
 ]
 
-#: issue 4: vectorised over the batch, each at least 10x faster than Quantus 0.6 on W1 with
-#: 1,000+ samples (its per-sample loops show at that scale); W2 at its full 16 samples
-SPECS = [dataclasses.replace(s, scale=(("W1", 1024), ("W2", 16)), speedup_targets=(("W1", 10.0),))
-         for s in SPECS]
+SPECS = at_model_free_scale(SPECS)
