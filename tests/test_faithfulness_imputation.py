@@ -84,6 +84,30 @@ def test_routes_agree_on_random_images(monkeypatch):
     torch.testing.assert_close(banded, single, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("shape", [(6, 40), (40, 6)])
+def test_band_runs_along_the_shorter_side(monkeypatch, shape):
+    # the band solve's cost grows with the square of its width: rows must run along the
+    # shorter side (width <= that side + 1), whichever axis it is
+    from scipy.linalg import lapack
+
+    widths = []
+    real = lapack.dpbsv
+
+    def spy(ab, b, **kw):
+        widths.append(ab.shape[0] - 1)
+        return real(ab, b, **kw)
+
+    monkeypatch.setattr(lapack, "dpbsv", spy)
+    h, w = shape
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand((2, 2, h, w), generator=g, dtype=torch.float64)
+    m = torch.rand((2, h, w), generator=g) < 0.9
+    out = linear_imputation(x, m)
+    assert widths and max(widths) <= min(h, w) + 1
+    monkeypatch.setattr(imp, "BAND_LIMIT", 0)  # the sparse LU has no band: same answer
+    torch.testing.assert_close(out, linear_imputation(x, m), rtol=1e-10, atol=1e-12)
+
+
 def test_all_removed_and_nothing_removed():
     x = torch.rand((2, 1, 5, 5), dtype=torch.float64)
     m = torch.zeros((2, 5, 5), dtype=torch.bool)

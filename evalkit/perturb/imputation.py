@@ -114,8 +114,10 @@ def linear_imputation(x: torch.Tensor, mask: torch.Tensor, *,
     if m.shape != (b, h, w):
         raise ValueError(f"mask must have shape {(b, h, w)}; got {m.shape}.")
     xv = x.detach().to("cpu", torch.float64).numpy()
-    transpose = h > w
-    if transpose:  # band along the shorter side
+    # row-major order couples pixels one row apart: the band is a row (+1) wide, so rows
+    # run along the shorter side
+    transpose = h < w
+    if transpose:
         xv = xv.transpose(0, 1, 3, 2)
         m = m.transpose(0, 2, 1)
     xv = np.ascontiguousarray(xv)
