@@ -14,13 +14,15 @@ long as at least one pixel of the image is kept, positive definite.
 Batching: the images of a call are solved together as block-diagonal systems, built with
 vectorised NumPy (no per-image or per-pixel Python loop): small images as one banded Cholesky
 (LAPACK ``pbsv``) per group of images of similar bandwidth, larger ones as one sparse LU
-(SuperLU) per block of at most ``max_unknowns`` unknowns. The solve runs on the CPU (scipy has
-no GPU or batched sparse solver); inputs on another device are copied there and back. The noise
-is drawn from the rows' random keys (:mod:`evalkit._rng`), one field per distinct key, so a
-sample gets the same noise field whatever the batch.
+(SuperLU, nested-dissection order) per block of at most ``max_unknowns`` unknowns. The solve
+runs on the CPU (scipy has no GPU or batched sparse solver); inputs on another device are
+copied there and back. The noise is drawn from the rows' random keys (:mod:`evalkit._rng`), one
+field per distinct key, so a sample gets the same noise field whatever the batch.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -105,7 +107,7 @@ def linear_imputation(x: torch.Tensor, mask: torch.Tensor, *,
     Cholesky (LAPACK ``pbsv``) on the unknowns only, ordered along the shorter side so that the
     bandwidth is at most that side + 1, one call per group of images (see
     :func:`_solve_banded`): the cheapest exact route for many small systems. Larger images use
-    one sparse LU (SuperLU, minimum-degree ordering) per block of images, whose fill grows far
+    one sparse LU (SuperLU, nested-dissection order) per block of images, whose fill grows far
     slower than a band. An image with every pixel removed has no boundary values; its pixels
     become 0 (the system would be singular).
     """
@@ -148,9 +150,11 @@ def linear_imputation(x: torch.Tensor, mask: torch.Tensor, *,
 #: pixels (images x H x W) per :func:`_solve_banded` call
 BAND_GROUP_PIXELS = 1 << 17
 
-#: images whose shorter side is at most this are solved with banded Cholesky (faster than the
-#: sparse LU up to 224 x 224 at least; beyond, the band matrix grows past ~100 MB per image)
-BAND_LIMIT = 256
+#: images whose shorter side is at most this are solved with banded Cholesky. The two routes
+#: break even near 160 x 160 on ROAD-like masks; at 224 x 224 (W2's removal masks) the sparse
+#: LU is 1.15x faster, at 384 x 384 2x, and the band matrix keeps growing with the cube of the
+#: side
+BAND_LIMIT = 160
 
 
 #: LAPACK's banded Cholesky switches to its blocked, multi-threaded BLAS form from this
@@ -311,6 +315,42 @@ def _solve_sparse(xv: np.ndarray, m: np.ndarray, out: np.ndarray, todo: np.ndarr
         start = stop
 
 
+#: the largest rectangle a nested dissection keeps whole
+ND_LEAF_PIXELS = 16
+
+
+@functools.lru_cache(maxsize=8)
+def _nd_rank(h: int, w: int) -> np.ndarray:
+    """Each pixel's position in a geometric nested-dissection order of an h x w grid (George
+    1973): a rectangle's two halves first, then the one-pixel line between them (the
+    8-neighbour stencil couples nothing across it), recursively down to at most
+    ``ND_LEAF_PIXELS`` pixels. Eliminating in this order fills in O(n log n) of the factor."""
+    order: list[np.ndarray] = []
+    stack: list = [(0, h, 0, w)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, np.ndarray):
+            order.append(item)
+            continue
+        r0, r1, c0, c1 = item
+        hh, ww = r1 - r0, c1 - c0
+        if hh <= 0 or ww <= 0:
+            continue
+        rows, cols = np.arange(r0, r1), np.arange(c0, c1)
+        if hh * ww <= ND_LEAF_PIXELS:
+            order.append((rows[:, None] * w + cols[None, :]).reshape(-1))
+        elif hh >= ww:
+            cut = r0 + hh // 2
+            # popped last-in first-out: first half, second half, then the separator
+            stack += [cut * w + cols, (cut + 1, r1, c0, c1), (r0, cut, c0, c1)]
+        else:
+            cut = c0 + ww // 2
+            stack += [rows * w + cut, (r0, r1, cut + 1, c1), (r0, r1, c0, cut)]
+    rank = np.empty(h * w, dtype=np.int64)
+    rank[np.concatenate(order)] = np.arange(h * w)
+    return rank
+
+
 def _solve_block(xv: np.ndarray, m: np.ndarray) -> np.ndarray:
     """One block-diagonal sparse system for the images ``xv`` (S, C, H, W)."""
     from scipy.sparse import csc_matrix
@@ -321,6 +361,10 @@ def _solve_block(xv: np.ndarray, m: np.ndarray) -> np.ndarray:
     mf = m.reshape(s, n)
     diag, rhs, couplings = _system(xv, m)
     si, pix = np.nonzero(mf)
+    # each image's unknowns in nested-dissection order: SuperLU then keeps that order
+    # (NATURAL), which fills in far less than its own minimum-degree ordering on these grids
+    order = np.argsort(si * n + _nd_rank(h, w)[pix], kind="stable")
+    si, pix = si[order], pix[order]
     u = si.shape[0]
     var = np.full((s, n), -1, dtype=np.int64)
     var[si, pix] = np.arange(u)
@@ -335,7 +379,7 @@ def _solve_block(xv: np.ndarray, m: np.ndarray) -> np.ndarray:
         vals += [np.full(a.shape[0], -wt)] * 2
     a_mat = csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                        shape=(u, u))
-    lu = splu(a_mat, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+    lu = splu(a_mat, permc_spec="NATURAL", diag_pivot_thresh=0.0,
               options={"SymmetricMode": True})
     sol = lu.solve(rhs.transpose(0, 2, 1)[si, pix])
     out = xv.reshape(s, c, n).copy()
