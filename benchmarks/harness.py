@@ -46,6 +46,7 @@ __all__ = [
     "forward_backward_floor",
     "forward_floor",
     "max_abs_diff",
+    "model_floor",
     "run_case",
     "set_clock",
     "skipped_result",
@@ -162,6 +163,8 @@ class ForwardCount:
 
     calls: int = 0
     rows: int = 0
+    #: rows of calls made with autograd recording (explanations: a backward pass follows)
+    grad_rows: int = 0
 
     def text(self) -> str:
         return f"{self.calls} / {self.rows}"
@@ -181,6 +184,8 @@ def count_forwards(model: nn.Module) -> Iterator[ForwardCount]:
         count.calls += 1
         if args and hasattr(args[0], "shape") and len(args[0].shape) > 0:
             count.rows += int(args[0].shape[0])
+            if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+                count.grad_rows += int(args[0].shape[0])
 
     handle = model.register_forward_pre_hook(hook)
     try:
@@ -220,6 +225,22 @@ class TimedExplainer:
 
 
 # --------------------------------------------------------------------------- floors
+def model_floor(w: Workload, grad_rows: int, rows: int,
+                batch_size: int) -> Callable[[], None] | None:
+    """``grad_rows`` rows of :func:`forward_backward_floor` plus ``rows`` of
+    :func:`forward_floor`: the bare model work of a mix of explanations and metric passes."""
+    parts = [f for f in (forward_backward_floor(w, grad_rows, batch_size),
+                         forward_floor(w, rows, batch_size)) if f is not None]
+    if not parts:
+        return None
+
+    def run() -> None:
+        for part in parts:
+            part()
+
+    return run
+
+
 def _chunk_of(w: Workload, batch_size: int) -> torch.Tensor:
     reps = math.ceil(batch_size / w.n)
     return w.x.repeat(reps, *([1] * (w.x.ndim - 1)))[:batch_size].contiguous()
@@ -336,7 +357,9 @@ class Case:
     ``quantus()`` does the same for Quantus (None when Quantus has no equivalent);
     ``agreement(ours_out, quantus_out)`` returns an :class:`Agreement`.
     ``floor``: ``"forward"`` (bare forward of the rows ours issued, at ``ctx.batch_size``),
-    ``"forward_backward"`` (the same with an input gradient), None (no model work), or a callable
+    ``"forward_backward"`` (the same with an input gradient), ``"model"`` (the rows ours ran
+    with autograd recording as forward + input gradient, the others as bare forward: mixed
+    work such as a meta-evaluation), None (no model work), or a callable
     ``floor(rows_ours, calls_ours) -> zero-arg callable``.
     ``explainer`` is an optional :class:`TimedExplainer` used by ours, to report the share of
     our time spent explaining.
@@ -494,6 +517,9 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
             floor_fn = forward_floor(w, c_ours.rows, ctx.batch_size)
         elif case.floor == "forward_backward":
             floor_fn = forward_backward_floor(w, c_ours.rows, ctx.batch_size)
+        elif case.floor == "model":
+            floor_fn = model_floor(w, c_ours.grad_rows, c_ours.rows - c_ours.grad_rows,
+                                   ctx.batch_size)
         elif callable(case.floor):
             floor_fn = case.floor(c_ours.rows, c_ours.calls)
     except Exception as exc:

@@ -123,6 +123,13 @@ def test_timing_primitives():
         model(torch.zeros(2, 3))
     model(torch.zeros(1, 3))
     assert (c.calls, c.rows) == (2, 7) and not model._forward_pre_hooks
+    with harness.count_forwards(model) as c:
+        model(torch.zeros(4, 3, requires_grad=True))  # recorded by autograd
+        with torch.no_grad():
+            model(torch.zeros(2, 3))
+        with torch.inference_mode():
+            model(torch.zeros(1, 3))
+    assert (c.rows, c.grad_rows) == (7, 4)
     ag = harness.max_abs_diff(np.array([1.0, np.nan]), np.array([1.5, np.nan]))
     assert ag.value == 0.5
 
@@ -248,3 +255,25 @@ def test_spec_scale_builds_the_workload_at_its_own_size(monkeypatch, tmp_path):
     results, _ = run.run_benchmarks(workloads=("W1",), use_quantus=False, quick=True,
                                     metrics=["x"], repeats=1, verbose=False)
     assert seen == [8, 8]
+
+
+def test_model_floor_replays_gradient_and_forward_rows():
+    w = get_workload("W1", 8)
+    with harness.count_forwards(w.model) as c:
+        harness.model_floor(w, grad_rows=10, rows=5, batch_size=4)()
+    # 10 gradient rows in chunks of 4 (4, 4, 2), then 5 bare rows (4, 1)
+    assert (c.calls, c.rows, c.grad_rows) == (5, 15, 10)
+    assert harness.model_floor(w, 0, 0, 4) is None
+
+
+def test_meta_target_is_unreachable_when_metaquantus_is_near_the_floor():
+    from benchmarks import run
+
+    def w3(ours_s, quantus_s, floor_s):
+        return _result("MetaEvaluation (W3)", family="metaeval", ours_s=ours_s,
+                       quantus_s=quantus_s, floor_s=floor_s)
+
+    lines = run._metaeval_lines([w3(200.0, 650.0, 180.0)])
+    assert "unreachable (MetaQuantus / floor 3.6" in lines[2] and "| 1.11 |" in lines[2]
+    assert ">= 10x: met" in run._metaeval_lines([w3(50.0, 650.0, 40.0)])[2]
+    assert ">= 10x: missed" in run._metaeval_lines([w3(100.0, 650.0, 40.0)])[2]
