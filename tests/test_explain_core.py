@@ -242,6 +242,21 @@ def test_label_errors():
     assert ek.explain(model, x, None, method="LayerActivation").shape == (4, 1, 8, 8)
 
 
+def test_x_the_model_cannot_take_is_named():
+    """A wrong rank or layout fails deep in the model: the error names `x` and its shape (as
+    on the metric path) and keeps the model's own error as the cause."""
+    model = make(GapNet)
+    x, y = inputs(4)
+    for bad in (x[:, 0], x.permute(0, 2, 3, 1)):  # no channel axis; channels last
+        for method in ("Saliency", "IntegratedGradients", "GradCAM"):
+            with pytest.raises(ValueError, match=r"cannot run on `x` of shape \(4, ") as info:
+                ek.explain(model, bad, y, method=method)
+            assert isinstance(info.value.__cause__, RuntimeError)
+    # an error that is not about x is left as it was
+    with pytest.raises(ValueError, match="valid labels"):
+        ek.explain(model, x, y + 5, method="Saliency")
+
+
 def test_large_stacked_batch_in_chunks():
     """Re-explaining metrics call explain on N * K inputs: any batch size, same maps."""
     model = make(BnNet)
