@@ -163,7 +163,7 @@ class ForwardCount:
 
     calls: int = 0
     rows: int = 0
-    #: rows of calls made with autograd recording (explanations: a backward pass follows)
+    #: rows whose output a gradient reached (explanations: forward and backward)
     grad_rows: int = 0
 
     def text(self) -> str:
@@ -184,14 +184,27 @@ def count_forwards(model: nn.Module) -> Iterator[ForwardCount]:
         count.calls += 1
         if args and hasattr(args[0], "shape") and len(args[0].shape) > 0:
             count.rows += int(args[0].shape[0])
-            if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
-                count.grad_rows += int(args[0].shape[0])
 
-    handle = model.register_forward_pre_hook(hook)
+    def backward_counter(_module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        # rows whose output a gradient actually reaches (explanations), not merely forwards
+        # run with autograd recording
+        if not (args and hasattr(args[0], "shape") and len(args[0].shape) > 0):
+            return
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            rows = int(args[0].shape[0])
+
+            def on_grad(grad: torch.Tensor) -> None:
+                count.grad_rows += rows
+
+            out.register_hook(on_grad)
+
+    handles = [model.register_forward_pre_hook(hook),
+               model.register_forward_hook(backward_counter)]
     try:
         yield count
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 class TimedExplainer:

@@ -595,7 +595,7 @@ def _metaeval_lines(results: list[Result]) -> list[str]:
             met = _reachable_check(r, META_TARGET)
             ok = ("met" if met else "missed") if met is not None else (
                 f"unreachable (MetaQuantus / floor {r.quantus_s / r.floor_s:.1f}: no "
-                "implementation doing this model work can be 10x faster)")
+                f"implementation doing this model work can be {META_TARGET:g}x faster)")
         note = (f"**{r.error}**; " if r.error else "") + r.note
         floor = _fmt_s(r.floor_s) if r.floor_s > 0 else "—"
         ratio = _fmt_ratio(r.floor_ratio) if r.floor_s > 0 else "—"

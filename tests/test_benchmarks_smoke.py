@@ -124,12 +124,14 @@ def test_timing_primitives():
     model(torch.zeros(1, 3))
     assert (c.calls, c.rows) == (2, 7) and not model._forward_pre_hooks
     with harness.count_forwards(model) as c:
-        model(torch.zeros(4, 3, requires_grad=True))  # recorded by autograd
+        xg = torch.zeros(4, 3, requires_grad=True)
+        torch.autograd.grad(model(xg).sum(), xg)  # an explanation: forward and backward
+        model(torch.ones(3, 3, requires_grad=True))  # recorded, but no gradient reaches it
         with torch.no_grad():
             model(torch.zeros(2, 3))
         with torch.inference_mode():
             model(torch.zeros(1, 3))
-    assert (c.rows, c.grad_rows) == (7, 4)
+    assert (c.rows, c.grad_rows) == (10, 4) and not model._forward_hooks
     ag = harness.max_abs_diff(np.array([1.0, np.nan]), np.array([1.5, np.nan]))
     assert ag.value == 0.5
 

@@ -252,9 +252,13 @@ def test_x_the_model_cannot_take_is_named():
             with pytest.raises(ValueError, match=r"cannot run on `x` of shape \(4, ") as info:
                 ek.explain(model, bad, y, method=method)
             assert isinstance(info.value.__cause__, RuntimeError)
-    # an error that is not about x is left as it was
+    # an error that is not about x is left as it was, and model-free methods never blame the
+    # model (Sobel's own message for a 1-channel input with luma weights)
     with pytest.raises(ValueError, match="valid labels"):
         ek.explain(model, x, y + 5, method="Saliency")
+    with pytest.raises(ValueError) as info:
+        ek.explain(model, x[:, :1], y, method="Sobel", grayscale="luma")
+    assert "cannot run on `x`" not in str(info.value)
 
 
 def test_large_stacked_batch_in_chunks():

@@ -108,6 +108,25 @@ def test_band_runs_along_the_shorter_side(monkeypatch, shape):
     torch.testing.assert_close(out, linear_imputation(x, m), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(1, 9), (9, 1), (1, 2), (2, 1)])
+def test_one_pixel_wide_images(monkeypatch, shape):
+    # a line of pixels: the gaps are linear interpolations of their ends (weight 1/6 each)
+    h, w = shape
+    x = torch.arange(h * w, dtype=torch.float64).reshape(1, 1, h, w) ** 2
+    m = torch.zeros((1, h, w), dtype=torch.bool)
+    m.view(-1)[1 : h * w - 1] = True
+    m.view(-1)[0] = h * w == 2  # 2 pixels: remove the first, copy of the second
+    out = linear_imputation(x, m)
+    line = x.reshape(-1)
+    if h * w == 2:
+        expected = torch.stack([line[1], line[1]])
+    else:
+        expected = torch.linspace(float(line[0]), float(line[-1]), h * w, dtype=torch.float64)
+    torch.testing.assert_close(out.reshape(-1), expected, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(imp, "BAND_LIMIT", 0)
+    torch.testing.assert_close(linear_imputation(x, m), out, rtol=1e-12, atol=1e-12)
+
+
 def test_all_removed_and_nothing_removed():
     x = torch.rand((2, 1, 5, 5), dtype=torch.float64)
     m = torch.zeros((2, 5, 5), dtype=torch.bool)

@@ -268,14 +268,15 @@ def explain(
                 torch.cuda.empty_cache()
                 continue
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                if start == 0:
+                if start == 0 and not info.model_free:
                     # a wrong rank or layout of x fails deep inside the model; one forward on
                     # one sample (only on this error path) tells whether x is the cause, and
                     # then the error names it
                     try:
                         wrapper.output_shape(xs)
                     except ValueError as named:
-                        raise named from exc
+                        if type(named.__cause__) is type(exc):  # the same failure
+                            raise named from exc
                 raise
             out = as_tensor(out, "explanation", device=wrapper.device).detach()
             if out.is_floating_point() and out.dtype != xs.dtype:

@@ -245,7 +245,7 @@ def _solve_banded(xv: np.ndarray, m: np.ndarray) -> np.ndarray:
     kd = np.zeros(s, dtype=np.int64)
     for j, nb, _wt in couplings:
         off = np.where(mf[:, j] & mf[:, nb], cum[:, nb] - cum[:, j], 0)
-        kd = np.maximum(kd, off.max(1))
+        kd = np.maximum(kd, off.max(1, initial=0))  # a 1-pixel-wide image has no partner
     nu = mf.sum(1)
     order = np.argsort(kd, kind="stable")
     out = xv.reshape(s, c, n).copy()
@@ -324,7 +324,7 @@ def _nd_rank(h: int, w: int) -> np.ndarray:
     """Each pixel's position in a geometric nested-dissection order of an h x w grid (George
     1973): a rectangle's two halves first, then the one-pixel line between them (the
     8-neighbour stencil couples nothing across it), recursively down to at most
-    ``ND_LEAF_PIXELS`` pixels. Eliminating in this order fills in O(n log n) of the factor."""
+    ``ND_LEAF_PIXELS`` pixels: O(n log n) fill in the factor of a full grid."""
     order: list[np.ndarray] = []
     stack: list = [(0, h, 0, w)]
     while stack:
@@ -348,6 +348,7 @@ def _nd_rank(h: int, w: int) -> np.ndarray:
             stack += [rows * w + cut, (r0, r1, cut + 1, c1), (r0, r1, c0, cut)]
     rank = np.empty(h * w, dtype=np.int64)
     rank[np.concatenate(order)] = np.arange(h * w)
+    rank.setflags(write=False)  # shared by every caller through the cache
     return rank
 
 
@@ -361,8 +362,9 @@ def _solve_block(xv: np.ndarray, m: np.ndarray) -> np.ndarray:
     mf = m.reshape(s, n)
     diag, rhs, couplings = _system(xv, m)
     si, pix = np.nonzero(mf)
-    # each image's unknowns in nested-dissection order: SuperLU then keeps that order
-    # (NATURAL), which fills in far less than its own minimum-degree ordering on these grids
+    # each image's unknowns in nested-dissection order, kept by SuperLU (NATURAL): 15-20 % more
+    # fill than its own minimum-degree ordering, but half the time (no ordering step, and
+    # large dense separator blocks for its supernodes)
     order = np.argsort(si * n + _nd_rank(h, w)[pix], kind="stable")
     si, pix = si[order], pix[order]
     u = si.shape[0]
