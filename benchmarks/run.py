@@ -602,7 +602,13 @@ def _metaeval_lines(results: list[Result]) -> list[str]:
         lines.append("| " + " | ".join(_cell(c) for c in [
             r.metric, r.settings, _fmt_s(r.ours_s), mq, floor, ratio, _fmt_ratio(r.speedup),
             f">= {META_TARGET:g}x: {ok}", r.agreement or "—", note]) + " |")
-    return [*lines, ""]
+    floor_text = (
+        "Floor: the bare model work of our run (rows a gradient reached replayed as forward plus "
+        "input gradient, every other row as a bare forward pass, at the runner's batch size). "
+        f"The {META_TARGET:g}x target counts only where MetaQuantus itself is at least "
+        f"{META_TARGET:g}x above that floor; otherwise no implementation doing the same model "
+        "work can reach it, and the row says so.")
+    return [*lines, "", floor_text, ""]
 
 
 def _results_lines(results: list[Result], multi: bool) -> list[str]:
