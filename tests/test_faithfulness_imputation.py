@@ -127,6 +127,21 @@ def test_one_pixel_wide_images(monkeypatch, shape):
     torch.testing.assert_close(linear_imputation(x, m), out, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 30), (30, 1), (5, 7), (17, 40), (64, 64)])
+def test_nested_dissection_order_is_a_separating_permutation(shape):
+    # the sparse route's elimination order: every pixel once, and the top separator (the middle
+    # line across the longer side) comes after everything it separates
+    h, w = shape
+    rank = imp._nd_rank(h, w)
+    assert sorted(rank.tolist()) == list(range(h * w))
+    assert not rank.flags.writeable  # shared through the cache
+    grid = rank.reshape(h, w)
+    if h * w > imp.ND_LEAF_PIXELS:
+        line = grid[h // 2] if h >= w else grid[:, w // 2]
+        assert line.min() > np.delete(grid, h // 2 if h >= w else w // 2,
+                                      axis=0 if h >= w else 1).max()
+
+
 def test_all_removed_and_nothing_removed():
     x = torch.rand((2, 1, 5, 5), dtype=torch.float64)
     m = torch.zeros((2, 5, 5), dtype=torch.bool)
