@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .criteria import CRITERIA, chance_levels
+
 __all__ = ["kite_area", "plot_area", "plot_scatter"]
 
 _STYLE = {"Input": {"alpha": 0.75, "hatch": None}, "Model": {"alpha": 0.5, "hatch": "/"}}
@@ -62,7 +64,7 @@ def plot_area(result: Any, *, dataset: str | None = None, model: str | None = No
         if show_chance and len(rows):
             mean = rows[rows["space"] == "Mean"]
             r0 = mean.iloc[0] if len(mean) else rows.iloc[0]
-            chance = {c: r0[f"chance_{c}"] for c in ("IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR")}
+            chance = {c: r0[f"chance_{c}"] for c in CRITERIA}
             if all(np.isfinite(list(chance.values()))):
                 _kite(ax, chance, fill=False, linestyle=":", edgecolor="grey", label="chance")
         for space in ("Input", "Model"):
@@ -70,7 +72,7 @@ def plot_area(result: Any, *, dataset: str | None = None, model: str | None = No
             if not len(r):
                 continue
             r = r.iloc[0]
-            vals = {c: r[c] for c in ("IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR")}
+            vals = {c: r[c] for c in CRITERIA}
             if not r["applicable"] or not all(np.isfinite(list(vals.values()))):
                 ax.plot([], [], " ", label=f"{space}: n/a")
                 continue
@@ -109,7 +111,6 @@ def plot_scatter(result: Any, *, dataset: str | None = None, model: str | None =
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    from .criteria import chance_levels
 
     s = _select(result.summary(), dataset, model)
     s = s[s["space"].isin(["Model", "Input"]) & s["applicable"]]

@@ -236,10 +236,15 @@ class MetaEvaluationResult:
                 v.iac_chance.reshape(block.iterations, -1), axis=1)
             out[f"chance_{v.criterion_iec}"] = _nanmean(v.iec_chance, axis=1)
         for prefix in ("", "chance_"):
-            stack = np.stack([out[f"{prefix}{c}"] for c in C.CRITERIA])
-            out[f"{prefix}MC"] = (_nanmean(stack, axis=0) if self.undefined == "ignore"
-                                  else stack.mean(0))
+            out[f"{prefix}MC"] = self._mc(np.stack([out[f"{prefix}{c}"] for c in C.CRITERIA]),
+                                          axis=0)
         return out
+
+    def _mc(self, criteria: np.ndarray, axis: int | None = None) -> Any:
+        """The mean of the four criteria (axis ``axis``): undefined ones are skipped with
+        ``undefined="ignore"``, else they make MC undefined."""
+        return _nanmean(criteria, axis=axis) if self.undefined == "ignore" \
+            else criteria.mean(axis)
 
     def _iteration_frame(self) -> pd.DataFrame:
         rows = []
@@ -290,17 +295,15 @@ class MetaEvaluationResult:
                      ) -> dict[str, Any]:
         it = self._space_iterations(bi, block, rec.name, space)
         row: dict[str, Any] = {"space": space}
+        # _nanmean/_nanstd give NaN (silently) where every iteration is undefined
         for c in C.CRITERIA:
-            row[c] = _nanmean(it[c]) if np.isfinite(it[c]).any() else np.nan
-            row[f"{c}_std"] = _nanstd(it[c]) if np.isfinite(it[c]).any() else np.nan
-        crit = np.array([row[c] for c in C.CRITERIA])
-        row["MC"] = _nanmean(crit) if self.undefined == "ignore" else crit.mean()
-        row["MC_std"] = _nanstd(it["MC"]) if np.isfinite(it["MC"]).any() else np.nan
+            row[c] = _nanmean(it[c])
+            row[f"{c}_std"] = _nanstd(it[c])
+        row["MC"] = self._mc(np.array([row[c] for c in C.CRITERIA]))
+        row["MC_std"] = _nanstd(it["MC"])
         for c in C.CRITERIA:
-            ch = it[f"chance_{c}"]
-            row[f"chance_{c}"] = _nanmean(ch) if np.isfinite(ch).any() else np.nan
-        crit = np.array([row[f"chance_{c}"] for c in C.CRITERIA])
-        row["chance_MC"] = _nanmean(crit) if self.undefined == "ignore" else crit.mean()
+            row[f"chance_{c}"] = _nanmean(it[f"chance_{c}"])
+        row["chance_MC"] = self._mc(np.array([row[f"chance_{c}"] for c in C.CRITERIA]))
         notes, applicable, undefined = [], True, 0
         for type_, fm in (("Resilience", "NR"), ("Adversary", "AR")):
             test = block.test(space, type_)
@@ -331,14 +334,12 @@ class MetaEvaluationResult:
         apply."""
         use = [r for r in space_rows if r["applicable"]]
         row: dict[str, Any] = {"space": "Mean"}
-        for c in (*C.CRITERIA, "MC"):
-            vals = np.array([r[c] for r in use], dtype=np.float64)
-            row[c] = _nanmean(vals) if len(vals) and np.isfinite(vals).any() else np.nan
+        for c in (*C.CRITERIA, "MC"):  # NaN where no space has a value
+            row[c] = _nanmean(np.array([r[c] for r in use], dtype=np.float64))
             row[f"{c}_std"] = np.nan
         for c in (*C.CRITERIA, "MC"):
-            vals = np.array([r[f"chance_{c}"] for r in use], dtype=np.float64)
-            row[f"chance_{c}"] = (_nanmean(vals) if len(vals) and np.isfinite(vals).any()
-                                  else np.nan)
+            row[f"chance_{c}"] = _nanmean(np.array([r[f"chance_{c}"] for r in use],
+                                                   dtype=np.float64))
         for fm in ("NR", "AR"):
             row[f"kept_{fm}"] = np.nan
         row["undefined"] = int(sum(r["undefined"] for r in use))
