@@ -180,18 +180,20 @@ def count_forwards(model: nn.Module) -> Iterator[ForwardCount]:
     """
     count = ForwardCount()
 
+    def rows_of(args: tuple[Any, ...]) -> int:
+        if args and hasattr(args[0], "shape") and len(args[0].shape) > 0:
+            return int(args[0].shape[0])
+        return 0
+
     def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
         count.calls += 1
-        if args and hasattr(args[0], "shape") and len(args[0].shape) > 0:
-            count.rows += int(args[0].shape[0])
+        count.rows += rows_of(args)
 
     def backward_counter(_module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         # rows whose output a gradient actually reaches (explanations), not merely forwards
         # run with autograd recording
-        if not (args and hasattr(args[0], "shape") and len(args[0].shape) > 0):
-            return
-        if isinstance(out, torch.Tensor) and out.requires_grad:
-            rows = int(args[0].shape[0])
+        rows = rows_of(args)
+        if rows and isinstance(out, torch.Tensor) and out.requires_grad:
 
             def on_grad(grad: torch.Tensor) -> None:
                 count.grad_rows += rows
