@@ -162,6 +162,51 @@ def test_ties_are_ranked_in_group_id_order(name, data):
     np.testing.assert_array_equal(metric(model, x, y, const), metric(model, x, y, ramp))
 
 
+class _NaNOnSample(nn.Module):
+    """``model``, except that its outputs are NaN for inputs that are not one of ``clean``
+    (``when="perturbed"``), or for every input whose first channel's corner equals that of
+    ``clean[target]``, perturbed or not (``when="sample"``)."""
+
+    def __init__(self, model: nn.Module, clean: torch.Tensor, when: str, target: int = 0):
+        super().__init__()
+        self.model, self.clean, self.when, self.target = model, clean, when, target
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        out = self.model(inp)
+        if self.when == "perturbed":
+            dist = (inp.flatten(1)[:, None] - self.clean.flatten(1)[None]).abs().amax(2)
+            bad = dist.amin(1) > 0
+        else:  # the marker pixel is never perturbed by the metrics below: a bottom-right one
+            bad = inp[:, 0, -1, -1] == self.clean[self.target, 0, -1, -1]
+        return out.masked_fill(bad[:, None], float("nan"))
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if not n.startswith("Sufficiency")])
+def test_non_finite_model_outputs_give_nan_with_a_reason(name, data):
+    """A model that returns NaN on perturbed inputs gives NaN scores with the reason, never a
+    number: a correlation must not read a NaN output change as 0, nor Monotonicity a NaN
+    comparison as "not monotonic"."""
+    model, x, y, a = data
+    metric = ALL[name]
+    s = metric(_NaNOnSample(model, x, "perturbed"), x, y, a)
+    assert np.isnan(s).all(), s
+    assert all("not finite" in metric.nan_reasons_[i] for i in range(N)), metric.nan_reasons_
+
+
+@pytest.mark.parametrize("name", ["Sufficiency", "PixelFlipping", "FaithfulnessCorrelation",
+                                  "ROAD", "SensitivityN[morf]"])
+def test_a_sample_with_non_finite_outputs_is_left_out(name, data):
+    """NaN outputs on one sample's inputs: that sample is NaN with the reason; set-level
+    metrics compute the set without it (as for a non-finite attribution)."""
+    model, x, y, a = data
+    metric = ALL[name]
+    s = metric(_NaNOnSample(model, x, "sample", target=2), x, y, a)
+    assert np.isnan(s[2]) and "not finite" in metric.nan_reasons_[2]
+    keep = [0, 1, 3, 4, 5]
+    np.testing.assert_allclose(s[keep], metric(model, x[keep], y[keep], a[keep]), rtol=1e-12,
+                               atol=1e-12)
+
+
 def test_nan_inputs_are_rejected_naming_x(data):
     model, x, y, a = data
     bad = x.clone()
@@ -244,3 +289,26 @@ def test_curve_metrics_return_the_trapezoid_area_over_the_fraction_perturbed(nam
         fine(model, x, y, a)
         assert fine.curves_.shape[1] == 37
         np.testing.assert_allclose(fine.curves_[:, ::6], curves, rtol=1e-12)
+
+
+def test_empty_and_full_perturbation_sets(data):
+    """Perturbing nothing gives the unperturbed answer; perturbing everything is defined."""
+    model, x, y, a = data
+    with torch.no_grad():
+        correct = (model(x).argmax(1) == y).double().numpy()
+    road0 = M.ROAD(percentages=[0], order="morf", seed=0)
+    np.testing.assert_array_equal(road0(model, x, y, a), correct)
+    np.testing.assert_array_equal(M.ROAD(percentages=[0], seed=0)(model, x, y, a), np.zeros(N))
+    road_all = M.ROAD(percentages=[0, 100], order="morf", score="confidence", seed=0)
+    s = road_all(model, x, y, a)
+    assert np.isfinite(s).all() and (road_all.curves_[:, 0] == 0).all()
+    assert (road_all.curves_[:, 1] != 0).all()  # everything imputed: the input changed
+    # keeping every element (the 0th percentile) leaves x as it is: no drop, increase or gain
+    for cls in (M.AverageDrop, M.AverageIncrease, M.AverageGain):
+        np.testing.assert_array_equal(cls(threshold_percentile=0)(model, x, y, a), np.zeros(N))
+        # the 100th keeps only the top element(s): defined, and a real perturbation
+        top = cls(threshold_percentile=100)(model, x, y, a)
+        assert np.isfinite(top).all()
+    drop_top = M.AverageDrop(threshold_percentile=100, relative=False)(model, x, y, a)
+    drop_all = M.AverageDrop(threshold_percentile=0, relative=False)(model, x, y, a)
+    assert (drop_top >= drop_all).all() and (drop_top > 0).any()

@@ -16,6 +16,7 @@ same model, input, order and baseline are read from the cache instead of being f
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -140,16 +141,40 @@ def _reducer(batch: MetricBatch, quantity: str, y_rows: torch.Tensor | None):
             if outputs.ndim != 2:
                 raise ValueError("Accuracy needs class outputs of shape (N, n_classes).")
             pred = outputs.argmax(1)
-            return (pred == y_rows[index[0]].to(pred.device, torch.long)).to(torch.float64)
+            hit = (pred == y_rows[index[0]].to(pred.device, torch.long)).to(torch.float64)
+            # argmax would pick a NaN: a row with non-finite outputs has no prediction
+            return hit.masked_fill(~torch.isfinite(outputs).all(1), math.nan)
 
         return reduce
     raise ValueError(f"Unknown quantity {quantity!r}; use one of {QUANTITIES}.")
 
 
+#: the reason a sample is undefined when the model gave a non-finite value for one of its rows
+NONFINITE_OUTPUT = "the model's output is not finite (NaN or Inf) on an input the metric ran"
+
+
+def flag_nonfinite(batch: MetricBatch, values: torch.Tensor,
+                   sample_idx: torch.Tensor | None = None) -> None:
+    """Mark the samples with a non-finite model value undefined (:data:`NONFINITE_OUTPUT`), so
+    that no later step (a correlation, a comparison) turns a NaN into a number silently.
+
+    ``values``: (N, ...) with the samples along the first axis, or (M,) rows of the samples
+    ``sample_idx`` (M,)."""
+    bad = ~torch.isfinite(values)
+    if sample_idx is None:
+        per_sample = bad.reshape(values.shape[0], -1).any(1)
+    else:
+        per_sample = torch.zeros(batch.n, dtype=torch.bool, device=values.device)
+        per_sample[sample_idx.to(values.device)[bad]] = True
+    if bool(per_sample.any()):
+        batch.set_nan(per_sample, NONFINITE_OUTPUT)
+
+
 def run_rows(batch: MetricBatch, build_rows, sample_idx: torch.Tensor, *,
              quantity: str = "score", desc: str | None = None) -> torch.Tensor:
     """Run the model on M irregular rows: ``build_rows(m) -> inputs`` for row ids ``m`` (B,),
-    whose samples are ``sample_idx`` (M,) (for the labels). Returns (M,) float64 values."""
+    whose samples are ``sample_idx`` (M,) (for the labels). Returns (M,) float64 values;
+    samples with a non-finite value are flagged (:func:`flag_nonfinite`)."""
     batch.require_model()
     m = int(sample_idx.shape[0])
     if m == 0:
@@ -158,8 +183,9 @@ def run_rows(batch: MetricBatch, build_rows, sample_idx: torch.Tensor, *,
     out = batch.runner.run(  # type: ignore[union-attr]
         lambda index: build_rows(index[0]), (m,), y=y_rows,
         reduce=_reducer(batch, quantity, y_rows), row_shape=tuple(batch.x.shape[1:]), desc=desc,
-    )
-    return out.to(torch.float64)
+    ).to(torch.float64)
+    flag_nonfinite(batch, out, sample_idx)
+    return out
 
 
 def cached_rows(
@@ -217,6 +243,8 @@ def cached_rows(
         idxs = sorted(per)
         cache.store([fps[i] for i in idxs], [per[i][0] for i in idxs],
                     [per[i][1] for i in idxs])
+    if hit_rows:  # rows run here were flagged by run_rows
+        flag_nonfinite(batch, out, sample_idx)
     return out
 
 

@@ -19,15 +19,18 @@ Conventions shared by every metric in this module:
 * **Ties** in the attribution (a constant or all-zero map) are ranked in group-id order (raster
   order for pixels and patches), so curve metrics give a deterministic, finite score for them;
   correlation and confidence metrics give NaN with a reason.
-* **Non-finite attributions**: a sample whose attribution has NaN or Inf is NaN with a reason,
-  and set-level metrics leave it out of the set.
+* **Non-finite attributions or model outputs**: a sample whose attribution has NaN or Inf, or
+  for one of whose inputs (perturbed or not) the model returns a non-finite output, is NaN
+  with a reason, and set-level metrics leave it out of the set. (A NaN output change is never
+  read as "no change", nor a NaN comparison as "not monotonic".)
+* **Forward sharing**: inside :func:`evalkit.forward_cache`, metrics that walk the same
+  perturbed inputs (same model, input, group order and baseline or imputer) reuse each other's
+  forward passes, and every metric reuses the unperturbed scores. A user's imputer is shared
+  only by the same instance (see :meth:`~evalkit.perturb.Imputer.cache_token`).
 * **Randomness** comes only from ``seed`` through per-sample keys (:mod:`evalkit._rng`): a
   sample gets the same draws in any batch, at any batch size, in any order.
 * **Set-level** metrics (``Sufficiency``; ``SensitivityN(subsets="morf")``) are defined over a
   set of samples: they use the whole batch passed to the call, never a chunk of it.
-* **Forward sharing**: inside :func:`evalkit.forward_cache`, metrics that walk the same
-  perturbed inputs (same model, input, group order and baseline) reuse each other's forward
-  passes, and every metric reuses the unperturbed scores.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from ._removal import (
     RemovalPlan,
     cached_rows,
     clean_scores,
+    flag_nonfinite,
     order_groups,
     removal_curve,
     sample_fingerprints,
@@ -78,6 +82,7 @@ __all__ = [
 ]
 
 _NO_CHANGE = "the perturbations did not change the prediction"
+_SAME_CHANGE = "every perturbation changed the prediction by the same amount"
 _CONST_ATTR = "the attribution sums are constant over the perturbations"
 
 
@@ -151,8 +156,15 @@ def _valid_samples(batch: MetricBatch) -> torch.Tensor:
                         device=batch.device)
 
 
-def _flag_correlation(batch: MetricBatch, a_const: torch.Tensor, b_const: torch.Tensor) -> None:
-    batch.set_nan(b_const, _NO_CHANGE)
+def _flag_correlation(batch: MetricBatch, a_const: torch.Tensor, b_const: torch.Tensor,
+                      b: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+    """Reasons for the undefined correlations of :func:`_correlate` (``b``: the output changes,
+    whose constant value tells "no change" from "the same change every time")."""
+    if bool(b_const.any()):
+        ok = torch.isfinite(b) if valid is None else valid & torch.isfinite(b)
+        zero = ((b == 0) | ~ok).all(1)
+        batch.set_nan(b_const & zero, _NO_CHANGE)
+        batch.set_nan(b_const, _SAME_CHANGE)
     batch.set_nan(a_const, _CONST_ATTR)
 
 
@@ -706,7 +718,8 @@ class SensitivityN(Metric):
         defined = torch.isfinite(corr)
         score = torch.where(defined, corr, torch.zeros_like(corr)).sum(1) / defined.sum(1)
         none = ~defined.any(1)
-        batch.set_nan(none & b_const.all(1), _NO_CHANGE + " at any subset size")
+        batch.set_nan(none & b_const.all(1), "at every subset size, the perturbations did not "
+                      "change the prediction or changed it equally for every subset")
         batch.set_nan(none & a_const.all(1), _CONST_ATTR + " at every subset size")
         batch.set_nan(none, "the correlation is undefined for every subset size (constant "
                       "attribution sums or output changes)")
@@ -726,6 +739,7 @@ class SensitivityN(Metric):
         plan = RemovalPlan(ordering.grouping, self._imputer)
         scores, _, _ = removal_curve(batch, plan, sizes, ordering=ordering,
                                      desc=type(self).__name__)
+        ok = _valid_samples(batch)  # less any sample whose model output was not finite
         deltas = clean.unsqueeze(1) - scores
         gs = ordering.group_scores.nan_to_num(0.0).gather(1, ordering.order)
         csum = gs.cumsum(1)
@@ -777,6 +791,7 @@ class SensitivityN(Metric):
 
         scores = batch.runner.run(build, (n, k, t_count), y=batch.y,  # type: ignore[union-attr]
                                   row_shape=tuple(x.shape[1:]), desc=type(self).__name__)
+        flag_nonfinite(batch, scores)
         deltas = clean.reshape(n, 1, 1) - scores.to(torch.float64)
         a2 = att.permute(0, 2, 1).reshape(n * t_count, k)
         d2 = deltas.permute(0, 2, 1).reshape(n * t_count, k)
@@ -869,9 +884,10 @@ class FaithfulnessCorrelation(Metric):
 
         scores = batch.runner.run(build, (batch.n, self.nr_runs), y=batch.y,  # type: ignore
                                   row_shape=tuple(x.shape[1:]), desc=type(self).__name__)
+        flag_nonfinite(batch, scores)
         deltas = clean.unsqueeze(1) - scores.to(torch.float64)
         corr, a_const, b_const = _correlate(att, deltas, self.similarity_func)
-        _flag_correlation(batch, a_const, b_const)
+        _flag_correlation(batch, a_const, b_const, deltas)
         return corr
 
 
@@ -921,7 +937,7 @@ class FaithfulnessEstimate(Metric):
         deltas = clean_scores(batch).unsqueeze(1) - scores
         att = _window_sums(ordering, lo, hi)
         corr, a_const, b_const = _correlate(att, deltas, self.similarity_func, valid)
-        _flag_correlation(batch, a_const, b_const)
+        _flag_correlation(batch, a_const, b_const, deltas, valid)
         return corr
 
 
@@ -1019,13 +1035,14 @@ class MonotonicityCorrelation(Metric):
             out = batch.runner.run(build, (batch.n, s_count, t_count),  # type: ignore
                                    y=batch.y, row_shape=tuple(x.shape[1:]),
                                    desc=type(self).__name__).to(torch.float64)
+            flag_nonfinite(batch, out)
             sq = ((out - clean.reshape(-1, 1, 1)) ** 2).mean(1)
         inv = torch.where(clean.abs() >= self.eps, 1.0 / clean.abs().clamp_min(1e-300) ** 2,
                           torch.ones_like(clean))
         v = sq * inv.unsqueeze(1)
         att = _window_sums(ordering, lo, hi)
         corr, a_const, b_const = _correlate(att, v, self.similarity_func, valid)
-        _flag_correlation(batch, a_const, b_const)
+        _flag_correlation(batch, a_const, b_const, v, valid)
         return corr
 
 
@@ -1131,6 +1148,7 @@ class Infidelity(Metric):
 
         scores = batch.runner.run(build, (batch.n, k), y=batch.y,  # type: ignore[union-attr]
                                   row_shape=tuple(x.shape[1:]), desc=type(self).__name__)
+        flag_nonfinite(batch, scores)
         deltas = clean_scores(batch).unsqueeze(1) - scores.to(torch.float64)
         return self._loss(dots, deltas)
 
@@ -1503,20 +1521,27 @@ class Sufficiency(Metric):
         a = batch.a
         assert a is not None
         n = batch.n
-        # a sample whose attribution was not finite is no one's neighbour (it is NaN itself)
+        pred = batch.runner.outputs(  # type: ignore[union-attr]
+            batch.x, reduce=_argmax_or_nan).to(batch.device)
+        flag_nonfinite(batch, pred)
+        # a sample whose attribution or prediction is not finite is no one's neighbour (it is
+        # NaN itself) and takes no part in the distances' normalisation
         ok = _valid_samples(batch)
         idx = ok.nonzero().flatten()
         d = torch.full((n, n), math.inf, dtype=torch.float64, device=batch.device)
         if idx.numel():
             sub = torch.as_tensor(self.distances(a[idx].reshape(idx.numel(), -1)))
             d[idx.unsqueeze(1), idx.unsqueeze(0)] = sub.to(batch.device, torch.float64)
-        pred = batch.runner.outputs(  # type: ignore[union-attr]
-            batch.x, reduce=lambda out, index: out.argmax(1)).to(batch.device)
         near = (d <= self.threshold) & ~torch.eye(n, dtype=torch.bool, device=d.device)
         same = pred.unsqueeze(0) == pred.unsqueeze(1)
         count = near.sum(1)
         batch.set_nan(count == 0, "no other sample's explanation is within the threshold")
         return (near & same).sum(1).to(torch.float64) / count.clamp_min(1)
+
+
+def _argmax_or_nan(out: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The predicted class as float64, NaN for a row whose outputs are not all finite."""
+    return out.argmax(1).to(torch.float64).masked_fill(~torch.isfinite(out).all(1), math.nan)
 
 
 def _euclidean_distances(t: torch.Tensor) -> torch.Tensor:
