@@ -177,3 +177,35 @@ def test_stochastic_baselines_share_only_identical_draws(setup):
         assert w.counter.rows <= 1
     np.testing.assert_array_equal(s1, s3)
     assert not np.allclose(s1, s2)
+
+
+class _PrivateFill(ek.perturb.Imputer):
+    """A user's imputer whose state is private (its repr shows nothing of it)."""
+
+    def __init__(self, value: float) -> None:
+        self._value = value
+
+    def fill(self, x, mask, *, keys=None):
+        return torch.where(mask, torch.full_like(x, self._value), x)
+
+
+def test_user_imputers_never_share_rows_their_repr_cannot_tell_apart(setup):
+    model, x, y, a = setup
+    assert repr(_PrivateFill(0.0)) == repr(_PrivateFill(5.0))
+    ref = M.PixelFlipping(features_in_step=8, perturb_baseline=_PrivateFill(5.0))(model, x, y, a)
+    with forward_cache():
+        M.PixelFlipping(features_in_step=8, perturb_baseline=_PrivateFill(0.0))(model, x, y, a)
+        got = M.PixelFlipping(features_in_step=8, perturb_baseline=_PrivateFill(5.0))(
+            model, x, y, a)
+    np.testing.assert_array_equal(got, ref)
+    # one instance shares with itself, and equal built-in imputers share with each other
+    same = _PrivateFill(5.0)
+    assert same.cache_token() == same.cache_token() != _PrivateFill(5.0).cache_token()
+    noisy = ek.perturb.imputation.NoisyLinearImputer
+    assert noisy(0.01).cache_token() == noisy(0.01).cache_token() != noisy(0.02).cache_token()
+    with forward_cache() as cache:
+        first = M.ROAD(percentages=[50], seed=0)(model, x, y, a)
+        misses = cache.stats().misses
+        second = M.ROAD(percentages=[50], seed=0)(model, x, y, a)  # a new, equal imputer
+        assert cache.stats().misses == misses and cache.stats().hits > 0
+    np.testing.assert_array_equal(first, second)

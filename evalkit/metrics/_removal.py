@@ -373,7 +373,7 @@ def _window_fingerprints(batch: MetricBatch, ordering: Ordering, imputer: Impute
     if base is not None:
         repl = row_hashes(base, n)
     else:
-        repl = combine_hashes(row_hashes(row_keys, n), repr(imputer).encode())
+        repl = combine_hashes(row_hashes(row_keys, n), imputer.cache_token())
     return combine_hashes(_model_and_inputs(batch), labels, order, repl, b"window")
 
 

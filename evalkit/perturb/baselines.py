@@ -29,6 +29,7 @@ element, not one per sample.
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from typing import Any
@@ -41,6 +42,9 @@ from .. import _rng
 from .._validation import as_tensor
 
 __all__ = ["BASELINES", "Baseline", "Imputer", "gaussian_blur", "make_imputer"]
+
+#: tokens for :meth:`Imputer.cache_token` (unique for the life of the process)
+_INSTANCE_IDS = itertools.count()
 
 BASELINES = ("black", "white", "mean", "channel_mean", "zero", "constant", "uniform", "random",
              "blur")
@@ -62,6 +66,20 @@ class Imputer(ABC):
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
+
+    def cache_token(self) -> bytes:
+        """What identifies this imputer's replacements in :func:`evalkit.forward_cache` keys.
+
+        The default is unique to the instance (never shared with another object, even after
+        this one is freed): a user's imputer may hold state that its ``repr`` does not show.
+        An imputer whose output depends only on parameters its ``repr`` shows may return
+        ``repr(self).encode()`` so that equal instances share forward passes. An imputer must
+        not change between the calls of one ``forward_cache()`` block.
+        """
+        token = self.__dict__.get("_cache_token")
+        if token is None:
+            token = self.__dict__["_cache_token"] = f"instance:{next(_INSTANCE_IDS)}".encode()
+        return token
 
 
 class Baseline(Imputer):
