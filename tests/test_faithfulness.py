@@ -220,6 +220,31 @@ def test_irof_known_curve_with_custom_segments():
                                                         axis=1), atol=1e-10)
 
 
+def test_irof_felzenszwalb_uses_scikit_image_segments():
+    """IROF with Felzenszwalb superpixels is IROF over the segments scikit-image gives for the
+    min-max scaled image (channels last), one image at a time."""
+    from skimage.segmentation import felzenszwalb
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand((3, 3, 12, 12), generator=g, dtype=torch.float64)
+    x[:, :, :6] += 1.0  # two clearly different halves
+    wt = torch.randn((3, 12, 12), generator=g, dtype=torch.float64)
+    model, y, a = LinearLogit(wt), torch.zeros(3, dtype=torch.long), x * wt
+    kw = {"scale": 5.0, "sigma": 0.3, "min_size": 4}
+    m = IROF(segmentation_method="felzenszwalb", segmentation_kwargs=kw,
+             perturb_baseline="zero", softmax=False)
+    scores = m(model, x, y, a)
+    for i in range(3):
+        img = x[i].numpy()
+        img = (img - img.min()) / (img.max() - img.min())
+        labels = felzenszwalb(np.moveaxis(img, 0, -1), channel_axis=-1, **kw)
+        assert len(np.unique(labels)) > 2
+        ref = IROF(grouping=CustomGrouping(torch.from_numpy(labels)), perturb_baseline="zero",
+                   softmax=False)
+        np.testing.assert_allclose(scores[i], ref(model, x[i:i + 1], y[:1], a[i:i + 1])[0],
+                                   rtol=1e-12)
+
+
 def test_irof_superpixels_run_per_image_with_varying_segment_counts():
     g = torch.Generator().manual_seed(0)
     x = torch.rand((4, 3, 16, 16), generator=g)
@@ -409,6 +434,30 @@ def test_monotonicity_correlation_uniform_draws_per_element_and_seeded():
     s2 = m(model, x, y, a)
     np.testing.assert_array_equal(s1, s2)
     assert np.isfinite(s1).all()
+
+    # what the model sees for one sample: each row replaces one block of 2 pixels with
+    # U(0, 1) values, one draw per element (Quantus draws one value per sample, bug C27), and
+    # the nr_samples rows of a block draw differently
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, inp):
+            seen.append(inp.detach().clone())
+            return model(inp)
+
+    m(Spy(), x[:1], y[:1], a[:1])
+    rows = torch.cat(seen)
+    changed = rows != x[:1].to(rows.dtype)  # the model runs in its own dtype
+    perturbed = rows[changed.flatten(1).any(1)]
+    assert perturbed.shape[0] == 4 * 8  # nr_samples x 8 blocks (the clean row is not here)
+    per_row = changed.flatten(1)[changed.flatten(1).any(1)]
+    assert (per_row.sum(1) <= 2 * x.shape[1]).all()
+    values = [r.flatten()[c] for r, c in zip(perturbed, per_row, strict=True)]
+    assert all(((v >= 0) & (v < 1)).all() for v in values)
+    assert all(torch.unique(v).numel() == v.numel() for v in values if v.numel() > 1)
+    first_block = [v for v, c in zip(values, per_row, strict=True)
+                   if torch.equal(c, per_row[0])]
+    assert len(first_block) == 4 and len({tuple(v.tolist()) for v in first_block}) == 4
 
 
 # ---------------------------------------------------------------------- infidelity

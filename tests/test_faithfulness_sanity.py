@@ -71,6 +71,7 @@ CASES = [
     M.FaithfulnessCorrelation(nr_runs=50, subset_size=20, seed=0),
     M.FaithfulnessEstimate(features_in_step=4),
     M.MonotonicityCorrelation(nr_samples=4, features_in_step=8, seed=0),
+    M.Infidelity(seed=0),
     M.Infidelity(optimal_scaling=True, seed=0),
     M.Infidelity(perturb_func="patches", perturb_patch_sizes=[2], optimal_scaling=True),
     M.ROAD(percentages=[20, 40, 60, 80], score="confidence", seed=0),
