@@ -239,6 +239,33 @@ class TimedExplainer:
         return out
 
 
+class PartTimer:
+    """Accumulates the seconds spent in one named part of our metric's work (e.g. ROAD's
+    imputation), to show how much of a row's time the model-work floor does not cover.
+    ``wrap(fn)`` returns ``fn`` timed; the harness resets it and runs ``ours`` once more, untimed,
+    after the timed rounds."""
+
+    def __init__(self, name: str, device: torch.device | None = None) -> None:
+        self.name = name
+        self.device = device
+        self.seconds = 0.0
+
+    def reset(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            _sync(self.device)
+            t0 = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _sync(self.device)
+                self.seconds += clock() - t0
+
+        return timed
+
+
 # --------------------------------------------------------------------------- floors
 def model_floor(w: Workload, grad_rows: int, rows: int,
                 batch_size: int) -> Callable[[], None] | None:
@@ -261,13 +288,20 @@ def _chunk_of(w: Workload, batch_size: int) -> torch.Tensor:
     return w.x.repeat(reps, *([1] * (w.x.ndim - 1)))[:batch_size].contiguous()
 
 
-def forward_floor(w: Workload, rows: int, batch_size: int) -> Callable[[], None] | None:
+def forward_floor(w: Workload, rows: int, batch_size: int, *,
+                  fill: float | None = None) -> Callable[[], None] | None:
     """A callable that runs ``rows`` bare forward rows of the workload's input shape in chunks
-    of ``batch_size`` under ``torch.inference_mode`` (model in eval mode). None if rows == 0."""
+    of ``batch_size`` under ``torch.inference_mode`` (model in eval mode). None if rows == 0.
+
+    The rows are the workload's inputs, or constant images of value ``fill``: the cost of a
+    forward pass can depend on the data (on CPU, max-pooling a constant image is several times
+    faster: its branches are always predicted)."""
     if rows <= 0:
         return None
     batch_size = max(1, min(batch_size, rows))
     full = _chunk_of(w, batch_size)
+    if fill is not None:
+        full = torch.full_like(full, fill)
     n_full, rest = divmod(rows, batch_size)
     last = full[:rest] if rest else None
     model = w.model
@@ -380,6 +414,13 @@ class Case:
     our time spent explaining.
     ``stats`` is an optional zero-arg callable returning a dict stored in the row's ``extra``
     after the counted warm-up run of ours (e.g. cache statistics of a suite).
+    ``part`` is an optional :class:`PartTimer` inside ours (e.g. ROAD's imputation): its
+    seconds in one untimed run after the rounds go to ``extra["part_s"]``.
+    ``quantus_floor(count)`` is, where Quantus forwards other rows than ours (a bug makes it
+    compute something else), given Quantus' :class:`ForwardCount`, a zero-arg callable running
+    the bare model work of Quantus' rows in Quantus' own chunks; it is timed in the same rounds
+    (``extra["quantus_floor_s"]``), so that the table can tell a slower implementation from a
+    costlier computation.
     """
 
     ours: Callable[[], Any]
@@ -390,6 +431,8 @@ class Case:
     note: str = ""
     explainer: TimedExplainer | None = None
     stats: Callable[[], dict[str, Any]] | None = None
+    part: PartTimer | None = None
+    quantus_floor: Callable[[ForwardCount], Callable[[], None] | None] | None = None
 
 
 @dataclass
@@ -554,6 +597,18 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         except Exception as exc:
             res.extra["floor_error"] = _short_error(exc)
             floor_fn = None
+    q_floor_fn = None
+    if quantus_fn is not None and case.quantus_floor is not None:
+        try:
+            q_floor_fn = case.quantus_floor(c_q)
+            if q_floor_fn is not None:
+                t0 = clock()
+                q_floor_fn()
+                _sync(ctx.device)
+                warm["quantus_floor"] = clock() - t0
+        except Exception as exc:
+            res.extra["quantus_floor_error"] = _short_error(exc)
+            q_floor_fn = None
 
     # 3. alternating timed rounds
     fns: dict[str, Callable[[], Any]] = {"ours": case.ours}
@@ -561,6 +616,8 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         fns["quantus"] = quantus_fn
     if floor_fn is not None:
         fns["floor"] = floor_fn
+    if q_floor_fn is not None:
+        fns["quantus_floor"] = q_floor_fn
     rounds = repeats
     if max_case_s is not None:
         per_round = sum(warm.get(k, 0.0) for k in fns)
@@ -580,6 +637,15 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         res.quantus_s, res.quantus_min_s = timings["quantus"].median, timings["quantus"].min
     if "floor" in timings:
         res.floor_s = timings["floor"].median
+    if "quantus_floor" in timings:
+        res.extra["quantus_floor_s"] = timings["quantus_floor"].median
+    if case.part is not None:  # one more run of ours, untimed, for the part's seconds
+        try:
+            case.part.reset()
+            case.ours()
+            res.extra["part"], res.extra["part_s"] = case.part.name, case.part.seconds
+        except Exception as exc:
+            res.extra["part_error"] = _short_error(exc)
 
     # 4. share of our time spent in the explainer: from the slow warm-up, else one extra run
     if case.explainer is not None and warm_share is not None:

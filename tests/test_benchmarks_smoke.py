@@ -279,3 +279,46 @@ def test_meta_target_is_unreachable_when_metaquantus_is_near_the_floor():
     assert "unreachable (MetaQuantus / floor 3.6" in lines[2] and "| 1.11 |" in lines[2]
     assert ">= 10x: met" in run._metaeval_lines([w3(50.0, 650.0, 40.0)])[2]
     assert ">= 10x: missed" in run._metaeval_lines([w3(100.0, 650.0, 40.0)])[2]
+
+
+def test_part_timer_and_quantus_floor_reach_the_row_and_the_misses():
+    from benchmarks import run
+    from benchmarks.specs import Spec
+
+    w = get_workload("W1", 8)
+    part = harness.PartTimer("imputation")
+    slow = part.wrap(lambda: sum(range(20000)))
+    q_rows = []
+
+    def build(w, ctx):
+        def quantus_floor(count):
+            q_rows.append((count.calls, count.rows))
+            return harness.forward_floor(w, count.rows, ctx.batch_size, fill=0.0)
+
+        return harness.Case(ours=lambda: (w.model(w.x), slow()), quantus=lambda: w.model(w.x),
+                            part=part, quantus_floor=quantus_floor)
+
+    spec = Spec("Fake", "faithfulness", build)
+    ctx = harness.Context(batch_size=8, device=torch.device("cpu"), quantus=object())
+    res = harness.run_case(spec, w, ctx, repeats=1, min_time=0.0)
+    assert not res.error and q_rows == [(1, 8)]  # Quantus' counted calls and rows
+    assert res.extra["part"] == "imputation" and res.extra["part_s"] > 0
+    assert res.extra["quantus_floor_s"] > 0
+
+    # a constant-image floor runs the same number of rows as the plain one
+    with harness.count_forwards(w.model) as c:
+        harness.forward_floor(w, 10, 4, fill=0.0)()
+    assert (c.calls, c.rows) == (3, 10)
+
+    road = _result("ROAD[1-channel]", ours_s=2.0, quantus_s=6.0, floor_s=0.5,
+                   extra={"part": "imputation", "part_s": 1.0})
+    mono = _result("Monotonicity", ours_s=6.0, quantus_s=5.6, floor_s=5.8,
+                   extra={"quantus_floor_s": 4.9})
+    misses = run._misses_lines([road, mono])
+    text = "\n".join(misses)
+    assert "floor + imputation alone is 3.00 x the floor" in text
+    assert "Quantus / (floor + imputation) 4.0" in text
+    assert "the model work of Quantus' rows is 4.90 s, of ours 5.80 s" in text
+    assert "unreachable by a correct implementation" in text
+    cells = run._row_cells(road)
+    assert "imputation: 1.00 s of ours, 2.00 x the floor" in cells[COLUMNS.index("note")]

@@ -1227,9 +1227,9 @@ class ROAD(Metric):
 
     Cost: besides one forward pass per sample, percentage and order, every imputed image is an
     exact sparse solve on the CPU, on one core from about 0.1 ms (28 x 28) to about 0.1 s
-    (224 x 224 with 80 % removed). ROAD therefore runs at about 1.7 to 1.8x the bare forward
-    time of its rows with the small CNN of ``docs/benchmarks.md``'s W1 and 2.5 to 2.6x with
-    ResNet-18 at 224 x 224 (W2), mostly imputation.
+    (224 x 224 with 80 % removed). ROAD therefore runs at about 1.7 to 2x the bare forward
+    time of its rows with the small CNN of ``docs/benchmarks.md``'s W1 and 2.3 to 2.8x with
+    ResNet-18 at 224 x 224 (W2), mostly imputation (the table times it separately).
 
     Reference: Y. Rong, T. Leemann, V. Borisov, G. Kasneci, E. Kasneci, "A Consistent and
     Efficient Evaluation Strategy for Attribution Methods", ICML 2022.
