@@ -503,6 +503,23 @@ def skipped_result(spec: Any, w: Workload, ctx: Context, reason: str) -> Result:
     return res
 
 
+def _warm_up(name: str, fn: Callable[[], Any] | None, warm: dict[str, float], res: Result,
+             device: torch.device | None) -> Callable[[], Any] | None:
+    """Run ``fn`` once, recording its seconds in ``warm[name]``; on failure record the error in
+    ``res.extra[name + "_error"]`` and return None (the row is then timed without it)."""
+    if fn is None:
+        return None
+    try:
+        t0 = clock()
+        fn()
+        _sync(device)
+        warm[name] = clock() - t0
+    except Exception as exc:
+        res.extra[f"{name}_error"] = _short_error(exc)
+        return None
+    return fn
+
+
 def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
              min_time: float = 0.2, max_case_s: float | None = None,
              verbose: bool = False) -> Result:
@@ -588,27 +605,15 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         res.extra["explainer_calls"] = case.explainer.calls
         warm_share = (case.explainer.seconds / warm["ours"]
                       if warm["ours"] >= 2 * min_time > 0 else None)
-    if floor_fn is not None:  # the floor's warm-up, timed to plan the rounds
-        try:
-            t0 = clock()
-            floor_fn()
-            _sync(ctx.device)
-            warm["floor"] = clock() - t0
-        except Exception as exc:
-            res.extra["floor_error"] = _short_error(exc)
-            floor_fn = None
+    # the floors' warm-ups, timed to plan the rounds
+    floor_fn = _warm_up("floor", floor_fn, warm, res, ctx.device)
     q_floor_fn = None
     if quantus_fn is not None and case.quantus_floor is not None:
         try:
             q_floor_fn = case.quantus_floor(c_q)
-            if q_floor_fn is not None:
-                t0 = clock()
-                q_floor_fn()
-                _sync(ctx.device)
-                warm["quantus_floor"] = clock() - t0
         except Exception as exc:
             res.extra["quantus_floor_error"] = _short_error(exc)
-            q_floor_fn = None
+        q_floor_fn = _warm_up("quantus_floor", q_floor_fn, warm, res, ctx.device)
 
     # 3. alternating timed rounds
     fns: dict[str, Callable[[], Any]] = {"ours": case.ours}

@@ -267,12 +267,13 @@ def _row_cells(r: Result) -> list[str]:
         note = f"**{r.error}**" + (f"; {note}" if note else "")
     if r.extra.get("floor_error"):
         note += f" (floor failed: {r.extra['floor_error']})"
-    part = _part_s(r)
+    part = _extra_s(r, "part_s")
     if part is not None and r.floor_s > 0:
         note += (f" ({r.extra['part']}: {_fmt_s(part)} s of ours, {part / r.floor_s:.2f} x "
                  "the floor)")
-    if _quantus_floor_s(r) is not None:
-        note += f" (the model work of Quantus' own rows: {_fmt_s(_quantus_floor_s(r))} s)"
+    q_floor = _extra_s(r, "quantus_floor_s")
+    if q_floor is not None:
+        note += f" (the model work of Quantus' own rows: {_fmt_s(q_floor)} s)"
     share = "—" if r.explainer_share is None else f"{100 * r.explainer_share:.0f} %"
     if r.extra.get("explained_rows") is not None and r.explainer_share is not None:
         share += f" ({r.extra['explained_rows']} rows explained)"
@@ -477,22 +478,18 @@ def _summary_lines(results: list[Result]) -> list[str]:
     return lines
 
 
-def _part_s(r: Result) -> float | None:
-    """Seconds of the row's timed part of our work (e.g. ROAD's imputation), if measured."""
-    v = r.extra.get("part_s")
-    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
-
-
-def _quantus_floor_s(r: Result) -> float | None:
-    """The model work of the rows Quantus forwards, where they are not ours (if measured)."""
-    v = r.extra.get("quantus_floor_s")
+def _extra_s(r: Result, key: str) -> float | None:
+    """Seconds stored in ``r.extra[key]`` if measured: ``"part_s"`` (the timed part of our work,
+    e.g. ROAD's imputation) or ``"quantus_floor_s"`` (the model work of the rows Quantus
+    forwards, where they are not ours)."""
+    v = r.extra.get(key)
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
 
 
 def _floor_miss_text(r: Result) -> str:
     """The floor ratio, and with a timed part the least ratio that part alone allows."""
     text = _fmt_ratio(r.floor_ratio)
-    part = _part_s(r)
+    part = _extra_s(r, "part_s")
     if part is not None and r.floor_s > 0:
         text += (f" ({r.extra['part']} {_fmt_s(part)} s: floor + {r.extra['part']} alone is "
                  f"{(r.floor_s + part) / r.floor_s:.2f} x the floor)")
@@ -502,7 +499,7 @@ def _floor_miss_text(r: Result) -> str:
 def _quantus_miss_text(r: Result) -> str:
     """The speed-up, and where Quantus forwards other rows, what each computation costs."""
     text = f"speed-up {_fmt_ratio(r.speedup)}"
-    q_floor = _quantus_floor_s(r)
+    q_floor = _extra_s(r, "quantus_floor_s")
     if q_floor is not None and r.floor_s > 0:
         text += (f" (not the same rows: the model work of Quantus' rows is {_fmt_s(q_floor)} s, "
                  f"of ours {_fmt_s(r.floor_s)} s")
@@ -516,7 +513,7 @@ def _loop_miss_text(r: Result) -> str:
     if not r.floor_s > 0:
         return text
     text += f" (Quantus / floor {r.quantus_s / r.floor_s:.1f}"
-    part = _part_s(r)
+    part = _extra_s(r, "part_s")
     if part is not None:
         text += f", Quantus / (floor + {r.extra['part']}) {r.quantus_s / (r.floor_s + part):.1f}"
     return text + ")"

@@ -111,7 +111,6 @@ def plot_scatter(result: Any, *, dataset: str | None = None, model: str | None =
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-
     s = _select(result.summary(), dataset, model)
     s = s[s["space"].isin(["Model", "Input"]) & s["applicable"]]
     blocks = [b for b in result.blocks if (dataset is None or b.dataset == dataset)
