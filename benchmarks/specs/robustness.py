@@ -126,7 +126,7 @@ def _noise_stack(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _shift_stack(x: torch.Tensor) -> torch.Tensor:
-    from evalkit.metrics.robustness import _translate, translation_shifts
+    from evalkit.metrics.robustness._engine import _translate, translation_shifts
 
     fill = x.reshape(x.shape[0], -1).amin(1).reshape(-1, 1, 1, 1)
     shifts = translation_shifts(x.shape[-1], K)

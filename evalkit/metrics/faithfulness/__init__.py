@@ -1,0 +1,90 @@
+"""Faithfulness: does removing what the explanation calls important change the prediction?
+
+Conventions shared by every metric in this module:
+
+* **Features** are groups of input elements (:mod:`evalkit.perturb.groupings`): pixels by
+  default (all channels of a pixel together, so a 1-channel attribution on an RGB image
+  perturbs whole pixels and a C-channel attribution is summed over channels per pixel).
+  ``grouping="channel_values"`` counts every channel value as a feature, as Quantus does.
+* **Curve metrics** return one scalar per sample, the area under the curve computed with the
+  trapezoid rule over the *fraction* of features perturbed in [0, 1] (so scores compare across
+  step sizes), and expose the curves in ``metric.curves_`` (N, T) with the x-axis in
+  ``metric.curve_x_`` ((T,) or (N, T) when the number of features differs between samples).
+  The first point of a removal curve is the unperturbed input; the first point of an insertion
+  curve is the empty canvas.
+* **Correlation metrics** return NaN with a reason (``metric.nan_reasons_``) when the
+  perturbations change nothing or the attribution sums are constant, never a crash. Their
+  ``similarity_func`` is ``"pearson"``, ``"spearman"`` or a callable ``f(a, b) -> float`` on
+  two 1-D arrays (Quantus' ``similarity_func`` functions work), called once per sample.
+* **Ties** in the attribution (a constant or all-zero map) are ranked in group-id order (raster
+  order for pixels and patches), so curve metrics give a deterministic, finite score for them;
+  correlation and confidence metrics give NaN with a reason.
+* **Non-finite attributions or model outputs**: a sample whose attribution has NaN or Inf, or
+  for one of whose inputs (perturbed or not) the model returns a non-finite output, is NaN
+  with a reason, and set-level metrics leave it out of the set. (A NaN output change is never
+  read as "no change", nor a NaN comparison as "not monotonic".)
+* **Forward sharing**: inside :func:`evalkit.forward_cache`, metrics that walk the same
+  perturbed inputs (same model, input, group order and baseline or imputer) reuse each other's
+  forward passes, and every metric reuses the unperturbed scores. A user's imputer is shared
+  only by the same instance (see :meth:`~evalkit.perturb.Imputer.cache_token`).
+* **Randomness** comes only from ``seed`` through per-sample keys (:mod:`evalkit._rng`): a
+  sample gets the same draws in any batch, at any batch size, in any order.
+* **Set-level** metrics (``Sufficiency``; ``SensitivityN(subsets="morf")``) are defined over a
+  set of samples: they use the whole batch passed to the call, never a chunk of it.
+
+The metrics live in submodules by kind (``curves``, ``correlation``, ``infidelity``, ``road``,
+``confidence``, ``sufficiency``) over the shared kernels of :mod:`evalkit.metrics._removal`;
+import them from here.
+"""
+
+from __future__ import annotations
+
+from .confidence import AverageDrop, AverageGain, AverageIncrease
+from .correlation import (
+    FaithfulnessCorrelation,
+    FaithfulnessEstimate,
+    MonotonicityCorrelation,
+    SensitivityN,
+)
+from .curves import (
+    IROF,
+    Deletion,
+    Insertion,
+    Monotonicity,
+    PixelFlipping,
+    RegionPerturbation,
+    Selectivity,
+)
+from .infidelity import Infidelity
+from .infidelity import infidelity_noise as infidelity_noise  # public helper, not in __all__
+from .road import ROAD
+from .sufficiency import Sufficiency
+
+__all__ = [
+    "IROF",
+    "ROAD",
+    "AverageDrop",
+    "AverageGain",
+    "AverageIncrease",
+    "Deletion",
+    "FaithfulnessCorrelation",
+    "FaithfulnessEstimate",
+    "Infidelity",
+    "Insertion",
+    "Monotonicity",
+    "MonotonicityCorrelation",
+    "PixelFlipping",
+    "RegionPerturbation",
+    "Selectivity",
+    "SensitivityN",
+    "Sufficiency",
+]
+
+
+# Stored configurations, pickles and reprs name the public path, as before the split into
+# submodules (a store written before keeps its cell hashes).
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = __name__
+del _name, _obj

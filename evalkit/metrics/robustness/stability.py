@@ -1,0 +1,324 @@
+"""Relative Input, Output and Representation Stability (Agarwal et al. 2022)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..._validation import check_scalar
+from ..base import MetricBatch
+from ._engine import (
+    _Chunk,
+    _documented,
+    _flat,
+    _Forward,
+    _NoiseRobustness,
+)
+
+
+# ---------------------------------------------------------------------------- relative stability
+def _leaf_layers(model: torch.nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if n and next(m.children(), None) is None]
+
+
+def _relative_change(ref: torch.Tensor, new: torch.Tensor, eps_min: float, p: float
+                     ) -> torch.Tensor:
+    """|| (ref - new) / max(|ref|, eps_min) ||_p over the last axis (``ref`` broadcasts against
+    ``new``), computed in the tensors' dtype, returned as float64."""
+    scale = ref.abs().clamp_min(eps_min)
+    return torch.linalg.vector_norm((ref - new) / scale, ord=p, dim=-1).to(torch.float64)
+
+
+class _RelativeStability(_NoiseRobustness):
+    """Relative stability (Agarwal et al. 2022): the relative change of the explanation over the
+    relative change of the input, the output or a representation, maximised over the draws."""
+
+    default_on_prediction_change = "drop_draw"
+    default_normalise_func = "second_moment"
+
+    def __init__(self, nr_samples: int = 200, perturb_func: Any = "uniform",
+                 perturb_mean: float = 0.0, perturb_std: float = 0.1,
+                 lower_bound: float = 0.02, upper_bound: float | None = 0.2,
+                 eps_min: float = 1e-6, p_norm: float = 2, *,
+                 on_prediction_change: str | None = None,
+                 return_nan_when_prediction_changes: bool | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._setup_noise(nr_samples, perturb_func, perturb_mean, perturb_std, lower_bound,
+                          upper_bound)
+        self._setup_relative(eps_min, p_norm)
+        self._setup_prediction_change(on_prediction_change, return_nan_when_prediction_changes)
+
+    def _setup_relative(self, eps_min: float, p_norm: float) -> None:
+        self.eps_min = check_scalar("eps_min", eps_min, (int, float), min_val=0,
+                                    include_min=False)
+        self.p_norm = check_scalar("p_norm", p_norm, (int, float), min_val=1)
+
+    def _numerator(self, batch: MetricBatch, chunk: _Chunk) -> torch.Tensor:
+        s, k = chunk.a_ok.shape
+        a0 = _flat(batch.a[chunk.idx]).unsqueeze(1)  # type: ignore[index]
+        return _relative_change(a0, chunk.a.reshape(s, k, -1), self.eps_min, self.p_norm)
+
+    def _ratio(self, numer: torch.Tensor, denom: torch.Tensor) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+        return numer / denom.clamp_min(self.eps_min), torch.ones_like(numer, dtype=torch.bool)
+
+
+@_documented
+class RelativeInputStability(_RelativeStability):
+    """Relative input stability (Agarwal et al. 2022). **Lower is better**.
+
+    RIS(x) = max_k ||(a - a'_k) / a||_p / max(||(x - x'_k) / x||_p, eps_min), with elementwise
+    divisions (floored at eps_min, see below), over the perturbations that keep the predicted
+    class (``on_prediction_change="drop_draw"``, the default, as in OpenXAI's class-preserving
+    variant).
+
+    Parameters
+    ----------
+    <<NOISE>>
+    <<RELATIVE>>
+
+    <<DEVIATIONS>>
+
+    Reference: C. Agarwal, N. Johnson, M. Pawelczyk, S. Krishna, E. Saxena, M. Zitnik,
+    H. Lakkaraju, "Rethinking Stability for Attribution-based Explanations", arXiv:2203.06877,
+    2022.
+    """
+
+    paper = ("Agarwal et al., Rethinking Stability for Attribution-based Explanations, "
+             "arXiv 2022")
+
+    def _draw_values(self, batch, chunk, clean):
+        s, k = chunk.a_ok.shape
+        x0 = _flat(batch.x[chunk.idx]).unsqueeze(1)
+        denom = _relative_change(x0, chunk.x.reshape(s, k, -1), self.eps_min, self.p_norm)
+        return self._ratio(self._numerator(batch, chunk), denom)
+
+
+@_documented
+class RelativeOutputStability(_RelativeStability):
+    """Relative output stability (Agarwal et al. 2022). **Lower is better**.
+
+    ROS(x) = max_k ||(a - a'_k) / a||_p / max(||h(x) - h(x'_k)||_p, eps_min), where h are the
+    model's outputs (logits; probabilities with ``softmax=True``), over the class-preserving
+    perturbations by default. The model outputs on the perturbed inputs come from the same
+    forward pass as the prediction check. The denominator is the paper's (and Quantus')
+    absolute output change; OpenXAI's implementation divides by the relative change
+    ||(h(x) - h(x'_k)) / h(x)||_p instead.
+
+    Parameters
+    ----------
+    <<NOISE>>
+    <<RELATIVE>>
+
+    <<DEVIATIONS>>
+
+    Reference: C. Agarwal et al., "Rethinking Stability for Attribution-based Explanations",
+    arXiv:2203.06877, 2022.
+    """
+
+    paper = RelativeInputStability.paper
+    needs_outputs = True
+
+    def _draw_values(self, batch, chunk, clean):
+        h0 = clean[chunk.idx]
+        h = chunk.fwd
+        denom = torch.linalg.vector_norm(h - h0.unsqueeze(1), ord=self.p_norm, dim=2)
+        return self._ratio(self._numerator(batch, chunk), denom)
+
+
+class _RepresentationForward(_Forward):
+    """Model outputs plus, per row, the relative change of the captured layers' outputs with
+    respect to the unperturbed sample's. The unperturbed pass (``clean=True``) stores the
+    flattened representations (N, R) in the model's dtype and returns the outputs only."""
+
+    spec = None
+
+    def __init__(self, metric: RelativeRepresentationStability, module: torch.nn.Module,
+                 layers: list[str], n: int, *, skip_silent: bool = False) -> None:
+        self.metric = metric
+        self.module = module
+        self.layers = layers
+        self.n = n
+        #: leave out layers that do not run (layer_names="all": e.g. an unused head)
+        self.skip_silent = skip_silent
+        self.clean = True
+        self.clean_reps: torch.Tensor | None = None
+        self._used: list[str] | None = None
+        self._store: dict[str, list[torch.Tensor]] | None = None
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        modules = dict(self.module.named_modules())
+        missing = [name for name in self.layers if not name or name not in modules]
+        if missing:
+            raise ValueError(f"Unknown layers {missing}; e.g. {list(modules)[1:8]}.")
+        store: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+
+        def hook_for(name: str) -> Callable[..., None]:
+            def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+                if isinstance(output, tuple | list):
+                    output = output[0]
+                # a copy taken now: a later in-place operation (ReLU(inplace=True) after the
+                # layer) would otherwise change the recorded output
+                store[name].append(output.reshape(output.shape[0], -1).clone())
+
+            return hook
+
+        handles = [modules[name].register_forward_hook(hook_for(name)) for name in self.layers]
+        self._store = store
+        try:
+            yield
+        finally:
+            self._store = None
+            for h in handles:
+                h.remove()
+
+    def _reps(self) -> torch.Tensor:
+        parts = []
+        used = []
+        for name in self.layers:
+            captured = self._store[name]  # type: ignore[index]
+            if not captured:
+                if self.skip_silent:
+                    continue
+                raise RuntimeError(f"Layer {name!r} produced no output in the forward pass.")
+            used.append(name)
+            parts.extend(captured)
+            captured.clear()
+        if self._used is None:
+            if not parts:
+                raise RuntimeError(f"None of the layers {self.layers} ran in the forward pass.")
+            self._used = used
+        elif used != self._used:
+            raise RuntimeError("The representation layers that ran differ between forward "
+                               f"passes ({self._used} vs {used}).")
+        return torch.cat(parts, 1)
+
+    def reduce(self, outputs: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        out = super().reduce(outputs, sample)
+        reps = self._reps()
+        if self.clean:
+            if self.clean_reps is None:
+                self.clean_reps = torch.empty((self.n, reps.shape[1]), dtype=reps.dtype,
+                                              device=reps.device)
+            self.clean_reps[sample] = reps
+            return out
+        rel = _relative_change(self.clean_reps[sample], reps,  # type: ignore[index]
+                               self.metric.eps_min, self.metric.p_norm)
+        return torch.cat([out, rel.unsqueeze(1)], 1)
+
+
+@_documented
+class RelativeRepresentationStability(_RelativeStability):
+    """Relative representation stability (Agarwal et al. 2022). **Lower is better**.
+
+    RRS(x) = max_k ||(a - a'_k) / a||_p / max(||(L(x) - L(x'_k)) / L(x)||_p, eps_min), where
+    L(x) concatenates the (flattened) outputs of the chosen layers, over the class-preserving
+    perturbations by default.
+
+    Parameters
+    ----------
+    layer_names:
+        The layers whose outputs form the representation, by module name (see
+        ``model.named_modules()``), e.g. ``["fc.0"]``. Required: choose them explicitly;
+        ``"all"`` takes every leaf module that runs in the forward pass (memory-hungry, and it
+        mixes scales). :meth:`resolve_layers` shows the names chosen for a model.
+    layer_indices:
+        Quantus' alternative: positions in Quantus' list of layers, i.e. every named module
+        except the model itself and ``nn.Sequential`` containers, in ``named_modules()``
+        order; negative positions count from the end. Give one of ``layer_names`` and
+        ``layer_indices``.
+    <<NOISE>>
+    <<RELATIVE>>
+
+    <<DEVIATIONS>>
+    Layers (RRS): no default (Quantus takes all layers); ``"all"`` means the leaf modules that
+    run (Quantus: every module but ``nn.Sequential`` containers, so a residual block's output
+    and those of the layers inside it all enter); each layer's output is recorded as a copy
+    when the layer returns (Quantus keeps the tensor, so a following ``ReLU(inplace=True)``
+    rectifies the recorded representation); negative ``layer_indices`` count from the end
+    (Quantus' are off by one: -1 selects nothing).
+
+    Needs a ``torch.nn.Module`` (the layers are read with forward hooks, removed afterwards).
+
+    Reference: C. Agarwal et al., "Rethinking Stability for Attribution-based Explanations",
+    arXiv:2203.06877, 2022.
+    """
+
+    paper = RelativeInputStability.paper
+    needs_outputs = True
+
+    def __init__(self, nr_samples: int = 200, perturb_func: Any = "uniform",
+                 perturb_mean: float = 0.0, perturb_std: float = 0.1,
+                 lower_bound: float = 0.02, upper_bound: float | None = 0.2,
+                 eps_min: float = 1e-6, p_norm: float = 2, *,
+                 layer_names: list[str] | str | None = None,
+                 layer_indices: list[int] | None = None,
+                 on_prediction_change: str | None = None,
+                 return_nan_when_prediction_changes: bool | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(nr_samples, perturb_func, perturb_mean, perturb_std, lower_bound,
+                         upper_bound, eps_min, p_norm, on_prediction_change=on_prediction_change,
+                         return_nan_when_prediction_changes=return_nan_when_prediction_changes,
+                         **kwargs)
+        if layer_names is not None and layer_indices is not None:
+            raise ValueError("Give either `layer_names` or `layer_indices`, not both.")
+        if isinstance(layer_names, str) and layer_names != "all":
+            layer_names = [layer_names]
+        if isinstance(layer_indices, int | np.integer) and not isinstance(layer_indices, bool):
+            layer_indices = [int(layer_indices)]
+        self.layer_names = layer_names
+        self.layer_indices = layer_indices
+
+    def resolve_layers(self, model: torch.nn.Module) -> list[str]:
+        """The names of the layers whose outputs form the representation of ``model``."""
+        named = list(model.named_modules())
+        if self.layer_names is None and self.layer_indices is None:
+            leaves = _leaf_layers(model)
+            raise ValueError(
+                "RelativeRepresentationStability needs the representation layers: pass "
+                f"layer_names=[...] (e.g. {leaves[-3:]}) or layer_names='all' for every leaf "
+                "module."
+            )
+        if self.layer_names == "all":
+            return _leaf_layers(model)
+        if self.layer_indices is not None:
+            # Quantus' list: every module but the model itself and nn.Sequential containers
+            listed = [n for n, m in named if n and not isinstance(m, torch.nn.Sequential)]
+            out = []
+            for i in self.layer_indices:
+                if isinstance(i, bool) or not isinstance(i, int | np.integer):
+                    raise TypeError(f"`layer_indices` must be integers; got {i!r}.")
+                if not -len(listed) <= i < len(listed):
+                    raise ValueError(f"layer index {i} is out of range: the model has "
+                                     f"{len(listed)} indexable layers ({listed}).")
+                out.append(listed[i])
+            return out
+        return list(self.layer_names)  # type: ignore[arg-type]
+
+    def _resolve_layers(self, batch: MetricBatch) -> list[str]:
+        module = getattr(batch.model, "model", None)
+        if not isinstance(module, torch.nn.Module) or not hasattr(batch.model, "capture"):
+            raise TypeError("RelativeRepresentationStability needs a torch.nn.Module: it reads "
+                            "hidden layers with forward hooks.")
+        return self.resolve_layers(module)
+
+    def _forward(self, batch: MetricBatch) -> _Forward:
+        return _RepresentationForward(self, batch.model.model,  # type: ignore[union-attr]
+                                      self._resolve_layers(batch), batch.n,
+                                      skip_silent=self.layer_names == "all")
+
+    def _clean_forward(self, batch: MetricBatch, forward: _Forward) -> torch.Tensor:
+        assert isinstance(forward, _RepresentationForward)
+        outputs = super()._clean_forward(batch, forward)
+        forward.clean = False
+        return outputs
+
+    def _draw_values(self, batch, chunk, clean):
+        denom = chunk.fwd[:, :, -1]
+        return self._ratio(self._numerator(batch, chunk), denom)
