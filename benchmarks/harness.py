@@ -178,6 +178,8 @@ def count_forwards(model: nn.Module) -> Iterator[ForwardCount]:
     module, or a ``Sequential(module, Softmax)`` around it), captum's explainers. The hook is
     removed on exit, also on error.
     """
+    from evalkit._hook_handles import HookHandles  # evalkit is imported lazily here, as elsewhere
+
     count = ForwardCount()
 
     def rows_of(args: tuple[Any, ...]) -> int:
@@ -200,13 +202,10 @@ def count_forwards(model: nn.Module) -> Iterator[ForwardCount]:
 
             out.register_hook(on_grad)
 
-    handles = [model.register_forward_pre_hook(hook),
-               model.register_forward_hook(backward_counter)]
-    try:
+    with HookHandles() as hooks:
+        hooks.forward_pre(model, hook)
+        hooks.forward(model, backward_counter)
         yield count
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class TimedExplainer:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._hook_handles import HookHandles
 from ..models import ModelWrapper
 
 __all__ = [
@@ -204,7 +205,6 @@ def capture(
     activations are not needed). Hooks are removed on exit, also on error.
     """
     record = Captured([name for name, _ in layers], [[] for _ in layers])
-    handles = []
 
     def hook_for(i: int, name: str) -> Callable[..., Any]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
@@ -216,13 +216,10 @@ def capture(
 
         return hook
 
-    try:
+    with HookHandles() as hooks:
         for i, (name, module) in enumerate(layers):
-            handles.append(module.register_forward_hook(hook_for(i, name)))
+            hooks.forward(module, hook_for(i, name))
         yield record
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # ============================================================================ guard

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .. import _rng
+from .._hook_handles import HookHandles
 from ..models import ModelWrapper
 from ..perturb import Patches, make_grouping
 from ._hooks import (
@@ -321,7 +322,6 @@ def _check_single_use(model: ModelWrapper, x: torch.Tensor, method: str) -> None
     captum, LRP silently returns wrong relevances)."""
     root = require_module(model, method)
     counts: dict[str, int] = {}
-    handles = []
 
     def hook_for(name: str):
         def hook(_module: nn.Module, _inputs: Any) -> None:
@@ -329,15 +329,12 @@ def _check_single_use(model: ModelWrapper, x: torch.Tensor, method: str) -> None
 
         return hook
 
-    try:
+    with HookHandles() as hooks:
         for name, m in root.named_modules():
             if name and not any(True for _ in m.children()):
-                handles.append(m.register_forward_pre_hook(hook_for(name)))
+                hooks.forward_pre(m, hook_for(name))
         with torch.no_grad():
             model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
     reused = sorted(name for name, c in counts.items() if c > 1)
     if reused:
         raise ValueError(

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._hook_handles import HookHandles
 from .._validation import EvalkitWarning, as_tensor, check_bool, check_scalar, finite_rows
 from ..models import ModelWrapper
 from ..perturb import make_grouping, make_imputer
@@ -402,21 +403,17 @@ class InputInvariance(Metric):
                      ) -> tuple[str, tuple[int, ...]]:
         names = {m: n for n, m in module.named_modules()}
         calls: list[tuple[nn.Module, torch.Tensor]] = []
-        handles = []
 
         def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
             if args and isinstance(args[0], torch.Tensor):
                 calls.append((mod, args[0]))
 
-        try:
+        with HookHandles() as hooks:
             for m in module.modules():
                 if isinstance(m, _FIRST_LAYER_TYPES):
-                    handles.append(m.register_forward_pre_hook(hook))
+                    hooks.forward_pre(m, hook)
             with model.evaluation(), torch.no_grad():
                 module(probe)
-        finally:
-            for h in handles:
-                h.remove()
         if not calls:
             raise ValueError("InputInvariance needs a model whose first layer is a Conv1d, "
                              "Conv2d, Conv3d or Linear layer; none was called.")

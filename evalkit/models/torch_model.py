@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._hook_handles import record_outputs
 from .._rng import derive_seed
 from .._validation import check_option
 from .base import ModelWrapper, same_device
@@ -266,32 +267,13 @@ class TorchModel(ModelWrapper):
     def capture(self, layer_names: list[str]) -> Iterator[dict[str, list[torch.Tensor]]]:
         """Record the outputs of named layers during forward passes inside the context.
 
-        Yields a dict ``name -> list of output tensors`` (one per forward call). Each output is
-        copied when the layer returns, so a later in-place operation (``ReLU(inplace=True)``)
-        cannot change what was recorded. The hooks are removed on exit, also on error.
+        Yields a dict ``name -> list of output tensors`` (one per forward call; a name given
+        twice is recorded once). Each output is copied when the layer returns, so a later
+        in-place operation (``ReLU(inplace=True)``) cannot change what was recorded. The hooks
+        are removed on exit, also on error (:func:`evalkit._hook_handles.record_outputs`).
         """
-        modules = dict(self._model.named_modules())
-        missing = [n for n in layer_names if n not in modules or not n]
-        if missing:
-            raise ValueError(f"Unknown layers {missing}; e.g. {list(modules)[1:8]}.")
-        store: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
-        handles = []
-
-        def hook_for(name: str) -> Callable[..., None]:
-            def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-                if isinstance(output, tuple | list):
-                    output = output[0]
-                store[name].append(output.clone())
-
-            return hook
-
-        try:
-            for name in layer_names:
-                handles.append(modules[name].register_forward_hook(hook_for(name)))
+        with record_outputs(self._model, layer_names, copy=True) as store:
             yield store
-        finally:
-            for h in handles:
-                h.remove()
 
     def hidden_representations(
         self, x: Any, layer_names: list[str], *, batch_size: int | None = None
