@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..._hook_handles import record_outputs
 from ..._validation import check_scalar
 from ..base import MetricBatch
 from ._engine import (
@@ -153,30 +154,14 @@ class _RepresentationForward(_Forward):
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
-        modules = dict(self.module.named_modules())
-        missing = [name for name in self.layers if not name or name not in modules]
-        if missing:
-            raise ValueError(f"Unknown layers {missing}; e.g. {list(modules)[1:8]}.")
-        store: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
-
-        def hook_for(name: str) -> Callable[..., None]:
-            def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-                if isinstance(output, tuple | list):
-                    output = output[0]
-                # a copy taken now: a later in-place operation (ReLU(inplace=True) after the
-                # layer) would otherwise change the recorded output
-                store[name].append(output.reshape(output.shape[0], -1).clone())
-
-            return hook
-
-        handles = [modules[name].register_forward_hook(hook_for(name)) for name in self.layers]
-        self._store = store
-        try:
-            yield
-        finally:
-            self._store = None
-            for h in handles:
-                h.remove()
+        # copies taken when each layer returns: a later in-place operation (ReLU(inplace=True)
+        # after the layer) would otherwise change the recorded output
+        with record_outputs(self.module, self.layers, copy=True) as store:
+            self._store = store
+            try:
+                yield
+            finally:
+                self._store = None
 
     def _reps(self) -> torch.Tensor:
         parts = []
@@ -188,7 +173,7 @@ class _RepresentationForward(_Forward):
                     continue
                 raise RuntimeError(f"Layer {name!r} produced no output in the forward pass.")
             used.append(name)
-            parts.extend(captured)
+            parts.extend(out.reshape(out.shape[0], -1) for out in captured)
             captured.clear()
         if self._used is None:
             if not parts:
