@@ -232,7 +232,7 @@ def run_config(
     if data["y"] is not None and isinstance(model, torch.nn.Module):
         wrapper = wrap_model(model)
         with torch.inference_mode():
-            pred = wrapper.predict(data["x"]).argmax(1).cpu().numpy()
+            pred = wrapper.target.predict(wrapper.predict(data["x"])).cpu().numpy()
         accuracy = float((pred == np.asarray(data["y"])).mean())
     n = len(data["x"])
     acc_text = "" if accuracy is None else f", model accuracy {accuracy:.1%}"

@@ -326,7 +326,7 @@ class MetaEvaluation:
         if out.ndim != 2:
             raise ValueError("MetaEvaluation needs a classifier: the model's outputs must have "
                              f"shape (N, classes); got {tuple(out.shape)}.")
-        y_pred = out.argmax(1)
+        y_pred = wrapper.target.predict(out)
         if self.target == "label":
             if yt is None:
                 raise ValueError("target='label' needs the labels `y`.")
@@ -484,14 +484,14 @@ class MetaEvaluation:
                                               seed=self._seed("model", test.name, t, k))
                 with ctx as model:
                     x = state.x
-                    y_hat = model.predict(x).argmax(1)
+                    y_hat = model.target.predict(model.predict(x))
                     scores, reasons, positions = self._score_unit(
                         state, todo, model, x, unit, explain=True, unperturbed=unperturbed,
                         keep=self._kept(test, y_hat, state))
             else:
                 model = state.wrapper
                 x = self._perturbed_input(state, test, t, k)
-                y_hat = model.predict(x).argmax(1)
+                y_hat = model.target.predict(model.predict(x))
                 scores, reasons, positions = self._score_unit(
                     state, todo, model, x, unit, explain=test.re_explain,
                     unperturbed=unperturbed, keep=self._kept(test, y_hat, state))
@@ -500,7 +500,7 @@ class MetaEvaluation:
                 scores[name] = np.full((l_, n), np.nan)
                 reasons[name] = {}
                 positions[name] = {m: {} for m in methods}
-        changed = (y_hat != state.y_pred).cpu().numpy()
+        changed = (~state.wrapper.target.agree(y_hat, state.y_pred)).cpu().numpy()
         state.timings["perturbation"] += time.perf_counter() - t0
         if self.progress:
             print(f"[metaeval] {test.name} t={t} k={k}: {time.perf_counter() - t0:.2f} s, "
@@ -514,7 +514,7 @@ class MetaEvaluation:
         ``score_all`` is set, or a custom explain function may depend on the batch)."""
         if self.score_all or self.explain_fn is not None:
             return None
-        keep = test.keeps(y_hat != state.y_pred)
+        keep = test.keeps(~state.wrapper.target.agree(y_hat, state.y_pred))
         if bool(keep.all()):
             return None
         return keep.nonzero().flatten()

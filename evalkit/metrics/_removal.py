@@ -16,7 +16,7 @@ same model, input, order and baseline are read from the cache instead of being f
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +30,7 @@ from .base import MetricBatch
 __all__ = [
     "Ordering",
     "RemovalPlan",
+    "baseline_values",
     "cached_rows",
     "clean_scores",
     "order_groups",
@@ -37,6 +38,7 @@ __all__ = [
     "run_rows",
     "sample_fingerprints",
     "steps_from_features_in_step",
+    "subset_scores",
     "trapezoid_auc",
     "window_scores",
 ]
@@ -130,20 +132,17 @@ QUANTITIES = ("score", "correct")
 
 
 def _reducer(batch: MetricBatch, quantity: str, y_rows: torch.Tensor | None):
-    """``score``: the wrapper's target score; ``correct``: 1.0 where argmax(outputs) == y."""
+    """``score``: the wrapper's target score; ``correct``: 1.0 where the target's prediction
+    is the label (``Target.hits``; NaN for rows with non-finite outputs)."""
     if quantity == "score":
         return None
     if quantity == "correct":
         if y_rows is None:
             raise ValueError(f"{type(batch.metric).__name__} needs labels `y` for accuracy.")
+        target = batch.target
 
         def reduce(outputs: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            if outputs.ndim != 2:
-                raise ValueError("Accuracy needs class outputs of shape (N, n_classes).")
-            pred = outputs.argmax(1)
-            hit = (pred == y_rows[index[0]].to(pred.device, torch.long)).to(torch.float64)
-            # argmax would pick a NaN: a row with non-finite outputs has no prediction
-            return hit.masked_fill(~torch.isfinite(outputs).all(1), math.nan)
+            return target.hits(outputs, y_rows[index[0]])
 
         return reduce
     raise ValueError(f"Unknown quantity {quantity!r}; use one of {QUANTITIES}.")
@@ -282,6 +281,65 @@ def _model_and_inputs(batch: MetricBatch) -> list[bytes]:
     return memo
 
 
+# ---------------------------------------------------------------------- subsets
+def baseline_values(imputer: Imputer, x: torch.Tensor,
+                    keys: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-sample replacement values (N, ...) of a mask-independent baseline (computed once
+    and reused for every perturbed row of a sample), else None (the imputer looks at the
+    mask, so it fills each row)."""
+    if not isinstance(imputer, Baseline):
+        return None
+    base = imputer.values(x, keys if imputer.stochastic else None)
+    return base.expand_as(x) if base.shape[0] == 1 else base
+
+
+def subset_scores(
+    batch: MetricBatch,
+    imputer: Imputer,
+    shape: tuple[int, ...],
+    mask_of: Callable[..., torch.Tensor],
+    *,
+    fill_of: Callable[..., torch.Tensor] | None = None,
+    keys_of: Callable[..., torch.Tensor] | None = None,
+    desc: str | None = None,
+) -> torch.Tensor:
+    """Target scores (N, *shape) float64 of every sample with a subset of its features
+    replaced: the kernel of the subset and correlation metrics.
+
+    Row (i, j...) perturbs the elements ``mask_of(i, j...)`` ((B, ...) bool, broadcastable
+    against ``x[i]``) of sample i, replaced through the batch's modality
+    (:meth:`~evalkit.modality.Modality.replace`) by the baseline's per-sample values, or by
+    ``fill_of(i, j...)`` (e.g. one random draw per row), or filled by a mask-dependent
+    imputer with the keys ``keys_of(i, j...)`` (default: the samples' keys). All rows run in
+    one runner call, built chunk by chunk; samples with a non-finite output are flagged
+    (:func:`flag_nonfinite`).
+    """
+    batch.require_model()
+    x = batch.x
+    modality = batch.modality
+    sample_keys = batch.keys if imputer.stochastic else None
+    base = baseline_values(imputer, x, batch.keys) if fill_of is None else None
+    is_baseline = isinstance(imputer, Baseline)
+
+    def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        i = index[0]
+        mask = mask_of(*index)
+        if fill_of is not None and is_baseline:
+            return modality.replace(x[i], mask, fill_of(*index))
+        if base is not None:
+            return modality.replace(x[i], mask, base[i])
+        if keys_of is not None:
+            keys = keys_of(*index)
+        else:
+            keys = None if sample_keys is None else sample_keys[i]
+        return imputer.fill(x[i], mask, keys=keys)
+
+    scores = batch.runner.run(build, (batch.n, *shape), y=batch.y,  # type: ignore[union-attr]
+                              row_shape=tuple(x.shape[1:]), desc=desc)
+    flag_nonfinite(batch, scores)
+    return scores.to(torch.float64)
+
+
 # ---------------------------------------------------------------------- windows
 def window_scores(
     batch: MetricBatch,
@@ -299,7 +357,8 @@ def window_scores(
 
     ``keys`` (N,): random keys passed to a stochastic imputer (default: the batch's sample
     keys). Rows that perturb no group get the unperturbed score. ``quantity="correct"`` reads
-    1[argmax f = y] instead of the target score.
+    1 where the target's prediction is y (``Target.hits``; the argmax for classifiers)
+    instead of the target score.
     """
     batch.require_model()
     x = batch.x
@@ -335,15 +394,16 @@ def window_scores(
     if rows.shape[0]:
         ti, tt = rows[:, 0], rows[:, 1]
         r_lo, r_hi = lo_c[ti, tt], hi_c[ti, tt]
-        view = (-1, *([1] * (x.ndim - 1)))
+        modality = batch.modality
 
         def build(m: torch.Tensor) -> torch.Tensor:
             i = ti[m]
             r = rank_map[i]
-            perturbed = (r >= r_lo[m].reshape(view)) & (r < r_hi[m].reshape(view))
+            perturbed = ((r >= modality.per_sample(r_lo[m], r))
+                         & (r < modality.per_sample(r_hi[m], r)))
             xi = x[i]
             if base is not None:
-                return torch.where(perturbed, base[i], xi)
+                return modality.replace(xi, perturbed, base[i])
             k = None if row_keys is None else row_keys[i]
             return imputer.fill(xi, perturbed, keys=k)
 

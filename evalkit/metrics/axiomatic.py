@@ -122,13 +122,14 @@ class Completeness(Metric):
         assert batch.a is not None and batch.runner is not None
         x = batch.x
         keys = batch.keys if self._imputer.stochastic else None
-        full = torch.ones((1,) * x.ndim, dtype=torch.bool, device=x.device).expand_as(x)
+        full = torch.ones_like(x, dtype=torch.bool)
         x_base = self._imputer.fill(x, full, keys=keys)
+        modality = batch.modality
 
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, which = index
-            use_base = (which == 1).reshape(-1, *([1] * (x.ndim - 1)))
-            return torch.where(use_base, x_base[i], x[i])
+            xi = x[i]
+            return modality.replace(xi, modality.per_sample(which == 1, xi), x_base[i])
 
         scores = batch.runner.run(build, (batch.n, 2), y=batch.y, row_shape=tuple(x.shape[1:]),
                                   desc="Completeness").to(torch.float64)
@@ -221,16 +222,16 @@ class NonSensitivity(Metric):
             values = self._imputer.values(x, keys)
             values = values.expand(torch.broadcast_shapes(values.shape, x.shape))
         shared = labels.shape[0] == 1
-        ones = (1,) * (x.ndim - 1)
+        modality = batch.modality
 
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, col = index
             xi = x[i]
             lab = labels.expand(len(i), *labels.shape[1:]) if shared else labels[i]
-            mask = lab == (col - 1).reshape(-1, *ones)  # column 0: nothing replaced
+            mask = lab == modality.per_sample(col - 1, lab)  # column 0: nothing replaced
             if values is not None:
                 vi = values[i] if values.shape[0] == n else values.expand_as(xi)
-                return torch.where(mask, vi, xi)
+                return modality.replace(xi, mask, vi)
             row_keys = None if keys is None else keys[i]
             return self._imputer.fill(xi, mask.expand_as(xi), keys=row_keys)
 

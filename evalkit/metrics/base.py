@@ -30,14 +30,12 @@ from .._validation import (
     EvalkitWarning,
     UndefinedScoreWarning,
     as_tensor,
-    check_attributions,
     check_bool,
-    check_inputs,
     check_labels,
-    check_masks,
     finite_rows,
     to_numpy,
 )
+from ..modality import Modality, as_modality
 from ..models import ModelWrapper, wrap_model
 from ..runner import ForwardRunner
 from .normalise import get_normaliser
@@ -68,7 +66,9 @@ class MetricBatch:
     ``x`` (N, ...) inputs; ``y`` labels (or None); ``a`` attributions aligned with ``x``
     (float64, after ``normalise``/``abs``; rows with non-finite values are zeroed and already
     flagged NaN); ``s`` bool masks or None; ``model`` the wrapper (None for model-free metrics
-    called without one); ``runner`` the batched forward runner; ``seed`` the resolved seed.
+    called without one); ``runner`` the batched forward runner; ``seed`` the resolved seed;
+    ``modality`` what the inputs are (layout, features, replacement; :mod:`evalkit.modality`).
+    The wrapper's :attr:`target` says which output is scored and what the model predicts.
     """
 
     metric: Metric
@@ -79,6 +79,7 @@ class MetricBatch:
     model: ModelWrapper | None
     runner: ForwardRunner | None
     seed: int
+    modality: Modality = field(default_factory=lambda: as_modality("image"))
     model_obj: Any = None
     explain_fn: Callable[..., Any] | None = None
     explain_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -95,6 +96,13 @@ class MetricBatch:
     @property
     def device(self) -> torch.device:
         return self.x.device
+
+    @property
+    def target(self) -> Any:
+        """The wrapper's target (:mod:`evalkit.models.targets`): the scored output
+        (``target(outputs, y)``), the prediction (``predict``) and when two agree
+        (``agree``). Raises if the metric was called without a model."""
+        return self.require_model().target
 
     @cached_property
     def keys(self) -> torch.Tensor:
@@ -183,6 +191,9 @@ class Metric:
     set_level: ClassVar[bool] = False
     paper: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
+    #: the input modalities the metric is defined for (:mod:`evalkit.modality`); a call on
+    #: other data fails with a clear error instead of a silently wrong number
+    modalities: ClassVar[tuple[str, ...]] = ("image", "series", "tabular")
     #: metric-specific keyword arguments accepted by ``__call__`` (passed in ``batch.extra``)
     call_options: ClassVar[tuple[str, ...]] = ()
 
@@ -396,6 +407,9 @@ class Metric:
         extra: dict[str, Any] = {}
         channel_first = kwargs.pop("channel_first", None)
         softmax = kwargs.pop("softmax", None)
+        modality = kwargs.pop("modality", None)
+        if modality is not None:
+            extra["_modality"] = modality
         for key, value in kwargs.items():
             if key in _CALL_ALIASES:
                 target = _CALL_ALIASES[key]
@@ -432,6 +446,9 @@ class Metric:
 
     def _prepare(self, model, x, y, a, s, explain_fn, explain_kwargs, batch_size, device, extra):
         channels_last = extra.pop("_channels_last", False)
+        modality = as_modality(extra.pop("_modality", None), x)
+        modality.check_applies(self)
+        self._check_modality(modality)
         wrapper: ModelWrapper | None = None
         # Model-free metrics given attributions ignore the model: no wrapping, no label checks,
         # no forward pass (Quantus-style calls pass a model and no labels to them).
@@ -446,14 +463,12 @@ class Metric:
             )
 
         if wrapper is not None:
-            xt = wrapper.prepare(x)
+            xt = wrapper.prepare(x, modality)
         else:
             xt = as_tensor(x, "x", device=device)
-            if not xt.is_floating_point():
-                xt = xt.float()
         if channels_last:
             xt = xt.movedim(-1, 1)
-        xt = check_inputs(xt)
+        xt = modality.check(xt, dtype=None if wrapper is None else wrapper.dtype)
         n = xt.shape[0]
         dev = xt.device
 
@@ -470,6 +485,7 @@ class Metric:
         )
         batch = MetricBatch(
             metric=self, x=xt, y=yt, a=None, s=None, model=wrapper, runner=runner, seed=seed,
+            modality=modality,
             model_obj=model, explain_fn=explain_fn, explain_kwargs=dict(explain_kwargs or {}),
             batch_size=batch_size, extra=extra, nan_reasons=[None] * n,
         )
@@ -478,7 +494,7 @@ class Metric:
             st = as_tensor(s, "s", device=dev)
             if channels_last and st.ndim == xt.ndim:
                 st = st.movedim(-1, 1)
-            batch.s = check_masks(st, xt)
+            batch.s = modality.align_masks(st, xt)
         elif self.needs_masks:
             raise ValueError(f"{type(self).__name__} needs ground-truth masks `s`.")
 
@@ -496,13 +512,13 @@ class Metric:
     def _preprocess_attributions(
         self, batch: MetricBatch, raw: torch.Tensor, x: torch.Tensor, *, flag_nan: bool
     ) -> torch.Tensor:
-        a = check_attributions(raw, x)
+        a = batch.modality.align(raw, x)
         a = a.to(device=batch.device, dtype=torch.float64)
         finite = finite_rows(a)
         if not bool(finite.all()):
             if flag_nan:
                 batch.set_nan(~finite, "attribution contains NaN or Inf")
-            a = torch.where(finite.reshape(-1, *([1] * (a.ndim - 1))), a, torch.zeros_like(a))
+            a = torch.where(batch.modality.per_sample(finite, a), a, torch.zeros_like(a))
         if self.normalise:
             a = get_normaliser(self.normalise_func)(a)
         if self.abs:
@@ -554,6 +570,10 @@ class Metric:
         return self._preprocess_attributions(batch, raw, x, flag_nan=False)
 
     # ----------------------------------------------------------------- hooks
+    def _check_modality(self, modality: Modality) -> None:
+        """Refuse a modality the metric's *settings* do not support (the class-level
+        ``modalities`` are checked before); e.g. translations along y need images."""
+
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         """Compute the (N,) scores. Subclasses implement this."""
         raise NotImplementedError

@@ -38,6 +38,7 @@ class Sparseness(Metric):
     """
 
     family = "complexity"
+    modalities = ("image", "series", "tabular", "tokens")
     higher_is_better = True
     needs_model = False
     default_abs = True
@@ -70,6 +71,7 @@ class Complexity(Metric):
     """
 
     family = "complexity"
+    modalities = ("image", "series", "tabular", "tokens")
     higher_is_better = False
     needs_model = False
     default_abs = True
@@ -101,6 +103,7 @@ class EffectiveComplexity(Metric):
     """
 
     family = "complexity"
+    modalities = ("image", "series", "tabular", "tokens")
     higher_is_better = False
     needs_model = False
     default_abs = True

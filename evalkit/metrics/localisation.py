@@ -57,11 +57,7 @@ def _pixel_maps(batch: MetricBatch) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Attributions as (N, P) per-pixel values (channels summed) and the spatial shape (empty
     for tabular inputs (N, D), whose columns have no spatial arrangement)."""
     assert batch.a is not None
-    a = batch.a
-    if batch.x.ndim < 3:
-        return a.reshape(a.shape[0], -1), ()
-    a = a[:, 0] if a.shape[1] == 1 else a.sum(1)
-    return a.reshape(a.shape[0], -1), tuple(a.shape[1:])
+    return batch.modality.feature_maps(batch.a)
 
 
 def _pixel_masks(batch: MetricBatch, s: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,14 +65,7 @@ def _pixel_masks(batch: MetricBatch, s: torch.Tensor | None = None) -> torch.Ten
     s = batch.s if s is None else s
     if s is None:
         raise ValueError(f"{type(batch.metric).__name__} needs ground-truth masks `s`.")
-    if batch.x.ndim >= 3:
-        if s.shape[1] > 1 and not bool((s == s[:, :1]).all()):
-            raise ValueError(
-                "`s` holds different masks per channel; localisation is scored per pixel, so "
-                "pass one mask per sample, shape (N, 1, ...)."
-            )
-        s = s[:, 0]
-    return s.reshape(s.shape[0], -1)
+    return batch.modality.feature_masks(s)
 
 
 def _flag_mask_sizes(batch: MetricBatch, s: torch.Tensor, *, full_undefined: bool = False) -> None:
@@ -153,6 +142,7 @@ class _LocalisationMetric(Metric):
     """Shared metadata and the ``boxes=`` shortcut of the localisation family."""
 
     family = "localisation"
+    modalities = ("image", "series", "tabular", "tokens")
     higher_is_better = True
     needs_masks = True
     needs_model = False
@@ -495,6 +485,7 @@ class Focus(_LocalisationMetric):
     """
 
     needs_masks = False
+    modalities = ("image",)  # quadrants of a mosaic
     call_options = ("quadrants", "custom_batch")
     paper = "Arias-Duart et al., Focus! Rating XAI Methods and Finding Biases, FUZZ-IEEE 2022"
 

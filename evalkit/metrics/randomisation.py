@@ -544,7 +544,7 @@ class SmoothMPRT(MPRT):
         xs = x[first:last]
         flat = xs.reshape(xs.shape[0], -1)
         std = self.noise_magnitude * (flat.amax(1) - flat.amin(1))
-        std = std.reshape(-1, 1, *([1] * (x.ndim - 1)))
+        std = batch.modality.per_sample(std, x).unsqueeze(1)
         rows = torch.empty((xs.shape[0], k, *x.shape[1:]), dtype=x.dtype, device=x.device)
         torch.addcmul(xs.unsqueeze(1), self._noise(batch, x, slice(first, last)), std,
                       out=rows[:, : k - 1])

@@ -20,6 +20,7 @@ import torch
 
 from .._batching import resolve_batch_size
 from .._validation import as_tensor, check_labels
+from ..modality import Modality, as_modality
 from .targets import _BaseTarget, as_target
 
 __all__ = ["ForwardCounter", "ModelWrapper", "same_device"]
@@ -112,10 +113,14 @@ class ModelWrapper(ABC):
         return view
 
     # ----------------------------------------------------------------- forward paths
-    def prepare(self, x: Any) -> torch.Tensor:
-        """Convert inputs to a tensor of the model's dtype on its device."""
+    def prepare(self, x: Any, modality: Modality | str | None = None) -> torch.Tensor:
+        """Convert inputs to a tensor on the model's device: floating-point data in the model's
+        dtype; integer data as the modality says (``None``: inferred from ``x``): token ids
+        are carried as they are, other integer inputs (e.g. uint8 images) become the model's
+        dtype."""
         t = as_tensor(x, "x")
-        if not t.is_floating_point() or t.dtype != self.dtype:
+        keep_integer = not t.is_floating_point() and as_modality(modality, t).integer_inputs
+        if not keep_integer and (not t.is_floating_point() or t.dtype != self.dtype):
             t = t.to(self.dtype)
         return t.to(self.device)
 

@@ -6,10 +6,23 @@ row) per input. The default, :class:`ClassTarget`, picks ``outputs[i, y[i]]``: t
 the class probability when the wrapper applies a softmax. Other tasks plug in here: regression
 (:class:`OutputIndex`), multi-label (:class:`MultiLabelTarget`), segmentation
 (:class:`SegmentationTarget`) or any custom callable.
+
+A target also says what the model *predicts* and when two predictions *agree*: metrics that
+check predictions (ROAD's accuracy, robustness metrics' ``on_prediction_change``,
+Sufficiency, Consistency, metaeval's prediction checks) ask the target, never ``argmax``
+themselves:
+
+* ``predict(outputs) -> (N, ...)``: the prediction of each row (the class index by default);
+* ``agree(p, q) -> (N,) bool``: whether two predictions of the same rows are the same;
+* ``agree_pairwise(p) -> (N, N) bool``: whether the predictions of rows i and j are the same,
+  and ``codes(p) -> (N,)`` integer codes shared by agreeing predictions;
+* ``hits(outputs, y) -> (N,) float64``: 1.0 where the prediction is the label ``y``, 0.0
+  where it is not, NaN where the outputs are not finite (there is no prediction).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +35,7 @@ __all__ = [
     "SegmentationTarget",
     "Target",
     "as_target",
+    "finite_outputs",
 ]
 
 
@@ -39,9 +53,62 @@ class _BaseTarget:
     def check(self, y: torch.Tensor | None, output_shape: tuple[int, ...]) -> None:
         """Validate ``y`` against the model's per-sample output shape before any heavy work."""
 
+    # ------------------------------------------------------------------ predictions
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The prediction of each row: the index of the largest output along the class axis
+        (dim 1). Targets of other tasks override this."""
+        if outputs.ndim < 2:
+            raise ValueError(
+                f"The model's outputs have shape {tuple(outputs.shape)}: no class axis to take "
+                f"a prediction from. {type(self).__name__} does not define predictions for "
+                "such outputs; give a target whose predict() does (or, for robustness metrics, "
+                "on_prediction_change='keep')."
+            )
+        return outputs.argmax(1)
+
+    def agree(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: whether the predictions ``p`` and ``q`` of the same N rows are equal."""
+        same = p == q
+        return same.reshape(same.shape[0], -1).all(1) if same.ndim > 1 else same
+
+    def codes(self, p: torch.Tensor) -> torch.Tensor:
+        """(N,) int64 codes of the predictions ``p``: rows whose predictions agree share a
+        code (set-level metrics count agreeing pairs through them in O(N))."""
+        if p.ndim == 1 and not p.is_floating_point():
+            return p.to(torch.int64)
+        return torch.unique(p.reshape(p.shape[0], -1), dim=0, return_inverse=True)[1]
+
+    def agree_pairwise(self, p: torch.Tensor) -> torch.Tensor:
+        """(N, N) bool: whether the predictions of rows i and j agree."""
+        if p.ndim == 1:
+            return p.unsqueeze(0) == p.unsqueeze(1)
+        codes = self.codes(p)
+        return codes.unsqueeze(0) == codes.unsqueeze(1)
+
+    def hits(self, outputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """(N,) float64: 1.0 where the prediction equals the label ``y``, else 0.0; NaN for a
+        row whose outputs are not all finite (an argmax would pick a NaN)."""
+        if y is None:
+            raise ValueError(f"{type(self).__name__}: comparing predictions with labels needs "
+                             "the labels `y`.")
+        pred = self.predict(outputs)
+        hit = self.agree(pred, y.to(device=pred.device, dtype=pred.dtype)).to(torch.float64)
+        return hit.masked_fill(~finite_outputs(outputs), math.nan)
+
+    def predict_or_nan(self, outputs: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict` as float64, NaN for a row whose outputs are not all finite."""
+        pred = self.predict(outputs).to(torch.float64)
+        bad = ~finite_outputs(outputs)
+        return pred.masked_fill(bad.reshape(-1, *([1] * (pred.ndim - 1))), math.nan)
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
+
+
+def finite_outputs(outputs: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: rows whose outputs are all finite."""
+    return torch.isfinite(outputs.reshape(outputs.shape[0], -1)).all(1)
 
 
 class ClassTarget(_BaseTarget):
@@ -88,7 +155,11 @@ class ClassTarget(_BaseTarget):
 
 
 class OutputIndex(_BaseTarget):
-    """A fixed output: ``outputs[:, index]`` (regression heads, a fixed class); ignores ``y``."""
+    """A fixed output: ``outputs[:, index]`` (regression heads, a fixed class); ignores ``y``.
+
+    Its predictions are those of a classifier (the argmax over dim 1) when the outputs have a
+    class axis; a regression output (N,) has none, and metrics that compare predictions say so.
+    """
 
     def __init__(self, index: int = 0) -> None:
         self.index = int(index)

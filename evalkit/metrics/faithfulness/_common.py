@@ -11,7 +11,6 @@ import torch
 
 from ..._validation import check_option
 from ...perturb import Grouping, make_imputer
-from ...perturb.baselines import Baseline, Imputer
 from ..base import MetricBatch
 
 NO_CHANGE = "the perturbations did not change the prediction"
@@ -104,23 +103,6 @@ def check_similarity(similarity_func: Any) -> Any:
     if callable(similarity_func):
         return similarity_func
     return check_option("similarity_func", similarity_func, ("pearson", "spearman"))
-
-
-def baseline_values(imputer: Imputer, x: torch.Tensor,
-                     keys: torch.Tensor | None) -> torch.Tensor | None:
-    """Per-sample replacement values (N, ...) of a mask-independent baseline, else None."""
-    if not isinstance(imputer, Baseline):
-        return None
-    base = imputer.values(x, keys if imputer.stochastic else None)
-    return base.expand_as(x) if base.shape[0] == 1 else base
-
-
-def replace_features(imputer: Imputer, base: torch.Tensor | None, xi: torch.Tensor,
-                     mask: torch.Tensor, i: torch.Tensor,
-                     keys: torch.Tensor | None) -> torch.Tensor:
-    if base is not None:
-        return torch.where(mask, base[i], xi)
-    return imputer.fill(xi, mask, keys=None if keys is None else keys[i])
 
 
 def row_percentile(v: torch.Tensor, q: float) -> torch.Tensor:

@@ -10,13 +10,13 @@ from ..._validation import check_bool, check_scalar
 from ...cache import row_hashes
 from ...perturb import make_imputer
 from .._removal import (
+    baseline_values,
     cached_rows,
     clean_scores,
     sample_fingerprints,
 )
 from ..base import Metric, MetricBatch
 from ._common import (
-    baseline_values,
     row_percentile,
 )
 
@@ -61,12 +61,12 @@ class _ConfidenceChange(Metric):
         hi = flat.amax(1)
         const = hi <= lo
         batch.set_nan(const, "the explanation is constant and cannot be normalised to [0, 1]")
-        shape = (-1, *([1] * (a.ndim - 1)))
+        per_sample = batch.modality.per_sample
         span = torch.where(const, torch.ones_like(hi), hi - lo)
-        e = (a - lo.reshape(shape)) / span.reshape(shape)
+        e = (a - per_sample(lo, a)) / per_sample(span, a)
         if self.threshold_percentile is not None:
             t = row_percentile(e.reshape(batch.n, -1), self.threshold_percentile)
-            e = (e >= t.reshape(shape)).to(e.dtype)
+            e = (e >= per_sample(t, e)).to(e.dtype)
         if self.invert:
             e = 1 - e
         return e

@@ -12,26 +12,23 @@ import torch
 from ... import _rng
 from ..._validation import check_option, check_scalar
 from ...perturb import Grouping, make_grouping, make_imputer
-from ...perturb.baselines import Baseline
 from .._removal import (
     RemovalPlan,
     clean_scores,
-    flag_nonfinite,
     order_groups,
     removal_curve,
+    subset_scores,
     window_scores,
 )
 from ..base import Metric, MetricBatch
 from ._common import (
     CONST_ATTR,
-    baseline_values,
     check_similarity,
     correlate,
     flag_correlation,
     gather_per_sample,
     is_stochastic,
     n_groups_check,
-    replace_features,
     set_curves,
     valid_samples,
 )
@@ -187,20 +184,15 @@ class SensitivityN(Metric):
             csum = gs[idx].unsqueeze(1).expand(-1, k, -1).gather(2, order).cumsum(2)
             steps = (sizes[idx] - 1).clamp(min=0).unsqueeze(1).expand(-1, k, -1)
             att[idx] = csum.gather(2, steps)
-        base = baseline_values(self._imputer, x, batch.keys)
-        imp_keys = batch.keys if self._imputer.stochastic else None
 
-        def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            i, r, t = index
+        def mask_of(i: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            """Run r's first sizes[i, t] groups of sample i."""
             rank_rows = gather_per_sample(ranks_of, i, r)  # (B, G)
-            sel = rank_rows < sizes[i, t].unsqueeze(1)
-            mask = grp.expand(sel, i)
-            return replace_features(self._imputer, base, x[i], mask, i, imp_keys)
+            return grp.expand(rank_rows < sizes[i, t].unsqueeze(1), i)
 
-        scores = batch.runner.run(build, (n, k, t_count), y=batch.y,  # type: ignore[union-attr]
-                                  row_shape=tuple(x.shape[1:]), desc=type(self).__name__)
-        flag_nonfinite(batch, scores)
-        deltas = clean.reshape(n, 1, 1) - scores.to(torch.float64)
+        scores = subset_scores(batch, self._imputer, (k, t_count), mask_of,
+                               desc=type(self).__name__)
+        deltas = clean.reshape(n, 1, 1) - scores
         a2 = att.permute(0, 2, 1).reshape(n * t_count, k)
         d2 = deltas.permute(0, 2, 1).reshape(n * t_count, k)
         corr, a_const, b_const = correlate(a2, d2, self.similarity_func)
@@ -279,20 +271,17 @@ class FaithfulnessCorrelation(Metric):
         gs = grp.reduce(batch.a, "sum").nan_to_num(0.0)
         att = gs.unsqueeze(1).expand(-1, self.nr_runs, -1).gather(2, subsets).sum(2)
         clean = clean_scores(batch)
-        base = baseline_values(self._imputer, x, batch.keys)
-        imp_keys = batch.keys if self._imputer.stochastic else None
         g_max = grp.max_groups
 
-        def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            i, r = index
+        def mask_of(i: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+            """The groups of sample i's run r."""
             sel = torch.zeros((i.shape[0], g_max), dtype=torch.bool, device=x.device)
             sel.scatter_(1, subsets[i, r], True)
-            return replace_features(self._imputer, base, x[i], grp.expand(sel, i), i, imp_keys)
+            return grp.expand(sel, i)
 
-        scores = batch.runner.run(build, (batch.n, self.nr_runs), y=batch.y,  # type: ignore
-                                  row_shape=tuple(x.shape[1:]), desc=type(self).__name__)
-        flag_nonfinite(batch, scores)
-        deltas = clean.unsqueeze(1) - scores.to(torch.float64)
+        scores = subset_scores(batch, self._imputer, (self.nr_runs,), mask_of,
+                               desc=type(self).__name__)
+        deltas = clean.unsqueeze(1) - scores
         corr, a_const, b_const = correlate(att, deltas, self.similarity_func)
         flag_correlation(batch, a_const, b_const, deltas)
         return corr
@@ -422,27 +411,24 @@ class MonotonicityCorrelation(Metric):
             draw_keys = _rng.combine(batch.keys.unsqueeze(1),
                                      torch.arange(s_count, device=x.device).unsqueeze(0))
             rank_map = ordering.rank_map
-            view = (-1, *([1] * (x.ndim - 1)))
+            per_sample = batch.modality.per_sample
 
             def values(i: torch.Tensor) -> torch.Tensor:
                 """(len(i), S, ...): the baseline values of each sample's S draws."""
                 xi = x[i].unsqueeze(1).expand(-1, s_count, *x.shape[1:])
                 flat = xi.reshape(-1, *x.shape[1:])
-                v = imputer.values(flat, draw_keys[i].reshape(-1))
+                v = imputer.values(flat, draw_keys[i].reshape(-1))  # type: ignore[attr-defined]
                 return (v.expand_as(flat) if v.shape[0] == 1 else v).reshape(xi.shape)
 
-            def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
-                i, s, tt = index
+            def mask_of(i: torch.Tensor, s: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+                """Block tt of sample i's order."""
                 r = rank_map[i]
-                mask = (r >= lo[i, tt].reshape(view)) & (r < hi[i, tt].reshape(view))
-                if isinstance(imputer, Baseline):
-                    return torch.where(mask, gather_per_sample(values, i, s), x[i])
-                return imputer.fill(x[i], mask, keys=draw_keys[i, s])  # imputers fill here
+                return (r >= per_sample(lo[i, tt], r)) & (r < per_sample(hi[i, tt], r))
 
-            out = batch.runner.run(build, (batch.n, s_count, t_count),  # type: ignore
-                                   y=batch.y, row_shape=tuple(x.shape[1:]),
-                                   desc=type(self).__name__).to(torch.float64)
-            flag_nonfinite(batch, out)
+            out = subset_scores(
+                batch, imputer, (s_count, t_count), mask_of,
+                fill_of=lambda i, s, tt: gather_per_sample(values, i, s),
+                keys_of=lambda i, s, tt: draw_keys[i, s], desc=type(self).__name__)
             sq = ((out - clean.reshape(-1, 1, 1)) ** 2).mean(1)
         inv = torch.where(clean.abs() >= self.eps, 1.0 / clean.abs().clamp_min(1e-300) ** 2,
                           torch.ones_like(clean))

@@ -343,6 +343,7 @@ class IROF(Metric):
     family = "faithfulness"
     higher_is_better = True
     default_softmax = True
+    modalities = ("image",)  # superpixels of images
     paper = ("Rieger & Hansen, IROF: a low resource evaluation metric for explanation methods, "
              "arXiv 2020")
 

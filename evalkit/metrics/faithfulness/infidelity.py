@@ -13,6 +13,7 @@ from ..._validation import check_bool, check_option, check_scalar
 from ...perturb import Patches, make_imputer
 from ...perturb.baselines import Baseline
 from .._removal import (
+    baseline_values,
     clean_scores,
     flag_nonfinite,
     order_groups,
@@ -20,7 +21,6 @@ from .._removal import (
 )
 from ..base import Metric, MetricBatch
 from ._common import (
-    baseline_values,
     gather_per_sample,
 )
 

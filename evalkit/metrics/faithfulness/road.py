@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..._validation import check_option, check_scalar
+from ...modality import Modality
 from ...perturb import make_grouping
 from ...perturb.baselines import Imputer
 from ...perturb.imputation import NoisyLinearImputer
@@ -29,7 +30,8 @@ class ROAD(Metric):
     Per sample and percentage p, the top (MoRF) or bottom (LeRF) floor(G * p / 100) pixels
     are imputed; ``score`` chooses the response:
 
-    * ``"accuracy"`` (default; the paper and Quantus): 1 if argmax f(x~) equals y, else 0;
+    * ``"accuracy"`` (default; the paper and Quantus): 1 if the prediction on x~ (the target's
+      ``predict``: argmax f(x~) for classifiers) equals y, else 0;
     * ``"confidence"`` (pytorch-grad-cam's ROAD metrics): the change of the target score,
       f(x~)_y - f(x)_y (probabilities by default).
 
@@ -107,6 +109,14 @@ class ROAD(Metric):
         if self.score == "confidence":
             vals = vals - clean_scores(batch).unsqueeze(1)
         return vals
+
+    def _check_modality(self, modality: Modality) -> None:
+        if self.imputer is None and modality.name != "image":
+            raise ValueError(
+                f"ROAD's default imputer (noisy linear imputation over pixel neighbours) is "
+                f"defined for images, not {modality.name} inputs; pass `imputer=` (an "
+                "evalkit.perturb.Imputer) for this data."
+            )
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         morf = self._curve(batch, "morf") if self.order in ("combined", "morf") else None

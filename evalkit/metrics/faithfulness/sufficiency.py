@@ -100,8 +100,9 @@ class Sufficiency(Metric):
         a = batch.a
         assert a is not None
         n = batch.n
+        target = batch.target
         pred = batch.runner.outputs(  # type: ignore[union-attr]
-            batch.x, reduce=_argmax_or_nan).to(batch.device)
+            batch.x, reduce=lambda out, index: target.predict_or_nan(out)).to(batch.device)
         flag_nonfinite(batch, pred)
         # a sample whose attribution or prediction is not finite is no one's neighbour (it is
         # NaN itself) and takes no part in the distances' normalisation
@@ -112,15 +113,10 @@ class Sufficiency(Metric):
             sub = torch.as_tensor(self.distances(a[idx].reshape(idx.numel(), -1)))
             d[idx.unsqueeze(1), idx.unsqueeze(0)] = sub.to(batch.device, torch.float64)
         near = (d <= self.threshold) & ~torch.eye(n, dtype=torch.bool, device=d.device)
-        same = pred.unsqueeze(0) == pred.unsqueeze(1)
+        same = target.agree_pairwise(pred)  # NaN (no prediction) agrees with nothing
         count = near.sum(1)
         batch.set_nan(count == 0, "no other sample's explanation is within the threshold")
         return (near & same).sum(1).to(torch.float64) / count.clamp_min(1)
-
-
-def _argmax_or_nan(out: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The predicted class as float64, NaN for a row whose outputs are not all finite."""
-    return out.argmax(1).to(torch.float64).masked_fill(~torch.isfinite(out).all(1), math.nan)
 
 
 def _euclidean_distances(t: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from ...cache import (
     model_key,
     row_hashes,
 )
+from ...modality import Modality
 from ...perturb import Baseline, Noise, make_noise
 from ..base import Metric, MetricBatch
 
@@ -131,19 +132,9 @@ def _translate(x: torch.Tensor, shift: int, axis: int, fill: torch.Tensor) -> to
     return out
 
 
-def _translation_draws(direction: str, nr_steps: int, baseline: Baseline, x: torch.Tensor
-                       ) -> _Draws:
-    if direction == "x":
-        if x.ndim < 3:
-            raise ValueError(
-                "Translations need (N, C, T) or (N, C, H, W) inputs; got shape "
-                f"{tuple(x.shape)}. Use a noise perturbation (perturb_func='gaussian') instead."
-            )
-        axis = x.ndim - 1
-    else:
-        if x.ndim != 4:
-            raise ValueError(f"'translation_y' needs (N, C, H, W) images; got {tuple(x.shape)}.")
-        axis = 2
+def _translation_draws(direction: str, nr_steps: int, baseline: Baseline, x: torch.Tensor,
+                       modality: Modality) -> _Draws:
+    axis = modality.translation_axis(x, direction)
     shifts = translation_shifts(x.shape[axis], nr_steps)
 
     def make(xs: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -444,8 +435,9 @@ class _PerturbationRobustness(Metric):
         forward = self._forward(batch) if (check or self.needs_outputs) else None
         clean = self._clean_forward(batch, forward) if forward is not None else None
         pred = None
+        target = batch.target
         if check:
-            pred = clean.argmax(1)  # type: ignore[union-attr]
+            pred = target.predict(clean)
 
         values = torch.full((n, k), float("nan"), dtype=torch.float64, device=dev)
         defined = torch.zeros((n, k), dtype=torch.bool, device=dev)
@@ -459,9 +451,10 @@ class _PerturbationRobustness(Metric):
             finite[chunk.idx] = chunk.a_ok
             if check:
                 n_out = clean.shape[1]  # type: ignore[union-attr]
-                changed[chunk.idx] = (  # type: ignore[index]
-                    chunk.fwd[:, :, :n_out].argmax(2)  # type: ignore[index]
-                    != pred[chunk.idx].unsqueeze(1))  # type: ignore[index]
+                s_, k_ = chunk.fwd.shape[:2]  # type: ignore[union-attr]
+                drawn = target.predict(chunk.fwd[:, :, :n_out].reshape(s_ * k_, n_out))  # type: ignore[index]
+                before = pred[chunk.idx].repeat_interleave(k_, 0)  # type: ignore[index]
+                changed[chunk.idx] = ~target.agree(drawn, before).reshape(s_, k_)  # type: ignore[index]
 
         bad_expl = ~finite.all(1)
         batch.set_nan(bad_expl, "a re-explanation of a perturbed input contains NaN or Inf")

@@ -105,10 +105,11 @@ class Consistency(Metric):
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         batch.require_model()
         x = batch.x
-        pred = batch.runner.run(  # type: ignore[union-attr]
+        target = batch.target
+        pred = target.codes(batch.runner.run(  # type: ignore[union-attr]
             lambda index: x[index[0]], (batch.n,),
-            reduce=lambda out, index: _argmax_2d(out), row_shape=tuple(x.shape[1:]),
-            desc="predictions")
+            reduce=lambda out, index: target.predict(out), row_shape=tuple(x.shape[1:]),
+            desc="predictions"))
         labels = self._labels(batch.a)  # type: ignore[arg-type]
         # counts per explanation label and per (label, predicted class) pair, O(N)
         n_lab = int(labels.max()) + 1
@@ -121,10 +122,3 @@ class Consistency(Metric):
         pairs = int(same_label.sum())
         self.consistency_ = (float(same_both.sum()) / pairs) if pairs else float("nan")
         return torch.where(defined, score, torch.full_like(score, float("nan")))
-
-
-def _argmax_2d(outputs: torch.Tensor) -> torch.Tensor:
-    if outputs.ndim != 2:
-        raise ValueError("Consistency needs (N, classes) model outputs to compare predicted "
-                         f"classes; got shape {tuple(outputs.shape)}.")
-    return outputs.argmax(1)

@@ -121,7 +121,8 @@ class Continuity(_PerturbationRobustness):
         if self._noise is not None:
             return _noise_draws(self._noise, self.nr_steps)
         if isinstance(self._perturb, str):  # a translation (checked in __init__)
-            return _translation_draws(self._perturb[-1], self.nr_steps, self._baseline, batch.x)
+            return _translation_draws(self._perturb[-1], self.nr_steps, self._baseline, batch.x,
+                                      batch.modality)
         return _callable_draws(self._perturb, self.nr_steps)
 
     def seed_scope(self) -> str | None:
