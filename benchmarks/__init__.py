@@ -6,6 +6,8 @@ Regenerate the whole of ``docs/benchmarks.md`` with one command (about an hour o
 
     python -m benchmarks.run --full
 
-See ``python -m benchmarks.run --help`` and ``benchmarks/run.py``. Nothing here is imported by
+The measured rows are stored in ``benchmarks/data/results.json`` (see ``benchmarks/store.py``)
+and the page is rendered from them (``python -m benchmarks.run --render``). See
+``python -m benchmarks.run --help`` and ``benchmarks/run.py``. Nothing here is imported by
 evalkit; speed targets are measured here, never asserted in tests.
 """

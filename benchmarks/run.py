@@ -17,9 +17,12 @@ Other uses::
     python -m benchmarks.run --families complexity --update   # refresh only these rows
     python -m benchmarks.run --quick --no-quantus --out -     # smoke run, print only
 
-The markdown (``--out``, default ``docs/benchmarks.md``) embeds the raw results as JSON in an
-HTML comment, so ``--update`` can replace some rows and keep the others (each row says which run
-it came from).
+    python -m benchmarks.run --render                     # the page again from the data
+
+The measured rows and the runs they came from are stored in ``--data`` (for the default
+``--out docs/benchmarks.md``: ``benchmarks/data/results.json``, committed; see
+:mod:`benchmarks.store`), and the page is rendered from them, so ``--update`` can replace some
+rows and keep the others (each row says which run it came from).
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import json
 import math
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -44,12 +46,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import store
 from ._quantus import load_quantus
 from .harness import Context, Result, run_case, set_clock, skipped_result
-from .specs import FAMILY_MODULES, all_specs, select_specs
+from .specs import FAMILY_MODULES, all_specs, metric_needs_spec, select_specs
 from .workloads import WORKLOADS, get_workload
 
-__all__ = ["COLUMNS", "FULL_ARGS", "machine_info", "main", "render_markdown", "run_benchmarks"]
+__all__ = ["COLUMNS", "FULL_ARGS", "PAGE_PATH", "machine_info", "main", "render_markdown",
+           "render_page", "run_benchmarks"]
 
 COLUMNS = [
     "metric", "family", "workload", "settings", "ours (s)", "Quantus (s)",
@@ -73,7 +77,8 @@ FULL_ARGS = ("--workloads", "W1", "W2", "--n", "W2=4", "W3=64", "--repeats", "3"
 #: is left of an interrupted run
 PARTIAL_DIR = Path(__file__).resolve().parent / "results"
 
-_DATA_RE = re.compile(r"<!-- benchmark-data\n(.*?)\n-->", re.S)
+#: the committed page, rendered from :data:`benchmarks.store.DATA_PATH`
+PAGE_PATH = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 # --------------------------------------------------------------------------- machine details
@@ -214,7 +219,7 @@ def run_benchmarks(
                 res.extra["case_wall_s"] = round(time.perf_counter() - t0, 1)
                 if partial is not None:  # survives an interrupted run
                     with partial.open("a", encoding="utf-8") as f:
-                        f.write(json.dumps(_clean(res.to_dict()), default=_json_default) + "\n")
+                        f.write(json.dumps(store.record(res)) + "\n")
                 results.append(res)
                 if verbose:
                     print("    " + _one_line(res), file=sys.stderr, flush=True)
@@ -419,6 +424,14 @@ def _registry() -> dict[str, list[str]]:
     return out
 
 
+def _needs_spec(name: str) -> bool:
+    """Whether registered metric ``name`` needs a spec (True when the registry cannot say)."""
+    try:
+        return metric_needs_spec(name)
+    except Exception:  # rendering must not fail on a registry problem
+        return True
+
+
 def _spec_targets_text() -> str:
     """'>= 10x on W1 for AUC, Focus, ...; >= 2x on W1, W2 for MPRT, ...' from the specs."""
     groups: dict[tuple[float, tuple[str, ...]], list[str]] = {}
@@ -446,12 +459,15 @@ def _summary_lines(results: list[Result]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     missing_all: list[str] = []
+    unbenchmarked: list[str] = []  # without rows, their class tagged benchmark_spec = False
     for fam in fams:
         rows = [r for r in results if r.family == fam and _registered(r)]
         names = reg.get(fam, [])
         covered = {w: {_registered(r) for r in rows if r.workload == w and
                        (_measured(r) or r.extra.get("skipped"))} for w in ("W1", "W2")}
         missing = [n for n in names if n not in covered["W1"] | covered["W2"]]
+        unbenchmarked += [n for n in missing if fam != "explainers" and not _needs_spec(n)]
+        missing = [n for n in missing if n not in unbenchmarked]
         missing_all += missing
         lines.append(
             f"| {fam} | {len(names) or '—'} | {len(covered['W1'])} / {len(covered['W2'])} | "
@@ -474,6 +490,9 @@ def _summary_lines(results: list[Result]) -> list[str]:
     else:
         lines += ["", "Every registered metric and explanation method has rows (a row may say "
                       "why it does not run on a workload)."]
+    if unbenchmarked:
+        lines += ["", "Registered without a benchmark (their class declares `benchmark_spec = "
+                      f"False`): {', '.join(sorted(unbenchmarked))}."]
     lines.append("")
     return lines
 
@@ -675,14 +694,17 @@ def _results_lines(results: list[Result], multi: bool) -> list[str]:
 
 
 def render_markdown(results: list[Result], runs: dict[str, dict[str, Any]],
-                    command: str) -> str:
+                    command: str, data_path: str = "benchmarks/data/results.json") -> str:
+    """The page: tables of ``results``, the details of ``runs``; ``command`` regenerates it and
+    ``data_path`` holds the data it is rendered from."""
     results = _sorted(results)
     lines = [
         "# Benchmarks",
         "",
-        "Generated by the harness in `benchmarks/`; do not edit by hand. One command "
-        "regenerates the whole file (every spec on W1 and W2, the suites, W3; about 1.5 hours on "
-        "one core):",
+        f"Generated by the harness in `benchmarks/` from the data in `{data_path}`; do not edit "
+        "by hand (`python -m benchmarks.run --render` renders it again from the data). One "
+        "command regenerates the whole file (every spec on W1 and W2, the suites, W3; about 1.5 "
+        "hours on one core):",
         "",
         "```",
         command,
@@ -752,43 +774,38 @@ def render_markdown(results: list[Result], runs: dict[str, dict[str, Any]],
             lines += [shared, ""]
     lines += ["## Results", ""]
     lines += _results_lines(results, len(runs) > 1)
-    data = _clean({"runs": runs, "results": [r.to_dict() for r in results]})
-    lines += ["<!-- benchmark-data", json.dumps(data, default=_json_default), "-->", ""]
     return "\n".join(lines)
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, float | np.floating):
-        return None if not math.isfinite(float(o)) else float(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    return str(o)
+def _repo_relative(path: Path | str) -> str:
+    """``path`` relative to the repository root where it lies inside it (as the page shows it)."""
+    try:
+        return Path(path).resolve().relative_to(PAGE_PATH.parent.parent).as_posix()
+    except ValueError:
+        return str(path)
 
 
-def _clean(d: Any) -> Any:
-    """NaN -> None recursively (JSON has no NaN)."""
-    if isinstance(d, dict):
-        return {k: _clean(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_clean(v) for v in d]
-    if isinstance(d, float) and not math.isfinite(d):
+def render_page(data: store.BenchmarkData, out: str = "docs/benchmarks.md",
+                data_path: Path | str = store.DATA_PATH) -> str:
+    """The page ``out`` rendered from ``data`` (stored at ``data_path``): a function of the data
+    and of the specs and registry it reports against (targets, registered metrics)."""
+    commands = {m.get("command", "") for m in data.runs.values()}
+    command = commands.pop() if len(commands) == 1 else (
+        f"python -m benchmarks.run --out {shlex.quote(out)}"
+        "   # (this file merges several runs; see each run's command below)")
+    return render_markdown(data.results(), data.runs, command, _repo_relative(data_path))
+
+
+def _data_path(out: str, data: str | None) -> Path | None:
+    """Where the data of page ``out`` is stored: ``data`` if given ("-": nowhere), else the
+    committed file for the committed page, else beside ``out`` with a ``.json`` suffix."""
+    if data is not None:
+        return None if data == "-" else Path(data)
+    if out == "-":
         return None
-    return d
-
-
-def read_existing(path: Path) -> tuple[list[Result], dict[str, dict[str, Any]]]:
-    """Results and runs embedded in an existing benchmarks markdown file."""
-    if not path.exists():
-        return [], {}
-    m = _DATA_RE.search(path.read_text(encoding="utf-8"))
-    if not m:
-        return [], {}
-    data = json.loads(m.group(1))
-    results = []
-    for d in data.get("results", []):
-        d = {k: (math.nan if v is None and k.endswith("_s") else v) for k, v in d.items()}
-        results.append(Result.from_dict(d))
-    return results, data.get("runs", {})
+    if Path(out).resolve() == PAGE_PATH:
+        return store.DATA_PATH
+    return Path(out).with_suffix(".json")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -818,18 +835,35 @@ def _parser() -> argparse.ArgumentParser:
                    help="wall time (default) or this process's CPU time (with --threads 1: "
                         "robust to other processes sharing the cores)")
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown file, or - for none")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="JSON file of the measured rows the page is rendered from, or - for "
+                        "none (default: benchmarks/data/results.json for the default --out, "
+                        "else --out with a .json suffix; none with --out -)")
     p.add_argument("--update", action="store_true",
-                   help="keep rows of --out not re-run now (merge by metric and workload)")
-    p.add_argument("--json", default=None, help="also write the raw results as JSON here")
+                   help="keep the rows of --data not re-run now (merge by metric and workload)")
+    p.add_argument("--json", default=None, help="also write the data as JSON here")
     p.add_argument("--full", action="store_true",
                    help="regenerate docs/benchmarks.md as committed: " + " ".join(FULL_ARGS))
-    p.add_argument("--rerender", action="store_true",
-                   help="run nothing: rewrite --out from the data embedded in it (after a "
-                        "change of the table's format)")
+    p.add_argument("--render", "--rerender", action="store_true",
+                   help="run nothing: render --out from --data (after a change of the tables' "
+                        "format, the specs' targets or the registry)")
+    p.add_argument("--import-page", default=None, metavar="OLD.md",
+                   help="run nothing: store the data an older page embedded (an HTML comment "
+                        "'<!-- benchmark-data') in --data, then render --out from it")
     return p
 
 
+def _write_page(md: str, out: str) -> None:
+    if out == "-":
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(md, encoding="utf-8")
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> tuple[list[Result], str]:
+    """The command line; returns the rows of the page and the page's markdown."""
     argv_list = list(sys.argv[1:] if argv is None else argv)
     full = "--full" in argv_list
     if full:
@@ -839,19 +873,21 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[Result], str]:
         args = _parser().parse_args(list(FULL_ARGS))
     else:
         args = _parser().parse_args(argv_list)
-    if args.rerender:
-        path = Path(args.out)
-        old_results, old_runs = read_existing(path)
-        if not old_results:
-            raise SystemExit(f"{path} holds no embedded benchmark data to re-render.")
-        commands = {m.get("command", "") for m in old_runs.values()}
-        regen = commands.pop() if len(commands) == 1 else (
-            f"python -m benchmarks.run --out {shlex.quote(args.out)}"
-            "   # (this file merges several runs; see each run's command below)")
-        md = render_markdown(old_results, old_runs, regen)
-        path.write_text(md, encoding="utf-8")
-        print(f"re-rendered {path}", file=sys.stderr)
-        return old_results, md
+    data_path = _data_path(args.out, args.data)
+    if args.render or args.import_page:
+        if data_path is None:
+            raise SystemExit("--render and --import-page need a --data file.")
+        if args.import_page:
+            data = store.from_legacy_page(Path(args.import_page).read_text(encoding="utf-8"))
+            store.save(data, data_path)
+            print(f"wrote {data_path}", file=sys.stderr)
+        else:
+            data = store.load(data_path)
+        if not data.records:
+            raise SystemExit(f"{data_path} holds no benchmark data to render.")
+        md = render_page(data, args.out, data_path)
+        _write_page(md, args.out)
+        return data.results(), md
     if args.quick and args.repeats == 3:
         args.repeats = 1
     n = None
@@ -879,30 +915,18 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[Result], str]:
     run_id = meta["date"]
     for r in results:
         r.extra["run"] = run_id
-    runs = {run_id: meta}
-    out_path = None if args.out == "-" else Path(args.out)
-    all_results = results
-    if args.update and out_path is not None:
-        old, old_runs = read_existing(out_path)
-        fresh = {(r.metric, r.workload) for r in results}
-        kept = [r for r in old if (r.metric, r.workload) not in fresh]
-        all_results = kept + results
-        used = {r.extra.get("run") for r in kept}
-        runs = {k: v for k, v in old_runs.items() if k in used} | runs
-    regen = command.strip() if not args.update else (
-        "python -m benchmarks.run --out " + shlex.quote(args.out)
-        + "   # (this file merges several runs; see each run's command below)")
-    md = render_markdown(all_results, _clean(runs), regen)
-    print(md.split("<!-- benchmark-data")[0])
-    if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(md, encoding="utf-8")
-        print(f"wrote {out_path}", file=sys.stderr)
+    data = store.BenchmarkData.from_results(results, {run_id: meta})
+    if args.update and data_path is not None:
+        data = store.load(data_path).merged(data)
+    md = render_page(data, args.out, data_path if data_path is not None else store.DATA_PATH)
+    print(md)
+    if data_path is not None:
+        store.save(data, data_path)
+        print(f"wrote {data_path}", file=sys.stderr)
+    _write_page(md, args.out)
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            _clean({"runs": runs, "results": [r.to_dict() for r in all_results]}),
-            indent=1, default=_json_default), encoding="utf-8")
-    return all_results, md
+        store.save(data, args.json)
+    return data.results(), md
 
 
 if __name__ == "__main__":

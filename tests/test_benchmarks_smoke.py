@@ -1,6 +1,7 @@
 """Smoke test of the benchmark harness (benchmarks/): it runs, and its table is well formed.
 
-Speed is never asserted here; the numbers live in docs/benchmarks.md.
+Speed is never asserted here; the numbers live in benchmarks/data/results.json, rendered as
+docs/benchmarks.md (tests/test_benchmarks_render.py keeps the two in step).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import harness
-from benchmarks.run import COLUMNS, main, read_existing
-from benchmarks.specs import all_specs, select_specs
+from benchmarks import harness, store
+from benchmarks.run import COLUMNS, main
+from benchmarks.specs import all_specs, check_spec_coverage, select_specs
 from benchmarks.workloads import BlackBoxModel, ResNet18, get_workload
 
 SMOKE = ["PixelFlipping", "Sparseness"]
@@ -21,8 +22,7 @@ SMOKE = ["PixelFlipping", "Sparseness"]
 
 def _table(md: str) -> tuple[list[str], list[list[str]]]:
     """The header and rows of the per-family result tables (one table per family)."""
-    lines = [ln for ln in md.split("## Results", 1)[1].split("<!--", 1)[0].splitlines()
-             if ln.startswith("|")]
+    lines = [ln for ln in md.split("## Results", 1)[1].splitlines() if ln.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split(" | ")]
     rows = [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines
             if not ln.startswith("| metric |") and not ln.startswith("|---")]
@@ -71,8 +71,9 @@ def test_quick_run(tmp_path, with_quantus):
     _check(results, md, with_quantus=with_quantus)
     assert out.read_text(encoding="utf-8") == md
     assert "AMD" in md or "cpu" in md  # machine details header
-    back, runs = read_existing(out)
-    assert [r.metric for r in back] == SMOKE and len(runs) == 1
+    data = store.load(out.with_suffix(".json"))  # the data beside a page outside docs/
+    assert sorted(r.metric for r in data.results()) == sorted(SMOKE) and len(data.runs) == 1
+    assert f"from the data in `{out.with_suffix('.json')}`" in md
 
 
 def test_update_merges_rows(tmp_path):
@@ -137,13 +138,9 @@ def test_timing_primitives():
 
 
 def test_every_registered_metric_has_a_spec():
-    from evalkit.explain.core import available_methods
-    from evalkit.metrics import list_metrics
-
+    # except metrics tagged benchmark_spec = False (tests/test_benchmarks_render.py)
     specs = all_specs()
-    covered = {s.registered for s in specs}
-    assert set(list_metrics()["name"]) <= covered
-    assert set(available_methods()) <= covered
+    check_spec_coverage(specs)
     # suites and the meta-evaluation measure no single metric
     assert {s.name for s in specs if not s.registered} >= {
         "FaithfulnessSuite[separate]", "RobustnessSuite[forward_cache]", "MetaEvaluation (W3)"}

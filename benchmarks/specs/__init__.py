@@ -6,6 +6,11 @@ how to compare their outputs, and what the floor is (see :class:`benchmarks.harn
 
 To add a metric: append a :class:`Spec` to ``SPECS`` in the family's module (e.g.
 ``benchmarks/specs/localisation.py``). ``all_specs()`` collects every module's ``SPECS``.
+
+Every registered metric and explanation method needs a spec (:func:`check_spec_coverage`, run
+by the tests), except a metric whose class declares ``benchmark_spec = False`` (a class-level
+tag of :class:`evalkit.metrics.Metric`). A spec need not have a Quantus counterpart: its
+``Case`` leaves ``quantus`` None and its rows have no Quantus column.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from ..harness import Case, Context
 from ..workloads import Workload
 
 __all__ = ["FAMILY_MODULES", "IMPORT_ERRORS", "Spec", "all_specs", "at_model_free_scale",
-           "select_specs"]
+           "check_spec_coverage", "metric_needs_spec", "missing_specs", "select_specs"]
 
 #: family modules in table order (the ``family`` of their specs)
 FAMILY_MODULES = ("explainers", "faithfulness", "robustness", "localisation", "complexity",
@@ -102,3 +107,34 @@ def select_specs(metrics: list[str] | None = None, families: list[str] | None = 
         fams = {f.lower() for f in families}
         specs = [s for s in specs if s.family.lower() in fams]
     return specs
+
+
+def metric_needs_spec(name: str) -> bool:
+    """Whether the registered metric ``name`` needs a benchmark spec: unless its class is tagged
+    ``benchmark_spec = False``."""
+    from evalkit.metrics import get
+
+    return bool(getattr(get(name), "benchmark_spec", True))
+
+
+def missing_specs(specs: list[Spec] | None = None) -> list[str]:
+    """Registered metrics and explanation methods that need a spec and have none, sorted."""
+    from evalkit.explain.core import available_methods
+    from evalkit.metrics import list_metrics
+
+    covered = {s.registered for s in (all_specs() if specs is None else specs)}
+    metrics = [n for n in list_metrics()["name"] if n not in covered and metric_needs_spec(n)]
+    methods = [n for n in available_methods() if n not in covered]
+    return sorted(metrics + methods)
+
+
+def check_spec_coverage(specs: list[Spec] | None = None) -> None:
+    """Raise ``LookupError`` naming each registered metric or explanation method that needs a
+    benchmark spec and has none."""
+    missing = missing_specs(specs)
+    if missing:
+        raise LookupError(
+            f"No benchmark spec for {', '.join(missing)}. Add a Spec to SPECS in "
+            "benchmarks/specs/<family>.py (a Quantus counterpart is optional), or, for a metric "
+            "that needs no benchmark, declare `benchmark_spec = False` on its class (see "
+            "docs/contributing.md, 'Benchmarks').")

@@ -196,6 +196,8 @@ class Metric:
     modalities: ClassVar[tuple[str, ...]] = ("image", "series", "tabular")
     #: metric-specific keyword arguments accepted by ``__call__`` (passed in ``batch.extra``)
     call_options: ClassVar[tuple[str, ...]] = ()
+    #: False: needs no spec in ``benchmarks/specs/`` (see docs/contributing.md, "Benchmarks")
+    benchmark_spec: ClassVar[bool] = True
 
     # ---- defaults of the shared options (Quantus' per-metric defaults unless documented)
     default_abs: ClassVar[bool] = False
