@@ -1,6 +1,6 @@
 """Import the installed ``quantus`` (a reference to time against), with the shims it needs.
 
-quantus 0.6.0 calls ``np.trapz``, removed in NumPy 2.4 (reference/quantus.md bug C16). The shim
+quantus 0.6.0 calls ``np.trapz``, removed in NumPy 2.4 (deviation C16). The shim
 is applied here, inside the benchmarks only; evalkit never patches NumPy.
 """
 

@@ -329,7 +329,7 @@ FLOOR_TARGET = 1.25
 #: ... never slower than Quantus ...
 QUANTUS_TARGET = 1.0
 #: ... and this much faster where Quantus 0.6 loops in Python per sample or per feature
-#: (issue 3's list, plus the metrics shared/reference/quantus.md section 2 marks as loops)
+#: (issue 3's list, plus the other metrics with such a loop)
 LOOP_TARGET = 5.0
 PYTHON_LOOP_METRICS = ("ROAD", "IROF", "Infidelity", "NonSensitivity", "AUC", "RandomLogit",
                        "EfficientMPRT")
@@ -727,7 +727,7 @@ def render_markdown(results: list[Result], runs: dict[str, dict[str, Any]],
         "(1.00 = no overhead above the model). Model-free metrics have no floor. Where a "
         "metric does CPU work the floor cannot cover (ROAD's exact imputation), the note "
         "gives that part's seconds, timed in one more untimed run; where Quantus forwards "
-        "other rows than ours (Monotonicity, bug C2), the note gives the model work of "
+        "other rows than ours (Monotonicity, deviation C2), the note gives the model work of "
         "Quantus' own rows, in its own chunks.",
         "- **fwd calls / rows**: forward calls of the model and the inputs they carried "
         "(a forward pre-hook on the model; includes one-row shape probes and the forward "

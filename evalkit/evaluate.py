@@ -38,7 +38,7 @@ How it runs
   registered explainers (``Random``, ``GradientShap``, ...) given no ``seed`` get one derived
   from ``seed`` and the method's name.
 
-Differences from ``quantus.evaluate`` (reference notes section 1.7, bug C21): wrong argument
+Differences from ``quantus.evaluate`` (deviation C21): wrong argument
 types raise a TypeError; one method's keyword arguments never leak into another's; a failing
 metric is recorded instead of printed and followed by a ``KeyError``; results are per-sample
 scores with their configuration, never pre-aggregated.

@@ -36,7 +36,7 @@ def pytest_sessionstart(session):
 def quantus():
     """Import the reference oracle, with the shims it needs on current NumPy.
 
-    quantus 0.6.0 calls ``np.trapz`` (removed in NumPy 2.4, bug C16) and prints warnings;
+    quantus 0.6.0 calls ``np.trapz`` (removed in NumPy 2.4, deviation C16) and prints warnings;
     tests using this fixture are marked ``oracle`` automatically.
     """
     if not hasattr(np, "trapz"):

@@ -168,7 +168,7 @@ class TestCompleteness:
         assert w.counter.rows == 2 * 5 + 1
 
     def test_quantus_exact_equality_always_fails(self, quantus):
-        """Bug C3: exact float equality (with normalisation on) rejects every sample."""
+        """Deviation C3: exact float equality (with normalisation on) rejects every sample."""
         model = linear_model()
         x = images(6, (1, 3, 4))
         y = predicted(model, x)

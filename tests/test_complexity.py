@@ -122,7 +122,7 @@ def test_inputs_not_mutated_and_torch_inputs():
     a = rng.normal(size=(3, 1, 5, 5))
     a0 = a.copy()
     for make in METRICS:
-        run(make(abs=False, normalise=False), a)  # Quantus mutates here (bug C15)
+        run(make(abs=False, normalise=False), a)  # Quantus mutates here (deviation C15)
     np.testing.assert_array_equal(a, a0)
     t = torch.from_numpy(a)
     np.testing.assert_allclose(Sparseness()(x=torch.zeros(3, 1, 5, 5), a=t),
@@ -186,7 +186,7 @@ def test_effective_complexity_matches_quantus_without_normalisation(quantus):
 
 
 def test_effective_complexity_batch_dependence_is_quantus_only(quantus):
-    """Quantus normalises over the whole batch (bug C1): a sample's count changes with the
+    """Quantus normalises over the whole batch (deviation C1): a sample's count changes with the
     other samples. evalkit's count does not."""
     x, a = _quantus_inputs(3, n=8)
     a[1:] *= 50.0  # every other map is much larger

@@ -71,7 +71,7 @@ class TestSharing:
         assert a.calls == [6, 6, 6, 6]
 
     def test_method_kwargs_do_not_leak(self, data):
-        """Quantus bug C21: one method's explain kwargs leaked into the next method's."""
+        """Quantus deviation C21: one method's explain kwargs leaked into the next method's."""
         model, x, y, _s = data
         seen: dict[str, dict] = {}
 

@@ -187,7 +187,7 @@ def test_region_perturbation_drops_and_aopc():
     np.testing.assert_allclose(auc, np.trapezoid(drops.numpy(), [0, .25, .5, .75], axis=1))
     aopc = RegionPerturbation(score="aopc", **kw)(model, x, y, a)
     np.testing.assert_allclose(aopc, drops.numpy().mean(1), atol=1e-12)
-    # direction: drops of a MoRF curve are higher-is-better (Quantus bug C17); LeRF lower
+    # direction: drops of a MoRF curve are higher-is-better (Quantus deviation C17); LeRF lower
     assert m.higher_is_better
     assert not RegionPerturbation(order="lerf").higher_is_better
 
@@ -277,7 +277,7 @@ def test_monotonicity_detects_monotone_and_non_monotone():
 
 
 def test_monotonicity_restores_features_so_the_attribution_matters():
-    """Quantus bug C2: re-applying the baseline makes the result independent of the order."""
+    """Quantus deviation C2: re-applying the baseline makes the result independent of the order."""
     x, y, wt = _data(n=1, seed=7, positive=True)
     # f = sum of contributions, clipped: with baseline 0 and order chosen so that the first
     # restored feature alone already exceeds... use a model with a negative contribution
@@ -390,7 +390,7 @@ def test_sensitivity_n_exact_for_linear_model(subsets):
 
 
 def test_sensitivity_n_morf_is_set_level_and_uses_cumulative_sums():
-    """All samples get the set's value; the sum covers all n removed features (bug C24)."""
+    """All samples get the set's value; the sum covers all n removed features (deviation C24)."""
     x, y, wt = _data(n=8, h=4, w=4, seed=12)
     model = LinearLogit(wt)
     a = torch.randn_like(x)
@@ -436,7 +436,7 @@ def test_monotonicity_correlation_uniform_draws_per_element_and_seeded():
     assert np.isfinite(s1).all()
 
     # what the model sees for one sample: each row replaces one block of 2 pixels with
-    # U(0, 1) values, one draw per element (Quantus draws one value per sample, bug C27), and
+    # U(0, 1) values, one draw per element (Quantus draws one value per sample, deviation C27), and
     # the nr_samples rows of a block draw differently
     seen = []
 
@@ -491,7 +491,7 @@ def test_infidelity_gaussian_matches_definition():
 
 
 def test_infidelity_patches_any_size():
-    """Quantus crashes when H, W are not multiples of the patch size (bug C12)."""
+    """Quantus crashes when H, W are not multiples of the patch size (deviation C12)."""
     x, y, wt = _data(n=2, h=5, w=7, seed=17)
     s = Infidelity(perturb_func="patches", perturb_patch_sizes=[2, 3])(LinearLogit(wt), x, y,
                                                                        torch.randn_like(x))
@@ -528,7 +528,7 @@ def test_road_combined_lerf_minus_morf_over_two():
 
 
 def test_road_rgb_with_one_channel_attribution():
-    """Quantus raises IndexError here (bug C13)."""
+    """Quantus raises IndexError here (deviation C13)."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand((3, 3, 8, 8), generator=g)
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 4))
@@ -542,7 +542,7 @@ def test_road_rgb_with_one_channel_attribution():
 
 def test_road_rgb_one_channel_attribution_removes_whole_pixels_known_answer():
     """RGB inputs with a 1-channel map: pixels are ranked by the map and all three channels
-    of a removed pixel go (Quantus crashes here, bug C13). With the zero imputer on a linear
+    of a removed pixel go (Quantus crashes here, deviation C13). With the zero imputer on a linear
     model the change at p % is minus the removed pixels' contributions summed over channels."""
     x, y, wt = _data(n=3, c=3, h=4, w=4, seed=21)
     model = LinearLogit(wt)
@@ -663,7 +663,7 @@ def test_sufficiency_known_answer_and_set_level():
     # preds 0,0,1 | 1,2 ; sample 0: neighbours 1 (same), 2 (diff) -> 1/2
     np.testing.assert_allclose(s, [0.5, 0.5, 0.0, 0.0, 0.0])
     assert Sufficiency.set_level
-    # every scipy distance works (Quantus bug C9) and no neighbours -> NaN with a reason
+    # every scipy distance works (Quantus deviation C9) and no neighbours -> NaN with a reason
     m2 = Sufficiency(threshold=0.0, distance_func="cityblock", abs=False, normalise=False)
     with pytest.warns(ek.UndefinedScoreWarning):
         s2 = m2(FixedPred(), x, y, a)

@@ -1,11 +1,11 @@
 """Cross-checks of the faithfulness metrics against the released quantus 0.6.0 (and captum).
 
 Inputs are 1-channel 8x8 images and a small conv net, so that Quantus' channel-value features
-coincide with pixels. Quantus normalises attributions over the whole batch (bug C1); that does
+coincide with pixels. Quantus normalises attributions over the whole batch (deviation C1); that does
 not change orderings, rank correlations or scale-free quantities, and ``normalise=False`` is
 used where it would. Where the definitions differ (the area under the curve, the start of the
 curve), the raw curves are compared. Tolerance: 1e-5 (float32 model outputs, different batch
-compositions). Where Quantus is buggy (reference/quantus.md 4.2), the test shows our behaviour.
+compositions). Where Quantus is buggy (docs/migrating-quantus.md), the test shows our behaviour.
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def test_road_imputation_equals_quantus(quantus):
 
 
 def test_road_quantus_crashes_on_rgb_ours_works(quantus):
-    """Bug C13: 1-channel attributions on RGB inputs."""
+    """Deviation C13: 1-channel attributions on RGB inputs."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 4))
     x = np.random.default_rng(0).random((3, 3, 8, 8)).astype(np.float32)
@@ -228,7 +228,8 @@ def test_road_quantus_crashes_on_rgb_ours_works(quantus):
 
 def test_sensitivity_n_first_step_and_bug_c24(quantus, setup):
     """For n = features_in_step both agree; later Quantus pairs the cumulative output change
-    with the last step's attribution sum only (C24), we with the sum over all n features."""
+    with the last step's attribution sum only (deviation C24), we with the sum over all n
+    features."""
     model, x, y, a = setup
     q = np.array(_q(quantus, quantus.SensitivityN, setup, features_in_step=4,
                     normalise=False, return_aggregate=False))
@@ -240,7 +241,7 @@ def test_sensitivity_n_first_step_and_bug_c24(quantus, setup):
 
 
 def test_monotonicity_quantus_is_a_no_op_ours_is_not(quantus):
-    """Bug C2: with the black baseline Quantus says True whatever the model does."""
+    """Deviation C2: with the black baseline Quantus says True whatever the model does."""
     torch.manual_seed(0)
     w = torch.ones(1, 1, 4, 4)
     w[0, 0, 0, :] = -4.0  # restoring these pixels lowers the class-0 score
@@ -402,7 +403,7 @@ def test_rgb_channel_values_reproduce_quantus_features(quantus, rgb, name):
         q = np.array(_q(quantus, quantus.FaithfulnessEstimate, rgb, features_in_step=6))
         ours = FaithfulnessEstimate(features_in_step=6, grouping="channel_values")
         np.testing.assert_allclose(ours(model, x, y, a), q, **TOL)
-    else:  # Quantus' no-op (C2): the all-baseline curve is flat, so it always says True
+    else:  # Quantus' no-op (deviation C2): the all-baseline curve is flat, so it always says True
         q = _q(quantus, quantus.Monotonicity, rgb, features_in_step=6)
         assert all(q)
         ours = Monotonicity(features_in_step=6, grouping="channel_values")

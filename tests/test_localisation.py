@@ -197,7 +197,7 @@ def test_empty_mask_pointing_game_is_not_a_hit():
     a = np.zeros((1, 1, 4, 4))
     a[0, 0, 1, 1] = 1
     out = score(PointingGame(ties="any"), a, np.zeros((1, 1, 4, 4), bool))
-    assert np.isnan(out[0])  # Quantus returns True (bug C7)
+    assert np.isnan(out[0])  # Quantus returns True (deviation C7)
 
 
 def test_full_mask():

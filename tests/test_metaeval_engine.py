@@ -385,7 +385,7 @@ def test_reference_different_estimator_iac_is_exactly_two_over_two_to_the_n(cali
     """Every perturbed score of "different" is better than its unperturbed one, so all n kept
     differences have one sign: the signed-rank statistic takes its extreme value, which has
     probability 1/2**n under the exact null distribution (no ties, n <= 50), and the two-sided
-    p-value is 2/2**n. (reference/metaquantus.md only says IAC_NR ~ 0; this is the exact value
+    p-value is 2/2**n. (MetaQuantus only expects IAC_NR ~ 0; this is the exact value
     that follows from the definition.)"""
     frame = calibration6.to_frame()
     rows = frame[(frame["metric"] == "different") & frame["criterion"].str.startswith("IAC")]

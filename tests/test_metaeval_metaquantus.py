@@ -65,7 +65,8 @@ def test_per_perturbation_kernels_equal_metaquantus(mq):
 
 
 def test_metaquantus_score_direction_bug_and_ours(mq):
-    """reference/metaquantus.md section 3: Q* = [0.9, 0.8, 0.7], Q̂ = 0.1 (quality dropped)."""
+    """MetaQuantus' score-direction bug (docs/metaeval.md): Q* = [0.9, 0.8, 0.7], Q̂ = 0.1 (quality
+    dropped)."""
     q_star = np.array([[0.9], [0.8], [0.7]])
     q_hat = np.full((3, 1), 0.1)
     mask = np.array([True])

@@ -457,7 +457,7 @@ class TestPreprocessing:
     def test_per_sample_normalisation_independent_of_batch(self, func):
         x, _, a, _ = data(4)
         a = a.clone()
-        a[0] *= 1000.0  # a huge map must not rescale the others (Quantus bug C1)
+        a[0] *= 1000.0  # a huge map must not rescale the others (Quantus deviation C1)
         a[3] *= 1e-3
         m = DummyProtoSum(normalise=True, normalise_func=func)
         full = m(None, x, None, a)

@@ -467,7 +467,7 @@ class TestBaselines:
         v = b.values(x, keys)
         assert v.shape == x.shape
         assert float(v.min()) >= -2.0 and float(v.max()) < -1.0
-        assert torch.unique(v[0]).numel() > 50  # one value per element (cf. Quantus bug C27)
+        assert torch.unique(v[0]).numel() > 50  # one value per element (cf. Quantus deviation C27)
         assert not torch.equal(v[0], v[1])  # different samples, different draws
         # keyed by sample: the same values in any batch
         v_alone = b.values(x[2:3], keys[2:3])

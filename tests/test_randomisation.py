@@ -1,10 +1,10 @@
 """Randomisation metrics: MPRT, SmoothMPRT, EfficientMPRT, RandomLogit.
 
 Known answers: a model-independent explainer keeps similarity 1 at every layer, a faithful one
-(the gradient) drops; the summary excludes the self-comparison (Quantus bug C5); layer seeds are
-per layer and reproducible; SmoothMPRT uses the given explain function (C6) in batched noise
-draws; eMPRT's bin rules use the element count (C14); RandomLogit reads the class count from the
-model (C11) and draws the other class from keyed randomness.
+(the gradient) drops; the summary excludes the self-comparison (Quantus deviation C5); layer seeds
+are per layer and reproducible; SmoothMPRT uses the given explain function (deviation C6) in batched
+noise draws; eMPRT's bin rules use the element count (deviation C14); RandomLogit reads the class
+count from the model (deviation C11) and draws the other class from keyed randomness.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ class TestMPRTLayers:
         np.testing.assert_allclose(scores, m.layer_scores_.mean(axis=0).to_numpy())
 
     def test_summary_excludes_original(self, setup):
-        """Quantus bug C5: its average includes the ~1.0 self-comparison."""
+        """Quantus deviation C5: its average includes the ~1.0 self-comparison."""
         model, x, y = setup
         a = grad_fn(model, x, y)
         m = MPRT(include_original=True)
@@ -565,7 +565,7 @@ class TestMPRTMetadata:
 # ============================================================================ SmoothMPRT
 class TestSmoothMPRT:
     def test_uses_given_explain_fn_in_batched_draws(self, setup):
-        """Quantus bug C6: its SmoothMPRT never calls the user's explain function."""
+        """Quantus deviation C6: its SmoothMPRT never calls the user's explain function."""
         model, x, y = setup
         rec = Recorder(grad_fn)
         m = SmoothMPRT(nr_samples=4, layer_order="bottom_up")
@@ -696,7 +696,7 @@ class TestHistogramEntropy:
         np.testing.assert_array_equal(clipped, np.clip(ref, 10, 200))
 
     def test_quantus_rules_are_degenerate(self, quantus):
-        """Bug C14: Quantus uses a_batch[0].ndim (3) as the number of values."""
+        """Deviation C14: Quantus uses a_batch[0].ndim (3) as the number of values."""
         from quantus.functions import n_bins_func
 
         a = np.random.default_rng(4).normal(size=(8, 1, 28, 28))
@@ -796,7 +796,7 @@ class TestRandomLogit:
             RandomLogit(num_classes=1000)(small, x, ys, explain_fn=grad_fn)
 
     def test_quantus_default_crashes_on_small_models(self, quantus, setup):
-        """Bug C11: Quantus' num_classes=1000 default indexes out of range on 10 classes."""
+        """Deviation C11: Quantus' num_classes=1000 default indexes out of range on 10 classes."""
         model, x, y = setup
         a = grad_fn(model, x, y).numpy()
         q = quantus.RandomLogit(disable_warnings=True)
@@ -867,7 +867,7 @@ class TestQuantusOracle:
                                                                    monkeypatch):
         """With Quantus' initialisation reproduced (torch.manual_seed(seed + 1) before every
         layer's reset_parameters), the per-layer similarities agree; the averages differ only
-        by Quantus' inclusion of the self-comparison (C5)."""
+        by Quantus' inclusion of the self-comparison (deviation C5)."""
         model, x, y = setup
         a = _q_explain(model, x.numpy(), y.numpy())
         q = quantus.MPRT(disable_warnings=True, display_progressbar=False)
@@ -889,10 +889,11 @@ class TestQuantusOracle:
             model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.copy(),
             explain_func=_q_explain, device="cpu")
         np.testing.assert_allclose(q_avg, table.mean(axis=0).to_numpy(), atol=1e-5)
-        assert np.all(np.asarray(q_avg) > ours_summary)  # C5: the ~1.0 'original' inflates it
+        # deviation C5: the ~1.0 'original' inflates it
+        assert np.all(np.asarray(q_avg) > ours_summary)
 
     def test_quantus_reseeds_global_rng_ours_does_not(self, quantus, setup):
-        """Bug C22."""
+        """Deviation C22."""
         model, x, y = setup
         a = _q_explain(model, x.numpy(), y.numpy())
         torch.manual_seed(1234)
@@ -918,14 +919,15 @@ class TestQuantusOracle:
         ``randn * 0``), so with Quantus' layer seeding reproduced the per-layer Spearman
         similarities agree to float64 rounding.
 
-        Bug C6: Quantus' SmoothMPRT never calls ``explain_func`` (the recorder below stays
+        Deviation C6: Quantus' SmoothMPRT never calls ``explain_func`` (the recorder below stays
         empty); it calls ``quantus.explain(model, x, y, **explain_func_kwargs)``. So that both
         sides use the same explanation, our ``explain_fn`` *is* that call (the signed gradient,
         ``method="Gradient"``, summed over channels). ``nr_samples=2`` keeps Quantus' running
         mean a / 2 + a / 2 exact in float32. Quantus compares with ``a_batch`` as given, so ours
         uses ``reference="given"``; its second-moment normalisation is over the whole batch
-        (C1), ours per sample, which a rank correlation cannot see. ``include_original=True``
-        gives our ``"original"`` row; Quantus' average includes it (C5), our summary does not.
+        (deviation C1), ours per sample, which a rank correlation cannot see.
+        ``include_original=True`` gives our ``"original"`` row; Quantus' average includes it
+        (deviation C5), our summary does not.
         """
         model, x, y = setup
 
@@ -948,7 +950,7 @@ class TestQuantusOracle:
         q_layers = quantus.SmoothMPRT(**q_kw)(a_batch=a.copy(), **call)
         q_avg = quantus.SmoothMPRT(return_average_correlation=True, **q_kw)(a_batch=a.copy(),
                                                                            **call)
-        assert ignored == []  # C6
+        assert ignored == []  # deviation C6
 
         import evalkit.models.torch_model as tm
 
@@ -966,7 +968,8 @@ class TestQuantusOracle:
         np.testing.assert_allclose(q_avg, table.mean(axis=0).to_numpy(), rtol=0, atol=1e-12)
         np.testing.assert_allclose(summary, table.loc[LENET_LAYERS].mean(axis=0).to_numpy(),
                                    rtol=0, atol=1e-12)
-        assert np.all(np.asarray(q_avg) > summary + 0.05)  # C5: the 1.0 'original' inflates it
+        # deviation C5: the 1.0 'original' inflates it
+        assert np.all(np.asarray(q_avg) > summary + 0.05)
 
     def test_efficient_mprt_matches_quantus(self, quantus, setup, monkeypatch):
         """eMPRT with 100 bins, ``skip_layers=True`` and a deterministic explainer (the signed
@@ -1016,12 +1019,12 @@ class TestQuantusOracle:
         assert not np.allclose(s_other, q_scores, atol=1e-3)
 
     def test_random_logit_same_off_classes_matches_quantus(self, quantus, setup, monkeypatch):
-        """RandomLogit on a 10-class model (``num_classes=10``; Quantus' 1000 crashes, C11)
-        with Quantus' draw replaced by the off-target classes ours drew (``y_off_``): Quantus
-        picks ``y_off = others[randint(0, 9)]``, the other classes in increasing order, so the
-        index of class c is c - (c > y). Similarity: ours on the flattened maps, Quantus'
+        """RandomLogit on a 10-class model (``num_classes=10``; Quantus' 1000 crashes,
+        deviation C11) with Quantus' draw replaced by the off-target classes ours drew (``y_off_``):
+        Quantus picks ``y_off = others[randint(0, 9)]``, the other classes in increasing order, so
+        the index of class c is c - (c > y). Similarity: ours on the flattened maps, Quantus'
         1-D SSIM (7-wide window, joint data range). ``normalise=False`` on both sides: Quantus
-        normalises ``a_batch`` and the new maps by separate batch-wide maxima (C1), which
+        normalises ``a_batch`` and the new maps by separate batch-wide maxima (deviation C1), which
         changes their relative scale and so the SSIM; the maps are otherwise the same signed
         gradients.
         """

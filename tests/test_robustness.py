@@ -146,7 +146,7 @@ class TestMetadata:
         for name in expected - {"Consistency"}:
             assert not frame.loc[name, "higher_is_better"], name
             assert frame.loc[name, "re_explains"], name
-        # Quantus labels Consistency LOWER (C10); the paper treats higher as better
+        # Quantus labels Consistency LOWER (deviation C10); the paper treats higher as better
         assert frame.loc["Consistency", "higher_is_better"]
         assert frame.loc["Consistency", "set_level"]
         assert not frame.loc["Consistency", "re_explains"]
@@ -389,7 +389,8 @@ class TestContinuity:
         np.testing.assert_allclose(out, expected, rtol=1e-6)
 
     def test_honours_perturbation_choice(self):
-        """Quantus ignores perturb_func/perturb_baseline (C19); here each choice matters."""
+        """Quantus ignores perturb_func/perturb_baseline (deviation C19); here each choice
+        matters."""
         x, y = cnn_data(3)
         a = ek.explain(CNN, x, y, method="Saliency")
         kw = dict(nr_steps=6, normalise=False)
@@ -494,8 +495,8 @@ class TestConsistency:
         np.testing.assert_allclose(np.delete(out, 2), [0.5, 0.5, 0.5, 0.0, 0.0])
 
     def test_top_n_is_really_the_top_n(self):
-        """Quantus' top_n_sign takes the first n entries (C10): maps that agree on their first
-        entries but have different most relevant features get the same label there."""
+        """Quantus' top_n_sign takes the first n entries (deviation C10): maps that agree on their
+        first entries but have different most relevant features get the same label there."""
         a = torch.zeros(6, 1, 4, 4)
         for i in range(6):
             a[i, 0, 3, i % 4] = 1.0  # most relevant pixel in the last row; first row all 0

@@ -5,10 +5,10 @@ cases (an identity explainer, translations, weight-times-input attributions of a
 hand-made discrete maps) or paired comparisons of stochastic scores: per sample, ours minus
 Quantus' must average to zero within a few standard errors.
 
-Settings avoid Quantus' known bugs (reference/quantus.md 4.2): ``normalise=False`` (its
-normalisation runs over the whole batch, C1), ``return_nan_when_prediction_changes=False`` (C18),
-``batch_size`` >= N for Consistency (it compares within chunks), and explicit discretisers (its
-``top_n_sign`` takes the first n entries, C10).
+Settings avoid Quantus' known bugs (docs/migrating-quantus.md): ``normalise=False`` (its
+normalisation runs over the whole batch, deviation C1), ``return_nan_when_prediction_changes=False``
+(deviation C18), ``batch_size`` >= N for Consistency (it compares within chunks), and explicit
+discretisers (its ``top_n_sign`` takes the first n entries, deviation C10).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_lipschitz_identity_explainer(quantus):
 @pytest.mark.parametrize("abs_", [True, False])
 def test_continuity_translations_agree(quantus, abs_):
     """Translations are deterministic: the same scores as Quantus (whose perturb_func is ignored
-    anyway, C19) on its only perturbation, with the same explainer."""
+    anyway, deviation C19) on its only perturbation, with the same explainer."""
     x, y = cnn_data(12)
     xn, yn = x.numpy(), y.numpy()
     kw = {"method": "Gradient"}  # signed gradients (abs=False matters)
@@ -130,7 +130,7 @@ def test_consistency_with_sign_discretiser(quantus):
 
 
 def test_consistency_quantus_top_n_sign_is_first_entries(quantus):
-    """C10: Quantus' default discretiser labels maps by their first 5 entries."""
+    """Deviation C10: Quantus' default discretiser labels maps by their first 5 entries."""
     x, y = cnn_data(6)
     a = torch.zeros(6, 1, 8, 8) + 0.01
     for i in range(6):
@@ -159,7 +159,7 @@ def test_quantus_functions_are_recognised(quantus):
     ll = LocalLipschitzEstimate(norm_numerator=similarity_func.distance_manhattan)
     assert ll._num.__name__ == "_l1"
     c = Consistency(discretise_func=discretise_func.top_n_sign)
-    assert c.discretise_func == "top_n_sign"  # ours: the real top-n (C10)
+    assert c.discretise_func == "top_n_sign"  # ours: the real top-n (deviation C10)
 
 
 def test_quantus_perturbation_functions_are_recognised(quantus):
@@ -246,8 +246,8 @@ def test_relative_output_and_representation_stability_linear(quantus):
 
 
 def test_quantus_nan_propagation_vs_drop_draw(quantus):
-    """C18: with Quantus' default, one flipped draw makes the sample NaN; ours drops the draw
-    unless on_prediction_change='nan_sample' is asked for, which matches Quantus' NaN pattern
+    """Deviation C18: with Quantus' default, one flipped draw makes the sample NaN; ours drops the
+    draw unless on_prediction_change='nan_sample' is asked for, which matches Quantus' NaN pattern
     whenever the same draws flip (here: a model whose prediction flips for large noise)."""
     x, y = cnn_data(16, seed=5)
     xn, yn = x.numpy(), y.numpy()
@@ -294,7 +294,8 @@ def test_score_distributions_over_many_draws(quantus, name):
     q_kw: dict = {"nr_samples": 3, "disable_warnings": True}
     kw: dict = {"nr_samples": 3, "seed": 0}
     if name == "LocalLipschitzEstimate":
-        q_kw["normalise"] = kw["normalise"] = False  # Quantus normalises over the batch (C1)
+        # Quantus normalises over the batch (deviation C1)
+        q_kw["normalise"] = kw["normalise"] = False
     if name.startswith("Relative"):
         q_kw["return_nan_when_prediction_changes"] = False
         kw["on_prediction_change"] = "keep"

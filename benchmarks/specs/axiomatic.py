@@ -2,7 +2,7 @@
 
 * Completeness: 2N forward rows (the input and the all-baseline input) in one runner call;
   Quantus issues the same rows. Both sides return pass/fail; ours uses a tolerance, Quantus exact
-  float equality on normalised attributions (bug C3), so the agreement column compares the
+  float equality on normalised attributions (deviation C3), so the agreement column compares the
   residuals' inputs instead: our sum(a) - (f(x) - f(x')) is shown with Quantus' pass rate.
 * NonSensitivity: N x (G + 1) forward rows in one runner call. Quantus 0.6.0 only works with
   ``features_in_step=1`` over channel values (other steps fail with a broadcast error): one
@@ -68,7 +68,7 @@ def _completeness(w: Workload, ctx: Context) -> Case:
                 floor="forward",
                 settings="IntegratedGradients (32 steps, zero baseline) per channel, "
                          "baseline zero, rtol 5%",
-                note="Quantus: exact equality after max-normalisation (bug C3), so it never "
+                note="Quantus: exact equality after max-normalisation (deviation C3), so it never "
                      "passes")
 
 

@@ -47,7 +47,7 @@ SPECS = [
          _model_free(EffectiveComplexity, "EffectiveComplexity",
                      settings="1-channel Saliency, eps=1e-5, normalise=False",
                      note="normalise=False on both: with normalisation Quantus divides by the "
-                          "batch-global max (bug C1), so its counts depend on the batch",
+                          "batch-global max (deviation C1), so its counts depend on the batch",
                      normalise=False)),
 ]
 

@@ -7,8 +7,8 @@ ordering, the same removals) or metrics whose features are pixel patches in both
 (RegionPerturbation, Selectivity, Infidelity); entries with our default grouping and no Quantus
 equivalent are listed on their own.
 
-Quantus' ROAD and IROF crash on RGB inputs with 1-channel attributions (bug C13; IROF asserts the
-mask shape equals the input shape), so their Quantus-comparable entries run on a 1-channel view
+Quantus' ROAD and IROF crash on RGB inputs with 1-channel attributions (deviation C13; IROF asserts
+the mask shape equals the input shape), so their Quantus-comparable entries run on a 1-channel view
 of the workload: the channel mean, fed to the workload's model through a module that repeats it
 to 3 channels (the forward counter and the floor see the same model).
 
@@ -316,7 +316,7 @@ def _sensitivity_n_morf(w: Workload, ctx: Context) -> Case:
             return Agreement(None, f"shapes differ {o.shape} vs {t.shape}")
         first = abs(float(o[0]) - float(t[0]))
         return Agreement(first, "first n only: later Quantus pairs the cumulative change with "
-                                "the last step's attribution sum (bug C24)")
+                                "the last step's attribution sum (deviation C24)")
 
     return Case(ours=ours, quantus=quantus_fn, agreement=agreement,
                 settings=f"set-level (subsets='morf'), per-channel Saliency, channel values, "
@@ -365,13 +365,13 @@ def _monotonicity(w: Workload, ctx: Context) -> Case:
         quantus_fn = lambda: np.asarray(inner(), dtype=float)  # noqa: E731
 
     def agreement(o: np.ndarray, t: np.ndarray) -> Agreement:
-        return Agreement(None, f"by design: Quantus re-applies the baseline (bug C2) and says "
-                               f"{np.mean(t):.0%} monotonic, ours restores the features "
+        return Agreement(None, f"by design: Quantus re-applies the baseline (deviation C2) and "
+                               f"says {np.mean(t):.0%} monotonic, ours restores the features "
                                f"({np.mean(o):.0%})")
 
     def quantus_floor(count: ForwardCount):
-        # what Quantus forwards because of C2: black images (0 where x >= 0), one call of the
-        # whole batch per step, whatever its batch_size
+        # what Quantus forwards because of deviation C2: black images (0 where x >= 0), one call of
+        # the whole batch per step, whatever its batch_size
         per_call = max(1, count.rows // max(1, count.calls))
         return forward_floor(w, count.rows, per_call, fill=0.0)
 
@@ -379,8 +379,8 @@ def _monotonicity(w: Workload, ctx: Context) -> Case:
                 floor=lambda rows, calls: forward_floor(w, rows, chunk),
                 settings=f"per-channel Saliency (abs), channel values, features_in_step={fis}, "
                          f"black, softmax; {chunk}-row chunks (Quantus' per-step call)",
-                note="not the same computation: because of C2 Quantus forwards black rows "
-                     "throughout, which the CPU runs faster than image rows (max-pooling a "
+                note="not the same computation: because of deviation C2 Quantus forwards black "
+                     "rows throughout, which the CPU runs faster than image rows (max-pooling a "
                      "constant image never mispredicts a branch), so the floor ratio is the "
                      "like-for-like measure here",
                 quantus_floor=quantus_floor)
@@ -405,7 +405,7 @@ def _monotonicity_correlation(w: Workload, ctx: Context) -> Case:
 
     def agreement(o: np.ndarray, t: np.ndarray) -> Agreement:
         return Agreement(None, "random draws differ; Quantus' uniform baseline is one value per "
-                               "sample (bug C27), ours one per element; equal to 1e-5 with a "
+                               "sample (deviation C27), ours one per element; equal to 1e-5 with a "
                                "deterministic baseline in tests/test_faithfulness_quantus.py")
 
     n_feat = int(np.prod(w.row_shape))
@@ -503,7 +503,7 @@ def _road_quantus(w: Workload, ctx: Context) -> Case:
     return Case(ours=ours, quantus=quantus_fn, agreement=agreement,
                 settings="1-channel view (channel mean), 1-channel Saliency, MoRF, accuracy, "
                          f"percentages {pct}, noise 0.01",
-                note="Quantus fails on RGB with 1-channel attributions (bug C13), hence the "
+                note="Quantus fails on RGB with 1-channel attributions (deviation C13), hence the "
                      "1-channel view", part=part)
 
 
@@ -517,7 +517,7 @@ def _road_rgb(w: Workload, ctx: Context) -> Case:
     return Case(ours=ours,
                 settings="RGB, 1-channel Saliency, combined (LeRF - MoRF)/2, accuracy, "
                          f"percentages {pct}, noise 0.01",
-                note="our defaults; Quantus cannot run this (bug C13)", part=part)
+                note="our defaults; Quantus cannot run this (deviation C13)", part=part)
 
 
 # --------------------------------------------------------------------------- other

@@ -95,7 +95,7 @@ SPECS = [
     Spec("PointingGame[tolerance=3]", "localisation",
          _masked(PointingGame, None, settings="1-channel Saliency, tolerance=3 px, weighted",
                  ours_kwargs=dict(tolerance=3, weighted=True),
-                 note="no Quantus equivalent (no tolerance; weighted crashes, bug C7)")),
+                 note="no Quantus equivalent (no tolerance; weighted crashes, deviation C7)")),
     Spec("AttributionLocalisation", "localisation",
          _masked(AttributionLocalisation, "AttributionLocalisation",
                  settings="1-channel Saliency, abs=True (Quantus' default)",

@@ -117,7 +117,7 @@ def _smooth_mprt(w: Workload, ctx: Context) -> Case:
         settings=f"Saliency, nr_samples={k}, bottom_up over {n_layers} layers, Spearman, "
                  "smoothed reference",
         note=f"floor: (L + 1) x N x {k} bare input gradients; Quantus does the same explaining "
-             "(with quantus.explain, whatever explain_func says: bug C6); noise and weights "
+             "(with quantus.explain, whatever explain_func says: deviation C6); noise and weights "
              "differ",
     )
 
@@ -189,7 +189,7 @@ def _random_logit(w: Workload, ctx: Context) -> Case:
                                          "(ours) vs on the flattened maps (Quantus)"),
         floor=lambda rows, calls: forward_backward_floor(w, w.n, ctx.batch_size),
         settings=f"Saliency, SSIM, normalised, num_classes={n_classes} (Quantus' 1000 default "
-                 "crashes on W1, bug C11)",
+                 "crashes on W1, deviation C11)",
         note="floor: N bare input gradients (the other class's explanations)",
     )
 

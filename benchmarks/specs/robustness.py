@@ -19,8 +19,8 @@ Agreement: the noise draws differ between the libraries (so do the per-sample ma
 table shows the median score of each over the samples finite in both (the relative stabilities
 are heavy-tailed, so means are dominated by a few samples). Continuity's translations are
 deterministic and compared exactly. LocalLipschitzEstimate and Continuity run with
-``normalise=False`` in both (Quantus' default normalisation runs over the whole batch, C1, so
-its scores would mean something else).
+``normalise=False`` in both (Quantus' default normalisation runs over the whole batch, deviation C1,
+so its scores would mean something else).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def _consistency(w: Workload, ctx: Context) -> Case:
     return Case(ours=ours, quantus=quantus_fn,
                 agreement=lambda o, t: Agreement(None, "different discretisers by design: "
                                                  "Quantus' top_n_sign reads the first 5 "
-                                                 "entries (C10)"),
+                                                 "entries (deviation C10)"),
                 floor="forward", settings="Saliency a, top_n_sign (n=5)",
                 note="one forward pass of the N inputs (model given as an evalkit wrapper); "
                      "Quantus with batch_size >= N")

@@ -42,7 +42,7 @@ several layers each layer's map is divided by its per-sample maximum absolute va
 maps are averaged. ``raw=True`` returns the signed map at the layer's resolution, (N, 1, *s), or
 (N, L, *s) for L layers of equal size (no ReLU, no resizing, no normalisation).
 
-Differences from pytorch-grad-cam, on purpose (see ``shared/reference/gradcam.md``):
+Differences from pytorch-grad-cam, on purpose:
 
 * all arithmetic (weights, SVD, resizing) stays in torch on the model's device, in float32 for
   half-precision models; nothing is copied to the host;

@@ -59,7 +59,7 @@ class Completeness(Metric):
 
     Deviations from Quantus (``quantus.Completeness`` 0.6): a tolerance instead of exact float
     equality, and ``normalise=False`` by default (Quantus divides ``a`` by its maximum, which
-    breaks the sum, and then compares floats with ``==``, so every sample fails: bug C3).
+    breaks the sum, and then compares floats with ``==``, so every sample fails: deviation C3).
     A warning is issued when ``normalise=True`` is requested.
 
     Parameters
@@ -174,7 +174,7 @@ class NonSensitivity(Metric):
     attributions count as zero when ``abs=False``); groups default to whole pixels
     (``grouping="channel_values"`` for Quantus' per-channel-value features); normalisation is
     per sample, so with the default ``normalise=True`` ``eps`` is relative to each map's
-    largest |a| (Quantus: the batch's, bug C1).
+    largest |a| (Quantus: the batch's, deviation C1).
 
     Reference: A. Nguyen, M. Rodriguez Martinez, "On Quantitative Aspects of Model
     Interpretability", arXiv:2007.07584, 2020.

@@ -63,7 +63,7 @@ class Complexity(Metric):
     Deviations from Quantus: p log p is taken as 0 at p = 0 exactly (Quantus adds 1e-12 inside
     the logarithm, a difference below n * 1e-12); |a| is used whatever ``abs`` says (the
     distribution needs non-negative weights; Quantus divides signed values by sum|a| when
-    ``abs=False`` and writes into the caller's array, bug C15); an all-zero map is NaN with a
+    ``abs=False`` and writes into the caller's array, deviation C15); an all-zero map is NaN with a
     reason (Quantus: NaN from 0/0 with a RuntimeWarning).
 
     Reference: U. Bhatt, A. Weller, J. M. F. Moura, "Evaluating and Aggregating Feature-based
@@ -91,7 +91,7 @@ class EffectiveComplexity(Metric):
     """Number of features with |a_i| > ``eps`` (Nguyen & Rodriguez Martinez 2020).
     **Lower is better**. With the default per-sample max normalisation, ``eps`` is relative to
     each map's largest absolute value (in Quantus the maximum was taken over the whole batch,
-    bug C1, so a sample's count depended on the other samples); with ``normalise=False`` it is
+    deviation C1, so a sample's count depended on the other samples); with ``normalise=False`` it is
     an absolute threshold and the counts equal Quantus'.
 
     A feature is one element of the map (a pixel of a 1-channel map, a channel value of a

@@ -191,7 +191,7 @@ class PointingGame(_LocalisationMetric):
     weighted:
         Multiply each hit by ``1 - |hit region| / |input|``, the chance of a uniformly random
         point missing, so that hits on large objects count less (the intent of Quantus'
-        ``weighted``, which crashes there, bug C7). The hit region is the mask dilated by
+        ``weighted``, which crashes there, deviation C7). The hit region is the mask dilated by
         ``tolerance``.
     ties:
         Several positions sharing the maximum value: ``"mean"`` (default) scores the share of
@@ -200,7 +200,7 @@ class PointingGame(_LocalisationMetric):
         (Quantus); ``"first"`` uses the first maximum in row-major order (``torch.argmax``).
 
     With ``tolerance=0, ties="any"`` the result equals Quantus' (as 1.0/0.0 instead of bools)
-    except for empty masks: Quantus returns True there (NaN cast to bool, bug C7); evalkit
+    except for empty masks: Quantus returns True there (NaN cast to bool, deviation C7); evalkit
     returns NaN with a reason. A mask covering the whole input is a guaranteed hit (1.0).
 
     Reference: J. Zhang et al., "Top-down Neural Attention by Excitation Backprop", IJCV 126,
@@ -264,9 +264,9 @@ class AttributionLocalisation(_LocalisationMetric):
     positive_attributions=False``): the defaults here follow the paper, ``abs=False`` and
     ``positive_attributions=True`` (Quantus issue #211); ``AttributionLocalisation(abs=True)``
     is Quantus' default computation (|a| is already positive). Quantus' ``weighted`` multiplies
-    by |mask| / ``x_batch[2:].size``, i.e. by the size of *samples 2..N of the batch* (bug C8),
-    so its value depends on the batch size and shrinks big objects' scores further; here the
-    weight is |input| / |mask| per sample. A zero total gives NaN (Quantus: 0 through its
+    by |mask| / ``x_batch[2:].size``, i.e. by the size of *samples 2..N of the batch*
+    (deviation C8), so its value depends on the batch size and shrinks big objects' scores further;
+    here the weight is |input| / |mask| per sample. A zero total gives NaN (Quantus: 0 through its
     +1e-9); a ratio outside [0, 1] (only possible with signed attributions) is NaN, as in
     Quantus; ``max_size`` excludes (Quantus only warns).
 
@@ -305,7 +305,7 @@ class EnergyPointingGame(_LocalisationMetric):
     **Higher is better**.
 
     The same quantity as ``AttributionLocalisation()`` and ``RelevanceMassAccuracy()`` with
-    their default ``positive_attributions=True`` (landscape notes: a naming difference);
+    their default ``positive_attributions=True`` (a naming difference);
     provided under the Score-CAM name, typically with ``boxes=`` (the paper scores bounding
     boxes). An all-zero (or all-negative) map is NaN with a reason.
 

@@ -1,4 +1,4 @@
-"""Per-sample attribution normalisation (never over the batch; cf. Quantus bug C1).
+"""Per-sample attribution normalisation (never over the batch; cf. Quantus deviation C1).
 
 Every function maps a batch (N, ...) to a batch of the same shape, normalising each sample over
 all of its own elements, out of place. All-zero maps are returned unchanged (as zeros).

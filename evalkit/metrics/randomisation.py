@@ -300,17 +300,17 @@ class MPRT(_ModelRandomisation):
 
     * the summary excludes the self-comparison of the un-randomised model (Quantus' average
       skips a key ``"orig"`` that does not exist, so the ~1.0 ``"original"`` value enters the
-      mean, bug C5); the self-comparison is not computed unless ``include_original=True``;
+      mean, deviation C5); the self-comparison is not computed unless ``include_original=True``;
     * each layer gets its own seed (from ``seed`` and its name) in a forked RNG; Quantus calls
       ``torch.manual_seed(seed + 1)`` before every layer (the same seed for all layers) and
-      leaves the global RNG reseeded (bug C22);
+      leaves the global RNG reseeded (deviation C22);
     * normalisation layers get a random initialisation and keep their running statistics
       (``norm_layers="random"``; Quantus' ``reset_parameters`` gives every seed the same
       identity-like layer; ``"reset"`` reproduces it);
     * a layer is a module that owns parameters (Quantus: any module with ``reset_parameters``;
       the same for standard layers);
     * normalisation and ``abs`` are per sample (Quantus normalises ``a`` by the maximum over
-      the whole batch, bug C1; rank correlations are unaffected);
+      the whole batch, deviation C1; rank correlations are unaffected);
     * the result is a per-sample array; the Quantus-style dict is
       ``metric.layer_scores_.T.to_dict("list")``.
 
@@ -457,7 +457,7 @@ class SmoothMPRT(MPRT):
     gradient noise that makes MPRT's similarities unreliable.
 
     All N x ``nr_samples`` noisy inputs are explained in large chunks with the metric's own
-    explain function (``explain_fn``; Quantus always calls ``quantus.explain`` instead, bug
+    explain function (``explain_fn``; Quantus always calls ``quantus.explain`` instead, deviation
     C6). The noise of each sample is drawn once per call from that sample's key
     (:mod:`evalkit._rng`: the seed and the sample's values) and reused for the original and
     every randomised model, so the layers are compared on the same noisy inputs.
@@ -478,7 +478,7 @@ class SmoothMPRT(MPRT):
     ``normalise_func`` to ``"second_moment"``, as in Quantus).
 
     Deviations from Quantus (``quantus.SmoothMPRT`` 0.6), besides MPRT's: the user's
-    ``explain_fn`` is used (C6); the noise is keyed per sample and shared by all models
+    ``explain_fn`` is used (deviation C6); the noise is keyed per sample and shared by all models
     (Quantus draws new global-RNG noise for every model); the reference is smoothed by default.
 
     Reference: A. Hedström, L. Weber, S. Lapuschkin, M. M.-C. Höhne, "Sanity Checks Revisited:
@@ -676,7 +676,7 @@ class EfficientMPRT(_ModelRandomisation):
     ceil(range / width) as in ``numpy.histogram_bin_edges``, clipped to
     [``min_n_bins``, ``max_n_bins``] = [10, 200] (Quantus' clip). The same count is used for the
     sample's randomised map. Quantus' rules use ``a_batch[0].ndim`` (3 for a (1, 28, 28) map)
-    as n and one count for the whole batch, so they return 1-2 bins before its clip (bug C14).
+    as n and one count for the whole batch, so they return 1-2 bins before its clip (deviation C14).
 
     With ``skip_layers=True`` (default) only the fully randomised model is explained (built
     directly: one explanation pass); with ``False`` every cascading step is, and
@@ -691,8 +691,8 @@ class EfficientMPRT(_ModelRandomisation):
     logits by default, as in Quantus, whose ``softmax=True`` default only affects predictions.
 
     Deviations from Quantus (``quantus.EfficientMPRT`` 0.6): the bin rules use the number of
-    elements and are per sample (C14); the original explanation is ``a`` (Quantus re-explains
-    the original model and uses ``a_batch`` only for the bin rule); layer seeding and
+    elements and are per sample (deviation C14); the original explanation is ``a`` (Quantus
+    re-explains the original model and uses ``a_batch`` only for the bin rule); layer seeding and
     normalisation layers as in :class:`MPRT`.
 
     Reference: A. Hedström et al., "Sanity Checks Revisited: An Exploration to Repair the Model
@@ -835,7 +835,7 @@ class RandomLogit(Metric):
     ``"mse"`` high is good, and the instance's ``higher_is_better`` says so).
 
     The number of classes comes from the model's output (Quantus defaults to
-    ``num_classes=1000`` and crashes on smaller models, bug C11); ``num_classes`` is accepted
+    ``num_classes=1000`` and crashes on smaller models, deviation C11); ``num_classes`` is accepted
     and checked against it. y' is drawn uniformly from the other classes per sample from the
     sample's key (the seed and the sample's values), so it is the same in any batch; the global
     RNG is never touched (Quantus reseeds NumPy's global RNG on every batch).

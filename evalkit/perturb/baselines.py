@@ -23,8 +23,8 @@ Named baselines (``perturb_baseline`` in Quantus terms):
 =================  ===========================================================================
 
 Random baselines draw from per-sample keys (:mod:`evalkit._rng`), so a sample's replacement
-values are the same in any batch. Unlike Quantus 0.6 (bug C27), ``"uniform"`` draws one value per
-element, not one per sample.
+values are the same in any batch. Unlike Quantus 0.6 (deviation C27), ``"uniform"`` draws one value
+per element, not one per sample.
 """
 
 from __future__ import annotations

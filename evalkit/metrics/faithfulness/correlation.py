@@ -54,8 +54,8 @@ class SensitivityN(Metric):
       of each sample (deterministic, the removal order of :class:`PixelFlipping`, whose forward
       passes it shares in a :func:`~evalkit.forward_cache`), and the correlation for each n is
       taken *across the samples of the batch passed to the call* (all of it: Quantus uses the
-      first batch chunk only, bug C4, and pairs the cumulative output change with the sum of
-      the attributions of the last step only, bug C24; here the sum covers all n features).
+      first batch chunk only, deviation C4, and pairs the cumulative output change with the sum of
+      the attributions of the last step only, deviation C24; here the sum covers all n features).
       Every sample gets the set's value.
 
     ``curves_`` holds the correlation for each n (x-axis: n as a fraction of the features); the
@@ -360,7 +360,7 @@ class MonotonicityCorrelation(Metric):
     nr_samples=100 and one feature per step, is 78 401 rows per MNIST image). A deterministic
     baseline (``"black"``...) gives identical draws, so it is evaluated once per block.
 
-    Deviations from Quantus: one uniform value per element, not one per sample (bug C27);
+    Deviations from Quantus: one uniform value per element, not one per sample (deviation C27);
     features are pixels by default; randomness is seeded per sample.
 
     Reference: A. Nguyen, M. Rodriguez Martinez, "On Quantitative Aspects of Model

@@ -215,7 +215,7 @@ class RegionPerturbation(Metric):
     the paper, the mean drop over k = 0..L (``score="aopc"``).
 
     Direction: with ``order="morf"`` a faithful explanation drops the score fast, so the drops
-    are large: **higher is better** (Quantus declares LOWER for these drops, bug C17). With
+    are large: **higher is better** (Quantus declares LOWER for these drops, deviation C17). With
     ``order="lerf"`` small drops are better (the instance's ``higher_is_better`` is False);
     ``order="random"`` is a reference curve.
 
@@ -394,7 +394,7 @@ class Monotonicity(Metric):
     ``abs=False`` on signed attributions for a check that rewards them (the sanity test in
     ``tests/test_faithfulness_sanity.py`` shows both).
 
-    Quantus 0.6 re-applies the baseline instead of restoring the features (bug C2), so its
+    Quantus 0.6 re-applies the baseline instead of restoring the features (deviation C2), so its
     result never depends on the attribution; here the features of x really are restored.
     Quantus returns booleans; here 1.0/0.0 floats. As in Quantus (and unlike AIX360, which
     scores the predicted class), the scored class is ``y``; pass the predictions as ``y`` for

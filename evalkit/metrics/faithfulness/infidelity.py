@@ -42,7 +42,7 @@ class Infidelity(Metric):
       size in ``perturb_patch_sizes`` are replaced by ``perturb_baseline`` cumulatively in
       raster order; for step k, I_k = x - x_k; the loss is the mean over the steps, averaged
       over the patch sizes (and over ``n_perturb_samples`` draws only if the baseline is
-      random; Quantus repeats identical work). Unlike Quantus (bug C12), any H and W work
+      random; Quantus repeats identical work). Unlike Quantus (deviation C12), any H and W work
       (border patches are smaller).
 
     ``optimal_scaling=True`` replaces ``a`` by ``beta a`` with the beta that minimises the

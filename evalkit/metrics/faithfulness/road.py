@@ -50,10 +50,10 @@ class ROAD(Metric):
     (percentile=80)`` removes 20 %) and the percentage of most relevant pixels kept for LeRF;
     for symmetric sets such as its [20, 40, 60, 80] both conventions give the same pairs.
     Pixels are ranked by the attribution summed over channels, so 1-channel attributions on RGB
-    inputs work (they crash Quantus, bug C13), and imputation fills all channels of a removed
+    inputs work (they crash Quantus, deviation C13), and imputation fills all channels of a removed
     pixel. The noise field of a sample is drawn once from its key and shared by its
     percentages and both orders (common random numbers: every imputed image still gets i.i.d.
-    N(0, noise^2) noise). Quantus' ROAD uses only the first batch chunk (bug C4); here every
+    N(0, noise^2) noise). Quantus' ROAD uses only the first batch chunk (deviation C4); here every
     sample is scored.
 
     Cost: besides one forward pass per sample, percentage and order, every imputed image is an

@@ -33,7 +33,7 @@ class Sufficiency(Metric):
     to the call: scores depend on which samples are evaluated together (that is the metric's
     definition), never on ``batch_size``.
 
-    Deviations from Quantus (bug C9): every scipy distance works (Quantus passes ``V=None`` to
+    Deviations from Quantus (deviation C9): every scipy distance works (Quantus passes ``V=None`` to
     all of them and only ``"seuclidean"`` runs); for ``"seuclidean"`` a feature with zero
     variance over the batch is given unit variance (its differences are all zero) instead of
     turning every distance into NaN; a sample without neighbours is NaN with a reason (Quantus

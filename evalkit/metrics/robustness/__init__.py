@@ -20,7 +20,7 @@ How they run
   predicted class differs from that of the unperturbed input (OpenXAI's class-preserving
   perturbations; the score is NaN only if *every* draw flipped; OpenXAI draws more perturbations
   than it keeps, so raise ``nr_samples`` to keep about as many); ``"nan_sample"`` makes the
-  sample NaN as soon as one draw flipped (what Quantus' ``np.max`` does, bug C18). Quantus'
+  sample NaN as soon as one draw flipped (what Quantus' ``np.max`` does, deviation C18). Quantus'
   boolean ``return_nan_when_prediction_changes`` maps ``True -> "drop_draw"`` and
   ``False -> "keep"``. The check costs one forward pass per perturbed input; the predictions of
   the unperturbed inputs are computed once.

@@ -527,10 +527,11 @@ _RELATIVE_DOC = """
 
 _RELATIVE_DEVIATIONS = """
     Deviations from Quantus 0.6: flipped draws are dropped rather than turning the whole sample
-    into NaN (C18; ``on_prediction_change="nan_sample"`` reproduces Quantus); the result is not
-    aggregated twice (C18); the safe divisors above; per-sample normalisation (C1) when
-    ``normalise=True``. The default perturbation is Quantus' x + U(0.02, 0.2) (always
-    positive). The predicted class of x is computed once (Quantus re-predicts x for every draw).
+    into NaN (deviation C18; ``on_prediction_change="nan_sample"`` reproduces Quantus); the result
+    is not aggregated twice (deviation C18); the safe divisors above; per-sample normalisation
+    (deviation C1) when ``normalise=True``. The default perturbation is Quantus' x + U(0.02, 0.2)
+    (always positive). The predicted class of x is computed once (Quantus re-predicts x for every
+    draw).
 """
 
 

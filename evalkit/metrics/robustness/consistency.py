@@ -46,9 +46,9 @@ class Consistency(Metric):
     ``"top_n_sign"`` and ``"sign"`` see no negative signs; pass ``abs=False`` to use them.
 
     Deviations from Quantus 0.6: ``"top_n_sign"`` really takes the n most relevant features
-    (Quantus takes the first n entries of the flattened map, C10, so on images every map gets
-    the same label); the direction is higher-is-better as in the paper (Quantus declares LOWER,
-    C10); a sample without a same-label partner is NaN, not 0; the whole call is one set
+    (Quantus takes the first n entries of the flattened map, deviation C10, so on images every map
+    gets the same label); the direction is higher-is-better as in the paper (Quantus declares LOWER,
+    deviation C10); a sample without a same-label partner is NaN, not 0; the whole call is one set
     (Quantus compares within each ``batch_size`` chunk).
 
     Reference: S. Dasgupta, N. Frost, M. Moshkovitz, "Framework for Evaluating Faithfulness of

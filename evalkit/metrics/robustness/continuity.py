@@ -55,13 +55,13 @@ class Continuity(_PerturbationRobustness):
         See the module docstring (default ``"keep"``).
 
     Deviations from Quantus 0.6: the chosen perturbation is used (Quantus ignores
-    ``perturb_func`` and ``perturb_baseline`` and always translates along x with "black", C19);
-    the given ``a`` is the explanation of x, normalised and abs-ed once, like every
-    re-explanation (Quantus re-explains x, and normalises and abs-es twice, C19); normalisation
-    is per sample (C1); no ``+1e-9`` in the denominator: a step that leaves the input unchanged
-    (the zero shift) is left out (with a deterministic explainer its ratio is 0, which never
-    changes the maximum); the prediction-change check compares with the predicted class of x,
-    not with ``y``, and does not crash on NumPy 2 (C16).
+    ``perturb_func`` and ``perturb_baseline`` and always translates along x with "black",
+    deviation C19); the given ``a`` is the explanation of x, normalised and abs-ed once, like every
+    re-explanation (Quantus re-explains x, and normalises and abs-es twice, deviation C19);
+    normalisation is per sample (deviation C1); no ``+1e-9`` in the denominator: a step that leaves
+    the input unchanged (the zero shift) is left out (with a deterministic explainer its ratio is 0,
+    which never changes the maximum); the prediction-change check compares with the predicted class
+    of x, not with ``y``, and does not crash on NumPy 2 (deviation C16).
 
     Reference: G. Montavon, W. Samek, K.-R. Müller, "Methods for Interpreting and Understanding
     Deep Neural Networks", Digital Signal Processing 73, 2018.

@@ -31,12 +31,12 @@ class LocalLipschitzEstimate(_NoiseRobustness):
     <<NOISE>>
 
     Deviations from Quantus 0.6: attributions are normalised per sample (Quantus normalises over
-    the whole batch, C1); the denominator has no ``+1e-10`` (a draw that leaves the input
+    the whole batch, deviation C1); the denominator has no ``+1e-10`` (a draw that leaves the input
     unchanged is left out instead: its ratio is undefined); ``softmax`` defaults to False (it
     would only change what the default explainer explains; Quantus' softmax=True only affects its
     argmax check); with ``return_nan_when_prediction_changes=True`` flipped draws are dropped
-    instead of making the whole sample NaN (C18; ``on_prediction_change="nan_sample"`` gives
-    Quantus' behaviour). The predicted class of x (not ``y``) is the reference, as in Quantus.
+    instead of making the whole sample NaN (deviation C18; ``on_prediction_change="nan_sample"``
+    gives Quantus' behaviour). The predicted class of x (not ``y``) is the reference, as in Quantus.
 
     Reference: D. Alvarez-Melis, T. S. Jaakkola, "On the Robustness of Interpretability
     Methods", ICML WHI workshop 2018, arXiv:1806.08049.
@@ -102,7 +102,8 @@ class MaxSensitivity(_NoiseRobustness):
 
     Deviations from Quantus 0.6: a sample whose attribution is all zero (||a|| = 0) is NaN with a
     reason (Quantus: inf or NaN from 0/0); otherwise as for :class:`LocalLipschitzEstimate`
-    (per-sample preprocessing, C1; flipped draws dropped rather than NaN-ing the sample, C18).
+    (per-sample preprocessing, deviation C1; flipped draws dropped rather than NaN-ing the sample,
+    deviation C18).
 
     Reference: C.-K. Yeh, C.-Y. Hsieh, A. S. Suggala, D. I. Inouye, P. Ravikumar, "On the
     (In)fidelity and Sensitivity of Explanations", NeurIPS 2019.
