@@ -128,6 +128,14 @@ class Modality:
             s = s[:, 0]
         return s.reshape(s.shape[0], -1)
 
+    def channels_first(self, t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+        """A channels-last batch (N, ..., C) in this modality's channels-first layout; with
+        ``like`` (the inputs), only when ``t`` has their rank (a map without a channel axis
+        stays as it is). Quantus' ``channel_first=False``."""
+        if self.channel_axis is None or (like is not None and t.ndim != like.ndim):
+            return t
+        return t.movedim(-1, self.channel_axis)
+
     @staticmethod
     def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Per-sample values (N,) shaped to broadcast against a batch ``like`` (N, ...)."""

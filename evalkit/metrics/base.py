@@ -469,7 +469,7 @@ class Metric:
         else:
             xt = as_tensor(x, "x", device=device)
         if channels_last:
-            xt = xt.movedim(-1, 1)
+            xt = modality.channels_first(xt)
         xt = modality.check(xt, dtype=None if wrapper is None else wrapper.dtype)
         n = xt.shape[0]
         dev = xt.device
@@ -494,8 +494,8 @@ class Metric:
 
         if s is not None:
             st = as_tensor(s, "s", device=dev)
-            if channels_last and st.ndim == xt.ndim:
-                st = st.movedim(-1, 1)
+            if channels_last:
+                st = modality.channels_first(st, like=xt)
             batch.s = modality.align_masks(st, xt)
         elif self.needs_masks:
             raise ValueError(f"{type(self).__name__} needs ground-truth masks `s`.")
@@ -506,8 +506,8 @@ class Metric:
             raw = self._run_explain(batch, xt, yt)
         else:
             raw = as_tensor(a, "a", device=dev)
-            if channels_last and raw.ndim == xt.ndim:
-                raw = raw.movedim(-1, 1)
+            if channels_last:
+                raw = modality.channels_first(raw, like=xt)
         batch.a = self._preprocess_attributions(batch, raw, xt, flag_nan=True)
         return batch
 
