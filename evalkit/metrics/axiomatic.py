@@ -143,9 +143,9 @@ class Completeness(Metric):
         residual = (total - delta).abs()
         passed = residual <= self.atol + self.rtol * delta.abs()
         batch.set_nan(~torch.isfinite(delta), "the model's output difference is not finite")
-        self.residuals_ = residual.cpu().numpy()
-        self.output_differences_ = delta.cpu().numpy()
-        self.attribution_sums_ = total.cpu().numpy()
+        batch.record("residuals", residual, per_sample=True)
+        batch.record("output_differences", delta, per_sample=True)
+        batch.record("attribution_sums", total, per_sample=True)
         return _bool_or_residual(passed, residual, self.return_residual)
 
 
@@ -241,7 +241,7 @@ class NonSensitivity(Metric):
         change = (scores[:, 1:] - scores[:, :1]).abs()  # (N, G)
         valid = torch.arange(g_max, device=x.device)[None, :] < n_groups[:, None]
         sensitive = (change >= self.eps) & valid
-        self.sensitive_ = sensitive.cpu().numpy()
+        batch.record("sensitive", sensitive, per_sample=True)
         batch.set_nan(~torch.isfinite(scores).all(1), "a model output is not finite")
 
         a = batch.a
@@ -437,7 +437,8 @@ class InputInvariance(Metric):
         work, name, kind = self.shifted_model(model, x)
         shifted = model._copy(work)  # a wrapper with the same options around the copy
         x_shift = x + self._shift(x)
-        self.first_layer_, self.compensation_ = name, kind
+        batch.record("first_layer", name)
+        batch.record("compensation", kind)
         # the compensation must be exact: m2(x + d) == m1(x)
         ref = model.predict(x).to(torch.float64)
         out = shifted.predict(x_shift).to(torch.float64)
@@ -464,7 +465,7 @@ class InputInvariance(Metric):
         batch.set_nan(~finite, "the shifted model's explanation contains NaN or Inf")
         rel = diff / torch.where(scale_a > 0, scale_a, torch.ones_like(scale_a))
         rel = torch.where((scale_a > 0) | (diff == 0), rel, torch.full_like(rel, math.inf))
-        self.residuals_ = rel.cpu().numpy()
+        batch.record("residuals", rel, per_sample=True)
         if self.return_residual:
             batch.set_nan((scale_a == 0) & (diff > 0),
                           "the original explanation is all zero: the relative residual is "

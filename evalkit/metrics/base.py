@@ -88,6 +88,8 @@ class MetricBatch:
     nan_reasons: list[str | None] = field(default_factory=list)
     curves: torch.Tensor | None = None
     curve_x: torch.Tensor | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    per_sample_diagnostics: set[str] = field(default_factory=set)
 
     @property
     def n(self) -> int:
@@ -115,6 +117,24 @@ class MetricBatch:
         for i in np.flatnonzero(m):
             if self.nan_reasons[i] is None:
                 self.nan_reasons[i] = reason
+
+    def record(self, name: str, value: Any, *, per_sample: bool | None = None) -> None:
+        """Keep a diagnostic of this call (the subsets drawn, the draws whose prediction
+        changed, the per-layer scores...): after the call it is ``metric.diagnostics_[name]``
+        and the attribute ``metric.<name>_``, and :func:`evalkit.evaluate` stores it with the
+        scores. Tensors become NumPy arrays. ``per_sample`` (default: an array whose first
+        axis has N entries) marks one entry per sample, so that chunked runs concatenate it.
+        """
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        if per_sample is None:
+            per_sample = isinstance(value, np.ndarray) and value.ndim >= 1 and (
+                value.shape[0] == self.n)
+        self.diagnostics[name] = value
+        if per_sample:
+            self.per_sample_diagnostics.add(name)
+        else:
+            self.per_sample_diagnostics.discard(name)
 
     def set_curves(self, curves: torch.Tensor, x_axis: torch.Tensor | np.ndarray) -> None:
         """Expose per-sample curves (N, T) and their x-axis (T,) as ``metric.curves_``."""
@@ -176,6 +196,10 @@ class Metric:
         Why each NaN score is undefined, by sample index.
     curves_, curve_x_ : numpy.ndarray or None
         Per-sample curves (N, T) and their x-axis, for curve metrics.
+    diagnostics_ : dict[str, Any]
+        What the metric recorded besides the scores (``MetricBatch.record``), each also set
+        as the attribute ``<name>_`` (e.g. ``subsets_``, ``prediction_changed_``);
+        ``per_sample_diagnostics_`` names those with one entry per sample.
     seed_ : int
         The seed actually used.
     """
@@ -263,6 +287,8 @@ class Metric:
         self.curves_: np.ndarray | None = None
         self.curve_x_: np.ndarray | None = None
         self.seed_: int | None = None
+        self.diagnostics_: dict[str, Any] = {}
+        self.per_sample_diagnostics_: frozenset[str] = frozenset()
 
     # ----------------------------------------------------------------- sklearn-style protocol
     @classmethod
@@ -599,6 +625,10 @@ class Metric:
         self.curves_ = None if batch.curves is None else to_numpy(batch.curves.to(torch.float64))
         self.curve_x_ = None if batch.curve_x is None else to_numpy(batch.curve_x)
         self.seed_ = batch.seed
+        self.diagnostics_ = dict(batch.diagnostics)
+        self.per_sample_diagnostics_ = frozenset(batch.per_sample_diagnostics)
+        for name, value in batch.diagnostics.items():
+            setattr(self, f"{name}_", value)
         if self.nan_reasons_ and not self.disable_warnings:
             counts = Counter(self.nan_reasons_.values())
             detail = "; ".join(f"{r}: {c}" for r, c in counts.most_common())

@@ -425,12 +425,13 @@ class MPRT(_ModelRandomisation):
         table = torch.stack([s for _, s, _ in rows])  # (L, N)
         index = [name for name, _, _ in rows]
         frame = table.T.cpu().numpy()
-        self.layer_scores_ = pd.DataFrame(table.cpu().numpy(), index=index)
+        layer_scores = pd.DataFrame(table.cpu().numpy(), index=index)
         if original is not None:
             orig_row = pd.DataFrame(original[0].cpu().numpy()[None, :], index=["original"])
-            self.layer_scores_ = pd.concat([orig_row, self.layer_scores_])
-        self.layer_scores_.index.name = "layer"
-        self.layer_scores_.columns.name = "sample"
+            layer_scores = pd.concat([orig_row, layer_scores])
+        layer_scores.index.name = "layer"
+        layer_scores.columns.name = "sample"
+        batch.record("layer_scores", layer_scores, per_sample=False)
         batch.set_curves(torch.as_tensor(frame), torch.arange(1, len(rows) + 1))
 
         summary = table[-1] if (self.summary == "last" or self.skip_layers) else table.mean(0)
@@ -782,11 +783,13 @@ class EfficientMPRT(_ModelRandomisation):
                                    "(a constant map): the relative rise is undefined")
         score = (h_rand - h_orig) / torch.where(h_orig != 0, h_orig, torch.ones_like(h_orig))
         score = torch.where(h_orig != 0, score, torch.full_like(score, math.nan))
-        self.layer_scores_ = pd.DataFrame(torch.stack([h for _, h in ent_rows]).cpu().numpy(),
-                                          index=[n for n, _ in ent_rows])
-        self.layer_scores_.index.name = "layer"
-        self.layer_scores_.columns.name = "sample"
-        self.extra_scores_ = self._extras(ent_rows, out_rows) if need_outputs else None
+        layer_scores = pd.DataFrame(torch.stack([h for _, h in ent_rows]).cpu().numpy(),
+                                    index=[n for n, _ in ent_rows])
+        layer_scores.index.name = "layer"
+        layer_scores.columns.name = "sample"
+        batch.record("layer_scores", layer_scores, per_sample=False)
+        batch.record("extra_scores", self._extras(ent_rows, out_rows) if need_outputs else None,
+                     per_sample=False)
         return score
 
     @staticmethod
@@ -893,7 +896,7 @@ class RandomLogit(Metric):
         u = _rng.scalar_uniform(batch.keys, stream=0x524C4F47)  # "RLOG"
         offset = 1 + torch.floor(u * (n_classes - 1)).to(torch.int64).clamp(max=n_classes - 2)
         y_off = (y + offset.to(y.device)) % n_classes
-        self.y_off_ = y_off.cpu().numpy()
+        batch.record("y_off", y_off, per_sample=True)
         raw = self._run_explain(batch, batch.x, y_off.to(batch.y.dtype))
         finite = finite_rows(raw)
         a_off = self._preprocess_attributions(batch, raw, batch.x, flag_nan=False)

@@ -267,7 +267,7 @@ class FaithfulnessCorrelation(Metric):
         x = batch.x
         grp = self._grouping(x)
         subsets = self.subsets(batch, grp)
-        self.subsets_ = subsets.cpu().numpy()
+        batch.record("subsets", subsets, per_sample=True)
         gs = grp.reduce(batch.a, "sum").nan_to_num(0.0)
         att = gs.unsqueeze(1).expand(-1, self.nr_runs, -1).gather(2, subsets).sum(2)
         clean = clean_scores(batch)

@@ -263,7 +263,7 @@ class RegionPerturbation(Metric):
         grouping = Patches(self.patch_size) if self.grouping is None else make_grouping(
             self.grouping)
         ordering = order_groups(batch, grouping, self.order)
-        self.order_ = ordering.order.cpu().numpy()
+        batch.record("order", ordering.order, per_sample=True)
         g = ordering.n_groups
         last = torch.clamp(g, max=self.regions_evaluation)
         t = torch.arange(int(last.max()) + 1, device=g.device)

@@ -476,8 +476,8 @@ class _PerturbationRobustness(Metric):
             count = use.sum(1)
             score = torch.where(use, values, torch.zeros_like(values)).sum(1) / count.clamp_min(1)
         score = torch.where(use.any(1), score, torch.full_like(score, float("nan")))
-        self.draw_scores_ = masked.cpu().numpy()
-        self.prediction_changed_ = None if changed is None else changed.cpu().numpy()
+        batch.record("draw_scores", masked, per_sample=True)
+        batch.record("prediction_changed", changed, per_sample=changed is not None)
         return score
 
 

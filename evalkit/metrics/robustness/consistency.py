@@ -120,5 +120,5 @@ class Consistency(Metric):
         score = same_both.to(torch.float64) / same_label.clamp_min(1).to(torch.float64)
         batch.set_nan(~defined, "no other sample has the same discretised explanation")
         pairs = int(same_label.sum())
-        self.consistency_ = (float(same_both.sum()) / pairs) if pairs else float("nan")
+        batch.record("consistency", (float(same_both.sum()) / pairs) if pairs else float("nan"))
         return torch.where(defined, score, torch.full_like(score, float("nan")))
