@@ -52,7 +52,7 @@ from .._validation import check_bool, check_option, check_scalar, finite_rows
 from ..models import ModelWrapper, randomisable_layers
 from .base import Metric, MetricBatch
 from .similarity import (
-    _pearson_flat,
+    _pearson_rows,
     get_similarity,
     rank,
     similarity_info,
@@ -378,7 +378,7 @@ class MPRT(_ModelRandomisation):
                 cache["ref_rank"] = rank(flat)
                 cache["ref_finite"] = finite_rows(flat)
             flat = other.reshape(other.shape[0], -1).to(torch.float64)
-            s = _pearson_flat(cache["ref_rank"], rank(flat))
+            s = _pearson_rows(cache["ref_rank"], rank(flat))
             ok = cache["ref_finite"] & finite_rows(flat)
             s = torch.where(ok, s, torch.full_like(s, math.nan))
         else:

@@ -55,6 +55,7 @@ from ._sorting import sort_rows
 __all__ = [
     "SimilarityInfo",
     "abs_difference",
+    "correlate_rows",
     "cosine",
     "cosine_distance",
     "euclidean",
@@ -97,12 +98,18 @@ def _flat(a: torch.Tensor) -> torch.Tensor:
 
 
 # ============================================================================ correlations
-def rank(a: torch.Tensor) -> torch.Tensor:
+def rank(a: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Ranks 1..D along the last axis of a 2-D tensor, ties given their average rank
-    (as ``scipy.stats.rankdata(method="average")``), float64, vectorised over rows."""
+    (as ``scipy.stats.rankdata(method="average")``), float64, vectorised over rows.
+
+    ``valid`` (N, D) bool: rank only these entries of each row (1..n_valid); the others are
+    ranked after them and are meant to be ignored."""
     a = torch.as_tensor(a)
     if a.ndim != 2:
         raise ValueError(f"rank needs a 2-D tensor (N, D); got shape {tuple(a.shape)}.")
+    if valid is not None:
+        a = torch.where(valid.to(a.device), a.to(torch.float64),
+                        torch.tensor(math.inf, dtype=torch.float64, device=a.device))
     n, d = a.shape
     if d == 0:
         return torch.empty((n, 0), dtype=torch.float64, device=a.device)
@@ -141,19 +148,39 @@ def _rank_numpy(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pearson_flat(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _pearson_rows(x: torch.Tensor, y: torch.Tensor,
+                  valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Pearson correlation of each row pair of (N, D) tensors over the ``valid`` entries
+    (all when None), clipped to [-1, 1]; NaN where a row has no spread."""
     if x.device.type == "cpu":  # NumPy's single-threaded row reductions are faster on the CPU
         xn = x.detach().numpy().astype(np.float64, copy=False)
         yn = y.detach().numpy().astype(np.float64, copy=False)
-        xn = xn - xn.mean(1, keepdims=True)
-        yn = yn - yn.mean(1, keepdims=True)
+        if valid is None:
+            xn = xn - xn.mean(1, keepdims=True)
+            yn = yn - yn.mean(1, keepdims=True)
+        else:
+            w = valid.detach().cpu().numpy()
+            cnt = np.maximum(w.sum(1, keepdims=True), 1)
+            xn = np.where(w, xn, 0.0)
+            yn = np.where(w, yn, 0.0)
+            xn = np.where(w, xn - xn.sum(1, keepdims=True) / cnt, 0.0)
+            yn = np.where(w, yn - yn.sum(1, keepdims=True) / cnt, 0.0)
         num = np.einsum("ij,ij->i", xn, yn)
         den = np.sqrt(np.einsum("ij,ij->i", xn, xn) * np.einsum("ij,ij->i", yn, yn))
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
         return torch.from_numpy(np.clip(r, -1.0, 1.0))
-    x = x - x.mean(1, keepdim=True)
-    y = y - y.mean(1, keepdim=True)
+    if valid is None:
+        x = x - x.mean(1, keepdim=True)
+        y = y - y.mean(1, keepdim=True)
+    else:
+        w = valid.to(x.device)
+        cnt = w.sum(1, keepdim=True).clamp_min(1)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        x = torch.where(w, x, zero)
+        y = torch.where(w, y, zero)
+        x = torch.where(w, x - x.sum(1, keepdim=True) / cnt, zero)
+        y = torch.where(w, y - y.sum(1, keepdim=True) / cnt, zero)
     num = (x * y).sum(1)
     den = torch.sqrt((x * x).sum(1) * (y * y).sum(1))
     out = num / den
@@ -161,10 +188,57 @@ def _pearson_flat(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return out.clamp(-1.0, 1.0)
 
 
+def correlate_rows(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    kind: str | Callable[[np.ndarray, np.ndarray], float] = "pearson",
+    valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row-wise correlation of ``a`` and ``b`` (N, K) over the ``valid`` entries (all when
+    None): the one correlation kernel (:func:`pearson`, :func:`spearman` and the correlation
+    metrics use it).
+
+    ``kind``: ``"pearson"``, ``"spearman"`` (Pearson of the average ranks, ties averaged, as
+    ``scipy.stats.spearmanr``) or a callable ``f(a_row, b_row) -> float`` on two 1-D NumPy
+    arrays (e.g. Quantus' ``correlation_kendall_tau``), called once per row on its valid
+    entries (a user function forces that Python loop). Returns ``(corr, a_constant,
+    b_constant)``: the masks flag the rows where a correlation is undefined (fewer than two
+    valid entries count as constant ``a``); ``corr`` is NaN there and clipped to [-1, 1].
+    """
+    a = torch.as_tensor(a).to(torch.float64)
+    b = torch.as_tensor(b, device=a.device).to(torch.float64)
+    inf = torch.tensor(math.inf, dtype=torch.float64, device=a.device)
+    if valid is None:
+        a_const = a.amin(1) == a.amax(1)
+        b_const = b.amin(1) == b.amax(1)
+        a_const = a_const | (a.shape[1] < 2)
+    else:
+        valid = valid.to(a.device)
+        a_const = torch.where(valid, a, inf).amin(1) == torch.where(valid, a, -inf).amax(1)
+        b_const = torch.where(valid, b, inf).amin(1) == torch.where(valid, b, -inf).amax(1)
+        a_const = a_const | (valid.sum(1) < 2)
+    undefined = a_const | b_const
+    if callable(kind):
+        v_np = None if valid is None else valid.detach().cpu().numpy()
+        a_np, b_np = a.detach().cpu().numpy(), b.detach().cpu().numpy()
+        vals = np.full(a_np.shape[0], np.nan)
+        for i in np.flatnonzero(~undefined.cpu().numpy()):
+            ai, bi = (a_np[i], b_np[i]) if v_np is None else (a_np[i, v_np[i]], b_np[i, v_np[i]])
+            vals[i] = float(np.asarray(kind(ai, bi)).reshape(-1)[0])
+        corr = torch.from_numpy(vals).to(a.device)
+    else:
+        if kind == "spearman":
+            a, b = rank(a, valid), rank(b, valid)
+        elif kind != "pearson":
+            raise ValueError(f"`kind` must be 'pearson', 'spearman' or a callable; got {kind!r}.")
+        corr = _pearson_rows(a, b, valid).to(a.device)
+    return corr.masked_fill(undefined, math.nan), a_const, b_const
+
+
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of each flattened row pair; NaN where a row is constant."""
     a, b = _pair(a, b)
-    return _pearson_flat(_flat(a), _flat(b))
+    return _pearson_rows(_flat(a), _flat(b))
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -172,7 +246,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     average ranks, as ``scipy.stats.spearmanr``); NaN where a row is constant."""
     a, b = _pair(a, b)
     fa, fb = _flat(a), _flat(b)
-    out = _pearson_flat(rank(fa), rank(fb))
+    out = _pearson_rows(rank(fa), rank(fb))
     finite = finite_rows(fa) & finite_rows(fb)
     return torch.where(finite, out, torch.full_like(out, math.nan))
 
@@ -440,7 +514,7 @@ def hog(
     a, b = _pair(a, b)
     kw = dict(orientations=orientations, pixels_per_cell=pixels_per_cell,
               cells_per_block=cells_per_block)
-    return _pearson_flat(hog_features(a, **kw), hog_features(b, **kw))
+    return _pearson_rows(hog_features(a, **kw), hog_features(b, **kw))
 
 
 # ============================================================================ registry

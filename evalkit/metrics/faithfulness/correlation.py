@@ -21,10 +21,10 @@ from .._removal import (
     window_scores,
 )
 from ..base import Metric, MetricBatch
+from ..similarity import correlate_rows
 from ._common import (
     CONST_ATTR,
     check_similarity,
-    correlate,
     flag_correlation,
     gather_per_sample,
     is_stochastic,
@@ -150,7 +150,7 @@ class SensitivityN(Metric):
         csum = gs.cumsum(1)
         att = csum.gather(1, (sizes - 1).clamp(min=0))
         # samples whose attribution was not finite take no part in the set's correlation
-        corr, a_const, b_const = correlate(att.T, deltas.T, self.similarity_func,
+        corr, a_const, b_const = correlate_rows(att.T, deltas.T, self.similarity_func,
                                             ok.unsqueeze(0).expand(t_count, -1))
         return tuple(v.unsqueeze(0).expand(n, -1).contiguous() for v in (corr, a_const, b_const))
 
@@ -195,7 +195,7 @@ class SensitivityN(Metric):
         deltas = clean.reshape(n, 1, 1) - scores
         a2 = att.permute(0, 2, 1).reshape(n * t_count, k)
         d2 = deltas.permute(0, 2, 1).reshape(n * t_count, k)
-        corr, a_const, b_const = correlate(a2, d2, self.similarity_func)
+        corr, a_const, b_const = correlate_rows(a2, d2, self.similarity_func)
         return (corr.reshape(n, t_count), a_const.reshape(n, t_count),
                 b_const.reshape(n, t_count))
 
@@ -282,7 +282,7 @@ class FaithfulnessCorrelation(Metric):
         scores = subset_scores(batch, self._imputer, (self.nr_runs,), mask_of,
                                desc=type(self).__name__)
         deltas = clean.unsqueeze(1) - scores
-        corr, a_const, b_const = correlate(att, deltas, self.similarity_func)
+        corr, a_const, b_const = correlate_rows(att, deltas, self.similarity_func)
         flag_correlation(batch, a_const, b_const, deltas)
         return corr
 
@@ -332,7 +332,7 @@ class FaithfulnessEstimate(Metric):
         scores = window_scores(batch, ordering, self._imputer, lo, hi, desc=type(self).__name__)
         deltas = clean_scores(batch).unsqueeze(1) - scores
         att = _window_sums(ordering, lo, hi)
-        corr, a_const, b_const = correlate(att, deltas, self.similarity_func, valid)
+        corr, a_const, b_const = correlate_rows(att, deltas, self.similarity_func, valid)
         flag_correlation(batch, a_const, b_const, deltas, valid)
         return corr
 
@@ -434,6 +434,6 @@ class MonotonicityCorrelation(Metric):
                           torch.ones_like(clean))
         v = sq * inv.unsqueeze(1)
         att = _window_sums(ordering, lo, hi)
-        corr, a_const, b_const = correlate(att, v, self.similarity_func, valid)
+        corr, a_const, b_const = correlate_rows(att, v, self.similarity_func, valid)
         flag_correlation(batch, a_const, b_const, v, valid)
         return corr
