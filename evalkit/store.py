@@ -237,13 +237,61 @@ def _from_blob(blob: bytes | None) -> np.ndarray | None:
     return np.load(io.BytesIO(blob), allow_pickle=False)
 
 
+def _diagnostics_to_blob(values: Mapping[str, Any], per_sample: Iterable[str]) -> bytes:
+    """One ``.npz`` of a unit's diagnostics: arrays as they are, DataFrames and plain values
+    as JSON (no pickles, so a store never runs code when read)."""
+    import pandas as pd
+
+    arrays: dict[str, np.ndarray] = {"__per_sample__": np.array(sorted(per_sample), dtype=str)}
+    for name, value in values.items():
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            arrays[f"a:{name}"] = value
+        elif isinstance(value, pd.DataFrame):
+            arrays[f"f:{name}"] = np.array(value.to_json(orient="split"))
+        else:
+            arrays[f"j:{name}"] = np.array(json.dumps(value, default=_json_default))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return repr(value)
+
+
+def _diagnostics_from_blob(blob: bytes | None) -> tuple[dict[str, Any], frozenset[str]]:
+    if blob is None:
+        return {}, frozenset()
+    import pandas as pd
+
+    values: dict[str, Any] = {}
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+        per_sample = frozenset(str(s) for s in data["__per_sample__"])
+        for key in data.files:
+            kind, _, name = key.partition(":")
+            if kind == "a":
+                values[name] = data[key]
+            elif kind == "f":
+                frame = pd.read_json(io.StringIO(str(data[key])), orient="split")
+                values[name] = frame
+            elif kind == "j":
+                values[name] = json.loads(str(data[key]))
+    return values, per_sample
+
+
 @dataclass
 class UnitRecord:
     """One finished unit of work: the scores of one (method, metric) on samples
     ``start:stop``.
 
     ``nan_reasons`` maps positions *within the unit* (0 .. stop - start - 1) to reasons;
-    ``curves`` is (stop - start, T) or None.
+    ``curves`` is (stop - start, T) or None; ``diagnostics`` what the metric recorded besides
+    its scores (``MetricBatch.record``), those named in ``per_sample_diagnostics`` with one
+    entry per sample of the unit.
     """
 
     key: str
@@ -258,6 +306,8 @@ class UnitRecord:
     curve_x: np.ndarray | None = None
     seed: int | None = None
     elapsed: float = 0.0
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    per_sample_diagnostics: frozenset[str] = frozenset()
 
 
 _SCHEMA = """
@@ -271,6 +321,7 @@ CREATE TABLE IF NOT EXISTS units (
     nan_reasons TEXT NOT NULL, curves BLOB, curve_x BLOB, seed INTEGER, elapsed REAL NOT NULL,
     created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS units_cell ON units (cell_hash);
+CREATE TABLE IF NOT EXISTS diagnostics (key TEXT PRIMARY KEY, blob BLOB NOT NULL);
 """
 
 
@@ -351,6 +402,13 @@ class ResultStore:
                  None if record.seed is None else int(record.seed), float(record.elapsed),
                  time.time()),
             )
+            if record.diagnostics:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO diagnostics VALUES (?, ?)",
+                    (record.key, _diagnostics_to_blob(record.diagnostics,
+                                                      record.per_sample_diagnostics)))
+            else:
+                self._conn.execute("DELETE FROM diagnostics WHERE key = ?", (record.key,))
 
     # ------------------------------------------------------------------ reading
     def present(self, keys: Iterable[str]) -> set[str]:
@@ -372,12 +430,15 @@ class ResultStore:
         ).fetchone()
         if row is None:
             return None
+        diag = self._conn.execute("SELECT blob FROM diagnostics WHERE key = ?",
+                                  (key,)).fetchone()
+        diagnostics, per_sample = _diagnostics_from_blob(None if diag is None else diag[0])
         return UnitRecord(
             key=row[0], cell_hash=row[1], method=row[2], metric=row[3], start=row[4],
             stop=row[5], scores=_from_blob(row[6]),
             nan_reasons={int(k): v for k, v in json.loads(row[7]).items()},
             curves=_from_blob(row[8]), curve_x=_from_blob(row[9]), seed=row[10],
-            elapsed=row[11],
+            elapsed=row[11], diagnostics=diagnostics, per_sample_diagnostics=per_sample,
         )
 
     def keys(self, cell_hash: str | None = None) -> list[str]:
