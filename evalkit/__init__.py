@@ -1,13 +1,15 @@
 """evalkit: evaluate explanations of neural networks, correctly and fast.
 
-Layers (each imports only those above it in this list): ``models`` (wrappers, targets),
-``perturb`` (groupings, baselines, noise), ``runner`` (batched forward passes), ``explain``,
-``metrics``; ``masks`` (ground-truth masks, boxes, mosaics) stands beside them.
+Layers (each imports only those above it in this list): ``modality`` (what the inputs are),
+``models`` (wrappers, targets), ``perturb`` (groupings, baselines, noise), ``runner`` (batched
+forward passes), ``explain``, ``metrics``; ``masks`` (ground-truth masks, boxes, mosaics)
+stands beside them. See docs/architecture.md.
 """
 
 from . import (
     masks,
     metrics,
+    modality,
     models,
     perturb,
     runner,
@@ -44,6 +46,7 @@ __all__ = [
     "forward_cache",
     "masks",
     "metrics",
+    "modality",
     "models",
     "perturb",
     "runner",

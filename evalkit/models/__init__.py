@@ -15,6 +15,7 @@ from torch import nn
 from .base import ForwardCounter, ModelWrapper, same_device
 from .callable_model import CallableModel
 from .targets import (
+    BaseTarget,
     ClassTarget,
     MultiLabelTarget,
     OutputIndex,
@@ -25,6 +26,7 @@ from .targets import (
 from .torch_model import TorchModel, randomisable_layers
 
 __all__ = [
+    "BaseTarget",
     "CallableModel",
     "ClassTarget",
     "ForwardCounter",

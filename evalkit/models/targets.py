@@ -29,6 +29,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 __all__ = [
+    "BaseTarget",
     "ClassTarget",
     "MultiLabelTarget",
     "OutputIndex",
@@ -104,6 +105,11 @@ class _BaseTarget:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
+
+
+#: the base class to subclass for a new task's target (``__call__``, ``check``, and where the
+#: task has its own notion of a prediction, ``predict``/``agree``)
+BaseTarget = _BaseTarget
 
 
 def finite_outputs(outputs: torch.Tensor) -> torch.Tensor:
