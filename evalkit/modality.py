@@ -262,7 +262,12 @@ def _is_integer(x: Any) -> bool:
     if isinstance(x, torch.Tensor):
         return not (x.is_floating_point() or x.is_complex()) and x.dtype != torch.bool
     dtype = getattr(x, "dtype", None)
-    return dtype is not None and np.issubdtype(np.dtype(dtype), np.integer)
+    if dtype is None:
+        dtype = np.asarray(x).dtype
+    try:
+        return bool(np.issubdtype(np.dtype(dtype), np.integer))
+    except TypeError:  # a framework dtype NumPy does not know
+        return False
 
 
 def infer_modality(x: Any) -> Modality:
