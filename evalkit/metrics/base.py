@@ -407,6 +407,12 @@ class Metric:
             For model-free metrics, where to compute; for torch models it must match the
             model's device (evalkit never moves your model).
 
+        modality:
+            What ``x`` is: ``"image"``, ``"series"``, ``"tabular"``, ``"tokens"`` or a
+            :class:`~evalkit.modality.Modality` (e.g. ``TokensModality(mask_token_id=103)``).
+            Default: inferred from the shape and dtype of ``x``. A metric refuses a modality it
+            is not defined for (its ``modalities``) with a ``ValueError``.
+
         Quantus keyword names (``x_batch``, ``y_batch``, ``a_batch``, ``s_batch``,
         ``explain_func``, ``explain_func_kwargs``, ``channel_first``, ``softmax``) are accepted.
 
