@@ -181,8 +181,9 @@ class _MetadataField:
 def _install_metadata_fields(cls: type) -> None:
     for name in DERIVED_METADATA:
         value = cls.__dict__.get(name)
-        if value is not None and not isinstance(value, _MetadataField):
-            metadatum = _MetadataField(value)
+        # plain bools only: a class that defines its own property keeps it
+        if isinstance(value, bool | np.bool_):
+            metadatum = _MetadataField(bool(value))
             metadatum.__set_name__(cls, name)
             setattr(cls, name, metadatum)
 
