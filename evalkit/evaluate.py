@@ -336,7 +336,7 @@ def _run_metric_clone(metric: Metric, seed: int) -> Metric:
     wanted = {"seed": seed, "aggregate": None, "progress": False, "disable_warnings": True}
     params = metric.get_params()
     try:
-        return metric.set_params(**{k: v for k, v in wanted.items() if k in params})
+        return metric.clone().set_params(**{k: v for k, v in wanted.items() if k in params})
     except (TypeError, ValueError):  # a metric whose parameters do not round-trip
         clone = copy.deepcopy(metric)
         for k, v in wanted.items():
@@ -561,14 +561,15 @@ class Evaluation:
         for name, metric in self.run_metrics.items():
             cls = type(metric)
             params = {k: v for k, v in metric.get_params().items() if k not in _NON_SCORING}
+            meta = metric.metadata()  # the instance's own values, derived from its parameters
             out[name] = {
                 "class": f"{cls.__module__}.{cls.__qualname__}",
-                "family": cls.family,
-                "higher_is_better": bool(metric.higher_is_better),
-                "set_level": bool(metric.set_level),
-                "re_explains": bool(metric.re_explains),
-                "stochastic": bool(metric.stochastic),
-                "paper": cls.paper,
+                "family": meta["family"],
+                "higher_is_better": meta["higher_is_better"],
+                "set_level": meta["set_level"],
+                "re_explains": meta["re_explains"],
+                "stochastic": meta["stochastic"],
+                "paper": meta["paper"],
                 "params": canonical(params),
                 "repr": repr(self.metrics[name]),
                 "seed": self.seeds[name],

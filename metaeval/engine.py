@@ -371,7 +371,7 @@ class MetaEvaluation:
                        *(unit if self.randomness == "independent" else ()))
         m = metric
         if getattr(metric, "stochastic", False) or getattr(metric, "re_explains", False):
-            m = metric.set_params(seed=self._seed(*seed_labels))
+            m = metric.clone().set_params(seed=self._seed(*seed_labels))
         if self.explain_fn is not None:
             explain_kwargs = {"method": explain_name, **kw}
             explain_fn = self.explain_fn

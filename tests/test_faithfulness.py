@@ -736,7 +736,7 @@ def test_per_sample_invariance_to_batch_size_order_and_company(metric):
     np.testing.assert_allclose(permuted, full[perm.numpy()], rtol=1e-5, atol=1e-6)
     alone = metric(model, x[4:5], y[4:5], a[4:5])
     np.testing.assert_allclose(alone, full[4:5], rtol=1e-5, atol=1e-6)
-    other_seed = metric.set_params(seed=12)(model, x, y, a)
+    other_seed = metric.clone().set_params(seed=12)(model, x, y, a)
     assert not np.allclose(other_seed, full)
 
 

@@ -156,7 +156,7 @@ def test_ties_are_ranked_in_group_id_order(name, data):
     metric = ALL[name]
     ramp = -torch.arange(36, dtype=torch.float64).reshape(1, 1, 6, 6).expand(N, 1, 6, 6)
     if name == "Monotonicity":  # ascending order, abs by default: ties first id first
-        metric = metric.set_params(abs=False)
+        metric = metric.clone().set_params(abs=False)
         ramp = -ramp
     const = torch.full((N, 1, 6, 6), 0.25, dtype=torch.float64)
     np.testing.assert_array_equal(metric(model, x, y, const), metric(model, x, y, ramp))
@@ -234,7 +234,7 @@ def test_batch_size_order_and_seed_invariance(name, data):
         again = metric.clone()(model, x, y, a)
         np.testing.assert_array_equal(again, full)
         if name not in ("ROAD", "Monotonicity[uniform]"):  # 0/1 scores: may all agree
-            other = metric.set_params(seed=metric.seed + 100)(model, x, y, a)
+            other = metric.clone().set_params(seed=metric.seed + 100)(model, x, y, a)
             assert not np.allclose(other, full, equal_nan=True)
 
 

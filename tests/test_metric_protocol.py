@@ -881,16 +881,21 @@ class TestParams:
         assert {"softmax", "aggregate", "seed", "progress", "disable_warnings"} <= set(p)
 
     def test_set_params_and_clone(self):
+        """scikit-learn's semantics: set_params changes the metric in place and returns it;
+        clone() is a new, independent metric with the same parameters."""
         m = DummyProtoTopK(k=3, abs=True)
-        m2 = m.set_params(k=4)
-        assert m2 is not m and isinstance(m2, DummyProtoTopK)
-        assert m2.k == 4 and m2.abs is True and m.k == 3
+        assert m.set_params(k=4) is m
+        assert m.k == 4 and m.abs is True
+        assert m.get_params(deep=True) == m.get_params(deep=False)
         c = m.clone()
-        assert c is not m and c.get_params() == m.get_params()
+        assert c is not m and isinstance(c, DummyProtoTopK) and c.get_params() == m.get_params()
+        assert c.set_params(k=2) is c and (c.k, m.k) == (2, 4)  # independent
+        assert ek.metrics.clone(m).get_params() == m.get_params()
         x, y, a, _ = data(2)
-        np.testing.assert_array_equal(c(NET, x, y, a), m(NET, x, y, a))
+        np.testing.assert_array_equal(m.clone()(NET, x, y, a), m(NET, x, y, a))
         with pytest.raises(TypeError, match="Unknown parameters"):
             m.set_params(colour="red")
+        assert m.k == 4
 
     def test_repr(self):
         assert repr(DummyProtoTopK()) == "DummyProtoTopK()"

@@ -527,8 +527,10 @@ class TestMPRTSimilarities:
             assert RandomLogit(similarity_func=func).higher_is_better is hib
             assert SmoothMPRT(similarity_func=func).higher_is_better is hib
         m = MPRT(similarity_func="mse")
-        assert m.set_params(similarity_func="spearman").higher_is_better is False
+        assert m.clone().set_params(similarity_func="spearman").higher_is_better is False
         assert m.clone().higher_is_better is True
+        assert m.set_params(similarity_func="spearman").higher_is_better is False  # in place
+        assert m.higher_is_better is False
         faithful = MPRT(similarity_func="mse", normalise=True)(model, x, y, explain_fn=grad_fn)
         control = MPRT(similarity_func="mse", normalise=True)(model, x, y, explain_fn=fixed_fn)
         assert (faithful > control).all()

@@ -874,7 +874,8 @@ class TestSharing:
         assert counter.rows == 4 + 20 + 20
         assert r.seeds["Max"] == r.seeds["Avg"] == r.seeds["LLE"] != r.seeds["Max0.1"]
         for name, metric in metrics.items():
-            alone = metric.set_params(seed=r.seeds[name])(CNN, x, y, explain_fn=counter)
+            alone = metric.clone().set_params(seed=r.seeds[name])(CNN, x, y,
+                                                                  explain_fn=counter)
             np.testing.assert_allclose(r["Sal", name], alone, rtol=1e-12, err_msg=name)
         # the same seeds whatever the names and order of the metrics
         r2 = ek.evaluate({"b": AvgSensitivity(nr_samples=5), "a": MaxSensitivity(nr_samples=5)},

@@ -5,7 +5,7 @@
 >>> ek.metrics.get("PixelFlipping")(features_in_step=28)(model, x, y, a)   # doctest: +SKIP
 """
 
-from .base import FAMILIES, Metric, MetricBatch, get, list_metrics, register
+from .base import FAMILIES, Metric, MetricBatch, clone, get, list_metrics, register
 from .normalise import (
     get_normaliser,
     normalise_by_average_second_moment_estimate,
@@ -17,6 +17,7 @@ __all__ = [
     "FAMILIES",
     "Metric",
     "MetricBatch",
+    "clone",
     "get",
     "get_normaliser",
     "list_metrics",

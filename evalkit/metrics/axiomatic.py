@@ -110,12 +110,17 @@ class Completeness(Metric):
         self.rtol = check_scalar("rtol", rtol, (int, float), min_val=0)
         self.atol = check_scalar("atol", atol, (int, float), min_val=0)
         self.return_residual = check_bool("return_residual", return_residual)
-        # a residual is an error: the direction of this instance flips (metaeval and anyone
-        # reading ``metric.higher_is_better`` rank by it)
-        self.higher_is_better = not self.return_residual
         self.residuals_: np.ndarray | None = None
         self.output_differences_: np.ndarray | None = None
         self.attribution_sums_: np.ndarray | None = None
+
+    def _derived_metadata(self) -> dict[str, bool]:
+        # a residual is an error: the direction of this instance flips (metaeval and anyone
+        # reading ``metric.higher_is_better`` rank by it)
+        return {"higher_is_better": not self.return_residual}
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"baseline": self._imputer}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         batch.require_model()
@@ -206,6 +211,9 @@ class NonSensitivity(Metric):
         self.grouping = grouping
         self._grouping = make_grouping(grouping)
         self.sensitive_: np.ndarray | None = None
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"baseline": self._imputer}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         batch.require_model()
@@ -343,12 +351,14 @@ class InputInvariance(Metric):
         self.rtol = check_scalar("rtol", rtol, (int, float), min_val=0)
         self.atol = check_scalar("atol", atol, (int, float), min_val=0)
         self.return_residual = check_bool("return_residual", return_residual)
-        # a residual is an error: the direction of this instance flips (metaeval and anyone
-        # reading ``metric.higher_is_better`` rank by it)
-        self.higher_is_better = not self.return_residual
         self.first_layer_: str | None = None
         self.compensation_: str | None = None
         self.residuals_: np.ndarray | None = None
+
+    def _derived_metadata(self) -> dict[str, bool]:
+        # a residual is an error: the direction of this instance flips (metaeval and anyone
+        # reading ``metric.higher_is_better`` rank by it)
+        return {"higher_is_better": not self.return_residual}
 
     # ------------------------------------------------------------------ the shifted copy
     def _shift(self, x: torch.Tensor) -> torch.Tensor:

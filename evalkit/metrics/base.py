@@ -7,19 +7,23 @@ on demand, per-sample ``normalise`` and ``abs``, seeding, NaN bookkeeping and ag
 A metric implements :meth:`Metric._evaluate` on a :class:`MetricBatch` of tensors.
 
 Subclasses declare metadata as class attributes (``family``, ``higher_is_better``, ...) and are
-registered by class name on definition; see :func:`get` and :func:`list_metrics`.
+registered by class name on definition; see :func:`get` and :func:`list_metrics`. The class
+attributes are the defaults; metadata that depend on parameters (ROAD's direction follows its
+``order``, a random baseline makes a metric stochastic) are derived by each instance from its
+current parameters (see :meth:`Metric._derived_metadata` and :meth:`Metric._random_sources`).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -37,10 +41,11 @@ from .._validation import (
 )
 from ..modality import Modality, as_modality
 from ..models import ModelWrapper, wrap_model
+from ..perturb.noise import Noise
 from ..runner import ForwardRunner
 from .normalise import get_normaliser
 
-__all__ = ["FAMILIES", "Metric", "MetricBatch", "get", "list_metrics", "register"]
+__all__ = ["FAMILIES", "Metric", "MetricBatch", "clone", "get", "list_metrics", "register"]
 
 FAMILIES = ("faithfulness", "robustness", "localisation", "complexity", "randomisation",
             "axiomatic")
@@ -163,6 +168,84 @@ class MetricBatch:
         return self.metric._explain(self, x, y, model=model)
 
 
+#: the metadata an instance may derive from its parameters (``family``, ``paper`` and the
+#: defaults of the shared options are fixed per class)
+DERIVED_METADATA = ("higher_is_better", "needs_masks", "needs_gradients", "needs_model",
+                    "re_explains", "stochastic", "set_level")
+
+
+class _MetadataField:
+    """One metadatum of :data:`DERIVED_METADATA`: the class default when read on the class
+    (``PixelFlipping.stochastic``, :func:`list_metrics`), the instance's value, derived from its
+    current parameters, when read on an instance (``PixelFlipping(perturb_baseline="uniform")
+    .stochastic``).
+
+    Subclasses keep declaring plain class attributes (``higher_is_better = False``);
+    ``Metric.__init_subclass__`` turns each into such a field. The value is computed on every
+    read, never stored, so it cannot go stale when parameters change. A value assigned on an
+    instance (``metric.higher_is_better = False``) pins it for that instance until
+    :meth:`Metric.set_params` rebuilds it (a non-data descriptor, for user code that pins a
+    direction by hand; metrics derive theirs in ``_derived_metadata``).
+    """
+
+    def __init__(self, default: bool) -> None:
+        self.default = default
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Metric | None, owner: type | None = None) -> bool:
+        if instance is None:
+            return self.default
+        if self.name == "stochastic":
+            return instance._is_stochastic()
+        return instance._derived_metadata().get(self.name, self.default)
+
+    def __repr__(self) -> str:
+        return f"_MetadataField({self.default!r})"
+
+
+def _install_metadata_fields(cls: type) -> None:
+    for name in DERIVED_METADATA:
+        value = cls.__dict__.get(name)
+        # plain bools only: a class that defines its own property keeps it
+        if isinstance(value, bool | np.bool_):
+            metadatum = _MetadataField(bool(value))
+            metadatum.__set_name__(cls, name)
+            setattr(cls, name, metadatum)
+
+
+def _source_is_random(name: str, source: Any) -> bool:
+    """Whether one random source of a metric is active: a bool says so itself, a noise model
+    always draws, an imputer or baseline draws when its ``stochastic`` says so."""
+    if isinstance(source, bool | np.bool_):
+        return bool(source)
+    if isinstance(source, Noise):
+        return True
+    flag = getattr(source, "stochastic", None)
+    if isinstance(flag, bool | np.bool_):
+        return bool(flag)
+    raise TypeError(f"Random source {name!r} must be a bool, a Noise, or an imputer/baseline "
+                    f"with a bool `stochastic`; got {type(source).__name__}.")
+
+
+class _ClassOrInstanceMethod:
+    """A method that receives the class when called on the class and the instance when called
+    on an instance (``metadata()``: the class defaults, or the instance's values)."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Callable[..., Any]:
+        target = owner if instance is None else instance
+        return functools.partial(self.func, target)
+
+
+_MetricT = TypeVar("_MetricT", bound="Metric")
+
+
 class Metric:
     """Base class of all metrics. See the module docstring for the calling protocol.
 
@@ -204,7 +287,8 @@ class Metric:
         The seed actually used.
     """
 
-    # ---- metadata (override in subclasses)
+    # ---- metadata (override in subclasses). The booleans of DERIVED_METADATA are class
+    # defaults; an instance derives its own in `_derived_metadata` and `_random_sources`.
     family: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
     needs_masks: ClassVar[bool] = False
@@ -231,6 +315,7 @@ class Metric:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        _install_metadata_fields(cls)
         if cls.family and not cls.__name__.startswith("_") and not inspect.isabstract(cls):
             if cls.family not in FAMILIES:
                 raise ValueError(f"{cls.__name__}.family must be one of {FAMILIES}.")
@@ -305,21 +390,39 @@ class Metric:
                 break
         return names
 
-    def get_params(self) -> dict[str, Any]:
-        """The metric's parameters, resolved (e.g. the class default of ``abs`` filled in)."""
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor parameters, resolved (e.g. the class default of ``abs`` filled in).
+
+        ``deep`` is accepted for scikit-learn compatibility; metrics hold no nested estimators,
+        so it changes nothing.
+        """
         return {name: getattr(self, name) for name in self._param_names()}
 
-    def set_params(self, **params: Any) -> Metric:
-        """Return a new metric with some parameters changed (the original is unchanged)."""
+    def set_params(self: _MetricT, **params: Any) -> _MetricT:
+        """Change parameters **in place** and return ``self`` (scikit-learn's semantics).
+
+        The merged parameters are validated by the constructor, which also rebuilds everything
+        derived from them (groupings, imputers, resolved options) and clears the results of an
+        earlier call (``scores_``, ``curves_``...), which belong to the old parameters. On an
+        invalid value the metric is left unchanged. For a changed copy that leaves this metric
+        alone, use ``metric.clone().set_params(...)``.
+        """
+        if not params:
+            return self
         current = self.get_params()
         unknown = set(params) - set(current)
         if unknown:
-            raise TypeError(f"Unknown parameters {sorted(unknown)} for {type(self).__name__}.")
+            raise TypeError(f"Unknown parameters {sorted(unknown)} for {type(self).__name__}; "
+                            f"valid parameters are {sorted(current)}.")
         current.update(params)
-        return type(self)(**current)
+        rebuilt = type(self)(**current)
+        self.__dict__.clear()
+        self.__dict__.update(rebuilt.__dict__)
+        return self
 
-    def clone(self) -> Metric:
-        return self.set_params()
+    def clone(self: _MetricT) -> _MetricT:
+        """A new, uncalled metric with the same parameters (see :func:`clone`)."""
+        return type(self)(**self.get_params())
 
     def __repr__(self) -> str:
         defaults = type(self)._defaults()
@@ -346,24 +449,54 @@ class Metric:
                 break
         return out
 
-    @classmethod
-    def metadata(cls) -> dict[str, Any]:
-        """The class metadata as a dict (one row of :func:`list_metrics`)."""
+    @_ClassOrInstanceMethod
+    def metadata(self_or_cls: Metric | type[Metric]) -> dict[str, Any]:
+        """The metadata as a dict: on the class, its defaults (one row of :func:`list_metrics`);
+        on an instance, its own values, derived from its current parameters
+        (``ROAD(order="morf").metadata()["higher_is_better"]`` is False, ``ROAD.metadata()``'s
+        True)."""
+        cls = self_or_cls if isinstance(self_or_cls, type) else type(self_or_cls)
         return {
             "name": cls.__name__,
             "family": cls.family,
-            "higher_is_better": cls.higher_is_better,
-            "needs_masks": cls.needs_masks,
-            "needs_gradients": cls.needs_gradients,
-            "needs_model": cls.needs_model,
-            "re_explains": cls.re_explains,
-            "stochastic": cls.stochastic,
-            "set_level": cls.set_level,
+            "higher_is_better": bool(self_or_cls.higher_is_better),
+            "needs_masks": bool(self_or_cls.needs_masks),
+            "needs_gradients": bool(self_or_cls.needs_gradients),
+            "needs_model": bool(self_or_cls.needs_model),
+            "re_explains": bool(self_or_cls.re_explains),
+            "stochastic": bool(self_or_cls.stochastic),
+            "set_level": bool(self_or_cls.set_level),
             "default_abs": cls.default_abs,
             "default_normalise": cls.default_normalise,
             "default_softmax": cls.default_softmax,
             "paper": cls.paper,
         }
+
+    # ----------------------------------------------------------------- derived metadata
+    def _derived_metadata(self) -> dict[str, bool]:
+        """The metadata of :data:`DERIVED_METADATA` (except ``stochastic``) that depend on
+        this instance's parameters, computed from them on every read; override in metrics
+        whose direction, set level... change with a parameter, e.g. ROAD:
+        ``{"higher_is_better": self.order != "morf"}``. Metadata left out keep the class
+        default. Never assign metadata in ``__init__``: a stored value goes stale."""
+        return {}
+
+    def _random_sources(self) -> dict[str, Any]:
+        """This instance's sources of randomness by name, each a bool (active or not) or the
+        object that draws (an :class:`~evalkit.perturb.Imputer` or baseline: active when its
+        ``stochastic`` is True; a :class:`~evalkit.perturb.Noise`: always active).
+
+        The one rule for ``stochastic``: a metric is stochastic when any of its random
+        sources is active. Override to declare them from the current parameters, e.g.
+        ``{"random subsets": self.subsets == "random", "baseline": self._imputer}``. The
+        default is one source, the class's declared ``stochastic`` (metrics whose randomness
+        does not depend on parameters).
+        """
+        return {"sampling": type(self).stochastic}
+
+    def _is_stochastic(self) -> bool:
+        return any(_source_is_random(name, source)
+                   for name, source in self._random_sources().items())
 
     # ----------------------------------------------------------------- the protocol
     def __call__(
@@ -647,6 +780,18 @@ class Metric:
         return out
 
 
+_install_metadata_fields(Metric)
+
+
+def clone(metric: _MetricT) -> _MetricT:
+    """A new, uncalled metric of the same class with the same parameters (scikit-learn's
+    ``clone``). Parameter values are passed to the new metric as they are, not deep-copied:
+    arrays, imputers and a ``torch.Generator`` seed are shared (no metric modifies them)."""
+    if not isinstance(metric, Metric):
+        raise TypeError(f"clone() takes an evalkit Metric; got {type(metric).__name__}.")
+    return metric.clone()
+
+
 def _same(a: Any, b: Any) -> bool:
     try:
         return bool(a == b)
@@ -689,8 +834,9 @@ def list_metrics(family: str | None = None) -> pd.DataFrame:
     """All registered metrics and their metadata, one row each, sorted by family and name.
 
     The metadata are the classes' (their default settings); some depend on an instance's
-    settings and are then read from the instance: e.g. ``PixelFlipping(perturb_baseline=
-    "uniform").stochastic`` is True, ``SensitivityN(subsets="morf").set_level`` too.
+    parameters and are derived by the instance (``metric.metadata()``, ``metric.stochastic``):
+    e.g. ``PixelFlipping(perturb_baseline="uniform").stochastic`` is True,
+    ``SensitivityN(subsets="morf").set_level`` too.
     """
     if family is not None and family not in FAMILIES:
         raise ValueError(f"`family` must be one of {FAMILIES}; got {family!r}.")

@@ -347,9 +347,6 @@ class MPRT(_ModelRandomisation):
                          norm_layers=norm_layers, seed=seed, **kwargs)
         self.similarity_func = similarity_func
         get_similarity(similarity_func)
-        # with a distance, explanations that differ more score higher: this instance's
-        # direction flips (metaeval and anyone reading ``metric.higher_is_better`` rank by it)
-        self.higher_is_better = not _lower_is_better(similarity_func)
         self.summary = check_option("summary", summary, SUMMARIES)
         self.skip_layers = check_bool("skip_layers", skip_layers)
         if self.skip_layers and self.layer_order == "independent":
@@ -359,6 +356,11 @@ class MPRT(_ModelRandomisation):
             raise ValueError("`skip_layers=True` computes only the last layer; it cannot be "
                              "combined with `return_average_correlation=True`.")
         self.include_original = check_bool("include_original", include_original)
+
+    def _derived_metadata(self) -> dict[str, bool]:
+        # with a distance, explanations that differ more score higher: this instance's
+        # direction flips (metaeval and anyone reading ``metric.higher_is_better`` rank by it)
+        return {"higher_is_better": not _lower_is_better(self.similarity_func)}
 
     # ------------------------------------------------------------------ hooks
     def _reference(self, batch: MetricBatch) -> torch.Tensor:
@@ -872,13 +874,15 @@ class RandomLogit(Metric):
         super().__init__(seed=seed, **kwargs)
         self.similarity_func = similarity_func
         get_similarity(similarity_func)
-        # with a distance, explanations that differ more score higher: this instance's
-        # direction flips (metaeval and anyone reading ``metric.higher_is_better`` rank by it)
-        self.higher_is_better = not _lower_is_better(similarity_func)
         if num_classes is not None:
             num_classes = check_scalar("num_classes", num_classes, int, min_val=2)
         self.num_classes = num_classes
         self.y_off_: np.ndarray | None = None
+
+    def _derived_metadata(self) -> dict[str, bool]:
+        # with a distance, explanations that differ more score higher: this instance's
+        # direction flips (metaeval and anyone reading ``metric.higher_is_better`` rank by it)
+        return {"higher_is_better": not _lower_is_better(self.similarity_func)}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         self.y_off_ = None

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..._validation import check_option
-from ...perturb import Grouping, make_imputer
+from ...perturb import Grouping
 from ..base import MetricBatch
 
 NO_CHANGE = "the perturbations did not change the prediction"
@@ -77,10 +77,3 @@ def n_groups_check(name: str, value: int, grp: Grouping, what: str) -> None:
     if value > g_min:
         raise ValueError(f"`{name}`={value} is larger than the number of {what} of some inputs "
                          f"({g_min}).")
-
-
-def is_stochastic(perturb_baseline: Any) -> bool:
-    try:
-        return bool(make_imputer(perturb_baseline).stochastic)
-    except (TypeError, ValueError):
-        return False

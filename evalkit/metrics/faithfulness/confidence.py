@@ -49,9 +49,14 @@ class _ConfidenceChange(Metric):
                                                  allow_none=True)
         self.invert = check_bool("invert", invert)
         self.perturb_baseline = perturb_baseline
-        self.higher_is_better = type(self).higher_is_better != self.invert
         self._imputer = make_imputer(perturb_baseline)
-        self.stochastic = self._imputer.stochastic
+
+    def _derived_metadata(self) -> dict[str, bool]:
+        # removing the explanation instead of keeping it flips the direction
+        return {"higher_is_better": type(self).higher_is_better != self.invert}
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"baseline": self._imputer}
 
     def _maps(self, batch: MetricBatch) -> torch.Tensor:
         a = batch.a

@@ -27,7 +27,6 @@ from ._common import (
     check_similarity,
     flag_correlation,
     gather_per_sample,
-    is_stochastic,
     n_groups_check,
     set_curves,
     valid_samples,
@@ -92,10 +91,14 @@ class SensitivityN(Metric):
         self.nr_subsets = check_scalar("nr_subsets", nr_subsets, int, min_val=2)
         self.similarity_func = check_similarity(similarity_func)
         self.grouping = grouping
-        self.set_level = subsets == "morf"
-        self.stochastic = subsets == "random" or is_stochastic(perturb_baseline)
         self._grouping = make_grouping(grouping)
         self._imputer = make_imputer(perturb_baseline)
+
+    def _derived_metadata(self) -> dict[str, bool]:
+        return {"set_level": self.subsets == "morf"}
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"random subsets": self.subsets == "random", "baseline": self._imputer}
 
     def _sizes(self, grp: Grouping) -> torch.Tensor:
         g_max = int(grp.n_groups.max())
@@ -239,6 +242,9 @@ class FaithfulnessCorrelation(Metric):
         self._imputer = make_imputer(perturb_baseline)
         self.subsets_: np.ndarray | None = None
 
+    def _random_sources(self) -> dict[str, Any]:
+        return {"random subsets": True, "baseline": self._imputer}
+
     def subsets(self, batch: MetricBatch, grp: Grouping) -> torch.Tensor:
         """The (N, nr_runs, subset_size) group ids of every run (from the batch's keys)."""
         n_groups_check("subset_size", self.subset_size, grp, "features")
@@ -316,9 +322,11 @@ class FaithfulnessEstimate(Metric):
         self.perturb_baseline = perturb_baseline
         self.similarity_func = check_similarity(similarity_func)
         self.grouping = grouping
-        self.stochastic = is_stochastic(perturb_baseline)
         self._grouping = make_grouping(grouping)
         self._imputer = make_imputer(perturb_baseline)
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"baseline": self._imputer}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         ordering = order_groups(batch, self._grouping, "morf")
@@ -389,7 +397,9 @@ class MonotonicityCorrelation(Metric):
         self.grouping = grouping
         self._grouping = make_grouping(grouping)
         self._imputer = make_imputer(perturb_baseline)
-        self.stochastic = self._imputer.stochastic
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"baseline": self._imputer}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         x = batch.x

@@ -20,7 +20,6 @@ from .._removal import (
 )
 from ..base import Metric, MetricBatch
 from ._common import (
-    is_stochastic,
     set_curves,
 )
 
@@ -86,7 +85,9 @@ class PixelFlipping(Metric):
         self.perturb_baseline = perturb_baseline
         self.grouping = grouping
         self._plan = RemovalPlan(make_grouping(grouping), make_imputer(perturb_baseline))
-        self.stochastic = self._plan.imputer.stochastic
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"baseline": self._plan.imputer}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         curve, fractions, _ = removal_curve(
@@ -144,7 +145,9 @@ class Deletion(Metric):
         self.perturb_baseline = perturb_baseline
         self.grouping = grouping
         self._plan = RemovalPlan(make_grouping(grouping), self._imputer(), mode=self._mode)
-        self.stochastic = self._plan.imputer.stochastic
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"baseline": self._plan.imputer}
 
     def _imputer(self) -> Imputer:
         return make_imputer(self.perturb_baseline)
@@ -254,10 +257,14 @@ class RegionPerturbation(Metric):
         self.perturb_baseline = perturb_baseline
         self.score = check_option("score", score, ("auc", "aopc"))
         self.grouping = grouping
-        self.higher_is_better = order != "lerf"
-        self.stochastic = order == "random" or is_stochastic(perturb_baseline)
         self._imputer = make_imputer(perturb_baseline)
         self.order_: np.ndarray | None = None
+
+    def _derived_metadata(self) -> dict[str, bool]:
+        return {"higher_is_better": self.order != "lerf"}
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"random order": self.order == "random", "baseline": self._imputer}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         grouping = Patches(self.patch_size) if self.grouping is None else make_grouping(
@@ -303,8 +310,10 @@ class Selectivity(Metric):
         self.patch_size = check_scalar("patch_size", patch_size, int, min_val=1)
         self.perturb_baseline = perturb_baseline
         self.grouping = grouping
-        self.stochastic = is_stochastic(perturb_baseline)
         self._imputer = make_imputer(perturb_baseline)
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"baseline": self._imputer}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         grouping = Patches(self.patch_size) if self.grouping is None else make_grouping(
@@ -356,8 +365,10 @@ class IROF(Metric):
         self.perturb_baseline = perturb_baseline
         self.segmentation_kwargs = dict(segmentation_kwargs or {})
         self.grouping = grouping
-        self.stochastic = is_stochastic(perturb_baseline)
         self._imputer = make_imputer(perturb_baseline)
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"baseline": self._imputer}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         if self.grouping is None:
@@ -419,9 +430,11 @@ class Monotonicity(Metric):
         self.perturb_baseline = perturb_baseline
         self.tolerance = check_scalar("tolerance", tolerance, (int, float), min_val=0)
         self.grouping = grouping
-        self.stochastic = is_stochastic(perturb_baseline)
         self._plan = RemovalPlan(make_grouping(grouping), make_imputer(perturb_baseline),
                                  "lerf", mode="insertion")
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"baseline": self._plan.imputer}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         curve, fractions, _ = removal_curve(batch, self._plan,

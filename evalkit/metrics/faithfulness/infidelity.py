@@ -87,7 +87,10 @@ class Infidelity(Metric):
             raise ValueError("perturb_func='patches' needs a mask-independent perturb_baseline "
                              "(a name, number or array), not an Imputer: I = x - x_k must be "
                              "known before the model is run.")
-        self.stochastic = perturb_func == "gaussian" or self._imputer.stochastic
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"gaussian perturbations": self.perturb_func == "gaussian",
+                "baseline": self._imputer}
 
     def _loss(self, dots: torch.Tensor, deltas: torch.Tensor,
               valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -91,11 +91,16 @@ class ROAD(Metric):
             raise TypeError("`imputer` must be an evalkit.perturb.Imputer or None.")
         self.imputer = imputer
         self.grouping = grouping
-        self.higher_is_better = order != "morf"
         self._imputer = imputer if imputer is not None else NoisyLinearImputer(float(noise))
         self._grouping = make_grouping(grouping)
         self.morf_curves_: np.ndarray | None = None
         self.lerf_curves_: np.ndarray | None = None
+
+    def _derived_metadata(self) -> dict[str, bool]:
+        return {"higher_is_better": self.order != "morf"}
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"imputer": self._imputer}
 
     def _curve(self, batch: MetricBatch, order: str) -> torch.Tensor:
         ordering = order_groups(batch, self._grouping, order)

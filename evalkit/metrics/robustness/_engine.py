@@ -510,6 +510,9 @@ class _NoiseRobustness(_PerturbationRobustness):
     def _draws(self, batch: MetricBatch) -> _Draws:
         return _noise_draws(self.noise_, self.nr_samples)
 
+    def _random_sources(self) -> dict[str, Any]:
+        return {"noise": self.noise_}
+
     def seed_scope(self) -> str | None:
         return _noise_spec(self.noise_, self.nr_samples)
 

@@ -107,11 +107,14 @@ class Continuity(_PerturbationRobustness):
             raise ValueError("`perturb_func` must be 'translation_x', 'translation_y', "
                              "'gaussian', 'uniform', an evalkit.perturb.Noise or a callable "
                              f"f(x, step) -> x'; got {perturb_func!r}.")
+        self._setup_prediction_change(on_prediction_change, return_nan_when_prediction_changes)
+
+    def _random_sources(self) -> dict[str, Any]:
         # random noise, or a translation that shifts in random baseline values (a user
         # callable is the user's own business: not known to be random)
-        self.stochastic = self._noise is not None or (
-            isinstance(self._perturb, str) and bool(self._baseline.stochastic))
-        self._setup_prediction_change(on_prediction_change, return_nan_when_prediction_changes)
+        translation = self._noise is None and isinstance(self._perturb, str)
+        return {"noise": self._noise is not None,
+                "translated-in baseline": translation and bool(self._baseline.stochastic)}
 
     @property
     def nr_samples(self) -> int:  # type: ignore[override]
