@@ -123,10 +123,10 @@ def import_graph(root: Path = ROOT, packages: Iterable[str] = PACKAGES) -> Graph
 
 
 # ---------------------------------------------------------------------- checking it
-def find_cycles(graph: Mapping[str, Mapping[str, object]]) -> list[list[str]]:
-    """One cycle per strongly connected component of more than one module, as a path
-    ``[a, b, ..., a]`` (Tarjan's algorithm, iterative; modules in sorted order, so the
-    answer is deterministic)."""
+def tangles(graph: Mapping[str, Mapping[str, object]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (each module of one reaches
+    every other through imports): Tarjan's algorithm, iterative, in sorted order so that the
+    answer is deterministic."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -173,7 +173,12 @@ def find_cycles(graph: Mapping[str, Mapping[str, object]]) -> list[list[str]]:
                         break
                 if len(component) > 1:
                     components.append(sorted(component))
-    return [_cycle_in(graph, set(c)) for c in components]
+    return components
+
+
+def find_cycles(graph: Mapping[str, Mapping[str, object]]) -> list[list[str]]:
+    """One shortest cycle ``[a, b, ..., a]`` in each of the graph's :func:`tangles`."""
+    return [_cycle_in(graph, set(c)) for c in tangles(graph)]
 
 
 def _cycle_in(graph: Mapping[str, Mapping[str, object]], component: set[str]) -> list[str]:
@@ -216,9 +221,11 @@ def without_edges(graph: Graph, edges: Iterable[tuple[str, str]]) -> Graph:
 
 
 def assert_acyclic(graph: Graph) -> None:
-    cycles = find_cycles(graph)
-    assert not cycles, "import cycles:\n" + "\n".join(
-        "  " + describe_cycle(graph, c) for c in cycles)
+    """Fail with each cycle's path and import lines (and the modules tangled with it)."""
+    found = tangles(graph)
+    assert not found, "import cycles:\n" + "\n".join(
+        f"  {describe_cycle(graph, _cycle_in(graph, set(c)))}"
+        + (f"\n    (tangled: {', '.join(c)})" if len(c) > 2 else "") for c in found)
 
 
 # Cycles in modules that are being refactored elsewhere (issue 18), each listed by the edges
