@@ -21,7 +21,9 @@ How it runs
   score does not depend on the other samples of its batch), the chunked run gives the scores of
   an unchunked one. :class:`Evaluation` exposes the plan (:meth:`Evaluation.plan`), the
   explanation step (:meth:`Evaluation.explain`) and the unit (:meth:`Evaluation.compute_unit`)
-  so that other executors (e.g. a distributed one) can schedule units themselves.
+  so that executors (:mod:`evalkit.executors`) can schedule units: one driver
+  (:meth:`evalkit.executors.Executor.run_evaluation`) stores, resumes and assembles, and each
+  executor supplies only how the pending units run.
 * **Forward passes are shared**: the units of one method and chunk run inside one
   :func:`evalkit.forward_cache`, so removal/insertion curves with the same ordering and
   baseline, and robustness metrics with the same perturbations, reuse each other's work.
@@ -332,12 +334,14 @@ def _metric_config(metric: Metric) -> dict[str, Any]:
 class Evaluation:
     """A planned evaluation: resolved metrics and methods, units of work and their keys.
 
-    :func:`evaluate` builds one and runs it with :meth:`run`. Another executor can instead take
-    :meth:`plan`, compute each method's attributions with :meth:`explain` (for the rows of the
-    units it runs), compute units with :meth:`compute_unit` (anywhere the model and data are
-    available; units of one method and chunk share forward passes inside one
-    :func:`evalkit.forward_cache`), commit them to a :class:`~evalkit.store.ResultStore`, and
-    build the :class:`~evalkit.results.Results` with :meth:`assemble`.
+    :func:`evaluate` builds one and hands it to an executor's driver
+    (:meth:`evalkit.executors.Executor.run_evaluation`; :meth:`run` in this process), which
+    takes :meth:`plan`, reads back stored units, lets the executor compute each method's
+    attributions with :meth:`explain` (for the rows of the units it runs) and the units with
+    :meth:`compute_unit` (anywhere the model and data are available; units of one method and
+    chunk share forward passes inside one :func:`evalkit.forward_cache`), commits them to a
+    :class:`~evalkit.store.ResultStore` and builds the :class:`~evalkit.results.Results` with
+    :meth:`assemble`. It implements :class:`evalkit.executors.PlannedEvaluation`.
 
     The arguments are those of :func:`evaluate`.
     """
