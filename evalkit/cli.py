@@ -415,9 +415,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    import evalkit as ek
+    from .metrics import list_metrics
 
-    frame = ek.metrics.list_metrics(args.family)
+    frame = list_metrics(args.family)
     cols = ["name", "family", "higher_is_better", "needs_masks", "re_explains", "stochastic"]
     print(frame[cols].to_string(index=False))
     return 0

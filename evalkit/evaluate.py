@@ -21,7 +21,9 @@ How it runs
   score does not depend on the other samples of its batch), the chunked run gives the scores of
   an unchunked one. :class:`Evaluation` exposes the plan (:meth:`Evaluation.plan`), the
   explanation step (:meth:`Evaluation.explain`) and the unit (:meth:`Evaluation.compute_unit`)
-  so that other executors (e.g. a distributed one) can schedule units themselves.
+  so that executors (:mod:`evalkit.executors`) can schedule units: one driver
+  (:meth:`evalkit.executors.Executor.run_evaluation`) stores, resumes and assembles, and each
+  executor supplies only how the pending units run.
 * **Forward passes are shared**: the units of one method and chunk run inside one
   :func:`evalkit.forward_cache`, so removal/insertion curves with the same ordering and
   baseline, and robustness metrics with the same perturbations, reuse each other's work.
@@ -49,13 +51,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-import traceback
 import warnings
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,13 +63,13 @@ import torch
 from . import _rng
 from ._validation import (
     EvalkitWarning,
-    UndefinedScoreWarning,
     as_tensor,
     check_inputs,
     check_labels,
     is_numpy_like,
 )
 from ._version import __version__
+from .executors import Executor, LocalExecutor, WorkUnit, as_executor
 from .metrics.base import Metric
 from .models import ModelWrapper, wrap_model
 from .results import CellError, Results, library_versions
@@ -82,9 +82,6 @@ from .store import (
     model_fingerprint,
 )
 
-if TYPE_CHECKING:
-    from .executors import Executor
-
 __all__ = ["Evaluation", "WorkUnit", "evaluate", "explain_methods"]
 
 #: samples per unit of work when ``chunk_size`` is not given
@@ -96,22 +93,6 @@ _SEED_MASK = (1 << 63) - 1
 
 class NeedsExplainFunction(ValueError):
     """A re-explaining metric was paired with a method given only as an attribution array."""
-
-
-@dataclass(frozen=True)
-class WorkUnit:
-    """One unit of work: ``metric`` on ``method``'s explanations of samples ``start:stop``.
-
-    ``key`` identifies its stored row (configuration hash and data fingerprint, see
-    :mod:`evalkit.store`); ``cell_hash`` the (method, metric) configuration alone.
-    """
-
-    method: str
-    metric: str
-    start: int
-    stop: int
-    key: str
-    cell_hash: str
 
 
 # ---------------------------------------------------------------------- explanation methods
@@ -353,12 +334,14 @@ def _metric_config(metric: Metric) -> dict[str, Any]:
 class Evaluation:
     """A planned evaluation: resolved metrics and methods, units of work and their keys.
 
-    :func:`evaluate` builds one and runs it with :meth:`run`. Another executor can instead take
-    :meth:`plan`, compute each method's attributions with :meth:`explain` (for the rows of the
-    units it runs), compute units with :meth:`compute_unit` (anywhere the model and data are
-    available; units of one method and chunk share forward passes inside one
-    :func:`evalkit.forward_cache`), commit them to a :class:`~evalkit.store.ResultStore`, and
-    build the :class:`~evalkit.results.Results` with :meth:`assemble`.
+    :func:`evaluate` builds one and hands it to an executor's driver
+    (:meth:`evalkit.executors.Executor.run_evaluation`; :meth:`run` in this process), which
+    takes :meth:`plan`, reads back stored units, lets the executor compute each method's
+    attributions with :meth:`explain` (for the rows of the units it runs) and the units with
+    :meth:`compute_unit` (anywhere the model and data are available; units of one method and
+    chunk share forward passes inside one :func:`evalkit.forward_cache`), commits them to a
+    :class:`~evalkit.store.ResultStore` and builds the :class:`~evalkit.results.Results` with
+    :meth:`assemble`. It implements :class:`evalkit.executors.PlannedEvaluation`.
 
     The arguments are those of :func:`evaluate`.
     """
@@ -488,6 +471,11 @@ class Evaluation:
         return units
 
     # ------------------------------------------------------------------ work
+    def precomputed(self, method: str) -> bool:
+        """Whether ``method`` was given as an attribution array (:meth:`explain` then returns
+        every row, whatever rows are asked for)."""
+        return self.methods[method].attributions is not None
+
     def explain(self, method: str, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Attributions of ``method`` for ``rows`` (sample indices; None: all), as an (N, ...)
         tensor on the model's device; rows not asked for are NaN. A method given as an array
@@ -641,140 +629,13 @@ class Evaluation:
                    "model_fingerprint": self.model_fingerprint},
         )
 
-    # ------------------------------------------------------------------ the sequential executor
+    # ------------------------------------------------------------------ running
     def run(self, *, store: str | Path | ResultStore | None = None,
             progress: bool = True) -> Results:
-        """Run every unit not already in ``store`` (committing each as it finishes) and return
-        the results. See :func:`evaluate`."""
-        from tqdm import tqdm
-
-        started = time.perf_counter()
-        own_store = isinstance(store, str | Path)
-        db: ResultStore | None = ResultStore(store) if own_store else store
-        if db is not None and not isinstance(db, ResultStore):
-            raise TypeError("`store` must be a file path or an evalkit.store.ResultStore.")
-        try:
-            units = self.plan()
-            stored = db.present(u.key for u in units) if db is not None else set()
-            if db is not None:
-                for cell, h in self.cell_hashes.items():
-                    db.put_cell(h, cell[0], cell[1], self.cell_configs[cell])
-            records: list[UnitRecord] = []
-            errors: dict[tuple[str, str], CellError] = {}
-            resumed: Counter[tuple[str, str]] = Counter()
-            explain_timings: dict[str, float] = {}
-            bar = tqdm(total=len(units), disable=not progress, unit="unit", desc="evaluate",
-                       dynamic_ncols=True, leave=True)
-            try:
-                for mname in self.methods:
-                    mine = [u for u in units if u.method == mname]
-                    todo = []
-                    for u in mine:
-                        if u.key in stored:
-                            rec = db.get(u.key) if db is not None else None
-                            if rec is not None:
-                                records.append(rec)
-                                resumed[u.method, u.metric] += 1
-                                bar.update(1)
-                                continue
-                        todo.append(u)
-                    if not todo:
-                        continue
-                    self._run_method(mname, todo, records, errors, explain_timings, db, bar)
-            finally:
-                bar.close()
-            results = self.assemble(
-                records, errors, resumed=dict(resumed), explain_timings=explain_timings,
-                wall_time=time.perf_counter() - started,
-                store=None if db is None else str(db.path),
-            )
-        finally:
-            if own_store and db is not None:
-                db.close()
-        self._warn(results)
-        return results
-
-    def _run_method(self, mname, todo, records, errors, explain_timings, db, bar) -> None:
-        from .cache import explanation_cache, forward_cache
-
-        by_chunk: dict[tuple[int, int], list[WorkUnit]] = {}
-        for u in todo:
-            by_chunk.setdefault((u.start, u.stop), []).append(u)
-        # Rows are explained chunk by chunk, just before the chunk's units (each row once, the
-        # result shared by every metric), so a killed run loses at most the explanations and
-        # scores of the chunk in flight.
-        a: torch.Tensor | None = None
-        explained = np.zeros(self.n, dtype=bool)
-        groups = list(by_chunk.items())
-        for k, ((start, stop), group) in enumerate(groups):
-            need = np.zeros(self.n, dtype=bool)
-            need[start:stop] = True
-            need &= ~explained
-            if need.any():
-                bar.set_postfix_str(f"explaining {mname} [{start}:{stop}]", refresh=True)
-                t0 = time.perf_counter()
-                try:
-                    part = self.explain(mname, torch.from_numpy(np.flatnonzero(need)))
-                except Exception as exc:
-                    tb = traceback.format_exc()
-                    left = [u for _, g in groups[k:] for u in g]
-                    for u in left:
-                        errors.setdefault((u.method, u.metric), CellError(
-                            u.method, u.metric, type(exc).__name__,
-                            f"explaining the method failed: {exc}", tb, None))
-                    bar.update(len(left))
-                    return
-                explain_timings[mname] = (explain_timings.get(mname, 0.0)
-                                          + time.perf_counter() - t0)
-                if a is None:  # the first part (NaN outside its rows), or given attributions
-                    a = part
-                    explained |= (need if self.methods[mname].attributions is None
-                                  else np.ones(self.n, dtype=bool))
-                else:
-                    idx = torch.from_numpy(np.flatnonzero(need)).to(a.device)
-                    a[idx] = part[idx]
-                    explained |= need
-            with forward_cache() as cache:
-                for u in group:
-                    cell = (u.method, u.metric)
-                    if cell in errors:  # a cell that failed once is not retried chunk by chunk
-                        bar.update(1)
-                        continue
-                    bar.set_postfix_str(f"{u.method} / {u.metric} [{u.start}:{u.stop}]",
-                                        refresh=False)
-                    try:
-                        rec = self.compute_unit(u, a)
-                    except Exception as exc:
-                        msg = str(exc)
-                        errors[cell] = CellError(u.method, u.metric, type(exc).__name__, msg,
-                                                 traceback.format_exc(), (u.start, u.stop))
-                    else:
-                        records.append(rec)
-                        if db is not None:
-                            db.put(rec)
-                    bar.update(1)
-                cache.clear()
-                explanation_cache(cache).clear()
-
-    def _warn(self, results: Results) -> None:
-        if results.errors:
-            listed = "; ".join(str(e) for e in list(results.errors.values())[:5])
-            more = "" if len(results.errors) <= 5 else f" (and {len(results.errors) - 5} more)"
-            warnings.warn(
-                f"{len(results.errors)} of {len(self.cell_hashes)} (method, metric) cells "
-                f"failed: {listed}{more}. See `results.errors`.", EvalkitWarning, stacklevel=3)
-        loud = [name for name, m in self.metrics.items() if not m.disable_warnings]
-        parts = []
-        for (mname, kname), reasons in results.nan_reasons.items():
-            if kname not in loud or (mname, kname) in results.errors or not reasons:
-                continue
-            common = Counter(reasons.values()).most_common(1)[0][0]
-            parts.append(f"{mname} x {kname}: {len(reasons)} ({common})")
-        if parts:
-            shown = "; ".join(parts[:6]) + ("" if len(parts) <= 6 else f"; ... {len(parts) - 6} "
-                                            "more cells")
-            warnings.warn(f"Undefined (NaN) scores of {self.n} samples: {shown}. See "
-                          "`results.nan_reasons`.", UndefinedScoreWarning, stacklevel=3)
+        """Run every unit not already in ``store`` in this process (committing each as it
+        finishes) and return the results: :meth:`evalkit.executors.Executor.run_evaluation`
+        with a :class:`~evalkit.executors.LocalExecutor`. See :func:`evaluate`."""
+        return LocalExecutor().run_evaluation(self, store=store, progress=progress)
 
 
 def evaluate(
@@ -854,10 +715,6 @@ def evaluate(
     """
     evaluation = Evaluation(metrics, xai_methods, model, x, y, s, explain_fn=explain_fn, seed=seed,
                             batch_size=batch_size, device=device, chunk_size=chunk_size)
-    if executor is None:
-        return evaluation.run(store=store, progress=progress)
-    from .executors import as_executor
-
     return as_executor(executor).run_evaluation(evaluation, store=store, progress=progress)
 
 

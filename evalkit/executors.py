@@ -1,16 +1,30 @@
-"""Executors: where the units of an evaluation run.
+"""Executors: where the units of an evaluation run, under one driver.
 
 >>> results = ek.evaluate(metrics, methods, model, x, y, store="runs.sqlite",
 ...                       executor="ray")                                 # doctest: +SKIP
 >>> with ek.RayExecutor(address="auto", num_gpus_per_worker=1) as ray_ex:  # doctest: +SKIP
 ...     results = ek.evaluate(metrics, methods, model, x, y, executor=ray_ex)
 
-* :class:`LocalExecutor` (``"local"``, the default) runs everything in this process:
-  :meth:`evalkit.evaluate.Evaluation.run`.
-* :class:`RayExecutor` (``"ray"``, optional extra ``pip install xai-evalkit[ray]``) spreads the
-  units of :func:`evalkit.evaluate` (and of :class:`metaeval.MetaEvaluationBenchmark`) over the
-  workers of a Ray cluster: an existing one (``address=``, or the one this process is already
-  connected to) or a local one it starts for the run.
+The driver and the executors
+----------------------------
+Every run of :func:`evalkit.evaluate` goes through one driver,
+:meth:`Executor.run_evaluation`: open the store, take the plan, read back the units the store
+already holds, hand the others to the executor, commit each unit it finishes, assemble the
+:class:`~evalkit.results.Results` and warn about failed cells and undefined scores. An executor
+supplies only :meth:`Executor.run_units`: how the pending units (and the explanations they
+need) run, reporting each finished or failed unit to the driver's :class:`UnitSink`.
+
+* :class:`LocalExecutor` (``"local"``, the default) runs them in this process, method by
+  method and chunk by chunk.
+* :class:`RayExecutor` (``"ray"``, optional extra ``pip install xai-evalkit[ray]``) spreads them
+  (and the units of :class:`metaeval.MetaEvaluationBenchmark`, through
+  :meth:`Executor.imap_unordered`) over the workers of a Ray cluster: an existing one
+  (``address=``, or the one this process is already connected to) or a local one it starts for
+  the run.
+
+The driver and the executors know an evaluation only through :class:`PlannedEvaluation`
+(implemented by :class:`evalkit.evaluate.Evaluation`), so this module sits below
+:mod:`evalkit.evaluate` and never imports it.
 
 How a Ray run is organised
 --------------------------
@@ -53,21 +67,142 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 
-from ._validation import EvalkitWarning
+from ._validation import EvalkitWarning, UndefinedScoreWarning
+from .results import CellError
+from .store import ResultStore
 
 if TYPE_CHECKING:
-    from .evaluate import Evaluation, WorkUnit
     from .results import Results
-    from .store import ResultStore, UnitRecord
+    from .store import UnitRecord
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "as_executor"]
+__all__ = ["Executor", "LocalExecutor", "PlannedEvaluation", "RayExecutor", "UnitSink",
+           "WorkUnit", "as_executor"]
 
 EXPLAIN_MODES = ("method", "chunk")
+
+Cell = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One unit of work: ``metric`` on ``method``'s explanations of samples ``start:stop``.
+
+    ``key`` identifies its stored row (configuration hash and data fingerprint, see
+    :mod:`evalkit.store`); ``cell_hash`` the (method, metric) configuration alone.
+    """
+
+    method: str
+    metric: str
+    start: int
+    stop: int
+    key: str
+    cell_hash: str
+
+
+class PlannedEvaluation(Protocol):
+    """What the driver and the executors use of an evaluation (see
+    :class:`evalkit.evaluate.Evaluation`, which implements it)."""
+
+    #: samples
+    n: int
+    #: the inputs (their device is where the work runs)
+    x: torch.Tensor
+    #: ``{name: metric}`` as given (their ``disable_warnings`` silences the NaN warning)
+    metrics: Mapping[str, Any]
+    #: ``{(method, metric): configuration hash}``, in the order of the results' cells
+    cell_hashes: Mapping[Cell, str]
+    #: ``{(method, metric): configuration}`` (stored with the cell)
+    cell_configs: Mapping[Cell, dict[str, Any]]
+
+    def plan(self) -> list[WorkUnit]:
+        """Every unit, method by method, chunk by chunk."""
+
+    def precomputed(self, method: str) -> bool:
+        """Whether ``method`` was given as an attribution array (explained on every row)."""
+
+    def explain(self, method: str, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, ...) attributions of ``method`` for ``rows`` (NaN elsewhere)."""
+
+    def compute_unit(self, unit: WorkUnit, attributions: torch.Tensor) -> UnitRecord:
+        """Run one unit on the method's attributions (all N rows or the unit's)."""
+
+    def assemble(self, records: Sequence[UnitRecord],
+                 errors: Mapping[Cell, CellError] | None = None, *,
+                 resumed: Mapping[Cell, int] | None = None,
+                 explain_timings: Mapping[str, float] | None = None,
+                 wall_time: float | None = None, store: str | None = None) -> Results:
+        """The results of finished units (any order)."""
+
+
+class UnitSink:
+    """The driver's side of a run: where an executor reports what became of each pending unit.
+
+    Every pending unit ends exactly once, as :meth:`finished` (its record is committed to the
+    store) or :meth:`failed`; a unit reported twice (e.g. by a retried task) is ignored.
+    A cell's error is the one of its first failing chunk, as in a run chunk by chunk, whatever
+    order the failures arrive in.
+    """
+
+    def __init__(self, store: ResultStore | None, bar: Any) -> None:
+        self.store = store
+        self.bar = bar
+        self.records: list[UnitRecord] = []
+        self.errors: dict[Cell, CellError] = {}
+        self.explain_timings: dict[str, float] = {}
+        self._done: set[str] = set()
+        self._error_at: dict[Cell, int] = {}
+
+    def done(self, unit: WorkUnit) -> bool:
+        """Whether ``unit`` has already ended (finished or failed)."""
+        return unit.key in self._done
+
+    def cell_failed(self, unit: WorkUnit) -> bool:
+        """Whether a unit of ``unit``'s cell has failed (its later units need not run)."""
+        return (unit.method, unit.metric) in self.errors
+
+    def finished(self, record: UnitRecord) -> bool:
+        """Commit a finished unit; False (and nothing done) if it had already ended."""
+        if record.key in self._done:
+            return False
+        self._done.add(record.key)
+        self.records.append(record)
+        if self.store is not None:
+            self.store.put(record)
+        self.bar.update(1)
+        return True
+
+    def failed(self, unit: WorkUnit, exc_type: str, message: str, tb: str = "", *,
+               explaining: bool = False) -> None:
+        """``unit`` raised, or (``explaining``) explaining the rows it needs failed; the
+        cell's error then has no sample range."""
+        if unit.key in self._done:
+            return
+        self._done.add(unit.key)
+        self.bar.update(1)
+        cell = (unit.method, unit.metric)
+        if cell not in self._error_at or unit.start < self._error_at[cell]:
+            self._error_at[cell] = unit.start
+            self.errors[cell] = CellError(unit.method, unit.metric, exc_type, message, tb,
+                                          None if explaining else (unit.start, unit.stop))
+
+    def skipped(self, unit: WorkUnit) -> None:
+        """``unit`` was not run because its cell had already failed."""
+        if unit.key not in self._done:
+            self._done.add(unit.key)
+            self.bar.update(1)
+
+    def explained(self, method: str, seconds: float) -> None:
+        """Time spent explaining ``method`` (summed over the calls)."""
+        self.explain_timings[method] = self.explain_timings.get(method, 0.0) + float(seconds)
+
+    def status(self, text: str, *, refresh: bool = False) -> None:
+        """What runs now (shown next to the progress bar)."""
+        self.bar.set_postfix_str(text, refresh=refresh)
 
 
 class Executor(ABC):
@@ -84,12 +219,65 @@ class Executor(ABC):
         cluster for all the units of a benchmark)."""
         return contextlib.nullcontext(self)
 
-    @abstractmethod
-    def run_evaluation(self, evaluation: Evaluation, *,
+    def run_evaluation(self, evaluation: PlannedEvaluation, *,
                        store: str | Path | ResultStore | None = None,
                        progress: bool = True) -> Results:
         """Run every unit of ``evaluation`` that ``store`` does not hold; see
-        :func:`evalkit.evaluate`."""
+        :func:`evalkit.evaluate`.
+
+        The driver, the same for every executor: open the store and record the cells'
+        configurations, take the plan, read back the stored units, :meth:`run_units` the
+        others (each is committed as it finishes), assemble the results (units in plan order,
+        errors in cell order) and warn about failed cells and undefined scores.
+        """
+        from tqdm import tqdm
+
+        started = time.perf_counter()
+        own_store = isinstance(store, str | Path)
+        db: ResultStore | None = ResultStore(store) if own_store else store
+        if db is not None and not isinstance(db, ResultStore):
+            raise TypeError("`store` must be a file path or an evalkit.store.ResultStore.")
+        try:
+            units = evaluation.plan()
+            order = {u.key: i for i, u in enumerate(units)}
+            stored = db.present(u.key for u in units) if db is not None else set()
+            if db is not None:
+                for cell, h in evaluation.cell_hashes.items():
+                    db.put_cell(h, cell[0], cell[1], evaluation.cell_configs[cell])
+            resumed_records: list[UnitRecord] = []
+            resumed: Counter[Cell] = Counter()
+            pending: dict[str, list[WorkUnit]] = {}
+            for u in units:
+                rec = db.get(u.key) if db is not None and u.key in stored else None
+                if rec is not None:
+                    resumed_records.append(rec)
+                    resumed[u.method, u.metric] += 1
+                else:
+                    pending.setdefault(u.method, []).append(u)
+            bar = tqdm(total=len(units), initial=len(resumed_records), disable=not progress,
+                       unit="unit", desc="evaluate", dynamic_ncols=True, leave=True)
+            with contextlib.closing(bar):
+                sink = UnitSink(db, bar)
+                self.run_units(evaluation, pending, sink)
+            records = sorted(resumed_records + sink.records, key=lambda r: order[r.key])
+            errors = {cell: sink.errors[cell] for cell in evaluation.cell_hashes
+                      if cell in sink.errors}
+            results = evaluation.assemble(
+                records, errors, resumed=dict(resumed), explain_timings=sink.explain_timings,
+                wall_time=time.perf_counter() - started,
+                store=None if db is None else str(db.path))
+        finally:
+            if own_store and db is not None:
+                db.close()
+        _warn_about(evaluation, results)
+        return results
+
+    @abstractmethod
+    def run_units(self, evaluation: PlannedEvaluation, pending: Mapping[str, list[WorkUnit]],
+                  sink: UnitSink) -> None:
+        """Explain and run the ``pending`` units (``{method: units in plan order}``; possibly
+        empty), reporting every unit to ``sink`` as it finishes or fails (and the time spent
+        explaining). Called by :meth:`run_evaluation`, once per run."""
 
     @abstractmethod
     def imap_unordered(self, fn: Callable[..., Any], shared: Any,
@@ -104,16 +292,92 @@ class Executor(ABC):
         """
 
 
+def _warn_about(evaluation: PlannedEvaluation, results: Results) -> None:
+    """Warn about failed cells and undefined (NaN) scores of metrics that have warnings on."""
+    # stacklevel 4: the caller of evaluate() (warn <- _warn_about <- run_evaluation <- evaluate)
+    if results.errors:
+        listed = "; ".join(str(e) for e in list(results.errors.values())[:5])
+        more = "" if len(results.errors) <= 5 else f" (and {len(results.errors) - 5} more)"
+        warnings.warn(
+            f"{len(results.errors)} of {len(evaluation.cell_hashes)} (method, metric) cells "
+            f"failed: {listed}{more}. See `results.errors`.", EvalkitWarning, stacklevel=4)
+    loud = [name for name, m in evaluation.metrics.items() if not m.disable_warnings]
+    parts = []
+    for (mname, kname), reasons in results.nan_reasons.items():
+        if kname not in loud or (mname, kname) in results.errors or not reasons:
+            continue
+        common = Counter(reasons.values()).most_common(1)[0][0]
+        parts.append(f"{mname} x {kname}: {len(reasons)} ({common})")
+    if parts:
+        shown = "; ".join(parts[:6]) + ("" if len(parts) <= 6 else f"; ... {len(parts) - 6} "
+                                        "more cells")
+        warnings.warn(f"Undefined (NaN) scores of {evaluation.n} samples: {shown}. See "
+                      "`results.nan_reasons`.", UndefinedScoreWarning, stacklevel=4)
+
+
 class LocalExecutor(Executor):
     """Run everything in this process (the default; ``executor="local"``)."""
 
     name = "local"
     in_process = True
 
-    def run_evaluation(self, evaluation: Evaluation, *,
-                       store: str | Path | ResultStore | None = None,
-                       progress: bool = True) -> Results:
-        return evaluation.run(store=store, progress=progress)
+    def run_units(self, evaluation: PlannedEvaluation, pending: Mapping[str, list[WorkUnit]],
+                  sink: UnitSink) -> None:
+        for method, units in pending.items():
+            self._run_method(evaluation, method, units, sink)
+
+    @staticmethod
+    def _run_method(ev: PlannedEvaluation, method: str, units: list[WorkUnit],
+                    sink: UnitSink) -> None:
+        from .cache import explanation_cache, forward_cache
+
+        by_chunk: dict[tuple[int, int], list[WorkUnit]] = {}
+        for u in units:
+            by_chunk.setdefault((u.start, u.stop), []).append(u)
+        # Rows are explained chunk by chunk, just before the chunk's units (each row once, the
+        # result shared by every metric), so a killed run loses at most the explanations and
+        # scores of the chunk in flight.
+        a: torch.Tensor | None = None
+        explained = np.zeros(ev.n, dtype=bool)
+        groups = list(by_chunk.items())
+        for k, ((start, stop), group) in enumerate(groups):
+            need = np.zeros(ev.n, dtype=bool)
+            need[start:stop] = True
+            need &= ~explained
+            if need.any():
+                sink.status(f"explaining {method} [{start}:{stop}]", refresh=True)
+                t0 = time.perf_counter()
+                try:
+                    part = ev.explain(method, torch.from_numpy(np.flatnonzero(need)))
+                except Exception as exc:
+                    tb = traceback.format_exc()
+                    for u in (u for _, g in groups[k:] for u in g):
+                        sink.failed(u, type(exc).__name__,
+                                    f"explaining the method failed: {exc}", tb,
+                                    explaining=True)
+                    return
+                sink.explained(method, time.perf_counter() - t0)
+                if a is None:  # the first part (NaN outside its rows), or given attributions
+                    a = part
+                    explained |= np.ones(ev.n, dtype=bool) if ev.precomputed(method) else need
+                else:
+                    idx = torch.from_numpy(np.flatnonzero(need)).to(a.device)
+                    a[idx] = part[idx]
+                    explained |= need
+            with forward_cache() as cache:
+                for u in group:
+                    if sink.cell_failed(u):  # a cell that failed once is not retried
+                        sink.skipped(u)
+                        continue
+                    sink.status(f"{u.method} / {u.metric} [{u.start}:{u.stop}]")
+                    try:
+                        rec = ev.compute_unit(u, a)
+                    except Exception as exc:
+                        sink.failed(u, type(exc).__name__, str(exc), traceback.format_exc())
+                    else:
+                        sink.finished(rec)
+                cache.clear()
+                explanation_cache(cache).clear()
 
     def imap_unordered(self, fn: Callable[..., Any], shared: Any,
                        items: Sequence[tuple[Any, ...]], *, progress: bool = False,
@@ -529,80 +793,14 @@ class RayExecutor(Executor):
         queue.appendleft(job)
 
     # ------------------------------------------------------------------ evaluate()
-    def run_evaluation(self, evaluation: Evaluation, *,
-                       store: str | Path | ResultStore | None = None,
-                       progress: bool = True) -> Results:
-        from tqdm import tqdm
-
-        from .results import CellError
-        from .store import ResultStore
-
-        ev = evaluation
-        started = time.perf_counter()
+    def run_units(self, evaluation: PlannedEvaluation, pending: Mapping[str, list[WorkUnit]],
+                  sink: UnitSink) -> None:
         self.stats_ = Counter()
-        own_store = isinstance(store, str | Path)
-        db: ResultStore | None = ResultStore(store) if own_store else store
-        if db is not None and not isinstance(db, ResultStore):
-            raise TypeError("`store` must be a file path or an evalkit.store.ResultStore.")
-        try:
-            units = ev.plan()
-            order = {u.key: i for i, u in enumerate(units)}
-            stored = db.present(u.key for u in units) if db is not None else set()
-            if db is not None:
-                for cell, h in ev.cell_hashes.items():
-                    db.put_cell(h, cell[0], cell[1], ev.cell_configs[cell])
-            records: list[UnitRecord] = []
-            errors: dict[tuple[str, str], CellError] = {}
-            resumed: Counter[tuple[str, str]] = Counter()
-            explain_timings: dict[str, float] = {}
-            todo: dict[str, list[WorkUnit]] = {}
-            for u in units:
-                rec = db.get(u.key) if db is not None and u.key in stored else None
-                if rec is not None:
-                    records.append(rec)
-                    resumed[u.method, u.metric] += 1
-                else:
-                    todo.setdefault(u.method, []).append(u)
-            bar = tqdm(total=len(units), initial=len(records), disable=not progress,
-                       unit="unit", desc="evaluate", dynamic_ncols=True, leave=True)
-            with contextlib.closing(bar):
-                if todo:
-                    self._run_units(ev, todo, records, errors, explain_timings, db, bar)
-            records.sort(key=lambda r: order[r.key])
-            errors = {cell: errors[cell] for cell in ev.cell_hashes if cell in errors}
-            results = ev.assemble(
-                records, errors, resumed=dict(resumed), explain_timings=explain_timings,
-                wall_time=time.perf_counter() - started,
-                store=None if db is None else str(db.path))
-        finally:
-            if own_store and db is not None:
-                db.close()
-        ev._warn(results)
-        return results
-
-    def _run_units(self, ev: Evaluation, todo: dict[str, list[WorkUnit]],
-                   records: list[UnitRecord], errors: dict[tuple[str, str], Any],
-                   explain_timings: dict[str, float], db: ResultStore | None, bar: Any) -> None:
-        from .results import CellError
-
+        if not any(pending.values()):
+            return  # everything was in the store: no cluster needed
+        ev = evaluation
         ray = self._connect()
         inflight: dict[Any, _Job] = {}
-        done: set[str] = set()
-
-        def unit_error(u: WorkUnit, tname: str, msg: str, tb: str, samples: Any) -> None:
-            if u.key in done:
-                return
-            done.add(u.key)
-            bar.update(1)
-            cell = (u.method, u.metric)
-            have = errors.get(cell)
-            # the in-process executor reports a cell's first failing chunk: keep the lowest
-            if have is None or (have.samples is not None and samples is not None
-                                and samples[0] < have.samples[0]):
-                errors[cell] = CellError(u.method, u.metric, tname, msg, tb, samples)
-            elif samples is None and have.samples is not None:
-                errors[cell] = CellError(u.method, u.metric, tname, msg, tb, None)
-
         try:
             options, cap = self._task_options(ray, ev.x.device)
             threads = max(1, int(self.num_cpus_per_worker))
@@ -610,7 +808,7 @@ class RayExecutor(Executor):
             self.stats_["payload_puts"] += 1
             queue: deque[_Job] = deque()
             groups: dict[str, list[list[WorkUnit]]] = {}
-            for mname, mine in todo.items():
+            for mname, mine in pending.items():
                 by_chunk: dict[tuple[int, int], list[WorkUnit]] = {}
                 for u in mine:
                     by_chunk.setdefault((u.start, u.stop), []).append(u)
@@ -634,8 +832,7 @@ class RayExecutor(Executor):
                     job.status, job.array = status, array
                     inflight[status] = job
                 else:
-                    pending = [u for u in job.units if u.key not in done]
-                    if not pending:
+                    if all(sink.done(u) for u in job.units):
                         return
                     gen = self._remote["group"].options(**options, max_retries=0).remote(
                         box, job.units, arrays.get(job.method), threads)
@@ -655,19 +852,20 @@ class RayExecutor(Executor):
                         try:
                             status = ray.get(waitable)
                         except ray.exceptions.RayError as exc:  # retries exhausted
-                            for u in todo[job.method]:
-                                unit_error(u, type(exc).__name__,
-                                           f"explaining the method failed: {exc}", "", None)
+                            for u in pending[job.method]:
+                                sink.failed(u, type(exc).__name__,
+                                            f"explaining the method failed: {exc}",
+                                            explaining=True)
                             continue
                         if status[0] == "fatal":
                             raise _fatal(status)
                         if status[0] == "error":
                             _k, tname, msg, tb = status
-                            for u in todo[job.method]:
-                                unit_error(u, tname, f"explaining the method failed: {msg}", tb,
-                                           None)
+                            for u in pending[job.method]:
+                                sink.failed(u, tname, f"explaining the method failed: {msg}", tb,
+                                            explaining=True)
                             continue
-                        explain_timings[job.method] = float(status[1])
+                        sink.explained(job.method, float(status[1]))
                         arrays[job.method] = job.array
                         # the method's chunks go first: a finished explanation is ready work
                         for g in reversed(groups[job.method]):
@@ -688,10 +886,9 @@ class RayExecutor(Executor):
                         job.attempts += 1
                         if job.attempts > self.max_retries:
                             for u in job.units:
-                                unit_error(u, type(exc).__name__,
-                                           f"the Ray worker running this unit was lost "
-                                           f"{job.attempts} times: {exc}", "",
-                                           (u.start, u.stop))
+                                sink.failed(u, type(exc).__name__,
+                                            f"the Ray worker running this unit was lost "
+                                            f"{job.attempts} times: {exc}")
                         else:
                             self.stats_["retries"] += 1
                             queue.appendleft(job)
@@ -701,29 +898,23 @@ class RayExecutor(Executor):
                         raise _fatal(item)
                     if kind == "explained":
                         if item[1] is not None:
-                            explain_timings[job.method] = (explain_timings.get(job.method, 0.0)
-                                                           + float(item[1]))
+                            sink.explained(job.method, float(item[1]))
                     elif kind == "explain_error":
                         _k, tname, msg, tb = item
                         for u in job.units:
-                            unit_error(u, tname, f"explaining the method failed: {msg}", tb, None)
+                            sink.failed(u, tname, f"explaining the method failed: {msg}", tb,
+                                        explaining=True)
                     elif kind == "error":
                         _k, key, tname, msg, tb = item
                         u = next(u for u in job.units if u.key == key)
-                        unit_error(u, tname, msg, tb, (u.start, u.stop))
+                        sink.failed(u, tname, msg, tb)
                     else:
                         rec = item[1]
                         self.stats_["units"] += 1
-                        if rec.key in done:
+                        if not sink.finished(rec):
                             self.stats_["duplicates_skipped"] += 1
                             continue
-                        done.add(rec.key)
-                        records.append(rec)
-                        if db is not None:
-                            db.put(rec)
-                        bar.set_postfix_str(f"{rec.method} / {rec.metric} "
-                                            f"[{rec.start}:{rec.stop}]", refresh=False)
-                        bar.update(1)
+                        sink.status(f"{rec.method} / {rec.metric} [{rec.start}:{rec.stop}]")
         finally:
             for waitable in inflight:
                 with contextlib.suppress(Exception):

@@ -7,9 +7,10 @@ intervals, per-family summaries and exports (markdown, LaTeX, HTML, CSV).
 
 Semantics
 ---------
-* **Directions.** Every metric declares ``higher_is_better``; rank 1 is the best method on
-  every metric (ties share the average rank). Scores are never passed through ``abs`` or
-  inverted by hand (the Quantus tutorial's table takes ``abs`` of signed correlations and
+* **Directions and ties.** Every metric declares ``higher_is_better``; rank 1 is the best
+  method on every metric, and ties share the average rank (the one rule of
+  :mod:`evalkit.ranking`, which the plots use too). Scores are never passed through ``abs``
+  or inverted by hand (the Quantus tutorial's table takes ``abs`` of signed correlations and
   inverts only the column named "Robustness"; see ``tests/test_leaderboard.py``).
 * **Two ways to combine samples** (Maier-Hein et al., "Why rankings of biomedical image
   analysis competitions should be interpreted with care", Nature Communications 2018), chosen
@@ -30,7 +31,8 @@ Semantics
   across metrics (``mean scaled score``).
 * **Families.** A family's rank is the mean of its metrics' ranks; the overall ``mean rank``
   is the mean over families (each family weighs the same however many metrics it has);
-  ``position`` ranks the methods by it.
+  ``position`` ranks the methods by it (ties share the average position; a method with no
+  mean rank has none and is listed last).
 * **Bootstrap confidence intervals** over samples: ``n_boot`` resamples of the samples with
   replacement (one seeded ``numpy.random.Generator``), the same resample for every method and
   metric (paired); every statistic above (scores, rescaled scores, ranks, family ranks, mean
@@ -47,27 +49,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from ._validation import EvalkitWarning
+from .ranking import rank_methods
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .results import Results
+    from ._types import ScoredResults
 
 __all__ = ["MODES", "Leaderboard", "rank_methods"]
 
 MODES = ("rank_then_aggregate", "aggregate_then_rank")
 _BOOT_BLOCK = 256  # bootstrap rows processed at once (bounds memory for large N)
-
-
-def rank_methods(scores: Any, higher_is_better: bool, *, axis: int = 0) -> np.ndarray:
-    """Ranks of methods along ``axis`` (1 = best, ties get the average rank).
-
-    NaN scores get NaN ranks and the other methods are ranked among themselves.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    key = -s if higher_is_better else s
-    return rankdata(key, axis=axis, method="average", nan_policy="omit")
 
 
 def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
@@ -84,7 +76,9 @@ class Leaderboard:
     Parameters
     ----------
     results:
-        The results to rank.
+        The results to rank (a :class:`~evalkit.results.Results`, or any object with its
+        ``methods``, ``metrics``, ``n``, ``scores``, ``errors``, ``family()`` and
+        ``higher_is_better()``).
     mode:
         ``"rank_then_aggregate"`` or ``"aggregate_then_rank"``.
     rescale:
@@ -120,7 +114,7 @@ class Leaderboard:
 
     def __init__(
         self,
-        results: Results,
+        results: ScoredResults,
         *,
         mode: str = "rank_then_aggregate",
         rescale: str | None = None,
@@ -321,8 +315,7 @@ class Leaderboard:
         table["rank hi"] = overall_hi
         if base_idx is not None:
             table["mean scaled score"] = point_ci("overall_scaled")[0]
-        table["position"] = rankdata(np.where(np.isfinite(overall), overall, np.inf),
-                                     method="min")
+        table["position"] = rank_methods(overall, higher_is_better=False)
         table.index.name = "method"
         order = np.lexsort((np.arange(n_m), np.where(np.isfinite(overall), overall, np.inf)))
         self.table = table.iloc[order]

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .ranking import place_shares
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from ._types import ScoredResults
     from .leaderboard import Leaderboard
-    from .results import Results
 
 __all__ = [
     "plot",
@@ -46,7 +48,7 @@ __all__ = [
 _KINDS = ("radar", "bars", "distributions", "violin", "box", "curves", "explanations")
 
 
-def plot(results: Results, kind: str = "radar", **kwargs: Any) -> Figure:
+def plot(results: ScoredResults, kind: str = "radar", **kwargs: Any) -> Figure:
     """Dispatch by name: ``"radar"``, ``"bars"``, ``"distributions"`` (``"violin"``,
     ``"box"``), ``"curves"`` or ``"explanations"``."""
     if kind == "radar":
@@ -97,13 +99,13 @@ def _grid(n: int, ncols: int, cell: tuple[float, float]) -> tuple[Figure, list[A
     return fig, axes[:n]
 
 
-def _arrow(results: Results, metric: str) -> str:
+def _arrow(results: ScoredResults, metric: str) -> str:
     return "↑" if results.higher_is_better(metric) else "↓"
 
 
 # ---------------------------------------------------------------------- radar
 def plot_radar(
-    results: Results,
+    results: ScoredResults,
     *,
     leaderboard: Leaderboard | None = None,
     by: str = "family",
@@ -157,7 +159,7 @@ def plot_radar(
 
 # ---------------------------------------------------------------------- bars
 def plot_bars(
-    results: Results,
+    results: ScoredResults,
     *,
     metrics: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
@@ -204,7 +206,7 @@ def plot_bars(
 
 # ---------------------------------------------------------------------- distributions
 def plot_distributions(
-    results: Results,
+    results: ScoredResults,
     *,
     metrics: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
@@ -251,7 +253,7 @@ def plot_distributions(
 
 # ---------------------------------------------------------------------- curves
 def plot_curves(
-    results: Results,
+    results: ScoredResults,
     *,
     metrics: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
@@ -328,7 +330,7 @@ def _map(a: np.ndarray) -> np.ndarray:
 
 
 def plot_explanations(
-    results: Results | None = None,
+    results: ScoredResults | None = None,
     x: Any = None,
     attributions: Mapping[str, Any] | None = None,
     *,
@@ -466,8 +468,9 @@ def rank_frequencies(scores: Any, higher_is_better: bool = True) -> pd.DataFrame
     Returns
     -------
     ``DataFrame`` methods x ranks ``1..M``: the fraction of rows in which the method takes each
-    rank (each row of the frame sums to 1). Tied methods share the places of their tie: two
-    methods tied for first each count half a first and half a second place. Rows with a
+    rank (each row of the frame sums to 1). Tied methods share the places of their tie (the
+    tie rule of :mod:`evalkit.ranking`, so a method's mean place in a row is its average rank
+    there): two methods tied for first each count half a first and half a second place. Rows with a
     non-finite score are left out; ``attrs`` records ``n_settings`` (rows used) and
     ``n_dropped``.
     """
@@ -478,14 +481,8 @@ def rank_frequencies(scores: Any, higher_is_better: bool = True) -> pd.DataFrame
     kept = values[finite]
     if kept.shape[0] == 0:
         raise ValueError("No row of `scores` is finite for every method; nothing to rank.")
-    from scipy.stats import rankdata
-
-    key = -kept if higher_is_better else kept
-    lo = rankdata(key, axis=1, method="min")  # (R, M) first place of each tie block
-    hi = rankdata(key, axis=1, method="max")  # last place
+    share = place_shares(kept, higher_is_better)  # (R, M, places)
     places = np.arange(1, len(names) + 1)
-    inside = (places >= lo[..., None]) & (places <= hi[..., None])  # (R, M, places)
-    share = inside / (hi - lo + 1)[..., None]
     frame = pd.DataFrame(share.mean(0), index=pd.Index(names, name="method"),
                          columns=pd.Index(places, name="rank"))
     frame.attrs["n_settings"] = int(kept.shape[0])

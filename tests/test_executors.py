@@ -19,7 +19,7 @@ from _evaluate_helpers import problem
 
 import evalkit as ek
 import metaeval as me
-from evalkit.executors import LocalExecutor, RayExecutor, as_executor
+from evalkit.executors import Executor, LocalExecutor, RayExecutor, as_executor
 from evalkit.metrics.complexity import Sparseness
 from evalkit.store import ResultStore
 
@@ -168,6 +168,90 @@ def test_local_executor_is_the_default(data, reference):
     again = ek.evaluate(**_setup(data), executor="local")
     _assert_same(reference, again)
     assert list(LocalExecutor().imap_unordered(_square, 2, [(1,), (3,)])) == [(0, 2), (1, 18)]
+
+
+class _Backwards(Executor):
+    """An executor that supplies only how units run (the driver does the rest): each method is
+    explained once on every row, its units run last chunk first, one forward cache per chunk."""
+
+    def __init__(self):
+        self.seen: list[int] = []
+
+    def run_units(self, evaluation, pending, sink):
+        from evalkit.cache import forward_cache
+
+        for method, units in pending.items():
+            a = evaluation.explain(method)
+            sink.explained(method, 0.0)
+            by_chunk = {}
+            for u in units:
+                by_chunk.setdefault((u.start, u.stop), []).append(u)
+            for group in reversed(list(by_chunk.values())):
+                with forward_cache():
+                    for u in group:
+                        self.seen.append(u.start)
+                        try:
+                            sink.finished(evaluation.compute_unit(u, a))
+                        except Exception as exc:
+                            sink.failed(u, type(exc).__name__, str(exc))
+
+    def imap_unordered(self, fn, shared, items, **kwargs):
+        return LocalExecutor().imap_unordered(fn, shared, items, **kwargs)
+
+
+def test_an_executor_supplies_only_how_units_run(data, reference, tmp_path):
+    """The driver (Executor.run_evaluation) owns the store, the plan, resuming, assembling and
+    warnings: an executor that runs the units in another order gives the same results bit
+    for bit, fills the store, and is not asked for stored units."""
+    store = tmp_path / "backwards.sqlite"
+    ex = _Backwards()
+    got = ek.evaluate(**_setup(data), executor=ex, store=store)
+    _assert_same(reference, got)
+    assert ex.seen[:4] == [8, 8, 8, 8]  # the last chunk first
+    with ResultStore(store) as db:
+        assert len(db) == 3 * 4 * 3
+    again = _Backwards()
+    resumed = ek.evaluate(**_setup(data), executor=again, store=store)
+    assert again.seen == [] and sum(resumed.resumed.values()) == 3 * 4 * 3
+    _assert_same(reference, resumed)
+
+
+def test_a_cells_error_is_its_first_failing_chunk_whatever_the_order(data):
+    """Failures reported last chunk first (as a distributed executor may) keep the error of
+    the first failing chunk, as the in-process run does; a unit reported twice counts once."""
+    _model, x, _y, _s = data
+    bad = {float(torch.as_tensor(x[i], dtype=torch.float32).sum()) for i in (4, 8)}
+
+    class _BoomTwice(Sparseness):
+        def _evaluate(self, batch):
+            if float(batch.x[0].sum()) in bad:
+                raise RuntimeError(f"boom at {float(batch.x[0].sum())}")
+            return super()._evaluate(batch)
+
+    setup = _setup(data, metrics={"boom": _BoomTwice()})
+    with pytest.warns(ek.EvalkitWarning, match="cells failed"):
+        expected = ek.evaluate(**setup)
+    with pytest.warns(ek.EvalkitWarning, match="cells failed"):
+        got = ek.evaluate(**setup, executor=_Backwards())
+    assert expected.errors[("Saliency", "boom")].samples == (4, 8)
+    _assert_same(expected, got)
+
+    from evalkit.executors import UnitSink, WorkUnit
+
+    class _Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    sink = UnitSink(None, _Bar())
+    late, early = (WorkUnit("m", "k", 8, 12, "b", "h"), WorkUnit("m", "k", 4, 8, "a", "h"))
+    sink.failed(late, "RuntimeError", "late")
+    sink.failed(early, "ValueError", "early")
+    sink.failed(early, "TypeError", "again")  # reported twice: ignored
+    assert sink.errors[("m", "k")].message == "early"
+    assert sink.errors[("m", "k")].samples == (4, 8) and sink.bar.n == 2
+    assert sink.done(late) and sink.cell_failed(late)
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch, data):

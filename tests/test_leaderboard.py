@@ -66,6 +66,20 @@ def test_complete_cases_and_unranked_methods():
     assert not long.loc["C", "ranked"] and np.isnan(long.loc["C", "rank"])
     assert board.ranks.loc["A", "m"] == 1 and board.ranks.loc["B", "m"] == 2
     assert board.table.index[-1] == "C" and np.isnan(board.table.loc["C", "mean rank"])
+    # a method with no mean rank has no position (the rule of evalkit.ranking: NaN is not
+    # ranked); it used to get the place after the ranked methods
+    assert list(board.table["position"][:2]) == [1, 2]
+    assert np.isnan(board.table.loc["C", "position"])
+
+
+def test_tied_mean_ranks_share_the_average_position():
+    """One tie rule for every rank of the table (evalkit.ranking): methods tied on the mean
+    rank share the average of their positions (they used to share the first, 1, 1, 3)."""
+    r = _results({"A": {"m": [1.0, 0.0]}, "B": {"m": [0.0, 1.0]}, "C": {"m": [-1.0, -1.0]}})
+    board = Leaderboard(r, n_boot=0)
+    assert board.table.loc["A", "mean rank"] == board.table.loc["B", "mean rank"] == 1.5
+    assert list(board.table.index) == ["A", "B", "C"]
+    assert list(board.table["position"]) == [1.5, 1.5, 3]
 
 
 def test_failed_cells_are_not_ranked():
