@@ -20,46 +20,42 @@ and in a test module, one test per (metric, check)::
 The checks (:data:`CHECKS`, in this order; each is skipped with the reason where it does not
 apply):
 
-``protocol``
-    The call returns a float64 ndarray (N,); ``scores_`` equals it; ``nan_reasons_`` names a
-    reason for exactly the NaN samples; ``seed_`` is the seed used; ``aggregate`` gives
-    ``aggregate(scores)``.
-``per_sample_independence``
-    A sample's score alone equals its score in the batch (not for ``set_level`` metrics).
-``permutation_equivariance``
-    Permuting the batch permutes the scores (set-level metrics too: the set is the same).
-``batch_size_invariance``
-    ``batch_size=1`` and ``batch_size=2`` (the runner's and the explainer's chunks) give the
-    scores of the default.
-``chunk_invariance``
-    Scoring the batch in pieces (as :func:`evalkit.evaluate` does with ``chunk_size``) and
-    concatenating gives the scores of one call (not for ``set_level`` metrics).
-``seeded_determinism``
-    The same seed gives identical scores; with ``seed=None`` the recorded ``seed_``
-    reproduces them.
-``declared_stochasticity``
-    A ``stochastic`` metric gives different scores on at least one sample under another
-    seed; any other metric gives the same scores under every seed.
-``no_mutation``
-    The call leaves the model (parameters, buffers, ``.grad``, ``requires_grad``, training
-    flags, hooks), the inputs ``x``, ``y``, ``a``, ``s`` (NumPy and torch), the metric's
-    parameters and the global random generators (``random``, NumPy, torch) unchanged.
-``nan_with_reason``
-    A NaN in one attribution row makes that sample NaN with a reason and leaves the others'
-    scores unchanged (set-level metrics: only the first part); constant and all-zero maps give
-    finite scores or NaN with a reason, never an exception.
-``clone_and_params``
-    ``clone()``, ``type(m)(**m.get_params())`` and ``set_params(seed=...)`` give metrics with
-    the expected parameters (``set_params`` is checked against its documented result only, not
-    for copying or updating in place) that score like the original; ``repr`` works.
-``metadata``
-    The metadata read on the instance (``higher_is_better``, ``stochastic``, ``set_level``,
-    ...) equals what ``metric.metadata()`` and :func:`evalkit.metrics.list_metrics` report
-    for it, since the store and leaderboards use one and ranking the other.
-``device_and_dtype``
-    NumPy and torch inputs, float64 inputs (cast to the model's dtype) and float32
-    attributions give the same scores; a float64 copy of the model close ones; on a machine
-    with CUDA, the model and inputs on the GPU close ones.
+* ``protocol``: the call returns a float64 ndarray (N,); ``scores_`` equals it;
+  ``nan_reasons_`` names a reason for exactly the NaN samples; ``seed_`` is the seed used;
+  ``aggregate`` gives ``aggregate(scores)``.
+* ``per_sample_independence``: a sample's score alone equals its score in the batch (not for
+  ``set_level`` metrics).
+* ``permutation_equivariance``: permuting the batch permutes the scores (set-level metrics too:
+  the set is the same).
+* ``batch_size_invariance``: ``batch_size`` 1, 2 and N (the runner's and the explainer's
+  chunks) give the scores of the default.
+* ``chunk_invariance``: scoring the batch in pieces (as :func:`evalkit.evaluate` does with
+  ``chunk_size``) and concatenating gives the scores of one call (not for ``set_level``
+  metrics).
+* ``seeded_determinism``: the same seed gives identical scores; with ``seed=None`` the recorded
+  ``seed_`` reproduces them.
+* ``declared_stochasticity``: a ``stochastic`` metric gives different scores on at least one
+  sample under another seed; any other metric gives the same scores under every seed.
+* ``no_mutation``: the call leaves the model (parameters, buffers, ``.grad``,
+  ``requires_grad``, training flags, hooks), the inputs ``x``, ``y``, ``a``, ``s`` (NumPy and
+  torch), the metric's parameters and the global random generators (``random``, NumPy, torch)
+  unchanged.
+* ``nan_with_reason``: a NaN in one attribution row makes that sample NaN with a reason and
+  leaves the others' scores unchanged (set-level metrics: only the first part); constant and
+  all-zero maps give finite scores or NaN with a reason, never an exception.
+* ``clone_and_params``: ``clone()``, ``type(m)(**m.get_params())`` and ``set_params(seed=...)``
+  give metrics with the expected parameters (``set_params`` is checked against its documented
+  result only, not for copying or updating in place) that score like the original; ``repr``
+  works.
+* ``metadata``: the metadata read on the instance (``higher_is_better``, ``stochastic``,
+  ``set_level``, ...) equals what ``metric.metadata()``, :func:`evalkit.metrics.list_metrics`
+  (for a registered class) and the store (:meth:`evalkit.evaluate.Evaluation.metric_info`,
+  which results, leaderboards and metaeval read) report for it.
+* ``device_and_dtype``: NumPy and torch inputs, float64 inputs (cast to the model's dtype) and
+  float32 attributions give the same scores; a float64 copy of the model close ones (not for
+  stochastic metrics, whose draws depend on the dtype); on a machine with CUDA, the model and
+  inputs on the GPU give a NumPy array close to the CPU scores (stochastic metrics: close to
+  another CUDA call, since random streams are equal per device type only).
 
 Fixtures are registered per modality (:func:`register_fixture`; ``"image"``, ``"tabular"``
 and ``"series"`` are built in) and built once per process. A metric's modalities are read from
@@ -320,10 +316,10 @@ class _Context:
 
     # ---- metrics
     def metric(self, seed: int | None = SEED, **attrs: Any) -> Metric:
-        """A deep copy of the metric with a fixed seed, no aggregation and no warnings: the
-        checks vary one thing at a time on copies, so the caller's instance is never
-        touched (its parameters are set as attributes, not through ``set_params``, which one
-        check tests on its own)."""
+        """A deep copy of the metric with a fixed seed and no aggregation: the checks vary
+        one thing at a time on copies, so the caller's instance is never touched (the copy's
+        parameters are set as attributes, not through ``set_params``, which one check tests
+        on its own)."""
         m = copy.deepcopy(self.original)
         m.seed = seed
         m.aggregate = None
@@ -372,18 +368,19 @@ class _Context:
         return np.asarray(self.call(*args, **kwargs), dtype=np.float64).reshape(-1)
 
     def reference(self) -> np.ndarray:
-        """The scores of the plain call (seed :data:`SEED`), computed once per metric object
-        and modality."""
+        """The scores of the plain call (seed :data:`SEED`), computed once per metric object,
+        parameter values and modality."""
         try:
             cache = _REFERENCES.setdefault(self.original, {})
-        except TypeError:  # an unhashable or un-weakref-able metric: no caching
-            cache = {}
-        if self.modality not in cache:
-            cache[self.modality] = self.scores()
-        return cache[self.modality].copy()
+            key = (self.modality, repr(self.original.get_params()))
+        except Exception:  # unhashable, not weak-referenceable or broken get_params: no cache
+            cache, key = {}, None
+        if key not in cache:
+            cache[key] = self.scores()
+        return cache[key].copy()
 
 
-_REFERENCES: weakref.WeakKeyDictionary[Metric, dict[str, np.ndarray]] = (
+_REFERENCES: weakref.WeakKeyDictionary[Metric, dict[Any, np.ndarray]] = (
     weakref.WeakKeyDictionary())
 
 
@@ -401,7 +398,7 @@ def _differs(got: np.ndarray, want: np.ndarray, rtol: float = RTOL, atol: float 
     if close.all():
         return ""
     bad = np.flatnonzero(~close)
-    shown = ", ".join(f"sample {i}: {got[i]!r} vs {want[i]!r}" for i in bad[:4])
+    shown = ", ".join(f"sample {i}: {float(got[i])!r} vs {float(want[i])!r}" for i in bad[:4])
     return f"{bad.size} of {got.size} scores differ ({shown})"
 
 
@@ -455,14 +452,16 @@ def check_per_sample_independence(ctx: _Context) -> None:
 
 
 def check_permutation_equivariance(ctx: _Context) -> None:
-    perm = list(_PERMUTATION[: ctx.fixture.n])
+    n = ctx.fixture.n
+    # not a rotation: a metric that compares neighbours in the batch must notice
+    perm = list(_PERMUTATION) if n == len(_PERMUTATION) else list(range(n))[::-1]
     got = ctx.scores(inputs=ctx.inputs(perm))
     _fail_if(_differs(got, ctx.reference()[perm]), f"the batch permuted by {perm}")
 
 
 def check_batch_size_invariance(ctx: _Context) -> None:
     ref = ctx.reference()
-    for size in (1, 2):
+    for size in (1, 2, ctx.fixture.n):
         _fail_if(_differs(ctx.scores(batch_size=size), ref), f"batch_size={size} vs the default")
 
 
@@ -709,6 +708,17 @@ def check_metadata(ctx: _Context) -> None:
                         else listed[field], getattr(metric, field)):
                     problems.append(f"{field}: the instance says {getattr(metric, field)!r}, "
                                     f"list_metrics() says {listed[field]!r}")
+    from .evaluate import Evaluation
+
+    fx = ctx.fixture
+    planned = Evaluation({"metric": metric}, {"given": fx.a.numpy()}, ctx.model(), fx.x, fx.y,
+                         fx.s)
+    stored = planned.metric_info()["metric"]
+    for field in METADATA_FIELDS:
+        if field in stored and hasattr(metric, field) and not _same(stored[field],
+                                                                     getattr(metric, field)):
+            problems.append(f"{field}: the instance says {getattr(metric, field)!r}, the store "
+                            f"(evaluate's metric_info) says {stored[field]!r}")
     if problems:
         raise AssertionError("; ".join(problems))
 
@@ -734,10 +744,18 @@ def check_device_and_dtype(ctx: _Context) -> None:
     if torch.cuda.is_available():
         cuda = {k: v.cuda() for k, v in ctx.inputs().items()}
         got = ctx.call(model=ctx.model().cuda(), inputs=cuda)
-        if not isinstance(got, np.ndarray):
-            raise AssertionError(f"with a CUDA model the call returned a {type(got).__name__}")
-        _fail_if(_differs(np.asarray(got).reshape(-1), ref, RTOL_DTYPE, ATOL_DTYPE),
-                 "the model and inputs on CUDA vs on the CPU")
+        if not isinstance(got, np.ndarray) or got.shape != ref.shape:
+            raise AssertionError(f"with a CUDA model the call returned a {type(got).__name__} "
+                                 f"of shape {np.shape(got)}, not a NumPy array {ref.shape}")
+        if getattr(ctx.original, "stochastic", False):
+            # the random streams are the same per device type only: compare CUDA with CUDA
+            again = ctx.scores(model=ctx.model().cuda(),
+                               inputs={k: v.cuda() for k, v in ctx.inputs().items()})
+            _fail_if(_differs(again, got, RTOL_DTYPE, ATOL_DTYPE),
+                     "two calls with the same seed on CUDA")
+        else:
+            _fail_if(_differs(got, ref, RTOL_DTYPE, ATOL_DTYPE),
+                     "the model and inputs on CUDA vs on the CPU")
 
 
 #: the checks by name, in the order they run
@@ -823,8 +841,8 @@ def check_metric(
 
 class _Check:
     """One named check, callable on a metric as ``check(metric)`` inside a test: raises
-    ``AssertionError`` on failure and ``unittest.SkipTest`` (a pytest skip) when it does not
-    apply."""
+    ``AssertionError`` on failure and skips the test (pytest's skip, else
+    ``unittest.SkipTest``) when it does not apply."""
 
     def __init__(self, name: str, modality: str) -> None:
         self.name = name
@@ -833,7 +851,11 @@ class _Check:
     def __call__(self, metric: Metric | type[Metric]) -> None:
         result = run_check(metric, self.name, modality=self.modality)
         if result.skipped:
-            raise unittest.SkipTest(result.message)
+            try:
+                import pytest
+            except ImportError:
+                raise unittest.SkipTest(result.message) from None
+            pytest.skip(result.message)
         if not result.passed:
             raise AssertionError(f"{type(_as_instance(metric)).__name__} "
                                  f"[{self.modality}] {self.name}: {result.message}")
