@@ -34,8 +34,9 @@ apply):
   metrics).
 * ``seeded_determinism``: the same seed gives identical scores; with ``seed=None`` the recorded
   ``seed_`` reproduces them.
-* ``declared_stochasticity``: a ``stochastic`` metric gives different scores on at least one
-  sample under another seed; any other metric gives the same scores under every seed.
+* ``declared_stochasticity``: a ``stochastic`` metric gives different scores (or
+  ``curves_``) under one of two other seeds; any other metric gives the same scores and
+  curves under another seed.
 * ``no_mutation``: the call leaves the model (parameters, buffers, ``.grad``,
   ``requires_grad``, training flags, hooks), the inputs ``x``, ``y``, ``a``, ``s`` (NumPy and
   torch), the metric's parameters and the global random generators (``random``, NumPy, torch)
@@ -486,22 +487,42 @@ def check_seeded_determinism(ctx: _Context) -> None:
              f"seed=None, then seed=seed_ ({used})")
 
 
+def _scores_and_curves(ctx: _Context, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    metric = ctx.metric(seed=seed)
+    scores = ctx.scores(metric)
+    curves = getattr(metric, "curves_", None)
+    return scores, None if curves is None else np.asarray(curves, dtype=np.float64)
+
+
+def _same_draws(a: tuple[np.ndarray, np.ndarray | None],
+                b: tuple[np.ndarray, np.ndarray | None]) -> bool:
+    """Whether two calls gave the same scores and, where exposed, the same curves."""
+    same = np.array_equal(a[0], b[0], equal_nan=True)
+    if a[1] is not None and b[1] is not None:
+        same = same and a[1].shape == b[1].shape and np.array_equal(a[1], b[1], equal_nan=True)
+    return same
+
+
 def check_declared_stochasticity(ctx: _Context) -> None:
-    ref = ctx.reference()
-    other = ctx.scores(ctx.metric(seed=SEED + 1))
+    first = _scores_and_curves(ctx, SEED)
     stochastic = bool(getattr(ctx.original, "stochastic", False))
     if stochastic:
-        both = np.isfinite(ref) & np.isfinite(other)
-        if not both.any():
-            _skip("no finite score to compare under two seeds")
-        if np.array_equal(ref[both], other[both]):
+        # scores with few distinct values (0/1 accuracies, counts) can coincide under two
+        # seeds: two other seeds, and the curves where the metric exposes them
+        others = [_scores_and_curves(ctx, SEED + k) for k in (1, 2)]
+        if all(_same_draws(first, other) for other in others):
             raise AssertionError(
-                f"declared stochastic, but seeds {SEED} and {SEED + 1} give identical scores "
-                f"{ref.tolist()}")
+                f"declared stochastic, but seeds {SEED}, {SEED + 1} and {SEED + 2} give "
+                f"identical scores {first[0].tolist()}" + ("" if first[1] is None
+                                                          else " and curves"))
     else:
-        _fail_if(_differs(other, ref, 0.0, 0.0),
+        other = _scores_and_curves(ctx, SEED + 1)
+        _fail_if(_differs(other[0], first[0], 0.0, 0.0),
                  f"declared not stochastic, but seeds {SEED} and {SEED + 1} give different "
                  "scores")
+        if not _same_draws(first, other):
+            raise AssertionError(f"declared not stochastic, but seeds {SEED} and {SEED + 1} "
+                                 "give different curves_")
 
 
 def _model_state(model: nn.Module) -> dict[str, Any]:

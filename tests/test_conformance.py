@@ -46,6 +46,10 @@ NON_DEFAULT = {
     "Completeness(return_residual=True)": cheap_metric("Completeness", return_residual=True),
     "InputInvariance(return_residual=True)": cheap_metric("InputInvariance",
                                                           return_residual=True),
+    "Completeness(perturb_baseline='uniform', return_residual=True)": cheap_metric(
+        "Completeness", perturb_baseline="uniform", return_residual=True),
+    "NonSensitivity(perturb_baseline='uniform', eps=0.01)": cheap_metric(
+        "NonSensitivity", perturb_baseline="uniform", eps=0.01),
 }
 
 def _class_metadata(field: str, cls_value: object, value: object) -> str:
@@ -59,6 +63,12 @@ _SEED_UNDECLARED_DTYPE = (_SEED_UNDECLARED + " (so a float64 copy of the model, 
                           "re-initialised weights are other draws, scores differently)")
 
 #: (metric id, check, the library bug it shows); see the module docstring
+_RANDOM_BASELINE = ("a random baseline ('uniform') draws from the seed, but the class declares "
+                    "stochastic=False and __init__ does not derive it from the baseline, as "
+                    "the faithfulness metrics do")
+_RANDOM_BASELINE_DTYPE = (_RANDOM_BASELINE + " (and the uniform draws differ in float64, so "
+                          "a float64 model scores differently)")
+
 KNOWN_BUGS: list[tuple[str, str, str]] = [
     ("MPRT", "declared_stochasticity", _SEED_UNDECLARED),
     ("MPRT", "device_and_dtype", _SEED_UNDECLARED_DTYPE),
@@ -95,6 +105,16 @@ KNOWN_BUGS: list[tuple[str, str, str]] = [
      _class_metadata("higher_is_better", True, False)),
     ("InputInvariance(return_residual=True)", "metadata",
      _class_metadata("higher_is_better", True, False)),
+    ("Completeness(perturb_baseline='uniform', return_residual=True)", "declared_stochasticity",
+     _RANDOM_BASELINE),
+    ("Completeness(perturb_baseline='uniform', return_residual=True)", "device_and_dtype",
+     _RANDOM_BASELINE_DTYPE),
+    ("Completeness(perturb_baseline='uniform', return_residual=True)", "metadata",
+     _class_metadata("higher_is_better", True, False)),
+    ("NonSensitivity(perturb_baseline='uniform', eps=0.01)", "declared_stochasticity",
+     _RANDOM_BASELINE),
+    ("NonSensitivity(perturb_baseline='uniform', eps=0.01)", "device_and_dtype",
+     _RANDOM_BASELINE_DTYPE),
 ]
 KNOWN_FAILURES: dict[str, dict[str, str]] = {}
 for _id, _check, _bug in KNOWN_BUGS:
