@@ -9,8 +9,6 @@ test XPASS, which fails the suite until the entry is removed.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -19,8 +17,6 @@ import evalkit as ek
 from evalkit import _rng
 from evalkit.metrics import Metric, MetricBatch, list_metrics
 from evalkit.testing import CHECKS, cheap_metric, check_metric, parametrize_with_checks
-
-warnings.filterwarnings("ignore", category=ek.UndefinedScoreWarning)
 
 # ============================================================================ every metric
 REGISTERED = {name: cheap_metric(name) for name in list_metrics()["name"]}
@@ -51,6 +47,7 @@ NON_DEFAULT = {
     "NonSensitivity(perturb_baseline='uniform', eps=0.01)": cheap_metric(
         "NonSensitivity", perturb_baseline="uniform", eps=0.01),
 }
+
 
 def _class_metadata(field: str, cls_value: object, value: object) -> str:
     return (f"metadata() and list_metrics() read the class ({field}={cls_value}), but this "
@@ -230,6 +227,15 @@ class StoresDerivedParameter(Reference):
         self.steps = steps + 1
 
 
+class ScalesNumPyInputs(Reference):
+    """Divides NumPy inputs by 255 (taking them for 8-bit images), tensors not."""
+
+    def __call__(self, model, x, y, a=None, **kwargs):
+        if isinstance(x, np.ndarray):
+            x = x / 255.0
+        return super().__call__(model, x, y, a, **kwargs)
+
+
 class ComparesWithNextSample(Reference):
     """A set-level metric that is not a function of the set: each sample is compared with the
     next one in the batch, so the scores depend on the order."""
@@ -252,6 +258,7 @@ BROKEN = [
     (UndeclaredRandomness(), {"declared_stochasticity"}),
     (CrashesOnConstantMaps(), {"nan_with_reason"}),
     (StoresDerivedParameter(), {"clone_and_params"}),
+    (ScalesNumPyInputs(), {"device_and_dtype"}),
     (ComparesWithNextSample(), {"permutation_equivariance"}),
 ]
 
