@@ -9,7 +9,7 @@ modality) and compares what it returns under a change that must not matter.
 >>> check_metric(MyMetric(n_steps=4))          # doctest: +SKIP
 [CheckResult(name='protocol', passed=True, message=''), ...]
 
-and in a test module, one test per (metric, check)::
+and in a test module, one test per (metric, check):
 
     from evalkit.testing import parametrize_with_checks
 
