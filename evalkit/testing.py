@@ -49,9 +49,10 @@ apply):
   result only, not for copying or updating in place) that score like the original; ``repr``
   works.
 * ``metadata``: the metadata read on the instance (``higher_is_better``, ``stochastic``,
-  ``set_level``, ...) equals what ``metric.metadata()``, :func:`evalkit.metrics.list_metrics`
-  (for a registered class) and the store (:meth:`evalkit.evaluate.Evaluation.metric_info`,
-  which results, leaderboards and metaeval read) report for it.
+  ``set_level``, ...) equals what ``metric.metadata()`` and the store
+  (:meth:`evalkit.evaluate.Evaluation.metric_info`, which results, leaderboards and metaeval
+  read) report for it; for a registered class, the row of
+  :func:`evalkit.metrics.list_metrics` (one per class) equals a default instance's.
 * ``device_and_dtype``: NumPy and torch inputs, float64 inputs (cast to the model's dtype) and
   float32 attributions give the same scores; a float64 copy of the model close ones (not for
   stochastic metrics, whose draws depend on the dtype); on a machine with CUDA, the model and
@@ -717,18 +718,26 @@ def check_metadata(ctx: _Context) -> None:
                             f"metadata() says {meta[field]!r}")
     name = type(metric).__name__
     if metric_base._REGISTRY.get(name) is type(metric):
+        # list_metrics() has one row per class: the metadata of the default settings, so it
+        # is compared with a default instance (where one can be built without arguments)
+        try:
+            default = type(metric)()
+        except TypeError:
+            default = None
         frame = list_metrics()
         row = frame[frame["name"] == name]
         if len(row) != 1:
             problems.append(f"list_metrics() has {len(row)} rows named {name!r}")
-        else:
+        elif default is not None:
             listed = row.iloc[0].to_dict()
             for field in METADATA_FIELDS:
-                if field in listed and hasattr(metric, field) and not _same(
-                        bool(listed[field]) if isinstance(listed[field], np.bool_)
-                        else listed[field], getattr(metric, field)):
-                    problems.append(f"{field}: the instance says {getattr(metric, field)!r}, "
-                                    f"list_metrics() says {listed[field]!r}")
+                value = listed.get(field)
+                value = bool(value) if isinstance(value, np.bool_) else value
+                if field in listed and hasattr(default, field) and not _same(
+                        value, getattr(default, field)):
+                    problems.append(f"{field}: a default {name}() says "
+                                    f"{getattr(default, field)!r}, list_metrics() says "
+                                    f"{value!r}")
     from .evaluate import Evaluation
 
     fx = ctx.fixture

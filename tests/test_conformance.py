@@ -50,8 +50,8 @@ NON_DEFAULT = {
 
 
 def _class_metadata(field: str, cls_value: object, value: object) -> str:
-    return (f"metadata() and list_metrics() read the class ({field}={cls_value}), but this "
-            f"instance's __init__ sets {field}={value}")
+    return (f"metadata() is a classmethod: it reports the class's {field}={cls_value}, but "
+            f"this instance's __init__ sets {field}={value}")
 
 
 _SEED_UNDECLARED = ("declares stochastic=False, but its scores depend on the seed, which "
@@ -335,3 +335,23 @@ def test_parametrize_with_checks_ids_and_expected_failures():
 
 def test_lazy_top_level_access():
     assert ek.testing.check_metric is check_metric
+
+
+def test_metadata_compares_list_metrics_with_a_default_instance():
+    from evalkit.metrics import base
+
+    class ConformanceFlipsByDefault(FlipsDirection):  # registers itself: it has a family
+        family = "complexity"
+
+    try:
+        result, = check_metric(ConformanceFlipsByDefault(), checks=["metadata"],
+                               raise_on_failure=False)
+        assert not result.passed
+        assert ("higher_is_better: a default ConformanceFlipsByDefault() says False, "
+                "list_metrics() says True") in result.message
+        result, = check_metric(ConformanceFlipsByDefault(invert=False), checks=["metadata"],
+                               raise_on_failure=False)
+        assert "list_metrics() says True" in result.message  # the default instance still flips
+    finally:
+        base._REGISTRY.pop("ConformanceFlipsByDefault", None)
+    assert "ConformanceFlipsByDefault" not in set(list_metrics()["name"])
