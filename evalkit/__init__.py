@@ -24,7 +24,7 @@ from .models import wrap_model
 from .results import Results
 
 #: submodules imported on first access (``ek.datasets.make_shapes``, ``ek.zoo``, ...)
-_LAZY_SUBMODULES = ("datasets", "zoo", "leaderboard", "plotting", "ranking", "cli")
+_LAZY_SUBMODULES = ("datasets", "zoo", "leaderboard", "plotting", "ranking", "cli", "testing")
 
 
 def __getattr__(name: str):

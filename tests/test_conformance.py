@@ -1,0 +1,357 @@
+"""The conformance suite (:mod:`evalkit.testing`) over every registered metric, and over
+instances whose settings change their metadata; test-only broken metrics fail exactly the
+checks they should.
+
+Every (metric, check) pair that fails today because of a library bug is listed in
+``KNOWN_FAILURES`` with the bug, and runs as ``xfail(strict=True)``: fixing the bug makes the
+test XPASS, which fails the suite until the entry is removed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import evalkit as ek
+from evalkit import _rng
+from evalkit.metrics import Metric, MetricBatch, list_metrics
+from evalkit.testing import CHECKS, cheap_metric, check_metric, parametrize_with_checks
+
+# ============================================================================ every metric
+REGISTERED = {name: cheap_metric(name) for name in list_metrics()["name"]}
+
+#: instances whose settings change what their metadata should say
+NON_DEFAULT = {
+    "ROAD(order='morf')": cheap_metric("ROAD", order="morf"),
+    "ROAD(order='lerf')": cheap_metric("ROAD", order="lerf"),
+    "ROAD(noise=0)": cheap_metric("ROAD", noise=0.0),
+    "RegionPerturbation(order='lerf')": cheap_metric("RegionPerturbation", order="lerf"),
+    "RegionPerturbation(order='random')": cheap_metric("RegionPerturbation", order="random"),
+    "PixelFlipping(perturb_baseline='uniform')": cheap_metric("PixelFlipping",
+                                                              perturb_baseline="uniform"),
+    "Deletion(perturb_baseline='uniform')": cheap_metric("Deletion", perturb_baseline="uniform"),
+    "SensitivityN(subsets='morf')": cheap_metric("SensitivityN", subsets="morf"),
+    "MonotonicityCorrelation(perturb_baseline='black')": cheap_metric(
+        "MonotonicityCorrelation", perturb_baseline="black"),
+    "Infidelity(perturb_func='patches')": cheap_metric("Infidelity", perturb_func="patches"),
+    "AverageDrop(invert=True)": cheap_metric("AverageDrop", invert=True),
+    "Continuity(perturb_func='gaussian')": cheap_metric("Continuity", perturb_func="gaussian"),
+    "MPRT(similarity_func='mse')": cheap_metric("MPRT", similarity_func="mse"),
+    "RandomLogit(similarity_func='mse')": cheap_metric("RandomLogit", similarity_func="mse"),
+    "Completeness(return_residual=True)": cheap_metric("Completeness", return_residual=True),
+    "InputInvariance(return_residual=True)": cheap_metric("InputInvariance",
+                                                          return_residual=True),
+    "Completeness(perturb_baseline='uniform', return_residual=True)": cheap_metric(
+        "Completeness", perturb_baseline="uniform", return_residual=True),
+    "NonSensitivity(perturb_baseline='uniform', eps=0.01)": cheap_metric(
+        "NonSensitivity", perturb_baseline="uniform", eps=0.01),
+}
+
+
+def _class_metadata(field: str, cls_value: object, value: object) -> str:
+    return (f"metadata() is a classmethod: it reports the class's {field}={cls_value}, but "
+            f"this instance's __init__ sets {field}={value}")
+
+
+_SEED_UNDECLARED = ("declares stochastic=False, but its scores depend on the seed, which "
+                    "draws the re-initialised layers' weights")
+_SEED_UNDECLARED_DTYPE = (_SEED_UNDECLARED + " (so a float64 copy of the model, whose "
+                          "re-initialised weights are other draws, scores differently)")
+
+#: (metric id, check, the library bug it shows); see the module docstring
+_RANDOM_BASELINE = ("a random baseline ('uniform') draws from the seed, but the class declares "
+                    "stochastic=False and __init__ does not derive it from the baseline, as "
+                    "the faithfulness metrics do")
+_RANDOM_BASELINE_DTYPE = (_RANDOM_BASELINE + " (and the uniform draws differ in float64, so "
+                          "a float64 model scores differently)")
+
+KNOWN_BUGS: list[tuple[str, str, str]] = [
+    ("MPRT", "declared_stochasticity", _SEED_UNDECLARED),
+    ("MPRT", "device_and_dtype", _SEED_UNDECLARED_DTYPE),
+    ("EfficientMPRT", "declared_stochasticity", _SEED_UNDECLARED),
+    ("EfficientMPRT", "device_and_dtype", _SEED_UNDECLARED_DTYPE),
+    ("MPRT(similarity_func='mse')", "declared_stochasticity", _SEED_UNDECLARED),
+    ("MPRT(similarity_func='mse')", "device_and_dtype", _SEED_UNDECLARED_DTYPE),
+    ("ROAD(noise=0)", "declared_stochasticity",
+     "ROAD declares stochastic=True on the class and never derives it from its imputer: with "
+     "noise=0 the imputation is deterministic and every seed gives the same scores"),
+    ("ROAD(order='morf')", "metadata", _class_metadata("higher_is_better", True, False)),
+    ("RegionPerturbation(order='lerf')", "metadata",
+     _class_metadata("higher_is_better", True, False)),
+    ("RegionPerturbation(order='random')", "metadata",
+     _class_metadata("stochastic", False, True)),
+    ("PixelFlipping(perturb_baseline='uniform')", "metadata",
+     _class_metadata("stochastic", False, True)),
+    ("Deletion(perturb_baseline='uniform')", "metadata",
+     _class_metadata("stochastic", False, True)),
+    ("SensitivityN(subsets='morf')", "metadata",
+     _class_metadata("set_level", False, True) + "; likewise stochastic (True vs False)"),
+    ("MonotonicityCorrelation(perturb_baseline='black')", "metadata",
+     _class_metadata("stochastic", True, False)),
+    ("Infidelity(perturb_func='patches')", "metadata",
+     _class_metadata("stochastic", True, False)),
+    ("AverageDrop(invert=True)", "metadata", _class_metadata("higher_is_better", False, True)),
+    ("Continuity(perturb_func='gaussian')", "metadata",
+     _class_metadata("stochastic", False, True)),
+    ("MPRT(similarity_func='mse')", "metadata",
+     _class_metadata("higher_is_better", False, True)),
+    ("RandomLogit(similarity_func='mse')", "metadata",
+     _class_metadata("higher_is_better", False, True)),
+    ("Completeness(return_residual=True)", "metadata",
+     _class_metadata("higher_is_better", True, False)),
+    ("InputInvariance(return_residual=True)", "metadata",
+     _class_metadata("higher_is_better", True, False)),
+    ("Completeness(perturb_baseline='uniform', return_residual=True)", "declared_stochasticity",
+     _RANDOM_BASELINE),
+    ("Completeness(perturb_baseline='uniform', return_residual=True)", "device_and_dtype",
+     _RANDOM_BASELINE_DTYPE),
+    ("Completeness(perturb_baseline='uniform', return_residual=True)", "metadata",
+     _class_metadata("higher_is_better", True, False)),
+    ("NonSensitivity(perturb_baseline='uniform', eps=0.01)", "declared_stochasticity",
+     _RANDOM_BASELINE),
+    ("NonSensitivity(perturb_baseline='uniform', eps=0.01)", "device_and_dtype",
+     _RANDOM_BASELINE_DTYPE),
+]
+KNOWN_FAILURES: dict[str, dict[str, str]] = {}
+for _id, _check, _bug in KNOWN_BUGS:
+    KNOWN_FAILURES.setdefault(_id, {})[_check] = _bug
+
+
+@parametrize_with_checks({**REGISTERED, **NON_DEFAULT}, expected_failed_checks=KNOWN_FAILURES)
+def test_metric_conformance(metric, check):
+    check(metric)
+
+
+def test_every_registered_metric_is_checked():
+    assert set(REGISTERED) == set(list_metrics()["name"])
+    assert set(KNOWN_FAILURES) <= set(REGISTERED) | set(NON_DEFAULT)
+    assert all(set(v) <= set(CHECKS) for v in KNOWN_FAILURES.values())
+
+
+# ============================================================================ broken metrics
+# Not registered (no ``family``). ``Reference`` keeps every promise; each broken metric breaks
+# one and must fail exactly the checks that promise is behind.
+class Reference(Metric):
+    """The fall of the target score when the features attributed above the sample's mean are
+    set to zero; a constant map is NaN with a reason."""
+
+    higher_is_better = True
+    default_normalise = False
+
+    def _scores(self, batch: MetricBatch) -> torch.Tensor:
+        x = batch.x
+        flat = batch.a.expand_as(x).reshape(batch.n, -1)
+        kept = (flat <= flat.mean(1, keepdim=True)).reshape(x.shape)
+        before = batch.runner.outputs(x, y=batch.y)
+        after = batch.runner.outputs(torch.where(kept, x, torch.zeros_like(x)), y=batch.y)
+        batch.set_nan(flat.amax(1) == flat.amin(1), "the attribution is constant")
+        return (before - after).to(torch.float64)
+
+    def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
+        return self._scores(batch)
+
+
+class BatchNormalised(Reference):
+    """Centres the scores over the batch: a sample's score depends on the others."""
+
+    def _evaluate(self, batch):
+        scores = self._scores(batch)
+        return scores - scores.mean()
+
+
+class ReseedsGlobalRNG(Reference):
+    """Adds noise from NumPy's global generator, reseeded with the seed on every call (the
+    Quantus way): reproducible, but a sample's draw depends on its position in the batch."""
+
+    stochastic = True
+
+    def _evaluate(self, batch):
+        np.random.seed(batch.seed % 2**32)  # noqa: NPY002 - the bug this metric demonstrates
+        noise = torch.from_numpy(np.random.rand(batch.n))  # noqa: NPY002
+        return self._scores(batch) + 1e-2 * noise
+
+
+class MutatesAttributions(Reference):
+    """Rescales the caller's attributions in place (the scores do not depend on the scale)."""
+
+    def __call__(self, model, x, y, a=None, **kwargs):
+        a *= 2
+        return super().__call__(model, x, y, a, **kwargs)
+
+
+class ColumnScores(Reference):
+    """Returns the scores as a column (N, 1)."""
+
+    def __call__(self, *args, **kwargs):
+        out = super().__call__(*args, **kwargs)
+        return out if self.aggregate is not None else out.reshape(-1, 1)
+
+
+class FlipsDirection(Reference):
+    """Higher is better on the class, lower on instances with ``invert=True`` (the default)."""
+
+    def __init__(self, invert: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.invert = invert
+        self.higher_is_better = not invert
+
+    def _evaluate(self, batch):
+        scores = self._scores(batch)
+        return -scores if self.invert else scores
+
+
+class UndeclaredRandomness(Reference):
+    """Adds seeded per-sample noise (correctly keyed) but declares ``stochastic=False``."""
+
+    def _evaluate(self, batch):
+        return self._scores(batch) + 1e-3 * _rng.scalar_uniform(batch.keys, stream=7)
+
+
+class CrashesOnConstantMaps(Reference):
+    """Raises on a constant map instead of returning NaN with a reason."""
+
+    def _evaluate(self, batch):
+        flat = batch.a.reshape(batch.n, -1)
+        if bool((flat.amax(1) == flat.amin(1)).any()):
+            raise ZeroDivisionError("the attribution range is zero")
+        return self._scores(batch)
+
+
+class StoresDerivedParameter(Reference):
+    """Stores ``steps + 1`` under the parameter's name: ``type(m)(**m.get_params())`` is
+    another metric."""
+
+    def __init__(self, steps: int = 3, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.steps = steps + 1
+
+
+class ScalesNumPyInputs(Reference):
+    """Divides NumPy inputs by 255 (taking them for 8-bit images), tensors not."""
+
+    def __call__(self, model, x, y, a=None, **kwargs):
+        if isinstance(x, np.ndarray):
+            x = x / 255.0
+        return super().__call__(model, x, y, a, **kwargs)
+
+
+class ComparesWithNextSample(Reference):
+    """A set-level metric that is not a function of the set: each sample is compared with the
+    next one in the batch, so the scores depend on the order."""
+
+    set_level = True
+
+    def _evaluate(self, batch):
+        scores = self._scores(batch)
+        return scores - scores.roll(-1)
+
+
+BROKEN = [
+    (Reference(), set()),
+    (BatchNormalised(), {"per_sample_independence", "chunk_invariance", "nan_with_reason"}),
+    (ReseedsGlobalRNG(), {"no_mutation", "per_sample_independence", "permutation_equivariance",
+                          "chunk_invariance"}),
+    (MutatesAttributions(), {"no_mutation"}),
+    (ColumnScores(), {"protocol"}),
+    (FlipsDirection(), {"metadata"}),
+    (UndeclaredRandomness(), {"declared_stochasticity"}),
+    (CrashesOnConstantMaps(), {"nan_with_reason"}),
+    (StoresDerivedParameter(), {"clone_and_params"}),
+    (ScalesNumPyInputs(), {"device_and_dtype"}),
+    (ComparesWithNextSample(), {"permutation_equivariance"}),
+]
+
+
+@pytest.fixture
+def _restore_numpy_rng():
+    state = np.random.get_state()  # noqa: NPY002 - ReseedsGlobalRNG reseeds the global one
+    yield
+    np.random.set_state(state)  # noqa: NPY002
+
+
+@pytest.mark.usefixtures("_restore_numpy_rng")
+@pytest.mark.parametrize("metric, expected", BROKEN, ids=[type(m).__name__ for m, _ in BROKEN])
+def test_broken_metric_fails_exactly_its_checks(metric, expected):
+    results = check_metric(metric, raise_on_failure=False)
+    assert [r.name for r in results] == list(CHECKS)
+    failed = {r.name for r in results if not r.passed}
+    assert failed == expected, {r.name: r.message for r in results if not r.passed}
+    skipped = {r.name for r in results if r.skipped}
+    assert skipped == ({"per_sample_independence", "chunk_invariance"} if metric.set_level
+                       else set())
+
+
+def test_failure_messages_name_the_check_and_the_difference():
+    with pytest.raises(AssertionError, match=r"BatchNormalised failed 3 conformance check"
+                       r"(.|\n)*per_sample_independence: each sample scored alone vs in the "
+                       r"batch: \d of 4 scores differ \(sample"):
+        check_metric(BatchNormalised())
+    with pytest.raises(AssertionError, match=r"higher_is_better: the instance says False, "
+                                             r"metadata\(\) says True"):
+        check_metric(FlipsDirection(), checks=["metadata"])
+    result, = check_metric(ColumnScores(), checks=["protocol"], raise_on_failure=False)
+    assert not result.passed and "shape (4, 1)" in result.message
+
+
+def test_a_check_runs_on_copies_and_never_changes_the_metric():
+    metric = cheap_metric("PixelFlipping", seed=None)
+    before = metric.get_params()
+    check_metric(metric, checks=["clone_and_params", "seeded_determinism"])
+    assert metric.get_params() == before and metric.scores_ is None
+
+
+@pytest.mark.parametrize("modality", ["tabular", "series"])
+def test_reference_metric_passes_on_other_modalities(modality):
+    fixture = ek.testing.get_fixture(modality)
+    assert fixture.n == 4 and fixture.a.shape == fixture.x.shape
+    results = check_metric(Reference(), modality=modality, raise_on_failure=False)
+    assert all(r.passed and r.modality == modality for r in results), results
+
+
+def test_declared_modalities_and_unknown_ones():
+    class TabularOnly(Reference):
+        modalities = ("tabular", "graph")
+
+    results = check_metric(TabularOnly(), checks=["protocol"], raise_on_failure=False)
+    assert [(r.modality, r.passed, r.skipped) for r in results] == [
+        ("tabular", True, False), ("graph", True, True)]
+    assert "No conformance fixture for modality 'graph'" in results[1].message
+
+
+def test_parametrize_with_checks_ids_and_expected_failures():
+    mark = parametrize_with_checks({"Flipped": FlipsDirection(), "Ref": Reference},
+                                   expected_failed_checks={"Flipped": {"metadata": "the bug"}})
+    assert mark.args[0] == "metric, check"
+    ids = [p.id for p in mark.args[1]]
+    assert ids[:2] == ["Flipped-protocol", "Flipped-per_sample_independence"]
+    assert len(ids) == 2 * len(CHECKS) and "Ref-metadata" in ids
+    xfails = {p.id: p.marks[0].kwargs for p in mark.args[1] if p.marks}
+    assert xfails == {"Flipped-metadata": {"strict": True, "raises": AssertionError,
+                                           "reason": "the bug"}}
+    by_class = parametrize_with_checks([Reference])
+    assert by_class.args[1][0].id == "Reference-protocol"
+
+
+def test_lazy_top_level_access():
+    assert ek.testing.check_metric is check_metric
+
+
+def test_metadata_compares_list_metrics_with_a_default_instance():
+    from evalkit.metrics import base
+
+    class ConformanceFlipsByDefault(FlipsDirection):  # registers itself: it has a family
+        family = "complexity"
+
+    try:
+        result, = check_metric(ConformanceFlipsByDefault(), checks=["metadata"],
+                               raise_on_failure=False)
+        assert not result.passed
+        assert ("higher_is_better: a default ConformanceFlipsByDefault() says False, "
+                "list_metrics() says True") in result.message
+        result, = check_metric(ConformanceFlipsByDefault(invert=False), checks=["metadata"],
+                               raise_on_failure=False)
+        assert "list_metrics() says True" in result.message  # the default instance still flips
+    finally:
+        base._REGISTRY.pop("ConformanceFlipsByDefault", None)
+    assert "ConformanceFlipsByDefault" not in set(list_metrics()["name"])
