@@ -58,8 +58,9 @@ def test_a_default_instance_reports_the_class_defaults(name):
     metric = cls()
     assert metric.metadata() == cls.metadata()
     for key in DERIVED_METADATA:
-        assert isinstance(getattr(cls, key), bool), (name, key)
-        assert isinstance(getattr(metric, key), bool), (name, key)
+        kind = tuple if key == "modalities" else bool
+        assert isinstance(getattr(cls, key), kind), (name, key)
+        assert isinstance(getattr(metric, key), kind), (name, key)
     # metadata are derived, never stored on the instance (a stored value goes stale)
     assert not set(DERIVED_METADATA) & set(vars(metric)), name
     derived = metric._derived_metadata()
@@ -151,7 +152,9 @@ SAME_AS_CLASS: list[tuple[str, Callable[[], Metric], str, bool]] = [
 def test_an_instance_reports_its_own_metadata(label, make, changes):
     metric = make()
     cls = type(metric)
-    assert metric.metadata() == {**cls.metadata(), **changes}
+    # modalities may follow the same setting: test_modalities_follow_the_settings
+    own = {k: v for k, v in metric.metadata().items() if k != "modalities"}
+    assert own == {k: v for k, v in {**cls.metadata(), **changes}.items() if k != "modalities"}
     row = ek.metrics.list_metrics().set_index("name").loc[cls.__name__]
     for key, value in changes.items():
         assert getattr(metric, key) is value
@@ -377,3 +380,25 @@ def test_evaluate_and_the_store_record_the_instance_metadata(tmp_path):
         assert set(vars(metric)) == set(state), name
         assert metric.metadata()["higher_is_better"] is EXPECTED[name]["higher_is_better"]
 
+
+
+IMAGE_SERIES_TABULAR = ("image", "series", "tabular")
+
+
+@pytest.mark.parametrize(("make", "modalities"), [
+    (lambda: ek.metrics.ROAD(), ("image",)),
+    (lambda: ek.metrics.ROAD(imputer=ek.perturb.make_imputer("mean")), IMAGE_SERIES_TABULAR),
+    (lambda: ek.metrics.Insertion(), ("image", "series")),
+    (lambda: ek.metrics.Insertion(perturb_baseline="black"), IMAGE_SERIES_TABULAR),
+    (lambda: ek.metrics.Continuity(), ("image", "series")),
+    (lambda: ek.metrics.Continuity(perturb_func="translation_y"), ("image",)),
+    (lambda: ek.metrics.Continuity(perturb_func="gaussian"), IMAGE_SERIES_TABULAR),
+    (lambda: ek.metrics.IROF(), ("image",)),
+    (lambda: ek.metrics.Sparseness(), (*IMAGE_SERIES_TABULAR, "tokens")),
+], ids=["ROAD", "ROAD-imputer", "Insertion", "Insertion-black", "Continuity",
+        "Continuity-y", "Continuity-noise", "IROF", "Sparseness"])
+def test_modalities_follow_the_settings(make, modalities):
+    metric = make()
+    assert metric.modalities == modalities
+    assert metric.metadata()["modalities"] == modalities
+    assert metric.clone().modalities == modalities

@@ -937,7 +937,7 @@ class TestRegistry:
         frame = list_metrics()
         assert list(frame.columns) == [
             "name", "family", "higher_is_better", "needs_masks", "needs_gradients",
-            "needs_model", "re_explains", "stochastic", "set_level", "default_abs",
+            "needs_model", "re_explains", "stochastic", "set_level", "modalities", "default_abs",
             "default_normalise", "default_softmax", "paper",
         ]
         names = set(frame["name"])

@@ -446,7 +446,7 @@ class TestContinuity:
 
     def test_tabular_translation_is_rejected(self):
         model, x, y = linear_data()
-        with pytest.raises(ValueError, match="Translations need"):
+        with pytest.raises(ValueError, match=r"Translations need .* Use a noise perturbation"):
             Continuity(nr_steps=3)(model, x, y, explain_fn=identity_explain)
         out = Continuity(nr_steps=3, perturb_func="uniform", lower_bound=0.1, seed=0)(
             model, x, y, explain_fn=identity_explain)

@@ -171,7 +171,7 @@ class MetricBatch:
 #: the metadata an instance may derive from its parameters (``family``, ``paper`` and the
 #: defaults of the shared options are fixed per class)
 DERIVED_METADATA = ("higher_is_better", "needs_masks", "needs_gradients", "needs_model",
-                    "re_explains", "stochastic", "set_level")
+                    "re_explains", "stochastic", "set_level", "modalities")
 
 
 class _MetadataField:
@@ -188,14 +188,14 @@ class _MetadataField:
     direction by hand; metrics derive theirs in ``_derived_metadata``).
     """
 
-    def __init__(self, default: bool) -> None:
+    def __init__(self, default: bool | tuple[str, ...]) -> None:
         self.default = default
         self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, instance: Metric | None, owner: type | None = None) -> bool:
+    def __get__(self, instance: Metric | None, owner: type | None = None) -> Any:
         if instance is None:
             return self.default
         if self.name == "stochastic":
@@ -209,8 +209,13 @@ class _MetadataField:
 def _install_metadata_fields(cls: type) -> None:
     for name in DERIVED_METADATA:
         value = cls.__dict__.get(name)
-        # plain bools only: a class that defines its own property keeps it
-        if isinstance(value, bool | np.bool_):
+        # plain values only (bools; a tuple of names for `modalities`): a class that defines
+        # its own property keeps it
+        if isinstance(value, tuple) and name == "modalities":
+            metadatum = _MetadataField(tuple(value))
+            metadatum.__set_name__(cls, name)
+            setattr(cls, name, metadatum)
+        elif isinstance(value, bool | np.bool_):
             metadatum = _MetadataField(bool(value))
             metadatum.__set_name__(cls, name)
             setattr(cls, name, metadatum)
@@ -466,6 +471,7 @@ class Metric:
             "re_explains": bool(self_or_cls.re_explains),
             "stochastic": bool(self_or_cls.stochastic),
             "set_level": bool(self_or_cls.set_level),
+            "modalities": tuple(self_or_cls.modalities),
             "default_abs": cls.default_abs,
             "default_normalise": cls.default_normalise,
             "default_softmax": cls.default_softmax,
@@ -473,7 +479,7 @@ class Metric:
         }
 
     # ----------------------------------------------------------------- derived metadata
-    def _derived_metadata(self) -> dict[str, bool]:
+    def _derived_metadata(self) -> dict[str, Any]:
         """The metadata of :data:`DERIVED_METADATA` (except ``stochastic``) that depend on
         this instance's parameters, computed from them on every read; override in metrics
         whose direction, set level... change with a parameter, e.g. ROAD:
@@ -614,8 +620,8 @@ class Metric:
     def _prepare(self, model, x, y, a, s, explain_fn, explain_kwargs, batch_size, device, extra):
         channels_last = extra.pop("_channels_last", False)
         modality = as_modality(extra.pop("_modality", None), x)
+        self._check_modality(modality)  # a setting's own, more specific refusal first
         modality.check_applies(self)
-        self._check_modality(modality)
         wrapper: ModelWrapper | None = None
         # Model-free metrics given attributions ignore the model: no wrapping, no label checks,
         # no forward pass (Quantus-style calls pass a model and no labels to them).
@@ -738,8 +744,9 @@ class Metric:
 
     # ----------------------------------------------------------------- hooks
     def _check_modality(self, modality: Modality) -> None:
-        """Refuse a modality the metric's *settings* do not support (the class-level
-        ``modalities`` are checked before); e.g. translations along y need images."""
+        """Refuse a modality with a message more specific than the generic "does not apply"
+        (called before the instance's ``modalities`` are checked); e.g. ROAD's default
+        imputer names the ``imputer=`` to pass."""
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         """Compute the (N,) scores. Subclasses implement this."""

@@ -537,6 +537,7 @@ class BoxLocalisation(_LocalisationMetric):
     """
 
     call_options = ("boxes",)
+    modalities = ("image",)  # boxes around the mask's components
     paper = "Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016"
     aliases = ("CAMLocalisation",)
 

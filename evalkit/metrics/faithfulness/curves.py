@@ -184,6 +184,7 @@ class Insertion(Deletion):
 
     higher_is_better = True
     _mode = "insertion"
+    modalities = ("image", "series")  # the default blurred canvas; another baseline widens it
 
     def __init__(
         self,
@@ -202,10 +203,20 @@ class Insertion(Deletion):
                          **kwargs)
 
     def _imputer(self) -> Imputer:
-        if isinstance(self.perturb_baseline, str) and self.perturb_baseline == "blur":
+        if self._blurs():
             return Baseline("blur", blur_sigma=self.blur_sigma,
                             blur_kernel_size=self.blur_kernel_size)
         return make_imputer(self.perturb_baseline)
+
+    def _blurs(self) -> bool:
+        return isinstance(self.perturb_baseline, str) and self.perturb_baseline == "blur"
+
+    def _derived_metadata(self) -> dict[str, Any]:
+        # a blurred canvas needs neighbouring pixels or time steps: not tabular columns
+        derived = dict(super()._derived_metadata())
+        derived["modalities"] = (("image", "series") if self._blurs()
+                                 else ("image", "series", "tabular"))
+        return derived
 
 
 class RegionPerturbation(Metric):

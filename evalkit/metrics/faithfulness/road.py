@@ -70,6 +70,7 @@ class ROAD(Metric):
     higher_is_better = True
     default_softmax = True
     stochastic = True
+    modalities = ("image",)  # with the default imputer; any imputer= widens it
     paper = ("Rong et al., A Consistent and Efficient Evaluation Strategy for Attribution "
              "Methods, ICML 2022")
 
@@ -96,8 +97,10 @@ class ROAD(Metric):
         self.morf_curves_: np.ndarray | None = None
         self.lerf_curves_: np.ndarray | None = None
 
-    def _derived_metadata(self) -> dict[str, bool]:
-        return {"higher_is_better": self.order != "morf"}
+    def _derived_metadata(self) -> dict[str, Any]:
+        # the paper's noisy linear imputation interpolates pixel neighbours: images only
+        modalities = ("image",) if self.imputer is None else ("image", "series", "tabular")
+        return {"higher_is_better": self.order != "morf", "modalities": modalities}
 
     def _random_sources(self) -> dict[str, Any]:
         return {"imputer": self._imputer}

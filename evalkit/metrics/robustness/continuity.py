@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..._validation import check_scalar
+from ...modality import Modality
 from ...perturb import Baseline, Noise, make_imputer
 from ..base import MetricBatch
 from ._engine import (
@@ -70,6 +71,7 @@ class Continuity(_PerturbationRobustness):
     default_abs = True
     default_normalise = True
     stochastic = False
+    modalities = ("image", "series")  # translation_x by default; noise widens it
     paper = ("Montavon, Samek & Müller, Methods for Interpreting and Understanding Deep Neural "
              "Networks, Digital Signal Processing 2018")
 
@@ -115,6 +117,25 @@ class Continuity(_PerturbationRobustness):
         translation = self._noise is None and isinstance(self._perturb, str)
         return {"noise": self._noise is not None,
                 "translated-in baseline": translation and bool(self._baseline.stochastic)}
+
+    def _check_modality(self, modality: Modality) -> None:
+        if modality.name not in self.modalities:  # a translation on data without its axis
+            raise ValueError(
+                "Translations need (N, C, T) series or (N, C, H, W) images ('translation_y': "
+                f"images only); {modality.name} inputs have no such axis to shift along. Use a "
+                "noise perturbation (perturb_func='gaussian') instead."
+            )
+
+    def _derived_metadata(self) -> dict[str, Any]:
+        derived = dict(super()._derived_metadata())
+        # a translation shifts along a spatial axis (x: the last one; y: images only)
+        if self._noise is None and self._perturb == "translation_x":
+            derived["modalities"] = ("image", "series")
+        elif self._noise is None and self._perturb == "translation_y":
+            derived["modalities"] = ("image",)
+        else:
+            derived["modalities"] = ("image", "series", "tabular")
+        return derived
 
     @property
     def nr_samples(self) -> int:  # type: ignore[override]
