@@ -72,7 +72,7 @@ from ._version import __version__
 from .executors import Executor, LocalExecutor, WorkUnit, as_executor
 from .metrics.base import Metric
 from .models import ModelWrapper, wrap_model
-from .results import CellError, Results, library_versions
+from .results import CellError, Results, UnitDiagnostics, library_versions
 from .store import (
     ResultStore,
     UnitRecord,
@@ -541,6 +541,8 @@ class Evaluation:
             curves=None if metric.curves_ is None else np.array(metric.curves_),
             curve_x=None if metric.curve_x_ is None else np.array(metric.curve_x_),
             seed=metric.seed_, elapsed=elapsed,
+            diagnostics=dict(metric.diagnostics_),
+            per_sample_diagnostics=frozenset(metric.per_sample_diagnostics_),
         )
 
     # ------------------------------------------------------------------ results
@@ -583,6 +585,7 @@ class Evaluation:
         reasons: dict[tuple[str, str], dict[int, str]] = {cell: {} for cell in self.cell_hashes}
         curves: dict[tuple[str, str], np.ndarray] = {}
         curve_x: dict[tuple[str, str], np.ndarray] = {}
+        diagnostics: dict[tuple[str, str], list[UnitDiagnostics]] = {}
         timings: dict[tuple[str, str], float] = dict.fromkeys(self.cell_hashes, 0.0)
         covered = {cell: np.zeros(self.n, dtype=bool) for cell in self.cell_hashes}
         for r in records:
@@ -594,6 +597,9 @@ class Evaluation:
             for i, reason in r.nan_reasons.items():
                 reasons[cell][r.start + int(i)] = reason
             timings[cell] += float(r.elapsed)
+            if r.diagnostics:
+                diagnostics.setdefault(cell, []).append(UnitDiagnostics(
+                    r.start, r.stop, dict(r.diagnostics), frozenset(r.per_sample_diagnostics)))
             if r.curves is not None:
                 c = np.asarray(r.curves, dtype=np.float64)
                 c = c.reshape(c.shape[0], -1) if c.ndim == 1 else c
@@ -613,6 +619,7 @@ class Evaluation:
             reasons[cell] = {}
             curves.pop(cell, None)
             curve_x.pop(cell, None)
+            diagnostics.pop(cell, None)
         for cell, cov in covered.items():
             if cell not in errors:
                 for i in np.flatnonzero(~cov):
@@ -620,6 +627,7 @@ class Evaluation:
         return Results(
             methods=list(self.methods), metrics=list(self.metrics), n=self.n, scores=scores,
             nan_reasons=reasons, curves=curves, curve_x=curve_x, errors=errors,
+            diagnostics=diagnostics,
             metric_info=self.metric_info(), method_info=self.method_info(), seed=self.seed,
             seeds=self.seeds, timings=timings, explain_timings=dict(explain_timings or {}),
             config_hashes=self.cell_hashes, resumed=dict(resumed or {}),

@@ -10,9 +10,10 @@ and reproduce them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,17 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class UnitDiagnostics:
+    """What one unit's metric recorded besides its scores, for samples ``start:stop``;
+    ``per_sample`` names the values with one entry per sample of the unit."""
+
+    start: int
+    stop: int
+    values: Mapping[str, Any]
+    per_sample: frozenset[str] = frozenset()
+
+
 class Results:
     """Per-sample scores of every (method, metric) cell of an evaluation.
 
@@ -92,6 +104,9 @@ class Results:
     curves, curve_x:
         ``{(method, metric): ndarray (n, T)}`` and the curves' x-axis (T,), for metrics that
         record curves (removal/insertion curves, ...).
+    diagnostics:
+        ``{(method, metric): [UnitDiagnostics, ...]}``: what each unit's metric recorded
+        besides its scores (``MetricBatch.record``); read them with :meth:`diagnostic`.
     errors:
         ``{(method, metric): CellError}`` for cells that failed; the other cells are complete.
     metric_info:
@@ -127,6 +142,7 @@ class Results:
         nan_reasons: Mapping[Cell, Mapping[int, str]] | None = None,
         curves: Mapping[Cell, np.ndarray] | None = None,
         curve_x: Mapping[Cell, np.ndarray] | None = None,
+        diagnostics: Mapping[Cell, Sequence[UnitDiagnostics]] | None = None,
         errors: Mapping[Cell, CellError] | None = None,
         metric_info: Mapping[str, Mapping[str, Any]] | None = None,
         method_info: Mapping[str, Mapping[str, Any]] | None = None,
@@ -156,6 +172,8 @@ class Results:
         self.nan_reasons = {k: dict(v) for k, v in (nan_reasons or {}).items()}
         self.curves = dict(curves or {})
         self.curve_x = dict(curve_x or {})
+        self.diagnostics = {k: sorted(v, key=lambda u: u.start)
+                            for k, v in (diagnostics or {}).items()}
         self.errors = dict(errors or {})
         self.metric_info = {k: dict(v) for k, v in (metric_info or {}).items()}
         for metric in self.metrics:
@@ -232,6 +250,33 @@ class Results:
                 f"{self.n} samples{failed})")
 
     # ------------------------------------------------------------------ frames
+    def diagnostic(self, method: str, metric: str, name: str) -> Any:
+        """One diagnostic of a cell (e.g. ``"subsets"``, ``"prediction_changed"``,
+        ``"layer_scores"``; the metric's ``diagnostics_`` names).
+
+        A per-sample diagnostic comes back as one array over the samples, in order (the
+        units' arrays concatenated; a sample no unit covered, or arrays whose trailing shapes
+        differ between units, give a list of ``(start, stop, value)`` instead). Any other
+        diagnostic comes back as its value when one unit ran the cell (set-level metrics), else
+        as the list of ``(start, stop, value)`` per unit.
+        """
+        units = [u for u in self.diagnostics.get((method, metric), []) if name in u.values]
+        if not units:
+            known = sorted({k for u in self.diagnostics.get((method, metric), [])
+                            for k in u.values})
+            raise KeyError(f"No diagnostic {name!r} for ({method!r}, {metric!r}); recorded: "
+                           f"{known or 'none'}.")
+        parts = [(u.start, u.stop, u.values[name]) for u in units]
+        per_sample = all(name in u.per_sample for u in units)
+        if per_sample:
+            arrays = [np.asarray(v) for _, _, v in parts]
+            contiguous = parts[0][0] == 0 and parts[-1][1] == self.n and all(
+                a[1] == b[0] for a, b in itertools.pairwise(parts))
+            if contiguous and len({a.shape[1:] for a in arrays}) == 1:
+                return np.concatenate(arrays, 0)
+            return parts
+        return parts[0][2] if len(parts) == 1 else parts
+
     def to_frame(self) -> pd.DataFrame:
         """A tidy DataFrame, one row per (method, metric, sample): ``method``, ``metric``,
         ``sample``, ``score``, ``family``, ``higher_is_better``, ``nan_reason``."""

@@ -19,7 +19,10 @@ warnings.filterwarnings("ignore", category=ek.UndefinedScoreWarning)
 
 def _data(n=4):
     g = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    with torch.random.fork_rng():  # the same weights every time, the global RNG untouched
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(2 * 4 * 4, 3))
     x = torch.rand((n, 1, 6, 6), generator=g)
     y = torch.zeros(n, dtype=torch.int64)
     a = torch.rand((n, 1, 6, 6), generator=g)
@@ -85,3 +88,41 @@ def test_a_unit_without_diagnostics_reads_back_empty(tmp_path):
         store.put(record)
         got = store.get("k")
     assert got is not None and got.diagnostics == {} and got.per_sample_diagnostics == set()
+
+
+def _evaluate(store=None, chunk_size=2):
+    model, x, y, a = _data(n=5)
+    metrics = {"FC": FaithfulnessCorrelation(nr_runs=5, subset_size=4),
+               "Consistency": ek.metrics.Consistency(discretise_func="sign")}
+    return ek.evaluate(metrics, {"given": a.numpy()}, model, x, y, seed=3,
+                       chunk_size=chunk_size, store=store, progress=False)
+
+
+def test_evaluate_keeps_the_diagnostics_of_every_unit(tmp_path):
+    res = _evaluate()
+    subsets = res.diagnostic("given", "FC", "subsets")
+    assert subsets.shape == (5, 5, 4)  # three chunks concatenated in sample order
+    # the same draws as one direct call with the cell's seed (per-sample keys)
+    direct = FaithfulnessCorrelation(nr_runs=5, subset_size=4, seed=res.seeds["FC"])
+    model, x, y, a = _data(n=5)
+    direct(model, x, y, a)
+    np.testing.assert_array_equal(subsets, direct.subsets_)
+    # a set-level metric runs as one unit: its value as it is
+    assert isinstance(res.diagnostic("given", "Consistency", "consistency"), float)
+    try:
+        res.diagnostic("given", "FC", "nope")
+    except KeyError as err:
+        assert "subsets" in str(err)
+    else:
+        raise AssertionError("an unknown diagnostic must raise a KeyError")
+
+
+def test_diagnostics_come_back_from_a_resumed_run(tmp_path):
+    store = tmp_path / "runs.sqlite"
+    first = _evaluate(store=store)
+    again = _evaluate(store=store)
+    assert sum(again.resumed.values()) > 0
+    np.testing.assert_array_equal(first.diagnostic("given", "FC", "subsets"),
+                                  again.diagnostic("given", "FC", "subsets"))
+    assert again.diagnostic("given", "Consistency", "consistency") == first.diagnostic(
+        "given", "Consistency", "consistency")
