@@ -228,21 +228,6 @@ def assert_acyclic(graph: Graph) -> None:
         + (f"\n    (tangled: {', '.join(c)})" if len(c) > 2 else "") for c in found)
 
 
-# Cycles in modules that are being refactored elsewhere (issue 18), each listed by the edges
-# that close it; the strict xfail below flips to a failure once it is gone, so the entry is
-# removed then.
-KNOWN_CYCLES: dict[str, tuple[tuple[str, str], ...]] = {
-    # explain/core.py:419 `from . import cam, captum_methods, controls` (loads the built-in
-    # explainers on first use) while each of them imports `register_explainer` from
-    # explain/core.py (cam.py:91, captum_methods.py:51, controls.py:19).
-    "explain registry: evalkit.explain.core <-> cam, captum_methods, controls": (
-        ("evalkit.explain.core", "evalkit.explain.cam"),
-        ("evalkit.explain.core", "evalkit.explain.captum_methods"),
-        ("evalkit.explain.core", "evalkit.explain.controls"),
-    ),
-}
-
-
 @pytest.fixture(scope="module")
 def graph() -> Graph:
     return import_graph()
@@ -257,8 +242,8 @@ def test_finds_every_module_and_kind_of_import(graph):
     assert "evalkit" not in graph["evalkit.evaluate"]
     # the package's eager and lazy submodules
     assert {"evalkit.evaluate", "evalkit.leaderboard", "evalkit.cli"} <= set(graph["evalkit"])
-    # a local import inside a function (explain/core.py loads its explainers on first use)
-    assert "evalkit.explain.cam" in graph["evalkit.explain.core"]
+    # a local import inside a function (the metric base class imports explain() on demand)
+    assert "evalkit.explain" in graph["evalkit.metrics.base"]
 
 
 def test_the_checker_reports_a_cycle_with_its_lines(tmp_path):
@@ -279,18 +264,8 @@ def test_the_checker_reports_a_cycle_with_its_lines(tmp_path):
 
 
 def test_no_import_cycles(graph):
-    """No cycle other than the known ones (left to their owners, listed in KNOWN_CYCLES)."""
-    known = [edge for edges in KNOWN_CYCLES.values() for edge in edges]
-    assert_acyclic(without_edges(graph, known))
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"known cycle: {name}"))
-    for name in KNOWN_CYCLES
-])
-def test_known_cycle_is_gone(graph, name):
-    others = [edge for other, edges in KNOWN_CYCLES.items() if other != name for edge in edges]
-    assert_acyclic(without_edges(graph, others))
+    """No cycle at all, local and TYPE_CHECKING imports included."""
+    assert_acyclic(graph)
 
 
 def test_evalkit_never_imports_metaeval(graph):

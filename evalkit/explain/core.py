@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -138,7 +137,6 @@ def register_explainer(
 
 def available_methods() -> list[str]:
     """Names of the registered explanation methods."""
-    _load_builtin()
     return sorted(_EXPLAINERS)
 
 
@@ -149,7 +147,6 @@ def explainer_info(method: str) -> ExplainerInfo:
     LayerGradCam, ``"Control Var. Sobel Filter"`` is Sobel), then both case-insensitively
     (``"gradcam"`` is the native GradCAM).
     """
-    _load_builtin()
     if not isinstance(method, str):
         raise TypeError(f"`method` must be a method name (str); got {type(method).__name__}.")
     if method in _EXPLAINERS:
@@ -382,45 +379,3 @@ def numpy_explain_fn(fn: Callable[..., np.ndarray]) -> Callable[..., torch.Tenso
 
     adapted.__name__ = getattr(fn, "__name__", "numpy_explain_fn")
     return adapted
-
-
-#: the built-in modules have all been imported (and registered their methods)
-_LOADED = False
-#: an import of the built-in modules is under way (a module calling back into the registry
-#: while it is being imported must not start a second import)
-_LOADING = False
-
-
-def _forget_failed_registrations() -> None:
-    """Drop the methods registered by modules whose import failed (Python removes a failed
-    module from ``sys.modules``), so that importing it again does not find its names taken."""
-    gone = [name for name, info in _EXPLAINERS.items()
-            if getattr(info.fn, "__module__", None) not in sys.modules]
-    for name in gone:
-        del _EXPLAINERS[name]
-    for table in (_ALIASES, _ALIAS_SPELLINGS):
-        for alias in [k for k, target in table.items() if target in gone]:
-            del table[alias]
-
-
-def _load_builtin() -> None:
-    """Import the built-in explainer modules once; they register their methods.
-
-    The loaded flag is set only after every import succeeded. If one fails (a broken captum
-    install, say), its error propagates, the partial registrations of the failed module are
-    dropped, and the next call imports again and raises the same error, instead of leaving a
-    half-filled registry that reports the missing methods as unknown names forever.
-    """
-    global _LOADED, _LOADING
-    if _LOADED or _LOADING:
-        return
-    _LOADING = True
-    try:
-        from . import cam, captum_methods, controls  # noqa: F401
-    except BaseException:
-        _forget_failed_registrations()
-        raise
-    else:
-        _LOADED = True
-    finally:
-        _LOADING = False
