@@ -186,6 +186,8 @@ def test_metrics_declare_their_modalities_and_refuse_others():
     assert np.isfinite(out).all()
     with pytest.raises(ValueError, match="PixelFlipping does not apply to tokens inputs"):
         PixelFlipping()(Embed(), ids, np.array([0, 1]), a)
+    with pytest.raises(ValueError, match="additive noise, which is not defined for tokens"):
+        MaxSensitivity(nr_samples=2)(Embed(), ids, np.array([0, 1]), a)
     tab = np.random.default_rng(0).random((4, 6)).astype(np.float32)
     mlp = nn.Sequential(nn.Linear(6, 3))
     with pytest.raises(ValueError, match="IROF does not apply to tabular"):

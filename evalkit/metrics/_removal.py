@@ -31,6 +31,7 @@ __all__ = [
     "Ordering",
     "RemovalPlan",
     "baseline_values",
+    "block_windows",
     "cached_rows",
     "clean_scores",
     "order_groups",
@@ -114,6 +115,17 @@ def order_groups(
         .contiguous()
     )
     return Ordering(grp, scores, order_t, grp.expand(rank), order)
+
+
+def block_windows(n_groups: torch.Tensor, features_in_step: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Non-overlapping blocks of ``features_in_step`` groups in a sample's order:
+    ``(lo, hi, valid)``, each (N, T) with T = ceil(max G / features_in_step); block t spans
+    ranks [lo, hi) and ``valid`` marks the blocks a sample has (it may have fewer groups)."""
+    t_count = -(-int(n_groups.max()) // features_in_step)
+    t = torch.arange(t_count, device=n_groups.device)
+    lo = (t * features_in_step).unsqueeze(0).expand(n_groups.shape[0], -1)
+    return lo, lo + features_in_step, lo < n_groups.unsqueeze(1)
 
 
 def steps_from_features_in_step(n_groups: torch.Tensor, features_in_step: int) -> torch.Tensor:

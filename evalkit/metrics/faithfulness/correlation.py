@@ -14,6 +14,7 @@ from ..._validation import check_option, check_scalar
 from ...perturb import Grouping, make_grouping, make_imputer
 from .._removal import (
     RemovalPlan,
+    block_windows,
     clean_scores,
     order_groups,
     removal_curve,
@@ -330,13 +331,7 @@ class FaithfulnessEstimate(Metric):
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         ordering = order_groups(batch, self._grouping, "morf")
-        g = ordering.n_groups
-        fis = self.features_in_step
-        t_count = -(-int(g.max()) // fis)
-        t = torch.arange(t_count, device=g.device)
-        lo = (t * fis).unsqueeze(0).expand(batch.n, -1)
-        hi = lo + fis
-        valid = lo < g.unsqueeze(1)
+        lo, hi, valid = block_windows(ordering.n_groups, self.features_in_step)
         scores = window_scores(batch, ordering, self._imputer, lo, hi, desc=type(self).__name__)
         deltas = clean_scores(batch).unsqueeze(1) - scores
         att = _window_sums(ordering, lo, hi)
@@ -404,13 +399,8 @@ class MonotonicityCorrelation(Metric):
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         x = batch.x
         ordering = order_groups(batch, self._grouping, "lerf")
-        g = ordering.n_groups
-        fis = self.features_in_step
-        t_count = -(-int(g.max()) // fis)
-        t = torch.arange(t_count, device=g.device)
-        lo = (t * fis).unsqueeze(0).expand(batch.n, -1)
-        hi = lo + fis
-        valid = lo < g.unsqueeze(1)
+        lo, hi, valid = block_windows(ordering.n_groups, self.features_in_step)
+        t_count = lo.shape[1]
         clean = clean_scores(batch)
         imputer = self._imputer
         if not imputer.stochastic:

@@ -495,6 +495,13 @@ class _NoiseRobustness(_PerturbationRobustness):
     lower_bound: float
     upper_bound: float | None
 
+    def _check_modality(self, modality: Modality) -> None:
+        if not modality.additive_noise:
+            raise ValueError(
+                f"{type(self).__name__} perturbs inputs with additive noise, which is not "
+                f"defined for {modality.name} inputs ({modality.layout})."
+            )
+
     def _setup_noise(self, nr_samples: int, perturb_func: Any, perturb_mean: float,
                      perturb_std: float, lower_bound: float, upper_bound: float | None) -> None:
         self.nr_samples = check_scalar("nr_samples", nr_samples, int, min_val=1)
