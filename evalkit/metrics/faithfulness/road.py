@@ -129,8 +129,8 @@ class ROAD(Metric):
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         morf = self._curve(batch, "morf") if self.order in ("combined", "morf") else None
         lerf = self._curve(batch, "lerf") if self.order in ("combined", "lerf") else None
-        self.morf_curves_ = None if morf is None else morf.cpu().numpy()
-        self.lerf_curves_ = None if lerf is None else lerf.cpu().numpy()
+        batch.record("morf_curves", morf, per_sample=morf is not None)
+        batch.record("lerf_curves", lerf, per_sample=lerf is not None)
         x_axis = torch.tensor(self._percentages, dtype=torch.float64) / 100
         if self.order == "morf":
             curve = morf
