@@ -16,6 +16,7 @@ import torch
 import evalkit as ek
 from evalkit import _rng
 from evalkit.metrics import Metric, MetricBatch, list_metrics
+from evalkit.perturb import make_imputer
 from evalkit.testing import CHECKS, cheap_metric, check_metric, parametrize_with_checks
 
 # ============================================================================ every metric
@@ -46,72 +47,26 @@ NON_DEFAULT = {
         "Completeness", perturb_baseline="uniform", return_residual=True),
     "NonSensitivity(perturb_baseline='uniform', eps=0.01)": cheap_metric(
         "NonSensitivity", perturb_baseline="uniform", eps=0.01),
+    # an imputer widens ROAD's modalities from images to every numeric one
+    "ROAD(imputer=make_imputer('mean'))": cheap_metric("ROAD", imputer=make_imputer("mean")),
 }
 
 
-def _class_metadata(field: str, cls_value: object, value: object) -> str:
-    return (f"metadata() is a classmethod: it reports the class's {field}={cls_value}, but "
-            f"this instance's __init__ sets {field}={value}")
-
-
-_SEED_UNDECLARED = ("declares stochastic=False, but its scores depend on the seed, which "
-                    "draws the re-initialised layers' weights")
-_SEED_UNDECLARED_DTYPE = (_SEED_UNDECLARED + " (so a float64 copy of the model, whose "
-                          "re-initialised weights are other draws, scores differently)")
-
 #: (metric id, check, the library bug it shows); see the module docstring
-_RANDOM_BASELINE = ("a random baseline ('uniform') draws from the seed, but the class declares "
-                    "stochastic=False and __init__ does not derive it from the baseline, as "
-                    "the faithfulness metrics do")
-_RANDOM_BASELINE_DTYPE = (_RANDOM_BASELINE + " (and the uniform draws differ in float64, so "
-                          "a float64 model scores differently)")
+_SEED_UNDECLARED = ("declares stochastic=False, but its scores depend on the seed, which draws "
+                    "the re-initialised layers' weights (every norm_layers mode re-initialises "
+                    "the linear and convolution layers randomly): the MPRT family declares no "
+                    "random source (_random_sources), so metadata(), list_metrics() and the "
+                    "results' metric_info say that another seed gives the same scores")
+_SEED_UNDECLARED_DTYPE = (_SEED_UNDECLARED + " (the same cause: a float64 copy of the model "
+                          "re-initialises its layers with other draws, so it scores "
+                          "differently; not a precision problem)")
 
 KNOWN_BUGS: list[tuple[str, str, str]] = [
-    ("MPRT", "declared_stochasticity", _SEED_UNDECLARED),
-    ("MPRT", "device_and_dtype", _SEED_UNDECLARED_DTYPE),
-    ("EfficientMPRT", "declared_stochasticity", _SEED_UNDECLARED),
-    ("EfficientMPRT", "device_and_dtype", _SEED_UNDECLARED_DTYPE),
-    ("MPRT(similarity_func='mse')", "declared_stochasticity", _SEED_UNDECLARED),
-    ("MPRT(similarity_func='mse')", "device_and_dtype", _SEED_UNDECLARED_DTYPE),
-    ("ROAD(noise=0)", "declared_stochasticity",
-     "ROAD declares stochastic=True on the class and never derives it from its imputer: with "
-     "noise=0 the imputation is deterministic and every seed gives the same scores"),
-    ("ROAD(order='morf')", "metadata", _class_metadata("higher_is_better", True, False)),
-    ("RegionPerturbation(order='lerf')", "metadata",
-     _class_metadata("higher_is_better", True, False)),
-    ("RegionPerturbation(order='random')", "metadata",
-     _class_metadata("stochastic", False, True)),
-    ("PixelFlipping(perturb_baseline='uniform')", "metadata",
-     _class_metadata("stochastic", False, True)),
-    ("Deletion(perturb_baseline='uniform')", "metadata",
-     _class_metadata("stochastic", False, True)),
-    ("SensitivityN(subsets='morf')", "metadata",
-     _class_metadata("set_level", False, True) + "; likewise stochastic (True vs False)"),
-    ("MonotonicityCorrelation(perturb_baseline='black')", "metadata",
-     _class_metadata("stochastic", True, False)),
-    ("Infidelity(perturb_func='patches')", "metadata",
-     _class_metadata("stochastic", True, False)),
-    ("AverageDrop(invert=True)", "metadata", _class_metadata("higher_is_better", False, True)),
-    ("Continuity(perturb_func='gaussian')", "metadata",
-     _class_metadata("stochastic", False, True)),
-    ("MPRT(similarity_func='mse')", "metadata",
-     _class_metadata("higher_is_better", False, True)),
-    ("RandomLogit(similarity_func='mse')", "metadata",
-     _class_metadata("higher_is_better", False, True)),
-    ("Completeness(return_residual=True)", "metadata",
-     _class_metadata("higher_is_better", True, False)),
-    ("InputInvariance(return_residual=True)", "metadata",
-     _class_metadata("higher_is_better", True, False)),
-    ("Completeness(perturb_baseline='uniform', return_residual=True)", "declared_stochasticity",
-     _RANDOM_BASELINE),
-    ("Completeness(perturb_baseline='uniform', return_residual=True)", "device_and_dtype",
-     _RANDOM_BASELINE_DTYPE),
-    ("Completeness(perturb_baseline='uniform', return_residual=True)", "metadata",
-     _class_metadata("higher_is_better", True, False)),
-    ("NonSensitivity(perturb_baseline='uniform', eps=0.01)", "declared_stochasticity",
-     _RANDOM_BASELINE),
-    ("NonSensitivity(perturb_baseline='uniform', eps=0.01)", "device_and_dtype",
-     _RANDOM_BASELINE_DTYPE),
+    (name, check, reason)
+    for name in ("MPRT", "EfficientMPRT", "MPRT(similarity_func='mse')")
+    for check, reason in (("declared_stochasticity", _SEED_UNDECLARED),
+                          ("device_and_dtype", _SEED_UNDECLARED_DTYPE))
 ]
 KNOWN_FAILURES: dict[str, dict[str, str]] = {}
 for _id, _check, _bug in KNOWN_BUGS:
@@ -134,10 +89,12 @@ def test_every_registered_metric_is_checked():
 # one and must fail exactly the checks that promise is behind.
 class Reference(Metric):
     """The fall of the target score when the features attributed above the sample's mean are
-    set to zero; a constant map is NaN with a reason."""
+    set to zero; a constant map is NaN with a reason. Declared for images only, so that each
+    broken metric is checked on one fixture (and refuses the others)."""
 
     higher_is_better = True
     default_normalise = False
+    modalities = ("image",)
 
     def _scores(self, batch: MetricBatch) -> torch.Tensor:
         x = batch.x
@@ -189,7 +146,10 @@ class ColumnScores(Reference):
 
 
 class FlipsDirection(Reference):
-    """Higher is better on the class, lower on instances with ``invert=True`` (the default)."""
+    """Higher is better on the class, lower on instances with ``invert=True`` (the default),
+    pinned in ``__init__`` instead of derived in ``_derived_metadata``: consistent on the
+    instance, but a registered subclass's ``list_metrics()`` row (the class default) is not
+    what a default instance says."""
 
     def __init__(self, invert: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -199,6 +159,33 @@ class FlipsDirection(Reference):
     def _evaluate(self, batch):
         scores = self._scores(batch)
         return -scores if self.invert else scores
+
+
+class DirectionFromTheData(Reference):
+    """Decides its direction when called, from the sign of the scores it computed (lower is
+    better when the drops come out positive): the metadata change with a call, so results and
+    leaderboards read another direction than the metric declared before."""
+
+    def _evaluate(self, batch):
+        scores = self._scores(batch)
+        self.higher_is_better = bool(scores.mean() < 0)
+        return scores
+
+
+class ReshapesToImages(Reference):
+    """Declares images only, but reshapes every input to a one-row image (N, 1, 1, P) first
+    (Quantus-style), so other data is never refused: the model gets inputs of the wrong rank
+    and fails with its own error, where the metric should have said that it does not apply."""
+
+    def __call__(self, model, x, y, a=None, **kwargs):
+        def flat(t):
+            return None if t is None else t.reshape(t.shape[0], 1, 1, -1)
+
+        x = torch.as_tensor(x)
+        if x.ndim < 4:
+            x, a = flat(x), flat(torch.as_tensor(a))
+            kwargs["s"] = flat(None if kwargs.get("s") is None else torch.as_tensor(kwargs["s"]))
+        return super().__call__(model, x, y, a, **kwargs)
 
 
 class UndeclaredRandomness(Reference):
@@ -254,7 +241,8 @@ BROKEN = [
                           "chunk_invariance"}),
     (MutatesAttributions(), {"no_mutation"}),
     (ColumnScores(), {"protocol"}),
-    (FlipsDirection(), {"metadata"}),
+    (DirectionFromTheData(), {"metadata"}),
+    (ReshapesToImages(), {"modality_applicability"}),
     (UndeclaredRandomness(), {"declared_stochasticity"}),
     (CrashesOnConstantMaps(), {"nan_with_reason"}),
     (StoresDerivedParameter(), {"clone_and_params"}),
@@ -274,7 +262,7 @@ def _restore_numpy_rng():
 @pytest.mark.parametrize("metric, expected", BROKEN, ids=[type(m).__name__ for m, _ in BROKEN])
 def test_broken_metric_fails_exactly_its_checks(metric, expected):
     results = check_metric(metric, raise_on_failure=False)
-    assert [r.name for r in results] == list(CHECKS)
+    assert [(r.modality, r.name) for r in results] == [("image", c) for c in CHECKS]
     failed = {r.name for r in results if not r.passed}
     assert failed == expected, {r.name: r.message for r in results if not r.passed}
     skipped = {r.name for r in results if r.skipped}
@@ -287,9 +275,14 @@ def test_failure_messages_name_the_check_and_the_difference():
                        r"(.|\n)*per_sample_independence: each sample scored alone vs in the "
                        r"batch: \d of 4 scores differ \(sample"):
         check_metric(BatchNormalised())
-    with pytest.raises(AssertionError, match=r"higher_is_better: the instance says False, "
-                                             r"metadata\(\) says True"):
-        check_metric(FlipsDirection(), checks=["metadata"])
+    with pytest.raises(AssertionError, match=r"higher_is_better: metadata\(\) after a call "
+                                             r"says False instead of True"):
+        check_metric(DirectionFromTheData(), checks=["metadata"])
+    result, = check_metric(ReshapesToImages(), checks=["modality_applicability"],
+                           raise_on_failure=False)
+    assert not result.passed and all(  # the model's own errors, not a refusal
+        f"on {m} inputs the ValueError does not name ReshapesToImages" in result.message
+        for m in ("tabular", "series", "tokens"))
     result, = check_metric(ColumnScores(), checks=["protocol"], raise_on_failure=False)
     assert not result.passed and "shape (4, 1)" in result.message
 
@@ -301,22 +294,41 @@ def test_a_check_runs_on_copies_and_never_changes_the_metric():
     assert metric.get_params() == before and metric.scores_ is None
 
 
-@pytest.mark.parametrize("modality", ["tabular", "series"])
-def test_reference_metric_passes_on_other_modalities(modality):
+class EveryModality(Reference):
+    modalities = ("image", "series", "tabular", "tokens")
+
+
+@pytest.mark.parametrize("modality", ["image", "tabular", "series", "tokens"])
+def test_reference_metric_passes_on_every_modality(modality):
     fixture = ek.testing.get_fixture(modality)
     assert fixture.n == 4 and fixture.a.shape == fixture.x.shape
-    results = check_metric(Reference(), modality=modality, raise_on_failure=False)
+    assert fixture.x.is_floating_point() is (modality != "tokens")
+    results = check_metric(EveryModality(), modality=modality, raise_on_failure=False)
     assert all(r.passed and r.modality == modality for r in results), results
+    # declared everywhere: nothing to refuse
+    skipped = {r.name: r.message for r in results if r.skipped}
+    assert "declares every modality" in skipped.pop("modality_applicability")
+    assert skipped == {}
+
+
+def test_modality_applicability_runs_once_per_metric():
+    image, series = (check_metric(cheap_metric("Insertion"), modality=m,
+                                  checks=["modality_applicability"])[0]
+                     for m in ("image", "series"))
+    assert image.passed and not image.skipped
+    assert series.skipped and "first declared modality (image)" in series.message
 
 
 def test_declared_modalities_and_unknown_ones():
     class TabularOnly(Reference):
         modalities = ("tabular", "graph")
 
-    results = check_metric(TabularOnly(), checks=["protocol"], raise_on_failure=False)
-    assert [(r.modality, r.passed, r.skipped) for r in results] == [
-        ("tabular", True, False), ("graph", True, True)]
-    assert "No conformance fixture for modality 'graph'" in results[1].message
+    results = check_metric(TabularOnly(), checks=["protocol", "modality_applicability"],
+                           raise_on_failure=False)
+    assert [(r.modality, r.name, r.passed, r.skipped) for r in results] == [
+        ("tabular", "protocol", True, False), ("tabular", "modality_applicability", True, False),
+        ("graph", "protocol", True, True), ("graph", "modality_applicability", True, True)]
+    assert "No conformance fixture for modality 'graph'" in results[2].message
 
 
 def test_parametrize_with_checks_ids_and_expected_failures():
@@ -355,3 +367,16 @@ def test_metadata_compares_list_metrics_with_a_default_instance():
     finally:
         base._REGISTRY.pop("ConformanceFlipsByDefault", None)
     assert "ConformanceFlipsByDefault" not in set(list_metrics()["name"])
+
+
+def test_continuity_refusals_name_the_metric():
+    """Continuity refused every undeclared modality with its translation message, which named
+    no metric and, on token ids or with a noise perturbation, advised the wrong fix."""
+    tabular, tokens = (ek.testing.get_fixture(m) for m in ("tabular", "tokens"))
+    with pytest.raises(ValueError, match=r"Translations need .* no such axis for Continuity "
+                                         r"to shift along\. Use a noise perturbation"):
+        cheap_metric("Continuity")(tabular.model, tabular.x, tabular.y, tabular.a)
+    for metric in (cheap_metric("Continuity"), cheap_metric("Continuity",
+                                                            perturb_func="gaussian")):
+        with pytest.raises(ValueError, match=r"^Continuity does not apply to tokens inputs"):
+            metric(tokens.model, tokens.x, tokens.y, tokens.a)

@@ -119,11 +119,15 @@ class Continuity(_PerturbationRobustness):
                 "translated-in baseline": translation and bool(self._baseline.stochastic)}
 
     def _check_modality(self, modality: Modality) -> None:
-        if modality.name not in self.modalities:  # a translation on data without its axis
+        # a translation on numeric data without its axis: say which perturbation works there
+        # (other refusals, e.g. any perturbation of token ids, are the generic one)
+        translation = self._noise is None and isinstance(self._perturb, str)
+        if translation and modality.additive_noise and modality.name not in self.modalities:
             raise ValueError(
                 "Translations need (N, C, T) series or (N, C, H, W) images ('translation_y': "
-                f"images only); {modality.name} inputs have no such axis to shift along. Use a "
-                "noise perturbation (perturb_func='gaussian') instead."
+                f"images only); {modality.name} inputs have no such axis for "
+                f"{type(self).__name__} to shift along. Use a noise perturbation "
+                "(perturb_func='gaussian') instead."
             )
 
     def _derived_metadata(self) -> dict[str, Any]:
