@@ -52,22 +52,10 @@ NON_DEFAULT = {
 }
 
 
-#: (metric id, check, the library bug it shows); see the module docstring
-_SEED_UNDECLARED = ("declares stochastic=False, but its scores depend on the seed, which draws "
-                    "the re-initialised layers' weights (every norm_layers mode re-initialises "
-                    "the linear and convolution layers randomly): the MPRT family declares no "
-                    "random source (_random_sources), so metadata(), list_metrics() and the "
-                    "results' metric_info say that another seed gives the same scores")
-_SEED_UNDECLARED_DTYPE = (_SEED_UNDECLARED + " (the same cause: a float64 copy of the model "
-                          "re-initialises its layers with other draws, so it scores "
-                          "differently; not a precision problem)")
-
-KNOWN_BUGS: list[tuple[str, str, str]] = [
-    (name, check, reason)
-    for name in ("MPRT", "EfficientMPRT", "MPRT(similarity_func='mse')")
-    for check, reason in (("declared_stochasticity", _SEED_UNDECLARED),
-                          ("device_and_dtype", _SEED_UNDECLARED_DTYPE))
-]
+#: (metric id, check, the library bug it shows) for bugs not fixed yet, each a strict xfail
+#: (fixed so far: instance metadata, ROAD(noise=0) and random axiomatic baselines' stochastic
+#: flags, the MPRT family's undeclared seed dependence, Continuity's refusal message)
+KNOWN_BUGS: list[tuple[str, str, str]] = []
 KNOWN_FAILURES: dict[str, dict[str, str]] = {}
 for _id, _check, _bug in KNOWN_BUGS:
     KNOWN_FAILURES.setdefault(_id, {})[_check] = _bug

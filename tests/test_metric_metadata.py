@@ -347,7 +347,7 @@ EXPECTED = {
     "PF-uniform": {"higher_is_better": False, "stochastic": True, "set_level": False},
     "SensN-morf": {"higher_is_better": True, "stochastic": False, "set_level": True},
     "MonoCorr-black": {"higher_is_better": True, "stochastic": False, "set_level": False},
-    "MPRT-mse": {"higher_is_better": True, "stochastic": False, "set_level": False},
+    "MPRT-mse": {"higher_is_better": True, "stochastic": True, "set_level": False},
     "MaxSens": {"higher_is_better": False, "stochastic": True, "set_level": False},
 }
 

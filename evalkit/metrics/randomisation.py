@@ -143,6 +143,9 @@ class _ModelRandomisation(Metric):
     family = "randomisation"
     higher_is_better = False
     re_explains = True
+    # the seed draws the re-initialised layers' weights (every norm_layers mode re-initialises
+    # the linear and convolution layers), so another seed gives other scores
+    stochastic = True
     paper = ("Adebayo et al., Sanity Checks for Saliency Maps, NeurIPS 2018")
 
     def __init__(
