@@ -806,6 +806,16 @@ def _same(a: Any, b: Any) -> bool:
         return a is b
 
 
+def publish_as_package(namespace: dict[str, Any]) -> None:
+    """Give the classes a package exports (its ``__all__``) the package's name as their
+    ``__module__``, so that a metric family split into submodules keeps the public path in
+    stored configurations, pickles and reprs."""
+    for name in namespace["__all__"]:
+        obj = namespace[name]
+        if isinstance(obj, type):
+            obj.__module__ = namespace["__name__"]
+
+
 # --------------------------------------------------------------------- registry
 def register(cls: type[Metric]) -> type[Metric]:
     """Register a metric class under its name (and its ``aliases``)."""

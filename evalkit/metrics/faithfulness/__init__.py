@@ -39,6 +39,7 @@ import them from here.
 
 from __future__ import annotations
 
+from ..base import publish_as_package
 from .confidence import AverageDrop, AverageGain, AverageIncrease
 from .correlation import (
     FaithfulnessCorrelation,
@@ -81,10 +82,6 @@ __all__ = [
 ]
 
 
-# Stored configurations, pickles and reprs name the public path, as before the split into
-# submodules (a store written before keeps its cell hashes).
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type):
-        _obj.__module__ = __name__
-del _name, _obj
+# stored configurations, pickles and reprs name the public path, as before the split into
+# submodules (a store written before keeps its cell hashes)
+publish_as_package(globals())

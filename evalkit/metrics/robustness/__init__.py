@@ -51,6 +51,7 @@ and ``consistency``; import them from here.
 
 from __future__ import annotations
 
+from ..base import publish_as_package
 from ._engine import ON_PREDICTION_CHANGE
 from ._engine import translation_shifts as translation_shifts  # public helper
 from .consistency import Consistency
@@ -74,10 +75,6 @@ __all__ = [
     "RelativeRepresentationStability",
 ]
 
-# Stored configurations, pickles and reprs name the public path, as before the split into
-# submodules (a store written before keeps its cell hashes).
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type):
-        _obj.__module__ = __name__
-del _name, _obj
+# stored configurations, pickles and reprs name the public path, as before the split into
+# submodules (a store written before keeps its cell hashes)
+publish_as_package(globals())
