@@ -13,10 +13,11 @@ __all__ = ["CPU_MALLOC_SETTINGS", "DEFAULT_MEMORY_BUDGET", "MAX_AUTO_BATCH", "ke
 #: bytes of *input* data per forward chunk when no batch size is given, by device type. On a
 #: CPU, throughput peaks when a chunk's activations stay near the caches (measured on the W1
 #: benchmark CNN: 165 us/sample at 256 rows, 400 us/sample at 2048 rows), and one chunk's
-#: activations must fit the heap that glibc keeps between chunks (``CPU_MALLOC_SETTINGS``): at
-#: 4 MiB (445 rows of W1, 6 of W2's 224 x 224 images) a forward pass spans 50-60 MiB of heap,
-#: too close to the 64 MiB kept, and re-faults its pages in some processes; 2 MiB (222 and 3
-#: rows) spans about half that and is as fast. A GPU wants large chunks to fill its cores.
+#: memory must fit the free heap glibc keeps between chunks (64 MiB, see :func:`keep_cpu_heap`):
+#: at 4 MiB (445 rows of W1, 6 of W2's 224 x 224 images) a W1 forward pass spans 50-60 MiB of
+#: heap and re-faulted its pages in 3 of 6 processes measured (up to 17,000 faults a chunk);
+#: 2 MiB (222 and 3 rows) spans about half and faulted in none, at the same speed per row on
+#: W1 (W2: about 4 % slower than 6-row chunks that do not fault). A GPU wants large chunks.
 DEFAULT_MEMORY_BUDGET = {"cpu": 2 * 2**20, "cuda": 256 * 2**20}
 #: the largest batch chosen automatically, by device type
 MAX_AUTO_BATCH = {"cpu": 512, "cuda": 8192}
@@ -45,9 +46,10 @@ def keep_cpu_heap() -> bool:
     rise only when the process frees a mapped block, up to 32 / 64 MiB (mallopt(3)), so they
     depend on what the process did before: in a fresh process they end near the size of one
     activation, every forward chunk then grows the heap past the trim threshold and gives the
-    pages back when it ends, and the next chunk faults them in again (about 50 page faults
-    per W1 row, 25-45 % more CPU time per row, at any chunk size); a process that has freed a
-    large NumPy array has higher thresholds and no faults. Setting the thresholds to the
+    pages back when it ends, and the next chunk faults them in again (on W1 15-50 page faults
+    per row, 20-30 % more CPU time per row, at every chunk size from 111 to 445 rows); a
+    process that has freed a large NumPy array has higher thresholds and mostly no faults
+    (``python -m benchmarks.scripts.chunk_faults`` measures both). Setting the thresholds to the
     largest values glibc adopts by itself (:data:`CPU_MALLOC_SETTINGS`) makes every process
     behave like the best case: a chunk's memory stays in the heap (at most 64 MiB of free
     heap is kept), and blocks over 32 MiB are still mapped and unmapped.

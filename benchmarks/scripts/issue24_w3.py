@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-budget", type=float, default=None, metavar="MIB",
                    help="the runner's default CPU chunk budget in MiB (4 before issue 18's "
                         "fix, 2 after)")
+    p.add_argument("--explain-budget", type=float, default=None, metavar="MIB",
+                   help="evalkit.explain's CPU chunk budget in MiB (EXPLAIN_MEMORY_BUDGET, 4)")
     p.add_argument("--count", action="store_true",
                    help="also count forward calls/rows, page faults and CPU time")
     p.add_argument("--profile", type=int, default=0, metavar="N",
@@ -131,6 +133,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _batching._cpu_heap_state = False  # as if already decided: nothing is changed
     if args.cpu_budget is not None:
         _batching.DEFAULT_MEMORY_BUDGET["cpu"] = int(args.cpu_budget * 2**20)
+    if args.explain_budget is not None:
+        from evalkit.explain import core as explain_core
+
+        explain_core.EXPLAIN_MEMORY_BUDGET["cpu"] = int(args.explain_budget * 2**20)
 
     model, x, y, s = build(args)
     metrics = {
@@ -152,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "methods": args.methods, "model": args.model, "data": args.data,
                               "glibc_heap": args.glibc_heap,
                               "cpu_budget": _batching.DEFAULT_MEMORY_BUDGET["cpu"],
+                              "explain_budget": args.explain_budget,
                               "torch": torch.__version__}
     counter = None
     if args.count:
