@@ -16,6 +16,13 @@ Measurement protocol for one case:
    warm-up times (at least one, at most ``repeats``); the row records how many it got.
 4. The explainer share (cases with a :class:`TimedExplainer`): from the warm-up call when it
    was slow (one-off costs are then negligible), else from one extra call.
+
+Process state and plain processes (issues 18 and 24): the same case can be run in a new process
+per :data:`CONDITIONS` entry (``fresh``, or ``used``: :func:`dirty_process` first), since the
+C allocator's state decides whether forward passes fault in fresh pages; and a spec with a
+:data:`PLAIN_SCRIPTS` entry can also be timed as a user runs it: its script in a plain Python
+process, wall clock, at torch's default thread count and at one thread
+(:func:`plain_process_times`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import contextlib
 import math
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,23 +42,33 @@ from torch import nn
 from .workloads import Workload
 
 __all__ = [
+    "CONDITIONS",
+    "PLAIN_SCRIPTS",
     "Agreement",
     "Case",
     "Context",
     "ForwardCount",
+    "PlainScript",
     "Result",
     "TimedExplainer",
     "Timing",
+    "child_argv",
     "count_forwards",
+    "dirty_process",
     "forward_backward_floor",
     "forward_floor",
     "max_abs_diff",
     "model_floor",
+    "plain_process_times",
+    "results_of_json",
     "run_case",
+    "run_conditions",
+    "run_isolated",
     "set_clock",
     "skipped_result",
     "time_alternating",
     "time_call",
+    "time_plain_script",
 ]
 
 
@@ -662,3 +679,199 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         total = clock() - t0
         res.explainer_share = case.explainer.seconds / total if total > 0 else None
     return res
+
+
+# --------------------------------------------------------------------------- process conditions
+#: the process states a case can be timed in (``python -m benchmarks.run --conditions``): each
+#: runs the case in a new process that builds the workload, then
+#:
+#: * ``fresh``: runs the case (what a short script gets);
+#: * ``used``: runs :func:`dirty_process` first, then the case (what a longer session gets).
+CONDITIONS = ("fresh", "used")
+#: the NumPy arrays :func:`dirty_process` fills and frees, in MiB
+DIRTY_ARRAYS_MIB = (1, 8, 24, 64, 200)
+
+
+def dirty_process(seed: int = 0) -> None:
+    """The "used process" step: NumPy work such as a user's session does before an evaluation
+    (loading and normalising data, a model-free metric over a data set): fill, transform and
+    free float64 arrays of :data:`DIRTY_ARRAYS_MIB` MiB, then collect garbage.
+
+    What it changes is the state of the C allocator, which decides whether a forward pass finds
+    its memory in the heap or faults in fresh pages: glibc raises its mmap threshold to the
+    largest freed mapped block up to 32 MiB (here the 24 MiB array; the trim threshold follows
+    at twice that), the 64 and 200 MiB arrays are mapped and unmapped, and the heap grows. It is
+    deterministic (seeded, fixed sizes), so the condition is reproducible.
+    """
+    import gc
+
+    rng = np.random.default_rng(seed)
+    for mib in DIRTY_ARRAYS_MIB:
+        a = rng.random(mib * 2**20 // 8)
+        b = np.sqrt(a * 2.0 + 1.0)
+        float(b.sum())
+        del a, b
+    gc.collect()
+
+
+def results_of_json(path: str) -> list[Result]:
+    """The rows in a ``--json`` file of :mod:`benchmarks.run` (None seconds back to NaN)."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return [Result.from_dict({k: (math.nan if v is None and k.endswith("_s") else v)
+                              for k, v in d.items()}) for d in data.get("results", [])]
+
+
+def run_isolated(argv: list[str], condition: str, *, verbose: bool = False) -> list[Result]:
+    """Run ``python -m benchmarks.run *argv --condition condition`` in a new process and return
+    its rows, each with ``extra["condition"]``; ``argv`` selects the case(s) and settings (it
+    must not name ``--out``, ``--json``, ``--update``). A child that fails raises RuntimeError
+    with the tail of its stderr (a case that fails inside a working child is an error row, as
+    in-process)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    if condition not in CONDITIONS:
+        raise ValueError(f"condition must be one of {CONDITIONS}; got {condition!r}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rows.json")
+        cmd = [sys.executable, "-m", "benchmarks.run", *argv, "--condition", condition,
+               "--out", "-", "--json", out]
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+        if verbose and proc.stderr:
+            print(proc.stderr, file=sys.stderr, end="")
+        if proc.returncode != 0 or not os.path.exists(out):
+            tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {tail}")
+        rows = results_of_json(out)
+    for r in rows:
+        r.extra["condition"] = condition
+    return rows
+
+
+def child_argv(*, repeats: int, device: str, quick: bool, use_quantus: bool,
+               n: dict[str, int] | None, min_time: float | None, threads: int | None,
+               clock: str, max_case_s: float | None) -> list[str]:
+    """The settings of a :func:`benchmarks.run.run_benchmarks` call as command-line arguments,
+    for a child running one of its cases."""
+    argv = ["--repeats", str(repeats), "--device", device, "--clock", clock]
+    argv += ["--quick"] if quick else []
+    argv += [] if use_quantus else ["--no-quantus"]
+    argv += ["--n", *(f"{k}={v}" for k, v in n.items())] if n else []
+    argv += [] if min_time is None else ["--min-time", str(min_time)]
+    argv += [] if threads is None else ["--threads", str(threads)]
+    argv += [] if max_case_s is None else ["--case-budget", str(max_case_s)]
+    return argv
+
+
+def run_conditions(cases: list[tuple[str, str]], conditions: Sequence[str],
+                   settings: dict[str, Any], *, plain_threads: Sequence[int] | None = None,
+                   log: Callable[[str], None] | None = None,
+                   one_line: Callable[[Result], str] = str) -> tuple[list[Result], str]:
+    """Run each ``(workload, spec name)`` case once per condition, each in a new process
+    (:func:`run_isolated`) with the run's ``settings`` (:func:`child_argv`'s arguments); the
+    plain-process times (``plain_threads``) are taken with the first condition. Returns the
+    rows and a description of the conditions for the run's metadata."""
+    base = child_argv(**settings)
+    rows: list[Result] = []
+    for wname, name in cases:
+        for i, cond in enumerate(conditions):
+            plain = ["--plain", *map(str, plain_threads)] if plain_threads and i == 0 else []
+            if log is not None:
+                log(f"[{wname}] {name} ({cond} process) ...")
+            got = run_isolated([*base, "--workloads", wname, "--metrics", name, *plain], cond)
+            rows += got
+            if log is not None:
+                for r in got:
+                    log("    " + one_line(r))
+    text = (", ".join(conditions) + " (each case in a new process that builds its workload; "
+            "used: benchmarks.harness.dirty_process() before the case)")
+    return rows, text
+
+
+# --------------------------------------------------------------------------- plain processes
+@dataclass(frozen=True)
+class PlainScript:
+    """A script doing a case's work as a user writes it, for wall time in a plain process.
+
+    Run as ``python -m module *args --n N --threads T``; its last stdout line is a JSON record
+    whose ``wall_s`` is the seconds of the timed call (as the user measures it)."""
+
+    module: str
+    args: tuple[str, ...] = ()
+    #: where the case's sample count comes from: ``ctx.n[n_key]``, else ``default_n``
+    n_key: str = ""
+    default_n: int = 0
+
+    def argv(self, n: int, threads: int | None) -> list[str]:
+        """``threads`` None: torch's default thread count (``--threads 0``)."""
+        return ["-m", self.module, *self.args, "--n", str(n), "--threads", str(threads or 0)]
+
+
+#: spec name -> its plain script. W3: issue 24's script switched to the harness's model, data
+#: and IntegratedGradients settings (the same work as the case; without those switches it is
+#: the issue's script verbatim, which does other work, see the script's docstring)
+PLAIN_SCRIPTS: dict[str, PlainScript] = {
+    "MetaEvaluation (W3)": PlainScript(
+        "benchmarks.scripts.issue24_w3",
+        ("--methods", "harness", "--model", "harness", "--data", "harness"),
+        n_key="W3", default_n=64),
+}
+
+
+def time_plain_script(script: PlainScript, n: int, threads: int | None,
+                      *, timeout: float | None = None) -> dict[str, Any]:
+    """Run ``script`` in a new Python process (nothing else in it) and return its record:
+    ``wall_s`` (the timed call, wall clock), ``process_wall_s`` (the whole process, imports
+    and set-up included), ``threads`` (torch's thread count there) and ``command``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, *script.argv(n, threads)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout)
+    process_wall = time.perf_counter() - t0
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {tail}")
+    record = json.loads(lines[-1])
+    return {"wall_s": float(record["wall_s"]), "process_wall_s": process_wall,
+            "threads": int(record["threads"]),
+            "command": "python " + " ".join(cmd[1:])}
+
+
+def plain_process_times(spec_name: str, ctx: Context,
+                        thread_counts: tuple[int | None, ...] = (None, 1)) -> dict[str, Any]:
+    """Wall times of the spec's :data:`PLAIN_SCRIPTS` entry in plain processes, one per thread
+    count (None: torch's default), as ``extra`` fields: ``plain_wall_s`` and
+    ``plain_threads`` keyed ``"default"`` / ``"1"`` ..., ``plain_command``; ``{}`` for a spec
+    without a script, ``plain_error`` if a run failed."""
+    script = PLAIN_SCRIPTS.get(spec_name)
+    if script is None:
+        return {}
+    n = ctx.n.get(script.n_key, script.default_n)
+    if ctx.quick:
+        n = min(n, 8)
+    out: dict[str, Any] = {"plain_wall_s": {}, "plain_process_wall_s": {}, "plain_threads": {}}
+    for threads in thread_counts:
+        key = "default" if threads is None else str(threads)
+        try:
+            rec = time_plain_script(script, n, threads)
+        except Exception as exc:
+            out["plain_error"] = _short_error(exc)
+            continue
+        out["plain_wall_s"][key] = rec["wall_s"]
+        out["plain_process_wall_s"][key] = rec["process_wall_s"]
+        out["plain_threads"][key] = rec["threads"]
+        out["plain_command"] = rec["command"].replace(f"--threads {threads or 0}",
+                                                      "--threads T")
+    return out

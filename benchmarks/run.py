@@ -16,6 +16,8 @@ Other uses::
     python -m benchmarks.run --metrics PixelFlipping --workloads W1 --repeats 5
     python -m benchmarks.run --families complexity --update   # refresh only these rows
     python -m benchmarks.run --quick --no-quantus --out -     # smoke run, print only
+    python -m benchmarks.run --metrics PixelFlipping --workloads W1 --conditions fresh used
+    python -m benchmarks.run --metrics "MetaEvaluation (W3)" --plain 0 1  # + a plain script
 
     python -m benchmarks.run --render                     # the page again from the data
 
@@ -48,7 +50,17 @@ import torch
 
 from . import store
 from ._quantus import load_quantus
-from .harness import Context, Result, run_case, set_clock, skipped_result
+from .harness import (
+    CONDITIONS,
+    Context,
+    Result,
+    dirty_process,
+    plain_process_times,
+    run_case,
+    run_conditions,
+    set_clock,
+    skipped_result,
+)
 from .specs import FAMILY_MODULES, all_specs, metric_needs_spec, select_specs
 from .workloads import WORKLOADS, get_workload
 
@@ -154,8 +166,18 @@ def run_benchmarks(
     clock: str = "wall",
     max_case_s: float | None = None,
     verbose: bool = True,
+    condition: str | None = None,
+    conditions: Sequence[str] | None = None,
+    plain_threads: Sequence[int] | None = None,
 ) -> tuple[list[Result], dict[str, Any]]:
-    """Run the selected specs on the selected workloads; returns (results, run metadata)."""
+    """Run the selected specs on the selected workloads; returns (results, run metadata).
+
+    ``condition``: the state of this process for each case (``"used"``: run
+    :func:`~benchmarks.harness.dirty_process` before it); rows get ``extra["condition"]``.
+    ``conditions``: run each case in a new process per condition instead (see
+    :data:`~benchmarks.harness.CONDITIONS`). ``plain_threads``: also time the spec's plain
+    script (:data:`~benchmarks.harness.PLAIN_SCRIPTS`) in a plain process, wall time, at
+    these torch thread counts (0: torch's default); rows get ``extra["plain_wall_s"]`` etc."""
     dev = torch.device(device)
     if clock == "cpu" and dev.type == "cuda":
         raise ValueError("clock='cpu' cannot time CUDA work; use the wall clock.")
@@ -180,6 +202,21 @@ def run_benchmarks(
                      else "CPU time of this process (time.process_time)")
     meta["load before (1/5/15 min)"] = _load()
     results: list[Result] = []
+    if conditions:  # each case in new processes, one per condition: nothing runs here
+        cases = [(w, s.name) for w in workloads for s in specs
+                 if w in s.workloads or w in dict(s.skip)]
+        settings = dict(repeats=repeats, device=device, quick=quick, use_quantus=use_quantus,
+                        n=n, min_time=min_time, threads=threads, clock=clock,
+                        max_case_s=max_case_s)
+        results, meta["conditions"] = run_conditions(
+            cases, conditions, settings, plain_threads=plain_threads,
+            log=(lambda text: print(text, file=sys.stderr, flush=True)) if verbose else None,
+            one_line=_one_line)
+        meta["load after (1/5/15 min)"] = _load()
+        return results, meta
+    if condition is not None:
+        meta["condition"] = condition + (" (benchmarks.harness.dirty_process() before each "
+                                         "case)" if condition == "used" else "")
     partial = None
     if not quick:
         partial = PARTIAL_DIR / f"run-{os.getpid()}.jsonl"
@@ -212,11 +249,18 @@ def run_benchmarks(
                     ws = get_workload(wname, n_scale, dev)
                 if verbose:
                     print(f"[{wname}] {spec.name} ...", file=sys.stderr, flush=True)
+                if condition == "used":
+                    dirty_process()
                 t0 = time.perf_counter()
                 res = run_case(spec, ws, ctx, repeats=repeats, min_time=min_time,
                                max_case_s=max_case_s,
                                verbose=verbose and bool(os.environ.get("BENCH_TRACEBACK")))
                 res.extra["case_wall_s"] = round(time.perf_counter() - t0, 1)
+                if condition is not None:
+                    res.extra["condition"] = condition
+                if plain_threads:
+                    res.extra.update(plain_process_times(
+                        spec.name, ctx, tuple(t or None for t in plain_threads)))
                 if partial is not None:  # survives an interrupted run
                     with partial.open("a", encoding="utf-8") as f:
                         f.write(json.dumps(store.record(res)) + "\n")
@@ -834,6 +878,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall time (default) or this process's CPU time (with --threads 1: "
                         "robust to other processes sharing the cores)")
+    p.add_argument("--conditions", nargs="+", default=None, choices=CONDITIONS,
+                   help="run each case in a new process per condition: fresh, or used "
+                        "(benchmarks.harness.dirty_process() first); rows get "
+                        "extra['condition']")
+    p.add_argument("--condition", default=None, choices=CONDITIONS,
+                   help="the state of this process for each case (used: dirty_process() "
+                        "before it); what --conditions runs in its children")
+    p.add_argument("--plain", nargs="*", type=int, default=None, metavar="T",
+                   help="also time the spec's plain script (benchmarks.harness.PLAIN_SCRIPTS, "
+                        "e.g. W3's) in a plain process, wall time, at these torch thread "
+                        "counts (default: 0 1; 0 is torch's default); rows get "
+                        "extra['plain_wall_s']")
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown file, or - for none")
     p.add_argument("--data", default=None, metavar="PATH",
                    help="JSON file of the measured rows the page is rendered from, or - for "
@@ -904,7 +960,9 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[Result], str]:
         workloads=args.workloads, metrics=args.metrics, families=args.families,
         repeats=args.repeats, device=args.device, quick=args.quick,
         use_quantus=not args.no_quantus, n=n, min_time=args.min_time, threads=args.threads,
-        clock=args.clock, max_case_s=args.case_budget,
+        clock=args.clock, max_case_s=args.case_budget, condition=args.condition,
+        conditions=args.conditions,
+        plain_threads=None if args.plain is None else (args.plain or [0, 1]),
     )
     meta["command"] = command.strip()
     if full:

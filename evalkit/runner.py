@@ -42,7 +42,7 @@ class ForwardRunner:
         The :class:`~evalkit.models.ModelWrapper`.
     batch_size:
         Rows per forward call. ``None`` chooses the largest chunk whose *input* fits in
-        ``memory_budget`` (default 4 MiB on CPU, 256 MiB on CUDA), up to 512 (CPU) or 8192
+        ``memory_budget`` (default 2 MiB on CPU, 256 MiB on CUDA), up to 512 (CPU) or 8192
         (CUDA) rows.
     memory_budget:
         Bytes (or a string like ``"512MiB"``) of input per chunk when ``batch_size`` is None.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -269,3 +270,88 @@ def test_numpy_callable_model():
                                              row_shape=(3, 8, 8))
     ref = direct_loop(w, X, Y, T)
     assert torch.allclose(res, ref, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the default CPU chunk rule
+W1_ROW, W2_ROW = (3, 28, 28), (3, 224, 224)  # the benchmark workloads' inputs
+
+
+def test_default_chunks_for_the_benchmark_shapes():
+    from evalkit._batching import DEFAULT_MEMORY_BUDGET, MAX_AUTO_BATCH, resolve_batch_size
+
+    w = wrap_model(make_net())
+    # CPU: 2 MiB of input per chunk (issue 18: 4 MiB chunks re-faulted their pages)
+    assert DEFAULT_MEMORY_BUDGET["cpu"] == 2 * 2**20 and MAX_AUTO_BATCH["cpu"] == 512
+    assert ForwardRunner(w).chunk_size(W1_ROW, torch.float32) == 222
+    assert ForwardRunner(w).chunk_size(W2_ROW, torch.float32) == 3
+    assert ForwardRunner(w).chunk_size((10,), torch.float32) == 512  # row cap
+    assert ForwardRunner(w).chunk_size((3, 512, 512), torch.float32) == 1  # never 0
+    # CUDA: unchanged, 256 MiB and 8192 rows
+    assert resolve_batch_size(None, 3 * 28 * 28 * 4, device_type="cuda") == 8192
+    assert resolve_batch_size(None, 3 * 224 * 224 * 4, device_type="cuda") == 445
+    # an explicit budget or batch size wins
+    assert ForwardRunner(w, memory_budget="4MiB").chunk_size(W1_ROW, torch.float32) == 445
+    assert ForwardRunner(w, batch_size=1000).chunk_size(W1_ROW, torch.float32) == 1000
+
+
+def test_keep_cpu_heap_respects_a_user_malloc_configuration(monkeypatch):
+    from evalkit import _batching
+
+    monkeypatch.setattr(_batching, "_cpu_heap_state", None)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert _batching.keep_cpu_heap() is False
+    assert _batching._cpu_heap_state is False  # decided once per process
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    assert _batching.keep_cpu_heap() is False  # cached
+    monkeypatch.setattr(_batching, "_cpu_heap_state", None)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=131072")
+    assert _batching.keep_cpu_heap() is False
+
+
+_FAULTS_CHILD = """
+import resource, torch
+from benchmarks.workloads import BlackBoxModel, seeded_model, smooth_images
+from evalkit import _batching
+from evalkit.models import wrap_model
+from evalkit.runner import ForwardRunner
+torch.set_num_threads(1)
+model = seeded_model(lambda: BlackBoxModel(3, 7), smooth_images(8, 3, 28, seed=2), seed=0)
+runner = ForwardRunner(wrap_model(model))
+rows = runner.chunk_size((3, 28, 28), torch.float32)
+x, y = smooth_images(rows, 3, 28, seed=1), torch.zeros(rows, dtype=torch.int64)
+for _ in range(8):  # the heap grows to its steady size over the first five or so
+    runner.outputs(x, y=y)
+faults = []
+for _ in range(5):
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    runner.outputs(x, y=y)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+print(rows, _batching._cpu_heap_state, sorted(faults)[2])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_default_cpu_chunks_do_not_refault_pages_in_a_fresh_process():
+    """Issue 18: in a fresh process glibc gave each W1 chunk's pages back to the OS and the next
+    chunk faulted them in again (about 50 faults per row at any chunk size); with the runner's
+    heap settings a chunk of the default size reuses the heap."""
+    import ctypes
+    import os
+    import subprocess
+    from pathlib import Path
+
+    try:
+        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018
+    except AttributeError:
+        pytest.skip("not glibc")
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env["PYTHONPATH"] = str(root)
+    out = subprocess.run([sys.executable, "-c", _FAULTS_CHILD], cwd=root, env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    rows, kept, faults = int(out[0]), out[1], float(out[2])
+    assert rows == 222 and kept == "True"
+    # the median chunk: one chunk's activations span about 30 MiB (7,500 pages), which
+    # faulted in again on every chunk before (8,000-12,000 faults)
+    assert faults < 100, faults
