@@ -78,9 +78,10 @@ def result(rec: dict[str, Any]) -> Result:
     return Result.from_dict(d)
 
 
-def row_key(rec: dict[str, Any]) -> tuple[str, str]:
-    """What a newer row replaces in ``--update``: the row of the same metric and workload."""
-    return rec["metric"], rec["workload"]
+def row_key(rec: dict[str, Any]) -> tuple[str, str, str]:
+    """What a newer row replaces in ``--update``: the row of the same metric, workload and
+    process condition (``extra["condition"]``: ``"fresh"``, ``"used"``, or none)."""
+    return rec["metric"], rec["workload"], (rec.get("extra") or {}).get("condition", "")
 
 
 def _order(rec: dict[str, Any]) -> tuple[str, str, str]:

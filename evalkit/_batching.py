@@ -56,7 +56,8 @@ def keep_cpu_heap() -> bool:
 
     Only on Linux with glibc, and only if the user has not configured malloc through its
     environment variables (``MALLOC_TRIM_THRESHOLD_`` etc., or ``GLIBC_TUNABLES`` naming
-    ``glibc.malloc``). Returns whether the settings are in place (applied now or before).
+    ``glibc.malloc``) and has not turned it off with ``EVALKIT_KEEP_HEAP=0`` (the setting is
+    process-wide). Returns whether the settings are in place (applied now or before).
     """
     global _cpu_heap_state
     if _cpu_heap_state is not None:
@@ -66,6 +67,8 @@ def keep_cpu_heap() -> bool:
         return False
     if any(name in os.environ for name in _MALLOC_ENV) or "glibc.malloc" in os.environ.get(
             "GLIBC_TUNABLES", ""):
+        return False
+    if os.environ.get("EVALKIT_KEEP_HEAP", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     try:
         libc = ctypes.CDLL(None)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 
-from benchmarks import harness, run
+from benchmarks import harness, run, store
 from benchmarks.specs import Spec
 
 
@@ -63,9 +63,10 @@ def test_conditions_run_each_case_in_a_new_process(tmp_path):
         assert not r.error, r.error
         assert r.workload == "W1" and r.n == 8
         assert math.isfinite(r.ours_s) and r.ours_s > 0
-    back, runs = run.read_existing(out)
-    assert [r.extra["condition"] for r in back] == ["fresh", "used"]
-    assert "new process" in next(iter(runs.values()))["conditions"]
+    data = store.load(out.with_suffix(".json"))  # the data written beside the page
+    back = data.results()
+    assert sorted(r.extra["condition"] for r in back) == ["fresh", "used"]
+    assert "new process" in next(iter(data.runs.values()))["conditions"]
 
 
 def test_plain_process_wall_time_at_default_and_one_thread(monkeypatch, tmp_path):

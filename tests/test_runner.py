@@ -306,6 +306,10 @@ def test_keep_cpu_heap_respects_a_user_malloc_configuration(monkeypatch):
     monkeypatch.setattr(_batching, "_cpu_heap_state", None)
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=131072")
     assert _batching.keep_cpu_heap() is False
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    monkeypatch.setattr(_batching, "_cpu_heap_state", None)
+    monkeypatch.setenv("EVALKIT_KEEP_HEAP", "0")  # the user's opt-out
+    assert _batching.keep_cpu_heap() is False
 
 
 _FAULTS_CHILD = """
