@@ -28,6 +28,7 @@ process, wall clock, at torch's default thread count and at one thread
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 import traceback
@@ -807,6 +808,9 @@ class PlainScript:
     #: where the case's sample count comes from: ``ctx.n[n_key]``, else ``default_n``
     n_key: str = ""
     default_n: int = 0
+    #: extra arguments that make the script run the reference library instead (timed the same
+    #: way, when the run compares with it), or None
+    reference_args: tuple[str, ...] | None = None
 
     def argv(self, n: int, threads: int | None) -> list[str]:
         """``threads`` None: torch's default thread count (``--threads 0``)."""
@@ -820,7 +824,7 @@ PLAIN_SCRIPTS: dict[str, PlainScript] = {
     "MetaEvaluation (W3)": PlainScript(
         "benchmarks.scripts.issue24_w3",
         ("--methods", "harness", "--model", "harness", "--data", "harness"),
-        n_key="W3", default_n=64),
+        n_key="W3", default_n=64, reference_args=("--library", "metaquantus")),
 }
 
 
@@ -862,16 +866,23 @@ def plain_process_times(spec_name: str, ctx: Context,
     if ctx.quick:
         n = min(n, 8)
     out: dict[str, Any] = {"plain_wall_s": {}, "plain_process_wall_s": {}, "plain_threads": {}}
-    for threads in thread_counts:
-        key = "default" if threads is None else str(threads)
-        try:
-            rec = time_plain_script(script, n, threads)
-        except Exception as exc:
-            out["plain_error"] = _short_error(exc)
-            continue
-        out["plain_wall_s"][key] = rec["wall_s"]
-        out["plain_process_wall_s"][key] = rec["process_wall_s"]
-        out["plain_threads"][key] = rec["threads"]
-        out["plain_command"] = rec["command"].replace(f"--threads {threads or 0}",
-                                                      "--threads T")
+    variants = [("plain", script)]
+    if script.reference_args is not None and ctx.quantus is not None:
+        variants.append(("plain_reference", dataclasses.replace(
+            script, args=(*script.args, *script.reference_args))))
+        out.update(plain_reference_wall_s={}, plain_reference_process_wall_s={})
+    for prefix, variant in variants:
+        for threads in thread_counts:
+            key = "default" if threads is None else str(threads)
+            try:
+                rec = time_plain_script(variant, n, threads)
+            except Exception as exc:
+                out[f"{prefix}_error"] = _short_error(exc)
+                continue
+            out[f"{prefix}_wall_s"][key] = rec["wall_s"]
+            out[f"{prefix}_process_wall_s"][key] = rec["process_wall_s"]
+            if prefix == "plain":
+                out["plain_threads"][key] = rec["threads"]
+            out[f"{prefix}_command"] = rec["command"].replace(f"--threads {threads or 0}",
+                                                              "--threads T")
     return out

@@ -711,6 +711,9 @@ def _metaeval_lines(results: list[Result]) -> list[str]:
         lines.append("| " + " | ".join(_cell(c) for c in [
             r.metric, r.settings, _fmt_s(r.ours_s), mq, floor, ratio, _fmt_ratio(r.speedup),
             f">= {META_TARGET:g}x: {ok}", r.agreement or "—", note]) + " |")
+    plain = _plain_lines(rows)
+    if plain:
+        lines += ["", *plain]
     floor_text = (
         "Floor: the bare model work of our run (rows a gradient reached replayed as forward plus "
         "input gradient, every other row as a bare forward pass, at the runner's batch size). "
@@ -718,6 +721,35 @@ def _metaeval_lines(results: list[Result]) -> list[str]:
         f"{META_TARGET:g}x above that floor; otherwise no implementation doing the same model "
         "work can reach it, and the row says so.")
     return [*lines, "", floor_text, ""]
+
+
+def _plain_lines(rows: list[Result]) -> list[str]:
+    """W3 as a user runs it: the plain script's wall time in a new process, per thread count,
+    beside the harness's floor (and MetaQuantus' script timed the same way)."""
+    timed = [r for r in rows if r.extra.get("plain_wall_s")]
+    if not timed:
+        return []
+    lines = ["As a user runs it: the same work as a plain script in a new Python process, wall "
+             "clock of the meta-evaluation call (imports and set-up excluded), at torch's "
+             "default thread count and at one thread (`--plain 0 1`).", "",
+             "| entry | torch threads | ours, plain (s) | ours / floor | MetaQuantus 0.0.5, "
+             "plain (s) | MetaQuantus / ours | script |", "|---|---|---|---|---|---|---|"]
+    for r in timed:
+        ours, ref = r.extra["plain_wall_s"], r.extra.get("plain_reference_wall_s") or {}
+        threads = r.extra.get("plain_threads", {})
+        for key in ours:
+            floor = f"{ours[key] / r.floor_s:.2f}" if r.floor_s > 0 else "—"
+            theirs = ref.get(key)
+            lines.append("| " + " | ".join(_cell(c) for c in [
+                r.metric, f"{threads.get(key, key)} ({key})", _fmt_s(ours[key]), floor,
+                "—" if theirs is None else _fmt_s(theirs),
+                "—" if theirs is None else f"{theirs / ours[key]:.2f}",
+                f"`{r.extra.get('plain_command', '')}`"]) + " |")
+    if any(r.extra.get("plain_reference_command") for r in timed):
+        lines += ["", "MetaQuantus' script: `" + next(
+            r.extra["plain_reference_command"] for r in timed
+            if r.extra.get("plain_reference_command")) + "`."]
+    return [*lines, ""]
 
 
 def _results_lines(results: list[Result], multi: bool) -> list[str]:

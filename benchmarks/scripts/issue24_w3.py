@@ -86,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
                         "fix, 2 after)")
     p.add_argument("--explain-budget", type=float, default=None, metavar="MIB",
                    help="evalkit.explain's CPU chunk budget in MiB (EXPLAIN_MEMORY_BUDGET, 4)")
+    p.add_argument("--library", default="evalkit", choices=["evalkit", "metaquantus"],
+                   help="metaquantus: the same meta-evaluation with MetaQuantus 0.0.5 (the "
+                        "harness's W3 comparison: one MetaEvaluation per metric, Quantus' own "
+                        "explanations with its defaults; needs the oracle, see "
+                        "benchmarks/_metaquantus.py)")
     p.add_argument("--count", action="store_true",
                    help="also count forward calls/rows, page faults and CPU time")
     p.add_argument("--profile", type=int, default=0, metavar="N",
@@ -139,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         explain_core.EXPLAIN_MEMORY_BUDGET["cpu"] = int(args.explain_budget * 2**20)
 
     model, x, y, s = build(args)
+    if args.library == "metaquantus":
+        return _metaquantus_main(args, model, x, y, s)
     metrics = {
         "Sparseness": ek.metrics.Sparseness(),
         "FaithfulnessCorrelation": ek.metrics.FaithfulnessCorrelation(
@@ -191,6 +198,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{record['wall_s']:.1f} s", file=sys.stderr)
     if args.profile:
         pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(args.profile)
+    print(json.dumps(record))
+    return record
+
+
+def _metaquantus_main(args: argparse.Namespace, model: torch.nn.Module, x: np.ndarray,
+                      y: np.ndarray, s: np.ndarray) -> dict[str, Any]:
+    """MetaQuantus 0.0.5 on the same setting, as the harness runs it (timed the same way)."""
+    import warnings
+
+    from benchmarks._metaquantus import load_metaquantus
+    from benchmarks._quantus import load_quantus
+    from benchmarks.specs.metaeval import ITERATIONS, PERTURBATIONS, _mq_suite, _quantus_metrics
+
+    q, mq = load_quantus(), load_metaquantus()
+    if q is None or mq is None:
+        raise SystemExit("MetaQuantus needs quantus and the metaquantus oracle installed.")
+    xai = {"Saliency": {}, "IntegratedGradients": {}, "GradientShap": {}}
+    metrics = _quantus_metrics(q)
+    record: dict[str, Any] = {"n": args.n, "iterations": ITERATIONS, "library": "metaquantus",
+                              "threads": torch.get_num_threads(), "model": args.model,
+                              "data": args.data, "torch": torch.__version__}
+    t0 = time.perf_counter()
+    mc = {}
+    for name, (metric, direction) in metrics.items():
+        run = mq.MetaEvaluation(test_suite=_mq_suite(mq), xai_methods=xai,
+                                iterations=ITERATIONS, nr_perturbations=PERTURBATIONS,
+                                write_to_file=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run(estimator=metric, model=model, x_batch=x, y_batch=y, s_batch=s, softmax=False,
+                device="cpu", score_direction=direction)
+        r = run.results_meta_consistency_scores
+        mc[name] = round(float(np.mean([r["Model"]["MC_mean"], r["Input"]["MC_mean"]])), 6)
+    record["wall_s"] = time.perf_counter() - t0
+    record["MC"] = mc
+    print(f"{record['wall_s']:.1f} s", file=sys.stderr)
     print(json.dumps(record))
     return record
 
