@@ -731,7 +731,13 @@ def _plain_lines(rows: list[Result]) -> list[str]:
         return []
     lines = ["As a user runs it: the same work as a plain script in a new Python process, wall "
              "clock of the meta-evaluation call (imports and set-up excluded), at torch's "
-             "default thread count and at one thread (`--plain 0 1`).", "",
+             "default thread count and at one thread (`--plain 0 1`); MetaQuantus' script is "
+             "timed the same way. The floor is the one above (one thread, CPU time). The "
+             "script is issue 24's with the harness's model, data and IntegratedGradients "
+             "settings (10 `riemann_trapezoid` steps, as Quantus and MetaQuantus); without "
+             "`--methods harness` it keeps evalkit's default of 50 Gauss-Legendre steps, about "
+             "3x the gradient rows of MetaQuantus' IntegratedGradients, which is most of the "
+             "1.8x the issue measured (see the script's docstring).", "",
              "| entry | torch threads | ours, plain (s) | ours / floor | MetaQuantus 0.0.5, "
              "plain (s) | MetaQuantus / ours | script |", "|---|---|---|---|---|---|---|"]
     for r in timed:
