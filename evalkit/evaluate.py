@@ -64,13 +64,13 @@ from . import _rng
 from ._validation import (
     EvalkitWarning,
     as_tensor,
-    check_inputs,
     check_labels,
     is_numpy_like,
 )
 from ._version import __version__
 from .executors import Executor, LocalExecutor, WorkUnit, as_executor
 from .metrics.base import Metric
+from .modality import Modality, as_modality
 from .models import ModelWrapper, wrap_model
 from .results import CellError, Results, UnitDiagnostics, library_versions
 from .store import (
@@ -360,6 +360,7 @@ class Evaluation:
         batch_size: int | None = None,
         device: torch.device | str | None = None,
         chunk_size: int | None = None,
+        modality: Modality | str | None = None,
     ) -> None:
         if explain_fn is not None and not callable(explain_fn):
             raise TypeError("`explain_fn` must be callable: f(model, x, y, **kwargs).")
@@ -382,14 +383,15 @@ class Evaluation:
             raise ValueError("`xai_methods` is empty.")
 
         self.wrapper: ModelWrapper | None = None
+        #: what the inputs are (given, or inferred from x), passed to every metric call
+        self.modality = as_modality(modality, x)
         if model is not None:
             self.wrapper = wrap_model(model, device=device)
-            xt = self.wrapper.prepare(x)
+            xt = self.wrapper.prepare(x, self.modality)
         else:
             xt = as_tensor(x, "x", device=device)
-            if not xt.is_floating_point():
-                xt = xt.float()
-        self.x = check_inputs(xt)
+        self.x = self.modality.check(
+            xt, dtype=None if self.wrapper is None else self.wrapper.dtype)
         self.n = int(self.x.shape[0])
         self.y = None if y is None else check_labels(as_tensor(y, "y", device=self.x.device),
                                                      self.n)
@@ -419,6 +421,8 @@ class Evaluation:
             "dtype": str(self.x.dtype),
             "evalkit": __version__,
         }
+        if modality is not None:  # an explicit modality is part of what the scores mean
+            base["modality"] = repr(self.modality)
         self.cell_configs: dict[tuple[str, str], dict[str, Any]] = {}
         self.cell_hashes: dict[tuple[str, str], str] = {}
         for mname, method in self.methods.items():
@@ -525,7 +529,8 @@ class Evaluation:
         else:
             sl_a = sl
         kwargs: dict[str, Any] = {"s": None if self.s is None else self.s[sl],
-                                  "batch_size": self.batch_size, "device": self.device}
+                                  "batch_size": self.batch_size, "device": self.device,
+                                  "modality": self.modality}
         if metric.re_explains:
             fn, ekw = method.explain_function(self.x)
             kwargs["explain_fn"] = fn
@@ -662,6 +667,7 @@ def evaluate(
     store: str | Path | ResultStore | None = None,
     chunk_size: int | None = None,
     executor: str | Executor | None = None,
+    modality: Modality | str | None = None,
 ) -> Results:
     """Score every explanation method with every metric.
 
@@ -716,13 +722,19 @@ def evaluate(
         ``ray``) or an :class:`evalkit.executors.RayExecutor` on the workers of a Ray cluster,
         with the same results bit for bit and the same ``store`` semantics (see
         :mod:`evalkit.executors`).
+    modality:
+        What ``x`` is (``"image"``, ``"series"``, ``"tabular"``, ``"tokens"`` or a
+        :class:`~evalkit.modality.Modality`); default: inferred from its shape and dtype
+        (integer (N, L) inputs are token ids). Passed to every metric; an explicit one is part
+        of the stored configuration.
 
     Returns
     -------
     :class:`~evalkit.results.Results`
     """
     evaluation = Evaluation(metrics, xai_methods, model, x, y, s, explain_fn=explain_fn, seed=seed,
-                            batch_size=batch_size, device=device, chunk_size=chunk_size)
+                            batch_size=batch_size, device=device, chunk_size=chunk_size,
+                            modality=modality)
     return as_executor(executor).run_evaluation(evaluation, store=store, progress=progress)
 
 

@@ -238,8 +238,9 @@ def _from_blob(blob: bytes | None) -> np.ndarray | None:
 
 
 def _diagnostics_to_blob(values: Mapping[str, Any], per_sample: Iterable[str]) -> bytes:
-    """One ``.npz`` of a unit's diagnostics: arrays as they are, DataFrames and plain values
-    as JSON (no pickles, so a store never runs code when read)."""
+    """One ``.npz`` of a unit's diagnostics: arrays as they are, DataFrames as their values,
+    index and columns (exact), plain values as JSON (no pickles, so a store never runs code
+    when read)."""
     import pandas as pd
 
     arrays: dict[str, np.ndarray] = {"__per_sample__": np.array(sorted(per_sample), dtype=str)}
@@ -247,7 +248,10 @@ def _diagnostics_to_blob(values: Mapping[str, Any], per_sample: Iterable[str]) -
         if isinstance(value, np.ndarray) and value.dtype != object:
             arrays[f"a:{name}"] = value
         elif isinstance(value, pd.DataFrame):
-            arrays[f"f:{name}"] = np.array(value.to_json(orient="split"))
+            arrays[f"f:{name}"] = value.to_numpy()
+            arrays[f"fi:{name}"] = np.array(json.dumps(
+                {"index": value.index.tolist(), "columns": value.columns.tolist(),
+                 "names": [value.index.name, value.columns.name]}, default=_json_default))
         else:
             arrays[f"j:{name}"] = np.array(json.dumps(value, default=_json_default))
     buf = io.BytesIO()
@@ -276,7 +280,9 @@ def _diagnostics_from_blob(blob: bytes | None) -> tuple[dict[str, Any], frozense
             if kind == "a":
                 values[name] = data[key]
             elif kind == "f":
-                frame = pd.read_json(io.StringIO(str(data[key])), orient="split")
+                axes = json.loads(str(data[f"fi:{name}"]))
+                frame = pd.DataFrame(data[key], index=axes["index"], columns=axes["columns"])
+                frame.index.name, frame.columns.name = axes["names"]
                 values[name] = frame
             elif kind == "j":
                 values[name] = json.loads(str(data[key]))

@@ -34,9 +34,10 @@ import torch
 
 import evalkit
 from evalkit import _rng
-from evalkit._validation import UndefinedScoreWarning, as_tensor, check_inputs, check_labels
+from evalkit._validation import UndefinedScoreWarning, as_tensor, check_labels
 from evalkit.cache import forward_cache
 from evalkit.evaluate import seed_label
+from evalkit.modality import as_modality
 from evalkit.models import ModelWrapper, wrap_model
 from evalkit.perturb import UniformNoise
 
@@ -314,7 +315,7 @@ class MetaEvaluation:
             )
         if self.batch_size is not None:
             wrapper = wrapper.with_options(batch_size=self.batch_size)
-        xt = check_inputs(wrapper.prepare(x))
+        xt = as_modality(None, x).check(wrapper.prepare(x), dtype=wrapper.dtype)
         n = xt.shape[0]
         yt = None if y is None else check_labels(as_tensor(y, "y", device=wrapper.device), n)
         st = None

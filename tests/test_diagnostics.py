@@ -61,8 +61,8 @@ def test_a_metric_without_diagnostics_records_none():
 
 
 def test_diagnostics_survive_the_store(tmp_path):
-    frame = pd.DataFrame([[0.5, 0.25]], index=["fc"], columns=[0, 1])
-    frame.index.name = "layer"
+    frame = pd.DataFrame([[2 / 3, 0.123456789012345678]], index=["2020-01-01"], columns=[0, 1])
+    frame.index.name, frame.columns.name = "layer", "sample"
     record = UnitRecord(
         key="k", cell_hash="c", method="Saliency", metric="M", start=0, stop=2,
         scores=np.array([1.0, 2.0]),
@@ -78,7 +78,7 @@ def test_diagnostics_survive_the_store(tmp_path):
     assert got.diagnostics["consistency"] == 0.75
     assert got.diagnostics["first_layer"] == "conv"
     assert got.diagnostics["nothing"] is None
-    pd.testing.assert_frame_equal(got.diagnostics["layer_scores"], frame, check_names=False)
+    pd.testing.assert_frame_equal(got.diagnostics["layer_scores"], frame, check_exact=True)
 
 
 def test_a_unit_without_diagnostics_reads_back_empty(tmp_path):

@@ -335,3 +335,62 @@ def test_no_kernel_takes_an_argmax_of_model_outputs(folder):
                 if "out" in target or "fwd" in target or "clean" in target or "predict" in target:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {target}")
     assert not offenders, "predictions come from Target.predict: " + ", ".join(offenders)
+
+
+def test_evaluate_keeps_token_ids_and_takes_an_explicit_modality():
+    ids = np.array([[1, 2, 3, 0], [4, 5, 6, 7], [2, 2, 9, 1]])
+    a = np.random.default_rng(0).random(ids.shape)
+    res = ek.evaluate({"Sparseness": Sparseness()}, {"given": a}, Embed(), ids,
+                      np.array([0, 1, 2]), progress=False)
+    assert np.isfinite(res.scores["given", "Sparseness"]).all()
+    from evalkit.evaluate import Evaluation
+
+    ev = Evaluation({"Sparseness": Sparseness()}, {"given": a}, Embed(), ids, np.array([0, 1, 2]))
+    assert ev.x.dtype == torch.int64 and ev.modality.name == "tokens"
+    # integer features that are not token ids: say so, and the metrics treat them as a table
+    counts = np.random.default_rng(1).integers(0, 5, (6, 4))
+    mlp = nn.Sequential(nn.Linear(4, 3))
+    pf = {"PF": PixelFlipping()}
+    with pytest.warns(ek.EvalkitWarning, match="cells failed"):
+        failed = ek.evaluate(pf, {"given": counts * 1.0}, mlp, counts, np.zeros(6, int),
+                             progress=False)
+    assert "does not apply to tokens" in failed.errors["given", "PF"].message
+    res = ek.evaluate(pf, {"given": counts * 1.0}, mlp, counts, np.zeros(6, int),
+                      modality="tabular", progress=False)
+    assert np.isfinite(res.scores["given", "PF"]).all()
+
+
+def test_predictions_of_other_shapes_are_not_compared_by_broadcasting():
+    t = ClassTarget()
+    with pytest.raises(ValueError, match="cannot be compared"):
+        t.agree(torch.zeros(3, dtype=torch.int64), torch.zeros(3, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="no single predicted label"):
+        SegmentationTarget().hits(torch.zeros(2, 3, 2, 2), torch.tensor([0, 1]))
+
+
+def test_multi_label_predictions_are_label_sets():
+    from evalkit.models.targets import MultiLabelTarget
+
+    t = MultiLabelTarget()
+    out = torch.tensor([[2.0, -1.0, 0.5], [-3.0, -2.0, -1.0], [1.0, 1.0, 1.0]])
+    assert t.predict(out).tolist() == [[1, 0, 1], [0, 0, 0], [1, 1, 1]]
+    y = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 1]])
+    assert t.hits(out, y).tolist() == [1.0, 0.0, 1.0]  # exact-match per sample
+    assert MultiLabelTarget(threshold=1.5).predict(out).tolist()[0] == [1, 0, 0]
+
+
+def test_rank_with_a_valid_mask_ranks_a_valid_infinity_among_the_valid():
+    from evalkit.metrics.similarity import rank
+
+    r = rank(torch.tensor([[1.0, math.inf, 2.0, 0.0]]),
+             valid=torch.tensor([[True, True, True, False]]))
+    assert r[0, :3].tolist() == [1.0, 3.0, 2.0]
+
+
+def test_reserved_names_are_not_diagnostics():
+    from evalkit.metrics.base import MetricBatch
+
+    batch = MetricBatch(metric=Sparseness(), x=torch.zeros(2, 3), y=None, a=None, s=None,
+                        model=None, runner=None, seed=0, modality=TabularModality())
+    with pytest.raises(ValueError, match="not a diagnostic name"):
+        batch.record("scores", torch.zeros(2))

@@ -1,4 +1,4 @@
-"""Tests of the robustness family (evalkit/metrics/robustness.py).
+"""Tests of the robustness family (evalkit/metrics/robustness/).
 
 Known answers (identity, constant and weight-times-input explainers on linear models, with
 deterministic perturbations computed by hand), direction checks, prediction-change semantics,

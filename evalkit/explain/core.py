@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .._batching import resolve_batch_size
-from .._validation import as_tensor, check_inputs, check_labels, check_option, is_numpy_like
+from .._validation import as_tensor, check_labels, check_option, is_numpy_like
+from ..modality import as_modality
 from ..models import ModelWrapper, wrap_model
 from ..models.targets import _BaseTarget
 from ._hooks import require_gradients, require_module
@@ -231,7 +232,7 @@ def explain(
     info = explainer_info(method)
     wrapper = wrap_model(model, softmax=softmax, target=target)
     numpy_in = is_numpy_like(x)
-    xt = check_inputs(wrapper.prepare(x))
+    xt = as_modality(None, x).check(wrapper.prepare(x), dtype=wrapper.dtype)
     n = xt.shape[0]
     yt = None if y is None else check_labels(as_tensor(y, "y", device=wrapper.device), n)
     if not info.model_free:

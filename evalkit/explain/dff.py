@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from .. import _rng
-from .._validation import check_inputs, is_numpy_like
+from .._validation import is_numpy_like
+from ..modality import as_modality
 from ..models import ModelWrapper, wrap_model
 from ._hooks import capture, interpolate_to, require_module, resolve_layer
 
@@ -200,7 +201,7 @@ class DeepFeatureFactorization:
         """Factorise the layer's activations for the batch ``x`` into ``n_components``
         concepts shared by all its images. NumPy in gives NumPy arrays in the result."""
         numpy_in = is_numpy_like(x)
-        xt = check_inputs(self.wrapper.prepare(x))
+        xt = as_modality(None, x).check(self.wrapper.prepare(x), dtype=self.wrapper.dtype)
         A = self.activations(xt)
         dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
         A = A.to(dtype)

@@ -51,6 +51,9 @@ FAMILIES = ("faithfulness", "robustness", "localisation", "complexity", "randomi
             "axiomatic")
 
 _REGISTRY: dict[str, type[Metric]] = {}
+#: names a diagnostic may not take (their ``<name>_`` attributes are the call's own results)
+_RESERVED_DIAGNOSTICS = frozenset({"scores", "nan_reasons", "curves", "curve_x", "seed",
+                                   "diagnostics", "per_sample_diagnostics"})
 _ALIASES: dict[str, str] = {}
 
 # Quantus' __call__ keyword names, accepted so that ported code runs unchanged.
@@ -84,7 +87,7 @@ class MetricBatch:
     model: ModelWrapper | None
     runner: ForwardRunner | None
     seed: int
-    modality: Modality = field(default_factory=lambda: as_modality("image"))
+    modality: Modality
     model_obj: Any = None
     explain_fn: Callable[..., Any] | None = None
     explain_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +133,9 @@ class MetricBatch:
         scores. Tensors become NumPy arrays. ``per_sample`` (default: an array whose first
         axis has N entries) marks one entry per sample, so that chunked runs concatenate it.
         """
+        if name in _RESERVED_DIAGNOSTICS:
+            raise ValueError(f"{name!r} is not a diagnostic name: metric.{name}_ holds the call's "
+                             "own results.")
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu().numpy()
         if per_sample is None:

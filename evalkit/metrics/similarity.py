@@ -107,9 +107,9 @@ def rank(a: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     a = torch.as_tensor(a)
     if a.ndim != 2:
         raise ValueError(f"rank needs a 2-D tensor (N, D); got shape {tuple(a.shape)}.")
-    if valid is not None:
+    if valid is not None:  # NaN sorts after +inf, so a valid +inf never ties an excluded entry
         a = torch.where(valid.to(a.device), a.to(torch.float64),
-                        torch.tensor(math.inf, dtype=torch.float64, device=a.device))
+                        torch.tensor(math.nan, dtype=torch.float64, device=a.device))
     n, d = a.shape
     if d == 0:
         return torch.empty((n, 0), dtype=torch.float64, device=a.device)
@@ -195,8 +195,8 @@ def correlate_rows(
     valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row-wise correlation of ``a`` and ``b`` (N, K) over the ``valid`` entries (all when
-    None): the one correlation kernel (:func:`pearson`, :func:`spearman` and the correlation
-    metrics use it).
+    None): the one correlation kernel of the correlation metrics; :func:`pearson` and
+    :func:`spearman` use the same row kernels (``_pearson_rows``, :func:`rank`).
 
     ``kind``: ``"pearson"``, ``"spearman"`` (Pearson of the average ranks, ties averaged, as
     ``scipy.stats.spearmanr``) or a callable ``f(a_row, b_row) -> float`` on two 1-D NumPy

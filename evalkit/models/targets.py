@@ -69,6 +69,9 @@ class _BaseTarget:
 
     def agree(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """(N,) bool: whether the predictions ``p`` and ``q`` of the same N rows are equal."""
+        if p.shape != q.shape:
+            raise ValueError(f"{type(self).__name__}: predictions of shape {tuple(p.shape)} and "
+                             f"{tuple(q.shape)} cannot be compared.")
         same = p == q
         return same.reshape(same.shape[0], -1).all(1) if same.ndim > 1 else same
 
@@ -181,13 +184,19 @@ class OutputIndex(_BaseTarget):
 class MultiLabelTarget(_BaseTarget):
     """Multi-label models: sum (or mean) of the outputs of the labels marked in a multi-hot ``y``.
 
-    ``y`` has shape (N, n_labels) with 0/1 entries.
+    ``y`` has shape (N, n_labels) with 0/1 entries. A prediction is the multi-hot set of labels
+    whose output exceeds ``threshold`` (default 0: a logit of 0 is a probability of 0.5); two
+    predictions agree when the sets are equal, and a prediction hits ``y`` when it equals it.
     """
 
-    def __init__(self, reduction: str = "sum") -> None:
+    def __init__(self, reduction: str = "sum", threshold: float = 0.0) -> None:
         if reduction not in ("sum", "mean"):
             raise ValueError(f"`reduction` must be 'sum' or 'mean'; got {reduction!r}.")
         self.reduction = reduction
+        self.threshold = float(threshold)
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        return (outputs > self.threshold).to(torch.int64)
 
     def __call__(self, outputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if y is None:
@@ -233,6 +242,12 @@ class SegmentationTarget(_BaseTarget):
 
     def check(self, y: torch.Tensor | None, output_shape: tuple[int, ...]) -> None:
         ClassTarget().check(y, (output_shape[0],))
+
+    def hits(self, outputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        raise ValueError("SegmentationTarget predicts a class per pixel (predict() gives maps), "
+                         "so there is no single predicted label to compare with `y`; metrics "
+                         "that score accuracy against labels (ROAD's score='accuracy') need "
+                         "another target.")
 
 
 class _CallableTarget(_BaseTarget):

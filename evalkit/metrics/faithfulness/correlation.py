@@ -158,7 +158,8 @@ class SensitivityN(Metric):
                                             ok.unsqueeze(0).expand(t_count, -1))
         return tuple(v.unsqueeze(0).expand(n, -1).contiguous() for v in (corr, a_const, b_const))
 
-    def _per_sample(self, batch, grp, group_scores, sizes, clean) -> torch.Tensor:
+    def _per_sample(self, batch, grp, group_scores, sizes, clean
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = batch.x
         n, t_count = sizes.shape
         k = self.nr_subsets
