@@ -546,7 +546,8 @@ class Evaluation:
             curves=None if metric.curves_ is None else np.array(metric.curves_),
             curve_x=None if metric.curve_x_ is None else np.array(metric.curve_x_),
             seed=metric.seed_, elapsed=elapsed,
-            diagnostics=dict(metric.diagnostics_),
+            diagnostics={k: v for k, v in metric.diagnostics_.items()
+                         if k not in metric.unstored_diagnostics_},
             per_sample_diagnostics=frozenset(metric.per_sample_diagnostics_),
         )
 

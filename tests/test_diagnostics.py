@@ -7,11 +7,18 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch import nn
 
 import evalkit as ek
-from evalkit.metrics import MPRT, Completeness, FaithfulnessCorrelation, MaxSensitivity
+from evalkit.metrics import (
+    MPRT,
+    Completeness,
+    FaithfulnessCorrelation,
+    MaxSensitivity,
+    RegionPerturbation,
+)
 from evalkit.store import ResultStore, UnitRecord
 
 warnings.filterwarnings("ignore", category=ek.UndefinedScoreWarning)
@@ -93,6 +100,7 @@ def test_a_unit_without_diagnostics_reads_back_empty(tmp_path):
 def _evaluate(store=None, chunk_size=2):
     model, x, y, a = _data(n=5)
     metrics = {"FC": FaithfulnessCorrelation(nr_runs=5, subset_size=4),
+               "RP": RegionPerturbation(patch_size=2, regions_evaluation=9),
                "Consistency": ek.metrics.Consistency(discretise_func="sign")}
     return ek.evaluate(metrics, {"given": a.numpy()}, model, x, y, seed=3,
                        chunk_size=chunk_size, store=store, progress=False)
@@ -100,21 +108,29 @@ def _evaluate(store=None, chunk_size=2):
 
 def test_evaluate_keeps_the_diagnostics_of_every_unit(tmp_path):
     res = _evaluate()
-    subsets = res.diagnostic("given", "FC", "subsets")
-    assert subsets.shape == (5, 5, 4)  # three chunks concatenated in sample order
-    # the same draws as one direct call with the cell's seed (per-sample keys)
-    direct = FaithfulnessCorrelation(nr_runs=5, subset_size=4, seed=res.seeds["FC"])
+    order = res.diagnostic("given", "RP", "order")
+    assert order.shape == (5, 9)  # three chunks concatenated in sample order
+    # the same order as one direct call (per-sample semantics)
+    direct = RegionPerturbation(patch_size=2, regions_evaluation=9)
     model, x, y, a = _data(n=5)
     direct(model, x, y, a)
-    np.testing.assert_array_equal(subsets, direct.subsets_)
+    np.testing.assert_array_equal(order, direct.order_)
     # a set-level metric runs as one unit: its value as it is
     assert isinstance(res.diagnostic("given", "Consistency", "consistency"), float)
-    try:
-        res.diagnostic("given", "FC", "nope")
-    except KeyError as err:
-        assert "subsets" in str(err)
-    else:
-        raise AssertionError("an unknown diagnostic must raise a KeyError")
+    # bulky values the seed reproduces stay on the metric only
+    assert "subsets" in direct_fc().diagnostics_
+    with pytest.raises(KeyError, match="order"):
+        res.diagnostic("given", "RP", "nope")
+    with pytest.raises(KeyError):
+        res.diagnostic("given", "FC", "subsets")
+
+
+def direct_fc():
+    model, x, y, a = _data(n=5)
+    m = FaithfulnessCorrelation(nr_runs=5, subset_size=4, seed=0)
+    m(model, x, y, a)
+    assert m.unstored_diagnostics_ == frozenset({"subsets"})
+    return m
 
 
 def test_diagnostics_come_back_from_a_resumed_run(tmp_path):
@@ -122,7 +138,7 @@ def test_diagnostics_come_back_from_a_resumed_run(tmp_path):
     first = _evaluate(store=store)
     again = _evaluate(store=store)
     assert sum(again.resumed.values()) > 0
-    np.testing.assert_array_equal(first.diagnostic("given", "FC", "subsets"),
-                                  again.diagnostic("given", "FC", "subsets"))
+    np.testing.assert_array_equal(first.diagnostic("given", "RP", "order"),
+                                  again.diagnostic("given", "RP", "order"))
     assert again.diagnostic("given", "Consistency", "consistency") == first.diagnostic(
         "given", "Consistency", "consistency")

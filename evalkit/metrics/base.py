@@ -98,6 +98,7 @@ class MetricBatch:
     curve_x: torch.Tensor | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
     per_sample_diagnostics: set[str] = field(default_factory=set)
+    unstored_diagnostics: set[str] = field(default_factory=set)
 
     @property
     def n(self) -> int:
@@ -126,12 +127,15 @@ class MetricBatch:
             if self.nan_reasons[i] is None:
                 self.nan_reasons[i] = reason
 
-    def record(self, name: str, value: Any, *, per_sample: bool | None = None) -> None:
+    def record(self, name: str, value: Any, *, per_sample: bool | None = None,
+               store: bool = True) -> None:
         """Keep a diagnostic of this call (the subsets drawn, the draws whose prediction
         changed, the per-layer scores...): after the call it is ``metric.diagnostics_[name]``
         and the attribute ``metric.<name>_``, and :func:`evalkit.evaluate` stores it with the
         scores. Tensors become NumPy arrays. ``per_sample`` (default: an array whose first
         axis has N entries) marks one entry per sample, so that chunked runs concatenate it.
+        ``store=False`` keeps a bulky value that the seed reproduces on the metric only (the
+        result store does not keep it).
         """
         if name in _RESERVED_DIAGNOSTICS:
             raise ValueError(f"{name!r} is not a diagnostic name: metric.{name}_ holds the call's "
@@ -146,6 +150,10 @@ class MetricBatch:
             self.per_sample_diagnostics.add(name)
         else:
             self.per_sample_diagnostics.discard(name)
+        if store:
+            self.unstored_diagnostics.discard(name)
+        else:
+            self.unstored_diagnostics.add(name)
 
     def set_curves(self, curves: torch.Tensor, x_axis: torch.Tensor | np.ndarray) -> None:
         """Expose per-sample curves (N, T) and their x-axis (T,) as ``metric.curves_``."""
@@ -385,6 +393,7 @@ class Metric:
         self.seed_: int | None = None
         self.diagnostics_: dict[str, Any] = {}
         self.per_sample_diagnostics_: frozenset[str] = frozenset()
+        self.unstored_diagnostics_: frozenset[str] = frozenset()
 
     # ----------------------------------------------------------------- sklearn-style protocol
     @classmethod
@@ -779,6 +788,7 @@ class Metric:
         self.seed_ = batch.seed
         self.diagnostics_ = dict(batch.diagnostics)
         self.per_sample_diagnostics_ = frozenset(batch.per_sample_diagnostics)
+        self.unstored_diagnostics_ = frozenset(batch.unstored_diagnostics)
         for name, value in batch.diagnostics.items():
             setattr(self, f"{name}_", value)
         if self.nan_reasons_ and not self.disable_warnings:
