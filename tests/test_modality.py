@@ -394,3 +394,35 @@ def test_reserved_names_are_not_diagnostics():
                         model=None, runner=None, seed=0, modality=TabularModality())
     with pytest.raises(ValueError, match="not a diagnostic name"):
         batch.record("scores", torch.zeros(2))
+
+
+class _NaNForSample(nn.Module):
+    """A linear classifier whose outputs are NaN for inputs whose first value is above 0.9."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lin(x.flatten(1))
+        bad = x.flatten(1)[:, 0] > 0.9
+        return torch.where(bad.unsqueeze(1), torch.full_like(out, math.nan), out)
+
+
+def test_consistency_leaves_a_sample_without_prediction_out_of_the_set():
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _NaNForSample()
+    x = torch.rand((8, 1, 4, 4), generator=g) * 0.8
+    x[3, 0, 0, 0] = 0.95  # this sample's outputs are NaN
+    a = torch.sign(torch.randn((8, 1, 4, 4), generator=g))
+    a[:4] = a[0]  # shared discretised explanations
+    a[4:] = a[4]
+    y = torch.zeros(8, dtype=torch.int64)
+    m = Consistency(discretise_func="sign")
+    out = m(model, x, y, a)
+    assert np.isnan(out[3]) and "not finite" in m.nan_reasons_[3]
+    keep = [i for i in range(8) if i != 3]
+    ref = Consistency(discretise_func="sign")(model, x[keep], y[keep], a[keep])
+    np.testing.assert_array_equal(out[keep], ref)

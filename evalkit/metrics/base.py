@@ -120,6 +120,12 @@ class MetricBatch:
         """Per-sample random keys from the seed and each sample's values (see ``_rng``)."""
         return _rng.sample_keys(self.x, self.seed)
 
+    def defined(self) -> torch.Tensor:
+        """(N,) bool: the samples not (yet) undefined; set-level metrics leave the others out
+        of the set."""
+        return torch.tensor([r is None for r in self.nan_reasons], dtype=torch.bool,
+                            device=self.device)
+
     def set_nan(self, mask: torch.Tensor | np.ndarray, reason: str) -> None:
         """Mark samples (bool mask (N,)) as undefined with a reason (the first reason wins)."""
         m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)

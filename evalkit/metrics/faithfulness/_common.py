@@ -27,8 +27,7 @@ def set_curves(batch: MetricBatch, curve: torch.Tensor, fractions: torch.Tensor)
 def valid_samples(batch: MetricBatch) -> torch.Tensor:
     """(N,) bool: samples not already undefined (their attribution was finite). Set-level
     metrics leave the others out of the set."""
-    return torch.tensor([r is None for r in batch.nan_reasons], dtype=torch.bool,
-                        device=batch.device)
+    return batch.defined()
 
 
 def flag_correlation(batch: MetricBatch, a_const: torch.Tensor, b_const: torch.Tensor,

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..._validation import check_option, check_scalar
+from .._removal import flag_nonfinite
 from ..base import Metric, MetricBatch
 from ._engine import (
     _flat,
@@ -106,19 +107,28 @@ class Consistency(Metric):
         batch.require_model()
         x = batch.x
         target = batch.target
-        pred = target.codes(batch.runner.run(  # type: ignore[union-attr]
+        pred = batch.runner.run(  # type: ignore[union-attr]
             lambda index: x[index[0]], (batch.n,),
-            reduce=lambda out, index: target.predict(out), row_shape=tuple(x.shape[1:]),
-            desc="predictions"))
+            reduce=lambda out, index: target.predict_or_nan(out),
+            row_shape=tuple(x.shape[1:]), desc="predictions")
+        flag_nonfinite(batch, pred)  # a NaN output has no predicted class
+        # the set: samples whose attribution and prediction are finite (the others are NaN
+        # themselves and nobody's partner)
+        ok = batch.defined().to(pred.device)
+        pred = target.codes(torch.where(ok.reshape(-1, *([1] * (pred.ndim - 1))), pred,
+                                        torch.zeros_like(pred)))
         labels = self._labels(batch.a)  # type: ignore[arg-type]
-        # counts per explanation label and per (label, predicted class) pair, O(N)
+        # counts per explanation label and per (label, predicted class) pair within the set,
+        # O(N)
+        w = ok.to(torch.float64)
         n_lab = int(labels.max()) + 1
         pair = labels * (int(pred.max()) + 1) + pred
-        same_label = torch.bincount(labels, minlength=n_lab)[labels] - 1
-        same_both = torch.bincount(pair)[pair] - 1
-        defined = same_label > 0
-        score = same_both.to(torch.float64) / same_label.clamp_min(1).to(torch.float64)
+        same_label = torch.bincount(labels, weights=w, minlength=n_lab)[labels] - w
+        same_both = torch.bincount(pair, weights=w)[pair] - w
+        defined = ok & (same_label > 0)
+        score = same_both / same_label.clamp_min(1)
         batch.set_nan(~defined, "no other sample has the same discretised explanation")
-        pairs = int(same_label.sum())
-        batch.record("consistency", (float(same_both.sum()) / pairs) if pairs else float("nan"))
+        pairs = float((same_label * w).sum())
+        batch.record("consistency", float((same_both * w).sum()) / pairs if pairs
+                     else float("nan"))
         return torch.where(defined, score, torch.full_like(score, float("nan")))
