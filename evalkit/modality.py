@@ -63,6 +63,9 @@ class Modality:
     default_grouping: ClassVar[str] = "pixels"
     #: whether additive Gaussian/uniform input noise is meaningful for this data
     additive_noise: ClassVar[bool] = True
+    #: whether dropping random features (:meth:`drop_features`, e.g. replacing tokens by the
+    #: mask token) is a meaningful noise for this data
+    feature_dropout: ClassVar[bool] = False
     #: the axis that holds channels (summed to per-feature values), or None
     channel_axis: ClassVar[int | None] = 1
     #: what the layout is, for error messages
@@ -151,6 +154,23 @@ class Modality:
             fill_t = fill_t.to(x.dtype)
         return torch.where(mask, fill_t, x)
 
+    def baseline_values(self, baseline: Any, x: torch.Tensor,
+                        keys: torch.Tensor | None = None) -> torch.Tensor:
+        """The replacement values of a mask-independent baseline
+        (:class:`~evalkit.perturb.Baseline`) for a batch ``x`` (N, ...), broadcastable against
+        it: its own values for numeric data (token ids override this: see
+        :meth:`TokensModality.baseline_values`)."""
+        return baseline.values(x, keys)
+
+    def drop_features(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x`` with the features where ``mask`` is True dropped the data's own way (the
+        token-dropout noise of the robustness metrics); only where :attr:`feature_dropout`
+        is True."""
+        raise ValueError(
+            f"Dropping features is not defined for {self.name} inputs ({self.layout}); use "
+            "additive noise (perturb_func='gaussian' or 'uniform') instead."
+        )
+
     def translation_axis(self, x: torch.Tensor, direction: str) -> int:
         """The axis a translation along ``direction`` (``"x"``: the last spatial axis,
         ``"y"``: the one before) shifts."""
@@ -232,24 +252,104 @@ class TokensModality(Modality):
     """Token ids (N, L), integers, carried to the model as they are; features are tokens.
 
     ``mask_token_id``: the id that replaces a removed token (default 0; set the tokenizer's
-    mask or pad id). Additive noise is not defined for ids.
+    mask or pad id). ``pad_token_id``: the id appended when removed tokens are *deleted* and
+    the rest shifted left (:class:`~evalkit.perturb.TokenDeletion`); None (default): the mask
+    token id. Additive noise is not defined for ids; token dropout (random tokens replaced by
+    the mask token) is.
+
+    Every perturbation of token ids goes through this modality and never casts them:
+
+    * a named baseline of the removal metrics (``"black"``, ``"mean"``, ``"blur"``...: pixel
+      statistics that mean nothing for ids) replaces a removed token by ``mask_token_id``;
+    * a number (``perturb_baseline=103``), ``"zero"`` (id 0), ``"constant"`` with its
+      ``value``, or an integer array (one id per position) is an explicit replacement id;
+    * the random baselines (``"uniform"``, ``"random"``) are refused: a random token needs a
+      vocabulary, and a float is no id.
     """
 
     name = "tokens"
     ranks = (2,)
     integer_inputs = True
     additive_noise = False
+    feature_dropout = True
     channel_axis = None
     default_grouping = "pixels"
     layout = "(N, L) integer token ids"
 
-    def __init__(self, mask_token_id: int = 0) -> None:
+    def __init__(self, mask_token_id: int = 0, pad_token_id: int | None = None) -> None:
         self.mask_token_id = int(mask_token_id)
+        self.pad_token_id = None if pad_token_id is None else int(pad_token_id)
+
+    def __repr__(self) -> str:  # the pad id only when set: earlier stored reprs stay as they were
+        pad = "" if self.pad_token_id is None else f", pad_token_id={self.pad_token_id!r}"
+        return f"TokensModality(mask_token_id={self.mask_token_id!r}{pad})"
+
+    @property
+    def pad_id(self) -> int:
+        """The id appended by deletion with re-padding: ``pad_token_id``, else the mask id."""
+        return self.mask_token_id if self.pad_token_id is None else self.pad_token_id
 
     def replace(self, x: torch.Tensor, mask: torch.Tensor,
                 fill: torch.Tensor | float | int | None = None) -> torch.Tensor:
         """Masked tokens replaced by ``fill`` (default: :attr:`mask_token_id`)."""
-        return super().replace(x, mask, self.mask_token_id if fill is None else fill)
+        if fill is None:
+            fill = self.mask_token_id
+        elif isinstance(fill, torch.Tensor) and (fill.is_floating_point() or fill.is_complex()):
+            raise TypeError("Token ids are replaced by integer ids, never by floating-point "
+                            f"values (got {fill.dtype}).")
+        elif isinstance(fill, float):
+            raise TypeError(f"Token ids are replaced by integer ids; got the float {fill!r}.")
+        return super().replace(x, mask, fill)
+
+    def baseline_values(self, baseline: Any, x: torch.Tensor,
+                        keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Replacement ids of a baseline (see the class docstring): the mask token for named
+        statistics, explicit ids for numbers, ``"zero"``, ``"constant"`` and integer arrays;
+        random baselines raise."""
+        kind = baseline.kind
+        if isinstance(kind, str):
+            if getattr(baseline, "stochastic", False):
+                raise ValueError(
+                    f"The {kind!r} baseline draws random values, which are not token ids; on "
+                    "token inputs use a named baseline (the mask token), an id, or "
+                    "evalkit.perturb.TokenDeletion()."
+                )
+            if kind in ("zero", "constant"):
+                token = _token_id(0.0 if kind == "zero" else baseline.value, "value")
+            else:
+                token = self.mask_token_id
+            return torch.full((1,) * x.ndim, token, dtype=x.dtype, device=x.device)
+        t = torch.as_tensor(kind)
+        if t.is_floating_point() and not bool((t == t.round()).all()):
+            raise ValueError("A baseline for token ids must hold integer ids; got non-integer "
+                             "values.")
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"A baseline for token ids must hold integer ids; got {t.dtype}.")
+        return baseline.values(x, None)
+
+    def drop_features(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Dropped tokens replaced by the mask token (token dropout)."""
+        return self.replace(x, mask)
+
+    def delete(self, x: torch.Tensor, mask: torch.Tensor,
+               pad_token_id: int | None = None) -> torch.Tensor:
+        """Deletion with re-padding: per row, the tokens where ``mask`` is True are dropped,
+        the others keep their order and move left, and the freed positions at the end take
+        ``pad_token_id`` (default :attr:`pad_id`). The length L stays the same."""
+        mask = mask.expand_as(x)
+        pad = self.pad_id if pad_token_id is None else int(pad_token_id)
+        # a stable sort on the drop flag moves the kept tokens to the front in their order
+        order = torch.sort(mask.to(torch.int8), dim=-1, stable=True).indices
+        shifted = x.gather(-1, order)
+        kept = (~mask).sum(-1, keepdim=True)
+        position = torch.arange(x.shape[-1], device=x.device)
+        return torch.where(position < kept, shifted, torch.full_like(shifted, pad))
+
+
+def _token_id(value: Any, name: str) -> int:
+    if isinstance(value, bool) or float(value) != int(value):
+        raise ValueError(f"A replacement token id must be an integer; got `{name}`={value!r}.")
+    return int(value)
 
 
 #: the built-in modalities by name

@@ -68,8 +68,9 @@ apply):
 Fixtures are registered per modality (:func:`register_fixture`) and built once per process;
 built in: ``"image"`` (3x8x8, a small CNN with batch norm), ``"series"`` (2 channels x 16
 steps, a 1-D CNN), ``"tabular"`` (:data:`TABULAR_FEATURES` columns, an MLP) and ``"tokens"``
-(int64 ids (N, :data:`TOKENS_LENGTH`) from a vocabulary of :data:`TOKENS_VOCABULARY`, an
-embedding-bag classifier; attributions are the tokens' exact shares of the target logit). A
+(int64 ids (N, :data:`TOKENS_LENGTH`) from a vocabulary of :data:`TOKENS_VOCABULARY`, a
+mean-of-embeddings classifier whose layer ``embedding`` returns (N, L, 8); attributions are
+the tokens' exact shares of the target logit). A
 metric is checked on the modalities its instance declares (``metric.modalities``: they may
 depend on its parameters, e.g. ``ROAD(imputer=...)``). Metric classes are instantiated with
 their ``conformance_params()`` classmethod if they define one, else with the cheap settings in
@@ -149,6 +150,9 @@ CHEAP_PARAMS: dict[str, dict[str, Any]] = {
     "Continuity": {"nr_steps": 3},
     "TopKIntersection": {"k": 8},
     "SmoothMPRT": {"nr_samples": 2},
+    "AOPC": {"features_in_step": 4},
+    "SoftComprehensiveness": {"nr_samples": 2},
+    "SoftSufficiency": {"nr_samples": 2},
 }
 
 #: how many other seeds ``declared_stochasticity`` tries before it calls a stochastic metric
@@ -262,16 +266,18 @@ class _TinyConv1d(nn.Module):
 
 class _TinyEmbeddingBag(nn.Module):
     """(N, 12) int64 token ids from a vocabulary of 20, 3 classes: the mean of the tokens'
-    embeddings, then a linear head."""
+    embeddings, then a linear head. The embedding layer returns one vector per token, (N, L,
+    8), so that metrics hooking an embedding layer (``embedding_layer="embedding"``) apply; the
+    weights are those of an ``nn.EmbeddingBag`` built with the same seed."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.embedding = nn.EmbeddingBag(TOKENS_VOCABULARY, 8, mode="mean")
+        self.embedding = nn.Embedding(TOKENS_VOCABULARY, 8)
         self.drop = nn.Dropout(0.25)
         self.fc = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(self.embedding(x)))
+        return self.fc(self.drop(self.embedding(x).mean(1)))
 
     def token_contributions(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Each token's exact share of the target logit (N, L) (the logit is the bias plus

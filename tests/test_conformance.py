@@ -49,6 +49,17 @@ NON_DEFAULT = {
         "NonSensitivity", perturb_baseline="uniform", eps=0.01),
     # an imputer widens ROAD's modalities from images to every numeric one
     "ROAD(imputer=make_imputer('mean'))": cheap_metric("ROAD", imputer=make_imputer("mean")),
+    # text: an embedding layer makes the soft rationale metrics token metrics; token deletion
+    # narrows the removal metrics to tokens, a random baseline to numeric data
+    "SoftComprehensiveness(embedding_layer='embedding')": cheap_metric(
+        "SoftComprehensiveness", embedding_layer="embedding"),
+    "SoftSufficiency(embedding_layer='embedding')": cheap_metric(
+        "SoftSufficiency", embedding_layer="embedding"),
+    "ERASERComprehensiveness(perturb_baseline='delete')": cheap_metric(
+        "ERASERComprehensiveness", perturb_baseline="delete"),
+    "AOPC(order='lerf', perturb_baseline='uniform')": cheap_metric(
+        "AOPC", order="lerf", perturb_baseline="uniform"),
+    "TokenF1(threshold=0.5)": cheap_metric("TokenF1", threshold=0.5),
 }
 
 

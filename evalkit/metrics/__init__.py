@@ -113,6 +113,26 @@ __all__ += ["MPRT", "EfficientMPRT", "ModelParameterRandomisation", "RandomLogit
             "SmoothMPRT", "similarity"]
 __all__ += ["Completeness", "InputInvariance", "NonSensitivity"]
 
+from .faithfulness import (  # noqa: E402 - text: ERASER rationale metrics and AOPC
+    AOPC,
+    ERASERComprehensiveness,
+    ERASERSufficiency,
+    SoftComprehensiveness,
+    SoftSufficiency,
+)
+from .localisation import AUPRC, IOUF1, TokenF1  # noqa: E402 - token plausibility
+
+__all__ += [
+    "AOPC",
+    "AUPRC",
+    "IOUF1",
+    "ERASERComprehensiveness",
+    "ERASERSufficiency",
+    "SoftComprehensiveness",
+    "SoftSufficiency",
+    "TokenF1",
+]
+
 __all__ += [
     "AvgSensitivity",
     "Consistency",

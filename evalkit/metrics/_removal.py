@@ -23,8 +23,9 @@ import torch
 
 from .. import _rng
 from ..cache import active_cache, combine_hashes, model_key, row_hashes
+from ..modality import Modality
 from ..perturb import FeatureGrouping, Grouping, Imputer, rank_groups
-from ..perturb.baselines import Baseline
+from ..perturb.baselines import Baseline, impute
 from .base import MetricBatch
 
 __all__ = [
@@ -294,14 +295,17 @@ def _model_and_inputs(batch: MetricBatch) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------- subsets
-def baseline_values(imputer: Imputer, x: torch.Tensor,
-                    keys: torch.Tensor | None) -> torch.Tensor | None:
+def baseline_values(imputer: Imputer, x: torch.Tensor, keys: torch.Tensor | None,
+                    modality: Modality | None = None) -> torch.Tensor | None:
     """Per-sample replacement values (N, ...) of a mask-independent baseline (computed once
     and reused for every perturbed row of a sample), else None (the imputer looks at the
-    mask, so it fills each row)."""
+    mask, so it fills each row). With the batch's ``modality`` the values come from it (token
+    ids: the mask token or explicit ids, never a cast)."""
     if not isinstance(imputer, Baseline):
         return None
-    base = imputer.values(x, keys if imputer.stochastic else None)
+    keys = keys if imputer.stochastic else None
+    base = (imputer.values(x, keys) if modality is None
+            else modality.baseline_values(imputer, x, keys))
     return base.expand_as(x) if base.shape[0] == 1 else base
 
 
@@ -330,7 +334,7 @@ def subset_scores(
     x = batch.x
     modality = batch.modality
     sample_keys = batch.keys if imputer.stochastic else None
-    base = baseline_values(imputer, x, batch.keys) if fill_of is None else None
+    base = baseline_values(imputer, x, batch.keys, modality) if fill_of is None else None
     is_baseline = isinstance(imputer, Baseline)
 
     def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -344,7 +348,7 @@ def subset_scores(
             keys = keys_of(*index)
         else:
             keys = None if sample_keys is None else sample_keys[i]
-        return imputer.fill(x[i], mask, keys=keys)
+        return impute(imputer, x[i], mask, keys=keys, modality=modality)
 
     scores = batch.runner.run(build, (batch.n, *shape), y=batch.y,  # type: ignore[union-attr]
                               row_shape=tuple(x.shape[1:]), desc=desc)
@@ -391,9 +395,10 @@ def window_scores(
 
     stochastic = getattr(imputer, "stochastic", False)
     row_keys = (batch.keys if keys is None else keys) if stochastic else None
+    modality = batch.modality
     base = None
     if isinstance(imputer, Baseline):
-        base = imputer.values(x, row_keys)
+        base = modality.baseline_values(imputer, x, row_keys)
         base = base.expand_as(x) if base.shape[0] == 1 else base
     rank_map = ordering.rank_map
 
@@ -406,7 +411,6 @@ def window_scores(
     if rows.shape[0]:
         ti, tt = rows[:, 0], rows[:, 1]
         r_lo, r_hi = lo_c[ti, tt], hi_c[ti, tt]
-        modality = batch.modality
 
         def build(m: torch.Tensor) -> torch.Tensor:
             i = ti[m]
@@ -417,7 +421,7 @@ def window_scores(
             if base is not None:
                 return modality.replace(xi, perturbed, base[i])
             k = None if row_keys is None else row_keys[i]
-            return imputer.fill(xi, perturbed, keys=k)
+            return impute(imputer, xi, perturbed, keys=k, modality=modality)
 
         fps = None
         keys_list: list = []

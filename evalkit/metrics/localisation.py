@@ -41,6 +41,8 @@ from .base import Metric, MetricBatch
 
 __all__ = [
     "AUC",
+    "AUPRC",
+    "IOUF1",
     "AttributionLocalisation",
     "BoxLocalisation",
     "EnergyPointingGame",
@@ -48,6 +50,7 @@ __all__ = [
     "PointingGame",
     "RelevanceMassAccuracy",
     "RelevanceRankAccuracy",
+    "TokenF1",
     "TopKIntersection",
 ]
 
@@ -569,3 +572,223 @@ class BoxLocalisation(_LocalisationMetric):
         out = result.iou if self.return_iou else result.correct
         return torch.as_tensor(out, dtype=torch.float64, device=batch.device)
 
+
+
+# --------------------------------------------------------------------------- plausibility
+# Token-level plausibility against human rationales (DeYoung et al. 2020, ERASER): the masks
+# ``s`` are the rationales, (N, L) booleans for token ids; the metrics work on the features of
+# any modality (pixels, time steps, columns), IOUF1's spans on 1-D sequences only.
+_ERASER = ("DeYoung et al., ERASER: A Benchmark to Evaluate Rationalized NLP Models, "
+           "ACL 2020")
+
+
+def _f1(hits: torch.Tensor, n_pred: torch.Tensor, n_true: torch.Tensor) -> torch.Tensor:
+    """2 P R / (P + R) = 2 hits / (|pred| + |true|) (0 without hits, as ERASER's _f1)."""
+    return _safe_div(2 * hits, (n_pred + n_true).to(torch.float64))
+
+
+class TokenF1(_LocalisationMetric):
+    """Token F1 (DeYoung et al. 2020, ERASER's "Token F1"): the F1 score of the predicted
+    rationale (the top-k features by attribution) against the human rationale ``s``.
+    **Higher is better**; in [0, 1].
+
+    ``s`` are boolean rationale masks ((N, L) for token ids; masks of pixels, time steps or
+    columns on other data: the metric scores features, so it applies to every modality).
+    The predicted rationale is the ``k`` features with the largest attributions (after the
+    shared ``normalise``/``abs``): by default k = the true rationale's length (then precision,
+    recall and F1 coincide, as in RelevanceRankAccuracy), an int for a fixed k, a float in
+    (0, 1] for a share of the features (rounded half up, at least 1); or, with ``threshold``,
+    every feature whose attribution is at least ``threshold``. Precision and recall per
+    sample are recorded as ``precision_`` and ``recall_`` (ERASER reports the macro F1 of the
+    averaged precision and recall, which the recorded values give).
+
+    Ties at the k-th value count fractionally: the score is the expected F1 under a uniformly
+    random order of the tied features (exact; a constant map scores at chance level). An
+    empty rationale is NaN with a reason; an empty prediction (``threshold`` above every
+    value) scores 0, as ERASER's F1 with precision 0.
+
+    Reference: J. DeYoung et al., "ERASER: A Benchmark to Evaluate Rationalized NLP Models",
+    ACL 2020.
+    """
+
+    paper = _ERASER
+
+    def __init__(self, k: int | float | None = None, threshold: float | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if k is not None and threshold is not None:
+            raise ValueError("Give `k` or `threshold`, not both.")
+        if isinstance(k, float):
+            check_scalar("k", k, float, min_val=0, max_val=1, include_min=False)
+        elif k is not None:
+            check_scalar("k", k, int, min_val=1)
+        self.k = k
+        self.threshold = check_scalar("threshold", threshold, (int, float), allow_none=True)
+
+    def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
+        a, s, _ = _scored_pair(batch)
+        n_true = s.sum(1)
+        p = a.shape[1]
+        if self.threshold is not None:
+            pred = a >= self.threshold
+            hits = (pred & s).sum(1).to(torch.float64)
+            n_pred = pred.sum(1)
+        else:
+            if self.k is None:
+                n_pred = n_true.clamp(min=1)
+            elif isinstance(self.k, float):
+                n_pred = torch.full_like(n_true, max(1, math.floor(self.k * p + 0.5)))
+            else:
+                if self.k > p:
+                    raise ValueError(f"TokenF1: k={self.k} exceeds the {p} features per "
+                                     "sample; use a smaller k or a share such as k=0.1.")
+                n_pred = torch.full_like(n_true, self.k)
+            hits = _expected_top_hits(a, s, n_pred)
+        batch.record("precision", _safe_div(hits, n_pred.to(torch.float64)), per_sample=True)
+        batch.record("recall", _safe_div(hits, n_true.to(torch.float64)), per_sample=True)
+        return _f1(hits, n_pred, n_true)
+
+
+def _spans(mask: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """The contiguous runs of True of each row of (N, L) bool, as [start, end) pairs."""
+    m = mask.to(torch.int8)
+    pad = torch.nn.functional.pad(m, (1, 1))
+    diff = pad[:, 1:] - pad[:, :-1]
+    starts = [row.nonzero().flatten().tolist() for row in diff == 1]
+    ends = [row.nonzero().flatten().tolist() for row in diff == -1]
+    return [list(zip(s_, e_, strict=True)) for s_, e_ in zip(starts, ends, strict=True)]
+
+
+def _iou(a: tuple[int, int], b: tuple[int, int]) -> float:
+    inter = max(0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = (a[1] - a[0]) + (b[1] - b[0]) - inter
+    return inter / union if union else 0.0
+
+
+class IOUF1(_LocalisationMetric):
+    """IOU F1 (DeYoung et al. 2020, ERASER's "IOU F1"): span-level F1 of the predicted
+    rationale against the human rationale, a predicted span matching a true span when their
+    intersection over union is at least ``iou_threshold`` (0.5). **Higher is better**; in
+    [0, 1].
+
+    Spans are the contiguous runs of the rationale masks along the sequence (token ids, or
+    the time steps of a series). The predicted rationale is the top-k features by attribution
+    (k = the true rationale's length by default, an int, or a share in (0, 1]), or with
+    ``threshold`` every feature whose attribution is at least it; its runs are the predicted
+    spans. Precision = matched predicted spans / predicted spans, recall = matched true spans
+    / true spans (recorded as ``precision_``, ``recall_``), F1 their harmonic mean (0 when
+    either is 0). With one true span and one predicted span the score is 1 when IOU >= 0.5,
+    else 0.
+
+    Ties at the k-th value are broken in feature order (the earlier position first), which is
+    deterministic; a constant map ranks no feature above another and is NaN with a reason (as
+    are empty rationales).
+
+    Deliberate differences from the ERASER scorer: the match is IOU >= threshold as in its
+    code (the paper says "more than"); recall counts true spans that some prediction matches
+    (the scorer counts matching predicted spans, so two predictions matching one true span
+    could give a recall above 1); the score is per sample (ERASER's macro F1 is the F1 of the
+    averaged precision and recall: average ``precision_`` and ``recall_``).
+
+    Reference: J. DeYoung et al., "ERASER: A Benchmark to Evaluate Rationalized NLP Models",
+    ACL 2020.
+    """
+
+    paper = _ERASER
+    modalities = ("series", "tokens")  # spans of a 1-D sequence
+
+    def __init__(self, iou_threshold: float = 0.5, k: int | float | None = None,
+                 threshold: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.iou_threshold = check_scalar("iou_threshold", iou_threshold, (int, float),
+                                          min_val=0, max_val=1, include_min=False)
+        if k is not None and threshold is not None:
+            raise ValueError("Give `k` or `threshold`, not both.")
+        if isinstance(k, float):
+            check_scalar("k", k, float, min_val=0, max_val=1, include_min=False)
+        elif k is not None:
+            check_scalar("k", k, int, min_val=1)
+        self.k = k
+        self.threshold = check_scalar("threshold", threshold, (int, float), allow_none=True)
+
+    def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
+        a, s, spatial = _scored_pair(batch)
+        if len(spatial) > 1:
+            raise ValueError("IOUF1 needs 1-D sequences (token ids or a series).")
+        n, p = a.shape
+        n_true = s.sum(1)
+        if self.threshold is not None:
+            pred = a >= self.threshold
+        else:
+            batch.set_nan(a.amax(1) == a.amin(1), "the attribution is constant: no feature "
+                                                  "ranks above another")
+            if self.k is None:
+                k = n_true.clamp(min=1)
+            elif isinstance(self.k, float):
+                k = torch.full_like(n_true, max(1, math.floor(self.k * p + 0.5)))
+            else:
+                if self.k > p:
+                    raise ValueError(f"IOUF1: k={self.k} exceeds the {p} features per sample.")
+                k = torch.full_like(n_true, self.k)
+            # a stable descending sort: ties keep feature order (the earlier first)
+            order = torch.sort(-a, dim=1, stable=True).indices
+            rank = torch.empty_like(order).scatter_(
+                1, order, torch.arange(p, device=a.device).expand(n, p).contiguous())
+            pred = rank < k.unsqueeze(1)
+        true_spans, pred_spans = _spans(s.cpu()), _spans(pred.cpu())
+        precision = torch.zeros(n, dtype=torch.float64)
+        recall = torch.zeros(n, dtype=torch.float64)
+        t = self.iou_threshold
+        for i in range(n):
+            tr, pr = true_spans[i], pred_spans[i]
+            if not tr or not pr:
+                continue
+            iou = [[_iou(u, v) for v in tr] for u in pr]
+            precision[i] = sum(max(row) >= t for row in iou) / len(pr)
+            recall[i] = sum(max(col) >= t for col in zip(*iou, strict=True)) / len(tr)
+        precision, recall = precision.to(a.device), recall.to(a.device)
+        batch.record("precision", precision, per_sample=True)
+        batch.record("recall", recall, per_sample=True)
+        return _safe_div(2 * precision * recall, precision + recall)
+
+
+class AUPRC(_LocalisationMetric):
+    """Area under the precision-recall curve of the attributions as a classifier of rationale
+    features, as average precision (DeYoung et al. 2020, ERASER's "AUPRC" for soft token
+    scores). **Higher is better**; in (0, 1], 1 when every rationale feature outranks every
+    other.
+
+    AP = sum_n (R_n - R_{n-1}) P_n over the distinct attribution values in decreasing order
+    (``sklearn.metrics.average_precision_score``): tied features enter the prediction together,
+    so ties have a fixed, documented effect and a constant map scores the rationale's share of
+    the features (chance level). ``s`` are boolean rationale masks ((N, L) for token ids; any
+    modality's feature masks work). An empty rationale, or one covering every feature (one
+    class only: ERASER's scorer discards these), is NaN with a reason.
+
+    Reference: J. DeYoung et al., "ERASER: A Benchmark to Evaluate Rationalized NLP Models",
+    ACL 2020.
+    """
+
+    paper = _ERASER
+
+    def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
+        a, s, _ = _scored_pair(batch, full_undefined=True)
+        v, order = sort_rows(-a, indices=True)  # decreasing attribution
+        pos = s.gather(1, order).to(torch.float64)
+        n, p = a.shape
+        # the last position of each run of tied values closes a threshold
+        last = torch.ones_like(v, dtype=torch.bool)
+        last[:, :-1] = v[:, 1:] != v[:, :-1]
+        tp = pos.cumsum(1)
+        seen = torch.arange(1, p + 1, device=a.device, dtype=torch.float64).expand(n, p)
+        n_pos = s.sum(1).to(torch.float64)
+        precision = tp / seen
+        recall = _safe_div(tp, n_pos.unsqueeze(1))
+        prev = torch.where(last, recall, torch.full_like(recall, math.nan))
+        # recall at the previous threshold: the last closed recall before each position
+        closed = torch.cat([torch.zeros(n, 1, dtype=torch.float64, device=a.device),
+                            prev[:, :-1]], 1)
+        idx = torch.arange(p, device=a.device).expand(n, p)
+        src = torch.where(~torch.isnan(closed), idx, torch.zeros_like(idx)).cummax(1).values
+        r_prev = closed.nan_to_num(0.0).gather(1, src)
+        return torch.where(last, (recall - r_prev) * precision, torch.zeros_like(recall)).sum(1)

@@ -16,6 +16,7 @@ from .groupings import (
 )
 from .imputation import NoisyLinearImputer
 from .noise import GaussianNoise, Noise, UniformNoise, make_noise
+from .tokens import TokenDeletion, TokenDropout
 
 __all__ = [
     "BASELINES",
@@ -32,6 +33,8 @@ __all__ = [
     "Patches",
     "Pixels",
     "Superpixels",
+    "TokenDeletion",
+    "TokenDropout",
     "UniformNoise",
     "Windows",
     "gaussian_blur",

@@ -22,6 +22,13 @@ Named baselines (``perturb_baseline`` in Quantus terms):
 ``"blur"``         Gaussian blur of x (``blur_sigma``, ``blur_kernel_size``), per channel
 =================  ===========================================================================
 
+On token ids (:class:`~evalkit.modality.TokensModality`) the values come from the modality
+(:meth:`~evalkit.modality.Modality.baseline_values`): named statistics mean the mask token,
+numbers and integer arrays are explicit ids, random baselines are refused, and ids are never
+cast to floating point. Every kernel replaces through the modality
+(:meth:`Baseline.fill` with ``modality=``, :meth:`~evalkit.modality.Modality.replace`);
+``TokenDeletion`` (:mod:`evalkit.perturb.tokens`) deletes tokens and re-pads instead.
+
 Random baselines draw from per-sample keys (:mod:`evalkit._rng`), so a sample's replacement
 values are the same in any batch. Unlike Quantus 0.6 (deviation C27), ``"uniform"`` draws one value
 per element, not one per sample.
@@ -41,7 +48,7 @@ import torch.nn.functional as F
 from .. import _rng
 from .._validation import as_tensor
 
-__all__ = ["BASELINES", "Baseline", "Imputer", "gaussian_blur", "make_imputer"]
+__all__ = ["BASELINES", "Baseline", "Imputer", "gaussian_blur", "impute", "make_imputer"]
 
 #: tokens for :meth:`Imputer.cache_token` (unique for the life of the process)
 _INSTANCE_IDS = itertools.count()
@@ -55,6 +62,9 @@ class Imputer(ABC):
 
     #: whether the replacement is random (then ``keys`` must be given)
     stochastic: bool = False
+    #: whether :meth:`fill` takes the batch's modality (``modality=``); the kernels pass it to
+    #: such imputers (baselines resolve token ids through it, token deletion its pad id)
+    modality_aware: bool = False
 
     @abstractmethod
     def fill(
@@ -174,18 +184,48 @@ class Baseline(Imputer):
         hi = flat.amax(1).reshape(stat_shape)
         return lo + u * (hi - lo)
 
+    modality_aware = True
+
     def fill(
-        self, x: torch.Tensor, mask: torch.Tensor, *, keys: torch.Tensor | None = None
+        self, x: torch.Tensor, mask: torch.Tensor, *, keys: torch.Tensor | None = None,
+        modality: Any = None,
     ) -> torch.Tensor:
-        return torch.where(mask, self.values(x, keys), x)
+        """``x`` with the masked elements replaced by the baseline's values; with a
+        ``modality``, values and replacement come from it (token ids: the mask token or an
+        explicit id, never a cast)."""
+        if modality is None:
+            return torch.where(mask, self.values(x, keys), x)
+        return modality.replace(x, mask, modality.baseline_values(self, x, keys))
+
+
+def impute(imputer: Imputer, x: torch.Tensor, mask: torch.Tensor, *,
+           keys: torch.Tensor | None = None, modality: Any = None) -> torch.Tensor:
+    """``imputer.fill`` through the batch's modality: passed to imputers that take it
+    (:attr:`Imputer.modality_aware`); on integer inputs (token ids) an imputer that returns
+    floating-point values is refused rather than cast."""
+    if getattr(imputer, "modality_aware", False):
+        out = imputer.fill(x, mask, keys=keys, modality=modality)
+    else:
+        out = imputer.fill(x, mask, keys=keys)
+    if modality is not None and getattr(modality, "integer_inputs", False) and (
+            out.is_floating_point() or out.is_complex()):
+        raise TypeError(f"{type(imputer).__name__} returned {out.dtype} values for "
+                        f"{modality.name} inputs, which are integer ids and never cast; use a "
+                        "baseline (the mask token), an id, or evalkit.perturb.TokenDeletion().")
+    return out
 
 
 def make_imputer(spec: Any = "black", **kwargs: Any) -> Imputer:
-    """Resolve ``perturb_baseline`` (a name, number, array or :class:`Imputer`)."""
+    """Resolve ``perturb_baseline`` (a name, number, array or :class:`Imputer`; ``"delete"``
+    is token deletion with re-padding, :class:`~evalkit.perturb.TokenDeletion`)."""
     if isinstance(spec, Imputer):
         if kwargs:
             raise TypeError("Baseline options cannot be combined with an Imputer instance.")
         return spec
+    if isinstance(spec, str) and spec == "delete":
+        from .tokens import TokenDeletion
+
+        return TokenDeletion(**kwargs)
     return Baseline(spec, **kwargs)
 
 

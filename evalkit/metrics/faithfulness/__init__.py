@@ -33,13 +33,15 @@ Conventions shared by every metric in this module:
   set of samples: they use the whole batch passed to the call, never a chunk of it.
 
 The metrics live in submodules by kind (``curves``, ``correlation``, ``infidelity``, ``road``,
-``confidence``, ``sufficiency``) over the shared kernels of :mod:`evalkit.metrics._removal`;
-import them from here.
+``confidence``, ``sufficiency``; ``aopc`` and ``rationales`` for AOPC and the ERASER and soft
+rationale metrics, which run on token ids too) over the shared kernels of
+:mod:`evalkit.metrics._removal`; import them from here.
 """
 
 from __future__ import annotations
 
 from ..base import publish_as_package
+from .aopc import AOPC
 from .confidence import AverageDrop, AverageGain, AverageIncrease
 from .correlation import (
     FaithfulnessCorrelation,
@@ -58,16 +60,25 @@ from .curves import (
 )
 from .infidelity import Infidelity
 from .infidelity import infidelity_noise as infidelity_noise  # public helper, not in __all__
+from .rationales import (
+    ERASERComprehensiveness,
+    ERASERSufficiency,
+    SoftComprehensiveness,
+    SoftSufficiency,
+)
 from .road import ROAD
 from .sufficiency import Sufficiency
 
 __all__ = [
+    "AOPC",
     "IROF",
     "ROAD",
     "AverageDrop",
     "AverageGain",
     "AverageIncrease",
     "Deletion",
+    "ERASERComprehensiveness",
+    "ERASERSufficiency",
     "FaithfulnessCorrelation",
     "FaithfulnessEstimate",
     "Infidelity",
@@ -78,6 +89,8 @@ __all__ = [
     "RegionPerturbation",
     "Selectivity",
     "SensitivityN",
+    "SoftComprehensiveness",
+    "SoftSufficiency",
     "Sufficiency",
 ]
 

@@ -22,7 +22,7 @@ from ...cache import (
     row_hashes,
 )
 from ...modality import Modality
-from ...perturb import Baseline, Noise, make_noise
+from ...perturb import Baseline, Noise, TokenDropout, make_noise
 from ..base import Metric, MetricBatch
 
 ON_PREDICTION_CHANGE = ("keep", "drop_draw", "nan_sample")
@@ -108,6 +108,19 @@ def _noise_draws(noise: Noise, k: int) -> _Draws:
         return x.unsqueeze(1) + n.to(x.device)
 
     return _Draws(k, make, _noise_spec(noise, k).encode())
+
+
+def _dropout_draws(noise: TokenDropout, k: int, modality: Modality) -> _Draws:
+    """K copies of each sample with random features dropped the modality's way (token ids:
+    replaced by the mask token), each token of each draw with probability ``noise.rate``, from
+    the sample's key (the noise stream of the additive noises)."""
+    def make(x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        drop = noise.drop_mask(_rng.combine(keys, _NOISE_STREAM), (k, *x.shape[1:]))
+        copies = x.unsqueeze(1).expand(x.shape[0], k, *x.shape[1:])
+        return modality.drop_features(copies, drop.to(x.device))
+
+    # the replacement (the mask token id) is part of what the copies are
+    return _Draws(k, make, f"{_noise_spec(noise, k)}|{modality!r}".encode())
 
 
 def translation_shifts(length: int, nr_steps: int) -> list[int]:
@@ -487,19 +500,43 @@ def _rows_of(samples: list[int], k: int, device: torch.device) -> torch.Tensor:
 
 
 class _NoiseRobustness(_PerturbationRobustness):
-    """Metrics whose perturbations are additive input noise (``perturb_func``)."""
+    """Metrics whose perturbations are additive input noise (``perturb_func``), or, on token
+    ids, token dropout (:class:`~evalkit.perturb.TokenDropout`) for the metrics that accept it
+    (:attr:`feature_dropout_noise`)."""
 
     perturb_func: Any
     perturb_mean: float
     perturb_std: float
     lower_bound: float
     upper_bound: float | None
+    #: whether ``perturb_func=TokenDropout(rate)`` is accepted (then the metric is declared for
+    #: token ids): only metrics that never measure a distance between inputs, which ids lack
+    feature_dropout_noise: ClassVar[bool] = False
+
+    def _drops_features(self) -> bool:
+        return isinstance(getattr(self, "noise_", None), TokenDropout)
+
+    def _derived_metadata(self) -> dict[str, Any]:
+        derived = dict(super()._derived_metadata())
+        if self._drops_features():
+            derived["modalities"] = ("tokens",)
+        return derived
 
     def _check_modality(self, modality: Modality) -> None:
+        if self._drops_features():
+            if not modality.feature_dropout:
+                raise ValueError(
+                    f"{type(self).__name__} with TokenDropout drops features, which is not "
+                    f"defined for {modality.name} inputs ({modality.layout}); use additive "
+                    "noise there."
+                )
+            return
         if not modality.additive_noise:
             raise ValueError(
                 f"{type(self).__name__} perturbs inputs with additive noise, which is not "
-                f"defined for {modality.name} inputs ({modality.layout})."
+                f"defined for {modality.name} inputs ({modality.layout})"
+                + ("; pass perturb_func=evalkit.perturb.TokenDropout(rate) to drop tokens."
+                   if modality.feature_dropout and type(self).feature_dropout_noise else ".")
             )
 
     def _setup_noise(self, nr_samples: int, perturb_func: Any, perturb_mean: float,
@@ -513,8 +550,15 @@ class _NoiseRobustness(_PerturbationRobustness):
                                         allow_none=True)
         self.noise_ = _make_noise(perturb_func, perturb_mean, perturb_std, lower_bound,
                                   upper_bound)
+        if isinstance(self.noise_, TokenDropout) and not type(self).feature_dropout_noise:
+            raise ValueError(
+                f"{type(self).__name__} measures a distance between inputs, which token ids do "
+                "not have: TokenDropout is for MaxSensitivity and AvgSensitivity."
+            )
 
     def _draws(self, batch: MetricBatch) -> _Draws:
+        if isinstance(self.noise_, TokenDropout):
+            return _dropout_draws(self.noise_, self.nr_samples, batch.modality)
         return _noise_draws(self.noise_, self.nr_samples)
 
     def _random_sources(self) -> dict[str, Any]:
@@ -561,7 +605,11 @@ _NOISE_DOC = """
     perturb_func:
         ``"gaussian"`` (x + N(perturb_mean, perturb_std^2) on every element), ``"uniform"``
         (x + U(-lower_bound, lower_bound), or U(lower_bound, upper_bound) when ``upper_bound`` is
-        set: Quantus' convention) or an :class:`evalkit.perturb.Noise`.
+        set: Quantus' convention) or an :class:`evalkit.perturb.Noise`. On token ids, metrics
+        that measure no input distance (MaxSensitivity, AvgSensitivity) take
+        :class:`evalkit.perturb.TokenDropout` (``rate``: each token replaced by the mask token
+        with that probability, seeded; synonym-free token-dropout noise) and are then declared
+        for tokens only.
     on_prediction_change:
         ``"keep"``, ``"drop_draw"`` or ``"nan_sample"``; see the module docstring.
     return_nan_when_prediction_changes:

@@ -111,6 +111,7 @@ class MaxSensitivity(_NoiseRobustness):
 
     paper = "Yeh et al., On the (In)fidelity and Sensitivity of Explanations, NeurIPS 2019"
     reduction = "max"
+    feature_dropout_noise = True  # no input distance: token dropout on token ids works
 
     def __init__(self, nr_samples: int = 200, perturb_func: Any = "uniform",
                  perturb_mean: float = 0.0, perturb_std: float = 0.1,
