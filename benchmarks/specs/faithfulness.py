@@ -26,12 +26,15 @@ from torch import nn
 
 from evalkit import forward_cache
 from evalkit.metrics import (
+    AOPC,
     IROF,
     ROAD,
     AverageDrop,
     AverageGain,
     AverageIncrease,
     Deletion,
+    ERASERComprehensiveness,
+    ERASERSufficiency,
     FaithfulnessCorrelation,
     FaithfulnessEstimate,
     Infidelity,
@@ -42,6 +45,8 @@ from evalkit.metrics import (
     RegionPerturbation,
     Selectivity,
     SensitivityN,
+    SoftComprehensiveness,
+    SoftSufficiency,
     Sufficiency,
 )
 from evalkit.perturb.imputation import NoisyLinearImputer
@@ -629,4 +634,51 @@ SPECS = [
     Spec("Sufficiency", "faithfulness", _sufficiency),
     Spec("FaithfulnessSuite[separate]", "faithfulness", _suite_case(False), metric=""),
     Spec("FaithfulnessSuite[forward_cache]", "faithfulness", _suite_case(True), metric=""),
+]
+
+
+# --------------------------------------------------------------------------- text (issue 19)
+# AOPC and the ERASER/soft rationale metrics are defined for token ids too; on the image
+# workloads they run on pixels (W2: 16x16 patches), which no Quantus metric computes.
+_AOPC = {"W1": dict(features_in_step=28), "W2": dict(features_in_step=14, grouping=16)}
+
+
+def _aopc(w: Workload, ctx: Context) -> Case:
+    kw = _AOPC.get(w.name, _AOPC["W1"])
+    metric = AOPC(**kw)
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a)
+
+    grouping = kw.get("grouping", "pixels")
+    what = f"{grouping}x{grouping} patches" if isinstance(grouping, int) else "pixels"
+    return Case(ours=ours, settings=f"1-channel Saliency, {what}, morf, "
+                                    f"features_in_step={kw['features_in_step']}, black, softmax",
+                note="not in Quantus (RegionPerturbation(score='aopc') over square patches is)")
+
+
+def _rationale(cls: type, **fixed: Any):
+    def build(w: Workload, ctx: Context) -> Case:
+        kw = {**fixed, **({"grouping": 16} if w.name == "W2" else {})}
+        metric = cls(**kw)
+
+        def ours() -> np.ndarray:
+            return metric(w.model, w.x, w.y, w.a)
+
+        what = "16x16 patches" if w.name == "W2" else "pixels"
+        return Case(ours=ours, settings=f"1-channel Saliency, {what}, "
+                                        f"{', '.join(f'{k}={v!r}' for k, v in fixed.items())}"
+                                        f"{', ' if fixed else ''}softmax",
+                    note="not in Quantus (text metrics; on images the rationale is pixels)")
+
+    return build
+
+
+SPECS += [
+    Spec("AOPC", "faithfulness", _aopc),
+    Spec("ERASERComprehensiveness", "faithfulness", _rationale(ERASERComprehensiveness)),
+    Spec("ERASERSufficiency", "faithfulness", _rationale(ERASERSufficiency)),
+    Spec("SoftComprehensiveness", "faithfulness",
+         _rationale(SoftComprehensiveness, nr_samples=1, seed=0)),
+    Spec("SoftSufficiency", "faithfulness", _rationale(SoftSufficiency, nr_samples=1, seed=0)),
 ]

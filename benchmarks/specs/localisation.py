@@ -16,6 +16,8 @@ import numpy as np
 from evalkit.masks import build_mosaics, make_mosaics
 from evalkit.metrics import (
     AUC,
+    AUPRC,
+    IOUF1,
     AttributionLocalisation,
     BoxLocalisation,
     EnergyPointingGame,
@@ -23,6 +25,7 @@ from evalkit.metrics import (
     PointingGame,
     RelevanceMassAccuracy,
     RelevanceRankAccuracy,
+    TokenF1,
     TopKIntersection,
 )
 
@@ -128,3 +131,18 @@ SPECS = [
 ]
 
 SPECS = at_model_free_scale(SPECS)
+
+# token plausibility (issue 19): defined on any feature masks, IOUF1's spans on 1-D sequences;
+# the model-free scale, without a speed-up target (no Quantus equivalent to compare with)
+_SPANS = "spans of 1-D sequences (token ids, series): not defined for the image workloads"
+_SCALE = (("W1", 1024), ("W2", 16))
+SPECS += [
+    Spec("TokenF1", "localisation",
+         _masked(TokenF1, None, settings="1-channel Saliency, k = |mask|",
+                 note="ERASER's token F1; no Quantus equivalent"), scale=_SCALE),
+    Spec("AUPRC", "localisation",
+         _masked(AUPRC, None, settings="1-channel Saliency, average precision",
+                 note="ERASER's AUPRC; no Quantus equivalent"), scale=_SCALE),
+    Spec("IOUF1", "localisation", _masked(IOUF1, None, settings="IOU >= 0.5"), workloads=(),
+         skip=(("W1", _SPANS), ("W2", _SPANS))),
+]
