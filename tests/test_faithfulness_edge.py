@@ -47,6 +47,12 @@ def _metrics() -> dict[str, ek.metrics.Metric]:
         "AverageIncrease": M.AverageIncrease(),
         "AverageGain": M.AverageGain(),
         "Sufficiency": M.Sufficiency(threshold=0.9),
+        # issue 19 (text metrics that also run on images)
+        "AOPC": M.AOPC(features_in_step=6),
+        "ERASERComprehensiveness": M.ERASERComprehensiveness(),
+        "ERASERSufficiency": M.ERASERSufficiency(),
+        "SoftComprehensiveness": M.SoftComprehensiveness(nr_samples=2, seed=0),
+        "SoftSufficiency": M.SoftSufficiency(nr_samples=2, seed=0),
     }
 
 
@@ -77,6 +83,8 @@ ALL = {**_metrics(), **VARIANTS}
 CORRELATION = ("SensitivityN", "FaithfulnessCorrelation", "FaithfulnessEstimate",
                "MonotonicityCorrelation")
 CONFIDENCE = ("AverageDrop", "AverageIncrease", "AverageGain")
+#: importance min-max scaled per sample: a constant map is NaN with a reason
+SOFT = ("SoftComprehensiveness", "SoftSufficiency")
 
 
 def _is_set_level(metric) -> bool:
@@ -137,7 +145,7 @@ def test_zero_and_constant_maps_never_crash(name, data):
     if base in CORRELATION and name != "SensitivityN[morf]":
         assert np.isnan(s[:2]).all()
         assert all("constant" in metric.nan_reasons_[i] for i in (0, 1))
-    elif base in CONFIDENCE:
+    elif base in CONFIDENCE or base in SOFT:
         assert np.isnan(s[:2]).all()
         assert all("constant" in metric.nan_reasons_[i] for i in (0, 1))
     elif base not in ("Sufficiency", "SensitivityN"):

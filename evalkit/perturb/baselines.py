@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from .. import _rng
 from .._validation import as_tensor
 
-__all__ = ["BASELINES", "Baseline", "Imputer", "gaussian_blur", "impute", "make_imputer"]
+__all__ = ["BASELINES", "Baseline", "Imputer", "TokenDeletion", "gaussian_blur", "impute",
+           "make_imputer"]
 
 #: tokens for :meth:`Imputer.cache_token` (unique for the life of the process)
 _INSTANCE_IDS = itertools.count()
@@ -198,6 +199,36 @@ class Baseline(Imputer):
         return modality.replace(x, mask, modality.baseline_values(self, x, keys))
 
 
+class TokenDeletion(Imputer):
+    """Deletion with re-padding: the masked tokens are dropped, the rest shifted left, and
+    ``pad_token_id`` appended (None, default: the modality's pad id, ``TokensModality
+    (pad_token_id=...)``, else its mask token id).
+
+    Defined for token ids only (the modality's :meth:`~evalkit.modality.TokensModality.delete`);
+    on other data it raises. A mask that selects every token leaves a sequence of pad ids.
+    """
+
+    modality_aware = True
+
+    def __init__(self, pad_token_id: int | None = None) -> None:
+        if pad_token_id is not None and (isinstance(pad_token_id, bool)
+                                         or int(pad_token_id) != pad_token_id):
+            raise ValueError(f"`pad_token_id` must be an integer id or None; got {pad_token_id!r}.")
+        self.pad_token_id = None if pad_token_id is None else int(pad_token_id)
+
+    def fill(self, x: torch.Tensor, mask: torch.Tensor, *, keys: torch.Tensor | None = None,
+             modality: Any = None) -> torch.Tensor:
+        delete = getattr(modality, "delete", None)
+        if delete is None:
+            from ..modality import TokensModality
+
+            if x.is_floating_point() or x.ndim != 2:
+                raise ValueError("TokenDeletion deletes tokens of (N, L) integer token ids; "
+                                 f"got {tuple(x.shape)} {x.dtype} inputs.")
+            delete = TokensModality().delete
+        return delete(x, mask, self.pad_token_id)
+
+
 def impute(imputer: Imputer, x: torch.Tensor, mask: torch.Tensor, *,
            keys: torch.Tensor | None = None, modality: Any = None) -> torch.Tensor:
     """``imputer.fill`` through the batch's modality: passed to imputers that take it
@@ -223,8 +254,6 @@ def make_imputer(spec: Any = "black", **kwargs: Any) -> Imputer:
             raise TypeError("Baseline options cannot be combined with an Imputer instance.")
         return spec
     if isinstance(spec, str) and spec == "delete":
-        from .tokens import TokenDeletion
-
         return TokenDeletion(**kwargs)
     return Baseline(spec, **kwargs)
 

@@ -5,7 +5,8 @@ what every named baseline does on token inputs (see :mod:`evalkit.perturb.baseli
 :class:`~evalkit.modality.TokensModality`); the two perturbations here do what a replacement
 cannot:
 
-* :class:`TokenDeletion` (``perturb_baseline="delete"``) removes the tokens from the sequence:
+* :class:`TokenDeletion` (``perturb_baseline="delete"``; defined in
+  :mod:`evalkit.perturb.baselines` with the other imputers) removes the tokens from the sequence:
   the remaining tokens keep their order and move left, and the freed positions at the end take
   the pad id, so the model sees a shorter text of the same length L (the ERASER protocol,
   DeYoung et al. 2020, deletes the rationale tokens);
@@ -22,40 +23,10 @@ from typing import Any
 import torch
 
 from .. import _rng
-from .baselines import Imputer
+from .baselines import TokenDeletion
 from .noise import Noise
 
 __all__ = ["TokenDeletion", "TokenDropout"]
-
-
-class TokenDeletion(Imputer):
-    """Deletion with re-padding: the masked tokens are dropped, the rest shifted left, and
-    ``pad_token_id`` appended (None, default: the modality's pad id, ``TokensModality
-    (pad_token_id=...)``, else its mask token id).
-
-    Defined for token ids only (the modality's :meth:`~evalkit.modality.TokensModality.delete`);
-    on other data it raises. A mask that selects every token leaves a sequence of pad ids.
-    """
-
-    modality_aware = True
-
-    def __init__(self, pad_token_id: int | None = None) -> None:
-        if pad_token_id is not None and (isinstance(pad_token_id, bool)
-                                         or int(pad_token_id) != pad_token_id):
-            raise ValueError(f"`pad_token_id` must be an integer id or None; got {pad_token_id!r}.")
-        self.pad_token_id = None if pad_token_id is None else int(pad_token_id)
-
-    def fill(self, x: torch.Tensor, mask: torch.Tensor, *, keys: torch.Tensor | None = None,
-             modality: Any = None) -> torch.Tensor:
-        delete = getattr(modality, "delete", None)
-        if delete is None:
-            from ..modality import TokensModality
-
-            if x.is_floating_point() or x.ndim != 2:
-                raise ValueError("TokenDeletion deletes tokens of (N, L) integer token ids; "
-                                 f"got {tuple(x.shape)} {x.dtype} inputs.")
-            delete = TokensModality().delete
-        return delete(x, mask, self.pad_token_id)
 
 
 class TokenDropout(Noise):
