@@ -80,6 +80,12 @@ CASES = [
     M.AverageIncrease(),
     M.AverageGain(),
     M.Sufficiency(threshold=0.92, abs=False, normalise=False),
+    # issue 19: the text metrics on pixels
+    M.AOPC(features_in_step=8),
+    M.ERASERComprehensiveness(),
+    M.ERASERSufficiency(),
+    M.SoftComprehensiveness(nr_samples=4, seed=0),
+    M.SoftSufficiency(nr_samples=4, seed=0),
 ]
 
 
