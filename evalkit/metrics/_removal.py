@@ -12,6 +12,13 @@ score of the unperturbed input (:func:`clean_scores`), consecutive duplicate row
 with fewer groups than the longest) are computed once, and when a
 :func:`~evalkit.cache.forward_cache` is active, rows another metric already computed on the
 same model, input, order and baseline are read from the cache instead of being forwarded.
+
+Every replacement goes through the batch's modality: a baseline's values come from
+:meth:`~evalkit.modality.Modality.baseline_values` and are put in with
+:meth:`~evalkit.modality.Modality.replace`, an imputer fills through
+:func:`~evalkit.perturb.baselines.impute`. On token ids that means the mask token (or an explicit
+id, or deletion with re-padding, :class:`~evalkit.perturb.TokenDeletion`), never a cast to
+floating point; on numeric data the values are the baseline's own, as before.
 """
 
 from __future__ import annotations
