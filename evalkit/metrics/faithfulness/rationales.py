@@ -131,8 +131,10 @@ _SHARED_DOC = """
     (``TokensModality(mask_token_id=...)``: every named ``perturb_baseline`` means it; a number
     is an explicit id), or deleted with re-padding with ``perturb_baseline="delete"`` (the
     paper's protocol deletes the tokens; :class:`~evalkit.perturb.TokenDeletion`, pad id from
-    ``TokensModality(pad_token_id=...)``). On images, series and tables the baseline replaces
-    the features as in the other removal metrics.
+    ``TokensModality(pad_token_id=...)``). Every position of (N, L) is a token, pad positions
+    included: score sequences without padding, or batches padded to their own length. On
+    images, series and tables the baseline replaces the features as in the other removal
+    metrics.
 
     Parameters
     ----------
