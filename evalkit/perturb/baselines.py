@@ -27,7 +27,8 @@ On token ids (:class:`~evalkit.modality.TokensModality`) the values come from th
 numbers and integer arrays are explicit ids, random baselines are refused, and ids are never
 cast to floating point. Every kernel replaces through the modality
 (:meth:`Baseline.fill` with ``modality=``, :meth:`~evalkit.modality.Modality.replace`);
-``TokenDeletion`` (:mod:`evalkit.perturb.tokens`) deletes tokens and re-pads instead.
+:class:`TokenDeletion` (``"delete"``) deletes tokens and re-pads instead (see
+:mod:`evalkit.perturb.tokens`, which also holds the token-dropout noise).
 
 Random baselines draw from per-sample keys (:mod:`evalkit._rng`), so a sample's replacement
 values are the same in any batch. Unlike Quantus 0.6 (deviation C27), ``"uniform"`` draws one value
@@ -102,6 +103,9 @@ class Baseline(Imputer):
         One of the names above, a number (constant fill), or an array/tensor broadcastable to
         one input (shape x[0]) or to the whole batch (shape x).
     """
+
+    #: on token ids the values come from the modality (the mask token, explicit ids)
+    modality_aware = True
 
     def __init__(
         self,
@@ -184,8 +188,6 @@ class Baseline(Imputer):
         lo = flat.amin(1).reshape(stat_shape)
         hi = flat.amax(1).reshape(stat_shape)
         return lo + u * (hi - lo)
-
-    modality_aware = True
 
     def fill(
         self, x: torch.Tensor, mask: torch.Tensor, *, keys: torch.Tensor | None = None,
