@@ -435,3 +435,27 @@ def test_max_sensitivity_with_token_dropout():
 ], ids=lambda m: repr(m))
 def test_new_metrics_conform_on_tokens(metric):
     check_metric(metric, modality="tokens")
+
+
+def test_evaluate_runs_the_text_metrics_on_token_ids():
+    """evaluate() passes the modality to every metric: the mask token of the given modality
+    is what the removal metrics insert."""
+    import evalkit as ek
+
+    x, y, a, _ = planted_batch()
+    model = Planted()
+    metrics = {"comp": ERASERComprehensiveness(), "suff": ERASERSufficiency(),
+               "aopc": AOPC(n_steps=1), "f1": TokenF1()}
+    s = a >= 1  # the planted token is the human rationale
+    results = ek.evaluate(metrics, {"planted": a.numpy(), "reversed": (-a).numpy()}, model,
+                          x, y, s.numpy(), modality=TokensModality(mask_token_id=0))
+    frame = results.to_frame()
+    mean = frame.groupby(["method", "metric"])["score"].mean()
+    assert np.isclose(mean["planted", "comp"], P_PLANTED - 0.5)
+    assert np.isclose(mean["reversed", "comp"], 0.0)
+    assert np.isclose(mean["planted", "suff"], 0.0)
+    assert np.isclose(mean["planted", "f1"], 1.0) and np.isclose(mean["reversed", "f1"], 0.0)
+    # the planted token as mask token: removing it changes nothing
+    again = ek.evaluate({"aopc": AOPC(n_steps=1)}, {"planted": a.numpy()}, model, x, y,
+                        modality=TokensModality(mask_token_id=PLANTED))
+    assert np.allclose(again.to_frame()["score"], 0.0)
