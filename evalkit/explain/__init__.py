@@ -26,7 +26,7 @@ object, not an attribution method of the registry.
 
 # the built-in methods register themselves when their modules load, i.e. when this package
 # does (the registry in .core knows none of them: no import cycle)
-from . import captum_methods, controls  # noqa: F401
+from . import captum_methods, controls, tokens  # noqa: F401
 from .cam import (
     DEFAULT_AUGMENTATIONS,
     fullgrad_decomposition,
