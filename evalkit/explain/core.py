@@ -183,15 +183,20 @@ def register_explainer(
     return decorate
 
 
-def register_token_explainer(name: str) -> Callable[[Explainer], Explainer]:
+def register_token_explainer(
+    name: str, *, per_sample: tuple[str, ...] = ()
+) -> Callable[[Explainer], Explainer]:
     """Decorator attaching ``fn(model, ids, y, **kwargs) -> (N, L)`` as the token-ids
-    implementation (:attr:`ExplainerInfo.token_fn`) of the registered method ``name``, and
-    adding ``"tokens"`` to its modalities."""
+    implementation (:attr:`ExplainerInfo.token_fn`) of the registered method ``name``, adding
+    ``"tokens"`` to its modalities and ``per_sample`` (e.g. ``"attention_mask"``) to its
+    per-sample keyword arguments."""
 
     def decorate(fn: Explainer) -> Explainer:
         info = explainer_info(name)
         modalities = tuple(dict.fromkeys((*(info.modalities or FLOAT_MODALITIES), "tokens")))
-        _EXPLAINERS[info.name] = replace(info, token_fn=fn, modalities=modalities)
+        rows = tuple(dict.fromkeys((*info.per_sample, *per_sample)))
+        _EXPLAINERS[info.name] = replace(info, token_fn=fn, modalities=modalities,
+                                         per_sample=rows)
         return fn
 
     return decorate
@@ -306,19 +311,18 @@ def explain(
     numpy_in = is_numpy_like(x)
     kind = as_modality(modality, x)
     if not info.supports(kind.name):
+        why = " (it needs inputs with spatial or time axes)" \
+            if set(info.modalities or ()) <= set(GRID_MODALITIES) else ""
         raise ValueError(
             f"{info.name} does not apply to {kind.name} inputs ({kind.layout}); it is defined "
-            f"for {', '.join(info.modalities or ())}. {_INSTEAD.get(kind.name, '')}".rstrip()
+            f"for {', '.join(info.modalities or ())}{why}. {_INSTEAD.get(kind.name, '')}"
+            .rstrip()
         )
     xt = kind.check(wrapper.prepare(x, kind), dtype=wrapper.dtype)
     tokens = kind.integer_inputs
     fn = info.token_fn if tokens and info.token_fn is not None else info.fn
-    per_sample = info.per_sample
     if fn is not info.fn:
-        from .tokens import TOKEN_PER_SAMPLE
-
         kwargs.setdefault("mask_token_id", getattr(kind, "mask_token_id", 0))
-        per_sample = tuple(dict.fromkeys((*per_sample, *TOKEN_PER_SAMPLE)))
     n = xt.shape[0]
     yt = None if y is None else check_labels(as_tensor(y, "y", device=wrapper.device), n)
     if not info.model_free:
@@ -331,7 +335,7 @@ def explain(
     if info.quantus_names:
         kwargs = _rename_quantus_kwargs(kwargs, xt)
     kwargs = _tensor_kwargs(kwargs, wrapper)
-    sliced = [k for k in per_sample if _is_per_sample(kwargs.get(k), n)]
+    sliced = [k for k in info.per_sample if _is_per_sample(kwargs.get(k), n)]
 
     if fn is not info.fn:
         from .tokens import token_row_like

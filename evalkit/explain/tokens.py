@@ -165,9 +165,12 @@ def _bound(model: ModelWrapper, args: tuple[Any, ...]) -> ModelWrapper:
     if isinstance(model, TorchModel):
         return model._copy(_BoundArgs(model.model, args))
     fn = getattr(model, "fn", None)
-    if callable(fn):
+    if callable(fn):  # a CallableModel: NumPy callables get the extra tensors as arrays too
         import copy
 
+        if getattr(model, "input_type", "torch") == "numpy":
+            args = tuple(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
+                         for a in args)
         view = copy.copy(model)
         view.fn = lambda batch: fn(batch, *args)  # type: ignore[attr-defined]
         return view
@@ -317,7 +320,7 @@ def _layer_gxa(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None,
     return _finish(_reduce(attr, ids, how, method), keep)
 
 
-@register_token_explainer("Saliency")
+@register_token_explainer("Saliency", per_sample=TOKEN_PER_SAMPLE)
 def token_saliency(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """``|dS/de|`` at the embedding layer's output, summed (or L2 norm) over the embedding
     dimension: (N, L)."""
@@ -325,20 +328,20 @@ def token_saliency(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | Non
     return _layer_gxa(model, ids, y, kw, "Saliency", multiply=False, absolute=absolute)
 
 
-@register_token_explainer("Gradient")
+@register_token_explainer("Gradient", per_sample=TOKEN_PER_SAMPLE)
 def token_gradient(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """The signed gradient at the embedding layer's output, reduced per token."""
     return _layer_gxa(model, ids, y, kw, "Gradient", multiply=False, absolute=False)
 
 
-@register_token_explainer("InputXGradient")
+@register_token_explainer("InputXGradient", per_sample=TOKEN_PER_SAMPLE)
 def token_input_x_gradient(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None,
                            **kw: Any):
     """``e * dS/de`` at the embedding layer (the embedding as the input), reduced per token."""
     return _layer_gxa(model, ids, y, kw, "InputXGradient", multiply=True, absolute=False)
 
 
-@register_token_explainer("LayerGradientXActivation")
+@register_token_explainer("LayerGradientXActivation", per_sample=TOKEN_PER_SAMPLE)
 def token_layer_gradient_x_activation(model: ModelWrapper, ids: torch.Tensor,
                                       y: torch.Tensor | None, **kw: Any):
     """Gradient times activation at ``layer`` (default: the embedding layer), reduced per
@@ -371,14 +374,14 @@ def _layer_ig(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None,
     return _finish(_reduce(attr, ids, how, method), keep)
 
 
-@register_token_explainer("IntegratedGradients")
+@register_token_explainer("IntegratedGradients", per_sample=TOKEN_PER_SAMPLE)
 def token_integrated_gradients(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None,
                                **kw: Any):
     """LayerIntegratedGradients at the embedding layer (see ``LayerIntegratedGradients``)."""
     return _layer_ig(model, ids, y, kw, "IntegratedGradients")
 
 
-@register_token_explainer("LayerIntegratedGradients")
+@register_token_explainer("LayerIntegratedGradients", per_sample=TOKEN_PER_SAMPLE)
 def token_layer_integrated_gradients(model: ModelWrapper, ids: torch.Tensor,
                                      y: torch.Tensor | None, **kw: Any):
     """Integrated gradients at the embedding layer (Sundararajan et al. 2017), from the
@@ -389,7 +392,7 @@ def token_layer_integrated_gradients(model: ModelWrapper, ids: torch.Tensor,
     return _layer_ig(model, ids, y, kw, "LayerIntegratedGradients")
 
 
-@register_token_explainer("DeepLift")
+@register_token_explainer("DeepLift", per_sample=TOKEN_PER_SAMPLE)
 def token_deep_lift(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """DeepLIFT (Rescale) at the embedding layer (captum's LayerDeepLift), reference: the
     embedding of the baseline ids (default: the mask token everywhere)."""
@@ -449,7 +452,7 @@ def _embed(model: ModelWrapper, layer: nn.Module, ids: torch.Tensor,
     return seen[0]
 
 
-@register_token_explainer("GradientShap")
+@register_token_explainer("GradientShap", per_sample=TOKEN_PER_SAMPLE)
 def token_gradient_shap(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None, *,
                         n_samples: int = 5, stdevs: float = 0.0, seed: int = 0,
                         multiply_by_inputs: bool = True, **kw: Any) -> torch.Tensor:
@@ -510,7 +513,7 @@ def _rows(value: Any, start: int, stop: int, n: int) -> Any:
     return value
 
 
-@register_token_explainer("LayerActivation")
+@register_token_explainer("LayerActivation", per_sample=TOKEN_PER_SAMPLE)
 def token_layer_activation(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None,
                            **kw: Any):
     """The output of ``layer`` (default: the embedding layer), reduced per token
@@ -578,7 +581,7 @@ def _black_box_setup(ids: torch.Tensor, kw: dict[str, Any]):
     return keep, extra, int(fill)
 
 
-@register_token_explainer("Occlusion")
+@register_token_explainer("Occlusion", per_sample=TOKEN_PER_SAMPLE)
 def token_occlusion(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None, *,
                     sliding_window_shapes: Any = None, strides: Any = None,
                     window: Any = None, **kw: Any) -> torch.Tensor:
@@ -638,7 +641,7 @@ def _groups(ids: torch.Tensor, feature_mask: Any, keep: torch.Tensor | None) -> 
     return labels
 
 
-@register_token_explainer("FeatureAblation")
+@register_token_explainer("FeatureAblation", per_sample=TOKEN_PER_SAMPLE)
 def token_feature_ablation(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None,
                            **kw: Any) -> torch.Tensor:
     """Each token (or group of ``feature_mask``) replaced by the mask token; its value is the
@@ -699,14 +702,14 @@ def _token_surrogate(cls_name: str, model: ModelWrapper, ids: torch.Tensor,
     return _finish(out, keep)
 
 
-@register_token_explainer("Lime")
+@register_token_explainer("Lime", per_sample=TOKEN_PER_SAMPLE)
 def token_lime(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """LIME over tokens (features: tokens or ``feature_mask`` groups; absent = mask token);
     seeded per sample by ``seed``."""
     return _token_surrogate("Lime", model, ids, y, kw)
 
 
-@register_token_explainer("KernelShap")
+@register_token_explainer("KernelShap", per_sample=TOKEN_PER_SAMPLE)
 def token_kernel_shap(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None,
                       **kw: Any):
     """Kernel SHAP over tokens (features and baseline as for Lime); seeded per sample."""
