@@ -336,6 +336,23 @@ def test_black_box_callable_on_ids():
         ek.explain(predict, ids.numpy(), y.numpy(), "Saliency")
 
 
+def test_numpy_callable_gets_the_attention_mask_as_an_array():
+    model, y = MaskedBag(nonlinear=True), _labels(2)
+    ids = _ids(2)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
+
+    def predict(batch: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        assert isinstance(attention_mask, np.ndarray) and len(attention_mask) == len(batch)
+        with torch.no_grad():
+            return model(torch.as_tensor(batch), torch.as_tensor(attention_mask)).numpy()
+
+    a = ek.explain(predict, ids.numpy(), y.numpy(), "FeatureAblation",
+                   attention_mask=mask.numpy())
+    expected = ek.explain(model, ids, y, "FeatureAblation", attention_mask=mask)
+    np.testing.assert_allclose(a, expected.numpy(), rtol=1e-6, atol=1e-7)
+    assert np.all(a[mask.numpy() == 0] == 0)
+
+
 # ============================================================================ controls
 def test_controls_give_per_token_float_maps():
     model, ids, y = Bag(), _ids(), _labels()

@@ -7,61 +7,50 @@ over the embedding dimension to **one value per token, (N, L)**. **Perturbation 
 replace tokens by a **mask token id** and never look inside the model. The ids themselves are
 passed to the model as they are: never cast to floating point, never written to.
 
-Registered methods and what they compute on token ids:
+Registered methods and what they compute on token ids (``S``: the target score, ``e``: the
+embedding layer's output):
 
-=============================  ===============================================================
-``Saliency``                   ``|dS/de|`` at the embedding output, reduced per token
-``Gradient``                   ``dS/de`` (signed), reduced per token
-``InputXGradient``             ``e * dS/de`` (captum's LayerGradientXActivation at the
-                               embedding layer)
-``LayerGradientXActivation``   the same at ``layer=`` (default: the embedding layer)
-``IntegratedGradients``,       captum's LayerIntegratedGradients at the embedding layer; the
-``LayerIntegratedGradients``   baseline is the embedding of the mask token at every position
-                               (``baselines=``: other baseline *ids*). Completeness: the
-                               attributions of a sample sum to ``S(x) - S(baseline)``.
-``DeepLift``                   captum's LayerDeepLift at the embedding layer, same baseline
-``GradientShap``               GradientSHAP in embedding space (native, seeded per sample),
-                               baseline distribution: the mask token's embedding
-``LayerActivation``            the embedding layer's output (class-agnostic)
-``Occlusion``                  ``S(x) - S(x with a window of tokens masked)``, averaged over
-                               the windows covering a token (``sliding_window_shapes=(w,)``,
-                               default 1, ``strides`` default 1)
-``FeatureAblation``            ``S(x) - S(x with the token's group masked)``; groups from
-                               ``feature_mask`` (N or 1, L) integer labels (default: each
-                               token its own feature)
-``Lime``, ``KernelShap``       captum's surrogates over binary token features (present or
-                               replaced by the mask token), seeded per sample
-``Random``, ``Constant``,      controls, (N, L)
-``GroundTruth``
-=============================  ===============================================================
+- ``Saliency``: ``abs(dS/de)``, reduced per token; ``Gradient``: ``dS/de`` (signed).
+- ``InputXGradient``: ``e * dS/de`` (captum's LayerGradientXActivation at the embedding
+  layer); ``LayerGradientXActivation``: the same at ``layer=`` (default: the embedding layer).
+- ``IntegratedGradients``, ``LayerIntegratedGradients``: captum's LayerIntegratedGradients at
+  the embedding layer, from the embedding of the mask token at every position (``baselines=``:
+  other baseline *ids*); a sample's attributions sum to ``S(ids) - S(baseline ids)``.
+- ``DeepLift``: captum's LayerDeepLift at the embedding layer, with the same reference.
+- ``GradientShap``: GradientSHAP in embedding space (native, seeded per sample), baseline: the
+  mask token's embedding.
+- ``LayerActivation``: the output of ``layer=`` (default: the embedding layer), class-agnostic.
+- ``Occlusion``: ``S(ids) - S(ids with a window of tokens masked)``, averaged over the windows
+  that cover a token (``sliding_window_shapes=(w,)``, default 1; ``strides``, default 1).
+- ``FeatureAblation``: ``S(ids) - S(ids with the token's group masked)``; groups from
+  ``feature_mask``, (N or 1, L) integer labels (default: each token its own feature).
+- ``Lime``, ``KernelShap``: captum's surrogates over binary token features (present, or
+  replaced by the mask token), seeded per sample.
+- ``Random``, ``Constant``, ``GroundTruth``: the controls, (N, L).
 
 Options (keyword arguments of :func:`evalkit.explain`):
 
-``embedding_layer``
-    The embedding layer: an ``nn.Module`` of the model or its name / attribute path
-    (``"embedding"``, ``"bert.embeddings"``, ``"encoder.layers[0]"``). Default: the model's
-    only ``nn.Embedding``; a model with none or several must name it. Its output must be laid
-    out (N, L, ...) (batch first).
-``embedding_reduce``
-    How the (N, L, E) attribution becomes one value per token: ``"sum"`` (default: the sum
-    over the embedding dimension, so a token's value is its share of the score for additive
-    methods) or ``"norm"`` (the L2 norm over it: magnitudes, the sign is lost).
-``mask_token_id``
-    The replacement token of the perturbation methods and the baseline token of the
-    path/reference methods. Default: the modality's :attr:`~evalkit.modality.TokensModality.\
-mask_token_id` (pass ``modality=TokensModality(mask_token_id=...)`` or this argument; set
-    your tokenizer's ``[MASK]`` or ``[PAD]`` id).
-``attention_mask``, ``additional_forward_args``
-    Extra inputs of the model. The model is called as
-    ``model(ids, attention_mask, *additional_forward_args)`` (each only when given); tensors
-    with one row per sample are sliced and expanded with the ids (over integration steps,
-    perturbations...), other values are passed as they are. A model that takes the ids only is
-    the common case and needs neither.
-``pad_token_id``
-    Positions holding this id, and positions where ``attention_mask`` is 0, are padding: they
-    get exactly 0 attribution from every method and perturbation methods never perturb them.
-    Without either, padding is treated as any token (reference methods give it 0 when the
-    mask token is the pad token: its embedding equals the baseline's).
+- ``embedding_layer``: the embedding layer, an ``nn.Module`` of the model or its name /
+  attribute path (``"embedding"``, ``"bert.embeddings"``, ``"encoder.layers[0]"``). Default:
+  the model's only ``nn.Embedding``; a model with none or several must name it. Its output must
+  be laid out (N, L, ...) (batch first).
+- ``embedding_reduce``: how the (N, L, E) attribution becomes one value per token: ``"sum"``
+  (default; the sum over the embedding dimension, so that a token's value is its share of the
+  score for the additive methods) or ``"norm"`` (the L2 norm over it: magnitudes, the sign is
+  lost).
+- ``mask_token_id``: the replacement token of the perturbation methods and the baseline token
+  of the path/reference methods. Default: the modality's ``mask_token_id``
+  (:class:`~evalkit.modality.TokensModality`; pass ``modality=TokensModality(mask_token_id=...)``
+  or this argument, e.g. your tokenizer's ``[MASK]`` or ``[PAD]`` id).
+- ``attention_mask``, ``additional_forward_args``: extra inputs of the model, which is called as
+  ``model(ids, attention_mask, *additional_forward_args)`` (each only when given). Tensors with
+  one row per sample are sliced and expanded with the ids (over integration steps,
+  perturbations...); other values are passed as they are. A model that takes the ids only is
+  the common case and needs neither.
+- ``pad_token_id``: positions holding this id, and positions where ``attention_mask`` is 0, are
+  padding: they get exactly 0 attribution from every method, and the perturbation methods never
+  perturb them. Without either, padding is treated as any other token (the reference methods
+  give it 0 when the mask token is the pad token: its embedding equals the baseline's).
 """
 
 from __future__ import annotations
