@@ -363,6 +363,12 @@ def test_controls_give_per_token_float_maps():
     assert torch.equal(c, torch.full(ids.shape, 2.0, dtype=torch.float64))
     g = ek.explain(model, ids, y, "GroundTruth", masks=ids > 5)
     assert torch.equal(g, (ids > 5).double())
+    # no method puts mass on padding, the controls included (also when chunked)
+    mask = torch.ones_like(ids)
+    mask[1:, 4:] = 0
+    for method in ("Random", "Constant"):
+        a = ek.explain(model, ids, y, method, attention_mask=mask, batch_size=2)
+        assert torch.all(a[mask == 0] == 0) and torch.all(a[mask == 1] != 0)
 
 
 # ============================================================================ docs

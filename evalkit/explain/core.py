@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from .._validation import as_tensor, check_labels, check_option, is_numpy_like
 from ..modality import Modality, as_modality
 from ..models import ModelWrapper, wrap_model
 from ..models.targets import _BaseTarget
-from ._hooks import require_gradients, require_module
+from ._hooks import require_gradients, require_module, resolve_embedding_layer
 
 __all__ = [
     "ExplainerInfo",
@@ -335,12 +336,14 @@ def explain(
     if info.quantus_names:
         kwargs = _rename_quantus_kwargs(kwargs, xt)
     kwargs = _tensor_kwargs(kwargs, wrapper)
-    sliced = [k for k in info.per_sample if _is_per_sample(kwargs.get(k), n)]
+    per_sample = info.per_sample
+    if tokens:  # the model's extra inputs have one row per text, whatever the method
+        per_sample = tuple(dict.fromkeys((*per_sample, "attention_mask",
+                                          "additional_forward_args")))
+    sliced = [k for k in per_sample if _is_per_sample(kwargs.get(k), n)]
 
     if fn is not info.fn:
-        from .tokens import token_row_like
-
-        size = explain_rows(token_row_like(xt, wrapper, kwargs), wrapper, batch_size)
+        size = explain_rows(_token_row_like(xt, wrapper, kwargs), wrapper, batch_size)
     else:
         size = explain_rows(xt, wrapper, batch_size)
     parts = []
@@ -383,6 +386,8 @@ def explain(
                     f"The explainer {info.name!r} returned shape {tuple(out.shape)} for "
                     f"{stop - start} inputs; it must return one attribution per input."
                 )
+            if tokens:
+                out = _zero_padding(out, xs, chunk_kw)
             parts.append(out)
             start = stop
     a = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
@@ -418,6 +423,22 @@ def explain_rows(x: torch.Tensor, model: ModelWrapper, batch_size: int | None = 
     kind = "cuda" if model.device.type == "cuda" else "cpu"
     requested = batch_size if batch_size is not None else model.batch_size
     return resolve_batch_size(requested, row_bytes, EXPLAIN_MEMORY_BUDGET[kind], kind)
+
+
+#: embedding width assumed for the explain memory budget when the layer is no nn.Embedding
+DEFAULT_EMBEDDING_WIDTH = 256
+
+
+def _token_row_like(ids: torch.Tensor, model: ModelWrapper,
+                    kwargs: dict[str, Any]) -> torch.Tensor:
+    """A (1, L, E) stand-in for one row of embeddings, for the explain memory budget: a chunk
+    of token ids holds E floats per token once embedded, not one int64."""
+    width = DEFAULT_EMBEDDING_WIDTH
+    if isinstance(getattr(model, "model", None), torch.nn.Module):
+        with contextlib.suppress(TypeError, ValueError):
+            layer = resolve_embedding_layer(model, kwargs.get("embedding_layer"))
+            width = int(getattr(layer, "embedding_dim", width))
+    return torch.empty((1, ids.shape[1], width), dtype=model.dtype, device="meta")
 
 
 def _rename_quantus_kwargs(kwargs: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
@@ -468,6 +489,20 @@ def _tensor_kwargs(kwargs: dict[str, Any], wrapper: ModelWrapper) -> dict[str, A
             value = value.to(wrapper.device)
         out[key] = value
     return out
+
+
+def _zero_padding(a: torch.Tensor, ids: torch.Tensor, kw: dict[str, Any]) -> torch.Tensor:
+    """A per-token map with 0 at the padding of ``ids``: where ``attention_mask`` is 0 or the
+    id is ``pad_token_id`` (the controls too, so that no method puts mass on padding)."""
+    mask, pad = kw.get("attention_mask"), kw.get("pad_token_id")
+    if (mask is None and pad is None) or tuple(a.shape) != tuple(ids.shape):
+        return a
+    keep = torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
+    if mask is not None:
+        keep &= torch.as_tensor(mask, device=ids.device).reshape(ids.shape) != 0
+    if pad is not None:
+        keep &= ids != int(pad)
+    return torch.where(keep, a, torch.zeros((), dtype=a.dtype, device=a.device))
 
 
 def _reduce_channels(a: torch.Tensor, how: str | None) -> torch.Tensor:

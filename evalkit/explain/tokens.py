@@ -66,7 +66,13 @@ from .. import _rng
 from .._validation import check_option
 from ..models import ModelWrapper
 from ..models.torch_model import TorchModel
-from ._hooks import module_guard, require_gradients, require_module, resolve_layer
+from ._hooks import (
+    module_guard,
+    require_gradients,
+    require_module,
+    resolve_embedding_layer,
+    resolve_layer,
+)
 from .captum_methods import (
     _check_single_use,
     _constructor_kwargs,
@@ -76,7 +82,7 @@ from .captum_methods import (
     _quiet_hook_warning,
     _seeded_global_rngs,
 )
-from .core import EXPLAIN_MEMORY_BUDGET, register_token_explainer
+from .core import DEFAULT_EMBEDDING_WIDTH, EXPLAIN_MEMORY_BUDGET, register_token_explainer
 
 __all__ = ["TOKEN_PER_SAMPLE", "resolve_embedding_layer"]
 
@@ -84,51 +90,12 @@ __all__ = ["TOKEN_PER_SAMPLE", "resolve_embedding_layer"]
 TOKEN_PER_SAMPLE = ("attention_mask", "additional_forward_args", "baselines", "feature_mask")
 
 _REDUCE = ("sum", "norm")
-#: embedding width assumed for the explain memory budget when the layer is not an nn.Embedding
-_DEFAULT_WIDTH = 256
 
 
 # ============================================================================ plumbing
-def resolve_embedding_layer(model: Any, spec: Any = None, method: str = "This method") -> nn.Module:
-    """The embedding layer of ``model`` (a module or a wrapper): ``spec`` (a module of the
-    model, or its name / attribute path), else the model's only ``nn.Embedding``."""
-    root = model.model if isinstance(model, ModelWrapper) else model
-    if not isinstance(root, nn.Module):
-        raise TypeError(
-            f"{method} on token ids attributes at the embedding layer, which needs a "
-            f"torch.nn.Module; the model is a {type(root).__name__}. Use a perturbation method "
-            "(Occlusion, FeatureAblation, Lime, KernelShap), which replaces tokens by the mask "
-            "token id."
-        )
-    if spec is not None:
-        return resolve_layer(root, spec)[1]
-    found = [name for name, m in root.named_modules() if isinstance(m, nn.Embedding)]
-    if len(found) == 1:
-        return resolve_layer(root, found[0])[1]
-    what = "no nn.Embedding" if not found else f"{len(found)} nn.Embedding layers {found}"
-    raise ValueError(
-        f"{method} on token ids attributes at the embedding layer, and the model has {what}: "
-        "name it with embedding_layer= (a module of the model or its name, e.g. "
-        "embedding_layer='embedding' or 'bert.embeddings'), or use a perturbation method "
-        "(Occlusion, FeatureAblation, Lime, KernelShap)."
-    )
-
-
-def token_row_like(ids: torch.Tensor, model: ModelWrapper, kwargs: dict[str, Any]) -> torch.Tensor:
-    """A (1, L, E) stand-in for one row of embeddings, for the explain memory budget (a chunk
-    of ids holds E floats per token once embedded, not one int64)."""
-    width = _DEFAULT_WIDTH
-    root = getattr(model, "model", None)
-    if isinstance(root, nn.Module):
-        with contextlib.suppress(TypeError, ValueError):
-            layer = resolve_embedding_layer(root, kwargs.get("embedding_layer"))
-            width = int(getattr(layer, "embedding_dim", width))
-    return torch.empty((1, ids.shape[1], width), dtype=model.dtype, device="meta")
-
-
 def _token_rows(ids: torch.Tensor, model: ModelWrapper, embedding: nn.Module | None) -> int:
     """(sample, step) rows per forward/backward pass of the path methods."""
-    width = int(getattr(embedding, "embedding_dim", _DEFAULT_WIDTH))
+    width = int(getattr(embedding, "embedding_dim", DEFAULT_EMBEDDING_WIDTH))
     row = ids.shape[1] * width * torch.empty((), dtype=model.dtype).element_size()
     budget = EXPLAIN_MEMORY_BUDGET["cuda" if model.device.type == "cuda" else "cpu"]
     return max(ids.shape[0], budget // max(1, row))
