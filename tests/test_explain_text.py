@@ -307,6 +307,9 @@ def test_embedding_layer_by_name_or_module_and_clear_errors():
     torch.testing.assert_close(by_name, by_module)
     e, w = model.embedding.weight.detach(), model.fc.weight.detach()[y]
     torch.testing.assert_close(by_name, torch.einsum("nld,nd->nl", e[ids], w) / LENGTH)
+    # layer= names another per-token layer, and then no embedding needs resolving
+    act = ek.explain(model, ids, y, "LayerGradientXActivation", layer="embedding")
+    torch.testing.assert_close(act, by_name)
     with pytest.raises(ValueError, match=r"Saliency.*no nn.Embedding.*embedding_layer="):
         ek.explain(NoEmbedding(), ids, y, "Saliency")
     # perturbation methods need no embedding layer

@@ -76,13 +76,17 @@ from ._hooks import (
 from .captum_methods import (
     _check_single_use,
     _constructor_kwargs,
-    _forward_rows,
     _integration_rule,
     _no_delta,
     _quiet_hook_warning,
     _seeded_global_rngs,
 )
-from .core import DEFAULT_EMBEDDING_WIDTH, EXPLAIN_MEMORY_BUDGET, register_token_explainer
+from .core import (
+    DEFAULT_EMBEDDING_WIDTH,
+    EXPLAIN_MEMORY_BUDGET,
+    _token_row_like,
+    register_token_explainer,
+)
 
 __all__ = ["TOKEN_PER_SAMPLE", "resolve_embedding_layer"]
 
@@ -235,13 +239,20 @@ def _baseline_ids(ids: torch.Tensor, kw: dict[str, Any], mask_token_id: int) -> 
 
 
 def _setup(model: ModelWrapper, ids: torch.Tensor, kw: dict[str, Any], method: str):
-    """Pop the token options shared by the embedding methods."""
+    """Pop the token options shared by the embedding methods; the layer attributed at is
+    ``layer=`` if given (any layer whose output is laid out (N, L, ...)), else the embedding
+    layer."""
     require_gradients(model, method)
     how = check_option("embedding_reduce", kw.pop("embedding_reduce", "sum"), _REDUCE)
     keep = _keep(ids, kw)
     extra = _extra_args(kw)
     mask_token_id = int(kw.pop("mask_token_id", 0))
-    layer = resolve_embedding_layer(model, kw.pop("embedding_layer", None), method)
+    embedding = kw.pop("embedding_layer", None)
+    spec = kw.pop("layer", None)  # another per-token layer (a transformer block...)
+    if spec is not None:
+        layer = resolve_layer(require_module(model, method), spec)[1]
+    else:
+        layer = resolve_embedding_layer(model, embedding, method)
     return how, keep, extra, mask_token_id, layer
 
 
@@ -256,12 +267,7 @@ def _layer_gxa(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None,
                kw: dict[str, Any], method: str, *, multiply: bool, absolute: bool):
     import captum.attr as ca
 
-    how, keep, extra, _, embedding = _setup(model, ids, kw, method)
-    layer = embedding
-    if "layer" in kw:  # LayerGradientXActivation at another per-token layer
-        spec = kw.pop("layer")
-        if spec is not None:
-            layer = resolve_layer(require_module(model, method), spec)[1]
+    how, keep, extra, _, layer = _setup(model, ids, kw, method)
     raw = bool(kw.pop("raw", False))
     kw.pop("abs", None)
     explainer = ca.LayerGradientXActivation(_score_forward(model), layer,
@@ -311,9 +317,6 @@ def _layer_ig(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | None,
     import captum.attr as ca
 
     how, keep, extra, mask_token_id, embedding = _setup(model, ids, kw, method)
-    if kw.get("layer") is not None:
-        embedding = resolve_layer(require_module(model, method), kw.pop("layer"))[1]
-    kw.pop("layer", None)
     raw = bool(kw.pop("raw", False))
     _no_delta(kw, method)
     _integration_rule(kw)
@@ -520,6 +523,13 @@ def _perturbed_drop(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | No
     return base.unsqueeze(1) - scores
 
 
+def _forward_rows(model: ModelWrapper, ids: torch.Tensor, kw: dict[str, Any]) -> int:
+    """Perturbed texts per forward call: the forward runner's budget for rows of *embedded*
+    tokens (E floats per token, the model's own embedding width when it has one nn.Embedding),
+    not of int64 ids, which would put E/2 times as many rows in a call."""
+    return model.resolve_batch_size(_token_row_like(ids, model, kw))
+
+
 def _black_box_setup(ids: torch.Tensor, kw: dict[str, Any]):
     keep = _keep(ids, kw)
     extra = _extra_args(kw)
@@ -545,6 +555,7 @@ def token_occlusion(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | No
     mask token every ``strides`` tokens (default 1); a token's value is the mean score drop
     of the windows that cover it (captum's rule). With ``w = 1``: the score drop when that
     token alone is masked."""
+    rows = _forward_rows(model, ids, kw)
     keep, extra, fill = _black_box_setup(ids, kw)
     kw.pop("perturbations_per_eval", None)
     if kw:
@@ -562,7 +573,7 @@ def token_occlusion(model: ModelWrapper, ids: torch.Tensor, y: torch.Tensor | No
     masks = windows.unsqueeze(0).expand(n, -1, -1)
     if keep is not None:
         masks = masks & keep.unsqueeze(1)
-    drop = _perturbed_drop(model, ids, y, extra, masks, fill, model.resolve_batch_size(ids))
+    drop = _perturbed_drop(model, ids, y, extra, masks, fill, rows)
     covered = windows.to(drop.dtype)
     attr = (drop @ covered) / covered.sum(0).clamp_min(1)
     return _finish(attr, keep)
@@ -602,6 +613,7 @@ def token_feature_ablation(model: ModelWrapper, ids: torch.Tensor, y: torch.Tens
                            **kw: Any) -> torch.Tensor:
     """Each token (or group of ``feature_mask``) replaced by the mask token; its value is the
     score drop ``S(ids) - S(ablated)``, shared by the tokens of the group."""
+    rows = _forward_rows(model, ids, kw)
     keep, extra, fill = _black_box_setup(ids, kw)
     groups = _groups(ids, kw.pop("feature_mask", None), keep)
     kw.pop("perturbations_per_eval", None)
@@ -609,7 +621,7 @@ def token_feature_ablation(model: ModelWrapper, ids: torch.Tensor, y: torch.Tens
         raise TypeError(f"FeatureAblation on token ids got unexpected arguments {sorted(kw)}.")
     labels = torch.unique(groups[groups >= 0])
     masks = groups.unsqueeze(1) == labels.reshape(1, -1, 1)  # (N, K, L)
-    drop = _perturbed_drop(model, ids, y, extra, masks, fill, model.resolve_batch_size(ids))
+    drop = _perturbed_drop(model, ids, y, extra, masks, fill, rows)
     attr = (drop.unsqueeze(-1) * masks.to(drop.dtype)).sum(1)
     return _finish(attr, keep)
 
@@ -624,10 +636,11 @@ def _token_surrogate(cls_name: str, model: ModelWrapper, ids: torch.Tensor,
 
     seed = kw.pop("seed", 0)
     ctor = _constructor_kwargs(kw)
+    rows = _forward_rows(model, ids, kw)
     keep, extra, fill = _black_box_setup(ids, kw)
     groups = _groups(ids, kw.pop("feature_mask", None), keep)
     n_samples = int(kw.get("n_samples", 25))
-    kw.setdefault("perturbations_per_eval", min(_forward_rows(ids[:1], model), n_samples))
+    kw.setdefault("perturbations_per_eval", min(rows, n_samples))
     keys = _rng.sample_keys(ids, seed)
     seeds = (_rng.combine(keys, 7) & ((1 << 63) - 1)).tolist()
     out = torch.zeros(ids.shape, dtype=model.dtype, device=ids.device)
