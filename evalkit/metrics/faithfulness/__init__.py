@@ -33,7 +33,8 @@ Conventions shared by every metric in this module:
   set of samples: they use the whole batch passed to the call, never a chunk of it.
 
 The metrics live in submodules by kind (``curves``, ``correlation``, ``infidelity``, ``road``,
-``confidence``, ``sufficiency``) over the shared kernels of :mod:`evalkit.metrics._removal`;
+``confidence``, ``sufficiency``, ``timeseries``) over the shared kernels of
+:mod:`evalkit.metrics._removal`;
 import them from here.
 """
 
@@ -60,6 +61,7 @@ from .infidelity import Infidelity
 from .infidelity import infidelity_noise as infidelity_noise  # public helper, not in __all__
 from .road import ROAD
 from .sufficiency import Sufficiency
+from .timeseries import AUCSE
 
 __all__ = [
     "IROF",
@@ -80,6 +82,7 @@ __all__ = [
     "SensitivityN",
     "Sufficiency",
 ]
+__all__ += ["AUCSE"]
 
 
 # stored configurations, pickles and reprs name the public path, as before the split into
