@@ -1,7 +1,8 @@
 """Mask-dependent imputers: noisy linear imputation for ROAD (Rong, Leemann et al., ICML 2022)
 on images (:class:`NoisyLinearImputer`) and series (:class:`SeriesLinearImputer`), and imputers
 defined for tables (:class:`MarginalMeanImputer`, :class:`ConditionalMeanImputer`,
-:class:`KNNImputer`; see "Tables" below).
+:class:`KNNImputer`; see "Tables" below), and :class:`GaussianReplacement` (keyed Gaussian
+noise as a baseline: the replacement of Turbé et al.'s time-series masking metric).
 
 :class:`NoisyLinearImputer` replaces every removed pixel by the weighted mean of its 8
 neighbours (weight 1/6 for the 4 orthogonal neighbours, 1/12 for the 4 diagonal ones; they sum
@@ -67,11 +68,12 @@ import numpy as np
 import torch
 
 from .. import _rng
-from .baselines import Imputer
+from .baselines import Baseline, Imputer
 
 __all__ = [
     "NEIGHBOUR_WEIGHTS",
     "ConditionalMeanImputer",
+    "GaussianReplacement",
     "KNNImputer",
     "MarginalMeanImputer",
     "NoisyLinearImputer",
@@ -449,9 +451,9 @@ def _solve_block(xv: np.ndarray, m: np.ndarray) -> np.ndarray:
 _NOISE_STREAM = 0x90AD
 
 
-def _check_noise(noise: Any) -> float:
+def _check_noise(noise: Any, name: str = "noise") -> float:
     if isinstance(noise, bool) or not isinstance(noise, int | float) or noise < 0:
-        raise ValueError(f"`noise` must be a number >= 0; got {noise!r}.")
+        raise ValueError(f"`{name}` must be a number >= 0; got {noise!r}.")
     return float(noise)
 
 
@@ -738,3 +740,30 @@ class KNNImputer(TableImputer):
             mean = _background_moments(x, bg, excluded)[0]
             near = torch.where(none_kept.unsqueeze(1), mean, near)
         return near
+
+
+# ---------------------------------------------------------------------- noise replacement
+class GaussianReplacement(Baseline):
+    """A mask-independent replacement by i.i.d. ``N(mean, std**2)`` values per element, drawn
+    once per sample from its key (:mod:`evalkit._rng`) and reused at every step; ``std=0``
+    replaces by the constant ``mean``."""
+
+    def __init__(self, std: float = 1.0, mean: float = 0.0) -> None:
+        super().__init__("zero")
+        self.kind = "gaussian"
+        self.std = _check_noise(std, "std")
+        if isinstance(mean, bool) or not isinstance(mean, int | float):
+            raise ValueError(f"`mean` must be a number; got {mean!r}.")
+        self.mean = float(mean)
+        self.stochastic = self.std > 0
+
+    def values(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        if self.std == 0:
+            return torch.full((1,) * x.ndim, float(self.mean), dtype=x.dtype, device=x.device)
+        if keys is None:
+            raise ValueError("GaussianReplacement with std > 0 needs per-sample keys.")
+        return _rng.normal(keys, tuple(x.shape[1:]), mean=self.mean, std=self.std,
+                           dtype=x.dtype, stream=0x7E5)
+
+    def cache_token(self) -> bytes:
+        return f"GaussianReplacement(std={self.std!r}, mean={self.mean!r})".encode()

@@ -157,9 +157,9 @@ class ROAD(Metric):
     def _imputer_for(self, batch: MetricBatch) -> Imputer:
         imputer = self._imputers[batch.modality.name]
         if isinstance(imputer, TableImputer) and imputer.reference is None:
-            if batch.x.ndim != 2:
+            if batch.modality.name != "tabular":
                 raise ValueError(f"ROAD's {type(imputer).__name__} imputes tables (N, F); got "
-                                 f"inputs of shape {tuple(batch.x.shape)}.")
+                                 f"{batch.modality.name} inputs.")
             imputer = imputer.with_background(batch.x)
         return imputer
 

@@ -8,15 +8,14 @@ from typing import Any
 
 import torch
 
-from ... import _rng
 from ..._validation import as_tensor, check_option, check_scalar
 from ...perturb import make_grouping
-from ...perturb.baselines import Baseline
+from ...perturb.imputation import GaussianReplacement
 from .._removal import clean_scores, order_groups, window_scores
 from ..base import Metric, MetricBatch
 from ._common import set_curves
 
-__all__ = ["AUCSE", "GaussianReplacement"]
+__all__ = ["AUCSE"]
 
 #: the paper's quantiles of the positive relevance: 0.05, 0.15, ..., 0.95 and 1.0
 TURBE_QUANTILES = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95, 1.0)
@@ -24,29 +23,6 @@ TURBE_QUANTILES = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95, 1
 #: U(-0.5, 0.5)), in units of the standardised inputs
 TURBE_NOISE_STD = 0.5 / math.sqrt(3.0)
 
-
-class GaussianReplacement(Baseline):
-    """A mask-independent replacement by i.i.d. ``N(mean, std**2)`` values per element, drawn
-    once per sample from its key (:mod:`evalkit._rng`) and reused at every step; ``std=0``
-    replaces by the constant ``mean``."""
-
-    def __init__(self, std: float = TURBE_NOISE_STD, mean: float = 0.0) -> None:
-        super().__init__("zero")
-        self.kind = "gaussian"
-        self.std = check_scalar("std", std, (int, float), min_val=0)
-        self.mean = check_scalar("mean", mean, (int, float))
-        self.stochastic = self.std > 0
-
-    def values(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
-        if self.std == 0:
-            return torch.full((1,) * x.ndim, float(self.mean), dtype=x.dtype, device=x.device)
-        if keys is None:
-            raise ValueError("GaussianReplacement with std > 0 needs per-sample keys.")
-        return _rng.normal(keys, tuple(x.shape[1:]), mean=self.mean, std=self.std,
-                           dtype=x.dtype, stream=0x7E5)
-
-    def cache_token(self) -> bytes:
-        return f"GaussianReplacement(std={self.std!r}, mean={self.mean!r})".encode()
 
 
 class AUCSE(Metric):
@@ -61,8 +37,9 @@ class AUCSE(Metric):
     ``quantiles`` the points whose relevance is at least the q-quantile of the candidates'
     relevance (linear interpolation) are masked: replaced by ``N(0, noise_std**2)`` values
     (the paper's "normal" replacement, meant for standardised series;
-    :class:`GaussianReplacement`). With S the target score (probability by default) of x,
-    S_k that of x with the top k points masked, and E the model's expected score,
+    :class:`~evalkit.perturb.imputation.GaussianReplacement`). With S the target score
+    (probability by default) of x, S_k that of x with the top k points masked, and E the
+    model's expected score,
 
         S~_E(k) = 1 - (S_k - E) / (S - E), clipped to [-1, 1],
 
