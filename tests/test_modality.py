@@ -190,11 +190,11 @@ def test_metrics_declare_their_modalities_and_refuse_others():
         MaxSensitivity(nr_samples=2)(Embed(), ids, np.array([0, 1]), a)
     tab = np.random.default_rng(0).random((4, 6)).astype(np.float32)
     mlp = nn.Sequential(nn.Linear(6, 3))
-    with pytest.raises(ValueError, match="IROF does not apply to tabular"):
-        IROF()(mlp, tab, np.zeros(4, int), tab)
+    with pytest.raises(ValueError, match="IROF does not apply to tokens"):
+        IROF()(Embed(), ids, np.array([0, 1]), a)
     with pytest.raises(ValueError, match="Focus does not apply to series"):
         Focus()(None, np.zeros((4, 1, 8), np.float32), None, np.ones((4, 1, 8)))
-    with pytest.raises(ValueError, match=r"ROAD's default imputer .* pass `imputer=`"):
+    with pytest.raises(ValueError, match=r"ROAD imputes removed table columns .* `background=`"):
         ROAD()(mlp, tab, np.zeros(4, int), tab)
 
 

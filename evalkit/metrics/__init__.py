@@ -143,3 +143,7 @@ __all__ += [
     "RelativeOutputStability",
     "RelativeRepresentationStability",
 ]
+
+from .faithfulness import AUCSE  # noqa: E402  (time series, Turbé et al. 2023)
+
+__all__ += ["AUCSE"]

@@ -33,8 +33,8 @@ Conventions shared by every metric in this module:
   set of samples: they use the whole batch passed to the call, never a chunk of it.
 
 The metrics live in submodules by kind (``curves``, ``correlation``, ``infidelity``, ``road``,
-``confidence``, ``sufficiency``; ``aopc`` and ``rationales`` for AOPC and the ERASER and soft
-rationale metrics, which run on token ids too) over the shared kernels of
+``confidence``, ``sufficiency``, ``timeseries``; ``aopc`` and ``rationales`` for AOPC and the
+ERASER and soft rationale metrics, which run on token ids too) over the shared kernels of
 :mod:`evalkit.metrics._removal`; import them from here.
 """
 
@@ -68,6 +68,7 @@ from .rationales import (
 )
 from .road import ROAD
 from .sufficiency import Sufficiency
+from .timeseries import AUCSE
 
 __all__ = [
     "AOPC",
@@ -93,6 +94,7 @@ __all__ = [
     "SoftSufficiency",
     "Sufficiency",
 ]
+__all__ += ["AUCSE"]
 
 
 # stored configurations, pickles and reprs name the public path, as before the split into
