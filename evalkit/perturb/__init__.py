@@ -5,6 +5,7 @@ from .groupings import (
     ChannelValues,
     Columns,
     CustomGrouping,
+    DefaultFeatures,
     FeatureGrouping,
     Grouping,
     Patches,
@@ -15,14 +16,16 @@ from .groupings import (
     rank_groups,
 )
 from .imputation import NoisyLinearImputer
-from .noise import GaussianNoise, Noise, UniformNoise, make_noise
+from .noise import ColumnNoise, GaussianNoise, Noise, UniformNoise, make_noise
 
 __all__ = [
     "BASELINES",
     "Baseline",
     "ChannelValues",
+    "ColumnNoise",
     "Columns",
     "CustomGrouping",
+    "DefaultFeatures",
     "FeatureGrouping",
     "GaussianNoise",
     "Grouping",
