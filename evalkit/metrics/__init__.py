@@ -28,10 +28,19 @@ __all__ = [
 ]
 
 from . import similarity
+from .agreement import (
+    FeatureAgreement,
+    PairwiseRankAgreement,
+    RankAgreement,
+    SignAgreement,
+    SignedRankAgreement,
+)
 from .axiomatic import Completeness, InputInvariance, NonSensitivity
 from .complexity import Complexity, EffectiveComplexity, Sparseness
 from .faithfulness import (
     IROF,
+    PGI,
+    PGU,
     ROAD,
     AverageDrop,
     AverageGain,
@@ -122,4 +131,13 @@ __all__ += [
     "RelativeInputStability",
     "RelativeOutputStability",
     "RelativeRepresentationStability",
+]
+
+__all__ += ["PGI", "PGU"]
+__all__ += [
+    "FeatureAgreement",
+    "PairwiseRankAgreement",
+    "RankAgreement",
+    "SignAgreement",
+    "SignedRankAgreement",
 ]

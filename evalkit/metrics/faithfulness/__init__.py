@@ -58,11 +58,14 @@ from .curves import (
 )
 from .infidelity import Infidelity
 from .infidelity import infidelity_noise as infidelity_noise  # public helper, not in __all__
+from .prediction_gap import PGI, PGU
 from .road import ROAD
 from .sufficiency import Sufficiency
 
 __all__ = [
     "IROF",
+    "PGI",
+    "PGU",
     "ROAD",
     "AverageDrop",
     "AverageGain",
