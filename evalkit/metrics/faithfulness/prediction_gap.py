@@ -117,6 +117,8 @@ class _PredictionGap(Metric):
                                   row_shape=tuple(x.shape[1:]), desc=type(self).__name__)
         flag_nonfinite(batch, scores)
         gaps = (scores.to(torch.float64) - clean_scores(batch).view(-1, 1, 1)).abs().mean(2)
+        if not top:  # PGU with k covering every feature perturbs nothing: exactly no gap
+            gaps = gaps.masked_fill(k_rows >= g.unsqueeze(1), 0.0)
         batch.record("k", k_rows[:, -1].cpu(), per_sample=True)
         if not self.auc:
             return gaps[:, 0]
