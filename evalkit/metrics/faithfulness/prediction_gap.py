@@ -187,12 +187,10 @@ _PAPER = ("Agarwal et al., OpenXAI: Towards a Transparent Evaluation of Model Ex
 class PGI(_PredictionGap):
     """Prediction Gap on Important feature perturbation (Agarwal et al. 2022): the expected
     absolute change of the prediction when the explanation's top-k features are perturbed with
-    Gaussian noise,
+    Gaussian noise. **Higher is better**: perturbing what an explanation calls important should
+    change the prediction.
 
-        PGI(x, a) = E_eps [ |f(x) - f(x + eps * 1[top-k(a)])| ].
-
-    **Higher is better**: perturbing what an explanation calls important should change the
-    prediction.
+        PGI(x, a) = E_eps [ |f(x) - f(x + eps * 1[top-k(a)])| ]
     <<PARAMS>>
     """
 
@@ -204,12 +202,12 @@ class PGI(_PredictionGap):
 class PGU(_PredictionGap):
     """Prediction Gap on Unimportant feature perturbation (Agarwal et al. 2022): the expected
     absolute change of the prediction when every feature *outside* the explanation's top k is
-    perturbed with Gaussian noise,
+    perturbed with Gaussian noise. **Lower is better**: perturbing what an explanation calls
+    unimportant should not change the prediction.
 
-        PGU(x, a) = E_eps [ |f(x) - f(x + eps * 1[not top-k(a)])| ].
+        PGU(x, a) = E_eps [ |f(x) - f(x + eps * 1[not top-k(a)])| ]
 
-    **Lower is better**: perturbing what an explanation calls unimportant should not change the
-    prediction. When k covers every feature nothing is perturbed and the gap is 0.
+    When k covers every feature nothing is perturbed and the gap is 0.
     <<PARAMS>>
     """
 
