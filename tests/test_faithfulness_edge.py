@@ -47,6 +47,8 @@ def _metrics() -> dict[str, ek.metrics.Metric]:
         "AverageIncrease": M.AverageIncrease(),
         "AverageGain": M.AverageGain(),
         "Sufficiency": M.Sufficiency(threshold=0.9),
+        "PGI": M.PGI(nr_samples=4, seed=0),
+        "PGU": M.PGU(nr_samples=4, seed=0),
     }
 
 

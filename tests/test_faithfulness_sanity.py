@@ -80,6 +80,8 @@ CASES = [
     M.AverageIncrease(),
     M.AverageGain(),
     M.Sufficiency(threshold=0.92, abs=False, normalise=False),
+    M.PGI(nr_samples=20, perturb_std=0.3, seed=0),
+    M.PGU(nr_samples=20, perturb_std=0.3, seed=0),
 ]
 
 
