@@ -15,6 +15,10 @@ binary logistic regression explained for class 0, negate it (OpenXAI flips the c
 the predicted class). A boolean ground-truth feature set also works (its features rank
 above the others, all tied).
 
+In :func:`evalkit.evaluate`, ``s`` is one array passed to every metric, and the other metrics
+check it as a binary mask: evaluate the agreement metrics with a real-valued reference in a call
+of their own (or give them the binary feature set the other metrics take).
+
 Features and top-k
 ------------------
 Features are the modality's (:meth:`~evalkit.modality.Modality.feature_maps`: pixels with
