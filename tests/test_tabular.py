@@ -525,3 +525,21 @@ def test_exact_linear_attribution_ranks_first_on_faithfulness():
     assert pgi["exact"] == pytest.approx(pgi["negated"])
     agree = {k: M.SignedRankAgreement(k=3)(None, x, y, v, s=exact).mean() for k, v in maps.items()}
     assert agree["exact"] == 1.0 and agree["negated"] == 0.0
+
+
+def test_evaluate_on_a_table_with_a_column_spec():
+    x = make_table(8)
+    model = MLP()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    s = torch.zeros(8, 7, dtype=torch.bool)
+    s[:, 2:5] = True  # the one-hot block is the ground-truth feature
+    results = ek.evaluate(
+        metrics={"PGI": M.PGI(nr_samples=5), "PixelFlipping": M.PixelFlipping(),
+                 "MaxSensitivity": M.MaxSensitivity(nr_samples=3),
+                 "FeatureAgreement": M.FeatureAgreement(k=1),
+                 "TopKIntersection": M.TopKIntersection(k=1)},
+        xai_methods={"Saliency": {}, "InputXGradient": {}},
+        model=model, x=x, y=y, s=s, modality=SPEC, seed=0, progress=False)
+    frame = results.to_frame()
+    assert frame["score"].notna().all(), frame[frame["score"].isna()]
