@@ -53,6 +53,8 @@ def _metrics() -> dict[str, ek.metrics.Metric]:
         "ERASERSufficiency": M.ERASERSufficiency(),
         "SoftComprehensiveness": M.SoftComprehensiveness(nr_samples=2, seed=0),
         "SoftSufficiency": M.SoftSufficiency(nr_samples=2, seed=0),
+        "PGI": M.PGI(nr_samples=4, seed=0),
+        "PGU": M.PGU(nr_samples=4, seed=0),
     }
 
 

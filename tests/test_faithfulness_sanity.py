@@ -86,6 +86,8 @@ CASES = [
     M.ERASERSufficiency(),
     M.SoftComprehensiveness(nr_samples=4, seed=0),
     M.SoftSufficiency(nr_samples=4, seed=0),
+    M.PGI(nr_samples=20, perturb_std=0.3, seed=0),
+    M.PGU(nr_samples=20, perturb_std=0.3, seed=0),
 ]
 
 

@@ -220,7 +220,7 @@ class NonSensitivity(Metric):
         assert batch.a is not None and batch.runner is not None
         x = batch.x
         n = batch.n
-        grouping = self._grouping(x)
+        grouping = self._grouping.for_modality(batch.modality)(x)
         labels = grouping.labels // self.features_in_step  # (N|1, Cg, *S)
         n_groups = (grouping.n_groups + self.features_in_step - 1) // self.features_in_step
         g_max = int(n_groups.max())

@@ -327,6 +327,9 @@ class Metric:
     #: the input modalities the metric is defined for (:mod:`evalkit.modality`); a call on
     #: other data fails with a clear error instead of a silently wrong number
     modalities: ClassVar[tuple[str, ...]] = ("image", "series", "tabular")
+    #: ``s`` is a real-valued reference map aligned like the attributions (the ground-truth
+    #: agreement metrics), not a binary mask
+    real_valued_s: ClassVar[bool] = False
     #: metric-specific keyword arguments accepted by ``__call__`` (passed in ``batch.extra``)
     call_options: ClassVar[tuple[str, ...]] = ()
     #: False: needs no spec in ``benchmarks/specs/`` (see docs/contributing.md, "Benchmarks")
@@ -688,7 +691,8 @@ class Metric:
             st = as_tensor(s, "s", device=dev)
             if channels_last:
                 st = modality.channels_first(st, like=xt)
-            batch.s = modality.align_masks(st, xt)
+            batch.s = (modality.align(st, xt, "s") if self.real_valued_s
+                       else modality.align_masks(st, xt))
         elif self.needs_masks:
             raise ValueError(f"{type(self).__name__} needs ground-truth masks `s`.")
 

@@ -60,6 +60,7 @@ from .curves import (
 )
 from .infidelity import Infidelity
 from .infidelity import infidelity_noise as infidelity_noise  # public helper, not in __all__
+from .prediction_gap import PGI, PGU
 from .rationales import (
     ERASERComprehensiveness,
     ERASERSufficiency,
@@ -73,6 +74,8 @@ from .timeseries import AUCSE
 __all__ = [
     "AOPC",
     "IROF",
+    "PGI",
+    "PGU",
     "ROAD",
     "AverageDrop",
     "AverageGain",

@@ -273,7 +273,7 @@ class FaithfulnessCorrelation(Metric):
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         x = batch.x
-        grp = self._grouping(x)
+        grp = self._grouping.for_modality(batch.modality)(x)
         subsets = self.subsets(batch, grp)
         # N x nr_runs x subset_size ids (45 MB for 256 samples at the defaults): kept on the
         # metric, not in the result store; the seed and each sample reproduce them
