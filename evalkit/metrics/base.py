@@ -701,6 +701,7 @@ class Metric:
             if channels_last:
                 raw = modality.channels_first(raw, like=xt)
         batch.a = self._preprocess_attributions(batch, raw, xt, flag_nan=True)
+        self._flag_attributions(batch)
         return batch
 
     def _preprocess_attributions(
@@ -768,6 +769,11 @@ class Metric:
         """Refuse a modality with a message more specific than the generic "does not apply"
         (called before the instance's ``modalities`` are checked); e.g. ROAD's default
         imputer names the ``imputer=`` to pass."""
+
+    def _flag_attributions(self, batch: MetricBatch) -> None:
+        """Mark the samples whose attributions this metric cannot score (NaN with a reason,
+        :meth:`MetricBatch.set_nan`), once, after preprocessing and before ``_evaluate``; e.g.
+        the constant maps of metrics that rank features (:mod:`evalkit.metrics._ties`)."""
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         """Compute the (N,) scores. Subclasses implement this."""
