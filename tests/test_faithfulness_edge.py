@@ -161,8 +161,9 @@ def test_zero_and_constant_maps_never_crash(name, data):
 @pytest.mark.parametrize("name", ["PixelFlipping", "Deletion", "Insertion", "Selectivity",
                                   "RegionPerturbation", "Monotonicity"])
 def test_ties_are_ranked_in_group_id_order(name, data):
-    """With constant_maps="score", a constant map ranks the groups in raster order (MoRF) and reverse for the ascending
-    orders: the same scores as a strictly decreasing (or increasing) raster ramp."""
+    """With constant_maps="score", a constant map ranks the groups in raster order (MoRF)
+    and reverse for the ascending orders: the same scores as a strictly decreasing (or
+    increasing) raster ramp."""
     model, x, y, _ = data
     metric = ALL[name].clone().set_params(constant_maps="score")
     ramp = -torch.arange(36, dtype=torch.float64).reshape(1, 1, 6, 6).expand(N, 1, 6, 6)
