@@ -16,6 +16,7 @@ from .base import ForwardCounter, ModelWrapper, same_device
 from .callable_model import CallableModel
 from .targets import (
     BaseTarget,
+    BinaryTarget,
     ClassTarget,
     MultiLabelTarget,
     OutputIndex,
@@ -27,6 +28,7 @@ from .torch_model import TorchModel, randomisable_layers
 
 __all__ = [
     "BaseTarget",
+    "BinaryTarget",
     "CallableModel",
     "ClassTarget",
     "ForwardCounter",
@@ -53,7 +55,8 @@ def wrap_model(
     """Wrap a model so every metric and explainer can use it.
 
     - ``torch.nn.Module`` -> :class:`TorchModel`;
-    - an object with ``predict_proba`` (scikit-learn) -> :class:`CallableModel` on it;
+    - an object with ``predict_proba`` (scikit-learn) -> :class:`CallableModel` on it (no
+      softmax: the outputs are probabilities already);
     - any other callable -> :class:`CallableModel` (NumPy in, scores out);
     - a :class:`ModelWrapper` is returned as is, or as a view with the given options.
 

@@ -24,7 +24,8 @@ from .._validation import EvalkitWarning, as_tensor, check_labels
 from ..modality import Modality, as_modality
 from .targets import _BaseTarget, as_target
 
-__all__ = ["ForwardCounter", "ModelWrapper", "looks_like_probabilities", "same_device"]
+__all__ = ["ForwardCounter", "ModelCallError", "ModelWrapper", "looks_like_probabilities",
+           "same_device"]
 
 #: how far a row's sum may be from 1 for the row to count as probabilities (float32 softmax
 #: outputs of 1000 classes sum to 1 within about 1e-6)
@@ -44,6 +45,12 @@ def looks_like_probabilities(outputs: torch.Tensor) -> bool:
         return False
     sums = outputs.to(torch.float64).sum(1)
     return bool(((sums - 1).abs() <= PROBABILITY_SUM_ATOL).all())
+
+
+class ModelCallError(TypeError):
+    """The model could not be called the way it was wrapped, and the message says why and what
+    to change (e.g. a function of torch tensors wrapped to receive NumPy arrays); not blamed
+    on the layout of ``x``."""
 
 
 @dataclass
@@ -75,8 +82,9 @@ class ModelWrapper(ABC):
         the metric checks the raw outputs on its first forward pass (:meth:`check_softmax`),
         switches its softmax off and warns (``wrap_model(model, softmax=False)`` says it
         once and silences the warning). An explicit ``softmax=True`` is kept, with a warning.
-        A softmax over a class axis of size 1 (every score 1.0) is never applied by default and
-        refused when asked for.
+        A softmax over a class axis of size 1 (every score 1.0; switched off with a warning),
+        or over outputs (N,) that have no class axis (switched off), is never applied by
+        default and refused when asked for.
     target:
         Which scalar of the outputs is scored; see :mod:`evalkit.models.targets`.
     batch_size:
@@ -85,6 +93,8 @@ class ModelWrapper(ABC):
 
     #: whether gradients of the outputs with respect to the inputs are available
     differentiable: bool = False
+    #: why gradients are not available and how to get them (appended to gradient errors)
+    not_differentiable_hint: str = ""
 
     def __init__(
         self,
@@ -206,6 +216,8 @@ class ModelWrapper(ABC):
             raw_view = self if not self.softmax else self.with_options(softmax=False)
             try:
                 out = raw_view.predict(x[:1])
+            except ModelCallError:
+                raise
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:
                 # the first forward of a call: a wrong rank or layout of x fails here, deep in
                 # the model; say which argument and shape it was
@@ -234,11 +246,17 @@ class ModelWrapper(ABC):
         key = tuple(x.shape[1:])
         fix = ("wrap the model with evalkit.models.wrap_model(model, softmax=False) (or pass "
                "softmax=False to the metric)")
-        if len(shape) >= 1 and shape[0] == 1:
-            msg = (f"The model has one output per sample (per-sample shape {shape}): a softmax "
-                   "over it is 1.0 for every input, so every score would be the same.")
+        if len(shape) == 0 or shape[0] == 1:
+            msg = (f"The model returns one value per sample (per-sample output shape {shape}): "
+                   + ("there is no class axis to take a softmax over."
+                      if len(shape) == 0 else
+                      "a softmax over it is 1.0 for every input, so every score would be "
+                      "the same."))
             if not by_default:
-                raise ValueError(msg + " Pass softmax=False.")
+                raise ValueError(f"{msg} Pass softmax=False; for a binary classifier's decision "
+                                 "value use target=BinaryTarget().")
+            if len(shape) == 0:  # nothing a softmax could apply to: no number changes
+                return self.with_options(softmax=False)
             warnings.warn(f"{msg} {who}'s default softmax is not applied; {fix} to say so.",
                           EvalkitWarning, stacklevel=4)
             return self.with_options(softmax=False)
