@@ -155,12 +155,14 @@ class ModelWrapper(ABC):
     # ----------------------------------------------------------------- forward paths
     def prepare(self, x: Any, modality: Modality | str | None = None) -> torch.Tensor:
         """Convert inputs to a tensor on the model's device: floating-point data in the model's
-        dtype; integer data as the modality says (``None``: inferred from ``x``): token ids
-        are carried as they are, other integer inputs (e.g. uint8 images) become the model's
-        dtype."""
+        dtype; integer data as the modality says (``None``: inferred from ``x``;
+        :meth:`~evalkit.modality.Modality.from_integers`): token ids are carried as they are,
+        integer series and tables become the model's dtype, integer images only with a stated
+        ``value_range`` (else a ``ValueError`` names the fix)."""
         t = as_tensor(x, "x")
-        keep_integer = not t.is_floating_point() and as_modality(modality, t).integer_inputs
-        if not keep_integer and (not t.is_floating_point() or t.dtype != self.dtype):
+        if not (t.is_floating_point() or t.is_complex()):
+            t = as_modality(modality, t).from_integers(t, "x", dtype=self.dtype)
+        elif t.dtype != self.dtype:
             t = t.to(self.dtype)
         return t.to(self.device)
 
