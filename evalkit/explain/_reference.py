@@ -26,23 +26,16 @@ ReferenceBaseline = tuple[str, Any]
 _REMEMBERED: dict[int, tuple[weakref.ref, ReferenceBaseline]] = {}
 
 
-def reference_baseline(method: Any, kwargs: dict[str, Any] | None = None
+def reference_baseline(method: str | None, kwargs: dict[str, Any] | None = None
                        ) -> ReferenceBaseline | None:
-    """``(method, baseline)`` for a method whose attributions are complete against a
+    """``(method, baseline)`` for a method (its registered name, see
+    :func:`~evalkit.explain.explainer_info`) whose attributions are complete against a
     baseline (its ``baselines``/Quantus' ``baseline`` argument, else its default), or None."""
-    from .core import explainer_info
-
-    if not isinstance(method, str):
-        return None
-    try:
-        name = explainer_info(method).name
-    except ValueError:
-        return None
-    if name not in COMPLETE_METHODS:
+    if method not in COMPLETE_METHODS:
         return None
     kwargs = kwargs or {}
     given = kwargs.get("baselines", kwargs.get("baseline"))
-    return name, COMPLETE_METHODS[name] if given is None else given
+    return method, COMPLETE_METHODS[method] if given is None else given
 
 
 def remember_reference(result: Any, reference: ReferenceBaseline | None) -> None:

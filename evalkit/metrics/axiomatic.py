@@ -144,12 +144,17 @@ class Completeness(Metric):
         docstring), else None (``perturb_baseline`` is used), and a description of the
         baseline used; warns on a mismatch."""
         from ..explain import explain as ek_explain
+        from ..explain import explainer_info
         from ..explain._reference import attached_reference, reference_baseline
 
         known = attached_reference(a) if a is not None else None
         if known is None and batch.explain_fn in (None, ek_explain):
             method = batch.explain_kwargs.get("method", "Saliency" if a is None else None)
-            known = reference_baseline(method, batch.explain_kwargs)
+            try:
+                name = explainer_info(method).name if isinstance(method, str) else None
+            except ValueError:  # an unknown name: explain() itself says so when it runs
+                name = None
+            known = reference_baseline(name, batch.explain_kwargs)
         described = (repr(self.perturb_baseline) if self.perturb_baseline is not None
                      else "'black' (the per-sample minimum of x)")
         if known is None:
