@@ -19,8 +19,10 @@ Shared conventions
   needs pixels outside it (AUC), attribution rows with NaN/Inf.
 * **Ties** are handled deliberately: rank-based scores (TopKIntersection,
   RelevanceRankAccuracy, PointingGame's default) give the *expected* score under a uniformly
-  random order of tied values, AUC gives ties half credit (average ranks). A constant map thus
-  scores at chance level instead of depending on a sort's arbitrary tie order (Quantus).
+  random order of tied values, AUC gives ties half credit (average ranks), instead of depending
+  on a sort's arbitrary tie order (Quantus). A map with nothing to rank (constant or all zero)
+  is NaN with a reason in these four metrics; ``constant_maps="score"`` gives its chance-level
+  score (:mod:`evalkit.metrics._ties`).
 
 Mosaics for Focus, boxes-to-masks and the CAM paper's box-localisation protocol live in
 :mod:`evalkit.masks`.
