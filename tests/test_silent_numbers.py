@@ -123,6 +123,7 @@ RANKING = [
     M.FaithfulnessEstimate(features_in_step=5),
     M.MonotonicityCorrelation(nr_samples=2, features_in_step=5, seed=0),
     M.PointingGame(), M.RelevanceRankAccuracy(), M.TopKIntersection(k=5), M.AUC(),
+    M.Consistency(),
 ]
 
 
