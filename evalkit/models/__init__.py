@@ -62,6 +62,12 @@ def wrap_model(
 
     Extra keyword arguments go to the wrapper's constructor (e.g. ``eval_mode``,
     ``output_fn``, ``input_type``, ``channels_last``, ``batch_size``).
+
+    Outputs that are probabilities already (any wrapper) never get a second softmax from a
+    metric's default: the metric switches it off and warns (``softmax=False`` here says so once;
+    see :class:`ModelWrapper`). A model with one output per sample (a regression head, a binary
+    ``decision_function``) needs ``target=BinaryTarget()`` or ``target=OutputIndex()``. A
+    function of torch tensors needs ``input_type="torch"``.
     """
     if isinstance(obj, ModelWrapper):
         if kwargs:

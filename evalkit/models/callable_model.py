@@ -35,6 +35,11 @@ class CallableModel(ModelWrapper):
         (Keras, JAX/Flax conventions). The batch is transposed before the call.
     device:
         Where the outputs are put and the metric maths runs (default CPU).
+
+    A function that returns probabilities (``predict_proba``) gets no second softmax from a
+    metric's default (see :class:`~evalkit.models.ModelWrapper`); a binary
+    ``decision_function`` (one value per sample) is scored with
+    ``target=BinaryTarget()``.
     """
 
     def __init__(
