@@ -236,6 +236,10 @@ def test_decision_function_works_with_binary_target():
     assert np.isfinite(out).all()
     with pytest.raises(ValueError, match="labels 0 or 1"):
         model.score(features, labels + 1)
+    from sklearn.svm import LinearSVC
+
+    with pytest.raises(TypeError, match=r"decision_function, target=BinaryTarget\(\)"):
+        wrap_model(LinearSVC().fit(features, labels))
     reg = wrap_model(clf.decision_function, target=OutputIndex())
     np.testing.assert_allclose(reg.score(features).numpy(), d, rtol=1e-5)
 

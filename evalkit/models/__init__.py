@@ -93,6 +93,13 @@ def wrap_model(
                              device=device, **kwargs)
     if callable(obj):
         return CallableModel(obj, softmax=softmax, target=target, device=device, **kwargs)
+    if callable(getattr(obj, "decision_function", None)):
+        raise TypeError(
+            f"{type(obj).__name__} has no predict_proba; wrap its decision function: "
+            "wrap_model(clf.decision_function, target=BinaryTarget()) for a binary classifier "
+            "(one value per sample), wrap_model(clf.decision_function) for (N, n_classes) "
+            "scores."
+        )
     raise TypeError(
         "`model` must be a torch.nn.Module, a callable mapping a batch to outputs, an object "
         f"with predict_proba, or a ModelWrapper; got {type(obj).__name__}."
