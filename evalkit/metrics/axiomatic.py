@@ -162,9 +162,9 @@ class Completeness(Metric):
         method, value = known
         x = batch.x
         try:
-            values = torch.as_tensor(value, device=x.device).to(x.dtype)
-            values = torch.broadcast_to(values, x.shape) if values.ndim < x.ndim or \
-                values.shape[0] in (1, x.shape[0]) else None
+            # a number, one input's shape, (1, ...) or one row per sample, as explain takes
+            values = torch.broadcast_to(torch.as_tensor(value, device=x.device).to(x.dtype),
+                                        x.shape)
         except RuntimeError:
             values = None
         if values is None:
