@@ -16,7 +16,6 @@ from ..modality import as_modality
 from ..models import ModelWrapper, wrap_model
 from ..models.targets import _BaseTarget
 from ._hooks import require_gradients, require_module
-from ._reference import reference_baseline, remember_reference
 
 __all__ = [
     "ExplainerInfo",
@@ -293,6 +292,8 @@ def explain(
     a = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
     a = _reduce_channels(a, reduce_channels)
     result = a.cpu().numpy() if numpy_in else a
+    from ._reference import reference_baseline, remember_reference
+
     remember_reference(result, reference_baseline(info.name, kwargs))  # for Completeness
     return result
 
