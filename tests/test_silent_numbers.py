@@ -258,3 +258,49 @@ def test_torch_function_wrapped_as_numpy_callable_hints_input_type(data):
         M.PixelFlipping()(fn, x, y, a)
     wrapped = wrap_model(fn, input_type="torch")
     assert ek.explain(wrapped, x, y, method="Saliency").shape == x.shape
+
+
+# the kernels through which a metric orders features by attribution
+_RANKING_CALLS = ("order_groups", "removal_curve", "_expected_top_hits", "_average_ranks_sorted")
+
+
+def _ranking_calls(cls: type) -> list[str]:
+    """The calls in a metric class's own code (and its metric bases') that order features by
+    attribution: ``order_groups`` with an order other than "index"/"random", or a kernel that
+    ranks (removal curves, top-k hits, average ranks)."""
+    import ast
+    import inspect
+    import textwrap
+
+    found = []
+    for klass in cls.__mro__:
+        if klass is M.Metric or not issubclass(klass, M.Metric):
+            continue
+        # the methods' source (a class moved to its package's name has no findable source)
+        code = "\n".join(textwrap.dedent(inspect.getsource(f)) for f in vars(klass).values()
+                         if inspect.isfunction(f))
+        for node in ast.walk(ast.parse(code)):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if name not in _RANKING_CALLS:
+                continue
+            if name == "order_groups":
+                order = node.args[2] if len(node.args) > 2 else next(
+                    (k.value for k in node.keywords if k.arg == "order"), None)
+                if isinstance(order, ast.Constant) and order.value in ("index", "random"):
+                    continue
+            found.append(f"{klass.__name__}: {name}")
+    return found
+
+
+def test_every_metric_that_ranks_features_handles_constant_maps():
+    """A registered metric whose code orders features by attribution subclasses
+    RanksFeatures, so that constant maps are NaN with a reason (or scored on request)."""
+    missing = {}
+    for name in M.list_metrics()["name"]:
+        cls = M.get(name)
+        calls = _ranking_calls(cls)
+        if calls and not issubclass(cls, RanksFeatures):
+            missing[name] = calls
+    assert not missing, f"rank features but do not subclass RanksFeatures: {missing}"
