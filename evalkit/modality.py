@@ -23,9 +23,16 @@ Four modalities are built in:
 =============  ===========================  ===============================================
 
 :func:`infer_modality` picks one from the shape and dtype of ``x`` (integer (N, L) inputs are
-tokens); pass ``modality=`` to a metric call to say it explicitly. Integer inputs of the other
-modalities (e.g. uint8 images) are converted to floating point by :meth:`Modality.check`, as
-before; token ids stay integers all the way to the model.
+tokens); pass ``modality=`` to a metric call to say it explicitly.
+
+**Integer inputs** are decided per modality, in one place (:meth:`Modality.from_integers`,
+used by :meth:`Modality.check` and by the model wrappers' ``prepare``): token ids stay integers
+all the way to the model; integer series and tables are numbers (counts, codes) and become
+floating point with their values; **integer images are refused** unless their range is stated,
+because a uint8 image says nothing about the values the model takes (0-255 or [0, 1]) and a
+silent cast scores the wrong inputs. Convert them yourself (``x.float() / 255`` for a model of
+[0, 1] inputs) or pass ``modality=ImageModality(value_range=(0, 255))``: the values are then
+passed as they are, as floating point.
 """
 
 from __future__ import annotations
@@ -96,8 +103,17 @@ class Modality:
                 raise ValueError(f"`{name}` is an empty batch (N = 0); give at least one sample.")
             return x
         if not (x.is_floating_point() or x.is_complex()):
-            x = x.to(dtype or torch.float32)
+            x = self.from_integers(x, name, dtype=dtype)
         return check_inputs(x, name)
+
+    def from_integers(self, x: torch.Tensor, name: str = "x", *,
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Integer (or bool) inputs in the dtype the model takes (default float32), their
+        values unchanged; the modality decides whether that is allowed (integer images need a
+        stated range, token ids are never cast: :attr:`integer_inputs`)."""
+        if self.integer_inputs:
+            return x
+        return x.to(dtype or torch.float32)
 
     def align(self, a: torch.Tensor, x: torch.Tensor, name: str = "a") -> torch.Tensor:
         """Attributions aligned with ``x`` (broadcastable against it), floating point."""
@@ -223,11 +239,45 @@ class Modality:
 
 class ImageModality(Modality):
     """Images (N, C, H, W), or volumes (N, C, D, H, W); features are pixels (all channels
-    of a pixel together)."""
+    of a pixel together).
+
+    ``value_range``: the range ``(low, high)`` of *integer* images (e.g. ``(0, 255)`` for
+    uint8), which are then passed to the model as floating point with their values unchanged
+    (values outside the range are an error). Without it integer images are refused: convert
+    them to the values the model takes (``x.float() / 255`` for [0, 1]). Floating-point images
+    are used as they are either way.
+    """
 
     name = "image"
     ranks = (4, 5)
     layout = "(N, C, H, W) images (or (N, C, D, H, W) volumes)"
+
+    def __init__(self, value_range: tuple[float, float] | None = None) -> None:
+        if value_range is not None:
+            lo, hi = (float(v) for v in value_range)
+            if not lo < hi:
+                raise ValueError(f"`value_range` must be (low, high) with low < high; got "
+                                 f"{value_range!r}.")
+            value_range = (lo, hi)
+        self.value_range = value_range
+
+    def from_integers(self, x: torch.Tensor, name: str = "x", *,
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
+        if x.dtype == torch.bool:
+            return x.to(dtype or torch.float32)
+        if self.value_range is None:
+            raise ValueError(
+                f"`{name}` holds integer images ({x.dtype}), which do not say what values the "
+                "model takes. Convert them yourself (e.g. x.float() / 255 for a model of [0, 1] "
+                "inputs, x.float() for 0-255), or state their range with "
+                "modality=ImageModality(value_range=(0, 255)) (metrics, evaluate()): the values "
+                "are then passed as they are, as floating point."
+            )
+        lo, hi = self.value_range
+        if x.numel() and (float(x.min()) < lo or float(x.max()) > hi):
+            raise ValueError(f"`{name}` holds values from {int(x.min())} to {int(x.max())}, "
+                             f"outside the stated value_range {self.value_range}.")
+        return x.to(dtype or torch.float32)
 
     def translation_axis(self, x: torch.Tensor, direction: str) -> int:
         return x.ndim - 1 if direction == "x" else x.ndim - 2

@@ -55,7 +55,8 @@ def require_gradients(model: ModelWrapper, method: str) -> None:
         raise TypeError(
             f"{method} needs gradients, but {type(model).__name__} is not differentiable; use a "
             "torch model, or a black-box method such as Occlusion, FeatureAblation, Lime or "
-            "KernelShap."
+            "KernelShap." + (f" {model.not_differentiable_hint}" if model.not_differentiable_hint
+                             else "")
         )
 
 

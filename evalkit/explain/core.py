@@ -392,7 +392,11 @@ def explain(
             start = stop
     a = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
     a = _reduce_channels(a, reduce_channels)
-    return a.cpu().numpy() if numpy_in else a
+    result = a.cpu().numpy() if numpy_in else a
+    from ._reference import reference_baseline, remember_reference
+
+    remember_reference(result, reference_baseline(info.name, kwargs))  # for Completeness
+    return result
 
 
 class _CheckedTarget(_BaseTarget):

@@ -19,8 +19,10 @@ Shared conventions
   needs pixels outside it (AUC), attribution rows with NaN/Inf.
 * **Ties** are handled deliberately: rank-based scores (TopKIntersection,
   RelevanceRankAccuracy, PointingGame's default) give the *expected* score under a uniformly
-  random order of tied values, AUC gives ties half credit (average ranks). A constant map thus
-  scores at chance level instead of depending on a sort's arbitrary tie order (Quantus).
+  random order of tied values, AUC gives ties half credit (average ranks), instead of depending
+  on a sort's arbitrary tie order (Quantus). A map with nothing to rank (constant or all zero)
+  is NaN with a reason in these four metrics; ``constant_maps="score"`` gives its chance-level
+  score (:mod:`evalkit.metrics._ties`).
 
 Mosaics for Focus, boxes-to-masks and the CAM paper's box-localisation protocol live in
 :mod:`evalkit.masks`.
@@ -37,6 +39,7 @@ import torch
 from .._validation import as_tensor, check_bool, check_option, check_scalar
 from ..masks import boxes_from_masks, cam_localisation, dilate, masks_from_boxes, quadrant_masks
 from ._sorting import sort_rows
+from ._ties import RanksFeatures
 from .base import Metric, MetricBatch
 
 __all__ = [
@@ -215,7 +218,7 @@ def masks_from_intervals(intervals: Any, steps: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- PointingGame
-class PointingGame(_LocalisationMetric):
+class PointingGame(RanksFeatures, _LocalisationMetric):
     """Pointing game (Zhang et al. 2018): is the attribution's maximum on the object?
 
     A hit when the position of the map's maximum lies within ``tolerance`` pixels (Euclidean
@@ -409,7 +412,7 @@ class RelevanceMassAccuracy(_LocalisationMetric):
 
 
 # --------------------------------------------------------------------------- rank-based
-class RelevanceRankAccuracy(_LocalisationMetric):
+class RelevanceRankAccuracy(RanksFeatures, _LocalisationMetric):
     """Relevance rank accuracy (Arras et al. 2022): with K = |mask|, the share of the K
     highest-relevance pixels that lie in the mask. **Higher is better**.
 
@@ -428,7 +431,7 @@ class RelevanceRankAccuracy(_LocalisationMetric):
         return _safe_div(_expected_top_hits(a, s, k), k.to(torch.float64))
 
 
-class TopKIntersection(_LocalisationMetric):
+class TopKIntersection(RanksFeatures, _LocalisationMetric):
     """Top-k intersection (Theiner et al. 2021): the share of the ``k`` highest-relevance
     pixels that lie in the mask. **Higher is better**.
 
@@ -482,7 +485,7 @@ class TopKIntersection(_LocalisationMetric):
         return score
 
 
-class AUC(_LocalisationMetric):
+class AUC(RanksFeatures, _LocalisationMetric):
     """Area under the ROC curve of the attributions as a classifier of mask pixels (Fawcett
     2006). **Higher is better**: 1 when every mask pixel outranks every other pixel, 0.5 at
     chance.

@@ -16,9 +16,12 @@ Conventions shared by every metric in this module:
   perturbations change nothing or the attribution sums are constant, never a crash. Their
   ``similarity_func`` is ``"pearson"``, ``"spearman"`` or a callable ``f(a, b) -> float`` on
   two 1-D arrays (Quantus' ``similarity_func`` functions work), called once per sample.
-* **Ties** in the attribution (a constant or all-zero map) are ranked in group-id order (raster
-  order for pixels and patches), so curve metrics give a deterministic, finite score for them;
-  correlation and confidence metrics give NaN with a reason.
+* **Ties** in the attribution are ranked in group-id order (raster order for pixels and
+  patches), a stable order: a partially tied map gets a deterministic score that does not
+  depend on the seed. A map whose features are *all* tied (constant or all zero) is NaN with a
+  reason in every metric that ranks features (curves, ROAD, block correlations,
+  ``SensitivityN(subsets="morf")``; ``constant_maps="score"`` keeps the tie-broken score, see
+  :mod:`evalkit.metrics._ties`); correlation and confidence metrics give NaN with a reason.
 * **Non-finite attributions or model outputs**: a sample whose attribution has NaN or Inf, or
   for one of whose inputs (perturbed or not) the model returns a non-finite output, is NaN
   with a reason, and set-level metrics leave it out of the set. (A NaN output change is never

@@ -18,13 +18,14 @@ from .._removal import (
     removal_curve,
     trapezoid_auc,
 )
-from ..base import Metric, MetricBatch
+from .._ties import RanksFeatures
+from ..base import MetricBatch
 from ._common import (
     set_curves,
 )
 
 
-class PixelFlipping(Metric):
+class PixelFlipping(RanksFeatures):
     """Pixel-Flipping (Bach et al. 2015): remove features in order of decreasing relevance.
 
     Features (groups of ``grouping``, pixels by default) are replaced by ``perturb_baseline``
@@ -97,7 +98,7 @@ class PixelFlipping(Metric):
         return trapezoid_auc(curve, fractions)
 
 
-class Deletion(Metric):
+class Deletion(RanksFeatures):
     """Deletion (Petsiuk, Das & Saenko 2018, RISE): the target probability as the most relevant
     features are deleted. **Lower is better**.
 
@@ -219,7 +220,7 @@ class Insertion(Deletion):
         return derived
 
 
-class RegionPerturbation(Metric):
+class RegionPerturbation(RanksFeatures):
     """Region perturbation (Samek et al. 2016): remove ``regions_evaluation`` patches
     cumulatively in ``order`` and record the drop of the target score.
 
@@ -277,6 +278,9 @@ class RegionPerturbation(Metric):
     def _random_sources(self) -> dict[str, Any]:
         return {"random order": self.order == "random", "baseline": self._imputer}
 
+    def _ranks_attributions(self) -> bool:
+        return self.order != "random"
+
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         grouping = Patches(self.patch_size) if self.grouping is None else make_grouping(
             self.grouping)
@@ -297,7 +301,7 @@ class RegionPerturbation(Metric):
         return trapezoid_auc(drops, fractions)
 
 
-class Selectivity(Metric):
+class Selectivity(RanksFeatures):
     """Selectivity (Montavon, Samek & Müller 2018): remove all patches of ``patch_size``,
     most relevant first, and record the target score. **Lower is better** (a fast fall).
 
@@ -335,7 +339,7 @@ class Selectivity(Metric):
         return trapezoid_auc(curve, fractions)
 
 
-class IROF(Metric):
+class IROF(RanksFeatures):
     """Iterative Removal Of Features (Rieger & Hansen 2020): remove superpixels in order of
     decreasing mean attribution; **higher is better**.
 
@@ -429,7 +433,7 @@ class IROF(Metric):
         return 1.0 - trapezoid_auc(curve, fractions)
 
 
-class Monotonicity(Metric):
+class Monotonicity(RanksFeatures):
     """Monotonicity (Arya et al. 2019, AIX360): starting from the baseline, add the features
     back in *ascending* order of attribution; the explanation is monotonic when the target
     score never decreases. Returns 1.0 (monotonic) or 0.0 per sample: **higher is better**

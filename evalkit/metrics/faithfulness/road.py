@@ -23,10 +23,11 @@ from .._removal import (
     order_groups,
     window_scores,
 )
-from ..base import Metric, MetricBatch
+from .._ties import RanksFeatures
+from ..base import MetricBatch
 
 
-class ROAD(Metric):
+class ROAD(RanksFeatures):
     """RemOve And Debias (Rong, Leemann et al. 2022): remove a percentage of the pixels,
     most relevant first (MoRF) or least relevant first (LeRF), fill them with noisy linear
     imputation (:class:`~evalkit.perturb.imputation.NoisyLinearImputer`, the paper's
