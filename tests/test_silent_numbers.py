@@ -261,7 +261,8 @@ def test_torch_function_wrapped_as_numpy_callable_hints_input_type(data):
 
 
 # the kernels through which a metric orders features by attribution
-_RANKING_CALLS = ("order_groups", "removal_curve", "_expected_top_hits", "_average_ranks_sorted")
+_RANKING_CALLS = ("order_groups", "rank_groups", "removal_curve", "_expected_top_hits",
+                  "_average_ranks_sorted")
 
 
 def _ranking_calls(cls: type) -> list[str]:

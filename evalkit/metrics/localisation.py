@@ -644,7 +644,7 @@ def _f1(hits: torch.Tensor, n_pred: torch.Tensor, n_true: torch.Tensor) -> torch
     return _safe_div(2 * hits, (n_pred + n_true).to(torch.float64))
 
 
-class TokenF1(_LocalisationMetric):
+class TokenF1(RanksFeatures, _LocalisationMetric):
     """Token F1 (DeYoung et al. 2020, ERASER's "Token F1"): the F1 score of the predicted
     rationale (the top-k features by attribution) against the human rationale ``s``.
     **Higher is better**; in [0, 1].
@@ -681,6 +681,9 @@ class TokenF1(_LocalisationMetric):
             check_scalar("k", k, int, min_val=1)
         self.k = k
         self.threshold = check_scalar("threshold", threshold, (int, float), allow_none=True)
+
+    def _ranks_attributions(self) -> bool:
+        return self.threshold is None  # a threshold does not rank
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         a, s, _ = _scored_pair(batch)
@@ -809,7 +812,7 @@ class IOUF1(_LocalisationMetric):
         return _safe_div(2 * precision * recall, precision + recall)
 
 
-class AUPRC(_LocalisationMetric):
+class AUPRC(RanksFeatures, _LocalisationMetric):
     """Area under the precision-recall curve of the attributions as a classifier of rationale
     features, as average precision (DeYoung et al. 2020, ERASER's "AUPRC" for soft token
     scores). **Higher is better**; in (0, 1], 1 when every rationale feature outranks every

@@ -12,7 +12,8 @@ from ... import _rng
 from ..._validation import check_bool, check_scalar
 from ...perturb import GaussianNoise, Noise, make_grouping, rank_groups
 from .._removal import clean_scores, flag_nonfinite
-from ..base import Metric, MetricBatch
+from .._ties import RanksFeatures
+from ..base import MetricBatch
 
 #: rng stream of the prediction-gap noise
 _GAP_STREAM = 0x96A9
@@ -21,7 +22,7 @@ _GAP_STREAM = 0x96A9
 _BLOCK = 16
 
 
-class _PredictionGap(Metric):
+class _PredictionGap(RanksFeatures):
     """Shared kernel of PGI and PGU: the mean absolute change of the target score when the
     top-k (``_perturb_top`` True) or the other features are perturbed with noise."""
 

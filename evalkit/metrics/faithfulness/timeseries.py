@@ -12,7 +12,8 @@ from ..._validation import as_tensor, check_option, check_scalar
 from ...perturb import make_grouping
 from ...perturb.imputation import GaussianReplacement
 from .._removal import clean_scores, order_groups, window_scores
-from ..base import Metric, MetricBatch
+from .._ties import RanksFeatures
+from ..base import MetricBatch
 from ._common import set_curves
 
 __all__ = ["AUCSE"]
@@ -25,7 +26,7 @@ TURBE_NOISE_STD = 0.5 / math.sqrt(3.0)
 
 
 
-class AUCSE(Metric):
+class AUCSE(RanksFeatures):
     """AUC of the normalised score drop S~_E (Turbé, Bjelogrlic, Lovis & Mengaldo 2023), the
     time-series masking metric of "Evaluation of post-hoc interpretability methods in
     time-series classification": mask the points the explanation calls most relevant and read
@@ -129,6 +130,9 @@ class AUCSE(Metric):
             raise ValueError(f"AUCSE: `expected_score` has {table.shape[0]} entries; labels "
                              "index outside it.")
         return table[y]
+
+    def _ranks_attributions(self) -> bool:
+        return self.order != "random"
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         ordering = order_groups(batch, self._grouping, self.order)
