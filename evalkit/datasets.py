@@ -480,9 +480,7 @@ def make_tabular(
     last ``n_categories`` are the one-hot encoding of a categorical feature drawn uniformly (no
     categorical feature with ``n_categories=0``). ``n_informative`` continuous columns, fixed
     by :func:`tabular_informative_columns` (the same for every seed), and the categorical
-    feature decide the label; the other columns are noise the label never reads:
-
-    .. code-block:: text
+    feature decide the label; the other columns are noise the label never reads::
 
         score = z_0 - z_1 + z_2 - ... + 0.8 z_0 z_1 + offset[category]
         y     = 1 if score > 0 else 0

@@ -5,13 +5,9 @@
 reproduced by ``scripts/train_shapes_cnn.py``). One model per other modality, each trained on
 its synthetic data set by a script in ``scripts/``:
 
-=====================  ==================================  =============================
-model                  data                                loader
-=====================  ==================================  =============================
-:class:`TabularMLP`    :func:`~evalkit.datasets.make_tabular`  :func:`load_tabular_mlp`
-:class:`SeriesCNN`     :func:`~evalkit.datasets.make_series`   :func:`load_series_cnn`
-:class:`TextEncoder`   :func:`~evalkit.datasets.make_text`     :func:`load_text_encoder`
-=====================  ==================================  =============================
+* :class:`TabularMLP` (:func:`load_tabular_mlp`) on :func:`~evalkit.datasets.make_tabular`;
+* :class:`SeriesCNN` (:func:`load_series_cnn`) on :func:`~evalkit.datasets.make_series`;
+* :class:`TextEncoder` (:func:`load_text_encoder`) on :func:`~evalkit.datasets.make_text`.
 
 Each ``*_info()`` function returns the metadata written with the weights (training data and
 seeds, held-out accuracy, versions, the weights' SHA-256).
