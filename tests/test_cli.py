@@ -279,13 +279,13 @@ def test_other_demos_run_and_write_the_report(data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("data", OTHER_DEMOS)
-def test_other_demos_rank_the_ground_truth_first_on_localisation(data):
+def test_other_demos_rank_the_ground_truth_first_on_localisation(data, tmp_path):
     config = _demo_config(data)
     config["data"]["args"]["n"] = 8
     config["leaderboard"]["n_boot"] = 50
     config["methods"] = {k: v for k, v in config["methods"].items()
                          if k in ("Random", "GroundTruth")}
-    outcome = run_config(config, store=False, report=False, progress=False,
+    outcome = run_config(config, out=tmp_path, store=False, report=False, progress=False,
                          echo=lambda *a: None)
     assert outcome["accuracy"] >= 0.85
     results = outcome["results"]
