@@ -282,11 +282,20 @@ class MetaEvaluation:
         s: Any = None,
         *,
         metric_name: str | None = None,
+        dataset: str | None = None,
+        model_name: str | None = None,
         **kwargs: Any,
     ) -> MetaEvaluationResult:
         """Meta-evaluate ``metric`` (one, or a dict ``{name: metric}`` sharing all the work)
-        on ``model`` and ``x``; Quantus names ``x_batch``, ``y_batch``, ``s_batch`` work too."""
+        on ``model`` and ``x``; Quantus names ``x_batch``, ``y_batch``, ``s_batch`` work too.
+
+        ``dataset`` and ``model_name`` label the result's ``dataset`` and ``model`` columns
+        (default: the shape of ``x`` and the model's class name)."""
         x, y, s = _aliases(x, y, s, kwargs)
+        if dataset is None:
+            dataset = "x" + str(tuple(getattr(x, "shape", (len(x),))))
+        if model_name is None:
+            model_name = type(model).__name__
         metrics = _as_metrics(metric, metric_name)
         state = self.prepare(model, x, y, s)
         unperturbed = self.run_unperturbed(state, metrics)
@@ -296,7 +305,8 @@ class MetaEvaluation:
                 for k in range(self.nr_perturbations):
                     units[(test.name, t, k)] = self.run_perturbation(
                         state, metrics, test, t, k, unperturbed=unperturbed)
-        block = self.assemble(metrics, state, unperturbed, units)
+        block = self.assemble(metrics, state, unperturbed, units, dataset=str(dataset),
+                              model=str(model_name))
         result = MetaEvaluationResult([block], config=self.config(), undefined=self.undefined)
         self.result_ = result
         return result
