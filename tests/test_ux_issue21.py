@@ -52,3 +52,37 @@ def test_significance_reports_direction_and_test_separately():
     assert sig["better"] and not sig["worse"]
     lower = me.reliability_report(frame, higher_is_better=False, n_boot=10).significance.iloc[0]
     assert lower["direction"] == "worse" and lower["worse"] and not lower["better"]
+
+
+# ---------------------------------------------------------------------- leaderboards (item 1)
+def _incomplete_results():
+    # A has no score on its three hardest samples; B scores every sample (higher is better)
+    nan = np.nan
+    return ek.Results.from_scores({"A": {"m": [0.9, 0.8, nan, nan, nan]},
+                                   "B": {"m": [0.85, 0.75, 0.1, 0.1, 0.1]}},
+                                  higher_is_better={"m": True})
+
+
+@pytest.mark.parametrize("mode", ["rank_then_aggregate", "aggregate_then_rank"])
+def test_an_incomplete_method_does_not_improve_by_missing_its_hard_samples(mode):
+    board = _incomplete_results().leaderboard(mode=mode, n_boot=20)
+    assert list(board.table.index) == ["B", "A"]
+    if mode == "rank_then_aggregate":  # A is last on the three samples it has no score on
+        assert board.ranks.loc["A", "m"] == pytest.approx((1 + 1 + 2 + 2 + 2) / 5)
+    long = board.long.set_index("method")
+    assert long.loc["A", "n_valid"] == 2 and long.loc["B", "n_valid"] == 5
+    assert (long["n_total"] == 5).all()
+    assert board.coverage.loc["A", "m"] == 2
+    # complete cases, the former only behaviour, is an explicit choice
+    common = _incomplete_results().leaderboard(mode=mode, n_boot=0, incomplete="common")
+    assert list(common.table.index) == ["A", "B"]
+    with pytest.raises(ValueError, match="incomplete"):
+        _incomplete_results().leaderboard(incomplete="drop")
+
+
+def test_every_leaderboard_cell_shows_its_coverage():
+    board = _incomplete_results().leaderboard(n_boot=0)
+    md = board.to_markdown()
+    assert "(1.6, 2/5)" in md and "(1.4, 5/5)" in md
+    assert "coverage (samples with a score / samples)" in md
+    assert "2/5" in board.to_latex() and "2/5" in board.to_html()
