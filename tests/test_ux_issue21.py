@@ -86,3 +86,80 @@ def test_every_leaderboard_cell_shows_its_coverage():
     assert "(1.6, 2/5)" in md and "(1.4, 5/5)" in md
     assert "coverage (samples with a score / samples)" in md
     assert "2/5" in board.to_latex() and "2/5" in board.to_html()
+
+
+# ---------------------------------------------------------------------- CLI (items 3 and 4)
+def _toml(tmp_path, text, name="c.toml"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+_GOOD = """
+[run]
+seed = 0
+[data]
+n = 4
+[methods.Sobel]
+[metrics.Sparseness]
+"""
+
+
+def _no_work(monkeypatch):
+    import evalkit.cli as cli
+
+    def fail(*a, **k):
+        raise AssertionError("work started before the configuration was validated")
+
+    monkeypatch.setattr(cli, "_load_data", fail)
+    monkeypatch.setattr(cli, "_load_model", fail)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (_GOOD.replace("[run]", "[runn]"), "Unknown section [runn]. Did you mean [run]?"),
+    (_GOOD.replace("seed = 0", "sed = 0"), "[run] has no key 'sed'. Did you mean 'seed'?"),
+    (_GOOD + '[leaderboard]\nmod = "aggregate_then_rank"\n',
+     "[leaderboard] has no key 'mod'. Did you mean 'mode'?"),
+    (_GOOD.replace("n = 4", "n = 4\nsede = 1"), "Did you mean 'seed'?"),
+    (_GOOD.replace("[metrics.Sparseness]", "[metrics.Sparsenes]"),
+     "No metric named 'Sparsenes'. Did you mean Sparseness?"),
+    (_GOOD + "[metrics.PixelFlipping]\nfeatures_in_stp = 8\n",
+     "Did you mean 'features_in_step' for 'features_in_stp'?"),
+    (_GOOD.replace("[methods.Sobel]", "[methods.Sobl]"), "Did you mean Sobel?"),
+    (_GOOD + '[report]\nplots = ["radr"]\n', "Did you mean 'radar'?"),
+])
+def test_config_mistakes_are_one_line_errors_before_any_work(tmp_path, monkeypatch, capsys,
+                                                             text, expected):
+    _no_work(monkeypatch)
+    from evalkit.cli import main
+
+    assert main(["run", _toml(tmp_path, text), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "--debug" in err
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    _no_work(monkeypatch)
+    from evalkit.cli import main
+
+    path = _toml(tmp_path, _GOOD.replace("[metrics.Sparseness]", "[metrics.Sparsenes]"))
+    assert main(["run", path, "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+    assert main(["--debug", "run", path]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_failed_cells_exit_non_zero_unless_allowed(tmp_path, capsys):
+    from evalkit.cli import main
+
+    # the ground-truth mask of a perturbed input is unknown: MaxSensitivity cannot run on it
+    path = _toml(tmp_path, _GOOD.replace("[methods.Sobel]", "[methods.Sobel]\n"
+                                         "[methods.GroundTruth]")
+                 + "[metrics.MaxSensitivity]\nnr_samples = 2\n")
+    args = ["run", path, "--no-progress", "--no-report", "--no-store"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "1 of 4 cells could not be computed" in captured.out
+    assert "1 of 4 cells failed" in captured.err and "--allow-failures" in captured.err
+    assert main([*args, "--allow-failures"]) == 0
