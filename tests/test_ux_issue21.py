@@ -163,3 +163,77 @@ def test_failed_cells_exit_non_zero_unless_allowed(tmp_path, capsys):
     assert "1 of 4 cells could not be computed" in captured.out
     assert "1 of 4 cells failed" in captured.err and "--allow-failures" in captured.err
     assert main([*args, "--allow-failures"]) == 0
+
+
+# ---------------------------------------------------------------------- messages (item 3)
+def test_sentence_helpers():
+    from evalkit._text import end_sentence, join_sentences, malformed_punctuation
+
+    assert end_sentence("pass `s` to evaluate()") == "pass `s` to evaluate()."
+    assert end_sentence("(pass `modality=` if that is wrong.)") == \
+        "(pass `modality=` if that is wrong.)"
+    assert end_sentence("shape (N, ...)") == "shape (N, ...)."
+    assert join_sentences("2 cells failed", "A x m: it is wrong.)", None, "See `errors`") == \
+        "2 cells failed. A x m: it is wrong.) See `errors`."
+    assert malformed_punctuation("wrong.). See") == [".)."]
+    assert malformed_punctuation("done.. See") == [".."]
+    assert malformed_punctuation("shape (N, ...). See e.g. v0.6.0.") == []
+
+
+def _messages_from_bad_calls(shapes) -> list[str]:
+    """What a user reads: exceptions of the validation layer, cell errors and the warnings of
+    evaluate() that embed them."""
+    import warnings
+
+    import torch
+
+    data, model = shapes
+    x, y = data.x[:4], data.y[:4]
+    messages = []
+    bad_calls = [
+        lambda: ek.metrics.PixelFlipping()(model, x[0], y, None),               # rank of x
+        lambda: ek.metrics.PixelFlipping()(model, x, y[:2], np.ones((4, 1, 32, 32))),
+        lambda: ek.metrics.PixelFlipping()(model, x, y, np.ones((4, 1, 8, 8))),
+        lambda: ek.metrics.RelevanceRankAccuracy()(model, x, y, np.ones((4, 1, 32, 32))),
+        lambda: ek.metrics.PixelFlipping(features_in_stp=3),
+        lambda: ek.metrics.ROAD()(model, np.random.rand(4, 5).astype("float32"), y,
+                                  np.ones((4, 5))),
+        lambda: ek.metrics.get("PixelFliping"),
+        lambda: ek.explain(model, x, y, method="Salency"),
+        lambda: ek.explain(model, x, y, method="GradCAM", layer="nope"),
+        lambda: ek.metrics.PixelFlipping()(model, np.full((4, 3, 32, 32), np.nan, "float32"),
+                                           y, np.ones((4, 1, 32, 32))),
+        lambda: ek.evaluate({"PF": ek.metrics.PixelFlipping()}, {"A": np.ones((3, 1, 32, 32))},
+                            model, x, y, progress=False),
+    ]
+    for call in bad_calls:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                call()
+            except Exception as exc:  # noqa: BLE001 - every message is scanned
+                messages.append(exc.args[0] if isinstance(exc, KeyError) else str(exc))
+            else:
+                raise AssertionError(f"{call} did not raise")
+    tabular = torch.nn.Sequential(torch.nn.Linear(5, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = ek.evaluate(
+            {"IROF": ek.metrics.IROF(), "MaxSensitivity": ek.metrics.MaxSensitivity(nr_samples=2),
+             "Sparseness": ek.metrics.Sparseness()},
+            {"Pre": np.random.default_rng(0).random((4, 5)), "GroundTruth": {}},
+            tabular, np.random.default_rng(1).random((4, 5)).astype("float32"), y,
+            progress=False)
+    messages += [str(w.message) for w in caught]
+    messages += [str(e) for e in results.errors.values()]
+    assert len(results.errors) >= 3
+    return messages
+
+
+def test_user_facing_messages_end_each_sentence_once(shapes):
+    from evalkit._text import malformed_punctuation
+
+    messages = _messages_from_bad_calls(shapes)
+    assert any("is wrong.)" in m for m in messages)  # the message that gave ".)." before
+    bad = {m: malformed_punctuation(m) for m in messages if malformed_punctuation(m)}
+    assert not bad, bad
