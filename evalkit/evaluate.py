@@ -641,6 +641,7 @@ class Evaluation:
             extra={"chunk_size": self.chunk_size,
                    "data_fingerprint": data_fingerprint(self.x, self.y, self.s),
                    "model_fingerprint": self.model_fingerprint},
+            source=self,  # what plot("explanations") needs: model, x, y, s and the methods
         )
 
     # ------------------------------------------------------------------ running

@@ -196,8 +196,8 @@ def _messages_from_bad_calls(shapes) -> list[str]:
         lambda: ek.metrics.PixelFlipping()(model, x, y, np.ones((4, 1, 8, 8))),
         lambda: ek.metrics.RelevanceRankAccuracy()(model, x, y, np.ones((4, 1, 32, 32))),
         lambda: ek.metrics.PixelFlipping(features_in_stp=3),
-        lambda: ek.metrics.ROAD()(model, np.random.rand(4, 5).astype("float32"), y,
-                                  np.ones((4, 5))),
+        lambda: ek.metrics.ROAD()(model, np.random.default_rng(2).random((4, 5)).astype(
+            "float32"), y, np.ones((4, 5))),
         lambda: ek.metrics.get("PixelFliping"),
         lambda: ek.explain(model, x, y, method="Salency"),
         lambda: ek.explain(model, x, y, method="GradCAM", layer="nope"),
@@ -211,7 +211,7 @@ def _messages_from_bad_calls(shapes) -> list[str]:
             warnings.simplefilter("ignore")
             try:
                 call()
-            except Exception as exc:  # noqa: BLE001 - every message is scanned
+            except Exception as exc:  # every message is scanned
                 messages.append(exc.args[0] if isinstance(exc, KeyError) else str(exc))
             else:
                 raise AssertionError(f"{call} did not raise")
@@ -237,3 +237,23 @@ def test_user_facing_messages_end_each_sentence_once(shapes):
     assert any("is wrong.)" in m for m in messages)  # the message that gave ".)." before
     bad = {m: malformed_punctuation(m) for m in messages if malformed_punctuation(m)}
     assert not bad, bad
+
+
+# ---------------------------------------------------------------------- docs (item 5)
+def test_plot_explanations_after_evaluate_needs_no_arrays(shapes):
+    from evalkit.evaluate import explain_methods
+
+    data, model = shapes
+    results = ek.evaluate({"PF": ek.metrics.PixelFlipping(features_in_step=256)},
+                          {"Saliency": {}, "Random": {}}, model, data.x, data.y,
+                          progress=False, chunk_size=4)
+    fig = results.plot("explanations")
+    assert len(fig.axes) == 4 * 3  # four samples: the input and two methods
+    fig = results.plot("explanations", samples=[4, 5], methods=["Random"])
+    assert len(fig.axes) == 2 * 2
+    # the maps shown are those scored: same seeds as explain_methods / evaluate
+    shown = results.source.explain("Random", np.array([4, 5]))[[4, 5]].numpy()
+    np.testing.assert_array_equal(shown, explain_methods({"Random": {}}, model, data.x,
+                                                         data.y)["Random"][[4, 5]])
+    with pytest.raises(ValueError, match="needs the images"):
+        ek.Results.from_scores({"A": {"m": [1.0]}}).plot("explanations")
