@@ -380,7 +380,7 @@ class Leaderboard:
         n_samples = sorted(set(self.long["n_samples"]))
         n_text = (f"{n_samples[0]}" if len(n_samples) == 1
                   else f"{n_samples[0]}-{n_samples[-1]}")
-        over = (f"each method's scored samples (of {self.results.n})"
+        over = (f"each method's scored samples of {self.results.n}"
                 if self.incomplete == "worst" else f"the {n_text} samples every method scores")
         if self.rescale is not None:
             score_text = (f"mean scores over {over}, rescaled per metric so that "
