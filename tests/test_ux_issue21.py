@@ -257,3 +257,128 @@ def test_plot_explanations_after_evaluate_needs_no_arrays(shapes):
                                                          data.y)["Random"][[4, 5]])
     with pytest.raises(ValueError, match="needs the images"):
         ek.Results.from_scores({"A": {"m": [1.0]}}).plot("explanations")
+
+
+# ---------------------------------------------------------------------- cost and progress (item 2)
+class _Stop(Exception):
+    pass
+
+
+class _StopsOnPerturbations:
+    """A model that answers for the inputs themselves (2 rows) and stops at the first batch of
+    perturbed copies: the test only needs what happens before the work."""
+
+    def __init__(self):
+        import torch
+
+        self.module = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                          torch.nn.Linear(3, 4))
+
+    def __call__(self, x):
+        if x.shape[0] > 2:
+            raise _Stop
+        return self.module(x)
+
+
+def _big_images():
+    return np.random.default_rng(0).random((2, 3, 224, 224)).astype("float32"), np.array([0, 1])
+
+
+def test_metric_estimates_its_forward_rows():
+    est = ek.metrics.PixelFlipping().estimated_forward_rows((2, 3, 224, 224))
+    assert est.per_sample == 224 * 224 + 1 and est.setting == "features_in_step"
+    assert ek.metrics.PixelFlipping(features_in_step=224).estimated_forward_rows(
+        (2, 3, 224, 224)).per_sample == 225
+    assert ek.metrics.MaxSensitivity(nr_samples=10).estimated_forward_rows(
+        (2, 3, 32, 32)).setting == "nr_samples"
+    assert ek.metrics.Sparseness().estimated_forward_rows((2, 3, 32, 32)) is None  # no model
+
+
+def test_a_costly_metric_call_warns_before_any_work_naming_the_setting():
+    import warnings
+
+    from evalkit._progress import CostWarning
+
+    x, y = _big_images()
+    model = _StopsOnPerturbations()
+    with pytest.warns(CostWarning, match=r"PixelFlipping: about 50,177 forward rows per sample "
+                      r"at features_in_step=1 .* 100,354 in all.*features_in_step`, e.g. 196"), \
+            pytest.raises(_Stop):
+        ek.metrics.PixelFlipping()(_Wrapped(model), x, y, np.ones((2, 1, 224, 224)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CostWarning)  # a cheap setting does not warn
+        with pytest.raises(_Stop):
+            ek.metrics.PixelFlipping(features_in_step=224)(_Wrapped(model), x, y,
+                                                           np.ones((2, 1, 224, 224)))
+        with pytest.raises(_Stop):  # nor does a metric with its warnings off
+            ek.metrics.PixelFlipping(disable_warnings=True)(_Wrapped(model), x, y,
+                                                            np.ones((2, 1, 224, 224)))
+
+
+def _Wrapped(model):
+    """``model`` as a torch module (evalkit runs torch models as given)."""
+    import torch
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model.module
+
+        def forward(self, x):
+            return model(x)
+
+    return Wrapped().eval()
+
+
+def test_evaluate_warns_once_per_costly_metric_before_the_run():
+    import warnings
+
+    from evalkit._progress import CostWarning
+
+    x, y = _big_images()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = ek.evaluate({"PF": ek.metrics.PixelFlipping(),
+                               "cheap": ek.metrics.PixelFlipping(features_in_step=224)},
+                              {"A": np.ones((2, 1, 224, 224)), "B": np.ones((2, 1, 224, 224))},
+                              _Wrapped(_StopsOnPerturbations()), x, y, progress=False)
+    cost = [str(w.message) for w in caught if issubclass(w.category, CostWarning)]
+    assert len(cost) == 1 and cost[0].startswith("PF (PixelFlipping): about 50,177")
+    assert "200,708 in all for 2 methods" in cost[0]
+    assert ("A", "PF") in results.errors  # stopped by the stand-in model
+
+
+def test_progress_is_shown_where_the_run_is_interactive(monkeypatch, capsys, shapes):
+    from evalkit import _progress
+
+    data, model = shapes
+    monkeypatch.setattr(_progress, "interactive", lambda: False)
+    assert _progress.resolve(None) is False and _progress.resolve(True) is True
+    ek.evaluate({"S": ek.metrics.Sparseness()}, {"Sobel": {}}, model, data.x, data.y)
+    assert "unit" not in capsys.readouterr().err
+    monkeypatch.setattr(_progress, "interactive", lambda: True)
+    assert _progress.resolve(None) is True and _progress.resolve(False) is False
+    ek.evaluate({"S": ek.metrics.Sparseness()}, {"Sobel": {}}, model, data.x, data.y)
+    assert "unit" in capsys.readouterr().err
+    run = me.MetaEvaluation(me.default_suite(), {"Sobel": {}}, iterations=1,
+                            nr_perturbations=1, seed=0)
+    assert run.progress
+    run({"Sparseness": ek.metrics.Sparseness()}, model, data.x[:4], data.y[:4])
+    err = capsys.readouterr().err
+    assert "metaeval" in err and "[metaeval] unperturbed" in err
+
+
+def test_metaevaluation_warns_once_before_any_work():
+    import warnings
+
+    from evalkit._progress import CostWarning
+
+    x, y = _big_images()
+    run = me.MetaEvaluation(me.default_suite(), {"Sobel": {}}, iterations=1,
+                            nr_perturbations=1, seed=0, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(_Stop):
+            run({"PF": ek.metrics.PixelFlipping()}, _Wrapped(_StopsOnPerturbations()), x, y)
+    cost = [str(w.message) for w in caught if issubclass(w.category, CostWarning)]
+    assert len(cost) == 1 and "over 5 units x 1 methods" in cost[0]
