@@ -199,6 +199,12 @@ class Results:
         self.store = store
         self.extra = dict(extra or {})
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a pickled Results carries its numbers, not the model and data of its evaluation
+        state = dict(self.__dict__)
+        state["source"] = None
+        return state
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_scores(

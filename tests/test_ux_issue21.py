@@ -257,6 +257,11 @@ def test_plot_explanations_after_evaluate_needs_no_arrays(shapes):
                                                          data.y)["Random"][[4, 5]])
     with pytest.raises(ValueError, match="needs the images"):
         ek.Results.from_scores({"A": {"m": [1.0]}}).plot("explanations")
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(results))  # the numbers, not the model and data
+    assert copy.source is None and np.array_equal(copy.scores["Random", "PF"],
+                                                  results.scores["Random", "PF"])
 
 
 # ---------------------------------------------------------------------- cost and progress (item 2)
