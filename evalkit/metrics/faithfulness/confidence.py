@@ -34,6 +34,11 @@ class _ConfidenceChange(Metric):
     the image before its normalisation, as the Grad-CAM++ figures do). A constant attribution
     cannot be normalised: NaN with a reason. Each metric returns the per-sample quantity whose
     mean over samples is the published number.
+
+    Defined for numeric inputs only (images, series, tables): the map *multiplies* the input,
+    a soft mask rather than a removal, and a weighted mix of token ids is no id (the removal
+    metrics, e.g. :class:`~evalkit.metrics.faithfulness.ERASERComprehensiveness`, score token
+    rationales).
     """
 
     family = "faithfulness"
