@@ -17,6 +17,8 @@ from torch import nn
 
 from evalkit.metrics import (
     AverageDrop,
+    AverageGain,
+    AverageIncrease,
     Deletion,
     FaithfulnessCorrelation,
     FaithfulnessEstimate,
@@ -167,10 +169,37 @@ def test_monotonicity_and_random_subset_metrics_run_on_ids():
     (Insertion(), "a blurred canvas of ids is no input"),
     (Infidelity(), "additive noise on ids"),
     (Infidelity(perturb_func="patches"), "I = x - x_k is a difference of ids"),
-    (AverageDrop(), "x * e multiplies ids by a map"),
+    (AverageDrop(threshold_percentile=50, perturb_baseline="uniform"),
+     "random values are no ids"),
 ])
 def test_metrics_whose_replacement_is_not_defined_for_ids_refuse_them(metric, why):
     x, y, a = planted_batch()
     assert "tokens" not in metric.modalities, why
     with pytest.raises(ValueError, match=f"{type(metric).__name__} does not apply to tokens"):
         metric(Planted(), x, y, a)
+
+
+def test_confidence_metrics_on_ids_need_a_binary_map():
+    x, y, a = planted_batch()
+    model = Planted()
+    # a continuous map would mix ids: refused with the option to pass
+    for metric in (AverageDrop(), AverageIncrease(), AverageGain()):
+        assert "tokens" not in metric.modalities
+        with pytest.raises(ValueError, match="pass `threshold_percentile=`"):
+            metric(model, x, y, a)
+    # the 90th percentile of 10 values lies between the two largest: only the top token is
+    # kept, every other one becomes the id 0 (the default baseline)
+    keep_top = AverageDrop(threshold_percentile=90)
+    assert "tokens" in keep_top.modalities
+    assert np.allclose(keep_top(model, x, y, a), 0.0)  # the planted token kept: no drop
+    drop = (P_PLANTED - P_GONE) / P_PLANTED
+    assert np.allclose(keep_top(model, x, y, 1.0 - a), drop)  # the reversed map drops it
+    # invert=True removes the top token instead
+    assert np.allclose(AverageDrop(threshold_percentile=90, invert=True)(model, x, y, a), drop)
+    assert np.allclose(AverageIncrease(threshold_percentile=90)(model, x, y, a), 0.0)
+    # the mask token of the modality for a named baseline: the planted id keeps p unchanged
+    # for the kept token, and every replaced token adds one more planted token
+    named = AverageGain(threshold_percentile=90, perturb_baseline="black")
+    got = named(model, x, y, a, modality=TokensModality(mask_token_id=PLANTED))
+    p_all = 1 / (1 + math.exp(-W * LENGTH))
+    assert np.allclose(got, (p_all - P_PLANTED) / (1 - P_PLANTED))
