@@ -72,6 +72,15 @@ NON_DEFAULT.update({
     "IROF(perturb_baseline=0)": cheap_metric("IROF", perturb_baseline=0.0),
 })
 
+# token ids: a canvas of mask tokens makes Insertion a token metric (the blurred one is not),
+# a binary map the confidence metrics (a removal of the tokens below the percentile)
+NON_DEFAULT.update({
+    "Insertion(perturb_baseline='black')": cheap_metric("Insertion", perturb_baseline="black"),
+    "AverageDrop(threshold_percentile=50)": cheap_metric("AverageDrop", threshold_percentile=50),
+    "AverageGain(threshold_percentile=50, invert=True)": cheap_metric(
+        "AverageGain", threshold_percentile=50, invert=True),
+})
+
 
 #: (metric id, check, the library bug it shows) for bugs not fixed yet, each a strict xfail
 #: (fixed so far: instance metadata, ROAD(noise=0) and random axiomatic baselines' stochastic

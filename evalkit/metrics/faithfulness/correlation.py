@@ -33,6 +33,11 @@ from ._common import (
     set_curves,
     valid_samples,
 )
+from .rationales import removal_modalities
+
+#: the modalities of a metric whose default replacement is deterministic (token ids: the mask
+#: token; see :func:`~evalkit.metrics.faithfulness.rationales.removal_modalities`)
+_EVERY_MODALITY = ("image", "series", "tabular", "tokens")
 
 
 class SensitivityN(RanksFeatures):
@@ -77,6 +82,7 @@ class SensitivityN(RanksFeatures):
     stochastic = True
     paper = ("Ancona et al., Towards better understanding of gradient-based attribution "
              "methods for Deep Neural Networks, ICLR 2018")
+    modalities = _EVERY_MODALITY
 
     def __init__(self, features_in_step: int = 1, n_max_percentage: float = 0.8,
                  perturb_baseline: Any = "black", *, subsets: str = "random",
@@ -96,8 +102,9 @@ class SensitivityN(RanksFeatures):
         self._grouping = make_grouping(grouping)
         self._imputer = make_imputer(perturb_baseline)
 
-    def _derived_metadata(self) -> dict[str, bool]:
-        return {"set_level": self.subsets == "morf"}
+    def _derived_metadata(self) -> dict[str, Any]:
+        return {"set_level": self.subsets == "morf",
+                "modalities": removal_modalities(self._imputer)}
 
     def _random_sources(self) -> dict[str, Any]:
         return {"random subsets": self.subsets == "random", "baseline": self._imputer}
@@ -235,6 +242,7 @@ class FaithfulnessCorrelation(Metric):
     stochastic = True
     paper = ("Bhatt, Weller & Moura, Evaluating and Aggregating Feature-based Model "
              "Explanations, IJCAI 2020")
+    modalities = _EVERY_MODALITY
 
     def __init__(self, nr_runs: int = 100, subset_size: int = 224,
                  perturb_baseline: Any = "black", *, similarity_func: Any = "pearson",
@@ -248,6 +256,9 @@ class FaithfulnessCorrelation(Metric):
         self._grouping = make_grouping(grouping)
         self._imputer = make_imputer(perturb_baseline)
         self.subsets_: np.ndarray | None = None
+
+    def _derived_metadata(self) -> dict[str, Any]:
+        return {"modalities": removal_modalities(self._imputer)}
 
     def _random_sources(self) -> dict[str, Any]:
         return {"random subsets": True, "baseline": self._imputer}
@@ -321,6 +332,7 @@ class FaithfulnessEstimate(RanksFeatures):
     higher_is_better = True
     paper = ("Alvarez-Melis & Jaakkola, Towards Robust Interpretability with Self-Explaining "
              "Neural Networks, NeurIPS 2018")
+    modalities = _EVERY_MODALITY
 
     def __init__(self, features_in_step: int = 1, perturb_baseline: Any = "black", *,
                  similarity_func: Any = "pearson", grouping: Any = "pixels",
@@ -333,6 +345,9 @@ class FaithfulnessEstimate(RanksFeatures):
         self.grouping = grouping
         self._grouping = make_grouping(grouping)
         self._imputer = make_imputer(perturb_baseline)
+
+    def _derived_metadata(self) -> dict[str, Any]:
+        return {"modalities": removal_modalities(self._imputer)}
 
     def _random_sources(self) -> dict[str, Any]:
         return {"baseline": self._imputer}
@@ -400,6 +415,11 @@ class MonotonicityCorrelation(RanksFeatures):
         self.grouping = grouping
         self._grouping = make_grouping(grouping)
         self._imputer = make_imputer(perturb_baseline)
+
+    def _derived_metadata(self) -> dict[str, Any]:
+        # the default uniform draws are no token ids; a deterministic baseline (the mask
+        # token) is
+        return {"modalities": removal_modalities(self._imputer)}
 
     def _random_sources(self) -> dict[str, Any]:
         return {"baseline": self._imputer}
