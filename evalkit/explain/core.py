@@ -173,9 +173,24 @@ def get_explainer(method: str) -> Explainer:
     return explainer_info(method).fn
 
 
+def _quantus_inputs(x: Any, y: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """Accept Quantus' keyword names ``inputs`` and ``targets`` for ``x`` and ``y``."""
+    for alias, name, value in (("inputs", "x", x), ("targets", "y", y)):
+        if alias in kwargs:
+            if value is not None:
+                raise TypeError(f"Got both `{name}` and its Quantus alias `{alias}`.")
+            if alias == "inputs":
+                x = kwargs.pop(alias)
+            else:
+                y = kwargs.pop(alias)
+    if x is None:
+        raise TypeError("explain() missing the inputs `x` (Quantus' `inputs`).")
+    return x, y
+
+
 def explain(
     model: Any,
-    x: Any,
+    x: Any = None,
     y: Any = None,
     method: str = "Saliency",
     *,
@@ -193,6 +208,7 @@ def explain(
         ``torch.nn.Module``, callable or :class:`~evalkit.models.ModelWrapper`.
     x:
         A batch, (N, C, H, W) images, (N, C, T) series or (N, D) tabular rows; NumPy or torch.
+        Quantus' keywords ``inputs=`` and ``targets=`` are accepted for ``x`` and ``y``.
     y:
         One label per sample for the wrapper's target (class indices by default).
     method:
@@ -228,6 +244,7 @@ def explain(
     Gradients are taken with ``torch.autograd.grad`` with respect to inputs or activations
     only: the ``.grad`` of the model's parameters is never written.
     """
+    x, y = _quantus_inputs(x, y, kwargs)
     check_option("reduce_channels", reduce_channels, _REDUCTIONS)
     info = explainer_info(method)
     wrapper = wrap_model(model, softmax=softmax, target=target)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import _rng
+from .. import _quantus_compat, _rng
 from .._validation import (
     EvalkitWarning,
     UndefinedScoreWarning,
@@ -363,6 +363,7 @@ class Metric:
         aggregate_func = quantus_kwargs.pop("aggregate_func", None)
         display_progressbar = quantus_kwargs.pop("display_progressbar", None)
         normalise_func_kwargs = quantus_kwargs.pop("normalise_func_kwargs", None)
+        self._pop_default_perturb_func(quantus_kwargs)
         if quantus_kwargs:
             raise TypeError(
                 f"{type(self).__name__} got unexpected keyword arguments {sorted(quantus_kwargs)}; "
@@ -373,6 +374,8 @@ class Metric:
                             "per sample; pass a callable as `normalise_func` instead.")
         if return_aggregate:
             aggregate = aggregate or aggregate_func or np.mean
+        # Quantus returns the aggregate in a one-element list; evalkit's `aggregate=` a 0-d array
+        self._aggregate_as_list = bool(return_aggregate)
         if display_progressbar is not None:
             progress = bool(display_progressbar)
         self.abs = self.default_abs if abs is None else check_bool("abs", abs)
@@ -400,6 +403,31 @@ class Metric:
         self.diagnostics_: dict[str, Any] = {}
         self.per_sample_diagnostics_: frozenset[str] = frozenset()
         self.unstored_diagnostics_: frozenset[str] = frozenset()
+
+    @classmethod
+    def _pop_default_perturb_func(cls, quantus_kwargs: dict[str, Any]) -> None:
+        """Accept Quantus' ``perturb_func`` where it names what this metric already does:
+        baseline replacement by indices on metrics that replace features by
+        ``perturb_baseline``, noisy linear imputation on metrics with an ``imputer``. Any other
+        perturbation function stays an unexpected keyword (a TypeError)."""
+        if "perturb_func" not in quantus_kwargs:
+            return
+        name = _quantus_compat.function_name(quantus_kwargs["perturb_func"])
+        params = cls._param_names()
+        if (name in _quantus_compat.BASELINE_REPLACEMENT and "perturb_baseline" in params) or (
+                name in _quantus_compat.IMPUTATION and "imputer" in params):
+            del quantus_kwargs["perturb_func"]
+
+    @property
+    def get_auc_score(self) -> float:
+        """Quantus' ``get_auc_score`` (a property there too): the mean over samples of the area
+        under each curve of the last call (``curves_``), by the trapezoid rule with unit
+        spacing. Undefined (NaN) samples are left out."""
+        if self.curves_ is None:
+            raise AttributeError(f"{type(self).__name__} has no curves: call a curve metric "
+                                 "first (get_auc_score reads `curves_`).")
+        areas = np.trapezoid(self.curves_, dx=1.0, axis=1)
+        return np.float64(np.nanmean(areas))
 
     # ----------------------------------------------------------------- sklearn-style protocol
     @classmethod
@@ -558,6 +586,9 @@ class Metric:
         explain_fn:
             ``f(model, x, y, **kwargs) -> attributions``: receives the ``model`` argument as
             given and ``x``/``y`` as tensors on the model's device; may return NumPy or torch.
+            A function with Quantus' parameter names ``inputs`` and ``targets`` is called as
+            Quantus calls it, ``f(model=..., inputs=..., targets=..., **kwargs)`` (with tensors;
+            wrap a function on NumPy arrays in :func:`evalkit.explain.numpy_explain_fn`).
             Default: :func:`evalkit.explain` (``method`` in ``explain_kwargs``, default
             ``"Saliency"``).
         batch_size:
@@ -592,7 +623,10 @@ class Metric:
         scores = self._evaluate(batch)
         result = self._finalise(batch, scores)
         if self.aggregate is not None:
-            return np.asarray(self.aggregate(result))
+            aggregated = np.asarray(self.aggregate(result))
+            if getattr(self, "_aggregate_as_list", False):
+                return aggregated.reshape(1)  # Quantus' return_aggregate=True: [aggregate]
+            return aggregated
         return result
 
     def _resolve_call_aliases(self, x, y, a, s, explain_fn, explain_kwargs, kwargs):
@@ -745,11 +779,15 @@ class Metric:
             size = batch.model.resolve_batch_size(x, batch.batch_size)
         else:
             size = batch.batch_size if batch.batch_size is not None else len(x)
+        quantus_style = _quantus_compat.is_quantus_explain_func(fn)
         parts = []
         for start in range(0, x.shape[0], size):
             xs = x[start : start + size]
             ys = None if y is None else y[start : start + size]
-            out = fn(model_arg, xs, ys, **kwargs)
+            if quantus_style:  # Quantus' keyword call
+                out = fn(model=model_arg, inputs=xs, targets=ys, **kwargs)
+            else:
+                out = fn(model_arg, xs, ys, **kwargs)
             parts.append(as_tensor(out, "explanation", device=x.device))
         return torch.cat(parts, 0) if len(parts) > 1 else parts[0]
 

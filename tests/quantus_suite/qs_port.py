@@ -1,0 +1,70 @@
+"""The shared machinery of the ported Quantus 0.6 metric tests (no Quantus import).
+
+Quantus' tests parametrise ``(model, data, params, expected)`` with lazy fixtures; here a case
+names its fixtures by string and :func:`resolve` fetches them. ``params`` keeps Quantus'
+layout: ``init`` (constructor keywords), ``call`` (call keywords), ``a_batch_generate``.
+Options Quantus passes as functions are given by their Quantus names (strings): evalkit
+resolves ``similarity_func``, ``normalise_func`` and the default ``perturb_func`` names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import evalkit as ek
+
+#: Quantus' ``quantus.explain``: evalkit's explain accepts its ``inputs=``/``targets=`` keywords
+explain = ek.explain
+
+
+def case(model: str | None, data: str, params: dict, expected: Any, *,
+         deviation: str | None = None, fixture: str | None = None, skip: str | None = None,
+         id: str | None = None) -> Any:
+    """One ported case. ``deviation``: a strict xfail naming the documented deviation
+    (``"C12: ..."``); ``fixture``: a strict xfail where an assertion about the trained model's
+    values fails on the stand-in fixtures (README.md, "Fixture-dependent cases");
+    ``skip``: why the case cannot run on evalkit."""
+    marks = []
+    if deviation is not None:
+        marks.append(pytest.mark.xfail(reason=f"deviation {deviation}", strict=True))
+    if fixture is not None:
+        marks.append(pytest.mark.xfail(reason=f"fixture: {fixture}", strict=True))
+    if skip is not None:
+        marks.append(pytest.mark.skip(reason=skip))
+    return pytest.param(model, data, params, expected, marks=marks, id=id)
+
+
+def resolve(request: pytest.FixtureRequest, model: str | None, data: str) -> tuple[Any, dict]:
+    """The model and the data dict of a case, from their fixture names."""
+    model_obj = None if model is None else request.getfixturevalue(model)
+    return model_obj, dict(request.getfixturevalue(data))
+
+
+def attributions(model: Any, data: dict, params: dict) -> Any:
+    """``a_batch`` as Quantus' tests build it: explained with the call's ``explain_func`` when
+    ``a_batch_generate`` (default True), else the data's own ``a_batch`` (or None)."""
+    call = params.get("call", {})
+    if params.get("a_batch_generate", True):
+        func = call["explain_func"]
+        return func(model=model, inputs=data["x_batch"], targets=data["y_batch"],
+                    **call.get("explain_func_kwargs", {}))
+    return data.get("a_batch")
+
+
+def run(metric_cls: type, model: Any, data: dict, a_batch: Any, params: dict,
+        **extra: Any) -> tuple[Any, Any]:
+    """Build the metric from ``params["init"]`` and call it Quantus' way; returns
+    ``(metric, scores)``."""
+    metric = metric_cls(**params.get("init", {}))
+    scores = metric(model=model, x_batch=data["x_batch"], y_batch=data["y_batch"],
+                    a_batch=a_batch, **params.get("call", {}), **extra)
+    return metric, scores
+
+
+def within(values: Any, low: float, high: float) -> bool:
+    """Every value in [low, high] (Quantus' range assertions)."""
+    arr = np.asarray(values, dtype=float)
+    return bool(np.all((arr >= low) & (arr <= high)))
