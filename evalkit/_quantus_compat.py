@@ -10,11 +10,12 @@ string of its name are the same choice.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BASELINE_REPLACEMENT", "IMPUTATION", "function_name", "is_quantus_explain_func",
-           "similarity_name"]
+__all__ = ["BASELINE_REPLACEMENT", "IMPUTATION", "MissingInputsError", "function_name",
+           "is_quantus_explain_func", "layer_path", "similarity_name"]
 
 #: Quantus' feature replacement by a baseline value: what evalkit's removal metrics do with
 #: ``perturb_baseline=`` (Quantus' default ``perturb_func`` of those metrics)
@@ -22,6 +23,11 @@ BASELINE_REPLACEMENT = frozenset({"baseline_replacement_by_indices",
                                   "batch_baseline_replacement_by_indices"})
 #: Quantus' ROAD imputation (evalkit's ROAD default ``imputer``)
 IMPUTATION = frozenset({"noisy_linear_imputation"})
+
+
+class MissingInputsError(TypeError, ValueError):
+    """A metric called without inputs ``x``: a TypeError (a missing argument), and also the
+    ValueError Quantus raises for it, so code written for either catches it."""
 
 
 def function_name(obj: Any) -> str | None:
@@ -57,3 +63,36 @@ def similarity_name(spec: Any) -> Any:
         return similarity_info(name).name
     except ValueError:
         return spec
+
+
+_ACCESS = re.compile(
+    r"""\._modules\.get\((['"])(?P<get>[^'"]+)\1\)"""  # ._modules.get("name")
+    r"""|\._modules\[(['"])(?P<item>[^'"]+)\3\]"""  # ._modules["name"]
+    r"""|\[(?P<index>-?\d+)\]"""  # [i]
+    r"""|\.(?P<attr>[A-Za-z_]\w*)"""  # .name
+)
+
+
+def layer_path(spec: str) -> str:
+    """Quantus' ``gc_layer`` strings are Python expressions it ``eval``s, e.g.
+    ``'model._modules.get("conv_2")'`` or ``"model.layer4[-1]"``; evalkit never evaluates
+    code, so the usual forms (``model`` followed by ``._modules.get("name")``,
+    ``._modules["name"]``, ``.name`` and ``[i]``) are read as the layer path they name
+    (``"conv_2"``, ``"layer4[-1]"``). Anything else is returned unchanged (a layer name)."""
+    text = spec.strip()
+    if not text.startswith("model") or text == "model":
+        return spec
+    parts: list[str] = []
+    pos = len("model")
+    while pos < len(text):
+        m = _ACCESS.match(text, pos)
+        if m is None:
+            return spec
+        if m.group("index") is not None:
+            if not parts:
+                return spec
+            parts[-1] += f"[{m.group('index')}]"
+        else:
+            parts.append(m.group("get") or m.group("item") or m.group("attr"))
+        pos = m.end()
+    return ".".join(parts)

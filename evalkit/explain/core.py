@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _quantus_compat
 from .._batching import resolve_batch_size
 from .._validation import as_tensor, check_labels, check_option, is_numpy_like
 from ..modality import as_modality
@@ -348,6 +349,8 @@ def _rename_quantus_kwargs(kwargs: dict[str, Any], x: torch.Tensor) -> dict[str,
             if new in out:
                 raise TypeError(f"Pass `{new}` or Quantus' `{old}`, not both.")
             out[new] = out.pop(old)
+    if isinstance(kwargs.get("gc_layer"), str):  # 'model._modules.get("conv_2")' -> "conv_2"
+        out["layer"] = _quantus_compat.layer_path(kwargs["gc_layer"])
     if "interpolate" in out:  # Quantus' target size of layer maps: here always the input size
         size = out.pop("interpolate")
         if size is not None and tuple(int(s) for s in size) != tuple(x.shape[2:]):

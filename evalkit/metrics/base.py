@@ -617,7 +617,8 @@ class Metric:
             x, y, a, s, explain_fn, explain_kwargs, kwargs
         )
         if x is None:
-            raise TypeError(f"{type(self).__name__}() missing the inputs `x`.")
+            raise _quantus_compat.MissingInputsError(
+                f"{type(self).__name__}() missing the inputs `x`.")
         batch = self._prepare(model, x, y, a, s, explain_fn, explain_kwargs, batch_size, device,
                               extra)
         scores = self._evaluate(batch)

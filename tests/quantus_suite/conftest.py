@@ -39,13 +39,13 @@ def load_cifar10_model() -> torch.nn.Module:
 @pytest.fixture()
 def load_mnist_adaptive_lenet_model() -> torch.nn.Module:
     """The MNIST weights in the adaptive-pooling LeNet (runs on any image size)."""
-    return load(LeNet(n_channels=1, adaptive=True), "lenet_mnist_like")
+    return load(LeNet(n_channels=1, image_size=28, adaptive=True), "lenet_mnist_like")
 
 
 @pytest.fixture()
 def load_cifar10_adaptive_lenet_model() -> torch.nn.Module:
     """The CIFAR-10-sized weights in the adaptive-pooling LeNet."""
-    return load(LeNet(n_channels=3, adaptive=True), "lenet_cifar_like")
+    return load(LeNet(n_channels=3, image_size=32, adaptive=True), "lenet_cifar_like")
 
 
 @pytest.fixture(scope="session")

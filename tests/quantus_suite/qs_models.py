@@ -23,7 +23,8 @@ class LeNet(nn.Module):
 
     ``n_channels=1, image_size=28`` is the MNIST-sized model, ``n_channels=3, image_size=32``
     the CIFAR-10-sized one. ``adaptive=True`` inserts an adaptive average pool to 4x4 before
-    the classifier, so the same weights run on any image size (Quantus' LeNetAdaptivePooling).
+    the classifier to the feature size of ``image_size``, so the same weights run on any image
+    size (Quantus' LeNetAdaptivePooling).
     """
 
     def __init__(self, n_channels: int = 1, image_size: int = 28, adaptive: bool = False,
@@ -35,8 +36,8 @@ class LeNet(nn.Module):
         self.conv_2 = nn.Conv2d(6, 16, 5)
         self.pool_2 = nn.MaxPool2d(2, 2)
         self.relu_2 = nn.ReLU()
-        self.avg_pooling = nn.AdaptiveAvgPool2d((4, 4)) if adaptive else nn.Identity()
-        side = 4 if adaptive else ((image_size - 4) // 2 - 4) // 2
+        side = ((image_size - 4) // 2 - 4) // 2  # after two conv (5x5) / pool (2x2) stages
+        self.avg_pooling = nn.AdaptiveAvgPool2d((side, side)) if adaptive else nn.Identity()
         self.fc_1 = nn.Linear(16 * side * side, 120)
         self.relu_3 = nn.ReLU()
         self.fc_2 = nn.Linear(120, 84)

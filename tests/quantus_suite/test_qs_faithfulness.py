@@ -15,7 +15,6 @@ from qs_port import attributions, case, explain, resolve, run, within
 
 import evalkit as ek
 
-
 KENDALL = "C28: no Kendall tau similarity (Quantus' correlation_kendall_tau)"
 NO_NEIGHBOUR = "C9: a sample with no neighbour within the threshold is NaN, not 0"
 ABS_GRADIENT_SIGN = ("the correlation of |Gradient| with the drops is negative on some samples "
