@@ -22,13 +22,15 @@ explain = ek.explain
 
 def case(*values: Any,
          deviation: str | None = None, fixture: str | None = None, numerics: str | None = None,
-         skip: str | None = None,
+         vacuous: str | None = None, skip: str | None = None,
          quantus_xfail: bool = False, raises: type | None = None, id: str | None = None) -> Any:
     """One ported case: its parameter values (usually ``model, data, params, expected``, the
     fixtures by name). ``deviation``: a strict xfail naming the documented deviation
     (``"C12: ..."``); ``fixture``: a strict xfail where an assertion about the trained model's
     values fails on the stand-in fixtures; ``numerics``: a strict xfail where an exact float
-    comparison differs in the last bits (README.md lists both);
+    comparison differs in the last bits; ``vacuous``: a strict xfail where Quantus' assertion
+    can never fail (e.g. ``np.all`` of a generator) and the check it spells out does not hold
+    (README.md lists all three);
     ``skip``: why the case cannot run on evalkit; ``quantus_xfail``: the case is marked xfail
     (not strict) in Quantus' own suite, and stays so; ``raises``: the exception the xfail
     expects (default: any)."""
@@ -38,6 +40,9 @@ def case(*values: Any,
                                        raises=raises))
     if fixture is not None:
         marks.append(pytest.mark.xfail(reason=f"fixture: {fixture}", strict=True, raises=raises))
+    if vacuous is not None:
+        marks.append(pytest.mark.xfail(reason=f"vacuous in Quantus: {vacuous}", strict=True,
+                                       raises=raises))
     if numerics is not None:
         marks.append(pytest.mark.xfail(reason=f"numerics: {numerics}", strict=True,
                                        raises=raises))
