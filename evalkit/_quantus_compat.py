@@ -14,8 +14,16 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BASELINE_REPLACEMENT", "IMPUTATION", "MissingInputsError", "function_name",
-           "is_quantus_explain_func", "layer_path", "similarity_name"]
+__all__ = [
+    "BASELINE_REPLACEMENT",
+    "IMPUTATION",
+    "MissingInputsError",
+    "channel_reduction",
+    "function_name",
+    "is_quantus_explain_func",
+    "layer_path",
+    "similarity_name",
+]
 
 #: Quantus' feature replacement by a baseline value: what evalkit's removal metrics do with
 #: ``perturb_baseline=`` (Quantus' default ``perturb_func`` of those metrics)
@@ -96,3 +104,21 @@ def layer_path(spec: str) -> str:
             parts.append(m.group("get") or m.group("item") or m.group("attr"))
         pos = m.end()
     return ".".join(parts)
+
+
+def channel_reduction(reduce_axes: Any, reduce_channels: str | None) -> str | None:
+    """Quantus' ``explain(..., reduce_axes=...)`` as evalkit's ``reduce_channels``: ``()``
+    keeps every element (None), ``(1,)`` sums over the channel axis (``"sum"``, Quantus'
+    default). Other axes are refused: evalkit reduces over channels only."""
+    axes = tuple(int(a) for a in reduce_axes)
+    if axes == ():
+        wanted = None
+    elif axes == (1,):
+        wanted = "sum"
+    else:
+        raise ValueError(f"reduce_axes={axes}: only () (no reduction) and (1,) (sum over the "
+                         "channel axis) are supported; see `reduce_channels`.")
+    if reduce_channels is not None and reduce_channels != wanted:
+        raise TypeError(f"Got both reduce_channels={reduce_channels!r} and Quantus' "
+                        f"reduce_axes={axes}; pass one.")
+    return wanted

@@ -209,7 +209,8 @@ def explain(
         ``torch.nn.Module``, callable or :class:`~evalkit.models.ModelWrapper`.
     x:
         A batch, (N, C, H, W) images, (N, C, T) series or (N, D) tabular rows; NumPy or torch.
-        Quantus' keywords ``inputs=`` and ``targets=`` are accepted for ``x`` and ``y``.
+        Quantus' keywords ``inputs=`` and ``targets=`` are accepted for ``x`` and ``y``, and
+        its ``reduce_axes`` (``()`` or ``(1,)``) for ``reduce_channels`` (None or ``"sum"``).
     y:
         One label per sample for the wrapper's target (class indices by default).
     method:
@@ -246,6 +247,9 @@ def explain(
     only: the ``.grad`` of the model's parameters is never written.
     """
     x, y = _quantus_inputs(x, y, kwargs)
+    if kwargs.get("reduce_axes") is not None:  # Quantus' name: () none, (1,) channel sum
+        reduce_channels = _quantus_compat.channel_reduction(kwargs.pop("reduce_axes"),
+                                                            reduce_channels)
     check_option("reduce_channels", reduce_channels, _REDUCTIONS)
     info = explainer_info(method)
     wrapper = wrap_model(model, softmax=softmax, target=target)
