@@ -48,13 +48,19 @@ def function_name(obj: Any) -> str | None:
 
 
 def is_quantus_explain_func(fn: Callable[..., Any]) -> bool:
-    """True if ``fn`` takes Quantus' keywords ``inputs`` and ``targets``: evalkit then calls it
-    with keywords, as Quantus does (so keyword-only parameters work)."""
+    """True if ``fn`` takes Quantus' keywords ``inputs`` and ``targets``, or only ``*args`` and
+    ``**kwargs``: evalkit then calls it with keywords, as Quantus does
+    (``fn(model=..., inputs=..., targets=..., **kwargs)``)."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return "inputs" in params and "targets" in params
+    if "inputs" in params and "targets" in params:
+        return True
+    # f(*args, **kwargs) accepts either call; Quantus' keywords give it the names it reads
+    kinds = {p.kind for p in params.values()}
+    return bool(params) and kinds <= {inspect.Parameter.VAR_POSITIONAL,
+                                      inspect.Parameter.VAR_KEYWORD}
 
 
 def similarity_name(spec: Any) -> Any:

@@ -785,10 +785,7 @@ class Metric:
         for start in range(0, x.shape[0], size):
             xs = x[start : start + size]
             ys = None if y is None else y[start : start + size]
-            if quantus_style:  # Quantus' keyword call
-                out = fn(model=model_arg, inputs=xs, targets=ys, **kwargs)
-            else:
-                out = fn(model_arg, xs, ys, **kwargs)
+            out = call_explain_fn(fn, model_arg, xs, ys, kwargs, quantus_style)
             parts.append(as_tensor(out, "explanation", device=x.device))
         return torch.cat(parts, 0) if len(parts) > 1 else parts[0]
 
@@ -849,6 +846,18 @@ class Metric:
 
 
 _install_metadata_fields(Metric)
+
+
+def call_explain_fn(fn: Callable[..., Any], model: Any, x: Any, y: Any,
+                    kwargs: Mapping[str, Any], quantus_style: bool | None = None) -> Any:
+    """Call an explain function as evalkit does, ``fn(model, x, y, **kwargs)``, or with
+    Quantus' keywords ``fn(model=..., inputs=..., targets=..., **kwargs)`` when its signature
+    asks for them (:func:`evalkit._quantus_compat.is_quantus_explain_func`)."""
+    if quantus_style is None:
+        quantus_style = _quantus_compat.is_quantus_explain_func(fn)
+    if quantus_style:
+        return fn(model=model, inputs=x, targets=y, **kwargs)
+    return fn(model, x, y, **kwargs)
 
 
 def clone(metric: _MetricT) -> _MetricT:
