@@ -288,7 +288,9 @@ class Metric:
         model was wrapped with an explicit ``softmax``, else the metric's default.
     aggregate:
         A function applied to the per-sample scores (e.g. ``np.nanmean``); ``None`` returns
-        them as an (N,) array. Quantus' ``return_aggregate``/``aggregate_func`` are accepted.
+        them as an (N,) array. Quantus' ``return_aggregate``/``aggregate_func`` are accepted;
+        ``return_aggregate=True`` returns the aggregate as a (1,) array, like Quantus'
+        one-element list (``aggregate=`` returns a 0-d array).
     seed:
         An int, a ``torch.Generator`` or ``None`` (fresh entropy, recorded in ``seed_``).
         Random draws depend only on the seed and each sample's values, never on the batch.
