@@ -128,3 +128,27 @@ def channel_reduction(reduce_axes: Any, reduce_channels: str | None) -> str | No
         raise TypeError(f"Got both reduce_channels={reduce_channels!r} and Quantus' "
                         f"reduce_axes={axes}; pass one.")
     return wanted
+
+
+class QuantusAggregate:
+    """Quantus' ``return_aggregate=True``: ``aggregate_func`` applied to the per-sample scores,
+    returned in a one-element array (Quantus returns ``[aggregate_func(scores)]``). As the
+    metric's ``aggregate`` parameter it survives ``clone()`` and ``set_params()``."""
+
+    def __init__(self, func: Callable[[Any], Any]) -> None:
+        self.func = func
+
+    def __call__(self, scores: Any) -> Any:
+        import numpy as np
+
+        return np.asarray(self.func(scores)).reshape(1)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, QuantusAggregate) and other.func is self.func
+
+    def __hash__(self) -> int:
+        return hash(("QuantusAggregate", id(self.func)))
+
+    def __repr__(self) -> str:
+        name = getattr(self.func, "__name__", repr(self.func))
+        return f"QuantusAggregate({name})"

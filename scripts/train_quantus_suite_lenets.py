@@ -6,8 +6,8 @@ Three small models, trained on data shipped with evalkit or drawn here from fixe
 MNIST, CIFAR-10 or Titanic files): an MNIST-sized LeNet on 28x28 grayscale shapes
 (``evalkit.datasets.make_shapes`` averaged over the colour channels), a CIFAR-10-sized LeNet on
 32x32 RGB shapes, and a Titanic-sized MLP on ``titanic_like`` rows. Deterministic on CPU (fixed
-seeds, deterministic algorithms, one thread); about half a minute. Weights are stored as
-float16 to keep the repository small (under 200 KB together).
+seeds, deterministic algorithms, one thread); 30 s to 2 min on CPU. Weights are stored as
+float16 to keep the repository small (about 220 KB together).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "tests" / "quantus_suite"))
 
-from evalkit.datasets import make_shapes  # noqa: E402
 from qs_models import ASSETS, LeNet, tabular_net, titanic_like  # noqa: E402
+
+from evalkit.datasets import make_shapes  # noqa: E402
 
 N_TRAIN, N_TEST, EPOCHS = 4000, 500, 25
 

@@ -375,9 +375,8 @@ class Metric:
             raise TypeError("`normalise_func_kwargs` is not supported: normalisation is always "
                             "per sample; pass a callable as `normalise_func` instead.")
         if return_aggregate:
-            aggregate = aggregate or aggregate_func or np.mean
-        # Quantus returns the aggregate in a one-element list; evalkit's `aggregate=` a 0-d array
-        self._aggregate_as_list = bool(return_aggregate)
+            # Quantus returns [aggregate]: a (1,) array here; evalkit's `aggregate=` a 0-d one
+            aggregate = _quantus_compat.QuantusAggregate(aggregate or aggregate_func or np.mean)
         if display_progressbar is not None:
             progress = bool(display_progressbar)
         self.abs = self.default_abs if abs is None else check_bool("abs", abs)
@@ -626,10 +625,7 @@ class Metric:
         scores = self._evaluate(batch)
         result = self._finalise(batch, scores)
         if self.aggregate is not None:
-            aggregated = np.asarray(self.aggregate(result))
-            if getattr(self, "_aggregate_as_list", False):
-                return aggregated.reshape(1)  # Quantus' return_aggregate=True: [aggregate]
-            return aggregated
+            return np.asarray(self.aggregate(result))
         return result
 
     def _resolve_call_aliases(self, x, y, a, s, explain_fn, explain_kwargs, kwargs):
