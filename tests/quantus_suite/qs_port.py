@@ -71,11 +71,24 @@ def attributions(model: Any, data: dict, params: dict) -> Any:
     return data.get("a_batch")
 
 
+#: Quantus' tests reseed every global RNG with 42 before each test (its autouse
+#: ``reset_prngs``); evalkit draws no global randomness, so its metrics get ``seed=42``
+QUANTUS_TEST_SEED = 42
+
+
+def seeded(metric_cls: Any, **init: Any) -> Any:
+    """``metric_cls(**init)`` with ``seed=42`` added where the metric takes a seed and none is
+    given, the counterpart of Quantus' per-test reseeding (so strict outcomes are stable)."""
+    if "seed" not in init and "seed" in metric_cls._param_names():
+        init["seed"] = QUANTUS_TEST_SEED
+    return metric_cls(**init)
+
+
 def run(metric_cls: type, model: Any, data: dict, a_batch: Any, params: dict,
         **extra: Any) -> tuple[Any, Any]:
-    """Build the metric from ``params["init"]`` and call it Quantus' way; returns
-    ``(metric, scores)``."""
-    metric = metric_cls(**params.get("init", {}))
+    """Build the metric from ``params["init"]`` (seeded, see :func:`seeded`) and call it
+    Quantus' way; returns ``(metric, scores)``."""
+    metric = seeded(metric_cls, **params.get("init", {}))
     scores = metric(model=model, x_batch=data["x_batch"], y_batch=data["y_batch"],
                     a_batch=a_batch, **params.get("call", {}), **extra)
     return metric, scores

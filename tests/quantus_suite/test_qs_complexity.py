@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qs_port import case, explain, resolve
+from qs_port import case, explain, resolve, seeded
 
 import evalkit as ek
 
@@ -21,7 +21,7 @@ def explain_func_stub(*args, **kwargs):
 
 def _scores(metric_cls, request, model, data, params):
     model, data = resolve(request, model, data)
-    return metric_cls(**params.get("init", {}))(
+    return seeded(metric_cls, **params.get("init", {}))(
         model=model, x_batch=data["x_batch"], y_batch=data["y_batch"],
         a_batch=data.get("a_batch"), **params.get("call", {}))
 

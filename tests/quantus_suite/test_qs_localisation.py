@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qs_port import case, explain, resolve
+from qs_port import case, explain, resolve, seeded
 
 import evalkit as ek
 from evalkit.masks import make_mosaics
@@ -175,7 +175,7 @@ def load_cifar10_mosaics(load_cifar10_images):
 
 def _scores(metric_cls, request, model, data, params):
     model, data = resolve(request, model, data)
-    metric = metric_cls(**params.get("init", {}))
+    metric = seeded(metric_cls, **params.get("init", {}))
     return metric(model=model, x_batch=data["x_batch"], y_batch=data["y_batch"],
                   a_batch=data["a_batch"], s_batch=data["s_batch"], **params.get("call", {}))
 
@@ -606,7 +606,7 @@ def test_focus(request, model, mosaic_data, a_batch, params, expected):
         a_batch = request.getfixturevalue(a_batch)
     x_batch, y_batch = mosaic_data["x_batch"], mosaic_data["y_batch"]
     custom_batch = mosaic_data["custom_batch"]
-    metric = ek.metrics.Focus(**params.get("init", {}))
+    metric = seeded(ek.metrics.Focus, **params.get("init", {}))
     if expected and "exception" in expected:
         with pytest.raises(expected["exception"]):
             metric(model=model, x_batch=x_batch, y_batch=y_batch, a_batch=a_batch,

@@ -11,16 +11,16 @@ import functools
 import numpy as np
 import pytest
 import torch
-from qs_port import case, explain, resolve
+from qs_port import case, explain, resolve, seeded
 
 import evalkit as ek
 
-RIS_CONSTRUCTOR = functools.partial(ek.metrics.RelativeInputStability, nr_samples=5,
+RIS_CONSTRUCTOR = functools.partial(seeded, ek.metrics.RelativeInputStability, nr_samples=5,
                                     disable_warnings=True)
-ROS_CONSTRUCTOR = functools.partial(ek.metrics.RelativeOutputStability, nr_samples=5,
+ROS_CONSTRUCTOR = functools.partial(seeded, ek.metrics.RelativeOutputStability, nr_samples=5,
                                     disable_warnings=True)
-RRS_CONSTRUCTOR = functools.partial(ek.metrics.RelativeRepresentationStability, nr_samples=5,
-                                    disable_warnings=True)
+RRS_CONSTRUCTOR = functools.partial(seeded, ek.metrics.RelativeRepresentationStability,
+                                    nr_samples=5, disable_warnings=True)
 
 
 NO_LAYERS = ("C32: RelativeRepresentationStability has no default layers (Quantus takes every "
