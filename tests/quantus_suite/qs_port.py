@@ -25,15 +25,19 @@ def case(*values: Any,
          vacuous: str | None = None, skip: str | None = None,
          quantus_xfail: bool = False, raises: type | None = None, id: str | None = None) -> Any:
     """One ported case: its parameter values (usually ``model, data, params, expected``, the
-    fixtures by name). ``deviation``: a strict xfail naming the documented deviation
-    (``"C12: ..."``); ``fixture``: a strict xfail where an assertion about the trained model's
-    values fails on the stand-in fixtures; ``numerics``: a strict xfail where an exact float
-    comparison differs in the last bits; ``vacuous``: a strict xfail where Quantus' assertion
-    can never fail (e.g. ``np.all`` of a generator) and the check it spells out does not hold
-    (README.md lists all three);
-    ``skip``: why the case cannot run on evalkit; ``quantus_xfail``: the case is marked xfail
-    (not strict) in Quantus' own suite, and stays so; ``raises``: the exception the xfail
-    expects (default: any)."""
+    fixtures by name). Marks, each a strict xfail unless said otherwise:
+
+    * ``deviation``: the documented deviation it hits (``"C12: ..."``; None: no mark, for a
+      deviation that depends on a capability of the code under test);
+    * ``fixture``: an assertion about the trained model's values that fails on the stand-in
+      fixtures;
+    * ``numerics``: an exact float comparison that differs in the last bits;
+    * ``vacuous``: Quantus' assertion can never fail (e.g. ``np.all`` of a generator) and the
+      check it spells out does not hold (README.md lists these three);
+    * ``skip``: why the case cannot run on evalkit (a skip, not an xfail);
+    * ``quantus_xfail``: marked xfail (not strict) in Quantus' own suite, and stays so.
+
+    ``raises``: the exception the xfail expects (default: any)."""
     marks = []
     if deviation is not None:
         marks.append(pytest.mark.xfail(reason=f"deviation {deviation}", strict=True,

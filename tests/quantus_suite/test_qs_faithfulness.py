@@ -19,6 +19,10 @@ KENDALL = "C28: no Kendall tau similarity (Quantus' correlation_kendall_tau)"
 NO_NEIGHBOUR = "C9: a sample with no neighbour within the threshold is NaN, not 0"
 ABS_GRADIENT_SIGN = ("the correlation of |Gradient| with the drops is negative on some samples "
                      "of the shapes LeNet; Quantus asserts [0, 1]")
+#: IROF on (N, C, T) series: Quantus (and evalkit before its series segments) refuse them
+IROF_SERIES = ("C37: IROF scores series (contiguous windows of time steps); Quantus refuses "
+               "non-image inputs") if "series" in ek.metrics.IROF().metadata()["modalities"] \
+    else None
 IROF_RISE = ("removing superpixels raises the class probability of some shapes images (a curve "
              "above 1), so their score is negative; Quantus asserts [0, 80]")
 
@@ -180,7 +184,8 @@ def test_faithfulness_estimate(request, model, data, params, expected):
           "init": {"perturb_baseline": "mean", "segmentation_method": "slic", "normalise": True,
                    "disable_warnings": False, "display_progressbar": False},
           "call": {}},
-         {"exception": ValueError}),
+         {"exception": ValueError},
+         deviation=IROF_SERIES),
 ])
 def test_iterative_removal_of_features(request, model, data, params, expected):
     model, data, a_batch = _setup(request, model, data, params)
