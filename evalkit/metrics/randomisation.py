@@ -45,12 +45,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import _rng
+from .. import _quantus_compat, _rng
 from .._progress import tqdm
 from .._rng import derive_seed
 from .._validation import check_bool, check_option, check_scalar, finite_rows
 from ..models import ModelWrapper, randomisable_layers
-from .base import Metric, MetricBatch
+from .base import Metric, MetricBatch, call_explain_fn
 from .similarity import (
     _pearson_rows,
     get_similarity,
@@ -599,7 +599,8 @@ class SmoothMPRT(MPRT):
                 first, last = start // k, (stop - 1) // k + 1
                 xs = self._noisy_rows(batch, x, first, last)[start - first * k : stop - first * k]
             ys = None if y_rows is None else y_rows[start:stop]
-            out = torch.as_tensor(fn(model_arg, xs, ys, **kwargs), device=x.device)
+            out = torch.as_tensor(call_explain_fn(fn, model_arg, xs, ys, kwargs),
+                                  device=x.device)
             if out.ndim == 0 or out.shape[0] != stop - start:
                 raise RuntimeError(
                     f"The explain function returned shape {tuple(out.shape)} for "
@@ -696,8 +697,9 @@ class EfficientMPRT(_ModelRandomisation):
     ``compute_extra_scores=True`` also fills ``extra_scores_`` (a DataFrame, one row per
     sample): the explanation and model-output entropies of the original and the fully
     randomised model, their deltas and fractions (Quantus' ``scores_extra``), and, with
-    ``skip_layers=False``, the mean explanation entropy over the layers and the Pearson
-    correlation between model-output and explanation entropies across the layers. The
+    ``skip_layers=False``, the mean explanation entropy over the layers and the correlation
+    (``similarity_func``, Pearson by default; Quantus' default is Spearman) between
+    model-output and explanation entropies across the layers. The
     model-output entropy is that of the class probabilities (a softmax is applied to the
     outputs unless the model was wrapped with ``softmax=True``); explanations explain the
     logits by default, as in Quantus, whose ``softmax=True`` default only affects predictions.
@@ -733,6 +735,7 @@ class EfficientMPRT(_ModelRandomisation):
         compute_extra_scores: bool = False,
         layer_names: list[str] | None = None,
         norm_layers: str = "random",
+        similarity_func: str | Callable[..., torch.Tensor] = "pearson",
         **kwargs: Any,
     ) -> None:
         legacy = kwargs.pop("complexity_func_kwargs", None)
@@ -743,9 +746,13 @@ class EfficientMPRT(_ModelRandomisation):
                 n_bins = legacy["rule"]
             min_n_bins = legacy.get("min_n_bins", min_n_bins)
             max_n_bins = legacy.get("max_n_bins", max_n_bins)
-        if kwargs.pop("complexity_func", None) is not None:
+        complexity_func = kwargs.pop("complexity_func", None)
+        # Quantus' discrete_entropy (by function or name) is what EfficientMPRT computes
+        if complexity_func is not None and _quantus_compat.function_name(
+                complexity_func) != "discrete_entropy":
             raise TypeError("`complexity_func` is not supported: EfficientMPRT uses the "
-                            "histogram entropy; choose its bins with `n_bins`.")
+                            "histogram entropy (Quantus' discrete_entropy); choose its bins "
+                            "with `n_bins`.")
         super().__init__(layer_order=layer_order, layer_names=layer_names,
                          norm_layers=norm_layers, seed=seed, **kwargs)
         if isinstance(n_bins, str):
@@ -761,6 +768,9 @@ class EfficientMPRT(_ModelRandomisation):
             raise ValueError("EfficientMPRT compares with the fully randomised model: "
                              "layer_order must be 'top_down' or 'bottom_up'.")
         self.compute_extra_scores = check_bool("compute_extra_scores", compute_extra_scores)
+        similarity_func = _quantus_compat.similarity_name(similarity_func)
+        get_similarity(similarity_func)
+        self.similarity_func = similarity_func
         self.extra_scores_: pd.DataFrame | None = None
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
@@ -836,9 +846,8 @@ class EfficientMPRT(_ModelRandomisation):
             ent = torch.stack([h for _, h in ent_rows], 1)
             outs = torch.stack([h for _, h in out_rows], 1)
             cols["scores_average_complexity"] = ent.mean(1)
-            from .similarity import pearson
-
-            cols["scores_correlation_model_vs_explanation_complexity"] = pearson(outs, ent)
+            cols["scores_correlation_model_vs_explanation_complexity"] = get_similarity(
+                self.similarity_func)(outs, ent)
         return pd.DataFrame({k: v.cpu().numpy() for k, v in cols.items()})
 
 
