@@ -528,25 +528,20 @@ class _GridLocalisation(_LocalisationMetric):
         return _positive_mass_ratio(batch, a, s)
 
 
-_SCORE = """The score is sum of max(a, 0) inside the cell / sum of max(a, 0) over the grid, the
-    share of the positive attribution that falls in the target cell (the quantity of
-    :class:`RelevanceMassAccuracy`, computed by the same code). **Higher is better**; in [0, 1]:
-    1 when all positive attribution is in the cell, 1/n^2 for a uniform map. A map without
-    positive attribution (all zero or all negative) is NaN with a reason; rows with NaN or Inf
-    attributions are NaN.
-
-    Call it with the rows of :meth:`Grids.samples`: ``metric(model, g.x, y, a,
-    cells=g.cells)`` (``grid_size`` must match the grids), or with the cells as masks
-    ``s=g.masks``."""
-
-
 class GridPG(_GridLocalisation):
-    __doc__ = f"""Grid pointing game, GridPG (Böhle et al. 2021; Rao et al. 2022): on an n x n
+    """Grid pointing game, GridPG (Böhle et al. 2021; Rao et al. 2022): on an n x n
     grid of confidently classified images from different classes
     (:func:`~evalkit.metrics.grid.make_grids`), the user's model classifies the whole grid
     with its normal forward and the attribution for the class of one cell is scored.
 
-    {_SCORE}
+    The score is sum of max(a, 0) in the cell / sum of max(a, 0) over the grid, the share
+    of the positive attribution that falls in the target cell (the quantity of
+    :class:`~evalkit.metrics.RelevanceMassAccuracy`, computed by the same code).
+    **Higher is better**; in [0, 1]: 1 when all positive attribution is in the cell, 1/n^2
+    for a uniform map. A map without positive attribution (all zero or all negative) is NaN
+    with a reason, as are rows with NaN or Inf attributions. Call it on the rows of
+    :meth:`Grids.samples` with ``cells=g.cells`` (``grid_size`` must match the grids), or
+    with ``s=g.masks``.
 
     Parameters
     ----------
@@ -562,7 +557,7 @@ class GridPG(_GridLocalisation):
 
 
 class DiFull(_GridLocalisation):
-    __doc__ = f"""DiFull (Rao et al. 2022): the grid localisation score on the *fully
+    """DiFull (Rao et al. 2022): the grid localisation score on the *fully
     disconnected* model :class:`~evalkit.metrics.grid.DisconnectedGrid`, which runs the model
     on each cell separately with one head per cell. The output for a cell's class depends on
     that cell only, so attribution outside it is provably unfaithful: a faithful method scores
@@ -572,7 +567,14 @@ class DiFull(_GridLocalisation):
     attributions; the authors evaluate the top-left and bottom-right cells
     (``grids.samples("corners")``).
 
-    {_SCORE}
+    The score is sum of max(a, 0) in the cell / sum of max(a, 0) over the grid, the share
+    of the positive attribution that falls in the target cell (the quantity of
+    :class:`~evalkit.metrics.RelevanceMassAccuracy`, computed by the same code).
+    **Higher is better**; in [0, 1]: 1 when all positive attribution is in the cell, 1/n^2
+    for a uniform map. A map without positive attribution (all zero or all negative) is NaN
+    with a reason, as are rows with NaN or Inf attributions. Call it on the rows of
+    :meth:`Grids.samples` with ``cells=g.cells`` (``grid_size`` must match the grids), or
+    with ``s=g.masks``.
 
     Parameters
     ----------
@@ -585,7 +587,7 @@ class DiFull(_GridLocalisation):
 
 
 class DiPart(_GridLocalisation):
-    __doc__ = f"""DiPart (Rao et al. 2022): the grid localisation score on the *partially
+    """DiPart (Rao et al. 2022): the grid localisation score on the *partially
     disconnected* model :class:`~evalkit.metrics.grid.PartiallyDisconnectedGrid`, whose
     feature extractor sees the whole grid while the classification head runs on each cell's
     region of the feature map. Cells are connected only through the receptive fields at their
@@ -594,7 +596,14 @@ class DiPart(_GridLocalisation):
     Explain the partially disconnected model for ``dipart.targets(g.cells, g.y)`` and score
     those attributions.
 
-    {_SCORE}
+    The score is sum of max(a, 0) in the cell / sum of max(a, 0) over the grid, the share
+    of the positive attribution that falls in the target cell (the quantity of
+    :class:`~evalkit.metrics.RelevanceMassAccuracy`, computed by the same code).
+    **Higher is better**; in [0, 1]: 1 when all positive attribution is in the cell, 1/n^2
+    for a uniform map. A map without positive attribution (all zero or all negative) is NaN
+    with a reason, as are rows with NaN or Inf attributions. Call it on the rows of
+    :meth:`Grids.samples` with ``cells=g.cells`` (``grid_size`` must match the grids), or
+    with ``s=g.masks``.
 
     Parameters
     ----------
