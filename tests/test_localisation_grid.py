@@ -92,6 +92,12 @@ def test_make_grids_types_seed_and_global_rng_untouched():
     assert isinstance(grids.seed, int)
     assert np.array_equal(make_grids(x.numpy(), y.numpy(), 2, seed=grids.seed).images,
                           grids.images)
+    rows = grids.samples("corners")
+    assert isinstance(rows.x, np.ndarray) and isinstance(rows.masks, np.ndarray)
+    assert rows.cells.tolist() == [0, 3, 0, 3] and rows.y.tolist() == grids.labels[:, [0, 3]]\
+        .ravel().tolist()
+    np.testing.assert_allclose(GridPG()(None, rows.x, rows.y, rows.masks.astype(float),
+                                        cells=rows.cells), 1.0)
     gen = np.random.default_rng(0)
     assert make_grids(x, y, 2, seed=gen).seed is None
     assert torch.equal(torch.get_rng_state(), torch_state)
