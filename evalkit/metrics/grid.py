@@ -311,12 +311,12 @@ def make_grids(
     check_scalar("confidence", confidence, (int, float), min_val=0, max_val=1)
     check_bool("same_class_corners", same_class_corners)
     numpy_like = is_numpy_like(x)
-    xt = as_tensor(x, "x")
-    if xt.ndim != 4:
-        raise ValueError(f"`x` must be a batch of images (N, C, H, W); got {tuple(xt.shape)}.")
+    pool = as_tensor(x, "x")
+    if pool.ndim != 4:
+        raise ValueError(f"`x` must be a batch of images (N, C, H, W); got {tuple(pool.shape)}.")
     y_np = np.asarray(to_numpy(y) if isinstance(y, torch.Tensor) else y)
-    if y_np.shape != (xt.shape[0],):
-        raise ValueError(f"`y` must have one label per image, shape ({xt.shape[0]},); got "
+    if y_np.shape != (pool.shape[0],):
+        raise ValueError(f"`y` must have one label per image, shape ({pool.shape[0]},); got "
                          f"{y_np.shape}.")
     if isinstance(seed, np.random.Generator):
         rng, used_seed = seed, None
@@ -325,9 +325,9 @@ def make_grids(
         rng = np.random.default_rng(used_seed & ((1 << 63) - 1))
 
     if model is not None:
-        selected = _confident(model, xt, y_np, float(confidence), batch_size)
+        selected = _confident(model, pool, y_np, float(confidence), batch_size)
     else:
-        selected = np.arange(xt.shape[0], dtype=np.int64)
+        selected = np.arange(pool.shape[0], dtype=np.int64)
     wanted = np.unique(y_np) if classes is None else np.unique(np.asarray(list(classes)))
     pools = {}
     for c in wanted:
@@ -336,7 +336,7 @@ def make_grids(
             pools[c] = list(own[rng.permutation(own.size)])  # drawn from the end
     n_cells = n * n
     n_distinct = n_cells - 1 if same_class_corners else n_cells
-    limit = n_grids if n_grids is not None else xt.shape[0]
+    limit = n_grids if n_grids is not None else pool.shape[0]
     rows, labels = [], []
     while len(rows) < limit:
         avail = [c for c in pools if pools[c]]
@@ -359,7 +359,7 @@ def make_grids(
         " (one of them with two)" if same_class_corners else "")
     if not rows:
         raise ValueError(f"make_grids: no grid can be built: a {n}x{n} grid needs {needed}; "
-                         f"{len(selected)} of {xt.shape[0]} images passed"
+                         f"{len(selected)} of {pool.shape[0]} images passed"
                          + (f" the confidence filter (>= {confidence})" if model is not None
                             else "") + f", from {len(pools)} classes.")
     if n_grids is not None and len(rows) < n_grids:
@@ -368,12 +368,12 @@ def make_grids(
                       stacklevel=2)
     idx = np.asarray(rows, dtype=np.int64)
     lab = y_np[idx]
-    images = build_grids(xt[torch.as_tensor(idx, device=xt.device)])
+    images = build_grids(pool[torch.as_tensor(idx, device=pool.device)])
     conf = float(confidence) if model is not None else None
     if numpy_like:
         return Grids(images=to_numpy(images), labels=lab, indices=idx, grid_size=n,
                      selected=selected, confidence=conf, seed=used_seed)
-    dev = xt.device
+    dev = pool.device
     lab_out = torch.as_tensor(lab, device=dev) if isinstance(y, torch.Tensor) else lab
     return Grids(images=images, labels=lab_out, indices=torch.as_tensor(idx, device=dev),
                  grid_size=n, selected=torch.as_tensor(selected, device=dev),
