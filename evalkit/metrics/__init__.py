@@ -164,3 +164,7 @@ __all__ += [
     "SignAgreement",
     "SignedRankAgreement",
 ]
+
+from .grid import DiFull, DiPart, GridPG  # noqa: E402 - grid protocols (Rao et al. 2022)
+
+__all__ += ["DiFull", "DiPart", "GridPG"]
