@@ -164,3 +164,13 @@ __all__ += [
     "SignAgreement",
     "SignedRankAgreement",
 ]
+
+from .faithfulness import (  # noqa: E402  (issue 23: log-odds, information curves, subsets)
+    AIC,
+    SIC,
+    LogOdds,
+    MinimalSubsetDeletion,
+    MinimalSubsetInsertion,
+)
+
+__all__ += ["AIC", "SIC", "LogOdds", "MinimalSubsetDeletion", "MinimalSubsetInsertion"]
