@@ -32,23 +32,20 @@ NO_SCORE_GAIN = ("the model scores the blurred image at least as high as the ima
 LOW_SCORE = "the score of the unperturbed image is below `min_score`"
 
 
-def to_uint8_planes(images: torch.Tensor, low: torch.Tensor | float,
-                    high: torch.Tensor | float) -> np.ndarray:
+def to_uint8_planes(images: torch.Tensor, low: float, high: float) -> np.ndarray:
     """Images (T, C, *S) as 8-bit arrays for a codec: values mapped linearly from
-    [``low``, ``high``] to [0, 255] and rounded; one channel gives (T, H, W), three give
-    (T, H, W, 3) (RGB), any other number of channels (or a volume) is laid out as one
-    grayscale image with the channel planes (and slices) stacked vertically, (T, C*D*H, W)."""
-    span = high - low
-    if isinstance(span, torch.Tensor):
-        span = torch.where(span > 0, span, torch.ones_like(span))
-    elif span <= 0:
-        span = 1.0
-    scaled = ((images.to(torch.float64) - low) / span * 255.0).round().clamp(0, 255)
-    arr = scaled.to(torch.uint8).cpu().numpy()
-    t, c = arr.shape[:2]
-    if c == 3 and arr.ndim == 4:
-        return np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
-    return np.ascontiguousarray(arr.reshape(t, -1, arr.shape[-1]))
+    [``low``, ``high``] to [0, 255] and rounded (half to even); one channel gives (T, H, W),
+    three give (T, H, W, 3) (RGB), any other number of channels (or a volume) is laid out as
+    one grayscale image with the channel planes (and slices) stacked vertically,
+    (T, C*D*H, W). Computed in NumPy, on the CPU the codec runs on."""
+    low, high = float(low), float(high)
+    span = high - low if high > low else 1.0
+    arr = images.detach().cpu().numpy().astype(np.float64)
+    planes = np.clip(np.rint((arr - low) / span * 255.0), 0, 255).astype(np.uint8)
+    t, c = planes.shape[:2]
+    if c == 3 and planes.ndim == 4:
+        return np.ascontiguousarray(planes.transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(planes.reshape(t, -1, planes.shape[-1]))
 
 
 def compressed_size(image: np.ndarray, compression: str = "webp") -> int:
@@ -175,8 +172,7 @@ class _InformationCurve(RanksFeatures):
             else:
                 keys = batch.keys[i].expand(t_count) if stochastic else None
                 images = impute(self._imputer, xi, hidden, keys=keys, modality=modality)
-            planes = to_uint8_planes(images, x[i].min().to(torch.float64),
-                                     x[i].max().to(torch.float64))
+            planes = to_uint8_planes(images, float(x[i].min()), float(x[i].max()))
             for t in range(t_count):
                 sizes[i, t] = compressed_size(planes[t], self.compression)
         return sizes.to(batch.device)
