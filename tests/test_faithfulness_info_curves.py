@@ -17,6 +17,7 @@ from evalkit.metrics._ties import CONSTANT_MAP
 from evalkit.metrics.faithfulness.information import (
     NO_INFORMATION_GAIN,
     NO_SCORE_GAIN,
+    aggregate_curves,
     compressed_size,
     interpolate_on_grid,
     to_uint8_planes,
@@ -212,6 +213,22 @@ def test_interpolation_on_the_grid():
     np.testing.assert_allclose(interpolate_on_grid(xs, ys * 0.5, 4)[0, -1], 1.0)
 
 
+def test_aggregate_curves_matches_the_reference_codes_example():
+    """The example of the XRAI reference code's aggregation test (two curves on a 5-point
+    grid): the mean curve and its trapezoid area; the median of two is the same; an undefined
+    image (NaN row) is left out."""
+    x = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    curves = np.array([[0.0, 0.2, 0.4, 0.6, 1.0], [0.0, 0.4, 0.4, 0.4, 1.0]])
+    want_auc = (0 + 0.3) / 8 + (0.3 + 0.4) / 8 + (0.4 + 0.5) / 8 + (0.5 + 1.0) / 8
+    for method in ("mean", "median"):
+        curve, auc = aggregate_curves(curves, x, method)
+        np.testing.assert_allclose(curve, [0.0, 0.3, 0.4, 0.5, 1.0])
+        assert auc == pytest.approx(want_auc)
+    with_nan = np.vstack([curves, np.full(5, np.nan)])
+    assert aggregate_curves(with_nan, x, "mean")[1] == pytest.approx(want_auc)
+    assert np.isnan(aggregate_curves(with_nan[2:], x)[1])
+
+
 def _textured(n: int = 2, size: int = 16) -> torch.Tensor:
     """Images whose left half is noise (information) and right half flat."""
     g = torch.Generator().manual_seed(1)
@@ -389,3 +406,21 @@ def test_registered_with_their_metadata():
     # check_metric on every declared modality runs in tests/test_conformance.py, which picks
     # every registered metric up; one cheap direct call here
     check_metric(M.MinimalSubsetDeletion(n_steps=4), modality="tabular")
+
+
+def test_forward_cache_never_mixes_log_odds_predictions_and_scores():
+    """Inside one forward cache, metrics that walk the same inputs with other targets (the
+    log-odds wrapper) or other labels (the original predictions) get their own rows: every
+    score equals the score computed without the cache."""
+    x = _textured(3)
+    y = torch.zeros(3, dtype=torch.long)
+    a = torch.rand((3, 1, 16, 16), generator=torch.Generator().manual_seed(7))
+    metrics = [M.PixelFlipping(features_in_step=16, perturb_baseline="zero"),
+               M.LogOdds(fraction=0.5, perturb_baseline="zero", positive_only=False),
+               M.MinimalSubsetDeletion(features_in_step=16, perturb_baseline="zero"),
+               M.AOPC(features_in_step=16, perturb_baseline="zero")]
+    alone = [m.clone()(LeftQuarter(), x, y, a) for m in metrics]
+    with ek.forward_cache():
+        shared = [m.clone()(LeftQuarter(), x, y, a) for m in metrics]
+    for m, want, got in zip(metrics, alone, shared, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=type(m).__name__)

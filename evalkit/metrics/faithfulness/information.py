@@ -86,6 +86,23 @@ def interpolate_on_grid(xs: torch.Tensor, ys: torch.Tensor, n_points: int) -> to
     return torch.cat([values, ones], 1)
 
 
+def aggregate_curves(curves: np.ndarray, curve_x: np.ndarray, method: str = "median"
+                     ) -> tuple[np.ndarray, float]:
+    """The paper's dataset result from per-image curves (``metric.curves_``, (N, P) on the
+    grid ``metric.curve_x_``): the pointwise median (or ``method="mean"``) over the images
+    whose curve is defined (rows with NaN, the undefined images, are left out as the reference
+    code skips them) and the trapezoid area under that curve. NaN when no image is defined."""
+    check_option("method", method, ("median", "mean"))
+    curves = np.asarray(curves, dtype=np.float64)
+    curve_x = np.asarray(curve_x, dtype=np.float64)
+    ok = np.isfinite(curves).all(1)
+    if not ok.any():
+        return np.full(curve_x.shape, np.nan), float("nan")
+    reduce = np.median if method == "median" else np.mean
+    curve = reduce(curves[ok], axis=0)
+    return curve, float(np.trapezoid(curve, curve_x))
+
+
 class _InformationCurve(RanksFeatures):
     """The shared computation of SIC and AIC (see :class:`SIC`)."""
 
@@ -247,9 +264,10 @@ class SIC(_InformationCurve):
     uses 0.8) the image's score is below ``min_score``.
 
     Aggregation: the paper reports the area under the *median* curve over images; here each
-    image gets its own area (a per-sample metric). The paper's number is
-    ``np.trapezoid(np.nanmedian(m.curves_[ok], 0), m.curve_x_)`` over the defined samples
-    ``ok``; the mean of the scores is the area under the mean curve.
+    image gets its own area (a per-sample metric; the mean of the scores is the area under the
+    mean curve). The paper's number is
+    ``evalkit.metrics.faithfulness.information.aggregate_curves(m.curves_, m.curve_x_)``
+    after a call (the median curve over the defined images and its area).
 
     Images only (``modalities``): the information axis is an image codec's compressed size.
 

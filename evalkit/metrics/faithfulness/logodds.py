@@ -54,16 +54,16 @@ class ClassLogOdds(ClassTarget):
 class LogOdds(RanksFeatures):
     """Log-odds (Shrikumar, Greenside & Kundaje 2017, the DeepLIFT MNIST experiment): the
     change of the target class's log-odds when the ``fraction`` of features the explanation
-    ranks highest is erased,
+    ranks highest is erased. **Lower is better** (more negative).
 
         LogOdds(x) = LO(x with the top-k features erased) - LO(x),   k = round(fraction * G),
 
     with LO the log-odds of class y: against all other classes, ``log(p_y / (1 - p_y))``
     (``versus=None``, default), or against one class c, ``log(p_y / p_c)`` (``versus=c``, the
-    paper's "log-odds score between classes c_o and c_t"). **Lower is better**: the score is
-    negative when erasing the top features removes evidence for the class, and a faithful
-    explanation makes it as negative as possible (a score near 0 or positive means the erased
-    features did not carry the class).
+    paper's "log-odds score between classes c_o and c_t"). The score is negative when erasing
+    the top features removes evidence for the class, and a faithful explanation makes it as
+    negative as possible (a score near 0 or positive means the erased features did not carry
+    the class).
 
     The paper erases up to 157 pixels (20% of a 28x28 image, ``fraction=0.2``) among those with
     a positive attribution (``positive_only=True``: k is at most the number of features whose

@@ -100,7 +100,8 @@ class MinimalSubsetDeletion(_MinimalSubset):
     removed in feature order; constant maps are NaN (see :mod:`evalkit.metrics._ties`).
 
     Reference: A. Gevaert, A.-J. Rousseau, T. Becker, D. Valkenborg, T. De Bie, Y. Saeys,
-    "Evaluating Feature Attribution Methods in the Image Domain", Machine Learning 113, 2024.
+    "Evaluating Feature Attribution Methods in the Image Domain", Machine Learning, 2024
+    (arXiv:2202.12270).
     """
 
     _mode = "deletion"
@@ -115,12 +116,14 @@ class MinimalSubsetInsertion(_MinimalSubset):
     relevant features are put back ``features_in_step`` at a time; the score is k / G for the
     first step k at which the prediction equals the one on the unperturbed input (0 when the
     baseline alone already gets it: no feature is needed). Inserting every feature gives back
-    the input, so every sample gets a score (at most 1.0). The curve is computed in one batched
-    pass; ``curves_`` holds 1.0 where the prediction is the original one, over the fraction
-    inserted. Other parameters as in :class:`MinimalSubsetDeletion`.
+    the input, so every sample gets a score (at most 1.0; ``never_flipped`` never applies).
+    The curve is computed in one batched pass; ``curves_`` holds 1.0 where the prediction is
+    the original one, over the fraction inserted. Other parameters as in
+    :class:`MinimalSubsetDeletion`.
 
     Reference: A. Gevaert, A.-J. Rousseau, T. Becker, D. Valkenborg, T. De Bie, Y. Saeys,
-    "Evaluating Feature Attribution Methods in the Image Domain", Machine Learning 113, 2024.
+    "Evaluating Feature Attribution Methods in the Image Domain", Machine Learning, 2024
+    (arXiv:2202.12270).
     """
 
     _mode = "insertion"
