@@ -120,6 +120,8 @@ def test_log_odds_versus_its_own_class_is_nan_with_a_reason():
     assert np.isnan(s[0]) and metric.nan_reasons_[0] == SAME_CLASS
     # class 1 against class 0: z1 - z0 = -2 before, 1 after erasing class 0's columns: +3
     np.testing.assert_allclose(s[1], 3.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="not a class"):
+        M.LogOdds(versus=3)(Linear(W), x, torch.tensor([0, 1]), A_RANKED.expand(2, 4))
 
 
 def test_log_odds_direction_and_metadata():

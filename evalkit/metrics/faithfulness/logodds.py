@@ -124,8 +124,13 @@ class LogOdds(RanksFeatures):
         if type(target) is not ClassTarget:
             raise ValueError(f"LogOdds needs a classifier's class probabilities (ClassTarget "
                              f"or BinaryTarget); the model's target is {target!r}.")
-        if self.versus is not None and batch.y is not None:
-            batch.set_nan(batch.y.to(torch.long) == self.versus, SAME_CLASS)
+        if self.versus is not None:
+            n_classes = wrapper.output_shape(batch.x)[0]
+            if self.versus >= n_classes:
+                raise ValueError(f"LogOdds: `versus`={self.versus} is not a class of the model "
+                                 f"(it outputs {n_classes} classes).")
+            if batch.y is not None:
+                batch.set_nan(batch.y.to(torch.long) == self.versus, SAME_CLASS)
         view = wrapper.with_options(
             softmax=False, target=ClassLogOdds(self.versus, from_logits=bool(wrapper.softmax)))
         return batch_view(batch, model=view)
