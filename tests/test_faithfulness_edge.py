@@ -57,6 +57,13 @@ def _metrics() -> dict[str, ek.metrics.Metric]:
         "SoftSufficiency": M.SoftSufficiency(nr_samples=2, seed=0),
         "PGI": M.PGI(nr_samples=4, seed=0),
         "PGU": M.PGU(nr_samples=4, seed=0),
+        # issue 23
+        "LogOdds": M.LogOdds(),
+        "MinimalSubsetDeletion": M.MinimalSubsetDeletion(features_in_step=6),
+        "MinimalSubsetInsertion": M.MinimalSubsetInsertion(features_in_step=6),
+        # (on a black canvas: the small random CNN scores its blurred inputs as high as x)
+        "SIC": M.SIC(thresholds=(0.1, 0.3, 0.6), perturb_baseline="black", compression="png"),
+        "AIC": M.AIC(thresholds=(0.1, 0.3, 0.6), perturb_baseline="black", compression="png"),
     }
 
 

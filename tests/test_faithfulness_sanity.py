@@ -88,6 +88,12 @@ CASES = [
     M.SoftSufficiency(nr_samples=4, seed=0),
     M.PGI(nr_samples=20, perturb_std=0.3, seed=0),
     M.PGU(nr_samples=20, perturb_std=0.3, seed=0),
+    # issue 23
+    M.LogOdds(),
+    M.MinimalSubsetDeletion(features_in_step=4),
+    M.MinimalSubsetInsertion(features_in_step=4),
+    M.SIC(blur_kernel_size=5, blur_sigma=2.0),
+    M.AIC(perturb_baseline="black"),
 ]
 
 

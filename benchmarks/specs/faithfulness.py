@@ -682,3 +682,41 @@ SPECS += [
          _rationale(SoftComprehensiveness, nr_samples=1, seed=0)),
     Spec("SoftSufficiency", "faithfulness", _rationale(SoftSufficiency, nr_samples=1, seed=0)),
 ]
+
+
+# --------------------------------------------------------------------------- issue 23
+# Log-odds, Minimal Subset Deletion / Insertion and the performance information curves; none
+# is in Quantus. W2 ranks 16x16 patches for the removal metrics (196 features); SIC and AIC
+# reveal pixels as in the XRAI paper, and their time includes the WebP encoding of every
+# revealed image (work on the CPU that the forward floor does not count).
+def _issue23(name: str, settings: str, w1: dict[str, Any], w2: dict[str, Any]):
+    def build(w: Workload, ctx: Context) -> Case:
+        from evalkit import metrics as _metrics
+
+        kw = w2 if w.name == "W2" else w1
+        metric = getattr(_metrics, name)(**kw)
+
+        def ours() -> np.ndarray:
+            return metric(w.model, w.x, w.y, w.a)
+
+        what = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+        return Case(ours=ours, settings=f"1-channel Saliency, {settings}"
+                                        f"{', ' + what if what else ''}",
+                    note="not in Quantus")
+
+    return build
+
+
+SPECS += [
+    Spec("LogOdds", "faithfulness",
+         _issue23("LogOdds", "pixels, fraction=0.2, black, log-odds from logits", {},
+                  {"grouping": 16})),
+    Spec("MinimalSubsetDeletion", "faithfulness",
+         _issue23("MinimalSubsetDeletion", "black, n_steps=100", {}, {"grouping": 16})),
+    Spec("MinimalSubsetInsertion", "faithfulness",
+         _issue23("MinimalSubsetInsertion", "black, n_steps=100", {}, {"grouping": 16})),
+    Spec("SIC", "faithfulness",
+         _issue23("SIC", "pixels, XRAI thresholds, blur canvas, WebP, softmax", {}, {})),
+    Spec("AIC", "faithfulness",
+         _issue23("AIC", "pixels, XRAI thresholds, blur canvas, WebP", {}, {})),
+]

@@ -168,3 +168,13 @@ __all__ += [
 from .grid import DiFull, DiPart, GridPG  # noqa: E402 - grid protocols (Rao et al. 2022)
 
 __all__ += ["DiFull", "DiPart", "GridPG"]
+
+from .faithfulness import (  # noqa: E402  (issue 23: log-odds, information curves, subsets)
+    AIC,
+    SIC,
+    LogOdds,
+    MinimalSubsetDeletion,
+    MinimalSubsetInsertion,
+)
+
+__all__ += ["AIC", "SIC", "LogOdds", "MinimalSubsetDeletion", "MinimalSubsetInsertion"]

@@ -102,6 +102,13 @@ __all__ = [
 ]
 __all__ += ["AUCSE"]
 
+# issue 23: Log-odds, performance information curves, minimal subsets
+from .information import AIC, SIC  # noqa: E402
+from .logodds import LogOdds  # noqa: E402
+from .minimal_subset import MinimalSubsetDeletion, MinimalSubsetInsertion  # noqa: E402
+
+__all__ += ["AIC", "SIC", "LogOdds", "MinimalSubsetDeletion", "MinimalSubsetInsertion"]
+
 
 # stored configurations, pickles and reprs name the public path, as before the split into
 # submodules (a store written before keeps its cell hashes)
