@@ -164,3 +164,7 @@ __all__ += [
     "SignAgreement",
     "SignedRankAgreement",
 ]
+
+from .faithfulness import ABPC, NAOPC, SRG  # noqa: E402  (issue 23: post-Quantus faithfulness)
+
+__all__ += ["ABPC", "NAOPC", "SRG"]
