@@ -57,6 +57,10 @@ def _metrics() -> dict[str, ek.metrics.Metric]:
         "SoftSufficiency": M.SoftSufficiency(nr_samples=2, seed=0),
         "PGI": M.PGI(nr_samples=4, seed=0),
         "PGU": M.PGU(nr_samples=4, seed=0),
+        # issue 23 (post-Quantus faithfulness); NAOPC on 3x3 patches: 4 features, exact bounds
+        "ABPC": M.ABPC(features_in_step=6),
+        "SRG": M.SRG(features_in_step=6),
+        "NAOPC": M.NAOPC(grouping=3),
     }
 
 

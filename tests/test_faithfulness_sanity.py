@@ -88,6 +88,10 @@ CASES = [
     M.SoftSufficiency(nr_samples=4, seed=0),
     M.PGI(nr_samples=20, perturb_std=0.3, seed=0),
     M.PGU(nr_samples=20, perturb_std=0.3, seed=0),
+    # issue 23: post-Quantus faithfulness (NAOPC on 4x4 patches: 9 features, beam bounds)
+    M.ABPC(features_in_step=8),
+    M.SRG(features_in_step=8),
+    M.NAOPC(grouping=4, beam_width=3),
 ]
 
 
