@@ -64,6 +64,11 @@ def _metrics() -> dict[str, ek.metrics.Metric]:
         # (on a black canvas: the small random CNN scores its blurred inputs as high as x)
         "SIC": M.SIC(thresholds=(0.1, 0.3, 0.6), perturb_baseline="black", compression="png"),
         "AIC": M.AIC(thresholds=(0.1, 0.3, 0.6), perturb_baseline="black", compression="png"),
+
+        # issue 23 (post-Quantus faithfulness); NAOPC on 3x3 patches: 4 features, exact bounds
+        "ABPC": M.ABPC(features_in_step=6),
+        "SRG": M.SRG(features_in_step=6),
+        "NAOPC": M.NAOPC(grouping=3),
     }
 
 

@@ -94,6 +94,11 @@ CASES = [
     M.MinimalSubsetInsertion(features_in_step=4),
     M.SIC(blur_kernel_size=5, blur_sigma=2.0),
     M.AIC(perturb_baseline="black"),
+
+    # issue 23: post-Quantus faithfulness (NAOPC on 4x4 patches: 9 features, beam bounds)
+    M.ABPC(features_in_step=8),
+    M.SRG(features_in_step=8),
+    M.NAOPC(grouping=4, beam_width=3),
 ]
 
 

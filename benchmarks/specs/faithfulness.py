@@ -720,3 +720,53 @@ SPECS += [
     Spec("AIC", "faithfulness",
          _issue23("AIC", "pixels, XRAI thresholds, blur canvas, WebP", {}, {})),
 ]
+
+
+# --------------------------------------------------------------------------- issue 23
+# ABPC and SRG walk the MoRF and LeRF curves of AOPC's plan (AOPC's steps); NAOPC searches the
+# bounds over orderings of 7x7 (W1: 16 features) or 56x56 patches (W2: 16 features) with a
+# beam of 3 (about 3 * 16^2 forwards per input). None is in Quantus.
+from evalkit.metrics import ABPC, NAOPC, SRG  # noqa: E402
+
+_TWO_CURVES = _AOPC
+
+
+def _two_curves(cls: type):
+    def build(w: Workload, ctx: Context) -> Case:
+        kw = _TWO_CURVES.get(w.name, _TWO_CURVES["W1"])
+        metric = cls(**kw)
+
+        def ours() -> np.ndarray:
+            return metric(w.model, w.x, w.y, w.a)
+
+        grouping = kw.get("grouping", "pixels")
+        what = f"{grouping}x{grouping} patches" if isinstance(grouping, int) else "pixels"
+        return Case(ours=ours, settings=f"1-channel Saliency, {what}, MoRF and LeRF, "
+                                        f"features_in_step={kw['features_in_step']}, black, "
+                                        "softmax",
+                    note="not in Quantus")
+
+    return build
+
+
+_NAOPC = {"W1": dict(grouping=7, beam_width=3), "W2": dict(grouping=56, beam_width=3)}
+
+
+def _naopc(w: Workload, ctx: Context) -> Case:
+    kw = _NAOPC.get(w.name, _NAOPC["W1"])
+    metric = NAOPC(**kw)
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a)
+
+    return Case(ours=ours, settings=f"1-channel Saliency, {kw['grouping']}x{kw['grouping']} "
+                                    f"patches (16 features), beam_width={kw['beam_width']}, "
+                                    "morf, black, softmax",
+                note="not in Quantus")
+
+
+SPECS += [
+    Spec("ABPC", "faithfulness", _two_curves(ABPC)),
+    Spec("SRG", "faithfulness", _two_curves(SRG)),
+    Spec("NAOPC", "faithfulness", _naopc),
+]

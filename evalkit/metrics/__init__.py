@@ -178,3 +178,7 @@ from .faithfulness import (  # noqa: E402  (issue 23: log-odds, information curv
 )
 
 __all__ += ["AIC", "SIC", "LogOdds", "MinimalSubsetDeletion", "MinimalSubsetInsertion"]
+
+from .faithfulness import ABPC, NAOPC, SRG  # noqa: E402  (issue 23: post-Quantus faithfulness)
+
+__all__ += ["ABPC", "NAOPC", "SRG"]

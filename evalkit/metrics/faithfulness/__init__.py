@@ -109,6 +109,15 @@ from .minimal_subset import MinimalSubsetDeletion, MinimalSubsetInsertion  # noq
 
 __all__ += ["AIC", "SIC", "LogOdds", "MinimalSubsetDeletion", "MinimalSubsetInsertion"]
 
+# issue 23: metrics published since Quantus (ABPC, NAOPC, SRG) and the R-OMS helpers
+from .abpc import ABPC  # noqa: E402
+from .naopc import NAOPC  # noqa: E402
+from .srg import SRG  # noqa: E402
+from .srg import r_oms as r_oms  # noqa: E402  - public helper, not in __all__
+from .srg import rank_occlusion_strategies as rank_occlusion_strategies  # noqa: E402
+
+__all__ += ["ABPC", "NAOPC", "SRG"]
+
 
 # stored configurations, pickles and reprs name the public path, as before the split into
 # submodules (a store written before keeps its cell hashes)
