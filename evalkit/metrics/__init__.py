@@ -164,3 +164,7 @@ __all__ += [
     "SignAgreement",
     "SignedRankAgreement",
 ]
+
+from .robustness import AdversarialTopKIntersection  # noqa: E402 - Ghorbani et al. 2019
+
+__all__ += ["AdversarialTopKIntersection"]
