@@ -168,3 +168,7 @@ __all__ += [
 from .robustness import AdversarialTopKIntersection  # noqa: E402 - Ghorbani et al. 2019
 
 __all__ += ["AdversarialTopKIntersection"]
+
+from .data_randomisation import DataRandomisation  # noqa: E402 - Adebayo et al. 2018
+
+__all__ += ["DataRandomisation"]
