@@ -72,6 +72,14 @@ NON_DEFAULT.update({
     "IROF(perturb_baseline=0)": cheap_metric("IROF", perturb_baseline=0.0),
 })
 
+# the deterministic first-order attack, and a distance as the data randomisation similarity
+NON_DEFAULT.update({
+    "AdversarialTopKIntersection(attack='loss', random_start=False)": cheap_metric(
+        "AdversarialTopKIntersection", attack="loss", random_start=False),
+    "DataRandomisation(similarity_func='mse')": cheap_metric(
+        "DataRandomisation", similarity_func="mse"),
+})
+
 
 #: (metric id, check, the library bug it shows) for bugs not fixed yet, each a strict xfail
 #: (fixed so far: instance metadata, ROAD(noise=0) and random axiomatic baselines' stochastic
