@@ -77,7 +77,7 @@ __all__ = [
     "RelativeRepresentationStability",
 ]
 
-from .attack import AdversarialTopKIntersection  # noqa: E402 - Ghorbani et al. 2019
+from .attack import AdversarialTopKIntersection  # Ghorbani et al. 2019
 
 __all__ += ["AdversarialTopKIntersection"]
 
