@@ -162,8 +162,9 @@ class AdversarialTopKIntersection(RanksFeatures):
     clip:
         ``(low, high)``: keep the attacked inputs within the valid data range (e.g. (0, 1)
         for images); None (default): only the ball.
-    constant_maps:
-        See :class:`~evalkit.metrics._ties.RanksFeatures`.
+
+    ``constant_maps`` (keyword, from the metrics that rank features): ``"nan"`` (default) or
+    ``"score"`` for a constant ``a``.
 
     After a call: ``spearman_`` (N,), the Spearman rank correlation between the original and
     the attacked explanation's features (the paper's second measure; NaN where the sample is
