@@ -79,6 +79,10 @@ NON_DEFAULT.update({
     "AverageDrop(threshold_percentile=50)": cheap_metric("AverageDrop", threshold_percentile=50),
     "AverageGain(threshold_percentile=50, invert=True)": cheap_metric(
         "AverageGain", threshold_percentile=50, invert=True),
+    "AdversarialTopKIntersection(attack='loss', random_start=False)": cheap_metric(
+        "AdversarialTopKIntersection", attack="loss", random_start=False),
+    "DataRandomisation(similarity_func='mse')": cheap_metric(
+        "DataRandomisation", similarity_func="mse"),
 })
 
 

@@ -182,3 +182,11 @@ __all__ += ["AIC", "SIC", "LogOdds", "MinimalSubsetDeletion", "MinimalSubsetInse
 from .faithfulness import ABPC, NAOPC, SRG  # noqa: E402  (issue 23: post-Quantus faithfulness)
 
 __all__ += ["ABPC", "NAOPC", "SRG"]
+
+from .robustness import AdversarialTopKIntersection  # noqa: E402 - Ghorbani et al. 2019
+
+__all__ += ["AdversarialTopKIntersection"]
+
+from .data_randomisation import DataRandomisation  # noqa: E402 - Adebayo et al. 2018
+
+__all__ += ["DataRandomisation"]

@@ -296,6 +296,16 @@ class MPRT(_ModelRandomisation):
         Also compare ``a`` with a fresh explanation of the unmodified model, reported as the
         row ``"original"`` of ``layer_scores_`` (a check of the explainer's determinism, never
         part of the summary).
+    stop_layer:
+        Progressive randomisation with a stop layer (Xplique's progressive layer
+        randomisation): randomise the layers in the metric's order (from the output for
+        ``"top_down"``) up to *and including* this layer (a name from
+        ``model.named_modules()``), then stop; the layers after it stay trained. ``None``
+        (default): every layer. The summary (``"mean"``/``"last"``), ``skip_layers`` and
+        ``layer_scores_`` then cover the randomised layers only. A name that is not among
+        the randomised layers (after ``layer_names`` and ``norm_layers="skip"``) is an error
+        that lists them. Combine with ``similarity_func="ssim"`` or ``"hog"`` for the
+        structural similarities of the variant.
     seed:
         Seeds the layer re-initialisation (per layer, from the seed and the layer's name).
 
@@ -338,6 +348,7 @@ class MPRT(_ModelRandomisation):
         layer_names: list[str] | None = None,
         norm_layers: str = "random",
         include_original: bool = False,
+        stop_layer: str | None = None,
         **kwargs: Any,
     ) -> None:
         avg = kwargs.pop("return_average_correlation", None)
@@ -362,11 +373,29 @@ class MPRT(_ModelRandomisation):
             raise ValueError("`skip_layers=True` computes only the last layer; it cannot be "
                              "combined with `return_average_correlation=True`.")
         self.include_original = check_bool("include_original", include_original)
+        if stop_layer is not None and not isinstance(stop_layer, str):
+            raise TypeError(f"`stop_layer` must be a layer name (str) or None; got "
+                            f"{stop_layer!r}.")
+        self.stop_layer = stop_layer
 
     def _derived_metadata(self) -> dict[str, bool]:
         # with a distance, explanations that differ more score higher: this instance's
         # direction flips (metaeval and anyone reading ``metric.higher_is_better`` rank by it)
         return {"higher_is_better": not _lower_is_better(self.similarity_func)}
+
+    def _layers(self, model: ModelWrapper) -> list[str]:
+        """The randomised layers in definition order, cut after ``stop_layer`` in the
+        metric's order."""
+        names = super()._layers(model)
+        if self.stop_layer is None:
+            return names
+        ordered = self._ordered(names)
+        if self.stop_layer not in ordered:
+            raise ValueError(
+                f"{type(self).__name__}: unknown `stop_layer` {self.stop_layer!r}; the layers "
+                f"randomised here ({self.layer_order} order) are {ordered}.")
+        kept = set(ordered[: ordered.index(self.stop_layer) + 1])
+        return [name for name in names if name in kept]
 
     # ------------------------------------------------------------------ hooks
     def _reference(self, batch: MetricBatch) -> torch.Tensor:
