@@ -73,7 +73,8 @@ NON_DEFAULT.update({
 })
 
 # token ids: a canvas of mask tokens makes Insertion a token metric (the blurred one is not),
-# a binary map the confidence metrics (a removal of the tokens below the percentile)
+# a binary map the confidence metrics (a removal of the tokens below the percentile); the
+# deterministic first-order attack, and a distance as the data randomisation similarity
 NON_DEFAULT.update({
     "Insertion(perturb_baseline='black')": cheap_metric("Insertion", perturb_baseline="black"),
     "AverageDrop(threshold_percentile=50)": cheap_metric("AverageDrop", threshold_percentile=50),
