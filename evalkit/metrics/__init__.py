@@ -190,3 +190,7 @@ __all__ += ["AdversarialTopKIntersection"]
 from .data_randomisation import DataRandomisation  # noqa: E402 - Adebayo et al. 2018
 
 __all__ += ["DataRandomisation"]
+
+from .faithfulness import FFidelity  # noqa: E402 - Zheng et al. 2025 (F-Fidelity)
+
+__all__ += ["FFidelity"]

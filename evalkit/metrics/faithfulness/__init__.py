@@ -118,6 +118,12 @@ from .srg import rank_occlusion_strategies as rank_occlusion_strategies  # noqa:
 
 __all__ += ["ABPC", "NAOPC", "SRG"]
 
+# issue 23: F-Fidelity (fine-tuning with random masking, FFid+ and FFid-)
+from .ffidelity import FFidelity  # noqa: E402
+from .ffidelity import fine_tune_with_random_masking as fine_tune_with_random_masking  # noqa: E402
+
+__all__ += ["FFidelity"]
+
 
 # stored configurations, pickles and reprs name the public path, as before the split into
 # submodules (a store written before keeps its cell hashes)
