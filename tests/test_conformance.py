@@ -86,6 +86,12 @@ NON_DEFAULT.update({
         "DataRandomisation", similarity_func="mse"),
 })
 
+# F-Fidelity: FFid- (lower is better), and a removal no larger than the cap (deterministic)
+NON_DEFAULT.update({
+    "FFidelity(sign='-')": cheap_metric("FFidelity", sign="-"),
+    "FFidelity(alpha=0.1, beta=0.1)": cheap_metric("FFidelity", alpha=0.1, beta=0.1),
+})
+
 
 #: (metric id, check, the library bug it shows) for bugs not fixed yet, each a strict xfail
 #: (fixed so far: instance metadata, ROAD(noise=0) and random axiomatic baselines' stochastic

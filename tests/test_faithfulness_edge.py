@@ -13,6 +13,7 @@ direction and cites the paper.
 
 from __future__ import annotations
 
+import copy
 import re
 
 import numpy as np
@@ -69,6 +70,9 @@ def _metrics() -> dict[str, ek.metrics.Metric]:
         "ABPC": M.ABPC(features_in_step=6),
         "SRG": M.SRG(features_in_step=6),
         "NAOPC": M.NAOPC(grouping=3),
+        # F-Fidelity on a deep copy of the model (the protocol, not the fine-tuning)
+        "FFidelity": M.FFidelity(fine_tuned_model=copy.deepcopy, alpha=0.2, n_draws=3,
+                                 quantity="score", seed=0),
     }
 
 

@@ -99,6 +99,10 @@ CASES = [
     M.ABPC(features_in_step=8),
     M.SRG(features_in_step=8),
     M.NAOPC(grouping=4, beam_width=3),
+    # F-Fidelity's stochastic removal on the model as given (no fine-tuning)
+    M.FFidelity(fine_tuned_model="none", alpha=0.2, n_draws=4, quantity="score", seed=0),
+    M.FFidelity(sign="-", fine_tuned_model="none", alpha=0.2, n_draws=4, quantity="score",
+                seed=0),
 ]
 
 

@@ -44,7 +44,7 @@ def test_fidelity_plus_and_minus_by_hand_without_fine_tuning():
     x = np.array([[2.0, 1.0, 2.0, 3.0, 2.0]], dtype=np.float32)
     a = np.array([[6.0, 1.0, 4.0, 3.0, 2.0]])
     y = np.array([0])
-    common = dict(fine_tuned_model="none", stochastic=False, quantity="score",
+    common = dict(fine_tuned_model="none", stochastic_removal=False, quantity="score",
                   perturb_baseline=0.0, softmax=False)
     # alpha 0.4: E = top ceil(0.4 * 5) = 2 features {0, 2}: FFid+ = 6 + 4, FFid- = 1 + 3 + 2
     plus = M.FFidelity(sign="+", alpha=0.4, **common)(model, x, y, a)
@@ -103,7 +103,8 @@ def test_correct_quantity_counts_prediction_flips():
         lin.bias.copy_(torch.tensor([-1.5, 0.0]))
     x = np.ones((1, 3), dtype=np.float32)
     a = np.array([[3.0, 2.0, 1.0]])
-    common = dict(fine_tuned_model="none", alpha=0.6, stochastic=False, perturb_baseline=0.0)
+    common = dict(fine_tuned_model="none", alpha=0.6, stochastic_removal=False,
+                  perturb_baseline=0.0)
     assert M.FFidelity(sign="+", **common)(lin, x, np.array([0]), a)[0] == 1.0
     assert M.FFidelity(sign="-", **common)(lin, x, np.array([0]), a)[0] == 0.0
 
@@ -115,7 +116,7 @@ def test_scores_are_read_on_the_fine_tuned_model():
     x = np.ones((2, 4), dtype=np.float32)
     a = np.array([[4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
     y = np.array([0, 0])
-    common = dict(alpha=0.5, stochastic=False, quantity="score", perturb_baseline=0.0,
+    common = dict(alpha=0.5, stochastic_removal=False, quantity="score", perturb_baseline=0.0,
                   softmax=False)
     on_tuned = M.FFidelity(fine_tuned_model=tuned, **common)(user, x, y, a)
     np.testing.assert_allclose(on_tuned, [7.0, 3.0], rtol=1e-6)
@@ -131,8 +132,8 @@ def test_a_callable_fine_tunes_once_per_model_and_again_after_a_weight_change():
         return _linear([2.0, 2.0])
 
     user = _linear([1.0, 1.0])
-    metric = M.FFidelity(fine_tuned_model=tune, alpha=0.5, stochastic=False, quantity="score",
-                         perturb_baseline=0.0, softmax=False)
+    metric = M.FFidelity(fine_tuned_model=tune, alpha=0.5, stochastic_removal=False,
+                         quantity="score", perturb_baseline=0.0, softmax=False)
     x = np.ones((1, 2), dtype=np.float32)
     a = np.array([[2.0, 1.0]])
     first = metric(user, x, np.array([0]), a)
@@ -261,7 +262,9 @@ def test_metadata_direction_and_registration():
     plus, minus = M.FFidelity(), M.FFidelity(sign="-")
     assert plus.higher_is_better and not minus.higher_is_better
     assert plus.family == "faithfulness" and "Zheng" in plus.paper
-    assert plus.stochastic and not M.FFidelity(stochastic=False).stochastic
+    assert plus.stochastic and not M.FFidelity(stochastic_removal=False).stochastic
+    # a part no larger than the cap is removed whole by every draw
+    assert not M.FFidelity(alpha=0.1, beta=0.1).stochastic
     assert set(plus.modalities) == {"image", "series", "tabular", "tokens"}
 
 

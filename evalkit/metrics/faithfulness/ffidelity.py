@@ -15,7 +15,8 @@ the removal (the out-of-distribution problem). F-Fidelity removes that surprise 
    highest attribution): the prediction should fall (**higher is better**); FFid- removes
    random subsets of the rest (the least important features): it should not (**lower is
    better**). The random subsets are R-Fidelity's stochastic partial removal (Zheng et al.,
-   ICLR 2024); ``stochastic=False`` removes the whole part instead (the classic Fidelity+/-).
+   ICLR 2024); ``stochastic_removal=False`` removes the whole part instead (the classic
+   Fidelity+/-).
 
 Fine-tuning costs a few epochs of training: do it once per model with the helper and pass the
 copy (``fine_tuned_model=``); the metric can also fine-tune on data you pass
@@ -185,37 +186,42 @@ class FFidelity(RanksFeatures):
 
     For sample i with G features (groups of ``grouping``), the explanation E is its
     ceil(``alpha`` * G) features of highest attribution (at least 1); FFid+ removes from E,
-    FFid- from its complement (the least important features). With ``stochastic=True`` (the
-    paper's removal, R-Fidelity's stochastic partial removal) each of ``n_draws`` draws removes
-    a uniformly random subset of min(|part|, ceil(``beta`` * G)) features of that part,
-    replaced by ``perturb_baseline``; with ``stochastic=False`` the whole part is removed once
-    (Fidelity+/-). On the fine-tuned model f',
+    FFid- from its complement (the least important features). With
+    ``stochastic_removal=True`` (the paper's removal, R-Fidelity's stochastic partial removal)
+    each of ``n_draws`` draws removes a uniformly random subset of min(|part|,
+    ceil(``beta`` * G)) features of that part, replaced by ``perturb_baseline``; with
+    ``stochastic_removal=False`` the whole part is removed once (Fidelity+/-). On the
+    fine-tuned model f',
 
         FFid(x) = q(f', x) - mean over draws of q(f', x with the subset removed),
 
-    averaged over the ``alpha`` values when several are given (the paper averages over
-    sparsity levels), where q is ``quantity``: ``"correct"`` (default, the paper's: 1 when
-    f' predicts the label y, else 0) or ``"score"`` (the target's score, the softmax
-    probability of y by default). The dataset FFid is the mean of the scores.
+    averaged over the ``alpha`` values when several are given (the paper reports over a range
+    of explanation sizes; ``drops_per_alpha_`` keeps each), where q is ``quantity``:
+    ``"correct"`` (default, the paper's: 1 when f' predicts the label y, else 0) or
+    ``"score"`` (the target's score, the softmax probability of y by default). The dataset
+    FFid is the mean of the scores.
 
     Parameters
     ----------
     sign:
         ``"+"`` (FFid+, default) or ``"-"`` (FFid-).
     alpha:
-        The explanation size, a fraction of the features in (0, 1], or a sequence of them.
+        The explanation size, a fraction of the features in (0, 1], or a sequence of them
+        (default 10 % to 50 %, averaged: no single size is assumed to be the true one).
     beta:
         The most features one removal takes, as a fraction of G: the fine-tuning's ``beta``.
     n_draws:
-        Random subsets per sample and ``alpha`` (``stochastic=True``).
-    stochastic:
-        Remove random subsets (default) or the whole part (one draw).
+        Random subsets per sample and ``alpha`` (``stochastic_removal=True``).
+    stochastic_removal:
+        Remove random subsets (default) or the whole part (one draw). (Not ``stochastic``:
+        that name is the metadata every metric has, true when its score depends on the seed.)
     fine_tuned_model:
         The fine-tuned copy: an ``nn.Module`` or :class:`~evalkit.models.ModelWrapper`
         (e.g. ``fine_tune_with_random_masking(model, x_train, y_train)``); or a callable
         ``f(model) -> nn.Module``, called once per model (the result is cached on the
         instance, keyed by the model and its weights' versions); or ``"none"``: evaluate the
-        model as given (no fine-tuning: R-Fidelity, or Fidelity with ``stochastic=False``).
+        model as given (no fine-tuning: R-Fidelity, or Fidelity with
+        ``stochastic_removal=False``).
         None (default): fine-tune on ``fine_tune_data`` (required then).
     fine_tune_data:
         ``(x_train, y_train)``: the metric fine-tunes a copy of the evaluated model on them
@@ -229,8 +235,10 @@ class FFidelity(RanksFeatures):
     perturb_baseline, grouping:
         Replacement and features, as for :class:`AOPC`.
 
-    Each draw is a function of the seed and the sample's values (:mod:`evalkit._rng`). Ties in
-    the attribution are ordered by feature id; a constant map is NaN (``constant_maps``).
+    When the part is no larger than the cap (FFid+ with ``alpha <= beta``) every draw removes
+    all of it and the score is deterministic. Each draw is a function of the seed and the
+    sample's values (:mod:`evalkit._rng`). Ties in the attribution are ordered by feature id; a
+    constant map is NaN (``constant_maps``).
 
     Reference: X. Zheng, F. Shirani, Z. Chen, C. Lin, W. Cheng, W. Guo, D. Luo, "F-Fidelity: A
     Robust Framework for Faithfulness Evaluation of Explainable AI", ICLR 2025
@@ -251,10 +259,10 @@ class FFidelity(RanksFeatures):
     def __init__(
         self,
         sign: str = "+",
-        alpha: float | Sequence[float] = 0.1,
+        alpha: float | Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5),
         beta: float = 0.1,
         n_draws: int = 10,
-        stochastic: bool = True,
+        stochastic_removal: bool = True,
         fine_tuned_model: nn.Module | ModelWrapper | Callable[[Any], Any] | str | None = None,
         fine_tune_data: tuple[Any, Any] | None = None,
         fine_tune_kwargs: dict[str, Any] | None = None,
@@ -273,7 +281,7 @@ class FFidelity(RanksFeatures):
         self.alpha = alpha
         self.beta = _fraction("beta", beta)
         self.n_draws = check_scalar("n_draws", n_draws, int, min_val=1)
-        self.stochastic = check_bool("stochastic", stochastic)
+        self.stochastic_removal = check_bool("stochastic_removal", stochastic_removal)
         if isinstance(fine_tuned_model, str) and fine_tuned_model != NO_FINE_TUNING:
             raise ValueError(f"`fine_tuned_model` as a string must be {NO_FINE_TUNING!r}; got "
                              f"{fine_tuned_model!r}.")
@@ -308,7 +316,10 @@ class FFidelity(RanksFeatures):
                 "modalities": removal_modalities(self._imputer)}
 
     def _random_sources(self) -> dict[str, Any]:
-        return {"random subsets": self.stochastic, "baseline": self._imputer}
+        # a draw is random only where the part is larger than the cap of a removal
+        part = max(self._alphas) if self.sign == "+" else 1.0 - min(self._alphas)
+        return {"random subsets": self.stochastic_removal and part > self.beta,
+                "baseline": self._imputer}
 
     # ----------------------------------------------------------------- the fine-tuned model
     def _fine_tuned_wrapper(self, batch: MetricBatch) -> ModelWrapper:
@@ -369,7 +380,7 @@ class FFidelity(RanksFeatures):
         lo = torch.zeros_like(k) if self.sign == "+" else k
         hi = k if self.sign == "+" else g.unsqueeze(1).expand_as(k)
         part = hi - lo
-        if self.stochastic:
+        if self.stochastic_removal:
             cap = torch.ceil(self.beta * g.to(torch.float64) - 1e-9).to(torch.int64).clamp(min=1)
             take = torch.minimum(part, cap.unsqueeze(1))
             draws = self.n_draws
@@ -381,7 +392,7 @@ class FFidelity(RanksFeatures):
         def positions_of(i: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
             """(B, G) bool over rank positions: the positions removed by draw d of alpha a."""
             in_part = (pos >= lo[i, a].unsqueeze(1)) & (pos < hi[i, a].unsqueeze(1))
-            if not self.stochastic:
+            if not self.stochastic_removal:
                 return in_part
             u = _rng.uniform(_rng.combine(keys[i].cpu(), a.cpu(), d.cpu()), (g_max,),
                              dtype=torch.float64).to(dev)
