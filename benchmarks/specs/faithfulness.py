@@ -770,3 +770,26 @@ SPECS += [
     Spec("SRG", "faithfulness", _two_curves(SRG)),
     Spec("NAOPC", "faithfulness", _naopc),
 ]
+
+
+# F-Fidelity: the evaluation step only. Fine-tuning is a one-off training outside the timed
+# call (evalkit.metrics.faithfulness.fine_tune_with_random_masking); an untrained deep copy
+# stands in for the fine-tuned model, which costs the same forwards.
+from evalkit.metrics import FFidelity  # noqa: E402
+
+
+def _ffidelity(w: Workload, ctx: Context) -> Case:
+    import copy
+
+    metric = FFidelity(fine_tuned_model=copy.deepcopy(w.model), seed=0)
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a)
+
+    return Case(ours=ours, settings="1-channel Saliency, pixels, FFid+, alpha 0.1..0.5, "
+                                    "beta=0.1, 10 draws, black, correct; fine-tuning not "
+                                    "timed (a copy of the model stands in)",
+                note="not in Quantus")
+
+
+SPECS += [Spec("FFidelity", "faithfulness", _ffidelity)]
