@@ -8,6 +8,8 @@ plumbing and caching, edge cases, and a CI-sized run on the shipped shapes model
 
 from __future__ import annotations
 
+import copy
+import pickle
 import time
 
 import numpy as np
@@ -173,6 +175,18 @@ def test_fine_tune_data_trains_a_copy_once_and_never_the_user_model():
                     quantity="score", seed=0)(user, x, y, a), first, rtol=1e-12)
 
 
+def test_a_metric_with_a_cached_copy_pickles_and_fine_tunes_again():
+    user = _linear([1.0, 1.0])
+    metric = M.FFidelity(fine_tuned_model=copy.deepcopy, alpha=0.5, n_draws=2, seed=0,
+                         quantity="score")
+    x, a, y = np.ones((1, 2), np.float32), np.array([[2.0, 1.0]]), np.array([0])
+    first = metric(user, x, y, a)
+    assert len(metric._copies) == 1
+    back = pickle.loads(pickle.dumps(metric))
+    assert len(back._copies) == 0
+    np.testing.assert_array_equal(back(user, x, y, a), first)
+
+
 def test_missing_fine_tuned_model_is_an_error_that_says_what_to_pass():
     with pytest.raises(ValueError, match="fine_tune_with_random_masking"):
         M.FFidelity()(_linear([1.0, 1.0]), np.ones((1, 2), np.float32), np.array([0]),
@@ -314,3 +328,29 @@ def test_shapes_model_fine_tunes_fast_keeps_accuracy_and_ranks_maps():
         s_rand = np.nanmean(metric(model, test.x, test.y, rand))
         # FFid+: removing the shape hurts more than removing random pixels; FFid-: less
         assert (s_good > s_rand) if sign == "+" else (s_good < s_rand), (sign, s_good, s_rand)
+
+
+def test_helper_fine_tunes_token_ids_with_the_mask_token():
+    from evalkit.modality import TokensModality
+
+    class Bag(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(20, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embedding(ids).mean(1))
+
+    torch.manual_seed(0)
+    model = Bag().eval()
+    ids = torch.randint(1, 20, (16, 8))
+    labels = (ids[:, 0] > 10).long()
+    modality = TokensModality(mask_token_id=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned = fine_tune_with_random_masking(model, ids, labels, beta=0.5, epochs=1, lr=1e-2,
+                                          modality=modality)
+    # only the ids that were seen change: the mask token's embedding row is trained
+    assert not torch.equal(tuned.embedding.weight[0], before["embedding.weight"][0])
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)

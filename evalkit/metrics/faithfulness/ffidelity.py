@@ -226,8 +226,9 @@ class FFidelity(RanksFeatures):
     fine_tune_data:
         ``(x_train, y_train)``: the metric fine-tunes a copy of the evaluated model on them
         with :func:`fine_tune_with_random_masking` (``beta``, ``grouping``,
-        ``perturb_baseline``, ``seed`` and ``fine_tune_kwargs``) on its first call with that
-        model, and reuses the copy afterwards. It never trains on the evaluated batch.
+        ``perturb_baseline``, the metric's ``seed`` (0 when it is None) and
+        ``fine_tune_kwargs``) on its first call with that model, and reuses the copy
+        afterwards. It never trains on the evaluated batch.
     fine_tune_kwargs:
         More arguments of :func:`fine_tune_with_random_masking` (``epochs``, ``lr``...).
     quantity:
@@ -304,6 +305,17 @@ class FFidelity(RanksFeatures):
         self._imputer = make_imputer(perturb_baseline)
         # fine-tuned copies per user module: (weights' version, copy)
         self._copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the fine-tuned copies are a cache of this process (weak references cannot be
+        # pickled): a pickled metric fine-tunes again, with the same seed, where it needs to
+        state = self.__dict__.copy()
+        state["_copies"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._copies = weakref.WeakKeyDictionary()
 
     @classmethod
     def conformance_params(cls) -> dict[str, Any]:
