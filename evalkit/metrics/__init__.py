@@ -190,3 +190,7 @@ __all__ += ["AdversarialTopKIntersection"]
 from .data_randomisation import DataRandomisation  # noqa: E402 - Adebayo et al. 2018
 
 __all__ += ["DataRandomisation"]
+
+from .faithfulness import ADCC, ARCC, Coherency  # noqa: E402 - Poppi et al. 2021; ARCC 2026
+
+__all__ += ["ADCC", "ARCC", "Coherency"]
