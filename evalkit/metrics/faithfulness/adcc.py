@@ -106,14 +106,20 @@ class _CamComposite(Metric):
             raise ValueError(f"{type(self).__name__} needs a mask-independent "
                              "perturb_baseline (a value or a named baseline).")
         masked = base + e.to(x.dtype) * (x - base)
-        a2 = batch.explain(masked, batch.y)
-        finite = finite_rows(a2)
+        # the raw re-explanation, to tell a non-finite one (preprocessing zeroes it) apart
+        raw = self._run_explain(batch, masked, batch.y)
+        finite = finite_rows(raw).to(batch.device)
+        a2 = self._preprocess_attributions(batch, raw, masked, flag_nan=False)
+        a = batch.a
+        assert a is not None
+        if a2.shape != a.shape:
+            raise ValueError(f"{type(self).__name__}: the explain function returns "
+                             f"attributions of shape {tuple(a2.shape)} after alignment, but "
+                             f"`a` has shape {tuple(a.shape)}.")
         batch.set_nan(~finite, _NONFINITE_REEXPLAINED)
         flat2 = torch.where(finite.unsqueeze(1), a2.reshape(batch.n, -1), 0.0)
         const2 = flat2.amax(1) <= flat2.amin(1)
         batch.set_nan(const2 & finite, _CONSTANT_REEXPLAINED)
-        a = batch.a
-        assert a is not None
         rho = _pearson_rows(a.reshape(batch.n, -1), flat2).to(batch.device)
         return (rho + 1) / 2
 
