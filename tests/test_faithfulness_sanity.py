@@ -99,6 +99,10 @@ CASES = [
     M.ABPC(features_in_step=8),
     M.SRG(features_in_step=8),
     M.NAOPC(grouping=4, beam_width=3),
+    # issue 23: composite CAM scores (the masked input re-explained by the default explainer)
+    M.Coherency(),
+    M.ADCC(),
+    M.ARCC(seed=0),
 ]
 
 

@@ -45,7 +45,8 @@ _CONSTANT_MAP = ("the explanation is constant (e.g. all zero): it cannot be norm
                  "[0, 1] and its correlation is undefined")
 _CONSTANT_REEXPLAINED = ("the explanation of the masked input is constant: the correlation is "
                          "undefined")
-_NONFINITE_REEXPLAINED = "the explanation of the masked input contains NaN or Inf"
+_NONFINITE_REEXPLAINED = ("the explanation of the masked input is not finite (NaN or Inf; e.g. "
+                          "the model's outputs on it are not finite)")
 
 
 def harmonic_mean3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -109,18 +110,21 @@ class _CamComposite(Metric):
         # the raw re-explanation, to tell a non-finite one (preprocessing zeroes it) apart
         raw = self._run_explain(batch, masked, batch.y)
         finite = finite_rows(raw).to(batch.device)
+        batch.set_nan(~finite, _NONFINITE_REEXPLAINED)
         a2 = self._preprocess_attributions(batch, raw, masked, flag_nan=False)
         a = batch.a
         assert a is not None
-        if a2.shape != a.shape:
+        # per-pixel maps (channels summed): a 1-channel CAM against a C-channel re-explanation
+        pixels, _ = batch.modality.feature_maps(a)
+        pixels2, _ = batch.modality.feature_maps(a2)
+        if pixels2.shape != pixels.shape:
             raise ValueError(f"{type(self).__name__}: the explain function returns "
-                             f"attributions of shape {tuple(a2.shape)} after alignment, but "
-                             f"`a` has shape {tuple(a.shape)}.")
-        batch.set_nan(~finite, _NONFINITE_REEXPLAINED)
-        flat2 = torch.where(finite.unsqueeze(1), a2.reshape(batch.n, -1), 0.0)
-        const2 = flat2.amax(1) <= flat2.amin(1)
+                             f"attributions of shape {tuple(a2.shape)} after alignment, which "
+                             f"do not match `a` of shape {tuple(a.shape)}.")
+        pixels2 = torch.where(finite.unsqueeze(1), pixels2, 0.0)
+        const2 = pixels2.amax(1) <= pixels2.amin(1)
         batch.set_nan(const2 & finite, _CONSTANT_REEXPLAINED)
-        rho = _pearson_rows(a.reshape(batch.n, -1), flat2).to(batch.device)
+        rho = _pearson_rows(pixels, pixels2).to(batch.device)
         return (rho + 1) / 2
 
 
@@ -173,9 +177,11 @@ class ADCC(_CamComposite):
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         e = _unit_maps(batch)
+        # the model's scores first: a non-finite output is the reason named, not its effect
+        # on the re-explanation
+        drop = self._average_drop._evaluate(batch)
         coherency = self._coherency(batch, e)
         complexity = _complexity(batch, e)
-        drop = self._average_drop._evaluate(batch)
         batch.record("coherency", coherency, per_sample=True)
         batch.record("complexity", complexity, per_sample=True)
         batch.record("average_drop", drop, per_sample=True)
@@ -224,9 +230,9 @@ class ARCC(_CamComposite):
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         e = _unit_maps(batch)
+        road = self._road._evaluate(batch)
         coherency = self._coherency(batch, e)
         complexity = _complexity(batch, e)
-        road = self._road._evaluate(batch)
         # ARCC is a score per sample, not a curve: ROAD's curves stay diagnostics only
         batch.curves = batch.curve_x = None
         batch.record("coherency", coherency, per_sample=True)
