@@ -134,6 +134,8 @@ class Coherency(_CamComposite):
     normalised to [0, 1]), rescaled to [0, 1] as ``(rho + 1) / 2``. The masked input is
     re-explained with the metric's explain function (``explain_fn``). **Higher is better**:
     1 when the explanation is unchanged (up to a positive affine map) on the masked input.
+    The correlation runs over pixels (time steps on series), channels summed, so a 1-channel
+    CAM meets a C-channel re-explanation. Quantus has no such metric.
 
     ``perturb_baseline`` b makes the masked input ``b + e * (x - b)`` (default 0). A constant
     explanation (e.g. all zero), or a constant re-explanation, has no correlation: NaN with a
@@ -162,7 +164,8 @@ class ADCC(_CamComposite):
 
     The three components are kept per sample in ``coherency_``, ``complexity_`` and
     ``average_drop_`` (``diagnostics_``). A constant explanation is NaN with a reason (neither
-    normalisable nor correlated); a zero component gives 0.
+    normalisable nor correlated); a zero component gives 0. Quantus has no such metric;
+    pytorch-grad-cam 1.5.7 ships Coherency and Complexity, not ADCC.
 
     Reference: S. Poppi, M. Cornia, L. Baraldi, R. Cucchiara, "Revisiting The Evaluation of
     Class Activation Mapping for Explainability: A Novel Metric and Experimental Analysis",
@@ -204,7 +207,8 @@ class ARCC(_CamComposite):
     "geometric mean"; the code is a harmonic mean, with 1e-8 added to each component).
     The components are kept in ``coherency_``, ``complexity_`` and ``road_`` (the unscaled
     ROAD), and ROAD's curves in ``morf_curves_`` and ``lerf_curves_``. Stochastic through the
-    imputation noise (seeded per sample); ``noise=0`` makes it deterministic.
+    imputation noise (seeded per sample); ``noise=0`` makes it deterministic. Quantus has no
+    such metric.
 
     Reference: L. Domeniconi, A. Stramiglio, M. Lombardi, S. Salti, "How to Evaluate and
     Refine your CAM", arXiv 2605.14641, 2026.
