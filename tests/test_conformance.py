@@ -86,6 +86,14 @@ NON_DEFAULT.update({
         "DataRandomisation", similarity_func="mse"),
 })
 
+# the CAM composites: ARCC without imputation noise is deterministic; a random masking baseline
+# makes Coherency stochastic
+NON_DEFAULT.update({
+    "ARCC(noise=0)": cheap_metric("ARCC", noise=0.0),
+    "Coherency(perturb_baseline='uniform')": cheap_metric("Coherency",
+                                                          perturb_baseline="uniform"),
+})
+
 
 #: (metric id, check, the library bug it shows) for bugs not fixed yet, each a strict xfail
 #: (fixed so far: instance metadata, ROAD(noise=0) and random axiomatic baselines' stochastic
