@@ -86,10 +86,15 @@ NON_DEFAULT.update({
         "DataRandomisation", similarity_func="mse"),
 })
 
-# F-Fidelity: FFid- (lower is better), and a removal no larger than the cap (deterministic)
+# F-Fidelity: FFid- (lower is better), and a removal no larger than the cap (deterministic);
+# and the CAM composites: ARCC without imputation noise is deterministic; a random masking
+# baseline makes Coherency stochastic
 NON_DEFAULT.update({
     "FFidelity(sign='-')": cheap_metric("FFidelity", sign="-"),
     "FFidelity(alpha=0.1, beta=0.1)": cheap_metric("FFidelity", alpha=0.1, beta=0.1),
+    "ARCC(noise=0)": cheap_metric("ARCC", noise=0.0),
+    "Coherency(perturb_baseline='uniform')": cheap_metric("Coherency",
+                                                          perturb_baseline="uniform"),
 })
 
 

@@ -73,6 +73,11 @@ def _metrics() -> dict[str, ek.metrics.Metric]:
         # F-Fidelity on a deep copy of the model (the protocol, not the fine-tuning)
         "FFidelity": M.FFidelity(fine_tuned_model=copy.deepcopy, alpha=0.2, n_draws=3,
                                  quantity="score", seed=0),
+
+        # issue 23: composite CAM scores (re-explain with evalkit's default explainer)
+        "Coherency": M.Coherency(),
+        "ADCC": M.ADCC(),
+        "ARCC": M.ARCC(percentages=[25, 75], seed=0),
     }
 
 
@@ -105,6 +110,8 @@ CORRELATION = ("SensitivityN", "FaithfulnessCorrelation", "FaithfulnessEstimate"
 CONFIDENCE = ("AverageDrop", "AverageIncrease", "AverageGain")
 #: importance min-max scaled per sample: a constant map is NaN with a reason
 SOFT = ("SoftComprehensiveness", "SoftSufficiency")
+#: CAMs min-max scaled and correlated: a constant map is NaN with a reason
+CAM_COMPOSITES = ("Coherency", "ADCC", "ARCC")
 
 
 def _is_set_level(metric) -> bool:
@@ -178,7 +185,7 @@ def test_zero_and_constant_maps_never_crash(name, data):
     elif base in CORRELATION:
         assert np.isnan(s[:2]).all()
         assert all("constant" in metric.nan_reasons_[i] for i in (0, 1))
-    elif base in CONFIDENCE or base in SOFT:
+    elif base in CONFIDENCE or base in SOFT or base in CAM_COMPOSITES:
         assert np.isnan(s[:2]).all()
         assert all("constant" in metric.nan_reasons_[i] for i in (0, 1))
     elif base not in ("Sufficiency", "SensitivityN"):
@@ -223,7 +230,9 @@ class _NaNOnSample(nn.Module):
         return out.masked_fill(bad[:, None], float("nan"))
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if not n.startswith("Sufficiency")])
+# (Coherency reads no model output itself: its explainer does, see tests/test_adcc.py)
+@pytest.mark.parametrize("name", [n for n in ALL if not n.startswith(("Sufficiency",
+                                                                      "Coherency"))])
 def test_non_finite_model_outputs_give_nan_with_a_reason(name, data):
     """A model that returns NaN on perturbed inputs gives NaN scores with the reason, never a
     number: a correlation must not read a NaN output change as 0, nor Monotonicity a NaN

@@ -103,6 +103,11 @@ CASES = [
     M.FFidelity(fine_tuned_model="none", alpha=0.2, n_draws=4, quantity="score", seed=0),
     M.FFidelity(sign="-", fine_tuned_model="none", alpha=0.2, n_draws=4, quantity="score",
                 seed=0),
+
+    # issue 23: composite CAM scores (the masked input re-explained by the default explainer)
+    M.Coherency(),
+    M.ADCC(),
+    M.ARCC(seed=0),
 ]
 
 

@@ -793,3 +793,66 @@ def _ffidelity(w: Workload, ctx: Context) -> Case:
 
 
 SPECS += [Spec("FFidelity", "faithfulness", _ffidelity)]
+
+# --------------------------------------------------------------------------- issue 23
+# Coherency, ADCC and ARCC re-explain the input masked by the min-max normalised map (x * e)
+# with Saliency summed over channels (the workload's `a`), through a TimedExplainer for the
+# explainer share. Floor: explain() on those N masked inputs plus the bare forward rows ours
+# issued besides the explainer's (ADCC: Average Drop's N + N; ARCC: ROAD's imputed rows, whose
+# sparse solves are timed as a part). pytorch-grad-cam 1.5.7 ships Coherency, Complexity and
+# ARCC but imports torchvision at package import, which does not import beside this torch: no
+# reference row (tests/test_adcc.py checks against its metrics module, imported on its own).
+from evalkit.metrics import ADCC, ARCC, Coherency  # noqa: E402
+
+
+def _cam_composite(cls: type):
+    def build(w: Workload, ctx: Context) -> Case:
+        import evalkit
+
+        from ..harness import TimedExplainer
+
+        part = None
+        if cls is ARCC:
+            metric = cls(percentages=[20, 40, 60, 80], seed=0)
+            part = PartTimer("imputation", ctx.device)
+            for imputer in metric._road._imputers.values():
+                imputer.fill = part.wrap(imputer.fill)
+        else:
+            metric = cls()
+        te = TimedExplainer(evalkit.explain, device=ctx.device)
+        explain_kwargs = {"method": "Saliency", "reduce_channels": "sum"}
+        wrapper = evalkit.wrap_model(w.model)  # its output shape is probed once, not per call
+
+        def ours() -> np.ndarray:
+            return metric(wrapper, w.x, w.y, w.a, explain_fn=te, explain_kwargs=explain_kwargs)
+
+        def floor(rows: int, _calls: int):
+            flat = w.a.reshape(w.n, -1)
+            lo = flat.amin(1).reshape(-1, 1, 1, 1)
+            span = (flat.amax(1) - flat.amin(1)).reshape(-1, 1, 1, 1)
+            masked = w.x * ((w.a - lo) / span).to(w.x.dtype)
+            # the rows counted include the explainer's own N forwards, which explain() repeats
+            fwd = forward_floor(w, max(0, rows - w.n), ctx.batch_size)
+
+            def run() -> None:
+                evalkit.explain(wrapper, masked, w.y, **explain_kwargs)
+                if fwd is not None:
+                    fwd()
+
+            return run
+
+        settings = "1-channel Saliency, x * map re-explained by Saliency, softmax"
+        if cls is ARCC:
+            settings += ", ROAD confidence combined, percentages [20, 40, 60, 80], noise 0.01"
+        return Case(ours=ours, floor=floor, settings=settings, explainer=te, part=part,
+                    note="not in Quantus; pytorch-grad-cam 1.5.7's package does not import "
+                         "beside this torch (torchvision)")
+
+    return build
+
+
+SPECS += [
+    Spec("Coherency", "faithfulness", _cam_composite(Coherency)),
+    Spec("ADCC", "faithfulness", _cam_composite(ADCC)),
+    Spec("ARCC", "faithfulness", _cam_composite(ARCC)),
+]

@@ -194,3 +194,7 @@ __all__ += ["DataRandomisation"]
 from .faithfulness import FFidelity  # noqa: E402 - Zheng et al. 2025 (F-Fidelity)
 
 __all__ += ["FFidelity"]
+
+from .faithfulness import ADCC, ARCC, Coherency  # noqa: E402 - Poppi et al. 2021; ARCC 2026
+
+__all__ += ["ADCC", "ARCC", "Coherency"]

@@ -125,6 +125,11 @@ from .ffidelity import fine_tune_with_random_masking as fine_tune_with_random_ma
 __all__ += ["FFidelity"]
 
 
+# issue 23: composite CAM scores (Poppi et al. 2021; Domeniconi et al. 2026)
+from .adcc import ADCC, ARCC, Coherency  # noqa: E402
+
+__all__ += ["ADCC", "ARCC", "Coherency"]
+
 # stored configurations, pickles and reprs name the public path, as before the split into
 # submodules (a store written before keeps its cell hashes)
 publish_as_package(globals())
