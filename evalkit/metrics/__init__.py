@@ -190,3 +190,7 @@ __all__ += ["AdversarialTopKIntersection"]
 from .data_randomisation import DataRandomisation  # noqa: E402 - Adebayo et al. 2018
 
 __all__ += ["DataRandomisation"]
+
+from .faithfulness import IDSDS  # noqa: E402 - in-domain single-deletion score (Hesse et al. 2024)
+
+__all__ += ["IDSDS"]
