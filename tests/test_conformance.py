@@ -86,6 +86,11 @@ NON_DEFAULT.update({
         "DataRandomisation", similarity_func="mse"),
 })
 
+# IDSDS with a random deletion value: stochastic (seeded per sample)
+NON_DEFAULT.update({
+    "IDSDS(perturb_baseline='uniform')": cheap_metric("IDSDS", perturb_baseline="uniform"),
+})
+
 
 #: (metric id, check, the library bug it shows) for bugs not fixed yet, each a strict xfail
 #: (fixed so far: instance metadata, ROAD(noise=0) and random axiomatic baselines' stochastic

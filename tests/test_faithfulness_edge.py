@@ -69,6 +69,8 @@ def _metrics() -> dict[str, ek.metrics.Metric]:
         "ABPC": M.ABPC(features_in_step=6),
         "SRG": M.SRG(features_in_step=6),
         "NAOPC": M.NAOPC(grouping=3),
+        # IDSDS on 2x2 patches (9 single deletions; no fine-tuning: the protocol's mechanics)
+        "IDSDS": M.IDSDS(patch_size=2),
     }
 
 
@@ -97,7 +99,7 @@ VARIANTS = {
 
 ALL = {**_metrics(), **VARIANTS}
 CORRELATION = ("SensitivityN", "FaithfulnessCorrelation", "FaithfulnessEstimate",
-               "MonotonicityCorrelation")
+               "MonotonicityCorrelation", "IDSDS")
 CONFIDENCE = ("AverageDrop", "AverageIncrease", "AverageGain")
 #: importance min-max scaled per sample: a constant map is NaN with a reason
 SOFT = ("SoftComprehensiveness", "SoftSufficiency")

@@ -99,6 +99,8 @@ CASES = [
     M.ABPC(features_in_step=8),
     M.SRG(features_in_step=8),
     M.NAOPC(grouping=4, beam_width=3),
+    # IDSDS on 2x2 patches (36 single deletions; the region model needs no fine-tuning)
+    M.IDSDS(patch_size=2),
 ]
 
 
