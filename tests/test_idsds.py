@@ -246,7 +246,7 @@ def test_fine_tuning_leaves_the_user_model_and_the_global_rng_alone(shapes):
     assert torch.equal(torch.random.get_rng_state(), shapes["rng_before"])
     assert tuned is not model and not tuned.training
     assert not hasattr(model, DELETION_ATTRIBUTE)
-    assert getattr(tuned, DELETION_ATTRIBUTE)["patch_size"] == (8,)
+    assert getattr(tuned, DELETION_ATTRIBUTE)["patch_size"] == (8, 8)
     changed = [n for n, v in tuned.state_dict().items()
                if v.is_floating_point() and not torch.equal(v, shapes["before"][n])]
     assert changed
@@ -303,6 +303,7 @@ def test_a_model_fine_tuned_with_other_deletions_is_refused(shapes):
     x, y = shapes["x_test"][:4], shapes["y_test"][:4]
     a = torch.rand((4, 1, 32, 32))
     IDSDS(patch_size=8)(tuned, x, y, a)  # the settings it was tuned with
+    IDSDS(patch_size=(8, 8))(tuned, x, y, a)  # the same patches, spelled per axis
     with pytest.raises(ValueError, match="fine-tuned with"):
         IDSDS(patch_size=4)(tuned, x, y, a)
     with pytest.raises(ValueError, match="fine-tuned with"):

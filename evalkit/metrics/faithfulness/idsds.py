@@ -8,8 +8,8 @@ The protocol has two steps:
    The model then has seen deleted patches in training, so an input with a deleted patch is no
    longer out of domain, and the output drop it causes measures the patch's importance rather
    than the model's surprise at the deletion. The user's model and the global random
-   generators are never touched: the copy is trained inside ``torch.random.fork_rng`` with
-   every draw seeded from ``seed`` (:func:`evalkit._rng.derive_seed`), by the same training
+   generators are never touched: the copy is trained inside ``torch.random.fork_rng``, with
+   every draw (deletions, batch order, dropout) seeded from ``seed``, by the same training
    loop as :func:`~evalkit.metrics.data_randomisation.train_on_permuted_labels`.
 2. **Scoring** (:class:`IDSDS`), on the fine-tuned model and attributions of *that* model: per
    image, each patch is deleted on its own (single deletion), the drop of the target's output
@@ -17,6 +17,14 @@ The protocol has two steps:
    the per-patch attribution sums and the per-patch output drops. The single deletions do not
    depend on the attribution, so inside :func:`evalkit.forward_cache` every explanation method
    evaluated on the same model and images reuses them.
+
+What the paper fixes (its Figure 1 and abstract): non-overlapping patches, fine-tuning on
+images with deleted patches, the drop of the target class's logit per single deletion, and
+the rank correlation with the per-patch attribution sums. Where this implementation chooses,
+it says so and makes the choice a parameter: which patches are deleted in fine-tuning (by
+default half the images clean and half with one random patch deleted, exactly the inputs the
+score feeds the model; :func:`patch_deletion_selection`), the optimiser and its settings
+(Adam on the cross-entropy against the labels), and the deletion value.
 
 A patch is deleted by replacing it with a fixed value, the same in fine-tuning and scoring:
 ``perturb_baseline="zero"`` by default, which is the dataset mean for inputs normalised to
@@ -60,9 +68,14 @@ CONSTANT_SUMS = ("the per-patch attribution sums are constant: a rank correlatio
                  "constant is undefined")
 
 
-def _deletion_settings(patch_size: int | Sequence[int], perturb_baseline: Any
+def _deletion_settings(patch_size: int | Sequence[int], perturb_baseline: Any, n_axes: int
                        ) -> dict[str, Any]:
-    sizes = (patch_size,) if isinstance(patch_size, int) else tuple(patch_size)
+    """How patches are deleted, comparable between fine-tuning and scoring: the patch size per
+    spatial axis (``8`` and ``(8, 8)`` are the same on images) and the replacement."""
+    sizes = (tuple(int(p) for p in patch_size) if isinstance(patch_size, Sequence)
+             else (int(patch_size),))
+    if len(sizes) == 1:
+        sizes = sizes * n_axes
     return {"patch_size": sizes, "perturb_baseline": repr(make_imputer(perturb_baseline))}
 
 
@@ -171,7 +184,8 @@ def finetune_on_patch_deletions(
 
     work = fit_copy(model, xt, yt, epochs=epochs, batch_size=batch_size, lr=lr,
                     weight_decay=weight_decay, seed=seed, transform=delete_patches)
-    setattr(work, DELETION_ATTRIBUTE, _deletion_settings(patch_size, perturb_baseline))
+    setattr(work, DELETION_ATTRIBUTE,
+            _deletion_settings(patch_size, perturb_baseline, xt.ndim - 2))
     return work
 
 
@@ -246,7 +260,7 @@ class IDSDS(RanksFeatures):
         recorded = getattr(module, DELETION_ATTRIBUTE, None)
         if not isinstance(recorded, dict):
             return
-        mine = _deletion_settings(self.patch_size, self.perturb_baseline)
+        mine = _deletion_settings(self.patch_size, self.perturb_baseline, batch.x.ndim - 2)
         if recorded != mine:
             raise ValueError(
                 f"IDSDS deletes patches with {mine} but the model was fine-tuned with "
