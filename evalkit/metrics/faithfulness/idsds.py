@@ -185,7 +185,7 @@ def finetune_on_patch_deletions(
     work = fit_copy(model, xt, yt, epochs=epochs, batch_size=batch_size, lr=lr,
                     weight_decay=weight_decay, seed=seed, transform=delete_patches)
     setattr(work, DELETION_ATTRIBUTE,
-            _deletion_settings(patch_size, perturb_baseline, xt.ndim - 2))
+            _deletion_settings(patch_size, perturb_baseline, len(modality.feature_axes(xt))))
     return work
 
 
@@ -260,7 +260,8 @@ class IDSDS(RanksFeatures):
         recorded = getattr(module, DELETION_ATTRIBUTE, None)
         if not isinstance(recorded, dict):
             return
-        mine = _deletion_settings(self.patch_size, self.perturb_baseline, batch.x.ndim - 2)
+        mine = _deletion_settings(self.patch_size, self.perturb_baseline,
+                                  len(batch.modality.feature_axes(batch.x)))
         if recorded != mine:
             raise ValueError(
                 f"IDSDS deletes patches with {mine} but the model was fine-tuned with "
