@@ -88,13 +88,15 @@ NON_DEFAULT.update({
 
 # F-Fidelity: FFid- (lower is better), and a removal no larger than the cap (deterministic);
 # and the CAM composites: ARCC without imputation noise is deterministic; a random masking
-# baseline makes Coherency stochastic
+# baseline makes Coherency stochastic;
+# and IDSDS with a random deletion value: stochastic (seeded per sample)
 NON_DEFAULT.update({
     "FFidelity(sign='-')": cheap_metric("FFidelity", sign="-"),
     "FFidelity(alpha=0.1, beta=0.1)": cheap_metric("FFidelity", alpha=0.1, beta=0.1),
     "ARCC(noise=0)": cheap_metric("ARCC", noise=0.0),
     "Coherency(perturb_baseline='uniform')": cheap_metric("Coherency",
                                                           perturb_baseline="uniform"),
+    "IDSDS(perturb_baseline='uniform')": cheap_metric("IDSDS", perturb_baseline="uniform"),
 })
 
 

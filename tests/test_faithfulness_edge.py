@@ -78,6 +78,9 @@ def _metrics() -> dict[str, ek.metrics.Metric]:
         "Coherency": M.Coherency(),
         "ADCC": M.ADCC(),
         "ARCC": M.ARCC(percentages=[25, 75], seed=0),
+
+        # IDSDS on 2x2 patches (9 single deletions; no fine-tuning: the protocol's mechanics)
+        "IDSDS": M.IDSDS(patch_size=2),
     }
 
 
@@ -106,7 +109,7 @@ VARIANTS = {
 
 ALL = {**_metrics(), **VARIANTS}
 CORRELATION = ("SensitivityN", "FaithfulnessCorrelation", "FaithfulnessEstimate",
-               "MonotonicityCorrelation")
+               "MonotonicityCorrelation", "IDSDS")
 CONFIDENCE = ("AverageDrop", "AverageIncrease", "AverageGain")
 #: importance min-max scaled per sample: a constant map is NaN with a reason
 SOFT = ("SoftComprehensiveness", "SoftSufficiency")

@@ -108,6 +108,9 @@ CASES = [
     M.Coherency(),
     M.ADCC(),
     M.ARCC(seed=0),
+
+    # IDSDS on 2x2 patches (36 single deletions; the region model needs no fine-tuning)
+    M.IDSDS(patch_size=2),
 ]
 
 

@@ -856,3 +856,30 @@ SPECS += [
     Spec("ADCC", "faithfulness", _cam_composite(ADCC)),
     Spec("ARCC", "faithfulness", _cam_composite(ARCC)),
 ]
+
+
+# --------------------------------------------------------------------------- issue 23: IDSDS
+# IDSDS deletes each patch of a grid on its own: 4x4 patches on W1 (49 rows per input), 56x56
+# on W2 (16 rows per input; the paper-sized 16x16 grid of 196 patches would be 3152 ResNet-18
+# rows). The protocol's step 1, fine-tuning a copy on patch deletions, is not timed (nor run):
+# the scoring costs the same on any weights, so it runs on the workload's model and maps.
+from evalkit.metrics import IDSDS  # noqa: E402
+
+_IDSDS = {"W1": dict(patch_size=4), "W2": dict(patch_size=56)}
+
+
+def _idsds(w: Workload, ctx: Context) -> Case:
+    kw = _IDSDS.get(w.name, _IDSDS["W1"])
+    metric = IDSDS(**kw)
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a)
+
+    p = kw["patch_size"]
+    return Case(ours=ours, settings=f"1-channel Saliency, {p}x{p} patches, single deletions, "
+                                    "zero, logits, Spearman; workload model (fine-tuning not "
+                                    "timed)",
+                note="not in Quantus")
+
+
+SPECS += [Spec("IDSDS", "faithfulness", _idsds)]

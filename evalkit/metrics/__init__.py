@@ -198,3 +198,7 @@ __all__ += ["FFidelity"]
 from .faithfulness import ADCC, ARCC, Coherency  # noqa: E402 - Poppi et al. 2021; ARCC 2026
 
 __all__ += ["ADCC", "ARCC", "Coherency"]
+
+from .faithfulness import IDSDS  # noqa: E402 - in-domain single-deletion score (Hesse et al. 2024)
+
+__all__ += ["IDSDS"]

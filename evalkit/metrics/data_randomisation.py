@@ -139,9 +139,21 @@ def train_on_permuted_labels(
     weight_decay = check_scalar("weight_decay", weight_decay, (int, float), min_val=0)
     permute = check_bool("permute", permute)
     reinitialise = check_bool("reinitialise", reinitialise)
+    xt, yt = training_data("train_on_permuted_labels", model, x, y)
+    labels = permuted_labels(yt, seed) if permute else yt
+    return fit_copy(model, xt, labels, epochs=epochs, batch_size=batch_size, lr=lr,
+                    weight_decay=weight_decay, seed=seed,
+                    prepare=(lambda work: _reinitialise(work, seed)) if reinitialise else None)
+
+
+def training_data(caller: str, model: nn.Module, x: Any, y: Any
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (N, ...) and the class indices ``y`` (N,) as tensors on the device (and, for
+    floating-point ``x``, in the dtype) of ``model``'s parameters, checked: one label per
+    sample, finite inputs, a model with parameters. ``caller`` names the function in errors."""
     params = list(model.parameters())
     if not params:
-        raise ValueError("train_on_permuted_labels: the model has no parameters to train.")
+        raise ValueError(f"{caller}: the model has no parameters to train.")
     device, dtype = params[0].device, params[0].dtype
     xt = as_tensor(x, "x", device=device)
     if xt.is_floating_point():
@@ -152,14 +164,39 @@ def train_on_permuted_labels(
                          f"got {tuple(yt.shape)}.")
     if not bool(finite_rows(xt.reshape(xt.shape[0], -1)).all()):
         raise ValueError("`x` contains NaN or Inf.")
-    labels = permuted_labels(yt, seed) if permute else yt
+    return xt, yt
 
+
+def fit_copy(
+    model: nn.Module,
+    xt: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    prepare: Callable[[nn.Module], None] | None = None,
+    transform: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
+) -> nn.Module:
+    """Train a deep copy of ``model`` on ``(xt, labels)`` (from :func:`training_data`) and
+    return it in evaluation mode: the training loop of the helpers that train a copy.
+
+    Adam (``lr``, ``weight_decay``) on the cross-entropy, ``epochs`` passes in mini-batches of
+    ``batch_size`` whose order is drawn from ``seed``. Inside ``torch.random.fork_rng`` (the
+    global generators are restored afterwards): ``prepare(copy)`` runs first (e.g. a seeded
+    re-initialisation), then the global generator is seeded from ``seed`` for the randomness
+    inside the model (dropout). ``transform(inputs, sample_idx, epoch)`` may replace each
+    mini-batch's inputs (e.g. delete patches); it must draw its own random numbers from
+    ``seed``, never from the global generator. The user's model is never modified.
+    """
     work = copy.deepcopy(model)
     for p in work.parameters():
         p.requires_grad_(True)
     with torch.random.fork_rng(devices=_cuda_devices(work)):
-        if reinitialise:
-            _reinitialise(work, seed)
+        if prepare is not None:
+            prepare(work)
         # dropout and other in-model randomness draw from the global generator: seeded here,
         # restored by fork_rng
         torch.manual_seed(derive_seed(seed, "training") & ((1 << 63) - 1))
@@ -167,10 +204,11 @@ def train_on_permuted_labels(
         opt = torch.optim.Adam(work.parameters(), lr=float(lr), weight_decay=float(weight_decay))
         work.train()
         with torch.enable_grad():
-            for _ in range(epochs):
+            for epoch in range(epochs):
                 for idx in torch.randperm(xt.shape[0], generator=order).split(batch_size):
-                    idx = idx.to(device)
-                    loss = F.cross_entropy(work(xt[idx]), labels[idx])
+                    idx = idx.to(xt.device)
+                    inputs = xt[idx] if transform is None else transform(xt[idx], idx, epoch)
+                    loss = F.cross_entropy(work(inputs), labels[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

@@ -130,6 +130,13 @@ from .adcc import ADCC, ARCC, Coherency  # noqa: E402
 
 __all__ += ["ADCC", "ARCC", "Coherency"]
 
+# issue 23: IDSDS (Hesse et al. 2024) and its patch-deletion fine-tuning helper
+from .idsds import IDSDS  # noqa: E402
+from .idsds import finetune_on_patch_deletions as finetune_on_patch_deletions  # noqa: E402
+
+__all__ += ["IDSDS"]
+
+
 # stored configurations, pickles and reprs name the public path, as before the split into
 # submodules (a store written before keeps its cell hashes)
 publish_as_package(globals())
