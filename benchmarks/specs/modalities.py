@@ -3,11 +3,11 @@
 Every registered metric whose class declares a workload's modality (``Metric.modalities``,
 :data:`benchmarks.workloads.MODALITY_WORKLOADS`) gets a row there. :func:`extend_specs` adds the
 workload to the metric's spec (the one named after the metric, else its first variant, e.g.
-``MaxSensitivity[Saliency]``; a metric without a spec gets one), so W1/W2 and W4-W6 rows of one
-metric share a name. Each row is measured like the image rows: ours against the bare model
-work it issued (the floor) and, where Quantus 0.6 runs on the input, against Quantus with the
-same settings. Quantus takes (N, F) and (N, C, T) arrays for many metrics but not token ids,
-so W6 rows have no Quantus column.
+``MaxSensitivity[Saliency]``; a metric tagged ``benchmark_spec = False`` gets one with only these
+workloads), so W1/W2 and W4-W6 rows of one metric share a name. Each row is measured like the
+image rows: ours against the bare model work it issued (the floor) and, where Quantus 0.6 runs
+on the input, against Quantus with the same settings. Quantus takes (N, F) and (N, C, T) arrays
+for many metrics but not token ids, so W6 rows have no Quantus column.
 
 Settings (:data:`SETTINGS`) are the image specs' where they transfer, sized for the input:
 
@@ -79,6 +79,9 @@ class Row:
     subset: int | None = None
     #: the agreement column's text where the outputs differ by design (means shown with it)
     differs: str = ""
+    #: Quantus gets ``batch_size`` >= N (set-level metrics: Quantus compares within its batch
+    #: chunk, ours within the whole set)
+    quantus_whole_set: bool = False
 
 
 _NO_TOKENS = "Quantus 0.6 takes no token ids"
@@ -183,9 +186,13 @@ SETTINGS: dict[str, dict[str, Row]] = {
                         "optimal scaling")
         for m in (_T, _S)},
     "Sufficiency": {m: Row(dict(threshold=0.6, normalise=False),
-                           dict(threshold=0.6, normalise=False),
+                           dict(threshold=0.6, normalise=False), quantus_whole_set=True,
                            settings="set-level, Saliency (abs), threshold 0.6, "
-                                    "normalise=False") for m in (_T, _S)},
+                                    "normalise=False",
+                           note="set-level: pairwise distances of all N inputs and maps "
+                                "(N^2 pairs), which the floor (N forward rows) leaves out; "
+                                "Quantus with batch_size >= N sees the same set")
+                    for m in (_T, _S)},
     "AOPC": {_T: Row(dict(features_in_step=1), settings="Saliency, columns, morf, 1 per step"),
              _S: Row(dict(features_in_step=10), settings="Saliency, time steps, morf, "
                                                         "10 per step (50 steps)"),
@@ -216,6 +223,7 @@ SETTINGS: dict[str, dict[str, Row]] = {
                 dict(nr_samples=K, layer_names=["pool"]), settings="layer pool"),
     },
     "Consistency": {m: Row({}, {}, settings="Saliency a, top_n_sign (n=5)",
+                           quantus_whole_set=True,
                            differs="different discretisers by design: Quantus' top_n_sign "
                                    "reads the first 5 entries (deviation C10)")
                     for m in (_T, _S)},
@@ -421,10 +429,11 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
                 q_call["explain_func_kwargs"] = {
                     "method": "Gradient" if row.attributions is _gradient_a else "Saliency"}
             q_model = w.model if metric.needs_model else None
+            q_batch = max(w.n, ctx.batch_size) if row.quantus_whole_set else ctx.batch_size
 
             def quantus_fn() -> Any:
                 out = q(model=q_model, x_batch=xn, y_batch=yn, a_batch=an.copy(),
-                        device=ctx.quantus_device, batch_size=ctx.batch_size, **q_call)
+                        device=ctx.quantus_device, batch_size=q_batch, **q_call)
                 if isinstance(out, dict):  # MPRT: per-layer scores
                     return np.array([np.mean(v) for k, v in out.items() if k != "original"])
                 return np.asarray(out, dtype=np.float64)
@@ -516,7 +525,7 @@ def extend_specs(specs: list[Any]) -> list[Any]:
     modality runs there, through its spec (or a new one named after it)."""
     from evalkit.metrics import list_metrics
 
-    from . import Spec
+    from . import Spec, metric_needs_spec
 
     frame = list_metrics()
     out = list(specs)
@@ -538,8 +547,11 @@ def extend_specs(specs: list[Any]) -> list[Any]:
         if idx is None:
             idx = next((i for i, s in enumerate(out) if s.registered == name), None)
         if idx is None:
-            out.append(Spec(str(name), str(family), _dispatch(None, new),
-                            workloads=tuple(new), skip=tuple(skip)))
+            # a metric that needs a spec and has none is for check_spec_coverage to report;
+            # one tagged benchmark_spec = False (no image rows) still gets its W4-W6 rows
+            if not metric_needs_spec(str(name)):
+                out.append(Spec(str(name), str(family), _dispatch(None, new),
+                                workloads=tuple(new), skip=tuple(skip)))
             continue
         spec = out[idx]
         out[idx] = dataclasses.replace(

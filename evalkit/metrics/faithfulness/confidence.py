@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..._validation import check_bool, check_scalar
-from ...cache import row_hashes
+from ...cache import active_cache, row_hashes
 from ...perturb import make_imputer
 from .._removal import (
     baseline_values,
@@ -85,7 +85,10 @@ class _ConfidenceChange(Metric):
             raise ValueError("The confidence metrics need a mask-independent perturb_baseline.")
         n = batch.n
         idx = torch.arange(n, device=x.device)
-        fps = sample_fingerprints(batch, row_hashes(e, n), row_hashes(base, n), b"cam-mult")
+        # hash the maps only for an active forward cache: per-row hashing costs more than the
+        # forward pass of a small model (the W4 benchmark's MLP)
+        fps = (sample_fingerprints(batch, row_hashes(e, n), row_hashes(base, n), b"cam-mult")
+               if active_cache() is not None else None)
         y1 = cached_rows(batch, idx, [()] * n, fps,
                          lambda m: base[m] + e[m] * (x[m] - base[m]), desc=type(self).__name__)
         return clean_scores(batch), y1
