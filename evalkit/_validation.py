@@ -102,7 +102,11 @@ def finite_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def check_inputs(x: torch.Tensor, name: str = "x") -> torch.Tensor:
-    """Validate a batch of inputs: (N, D) tabular, (N, C, T) series, (N, C, H, W) images..."""
+    """Validate a batch of inputs: (N, D) tabular, (N, C, T) series, (N, C, H, W) images...
+
+    Integer inputs are cast to float32 with their values; whether that is allowed is the
+    modality's decision, taken before (integer images need a stated range, token ids are never
+    cast: :meth:`evalkit.modality.Modality.from_integers`)."""
     if x.ndim < 2:
         raise ValueError(
             f"`{name}` must be a batch with at least 2 dimensions, (N, D) for tabular data, "

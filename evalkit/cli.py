@@ -1,6 +1,7 @@
 """Command-line interface.
 
 ``evalkit demo``            evaluate eight explanation methods on the shipped data and model
+                            (images; ``--data tabular|series|text`` for the other modalities)
 ``evalkit run CONFIG.toml`` run a benchmark described by a TOML file (model, data, methods,
                             metrics, leaderboard, report); see ``evalkit/configs/demo.toml``
 ``evalkit metrics``         list the metrics and their metadata
@@ -398,16 +399,35 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the data sets of ``evalkit demo --data``: each has its configuration in evalkit/configs/
+DEMO_DATA = ("images", "tabular", "series", "text")
+
+
+def _demo_config(data: str) -> dict[str, Any]:
+    """The shipped configuration of ``evalkit demo --data {data}``."""
+    if data == "images":
+        return load_config(None)
+    if data not in DEMO_DATA:
+        raise ValueError(f"--data must be one of {', '.join(DEMO_DATA)}; got {data!r}.")
+    text = resources.files("evalkit").joinpath("configs", f"demo_{data}.toml").read_text("utf-8")
+    config = _toml().loads(text)
+    config["_base"] = str(Path.cwd())
+    return config
+
+
 def _demo(args: argparse.Namespace) -> int:
     _threads(args)
-    config = load_config(None)
+    config = _demo_config(args.data)
+    # the images' data table takes `n` itself; the other data sets are built by a factory
+    # whose arguments live in `args`
+    sizes = config["data"] if "n" in config["data"] else config["data"].setdefault("args", {})
     if args.n is not None:
-        config["data"]["n"] = args.n
+        sizes["n"] = args.n
     if args.quick:
-        config["data"]["n"] = 16
+        sizes["n"] = 16
         config["leaderboard"]["n_boot"] = 200
     store: Any = False if args.no_store else True
-    out = args.out or "evalkit-demo"
+    out = args.out or ("evalkit-demo" if args.data == "images" else f"evalkit-demo-{args.data}")
     outcome = run_config(config, out=out, store=store, fresh=args.fresh,
                          progress=not args.no_progress, report=not args.no_report)
     _print_outcome(outcome)
@@ -454,12 +474,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_run_options(run)
     run.set_defaults(func=_run)
     demo = sub.add_parser("demo", help="evaluate explanation methods on the shipped data and model")
-    demo.add_argument("--n", type=int, default=None, help="number of images (default 64)")
-    demo.add_argument("--quick", action="store_true", help="a 16-image run")
-    demo.add_argument("--out", default=None, help="report folder (default ./evalkit-demo)")
+    demo.add_argument("--data", choices=DEMO_DATA, default="images",
+                      help="which shipped data set and model (default images: the shapes and "
+                           "ShapesCNN; tabular: TabularMLP, series: SeriesCNN, text: "
+                           "TextEncoder; configurations in evalkit/configs/demo_*.toml)")
+    demo.add_argument("--n", type=int, default=None,
+                      help="number of samples (default 64; 128 rows for tabular)")
+    demo.add_argument("--quick", action="store_true", help="a 16-sample run")
+    demo.add_argument("--out", default=None,
+                      help="report folder (default ./evalkit-demo, ./evalkit-demo-DATA for "
+                           "the other data sets)")
     demo.add_argument("--threads", type=int, default=1,
-                      help="torch CPU threads (default 1: the demo's CNN is so small that more "
-                           "threads cost more in synchronisation than they save)")
+                      help="torch CPU threads (default 1: the demo's models are so small that "
+                           "more threads cost more in synchronisation than they save)")
     _add_run_options(demo)
     demo.set_defaults(func=_demo)
     metrics = sub.add_parser("metrics", help="list the metrics and their metadata")

@@ -531,7 +531,9 @@ class Evaluation:
         kwargs: dict[str, Any] = {"s": None if self.s is None else self.s[sl],
                                   "batch_size": self.batch_size, "device": self.device,
                                   "modality": self.modality}
-        if metric.re_explains:
+        # Completeness reads the explainer's baseline from its explain arguments
+        if metric.re_explains or (getattr(metric, "uses_explain_kwargs", False)
+                                  and method.fn is not None):
             fn, ekw = method.explain_function(self.x)
             kwargs["explain_fn"] = fn
             kwargs["explain_kwargs"] = ekw

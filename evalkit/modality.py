@@ -18,18 +18,26 @@ Four modalities are built in:
 ``"image"``    (N, C, H, W) (or (N, C, D,   pixels: all channels of a pixel together
                H, W)), floating point
 ``"series"``   (N, C, T), floating point    time steps: all channels of a step together
-``"tabular"``  (N, F), floating point       columns
+``"tabular"``  (N, F), floating point       columns (or column groups: one-hot blocks)
 ``"tokens"``   (N, L) integer token ids     tokens; ids are carried as they are, never cast
 =============  ===========================  ===============================================
 
 :func:`infer_modality` picks one from the shape and dtype of ``x`` (integer (N, L) inputs are
-tokens); pass ``modality=`` to a metric call to say it explicitly. Integer inputs of the other
-modalities (e.g. uint8 images) are converted to floating point by :meth:`Modality.check`, as
-before; token ids stay integers all the way to the model.
+tokens); pass ``modality=`` to a metric call to say it explicitly.
+
+**Integer inputs** are decided per modality, in one place (:meth:`Modality.from_integers`,
+used by :meth:`Modality.check` and by the model wrappers' ``prepare``): token ids stay integers
+all the way to the model; integer series and tables are numbers (counts, codes) and become
+floating point with their values; **integer images are refused** unless their range is stated,
+because a uint8 image says nothing about the values the model takes (0-255 or [0, 1]) and a
+silent cast scores the wrong inputs. Convert them yourself (``x.float() / 255`` for a model of
+[0, 1] inputs) or pass ``modality=ImageModality(value_range=(0, 255))``: the values are then
+passed as they are, as floating point.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,6 +46,7 @@ import torch
 from ._validation import check_attributions, check_inputs, check_masks
 
 __all__ = [
+    "COLUMN_KINDS",
     "MODALITIES",
     "ImageModality",
     "Modality",
@@ -94,8 +103,17 @@ class Modality:
                 raise ValueError(f"`{name}` is an empty batch (N = 0); give at least one sample.")
             return x
         if not (x.is_floating_point() or x.is_complex()):
-            x = x.to(dtype or torch.float32)
+            x = self.from_integers(x, name, dtype=dtype)
         return check_inputs(x, name)
+
+    def from_integers(self, x: torch.Tensor, name: str = "x", *,
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Integer (or bool) inputs in the dtype the model takes (default float32), their
+        values unchanged; the modality decides whether that is allowed (integer images need a
+        stated range, token ids are never cast: :attr:`integer_inputs`)."""
+        if self.integer_inputs:
+            return x
+        return x.to(dtype or torch.float32)
 
     def align(self, a: torch.Tensor, x: torch.Tensor, name: str = "a") -> torch.Tensor:
         """Attributions aligned with ``x`` (broadcastable against it), floating point."""
@@ -171,6 +189,12 @@ class Modality:
             "additive noise (perturb_func='gaussian' or 'uniform') instead."
         )
 
+    def valid_noise(self, noise: Any) -> Any:
+        """The input noise that keeps this modality's inputs valid, given a metric's noise
+        model (:class:`evalkit.perturb.Noise`): ``noise`` itself, except for tables with a
+        column spec (:meth:`TabularModality.valid_noise`)."""
+        return noise
+
     def translation_axis(self, x: torch.Tensor, direction: str) -> int:
         """The axis a translation along ``direction`` (``"x"``: the last spatial axis,
         ``"y"``: the one before) shifts."""
@@ -215,11 +239,45 @@ class Modality:
 
 class ImageModality(Modality):
     """Images (N, C, H, W), or volumes (N, C, D, H, W); features are pixels (all channels
-    of a pixel together)."""
+    of a pixel together).
+
+    ``value_range``: the range ``(low, high)`` of *integer* images (e.g. ``(0, 255)`` for
+    uint8), which are then passed to the model as floating point with their values unchanged
+    (values outside the range are an error). Without it integer images are refused: convert
+    them to the values the model takes (``x.float() / 255`` for [0, 1]). Floating-point images
+    are used as they are either way.
+    """
 
     name = "image"
     ranks = (4, 5)
     layout = "(N, C, H, W) images (or (N, C, D, H, W) volumes)"
+
+    def __init__(self, value_range: tuple[float, float] | None = None) -> None:
+        if value_range is not None:
+            lo, hi = (float(v) for v in value_range)
+            if not lo < hi:
+                raise ValueError(f"`value_range` must be (low, high) with low < high; got "
+                                 f"{value_range!r}.")
+            value_range = (lo, hi)
+        self.value_range = value_range
+
+    def from_integers(self, x: torch.Tensor, name: str = "x", *,
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
+        if x.dtype == torch.bool:
+            return x.to(dtype or torch.float32)
+        if self.value_range is None:
+            raise ValueError(
+                f"`{name}` holds integer images ({x.dtype}), which do not say what values the "
+                "model takes. Convert them yourself (e.g. x.float() / 255 for a model of [0, 1] "
+                "inputs, x.float() for 0-255), or state their range with "
+                "modality=ImageModality(value_range=(0, 255)) (metrics, evaluate()): the values "
+                "are then passed as they are, as floating point."
+            )
+        lo, hi = self.value_range
+        if x.numel() and (float(x.min()) < lo or float(x.max()) > hi):
+            raise ValueError(f"`{name}` holds values from {int(x.min())} to {int(x.max())}, "
+                             f"outside the stated value_range {self.value_range}.")
+        return x.to(dtype or torch.float32)
 
     def translation_axis(self, x: torch.Tensor, direction: str) -> int:
         return x.ndim - 1 if direction == "x" else x.ndim - 2
@@ -239,13 +297,224 @@ class SeriesModality(Modality):
         return x.ndim - 1
 
 
+#: the kinds of table columns (:class:`TabularModality`)
+COLUMN_KINDS = ("continuous", "categorical", "ordinal")
+
+
 class TabularModality(Modality):
-    """Tables (N, F) of features; features are columns."""
+    """Tables (N, F); features are columns, or groups of columns.
+
+    Without arguments every column is a continuous feature of its own. A **column spec** says
+    what the columns are, so that metrics perturb them validly and count a one-hot block as
+    one feature::
+
+        TabularModality(
+            kinds=["continuous", "ordinal", "categorical", "categorical", "categorical",
+                   "categorical"],
+            groups=[[2, 3, 4]],            # a one-hot encoded feature: one feature
+            categories={1: [0, 1, 2, 3],   # the levels of the ordinal column 1
+                        5: [0, 1, 2]},     # the codes of the label-encoded column 5
+            scales=[0.5, 1, 1, 1, 1, 1])   # noise scale per column (e.g. training std)
+
+    Parameters
+    ----------
+    kinds:
+        One of :data:`COLUMN_KINDS` per column (F entries); None: all continuous.
+    groups:
+        Lists of column indices that form one feature; columns not listed are features of
+        their own. A group of two or more categorical columns is a **one-hot encoding**: each
+        row holds 0/1 values with exactly one 1 there (checked on every input). Groups become
+        the default features of the removal metrics (a :class:`~evalkit.perturb.Columns`
+        grouping) and of localisation (a group's attribution is its columns' sum; a ground
+        truth must hold or leave out a group whole).
+    categories:
+        ``{column: values}``: the codes of a label-encoded categorical column (a categorical
+        column outside a one-hot group; required for it) or the levels of an ordinal column
+        (optional: without them an ordinal column holds integers).
+    scales:
+        Fixed per-column scales of input noise (F entries, default 1: noise in the column's
+        own units). Pass e.g. the training set's standard deviations. A scale is never
+        estimated from the batch: a sample's perturbations must not depend on which samples
+        share its batch.
+    flip_prob:
+        The probability that noise resamples a categorical feature (to another category);
+        None: the mean absolute value of the noise on a unit-scale column (sqrt(2/pi) sigma
+        for Gaussian noise, OpenXAI's rule). See :class:`~evalkit.perturb.ColumnNoise` for how
+        each kind of column is perturbed.
+
+    Inputs are checked against the spec (number of columns, one-hot rows, categories and
+    levels) with an error naming the column.
+    """
 
     name = "tabular"
     ranks = (2,)
     channel_axis = None
     layout = "(N, F) tables"
+
+    def __init__(self, kinds: Sequence[str] | None = None,
+                 groups: Sequence[Sequence[int]] | None = None,
+                 categories: Mapping[int, Sequence[float]] | None = None,
+                 scales: Sequence[float] | None = None,
+                 flip_prob: float | None = None) -> None:
+        self.kinds = None if kinds is None else tuple(str(k) for k in kinds)
+        self.groups = None if groups is None else tuple(tuple(int(c) for c in g) for g in groups)
+        self.categories = None if categories is None else {
+            int(c): tuple(float(v) for v in vals) for c, vals in sorted(categories.items())}
+        self.scales = None if scales is None else tuple(float(v) for v in scales)
+        self.flip_prob = None if flip_prob is None else float(flip_prob)
+        self._validate_spec()
+
+    # ------------------------------------------------------------------ the spec
+    @property
+    def n_columns(self) -> int | None:
+        """The number of columns the spec describes (None: any)."""
+        for spec in (self.kinds, self.scales):
+            if spec is not None:
+                return len(spec)
+        return None
+
+    @property
+    def column_kinds(self) -> tuple[str, ...] | None:
+        """The kind of every column (None without ``kinds``/``scales``)."""
+        n = self.n_columns
+        if self.kinds is not None:
+            return self.kinds
+        return None if n is None else ("continuous",) * n
+
+    @property
+    def one_hot_groups(self) -> tuple[tuple[int, ...], ...]:
+        """The groups that are one-hot encodings (two or more categorical columns)."""
+        if self.groups is None or self.kinds is None:
+            return ()
+        return tuple(g for g in self.groups
+                     if len(g) > 1 and all(self.kinds[c] == "categorical" for c in g))
+
+    def _validate_spec(self) -> None:
+        n = self.n_columns
+        if self.kinds is not None:
+            bad = sorted({k for k in self.kinds if k not in COLUMN_KINDS})
+            if bad:
+                raise ValueError(f"`kinds` must be among {COLUMN_KINDS}; got {bad}.")
+        if self.kinds is not None and self.scales is not None and len(self.scales) != n:
+            raise ValueError(f"`scales` has {len(self.scales)} entries but `kinds` {n}.")
+        if self.scales is not None and any(not v >= 0 for v in self.scales):
+            raise ValueError("`scales` must be finite and >= 0.")
+        if self.flip_prob is not None and not 0 <= self.flip_prob <= 1:
+            raise ValueError(f"`flip_prob` must be in [0, 1]; got {self.flip_prob}.")
+        seen: set[int] = set()
+        for g in self.groups or ():
+            if not g or min(g) < 0 or (n is not None and max(g) >= n):
+                raise ValueError(f"Column group {list(g)} is empty or out of range"
+                                 + (f" 0..{n - 1}." if n is not None else "."))
+            if seen & set(g) or len(set(g)) != len(g):
+                raise ValueError(f"Column group {list(g)} overlaps another group.")
+            seen |= set(g)
+            if self.kinds is not None and len(g) > 1:
+                kinds = {self.kinds[c] for c in g}
+                if "categorical" in kinds and kinds != {"categorical"}:
+                    raise ValueError(f"Column group {list(g)} mixes categorical and "
+                                     f"{sorted(kinds - {'categorical'})} columns; a one-hot "
+                                     "group holds categorical columns only.")
+        one_hot = {c for g in self.one_hot_groups for c in g}
+        for c, vals in (self.categories or {}).items():
+            kind = None if self.kinds is None or c >= len(self.kinds) else self.kinds[c]
+            if kind not in ("categorical", "ordinal") or c in one_hot:
+                raise ValueError(f"`categories` lists column {c}, which is not a label-encoded "
+                                 "categorical or an ordinal column.")
+            if not vals:
+                raise ValueError(f"`categories` of column {c} is empty.")
+        if self.kinds is not None:
+            missing = [c for c, k in enumerate(self.kinds) if k == "categorical"
+                       and c not in one_hot and c not in (self.categories or {})]
+            if missing:
+                raise ValueError(f"Categorical columns {missing} are neither in a one-hot group "
+                                 "nor given their codes in `categories`.")
+
+    @property
+    def default_grouping(self) -> Any:  # type: ignore[override]
+        """The column groups (:class:`~evalkit.perturb.Columns`), or one column per feature."""
+        if not self.groups:
+            return "pixels"
+        from .perturb.groupings import Columns
+
+        return Columns(self.groups)
+
+    def check(self, x: torch.Tensor, name: str = "x", *,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+        """As :meth:`Modality.check`, then the column spec: the number of columns, one-hot
+        rows (0/1, exactly one 1), label-encoded codes and ordinal levels."""
+        x = super().check(x, name, dtype=dtype)
+        n = self.n_columns
+        if n is not None and x.shape[1] != n:
+            raise ValueError(f"`{name}` has {x.shape[1]} columns but the column spec describes "
+                             f"{n}.")
+        for g in self.groups or ():
+            if max(g) >= x.shape[1]:
+                raise ValueError(f"Column group {list(g)} is out of range for `{name}` with "
+                                 f"{x.shape[1]} columns.")
+        for g in self.one_hot_groups:
+            block = x[:, list(g)]
+            ok = ((block == 0) | (block == 1)).all(1) & (block.sum(1) == 1)
+            if not bool(ok.all()):
+                row = int((~ok).nonzero()[0])
+                raise ValueError(f"`{name}` row {row} is not one-hot on the categorical group "
+                                 f"{list(g)} (values {block[row].tolist()}).")
+        for c, vals in (self.categories or {}).items():
+            allowed = torch.tensor(vals, dtype=x.dtype, device=x.device)
+            ok = (x[:, c].unsqueeze(1) == allowed).any(1)
+            if not bool(ok.all()):
+                row = int((~ok).nonzero()[0])
+                raise ValueError(f"`{name}` column {c} holds {x[row, c].item()!r} (row {row}), "
+                                 f"not one of its categories/levels {list(vals)}.")
+        for c, kind in enumerate(self.kinds or ()):
+            if kind == "ordinal" and c not in (self.categories or {}):
+                if not bool((x[:, c] == x[:, c].round()).all()):
+                    raise ValueError(f"`{name}` ordinal column {c} holds non-integer values; "
+                                     "list its levels in `categories`.")
+        return x
+
+    def _grouping(self, like: torch.Tensor) -> Any:
+        from .perturb.groupings import Columns
+
+        return Columns(self.groups)(like)
+
+    def feature_maps(self, a: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """(N, G) per-feature values: a group's columns summed (columns without groups)."""
+        if not self.groups:
+            return super().feature_maps(a)
+        flat = a.reshape(a.shape[0], -1)
+        return self._grouping(flat).reduce(flat, "sum"), ()
+
+    def feature_masks(self, s: torch.Tensor) -> torch.Tensor:
+        """(N, G) bool: a group is in the ground truth when all its columns are; a mask that
+        covers part of a group is an error."""
+        if not self.groups:
+            return super().feature_masks(s)
+        flat = s.reshape(s.shape[0], -1)
+        grp = self._grouping(flat)
+        inside = grp.reduce(flat.to(torch.float64), "sum")
+        sizes = grp.sizes(flat)
+        partial = (inside > 0) & (inside < sizes)
+        if bool(partial.any()):
+            row, group = (int(v) for v in partial.nonzero()[0])
+            raise ValueError(f"`s` row {row} covers part of a column group (feature {group}); "
+                             "a ground-truth feature set holds or leaves out each group whole.")
+        return inside == sizes
+
+    def display_map(self, a: torch.Tensor | np.ndarray) -> np.ndarray:
+        """One sample's map, one value per column (1, F)."""
+        return torch.as_tensor(a).reshape(1, -1).cpu().numpy()
+
+    def valid_noise(self, noise: Any) -> Any:
+        """With ``kinds`` or ``scales``: a :class:`~evalkit.perturb.ColumnNoise` around
+        ``noise`` that keeps rows valid; else ``noise`` itself."""
+        kinds = self.column_kinds
+        if kinds is None:
+            return noise
+        from .perturb.noise import ColumnNoise
+
+        return ColumnNoise(noise, kinds, one_hot=self.one_hot_groups, levels=self.categories,
+                           scales=self.scales, flip_prob=self.flip_prob)
 
 
 class TokensModality(Modality):

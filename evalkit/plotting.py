@@ -10,7 +10,9 @@ figure state, any backend): save it with ``fig.savefig(path)``; notebooks displa
 * :func:`plot_distributions`: per-sample scores (violins or boxes);
 * :func:`plot_curves`: mean removal/insertion curves with their spread across samples;
 * :func:`plot_explanations`: explanations overlaid on their inputs with each method's score
-  printed on the map (the benchmark figure of pytorch-grad-cam's CAM metrics tutorial);
+  printed on the map (the benchmark figure of pytorch-grad-cam's CAM metrics tutorial), per
+  modality: images, series (lines with the attribution shaded), tables (bars per feature) and
+  tokens (text coloured by attribution; :func:`tokens_html` gives the same as HTML);
 * :func:`plot_rank_frequency`: how often each method takes each rank across many settings
   (e.g. a metric's parameterisations), from :func:`rank_frequencies`, next to the ideal of a
   method that always takes the same rank (the parameter-sensitivity figure of the Quantus
@@ -43,6 +45,7 @@ __all__ = [
     "plot_radar",
     "plot_rank_frequency",
     "rank_frequencies",
+    "tokens_html",
 ]
 
 _KINDS = ("radar", "bars", "distributions", "violin", "box", "curves", "explanations")
@@ -342,41 +345,55 @@ def plot_explanations(
     y: Any = None,
     colormap: str = "jet",
     image_weight: float = 0.5,
+    modality: Any = None,
+    feature_names: Sequence[str] | None = None,
+    vocab: Any = None,
+    pad_id: int | None = None,
 ) -> Figure:
-    """An image grid: one row per sample, the input then each method's explanation overlaid
-    on it (:func:`evalkit.explain.show_cam_on_image`), with the method's score on ``metric``
-    for that sample printed on the map.
+    """Explanations next to their inputs, one row per sample and one column per method, with
+    the method's score on ``metric`` for that sample printed in its cell. The drawing follows
+    the modality of ``x`` (inferred from its shape and dtype, or ``modality=``):
+
+    * **images** (k, C, H, W), C in {1, 3}: the input, then each map overlaid on it
+      (:func:`evalkit.explain.show_cam_on_image`); multi-channel maps are shown as the sum of
+      absolute values over channels;
+    * **series** (k, C, T): each channel as a line, with its attribution shaded between the
+      line and the line plus the attribution (over the line where it is positive, under it
+      where it is negative), scaled so that the largest |attribution| of the map spans a
+      quarter of the series' range; a one-channel map shades every channel;
+    * **tabular** (k, F): a bar per feature (red positive, blue negative), labelled with
+      ``feature_names`` if given (the map of :meth:`~evalkit.modality.Modality.display_map`);
+    * **tokens** (k, L) integer ids: the tokens as text, each on a background coloured by its
+      attribution (red positive, blue negative, scaled by the map's largest |value|); ``vocab``
+      maps ids to strings (a sequence, a mapping or a callable; default the id), tokens equal
+      to ``pad_id`` are left out. :func:`tokens_html` renders the same as HTML.
 
     Parameters
     ----------
     results:
         Where the scores come from (None: no scores printed).
     x:
-        The images shown, (k, C, H, W) with C in {1, 3}.
+        The inputs shown.
     attributions:
-        ``{method: (k, ...)}`` explanations of those images (e.g. from
-        :func:`evalkit.evaluate.explain_methods`); multi-channel maps are shown as the sum of
-        absolute values over channels.
+        ``{method: (k, ...)}`` explanations of those inputs (e.g. from
+        :func:`evalkit.evaluate.explain_methods`).
     metric:
         Whose scores are printed (default: the first metric of ``results``).
     samples:
-        How many of the given images to show, or which of them.
+        How many of the given inputs to show, or which of them.
     sample_indices:
-        The indices of the shown images in ``results`` (default: the positions in ``x``), to
+        The indices of the shown inputs in ``results`` (default: the positions in ``x``), to
         look up their scores.
     class_names, y:
-        Labels printed above each row's input.
+        Labels printed above each row's first cell.
     """
-    from matplotlib import patheffects
-
-    from .explain.visualise import show_cam_on_image
+    from .modality import as_modality
 
     if x is None or attributions is None:
-        raise ValueError("plot_explanations needs the images `x` and their `attributions` "
+        raise ValueError("plot_explanations needs the inputs `x` and their `attributions` "
                          "({method: array}); see evalkit.evaluate.explain_methods.")
     xs = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
-    if xs.ndim != 4:
-        raise ValueError(f"`x` must be images (k, C, H, W); got shape {xs.shape}.")
+    kind = as_modality(modality, xs)
     chosen = list(range(min(int(samples), xs.shape[0]))) if isinstance(samples, int | np.integer) \
         else [int(i) for i in samples]
     names = list(attributions) if methods is None else list(methods)
@@ -387,23 +404,76 @@ def plot_explanations(
         metric = results.metrics[0]
     if results is not None and metric not in results.metrics:
         raise ValueError(f"Unknown metric {metric!r}; results have {results.metrics}.")
-    index_of = list(sample_indices) if sample_indices is not None else list(range(xs.shape[0]))
-    labels = None if y is None else np.asarray(y.cpu() if hasattr(y, "cpu") else y)
-    ncols = len(names) + 1
-    fig = _figure(1.9 * ncols, 2.0 * len(chosen) + 0.4)
-    axes = fig.subplots(len(chosen), ncols, squeeze=False)
+    maps = {m: _as_array(attributions[m]) for m in names}
+    grid = _Grid(results, metric, chosen, names,
+                 list(sample_indices) if sample_indices is not None else list(range(xs.shape[0])),
+                 None if y is None else np.asarray(y.cpu() if hasattr(y, "cpu") else y),
+                 class_names)
+    if kind.name == "series":
+        return _plot_series(grid, xs, maps)
+    if kind.name == "tabular":
+        return _plot_tabular(grid, xs, maps, kind, feature_names)
+    if kind.name == "tokens":
+        return _plot_tokens(grid, xs, maps, kind, vocab, pad_id)
+    if xs.ndim != 4:
+        raise ValueError(f"`x` must be images (k, C, H, W); got shape {xs.shape}.")
+    return _plot_images(grid, xs, maps, colormap, image_weight)
+
+
+def _as_array(value: Any) -> np.ndarray:
+    return np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value,
+                      dtype=np.float64)
+
+
+class _Grid:
+    """What every explanation figure shares: which samples and methods, their scores and the
+    labels of the rows."""
+
+    def __init__(self, results: ScoredResults | None, metric: str | None, chosen: list[int],
+                 names: list[str], index_of: list[int], labels: np.ndarray | None,
+                 class_names: Sequence[str] | None) -> None:
+        self.results, self.metric, self.chosen, self.names = results, metric, chosen, names
+        self.index_of, self.labels, self.class_names = index_of, labels, class_names
+
+    def head(self, i: int) -> str:
+        head = f"sample {self.index_of[i]}"
+        if self.labels is not None:
+            label = self.labels[i]
+            head += (f": {self.class_names[int(label)]}" if self.class_names is not None
+                     else f": y={label}")
+        return head
+
+    def score_text(self, method: str, i: int) -> str | None:
+        if self.results is None or method not in self.results.methods:
+            return None
+        v = self.results.scores[method, self.metric][self.index_of[i]]
+        return f"{v:.3f}" if np.isfinite(v) else "n/a"
+
+    def title(self, fig: Figure) -> None:
+        if self.results is not None:
+            assert self.metric is not None
+            fig.suptitle(f"{self.metric} {_arrow(self.results, self.metric)} per sample",
+                         fontsize="medium")
+
+    def axes(self, ncols: int, cell: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+        fig = _figure(cell[0] * ncols, cell[1] * len(self.chosen) + 0.4)
+        return fig, fig.subplots(len(self.chosen), ncols, squeeze=False)
+
+
+def _plot_images(grid: _Grid, xs: np.ndarray, maps: dict[str, np.ndarray], colormap: str,
+                 image_weight: float) -> Figure:
+    from matplotlib import patheffects
+
+    from .explain.visualise import show_cam_on_image
+
+    fig, axes = grid.axes(len(grid.names) + 1, (1.9, 2.0))
     outline = [patheffects.withStroke(linewidth=2.2, foreground="black")]
-    for r, i in enumerate(chosen):
+    for r, i in enumerate(grid.chosen):
         img = _image(xs[i])
         axes[r, 0].imshow(img)
-        head = f"sample {index_of[i]}"
-        if labels is not None:
-            label = labels[i]
-            head += f": {class_names[int(label)]}" if class_names is not None else f": y={label}"
-        axes[r, 0].set_title(head, fontsize="small")
-        for c, m in enumerate(names, start=1):
-            a = np.asarray(attributions[m])
-            amap = _map(a[i])
+        axes[r, 0].set_title(grid.head(i), fontsize="small")
+        for c, m in enumerate(grid.names, start=1):
+            amap = _map(maps[m][i])
             if amap.shape != img.shape[:2]:
                 raise ValueError(f"attributions[{m!r}] maps are {amap.shape}; images are "
                                  f"{img.shape[:2]}.")
@@ -411,17 +481,193 @@ def plot_explanations(
             ax.imshow(show_cam_on_image(img, amap, colormap=colormap, image_weight=image_weight))
             if r == 0:
                 ax.set_title(m, fontsize="small")
-            if results is not None and m in results.methods:
-                v = results.scores[m, metric][index_of[i]]
-                text = f"{v:.3f}" if np.isfinite(v) else "n/a"
+            text = grid.score_text(m, i)
+            if text is not None:
                 ax.text(0.04, 0.04, text, transform=ax.transAxes, color="white",
                         fontsize="small", fontweight="bold", path_effects=outline)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    if results is not None:
-        fig.suptitle(f"{metric} {_arrow(results, metric)} per sample", fontsize="medium")
+    grid.title(fig)
     return fig
+
+
+def _score_corner(ax: Any, text: str | None) -> None:
+    if text is not None:
+        ax.text(0.98, 0.96, text, transform=ax.transAxes, ha="right", va="top",
+                fontsize="small", fontweight="bold",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5})
+
+
+def _plot_series(grid: _Grid, xs: np.ndarray, maps: dict[str, np.ndarray]) -> Figure:
+    if xs.ndim != 3:
+        raise ValueError(f"`x` must be series (k, C, T); got shape {xs.shape}.")
+    _, c_count, t_count = xs.shape
+    colours = _colours(c_count)
+    fig, axes = grid.axes(len(grid.names), (3.2, 1.9))
+    steps = np.arange(t_count)
+    for r, i in enumerate(grid.chosen):
+        series = xs[i]
+        span = float(series.max() - series.min()) or 1.0
+        for c, m in enumerate(grid.names):
+            a = maps[m][i]
+            a = a.reshape(1, -1) if a.ndim == 1 else a
+            if a.ndim != 2 or a.shape[-1] != t_count or a.shape[0] not in (1, c_count):
+                raise ValueError(f"attributions[{m!r}] maps are {maps[m].shape[1:]}; series are "
+                                 f"{(c_count, t_count)} (images (k, C, H, W) need 4-D `x`).")
+            a = np.where(np.isfinite(a), a, 0.0)
+            top = float(np.abs(a).max())
+            shade = a / top * span / 4 if top > 0 else np.zeros_like(a)
+            ax = axes[r, c]
+            for ch in range(c_count):
+                line = series[ch]
+                ax.plot(steps, line, color=colours[ch], linewidth=1.0, label=f"channel {ch}")
+                ax.fill_between(steps, line, line + shade[min(ch, shade.shape[0] - 1)],
+                                color=colours[ch], alpha=0.35, linewidth=0)
+            if r == 0:
+                ax.set_title(m, fontsize="small")
+            if c == 0:
+                ax.set_ylabel(grid.head(i), fontsize="small")
+            _score_corner(ax, grid.score_text(m, i))
+            ax.tick_params(labelsize="x-small")
+    grid.title(fig)
+    return fig
+
+
+def _plot_tabular(grid: _Grid, xs: np.ndarray, maps: dict[str, np.ndarray], kind: Any,
+                  feature_names: Sequence[str] | None) -> Figure:
+    f_count = xs.shape[1]
+    if feature_names is not None and len(feature_names) != f_count:
+        raise ValueError(f"`feature_names` has {len(feature_names)} names for {f_count} "
+                         "features.")
+    labels = list(feature_names) if feature_names is not None else [str(j) for j in
+                                                                     range(f_count)]
+    fig, axes = grid.axes(len(grid.names), (max(2.6, 0.28 * f_count + 1.0), 2.0))
+    for r, i in enumerate(grid.chosen):
+        for c, m in enumerate(grid.names):
+            values = kind.display_map(maps[m][i]).reshape(-1)
+            if values.shape[0] != f_count:
+                raise ValueError(f"attributions[{m!r}] maps have {values.shape[0]} values; the "
+                                 f"table has {f_count} features.")
+            values = np.where(np.isfinite(values), values, 0.0)
+            ax = axes[r, c]
+            ax.bar(np.arange(f_count), values,
+                   color=np.where(values >= 0, "tab:red", "tab:blue").tolist())
+            ax.axhline(0.0, color="black", linewidth=0.6)
+            ax.set_xticks(np.arange(f_count), labels, rotation=90, fontsize="x-small")
+            ax.tick_params(axis="y", labelsize="x-small")
+            if r == 0:
+                ax.set_title(m, fontsize="small")
+            if c == 0:
+                ax.set_ylabel(grid.head(i), fontsize="small")
+            _score_corner(ax, grid.score_text(m, i))
+    grid.title(fig)
+    return fig
+
+
+def _token_strings(ids: np.ndarray, vocab: Any) -> list[str]:
+    out = []
+    for t in np.asarray(ids).reshape(-1).tolist():
+        t = int(t)
+        if vocab is None:
+            out.append(str(t))
+        elif callable(vocab):
+            out.append(str(vocab(t)))
+        else:
+            out.append(str(vocab[t]))
+    return out
+
+
+def _token_colours(values: np.ndarray) -> np.ndarray:
+    """RGBA (L, 4) backgrounds: white at 0, red for the largest positive |value| of the map,
+    blue for the largest negative one (a diverging scale around zero)."""
+    import matplotlib
+
+    values = np.where(np.isfinite(values), values, 0.0)
+    top = float(np.abs(values).max())
+    scaled = values / top if top > 0 else np.zeros_like(values)
+    return matplotlib.colormaps["bwr"]((scaled + 1) / 2)
+
+
+def _plot_tokens(grid: _Grid, xs: np.ndarray, maps: dict[str, np.ndarray], kind: Any,
+                 vocab: Any, pad_id: int | None) -> Figure:
+    length = xs.shape[1]
+    fig, axes = grid.axes(len(grid.names), (4.2, 1.6))
+    for r, i in enumerate(grid.chosen):
+        tokens = _token_strings(xs[i], vocab)
+        for c, m in enumerate(grid.names):
+            values = kind.display_map(maps[m][i]).reshape(-1)
+            if values.shape[0] != length:
+                raise ValueError(f"attributions[{m!r}] maps have {values.shape[0]} values; the "
+                                 f"sequences have {length} tokens.")
+            colours = _token_colours(values)
+            ax = axes[r, c]
+            ax.set_axis_off()
+            # a monospace-like advance per character: axes fractions, wrapped at the cell's edge
+            per_char, line_height = 0.026, 0.16
+            x_pos, y_pos = 0.0, 0.86
+            for j, tok in enumerate(tokens):
+                if pad_id is not None and int(xs[i, j]) == pad_id:
+                    continue
+                width = per_char * (len(tok) + 1)
+                if x_pos > 0 and x_pos + width > 1.0:
+                    x_pos, y_pos = 0.0, y_pos - line_height
+                ax.text(x_pos, y_pos, tok, transform=ax.transAxes, fontsize="small",
+                        family="monospace", va="top",
+                        bbox={"facecolor": colours[j], "edgecolor": "none", "pad": 1.0})
+                x_pos += width
+            if r == 0:
+                ax.set_title(m, fontsize="small")
+            if c == 0:
+                ax.text(0.0, 1.0, grid.head(i), transform=ax.transAxes, fontsize="x-small",
+                        va="bottom")
+            _score_corner(ax, grid.score_text(m, i))
+    grid.title(fig)
+    return fig
+
+
+class HTMLString(str):
+    """A string of HTML that notebooks (IPython) display rendered (``_repr_html_``)."""
+
+    def _repr_html_(self) -> str:
+        return str(self)
+
+
+def tokens_html(ids: Any, attributions: Any, *, vocab: Any = None,
+                pad_id: int | None = None) -> HTMLString:
+    """Tokens as HTML, each on a background coloured by its attribution (red positive, blue
+    negative, scaled by the map's largest |value|; the value is the token's tooltip).
+
+    ``ids``: (L,) or (k, L) token ids; ``attributions``: the same shape (one value per
+    token); ``vocab``: id -> string (a sequence, a mapping or a callable; default the id);
+    tokens equal to ``pad_id`` are left out. Token strings are HTML-escaped. Returns an
+    :class:`HTMLString` (a ``str`` that IPython renders as HTML), one ``<div>`` per sequence.
+    """
+    import html
+
+    ids_a = np.asarray(ids.detach().cpu().numpy() if hasattr(ids, "detach") else ids)
+    values = _as_array(attributions)
+    if ids_a.ndim == 1:
+        ids_a, values = ids_a[None], values.reshape(1, -1)
+    if ids_a.ndim != 2 or values.reshape(ids_a.shape[0], -1).shape != ids_a.shape:
+        raise ValueError(f"`attributions` {values.shape} must hold one value per token of "
+                         f"`ids` {ids_a.shape}.")
+    values = values.reshape(ids_a.shape)
+    rows = []
+    for seq, vals in zip(ids_a, values, strict=True):
+        colours = _token_colours(vals)
+        spans = []
+        for tok_id, tok, v, rgba in zip(seq.tolist(), _token_strings(seq, vocab), vals.tolist(),
+                                        colours, strict=True):
+            if pad_id is not None and int(tok_id) == pad_id:
+                continue
+            r, g, b = (int(255 * float(ch) + 0.5) for ch in rgba[:3])
+            spans.append(f'<span style="background-color: rgb({r}, {g}, {b}); padding: 0 2px; '
+                         f'margin: 0 1px; border-radius: 2px" title="{v:.4g}">'
+                         f"{html.escape(tok)}</span>")
+        rows.append('<div style="font-family: monospace; line-height: 1.8">'
+                    + " ".join(spans) + "</div>")
+    return HTMLString("\n".join(rows))
 
 
 # ---------------------------------------------------------------------- rank frequencies

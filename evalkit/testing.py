@@ -413,7 +413,10 @@ class _Context:
             from .explain import explain
 
             kwargs["explain_fn"] = explain
-            kwargs["explain_kwargs"] = {"method": "Saliency"}
+            # on the token fixture (embedding, mean, linear) the embedding gradient is the same
+            # for every token: a constant map; InputXGradient gives each token's contribution
+            method = "InputXGradient" if self.fixture.modality == "tokens" else "Saliency"
+            kwargs["explain_kwargs"] = {"method": method}
         return kwargs
 
     def inputs(self, index: Sequence[int] | slice | None = None) -> dict[str, torch.Tensor]:

@@ -234,3 +234,69 @@ def test_console_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "evalkit.cli", "metrics"], capture_output=True,
                           text=True, timeout=300, cwd=str(TESTS_DIR.parent))
     assert proc.returncode == 0 and "RelevanceRankAccuracy" in proc.stdout
+
+
+# --- evalkit demo --data tabular|series|text ---------------------------------------------------
+
+from evalkit.cli import DEMO_DATA, _demo_config  # noqa: E402
+
+OTHER_DEMOS = [d for d in DEMO_DATA if d != "images"]
+
+
+@pytest.mark.parametrize("data", OTHER_DEMOS)
+def test_other_demo_configurations_are_valid(data):
+    config = _demo_config(data)
+    metrics = _build_metrics(config["metrics"])
+    methods = _build_methods(config["methods"])
+    assert {"Random", "GroundTruth"} <= set(methods)
+    for name, spec in methods.items():
+        assert spec.get("method", name) in available_methods(), name
+    families = {type(m).family for m in metrics.values()}
+    modality = {"tabular": "tabular", "series": "series", "text": "tokens"}[data]
+    for metric in metrics.values():
+        assert modality in type(metric).modalities, type(metric).__name__
+    if data == "text":  # what main has for token ids today: model-free families
+        assert families >= {"localisation", "complexity"}
+    else:
+        assert families == {"faithfulness", "localisation", "complexity", "robustness",
+                            "randomisation"}
+
+
+@pytest.mark.parametrize("data", OTHER_DEMOS)
+def test_other_demos_run_and_write_the_report(data, tmp_path, capsys):
+    out = tmp_path / data
+    assert main(["demo", "--data", data, "--n", "6", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"evalkit demo ({data}): " in printed and "x 6 samples, model accuracy" in printed
+    assert "| GroundTruth |" in printed and "| Random |" in printed
+    for name in ("leaderboard.md", "leaderboard.html", "leaderboard.tex", "leaderboard.csv",
+                 "summary.csv", "scores.csv", "config.json", "results.sqlite"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "plots" / "radar.png").stat().st_size > 10_000
+    scores = pd.read_csv(out / "scores.csv")
+    config = _demo_config(data)
+    assert len(scores) == len(config["methods"]) * len(config["metrics"]) * 6
+
+
+@pytest.mark.parametrize("data", OTHER_DEMOS)
+def test_other_demos_rank_the_ground_truth_first_on_localisation(data, tmp_path):
+    config = _demo_config(data)
+    config["data"]["args"]["n"] = 8
+    config["leaderboard"]["n_boot"] = 50
+    config["methods"] = {k: v for k, v in config["methods"].items()
+                         if k in ("Random", "GroundTruth")}
+    outcome = run_config(config, out=tmp_path, store=False, report=False, progress=False,
+                         echo=lambda *a: None)
+    assert outcome["accuracy"] >= 0.85
+    results = outcome["results"]
+    np.testing.assert_array_equal(results["GroundTruth", "RelevanceRank"], 1.0)
+    assert np.nanmean(results["Random", "RelevanceRank"]) < 0.9
+
+
+def test_demo_data_choice_and_default_folder(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--data", "audio"])
+    assert "invalid choice" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--data", "series", "--n", "3", "--no-progress", "--no-report"]) == 0
+    assert (tmp_path / "evalkit-demo-series" / "results.sqlite").is_file()

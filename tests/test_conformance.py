@@ -62,6 +62,16 @@ NON_DEFAULT = {
     "TokenF1(threshold=0.5)": cheap_metric("TokenF1", threshold=0.5),
 }
 
+# ROAD on tables: the background's two meanings (reference rows: per sample; the batch:
+# set-level) and the Turbé et al. random-order reference of AUCSE
+NON_DEFAULT.update({
+    "ROAD(background='batch')": cheap_metric("ROAD", background="batch"),
+    "ROAD(background=rows)": cheap_metric(
+        "ROAD", background=np.random.default_rng(0).normal(size=(16, 12))),
+    "AUCSE(order='random')": cheap_metric("AUCSE", order="random"),
+    "IROF(perturb_baseline=0)": cheap_metric("IROF", perturb_baseline=0.0),
+})
+
 
 #: (metric id, check, the library bug it shows) for bugs not fixed yet, each a strict xfail
 #: (fixed so far: instance metadata, ROAD(noise=0) and random axiomatic baselines' stochastic

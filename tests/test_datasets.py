@@ -1,4 +1,5 @@
-"""The synthetic shapes data set (evalkit.datasets) and the shipped ShapesCNN (evalkit.zoo)."""
+"""The synthetic data sets (evalkit.datasets: shapes, tabular, series, text) and the shipped
+ShapesCNN (evalkit.zoo)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,23 @@ import pytest
 import torch
 from torch import nn
 
-from evalkit.datasets import CLASS_NAMES, ShapesDataset, make_shapes
+from evalkit.datasets import (
+    CLASS_NAMES,
+    SERIES_CLASS_NAMES,
+    TEXT_MASK_ID,
+    TEXT_PAD_ID,
+    TEXT_UNK_ID,
+    TEXT_VOCABULARY,
+    SeriesDataset,
+    ShapesDataset,
+    TabularDataset,
+    TextDataset,
+    make_series,
+    make_shapes,
+    make_tabular,
+    make_text,
+    tabular_informative_columns,
+)
 from evalkit.zoo import ShapesCNN, load_shapes_cnn, shapes_cnn_info
 
 FIELDS = ("x", "y", "masks", "boxes")
@@ -218,3 +235,175 @@ def test_decision_depends_on_the_target(model: ShapesCNN) -> None:
     drop_other = (p - _probs(model, x_other, d.y)[keep]).mean()
     assert drop_target > 0.4
     assert drop_target > 10 * max(drop_other, 0.01)
+
+
+# --- tabular, series and text data sets --------------------------------------------------------
+
+
+MAKERS = {"tabular": make_tabular, "series": make_series, "text": make_text}
+PER_SAMPLE = {"tabular": ("x", "y", "masks"), "series": ("x", "y", "masks", "windows"),
+              "text": ("x", "y", "masks", "attention_mask")}
+
+
+def test_tabular_layout() -> None:
+    d = make_tabular(200, seed=3)
+    assert isinstance(d, TabularDataset) and len(d) == 200
+    assert d.x.shape == (200, 12) and d.x.dtype == np.float32
+    assert d.y.dtype == np.int64 and set(np.unique(d.y)) == {0, 1}
+    assert d.masks.shape == d.x.shape and d.masks.dtype == np.bool_
+    assert (d.masks == d.masks[:1]).all()  # the same informative set for every row
+    assert d.feature_groups == ((9, 10, 11),)
+    assert d.informative == (*tabular_informative_columns(9, 4), 9, 10, 11)
+    assert tuple(np.flatnonzero(d.masks[0])) == d.informative
+    np.testing.assert_array_equal(d.x[:, 9:].sum(1), 1.0)  # one-hot
+    assert set(np.unique(d.x[:, 9:])) == {0.0, 1.0}
+    assert d.feature_names[-3:] == ("cat=a", "cat=b", "cat=c") and len(d.feature_names) == 12
+    assert 0.35 < d.y.mean() < 0.65
+
+
+def test_tabular_label_is_the_documented_function_of_the_informative_columns() -> None:
+    d = make_tabular(500, seed=4)
+    cont = list(d.informative[:4])
+    z = d.x[:, cont].astype(np.float64)
+    score = z[:, 0] - z[:, 1] + z[:, 2] - z[:, 3] + 0.8 * z[:, 0] * z[:, 1]
+    score += d.x[:, 9:].astype(np.float64) @ np.array([1.0, 0.0, -1.0])
+    np.testing.assert_array_equal(d.y, (score > 0).astype(np.int64))
+    # (so the label never reads the other columns), and those are independent of it
+    noise = [j for j in range(12) if j not in d.informative]
+    assert noise and all(abs(np.corrcoef(d.x[:, j], d.y)[0, 1]) < 0.15 for j in noise)
+
+
+def test_tabular_without_categories_and_other_sizes() -> None:
+    d = make_tabular(50, seed=0, n_features=30, n_informative=6, n_categories=0)
+    assert d.x.shape == (50, 30) and d.feature_groups == ()
+    assert d.informative == tabular_informative_columns(30, 6)
+    assert d.masks.sum(1).tolist() == [6] * 50
+    one = make_tabular(20, seed=0, n_features=2, n_informative=1, n_categories=0)
+    assert one.x.shape == (20, 2)
+
+
+def test_series_layout_and_windows() -> None:
+    d = make_series(90, seed=3)
+    assert isinstance(d, SeriesDataset) and len(d) == 90
+    assert d.x.shape == (90, 2, 64) and d.x.dtype == np.float32
+    assert d.masks.shape == (90, 1, 64) and d.masks.dtype == np.bool_
+    assert d.class_names == SERIES_CLASS_NAMES
+    np.testing.assert_array_equal(d.y, np.arange(90) % 3)
+    assert ((d.windows[:, 1] - d.windows[:, 0]) == 16).all()
+    assert (d.windows[:, 0] >= 0).all() and (d.windows[:, 1] <= 64).all()
+    for i, (start, stop) in enumerate(d.windows):
+        expected = np.zeros(64, dtype=bool)
+        expected[start:stop] = True
+        np.testing.assert_array_equal(d.masks[i, 0], expected)
+    assert len(np.unique(d.windows[:, 0])) > 20  # positions vary
+
+
+def test_series_class_lives_in_the_window_only() -> None:
+    # Without noise and drift the series is zero outside its window, and inside it holds the
+    # class pattern: bumps are positive, dips negative, waves change sign.
+    d = make_series(30, seed=1, noise=0.0, n_channels=3)
+    inside = [d.x[i][:, d.masks[i, 0]] for i in range(30)]
+    outside = np.stack([d.x[i][:, ~d.masks[i, 0]] for i in range(30)])
+    # the drift remains outside the window; it is the same whatever the class
+    assert np.abs(outside).max() <= 0.3 + 1e-6
+    for i, w in enumerate(inside):
+        mid = w[:, 6:10]
+        if d.y[i] == 0:
+            assert (mid > 0.3).all()
+        elif d.y[i] == 1:
+            assert (mid < -0.3).all()
+        else:
+            assert (w.max(1) > 0.3).all() and (w.min(1) < -0.3).all()
+
+
+def test_text_layout_and_vocabulary() -> None:
+    d = make_text(100, seed=3)
+    assert isinstance(d, TextDataset) and len(d) == 100
+    assert d.x.shape == (100, 16) and d.x.dtype == np.int64
+    assert d.masks.shape == d.attention_mask.shape == (100, 16)
+    assert d.masks.dtype == d.attention_mask.dtype == np.bool_
+    assert d.vocabulary == TEXT_VOCABULARY
+    assert TEXT_VOCABULARY[TEXT_PAD_ID] == "[PAD]" and TEXT_VOCABULARY[TEXT_UNK_ID] == "[UNK]"
+    assert TEXT_VOCABULARY[TEXT_MASK_ID] == "[MASK]"
+    assert d.x.min() >= 0 and d.x.max() < len(TEXT_VOCABULARY)
+    np.testing.assert_array_equal(d.x == TEXT_PAD_ID, ~d.attention_mask)
+    assert not np.isin(d.x, [TEXT_UNK_ID, TEXT_MASK_ID]).any()
+    lengths = d.attention_mask.sum(1)
+    assert lengths.min() >= 8 and lengths.max() <= 16
+    # left-aligned: no token after the padding starts
+    assert (np.diff(d.attention_mask.astype(int), axis=1) <= 0).all()
+    assert d.rationales is d.masks
+    assert len(d.decode(0)) == lengths[0] and "[PAD]" not in d.decode(0)
+
+
+def test_text_label_is_decided_by_the_rationale_words() -> None:
+    d = make_text(200, seed=5, max_rationale=4)
+    negative = {TEXT_VOCABULARY.index(w) for w in ("bad", "awful", "terrible", "boring", "hate",
+                                                   "dull", "poor", "worst")}
+    positive = {TEXT_VOCABULARY.index(w) for w in ("good", "great", "excellent", "wonderful",
+                                                   "love", "enjoyable", "brilliant", "superb")}
+    counts = d.masks.sum(1)
+    assert counts.min() >= 1 and counts.max() <= 4
+    assert not (d.masks & ~d.attention_mask).any()
+    for i in range(len(d)):
+        planted = set(d.x[i][d.masks[i]].tolist())
+        rest = set(d.x[i][~d.masks[i] & d.attention_mask[i]].tolist())
+        assert planted <= (positive if d.y[i] == 1 else negative)
+        assert not rest & (positive | negative)  # sentiment words occur only in the rationale
+
+
+@pytest.mark.parametrize("kind", sorted(MAKERS))
+def test_new_sets_deterministic_prefix_stable_and_sliceable(kind: str) -> None:
+    make = MAKERS[kind]
+    a, b, prefix, other = make(30, seed=3), make(30, seed=3), make(7, seed=3), make(30, seed=4)
+    for f in PER_SAMPLE[kind]:
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+        np.testing.assert_array_equal(getattr(prefix, f), getattr(a, f)[:7])
+    assert not np.array_equal(a.x, other.x)
+    part = a[2:5]
+    assert type(part) is type(a) and len(part) == 3
+    for f in PER_SAMPLE[kind]:
+        np.testing.assert_array_equal(getattr(part, f), getattr(a, f)[2:5])
+    picked = a.subset(a.y == 1)
+    assert (picked.y == 1).all() and len(picked) == int((a.y == 1).sum())
+    picked.x[...] = 0  # a copy
+    assert a.x.any()
+    with pytest.raises(TypeError, match="slice"):
+        a[0]
+    with pytest.raises(TypeError, match="boolean"):
+        a.subset(np.array([0.5]))
+    assert "n=30" in repr(a)
+
+
+def test_new_sets_leave_global_random_state_alone() -> None:
+    np_state = np.random.get_state()[1].copy()  # noqa: NPY002 (the global state is the point)
+    for make in MAKERS.values():
+        make(5, seed=1)
+    np.testing.assert_array_equal(np.random.get_state()[1], np_state)  # noqa: NPY002
+
+
+@pytest.mark.parametrize(
+    "make, kwargs, error, match",
+    [
+        (make_tabular, {"n": 0}, ValueError, "`n`"),
+        (make_tabular, {"n": 4, "seed": -1}, ValueError, "`seed`"),
+        (make_tabular, {"n": 4, "n_categories": 1}, ValueError, "`n_categories`"),
+        (make_tabular, {"n": 4, "n_features": 5, "n_informative": 3}, ValueError,
+         "`n_informative`"),
+        (make_tabular, {"n": 4, "n_informative": 0}, ValueError, "`n_informative`"),
+        (make_tabular, {"n": 4.0}, TypeError, "integer"),
+        (make_series, {"n": 4, "window": 65}, ValueError, "`window`"),
+        (make_series, {"n": 4, "length": 7}, ValueError, "`length`"),
+        (make_series, {"n": 4, "n_channels": 0}, ValueError, "`n_channels`"),
+        (make_series, {"n": 4, "noise": -0.1}, ValueError, "`noise`"),
+        (make_series, {"n": 4, "noise": float("nan")}, ValueError, "`noise`"),
+        (make_series, {"n": 4, "noise": "0.1"}, TypeError, "number"),
+        (make_text, {"n": 4, "length": 1}, ValueError, "`length`"),
+        (make_text, {"n": 4, "min_length": 17}, ValueError, "`min_length`"),
+        (make_text, {"n": 4, "max_rationale": 0}, ValueError, "`max_rationale`"),
+        (make_text, {"n": True}, TypeError, "integer"),
+    ],
+)
+def test_new_sets_validate_arguments(make, kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        make(**kwargs)

@@ -287,7 +287,9 @@ def test_lrp_keeps_a_user_rule_and_drops_captums():
 
 
 def test_lrp_unsupported_module_is_captums_error():
-    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(72, 3)).double()
+    # nn.GELU has no LRP rule (nn.Flatten gets evalkit's pass-through epsilon rule, which
+    # the guard removes again with captum's)
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.GELU(), nn.Flatten(), nn.Linear(72, 3)).double()
     x, y = inputs(2)
     with pytest.raises(TypeError, match="no rule"):
         ek.explain(model, x, y, method="LRP")

@@ -47,7 +47,7 @@ def test_sobel_matches_explicit_filter_and_options():
     torch.testing.assert_close(
         ek.explain(make(GapNet, seed=5), x, [0, 1], method="Control Var. Sobel Filter"), expected
     )
-    with pytest.raises(ValueError, match="images"):
+    with pytest.raises(ValueError, match=r"Sobel does not apply to tabular.*image, series"):
         ek.explain(make(GapNet), torch.rand(2, 5), None, method="Sobel")
     with pytest.raises(ValueError, match="grayscale"):
         ek.explain(make(GapNet), x, None, method="Sobel", grayscale="bt709")

@@ -3,8 +3,9 @@
 One small instance of each of the 17 metrics of issue 3 (a registry test makes sure a new metric
 is added here). For each: a non-finite attribution row gives NaN with a reason for that sample
 only (the others are what they are without it, set-level metrics included); all-zero and
-constant maps never crash (curve metrics rank ties in group-id order, correlation and
-confidence metrics give NaN with a reason); NaN inputs are rejected naming `x`; scores do not
+constant maps never crash (metrics that rank features give NaN with the constant-map reason,
+or with constant_maps="score" rank ties in group-id order; correlation and confidence metrics
+give NaN with a reason); NaN inputs are rejected naming `x`; scores do not
 depend on the batch size or the order of the samples (nor, for per-sample metrics, on the
 other samples), and the same seed gives identical numbers; the class docstring states the
 direction and cites the paper.
@@ -21,6 +22,7 @@ from torch import nn
 
 import evalkit as ek
 from evalkit import metrics as M
+from evalkit.metrics._ties import CONSTANT_MAP, RanksFeatures
 
 pytestmark = pytest.mark.filterwarnings("ignore::evalkit.UndefinedScoreWarning")
 
@@ -53,6 +55,8 @@ def _metrics() -> dict[str, ek.metrics.Metric]:
         "ERASERSufficiency": M.ERASERSufficiency(),
         "SoftComprehensiveness": M.SoftComprehensiveness(nr_samples=2, seed=0),
         "SoftSufficiency": M.SoftSufficiency(nr_samples=2, seed=0),
+        "PGI": M.PGI(nr_samples=4, seed=0),
+        "PGU": M.PGU(nr_samples=4, seed=0),
     }
 
 
@@ -107,7 +111,11 @@ def data():
 
 
 def test_every_faithfulness_metric_is_covered():
-    registered = set(ek.metrics.list_metrics("faithfulness")["name"])
+    # the fixtures are images; series-only metrics (AUCSE) have their edge cases in
+    # tests/test_series.py and the conformance suite
+    frame = ek.metrics.list_metrics("faithfulness")
+    registered = {n for n, mods in zip(frame["name"], frame["modalities"], strict=True)
+                  if "image" in mods}
     assert registered == set(_metrics()), registered ^ set(_metrics())
 
 
@@ -142,7 +150,16 @@ def test_zero_and_constant_maps_never_crash(name, data):
     for i in (0, 1):
         if np.isnan(s[i]):
             assert i in metric.nan_reasons_  # never an unexplained NaN
-    if base in CORRELATION and name != "SensitivityN[morf]":
+    ranks = isinstance(metric, RanksFeatures) and metric._ranks_attributions()
+    if ranks:  # nothing to rank: NaN with the reason, unless constant_maps="score"
+        assert np.isnan(s[:2]).all()
+        assert all(metric.nan_reasons_[i] == CONSTANT_MAP for i in (0, 1))
+        scored = metric.clone().set_params(constant_maps="score")(model, x, y, odd)
+        if base not in CORRELATION:  # correlations of constant block sums stay undefined
+            assert np.isfinite(scored[:2]).all(), metric.nan_reasons_
+        if not _is_set_level(metric):  # (a set-level score changes with its set)
+            np.testing.assert_allclose(scored[2:], s[2:], rtol=1e-12)
+    elif base in CORRELATION:
         assert np.isnan(s[:2]).all()
         assert all("constant" in metric.nan_reasons_[i] for i in (0, 1))
     elif base in CONFIDENCE or base in SOFT:
@@ -158,10 +175,11 @@ def test_zero_and_constant_maps_never_crash(name, data):
 @pytest.mark.parametrize("name", ["PixelFlipping", "Deletion", "Insertion", "Selectivity",
                                   "RegionPerturbation", "Monotonicity"])
 def test_ties_are_ranked_in_group_id_order(name, data):
-    """A constant map ranks the groups in raster order (MoRF) and reverse for the ascending
-    orders: the same scores as a strictly decreasing (or increasing) raster ramp."""
+    """With constant_maps="score", a constant map ranks the groups in raster order (MoRF)
+    and reverse for the ascending orders: the same scores as a strictly decreasing (or
+    increasing) raster ramp."""
     model, x, y, _ = data
-    metric = ALL[name]
+    metric = ALL[name].clone().set_params(constant_maps="score")
     ramp = -torch.arange(36, dtype=torch.float64).reshape(1, 1, 6, 6).expand(N, 1, 6, 6)
     if name == "Monotonicity":  # ascending order, abs by default: ties first id first
         metric = metric.clone().set_params(abs=False)

@@ -219,9 +219,18 @@ def test_constant_maps_score_at_chance_or_nan():
     a[1] = 0.0
     s = np.zeros(a.shape, bool)
     s[..., :2, :] = True  # 20 % of the pixels
-    for metric in (PointingGame(), RelevanceRankAccuracy(), TopKIntersection(k=7)):
+    # rank-based metrics have nothing to rank: NaN with a reason by default, the expected
+    # score over random tie orders (chance level) with constant_maps="score"
+    for make in (PointingGame, RelevanceRankAccuracy, lambda **kw: TopKIntersection(k=7, **kw),
+                 AUC):
+        metric = make()
+        out = score(metric, a, s)
+        assert np.isnan(out).all() and "constant" in metric.nan_reasons_[1]
+    for metric in (PointingGame(constant_maps="score"),
+                   RelevanceRankAccuracy(constant_maps="score"),
+                   TopKIntersection(k=7, constant_maps="score")):
         np.testing.assert_allclose(score(metric, a, s), 0.2)
-    np.testing.assert_allclose(score(AUC(), a, s), 0.5)
+    np.testing.assert_allclose(score(AUC(constant_maps="score"), a, s), 0.5)
     np.testing.assert_allclose(score(RelevanceMassAccuracy(), a, s)[0], 0.2)
     np.testing.assert_allclose(score(AttributionLocalisation(weighted=True), a, s)[0], 1.0)
     for metric in (RelevanceMassAccuracy(), AttributionLocalisation(), EnergyPointingGame()):

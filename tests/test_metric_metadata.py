@@ -386,16 +386,17 @@ IMAGE_SERIES_TABULAR = ("image", "series", "tabular")
 
 
 @pytest.mark.parametrize(("make", "modalities"), [
-    (lambda: ek.metrics.ROAD(), ("image",)),
+    (lambda: ek.metrics.ROAD(), ("image", "series")),
+    (lambda: ek.metrics.ROAD(background="batch"), IMAGE_SERIES_TABULAR),
     (lambda: ek.metrics.ROAD(imputer=ek.perturb.make_imputer("mean")), IMAGE_SERIES_TABULAR),
     (lambda: ek.metrics.Insertion(), ("image", "series")),
     (lambda: ek.metrics.Insertion(perturb_baseline="black"), IMAGE_SERIES_TABULAR),
     (lambda: ek.metrics.Continuity(), ("image", "series")),
     (lambda: ek.metrics.Continuity(perturb_func="translation_y"), ("image",)),
     (lambda: ek.metrics.Continuity(perturb_func="gaussian"), IMAGE_SERIES_TABULAR),
-    (lambda: ek.metrics.IROF(), ("image",)),
+    (lambda: ek.metrics.IROF(), IMAGE_SERIES_TABULAR),
     (lambda: ek.metrics.Sparseness(), (*IMAGE_SERIES_TABULAR, "tokens")),
-], ids=["ROAD", "ROAD-imputer", "Insertion", "Insertion-black", "Continuity",
+], ids=["ROAD", "ROAD-background", "ROAD-imputer", "Insertion", "Insertion-black", "Continuity",
         "Continuity-y", "Continuity-noise", "IROF", "Sparseness"])
 def test_modalities_follow_the_settings(make, modalities):
     metric = make()

@@ -89,9 +89,14 @@ def test_check_rejects_data_of_another_layout():
         TabularModality().check(torch.tensor([[1.0, math.nan]]))
 
 
-def test_integer_images_become_floating_point_and_token_ids_stay_integers():
-    img = ImageModality().check(torch.arange(16, dtype=torch.uint8).reshape(1, 1, 4, 4))
+def test_integer_images_need_a_range_and_token_ids_stay_integers():
+    raw = torch.arange(16, dtype=torch.uint8).reshape(1, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"x.float\(\) / 255.*value_range=\(0, 255\)"):
+        ImageModality().check(raw)
+    img = ImageModality(value_range=(0, 255)).check(raw)
     assert img.dtype == torch.float32 and float(img[0, 0, 3, 3]) == 15.0
+    with pytest.raises(ValueError, match="outside the stated value_range"):
+        ImageModality(value_range=(0, 9)).check(raw)
     ids = torch.tensor([[5, 2, 9]])
     out = TokensModality().check(ids)
     assert out.dtype == torch.int64 and torch.equal(out, ids)
@@ -190,11 +195,11 @@ def test_metrics_declare_their_modalities_and_refuse_others():
         MaxSensitivity(nr_samples=2)(Embed(), ids, np.array([0, 1]), a)
     tab = np.random.default_rng(0).random((4, 6)).astype(np.float32)
     mlp = nn.Sequential(nn.Linear(6, 3))
-    with pytest.raises(ValueError, match="IROF does not apply to tabular"):
-        IROF()(mlp, tab, np.zeros(4, int), tab)
+    with pytest.raises(ValueError, match="IROF does not apply to tokens"):
+        IROF()(Embed(), ids, np.array([0, 1]), a)
     with pytest.raises(ValueError, match="Focus does not apply to series"):
         Focus()(None, np.zeros((4, 1, 8), np.float32), None, np.ones((4, 1, 8)))
-    with pytest.raises(ValueError, match=r"ROAD's default imputer .* pass `imputer=`"):
+    with pytest.raises(ValueError, match=r"ROAD imputes removed table columns .* `background=`"):
         ROAD()(mlp, tab, np.zeros(4, int), tab)
 
 
@@ -205,13 +210,16 @@ def test_an_explicit_modality_overrides_the_inferred_one():
     assert np.isfinite(Sparseness()(None, tab, None, tab, modality="tabular")).all()
 
 
-def test_uint8_images_score_as_their_float_values():
+def test_uint8_images_with_a_stated_range_score_as_their_float_values():
     rng = np.random.default_rng(1)
     x8 = rng.integers(0, 255, (3, 1, 4, 4), dtype=np.uint8)
     a = rng.random((3, 1, 4, 4))
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     y = np.zeros(3, int)
-    got = PixelFlipping(features_in_step=4)(model, x8, y, a)
+    with pytest.raises(ValueError, match="integer images"):
+        PixelFlipping(features_in_step=4)(model, x8, y, a)
+    got = PixelFlipping(features_in_step=4)(model, x8, y, a,
+                                            modality=ImageModality(value_range=(0, 255)))
     ref = PixelFlipping(features_in_step=4)(model, x8.astype(np.float32), y, a)
     np.testing.assert_array_equal(got, ref)
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import evalkit as ek
+from evalkit.modality import ImageModality
 from evalkit.models import (
     CallableModel,
     ClassTarget,
@@ -281,7 +282,11 @@ class TestPredictScore:
         x = images(3)
         assert torch.equal(w.predict(x.double()), w.predict(x))
         xi = torch.randint(0, 3, (2, 3, 8, 8))
-        assert w.predict(xi).dtype == torch.float32
+        with pytest.raises(ValueError, match="integer images"):
+            w.predict(xi)  # an integer image does not say its range
+        assert w.prepare(xi, ImageModality(value_range=(0, 2))).dtype == torch.float32
+        series = torch.randint(0, 3, (2, 3, 8))  # integer series are numbers: cast
+        assert w.prepare(series, "series").dtype == torch.float32
 
     @pytest.mark.parametrize("bs", [1, 2, 3, 7, None])
     def test_batch_size_invariance(self, bs):

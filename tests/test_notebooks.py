@@ -137,3 +137,10 @@ def test_reads_the_small_configuration_flag(path: Path) -> None:
         f"{path.name} must read the {SMALL_FLAG} environment variable and shrink itself when it "
         "is '1' (few images, methods and percentiles)."
     )
+
+
+def test_modality_notebooks_present() -> None:
+    # one notebook per modality beyond images (issue 19), each on its shipped data and model
+    names = {p.name for p in NOTEBOOKS}
+    assert {"tabular_evaluation.ipynb", "series_evaluation.ipynb",
+            "text_evaluation.ipynb"} <= names

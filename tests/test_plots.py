@@ -116,3 +116,82 @@ def test_nan_cells_do_not_break_plots(tmp_path):
                                 "B": {"m": [0.5, 0.4, 0.3], "k": [1.0, 2.0, 3.0]}})
     for kind in ("radar", "bars", "distributions", "box"):
         _saved(r.plot(kind), tmp_path / f"{kind}.png")
+
+
+# ---------------------------------------------------------------------- explanations off images
+def _modality_results(n, methods=("A", "B")):
+    return ek.Results.from_scores({m: {"score": np.arange(n, dtype=float) + k}
+                                   for k, m in enumerate(methods)})
+
+
+def test_series_explanations_shade_each_channel(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 2, 30))
+    maps = {"A": rng.normal(size=(3, 2, 30)), "B": np.abs(rng.normal(size=(3, 1, 30)))}
+    r = _modality_results(3)
+    fig = r.plot("explanations", x=x, attributions=maps, metric="score", samples=2)
+    axes = np.array(fig.axes).reshape(2, 2)
+    for ax in axes.ravel():
+        assert len(ax.get_lines()) == 2  # one line per channel
+        assert len(ax.collections) == 2  # one shaded band per channel
+    # the lines are the series, the band spans the line and the line plus the scaled map
+    np.testing.assert_allclose(axes[1, 0].get_lines()[1].get_ydata(), x[1, 1])
+    band = axes[0, 0].collections[0].get_paths()[0].vertices
+    assert band[:, 1].min() < x[0, 0].min() + 1e-9 or band[:, 1].max() > x[0, 0].max() - 1e-9
+    assert axes[0, 1].get_title() == "B"
+    assert [t.get_text() for t in axes[1, 1].texts] == [f"{r['B', 'score'][1]:.3f}"]
+    _saved(fig, tmp_path / "series.png")
+    with pytest.raises(ValueError, match="images"):  # image maps on series inputs
+        plotting.plot_explanations(None, x, {"A": rng.normal(size=(3, 1, 30, 30))})
+
+
+def test_tabular_explanations_are_bars_per_feature(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 5))
+    a = np.array([[1.0, -2.0, 0.5, 0.0, 3.0], [0.1, 0.2, -0.3, 0.4, -0.5]])
+    names = ["age", "income", "height", "weight", "score"]
+    fig = plotting.plot_explanations(_modality_results(2), x, {"A": a, "B": -a},
+                                     feature_names=names)
+    axes = np.array(fig.axes).reshape(2, 2)
+    bars = axes[0, 0].patches
+    assert len(bars) == 5
+    np.testing.assert_allclose([b.get_height() for b in bars], a[0])
+    # positive red, negative blue
+    from matplotlib.colors import to_rgba
+    assert bars[0].get_facecolor() == to_rgba("tab:red")
+    assert bars[1].get_facecolor() == to_rgba("tab:blue")
+    assert [t.get_text() for t in axes[1, 1].get_xticklabels()] == names
+    _saved(fig, tmp_path / "tabular.png")
+    with pytest.raises(ValueError, match="feature_names"):
+        plotting.plot_explanations(None, x, {"A": a}, feature_names=names[:2])
+
+
+def test_token_explanations_colour_each_token(tmp_path):
+    ids = np.array([[3, 1, 4, 0, 0], [2, 2, 1, 3, 0]])
+    a = np.array([[1.0, -1.0, 0.0, 0.5, 0.0], [0.2, 0.1, -0.4, 0.0, 0.0]])
+    vocab = ["<pad>", "bad", "good", "movie", "plot"]
+    fig = plotting.plot_explanations(_modality_results(2, ("A",)), ids, {"A": a}, vocab=vocab,
+                                     pad_id=0)
+    axes = fig.axes
+    tokens = [t for t in axes[0].texts if t.get_bbox_patch() is not None
+              and t.get_text() in vocab]
+    assert [t.get_text() for t in tokens] == ["movie", "bad", "plot"]  # pads left out
+    red, blue = (tokens[0].get_bbox_patch().get_facecolor(),
+                 tokens[1].get_bbox_patch().get_facecolor())
+    assert red[0] > red[2] and blue[2] > blue[0]  # positive red, negative blue
+    assert tokens[2].get_bbox_patch().get_facecolor()[:3] == pytest.approx((1, 1, 1), abs=0.01)
+    _saved(fig, tmp_path / "tokens.png")
+
+
+def test_tokens_html_escapes_and_colours():
+    out = plotting.tokens_html([5, 6, 0], [1.0, -0.5, 0.0],
+                               vocab={5: "<b>", 6: "a&b", 0: "[PAD]"}, pad_id=0)
+    assert isinstance(out, str) and out._repr_html_() == str(out)
+    assert "&lt;b&gt;" in out and "a&amp;b" in out
+    assert "<b>" not in out and "[PAD]" not in out
+    assert out.count("<span") == 2
+    assert "rgb(255, 0, 0)" in out  # the largest positive value: full red
+    two = plotting.tokens_html(np.array([[1, 2], [3, 4]]), np.ones((2, 2)))
+    assert two.count("<div") == 2 and ">3<" in two
+    with pytest.raises(ValueError, match="one value per token"):
+        plotting.tokens_html([1, 2], [1.0])

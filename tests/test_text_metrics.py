@@ -189,8 +189,13 @@ def test_eraser_on_constant_and_nan_maps():
     x, y, a, _ = planted_batch()
     model = Planted()
     metric = ERASERComprehensiveness(percentages=10)
-    # ties are removed in feature order: the first token (not the planted one)
-    assert np.allclose(metric(model, x, y, torch.zeros_like(a)), 0.0)
+    # a constant map ranks nothing: NaN with a reason; constant_maps="score" removes the ties
+    # in feature order: the first token (not the planted one)
+    with pytest.warns(Warning):
+        assert np.isnan(metric(model, x, y, torch.zeros_like(a))).all()
+    assert "constant" in metric.nan_reasons_[0]
+    scored = metric.clone().set_params(constant_maps="score")
+    assert np.allclose(scored(model, x, y, torch.zeros_like(a)), 0.0)
     a_nan = a.clone()
     a_nan[1, 0] = float("nan")
     with pytest.warns(Warning):
@@ -279,8 +284,12 @@ def test_token_f1_by_hand():
     assert np.allclose(m(None, x, None, a, s=s), 0.8)  # {0, 2, 3}: P 2/3, R 1
     assert np.allclose(m.precision_, 2 / 3) and np.allclose(m.recall_, 1.0)
     assert np.allclose(TokenF1(k=1, **kw)(None, x, None, a, s=s), 2 / 3)  # P 1, R 1/2
-    # ties: a constant map scores the expected F1, k |s| / L hits of k
-    assert np.allclose(TokenF1(**kw)(None, x, None, torch.ones_like(a), s=s), 0.4)
+    # ties: a constant map is NaN with a reason; with constant_maps="score" it scores the
+    # expected F1, k |s| / L hits of k
+    with pytest.warns(Warning):
+        assert np.isnan(TokenF1(**kw)(None, x, None, torch.ones_like(a), s=s)).all()
+    scored = TokenF1(constant_maps="score", **kw)
+    assert np.allclose(scored(None, x, None, torch.ones_like(a), s=s), 0.4)
     # nothing above the threshold: F1 0; an empty rationale: NaN with a reason
     assert np.allclose(TokenF1(threshold=2.0, **kw)(None, x, None, a, s=s), 0.0)
     empty = TokenF1(**kw)
@@ -325,7 +334,8 @@ def test_auprc_by_hand():
     for values, truth, want in cases:
         a = torch.tensor([values])
         s = torch.tensor([truth], dtype=torch.bool)
-        got = AUPRC(**kw)(None, x, None, a, s=s)
+        # (a constant map is NaN with a reason by default; scored on request)
+        got = AUPRC(constant_maps="score", **kw)(None, x, None, a, s=s)
         assert np.allclose(got, want)
         assert np.allclose(got, average_precision_score(truth, values))
     full = AUPRC(**kw)
@@ -369,24 +379,20 @@ def _token_explainer(model, x, y, **kwargs):
 
 
 def test_randomisation_metrics_run_on_token_ids_with_an_embedding_explainer():
-    """RandomLogit, MPRT and EfficientMPRT compute on token ids given an explainer that handles
-    ids (here the exact token contributions; explain() on ids comes with the embedding-layer
-    explainers). They declare numeric modalities today: the instances pin "tokens" to run
-    them; SmoothMPRT adds input noise and stays undefined for ids."""
-    from evalkit.metrics import EfficientMPRT
+    """RandomLogit, MPRT and EfficientMPRT declare token ids (they re-explain with the explain
+    function, which handles ids) and compute per-sample results on them; SmoothMPRT adds input
+    noise and stays undefined for ids."""
+    from evalkit.metrics import EfficientMPRT, SmoothMPRT
 
     fx = get_fixture("tokens")
-    with pytest.raises(ValueError, match="RandomLogit does not apply to tokens"):
-        RandomLogit()(fx.model, fx.x, fx.y, fx.a, explain_fn=_token_explainer)
+    with pytest.raises(ValueError, match="SmoothMPRT does not apply to tokens"):
+        SmoothMPRT()(fx.model, fx.x, fx.y, fx.a, explain_fn=_token_explainer)
     outs = {}
     for cls in (RandomLogit, MPRT, EfficientMPRT):
-        metric = cls(seed=0)
-        metric.modalities = ("tokens",)  # pinned on the instance (a metadata override)
-        out = metric(fx.model, fx.x, fx.y, fx.a, explain_fn=_token_explainer)
+        assert "tokens" in cls.modalities
+        out = cls(seed=0)(fx.model, fx.x, fx.y, fx.a, explain_fn=_token_explainer)
         assert out.shape == (4,) and np.isfinite(out).all(), (cls.__name__, out)
-        alone = cls(seed=0)
-        alone.modalities = ("tokens",)
-        first = alone(fx.model, fx.x[:1], fx.y[:1], fx.a[:1], explain_fn=_token_explainer)
+        first = cls(seed=0)(fx.model, fx.x[:1], fx.y[:1], fx.a[:1], explain_fn=_token_explainer)
         assert np.allclose(first, out[:1]), cls.__name__
         outs[cls.__name__] = out
     # a randomised model explains differently: MPRT's rank correlations are below 1

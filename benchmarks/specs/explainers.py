@@ -247,4 +247,8 @@ SPECS += [
                       "maps)"),
     _method_spec("GroundTruth", floor=None, labels=False, ours_kw=lambda w: {"masks": w.s},
                  note="returns the masks; Quantus has no such control"),
+    # ---- issue 19: integrated gradients at a layer (on token ids: at the embedding layer)
+    _method_spec("LayerIntegratedGradients", ours_kw=lambda w: {**_layer(w), "n_steps": 10},
+                 quantus_kw=None, settings="n_steps=10, layer channels summed, resized",
+                 note=_NO_Q),
 ]

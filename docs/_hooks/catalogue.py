@@ -261,8 +261,13 @@ def explainer_catalogue() -> str:
         "*module*: needs a `torch.nn.Module` (hooks layers); *target*: explains the wrapper's "
         "target score (class-agnostic maps and controls do not); *model-free*: never looks at "
         "the model; *masks*: needs ground-truth masks (`masks=`); *stochastic*: draws random "
-        "numbers from its `seed`, per sample. *Also accepted as*: alias spellings, e.g. "
-        "Quantus' method names.",
+        "numbers from its `seed`, per sample. *inputs*: the modalities it is defined for "
+        "(image, series, tabular, tokens; `explain()` refuses others with an error that says "
+        "what to use instead); on token ids (N, L) the gradient methods attribute at the "
+        "embedding layer (so they need a `torch.nn.Module`) and the perturbation methods "
+        "replace tokens by the mask token, see "
+        "[Text, tabular and time series](#text-tabular-and-time-series). *Also accepted as*: "
+        "alias spellings, e.g. Quantus' method names.",
     ]
     order = [*EXPLAINER_GROUPS.values(), "Other (registered elsewhere)"]
     for group in order:
@@ -271,14 +276,15 @@ def explainer_catalogue() -> str:
             continue
         out += [
             "", f"## {group[0].upper()}{group[1:]}", "",
-            "| method | gradients | module | target | model-free | masks | stochastic "
+            "| method | inputs | gradients | module | target | model-free | masks | stochastic "
             "| also accepted as | what it computes |",
-            "|:---|:---:|:---:|:---:|:---:|:---:|:---:|:---|:---|",
+            "|:---|:---|:---:|:---:|:---:|:---:|:---:|:---:|:---|:---|",
         ]
         for info in infos:
             also = ", ".join(f"`{a}`" for a in sorted(aliases.get(info.name, [])))
+            inputs = ", ".join(getattr(info, "modalities", None) or ("any",))
             out.append(
-                f"| `{info.name}` | {_yes(info.requires_gradients)} "
+                f"| `{info.name}` | {inputs} | {_yes(info.requires_gradients)} "
                 f"| {_yes(info.requires_module)} | {_yes(info.uses_target)} "
                 f"| {_yes(info.model_free)} | {_yes(info.needs_masks)} "
                 f"| {_yes(info.stochastic)} | {also} | {_cell(_summary(info.fn))} |"

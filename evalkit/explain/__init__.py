@@ -12,21 +12,28 @@ Methods (see :func:`available_methods`; :func:`explainer_info` says what each ne
 - captum: Saliency, Gradient, InputXGradient, IntegratedGradients, GradientShap (native, seeded
   per sample), DeepLift, DeepLiftShap, GuidedBackprop, Deconvolution, LRP, Occlusion,
   FeatureAblation, Lime, KernelShap, and the layer methods LayerGradCam, GuidedGradCam,
-  LayerConductance, LayerActivation, InternalInfluence, LayerGradientXActivation;
+  LayerConductance, LayerActivation, InternalInfluence, LayerGradientXActivation,
+  LayerIntegratedGradients;
 - the CAM family in torch (:mod:`evalkit.explain.cam`): GradCAM, HiResCAM, GradCAMElementWise,
   GradCAMPlusPlus, XGradCAM, LayerCAM, EigenCAM, EigenGradCAM, ScoreCAM, AblationCAM, FullGrad,
   RandomCAM;
 - controls: Random, Constant, Sobel, GroundTruth (``masks=``).
 
+Modalities: every method declares the inputs it is defined for
+(:attr:`ExplainerInfo.modalities`; ``available_methods("tokens")``). On integer token ids
+(N, L) the gradient methods attribute at the embedding layer (``embedding_layer=``) and the
+perturbation methods replace tokens by a mask token; they return one value per token, (N, L)
+(:mod:`evalkit.explain.tokens`).
+
 Shapes: input-space methods give (N, C, ...) like ``x``; CAMs, Sobel, Constant and GroundTruth
-give one map (N, 1, ...); ``reduce_channels`` reduces any output to (N, 1, ...). Deep Feature
-Factorization (:class:`DeepFeatureFactorization`) is a batch-level analysis with its own result
-object, not an attribution method of the registry.
+give one map (N, 1, ...) (for tables and token ids: (N, F) and (N, L)); ``reduce_channels``
+reduces any output to (N, 1, ...). Deep Feature Factorization (:class:`DeepFeatureFactorization`)
+is a batch-level analysis with its own result object, not an attribution method of the registry.
 """
 
 # the built-in methods register themselves when their modules load, i.e. when this package
 # does (the registry in .core knows none of them: no import cycle)
-from . import captum_methods, controls  # noqa: F401
+from . import captum_methods, controls, tokens  # noqa: F401
 from .cam import (
     DEFAULT_AUGMENTATIONS,
     fullgrad_decomposition,
@@ -41,6 +48,7 @@ from .core import (
     get_explainer,
     numpy_explain_fn,
     register_explainer,
+    register_token_explainer,
 )
 from .dff import DeepFeatureFactorization, FactorizationResult, deep_feature_factorization, nmf
 from .visualise import show_cam_on_image, show_factorization_on_image
@@ -59,6 +67,7 @@ __all__ = [
     "nmf",
     "numpy_explain_fn",
     "register_explainer",
+    "register_token_explainer",
     "show_cam_on_image",
     "show_factorization_on_image",
     "swin_reshape_transform",

@@ -28,6 +28,7 @@ __all__ = [
     "interpolate_to",
     "module_guard",
     "require_module",
+    "resolve_embedding_layer",
     "resolve_layer",
     "resolve_layers",
 ]
@@ -54,7 +55,8 @@ def require_gradients(model: ModelWrapper, method: str) -> None:
         raise TypeError(
             f"{method} needs gradients, but {type(model).__name__} is not differentiable; use a "
             "torch model, or a black-box method such as Occlusion, FeatureAblation, Lime or "
-            "KernelShap."
+            "KernelShap." + (f" {model.not_differentiable_hint}" if model.not_differentiable_hint
+                             else "")
         )
 
 
@@ -112,6 +114,32 @@ def resolve_layer(root: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
     some = ", ".join(repr(n) for n in list(named)[1:9])
     raise ValueError(f"Unknown layer {layer!r}.{hint} Layers are named as in "
                      f"model.named_modules(), e.g. {some}.")
+
+
+def resolve_embedding_layer(model: Any, spec: Any = None, method: str = "This method") -> nn.Module:
+    """The embedding layer of ``model`` (a module or a wrapper): ``spec`` (a module of the
+    model, or its name / attribute path), else the model's only ``nn.Embedding``; a clear
+    error naming ``method`` and ``embedding_layer=`` otherwise."""
+    root = model.model if isinstance(model, ModelWrapper) else model
+    if not isinstance(root, nn.Module):
+        raise TypeError(
+            f"{method} on token ids attributes at the embedding layer, which needs a "
+            f"torch.nn.Module; the model is a {type(root).__name__}. Use a perturbation method "
+            "(Occlusion, FeatureAblation, Lime, KernelShap), which replaces tokens by the mask "
+            "token id."
+        )
+    if spec is not None:
+        return resolve_layer(root, spec)[1]
+    found = [name for name, m in root.named_modules() if isinstance(m, nn.Embedding)]
+    if len(found) == 1:
+        return resolve_layer(root, found[0])[1]
+    what = "no nn.Embedding" if not found else f"{len(found)} nn.Embedding layers {found}"
+    raise ValueError(
+        f"{method} on token ids attributes at the embedding layer, and the model has {what}: "
+        "name it with embedding_layer= (a module of the model or its name, e.g. "
+        "embedding_layer='embedding' or 'bert.embeddings'), or use a perturbation method "
+        "(Occlusion, FeatureAblation, Lime, KernelShap)."
+    )
 
 
 def resolve_layers(root: nn.Module, layers: Any) -> list[tuple[str, nn.Module]]:

@@ -88,7 +88,7 @@ from .._validation import EvalkitWarning
 from ..models import ModelWrapper
 from ..runner import ForwardRunner
 from ._hooks import capture, default_cam_layer, interpolate_to, require_module, resolve_layers
-from .core import register_explainer
+from .core import GRID_MODALITIES, register_explainer
 
 __all__ = ["DEFAULT_AUGMENTATIONS", "swin_reshape_transform", "vit_reshape_transform"]
 
@@ -402,6 +402,7 @@ def _register(spec: _Spec, doc: str) -> None:
         requires_gradients=spec.gradients,
         uses_target=spec.gradients or spec.needs_score,
         quantus_names=True,
+        modalities=GRID_MODALITIES,
     )(explainer)
 
 
@@ -640,7 +641,7 @@ def _rescale(t: torch.Tensor) -> torch.Tensor:
 
 
 @register_explainer("FullGrad", requires_module=True, requires_gradients=True,
-                    quantus_names=True)
+                    quantus_names=True, modalities=GRID_MODALITIES)
 def fullgrad(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """FullGrad saliency (Srinivas & Fleuret 2019): ``psi(|x * grad_x|)`` plus, for every
     convolution / batch-norm layer, ``psi(|b * d score / d z|)`` resized to the input and summed

@@ -49,13 +49,16 @@ from ._hooks import (
     require_module,
     resolve_layer,
 )
-from .core import explain_rows, register_explainer
+from .core import FLOAT_MODALITIES, GRID_MODALITIES, explain_rows, register_explainer
 
 __all__: list[str] = []
 
-_GRAD = {"requires_gradients": True, "quantus_names": True}
-_MODULE = {"requires_gradients": True, "requires_module": True, "quantus_names": True}
-_BLACK_BOX = {"quantus_names": True}
+# the methods with a token-ids implementation get "tokens" from evalkit.explain.tokens
+_GRAD = {"requires_gradients": True, "quantus_names": True, "modalities": FLOAT_MODALITIES}
+_MODULE = {"requires_gradients": True, "requires_module": True, "quantus_names": True,
+           "modalities": FLOAT_MODALITIES}
+_GRID_MODULE = {**_MODULE, "modalities": GRID_MODALITIES}
+_BLACK_BOX = {"quantus_names": True, "modalities": FLOAT_MODALITIES}
 _BASELINES = ("baselines",)
 
 
@@ -112,7 +115,12 @@ def _no_delta(kw: dict[str, Any], method: str) -> None:
 def _layer(model: ModelWrapper, kw: dict[str, Any], method: str) -> nn.Module:
     module = require_module(model, method)
     spec = kw.pop("layer", None)
-    return resolve_layer(module, spec if spec is not None else default_cam_layer(module))[1]
+    if spec is None:
+        try:
+            spec = default_cam_layer(module)
+        except ValueError as exc:
+            raise ValueError(f"{method}: {exc}") from None
+    return resolve_layer(module, spec)[1]
 
 
 def _forward_rows(x: torch.Tensor, model: ModelWrapper) -> int:
@@ -145,6 +153,14 @@ def _upsampled_layer_map(
 ) -> torch.Tensor:
     if raw:
         return attr
+    if x.ndim == 2:  # table columns have no layout a layer's units could be resized to
+        if attr.shape == x.shape:
+            return attr
+        raise ValueError(
+            f"The layer attribution has shape {tuple(attr.shape)}, which cannot be mapped onto "
+            f"the {x.shape[1]} columns of the inputs {tuple(x.shape)}; pass raw=True for the "
+            "layer's own attribution, or use an input-space method."
+        )
     if attr.ndim != x.ndim:
         raise ValueError(
             f"The layer attribution has shape {tuple(attr.shape)}, which cannot be resized to "
@@ -345,6 +361,24 @@ def _check_single_use(model: ModelWrapper, x: torch.Tensor, method: str) -> None
         )
 
 
+#: leaf modules captum's LRP has no default rule for, given the epsilon rule: the 1-D and 3-D
+#: counterparts of the 2-D layers it has (the same linear rule), and reshapes, for which the
+#: epsilon rule passes relevance through unchanged (grad / out * in, with out = in reshaped)
+_LRP_EPSILON = (nn.Conv1d, nn.Conv3d, nn.AvgPool1d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+                nn.AdaptiveAvgPool3d, nn.BatchNorm1d, nn.BatchNorm3d, nn.Flatten, nn.Unflatten,
+                nn.Identity)
+
+
+def _lrp_default_rules(root: nn.Module) -> None:
+    """Give the 1-D/3-D layers without a ``rule`` captum's epsilon rule (inside a
+    :func:`module_guard`, which removes the attribute afterwards)."""
+    from captum.attr._utils.lrp_rules import EpsilonRule
+
+    for m in root.modules():
+        if type(m) in _LRP_EPSILON and not hasattr(m, "rule"):
+            m.rule = EpsilonRule()
+
+
 def _modified_backprop(cls_name: str, model: ModelWrapper, x, y, kw) -> torch.Tensor:
     import captum.attr as ca
 
@@ -353,6 +387,8 @@ def _modified_backprop(cls_name: str, model: ModelWrapper, x, y, kw) -> torch.Te
         _check_single_use(model, x, cls_name)
     score_module = _ScoreModule(model)
     with module_guard(score_module.net), _quiet_hook_warning():
+        if cls_name == "LRP":
+            _lrp_default_rules(score_module.net)
         return getattr(ca, cls_name)(score_module, **_constructor_kwargs(kw)).attribute(
             _grad_input(x), additional_forward_args=_args(y), **kw
         )
@@ -531,7 +567,7 @@ def _layer_attribution(
     explainer = getattr(ca, cls_name)(_scalar_forward(model), layer, **ctor)
     if cls_name == "LayerConductance":  # finite differences: at least two steps per pass
         kw.setdefault("internal_batch_size", _step_rows(x, model, 2 * x.shape[0]))
-    elif cls_name == "InternalInfluence":
+    elif cls_name in ("InternalInfluence", "LayerIntegratedGradients"):
         kw.setdefault("internal_batch_size", _step_rows(x, model, x.shape[0]))
     attr = explainer.attribute(_grad_input(x), additional_forward_args=_args(y), **kw)
     if isinstance(attr, tuple | list):
@@ -550,14 +586,14 @@ _LAYER_DOC = """
 """
 
 
-@register_explainer("LayerGradCam", aliases=("GradCam",), **_MODULE)
+@register_explainer("LayerGradCam", aliases=("GradCam",), **_GRID_MODULE)
 def layer_grad_cam(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """Grad-CAM through captum (``relu_attributions=False`` by default, as captum), upsampled
     to the input. evalkit's native ``"GradCAM"`` is the same map with more options."""
     return _layer_attribution("LayerGradCam", model, x, y, kw)
 
 
-@register_explainer("GuidedGradCam", **_MODULE)
+@register_explainer("GuidedGradCam", **_GRID_MODULE)
 def guided_grad_cam(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backpropagation times the upsampled
     (ReLU'd) Grad-CAM of ``layer``; (N, C, H, W)."""
@@ -603,6 +639,17 @@ def internal_influence(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | N
     return _layer_attribution("InternalInfluence", model, x, y, kw)
 
 
+@register_explainer("LayerIntegratedGradients", per_sample=_BASELINES, **_MODULE)
+def layer_integrated_gradients(
+    model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any
+):
+    """Integrated gradients at ``layer`` (captum's LayerIntegratedGradients): the path runs
+    from the layer's activation for ``baselines`` (default zeros) to its activation for ``x``
+    (``n_steps=50``). On token ids, the layer is the embedding layer and the baseline the mask
+    token's embedding (:mod:`evalkit.explain.tokens`)."""
+    return _layer_attribution("LayerIntegratedGradients", model, x, y, kw)
+
+
 @register_explainer("LayerGradientXActivation", **_MODULE)
 def layer_gradient_x_activation(
     model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any
@@ -612,5 +659,5 @@ def layer_gradient_x_activation(
 
 
 for _fn in (layer_grad_cam, layer_conductance, layer_activation, internal_influence,
-            layer_gradient_x_activation):
+            layer_gradient_x_activation, layer_integrated_gradients):
     _fn.__doc__ = (_fn.__doc__ or "") + _LAYER_DOC

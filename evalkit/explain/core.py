@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -12,10 +13,10 @@ import torch
 
 from .._batching import resolve_batch_size
 from .._validation import as_tensor, check_labels, check_option, is_numpy_like
-from ..modality import as_modality
+from ..modality import Modality, as_modality
 from ..models import ModelWrapper, wrap_model
 from ..models.targets import _BaseTarget
-from ._hooks import require_gradients, require_module
+from ._hooks import require_gradients, require_module, resolve_embedding_layer
 
 __all__ = [
     "ExplainerInfo",
@@ -25,6 +26,7 @@ __all__ = [
     "get_explainer",
     "numpy_explain_fn",
     "register_explainer",
+    "register_token_explainer",
 ]
 
 #: ``fn(model: ModelWrapper, x: Tensor, y: Tensor | None, **kwargs) -> Tensor`` per method
@@ -76,6 +78,16 @@ class ExplainerInfo:
         Accept Quantus' keyword names (``baseline``, ``gc_layer``, ``interpolate``,
         ``interpolate_mode``, ``xai_lib_kwargs``); ``explain`` renames them to evalkit's
         (``baselines``, ``layer``, ``upsample_mode``, ``constructor_kwargs``) before the call.
+    modalities:
+        The input modalities the method is defined for (names of
+        :data:`evalkit.modality.MODALITIES`: ``"image"``, ``"series"``, ``"tabular"``,
+        ``"tokens"``); ``explain`` refuses others with an error that names the method and what
+        to use instead. ``None`` (the default for methods registered by users): not declared,
+        every input is passed to ``fn``.
+    token_fn:
+        The implementation used on token ids (N, L) (the ``"tokens"`` modality), if it differs
+        from ``fn``: attribution at the embedding layer, or perturbation by a mask token
+        (:mod:`evalkit.explain.tokens`). It returns one value per token, (N, L).
     """
 
     name: str
@@ -89,6 +101,35 @@ class ExplainerInfo:
     stochastic: bool = False
     batch_dependent: bool = False
     quantus_names: bool = False
+    modalities: tuple[str, ...] | None = None
+    token_fn: Explainer | None = None
+
+    def supports(self, modality: str) -> bool:
+        """Whether the method is defined for inputs of ``modality`` (a name)."""
+        return self.modalities is None or modality in self.modalities
+
+
+#: every built-in modality
+ALL_MODALITIES = ("image", "series", "tabular", "tokens")
+#: inputs with features laid out along axes (what convolution layers and CAMs need)
+GRID_MODALITIES = ("image", "series")
+#: floating-point inputs: input-gradient and hooked-backprop methods apply as they are
+FLOAT_MODALITIES = ("image", "series", "tabular")
+
+#: what to use instead, per modality, when a method does not apply
+_INSTEAD = {
+    "tokens": "For token ids use LayerIntegratedGradients, LayerGradientXActivation, "
+              "IntegratedGradients, Saliency, Gradient, InputXGradient, GradientShap or "
+              "DeepLift (at the embedding layer: pass `embedding_layer=`), or Occlusion, "
+              "FeatureAblation, Lime or KernelShap (tokens replaced by the mask token id).",
+    "tabular": "For (N, F) tables use an input-space method (Saliency, InputXGradient, "
+               "IntegratedGradients, GradientShap, DeepLift, LRP, Occlusion, "
+               "FeatureAblation, Lime, KernelShap); layer methods need `layer=` and "
+               "`raw=True`.",
+    "series": "For (N, C, T) series use an input-space method (Saliency, "
+              "IntegratedGradients, Occlusion, ...) or a CAM over a Conv1d layer.",
+    "image": "Use an input-space method (Saliency, IntegratedGradients, Occlusion, ...).",
+}
 
 
 #: Quantus' ``explain`` keyword names -> evalkit's
@@ -127,6 +168,10 @@ def register_explainer(
     if unknown:
         raise TypeError(f"Unknown explainer properties {sorted(unknown)}.")
 
+    modalities = info.get("modalities")
+    if modalities is not None:
+        info["modalities"] = tuple(modalities)
+
     def decorate(fn: Explainer) -> Explainer:
         if not overwrite and name in _EXPLAINERS:
             raise ValueError(f"An explainer named {name!r} is already registered.")
@@ -139,9 +184,31 @@ def register_explainer(
     return decorate
 
 
-def available_methods() -> list[str]:
-    """Names of the registered explanation methods."""
-    return sorted(_EXPLAINERS)
+def register_token_explainer(
+    name: str, *, per_sample: tuple[str, ...] = ()
+) -> Callable[[Explainer], Explainer]:
+    """Decorator attaching ``fn(model, ids, y, **kwargs) -> (N, L)`` as the token-ids
+    implementation (:attr:`ExplainerInfo.token_fn`) of the registered method ``name``, adding
+    ``"tokens"`` to its modalities and ``per_sample`` (e.g. ``"attention_mask"``) to its
+    per-sample keyword arguments."""
+
+    def decorate(fn: Explainer) -> Explainer:
+        info = explainer_info(name)
+        modalities = tuple(dict.fromkeys((*(info.modalities or FLOAT_MODALITIES), "tokens")))
+        rows = tuple(dict.fromkeys((*info.per_sample, *per_sample)))
+        _EXPLAINERS[info.name] = replace(info, token_fn=fn, modalities=modalities,
+                                         per_sample=rows)
+        return fn
+
+    return decorate
+
+
+def available_methods(modality: str | None = None) -> list[str]:
+    """Names of the registered explanation methods (those defined for ``modality``, a name
+    such as ``"tokens"``, if given)."""
+    if modality is None:
+        return sorted(_EXPLAINERS)
+    return sorted(name for name, info in _EXPLAINERS.items() if info.supports(modality))
 
 
 def explainer_info(method: str) -> ExplainerInfo:
@@ -183,6 +250,7 @@ def explain(
     batch_size: int | None = None,
     softmax: bool | None = None,
     target: object = None,
+    modality: Modality | str | None = None,
     **kwargs: Any,
 ) -> Any:
     """Explain ``model``'s target score on inputs ``x`` (labels ``y``) with ``method``.
@@ -192,7 +260,11 @@ def explain(
     model:
         ``torch.nn.Module``, callable or :class:`~evalkit.models.ModelWrapper`.
     x:
-        A batch, (N, C, H, W) images, (N, C, T) series or (N, D) tabular rows; NumPy or torch.
+        A batch, (N, C, H, W) images, (N, C, T) series, (N, D) tabular rows or (N, L) integer
+        token ids; NumPy or torch. Token ids are passed to the model as they are (never cast);
+        see :mod:`evalkit.explain.tokens` for the methods defined on them and their options
+        (``embedding_layer=``, ``mask_token_id=``, ``attention_mask=``,
+        ``additional_forward_args=``, ``pad_token_id=``, ``embedding_reduce=``).
     y:
         One label per sample for the wrapper's target (class indices by default).
     method:
@@ -211,6 +283,12 @@ def explain(
         Override the wrapper's output settings for this explanation: the explained scalar is
         ``target(softmax?(model(x)), y)``, e.g. the class logit (default), the class probability
         (``softmax=True``), or any custom score callable ``(outputs, y) -> (N,)``.
+    modality:
+        The kind of input (a name, e.g. ``"tokens"``, or a :class:`~evalkit.modality.Modality`
+        such as ``TokensModality(mask_token_id=103)``); default inferred from ``x`` (integer
+        (N, L) inputs are token ids). A method not defined for it raises a ValueError that
+        says what to use instead (:attr:`ExplainerInfo.modalities`). On tokens, the
+        modality's ``mask_token_id`` is the default replacement/baseline token.
     **kwargs:
         Passed to the method (``n_steps``, ``baselines``, ``layer``, ``seed``, ``masks``...).
         Keyword arguments that hold one row per sample (``masks``, per-sample ``baselines``)
@@ -232,7 +310,20 @@ def explain(
     info = explainer_info(method)
     wrapper = wrap_model(model, softmax=softmax, target=target)
     numpy_in = is_numpy_like(x)
-    xt = as_modality(None, x).check(wrapper.prepare(x), dtype=wrapper.dtype)
+    kind = as_modality(modality, x)
+    if not info.supports(kind.name):
+        why = " (it needs inputs with spatial or time axes)" \
+            if set(info.modalities or ()) <= set(GRID_MODALITIES) else ""
+        raise ValueError(
+            f"{info.name} does not apply to {kind.name} inputs ({kind.layout}); it is defined "
+            f"for {', '.join(info.modalities or ())}{why}. {_INSTEAD.get(kind.name, '')}"
+            .rstrip()
+        )
+    xt = kind.check(wrapper.prepare(x, kind), dtype=wrapper.dtype)
+    tokens = kind.integer_inputs
+    fn = info.token_fn if tokens and info.token_fn is not None else info.fn
+    if fn is not info.fn:
+        kwargs.setdefault("mask_token_id", getattr(kind, "mask_token_id", 0))
     n = xt.shape[0]
     yt = None if y is None else check_labels(as_tensor(y, "y", device=wrapper.device), n)
     if not info.model_free:
@@ -245,9 +336,16 @@ def explain(
     if info.quantus_names:
         kwargs = _rename_quantus_kwargs(kwargs, xt)
     kwargs = _tensor_kwargs(kwargs, wrapper)
-    sliced = [k for k in info.per_sample if _is_per_sample(kwargs.get(k), n)]
+    per_sample = info.per_sample
+    if tokens:  # the model's extra inputs have one row per text, whatever the method
+        per_sample = tuple(dict.fromkeys((*per_sample, "attention_mask",
+                                          "additional_forward_args")))
+    sliced = [k for k in per_sample if _is_per_sample(kwargs.get(k), n)]
 
-    size = explain_rows(xt, wrapper, batch_size)
+    if fn is not info.fn:
+        size = explain_rows(_token_row_like(xt, wrapper, kwargs), wrapper, batch_size)
+    else:
+        size = explain_rows(xt, wrapper, batch_size)
     parts = []
     with wrapper.evaluation(), torch.inference_mode(False), torch.enable_grad():
         if xt.is_inference():
@@ -257,11 +355,11 @@ def explain(
             stop = min(n, start + size)
             chunk_kw = dict(kwargs)
             for k in sliced:
-                chunk_kw[k] = kwargs[k][start:stop]
+                chunk_kw[k] = _slice_rows(kwargs[k], start, stop, n)
             xs = xt[start:stop]
             ys = None if yt is None else yt[start:stop]
             try:
-                out = info.fn(wrapper, xs, ys, **chunk_kw)
+                out = fn(wrapper, xs, ys, **chunk_kw)
             except torch.cuda.OutOfMemoryError:
                 if size == 1 or batch_size is not None:
                     raise
@@ -280,18 +378,25 @@ def explain(
                             raise named from exc
                 raise
             out = as_tensor(out, "explanation", device=wrapper.device).detach()
-            if out.is_floating_point() and out.dtype != xs.dtype:
-                out = out.to(xs.dtype)  # e.g. scikit-learn surrogates return float32
+            dtype = xs.dtype if xs.is_floating_point() else wrapper.dtype  # token ids: floats
+            if out.is_floating_point() and out.dtype != dtype:
+                out = out.to(dtype)  # e.g. scikit-learn surrogates return float32
             if out.ndim == 0 or out.shape[0] != stop - start:
                 raise RuntimeError(
                     f"The explainer {info.name!r} returned shape {tuple(out.shape)} for "
                     f"{stop - start} inputs; it must return one attribution per input."
                 )
+            if tokens:
+                out = _zero_padding(out, xs, chunk_kw)
             parts.append(out)
             start = stop
     a = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
     a = _reduce_channels(a, reduce_channels)
-    return a.cpu().numpy() if numpy_in else a
+    result = a.cpu().numpy() if numpy_in else a
+    from ._reference import reference_baseline, remember_reference
+
+    remember_reference(result, reference_baseline(info.name, kwargs))  # for Completeness
+    return result
 
 
 class _CheckedTarget(_BaseTarget):
@@ -324,6 +429,22 @@ def explain_rows(x: torch.Tensor, model: ModelWrapper, batch_size: int | None = 
     return resolve_batch_size(requested, row_bytes, EXPLAIN_MEMORY_BUDGET[kind], kind)
 
 
+#: embedding width assumed for the explain memory budget when the layer is no nn.Embedding
+DEFAULT_EMBEDDING_WIDTH = 256
+
+
+def _token_row_like(ids: torch.Tensor, model: ModelWrapper,
+                    kwargs: dict[str, Any]) -> torch.Tensor:
+    """A (1, L, E) stand-in for one row of embeddings, for the explain memory budget: a chunk
+    of token ids holds E floats per token once embedded, not one int64."""
+    width = DEFAULT_EMBEDDING_WIDTH
+    if isinstance(getattr(model, "model", None), torch.nn.Module):
+        with contextlib.suppress(TypeError, ValueError):
+            layer = resolve_embedding_layer(model, kwargs.get("embedding_layer"))
+            width = int(getattr(layer, "embedding_dim", width))
+    return torch.empty((1, ids.shape[1], width), dtype=model.dtype, device="meta")
+
+
 def _rename_quantus_kwargs(kwargs: dict[str, Any], x: torch.Tensor) -> dict[str, Any]:
     out = dict(kwargs)
     for old, new in QUANTUS_KWARGS.items():
@@ -342,13 +463,27 @@ def _rename_quantus_kwargs(kwargs: dict[str, Any], x: torch.Tensor) -> dict[str,
 
 
 def _is_per_sample(value: Any, n: int) -> bool:
+    if isinstance(value, tuple | list):  # e.g. additional_forward_args: any per-sample item
+        return any(_is_per_sample(v, n) for v in value)
     return isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n and n > 1
+
+
+def _slice_rows(value: Any, start: int, stop: int, n: int) -> Any:
+    """Rows ``start:stop`` of a per-sample value (of the per-sample items of a tuple)."""
+    if isinstance(value, tuple | list):
+        return type(value)(_slice_rows(v, start, stop, n) if _is_per_sample(v, n) else v
+                           for v in value)
+    return value[start:stop]
 
 
 def _tensor_kwargs(kwargs: dict[str, Any], wrapper: ModelWrapper) -> dict[str, Any]:
     """NumPy arrays in ``kwargs`` become tensors on the model's device (floats in its dtype)."""
     out = {}
     for key, value in kwargs.items():
+        if isinstance(value, tuple) and any(isinstance(v, np.ndarray | torch.Tensor)
+                                            for v in value):
+            out[key] = tuple(_tensor_kwargs({key: v}, wrapper)[key] for v in value)
+            continue
         if isinstance(value, np.ndarray):
             t = as_tensor(value, key, device=wrapper.device)
             if t.is_floating_point():
@@ -358,6 +493,20 @@ def _tensor_kwargs(kwargs: dict[str, Any], wrapper: ModelWrapper) -> dict[str, A
             value = value.to(wrapper.device)
         out[key] = value
     return out
+
+
+def _zero_padding(a: torch.Tensor, ids: torch.Tensor, kw: dict[str, Any]) -> torch.Tensor:
+    """A per-token map with 0 at the padding of ``ids``: where ``attention_mask`` is 0 or the
+    id is ``pad_token_id`` (the controls too, so that no method puts mass on padding)."""
+    mask, pad = kw.get("attention_mask"), kw.get("pad_token_id")
+    if (mask is None and pad is None) or tuple(a.shape) != tuple(ids.shape):
+        return a
+    keep = torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
+    if mask is not None:
+        keep &= torch.as_tensor(mask, device=ids.device).reshape(ids.shape) != 0
+    if pad is not None:
+        keep &= ids != int(pad)
+    return torch.where(keep, a, torch.zeros((), dtype=a.dtype, device=a.device))
 
 
 def _reduce_channels(a: torch.Tensor, how: str | None) -> torch.Tensor:

@@ -28,10 +28,19 @@ __all__ = [
 ]
 
 from . import similarity
+from .agreement import (
+    FeatureAgreement,
+    PairwiseRankAgreement,
+    RankAgreement,
+    SignAgreement,
+    SignedRankAgreement,
+)
 from .axiomatic import Completeness, InputInvariance, NonSensitivity
 from .complexity import Complexity, EffectiveComplexity, Sparseness
 from .faithfulness import (
     IROF,
+    PGI,
+    PGU,
     ROAD,
     AverageDrop,
     AverageGain,
@@ -142,4 +151,16 @@ __all__ += [
     "RelativeInputStability",
     "RelativeOutputStability",
     "RelativeRepresentationStability",
+]
+
+from .faithfulness import AUCSE  # noqa: E402  (time series, Turbé et al. 2023)
+
+__all__ += ["AUCSE"]
+__all__ += ["PGI", "PGU"]
+__all__ += [
+    "FeatureAgreement",
+    "PairwiseRankAgreement",
+    "RankAgreement",
+    "SignAgreement",
+    "SignedRankAgreement",
 ]

@@ -107,7 +107,8 @@ def order_groups(
         raise ValueError(f"`order` must be one of {_ORDERS}; got {order!r}.")
     if batch.a is None:
         raise ValueError(f"{type(batch.metric).__name__} needs attributions.")
-    grp = grouping if isinstance(grouping, Grouping) else grouping(batch.x)
+    grp = (grouping if isinstance(grouping, Grouping)
+           else grouping.for_modality(batch.modality)(batch.x))
     scores = grp.reduce(batch.a, group_reduction)
     valid = grp.valid()
     if order == "index":

@@ -17,7 +17,7 @@ import copy
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -51,21 +51,35 @@ class Completeness(Metric):
     better). The residuals, output differences and attribution sums of the last call are in
     ``residuals_``, ``output_differences_`` and ``attribution_sums_``.
 
-    The baseline must be the one the explanation was computed against: for captum's Integrated
-    Gradients with its default zero baseline use ``perturb_baseline="zero"``; the default
-    ``"black"`` is the per-sample minimum of x (Quantus' default), which equals 0 only for
-    inputs whose minimum is 0. Attributions are summed over their own elements (a 1-channel map
-    is not broadcast over the input channels first).
+    **The baseline** must be the one the explanation was computed against, or every sample
+    fails (Integrated Gradients against zero, checked against the per-sample minimum: 0 on
+    every sample). The rule:
+
+    * ``perturb_baseline=None`` (default): the explainer's baseline when it is known, else
+      ``"black"`` (the per-sample minimum of x, Quantus' default). It is known for the methods
+      that are complete against a baseline (``IntegratedGradients``, ``DeepLift``: their
+      ``baselines`` argument, default zero) when the attributions come from
+      :func:`evalkit.explain`: computed by the metric (``explain_kwargs={"method": ...}``),
+      passed as ``a`` exactly as ``explain`` returned them, or passed with
+      ``explain_fn=evalkit.explain`` (or none) and ``explain_kwargs`` naming the method
+      (:func:`evalkit.evaluate` passes them). ``baseline_`` says which baseline was used.
+    * An explicit ``perturb_baseline`` is used as given; when it differs from the known
+      explainer's baseline, an ``EvalkitWarning`` says so.
+
+    Attributions are summed over their own elements (a 1-channel map is not broadcast over the
+    input channels first).
 
     Deviations from Quantus (``quantus.Completeness`` 0.6): a tolerance instead of exact float
     equality, and ``normalise=False`` by default (Quantus divides ``a`` by its maximum, which
     breaks the sum, and then compares floats with ``==``, so every sample fails: deviation C3).
-    A warning is issued when ``normalise=True`` is requested.
+    A warning is issued when ``normalise=True`` is requested. The default baseline is the
+    explainer's when known (above; Quantus always uses ``"black"``).
 
     Parameters
     ----------
     perturb_baseline:
-        The baseline x' (a name, number, array or imputer; see :mod:`evalkit.perturb`).
+        The baseline x' (a name, number, array or imputer; see :mod:`evalkit.perturb`);
+        ``None``: the explainer's baseline when known, else ``"black"`` (see above).
     output_func:
         Applied to f(x) - f(x') (a tensor (N,)) before the comparison; default identity.
     rtol, atol:
@@ -85,10 +99,13 @@ class Completeness(Metric):
     default_normalise = False
     default_softmax = False
     paper = "Sundararajan, Taly & Yan, Axiomatic Attribution for Deep Networks, ICML 2017"
+    #: evaluate() passes the method's explain function and arguments with the attributions,
+    #: so that the explainer's baseline is known (see the class docstring)
+    uses_explain_kwargs: ClassVar[bool] = True
 
     def __init__(
         self,
-        perturb_baseline: Any = "black",
+        perturb_baseline: Any = None,
         output_func: Callable[[torch.Tensor], torch.Tensor] | None = None,
         *,
         rtol: float = 0.05,
@@ -103,7 +120,7 @@ class Completeness(Metric):
                 EvalkitWarning, stacklevel=2)
         super().__init__(**kwargs)
         self.perturb_baseline = perturb_baseline
-        self._imputer = make_imputer(perturb_baseline)
+        self._imputer = make_imputer("black" if perturb_baseline is None else perturb_baseline)
         if output_func is not None and not callable(output_func):
             raise TypeError("`output_func` must be callable on a tensor (N,), or None.")
         self.output_func = output_func
@@ -113,6 +130,60 @@ class Completeness(Metric):
         self.residuals_: np.ndarray | None = None
         self.output_differences_: np.ndarray | None = None
         self.attribution_sums_: np.ndarray | None = None
+        self.baseline_: str | None = None
+
+    def _prepare(self, model, x, y, a, s, explain_fn, explain_kwargs, batch_size, device, extra):
+        batch = super()._prepare(model, x, y, a, s, explain_fn, explain_kwargs, batch_size,
+                                 device, extra)
+        batch.extra["_reference"] = self._resolve_reference(batch, a)
+        return batch
+
+    def _resolve_reference(self, batch: MetricBatch, a: Any
+                           ) -> tuple[torch.Tensor | None, str]:
+        """The explainer's baseline broadcast to x where it is to be used (see the class
+        docstring), else None (``perturb_baseline`` is used), and a description of the
+        baseline used; warns on a mismatch."""
+        from ..explain import explain as ek_explain
+        from ..explain import explainer_info
+        from ..explain._reference import attached_reference, reference_baseline
+
+        known = attached_reference(a) if a is not None else None
+        if known is None and batch.explain_fn in (None, ek_explain):
+            method = batch.explain_kwargs.get("method", "Saliency" if a is None else None)
+            try:
+                name = explainer_info(method).name if isinstance(method, str) else None
+            except ValueError:  # an unknown name: explain() itself says so when it runs
+                name = None
+            known = reference_baseline(name, batch.explain_kwargs)
+        described = (repr(self.perturb_baseline) if self.perturb_baseline is not None
+                     else "'black' (the per-sample minimum of x)")
+        if known is None:
+            return None, described
+        method, value = known
+        x = batch.x
+        try:
+            # a number, one input's shape, (1, ...) or one row per sample, as explain takes
+            values = torch.broadcast_to(torch.as_tensor(value, device=x.device).to(x.dtype),
+                                        x.shape)
+        except RuntimeError:
+            values = None
+        if values is None:
+            warnings.warn(f"Completeness: the attributions are from {method}, whose baseline "
+                          f"cannot be aligned with x {tuple(x.shape)}; using {described}.",
+                          EvalkitWarning, stacklevel=4)
+            return None, described
+        shown = f"{value:g}" if isinstance(value, int | float) else "its `baselines` array"
+        if self.perturb_baseline is None:
+            return values, f"the baseline of {method} ({shown})"
+        own = self._imputer.fill(x, torch.ones_like(x, dtype=torch.bool),
+                                 keys=batch.keys if self._imputer.stochastic else None)
+        if not torch.allclose(own.to(x.dtype), values):
+            warnings.warn(
+                f"Completeness compares with perturb_baseline={described}, but the "
+                f"attributions are from {method}, computed against the baseline {shown}: their "
+                "sums cannot match f(x) - f(x'). Leave perturb_baseline unset to use the "
+                "explainer's baseline.", EvalkitWarning, stacklevel=4)
+        return None, described
 
     def _derived_metadata(self) -> dict[str, bool]:
         # a residual is an error: the direction of this instance flips (metaeval and anyone
@@ -126,9 +197,14 @@ class Completeness(Metric):
         batch.require_model()
         assert batch.a is not None and batch.runner is not None
         x = batch.x
-        keys = batch.keys if self._imputer.stochastic else None
-        full = torch.ones_like(x, dtype=torch.bool)
-        x_base = self._imputer.fill(x, full, keys=keys)
+        reference, described = batch.extra.pop("_reference", (None, None))
+        batch.record("baseline", described, per_sample=False)
+        if reference is not None:  # the explainer's own baseline (see the class docstring)
+            x_base = reference
+        else:
+            keys = batch.keys if self._imputer.stochastic else None
+            full = torch.ones_like(x, dtype=torch.bool)
+            x_base = self._imputer.fill(x, full, keys=keys)
         modality = batch.modality
 
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -220,7 +296,7 @@ class NonSensitivity(Metric):
         assert batch.a is not None and batch.runner is not None
         x = batch.x
         n = batch.n
-        grouping = self._grouping(x)
+        grouping = self._grouping.for_modality(batch.modality)(x)
         labels = grouping.labels // self.features_in_step  # (N|1, Cg, *S)
         n_groups = (grouping.n_groups + self.features_in_step - 1) // self.features_in_step
         g_max = int(n_groups.max())

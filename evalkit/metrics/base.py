@@ -327,6 +327,9 @@ class Metric:
     #: the input modalities the metric is defined for (:mod:`evalkit.modality`); a call on
     #: other data fails with a clear error instead of a silently wrong number
     modalities: ClassVar[tuple[str, ...]] = ("image", "series", "tabular")
+    #: ``s`` is a real-valued reference map aligned like the attributions (the ground-truth
+    #: agreement metrics), not a binary mask
+    real_valued_s: ClassVar[bool] = False
     #: metric-specific keyword arguments accepted by ``__call__`` (passed in ``batch.extra``)
     call_options: ClassVar[tuple[str, ...]] = ()
     #: False: needs no spec in ``benchmarks/specs/`` (see docs/contributing.md, "Benchmarks")
@@ -627,16 +630,22 @@ class Metric:
                 values["explain_kwargs"], extra)
 
     # ----------------------------------------------------------------- preparation
-    def _resolve_softmax(self, wrapper: ModelWrapper, extra: dict[str, Any]) -> ModelWrapper:
+    def _resolve_softmax(self, wrapper: ModelWrapper, extra: dict[str, Any]
+                         ) -> tuple[ModelWrapper, bool]:
+        """The wrapper with this call's softmax, and whether that softmax is the metric's
+        default (not the user's choice: :meth:`ModelWrapper.check_softmax` may then switch it
+        off for outputs that are probabilities already)."""
+        by_default = False
         if "_softmax_override" in extra:
             choice = extra.pop("_softmax_override")
         elif self.softmax is not None:
             choice = self.softmax
         elif wrapper.softmax is not None:
-            return wrapper
+            return wrapper, False
         else:
-            choice = self.default_softmax
-        return wrapper if wrapper.softmax == choice else wrapper.with_options(softmax=choice)
+            choice, by_default = self.default_softmax, True
+        view = wrapper if wrapper.softmax == choice else wrapper.with_options(softmax=choice)
+        return view, by_default
 
     def _prepare(self, model, x, y, a, s, explain_fn, explain_kwargs, batch_size, device, extra):
         channels_last = extra.pop("_channels_last", False)
@@ -644,10 +653,12 @@ class Metric:
         self._check_modality(modality)  # a setting's own, more specific refusal first
         modality.check_applies(self)
         wrapper: ModelWrapper | None = None
+        softmax_by_default = False
         # Model-free metrics given attributions ignore the model: no wrapping, no label checks,
         # no forward pass (Quantus-style calls pass a model and no labels to them).
         if model is not None and (self.needs_model or a is None):
-            wrapper = self._resolve_softmax(wrap_model(model, device=device), extra)
+            wrapper, softmax_by_default = self._resolve_softmax(
+                wrap_model(model, device=device), extra)
             if batch_size is not None:
                 wrapper = wrapper.with_options(batch_size=batch_size)
         elif self.needs_model or a is None:
@@ -671,6 +682,9 @@ class Metric:
             yt = check_labels(as_tensor(y, "y", device=dev), n)
         if wrapper is not None:
             wrapper.check_labels(xt, yt)
+            # no second softmax on probabilities, none over a single output
+            wrapper = wrapper.check_softmax(xt, by_default=softmax_by_default,
+                                            who=type(self).__name__)
 
         seed = _rng.resolve_seed(self.seed)
         runner = (
@@ -688,7 +702,8 @@ class Metric:
             st = as_tensor(s, "s", device=dev)
             if channels_last:
                 st = modality.channels_first(st, like=xt)
-            batch.s = modality.align_masks(st, xt)
+            batch.s = (modality.align(st, xt, "s") if self.real_valued_s
+                       else modality.align_masks(st, xt))
         elif self.needs_masks:
             raise ValueError(f"{type(self).__name__} needs ground-truth masks `s`.")
 
@@ -701,6 +716,7 @@ class Metric:
             if channels_last:
                 raw = modality.channels_first(raw, like=xt)
         batch.a = self._preprocess_attributions(batch, raw, xt, flag_nan=True)
+        self._flag_attributions(batch)
         return batch
 
     def _preprocess_attributions(
@@ -768,6 +784,11 @@ class Metric:
         """Refuse a modality with a message more specific than the generic "does not apply"
         (called before the instance's ``modalities`` are checked); e.g. ROAD's default
         imputer names the ``imputer=`` to pass."""
+
+    def _flag_attributions(self, batch: MetricBatch) -> None:
+        """Mark the samples whose attributions this metric cannot score (NaN with a reason,
+        :meth:`MetricBatch.set_nan`), once, after preprocessing and before ``_evaluate``; e.g.
+        the constant maps of metrics that rank features (:mod:`evalkit.metrics._ties`)."""
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         """Compute the (N,) scores. Subclasses implement this."""

@@ -19,8 +19,10 @@ Shared conventions
   needs pixels outside it (AUC), attribution rows with NaN/Inf.
 * **Ties** are handled deliberately: rank-based scores (TopKIntersection,
   RelevanceRankAccuracy, PointingGame's default) give the *expected* score under a uniformly
-  random order of tied values, AUC gives ties half credit (average ranks). A constant map thus
-  scores at chance level instead of depending on a sort's arbitrary tie order (Quantus).
+  random order of tied values, AUC gives ties half credit (average ranks), instead of depending
+  on a sort's arbitrary tie order (Quantus). A map with nothing to rank (constant or all zero)
+  is NaN with a reason in these four metrics; ``constant_maps="score"`` gives its chance-level
+  score (:mod:`evalkit.metrics._ties`).
 
 Mosaics for Focus, boxes-to-masks and the CAM paper's box-localisation protocol live in
 :mod:`evalkit.masks`.
@@ -37,6 +39,7 @@ import torch
 from .._validation import as_tensor, check_bool, check_option, check_scalar
 from ..masks import boxes_from_masks, cam_localisation, dilate, masks_from_boxes, quadrant_masks
 from ._sorting import sort_rows
+from ._ties import RanksFeatures
 from .base import Metric, MetricBatch
 
 __all__ = [
@@ -52,6 +55,8 @@ __all__ = [
     "RelevanceRankAccuracy",
     "TokenF1",
     "TopKIntersection",
+    "interval_boxes",
+    "masks_from_intervals",
 ]
 
 
@@ -160,20 +165,60 @@ class _LocalisationMetric(Metric):
             if xx is None:
                 raise TypeError(f"{type(self).__name__}() missing the inputs `x`.")
             shape = tuple(np.shape(xx))
-            if len(shape) != 4:
-                raise ValueError("`boxes` need image inputs (N, C, H, W); give masks `s` "
-                                 "for other data.")
+            if len(shape) not in (3, 4):
+                raise ValueError("`boxes` need image inputs (N, C, H, W) (boxes (N, 4)) or "
+                                 "series (N, C, T) (intervals (N, 2)); give masks `s` for other "
+                                 "data.")
             channels_last = kwargs.get("channel_first") is False
-            s = masks_from_boxes(boxes, shape[1:3] if channels_last else shape[2:])
-            if channels_last:  # (N, 1, H, W) -> (N, H, W, 1), the layout of x
-                s = s.movedim(1, -1) if isinstance(s, torch.Tensor) else np.moveaxis(s, 1, -1)
+            if len(shape) == 3:
+                steps = shape[1] if channels_last else shape[2]
+                s = masks_from_intervals(boxes, steps)
+                if channels_last:  # (N, 1, T) -> (N, T, 1)
+                    s = s.movedim(1, -1)
+            else:
+                s = masks_from_boxes(boxes, shape[1:3] if channels_last else shape[2:])
+                if channels_last:  # (N, 1, H, W) -> (N, H, W, 1), the layout of x
+                    s = (s.movedim(1, -1) if isinstance(s, torch.Tensor)
+                         else np.moveaxis(s, 1, -1))
             if "boxes" in self.call_options:
                 kwargs["boxes"] = boxes
         return super().__call__(model, x, y, a, s=s, **kwargs)
 
 
+def interval_boxes(intervals: Any) -> torch.Tensor:
+    """Time intervals ``(t0, t1)`` (end-exclusive) as the boxes ``(t0, 0, t1, 1)`` of a
+    1-pixel-high image: float64 (N, K, 4). Takes (N, 2), (N, K, 2) (rows of NaN are padding)
+    or a list of (K_i, 2) arrays."""
+    if isinstance(intervals, list | tuple) and intervals and np.ndim(intervals[0]) >= 1 \
+            and not isinstance(intervals[0], int | float):
+        parts = [as_tensor(v, f"intervals[{i}]", dtype=torch.float64).reshape(-1, 2)
+                 for i, v in enumerate(intervals)]
+        k = max(1, max(p.shape[0] for p in parts))
+        t = torch.full((len(parts), k, 2), math.nan, dtype=torch.float64)
+        for i, p in enumerate(parts):
+            t[i, : p.shape[0]] = p.cpu()
+    else:
+        t = as_tensor(intervals, "intervals", dtype=torch.float64)
+        if t.ndim == 2:
+            t = t.unsqueeze(1)
+    if t.ndim != 3 or t.shape[-1] != 2:
+        raise ValueError("Series intervals must be (N, 2) (t0, t1) pairs, (N, K, 2) or a list of "
+                         f"(K_i, 2) arrays; got shape {tuple(t.shape)}.")
+    nan_row = torch.isnan(t).any(-1, keepdim=True)
+    ones = torch.ones_like(t[..., :1])
+    boxes = torch.cat([t[..., :1], 0 * ones, t[..., 1:], ones], -1)
+    return torch.where(nan_row, torch.full_like(boxes, math.nan), boxes)
+
+
+def masks_from_intervals(intervals: Any, steps: int) -> torch.Tensor:
+    """Bool masks (N, 1, T) covering time intervals ``(t0, t1)`` (end-exclusive; several per
+    sample are united), the series counterpart of :func:`evalkit.masks.masks_from_boxes`."""
+    masks = masks_from_boxes(interval_boxes(intervals), (1, int(steps)))
+    return masks.reshape(masks.shape[0], 1, int(steps))
+
+
 # --------------------------------------------------------------------------- PointingGame
-class PointingGame(_LocalisationMetric):
+class PointingGame(RanksFeatures, _LocalisationMetric):
     """Pointing game (Zhang et al. 2018): is the attribution's maximum on the object?
 
     A hit when the position of the map's maximum lies within ``tolerance`` pixels (Euclidean
@@ -367,7 +412,7 @@ class RelevanceMassAccuracy(_LocalisationMetric):
 
 
 # --------------------------------------------------------------------------- rank-based
-class RelevanceRankAccuracy(_LocalisationMetric):
+class RelevanceRankAccuracy(RanksFeatures, _LocalisationMetric):
     """Relevance rank accuracy (Arras et al. 2022): with K = |mask|, the share of the K
     highest-relevance pixels that lie in the mask. **Higher is better**.
 
@@ -386,7 +431,7 @@ class RelevanceRankAccuracy(_LocalisationMetric):
         return _safe_div(_expected_top_hits(a, s, k), k.to(torch.float64))
 
 
-class TopKIntersection(_LocalisationMetric):
+class TopKIntersection(RanksFeatures, _LocalisationMetric):
     """Top-k intersection (Theiner et al. 2021): the share of the ``k`` highest-relevance
     pixels that lie in the mask. **Higher is better**.
 
@@ -440,7 +485,7 @@ class TopKIntersection(_LocalisationMetric):
         return score
 
 
-class AUC(_LocalisationMetric):
+class AUC(RanksFeatures, _LocalisationMetric):
     """Area under the ROC curve of the attributions as a classifier of mask pixels (Fawcett
     2006). **Higher is better**: 1 when every mask pixel outranks every other pixel, 0.5 at
     chance.
@@ -535,12 +580,19 @@ class BoxLocalisation(_LocalisationMetric):
     empty ground truth are NaN. Components are labelled with ``scipy.ndimage.label`` on the CPU
     (one call for the whole batch).
 
+    Series (N, C, T): the same protocol in one dimension, with *intervals* for boxes: keep
+    the time steps above the threshold, take the longest run of kept steps (the largest
+    connected component), and compare that interval with the ground-truth interval (the tight
+    interval of each mask's steps, or ``boxes=`` (N, 2) ``(t0, t1)`` end-exclusive, or (N, K, 2)
+    for several): 1-D IoU = overlap / union of the two intervals. Masks are (N, T), (N, 1, T)
+    or (N, C, T) with identical channels.
+
     Reference: B. Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR
     2016.
     """
 
     call_options = ("boxes",)
-    modalities = ("image",)  # boxes around the mask's components
+    modalities = ("image", "series")  # boxes (intervals) around the map's components
     paper = "Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016"
     aliases = ("CAMLocalisation",)
 
@@ -556,9 +608,14 @@ class BoxLocalisation(_LocalisationMetric):
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         a, spatial = _pixel_maps(batch)
-        if len(spatial) != 2:
-            raise ValueError("BoxLocalisation needs images (N, C, H, W).")
+        if len(spatial) not in (1, 2):
+            raise ValueError("BoxLocalisation needs images (N, C, H, W) or series (N, C, T).")
         boxes = batch.extra.get("boxes")
+        if len(spatial) == 1:
+            # a series is an image one pixel high: intervals are boxes (t0, 0, t1, 1)
+            spatial = (1, spatial[0])
+            if boxes is not None:
+                boxes = interval_boxes(boxes)
         if boxes is None:
             s = _pixel_masks(batch)
             _flag_mask_sizes(batch, s)
@@ -587,7 +644,7 @@ def _f1(hits: torch.Tensor, n_pred: torch.Tensor, n_true: torch.Tensor) -> torch
     return _safe_div(2 * hits, (n_pred + n_true).to(torch.float64))
 
 
-class TokenF1(_LocalisationMetric):
+class TokenF1(RanksFeatures, _LocalisationMetric):
     """Token F1 (DeYoung et al. 2020, ERASER's "Token F1"): the F1 score of the predicted
     rationale (the top-k features by attribution) against the human rationale ``s``.
     **Higher is better**; in [0, 1].
@@ -624,6 +681,9 @@ class TokenF1(_LocalisationMetric):
             check_scalar("k", k, int, min_val=1)
         self.k = k
         self.threshold = check_scalar("threshold", threshold, (int, float), allow_none=True)
+
+    def _ranks_attributions(self) -> bool:
+        return self.threshold is None  # a threshold does not rank
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         a, s, _ = _scored_pair(batch)
@@ -752,7 +812,7 @@ class IOUF1(_LocalisationMetric):
         return _safe_div(2 * precision * recall, precision + recall)
 
 
-class AUPRC(_LocalisationMetric):
+class AUPRC(RanksFeatures, _LocalisationMetric):
     """Area under the precision-recall curve of the attributions as a classifier of rationale
     features, as average precision (DeYoung et al. 2020, ERASER's "AUPRC" for soft token
     scores). **Higher is better**; in (0, 1], 1 when every rationale feature outranks every

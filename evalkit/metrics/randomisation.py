@@ -320,6 +320,9 @@ class MPRT(_ModelRandomisation):
     Reference: J. Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018.
     """
 
+    #: token ids too: the explanations are re-computed by the explain function, which handles ids
+    modalities = ("image", "series", "tabular", "tokens")
+
     aliases = ("ModelParameterRandomisation", "ModelParameterRandomization")
     default_abs = True
     default_normalise = True
@@ -491,6 +494,9 @@ class SmoothMPRT(MPRT):
     An Exploration to Repair the Model Parameter Randomisation Test", XAI in Action workshop,
     NeurIPS 2023.
     """
+
+    #: the noisy copies are x + N(0, sigma^2): not defined for token ids
+    modalities = ("image", "series", "tabular")
 
     aliases = ("sMPRT",)
     stochastic = True
@@ -705,6 +711,9 @@ class EfficientMPRT(_ModelRandomisation):
     Parameter Randomisation Test", XAI in Action workshop, NeurIPS 2023.
     """
 
+    #: token ids too: the explanations are re-computed by the explain function, which handles ids
+    modalities = ("image", "series", "tabular", "tokens")
+
     aliases = ("eMPRT",)
     higher_is_better = True
     default_abs = False
@@ -857,6 +866,9 @@ class RandomLogit(Metric):
     Reference: L. Sixt, M. Granz, T. Landgraf, "When Explanations Lie: Why Many Modified BP
     Attributions Fail", ICML 2020.
     """
+
+    #: token ids too: the explanations are re-computed by the explain function, which handles ids
+    modalities = ("image", "series", "tabular", "tokens")
 
     family = "randomisation"
     higher_is_better = False

@@ -16,6 +16,7 @@ from .base import ForwardCounter, ModelWrapper, same_device
 from .callable_model import CallableModel
 from .targets import (
     BaseTarget,
+    BinaryTarget,
     ClassTarget,
     MultiLabelTarget,
     OutputIndex,
@@ -27,6 +28,7 @@ from .torch_model import TorchModel, randomisable_layers
 
 __all__ = [
     "BaseTarget",
+    "BinaryTarget",
     "CallableModel",
     "ClassTarget",
     "ForwardCounter",
@@ -53,12 +55,19 @@ def wrap_model(
     """Wrap a model so every metric and explainer can use it.
 
     - ``torch.nn.Module`` -> :class:`TorchModel`;
-    - an object with ``predict_proba`` (scikit-learn) -> :class:`CallableModel` on it;
+    - an object with ``predict_proba`` (scikit-learn) -> :class:`CallableModel` on it (no
+      softmax: the outputs are probabilities already);
     - any other callable -> :class:`CallableModel` (NumPy in, scores out);
     - a :class:`ModelWrapper` is returned as is, or as a view with the given options.
 
     Extra keyword arguments go to the wrapper's constructor (e.g. ``eval_mode``,
     ``output_fn``, ``input_type``, ``channels_last``, ``batch_size``).
+
+    Outputs that are probabilities already (any wrapper) never get a second softmax from a
+    metric's default: the metric switches it off and warns (``softmax=False`` here says so once;
+    see :class:`ModelWrapper`). A model with one output per sample (a regression head, a binary
+    ``decision_function``) needs ``target=BinaryTarget()`` or ``target=OutputIndex()``. A
+    function of torch tensors needs ``input_type="torch"``.
     """
     if isinstance(obj, ModelWrapper):
         if kwargs:
@@ -84,6 +93,13 @@ def wrap_model(
                              device=device, **kwargs)
     if callable(obj):
         return CallableModel(obj, softmax=softmax, target=target, device=device, **kwargs)
+    if callable(getattr(obj, "decision_function", None)):
+        raise TypeError(
+            f"{type(obj).__name__} has no predict_proba; wrap its decision function: "
+            "wrap_model(clf.decision_function, target=BinaryTarget()) for a binary classifier "
+            "(one value per sample), wrap_model(clf.decision_function) for (N, n_classes) "
+            "scores."
+        )
     raise TypeError(
         "`model` must be a torch.nn.Module, a callable mapping a batch to outputs, an object "
         f"with predict_proba, or a ModelWrapper; got {type(obj).__name__}."

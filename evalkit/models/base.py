@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,11 +20,37 @@ import numpy as np
 import torch
 
 from .._batching import resolve_batch_size
-from .._validation import as_tensor, check_labels
+from .._validation import EvalkitWarning, as_tensor, check_labels
 from ..modality import Modality, as_modality
 from .targets import _BaseTarget, as_target
 
-__all__ = ["ForwardCounter", "ModelWrapper", "same_device"]
+__all__ = ["ForwardCounter", "ModelCallError", "ModelWrapper", "looks_like_probabilities",
+           "same_device"]
+
+#: how far a row's sum may be from 1 for the row to count as probabilities (float32 softmax
+#: outputs of 1000 classes sum to 1 within about 1e-6)
+PROBABILITY_SUM_ATOL = 1e-4
+
+
+def looks_like_probabilities(outputs: torch.Tensor) -> bool:
+    """Whether outputs (N, C, ...) are already probabilities over the class axis (dim 1):
+    C >= 2, every value finite and in [0, 1], every row summing to 1 within
+    :data:`PROBABILITY_SUM_ATOL`. Logits pass this test only by accident (all >= 0 and summing
+    to exactly 1)."""
+    if outputs.ndim < 2 or outputs.shape[1] < 2 or not outputs.is_floating_point():
+        return False
+    if not bool(torch.isfinite(outputs).all()):
+        return False
+    if bool((outputs < 0).any()) or bool((outputs > 1).any()):
+        return False
+    sums = outputs.to(torch.float64).sum(1)
+    return bool(((sums - 1).abs() <= PROBABILITY_SUM_ATOL).all())
+
+
+class ModelCallError(TypeError):
+    """The model could not be called the way it was wrapped, and the message says why and what
+    to change (e.g. a function of torch tensors wrapped to receive NumPy arrays); not blamed
+    on the layout of ``x``."""
 
 
 @dataclass
@@ -48,6 +75,16 @@ class ModelWrapper(ABC):
         probabilities. ``None`` leaves the choice to the metric using the wrapper (each metric
         has a documented default); ``True``/``False`` is a fixed choice. The user's model is
         never rewritten: the softmax is applied to its outputs.
+
+        **Outputs that are already probabilities** (a function returning ``predict_proba``,
+        a module ending in ``nn.Softmax``: rows >= 0 summing to 1, see
+        :func:`looks_like_probabilities`) never get a second softmax by a metric's *default*:
+        the metric checks the raw outputs on its first forward pass (:meth:`check_softmax`),
+        switches its softmax off and warns (``wrap_model(model, softmax=False)`` says it
+        once and silences the warning). An explicit ``softmax=True`` is kept, with a warning.
+        A softmax over a class axis of size 1 (every score 1.0; switched off with a warning),
+        or over outputs (N,) that have no class axis (switched off), is never applied by
+        default and refused when asked for.
     target:
         Which scalar of the outputs is scored; see :mod:`evalkit.models.targets`.
     batch_size:
@@ -56,6 +93,8 @@ class ModelWrapper(ABC):
 
     #: whether gradients of the outputs with respect to the inputs are available
     differentiable: bool = False
+    #: why gradients are not available and how to get them (appended to gradient errors)
+    not_differentiable_hint: str = ""
 
     def __init__(
         self,
@@ -71,6 +110,7 @@ class ModelWrapper(ABC):
         self.batch_size = batch_size
         self.counter = ForwardCounter()
         self._output_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self._probability_outputs: dict[tuple[int, ...], bool] = {}
 
     # ----------------------------------------------------------------- abstract interface
     @property
@@ -115,12 +155,14 @@ class ModelWrapper(ABC):
     # ----------------------------------------------------------------- forward paths
     def prepare(self, x: Any, modality: Modality | str | None = None) -> torch.Tensor:
         """Convert inputs to a tensor on the model's device: floating-point data in the model's
-        dtype; integer data as the modality says (``None``: inferred from ``x``): token ids
-        are carried as they are, other integer inputs (e.g. uint8 images) become the model's
-        dtype."""
+        dtype; integer data as the modality says (``None``: inferred from ``x``;
+        :meth:`~evalkit.modality.Modality.from_integers`): token ids are carried as they are,
+        integer series and tables become the model's dtype, integer images only with a stated
+        ``value_range`` (else a ``ValueError`` names the fix)."""
         t = as_tensor(x, "x")
-        keep_integer = not t.is_floating_point() and as_modality(modality, t).integer_inputs
-        if not keep_integer and (not t.is_floating_point() or t.dtype != self.dtype):
+        if not (t.is_floating_point() or t.is_complex()):
+            t = as_modality(modality, t).from_integers(t, "x", dtype=self.dtype)
+        elif t.dtype != self.dtype:
             t = t.to(self.dtype)
         return t.to(self.device)
 
@@ -168,11 +210,16 @@ class ModelWrapper(ABC):
         return resolve_batch_size(chosen, row_bytes, device_type=self.device.type)
 
     def output_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        """Per-sample output shape for inputs like ``x`` (one cached forward on one sample)."""
+        """Per-sample output shape for inputs like ``x`` (one cached forward on one sample,
+        before any softmax: its outputs also tell :meth:`check_softmax` whether they are
+        probabilities already)."""
         key = tuple(x.shape[1:])
         if key not in self._output_shapes:
+            raw_view = self if not self.softmax else self.with_options(softmax=False)
             try:
-                out = self.predict(x[:1])
+                out = raw_view.predict(x[:1])
+            except ModelCallError:
+                raise
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:
                 # the first forward of a call: a wrong rank or layout of x fails here, deep in
                 # the model; say which argument and shape it was
@@ -182,7 +229,50 @@ class ModelWrapper(ABC):
                     f"(N, C, H, W) for a 2-D CNN). The model raised {type(exc).__name__}: {exc}"
                 ) from exc
             self._output_shapes[key] = tuple(out.shape[1:])
+            self._probability_outputs[key] = looks_like_probabilities(out)
         return self._output_shapes[key]
+
+    def check_softmax(self, x: torch.Tensor, *, by_default: bool,
+                      who: str = "The metric") -> ModelWrapper:
+        """This wrapper, or a view without softmax, after checking that a softmax makes sense
+        for the raw outputs on inputs like ``x`` (see ``softmax`` in the class docstring).
+
+        ``by_default``: the softmax is a metric's default, not the user's choice; it is then
+        switched off (with a warning) for outputs that are probabilities already or have a
+        class axis of size 1. An explicit choice is kept for probabilities (with a warning)
+        and refused for a class axis of size 1.
+        """
+        if not self.softmax:
+            return self
+        shape = self.output_shape(x)
+        key = tuple(x.shape[1:])
+        fix = ("wrap the model with evalkit.models.wrap_model(model, softmax=False) (or pass "
+               "softmax=False to the metric)")
+        if len(shape) == 0 or shape[0] == 1:
+            msg = (f"The model returns one value per sample (per-sample output shape {shape}): "
+                   + ("there is no class axis to take a softmax over."
+                      if len(shape) == 0 else
+                      "a softmax over it is 1.0 for every input, so every score would be "
+                      "the same."))
+            if not by_default:
+                raise ValueError(f"{msg} Pass softmax=False; for a binary classifier's decision "
+                                 "value use target=BinaryTarget().")
+            if len(shape) == 0:  # nothing a softmax could apply to: no number changes
+                return self.with_options(softmax=False)
+            warnings.warn(f"{msg} {who}'s default softmax is not applied; {fix} to say so.",
+                          EvalkitWarning, stacklevel=4)
+            return self.with_options(softmax=False)
+        if self._probability_outputs.get(key, False):
+            msg = ("The model's outputs are already probabilities (every value in [0, 1], each "
+                   "row summing to 1, e.g. predict_proba or a final nn.Softmax)")
+            if by_default:
+                warnings.warn(f"{msg}: {who}'s default softmax is not applied a second time; "
+                              f"{fix} to say so.", EvalkitWarning, stacklevel=4)
+                return self.with_options(softmax=False)
+            warnings.warn(f"{msg}, and softmax=True applies a second softmax to them, as asked "
+                          f"(it flattens the probabilities towards uniform). If that is not "
+                          f"intended, {fix}.", EvalkitWarning, stacklevel=4)
+        return self
 
     def check_labels(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
         """Validate ``y`` for the wrapper's target (e.g. class indices within range)."""

@@ -4,8 +4,9 @@ A target is any callable ``target(outputs, y) -> Tensor[N]`` where ``outputs`` a
 outputs for N inputs (after the wrapper's optional softmax) and ``y`` holds one label (or label
 row) per input. The default, :class:`ClassTarget`, picks ``outputs[i, y[i]]``: the class logit, or
 the class probability when the wrapper applies a softmax. Other tasks plug in here: regression
-(:class:`OutputIndex`), multi-label (:class:`MultiLabelTarget`), segmentation
-(:class:`SegmentationTarget`) or any custom callable.
+(:class:`OutputIndex`), binary classifiers with one decision value per sample
+(:class:`BinaryTarget`: scikit-learn's ``decision_function``, a single logit), multi-label
+(:class:`MultiLabelTarget`), segmentation (:class:`SegmentationTarget`) or any custom callable.
 
 A target also says what the model *predicts* and when two predictions *agree*: metrics that
 check predictions (ROAD's accuracy, robustness metrics' ``on_prediction_change``,
@@ -30,6 +31,7 @@ import torch
 
 __all__ = [
     "BaseTarget",
+    "BinaryTarget",
     "ClassTarget",
     "MultiLabelTarget",
     "OutputIndex",
@@ -148,6 +150,11 @@ class ClassTarget(_BaseTarget):
                 raise ValueError("`y` must hold integer class indices; got non-integer values.")
         elif y.dtype == torch.bool or y.is_complex():
             raise ValueError(f"`y` must hold integer class indices; got dtype {y.dtype}.")
+        if len(output_shape) == 0:
+            raise ValueError(
+                "The model returns one value per sample (outputs of shape (N,)): there is no "
+                "class axis to read class y[i] from. " + ONE_OUTPUT_HINT
+            )
         if len(output_shape) != 1:
             raise ValueError(
                 f"The model's outputs have per-sample shape {output_shape}, not (n_classes,); "
@@ -160,7 +167,65 @@ class ClassTarget(_BaseTarget):
             raise ValueError(
                 f"`y` contains the label {bad}, but the model outputs {n_classes} classes "
                 f"(valid labels are 0..{n_classes - 1})."
+                + (" " + ONE_OUTPUT_HINT if n_classes == 1 else "")
             )
+
+
+#: what to do with a model that returns one value per sample
+ONE_OUTPUT_HINT = (
+    "Pass a target that reads one value per sample: target=BinaryTarget() for a binary "
+    "classifier's decision_function or single logit (labels 0/1), target=OutputIndex() for a "
+    "regression output (the value itself); e.g. wrap_model(model, target=BinaryTarget())."
+)
+
+
+class BinaryTarget(_BaseTarget):
+    """Binary classifiers that return one decision value ``d`` per sample, (N,) or (N, 1):
+    scikit-learn's ``decision_function``, a single logit. Labels ``y`` are 0/1.
+
+    The score of class ``y[i]`` is ``d`` for ``y = 1`` and ``-d`` for ``y = 0`` (for a logistic
+    model, the log-odds of class ``y`` against the other), so removing evidence for the labelled
+    class lowers the score whichever class it is. A prediction is ``d > threshold`` (default 0,
+    scikit-learn's rule). No softmax applies (there is no class axis); a metric's default
+    softmax is switched off for such outputs.
+    """
+
+    uses_class_labels = True
+
+    def __init__(self, threshold: float = 0.0) -> None:
+        self.threshold = float(threshold)
+
+    @staticmethod
+    def _values(outputs: torch.Tensor) -> torch.Tensor:
+        if outputs.ndim == 2 and outputs.shape[1] == 1:
+            return outputs[:, 0]
+        if outputs.ndim != 1:
+            raise ValueError(f"BinaryTarget expects one value per sample, outputs (N,) or "
+                             f"(N, 1); got {tuple(outputs.shape)}. Use ClassTarget (the "
+                             "default) for (N, n_classes) outputs.")
+        return outputs
+
+    def __call__(self, outputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            raise ValueError("BinaryTarget needs labels `y` (0 or 1), one per sample.")
+        d = self._values(outputs)
+        sign = y.to(device=d.device, dtype=d.dtype) * 2 - 1
+        return d * sign
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        return (self._values(outputs) > self.threshold).to(torch.int64)
+
+    def check(self, y: torch.Tensor | None, output_shape: tuple[int, ...]) -> None:
+        if tuple(output_shape) not in ((), (1,)):
+            raise ValueError(f"BinaryTarget expects one value per sample; the model's outputs "
+                             f"have per-sample shape {tuple(output_shape)}. Use ClassTarget "
+                             "(the default) for (N, n_classes) outputs.")
+        if y is None:
+            raise ValueError("`y` is required: one label (0 or 1) per sample.")
+        if y.ndim != 1 or not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError("BinaryTarget needs labels 0 or 1, shape (N,); got "
+                             f"shape {tuple(y.shape)} with values such as "
+                             f"{torch.unique(y)[:5].tolist()}.")
 
 
 class OutputIndex(_BaseTarget):

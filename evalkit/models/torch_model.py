@@ -163,6 +163,7 @@ class TorchModel(ModelWrapper):
         clone = copy.copy(self)
         clone._model = module
         clone._output_shapes = {}
+        clone._probability_outputs = {}
         return clone
 
     def randomise_layers(

@@ -5,6 +5,7 @@ from .groupings import (
     ChannelValues,
     Columns,
     CustomGrouping,
+    DefaultFeatures,
     FeatureGrouping,
     Grouping,
     Patches,
@@ -15,15 +16,17 @@ from .groupings import (
     rank_groups,
 )
 from .imputation import NoisyLinearImputer
-from .noise import GaussianNoise, Noise, UniformNoise, make_noise
+from .noise import ColumnNoise, GaussianNoise, Noise, UniformNoise, make_noise
 from .tokens import TokenDeletion, TokenDropout
 
 __all__ = [
     "BASELINES",
     "Baseline",
     "ChannelValues",
+    "ColumnNoise",
     "Columns",
     "CustomGrouping",
+    "DefaultFeatures",
     "FeatureGrouping",
     "GaussianNoise",
     "Grouping",

@@ -26,6 +26,7 @@ __all__ = [
     "ChannelValues",
     "Columns",
     "CustomGrouping",
+    "DefaultFeatures",
     "FeatureGrouping",
     "Grouping",
     "Patches",
@@ -128,6 +129,12 @@ class FeatureGrouping(ABC):
     @abstractmethod
     def __call__(self, x: torch.Tensor) -> Grouping: ...
 
+    def for_modality(self, modality: object) -> FeatureGrouping:
+        """The grouping to use on inputs of ``modality`` (an
+        :class:`evalkit.modality.Modality`): this one; :class:`DefaultFeatures` defers to the
+        modality's default features."""
+        return self
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
@@ -149,6 +156,19 @@ class Pixels(FeatureGrouping):
         spatial = tuple(x.shape[2:])
         labels = torch.arange(int(np.prod(spatial))).reshape(1, 1, *spatial)
         return _shared(labels, n, x.device)
+
+
+class DefaultFeatures(Pixels):
+    """The default features of a metric: the modality's own
+    (:attr:`evalkit.modality.Modality.default_grouping`: e.g. the column groups of a table
+    with a column spec), resolved through :meth:`for_modality` when the metric runs; pixels
+    (one group per position, per column for tables) where no modality is known."""
+
+    def for_modality(self, modality: object) -> FeatureGrouping:
+        spec = getattr(modality, "default_grouping", None)
+        if spec is None or spec == "pixels":
+            return self
+        return make_grouping(spec)
 
 
 class ChannelValues(FeatureGrouping):
@@ -329,14 +349,17 @@ class CustomGrouping(FeatureGrouping):
 
 
 def make_grouping(spec: object) -> FeatureGrouping:
-    """Resolve a grouping spec: ``None``/``"pixels"``, ``"channel_values"``, an int (patch
+    """Resolve a grouping spec: ``None``/``"pixels"`` (:class:`DefaultFeatures`: the
+    modality's default features, resolved when the metric runs: pixels of images, time steps
+    of series, tokens, columns of tables, or their column groups when the table has a column
+    spec; a :class:`Pixels` instance is pixels on any data), ``"channel_values"``, an int (patch
     size), ``"slic"``/``"felzenszwalb"``, an array of labels, or a :class:`FeatureGrouping`."""
     if isinstance(spec, FeatureGrouping):
         return spec
     if isinstance(spec, np.ndarray | torch.Tensor):
         return CustomGrouping(spec)
     if spec is None or spec == "pixels":
-        return Pixels()
+        return DefaultFeatures()
     if spec == "channel_values":
         return ChannelValues()
     if spec in ("slic", "felzenszwalb"):

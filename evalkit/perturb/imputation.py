@@ -1,4 +1,8 @@
-"""Mask-dependent imputers: noisy linear imputation for ROAD (Rong, Leemann et al., ICML 2022).
+"""Mask-dependent imputers: noisy linear imputation for ROAD (Rong, Leemann et al., ICML 2022)
+on images (:class:`NoisyLinearImputer`) and series (:class:`SeriesLinearImputer`), and imputers
+defined for tables (:class:`MarginalMeanImputer`, :class:`ConditionalMeanImputer`,
+:class:`KNNImputer`; see "Tables" below), and :class:`GaussianReplacement` (keyed Gaussian
+noise as a baseline: the replacement of Turbé et al.'s time-series masking metric).
 
 :class:`NoisyLinearImputer` replaces every removed pixel by the weighted mean of its 8
 neighbours (weight 1/6 for the 4 orthogonal neighbours, 1/12 for the 4 diagonal ones; they sum
@@ -18,19 +22,66 @@ vectorised NumPy (no per-image or per-pixel Python loop): small images as one ba
 runs on the CPU (scipy has no GPU or batched sparse solver); inputs on another device are
 copied there and back. The noise is drawn from the rows' random keys (:mod:`evalkit._rng`), one
 field per distinct key, so a sample gets the same noise field whatever the batch.
+
+Series
+------
+:class:`SeriesLinearImputer` is the 1-D analogue of the same equations: a removed time step has
+two neighbours (weight 1/2 each; one at either end of the series), so the harmonic solution is
+the straight line between the nearest kept steps before and after it, and a run of removed
+steps at either end takes the value of the nearest kept step. It is computed in closed form
+(two cumulative scans over time, no solve), per channel, with the same ``N(0, noise**2)`` noise
+on the imputed values.
+
+Tables
+------
+Tables have no neighbourhood structure; a removed column is estimated from other *rows*, the
+**background**: a user-given reference set (``reference=``, e.g. training rows), or, with
+``reference=None``, the batch being scored with the row itself left out (every background row
+equal to the imputed row is left out, duplicates included, so a row never imputes its own
+removed values). An unbound imputer with ``reference=None`` has no background; a metric binds
+it to its batch with :meth:`TableImputer.with_background` (ROAD does). With the batch as
+background a sample's imputation depends on the other samples, so a metric using it is
+set-level (``ROAD(background="batch")`` says so); with a fixed reference it is per sample.
+
+* :class:`MarginalMeanImputer`: each removed column becomes the background's column mean.
+* :class:`ConditionalMeanImputer`: the mean of the removed columns given the kept ones under a
+  Gaussian fitted to the background (mean mu, covariance Sigma, plus a small ridge):
+  ``x_R = mu_R + Sigma_RK Sigma_KK^-1 (x_K - mu_K)``; one batched Cholesky solve per chunk.
+* :class:`KNNImputer`: the mean of the removed columns over the ``k`` background rows nearest
+  to the row on its kept columns (Euclidean distance of the columns standardised by the
+  background's standard deviations); ties by background order.
+
+All three are deterministic functions of the row, its mask and the background; with
+``noise > 0`` they add ``N(0, (noise * sd_j)**2)`` noise to an imputed column j (sd_j the
+background's standard deviation of that column: columns have their own scales), drawn from the
+rows' keys like the image imputer's.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import hashlib
+from typing import Any
 
 import numpy as np
 import torch
 
 from .. import _rng
-from .baselines import Imputer
+from .baselines import Baseline, Imputer
 
-__all__ = ["NEIGHBOUR_WEIGHTS", "NoisyLinearImputer", "linear_imputation"]
+__all__ = [
+    "NEIGHBOUR_WEIGHTS",
+    "ConditionalMeanImputer",
+    "GaussianReplacement",
+    "KNNImputer",
+    "MarginalMeanImputer",
+    "NoisyLinearImputer",
+    "SeriesLinearImputer",
+    "TableImputer",
+    "linear_imputation",
+    "linear_interpolation_1d",
+]
 
 #: (row offset, column offset, weight) of the 8 neighbours
 NEIGHBOUR_WEIGHTS: tuple[tuple[int, int, float], ...] = (
@@ -392,3 +443,327 @@ def _solve_block(xv: np.ndarray, m: np.ndarray) -> np.ndarray:
     out = xv.reshape(s, c, n).copy()
     out.transpose(0, 2, 1)[si, pix] = sol
     return out.reshape(s, c, h, w)
+
+
+# ---------------------------------------------------------------------- series
+#: the random stream of the imputation noise (shared with the image imputer: a (C, T) series
+#: gets the noise field of the (C, 1, T) image)
+_NOISE_STREAM = 0x90AD
+
+
+def _check_noise(noise: Any, name: str = "noise") -> float:
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or noise < 0:
+        raise ValueError(f"`{name}` must be a number >= 0; got {noise!r}.")
+    return float(noise)
+
+
+def linear_interpolation_1d(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Exact (noise-free) 1-D linear imputation of the steps ``mask`` (B, C, T) (bool, same
+    shape) of ``x`` (B, C, T), per channel; see :class:`SeriesLinearImputer`. A removed step
+    between kept steps t0 < t < t1 becomes ``x[t0] + (x[t1] - x[t0]) (t - t0) / (t1 - t0)``;
+    removed steps before the first (after the last) kept step take its value; a channel with
+    every step removed becomes 0 (as an image with every pixel removed). Returns a new tensor."""
+    t_count = x.shape[-1]
+    steps = torch.arange(t_count, device=x.device)
+    known = ~mask
+    prev = torch.where(known, steps, -1).cummax(-1).values
+    nxt = torch.where(known, steps, t_count).flip(-1).cummin(-1).values.flip(-1)
+    has_prev, has_next = prev >= 0, nxt < t_count
+    xd = x.to(torch.float64)
+    before = xd.gather(-1, prev.clamp_min(0))
+    after = xd.gather(-1, nxt.clamp_max(t_count - 1))
+    span = (nxt - prev).clamp_min(1).to(torch.float64)
+    inside = before + (after - before) * (steps - prev).to(torch.float64) / span
+    value = torch.where(has_prev & has_next, inside,
+                        torch.where(has_prev, before,
+                                    torch.where(has_next, after, torch.zeros_like(xd))))
+    return torch.where(mask, value, xd).to(x.dtype)
+
+
+def _noise_fields(keys: torch.Tensor | None, shape: tuple[int, ...], std: float,
+                  dtype: torch.dtype, who: str) -> torch.Tensor:
+    """One N(0, std^2) field of ``shape`` per row, drawn once per distinct key."""
+    if keys is None:
+        raise ValueError(f"{who} with noise > 0 needs per-row random keys.")
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    return _rng.normal(uniq, shape, std=std, dtype=dtype, stream=_NOISE_STREAM)[inverse]
+
+
+class SeriesLinearImputer(Imputer):
+    """ROAD's noisy linear imputation along time, for series (B, C, T) (see the module
+    docstring: the 1-D analogue of :class:`NoisyLinearImputer`, in closed form).
+
+    Parameters
+    ----------
+    noise:
+        Standard deviation of the Gaussian noise added to the imputed values, in input units
+        (0.01, as ROAD's); 0 gives the exact linear interpolation (deterministic).
+
+    ``fill(x, mask, keys)``: the mask broadcasts against ``x``; a one-channel mask removes a
+    time step in every channel, a per-channel mask is imputed per channel.
+    """
+
+    def __init__(self, noise: float = 0.01) -> None:
+        self.noise = _check_noise(noise)
+        self.stochastic = self.noise > 0
+
+    def cache_token(self) -> bytes:
+        return f"SeriesLinearImputer(noise={self.noise!r})".encode()
+
+    def fill(
+        self, x: torch.Tensor, mask: torch.Tensor, *, keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if x.ndim != 3:
+            raise ValueError(
+                f"SeriesLinearImputer needs series (B, C, T); got shape {tuple(x.shape)}."
+            )
+        m = mask.to(torch.bool).expand(x.shape)
+        out = linear_interpolation_1d(x, m)
+        if self.noise > 0:
+            fields = _noise_fields(keys, tuple(x.shape[1:]), self.noise, out.dtype,
+                                   "SeriesLinearImputer")
+            out = torch.where(m, out + fields, out)
+        return out
+
+
+# ---------------------------------------------------------------------- tables
+#: rows x features x features of the batched covariance solves (bounds their memory: 32 MiB)
+_SOLVE_ELEMENTS = 1 << 22
+
+
+class TableImputer(Imputer):
+    """Base class of the imputers for tables (B, F) that estimate removed columns from a
+    background set of rows (see the module docstring).
+
+    Parameters
+    ----------
+    reference:
+        Background rows (M, F) (array or tensor), or None: the batch a metric binds with
+        :meth:`with_background`, each row left out of its own background.
+    noise:
+        Gaussian noise added to an imputed column, as a multiple of the background's standard
+        deviation of that column (0: deterministic).
+    """
+
+    def __init__(self, reference: Any = None, *, noise: float = 0.0) -> None:
+        self.reference = reference
+        self.noise = _check_noise(noise)
+        self.stochastic = self.noise > 0
+        self._background: torch.Tensor | None = None
+        self._leave_one_out = False
+        if reference is not None:
+            ref = torch.as_tensor(np.asarray(reference) if not isinstance(reference, torch.Tensor)
+                                  else reference).detach()
+            if ref.ndim != 2 or ref.shape[0] < 1 or not bool(torch.isfinite(ref).all()):
+                raise ValueError("`reference` must be finite background rows (M, F) with M >= 1; "
+                                 f"got shape {tuple(ref.shape)}.")
+            self._background = ref.to("cpu", torch.float64)
+
+    def with_background(self, x: torch.Tensor) -> TableImputer:
+        """This imputer with the batch ``x`` (N, F) as its background, each row left out of its
+        own (a copy; unchanged when a ``reference`` is set)."""
+        if self.reference is not None:
+            return self
+        bound = copy.copy(self)
+        bound._background = x.detach().to("cpu", torch.float64)
+        bound._leave_one_out = True
+        bound.__dict__.pop("_cache_token", None)
+        return bound
+
+    def cache_token(self) -> bytes:
+        # the replacements depend on the parameters and the background's values
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{type(self).__name__}({self._params()!r}, loo={self._leave_one_out})".encode())
+        if self._background is not None:
+            h.update(np.ascontiguousarray(self._background.numpy()).tobytes())
+        return h.digest()
+
+    def _params(self) -> dict[str, Any]:
+        return {"noise": self.noise}
+
+    def fill(
+        self, x: torch.Tensor, mask: torch.Tensor, *, keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        name = type(self).__name__
+        if x.ndim != 2:
+            raise ValueError(f"{name} needs tables (B, F); got shape {tuple(x.shape)}.")
+        if self._background is None:
+            raise ValueError(f"{name}(reference=None) has no background rows: pass "
+                             "`reference=` (e.g. training rows), or let a metric bind it to its "
+                             "batch (ROAD(background='batch') does).")
+        bg = self._background.to(x.device)
+        if bg.shape[1] != x.shape[1]:
+            raise ValueError(f"{name}: the background has {bg.shape[1]} columns but the inputs "
+                             f"have {x.shape[1]}.")
+        m = mask.to(torch.bool).expand(x.shape)
+        xd = x.to(torch.float64)
+        excluded = (_equal_rows(xd, bg) if self._leave_one_out
+                    else torch.zeros((x.shape[0], bg.shape[0]), dtype=torch.bool,
+                                     device=x.device))
+        left = bg.shape[0] - excluded.sum(1)
+        if bool((left < 1).any()):
+            raise ValueError(f"{name}: a row has no other background row to impute from (the "
+                             "batch holds only copies of it); give `reference=` rows.")
+        values = self._impute(xd, m, bg, excluded)
+        if self.noise > 0:
+            sd = bg.std(0, correction=0)
+            fields = _noise_fields(keys, (x.shape[1],), 1.0, torch.float64, name)
+            values = values + fields * (self.noise * sd)
+        return torch.where(m, values.to(x.dtype), x)
+
+    def _impute(self, x: torch.Tensor, mask: torch.Tensor, bg: torch.Tensor,
+                excluded: torch.Tensor) -> torch.Tensor:
+        """Imputed values (B, F) float64 for every column (only the masked ones are used)."""
+        raise NotImplementedError
+
+
+def _equal_rows(x: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
+    """(B, M) bool: background row m equals row b exactly. Candidates from one random
+    projection, confirmed element by element (no (B, M, F) tensor)."""
+    f = x.shape[1]
+    w = torch.sin(torch.arange(1, f + 1, dtype=torch.float64, device=x.device) * 12.9898) + 2.0
+    hx, hb = x @ w, bg @ w
+    close = (hx.unsqueeze(1) - hb.unsqueeze(0)).abs() <= 1e-9 * (
+        hx.abs().unsqueeze(1) + hb.abs().unsqueeze(0) + 1.0)
+    pb, pm = close.nonzero(as_tuple=True)
+    same = (x[pb] == bg[pm]).all(1)
+    out = torch.zeros_like(close)
+    out[pb[same], pm[same]] = True
+    return out
+
+
+def _background_moments(x: torch.Tensor, bg: torch.Tensor, excluded: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row background mean (B, F), scatter-matrix correction and count: the excluded rows
+    of row b are c_b copies of x_b, so mean and scatter follow from the full background's by
+    removing them (mu' = (M mu - c x) / (M - c), S' = S - c M / (M - c) (x - mu)(x - mu)^T)."""
+    m_total = bg.shape[0]
+    mu = bg.mean(0)
+    c = excluded.sum(1).to(torch.float64)
+    count = m_total - c
+    mean = (m_total * mu - c.unsqueeze(1) * x) / count.unsqueeze(1)
+    return mean, c, count
+
+
+class MarginalMeanImputer(TableImputer):
+    """Removed columns become the background's column means (see the module docstring); with
+    the batch as background, the mean of the other rows."""
+
+    def _impute(self, x, mask, bg, excluded):
+        return _background_moments(x, bg, excluded)[0]
+
+
+class ConditionalMeanImputer(TableImputer):
+    """Removed columns become their mean given the kept columns under a Gaussian fitted to
+    the background: ``mu_R + Sigma_RK Sigma_KK^-1 (x_K - mu_K)`` (see the module docstring).
+
+    ``ridge``: added to the covariance's diagonal, relative to its mean variance (constant or
+    collinear columns, e.g. one-hot groups, make the covariance singular). A background of one
+    row (after leaving the row out) has no covariance: its mean is used.
+    """
+
+    def __init__(self, reference: Any = None, *, noise: float = 0.0,
+                 ridge: float = 1e-6) -> None:
+        super().__init__(reference, noise=noise)
+        if isinstance(ridge, bool) or not isinstance(ridge, int | float) or ridge <= 0:
+            raise ValueError(f"`ridge` must be a number > 0; got {ridge!r}.")
+        self.ridge = float(ridge)
+
+    def _params(self) -> dict[str, Any]:
+        return {"noise": self.noise, "ridge": self.ridge}
+
+    def _impute(self, x, mask, bg, excluded):
+        b, f = x.shape
+        m_total = bg.shape[0]
+        mean, c, count = _background_moments(x, bg, excluded)
+        mu = bg.mean(0)
+        centred = bg - mu
+        scatter = centred.T @ centred  # (F, F)
+        out = torch.empty_like(x)
+        eye = torch.eye(f, dtype=torch.float64, device=x.device)
+        step = max(1, _SOLVE_ELEMENTS // max(1, f * f))
+        for start in range(0, b, step):
+            sl = slice(start, start + step)
+            d = x[sl] - mu
+            cc, cnt = c[sl], count[sl]
+            s = scatter - (cc * m_total / cnt).view(-1, 1, 1) * d.unsqueeze(2) * d.unsqueeze(1)
+            cov = s / (cnt - 1).clamp_min(1).view(-1, 1, 1)
+            cov = torch.where((cnt > 1).view(-1, 1, 1), cov, torch.zeros_like(cov))
+            scale = torch.diagonal(cov, dim1=1, dim2=2).mean(1).clamp_min(1e-12)
+            cov = cov + (self.ridge * scale).view(-1, 1, 1) * eye
+            keep = ~mask[sl]
+            both = keep.unsqueeze(2) & keep.unsqueeze(1)
+            system = torch.where(both, cov, eye.expand_as(cov))
+            rhs = torch.where(keep, x[sl] - mean[sl], torch.zeros_like(d))
+            chol = torch.linalg.cholesky(system)
+            z = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
+            out[sl] = mean[sl] + (cov @ z.unsqueeze(2)).squeeze(2)
+        return out
+
+
+class KNNImputer(TableImputer):
+    """Removed columns become their mean over the ``k`` background rows nearest to the row on
+    its kept columns (see the module docstring). A row with no kept column gets the
+    background mean (every row is equally near).
+
+    ``standardise``: measure distances on columns divided by the background's standard
+    deviations (True, default; columns with other units then weigh alike), else raw values.
+    """
+
+    def __init__(self, reference: Any = None, *, k: int = 5, noise: float = 0.0,
+                 standardise: bool = True) -> None:
+        super().__init__(reference, noise=noise)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"`k` must be a positive integer; got {k!r}.")
+        self.k = k
+        self.standardise = bool(standardise)
+
+    def _params(self) -> dict[str, Any]:
+        return {"noise": self.noise, "k": self.k, "standardise": self.standardise}
+
+    def _impute(self, x, mask, bg, excluded):
+        sd = bg.std(0, correction=0) if self.standardise else torch.ones(
+            bg.shape[1], dtype=torch.float64, device=x.device)
+        sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+        xs, rs = x / sd, bg / sd
+        keep = (~mask).to(torch.float64)
+        # sum_f keep_f (x_f - r_f)^2 as three products (no (B, M, F) tensor)
+        dist = ((keep * xs * xs).sum(1, keepdim=True) - 2 * (keep * xs) @ rs.T
+                + keep @ (rs * rs).T).clamp_min(0)
+        dist = dist.masked_fill(excluded, float("inf"))
+        k = min(self.k, bg.shape[0])
+        order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
+        usable = torch.isfinite(dist.gather(1, order)).to(torch.float64)  # (B, k)
+        near = (bg[order] * usable.unsqueeze(2)).sum(1) / usable.sum(1, keepdim=True)
+        none_kept = keep.sum(1) == 0
+        if bool(none_kept.any()):
+            mean = _background_moments(x, bg, excluded)[0]
+            near = torch.where(none_kept.unsqueeze(1), mean, near)
+        return near
+
+
+# ---------------------------------------------------------------------- noise replacement
+class GaussianReplacement(Baseline):
+    """A mask-independent replacement by i.i.d. ``N(mean, std**2)`` values per element, drawn
+    once per sample from its key (:mod:`evalkit._rng`) and reused at every step; ``std=0``
+    replaces by the constant ``mean``."""
+
+    def __init__(self, std: float = 1.0, mean: float = 0.0) -> None:
+        super().__init__("zero")
+        self.kind = "gaussian"
+        self.std = _check_noise(std, "std")
+        if isinstance(mean, bool) or not isinstance(mean, int | float):
+            raise ValueError(f"`mean` must be a number; got {mean!r}.")
+        self.mean = float(mean)
+        self.stochastic = self.std > 0
+
+    def values(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        if self.std == 0:
+            return torch.full((1,) * x.ndim, float(self.mean), dtype=x.dtype, device=x.device)
+        if keys is None:
+            raise ValueError("GaussianReplacement with std > 0 needs per-sample keys.")
+        return _rng.normal(keys, tuple(x.shape[1:]), mean=self.mean, std=self.std,
+                           dtype=x.dtype, stream=0x7E5)
+
+    def cache_token(self) -> bytes:
+        return f"GaussianReplacement(std={self.std!r}, mean={self.mean!r})".encode()

@@ -16,9 +16,12 @@ Conventions shared by every metric in this module:
   perturbations change nothing or the attribution sums are constant, never a crash. Their
   ``similarity_func`` is ``"pearson"``, ``"spearman"`` or a callable ``f(a, b) -> float`` on
   two 1-D arrays (Quantus' ``similarity_func`` functions work), called once per sample.
-* **Ties** in the attribution (a constant or all-zero map) are ranked in group-id order (raster
-  order for pixels and patches), so curve metrics give a deterministic, finite score for them;
-  correlation and confidence metrics give NaN with a reason.
+* **Ties** in the attribution are ranked in group-id order (raster order for pixels and
+  patches), a stable order: a partially tied map gets a deterministic score that does not
+  depend on the seed. A map whose features are *all* tied (constant or all zero) is NaN with a
+  reason in every metric that ranks features (curves, ROAD, block correlations,
+  ``SensitivityN(subsets="morf")``; ``constant_maps="score"`` keeps the tie-broken score, see
+  :mod:`evalkit.metrics._ties`); correlation and confidence metrics give NaN with a reason.
 * **Non-finite attributions or model outputs**: a sample whose attribution has NaN or Inf, or
   for one of whose inputs (perturbed or not) the model returns a non-finite output, is NaN
   with a reason, and set-level metrics leave it out of the set. (A NaN output change is never
@@ -33,8 +36,8 @@ Conventions shared by every metric in this module:
   set of samples: they use the whole batch passed to the call, never a chunk of it.
 
 The metrics live in submodules by kind (``curves``, ``correlation``, ``infidelity``, ``road``,
-``confidence``, ``sufficiency``; ``aopc`` and ``rationales`` for AOPC and the ERASER and soft
-rationale metrics, which run on token ids too) over the shared kernels of
+``confidence``, ``sufficiency``, ``timeseries``; ``aopc`` and ``rationales`` for AOPC and the
+ERASER and soft rationale metrics, which run on token ids too) over the shared kernels of
 :mod:`evalkit.metrics._removal`; import them from here.
 """
 
@@ -60,6 +63,7 @@ from .curves import (
 )
 from .infidelity import Infidelity
 from .infidelity import infidelity_noise as infidelity_noise  # public helper, not in __all__
+from .prediction_gap import PGI, PGU
 from .rationales import (
     ERASERComprehensiveness,
     ERASERSufficiency,
@@ -68,10 +72,13 @@ from .rationales import (
 )
 from .road import ROAD
 from .sufficiency import Sufficiency
+from .timeseries import AUCSE
 
 __all__ = [
     "AOPC",
     "IROF",
+    "PGI",
+    "PGU",
     "ROAD",
     "AverageDrop",
     "AverageGain",
@@ -93,6 +100,7 @@ __all__ = [
     "SoftSufficiency",
     "Sufficiency",
 ]
+__all__ += ["AUCSE"]
 
 
 # stored configurations, pickles and reprs name the public path, as before the split into

@@ -10,12 +10,13 @@ import torch
 from ..._validation import check_option, check_scalar
 from ...perturb import make_grouping, make_imputer
 from .._removal import RemovalPlan, clean_scores, order_groups, removal_curve
-from ..base import Metric, MetricBatch
+from .._ties import RanksFeatures
+from ..base import MetricBatch
 from ._common import set_curves
 from .rationales import removal_modalities
 
 
-class AOPC(Metric):
+class AOPC(RanksFeatures):
     """Area over the perturbation curve, AOPC (Samek et al. 2017), over the features of any
     modality: pixels, time steps, columns or **tokens**.
 

@@ -21,6 +21,7 @@ from .._removal import (
     subset_scores,
     window_scores,
 )
+from .._ties import RanksFeatures
 from ..base import Metric, MetricBatch
 from ..similarity import correlate_rows
 from ._common import (
@@ -34,7 +35,7 @@ from ._common import (
 )
 
 
-class SensitivityN(Metric):
+class SensitivityN(RanksFeatures):
     """Sensitivity-n (Ancona et al. 2018): does the sum of the attributions of any n features
     predict the change of the output when those n features are removed? **Higher is better**.
 
@@ -100,6 +101,10 @@ class SensitivityN(Metric):
 
     def _random_sources(self) -> dict[str, Any]:
         return {"random subsets": self.subsets == "random", "baseline": self._imputer}
+
+    def _ranks_attributions(self) -> bool:
+        # random subsets do not rank; a constant map's sums are constant there (NaN already)
+        return self.subsets == "morf"
 
     def _sizes(self, grp: Grouping) -> torch.Tensor:
         g_max = int(grp.n_groups.max())
@@ -273,7 +278,7 @@ class FaithfulnessCorrelation(Metric):
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         x = batch.x
-        grp = self._grouping(x)
+        grp = self._grouping.for_modality(batch.modality)(x)
         subsets = self.subsets(batch, grp)
         # N x nr_runs x subset_size ids (45 MB for 256 samples at the defaults): kept on the
         # metric, not in the result store; the seed and each sample reproduce them
@@ -297,7 +302,7 @@ class FaithfulnessCorrelation(Metric):
         return corr
 
 
-class FaithfulnessEstimate(Metric):
+class FaithfulnessEstimate(RanksFeatures):
     """Faithfulness estimate (Alvarez-Melis & Jaakkola 2018): the Pearson correlation between
     the attribution of each block of ``features_in_step`` features (blocks taken in order of
     decreasing attribution) and the output drop when *only that block* is replaced by the
@@ -351,7 +356,7 @@ def _window_sums(ordering, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return csum.gather(1, hi.clamp(0, g)) - csum.gather(1, lo.clamp(0, g))
 
 
-class MonotonicityCorrelation(Metric):
+class MonotonicityCorrelation(RanksFeatures):
     """Monotonicity correlation (Nguyen & Rodriguez Martinez 2020): the Spearman correlation
     between the attribution of each block of features and how much the output varies when
     that block alone is replaced by random values. **Higher is better**.

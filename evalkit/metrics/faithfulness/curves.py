@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..._validation import check_option, check_scalar
-from ...perturb import Patches, Superpixels, make_grouping, make_imputer
+from ...perturb import Columns, Patches, Superpixels, Windows, make_grouping, make_imputer
 from ...perturb.baselines import Baseline, Imputer
 from .._removal import (
     RemovalPlan,
@@ -18,13 +18,14 @@ from .._removal import (
     removal_curve,
     trapezoid_auc,
 )
-from ..base import Metric, MetricBatch
+from .._ties import RanksFeatures
+from ..base import MetricBatch
 from ._common import (
     set_curves,
 )
 
 
-class PixelFlipping(Metric):
+class PixelFlipping(RanksFeatures):
     """Pixel-Flipping (Bach et al. 2015): remove features in order of decreasing relevance.
 
     Features (groups of ``grouping``, pixels by default) are replaced by ``perturb_baseline``
@@ -97,7 +98,7 @@ class PixelFlipping(Metric):
         return trapezoid_auc(curve, fractions)
 
 
-class Deletion(Metric):
+class Deletion(RanksFeatures):
     """Deletion (Petsiuk, Das & Saenko 2018, RISE): the target probability as the most relevant
     features are deleted. **Lower is better**.
 
@@ -219,7 +220,7 @@ class Insertion(Deletion):
         return derived
 
 
-class RegionPerturbation(Metric):
+class RegionPerturbation(RanksFeatures):
     """Region perturbation (Samek et al. 2016): remove ``regions_evaluation`` patches
     cumulatively in ``order`` and record the drop of the target score.
 
@@ -277,6 +278,9 @@ class RegionPerturbation(Metric):
     def _random_sources(self) -> dict[str, Any]:
         return {"random order": self.order == "random", "baseline": self._imputer}
 
+    def _ranks_attributions(self) -> bool:
+        return self.order != "random"
+
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         grouping = Patches(self.patch_size) if self.grouping is None else make_grouping(
             self.grouping)
@@ -297,7 +301,7 @@ class RegionPerturbation(Metric):
         return trapezoid_auc(drops, fractions)
 
 
-class Selectivity(Metric):
+class Selectivity(RanksFeatures):
     """Selectivity (Montavon, Samek & Müller 2018): remove all patches of ``patch_size``,
     most relevant first, and record the target score. **Lower is better** (a fast fall).
 
@@ -335,7 +339,7 @@ class Selectivity(Metric):
         return trapezoid_auc(curve, fractions)
 
 
-class IROF(Metric):
+class IROF(RanksFeatures):
     """Iterative Removal Of Features (Rieger & Hansen 2020): remove superpixels in order of
     decreasing mean attribution; **higher is better**.
 
@@ -356,6 +360,21 @@ class IROF(Metric):
     segmentation runs on each image min-max scaled to [0, 1] (see
     :class:`~evalkit.perturb.Superpixels`). A non-positive ``f(x)`` gives NaN.
 
+    Segments per modality (``grouping=None``; any ``grouping=`` replaces them):
+
+    * **image**: superpixels as above;
+    * **series** (N, C, T): ``n_segments`` contiguous windows of time steps (all channels of a
+      step together), of ``ceil(T / n_segments)`` steps each, the last one shorter when T is
+      not a multiple (:class:`~evalkit.perturb.Windows`); ``n_segments`` comes from
+      ``segmentation_kwargs`` (default 10). Fixed windows, not a signal-adaptive segmentation:
+      the same segments for every sample and method, so a score compares maps, not
+      segmentations;
+    * **tabular** (N, F): one segment per column (:class:`~evalkit.perturb.Columns`; pass
+      ``grouping=Columns(groups)`` for one-hot or other column groups). The default ``"mean"``
+      baseline is each row's mean over its columns, which mixes column scales: on tables pass
+      a per-column replacement, e.g. ``perturb_baseline=MarginalMeanImputer(reference=rows)``
+      (:mod:`evalkit.perturb.imputation`).
+
     Reference: L. Rieger, L. K. Hansen, "IROF: a low resource evaluation metric for
     explanation methods", arXiv:2003.08747, 2020.
     """
@@ -363,7 +382,9 @@ class IROF(Metric):
     family = "faithfulness"
     higher_is_better = True
     default_softmax = True
-    modalities = ("image",)  # superpixels of images
+    modalities = ("image", "series", "tabular")  # superpixels, windows, columns
+    #: the number of windows a series is cut into by default
+    series_segments = 10
     paper = ("Rieger & Hansen, IROF: a low resource evaluation metric for explanation methods, "
              "arXiv 2020")
 
@@ -381,9 +402,23 @@ class IROF(Metric):
     def _random_sources(self) -> dict[str, Any]:
         return {"baseline": self._imputer}
 
+    def _segments(self, batch: MetricBatch) -> Any:
+        """The default segmentation of the batch's modality (see the class docstring)."""
+        name = batch.modality.name
+        if name == "series":
+            n_segments = self.segmentation_kwargs.get("n_segments", self.series_segments)
+            if isinstance(n_segments, bool) or not isinstance(n_segments, int) or n_segments < 1:
+                raise ValueError(f"IROF: `n_segments` must be a positive integer; got "
+                                 f"{n_segments!r}.")
+            steps = batch.x.shape[-1]
+            return Windows(-(-steps // min(n_segments, steps)))
+        if name == "tabular":
+            return Columns()
+        return Superpixels(self.segmentation_method, **self.segmentation_kwargs)
+
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         if self.grouping is None:
-            grouping = Superpixels(self.segmentation_method, **self.segmentation_kwargs)
+            grouping = self._segments(batch)
         else:
             grouping = make_grouping(self.grouping)
         ordering = order_groups(batch, grouping, "morf", "mean")
@@ -398,7 +433,7 @@ class IROF(Metric):
         return 1.0 - trapezoid_auc(curve, fractions)
 
 
-class Monotonicity(Metric):
+class Monotonicity(RanksFeatures):
     """Monotonicity (Arya et al. 2019, AIX360): starting from the baseline, add the features
     back in *ascending* order of attribution; the explanation is monotonic when the target
     score never decreases. Returns 1.0 (monotonic) or 0.0 per sample: **higher is better**

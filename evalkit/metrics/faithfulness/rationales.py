@@ -25,6 +25,7 @@ from ..._hook_handles import HookHandles
 from ..._validation import check_bool, check_scalar
 from ...perturb import Imputer, TokenDeletion, make_grouping, make_imputer
 from .._removal import clean_scores, order_groups, run_rows, window_scores
+from .._ties import RanksFeatures
 from ..base import Metric, MetricBatch
 
 #: the percentages of ERASER's AOPC bins (DeYoung et al. 2020, section 4.2)
@@ -64,7 +65,7 @@ def rationale_sizes(percentages: Sequence[float], n_features: torch.Tensor) -> t
     return torch.minimum(k.clamp(min=1), n_features.unsqueeze(1))
 
 
-class _ERASERFidelity(Metric):
+class _ERASERFidelity(RanksFeatures):
     """The shared computation of ERASER comprehensiveness and sufficiency."""
 
     family = "faithfulness"

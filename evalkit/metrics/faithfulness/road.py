@@ -12,16 +12,22 @@ from ..._validation import check_option, check_scalar
 from ...modality import Modality
 from ...perturb import make_grouping
 from ...perturb.baselines import Imputer
-from ...perturb.imputation import NoisyLinearImputer
+from ...perturb.imputation import (
+    ConditionalMeanImputer,
+    NoisyLinearImputer,
+    SeriesLinearImputer,
+    TableImputer,
+)
 from .._removal import (
     clean_scores,
     order_groups,
     window_scores,
 )
-from ..base import Metric, MetricBatch
+from .._ties import RanksFeatures
+from ..base import MetricBatch
 
 
-class ROAD(Metric):
+class ROAD(RanksFeatures):
     """RemOve And Debias (Rong, Leemann et al. 2022): remove a percentage of the pixels,
     most relevant first (MoRF) or least relevant first (LeRF), fill them with noisy linear
     imputation (:class:`~evalkit.perturb.imputation.NoisyLinearImputer`, the paper's
@@ -62,6 +68,31 @@ class ROAD(Metric):
     time of its rows with the small CNN of ``docs/benchmarks.md``'s W1 and 2.3 to 2.8x with
     ResNet-18 at 224 x 224 (W2), mostly imputation (the table times it separately).
 
+    Per-modality defaults (``imputer=None``; features are the modality's default grouping):
+
+    * **image** (N, C, H, W): :class:`~evalkit.perturb.imputation.NoisyLinearImputer` (the
+      paper's 8-neighbour imputation) over pixels;
+    * **series** (N, C, T): :class:`~evalkit.perturb.imputation.SeriesLinearImputer`, its 1-D
+      analogue (linear interpolation along time between the nearest kept steps, per channel,
+      plus the same noise) over time steps;
+    * **tabular** (N, F): :class:`~evalkit.perturb.imputation.ConditionalMeanImputer` over
+      columns: the Gaussian conditional mean of the removed columns given the kept ones, from
+      ``background`` rows, plus ``noise`` times each column's standard deviation. It is the
+      tables' counterpart of ROAD's idea (estimate a removed feature from the features it is
+      correlated with, so that removal does not shift the data off its distribution): exact
+      for Gaussian data, one batched solve, no tuning (the marginal mean ignores the kept
+      features; k-NN needs a large background and a distance). A table has no neighbourhood
+      inside a row, so the background is a choice ROAD does not make for you:
+      ``background=`` an array (M, F) of reference rows (e.g. training rows: per-sample
+      scores), or ``"batch"`` (the scored rows, each left out of its own background: a
+      sample's score depends on the others, and the metric is set-level, so ``evaluate()``
+      scores the whole set at once). Without it, ROAD refuses tables with a clear error.
+    * tokens: not defined (a mask token is not an imputation).
+
+    ``imputer=`` (any :class:`~evalkit.perturb.Imputer`) replaces the default on every
+    modality; a :class:`~evalkit.perturb.imputation.TableImputer` without a ``reference`` is
+    bound to the batch (set-level).
+
     Reference: Y. Rong, T. Leemann, V. Borisov, G. Kasneci, E. Kasneci, "A Consistent and
     Efficient Evaluation Strategy for Attribution Methods", ICML 2022.
     """
@@ -70,14 +101,14 @@ class ROAD(Metric):
     higher_is_better = True
     default_softmax = True
     stochastic = True
-    modalities = ("image",)  # with the default imputer; any imputer= widens it
+    modalities = ("image", "series")  # the default imputers; background= or imputer= add tables
     paper = ("Rong et al., A Consistent and Efficient Evaluation Strategy for Attribution "
              "Methods, ICML 2022")
 
     def __init__(self, percentages: Sequence[float] | None = None, noise: float = 0.01, *,
                  order: str = "combined", score: str = "accuracy",
                  imputer: Imputer | None = None, grouping: Any = "pixels",
-                 **kwargs: Any) -> None:
+                 background: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         pct = list(range(10, 100, 10)) if percentages is None else list(percentages)
         if not pct or any(isinstance(p, bool) or not isinstance(p, int | float) or not
@@ -92,43 +123,75 @@ class ROAD(Metric):
             raise TypeError("`imputer` must be an evalkit.perturb.Imputer or None.")
         self.imputer = imputer
         self.grouping = grouping
-        self._imputer = imputer if imputer is not None else NoisyLinearImputer(float(noise))
+        if isinstance(background, str) and background != "batch":
+            raise ValueError(f"`background` must be None, 'batch' or reference rows (M, F); "
+                             f"got {background!r}.")
+        self.background = background
+        if imputer is not None:
+            self._imputers: dict[str, Imputer] = {"image": imputer, "series": imputer,
+                                                  "tabular": imputer}
+        else:
+            self._imputers = {"image": NoisyLinearImputer(float(noise)),
+                              "series": SeriesLinearImputer(float(noise))}
+            if background is not None:
+                reference = None if isinstance(background, str) else background
+                self._imputers["tabular"] = ConditionalMeanImputer(reference,
+                                                                   noise=float(noise))
+        self._imputer = self._imputers["image"]
         self._grouping = make_grouping(grouping)
         self.morf_curves_: np.ndarray | None = None
         self.lerf_curves_: np.ndarray | None = None
 
     def _derived_metadata(self) -> dict[str, Any]:
-        # the paper's noisy linear imputation interpolates pixel neighbours: images only
-        modalities = ("image",) if self.imputer is None else ("image", "series", "tabular")
-        return {"higher_is_better": self.order != "morf", "modalities": modalities}
+        # noisy linear imputation interpolates neighbours (pixels, time steps); tables need
+        # background rows (a reference set or the batch) or a user imputer
+        modalities = tuple(self._imputers)
+        table = self._imputers.get("tabular")
+        # the batch as background: a sample's imputation depends on the other samples
+        batch_background = isinstance(table, TableImputer) and table.reference is None
+        return {"higher_is_better": self.order != "morf", "modalities": modalities,
+                "set_level": batch_background}
 
     def _random_sources(self) -> dict[str, Any]:
-        return {"imputer": self._imputer}
+        return {f"{name} imputer": imp for name, imp in self._imputers.items()}
 
-    def _curve(self, batch: MetricBatch, order: str) -> torch.Tensor:
+    def _imputer_for(self, batch: MetricBatch) -> Imputer:
+        imputer = self._imputers[batch.modality.name]
+        if isinstance(imputer, TableImputer) and imputer.reference is None:
+            if batch.modality.name != "tabular":
+                raise ValueError(f"ROAD's {type(imputer).__name__} imputes tables (N, F); got "
+                                 f"{batch.modality.name} inputs.")
+            imputer = imputer.with_background(batch.x)
+        return imputer
+
+    def _curve(self, batch: MetricBatch, order: str, imputer: Imputer) -> torch.Tensor:
         ordering = order_groups(batch, self._grouping, order)
         g = ordering.n_groups.to(torch.float64)
         pct = torch.tensor(self._percentages, dtype=torch.float64, device=g.device)
         k = torch.floor(g.unsqueeze(1) * pct.unsqueeze(0) / 100 + 1e-9).to(torch.int64)
         lo = torch.zeros_like(k)
         quantity = "correct" if self.score == "accuracy" else "score"
-        vals = window_scores(batch, ordering, self._imputer, lo, k, quantity=quantity,
+        vals = window_scores(batch, ordering, imputer, lo, k, quantity=quantity,
                              desc=f"ROAD {order}")
         if self.score == "confidence":
             vals = vals - clean_scores(batch).unsqueeze(1)
         return vals
 
     def _check_modality(self, modality: Modality) -> None:
-        if self.imputer is None and modality.name != "image":
+        if modality.name == "tabular" and "tabular" not in self._imputers:
             raise ValueError(
-                f"ROAD's default imputer (noisy linear imputation over pixel neighbours) is "
-                f"defined for images, not {modality.name} inputs; pass `imputer=` (an "
-                "evalkit.perturb.Imputer) for this data."
+                "ROAD imputes removed table columns from other rows: pass `background=` "
+                "reference rows (M, F) (e.g. training rows; per-sample scores) or "
+                "background='batch' (the scored rows, each left out of its own background; "
+                "set-level), or an `imputer=`."
             )
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
-        morf = self._curve(batch, "morf") if self.order in ("combined", "morf") else None
-        lerf = self._curve(batch, "lerf") if self.order in ("combined", "lerf") else None
+        imputer = self._imputer_for(batch)
+        morf = (self._curve(batch, "morf", imputer) if self.order in ("combined", "morf")
+                else None)
+        lerf = (self._curve(batch, "lerf", imputer) if self.order in ("combined", "lerf")
+                else None)
         batch.record("morf_curves", morf, per_sample=morf is not None)
         batch.record("lerf_curves", lerf, per_sample=lerf is not None)
         x_axis = torch.tensor(self._percentages, dtype=torch.float64) / 100

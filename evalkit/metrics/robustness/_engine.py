@@ -123,6 +123,15 @@ def _dropout_draws(noise: TokenDropout, k: int, modality: Modality) -> _Draws:
     return _Draws(k, make, f"{_noise_spec(noise, k)}|{modality!r}".encode())
 
 
+def _valid_noise_draws(noise: Any, k: int) -> _Draws:
+    """Draws of a non-additive noise that keeps inputs valid (``noise.draws(x, keys, k)``,
+    e.g. :class:`~evalkit.perturb.ColumnNoise`), from the same keys as :func:`_noise_draws`."""
+    def make(x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return noise.draws(x, _rng.combine(keys, _NOISE_STREAM), k)
+
+    return _Draws(k, make, _noise_spec(noise, k).encode())
+
+
 def translation_shifts(length: int, nr_steps: int) -> list[int]:
     """The shifts of Continuity's translations: ``-L + k * ((2L + 1) // nr_steps)`` for
     k = 1..nr_steps (the grid of Quantus 0.6), from almost fully left to fully right."""
@@ -559,6 +568,9 @@ class _NoiseRobustness(_PerturbationRobustness):
     def _draws(self, batch: MetricBatch) -> _Draws:
         if isinstance(self.noise_, TokenDropout):
             return _dropout_draws(self.noise_, self.nr_samples, batch.modality)
+        noise = batch.modality.valid_noise(self.noise_)
+        if noise is not self.noise_:  # a table's column spec: rows stay valid
+            return _valid_noise_draws(noise, self.nr_samples)
         return _noise_draws(self.noise_, self.nr_samples)
 
     def _random_sources(self) -> dict[str, Any]:

@@ -8,7 +8,8 @@ import torch
 
 from ..._validation import check_option, check_scalar
 from .._removal import flag_nonfinite
-from ..base import Metric, MetricBatch
+from .._ties import RanksFeatures
+from ..base import MetricBatch
 from ._engine import (
     _flat,
     _quantus_name,
@@ -17,7 +18,7 @@ from ._engine import (
 _DISCRETISERS = ("top_n_sign", "top_n", "sign", "rank", "floating_points")
 
 
-class Consistency(Metric):
+class Consistency(RanksFeatures):
     """Consistency of explanations and predictions (Dasgupta, Frost & Moshkovitz 2022).
     **Higher is better.** Set-level.
 
@@ -74,6 +75,12 @@ class Consistency(Metric):
         self.discretise_func = discretise_func
         self.n = check_scalar("n", n, int, min_val=0, allow_none=True)
         self.consistency_: float | None = None
+
+    def _ranks_attributions(self) -> bool:
+        # the top-n and rank labels of a constant map are its first indices: any two constant
+        # maps would share a label by the tie order alone
+        return isinstance(self.discretise_func, str) and self.discretise_func in (
+            "top_n_sign", "top_n", "rank")
 
     def _labels(self, a: torch.Tensor) -> torch.Tensor:
         """(N,) int64 labels: equal iff the discretised maps are equal."""

@@ -1,0 +1,221 @@
+"""Prediction gaps on important and unimportant features: PGI and PGU (OpenXAI, Agarwal et al.
+2022)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ... import _rng
+from ..._validation import check_bool, check_scalar
+from ...perturb import GaussianNoise, Noise, make_grouping, rank_groups
+from .._removal import clean_scores, flag_nonfinite
+from .._ties import RanksFeatures
+from ..base import MetricBatch
+
+#: rng stream of the prediction-gap noise
+_GAP_STREAM = 0x96A9
+#: draws made from one key: a sample's draws come in fixed blocks, so a chunk of rows draws
+#: only the blocks it needs and the values never depend on the chunking
+_BLOCK = 16
+
+
+class _PredictionGap(RanksFeatures):
+    """Shared kernel of PGI and PGU: the mean absolute change of the target score when the
+    top-k (``_perturb_top`` True) or the other features are perturbed with noise."""
+
+    family = "faithfulness"
+    modalities = ("image", "series", "tabular")
+    stochastic = True
+    default_softmax = True
+    default_normalise = False
+    #: no benchmark spec yet (tabular workload W4 of issue 19 is not in benchmarks/ yet)
+    benchmark_spec = False
+    _perturb_top: bool = True
+
+    def __init__(self, k: int | float = 0.25, nr_samples: int = 100,
+                 perturb_std: float = 0.1, perturb_mean: float = 0.0, *, auc: bool = False,
+                 grouping: Any = "pixels", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(k, float):
+            check_scalar("k", k, float, min_val=0, max_val=1, include_min=False)
+        else:
+            check_scalar("k", k, int, min_val=1)
+        self.k = k
+        self.nr_samples = check_scalar("nr_samples", nr_samples, int, min_val=1)
+        self.perturb_std = check_scalar("perturb_std", perturb_std, (int, float), min_val=0)
+        self.perturb_mean = check_scalar("perturb_mean", perturb_mean, (int, float))
+        self.auc = check_bool("auc", auc)
+        self.grouping = grouping
+        self._grouping = make_grouping(grouping)
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"noise": self.perturb_std > 0 or self.perturb_mean != 0}
+
+    @classmethod
+    def conformance_params(cls) -> dict[str, Any]:
+        """Cheap settings for :func:`evalkit.testing.check_metric`."""
+        return {"nr_samples": 4}
+
+    def _resolve_k(self, n_features: int) -> int:
+        """OpenXAI's rule: a fraction is rounded up (at least 1); an int is capped at the
+        number of features."""
+        if isinstance(self.k, float):
+            return max(1, math.ceil(self.k * n_features))
+        return min(self.k, n_features)
+
+    def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
+        batch.require_model()
+        assert batch.a is not None
+        x = batch.x
+        dev = x.device
+        grp = self._grouping.for_modality(batch.modality)(x)
+        # features ranked by the magnitude of their summed attribution (ties: group-id order)
+        magnitude = grp.reduce(batch.a, "sum").abs()
+        order = rank_groups(magnitude, grp.valid(), "morf")
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+            .contiguous())
+        rank_map = grp.expand(rank)  # (N, ...) position of each element's feature
+        g = grp.n_groups.to(dev)
+        k_max = self._resolve_k(int(g.max()))
+        ks = (torch.arange(1, k_max + 1, device=dev) if self.auc
+              else torch.tensor([k_max], device=dev))
+        k_rows = torch.minimum(ks.unsqueeze(0), g.unsqueeze(1))  # (N, T)
+        noise = batch.modality.valid_noise(GaussianNoise(self.perturb_mean, self.perturb_std))
+        keys = batch.keys
+        draws = self.nr_samples
+        n_blocks = -(-draws // _BLOCK)
+        t_count = ks.shape[0]
+        per_sample = batch.modality.per_sample
+        top = self._perturb_top
+
+        def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            i, t, j = index
+            kk = k_rows[i, t]
+            mask = rank_map[i] < per_sample(kk, rank_map[i])
+            if not top:
+                mask = ~mask
+            mask = mask.expand_as(x[i])
+            # one block of _BLOCK draws per (sample, step, block): the step only changes the
+            # mask, the noise values come from the sample's key and the block
+            blk = j // _BLOCK
+            pair = (i * t_count + t) * n_blocks + blk
+            uniq, inverse = torch.unique(pair, return_inverse=True)
+            ui = uniq // (t_count * n_blocks)
+            ub = uniq % n_blocks
+            # the rows' masks for their (sample, step): any row of the pair has the same mask
+            rep = torch.zeros(uniq.shape[0], dtype=torch.int64, device=dev).scatter_(
+                0, inverse, torch.arange(pair.shape[0], device=dev))
+            block_keys = _rng.combine(keys[ui], _GAP_STREAM, ub)
+            out = _noisy_blocks(noise, x[ui], block_keys, mask[rep])
+            return out[inverse, j % _BLOCK]
+
+        shape = (batch.n, t_count, draws)
+        scores = batch.runner.run(build, shape, y=batch.y,  # type: ignore[union-attr]
+                                  row_shape=tuple(x.shape[1:]), desc=type(self).__name__)
+        flag_nonfinite(batch, scores)
+        gaps = (scores.to(torch.float64) - clean_scores(batch).view(-1, 1, 1)).abs().mean(2)
+        if not top:  # PGU with k covering every feature perturbs nothing: exactly no gap
+            gaps = gaps.masked_fill(k_rows >= g.unsqueeze(1), 0.0)
+        batch.record("k", k_rows[:, -1].cpu(), per_sample=True)
+        if not self.auc:
+            return gaps[:, 0]
+        if t_count == 1:
+            return gaps[:, 0]
+        fractions = torch.linspace(0, 1, t_count, dtype=torch.float64, device=dev)
+        batch.set_curves(gaps, fractions)
+        return torch.trapezoid(gaps, fractions, dim=1)
+
+
+def _noisy_blocks(noise: Noise, x: torch.Tensor, keys: torch.Tensor,
+                  mask: torch.Tensor) -> torch.Tensor:
+    """(U, _BLOCK, ...) perturbed copies of the rows ``x`` (U, ...), noise only where ``mask``
+    (U, ...) holds; a noise with ``draws`` (a table's :class:`~evalkit.perturb.ColumnNoise`)
+    keeps the rows valid."""
+    draws_of = getattr(noise, "draws", None)
+    if draws_of is not None:
+        return draws_of(x, keys, _BLOCK, mask=mask)
+    n = noise.sample(keys, (_BLOCK, *x.shape[1:]), x.dtype).to(x.device)
+    return x.unsqueeze(1) + n * mask.unsqueeze(1).to(n.dtype)
+
+
+_PARAMS = """
+    Parameters
+    ----------
+    k:
+        The number of top features: an int, or a fraction of the features (float in (0, 1],
+        rounded up, at least 1; OpenXAI's rule). Default 0.25, OpenXAI's benchmark setting.
+        An int above a sample's number of features means all of them.
+    nr_samples:
+        Noise draws per sample (OpenXAI: 100).
+    perturb_std, perturb_mean:
+        The Gaussian noise N(perturb_mean, perturb_std^2) added to each perturbed element
+        (OpenXAI: mean 0, std 0.1), in input units. On a table with a column spec
+        (:class:`~evalkit.modality.TabularModality`) the noise keeps rows valid: continuous
+        columns get it scaled by their ``scales``, ordinal columns are snapped to their
+        levels, and categorical features are resampled with probability ``flip_prob``
+        (default sqrt(2/pi) * perturb_std, OpenXAI's flip rate).
+    auc:
+        False (default): the gap at k. True: the area under the gap over k = 1..K (K from
+        ``k``) on a [0, 1] axis (OpenXAI's leaderboard "AUC" setting), with the per-k gaps in
+        ``curves_``.
+    grouping:
+        The features (default: the modality's: pixels, time steps, columns or a table's
+        column groups; see :func:`evalkit.perturb.make_grouping`).
+
+    Features are ranked by the magnitude of their attribution (summed over a feature's
+    elements; ties in feature order); the target score is the class probability by default
+    (``softmax=True``; OpenXAI reads the model's probability output). The noise is seeded per
+    sample (``seed``); draws come in fixed blocks of 16 from the sample's key, so a score does
+    not depend on the batch or the chunking. ``k_`` records each sample's k.
+
+    Differences from OpenXAI: the gap is read on the target class's score (OpenXAI reads the
+    first output column: the same for binary classifiers); draws are keyed per sample (OpenXAI
+    seeds the global RNG with the sample index).
+
+    Reference: C. Agarwal, S. Krishna, E. Saxena, M. Pawelczyk, N. Johnson, I. Puri, M. Zitnik,
+    H. Lakkaraju, "OpenXAI: Towards a Transparent Evaluation of Model Explanations", NeurIPS
+    2022 (Datasets and Benchmarks).
+"""
+
+_PAPER = ("Agarwal et al., OpenXAI: Towards a Transparent Evaluation of Model Explanations, "
+          "NeurIPS 2022 Datasets and Benchmarks")
+
+
+class PGI(_PredictionGap):
+    """Prediction Gap on Important feature perturbation (Agarwal et al. 2022): the expected
+    absolute change of the prediction when the explanation's top-k features are perturbed with
+    Gaussian noise. **Higher is better**: perturbing what an explanation calls important should
+    change the prediction.
+
+        PGI(x, a) = E_eps [ |f(x) - f(x + eps * 1[top-k(a)])| ]
+    <<PARAMS>>
+    """
+
+    higher_is_better = True
+    paper = _PAPER
+    _perturb_top = True
+
+
+class PGU(_PredictionGap):
+    """Prediction Gap on Unimportant feature perturbation (Agarwal et al. 2022): the expected
+    absolute change of the prediction when every feature *outside* the explanation's top k is
+    perturbed with Gaussian noise. **Lower is better**: perturbing what an explanation calls
+    unimportant should not change the prediction.
+
+        PGU(x, a) = E_eps [ |f(x) - f(x + eps * 1[not top-k(a)])| ]
+
+    When k covers every feature nothing is perturbed and the gap is 0.
+    <<PARAMS>>
+    """
+
+    higher_is_better = False
+    paper = _PAPER
+    _perturb_top = False
+
+
+for _cls in (PGI, PGU):
+    _cls.__doc__ = (_cls.__doc__ or "").replace("    <<PARAMS>>\n", _PARAMS.strip("\n") + "\n")
