@@ -539,7 +539,7 @@ def _summary_lines(results: list[Result]) -> list[str]:
             undeclared_rows += [f"{n} ({w})" for n in names
                                 if MODALITY_WORKLOADS[w] in declared.get(n, ())
                                 and n not in covered[w]]
-        missing = [n for n in names if n not in covered["W1"] | covered["W2"]]
+        missing = [n for n in names if not any(n in covered[w] for w in all_w)]
         unbenchmarked += [n for n in missing if fam != "explainers" and not _needs_spec(n)]
         missing = [n for n in missing if n not in unbenchmarked]
         missing_all += missing

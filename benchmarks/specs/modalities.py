@@ -75,6 +75,9 @@ class Row:
     attributions: Callable[[Workload], torch.Tensor] | None = None
     #: extra call keyword arguments of ours, ``f(w) -> dict``
     call: Callable[[Workload], dict[str, Any]] | None = None
+    #: ``f(w) -> s`` replacing the workload's masks (the agreement metrics' real-valued
+    #: reference)
+    masks: Callable[[Workload], torch.Tensor] | None = None
     #: the first n samples only (the row says so)
     subset: int | None = None
     #: the agreement column's text where the outputs differ by design (means shown with it)
@@ -114,6 +117,15 @@ def _completeness_a(w: Workload) -> torch.Tensor:
 
     return evalkit.explain(w.model, w.x, w.y, method="IntegratedGradients", n_steps=32,
                            baselines=0.0 * w.x).detach()
+
+
+def _reference_map(w: Workload) -> torch.Tensor:
+    """The agreement metrics' reference: InputXGradient (channels summed on W5; per token on
+    W6), the same layout as the workload's Saliency maps."""
+    import evalkit
+
+    kw: dict[str, Any] = {"reduce_channels": "sum"} if w.x.ndim == 3 else {}
+    return evalkit.explain(w.model, w.x, w.y, method="InputXGradient", **kw).detach()
 
 
 def _gradient_a(w: Workload) -> torch.Tensor:
@@ -293,19 +305,32 @@ for _rows in SETTINGS.values():  # no Quantus on token ids
 #: metric -> the spec its W4-W6 rows join, where not the one named after it (their settings'
 #: variant)
 _ATTACH = {"Infidelity": "Infidelity[gaussian]"}
+#: metrics whose W4-W6 rows get a spec of their own, named after the metric (their image spec
+#: is a variant that does not describe these rows, e.g. IROF[1-channel])
+_OWN_SPEC = ("IROF",)
+
+for _name in ("FeatureAgreement", "PairwiseRankAgreement", "RankAgreement", "SignAgreement",
+              "SignedRankAgreement"):
+    SETTINGS[_name] = {m: Row({}, masks=_reference_map, settings="Saliency against an "
+                              "InputXGradient reference (s), defaults") for m in (_T, _S, _K)}
 
 #: metric -> modality -> why it gets a skipped row there instead
 SKIPS: dict[str, dict[str, str]] = {}
 
 
 # --------------------------------------------------------------------------- building
-def _attributions(w: Workload, row: Row, cache: dict[str, torch.Tensor]) -> torch.Tensor:
-    if row.attributions is None:
-        return getattr(w, row.a)
-    key = getattr(row.attributions, "__name__", "a")
+def _cached(fn: Callable[[Workload], torch.Tensor], w: Workload,
+            cache: dict[tuple[str, str, int], torch.Tensor]) -> torch.Tensor:
+    key = (getattr(fn, "__name__", "a"), w.name, w.n)
     if key not in cache:
-        cache[key] = row.attributions(w)
+        cache[key] = fn(w)
     return cache[key]
+
+
+def _attributions(w: Workload, row: Row, cache: dict[tuple[str, str, int], torch.Tensor]
+                  ) -> torch.Tensor:
+    return getattr(w, row.a) if row.attributions is None else _cached(row.attributions, w,
+                                                                         cache)
 
 
 def _explain_kwargs(w: Workload) -> dict[str, Any]:
@@ -357,7 +382,7 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
         row = Row(kw, settings="defaults" + (", seed 0" if kw else ""),
                   note="no W4-W6 settings in benchmarks/specs/modalities.py: the "
                        "metric's defaults")
-    cache: dict[str, torch.Tensor] = {}
+    cache: dict[tuple[str, str, int], torch.Tensor] = {}
 
     def build(w: Workload, ctx: Context) -> Case:
         import evalkit
@@ -373,7 +398,7 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
         call_kw: dict[str, Any] = {"modality": w.modality}
         model: Any = w.model
         if metric.needs_masks:
-            call_kw["s"] = w.s
+            call_kw["s"] = w.s if row.masks is None else _cached(row.masks, w, cache)
         if metric.re_explains:
             explainer = TimedExplainer(evalkit.explain, device=ctx.device)
             call_kw["explain_fn"] = explainer
@@ -544,12 +569,12 @@ def extend_specs(specs: list[Any]) -> list[Any]:
         if not new and not skip:
             continue
         idx = next((i for i, s in enumerate(out) if s.name == _ATTACH.get(name, name)), None)
-        if idx is None:
+        if idx is None and name not in _OWN_SPEC:
             idx = next((i for i, s in enumerate(out) if s.registered == name), None)
         if idx is None:
             # a metric that needs a spec and has none is for check_spec_coverage to report;
             # one tagged benchmark_spec = False (no image rows) still gets its W4-W6 rows
-            if not metric_needs_spec(str(name)):
+            if name in _OWN_SPEC or not metric_needs_spec(str(name)):
                 out.append(Spec(str(name), str(family), _dispatch(None, new),
                                 workloads=tuple(new), skip=tuple(skip)))
             continue
