@@ -242,17 +242,19 @@ SETTINGS: dict[str, dict[str, Row]] = {
     # randomisation: Saliency
     "MPRT": {m: Row({}, dict(display_progressbar=False), out="layers",
                     settings="Saliency, top_down cascade, Spearman, a given")
-             for m in (_T, _S)},
+             for m in (_T, _S, _K)},
     "SmoothMPRT": {m: Row(dict(nr_samples=K, seed=0), dict(nr_samples=K,
                                                           display_progressbar=False),
                           out="layers",
                           settings=f"Saliency, nr_samples={K}") for m in (_T, _S)},
     "EfficientMPRT": {m: Row({}, dict(display_progressbar=False),
-                             settings="Saliency, skip_layers=True") for m in (_T, _S)},
+                             settings="Saliency, skip_layers=True") for m in (_T, _S, _K)},
     "RandomLogit": {_T: Row(dict(num_classes=3), dict(num_classes=3),
                             settings="Saliency, num_classes=3"),
                     _S: Row(dict(num_classes=4), dict(num_classes=4),
-                            settings="Saliency, num_classes=4")},
+                            settings="Saliency, num_classes=4"),
+                    _K: Row(dict(num_classes=2), dict(num_classes=2),
+                            settings="token Saliency, num_classes=2")},
     # axiomatic
     "Completeness": {m: Row(dict(perturb_baseline="zero"), dict(perturb_baseline=0.0),
                             attributions=_completeness_a,
