@@ -662,11 +662,14 @@ def _misses_lines(results: list[Result]) -> list[str]:
 #: sizes: W4 10,000 rows, W5 256 series, W6 128 texts); the rows name their N
 MODALITY_N_WHY = (
     "W4 is measured on 2,000 of its 10,000 rows and W5 on 64 of its 256 series so that the "
-    "whole W4-W6 run (about 110 rows, each ours, Quantus, the floor and the written floor in "
+    "whole W4-W6 run (about 140 rows, each ours, Quantus, the floor and the written floor in "
     "alternation) fits about half an hour of one shared core: Quantus 0.6 loops in Python "
     "per sample in several of these metrics (MonotonicityCorrelation, the MPRT family), which "
     "takes minutes per call at 10,000 rows. Both models' cost is linear in N, so the ratios "
-    "do not depend on it; W6 runs at its full 128 texts.")
+    "do not depend on it; W6 runs at its full 128 texts. Where a call's model work is small "
+    "(the confidence and set-level rows, N forward rows or two), a call's fixed costs "
+    "(validating the inputs, wrapping the model and probing its output shape, per-sample "
+    "bookkeeping: a few milliseconds) weigh more at these N than at the issue's.")
 
 
 #: what profiling (cProfile, one torch thread, W4 at its 10,000 rows) found where W4 rows stay
@@ -700,6 +703,11 @@ MODALITY_PROFILES = (
 )
 
 
+def _fmt_us(seconds: float) -> str:
+    us = 1e6 * seconds
+    return f"{us:.0f}" if us >= 10 else f"{us:.2g}"
+
+
 def _modality_lines(results: list[Result]) -> list[str]:
     """W4-W6: what each workload is, the N measured, and per row the floor ratio beside the
     parts of our work the model floor leaves out (writing the inputs, keyed random draws)."""
@@ -726,7 +734,7 @@ def _modality_lines(results: list[Result]) -> list[str]:
         lines += [
             "Why rows stay above the floor here: the floor is the model alone, and these models "
             "are small. Per forward row the bare model costs (median over the removal rows) "
-            + ", ".join(f"{w} {1e6 * v:.2g} us" for w, v in fpr.items())
+            + ", ".join(f"{w} {_fmt_us(v)} us" for w, v in fpr.items())
             + ". Every implementation also builds each perturbed input (gathers, compares and "
             "writes its values): *written floor* times the floor with each input row written "
             "once before its forward (one `torch.where`), the least such work, and *ours / "

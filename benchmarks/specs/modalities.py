@@ -85,6 +85,8 @@ class Row:
     #: Quantus gets ``batch_size`` >= N (set-level metrics: Quantus compares within its batch
     #: chunk, ours within the whole set)
     quantus_whole_set: bool = False
+    #: the agreement check, ``f(ours, quantus) -> Agreement``, replacing the generic one
+    agreement: Callable[[Any, Any], Agreement] | None = None
 
 
 _NO_TOKENS = "Quantus 0.6 takes no token ids"
@@ -132,6 +134,21 @@ def _gradient_a(w: Workload) -> torch.Tensor:
     import evalkit
 
     return evalkit.explain(w.model, w.x, w.y, method="Gradient").detach()
+
+
+def _with_neighbours(o: Any, t: Any) -> Agreement:
+    """Sufficiency: the samples with a neighbour in ours compared (the others are NaN here, 0
+    in Quantus)."""
+    o = np.asarray(o, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    defined = np.isfinite(o)
+    if not defined.any():
+        return Agreement(None, "no sample has a neighbour within the threshold: NaN here, 0 in "
+                               "Quantus")
+    ag = max_abs_diff(o[defined], t[defined])
+    ag.text = (f"{int(defined.sum())}/{len(o)} samples with neighbours compared; the others "
+               "are NaN here, 0 in Quantus")
+    return ag
 
 
 #: metric -> modality -> settings. A metric declaring a modality without an entry here runs
@@ -199,6 +216,7 @@ SETTINGS: dict[str, dict[str, Row]] = {
         for m in (_T, _S)},
     "Sufficiency": {m: Row(dict(threshold=0.6, normalise=False),
                            dict(threshold=0.6, normalise=False), quantus_whole_set=True,
+                           agreement=_with_neighbours,
                            settings="set-level, Saliency (abs), threshold 0.6, "
                                     "normalise=False",
                            note="set-level: pairwise distances of all N inputs and maps "
@@ -478,7 +496,8 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
         if default:
             note = row.note
         return Case(ours=ours, quantus=quantus_fn,
-                    agreement=_agreement(bool(metric.stochastic), row.out, row.differs),
+                    agreement=row.agreement or _agreement(bool(metric.stochastic), row.out,
+                                                          row.differs),
                     floor=floor, settings=settings, note=note, explainer=explainer,
                     written_floor=floor == "forward", part=part)
 
