@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import difflib
 import html
 import importlib
+import inspect
 import json
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -31,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["load_config", "main", "run_config"]
+__all__ = ["ConfigError", "load_config", "main", "run_config", "validate_config"]
 
 _PLOTS = ("radar", "bars", "distributions", "curves", "explanations")
 
@@ -69,6 +72,137 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
         config = tomllib.load(f)
     config["_base"] = str(p.resolve().parent)
     return config
+
+
+class ConfigError(ValueError):
+    """A benchmark configuration that cannot run: unknown sections or keys, unknown metric or
+    method names, wrong types. Raised by :func:`validate_config` before any work is done."""
+
+
+# The keys each section takes. [methods] and [metrics] hold one table per display name (their
+# keys are explain() and constructor arguments, checked against the method and metric);
+# [data] and [model] keys depend on their `source`.
+_RUN_KEYS = ("name", "seed", "chunk_size", "batch_size", "out")
+_REPORT_KEYS = ("plots", "explanation_samples", "explanation_metric")
+_MODEL_KEYS = {"shapes_cnn": ("source", "device"),
+               "torchscript": ("source", "device", "path"),
+               "python": ("source", "device", "factory", "args", "weights")}
+_DATA_KEYS = {"npz": ("source", "path", "x", "y", "s", "n", "class_names"),
+              "python": ("source", "factory", "args")}
+_SECTIONS = ("run", "data", "model", "methods", "metrics", "leaderboard", "report")
+
+
+def _did_you_mean(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _leaderboard_keys() -> tuple[str, ...]:
+    from .leaderboard import Leaderboard
+
+    params = inspect.signature(Leaderboard.__init__).parameters
+    return tuple(k for k in params if k not in ("self", "results"))
+
+
+def _data_keys(source: Any) -> tuple[str, ...] | None:
+    if source == "shapes":
+        from .datasets import make_shapes
+
+        return ("source", *inspect.signature(make_shapes).parameters)
+    return _DATA_KEYS.get(source)
+
+
+def _check_keys(problems: list[str], where: str, table: Mapping[str, Any],
+                allowed: Sequence[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            problems.append(f"{where} has no key {key!r}.{_did_you_mean(key, allowed)} "
+                            f"Its keys: {', '.join(allowed)}.")
+
+
+def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a configuration before any work: every section, key, metric and method name.
+
+    Returns the metrics built from ``[metrics]`` (constructing them checks their
+    parameters). Raises :class:`ConfigError` listing every problem, each with a "did you
+    mean" suggestion where a known name is close.
+    """
+    problems: list[str] = []
+    for name in config:
+        if name == "_base":
+            continue
+        if name not in _SECTIONS:
+            close = difflib.get_close_matches(name, _SECTIONS, n=1, cutoff=0.6)
+            hint = f" Did you mean [{close[0]}]?" if close else ""
+            problems.append(f"Unknown section [{name}].{hint} "
+                            f"Sections: {', '.join(f'[{s}]' for s in _SECTIONS)}.")
+        elif not isinstance(config[name], Mapping):
+            problems.append(f"[{name}] must be a table.")
+    if problems:
+        raise ConfigError(" ".join(problems))
+    for name in ("data", "metrics", "methods"):
+        if not config.get(name):
+            problems.append(f"The configuration needs a [{name}] table.")
+    _check_keys(problems, "[run]", config.get("run", {}), _RUN_KEYS)
+    _check_keys(problems, "[report]", config.get("report", {}), _REPORT_KEYS)
+    _check_keys(problems, "[leaderboard]", config.get("leaderboard", {}), _leaderboard_keys())
+    data = config.get("data", {})
+    data_keys = _data_keys(data.get("source", "shapes"))
+    if data_keys is not None:  # an unknown source is reported by the loader
+        _check_keys(problems, f"[data] (source = {data.get('source', 'shapes')!r})", data,
+                    data_keys)
+    model = config.get("model", {})
+    model_keys = _MODEL_KEYS.get(model.get("source", "shapes_cnn"))
+    if model_keys is not None:
+        _check_keys(problems, f"[model] (source = {model.get('source', 'shapes_cnn')!r})",
+                    model, model_keys)
+    plots = config.get("report", {}).get("plots", _PLOTS)
+    for kind in [plots] if isinstance(plots, str) else plots:
+        if kind not in _PLOTS:
+            problems.append(f"[report] plots has no plot {kind!r}.{_did_you_mean(kind, _PLOTS)}"
+                            f" Plots: {', '.join(_PLOTS)}.")
+    metrics: dict[str, Any] = {}
+    for name, params in config.get("metrics", {}).items():
+        try:
+            metrics.update(_build_metrics({name: params}))
+        except (KeyError, TypeError, ValueError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            problems.append(f"[metrics.{name}]: {_unknown_parameter_hint(name, params, message)}")
+    problems += _method_problems(config.get("methods", {}))
+    if problems:
+        raise ConfigError(" ".join(problems))
+    return metrics
+
+
+def _unknown_parameter_hint(name: str, params: Any, message: str) -> str:
+    """The metric's own message, with a "did you mean" for a misspelled parameter."""
+    from . import metrics as ek_metrics
+
+    try:
+        valid = sorted(ek_metrics.get(dict(params or {}).get("metric", name))._param_names())
+    except Exception:  # the message already says what is wrong
+        return message
+    hints = []
+    for key in dict(params or {}):
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        if key != "metric" and key not in valid and close:
+            hints.append(f"Did you mean {close[0]!r} for {key!r}?")
+    return " ".join([message, *hints])
+
+
+def _method_problems(spec: Mapping[str, Any]) -> list[str]:
+    from evalkit.explain import explainer_info
+
+    problems = []
+    for name, params in spec.items():
+        params = dict(params or {})
+        if "explain_fn" in params:
+            continue
+        try:
+            explainer_info(params.get("method", name))
+        except (KeyError, ValueError) as exc:
+            problems.append(f"[methods.{name}]: {str(exc).split(' Available:')[0]}")
+    return problems
 
 
 def _section(config: Mapping[str, Any], name: str, required: bool = True) -> dict[str, Any]:
@@ -208,12 +342,12 @@ def run_config(
     from .models import wrap_model
 
     started = time.perf_counter()
+    metrics = validate_config(config)  # before any data, model or report work
     base = str(config.get("_base", Path.cwd()))
     run = _section(config, "run", required=False)
+    methods = _build_methods(_section(config, "methods"))
     data = _load_data(_section(config, "data"), base)
     model = _load_model(_section(config, "model", required=False), base)
-    metrics = _build_metrics(_section(config, "metrics"))
-    methods = _build_methods(_section(config, "methods"))
     board_kw = _section(config, "leaderboard", required=False)
     report_kw = _section(config, "report", required=False)
 
@@ -368,16 +502,20 @@ def _print_outcome(outcome: Mapping[str, Any]) -> None:
     total = len(results.methods) * len(results.metrics)
     if results.errors:
         n_err = len(results.errors)
-        print(f"\n{n_err} {'cell' if n_err == 1 else 'cells'} could not be computed:")
+        print(f"\n{n_err} of {_count(total, 'cell')} could not be computed:")
         for e in results.errors.values():
             print(f"  {e.method} x {e.metric}: {e.message.splitlines()[0][:300]}")
     print(f"\nfinished in {outcome['seconds']:.1f} s", end="")
     if resumed:
         print(f" ({resumed} units read back from the store; pass --fresh to recompute)", end="")
-    print(f"; {total} cells")
+    print(f"; {_count(total, 'cell')}")
     if outcome["files"]:
         out = outcome["out"]
         print(f"report: {out / 'leaderboard.html'} (and .md, .tex, .csv, plots/ in {out})")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _threads(args: argparse.Namespace) -> None:
@@ -396,7 +534,23 @@ def _run(args: argparse.Namespace) -> int:
     outcome = run_config(config, out=args.out, store=store, fresh=args.fresh,
                          progress=not args.no_progress, report=not args.no_report)
     _print_outcome(outcome)
-    return 0
+    return _exit_status(outcome, allow_failures=args.allow_failures)
+
+
+def _exit_status(outcome: Mapping[str, Any], *, allow_failures: bool) -> int:
+    """1 when cells failed (their scores are missing from the report), unless allowed."""
+    results = outcome["results"]
+    n_failed = len(results.errors)
+    if not n_failed:
+        return 0
+    total = len(results.methods) * len(results.metrics)
+    if allow_failures:
+        print(f"{n_failed} of {_count(total, 'cell')} failed (allowed by --allow-failures).",
+              file=sys.stderr)
+        return 0
+    print(f"evalkit: {n_failed} of {_count(total, 'cell')} failed; exit status 1 (pass "
+          "--allow-failures to accept a run with failed cells).", file=sys.stderr)
+    return 1
 
 
 #: the data sets of ``evalkit demo --data``: each has its configuration in evalkit/configs/
@@ -457,11 +611,28 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-report", action="store_true",
                    help="print the leaderboard only (no report files)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_debug(p)
+
+
+def _add_debug(p: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    # SUPPRESS on the subcommands: `evalkit --debug run ...` and `evalkit run ... --debug`
+    # both work (a subparser's default would otherwise overwrite the main parser's value)
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="show the full traceback of an error (default: one line)")
+
+
+def _error_line(exc: BaseException) -> str:
+    """An exception as one line for the terminal (KeyError's str() adds quotes)."""
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    message = " ".join(str(message).split())
+    kind = "" if isinstance(exc, ConfigError) else f"{type(exc).__name__}: "
+    return f"evalkit: error: {kind}{message} (--debug shows the traceback)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="evalkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_debug(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a benchmark described by a TOML configuration")
     run.add_argument("config", help="the TOML file (see evalkit/configs/demo.toml)")
@@ -471,6 +642,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="the SQLite store (default: results.sqlite in the report folder)")
     run.add_argument("--threads", type=int, default=None,
                      help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--allow-failures", action="store_true",
+                     help="exit with status 0 even when some (method, metric) cells failed "
+                          "(default: status 1)")
     _add_run_options(run)
     run.set_defaults(func=_run)
     demo = sub.add_parser("demo", help="evaluate explanation methods on the shipped data and model")
@@ -495,7 +669,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = sub.add_parser("methods", help="list the explanation methods")
     methods.set_defaults(func=_methods)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # one line by default; the traceback with --debug
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(_error_line(exc), file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError | FileNotFoundError) else 1
 
 
 if __name__ == "__main__":

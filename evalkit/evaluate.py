@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _rng
+from . import _progress, _rng
 from ._validation import (
     EvalkitWarning,
     as_tensor,
@@ -643,6 +643,7 @@ class Evaluation:
             extra={"chunk_size": self.chunk_size,
                    "data_fingerprint": data_fingerprint(self.x, self.y, self.s),
                    "model_fingerprint": self.model_fingerprint},
+            source=self,  # what plot("explanations") needs: model, x, y, s and the methods
         )
 
     # ------------------------------------------------------------------ running
@@ -666,7 +667,7 @@ def evaluate(
     seed: int | None = 0,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     store: str | Path | ResultStore | None = None,
     chunk_size: int | None = None,
     executor: str | Executor | None = None,
@@ -711,7 +712,12 @@ def evaluate(
     device:
         Where model-free work runs; for torch models it must be the model's device.
     progress:
-        Show a progress bar over the units of work.
+        Show a progress bar over the units of work; default (None): where the run is
+        interactive (stderr is a terminal, or a Jupyter kernel). Before the run, a metric
+        whose forward rows are estimated to be very many (its
+        :meth:`~evalkit.metrics.Metric.estimated_forward_rows` times the samples and methods)
+        warns with the setting to change (:class:`evalkit._progress.CostWarning`; its
+        ``disable_warnings=True`` silences it).
     store:
         A path to an SQLite file (or a :class:`~evalkit.store.ResultStore`): every finished
         unit is committed as it completes, and units already stored under the same
@@ -738,7 +744,27 @@ def evaluate(
     evaluation = Evaluation(metrics, xai_methods, model, x, y, s, explain_fn=explain_fn, seed=seed,
                             batch_size=batch_size, device=device, chunk_size=chunk_size,
                             modality=modality)
-    return as_executor(executor).run_evaluation(evaluation, store=store, progress=progress)
+    _warn_about_cost(evaluation)
+    return as_executor(executor).run_evaluation(evaluation, store=store,
+                                                progress=_progress.resolve(progress))
+
+
+def _warn_about_cost(evaluation: Evaluation) -> None:
+    """Warn before the run about each metric estimated to need very many forward rows (the
+    metrics that run are copies without warnings: the user's metric decides)."""
+    shape = tuple(evaluation.x.shape)
+    n_methods = len(evaluation.methods)
+    for name, metric in evaluation.metrics.items():
+        if metric.disable_warnings:
+            continue
+        try:
+            estimate = metric.estimated_forward_rows(shape)
+        except Exception:  # an estimate must never stop a run
+            continue
+        label = name if name == type(metric).__name__ else f"{name} ({type(metric).__name__})"
+        _progress.warn_if_costly(label, estimate, evaluation.n, shape, runs=n_methods,
+                                 what=f" for {n_methods} method{'s' * (n_methods != 1)}",
+                                 stacklevel=4)
 
 
 def explain_methods(

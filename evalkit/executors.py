@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 import torch
 
+from ._text import end_sentence, join_sentences
 from ._validation import EvalkitWarning, UndefinedScoreWarning
 from .results import CellError
 from .store import ResultStore
@@ -296,11 +297,12 @@ def _warn_about(evaluation: PlannedEvaluation, results: Results) -> None:
     """Warn about failed cells and undefined (NaN) scores of metrics that have warnings on."""
     # stacklevel 4: the caller of evaluate() (warn <- _warn_about <- run_evaluation <- evaluate)
     if results.errors:
-        listed = "; ".join(str(e) for e in list(results.errors.values())[:5])
-        more = "" if len(results.errors) <= 5 else f" (and {len(results.errors) - 5} more)"
-        warnings.warn(
+        # each error is a message of its own: join them as sentences (no ".." or ".).")
+        listed = [str(e) for e in list(results.errors.values())[:5]]
+        more = None if len(results.errors) <= 5 else f"And {len(results.errors) - 5} more"
+        warnings.warn(join_sentences(
             f"{len(results.errors)} of {len(evaluation.cell_hashes)} (method, metric) cells "
-            f"failed: {listed}{more}. See `results.errors`.", EvalkitWarning, stacklevel=4)
+            "failed", *listed, more, "See `results.errors`"), EvalkitWarning, stacklevel=4)
     loud = [name for name, m in evaluation.metrics.items() if not m.disable_warnings]
     parts = []
     for (mname, kname), reasons in results.nan_reasons.items():
@@ -925,9 +927,9 @@ class RayExecutor(Executor):
 def _fatal(item: tuple[Any, ...]) -> _Fatal:
     _k, tname, msg, tb = item[:4]
     return _Fatal(
-        f"A Ray worker could not load the model, data and settings shipped to it ({tname}: "
-        f"{msg}). The workers need evalkit and every module your model, metrics and explain "
-        "functions come from (pass "
+        f"A Ray worker could not load the model, data and settings shipped to it: {tname}: "
+        f"{end_sentence(str(msg))} The workers need evalkit and every module your model, "
+        "metrics and explain functions come from (pass "
         "init_kwargs={'runtime_env': {...}} or install them on the cluster).\n\nWorker "
         f"traceback:\n{tb}")
 

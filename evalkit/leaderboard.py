@@ -21,9 +21,22 @@ Semantics
   - ``"aggregate_then_rank"``: average each method's scores over the samples, then rank the
     means (what a table of mean scores implies).
 
-  Both use the same samples for every method of a metric: the samples where every ranked method
-  has a finite score (complete cases; ``n_samples`` says how many). A method whose cell failed
-  or is NaN on every sample is not ranked on that metric.
+* **Incomplete methods** (``incomplete=``): a method may have no score (NaN) on some samples,
+  and those are often its hardest ones, so dropping them would flatter it. Every cell shows its
+  coverage (samples with a score / samples), and the policy is explicit:
+
+  - ``"worst"`` (default): a sample where a method has no score ranks it last on that sample
+    (tied with the other methods without a score there), the "missing is worst" convention of
+    challenge rankings (Wiesenfarth et al., "Methods and open-source toolkit for analyzing and
+    visualizing challenge results", Scientific Reports 2021); ``"aggregate_then_rank"`` ranks
+    the methods with fewer scored samples after those with more, then by mean score. Means are
+    over each method's own scored samples; ``n_samples`` counts the samples where at least one
+    method has a score.
+  - ``"common"``: ranks and means over the samples where every ranked method has a score
+    (complete cases; ``n_samples`` says how many): the same samples for every method, and
+    a method's missing samples are dropped for all of them.
+
+  A method whose cell failed or is NaN on every sample is not ranked on that metric.
 * **Rescaling** (``rescale=<baseline method>``, e.g. a random explanation): each metric's mean
   score becomes ``(score - baseline) / (best - baseline)``, so the baseline scores 0 and the
   best observed method 1 whatever the metric's direction and units (as openproblems-bio does
@@ -56,9 +69,10 @@ from .ranking import rank_methods
 if TYPE_CHECKING:  # pragma: no cover
     from ._types import ScoredResults
 
-__all__ = ["MODES", "Leaderboard", "rank_methods"]
+__all__ = ["INCOMPLETE", "MODES", "Leaderboard", "rank_methods"]
 
 MODES = ("rank_then_aggregate", "aggregate_then_rank")
+INCOMPLETE = ("worst", "common")
 _BOOT_BLOCK = 256  # bootstrap rows processed at once (bounds memory for large N)
 
 
@@ -92,6 +106,10 @@ class Leaderboard:
         Seed of the bootstrap's ``numpy.random.Generator``.
     methods, metrics:
         Subsets (and order) to rank; default all.
+    incomplete:
+        How methods without a score on some samples are ranked: ``"worst"`` (default: last on
+        those samples) or ``"common"`` (only the samples every method covers); see the module
+        docstring.
 
     Attributes
     ----------
@@ -102,7 +120,10 @@ class Leaderboard:
     long:
         One row per (method, metric): ``family``, ``higher_is_better``, ``score`` (mean over
         the complete cases) with ``score_lo``/``score_hi``, ``scaled`` (with ``rescale``) and its
-        interval, ``rank`` with ``rank_lo``/``rank_hi``, ``n_samples``, ``ranked``.
+        interval, ``rank`` with ``rank_lo``/``rank_hi``, ``n_samples``, ``ranked``, and the
+        coverage: ``n_valid`` (samples the method has a score on) of ``n_total``.
+    coverage:
+        Method x metric table of ``n_valid`` (of ``results.n`` samples).
     families:
         One row per (method, family): ``rank``, ``rank_lo``, ``rank_hi``.
     ranks, scores:
@@ -123,9 +144,13 @@ class Leaderboard:
         seed: int = 0,
         methods: Sequence[str] | None = None,
         metrics: Sequence[str] | None = None,
+        incomplete: str = "worst",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}; got {mode!r}.")
+        if incomplete not in INCOMPLETE:
+            raise ValueError(f"`incomplete` must be one of {INCOMPLETE}; got {incomplete!r}.")
+        self.incomplete = incomplete
         if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 0:
             raise ValueError(f"`n_boot` must be a non-negative integer; got {n_boot!r}.")
         if not 0.0 < float(ci) < 1.0:
@@ -178,16 +203,32 @@ class Leaderboard:
         per_metric: dict[str, dict[str, Any]] = {}
         for k in self.metrics:
             s = np.stack([res.scores[m, k] for m in self.methods])  # (M, N)
+            finite = np.isfinite(s)
             failed = np.array([(m, k) in res.errors for m in self.methods])
-            ranked = ~failed & np.isfinite(s).any(1)
-            valid = np.isfinite(s[ranked]).all(0) if ranked.any() else np.zeros(res.n, bool)
+            ranked = ~failed & finite.any(1)
             hib = res.higher_is_better(k)
             sample_ranks = np.full_like(s, np.nan)
+            if not ranked.any():
+                valid = np.zeros(res.n, bool)
+            elif self.incomplete == "common":
+                valid = finite[ranked].all(0)
+            else:  # "worst": every sample where some ranked method has a score
+                valid = finite[ranked].any(0)
             if ranked.any() and valid.any():
-                sample_ranks[np.ix_(ranked, valid)] = rank_methods(s[np.ix_(ranked, valid)], hib)
-            per_metric[k] = {"s": np.where(np.isfinite(s), s, 0.0), "ranked": ranked,
-                             "valid": valid, "hib": hib,
-                             "sample_ranks": np.nan_to_num(sample_ranks)}
+                block = s[np.ix_(ranked, valid)]
+                r = rank_methods(block, hib)
+                # no score on a sample: last there, tied with the others without one (the
+                # average of the places after the scored methods)
+                n_scored = np.isfinite(block).sum(0, keepdims=True)
+                r = np.where(np.isfinite(block), r, (n_scored + 1 + block.shape[0]) / 2.0)
+                sample_ranks[np.ix_(ranked, valid)] = r
+            # the samples each method's mean is over: its own scored ones ("worst") or the
+            # common ones
+            used = (finite & valid) if self.incomplete == "worst" else \
+                np.broadcast_to(valid, s.shape)
+            per_metric[k] = {"s": np.where(finite, s, 0.0), "ranked": ranked,
+                             "valid": valid, "used": used.astype(np.float64), "hib": hib,
+                             "n_valid": finite.sum(1), "sample_ranks": np.nan_to_num(sample_ranks)}
 
         # (R, M) statistics for R = 1 + n_boot weight rows, block by block
         stats: dict[str, list[np.ndarray]] = {}
@@ -202,9 +243,11 @@ class Leaderboard:
                 d = per_metric[k]
                 wv = w * d["valid"]
                 denom = wv.sum(1, keepdims=True)
+                counts = w @ d["used"].T  # (R, M) resampled samples each mean is over
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    mean = (wv @ d["s"].T) / denom  # (R, M)
+                    mean = (w @ (d["used"] * d["s"]).T) / counts  # (R, M)
                 mean[:, ~d["ranked"]] = np.nan
+                mean[counts == 0] = np.nan
                 mean[denom[:, 0] == 0] = np.nan
                 if self.mode == "rank_then_aggregate":
                     with np.errstate(invalid="ignore", divide="ignore"):
@@ -213,6 +256,10 @@ class Leaderboard:
                     rank[denom[:, 0] == 0] = np.nan
                 else:
                     rank = rank_methods(mean, d["hib"], axis=1)
+                    if self.incomplete == "worst":
+                        # fewer scored samples first decides (counts are whole numbers, so
+                        # one more sample outweighs any rank by mean), then the mean
+                        rank = rank_methods(rank - counts * (n_m + 1), False, axis=1)
                 add(f"score:{k}", mean)
                 add(f"rank:{k}", rank)
                 fam = res.family(k) or k
@@ -286,7 +333,8 @@ class Leaderboard:
                 if base_idx is not None:
                     row.update(scaled=scaled[i], scaled_lo=scaled_lo[i], scaled_hi=scaled_hi[i])
                 row.update(rank=rank[i], rank_lo=rank_lo[i], rank_hi=rank_hi[i],
-                           n_samples=int(d["valid"].sum()), ranked=bool(d["ranked"][i]))
+                           n_samples=int(d["valid"].sum()), ranked=bool(d["ranked"][i]),
+                           n_valid=int(d["n_valid"][i]), n_total=int(res.n))
                 rows.append(row)
         self.long = pd.DataFrame(rows)
 
@@ -303,6 +351,9 @@ class Leaderboard:
             index=self.methods, columns=self.metrics)
         self.ranks = self.long.pivot(index="method", columns="metric", values="rank").reindex(
             index=self.methods, columns=self.metrics)
+        self.coverage = self.long.pivot(index="method", columns="metric",
+                                        values="n_valid").reindex(index=self.methods,
+                                                                  columns=self.metrics)
         overall, overall_lo, overall_hi = point_ci("overall")
         table = self.scores.copy()
         table.columns = list(table.columns)
@@ -329,14 +380,18 @@ class Leaderboard:
         n_samples = sorted(set(self.long["n_samples"]))
         n_text = (f"{n_samples[0]}" if len(n_samples) == 1
                   else f"{n_samples[0]}-{n_samples[-1]}")
+        over = (f"each method's scored samples of {self.results.n}"
+                if self.incomplete == "worst" else f"the {n_text} samples every method scores")
         if self.rescale is not None:
-            score_text = (f"mean scores over {n_text} samples, rescaled per metric so that "
+            score_text = (f"mean scores over {over}, rescaled per metric so that "
                           f"{self.rescale} = 0 and the best method = 1 (higher is better)")
         else:
-            score_text = (f"mean scores over {n_text} samples (↑ higher is better, ↓ lower is "
-                          "better)")
+            score_text = f"mean scores over {over} (↑ higher is better, ↓ lower is better)"
         how = ("rank on each sample, then mean over samples" if self.mode == "rank_then_aggregate"
                else "rank of the mean score")
+        if self.incomplete == "worst":
+            how += ("; no score on a sample ranks last on it" if self.mode ==
+                    "rank_then_aggregate" else "; fewer scored samples rank after more")
         ci_text = (f"; [{self.ci:.0%} bootstrap CI over samples, {self.n_boot} resamples]"
                    if self.n_boot else "")
         notes = ""
@@ -351,7 +406,8 @@ class Leaderboard:
                       f"{', '.join(self.not_rescalable)}.")
         family_text = ("Family columns: mean rank over the family's metrics; mean rank: over "
                        "families" if self._show_families() else "Mean rank: over families")
-        return (f"Cells: {score_text}, with the rank in parentheses ({how}; 1 = best). "
+        return (f"Cells: {score_text}, with the rank and the coverage (samples with a score / "
+                f"samples) in parentheses ({how}; 1 = best). "
                 f"{family_text}{ci_text}.{notes}")
 
     def _show_families(self) -> bool:
@@ -381,7 +437,8 @@ class Leaderboard:
                     err = (method, k) in self.results.errors
                     row.append("error" if err else "n/a")
                     continue
-                cell = f"{_fmt(v, digits)} ({_fmt_rank(r)})"
+                cov = f"{int(self.coverage.loc[method, k])}/{self.results.n}"
+                cell = f"{_fmt(v, digits)} ({_fmt_rank(r)}, {cov})"
                 if best_rank[k] is not None and np.isclose(r, best_rank[k]):
                     cell = f"{bold[0]}{cell}{bold[1]}"
                 row.append(cell)

@@ -130,6 +130,11 @@ class Results:
         Library versions (:func:`library_versions`).
     wall_time:
         Seconds the evaluation took.
+    source:
+        The evaluation that computed these results (its model, inputs, labels, masks and
+        methods; a reference, not a copy), so that ``plot("explanations")`` can show the
+        explanations it scored without being given ``x`` and the attributions. None for results
+        built with :meth:`from_scores` or read from JSON.
     """
 
     def __init__(
@@ -156,7 +161,9 @@ class Results:
         wall_time: float | None = None,
         store: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        source: Any = None,
     ) -> None:
+        self.source = source
         self.methods = list(methods)
         self.metrics = list(metrics)
         self.n = int(n)
@@ -191,6 +198,12 @@ class Results:
         self.wall_time = wall_time
         self.store = store
         self.extra = dict(extra or {})
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a pickled Results carries its numbers, not the model and data of its evaluation
+        state = dict(self.__dict__)
+        state["source"] = None
+        return state
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -366,8 +379,50 @@ class Results:
         """Plot the results: ``"radar"`` (family ranks), ``"bars"`` (mean scores with
         bootstrap error bars), ``"distributions"`` (per-sample scores; ``"violin"``/``"box"``),
         ``"curves"`` (mean curves with their spread) or ``"explanations"`` (an image grid of
-        explanations with their scores; needs ``x`` and ``attributions``). Keyword arguments
-        go to the function in :mod:`evalkit.plotting`. Returns the matplotlib Figure."""
+        explanations with their scores). Keyword arguments go to the function in
+        :mod:`evalkit.plotting`. Returns the matplotlib Figure.
+
+        ``"explanations"`` after :func:`~evalkit.evaluate` needs nothing more: the images and
+        the methods' explanations of the shown samples (``samples=4``: the first four, or
+        indices) come from the evaluation (``source``), with the same seeds as the scored
+        ones. Results without a source need ``x=`` and ``attributions=``."""
         from . import plotting
 
+        if kind == "explanations" and kwargs.get("x") is None \
+                and kwargs.get("attributions") is None and self.source is not None:
+            kwargs = self._explanations_from_source(kwargs)
         return plotting.plot(self, kind, **kwargs)
+
+    def _explanations_from_source(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``x``, ``attributions``, ``y`` and ``sample_indices`` of the samples to show,
+        explained again (only those rows) by the evaluation that computed the scores."""
+        import warnings
+
+        import torch
+
+        from ._validation import EvalkitWarning
+
+        ev = self.source
+        samples = kwargs.pop("samples", 4)
+        if isinstance(samples, int | np.integer):
+            rows = list(range(min(int(samples), self.n)))
+        else:
+            rows = [int(i) for i in samples]
+        index = torch.as_tensor(rows, dtype=torch.long, device=ev.x.device)
+        methods = kwargs.get("methods") or [m for m in self.methods
+                                            if not all((m, k) in self.errors
+                                                       for k in self.metrics)]
+        attributions = {}
+        for m in methods:
+            try:
+                attributions[m] = ev.explain(m, index)[index].detach().cpu().numpy()
+            except Exception as exc:  # a method that cannot be explained is left out
+                warnings.warn(f"plot('explanations') leaves out {m!r}: explaining it failed "
+                              f"({type(exc).__name__}: {exc})", EvalkitWarning, stacklevel=3)
+        if kwargs.get("methods") is not None:
+            kwargs["methods"] = [m for m in kwargs["methods"] if m in attributions]
+        kwargs.update(x=ev.x[index].detach().cpu().numpy(), attributions=attributions,
+                      sample_indices=rows, samples=len(rows))
+        if kwargs.get("y") is None and ev.y is not None:
+            kwargs["y"] = ev.y[index].detach().cpu().numpy()
+        return kwargs

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import evalkit
-from evalkit import _rng
+from evalkit import _progress, _rng
 from evalkit._validation import UndefinedScoreWarning, as_tensor, check_labels
 from evalkit.cache import forward_cache
 from evalkit.evaluate import seed_label
@@ -195,7 +195,11 @@ class MetaEvaluation:
         run. ``True`` scores every sample (as MetaQuantus does). A custom ``explain_fn`` always
         gets every sample (it might depend on the batch).
     progress:
-        Print one line per unit.
+        A progress bar over the units (with one line per unit: its time and how many
+        predictions changed); default (None): where the run is interactive (stderr is a
+        terminal, or a Jupyter kernel). Before the run, a metric estimated to need very many
+        forward rows (:meth:`evalkit.metrics.Metric.estimated_forward_rows` times the samples,
+        methods and perturbation units) warns with the setting to change.
 
     Call it with a metric (or a dict of metrics, evaluated together on shared perturbations
     and explanations), the model, inputs ``x``, labels ``y`` and, for localisation metrics,
@@ -222,7 +226,7 @@ class MetaEvaluation:
         batch_size: int | None = None,
         keep_scores: bool = True,
         score_all: bool = False,
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> None:
         self.tests = as_suite(tests)
         self.xai_methods = _as_methods(xai_methods)
@@ -249,7 +253,7 @@ class MetaEvaluation:
         self.batch_size = batch_size
         self.keep_scores = bool(keep_scores)
         self.score_all = bool(score_all)
-        self.progress = bool(progress)
+        self.progress = _progress.resolve(progress)
         self.result_: MetaEvaluationResult | None = None
 
     def __repr__(self) -> str:
@@ -282,24 +286,64 @@ class MetaEvaluation:
         s: Any = None,
         *,
         metric_name: str | None = None,
+        dataset: str | None = None,
+        model_name: str | None = None,
         **kwargs: Any,
     ) -> MetaEvaluationResult:
         """Meta-evaluate ``metric`` (one, or a dict ``{name: metric}`` sharing all the work)
-        on ``model`` and ``x``; Quantus names ``x_batch``, ``y_batch``, ``s_batch`` work too."""
+        on ``model`` and ``x``; Quantus names ``x_batch``, ``y_batch``, ``s_batch`` work too.
+
+        ``dataset`` and ``model_name`` label the result's ``dataset`` and ``model`` columns
+        (default: the shape of ``x`` and the model's class name)."""
         x, y, s = _aliases(x, y, s, kwargs)
+        if dataset is None:
+            dataset = "x" + str(tuple(getattr(x, "shape", (len(x),))))
+        if model_name is None:
+            model_name = type(model).__name__
         metrics = _as_metrics(metric, metric_name)
         state = self.prepare(model, x, y, s)
-        unperturbed = self.run_unperturbed(state, metrics)
-        units = {}
-        for test in self.tests:
-            for t in range(self.iterations):
-                for k in range(self.nr_perturbations):
-                    units[(test.name, t, k)] = self.run_perturbation(
-                        state, metrics, test, t, k, unperturbed=unperturbed)
-        block = self.assemble(metrics, state, unperturbed, units)
+        n_units = 1 + len(self.tests) * self.iterations * self.nr_perturbations
+        self._warn_about_cost(metrics, tuple(state.x.shape), n_units)
+        bar = _progress.tqdm(total=n_units, desc="metaeval", unit="unit",
+                             disable=not self.progress, leave=False)
+        try:
+            unperturbed = self.run_unperturbed(state, metrics)
+            bar.update(1)
+            units = {}
+            for test in self.tests:
+                for t in range(self.iterations):
+                    for k in range(self.nr_perturbations):
+                        units[(test.name, t, k)] = self.run_perturbation(
+                            state, metrics, test, t, k, unperturbed=unperturbed)
+                        bar.update(1)
+        finally:
+            bar.close()
+        block = self.assemble(metrics, state, unperturbed, units, dataset=str(dataset),
+                              model=str(model_name))
         result = MetaEvaluationResult([block], config=self.config(), undefined=self.undefined)
         self.result_ = result
         return result
+
+    def _warn_about_cost(self, metrics: Mapping[str, Any], x_shape: tuple[int, ...],
+                         n_units: int) -> None:
+        """Warn once per metric, before any work, when its forward rows over every unit and
+        method are estimated to be very many (the calls themselves do not warn again)."""
+        runs = n_units * len(self.xai_methods)
+        for name, metric in metrics.items():
+            estimate_fn = getattr(metric, "estimated_forward_rows", None)
+            if estimate_fn is None or getattr(metric, "disable_warnings", False):
+                continue
+            try:
+                estimate = estimate_fn(x_shape)
+            except Exception:  # an estimate must never stop a run
+                continue
+            _progress.warn_if_costly(
+                name, estimate, x_shape[0], x_shape, runs=runs,
+                what=f" over {n_units} units x {len(self.xai_methods)} methods", stacklevel=4)
+
+    def _report(self, line: str) -> None:
+        """One line per unit under the progress bar (stderr)."""
+        _progress.write(line)
 
     # ------------------------------------------------------------------ preparation
     def prepare(self, model: Any, x: Any, y: Any = None, s: Any = None) -> _State:
@@ -383,6 +427,7 @@ class MetaEvaluation:
             explain_fn = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UndefinedScoreWarning)
+            warnings.simplefilter("ignore", _progress.CostWarning)  # warned once, up front
             target = state.target if idx is None else state.target[idx]
             s = state.s if idx is None or state.s is None else state.s[idx]
             scores = m(model, x, target, a, s=s, explain_fn=explain_fn,
@@ -414,7 +459,7 @@ class MetaEvaluation:
             # with the same seed scope their re-explanations; the cache ends with the unit
             out = self._unperturbed_scores(state, metrics)
         if self.progress:
-            print(f"[metaeval] unperturbed: {time.perf_counter() - t0:.2f} s", flush=True)
+            self._report(f"[metaeval] unperturbed: {time.perf_counter() - t0:.2f} s")
         return out
 
     def _unperturbed_scores(self, state: _State, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -504,8 +549,9 @@ class MetaEvaluation:
         changed = (~state.wrapper.target.agree(y_hat, state.y_pred)).cpu().numpy()
         state.timings["perturbation"] += time.perf_counter() - t0
         if self.progress:
-            print(f"[metaeval] {test.name} t={t} k={k}: {time.perf_counter() - t0:.2f} s, "
-                  f"{int(changed.sum())}/{n} predictions changed", flush=True)
+            self._report(f"[metaeval] {test.name} t={t} k={k}: "
+                         f"{time.perf_counter() - t0:.2f} s, "
+                         f"{int(changed.sum())}/{n} predictions changed")
         return {"y_pred": y_hat.cpu().numpy(), "mask": test.keeps(changed),
                 "scores": scores, "nan_reasons": reasons, "nan_positions": positions}
 

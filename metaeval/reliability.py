@@ -228,8 +228,12 @@ def wilcoxon_vs_baseline(scores: np.ndarray, methods: Sequence[str], baseline: s
     """Paired two-sided Wilcoxon signed-rank test of each method against ``baseline``.
 
     Differences are oriented so that positive = better than the baseline. Returns one row per
-    method: ``n`` (finite pairs), ``median_diff``, ``cles`` (P(better) + P(tie)/2), ``statistic``
-    and raw ``p`` (uncorrected; see :func:`reliability_report` for the corrections).
+    method: ``n`` (finite pairs), ``median_diff``, ``cles`` (P(better) + P(tie)/2), ``statistic``,
+    raw ``p`` (uncorrected; see :func:`reliability_report` for the corrections) and
+    ``direction``: the side the test weighs, ``"better"``, ``"worse"`` or ``"tie"`` by the sign
+    of the signed-rank sum of the non-zero differences (what the test's ``p`` is about). It is
+    read separately from ``median_diff``: with many tied samples the median difference is 0
+    while the non-zero differences lean clearly one way (a small ``p``).
     """
     s = np.asarray(scores, dtype=np.float64)
     methods = list(methods)
@@ -247,7 +251,8 @@ def wilcoxon_vs_baseline(scores: np.ndarray, methods: Sequence[str], baseline: s
                                "median_diff": float(np.median(d)) if d.size else np.nan,
                                "cles": float((d > 0).mean() + 0.5 * (d == 0).mean())
                                if d.size else np.nan,
-                               "statistic": np.nan, "p": np.nan}
+                               "statistic": np.nan, "p": np.nan,
+                               "direction": _signed_rank_direction(d)}
         if d.size and np.any(d != 0):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -260,6 +265,17 @@ def wilcoxon_vs_baseline(scores: np.ndarray, methods: Sequence[str], baseline: s
             row["p"] = 1.0
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _signed_rank_direction(d: np.ndarray) -> str:
+    """``"better"``/``"worse"``/``"tie"``: the sign of the Wilcoxon signed-rank sum
+    (positive ranks minus negative ranks) of the non-zero differences ``d``."""
+    nz = d[d != 0]
+    if not nz.size:
+        return "tie"
+    ranks = scipy.stats.rankdata(np.abs(nz))
+    signed = float(ranks[nz > 0].sum() - ranks[nz < 0].sum())
+    return "better" if signed > 0 else "worse" if signed < 0 else "tie"
 
 
 def bootstrap_rank_stability(scores: np.ndarray, methods: Sequence[str], higher_is_better: bool,
@@ -572,7 +588,8 @@ def reliability_report(
         })
 
     significance = pd.concat(sig, ignore_index=True) if sig else pd.DataFrame(
-        columns=["metric", "method", "baseline", "n", "median_diff", "cles", "statistic", "p"])
+        columns=["metric", "method", "baseline", "n", "median_diff", "cles", "statistic", "p",
+                 "direction"])
     if len(significance):
         if correction_scope == "all":
             significance["p_holm"] = holm(significance["p"].to_numpy())
@@ -583,10 +600,14 @@ def reliability_report(
             for _, g in significance.groupby("metric"):
                 significance.loc[g.index, "p_holm"] = holm(g["p"].to_numpy())
                 significance.loc[g.index, "p_bh"] = benjamini_hochberg(g["p"].to_numpy())
-        significance["better"] = (significance["p_holm"] < alpha) & (
-            significance["median_diff"] > 0)
-        significance["worse"] = (significance["p_holm"] < alpha) & (
-            significance["median_diff"] < 0)
+        # the test and its direction are read separately: `significant` is the Holm-corrected
+        # test; `direction` the side its signed ranks weigh (not the median difference, which
+        # is 0 whenever most samples tie, even with a tiny p)
+        significance["significant"] = significance["p_holm"] < alpha
+        significance["better"] = significance["significant"] & (
+            significance["direction"] == "better")
+        significance["worse"] = significance["significant"] & (
+            significance["direction"] == "worse")
     reliability = pd.DataFrame(rel)
     reliability["n_better_than_baseline"] = [
         int(significance.loc[significance["metric"] == m, "better"].sum())

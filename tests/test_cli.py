@@ -193,7 +193,7 @@ def _leaderboard_rows(markdown: str) -> dict[str, list[str]]:
 
 def _score_and_rank(cell: str) -> tuple[float, float]:
     score, rank = cell.replace("*", "").split(" (")
-    return float(score), float(rank.rstrip(")"))
+    return float(score), float(rank.rstrip(")").split(",")[0])  # "0.252 (4.5, 64/64)"
 
 
 @pytest.mark.slow

@@ -58,7 +58,7 @@ def test_complete_cases_and_unranked_methods():
     nan = np.nan
     r = _results({"A": {"m": [1.0, 2.0, nan, 4.0]}, "B": {"m": [2.0, 1.0, 9.0, 3.0]},
                   "C": {"m": [nan, nan, nan, nan]}})
-    board = Leaderboard(r, mode="aggregate_then_rank", n_boot=0)
+    board = Leaderboard(r, mode="aggregate_then_rank", n_boot=0, incomplete="common")
     long = board.long.set_index("method")
     assert (long["n_samples"] == 3).all()  # sample 2 dropped for every method; C not ranked
     assert long.loc["B", "score"] == pytest.approx(2.0)  # mean of 2, 1, 3 (not 3.75)
@@ -216,10 +216,10 @@ def test_markdown_export(board):
     lines = md.splitlines()
     assert lines[0] == ("| method | PF ↓ | Loc ↑ | Loc2 ↑ | faithfulness | localisation | "
                         "mean rank |")
-    assert lines[2] == ("| my_method | **0.250 (1.0)** | **0.800 (1.0)** | 0.600 (2.0) | "
-                        "**1.0** | **1.5** | **1.25 [1.2, 1.2]** |")
-    assert lines[3] == ("| Random | 0.450 (2.0) | 0.200 (2.0) | **0.700 (1.0)** | 2.0 | **1.5** | "
-                        "1.75 [1.8, 1.8] |")
+    assert lines[2] == ("| my_method | **0.250 (1.0, 3/3)** | **0.800 (1.0, 3/3)** | "
+                        "0.600 (2.0, 3/3) | **1.0** | **1.5** | **1.25 [1.2, 1.2]** |")
+    assert lines[3] == ("| Random | 0.450 (2.0, 3/3) | 0.200 (2.0, 3/3) | **0.700 (1.0, 3/3)** | "
+                        "2.0 | **1.5** | 1.75 [1.8, 1.8] |")
     assert "bootstrap CI" in md and "1 = best" in md
     assert "[" not in board.to_markdown(ci=False, caption=False)
 
@@ -228,7 +228,7 @@ def test_latex_export(board):
     tex = board.to_latex(label="tab:lb")
     assert "\\begin{tabular}{lrrrrrr}" in tex and "\\toprule" in tex and "\\bottomrule" in tex
     assert "my\\_method" in tex and "PF $\\downarrow$" in tex and "Loc $\\uparrow$" in tex
-    assert "\\textbf{0.250 (1.0)}" in tex and "\\label{tab:lb}" in tex
+    assert "\\textbf{0.250 (1.0, 3/3)}" in tex and "\\label{tab:lb}" in tex
     assert "95\\%" in tex
 
 

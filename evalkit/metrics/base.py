@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import _rng
+from .. import _progress, _rng
 from .._validation import (
     EvalkitWarning,
     UndefinedScoreWarning,
@@ -419,6 +419,30 @@ class Metric:
                 break
         return names
 
+    def estimated_forward_rows(self, x_shape: tuple[int, ...]
+                               ) -> _progress.ForwardRowEstimate | None:
+        """About how many rows each sample of inputs of shape ``x_shape`` (N, ...) sends
+        through the model (its perturbed copies and draws, plus itself; re-explanations are
+        extra), and the setting that drives it: the check that warns before a run that would
+        take hours (:class:`evalkit._progress.CostWarning`). The default reads the parameter
+        names metrics share (:func:`evalkit._progress.generic_estimate`); a metric whose cost
+        follows other settings overrides it (None: unknown)."""
+        if not self.needs_model:
+            return None  # reads attributions and masks only (an explanation is extra)
+        return _progress.generic_estimate(self.get_params(deep=False), x_shape)
+
+    def _check_cost(self, x_shape: tuple[int, ...]) -> bool:
+        """Warn when this call is estimated to be large (unless ``disable_warnings``); True
+        when it is, so that an interactive run shows its progress."""
+        if self.disable_warnings:
+            return False
+        try:
+            estimate = self.estimated_forward_rows(tuple(x_shape))
+        except Exception:  # an estimate must never stop a run
+            return False
+        return _progress.warn_if_costly(type(self).__name__, estimate, x_shape[0], x_shape,
+                                        stacklevel=5)
+
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor parameters, resolved (e.g. the class default of ``abs`` filled in).
 
@@ -687,8 +711,11 @@ class Metric:
                                             who=type(self).__name__)
 
         seed = _rng.resolve_seed(self.seed)
+        # a large call warns first, and shows its progress where someone is watching
+        costly = wrapper is not None and self._check_cost(tuple(xt.shape))
         runner = (
-            ForwardRunner(wrapper, batch_size=batch_size, progress=self.progress)
+            ForwardRunner(wrapper, batch_size=batch_size,
+                          progress=self.progress or (costly and _progress.interactive()))
             if wrapper is not None else None
         )
         batch = MetricBatch(
