@@ -248,9 +248,9 @@ SETTINGS: dict[str, dict[str, Row]] = {
                                 for m in (_T, _S)},
     "RelativeRepresentationStability": {
         _T: Row(dict(nr_samples=K, seed=0, layer_names=["net.2"]),
-                dict(nr_samples=K, layer_names=["net.2"]), settings="layer net.2"),
+                dict(nr_samples=K, layer_names=["net.2"]), settings=f"nr_samples={K}, layer net.2"),
         _S: Row(dict(nr_samples=K, seed=0, layer_names=["pool"]),
-                dict(nr_samples=K, layer_names=["pool"]), settings="layer pool"),
+                dict(nr_samples=K, layer_names=["pool"]), settings=f"nr_samples={K}, layer pool"),
     },
     "Consistency": {m: Row({}, {}, settings="Saliency a, top_n_sign (n=5)",
                            quantus_whole_set=True,
@@ -396,7 +396,6 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
 
     cls = get(name)
     row = SETTINGS.get(name, {}).get(modality)
-    default = row is None
     if row is None:
         kw = {"seed": 0} if cls.stochastic else {}
         row = Row(kw, settings="defaults" + (", seed 0" if kw else ""),
@@ -490,11 +489,12 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
                                          "explained + bare forward of its other rows") if p)
         elif metric.needs_model:
             floor = "forward"
-        settings = row.settings
+        settings = row.settings or ", ".join(f"{k}={v!r}" for k, v in row.ours.items()
+                                             if k != "seed")
+        if metric.re_explains and "Saliency" not in settings and "Gradient" not in settings:
+            settings = "Saliency, " + settings
         if row.subset is not None:
             settings = f"first {w.n} samples; {settings}"
-        if default:
-            note = row.note
         return Case(ours=ours, quantus=quantus_fn,
                     agreement=row.agreement or _agreement(bool(metric.stochastic), row.out,
                                                           row.differs),
