@@ -103,3 +103,20 @@ def test_quantus_runs_on_tables_and_series():
     for r in results:
         assert not r.error and not r.quantus_error, (r.metric, r.workload, r.quantus_error)
         assert r.agreement_value is not None and r.agreement_value < 1e-5
+
+
+def test_consistency_groups_integer_codes_as_torch_unique_does():
+    # the W4 speed fix: integer codes grouped by their bytes, the same partition as
+    # torch.unique(dim=0) (the labels only name the groups)
+    from evalkit.metrics.robustness.consistency import _row_labels
+
+    known = _row_labels(torch.tensor([[1, 2], [1, 2], [2, 1], [-1, 2]]))
+    assert known[0] == known[1] and len(set(known.tolist())) == 3
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.int64, torch.int32, torch.bool, torch.float64):
+        codes = torch.randint(-2, 3, (500, 4), generator=gen).to(dtype)
+        ours = _row_labels(codes)
+        ref = torch.unique(codes, dim=0, return_inverse=True)[1]
+        assert torch.equal(ours[:, None] == ours[None], ref[:, None] == ref[None])
+    zeros = torch.tensor([[0.0], [-0.0]])  # floating point: equal values, different bytes
+    assert _row_labels(zeros)[0] == _row_labels(zeros)[1]
