@@ -89,7 +89,8 @@ _MODEL_KEYS = {"shapes_cnn": ("source", "device"),
                "python": ("source", "device", "factory", "args", "weights")}
 _DATA_KEYS = {"npz": ("source", "path", "x", "y", "s", "n", "class_names"),
               "python": ("source", "factory", "args")}
-_SECTIONS = ("run", "data", "model", "methods", "metrics", "leaderboard", "report")
+_SECTIONS = ("run", "data", "model", "modality", "methods", "metrics", "leaderboard",
+             "report")
 
 
 def _did_you_mean(name: str, choices: Sequence[str]) -> str:
@@ -169,6 +170,10 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             problems.append(f"[metrics.{name}]: {_unknown_parameter_hint(name, params, message)}")
     problems += _method_problems(config.get("methods", {}))
+    try:
+        _build_modality(config.get("modality", {}))
+    except ValueError as exc:
+        problems.append(str(exc))
     if problems:
         raise ConfigError(" ".join(problems))
     return metrics
@@ -308,6 +313,42 @@ def _build_metrics(spec: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _build_modality(spec: Mapping[str, Any]) -> Any:
+    """The optional ``[modality]`` table as a :class:`~evalkit.modality.Modality` passed to
+    ``evaluate(..., modality=...)`` (None without the table: inferred from ``x``).
+
+    ``kind`` names the modality (``"image"``, ``"series"``, ``"tabular"``, ``"tokens"``); every
+    other key is an argument of its class: a table's column spec (``kinds``, ``groups``,
+    ``categories`` with column indices as keys, ``scales``, ``flip_prob``;
+    :class:`~evalkit.modality.TabularModality`), the ``mask_token_id`` / ``pad_token_id`` of
+    token ids, the ``value_range`` of integer images. E.g.::
+
+        [modality]
+        kind = "tabular"
+        groups = [[9, 10, 11]]      # a one-hot block: one feature
+    """
+    from .modality import MODALITIES, TabularModality
+
+    if not spec:
+        return None
+    params = dict(spec)
+    kind = params.pop("kind", None)
+    if kind not in MODALITIES:
+        raise ValueError(f"[modality] kind must be one of {sorted(MODALITIES)}; got {kind!r}.")
+    cls = MODALITIES[kind]
+    if cls is TabularModality and isinstance(params.get("categories"), Mapping):
+        # TOML keys are strings: the column indices
+        try:
+            params["categories"] = {int(c): v for c, v in params["categories"].items()}
+        except ValueError as err:
+            raise ValueError("[modality] categories must map column indices to their values, "
+                             f"e.g. {{ 5 = [0, 1, 2] }}; got {params['categories']!r}.") from err
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise ValueError(f"[modality] for kind = {kind!r}: {err}") from err
+
+
 def _build_methods(spec: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, params in spec.items():
@@ -348,6 +389,7 @@ def run_config(
     methods = _build_methods(_section(config, "methods"))
     data = _load_data(_section(config, "data"), base)
     model = _load_model(_section(config, "model", required=False), base)
+    modality = _build_modality(_section(config, "modality", required=False))
     board_kw = _section(config, "leaderboard", required=False)
     report_kw = _section(config, "report", required=False)
 
@@ -379,7 +421,8 @@ def run_config(
         results = evaluate(metrics, methods, model, data["x"], data["y"], data["s"],
                            seed=int(run.get("seed", 0)), chunk_size=run.get("chunk_size"),
                            batch_size=run.get("batch_size"), progress=progress,
-                           store=None if store_path is None else str(store_path))
+                           store=None if store_path is None else str(store_path),
+                           modality=modality)
     rescale = board_kw.pop("rescale", None) or None
     board = results.leaderboard(rescale=rescale, **board_kw)
     files: dict[str, Path] = {}

@@ -197,6 +197,7 @@ def _resolve_method(
     s: torch.Tensor | None,
     seed: int,
     batch_size: int | None,
+    modality: Modality | None = None,
 ) -> _Method:
     from .explain import explain as ek_explain
     from .explain import explainer_info
@@ -259,6 +260,10 @@ def _resolve_method(
         "kwargs": canonical({k: v for k, v in kwargs.items() if k != "batch_size"}),
         "per_sample": sorted(per_sample),
     }
+    if modality is not None and "modality" not in kwargs:
+        # an explicit modality (e.g. token ids with their mask token) reaches explain() too;
+        # it is part of the evaluation's stored configuration already, not of the method's
+        kwargs["modality"] = modality
     return _Method(name, "registered", ek_explain, kwargs, per_sample, None, config, error)
 
 
@@ -410,7 +415,8 @@ class Evaluation:
                             for name, m in self.metrics.items()}
         self.methods: dict[str, _Method] = {
             name: _resolve_method(name, spec, explain_fn=explain_fn, n=self.n, x=self.x, s=self.s,
-                                  seed=self.seed, batch_size=batch_size)
+                                  seed=self.seed, batch_size=batch_size,
+                                  modality=self.modality if modality is not None else None)
             for name, spec in methods.items()
         }
 

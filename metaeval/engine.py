@@ -22,6 +22,7 @@ every unit, the unperturbed one included, runs in.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections import Counter
@@ -37,9 +38,9 @@ from evalkit import _progress, _rng
 from evalkit._validation import UndefinedScoreWarning, as_tensor, check_labels
 from evalkit.cache import forward_cache
 from evalkit.evaluate import seed_label
-from evalkit.modality import as_modality
+from evalkit.modality import Modality, as_modality
 from evalkit.models import ModelWrapper, wrap_model
-from evalkit.perturb import UniformNoise
+from evalkit.perturb import TokenDropout, UniformNoise
 
 from .reference import ReferenceEstimator
 from .results import MetaEvaluationResult, MetricRecord, RunBlock
@@ -140,6 +141,9 @@ class _State:
     s: torch.Tensor | None
     keys: torch.Tensor
     data_range: tuple[float, float]
+    #: the inputs' modality (inferred from ``x`` unless given): the metrics get it, and the
+    #: input tests perturb through it (a table's column spec, token dropout on ids)
+    modality: Modality | None = None
     explanations: dict[str, torch.Tensor] = field(default_factory=dict)
     timings: Counter = field(default_factory=Counter)
 
@@ -288,20 +292,26 @@ class MetaEvaluation:
         metric_name: str | None = None,
         dataset: str | None = None,
         model_name: str | None = None,
+        modality: Any = None,
         **kwargs: Any,
     ) -> MetaEvaluationResult:
         """Meta-evaluate ``metric`` (one, or a dict ``{name: metric}`` sharing all the work)
         on ``model`` and ``x``; Quantus names ``x_batch``, ``y_batch``, ``s_batch`` work too.
 
         ``dataset`` and ``model_name`` label the result's ``dataset`` and ``model`` columns
-        (default: the shape of ``x`` and the model's class name)."""
+        (default: the shape of ``x`` and the model's class name).
+        ``modality`` (a name or an :class:`~evalkit.modality.Modality`, default inferred from
+        ``x``) goes to every metric call and decides how the input tests perturb ``x``
+        (:meth:`_perturbed_input`): e.g. ``TabularModality(kinds=..., groups=...)`` keeps
+        one-hot rows and ordinal levels valid, ``TokensModality(mask_token_id=...)`` is the
+        mask token of token dropout."""
         x, y, s = _aliases(x, y, s, kwargs)
         if dataset is None:
             dataset = "x" + str(tuple(getattr(x, "shape", (len(x),))))
         if model_name is None:
             model_name = type(model).__name__
         metrics = _as_metrics(metric, metric_name)
-        state = self.prepare(model, x, y, s)
+        state = self.prepare(model, x, y, s, modality=modality)
         n_units = 1 + len(self.tests) * self.iterations * self.nr_perturbations
         self._warn_about_cost(metrics, tuple(state.x.shape), n_units)
         bar = _progress.tqdm(total=n_units, desc="metaeval", unit="unit",
@@ -346,8 +356,10 @@ class MetaEvaluation:
         _progress.write(line)
 
     # ------------------------------------------------------------------ preparation
-    def prepare(self, model: Any, x: Any, y: Any = None, s: Any = None) -> _State:
-        """Wrap the model, validate the data, and compute the predictions ŷ."""
+    def prepare(self, model: Any, x: Any, y: Any = None, s: Any = None, *,
+                modality: Any = None) -> _State:
+        """Wrap the model, validate the data (against ``modality``, default inferred from
+        ``x``), and compute the predictions ŷ."""
         wrapper = wrap_model(model)
         if any(isinstance(t, ModelPerturbationTest) for t in self.tests) and \
                 type(wrapper).perturbed is ModelWrapper.perturbed:
@@ -359,7 +371,9 @@ class MetaEvaluation:
             )
         if self.batch_size is not None:
             wrapper = wrapper.with_options(batch_size=self.batch_size)
-        xt = as_modality(None, x).check(wrapper.prepare(x), dtype=wrapper.dtype)
+        mod = as_modality(modality, x)
+        self._check_input_tests(mod)
+        xt = mod.check(wrapper.prepare(x), dtype=wrapper.dtype)
         n = xt.shape[0]
         yt = None if y is None else check_labels(as_tensor(y, "y", device=wrapper.device), n)
         st = None
@@ -382,7 +396,26 @@ class MetaEvaluation:
             wrapper=wrapper, x=xt, y_true=yt, y_pred=y_pred, target=target, s=st,
             keys=_rng.sample_keys(xt, self.seed),
             data_range=(float(xt.min()), float(xt.max())),
+            modality=mod,
         )
+
+    def _check_input_tests(self, modality: Modality) -> None:
+        """Refuse input tests the data cannot take, before any work: additive noise on
+        token ids (an input test needs a token-dropout ``drop_rate`` there)."""
+        if modality.additive_noise:
+            return
+        missing = [t.name for t in self.tests
+                   if isinstance(t, InputPerturbationTest) and t.drop_rate is None]
+        if missing:
+            raise ValueError(
+                f"{', '.join(missing)}: additive input noise is not defined for "
+                f"{modality.name} inputs ({modality.layout}). Give each input test a "
+                "token-dropout rate, e.g. InputPerturbationTest('Resilience', drop_rate=0.05) "
+                "and InputPerturbationTest('Adversary', drop_rate=0.5) (each token replaced "
+                "by the mask token with that probability, evalkit.perturb.TokenDropout), or "
+                "meta-evaluate with model tests only (tests=[t for t in default_suite() if "
+                "t.space == 'Model'])."
+            )
 
     def _explained_methods(self) -> list[Any]:
         """The method each display name explains with (``kwargs["method"]``, else the name
@@ -431,7 +464,8 @@ class MetaEvaluation:
             target = state.target if idx is None else state.target[idx]
             s = state.s if idx is None or state.s is None else state.s[idx]
             scores = m(model, x, target, a, s=s, explain_fn=explain_fn,
-                       explain_kwargs=explain_kwargs, batch_size=self.batch_size)
+                       explain_kwargs=explain_kwargs, batch_size=self.batch_size,
+                       modality=state.modality)
         got = getattr(m, "nan_reasons_", {})
         for r in got.values():
             reasons[r] += 1
@@ -494,16 +528,26 @@ class MetaEvaluation:
 
     def _perturbed_input(self, state: _State, test: InputPerturbationTest,
                          t: int, k: int) -> torch.Tensor:
+        """The input test's perturbed batch, valid for the data's modality: uniform noise
+        through :meth:`~evalkit.modality.Modality.valid_noise` (a table with a column spec
+        gets a :class:`~evalkit.perturb.ColumnNoise`: one-hot rows stay one-hot, ordinal
+        columns on their levels, ``clip`` on the continuous columns only), or on token ids
+        token dropout at the test's ``drop_rate`` (:class:`~evalkit.perturb.TokenDropout`,
+        the modality's mask token; ``clip`` does not apply)."""
         keys = _rng.combine(state.keys, self._seed("input", test.name, t, k))
-        noise = UniformNoise(lower_bound=test.noise)
+        modality = state.modality if state.modality is not None else as_modality(None, state.x)
+        if not modality.additive_noise:
+            if test.drop_rate is None:
+                self._check_input_tests(modality)
+            return TokenDropout(test.drop_rate)(state.x, keys, modality=modality)
+        noise = modality.valid_noise(UniformNoise(lower_bound=test.noise))
         if test.clip == "data":
             return noise(state.x, keys, clip=state.data_range)
-        xh = noise(state.x, keys)
         if test.clip == "metaquantus":  # MetaQuantus: clip(x̂, min(x), max(x̂))
-            return torch.clamp(xh, min=state.data_range[0])
+            return noise(state.x, keys, clip=(state.data_range[0], math.inf))
         if test.clip is None:
-            return xh
-        return torch.clamp(xh, min=test.clip[0], max=test.clip[1])
+            return noise(state.x, keys)
+        return noise(state.x, keys, clip=test.clip)
 
     def run_perturbation(self, state: _State, metrics: Mapping[str, Any],
                          test: PerturbationTest, t: int, k: int,

@@ -126,16 +126,27 @@ class InputPerturbationTest(PerturbationTest):
         depends on the batch's range; pass the range explicitly to avoid that);
         ``(low, high)``: an explicit range; ``None``: no clipping; ``"metaquantus"``:
         MetaQuantus' ``clip(x̂, min(x), max(x̂))``, whose upper bound never binds.
+    drop_rate:
+        On token ids, where additive noise is not defined: the probability that each token is
+        replaced by the mask token (token dropout, :class:`evalkit.perturb.TokenDropout`,
+        through the modality's ``drop_features``; ``noise`` and ``clip`` are not used there).
+        None (default): the test refuses token ids with a message saying so.
+
+    On numeric data the noise goes through the modality's ``valid_noise``: a table with a
+    column spec (``TabularModality(kinds=..., groups=...)``, passed as ``modality=`` to the
+    meta-evaluation) keeps one-hot rows one-hot and ordinal columns on their levels
+    (:class:`evalkit.perturb.ColumnNoise`; ``clip`` applies to the continuous columns).
     """
 
     noise: float = 0.001
     re_explain: bool = True
     clip: Any = "data"
+    drop_rate: float | None = None
 
     space = "Input"
 
     def __init__(self, type: str, noise: float = 0.001, *, re_explain: bool = True,
-                 clip: Any = "data") -> None:
+                 clip: Any = "data", drop_rate: float | None = None) -> None:
         if not (isinstance(noise, int | float) and math.isfinite(noise) and noise > 0):
             raise ValueError(f"`noise` must be a positive number; got {noise!r}.")
         if not isinstance(re_explain, bool):
@@ -152,6 +163,19 @@ class InputPerturbationTest(PerturbationTest):
         object.__setattr__(self, "noise", float(noise))
         object.__setattr__(self, "re_explain", re_explain)
         object.__setattr__(self, "clip", clip)
+        if drop_rate is not None:
+            if isinstance(drop_rate, bool) or not isinstance(drop_rate, int | float) or \
+                    not 0 < drop_rate < 1:
+                raise ValueError(f"`drop_rate` must be in (0, 1); got {drop_rate!r}.")
+            drop_rate = float(drop_rate)
+        object.__setattr__(self, "drop_rate", drop_rate)
+
+    def params(self) -> dict[str, Any]:
+        # without a drop rate the parameters (and stored configurations) are those of before
+        out = super().params()
+        if self.drop_rate is None:
+            out.pop("drop_rate")
+        return out
 
 
 #: Published settings. ``"mnist"``: ``setup_test_suite`` of the MetaQuantus repository for

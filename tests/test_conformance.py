@@ -72,6 +72,26 @@ NON_DEFAULT.update({
     "IROF(perturb_baseline=0)": cheap_metric("IROF", perturb_baseline=0.0),
 })
 
+# token ids: a canvas of mask tokens makes Insertion a token metric (the blurred one is not),
+# a binary map the confidence metrics (a removal of the tokens below the percentile); the
+# deterministic first-order attack, and a distance as the data randomisation similarity
+NON_DEFAULT.update({
+    "Insertion(perturb_baseline='black')": cheap_metric("Insertion", perturb_baseline="black"),
+    "AverageDrop(threshold_percentile=50)": cheap_metric("AverageDrop", threshold_percentile=50),
+    "AverageGain(threshold_percentile=50, invert=True)": cheap_metric(
+        "AverageGain", threshold_percentile=50, invert=True),
+    "AdversarialTopKIntersection(attack='loss', random_start=False)": cheap_metric(
+        "AdversarialTopKIntersection", attack="loss", random_start=False),
+    "DataRandomisation(similarity_func='mse')": cheap_metric(
+        "DataRandomisation", similarity_func="mse"),
+})
+
+# F-Fidelity: FFid- (lower is better), and a removal no larger than the cap (deterministic)
+NON_DEFAULT.update({
+    "FFidelity(sign='-')": cheap_metric("FFidelity", sign="-"),
+    "FFidelity(alpha=0.1, beta=0.1)": cheap_metric("FFidelity", alpha=0.1, beta=0.1),
+})
+
 
 #: (metric id, check, the library bug it shows) for bugs not fixed yet, each a strict xfail
 #: (fixed so far: instance metadata, ROAD(noise=0) and random axiomatic baselines' stochastic

@@ -382,3 +382,18 @@ def test_docs_example_runs():
     assert blocks
     for code in blocks:
         exec(compile(code, "docs/explainers.md", "exec"), {"__name__": "__docs__"})
+
+
+def test_evaluate_passes_its_modality_to_explain():
+    """evaluate(modality=TokensModality(mask_token_id=k)) explains with that mask token, as
+    explain(..., modality=...) does (the scores are those of the explicitly explained maps)."""
+    model, ids, y = Bag(), _ids(), _labels()
+    modality = TokensModality(mask_token_id=3)
+    results = ek.evaluate({"Sparseness": ek.metrics.Sparseness()}, {"Occlusion": {}}, model,
+                          ids, y, modality=modality, progress=False)
+    expected = ek.explain(model, ids, y, "Occlusion", modality=modality)
+    default = ek.explain(model, ids, y, "Occlusion")
+    want = ek.metrics.Sparseness()(model, ids, y, expected, modality=modality)
+    other = ek.metrics.Sparseness()(model, ids, y, default, modality=modality)
+    assert not np.allclose(want, other)  # the mask token matters for this model
+    np.testing.assert_allclose(results["Occlusion", "Sparseness"], want, rtol=1e-6)

@@ -13,6 +13,7 @@ direction and cites the paper.
 
 from __future__ import annotations
 
+import copy
 import re
 
 import numpy as np
@@ -57,6 +58,21 @@ def _metrics() -> dict[str, ek.metrics.Metric]:
         "SoftSufficiency": M.SoftSufficiency(nr_samples=2, seed=0),
         "PGI": M.PGI(nr_samples=4, seed=0),
         "PGU": M.PGU(nr_samples=4, seed=0),
+        # issue 23
+        "LogOdds": M.LogOdds(),
+        "MinimalSubsetDeletion": M.MinimalSubsetDeletion(features_in_step=6),
+        "MinimalSubsetInsertion": M.MinimalSubsetInsertion(features_in_step=6),
+        # (on a black canvas: the small random CNN scores its blurred inputs as high as x)
+        "SIC": M.SIC(thresholds=(0.1, 0.3, 0.6), perturb_baseline="black", compression="png"),
+        "AIC": M.AIC(thresholds=(0.1, 0.3, 0.6), perturb_baseline="black", compression="png"),
+
+        # issue 23 (post-Quantus faithfulness); NAOPC on 3x3 patches: 4 features, exact bounds
+        "ABPC": M.ABPC(features_in_step=6),
+        "SRG": M.SRG(features_in_step=6),
+        "NAOPC": M.NAOPC(grouping=3),
+        # F-Fidelity on a deep copy of the model (the protocol, not the fine-tuning)
+        "FFidelity": M.FFidelity(fine_tuned_model=copy.deepcopy, alpha=0.2, n_draws=3,
+                                 quantity="score", seed=0),
     }
 
 

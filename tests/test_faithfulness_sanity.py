@@ -88,6 +88,21 @@ CASES = [
     M.SoftSufficiency(nr_samples=4, seed=0),
     M.PGI(nr_samples=20, perturb_std=0.3, seed=0),
     M.PGU(nr_samples=20, perturb_std=0.3, seed=0),
+    # issue 23
+    M.LogOdds(),
+    M.MinimalSubsetDeletion(features_in_step=4),
+    M.MinimalSubsetInsertion(features_in_step=4),
+    M.SIC(blur_kernel_size=5, blur_sigma=2.0),
+    M.AIC(perturb_baseline="black"),
+
+    # issue 23: post-Quantus faithfulness (NAOPC on 4x4 patches: 9 features, beam bounds)
+    M.ABPC(features_in_step=8),
+    M.SRG(features_in_step=8),
+    M.NAOPC(grouping=4, beam_width=3),
+    # F-Fidelity's stochastic removal on the model as given (no fine-tuning)
+    M.FFidelity(fine_tuned_model="none", alpha=0.2, n_draws=4, quantity="score", seed=0),
+    M.FFidelity(sign="-", fine_tuned_model="none", alpha=0.2, n_draws=4, quantity="score",
+                seed=0),
 ]
 
 

@@ -390,14 +390,20 @@ IMAGE_SERIES_TABULAR = ("image", "series", "tabular")
     (lambda: ek.metrics.ROAD(background="batch"), IMAGE_SERIES_TABULAR),
     (lambda: ek.metrics.ROAD(imputer=ek.perturb.make_imputer("mean")), IMAGE_SERIES_TABULAR),
     (lambda: ek.metrics.Insertion(), ("image", "series")),
-    (lambda: ek.metrics.Insertion(perturb_baseline="black"), IMAGE_SERIES_TABULAR),
+    # a canvas of mask tokens is defined for ids, a blurred or random one is not
+    (lambda: ek.metrics.Insertion(perturb_baseline="black"), (*IMAGE_SERIES_TABULAR, "tokens")),
     (lambda: ek.metrics.Continuity(), ("image", "series")),
     (lambda: ek.metrics.Continuity(perturb_func="translation_y"), ("image",)),
     (lambda: ek.metrics.Continuity(perturb_func="gaussian"), IMAGE_SERIES_TABULAR),
     (lambda: ek.metrics.IROF(), IMAGE_SERIES_TABULAR),
     (lambda: ek.metrics.Sparseness(), (*IMAGE_SERIES_TABULAR, "tokens")),
+    (lambda: ek.metrics.Insertion(perturb_baseline="uniform"), IMAGE_SERIES_TABULAR),
+    (lambda: ek.metrics.PixelFlipping(), (*IMAGE_SERIES_TABULAR, "tokens")),
+    (lambda: ek.metrics.PixelFlipping(perturb_baseline="delete"), ("tokens",)),
+    (lambda: ek.metrics.MonotonicityCorrelation(), IMAGE_SERIES_TABULAR),
 ], ids=["ROAD", "ROAD-background", "ROAD-imputer", "Insertion", "Insertion-black", "Continuity",
-        "Continuity-y", "Continuity-noise", "IROF", "Sparseness"])
+        "Continuity-y", "Continuity-noise", "IROF", "Sparseness", "Insertion-uniform",
+        "PixelFlipping", "PixelFlipping-delete", "MonotonicityCorrelation"])
 def test_modalities_follow_the_settings(make, modalities):
     metric = make()
     assert metric.modalities == modalities

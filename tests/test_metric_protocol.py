@@ -496,10 +496,11 @@ class TestAggregate:
     def test_quantus_return_aggregate(self):
         x, _, a, _ = data(4)
         per = DummyProtoSum()(None, x, None, a)
-        assert float(DummyProtoSum(return_aggregate=True)(None, x, None, a)) == pytest.approx(
-            per.mean())
+        # Quantus returns [aggregate], a one-element list: here a (1,) array
+        out = DummyProtoSum(return_aggregate=True)(None, x, None, a)
+        assert out.shape == (1,) and out[0] == pytest.approx(per.mean())
         med = DummyProtoSum(return_aggregate=True, aggregate_func=np.median)(None, x, None, a)
-        assert float(med) == pytest.approx(np.median(per))
+        assert med.shape == (1,) and med[0] == pytest.approx(np.median(per))
         # return_aggregate=False keeps per-sample scores even with an aggregate_func
         keep = DummyProtoSum(return_aggregate=False, aggregate_func=np.median)(None, x, None, a)
         np.testing.assert_array_equal(keep, per)

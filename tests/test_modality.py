@@ -189,8 +189,9 @@ def test_metrics_declare_their_modalities_and_refuse_others():
     # model-free metrics read the map only: defined for tokens
     out = Sparseness()(None, ids, None, a)
     assert np.isfinite(out).all()
+    # a random baseline is no token id (the mask-token default is: see test_tokens_removal)
     with pytest.raises(ValueError, match="PixelFlipping does not apply to tokens inputs"):
-        PixelFlipping()(Embed(), ids, np.array([0, 1]), a)
+        PixelFlipping(perturb_baseline="uniform")(Embed(), ids, np.array([0, 1]), a)
     with pytest.raises(ValueError, match="additive noise, which is not defined for tokens"):
         MaxSensitivity(nr_samples=2)(Embed(), ids, np.array([0, 1]), a)
     tab = np.random.default_rng(0).random((4, 6)).astype(np.float32)
@@ -358,7 +359,7 @@ def test_evaluate_keeps_token_ids_and_takes_an_explicit_modality():
     # integer features that are not token ids: say so, and the metrics treat them as a table
     counts = np.random.default_rng(1).integers(0, 5, (6, 4))
     mlp = nn.Sequential(nn.Linear(4, 3))
-    pf = {"PF": PixelFlipping()}
+    pf = {"PF": PixelFlipping(perturb_baseline="uniform")}  # numeric data only
     with pytest.warns(ek.EvalkitWarning, match="cells failed"):
         failed = ek.evaluate(pf, {"given": counts * 1.0}, mlp, counts, np.zeros(6, int),
                              progress=False)

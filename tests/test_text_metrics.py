@@ -138,9 +138,9 @@ def test_removal_metrics_replace_tokens_by_the_configured_mask_token():
     more(model, x, y, a, modality=TokensModality(mask_token_id=PLANTED))
     p2 = 1 / (1 + math.exp(-2 * W))  # the second step plants a second token
     assert np.allclose(more.curves_, [[0.0, 0.0, P_PLANTED - p2]] * 3)
-    # PixelFlipping is declared for numeric data: its kernel is shared, its declaration not
+    # the kernel is shared, the declaration per replacement: a random baseline is no id
     with pytest.raises(ValueError, match="PixelFlipping does not apply to tokens"):
-        PixelFlipping()(model, x, y, a)
+        PixelFlipping(perturb_baseline="uniform")(model, x, y, a)
 
 
 # ============================================================================ ERASER

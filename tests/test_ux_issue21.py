@@ -122,7 +122,7 @@ def _no_work(monkeypatch):
      "[leaderboard] has no key 'mod'. Did you mean 'mode'?"),
     (_GOOD.replace("n = 4", "n = 4\nsede = 1"), "Did you mean 'seed'?"),
     (_GOOD.replace("[metrics.Sparseness]", "[metrics.Sparsenes]"),
-     "No metric named 'Sparsenes'. Did you mean Sparseness?"),
+     "No metric named 'Sparsenes'. Did you mean Sparseness"),
     (_GOOD + "[metrics.PixelFlipping]\nfeatures_in_stp = 8\n",
      "Did you mean 'features_in_step' for 'features_in_stp'?"),
     (_GOOD.replace("[methods.Sobel]", "[methods.Sobl]"), "Did you mean Sobel?"),
@@ -198,6 +198,8 @@ def _messages_from_bad_calls(shapes) -> list[str]:
         lambda: ek.metrics.PixelFlipping(features_in_stp=3),
         lambda: ek.metrics.ROAD()(model, np.random.default_rng(2).random((4, 5)).astype(
             "float32"), y, np.ones((4, 5))),
+        lambda: ek.metrics.AUCSE()(model, np.random.default_rng(2).random((4, 5)).astype(
+            "float32"), y, np.ones((4, 5))),                                   # series only
         lambda: ek.metrics.get("PixelFliping"),
         lambda: ek.explain(model, x, y, method="Salency"),
         lambda: ek.explain(model, x, y, method="GradCAM", layer="nope"),
@@ -255,7 +257,7 @@ def test_plot_explanations_after_evaluate_needs_no_arrays(shapes):
     shown = results.source.explain("Random", np.array([4, 5]))[[4, 5]].numpy()
     np.testing.assert_array_equal(shown, explain_methods({"Random": {}}, model, data.x,
                                                          data.y)["Random"][[4, 5]])
-    with pytest.raises(ValueError, match="needs the images"):
+    with pytest.raises(ValueError, match="needs the inputs `x`"):
         ek.Results.from_scores({"A": {"m": [1.0]}}).plot("explanations")
     import pickle
 

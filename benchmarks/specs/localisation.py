@@ -146,3 +146,46 @@ SPECS += [
     Spec("IOUF1", "localisation", _masked(IOUF1, None, settings="IOU >= 0.5"), workloads=(),
          skip=(("W1", _SPANS), ("W2", _SPANS))),
 ]
+
+# grid protocols (issue 23; Rao et al. 2022): 2x2 grids of the workload's images, cell classes
+# assigned round-robin (model-free: the score reads only the maps and the cell), every cell
+# scored; at the model-free scale, without a speed-up target (no Quantus equivalent)
+import torch  # noqa: E402
+
+from evalkit.metrics import DiFull, DiPart, GridPG  # noqa: E402
+from evalkit.metrics.grid import build_grids, make_grids  # noqa: E402
+
+
+def _grid(metric_cls: type, *, disconnected: bool):
+    """GridPG/DiPart: each grid's map is its tiles' Saliency maps arranged like the tiles (an
+    explainer that looks only at each tile); DiFull: the target tile's map alone, zero
+    elsewhere, which is exactly Saliency on the disconnected model (score 1 by construction)."""
+
+    def build(w: Workload, ctx: Context) -> Case:
+        pseudo = np.arange(w.n) % 4
+        grids = make_grids(w.x, pseudo, seed=0)
+        g = grids.samples()
+        tiles = w.a[torch.as_tensor(grids.indices, device=w.a.device)][g.grid]  # (M, 4, 1, H, W)
+        if disconnected:
+            keep = torch.nn.functional.one_hot(g.cells, 4).to(tiles.dtype)
+            tiles = tiles * keep.reshape(*keep.shape, 1, 1, 1)
+        a = build_grids(tiles)
+        metric = metric_cls()
+
+        def ours() -> np.ndarray:
+            return metric(None, g.x, g.y, a, cells=g.cells)
+
+        what = ("the target tile's Saliency map, zero in the other cells" if disconnected
+                else "the tiles' Saliency maps")
+        return Case(ours=ours, floor=None,
+                    settings=f"{len(g)} (grid, cell) rows of {len(grids)} 2x2 grids, {what}",
+                    note="Rao et al. 2022; no Quantus equivalent")
+
+    return build
+
+
+SPECS += [
+    Spec("GridPG", "localisation", _grid(GridPG, disconnected=False), scale=_SCALE),
+    Spec("DiFull", "localisation", _grid(DiFull, disconnected=True), scale=_SCALE),
+    Spec("DiPart", "localisation", _grid(DiPart, disconnected=False), scale=_SCALE),
+]

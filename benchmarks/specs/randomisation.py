@@ -204,3 +204,27 @@ SPECS = [
     Spec("EfficientMPRT", "randomisation", _efficient_mprt),
     Spec("RandomLogit", "randomisation", _random_logit),
 ]
+
+
+# --------------------------------------------------------------------------- data randomisation
+def _data_randomisation(w: Workload, ctx: Context) -> Case:
+    from evalkit.metrics import DataRandomisation
+    from evalkit.metrics.data_randomisation import reinitialised_copy
+
+    # training on permuted labels is the user's one-off cost, not the metric's: a re-initialised
+    # copy (same architecture, same explanation cost) stands in for the permuted-label model
+    other = reinitialised_copy(w.model, seed=0)
+    metric = DataRandomisation(randomised_model=other)
+
+    def ours() -> np.ndarray:
+        return metric(w.model, w.x, w.y, w.a, explain_kwargs=_SALIENCY)
+
+    return Case(
+        ours=ours, floor=lambda rows, calls: forward_backward_floor(w, w.n, ctx.batch_size),
+        settings="Saliency, Spearman of |a|; a re-initialised copy stands in for the "
+                 "permuted-label model (its training is not timed); no Quantus equivalent",
+        note="floor: N bare input gradients (the other model's explanations)",
+    )
+
+
+SPECS += [Spec("DataRandomisation", "randomisation", _data_randomisation)]

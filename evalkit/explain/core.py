@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _quantus_compat
 from .._batching import resolve_batch_size
 from .._validation import as_tensor, check_labels, check_option, is_numpy_like
 from ..modality import Modality, as_modality
@@ -240,9 +241,24 @@ def get_explainer(method: str) -> Explainer:
     return explainer_info(method).fn
 
 
+def _quantus_inputs(x: Any, y: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """Accept Quantus' keyword names ``inputs`` and ``targets`` for ``x`` and ``y``."""
+    for alias, name, value in (("inputs", "x", x), ("targets", "y", y)):
+        if alias in kwargs:
+            if value is not None:
+                raise TypeError(f"Got both `{name}` and its Quantus alias `{alias}`.")
+            if alias == "inputs":
+                x = kwargs.pop(alias)
+            else:
+                y = kwargs.pop(alias)
+    if x is None:
+        raise TypeError("explain() missing the inputs `x` (Quantus' `inputs`).")
+    return x, y
+
+
 def explain(
     model: Any,
-    x: Any,
+    x: Any = None,
     y: Any = None,
     method: str = "Saliency",
     *,
@@ -265,6 +281,8 @@ def explain(
         see :mod:`evalkit.explain.tokens` for the methods defined on them and their options
         (``embedding_layer=``, ``mask_token_id=``, ``attention_mask=``,
         ``additional_forward_args=``, ``pad_token_id=``, ``embedding_reduce=``).
+        Quantus' keywords ``inputs=`` and ``targets=`` are accepted for ``x`` and ``y``, and
+        its ``reduce_axes`` (``()`` or ``(1,)``) for ``reduce_channels`` (None or ``"sum"``).
     y:
         One label per sample for the wrapper's target (class indices by default).
     method:
@@ -306,6 +324,10 @@ def explain(
     Gradients are taken with ``torch.autograd.grad`` with respect to inputs or activations
     only: the ``.grad`` of the model's parameters is never written.
     """
+    x, y = _quantus_inputs(x, y, kwargs)
+    if kwargs.get("reduce_axes") is not None:  # Quantus' name: () none, (1,) channel sum
+        reduce_channels = _quantus_compat.channel_reduction(kwargs.pop("reduce_axes"),
+                                                            reduce_channels)
     check_option("reduce_channels", reduce_channels, _REDUCTIONS)
     info = explainer_info(method)
     wrapper = wrap_model(model, softmax=softmax, target=target)
@@ -452,6 +474,8 @@ def _rename_quantus_kwargs(kwargs: dict[str, Any], x: torch.Tensor) -> dict[str,
             if new in out:
                 raise TypeError(f"Pass `{new}` or Quantus' `{old}`, not both.")
             out[new] = out.pop(old)
+    if isinstance(kwargs.get("gc_layer"), str):  # 'model._modules.get("conv_2")' -> "conv_2"
+        out["layer"] = _quantus_compat.layer_path(kwargs["gc_layer"])
     if "interpolate" in out:  # Quantus' target size of layer maps: here always the input size
         size = out.pop("interpolate")
         if size is not None and tuple(int(s) for s in size) != tuple(x.shape[2:]):

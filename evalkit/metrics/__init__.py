@@ -164,3 +164,33 @@ __all__ += [
     "SignAgreement",
     "SignedRankAgreement",
 ]
+
+from .grid import DiFull, DiPart, GridPG  # noqa: E402 - grid protocols (Rao et al. 2022)
+
+__all__ += ["DiFull", "DiPart", "GridPG"]
+
+from .faithfulness import (  # noqa: E402  (issue 23: log-odds, information curves, subsets)
+    AIC,
+    SIC,
+    LogOdds,
+    MinimalSubsetDeletion,
+    MinimalSubsetInsertion,
+)
+
+__all__ += ["AIC", "SIC", "LogOdds", "MinimalSubsetDeletion", "MinimalSubsetInsertion"]
+
+from .faithfulness import ABPC, NAOPC, SRG  # noqa: E402  (issue 23: post-Quantus faithfulness)
+
+__all__ += ["ABPC", "NAOPC", "SRG"]
+
+from .robustness import AdversarialTopKIntersection  # noqa: E402 - Ghorbani et al. 2019
+
+__all__ += ["AdversarialTopKIntersection"]
+
+from .data_randomisation import DataRandomisation  # noqa: E402 - Adebayo et al. 2018
+
+__all__ += ["DataRandomisation"]
+
+from .faithfulness import FFidelity  # noqa: E402 - Zheng et al. 2025 (F-Fidelity)
+
+__all__ += ["FFidelity"]

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import _progress, _rng
+from .. import _progress, _quantus_compat, _rng
 from .._validation import (
     EvalkitWarning,
     UndefinedScoreWarning,
@@ -288,7 +288,9 @@ class Metric:
         model was wrapped with an explicit ``softmax``, else the metric's default.
     aggregate:
         A function applied to the per-sample scores (e.g. ``np.nanmean``); ``None`` returns
-        them as an (N,) array. Quantus' ``return_aggregate``/``aggregate_func`` are accepted.
+        them as an (N,) array. Quantus' ``return_aggregate``/``aggregate_func`` are accepted;
+        ``return_aggregate=True`` returns the aggregate as a (1,) array, like Quantus'
+        one-element list (``aggregate=`` returns a 0-d array).
     seed:
         An int, a ``torch.Generator`` or ``None`` (fresh entropy, recorded in ``seed_``).
         Random draws depend only on the seed and each sample's values, never on the batch.
@@ -366,6 +368,7 @@ class Metric:
         aggregate_func = quantus_kwargs.pop("aggregate_func", None)
         display_progressbar = quantus_kwargs.pop("display_progressbar", None)
         normalise_func_kwargs = quantus_kwargs.pop("normalise_func_kwargs", None)
+        self._pop_default_perturb_func(quantus_kwargs)
         if quantus_kwargs:
             raise TypeError(
                 f"{type(self).__name__} got unexpected keyword arguments {sorted(quantus_kwargs)}; "
@@ -375,7 +378,8 @@ class Metric:
             raise TypeError("`normalise_func_kwargs` is not supported: normalisation is always "
                             "per sample; pass a callable as `normalise_func` instead.")
         if return_aggregate:
-            aggregate = aggregate or aggregate_func or np.mean
+            # Quantus returns [aggregate]: a (1,) array here; evalkit's `aggregate=` a 0-d one
+            aggregate = _quantus_compat.QuantusAggregate(aggregate or aggregate_func or np.mean)
         if display_progressbar is not None:
             progress = bool(display_progressbar)
         self.abs = self.default_abs if abs is None else check_bool("abs", abs)
@@ -403,6 +407,31 @@ class Metric:
         self.diagnostics_: dict[str, Any] = {}
         self.per_sample_diagnostics_: frozenset[str] = frozenset()
         self.unstored_diagnostics_: frozenset[str] = frozenset()
+
+    @classmethod
+    def _pop_default_perturb_func(cls, quantus_kwargs: dict[str, Any]) -> None:
+        """Accept Quantus' ``perturb_func`` where it names what this metric already does:
+        baseline replacement by indices on metrics that replace features by
+        ``perturb_baseline``, noisy linear imputation on metrics with an ``imputer``. Any other
+        perturbation function stays an unexpected keyword (a TypeError)."""
+        if "perturb_func" not in quantus_kwargs:
+            return
+        name = _quantus_compat.function_name(quantus_kwargs["perturb_func"])
+        params = cls._param_names()
+        if (name in _quantus_compat.BASELINE_REPLACEMENT and "perturb_baseline" in params) or (
+                name in _quantus_compat.IMPUTATION and "imputer" in params):
+            del quantus_kwargs["perturb_func"]
+
+    @property
+    def get_auc_score(self) -> float:
+        """Quantus' ``get_auc_score`` (a property there too): the mean over samples of the area
+        under each curve of the last call (``curves_``), by the trapezoid rule with unit
+        spacing. Undefined (NaN) samples are left out."""
+        if self.curves_ is None:
+            raise AttributeError(f"{type(self).__name__} has no curves: call a curve metric "
+                                 "first (get_auc_score reads `curves_`).")
+        areas = np.trapezoid(self.curves_, dx=1.0, axis=1)
+        return np.float64(np.nanmean(areas))
 
     # ----------------------------------------------------------------- sklearn-style protocol
     @classmethod
@@ -585,6 +614,9 @@ class Metric:
         explain_fn:
             ``f(model, x, y, **kwargs) -> attributions``: receives the ``model`` argument as
             given and ``x``/``y`` as tensors on the model's device; may return NumPy or torch.
+            A function with Quantus' parameter names ``inputs`` and ``targets`` is called as
+            Quantus calls it, ``f(model=..., inputs=..., targets=..., **kwargs)`` (with tensors;
+            wrap a function on NumPy arrays in :func:`evalkit.explain.numpy_explain_fn`).
             Default: :func:`evalkit.explain` (``method`` in ``explain_kwargs``, default
             ``"Saliency"``).
         batch_size:
@@ -613,7 +645,8 @@ class Metric:
             x, y, a, s, explain_fn, explain_kwargs, kwargs
         )
         if x is None:
-            raise TypeError(f"{type(self).__name__}() missing the inputs `x`.")
+            raise _quantus_compat.MissingInputsError(
+                f"{type(self).__name__}() missing the inputs `x`.")
         batch = self._prepare(model, x, y, a, s, explain_fn, explain_kwargs, batch_size, device,
                               extra)
         scores = self._evaluate(batch)
@@ -788,11 +821,12 @@ class Metric:
             size = batch.model.resolve_batch_size(x, batch.batch_size)
         else:
             size = batch.batch_size if batch.batch_size is not None else len(x)
+        quantus_style = _quantus_compat.is_quantus_explain_func(fn)
         parts = []
         for start in range(0, x.shape[0], size):
             xs = x[start : start + size]
             ys = None if y is None else y[start : start + size]
-            out = fn(model_arg, xs, ys, **kwargs)
+            out = call_explain_fn(fn, model_arg, xs, ys, kwargs, quantus_style)
             parts.append(as_tensor(out, "explanation", device=x.device))
         return torch.cat(parts, 0) if len(parts) > 1 else parts[0]
 
@@ -858,6 +892,18 @@ class Metric:
 
 
 _install_metadata_fields(Metric)
+
+
+def call_explain_fn(fn: Callable[..., Any], model: Any, x: Any, y: Any,
+                    kwargs: Mapping[str, Any], quantus_style: bool | None = None) -> Any:
+    """Call an explain function as evalkit does, ``fn(model, x, y, **kwargs)``, or with
+    Quantus' keywords ``fn(model=..., inputs=..., targets=..., **kwargs)`` when its signature
+    asks for them (:func:`evalkit._quantus_compat.is_quantus_explain_func`)."""
+    if quantus_style is None:
+        quantus_style = _quantus_compat.is_quantus_explain_func(fn)
+    if quantus_style:
+        return fn(model=model, inputs=x, targets=y, **kwargs)
+    return fn(model, x, y, **kwargs)
 
 
 def clone(metric: _MetricT) -> _MetricT:

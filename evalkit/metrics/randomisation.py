@@ -45,12 +45,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import _rng
+from .. import _quantus_compat, _rng
 from .._progress import tqdm
 from .._rng import derive_seed
 from .._validation import check_bool, check_option, check_scalar, finite_rows
 from ..models import ModelWrapper, randomisable_layers
-from .base import Metric, MetricBatch
+from .base import Metric, MetricBatch, call_explain_fn
 from .similarity import (
     _pearson_rows,
     get_similarity,
@@ -296,6 +296,16 @@ class MPRT(_ModelRandomisation):
         Also compare ``a`` with a fresh explanation of the unmodified model, reported as the
         row ``"original"`` of ``layer_scores_`` (a check of the explainer's determinism, never
         part of the summary).
+    stop_layer:
+        Progressive randomisation with a stop layer (Xplique's progressive layer
+        randomisation): randomise the layers in the metric's order (from the output for
+        ``"top_down"``) up to *and including* this layer (a name from
+        ``model.named_modules()``), then stop; the layers after it stay trained. ``None``
+        (default): every layer. The summary (``"mean"``/``"last"``), ``skip_layers`` and
+        ``layer_scores_`` then cover the randomised layers only. A name that is not among
+        the randomised layers (after ``layer_names`` and ``norm_layers="skip"``) is an error
+        that lists them. Combine with ``similarity_func="ssim"`` or ``"hog"`` for the
+        structural similarities of the variant.
     seed:
         Seeds the layer re-initialisation (per layer, from the seed and the layer's name).
 
@@ -338,6 +348,7 @@ class MPRT(_ModelRandomisation):
         layer_names: list[str] | None = None,
         norm_layers: str = "random",
         include_original: bool = False,
+        stop_layer: str | None = None,
         **kwargs: Any,
     ) -> None:
         avg = kwargs.pop("return_average_correlation", None)
@@ -362,11 +373,29 @@ class MPRT(_ModelRandomisation):
             raise ValueError("`skip_layers=True` computes only the last layer; it cannot be "
                              "combined with `return_average_correlation=True`.")
         self.include_original = check_bool("include_original", include_original)
+        if stop_layer is not None and not isinstance(stop_layer, str):
+            raise TypeError(f"`stop_layer` must be a layer name (str) or None; got "
+                            f"{stop_layer!r}.")
+        self.stop_layer = stop_layer
 
     def _derived_metadata(self) -> dict[str, bool]:
         # with a distance, explanations that differ more score higher: this instance's
         # direction flips (metaeval and anyone reading ``metric.higher_is_better`` rank by it)
         return {"higher_is_better": not _lower_is_better(self.similarity_func)}
+
+    def _layers(self, model: ModelWrapper) -> list[str]:
+        """The randomised layers in definition order, cut after ``stop_layer`` in the
+        metric's order."""
+        names = super()._layers(model)
+        if self.stop_layer is None:
+            return names
+        ordered = self._ordered(names)
+        if self.stop_layer not in ordered:
+            raise ValueError(
+                f"{type(self).__name__}: unknown `stop_layer` {self.stop_layer!r}; the layers "
+                f"randomised here ({self.layer_order} order) are {ordered}.")
+        kept = set(ordered[: ordered.index(self.stop_layer) + 1])
+        return [name for name in names if name in kept]
 
     # ------------------------------------------------------------------ hooks
     def _reference(self, batch: MetricBatch) -> torch.Tensor:
@@ -599,7 +628,8 @@ class SmoothMPRT(MPRT):
                 first, last = start // k, (stop - 1) // k + 1
                 xs = self._noisy_rows(batch, x, first, last)[start - first * k : stop - first * k]
             ys = None if y_rows is None else y_rows[start:stop]
-            out = torch.as_tensor(fn(model_arg, xs, ys, **kwargs), device=x.device)
+            out = torch.as_tensor(call_explain_fn(fn, model_arg, xs, ys, kwargs),
+                                  device=x.device)
             if out.ndim == 0 or out.shape[0] != stop - start:
                 raise RuntimeError(
                     f"The explain function returned shape {tuple(out.shape)} for "
@@ -696,8 +726,9 @@ class EfficientMPRT(_ModelRandomisation):
     ``compute_extra_scores=True`` also fills ``extra_scores_`` (a DataFrame, one row per
     sample): the explanation and model-output entropies of the original and the fully
     randomised model, their deltas and fractions (Quantus' ``scores_extra``), and, with
-    ``skip_layers=False``, the mean explanation entropy over the layers and the Pearson
-    correlation between model-output and explanation entropies across the layers. The
+    ``skip_layers=False``, the mean explanation entropy over the layers and the correlation
+    (``similarity_func``, Pearson by default; Quantus' default is Spearman) between
+    model-output and explanation entropies across the layers. The
     model-output entropy is that of the class probabilities (a softmax is applied to the
     outputs unless the model was wrapped with ``softmax=True``); explanations explain the
     logits by default, as in Quantus, whose ``softmax=True`` default only affects predictions.
@@ -733,6 +764,7 @@ class EfficientMPRT(_ModelRandomisation):
         compute_extra_scores: bool = False,
         layer_names: list[str] | None = None,
         norm_layers: str = "random",
+        similarity_func: str | Callable[..., torch.Tensor] = "pearson",
         **kwargs: Any,
     ) -> None:
         legacy = kwargs.pop("complexity_func_kwargs", None)
@@ -743,9 +775,13 @@ class EfficientMPRT(_ModelRandomisation):
                 n_bins = legacy["rule"]
             min_n_bins = legacy.get("min_n_bins", min_n_bins)
             max_n_bins = legacy.get("max_n_bins", max_n_bins)
-        if kwargs.pop("complexity_func", None) is not None:
+        complexity_func = kwargs.pop("complexity_func", None)
+        # Quantus' discrete_entropy (by function or name) is what EfficientMPRT computes
+        if complexity_func is not None and _quantus_compat.function_name(
+                complexity_func) != "discrete_entropy":
             raise TypeError("`complexity_func` is not supported: EfficientMPRT uses the "
-                            "histogram entropy; choose its bins with `n_bins`.")
+                            "histogram entropy (Quantus' discrete_entropy); choose its bins "
+                            "with `n_bins`.")
         super().__init__(layer_order=layer_order, layer_names=layer_names,
                          norm_layers=norm_layers, seed=seed, **kwargs)
         if isinstance(n_bins, str):
@@ -761,6 +797,9 @@ class EfficientMPRT(_ModelRandomisation):
             raise ValueError("EfficientMPRT compares with the fully randomised model: "
                              "layer_order must be 'top_down' or 'bottom_up'.")
         self.compute_extra_scores = check_bool("compute_extra_scores", compute_extra_scores)
+        similarity_func = _quantus_compat.similarity_name(similarity_func)
+        get_similarity(similarity_func)
+        self.similarity_func = similarity_func
         self.extra_scores_: pd.DataFrame | None = None
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
@@ -836,9 +875,8 @@ class EfficientMPRT(_ModelRandomisation):
             ent = torch.stack([h for _, h in ent_rows], 1)
             outs = torch.stack([h for _, h in out_rows], 1)
             cols["scores_average_complexity"] = ent.mean(1)
-            from .similarity import pearson
-
-            cols["scores_correlation_model_vs_explanation_complexity"] = pearson(outs, ent)
+            cols["scores_correlation_model_vs_explanation_complexity"] = get_similarity(
+                self.similarity_func)(outs, ent)
         return pd.DataFrame({k: v.cpu().numpy() for k, v in cols.items()})
 
 

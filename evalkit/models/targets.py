@@ -166,7 +166,7 @@ class ClassTarget(_BaseTarget):
             bad = lo if lo < 0 else hi
             raise ValueError(
                 f"`y` contains the label {bad}, but the model outputs {n_classes} classes "
-                f"(valid labels are 0..{n_classes - 1})."
+                f"(valid labels are 0 to {n_classes - 1})."
                 + (" " + ONE_OUTPUT_HINT if n_classes == 1 else "")
             )
 

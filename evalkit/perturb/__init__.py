@@ -15,7 +15,14 @@ from .groupings import (
     make_grouping,
     rank_groups,
 )
-from .imputation import NoisyLinearImputer
+from .imputation import (
+    ConditionalMeanImputer,
+    GaussianReplacement,
+    KNNImputer,
+    MarginalMeanImputer,
+    NoisyLinearImputer,
+    SeriesLinearImputer,
+)
 from .noise import ColumnNoise, GaussianNoise, Noise, UniformNoise, make_noise
 from .tokens import TokenDeletion, TokenDropout
 
@@ -25,16 +32,21 @@ __all__ = [
     "ChannelValues",
     "ColumnNoise",
     "Columns",
+    "ConditionalMeanImputer",
     "CustomGrouping",
     "DefaultFeatures",
     "FeatureGrouping",
     "GaussianNoise",
+    "GaussianReplacement",
     "Grouping",
     "Imputer",
+    "KNNImputer",
+    "MarginalMeanImputer",
     "Noise",
     "NoisyLinearImputer",
     "Patches",
     "Pixels",
+    "SeriesLinearImputer",
     "Superpixels",
     "TokenDeletion",
     "TokenDropout",

@@ -102,6 +102,28 @@ __all__ = [
 ]
 __all__ += ["AUCSE"]
 
+# issue 23: Log-odds, performance information curves, minimal subsets
+from .information import AIC, SIC  # noqa: E402
+from .logodds import LogOdds  # noqa: E402
+from .minimal_subset import MinimalSubsetDeletion, MinimalSubsetInsertion  # noqa: E402
+
+__all__ += ["AIC", "SIC", "LogOdds", "MinimalSubsetDeletion", "MinimalSubsetInsertion"]
+
+# issue 23: metrics published since Quantus (ABPC, NAOPC, SRG) and the R-OMS helpers
+from .abpc import ABPC  # noqa: E402
+from .naopc import NAOPC  # noqa: E402
+from .srg import SRG  # noqa: E402
+from .srg import r_oms as r_oms  # noqa: E402  - public helper, not in __all__
+from .srg import rank_occlusion_strategies as rank_occlusion_strategies  # noqa: E402
+
+__all__ += ["ABPC", "NAOPC", "SRG"]
+
+# issue 23: F-Fidelity (fine-tuning with random masking, FFid+ and FFid-)
+from .ffidelity import FFidelity  # noqa: E402
+from .ffidelity import fine_tune_with_random_masking as fine_tune_with_random_masking  # noqa: E402
+
+__all__ += ["FFidelity"]
+
 
 # stored configurations, pickles and reprs name the public path, as before the split into
 # submodules (a store written before keeps its cell hashes)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ... import _quantus_compat
 from ..._validation import check_option
 from ...perturb import Grouping
 from ..base import MetricBatch
@@ -44,6 +45,7 @@ def flag_correlation(batch: MetricBatch, a_const: torch.Tensor, b_const: torch.T
 
 
 def check_similarity(similarity_func: Any) -> Any:
+    similarity_func = _quantus_compat.similarity_name(similarity_func)  # "correlation_spearman"
     if callable(similarity_func):
         return similarity_func
     return check_option("similarity_func", similarity_func, ("pearson", "spearman"))

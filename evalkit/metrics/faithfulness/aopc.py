@@ -88,18 +88,36 @@ class AOPC(RanksFeatures):
         return {"baseline": self._plan.imputer}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
-        ordering = order_groups(batch, self._plan.grouping, self.order)
-        g = ordering.n_groups.to(batch.device)
-        steps_needed = -(-g // self.features_in_step)  # ceil(G / features_in_step)
-        last = steps_needed if self.n_steps is None else steps_needed.clamp(max=self.n_steps)
-        t = torch.arange(int(last.max()) + 1, device=batch.device)
-        # removed features at step t, held at the sample's last step (a repeated window is
-        # computed once by the kernel)
-        steps = (torch.minimum(t.unsqueeze(0), last.unsqueeze(1)) * self.features_in_step
-                 ).clamp(max=g.unsqueeze(1))
-        scores, fractions, _ = removal_curve(batch, self._plan, steps, ordering=ordering,
+        drops, fractions, valid = aopc_drops(batch, self._plan, self.order,
+                                             self.features_in_step, self.n_steps,
                                              desc=type(self).__name__)
-        drops = clean_scores(batch).unsqueeze(1) - scores
         set_curves(batch, drops, fractions)
-        valid = t.unsqueeze(0) <= last.unsqueeze(1)
-        return (drops * valid).sum(1) / valid.sum(1)
+        return mean_over_steps(drops, valid)
+
+
+def aopc_drops(batch: MetricBatch, plan: RemovalPlan, order: str, features_in_step: int = 1,
+               n_steps: int | None = None, *, desc: str | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The AOPC curve of every sample: the drops f(x) - f(x^(k)) (N, T) as features are
+    removed ``features_in_step`` at a time in ``order`` ("morf" or "lerf") for L steps
+    (``n_steps``; None: until every feature is removed), their x-axis (fraction of features
+    removed, (N, T)) and which steps a sample has ((N, T) bool; a sample with fewer steps
+    holds its last one, which the kernel computes once). Shared by AOPC, ABPC, SRG and NAOPC."""
+    ordering = order_groups(batch, plan.grouping, order)
+    g = ordering.n_groups.to(batch.device)
+    steps_needed = -(-g // features_in_step)  # ceil(G / features_in_step)
+    last = steps_needed if n_steps is None else steps_needed.clamp(max=n_steps)
+    t = torch.arange(int(last.max()) + 1, device=batch.device)
+    # removed features at step t, held at the sample's last step (a repeated window is
+    # computed once by the kernel)
+    steps = (torch.minimum(t.unsqueeze(0), last.unsqueeze(1)) * features_in_step
+             ).clamp(max=g.unsqueeze(1))
+    scores, fractions, _ = removal_curve(batch, plan, steps, ordering=ordering, desc=desc)
+    drops = clean_scores(batch).unsqueeze(1) - scores
+    return drops, fractions, t.unsqueeze(0) <= last.unsqueeze(1)
+
+
+def mean_over_steps(curve: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The mean of each sample's curve over its own steps (the AOPC average over L + 1
+    points)."""
+    return (curve * valid).sum(1) / valid.sum(1)

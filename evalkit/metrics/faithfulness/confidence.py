@@ -8,6 +8,7 @@ import torch
 
 from ..._validation import check_bool, check_scalar
 from ...cache import active_cache, row_hashes
+from ...modality import Modality
 from ...perturb import make_imputer
 from .._removal import (
     baseline_values,
@@ -19,6 +20,7 @@ from ..base import Metric, MetricBatch
 from ._common import (
     row_percentile,
 )
+from .rationales import removal_modalities
 
 
 class _ConfidenceChange(Metric):
@@ -34,6 +36,11 @@ class _ConfidenceChange(Metric):
     the image before its normalisation, as the Grad-CAM++ figures do). A constant attribution
     cannot be normalised: NaN with a reason. Each metric returns the per-sample quantity whose
     mean over samples is the published number.
+
+    On token ids only the binary map of ``threshold_percentile`` is defined: it keeps the
+    tokens at or above the percentile and *removes* the others, replaced through the modality
+    (the mask token for a named baseline, or an explicit id, e.g. the default 0); a continuous
+    map would mix ids, so without ``threshold_percentile`` the metrics refuse token ids.
     """
 
     family = "faithfulness"
@@ -51,9 +58,22 @@ class _ConfidenceChange(Metric):
         self.perturb_baseline = perturb_baseline
         self._imputer = make_imputer(perturb_baseline)
 
-    def _derived_metadata(self) -> dict[str, bool]:
+    def _derived_metadata(self) -> dict[str, Any]:
         # removing the explanation instead of keeping it flips the direction
-        return {"higher_is_better": type(self).higher_is_better != self.invert}
+        derived: dict[str, Any] = {"higher_is_better": type(self).higher_is_better != self.invert}
+        if self.threshold_percentile is not None:
+            # a binary map keeps or removes features: a removal, defined where its replacement is
+            derived["modalities"] = removal_modalities(self._imputer)
+        return derived
+
+    def _check_modality(self, modality: Modality) -> None:
+        if modality.integer_inputs and self.threshold_percentile is None:
+            raise ValueError(
+                f"{type(self).__name__} multiplies the input by the explanation map, which "
+                f"mixes token ids; on {modality.name} inputs pass `threshold_percentile=` (a "
+                "binary map that keeps the top tokens and replaces the others by the mask "
+                "token)."
+            )
 
     def _random_sources(self) -> dict[str, Any]:
         return {"baseline": self._imputer}
@@ -79,18 +99,34 @@ class _ConfidenceChange(Metric):
     def _scores(self, batch: MetricBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(f(x), f(x * e)) per sample, float64."""
         x = batch.x
-        e = self._maps(batch).to(x.dtype)
-        base = baseline_values(self._imputer, x, batch.keys if self.stochastic else None)
+        modality = batch.modality
+        e = self._maps(batch)
+        base = baseline_values(self._imputer, x, batch.keys if self.stochastic else None,
+                               modality)
         if base is None:
             raise ValueError("The confidence metrics need a mask-independent perturb_baseline.")
         n = batch.n
         idx = torch.arange(n, device=x.device)
+        if modality.integer_inputs:
+            # token ids: the binary map (threshold_percentile) keeps a token or replaces it
+            removed = e < 0.5
+
+            def build(m: torch.Tensor) -> torch.Tensor:
+                return modality.replace(x[m], removed[m], base[m])
+
+            tag = b"cam-keep"
+        else:
+            e = e.to(x.dtype)
+
+            def build(m: torch.Tensor) -> torch.Tensor:
+                return base[m] + e[m] * (x[m] - base[m])
+
+            tag = b"cam-mult"
         # hash the maps only for an active forward cache: per-row hashing costs more than the
         # forward pass of a small model (the W4 benchmark's MLP)
-        fps = (sample_fingerprints(batch, row_hashes(e, n), row_hashes(base, n), b"cam-mult")
+        fps = (sample_fingerprints(batch, row_hashes(e, n), row_hashes(base, n), tag)
                if active_cache() is not None else None)
-        y1 = cached_rows(batch, idx, [()] * n, fps,
-                         lambda m: base[m] + e[m] * (x[m] - base[m]), desc=type(self).__name__)
+        y1 = cached_rows(batch, idx, [()] * n, fps, build, desc=type(self).__name__)
         return clean_scores(batch), y1
 
 

@@ -33,6 +33,11 @@ from ._common import (
     set_curves,
     valid_samples,
 )
+from .rationales import removal_modalities
+
+#: the modalities of a metric whose default replacement is deterministic (token ids: the mask
+#: token; see :func:`~evalkit.metrics.faithfulness.rationales.removal_modalities`)
+_EVERY_MODALITY = ("image", "series", "tabular", "tokens")
 
 
 class SensitivityN(RanksFeatures):
@@ -77,6 +82,7 @@ class SensitivityN(RanksFeatures):
     stochastic = True
     paper = ("Ancona et al., Towards better understanding of gradient-based attribution "
              "methods for Deep Neural Networks, ICLR 2018")
+    modalities = _EVERY_MODALITY
 
     def __init__(self, features_in_step: int = 1, n_max_percentage: float = 0.8,
                  perturb_baseline: Any = "black", *, subsets: str = "random",
@@ -96,8 +102,9 @@ class SensitivityN(RanksFeatures):
         self._grouping = make_grouping(grouping)
         self._imputer = make_imputer(perturb_baseline)
 
-    def _derived_metadata(self) -> dict[str, bool]:
-        return {"set_level": self.subsets == "morf"}
+    def _derived_metadata(self) -> dict[str, Any]:
+        return {"set_level": self.subsets == "morf",
+                "modalities": removal_modalities(self._imputer)}
 
     def _random_sources(self) -> dict[str, Any]:
         return {"random subsets": self.subsets == "random", "baseline": self._imputer}
@@ -235,6 +242,7 @@ class FaithfulnessCorrelation(Metric):
     stochastic = True
     paper = ("Bhatt, Weller & Moura, Evaluating and Aggregating Feature-based Model "
              "Explanations, IJCAI 2020")
+    modalities = _EVERY_MODALITY
 
     def __init__(self, nr_runs: int = 100, subset_size: int = 224,
                  perturb_baseline: Any = "black", *, similarity_func: Any = "pearson",
@@ -249,12 +257,20 @@ class FaithfulnessCorrelation(Metric):
         self._imputer = make_imputer(perturb_baseline)
         self.subsets_: np.ndarray | None = None
 
+    def _derived_metadata(self) -> dict[str, Any]:
+        return {"modalities": removal_modalities(self._imputer)}
+
     def _random_sources(self) -> dict[str, Any]:
         return {"random subsets": True, "baseline": self._imputer}
 
     def subsets(self, batch: MetricBatch, grp: Grouping) -> torch.Tensor:
         """The (N, nr_runs, subset_size) group ids of every run (from the batch's keys)."""
         n_groups_check("subset_size", self.subset_size, grp, "features")
+        if self.subset_size == int(grp.n_groups.min()):
+            # every subset would be every feature: the correlation is undefined for every
+            # sample, a setting error (Quantus refuses it too)
+            raise ValueError(f"`subset_size`={self.subset_size} must be smaller than the number "
+                             f"of features of every input ({self.subset_size}).")
         g_max = grp.max_groups
         valid = grp.valid()
         keys = _rng.combine(batch.keys, 0xFC0)
@@ -321,6 +337,7 @@ class FaithfulnessEstimate(RanksFeatures):
     higher_is_better = True
     paper = ("Alvarez-Melis & Jaakkola, Towards Robust Interpretability with Self-Explaining "
              "Neural Networks, NeurIPS 2018")
+    modalities = _EVERY_MODALITY
 
     def __init__(self, features_in_step: int = 1, perturb_baseline: Any = "black", *,
                  similarity_func: Any = "pearson", grouping: Any = "pixels",
@@ -333,6 +350,9 @@ class FaithfulnessEstimate(RanksFeatures):
         self.grouping = grouping
         self._grouping = make_grouping(grouping)
         self._imputer = make_imputer(perturb_baseline)
+
+    def _derived_metadata(self) -> dict[str, Any]:
+        return {"modalities": removal_modalities(self._imputer)}
 
     def _random_sources(self) -> dict[str, Any]:
         return {"baseline": self._imputer}
@@ -400,6 +420,11 @@ class MonotonicityCorrelation(RanksFeatures):
         self.grouping = grouping
         self._grouping = make_grouping(grouping)
         self._imputer = make_imputer(perturb_baseline)
+
+    def _derived_metadata(self) -> dict[str, Any]:
+        # the default uniform draws are no token ids; a deterministic baseline (the mask
+        # token) is
+        return {"modalities": removal_modalities(self._imputer)}
 
     def _random_sources(self) -> dict[str, Any]:
         return {"baseline": self._imputer}

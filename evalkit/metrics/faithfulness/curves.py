@@ -23,6 +23,11 @@ from ..base import MetricBatch
 from ._common import (
     set_curves,
 )
+from .rationales import removal_modalities
+
+#: the modalities of a removal metric whose default replacement is deterministic (token ids:
+#: the mask token; see :func:`~evalkit.metrics.faithfulness.rationales.removal_modalities`)
+_EVERY_MODALITY = ("image", "series", "tabular", "tokens")
 
 
 class PixelFlipping(RanksFeatures):
@@ -66,6 +71,7 @@ class PixelFlipping(RanksFeatures):
         "Bach et al., On Pixel-Wise Explanations for Non-Linear Classifier Decisions by "
         "Layer-Wise Relevance Propagation, PLoS ONE 2015"
     )
+    modalities = _EVERY_MODALITY
 
     def __init__(
         self,
@@ -86,6 +92,9 @@ class PixelFlipping(RanksFeatures):
         self.perturb_baseline = perturb_baseline
         self.grouping = grouping
         self._plan = RemovalPlan(make_grouping(grouping), make_imputer(perturb_baseline))
+
+    def _derived_metadata(self) -> dict[str, Any]:
+        return {"modalities": removal_modalities(self._plan.imputer)}
 
     def _random_sources(self) -> dict[str, Any]:
         return {"baseline": self._plan.imputer}
@@ -128,6 +137,7 @@ class Deletion(RanksFeatures):
     higher_is_better = False
     default_softmax = True
     paper = "Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation, BMVC 2018"
+    modalities = _EVERY_MODALITY
     _mode = "deletion"
 
     def __init__(
@@ -146,6 +156,9 @@ class Deletion(RanksFeatures):
         self.perturb_baseline = perturb_baseline
         self.grouping = grouping
         self._plan = RemovalPlan(make_grouping(grouping), self._imputer(), mode=self._mode)
+
+    def _derived_metadata(self) -> dict[str, Any]:
+        return {"modalities": removal_modalities(self._plan.imputer)}
 
     def _random_sources(self) -> dict[str, Any]:
         return {"baseline": self._plan.imputer}
@@ -213,10 +226,11 @@ class Insertion(Deletion):
         return isinstance(self.perturb_baseline, str) and self.perturb_baseline == "blur"
 
     def _derived_metadata(self) -> dict[str, Any]:
-        # a blurred canvas needs neighbouring pixels or time steps: not tabular columns
+        # a blurred canvas needs neighbouring pixels or time steps: not tabular columns, not
+        # token ids (a blurred id is no id); another canvas is a removal baseline
         derived = dict(super()._derived_metadata())
-        derived["modalities"] = (("image", "series") if self._blurs()
-                                 else ("image", "series", "tabular"))
+        if self._blurs():
+            derived["modalities"] = ("image", "series")
         return derived
 
 
@@ -249,6 +263,7 @@ class RegionPerturbation(RanksFeatures):
     default_softmax = True
     paper = ("Samek et al., Evaluating the Visualization of What a Deep Neural Network Has "
              "Learned, IEEE TNNLS 2017")
+    modalities = _EVERY_MODALITY
 
     def __init__(
         self,
@@ -272,8 +287,9 @@ class RegionPerturbation(RanksFeatures):
         self._imputer = make_imputer(perturb_baseline)
         self.order_: np.ndarray | None = None
 
-    def _derived_metadata(self) -> dict[str, bool]:
-        return {"higher_is_better": self.order != "lerf"}
+    def _derived_metadata(self) -> dict[str, Any]:
+        return {"higher_is_better": self.order != "lerf",
+                "modalities": removal_modalities(self._imputer)}
 
     def _random_sources(self) -> dict[str, Any]:
         return {"random order": self.order == "random", "baseline": self._imputer}
@@ -318,6 +334,7 @@ class Selectivity(RanksFeatures):
     default_softmax = True
     paper = ("Montavon, Samek & Müller, Methods for Interpreting and Understanding Deep Neural "
              "Networks, Digital Signal Processing 2018")
+    modalities = _EVERY_MODALITY
 
     def __init__(self, patch_size: int = 8, perturb_baseline: Any = "black", *,
                  grouping: Any = None, **kwargs: Any) -> None:
@@ -326,6 +343,9 @@ class Selectivity(RanksFeatures):
         self.perturb_baseline = perturb_baseline
         self.grouping = grouping
         self._imputer = make_imputer(perturb_baseline)
+
+    def _derived_metadata(self) -> dict[str, Any]:
+        return {"modalities": removal_modalities(self._imputer)}
 
     def _random_sources(self) -> dict[str, Any]:
         return {"baseline": self._imputer}
@@ -467,6 +487,7 @@ class Monotonicity(RanksFeatures):
     default_abs = True
     paper = ("Arya et al., One Explanation Does Not Fit All: A Toolkit and Taxonomy of AI "
              "Explainability Techniques, arXiv 2019")
+    modalities = _EVERY_MODALITY
 
     def __init__(self, features_in_step: int = 1, perturb_baseline: Any = "black", *,
                  tolerance: float = 0.0, grouping: Any = "pixels", **kwargs: Any) -> None:
@@ -478,6 +499,9 @@ class Monotonicity(RanksFeatures):
         self.grouping = grouping
         self._plan = RemovalPlan(make_grouping(grouping), make_imputer(perturb_baseline),
                                  "lerf", mode="insertion")
+
+    def _derived_metadata(self) -> dict[str, Any]:
+        return {"modalities": removal_modalities(self._plan.imputer)}
 
     def _random_sources(self) -> dict[str, Any]:
         return {"baseline": self._plan.imputer}

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ... import _rng
+from ... import _quantus_compat, _rng
 from ..._validation import check_bool, check_option, check_scalar
 from ...perturb import Patches, make_imputer
 from ...perturb.baselines import Baseline
@@ -69,6 +69,8 @@ class Infidelity(Metric):
                  perturb_baseline: Any = "black", perturb_patch_sizes: Sequence[int] = (4,),
                  loss_func: str = "mse", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if _quantus_compat.function_name(perturb_func) in _quantus_compat.BASELINE_REPLACEMENT:
+            perturb_func = "patches"  # Quantus' perturb_func of its (patch) variant, by name
         self.perturb_func = check_option("perturb_func", perturb_func, ("gaussian", "patches"))
         self.n_perturb_samples = check_scalar("n_perturb_samples", n_perturb_samples, int,
                                               min_val=1)

@@ -46,7 +46,9 @@ Quantus: ``similarity_func`` (the metrics compute their own ratios; choose
 an :class:`evalkit.perturb.Noise`).
 
 The engine lives in ``_engine``; the metrics in ``sensitivity``, ``continuity``, ``stability``
-and ``consistency``; import them from here.
+and ``consistency``; import them from here. :class:`AdversarialTopKIntersection` (``attack``)
+does not use the engine: it attacks each input with a seeded, label-preserving PGD instead of
+drawing noise, then re-explains the attacked input once.
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ __all__ = [
     "RelativeOutputStability",
     "RelativeRepresentationStability",
 ]
+
+from .attack import AdversarialTopKIntersection  # Ghorbani et al. 2019
+
+__all__ += ["AdversarialTopKIntersection"]
 
 # stored configurations, pickles and reprs name the public path, as before the split into
 # submodules (a store written before keeps its cell hashes)
