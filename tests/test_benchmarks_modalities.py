@@ -69,7 +69,8 @@ def test_quick_run_on_w4_to_w6(tmp_path):
     results, md = main(["--quick", "--no-quantus", "--workloads", *MODALITY_WORKLOADS,
                         "--metrics", *metrics, "--out", str(out)])
     got = {(r.metric, r.workload) for r in results}
-    assert got == {("PixelFlipping", "W4"), ("PixelFlipping", "W5"), ("AOPC", "W4"),
+    assert got == {("PixelFlipping", "W4"), ("PixelFlipping", "W5"), ("PixelFlipping", "W6"),
+                   ("AOPC", "W4"),
                    ("AOPC", "W5"), ("AOPC", "W6"), ("Sparseness", "W4"), ("Sparseness", "W5"),
                    ("Sparseness", "W6"), ("MaxSensitivity[Saliency]", "W4"),
                    ("MaxSensitivity[Saliency]", "W5"), ("IOUF1", "W5"), ("IOUF1", "W6")}
