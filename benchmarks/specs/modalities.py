@@ -329,6 +329,30 @@ _ATTACH = {"Infidelity": "Infidelity[gaussian]"}
 #: is a variant that does not describe these rows, e.g. IROF[1-channel])
 _OWN_SPEC = ("IROF",)
 
+# token ids (W6): the removal metrics remove tokens (replaced by the mask token), one per step
+_TOKENS = "token Saliency, mask token"
+SETTINGS["PixelFlipping"][_K] = Row(dict(features_in_step=1), _NO_TOKENS, out="curves",
+                                    settings=f"{_TOKENS}, features_in_step=1 (64 steps)")
+SETTINGS["FaithfulnessEstimate"][_K] = Row(dict(features_in_step=1), _NO_TOKENS,
+                                           settings=f"{_TOKENS}, features_in_step=1")
+SETTINGS["Monotonicity"][_K] = Row(dict(features_in_step=1), _NO_TOKENS,
+                                   settings=f"{_TOKENS}, features_in_step=1")
+SETTINGS["FaithfulnessCorrelation"][_K] = Row(
+    dict(nr_runs=100, subset_size=6, seed=0), _NO_TOKENS,
+    settings=f"{_TOKENS}, nr_runs=100, subset_size=6 (about 10 % of 64, as W1's 224 of "
+             "2,352)")
+SETTINGS["SensitivityN"][_K] = Row(
+    dict(features_in_step=1, subsets="morf", normalise=False), _NO_TOKENS, out="set",
+    settings=f"set-level (subsets='morf'), {_TOKENS}, features_in_step=1, n up to 80 %, "
+             "normalise=False")
+SETTINGS["Deletion"][_K] = Row(dict(n_steps=64), settings=f"{_TOKENS}, 64 steps")
+SETTINGS["RegionPerturbation"][_K] = Row(dict(patch_size=4, regions_evaluation=16),
+                                         _NO_TOKENS, out="curves",
+                                         settings=f"{_TOKENS}, 4-token windows, morf, 16 "
+                                                  "regions")
+SETTINGS["Selectivity"][_K] = Row(dict(patch_size=4), _NO_TOKENS, out="curves",
+                                  settings=f"{_TOKENS}, 4-token windows (16 steps)")
+
 for _name in ("FeatureAgreement", "PairwiseRankAgreement", "RankAgreement", "SignAgreement",
               "SignedRankAgreement"):
     SETTINGS[_name] = {m: Row({}, masks=_reference_map, settings="Saliency against an "
