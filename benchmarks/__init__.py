@@ -1,8 +1,9 @@
 """Benchmark harness: times evalkit's metrics against the bare forward-pass floor and, where the
 installed ``quantus`` package has the same metric, against Quantus on identical inputs; the
-meta-evaluation (W3) against MetaQuantus 0.0.5.
+meta-evaluation (W3) against MetaQuantus 0.0.5; W4-W6 are tabular, series and text workloads
+(``benchmarks/workloads.py``, ``benchmarks/specs/modalities.py``).
 
-Regenerate the whole of ``docs/benchmarks.md`` with one command (about an hour of one core)::
+Regenerate the whole of ``docs/benchmarks.md`` with one command (about two hours of one core)::
 
     python -m benchmarks.run --full
 

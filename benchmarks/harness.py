@@ -306,13 +306,18 @@ def _chunk_of(w: Workload, batch_size: int) -> torch.Tensor:
 
 
 def forward_floor(w: Workload, rows: int, batch_size: int, *,
-                  fill: float | None = None) -> Callable[[], None] | None:
+                  fill: float | None = None, write: bool = False) -> Callable[[], None] | None:
     """A callable that runs ``rows`` bare forward rows of the workload's input shape in chunks
     of ``batch_size`` under ``torch.inference_mode`` (model in eval mode). None if rows == 0.
 
     The rows are the workload's inputs, or constant images of value ``fill``: the cost of a
     forward pass can depend on the data (on CPU, max-pooling a constant image is several times
-    faster: its branches are always predicted)."""
+    faster: its branches are always predicted).
+
+    ``write``: before each forward call, write its chunk once into fresh memory (one
+    ``torch.where`` of a fixed random half of the values by the chunk's minimum): the least data
+    movement of any implementation that builds each perturbed input, the part of a removal
+    metric's work that the model floor leaves out (it dominates where the model is tiny)."""
     if rows <= 0:
         return None
     batch_size = max(1, min(batch_size, rows))
@@ -322,21 +327,49 @@ def forward_floor(w: Workload, rows: int, batch_size: int, *,
     n_full, rest = divmod(rows, batch_size)
     last = full[:rest] if rest else None
     model = w.model
+    if write:
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        keep = (torch.rand(full.shape, generator=gen) < 0.5).to(full.device)
+        base = full.min()
+
+        def inputs(chunk: torch.Tensor) -> torch.Tensor:
+            return torch.where(keep[: chunk.shape[0]], chunk, base)
+    else:
+        def inputs(chunk: torch.Tensor) -> torch.Tensor:
+            return chunk
 
     def run() -> None:
         with torch.inference_mode():
             for _ in range(n_full):
-                model(full)
+                model(inputs(full))
             if last is not None:
-                model(last)
+                model(inputs(last))
 
     return run
 
 
+def _embedding_gradient(model: nn.Module, embedding: nn.Module, ids: torch.Tensor,
+                        y: torch.Tensor) -> None:
+    """The gradient of the ``y`` logits with respect to ``embedding``'s output."""
+    captured: list[torch.Tensor] = []
+
+    def keep(_m: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
+        out = out.detach().requires_grad_(True)
+        captured.append(out)
+        return out
+
+    handle = embedding.register_forward_hook(keep)
+    try:
+        out = model(ids)
+    finally:
+        handle.remove()
+    torch.autograd.grad(out.gather(1, y[:, None]).sum(), captured[-1])
+
+
 def forward_backward_floor(w: Workload, rows: int, batch_size: int) -> Callable[[], None] | None:
     """``rows`` forward rows plus the gradient of the predicted-class logit with respect to the
-    inputs (``torch.autograd.grad``), in chunks of ``batch_size``: the bare cost of a gradient
-    explanation."""
+    inputs (``torch.autograd.grad``; token ids: at the workload's embedding layer), in chunks
+    of ``batch_size``: the bare cost of a gradient explanation."""
     if rows <= 0:
         return None
     batch_size = max(1, min(batch_size, rows))
@@ -347,6 +380,9 @@ def forward_backward_floor(w: Workload, rows: int, batch_size: int) -> Callable[
     model = w.model
 
     def one(xc: torch.Tensor, yc: torch.Tensor) -> None:
+        if w.embedding is not None:  # token ids: the gradient at the embedding layer
+            _embedding_gradient(model, w.embedding, xc, yc)
+            return
         xg = xc.detach().requires_grad_(True)
         out = model(xg)
         torch.autograd.grad(out.gather(1, yc[:, None]).sum(), xg)
@@ -450,6 +486,10 @@ class Case:
     stats: Callable[[], dict[str, Any]] | None = None
     part: PartTimer | None = None
     quantus_floor: Callable[[ForwardCount], Callable[[], None] | None] | None = None
+    #: also time the ``"forward"`` floor with each chunk written once before its forward
+    #: (:func:`forward_floor` with ``write=True``), as ``extra["written_floor_s"]``: where the
+    #: model is tiny (W4's MLP), what building the perturbed inputs alone costs
+    written_floor: bool = False
 
 
 @dataclass
@@ -632,6 +672,14 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
             res.extra["quantus_floor_error"] = _short_error(exc)
         q_floor_fn = _warm_up("quantus_floor", q_floor_fn, warm, res, ctx.device)
 
+    written_fn = None
+    if case.written_floor and case.floor == "forward":
+        try:
+            written_fn = forward_floor(w, c_ours.rows, ctx.batch_size, write=True)
+        except Exception as exc:
+            res.extra["written_floor_error"] = _short_error(exc)
+        written_fn = _warm_up("written_floor", written_fn, warm, res, ctx.device)
+
     # 3. alternating timed rounds
     fns: dict[str, Callable[[], Any]] = {"ours": case.ours}
     if quantus_fn is not None:
@@ -640,6 +688,8 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         fns["floor"] = floor_fn
     if q_floor_fn is not None:
         fns["quantus_floor"] = q_floor_fn
+    if written_fn is not None:
+        fns["written_floor"] = written_fn
     rounds = repeats
     if max_case_s is not None:
         per_round = sum(warm.get(k, 0.0) for k in fns)
@@ -661,6 +711,8 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         res.floor_s = timings["floor"].median
     if "quantus_floor" in timings:
         res.extra["quantus_floor_s"] = timings["quantus_floor"].median
+    if "written_floor" in timings:
+        res.extra["written_floor_s"] = timings["written_floor"].median
     if case.part is not None:  # one more run of ours, untimed, for the part's seconds
         try:
             case.part.reset()

@@ -1,15 +1,17 @@
 """Run the benchmark specs and write the markdown table.
 
 Regenerate the whole of ``docs/benchmarks.md`` (every spec on W1 and W2, the sharing suites,
-the W3 meta-evaluation against MetaQuantus, machine details) with one command::
+the W3 meta-evaluation against MetaQuantus, the tabular, series and text workloads W4-W6,
+machine details) with one command::
 
     python -m benchmarks.run --full
 
 ``--full`` stands for the arguments in :data:`FULL_ARGS` (CPU time of this process, one torch
-thread, W2 at N=4, at most ``--case-budget`` seconds of timed rounds per case); it takes about
-1.5 hours of one core. Quantus 0.6 must be installed (it is in the dev venv) and MetaQuantus
-0.0.5 in ``.oracle/metaquantus`` (``pip install --no-deps --target .oracle/metaquantus
-metaquantus==0.0.5``, see ``benchmarks/_metaquantus.py``); without them their columns stay empty.
+thread, W2 at N=4, W4 at 2,000 rows, W5 at 64 series, at most ``--case-budget`` seconds of
+timed rounds per case); it takes about 2 hours of one core. Quantus 0.6 must be installed (it
+is in the dev venv) and MetaQuantus 0.0.5 in ``.oracle/metaquantus`` (``pip install --no-deps
+--target .oracle/metaquantus metaquantus==0.0.5``, see ``benchmarks/_metaquantus.py``); without
+them their columns stay empty.
 Other uses::
 
     python -m benchmarks.run                              # every spec on W1 and W2, CPU
@@ -62,7 +64,7 @@ from .harness import (
     skipped_result,
 )
 from .specs import FAMILY_MODULES, all_specs, metric_needs_spec, select_specs
-from .workloads import WORKLOADS, get_workload
+from .workloads import MODALITY_WORKLOADS, WORKLOADS, get_workload
 
 __all__ = ["COLUMNS", "FULL_ARGS", "PAGE_PATH", "machine_info", "main", "render_markdown",
            "render_page", "run_benchmarks"]
@@ -79,9 +81,12 @@ COLUMNS = [
 #: time; W2 (ResNet-18 at 224 x 224) runs on 4 of its 16 samples, W3 on its 64 (the issue's
 #: setting: at N=16 MetaQuantus' fixed per-call costs, e.g. its ~1,000 gc.collect() calls,
 #: inflate the ratio) and slow cases get fewer timed rounds (at most 15 s of them), so the
-#: whole run takes about 1.5 hours of one core. Specs with a ``scale`` (the model-free
+#: whole run takes about 2 hours of one core. Specs with a ``scale`` (the model-free
 #: localisation and complexity metrics: W1 at 1,024 samples, W2 at 16) run at their own N.
-FULL_ARGS = ("--workloads", "W1", "W2", "--n", "W2=4", "W3=64", "--repeats", "3",
+#: W4 and W5 run at 2,000 of their 10,000 rows and 64 of their 256 series
+#: (:data:`MODALITY_N_WHY`), W6 at its 128 texts.
+FULL_ARGS = ("--workloads", "W1", "W2", "W4", "W5", "W6", "--n", "W2=4", "W3=64", "W4=2000",
+             "W5=64", "--repeats", "3",
              "--case-budget", "15",
              "--threads", "1", "--clock", "cpu", "--out", "docs/benchmarks.md")
 
@@ -317,12 +322,16 @@ def _row_cells(r: Result) -> list[str]:
     if r.extra.get("floor_error"):
         note += f" (floor failed: {r.extra['floor_error']})"
     part = _extra_s(r, "part_s")
-    if part is not None and r.floor_s > 0:
+    if part and r.floor_s > 0:
         note += (f" ({r.extra['part']}: {_fmt_s(part)} s of ours, {part / r.floor_s:.2f} x "
                  "the floor)")
     q_floor = _extra_s(r, "quantus_floor_s")
     if q_floor is not None:
         note += f" (the model work of Quantus' own rows: {_fmt_s(q_floor)} s)"
+    written = _extra_s(r, "written_floor_s")
+    if written is not None and written > 0 and r.floor_s > 0:
+        note += (f" (the floor with each input row written once: {_fmt_s(written)} s, "
+                 f"{written / r.floor_s:.2f} x the floor; ours / that {r.ours_s / written:.2f})")
     share = "—" if r.explainer_share is None else f"{100 * r.explainer_share:.0f} %"
     if r.extra.get("explained_rows") is not None and r.explainer_share is not None:
         share += f" ({r.extra['explained_rows']} rows explained)"
@@ -468,6 +477,19 @@ def _registry() -> dict[str, list[str]]:
     return out
 
 
+def _declared_modalities() -> dict[str, tuple[str, ...]]:
+    """registered metric -> the modalities its class declares ({} when the registry cannot
+    say)."""
+    try:
+        from evalkit.metrics import list_metrics
+
+        frame = list_metrics()
+        return {str(n): tuple(m) for n, m in zip(frame["name"], frame["modalities"],
+                                                  strict=True)}
+    except Exception:  # rendering must not fail on a registry problem
+        return {}
+
+
 def _needs_spec(name: str) -> bool:
     """Whether registered metric ``name`` needs a spec (True when the registry cannot say)."""
     try:
@@ -496,25 +518,34 @@ def _spec_targets_text() -> str:
 def _summary_lines(results: list[Result]) -> list[str]:
     reg = _registry()
     fams = [f for f in FAMILY_MODULES if f != "metaeval"]
+    modal = [w for w in MODALITY_WORKLOADS if any(r.workload == w for r in results)]
+    all_w = ["W1", "W2", *modal]
     lines = [
-        "| family | registered | with rows (W1 / W2) | floor ratio <= "
+        f"| family | registered | with rows ({' / '.join(all_w)}) | floor ratio <= "
         f"{FLOOR_TARGET:g} | never slower than Quantus | >= {LOOP_TARGET:g}x where Quantus "
         "loops in Python | the family's own speed-up target |",
         "|---|---|---|---|---|---|---|",
     ]
+    declared = _declared_modalities()
+    undeclared_rows: list[str] = []  # W4-W6: declaring the modality, without a row there
     missing_all: list[str] = []
     unbenchmarked: list[str] = []  # without rows, their class tagged benchmark_spec = False
     for fam in fams:
         rows = [r for r in results if r.family == fam and _registered(r)]
         names = reg.get(fam, [])
         covered = {w: {_registered(r) for r in rows if r.workload == w and
-                       (_measured(r) or r.extra.get("skipped"))} for w in ("W1", "W2")}
-        missing = [n for n in names if n not in covered["W1"] | covered["W2"]]
+                       (_measured(r) or r.extra.get("skipped"))} for w in all_w}
+        for w in modal:
+            undeclared_rows += [f"{n} ({w})" for n in names
+                                if MODALITY_WORKLOADS[w] in declared.get(n, ())
+                                and n not in covered[w]]
+        missing = [n for n in names if not any(n in covered[w] for w in all_w)]
         unbenchmarked += [n for n in missing if fam != "explainers" and not _needs_spec(n)]
         missing = [n for n in missing if n not in unbenchmarked]
         missing_all += missing
         lines.append(
-            f"| {fam} | {len(names) or '—'} | {len(covered['W1'])} / {len(covered['W2'])} | "
+            f"| {fam} | {len(names) or '—'} | "
+            f"{' / '.join(str(len(covered[w])) for w in all_w)} | "
             f"{_count(rows, 'floor')} | {_count(rows, 'quantus')} | {_count(rows, 'loop')} | "
             f"{_count(rows, 'spec')} |")
     lines.append("")
@@ -534,6 +565,12 @@ def _summary_lines(results: list[Result]) -> list[str]:
     else:
         lines += ["", "Every registered metric and explanation method has rows (a row may say "
                       "why it does not run on a workload)."]
+    if modal:
+        lines += ["", (f"**Declaring the modality of {', '.join(modal)} but without a row "
+                       f"there**: {', '.join(undeclared_rows)}.") if undeclared_rows else
+                  f"Every registered metric declaring the modality of {', '.join(modal)} "
+                  "(tabular, series, tokens) has a row there (a row may say why it does not "
+                  "run)."]
     if unbenchmarked:
         lines += ["", "Registered without a benchmark (their class declares `benchmark_spec = "
                       f"False`): {', '.join(sorted(unbenchmarked))}."]
@@ -543,8 +580,9 @@ def _summary_lines(results: list[Result]) -> list[str]:
 
 def _extra_s(r: Result, key: str) -> float | None:
     """Seconds stored in ``r.extra[key]`` if measured: ``"part_s"`` (the timed part of our work,
-    e.g. ROAD's imputation) or ``"quantus_floor_s"`` (the model work of the rows Quantus
-    forwards, where they are not ours)."""
+    e.g. ROAD's imputation), ``"quantus_floor_s"`` (the model work of the rows Quantus
+    forwards, where they are not ours) or ``"written_floor_s"`` (the floor with each input
+    row written once before its forward: W4-W6)."""
     v = r.extra.get(key)
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
 
@@ -553,9 +591,13 @@ def _floor_miss_text(r: Result) -> str:
     """The floor ratio, and with a timed part the least ratio that part alone allows."""
     text = _fmt_ratio(r.floor_ratio)
     part = _extra_s(r, "part_s")
-    if part is not None and r.floor_s > 0:
+    if part and r.floor_s > 0:
         text += (f" ({r.extra['part']} {_fmt_s(part)} s: floor + {r.extra['part']} alone is "
                  f"{(r.floor_s + part) / r.floor_s:.2f} x the floor)")
+    written = _extra_s(r, "written_floor_s")
+    if written is not None and written > 0 and r.floor_s > 0:
+        text += (f" (writing each input row once alone makes the floor "
+                 f"{written / r.floor_s:.2f} x; ours / that {r.ours_s / written:.2f})")
     return text
 
 
@@ -614,6 +656,117 @@ def _misses_lines(results: list[Result]) -> list[str]:
     lines += ["", f"*Within noise*: within {NOISE:.0%} of the target, about the spread between "
                   "repeated measurements on this machine.", ""]
     return lines
+
+
+#: why W4-W6 are measured at the N of their rows (the workloads are defined at the issue's
+#: sizes: W4 10,000 rows, W5 256 series, W6 128 texts); the rows name their N
+MODALITY_N_WHY = (
+    "W4 is measured on 2,000 of its 10,000 rows and W5 on 64 of its 256 series so that the "
+    "whole W4-W6 run (about 140 rows, each ours, Quantus, the floor and the written floor in "
+    "alternation) fits about half an hour of one shared core: Quantus 0.6 loops in Python "
+    "per sample in several of these metrics (MonotonicityCorrelation, the MPRT family), which "
+    "takes minutes per call at 10,000 rows. Both models' cost is linear in N, so the ratios "
+    "do not depend on it; W6 runs at its full 128 texts. Where a call's model work is small "
+    "(the confidence and set-level rows, N forward rows or two), a call's fixed costs "
+    "(validating the inputs, wrapping the model and probing its output shape, per-sample "
+    "bookkeeping: a few milliseconds) weigh more at these N than at the issue's.")
+
+
+#: what profiling (cProfile, one torch thread, W4 at its 10,000 rows) found where W4 rows stay
+#: above the floor; measured once (2026-12-07), the rows above are the current numbers
+MODALITY_PROFILES = (
+    "- **Removal curves** (PixelFlipping, AOPC, Deletion, FaithfulnessEstimate, ...): of "
+    "PixelFlipping's 0.18 s per call (30 steps, 310,000 rows), the MLP takes 0.063 s (the "
+    "floor), building the perturbed rows (a gather of each row's feature ranks, two "
+    "comparisons, a `torch.where` against the baseline) about as much, the softmax and "
+    "target selection 0.024 s, sorting the attributions 0.014 s. Larger chunks do not help "
+    "(3.6x the floor at 8,192 rows a chunk as at 512): the work is per element, not per "
+    "call. The *written floor* is the least of it.",
+    "- **AverageDrop, AverageIncrease, AverageGain** hashed every map row for the forward "
+    "cache even when no cache was active (40 % of the call on W4): fixed in "
+    "`evalkit/metrics/faithfulness/confidence.py` (hash only inside `forward_cache()`; the "
+    "scores are unchanged). What remains is fixed per-call work (validation, wrapping the "
+    "model, per-sample NaN bookkeeping) of a few milliseconds, next to two forward passes "
+    "of under a millisecond.",
+    "- **Stochastic metrics** (the soft rationale metrics, MonotonicityCorrelation, "
+    "FaithfulnessCorrelation, Infidelity, the robustness noise, SmoothMPRT): one NumPy "
+    "generator seeded per sample key (20-50 us each, a Python loop over samples) and the "
+    "keys hashed from each sample's values: batch-independent draws by design, the *random "
+    "draws* column.",
+    "- **Consistency**: grouping the samples by their discretised maps and by their "
+    "predictions (`torch.unique(dim=0)`, 60 % of the call) costs more than its one forward "
+    "pass of the MLP. The maps are now grouped by their bytes (`np.unique`, the same "
+    "partition; `evalkit/metrics/robustness/consistency.py`), which took the call from 8.4 "
+    "to 7.0 ms at N = 2,000; the predictions' grouping (`Target.codes`, float (N, 1) "
+    "predictions) still uses `torch.unique(dim=0)`. **Sufficiency**: the N^2 pairwise "
+    "distances of the set-level metric.",
+    "- **Explanation-bound rows** (robustness, randomisation): their floor is explain() of "
+    "the rows they explain, so their ratio is the metric's own work around the explainer "
+    "(drawing noise, randomising layers, similarities); with W4's MLP the explainer's "
+    "per-call costs dominate both sides.",
+)
+
+
+def _fmt_us(seconds: float) -> str:
+    us = 1e6 * seconds
+    return f"{us:.0f}" if us >= 10 else f"{us:.2g}"
+
+
+def _modality_lines(results: list[Result]) -> list[str]:
+    """W4-W6: what each workload is, the N measured, and per row the floor ratio beside the
+    parts of our work the model floor leaves out (writing the inputs, keyed random draws)."""
+    from .workloads import MODALITY_DESCRIPTIONS
+
+    rows = [r for r in results if r.workload in MODALITY_WORKLOADS]
+    if not rows:
+        return []
+    lines = ["The issue's non-image workloads, one per modality (`benchmarks/workloads.py`):", ""]
+    for w in MODALITY_WORKLOADS:
+        ns = sorted({r.n for r in rows if r.workload == w})
+        if ns:
+            lines.append(f"- **{w}** ({MODALITY_WORKLOADS[w]}): {MODALITY_DESCRIPTIONS[w]} "
+                         f"Measured at N = {', '.join(map(str, ns))}.")
+    lines += ["", MODALITY_N_WHY, ""]
+    fpr = {}
+    for w in MODALITY_WORKLOADS:
+        per_row = [r.floor_s / r.ours_fwd.rows for r in rows
+                   if r.workload == w and _measured(r) and r.floor_s > 0 and r.ours_fwd
+                   and r.ours_fwd.rows and r.extra.get("written_floor_s") is not None]
+        if per_row:
+            fpr[w] = float(np.median(per_row))
+    if fpr:
+        lines += [
+            "Why rows stay above the floor here: the floor is the model alone, and these models "
+            "are small. Per forward row the bare model costs (median over the removal rows) "
+            + ", ".join(f"{w} {_fmt_us(v)} us" for w, v in fpr.items())
+            + ". Every implementation also builds each perturbed input (gathers, compares and "
+            "writes its values): *written floor* times the floor with each input row written "
+            "once before its forward (one `torch.where`), the least such work, and *ours / "
+            "written* compares with that. evalkit draws its random numbers per sample (one "
+            "generator per sample key, the key hashed from the sample's values, so that draws "
+            "do not depend on the batch): tens of microseconds per sample, which the "
+            "*random draws* column times (in one more untimed run) as a multiple of the floor. "
+            "On W4's MLP (30-64-64-3) these per-element and per-sample costs exceed the "
+            "model's; on W5's CNN and W6's encoder the model dominates.", "",
+            "What profiling found where W4 rows stay above the floor:", "",
+            *MODALITY_PROFILES, ""]
+    head = ("| metric | workload | ours (s) | floor ratio | written floor (x floor) | ours / "
+            "written | random draws (x floor) | Quantus (s) | speed-up | agreement |")
+    lines += [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.extra.get("skipped"):
+            continue
+        written = _extra_s(r, "written_floor_s")
+        part = _extra_s(r, "part_s")
+        fl = r.floor_s if r.floor_s > 0 else None
+        quantus = _fmt_s(r.quantus_s) if not r.quantus_error else "error (see the row)"
+        lines.append("| " + " | ".join(_cell(c) for c in [
+            r.metric, f"{r.workload} (N={r.n})", _fmt_s(r.ours_s), _fmt_ratio(r.floor_ratio),
+            "—" if not (written and fl) else f"{written / fl:.2f}",
+            "—" if not written else f"{r.ours_s / written:.2f}",
+            "—" if not (part and fl) else f"{part / fl:.2f}",
+            quantus, _fmt_ratio(r.speedup), r.agreement or "—"]) + " |")
+    return [*lines, ""]
 
 
 def _sharing_lines(results: list[Result]) -> list[str]:
@@ -785,8 +938,8 @@ def render_markdown(results: list[Result], runs: dict[str, dict[str, Any]],
         "",
         f"Generated by the harness in `benchmarks/` from the data in `{data_path}`; do not edit "
         "by hand (`python -m benchmarks.run --render` renders it again from the data). One "
-        "command regenerates the whole file (every spec on W1 and W2, the suites, W3; about 1.5 "
-        "hours on one core):",
+        "command regenerates the whole file (every spec on W1 and W2, the suites, W3, the "
+        "tabular, series and text workloads W4-W6; about 2 hours on one core):",
         "",
         "```",
         command,
@@ -830,6 +983,9 @@ def render_markdown(results: list[Result], runs: dict[str, dict[str, Any]],
     lines += _summary_lines(results)
     lines += ["## Rows that miss a target", ""]
     lines += _misses_lines(results)
+    modal = _modality_lines(results)
+    if modal:
+        lines += ["## Tabular, series and text (W4-W6)", "", *modal]
     sharing = _sharing_lines(results)
     if sharing:
         lines += ["## Shared work: a suite in one evaluation vs the sum of the parts", ""]
@@ -894,7 +1050,8 @@ def _data_path(out: str, data: str | None) -> Path | None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=sorted(WORKLOADS))
+    p.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=sorted(WORKLOADS),
+                   help="W1, W2: images; W4: tabular, W5: series, W6: token ids (issue 19)")
     p.add_argument("--metrics", nargs="+", default=None, help="spec names (default: all)")
     p.add_argument("--families", nargs="+", default=None, choices=list(FAMILY_MODULES))
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")

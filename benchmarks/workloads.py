@@ -3,6 +3,15 @@
 * **W1**: the ``BlackBoxModel`` CNN of the DermaMNIST part of the Quantus tutorial
   (3x28x28 inputs, 7 classes), 256 samples.
 * **W2**: a ResNet-18 (plain torch, 1000 classes) on 3x224x224 inputs, 16 samples.
+* **W4** (tabular): an MLP (30 -> 64 -> 64 -> 3) on 10,000 rows x 30 features; masks: a seeded
+  set of 6 informative features (the same for every row), which the first layer weighs 10x
+  more than the others.
+* **W5** (series): a 1-D CNN (three Conv1d blocks, global average pooling, 4 classes) on
+  256 x 3 x 500; masks: one seeded interval per sample (50 to 125 time steps).
+* **W6** (text): a 2-layer transformer encoder (``nn.Embedding`` + ``nn.TransformerEncoder``,
+  d_model 64, 4 heads, mean pool, 2 classes) over 128 x 64 token ids (vocabulary 1,000; id 1 is
+  the mask token, id 0 padding, unused here); masks: one seeded rationale span per sample (4 to
+  16 tokens).
 
 Weights are drawn from seeded generators inside :func:`torch.random.fork_rng`, so building a
 workload never changes the caller's global random state. Batch-norm running statistics are then
@@ -12,6 +21,14 @@ images in [0, 1]; labels are the model's own predictions, so explanations explai
 class. Attributions are ``evalkit.explain(..., method="Saliency")``: ``a`` summed over channels
 (N, 1, H, W), like Quantus' default ``reduce_axes=(1,)``, and ``a_channels`` per channel.
 Masks ``s`` are one seeded random rectangle per sample, (N, 1, H, W) bool.
+
+W4 and W5 are built the same way (seeded weights, seeded inputs, labels the predictions, Saliency
+attributions: W4's ``a`` is (N, 30), W5's ``a`` (N, 1, T) summed over channels and ``a_channels``
+(N, 3, T)). W6's inputs are integer ids, which have no gradient: its attributions are Saliency at
+the embedding layer, ``|dS/de|`` summed over the embedding dimension, one value per token
+(N, 64): ``explain(..., method="Saliency")`` on the ids where evalkit's ``explain()`` covers
+token ids, else that gradient computed directly (the same quantity; the workload's description
+says which).
 """
 
 from __future__ import annotations
@@ -19,13 +36,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["WORKLOADS", "BlackBoxModel", "ResNet18", "Workload", "get_workload"]
+__all__ = ["MODALITY_DESCRIPTIONS", "MODALITY_WORKLOADS", "WORKLOADS", "BlackBoxModel",
+           "ConvSeries", "ResNet18", "TabularMLP", "TextEncoder", "Workload", "get_workload"]
 
 
 # --------------------------------------------------------------------------- models
@@ -107,6 +126,55 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class TabularMLP(nn.Module):
+    """W4's MLP: ``features -> 64 -> 64 -> classes`` with ReLUs."""
+
+    def __init__(self, features: int = 30, num_classes: int = 3, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvSeries(nn.Module):
+    """W5's 1-D CNN: three Conv1d + batch-norm + ReLU blocks (max-pooling after the first
+    two), global average pooling, a linear head."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(in_channels, 16, 7, padding=3), nn.BatchNorm1d(16), nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(16, 32, 5, padding=2), nn.BatchNorm1d(32), nn.ReLU(), nn.MaxPool1d(2),
+            nn.Conv1d(32, 32, 3, padding=1), nn.BatchNorm1d(32), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class TextEncoder(nn.Module):
+    """W6's text classifier: ``nn.Embedding`` + a 2-layer ``nn.TransformerEncoder`` (batch
+    first), mean pooling over the tokens, a linear head."""
+
+    def __init__(self, vocab: int = 1000, d_model: int = 64, heads: int = 4, layers: int = 2,
+                 num_classes: int = 2) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=128, dropout=0.0,
+                                           batch_first=True)
+        # nested tensors only pay with padding masks, which this model does not take
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.fc = nn.Linear(d_model, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.encoder(self.embedding(ids)).mean(1))
+
+
 # --------------------------------------------------------------------------- data helpers
 def smooth_images(n: int, channels: int, size: int, *, seed: int) -> torch.Tensor:
     """Seeded smooth random images in [0, 1]: coarse noise upsampled, plus fine noise."""
@@ -166,6 +234,10 @@ class Workload:
     a_channels: torch.Tensor
     s: torch.Tensor
     device: torch.device
+    #: what the metrics are told the inputs are (``modality=``); None: inferred (images)
+    modality: Any = None
+    #: the model's embedding layer (token-id workloads: where gradients are taken), or None
+    embedding: nn.Module | None = None
     _np: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -200,12 +272,21 @@ class Workload:
             self.__dict__[key] = Workload(
                 name=self.name, description=self.description, model=self.model,
                 x=self.x[:n], y=self.y[:n], a=self.a[:n], a_channels=self.a_channels[:n],
-                s=self.s[:n], device=self.device)
+                s=self.s[:n], device=self.device, modality=self.modality,
+                embedding=self.embedding)
         return self.__dict__[key]
 
 
+def centre_logits(model: nn.Module, head: nn.Linear, x: torch.Tensor) -> nn.Module:
+    """Shift ``head``'s bias so that the mean logit over ``x`` is 0 for every class: a seeded
+    random network otherwise predicts one class for nearly every input."""
+    with torch.no_grad():
+        head.bias.sub_(model(x).mean(0))
+    return model
+
+
 def _finish(name: str, description: str, model: nn.Module, x: torch.Tensor, s: torch.Tensor,
-            device: torch.device) -> Workload:
+            device: torch.device, modality: Any = None) -> Workload:
     import evalkit
 
     model = model.to(device)
@@ -214,9 +295,10 @@ def _finish(name: str, description: str, model: nn.Module, x: torch.Tensor, s: t
         y = model(x).argmax(1)
     y = y.clone()
     a_ch = evalkit.explain(model, x, y, method="Saliency").detach()
-    a = a_ch.sum(1, keepdim=True)
+    # tables have no channel axis: their per-feature map is the map
+    a = a_ch if x.ndim == 2 else a_ch.sum(1, keepdim=True)
     return Workload(name=name, description=description, model=model, x=x, y=y, a=a,
-                    a_channels=a_ch, s=s.to(device), device=device)
+                    a_channels=a_ch, s=s.to(device), device=device, modality=modality)
 
 
 def make_w1(n: int = 256, device: str | torch.device = "cpu", seed: int = 0) -> Workload:
@@ -235,11 +317,159 @@ def make_w2(n: int = 16, device: str | torch.device = "cpu", seed: int = 0) -> W
                    model, x, random_boxes(n, 224, seed=seed + 13), torch.device(device))
 
 
+# --------------------------------------------------------------------------- W4-W6 (issue 19)
+#: W4's informative features (seeded) and how much more the first layer weighs them
+W4_FEATURES, W4_INFORMATIVE, W4_WEIGHT = 30, 6, 10.0
+
+
+def make_w4(n: int = 10_000, device: str | torch.device = "cpu", seed: int = 0) -> Workload:
+    """Tabular: a seeded MLP on ``n`` x 30 standard-normal features; masks: the informative
+    feature set (6 seeded columns, the same for every row)."""
+    gen = torch.Generator().manual_seed(seed + 41)
+    x = torch.randn((n, W4_FEATURES), generator=gen)
+    informative = torch.randperm(W4_FEATURES, generator=gen)[:W4_INFORMATIVE]
+
+    def factory() -> nn.Module:
+        model = TabularMLP(W4_FEATURES, 3)
+        with torch.no_grad():  # the model reads mostly the informative features
+            scale = torch.ones(W4_FEATURES)
+            scale[informative] = W4_WEIGHT
+            model.net[0].weight.mul_(scale / W4_WEIGHT ** 0.5)
+        return model
+
+    model = seeded_model(factory, x[:1], seed=seed + 40)
+    centre_logits(model, model.net[-1], x)
+    s = torch.zeros((n, W4_FEATURES), dtype=torch.bool)
+    s[:, informative] = True
+    from evalkit.modality import TabularModality
+
+    return _finish("W4", f"MLP (30-64-64-3), {n} x 30 features, 3 classes; masks: the "
+                   f"{W4_INFORMATIVE} informative features", model, x, s, torch.device(device),
+                   modality=TabularModality())
+
+
+def random_intervals(n: int, length: int, *, lo: int, hi: int, seed: int) -> torch.Tensor:
+    """(n, length) bool masks, one seeded interval of ``lo`` to ``hi`` steps per sample."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, length), dtype=bool)
+    for i in range(n):
+        width = int(rng.integers(lo, hi + 1))
+        start = int(rng.integers(0, length - width + 1))
+        masks[i, start : start + width] = True
+    return torch.from_numpy(masks)
+
+
+def smooth_series(n: int, channels: int, length: int, *, seed: int) -> torch.Tensor:
+    """Seeded smooth random series: coarse noise upsampled linearly, plus fine noise."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.randn((n, channels, max(2, length // 20)), generator=gen)
+    x = F.interpolate(coarse, size=length, mode="linear", align_corners=False)
+    return x + 0.1 * torch.randn((n, channels, length), generator=gen)
+
+
+def make_w5(n: int = 256, device: str | torch.device = "cpu", seed: int = 0) -> Workload:
+    """Series: a seeded 1-D CNN on ``n`` x 3 x 500; masks: one interval per sample."""
+    x = smooth_series(n, 3, 500, seed=seed + 51)
+    calib = smooth_series(256, 3, 500, seed=seed + 52)
+    model = seeded_model(lambda: ConvSeries(3, 4), calib, seed=seed + 50)
+    centre_logits(model, model.fc, calib)
+    s = random_intervals(n, 500, lo=50, hi=125, seed=seed + 53)[:, None]
+    from evalkit.modality import SeriesModality
+
+    return _finish("W5", f"1-D CNN (3 Conv1d blocks), {n} x 3 x 500, 4 classes; masks: one "
+                   "interval of 50-125 steps per sample", model, x, s, torch.device(device),
+                   modality=SeriesModality())
+
+
+#: W6's vocabulary, mask and padding ids
+W6_VOCAB, W6_MASK_ID, W6_PAD_ID = 1000, 1, 0
+
+
+def token_saliency(model: nn.Module, embedding: nn.Module, ids: torch.Tensor,
+                   y: torch.Tensor) -> torch.Tensor:
+    """``|dS/de|`` summed over the embedding dimension (N, L), ``S`` the logit of ``y`` and
+    ``e`` the embedding layer's output: Saliency at the embedding layer."""
+    captured: list[torch.Tensor] = []
+
+    def keep(_m: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
+        out = out.detach().requires_grad_(True)
+        captured.append(out)
+        return out
+
+    handle = embedding.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            score = model(ids).gather(1, y[:, None]).sum()
+            (grad,) = torch.autograd.grad(score, captured[-1])
+    finally:
+        handle.remove()
+    return grad.abs().sum(-1)
+
+
+def _token_attributions(model: nn.Module, ids: torch.Tensor, y: torch.Tensor,
+                        modality: Any) -> tuple[torch.Tensor, str]:
+    """Saliency on token ids through ``explain()`` where it covers them, else directly."""
+    import evalkit
+
+    try:
+        a = evalkit.explain(model, ids, y, method="Saliency", modality=modality).detach()
+        return a.float(), 'explain(method="Saliency") at the embedding layer'
+    except (TypeError, ValueError, NotImplementedError, RuntimeError):  # no token support
+        a = token_saliency(model, model.embedding, ids, y).detach()
+        return a, "|dS/de| summed over the embedding dimension (computed directly)"
+
+
+def make_w6(n: int = 128, device: str | torch.device = "cpu", seed: int = 0) -> Workload:
+    """Text: a seeded 2-layer transformer encoder over ``n`` x 64 token ids (2..999);
+    masks: one rationale span of 4-16 tokens per sample."""
+    from evalkit.modality import TokensModality
+
+    gen = torch.Generator().manual_seed(seed + 61)
+    ids = torch.randint(2, W6_VOCAB, (n, 64), generator=gen)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 60)
+        model = TextEncoder(W6_VOCAB).eval()
+    centre_logits(model, model.fc, torch.randint(2, W6_VOCAB, (256, 64), generator=gen))
+    dev = torch.device(device)
+    model, ids = model.to(dev), ids.to(dev)
+    modality = TokensModality(mask_token_id=W6_MASK_ID, pad_token_id=W6_PAD_ID)
+    with torch.inference_mode():
+        y = model(ids).argmax(1)
+    y = y.clone()
+    a, how = _token_attributions(model, ids, y, modality)
+    s = random_intervals(n, 64, lo=4, hi=16, seed=seed + 63).to(dev)
+    return Workload(
+        name="W6", description=f"2-layer transformer encoder (d_model 64, 4 heads, mean pool), "
+        f"{n} x 64 token ids, vocabulary {W6_VOCAB}, 2 classes; mask id {W6_MASK_ID}; "
+        f"rationales: one span of 4-16 tokens per sample; attributions: {how}",
+        model=model, x=ids, y=y, a=a, a_channels=a, s=s, device=dev, modality=modality,
+        embedding=model.embedding)
+
+
 #: name -> (builder, default N, quick N)
 WORKLOADS: dict[str, tuple[Callable[..., Workload], int, int]] = {
     "W1": (make_w1, 256, 8),
     "W2": (make_w2, 16, 2),
+    "W4": (make_w4, 10_000, 64),
+    "W5": (make_w5, 256, 8),
+    "W6": (make_w6, 128, 8),
 }
+#: one sentence per non-image workload, for the page
+MODALITY_DESCRIPTIONS: dict[str, str] = {
+    "W4": "an MLP (30-64-64-3, seeded weights, the first layer weighing 6 seeded informative "
+          "features 10x) on 10,000 rows x 30 standard-normal features; masks: the informative "
+          "features; attributions: Saliency.",
+    "W5": "a 1-D CNN (three Conv1d + batch-norm blocks, global average pooling, 4 classes, "
+          "seeded) on 256 x 3 x 500 smooth random series; masks: one interval of 50-125 steps "
+          "per series; attributions: Saliency (summed over channels; per channel for the "
+          "channel-value rows).",
+    "W6": "a 2-layer transformer encoder (nn.Embedding + nn.TransformerEncoder, d_model 64, "
+          "mean pool, 2 classes, seeded) over 128 x 64 random token ids; masks: one rationale "
+          "span of 4-16 tokens per text; attributions: Saliency at the embedding layer, one "
+          "value per token.",
+}
+#: the workloads of one non-image modality each (issue 19): workload -> modality name
+MODALITY_WORKLOADS: dict[str, str] = {"W4": "tabular", "W5": "series", "W6": "tokens"}
 
 _CACHE: dict[tuple[str, int, str], Workload] = {}
 

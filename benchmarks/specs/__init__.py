@@ -5,7 +5,9 @@ A spec names a metric (or explainer), its family, the workloads it runs on, and 
 how to compare their outputs, and what the floor is (see :class:`benchmarks.harness.Case`).
 
 To add a metric: append a :class:`Spec` to ``SPECS`` in the family's module (e.g.
-``benchmarks/specs/localisation.py``). ``all_specs()`` collects every module's ``SPECS``.
+``benchmarks/specs/localisation.py``). ``all_specs()`` collects every module's ``SPECS``, then
+adds the non-image workloads W4-W6 to the specs of the metrics declaring their modality
+(``benchmarks/specs/modalities.py``: settings per metric and modality).
 
 Every registered metric and explanation method needs a spec (:func:`check_spec_coverage`, run
 by the tests), except a metric whose class declares ``benchmark_spec = False`` (a class-level
@@ -84,6 +86,12 @@ def all_specs() -> list[Spec]:
             IMPORT_ERRORS[mod] = f"{type(exc).__name__}: {exc}"
             continue
         specs.extend(getattr(module, "SPECS", []))
+    try:  # the W4-W6 rows of every metric declaring their modality (issue 19)
+        from .modalities import extend_specs
+
+        specs = extend_specs(specs)
+    except Exception as exc:
+        IMPORT_ERRORS["modalities"] = f"{type(exc).__name__}: {exc}"
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

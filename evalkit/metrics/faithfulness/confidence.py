@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..._validation import check_bool, check_scalar
-from ...cache import row_hashes
+from ...cache import active_cache, row_hashes
 from ...modality import Modality
 from ...perturb import make_imputer
 from .._removal import (
@@ -122,7 +122,10 @@ class _ConfidenceChange(Metric):
                 return base[m] + e[m] * (x[m] - base[m])
 
             tag = b"cam-mult"
-        fps = sample_fingerprints(batch, row_hashes(e, n), row_hashes(base, n), tag)
+        # hash the maps only for an active forward cache: per-row hashing costs more than the
+        # forward pass of a small model (the W4 benchmark's MLP)
+        fps = (sample_fingerprints(batch, row_hashes(e, n), row_hashes(base, n), tag)
+               if active_cache() is not None else None)
         y1 = cached_rows(batch, idx, [()] * n, fps, build, desc=type(self).__name__)
         return clean_scores(batch), y1
 
