@@ -225,7 +225,9 @@ def _gradcam_arcc_module():
     this torch); ``base_cam`` is only a type hint there and gets a stand-in module."""
     pkg_dir = ORACLE / "pytorch_grad_cam"
     if not (pkg_dir / "metrics" / "arcc.py").exists():
-        pytest.skip("pytorch-grad-cam 1.5.7 is not installed in .oracle/gradcam "
+        # an optional oracle outside the dev extra (its package pulls another torch): absent
+        # in CI, so the skip wording is not one of a missing dev tool (tests/conftest.py)
+        pytest.skip("the optional pytorch-grad-cam 1.5.7 oracle is absent from .oracle/gradcam "
                     "(pip install --no-deps --target .oracle/gradcam grad-cam==1.5.7 "
                     "opencv-python-headless)")
     saved = {k: v for k, v in sys.modules.items() if k.startswith("pytorch_grad_cam")}
