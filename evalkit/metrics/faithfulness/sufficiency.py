@@ -89,10 +89,12 @@ class Sufficiency(Metric):
                     f"features: {err}"
                 ) from err
         if self.normalise_distances:
-            finite = d[torch.isfinite(d)]
-            top = float(finite.max()) if finite.numel() else 0.0
+            top = float(d.max()) if d.numel() else 0.0
+            if not math.isfinite(top):  # the largest finite distance (one pass when all are)
+                finite = d[torch.isfinite(d)]
+                top = float(finite.max()) if finite.numel() else 0.0
             if top > 0:
-                d = d / top
+                d = d.div_(top)
         return d if isinstance(a, torch.Tensor) else d.cpu().numpy()
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
@@ -108,11 +110,15 @@ class Sufficiency(Metric):
         # NaN itself) and takes no part in the distances' normalisation
         ok = valid_samples(batch)
         idx = ok.nonzero().flatten()
-        d = torch.full((n, n), math.inf, dtype=torch.float64, device=batch.device)
-        if idx.numel():
-            sub = torch.as_tensor(self.distances(a[idx].reshape(idx.numel(), -1)))
-            d[idx.unsqueeze(1), idx.unsqueeze(0)] = sub.to(batch.device, torch.float64)
-        near = (d <= self.threshold) & ~torch.eye(n, dtype=torch.bool, device=d.device)
+        if idx.numel() == n:  # every sample valid: the distances as they are (no N x N copy)
+            d = torch.as_tensor(self.distances(a.reshape(n, -1))).to(batch.device, torch.float64)
+        else:
+            d = torch.full((n, n), math.inf, dtype=torch.float64, device=batch.device)
+            if idx.numel():
+                sub = torch.as_tensor(self.distances(a[idx].reshape(idx.numel(), -1)))
+                d[idx.unsqueeze(1), idx.unsqueeze(0)] = sub.to(batch.device, torch.float64)
+        near = d <= self.threshold
+        near.fill_diagonal_(False)
         same = target.agree_pairwise(pred)  # NaN (no prediction) agrees with nothing
         count = near.sum(1)
         batch.set_nan(count == 0, "no other sample's explanation is within the threshold")
@@ -129,10 +135,11 @@ def _euclidean_distances(t: torch.Tensor) -> torch.Tensor:
     """
     sq = (t * t).sum(1)
     total = sq.unsqueeze(1) + sq.unsqueeze(0)
-    d2 = (total - 2.0 * (t @ t.T)).clamp_min(0.0)
-    i, j = (d2 <= 1e-6 * total).nonzero(as_tuple=True)
+    # in place on the N x N temporaries (the same values as total - 2 * (t @ t.T))
+    d2 = (t @ t.T).mul_(-2.0).add_(total).clamp_min_(0.0)
+    i, j = (d2 <= total.mul_(1e-6)).nonzero(as_tuple=True)
     if i.numel():
         exact = torch.cat([((t[i[k:k + 4096]] - t[j[k:k + 4096]]) ** 2).sum(1)
                            for k in range(0, i.numel(), 4096)])
         d2[i, j] = exact
-    return d2.sqrt()
+    return d2.sqrt_()
