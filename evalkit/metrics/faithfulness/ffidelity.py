@@ -33,11 +33,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ... import _rng
-from ..._validation import as_tensor, check_bool, check_option, check_scalar, finite_rows
+from ..._validation import check_bool, check_option, check_scalar
 from ...modality import Modality, as_modality
 from ...models import ModelWrapper, wrap_model
 from ...perturb import make_grouping, make_imputer
@@ -45,7 +44,7 @@ from ...perturb.baselines import impute
 from .._removal import QUANTITIES, baseline_values, clean_scores, order_groups, run_rows
 from .._ties import RanksFeatures
 from ..base import MetricBatch
-from ..data_randomisation import _cuda_devices
+from ..data_randomisation import fit_copy, training_data
 from ._views import batch_view
 from .rationales import removal_modalities
 
@@ -126,50 +125,24 @@ def fine_tune_with_random_masking(
     batch_size = check_scalar("batch_size", batch_size, int, min_val=1)
     lr = check_scalar("lr", lr, (int, float), min_val=0, include_min=False)
     weight_decay = check_scalar("weight_decay", weight_decay, (int, float), min_val=0)
-    params = list(model.parameters())
-    if not params:
-        raise ValueError("fine_tune_with_random_masking: the model has no parameters to train.")
-    device, dtype = params[0].device, params[0].dtype
-    xt = as_tensor(x, "x", device=device)
-    if xt.is_floating_point():
-        xt = xt.to(dtype)
-    yt = as_tensor(y, "y", device=device).to(torch.int64)
-    if yt.ndim != 1 or yt.shape[0] != xt.shape[0]:
-        raise ValueError(f"`y` must hold one class index per sample, shape ({xt.shape[0]},); "
-                         f"got {tuple(yt.shape)}.")
-    if xt.is_floating_point() and not bool(finite_rows(xt.reshape(xt.shape[0], -1)).all()):
-        raise ValueError("`x` contains NaN or Inf.")
+    xt, yt = training_data("fine_tune_with_random_masking", model, x, y)
     mod = as_modality(modality, xt)
     imputer = make_imputer(perturb_baseline)
     n = xt.shape[0]
     mask_seed = torch.full((n,), _rng.derive_seed(seed, "ffidelity-masks"), dtype=torch.int64)
     positions = torch.arange(n, dtype=torch.int64)
 
-    work = copy.deepcopy(model)
-    for p in work.parameters():
-        p.requires_grad_(True)
-    with torch.random.fork_rng(devices=_cuda_devices(work)):
-        torch.manual_seed(_rng.derive_seed(seed, "training") & ((1 << 63) - 1))
-        order = torch.Generator().manual_seed(_rng.derive_seed(seed, "order") & ((1 << 63) - 1))
-        opt = torch.optim.Adam(work.parameters(), lr=float(lr), weight_decay=float(weight_decay))
-        work.train()
-        with torch.enable_grad():
-            for epoch in range(epochs):
-                keys = _rng.combine(mask_seed, positions, epoch)
-                for idx in torch.randperm(n, generator=order).split(batch_size):
-                    xb = xt[idx.to(device)]
-                    kb = keys[idx]
-                    mask = random_removal_masks(xb, kb, beta=beta, grouping=grouping,
-                                                modality=mod)
-                    base = baseline_values(imputer, xb, kb.to(device), mod)
-                    masked = (mod.replace(xb, mask, base) if base is not None
-                              else impute(imputer, xb, mask, keys=kb.to(device), modality=mod))
-                    loss = F.cross_entropy(work(masked), yt[idx.to(device)])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-    work.zero_grad(set_to_none=True)
-    return work.eval()
+    def mask_randomly(xb: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        # each sample's masks come from its position and the epoch: batch-independent
+        rows = idx.cpu()
+        kb = _rng.combine(mask_seed[rows], positions[rows], epoch)
+        mask = random_removal_masks(xb, kb, beta=beta, grouping=grouping, modality=mod)
+        base = baseline_values(imputer, xb, kb.to(xb.device), mod)
+        return (mod.replace(xb, mask, base) if base is not None
+                else impute(imputer, xb, mask, keys=kb.to(xb.device), modality=mod))
+
+    return fit_copy(model, xt, yt, epochs=epochs, batch_size=batch_size, lr=lr,
+                    weight_decay=weight_decay, seed=seed, transform=mask_randomly)
 
 
 def _module_version(module: nn.Module) -> tuple:
