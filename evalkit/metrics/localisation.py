@@ -644,6 +644,19 @@ def _f1(hits: torch.Tensor, n_pred: torch.Tensor, n_true: torch.Tensor) -> torch
     return _safe_div(2 * hits, (n_pred + n_true).to(torch.float64))
 
 
+def _rationale_size(k: int | float | None, threshold: float | None
+                    ) -> tuple[int | float | None, float | None]:
+    """``(k, threshold)`` checked: at most one of them; ``k`` a count (int >= 1) or a share
+    (float in (0, 1])."""
+    if k is not None and threshold is not None:
+        raise ValueError("Give `k` or `threshold`, not both.")
+    if isinstance(k, float):
+        check_scalar("k", k, float, min_val=0, max_val=1, include_min=False)
+    elif k is not None:
+        check_scalar("k", k, int, min_val=1)
+    return k, check_scalar("threshold", threshold, (int, float), allow_none=True)
+
+
 class TokenF1(RanksFeatures, _LocalisationMetric):
     """Token F1 (DeYoung et al. 2020, ERASER's "Token F1"): the F1 score of the predicted
     rationale (the top-k features by attribution) against the human rationale ``s``.
@@ -673,14 +686,7 @@ class TokenF1(RanksFeatures, _LocalisationMetric):
     def __init__(self, k: int | float | None = None, threshold: float | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if k is not None and threshold is not None:
-            raise ValueError("Give `k` or `threshold`, not both.")
-        if isinstance(k, float):
-            check_scalar("k", k, float, min_val=0, max_val=1, include_min=False)
-        elif k is not None:
-            check_scalar("k", k, int, min_val=1)
-        self.k = k
-        self.threshold = check_scalar("threshold", threshold, (int, float), allow_none=True)
+        self.k, self.threshold = _rationale_size(k, threshold)
 
     def _ranks_attributions(self) -> bool:
         return self.threshold is None  # a threshold does not rank
@@ -762,14 +768,7 @@ class IOUF1(_LocalisationMetric):
         super().__init__(**kwargs)
         self.iou_threshold = check_scalar("iou_threshold", iou_threshold, (int, float),
                                           min_val=0, max_val=1, include_min=False)
-        if k is not None and threshold is not None:
-            raise ValueError("Give `k` or `threshold`, not both.")
-        if isinstance(k, float):
-            check_scalar("k", k, float, min_val=0, max_val=1, include_min=False)
-        elif k is not None:
-            check_scalar("k", k, int, min_val=1)
-        self.k = k
-        self.threshold = check_scalar("threshold", threshold, (int, float), allow_none=True)
+        self.k, self.threshold = _rationale_size(k, threshold)
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         a, s, spatial = _scored_pair(batch)
