@@ -93,6 +93,17 @@ def resolve_seed(seed: int | np.integer | torch.Generator | None) -> int:
     return int(seed)
 
 
+def numpy_generator(seed: int | np.random.Generator | None
+                    ) -> tuple[np.random.Generator, int | None]:
+    """A NumPy generator for a seed argument, and the seed it was made from: an int (or None:
+    fresh OS entropy, returned so that it can be recorded) gives a new generator; a given
+    ``numpy.random.Generator`` is used as it is (advanced by its user; seed None)."""
+    if isinstance(seed, np.random.Generator):
+        return seed, None
+    used = resolve_seed(seed)
+    return np.random.default_rng(used & ((1 << 63) - 1)), used
+
+
 def sample_keys(x: torch.Tensor, seed: int) -> torch.Tensor:
     """One int64 key per sample, from the seed and the sample's values only.
 

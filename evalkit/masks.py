@@ -374,11 +374,7 @@ def make_mosaics(
     if y_np.shape != (xt.shape[0],):
         raise ValueError(f"`y` must have one label per image, shape ({xt.shape[0]},); got "
                          f"{y_np.shape}.")
-    if isinstance(seed, np.random.Generator):
-        rng, used_seed = seed, None
-    else:
-        used_seed = _rng.resolve_seed(seed)
-        rng = np.random.default_rng(used_seed & ((1 << 63) - 1))
+    rng, used_seed = _rng.numpy_generator(seed)
     wanted = np.unique(y_np) if classes is None else np.asarray(list(classes))
     tiles, targets, flags = [], [], []
     skipped = []

@@ -318,11 +318,7 @@ def make_grids(
     if y_np.shape != (pool.shape[0],):
         raise ValueError(f"`y` must have one label per image, shape ({pool.shape[0]},); got "
                          f"{y_np.shape}.")
-    if isinstance(seed, np.random.Generator):
-        rng, used_seed = seed, None
-    else:
-        used_seed = _rng.resolve_seed(seed)
-        rng = np.random.default_rng(used_seed & ((1 << 63) - 1))
+    rng, used_seed = _rng.numpy_generator(seed)
 
     if model is not None:
         selected = _confident(model, pool, y_np, float(confidence), batch_size)
