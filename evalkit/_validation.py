@@ -228,6 +228,14 @@ def check_scalar(
     return value
 
 
+
+def check_top_k(k: Any) -> int | float:
+    """``k`` of a top-k metric checked and returned: a count (int >= 1) or a share of the
+    features (float in (0, 1])."""
+    if isinstance(k, float):
+        return check_scalar("k", k, float, min_val=0, max_val=1, include_min=False)
+    return check_scalar("k", k, int, min_val=1)
+
 def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise TypeError(f"`{name}` must be True or False, got {value!r}.")

@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from .._validation import check_scalar, finite_rows
+from .._validation import check_top_k, finite_rows
 from .base import Metric, MetricBatch
 
 __all__ = [
@@ -140,11 +140,7 @@ class _TopKAgreement(_AgreementMetric):
 
     def __init__(self, k: int | float = 0.25, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(k, float):
-            check_scalar("k", k, float, min_val=0, max_val=1, include_min=False)
-        else:
-            check_scalar("k", k, int, min_val=1)
-        self.k = k
+        self.k = check_top_k(k)
 
     def _resolve_k(self, n_features: int) -> int:
         if isinstance(self.k, float):

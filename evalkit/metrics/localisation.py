@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import as_tensor, check_bool, check_option, check_scalar
+from .._validation import as_tensor, check_bool, check_option, check_scalar, check_top_k
 from ..masks import boxes_from_masks, cam_localisation, dilate, masks_from_boxes, quadrant_masks
 from ._sorting import sort_rows
 from ._ties import RanksFeatures
@@ -460,11 +460,7 @@ class TopKIntersection(RanksFeatures, _LocalisationMetric):
     def __init__(self, k: int | float = 1000, concept_influence: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(k, float):
-            check_scalar("k", k, float, min_val=0, max_val=1, include_min=False)
-        else:
-            check_scalar("k", k, int, min_val=1)
-        self.k = k
+        self.k = check_top_k(k)
         self.concept_influence = check_bool("concept_influence", concept_influence)
 
     def _resolve_k(self, p: int) -> int:
@@ -650,10 +646,8 @@ def _rationale_size(k: int | float | None, threshold: float | None
     (float in (0, 1])."""
     if k is not None and threshold is not None:
         raise ValueError("Give `k` or `threshold`, not both.")
-    if isinstance(k, float):
-        check_scalar("k", k, float, min_val=0, max_val=1, include_min=False)
-    elif k is not None:
-        check_scalar("k", k, int, min_val=1)
+    if k is not None:
+        check_top_k(k)
     return k, check_scalar("threshold", threshold, (int, float), allow_none=True)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ... import _rng
-from ..._validation import check_bool, check_scalar
+from ..._validation import check_bool, check_scalar, check_top_k
 from ...perturb import GaussianNoise, Noise, make_grouping, rank_groups
 from .._removal import clean_scores, flag_nonfinite
 from .._ties import RanksFeatures
@@ -39,11 +39,7 @@ class _PredictionGap(RanksFeatures):
                  perturb_std: float = 0.1, perturb_mean: float = 0.0, *, auc: bool = False,
                  grouping: Any = "pixels", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(k, float):
-            check_scalar("k", k, float, min_val=0, max_val=1, include_min=False)
-        else:
-            check_scalar("k", k, int, min_val=1)
-        self.k = k
+        self.k = check_top_k(k)
         self.nr_samples = check_scalar("nr_samples", nr_samples, int, min_val=1)
         self.perturb_std = check_scalar("perturb_std", perturb_std, (int, float), min_val=0)
         self.perturb_mean = check_scalar("perturb_mean", perturb_mean, (int, float))

@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ... import _rng
-from ..._validation import check_bool, check_option, check_scalar
+from ..._validation import check_bool, check_option, check_scalar, check_top_k
 from ...models import ModelWrapper
 from .._ties import RanksFeatures
 from ..base import MetricBatch
@@ -208,11 +208,7 @@ class AdversarialTopKIntersection(RanksFeatures):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(k, float):
-            check_scalar("k", k, float, min_val=0, max_val=1, include_min=False)
-        else:
-            check_scalar("k", k, int, min_val=1)
-        self.k = k
+        self.k = check_top_k(k)
         self.epsilon = check_scalar("epsilon", epsilon, (int, float), min_val=0)
         self.nr_steps = check_scalar("nr_steps", nr_steps, int, min_val=1)
         self.step_size = check_scalar("step_size", step_size, (int, float), min_val=0,
