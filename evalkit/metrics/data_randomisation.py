@@ -41,8 +41,8 @@ from .._rng import derive_seed
 from .._validation import as_tensor, check_bool, check_scalar, finite_rows
 from ..models import ModelWrapper, wrap_model
 from .base import Metric, MetricBatch
-from .randomisation import _lower_is_better, _similarity_name
-from .similarity import get_similarity, undefined_reason
+from .randomisation import _lower_is_better, similarity_to_original
+from .similarity import get_similarity
 
 __all__ = [
     "DataRandomisation",
@@ -307,20 +307,7 @@ class DataRandomisation(Metric):
         raw = self._run_explain(batch, batch.x, batch.y, other)
         finite = finite_rows(raw).to(batch.device)
         a_r = self._preprocess_attributions(batch, raw, batch.x, flag_nan=False)
-        if a_r.shape != batch.a.shape:
-            raise ValueError(
-                f"DataRandomisation: the explain function returns attributions of shape "
-                f"{tuple(a_r.shape)} but `a` has shape {tuple(batch.a.shape)}; compute `a` "
-                "with the same explain function.")
-        fn = get_similarity(self.similarity_func)
-        s = torch.as_tensor(fn(batch.a, a_r)).to(device=batch.device, dtype=torch.float64)
-        if s.shape != (batch.n,):
-            raise RuntimeError(f"similarity_func returned shape {tuple(s.shape)}; expected "
-                               f"({batch.n},).")
-        batch.set_nan(~finite, "the permuted-label model's explanation contains NaN or Inf")
-        bad = ~torch.isfinite(s)
-        if bool(bad.any()):
-            known = undefined_reason(batch.a, a_r, _similarity_name(self.similarity_func))
-            for i in torch.nonzero(bad).flatten().tolist():
-                batch.set_nan(torch.arange(batch.n) == i, known[i] or "similarity is not finite")
+        s = similarity_to_original(
+            batch, a_r, finite, self.similarity_func, who="DataRandomisation",
+            nonfinite="the permuted-label model's explanation contains NaN or Inf")
         return torch.where(finite, s, torch.full_like(s, math.nan))

@@ -957,26 +957,39 @@ class RandomLogit(Metric):
         raw = self._run_explain(batch, batch.x, y_off.to(batch.y.dtype))
         finite = finite_rows(raw)
         a_off = self._preprocess_attributions(batch, raw, batch.x, flag_nan=False)
-        assert batch.a is not None
-        if a_off.shape != batch.a.shape:
-            raise ValueError(
-                f"RandomLogit: the explain function returns attributions of shape "
-                f"{tuple(a_off.shape)} but `a` has shape {tuple(batch.a.shape)}; compute `a` "
-                "with the same explain function."
-            )
-        fn = get_similarity(self.similarity_func)
-        s = torch.as_tensor(fn(batch.a, a_off)).to(device=batch.device, dtype=torch.float64)
-        if s.shape != (batch.n,):
-            raise RuntimeError(f"similarity_func returned shape {tuple(s.shape)}; expected "
-                               f"({batch.n},).")
-        batch.set_nan(~finite, "the explanation for the random class contains NaN or Inf")
-        bad = ~torch.isfinite(s)
-        if bool(bad.any()):
-            known = undefined_reason(batch.a, a_off, _similarity_name(self.similarity_func))
-            for i in torch.nonzero(bad).flatten().tolist():
-                batch.set_nan(torch.arange(batch.n) == i, known[i] or "similarity is not finite")
-        return s
+        return similarity_to_original(
+            batch, a_off, finite, self.similarity_func, who="RandomLogit",
+            nonfinite="the explanation for the random class contains NaN or Inf")
 
 
 #: Quantus' former name of :class:`MPRT` (the same class; also a registry alias).
 ModelParameterRandomisation = MPRT
+
+
+def similarity_to_original(batch: MetricBatch, other: torch.Tensor, finite: torch.Tensor,
+                           similarity_func: Any, *, who: str, nonfinite: str) -> torch.Tensor:
+    """(N,) ``similarity_func(a, other)`` of the batch's explanations ``a`` and another
+    explanation of the same inputs (for a random class, by a retrained model...), float64.
+
+    ``other`` must have ``a``'s shape (it comes from the same explain function). Samples whose
+    ``other`` is not ``finite`` are NaN with the reason ``nonfinite``; a similarity that is not
+    finite is NaN with the similarity's own reason where it has one."""
+    assert batch.a is not None
+    if other.shape != batch.a.shape:
+        raise ValueError(
+            f"{who}: the explain function returns attributions of shape "
+            f"{tuple(other.shape)} but `a` has shape {tuple(batch.a.shape)}; compute `a` "
+            "with the same explain function."
+        )
+    fn = get_similarity(similarity_func)
+    s = torch.as_tensor(fn(batch.a, other)).to(device=batch.device, dtype=torch.float64)
+    if s.shape != (batch.n,):
+        raise RuntimeError(f"similarity_func returned shape {tuple(s.shape)}; expected "
+                           f"({batch.n},).")
+    batch.set_nan(~finite, nonfinite)
+    bad = ~torch.isfinite(s)
+    if bool(bad.any()):
+        known = undefined_reason(batch.a, other, _similarity_name(similarity_func))
+        for i in torch.nonzero(bad).flatten().tolist():
+            batch.set_nan(torch.arange(batch.n) == i, known[i] or "similarity is not finite")
+    return s
