@@ -44,6 +44,21 @@ def quantus():
     return pytest.importorskip("quantus")
 
 
+@pytest.fixture(scope="session")
+def torchvision():
+    """torchvision (the optional ``vision`` extra: detection, segmentation and ViT models with
+    random weights, never downloaded). Tests using this fixture are marked ``vision`` and skip
+    where it is absent or does not import beside the installed torch (the CPU torch 2.13 of the
+    README's install); run them in an environment with ``pip install torch==2.14.1
+    torchvision==0.29.1`` and ``pip install -e ".[dev,vision]"``."""
+    try:
+        import torchvision as tv
+    except Exception as exc:  # ImportError, or RuntimeError "operator torchvision::nms ..."
+        pytest.skip("torchvision, the vision extra, is absent or broken here "
+                    f"({type(exc).__name__})")
+    return tv
+
+
 #: set by .ci/run, where the dev extra is installed: a test skipped because a tool of that extra
 #: (quantus, mkdocs, nbclient, ray, ...) is missing fails instead, so that a broken install can
 #: never pass CI by silently skipping the oracle cross-checks, the docs build or the notebooks
@@ -66,6 +81,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "quantus" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.oracle)
+        if "torchvision" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.vision)
 
 
 @pytest.fixture(autouse=True, scope="session")

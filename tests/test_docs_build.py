@@ -146,6 +146,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs_runner import PYTHON, code_blocks  # noqa: E402
 
 _SKIP_MARKER = re.compile(r"<!--\s*docs-test:\s*skip")
+#: a page whose examples need an optional extra says so once, anywhere in its text:
+#: ``<!-- docs-test: needs: torchvision -->``; the page's test skips where the module is absent
+_NEEDS_MARKER = re.compile(r"<!--\s*docs-test:\s*needs:\s*(?P<module>[\w.]+)\s*-->")
 #: pages whose blocks take more than ~15 s of CPU (whole evaluations, meta-evaluations: up to
 #: minutes); CI runs them, as it runs every slow test
 _SLOW_PAGES = {"README.md", "docs/evaluate.md", "docs/contributing.md",
@@ -209,6 +212,9 @@ def test_code_block_parser_finds_blocks_in_tabs():
     pytest.param(p, marks=pytest.mark.slow) if p in _SLOW_PAGES else p
     for p in _pages() if _python_blocks(p)])
 def test_every_python_block_of_the_page_runs(page, tmp_path):
+    for need in _NEEDS_MARKER.finditer((ROOT / page).read_text(encoding="utf-8")):
+        if importlib.util.find_spec(need["module"]) is None:
+            pytest.skip(f"the page needs {need['module']} (an optional extra), absent here")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_docs_runner.py"),
                            str(ROOT / page)], cwd=tmp_path, env=env, capture_output=True,
