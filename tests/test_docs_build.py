@@ -208,9 +208,16 @@ def test_code_block_parser_finds_blocks_in_tabs():
         ("", "output\n", None)]
 
 
+def _page_marks(page: str) -> list[pytest.MarkDecorator]:
+    marks = [pytest.mark.slow] if page in _SLOW_PAGES else []
+    if any(m["module"] == "torchvision" for m in
+           _NEEDS_MARKER.finditer((ROOT / page).read_text(encoding="utf-8"))):
+        marks.append(pytest.mark.vision)
+    return marks
+
+
 @pytest.mark.parametrize("page", [
-    pytest.param(p, marks=pytest.mark.slow) if p in _SLOW_PAGES else p
-    for p in _pages() if _python_blocks(p)])
+    pytest.param(p, marks=_page_marks(p)) for p in _pages() if _python_blocks(p)])
 def test_every_python_block_of_the_page_runs(page, tmp_path):
     for need in _NEEDS_MARKER.finditer((ROOT / page).read_text(encoding="utf-8")):
         if importlib.util.find_spec(need["module"]) is None:
