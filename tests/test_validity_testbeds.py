@@ -92,6 +92,14 @@ def test_registry_covers_every_mechanism_and_modality():
     assert list_testbeds(mechanism="interaction") == ["image-and", "image-xor"]
 
 
+def test_docs_page_lists_every_testbed():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "validity.md").read_text("utf-8")
+    missing = [name for name in ALL if f"`{name}`" not in page]
+    assert not missing, f"docs/validity.md does not list {missing}"
+
+
 def test_registry_rejects_unknown_names():
     with pytest.raises(ValueError, match="Unknown testbed 'image-nope'"):
         build_testbed("image-nope")

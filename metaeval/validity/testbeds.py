@@ -18,12 +18,13 @@ mechanism          what the model does; what a correct metric must see
 ``saturation``     z = A clamp(u . x_R, max=1) + v . x_rest: the gradient is exactly zero on
                    the evidence, which carries the output; Integrated Gradients (closed form)
                    beats the gradient (Sundararajan et al. 2017)
-``invariance``     linear on a region, constant outside it: a map that changes only with
-                   what the model reads is more stable than one that moves with ignored inputs
+``invariance``     linear on a region, constant outside it: its gradient (the weights) is
+                   the same at every input; maps that move with ignored inputs are less stable
 ``interaction``    the product of two regions' evidence (AND, or XOR of their signs): a map of
                    both regions (the closed-form IG) beats a map of one of them
-``model-aware``    a small CNN / MLP: gradient maps depend on the weights, edge and intensity
-                   maps do not (model randomisation, Adebayo et al. 2018)
+``model-aware``    a small CNN / MLP whose decision reads one part of the input: gradient maps
+                   depend on the weights, edge and intensity maps do not (model
+                   randomisation, Adebayo et al. 2018)
 ``sparsity``       reads one feature: the one-hot map beats a spread and a uniform map
 ``completeness``   a bias-free ReLU network (positively homogeneous): gradient x (input -
                    baseline) is complete *and* input invariant; the gradient is not complete,
@@ -948,6 +949,21 @@ def _plant_interaction(x: torch.Tensor, modality: str, seed: int, name: str,
     )
 
 
+def _model_aware_focus(model: CNNModel, modality: str) -> torch.Tensor:
+    """A 0/1 mask over the inputs of the classifier (image/series) or its first layer's
+    columns (tables) that keeps one part of the input."""
+    if modality == "tabular":
+        first = model.features[1]
+        keep = torch.zeros(first.in_features)
+        keep[: max(1, first.in_features // 3)] = 1
+        first.weight.mul_(keep)
+        return torch.ones_like(model.classifier.weight)
+    cells = 9 if modality == "image" else 3  # the pooled grid, flattened per channel
+    keep = torch.zeros(model.classifier.in_features)
+    keep[::cells] = 1  # cell 0 of every channel
+    return keep.expand_as(model.classifier.weight)
+
+
 def _plant_model_aware(x: torch.Tensor, modality: str, seed: int, name: str) -> Testbed:
     if modality == "tokens":
         raise ValueError("The model-aware testbed needs numeric inputs (gradients).")
@@ -958,6 +974,10 @@ def _plant_model_aware(x: torch.Tensor, modality: str, seed: int, name: str) -> 
         for p in model.parameters():
             fan_in = p[0].numel() if p.ndim > 1 else 1
             p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+        # structure, as training gives: the decision reads one part of the input (the first
+        # pooled cell of the CNN, the first third of the columns of the MLP), so the gradient
+        # is concentrated there and randomising the layers spreads it
+        model.classifier.weight.mul_(_model_aware_focus(model, modality))
         # both classes predicted: class 1's bias at the median logit difference
         logits = model(x)
         model.classifier.bias[1] -= _median_offset(logits[:, 1] - logits[:, 0])
@@ -985,7 +1005,8 @@ def _plant_model_aware(x: torch.Tensor, modality: str, seed: int, name: str) -> 
         ]
     return Testbed(
         name=name, mechanism="model-aware", modality=modality,
-        description=("A small random network: gradient maps depend on its weights, edge and "
+        description=("A small network whose decision reads one part of the input (as a "
+                     "trained one would): gradient maps depend on its weights, edge and "
                      "intensity maps do not, so a randomisation metric must rank the former "
                      "above (Adebayo et al. 2018)."),
         model=model, x=x, y=y, candidates=_candidates(*items), order=_pairs(*pairs),
