@@ -259,9 +259,9 @@ def test_no_softmax_over_detections():
     metric(model, x, y, a)
     expected = model.target(model.predict(x), y)
     assert metric.curves_[:, 0] == pytest.approx(expected.numpy())
-    with pytest.raises(ValueError, match="take no softmax"):
+    with pytest.raises(ValueError, match="softmax over them is not meaningful"):
         metric(model, x, y, a, softmax=True)
-    with pytest.raises(ValueError, match="take no softmax"):
+    with pytest.raises(ValueError, match="softmax over them is not meaningful"):
         wrap_model(DetectionModel(TinyDetector()), target=BoxScoreTarget(), softmax=True)
 
 

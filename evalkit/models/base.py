@@ -107,9 +107,10 @@ class ModelWrapper(ABC):
             raise TypeError(f"`softmax` must be True, False or None; got {softmax!r}.")
         self.softmax = softmax
         self.target: _BaseTarget = as_target(target)
-        if softmax and not getattr(self.target, "takes_softmax", True):
-            raise ValueError(f"{type(self.target).__name__} scores outputs that take no "
-                             "softmax; pass softmax=False (or leave it unset).")
+        if softmax and not getattr(self.target, "softmax_applies", True):
+            raise ValueError(f"{type(self.target).__name__} scores outputs that have no class "
+                             "axis (e.g. detections, embeddings): a softmax over them is not "
+                             "meaningful. Pass softmax=False.")
         self.batch_size = batch_size
         self.counter = ForwardCounter()
         self._output_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -247,12 +248,11 @@ class ModelWrapper(ABC):
         """
         if not self.softmax:
             return self
-        if not getattr(self.target, "takes_softmax", True):
-            # e.g. detections (N, D, 6): their scores are probabilities already, and a softmax
-            # over the detection axis would mix boxes, labels and scores
+        if not getattr(self.target, "softmax_applies", True):  # e.g. embeddings
             if not by_default:
-                raise ValueError(f"{type(self.target).__name__} scores outputs that take no "
-                                 "softmax; pass softmax=False (or leave it unset).")
+                raise ValueError(f"{type(self.target).__name__} scores outputs that have no "
+                                 "class axis (e.g. embeddings): a softmax over them is not "
+                                 "meaningful. Pass softmax=False.")
             return self.with_options(softmax=False)
         shape = self.output_shape(x)
         key = tuple(x.shape[1:])

@@ -262,7 +262,7 @@ class BoxScoreTarget(BaseTarget):
     uses_class_labels = False
     #: detection scores are probabilities already; a softmax over the detections is
     #: meaningless (:meth:`~evalkit.models.ModelWrapper.check_softmax` reads this)
-    takes_softmax = False
+    softmax_applies = False
 
     def __init__(self, iou_threshold: float = 0.0, agree_iou: float = 0.5) -> None:
         self.iou_threshold = _fraction("iou_threshold", iou_threshold, upper_open=True)
