@@ -242,7 +242,7 @@ def test_wrapper_is_differentiable_and_checks_the_detector():
         DetectionModel(TinyDetector(), max_detections=0)
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         DetectionModel(TinyDetector())(torch.zeros(3, SIZE, SIZE))
-    with pytest.raises(TypeError, match="torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         DetectionModel(lambda images: [])
     with pytest.raises(ValueError, match="cam_layer"):
         DetectionModel(TinyDetector(), cam_layer="nowhere")
@@ -390,7 +390,7 @@ def faster_rcnn(torchvision):
 # (EfficientMPRT re-explains it), and the explainer warns about the zero gradient
 @pytest.mark.filterwarnings("ignore:The gradient of the target score:UserWarning")
 def test_faster_rcnn_explain_and_metrics_end_to_end(faster_rcnn):
-    det, model, x, y = faster_rcnn
+    _, model, x, y = faster_rcnn
     assert model.model.cam_layer == "detector.backbone.body.16"
     assert (y[:, 4] >= 1).all()  # real detections (labels of COCO classes, not padding)
     score = model.target(model.predict(x), y)
@@ -451,3 +451,16 @@ def test_gradcam_against_pytorch_grad_cam_box_score_target(faster_rcnn):
         mine = ours[i].numpy()
         assert mine.max() > 0
         assert np.corrcoef(mine.ravel(), ref.ravel())[0, 1] > 0.999
+
+
+def test_faster_rcnn_fingerprint_keys_settings_not_caches(torchvision):
+    """The detector's thresholds are part of the store key; caches a forward pass fills
+    (MultiScaleRoIAlign.scales) are not, so the key is the same before and after."""
+    model = DetectionModel(_faster_rcnn(torchvision), max_detections=20)
+    before = model_fingerprint(model)
+    with torch.no_grad():
+        model(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    assert model.detector.roi_heads.box_roi_pool.scales is not None  # the cache was filled
+    assert model_fingerprint(model) == before
+    model.detector.roi_heads.score_thresh = 0.05
+    assert model_fingerprint(model) != before

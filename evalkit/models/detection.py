@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from typing import Any
 
 import torch
@@ -54,6 +55,8 @@ DETECTION_FIELDS = ("x1", "y1", "x2", "y2", "score", "label")
 PADDING_LABEL = -1
 
 _MODULE_BASE_ATTRIBUTES = frozenset(vars(nn.Module()))
+#: names of detector attributes that are settings (see DetectionModel.fingerprint_config)
+_SETTING = re.compile(r"thresh|top_?n|topk|detections|size|mean|std")
 _PLAIN = (type(None), bool, int, float, str)
 
 
@@ -81,9 +84,10 @@ class DetectionModel(nn.Module):
         last block of ``detector.backbone.body`` (torchvision's backbones), else the last
         convolution of ``detector.backbone``, else the CAM methods' own default.
 
-    The detector's settings that are not parameters (score and NMS thresholds, image sizes,
-    ``max_detections``) change the outputs without changing the weights, so they are part of
-    the model's fingerprint in the result store (:meth:`fingerprint_config`).
+    The detector's settings that are not parameters (score and NMS thresholds, proposal
+    counts, image sizes, ``max_detections``) change the outputs without changing the weights,
+    so they are part of the model's fingerprint in the result store
+    (:meth:`fingerprint_config`).
 
     Gradient CAMs map the layer's activations back to the input by resizing; torchvision's
     transform resizes each image (to ``min_size``) and pads the batch to a multiple of 32, so
@@ -150,13 +154,16 @@ class DetectionModel(nn.Module):
 
     def fingerprint_config(self) -> dict[str, Any]:
         """What changes the outputs besides the parameters and buffers: ``max_detections`` and
-        a digest of every plain setting (numbers, strings, and lists and dicts of them) that
-        the detector's modules hold beyond those of a bare ``nn.Module`` (score and NMS
-        thresholds, proposal counts, image sizes and normalisation, layer shapes)."""
+        a digest of the detector's settings, i.e. every plain attribute (numbers, strings, and
+        lists, tuples and dicts of them) of its modules whose name speaks of thresholds,
+        proposal and detection counts, sizes or normalisation (``score_thresh``,
+        ``nms_thresh``, ``_post_nms_top_n``, ``detections_per_img``, ``topk_candidates``,
+        ``min_size``, ``image_mean``...). Other attributes are left out: some are caches
+        that a forward pass fills (torchvision's ``MultiScaleRoIAlign.scales``)."""
         settings: dict[str, Any] = {}
         for name, module in self.detector.named_modules():
             own = {k: v for k, v in vars(module).items()
-                   if k not in _MODULE_BASE_ATTRIBUTES and _is_plain(v)}
+                   if k not in _MODULE_BASE_ATTRIBUTES and _SETTING.search(k) and _is_plain(v)}
             if own:
                 settings[name] = own
         text = json.dumps(settings, sort_keys=True, default=repr)
