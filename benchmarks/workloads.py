@@ -485,3 +485,50 @@ def get_workload(name: str, n: int | None = None, device: str | torch.device = "
     if key not in _CACHE:
         _CACHE[key] = build(n=n, device=device)
     return _CACHE[key]
+
+
+# --------------------------------------------------------------------------- W7 (issue 20)
+#: W7's image side; torchvision's transform resizes to it (no upsampling to 320)
+W7_SIZE = 160
+
+
+def make_w7(n: int = 4, device: str | torch.device = "cpu", seed: int = 0) -> Workload:
+    """Object detection: torchvision's Faster R-CNN (MobileNetV3-Large FPN, the 320 variant)
+    with seeded random weights in :class:`evalkit.models.DetectionModel`, on ``n`` smooth
+    160 x 160 images. ``box_score_thresh=0.0`` (an untrained detector scores every class about
+    1/91, below the default 0.05: no box at all), 160-pixel inputs, 40/20 proposals, 20
+    detections per image; the class head is scaled by 100 so that scores differ between boxes.
+    ``y``: each image's top detection ``[x1, y1, x2, y2, label]`` (N, 5), the references of
+    :class:`evalkit.models.BoxScoreTarget`; masks: those boxes; ``a``: GradCAM at the end of
+    the backbone, ``a_channels``: Saliency. torchvision is imported here, lazily (the vision
+    extra): the other workloads do not need it."""
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+    import evalkit
+    from evalkit.masks import masks_from_boxes
+    from evalkit.models import BoxScoreTarget, DetectionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 70)
+        detector = fasterrcnn_mobilenet_v3_large_320_fpn(
+            weights=None, weights_backbone=None, box_score_thresh=0.0, min_size=W7_SIZE,
+            max_size=W7_SIZE, rpn_pre_nms_top_n_test=40, rpn_post_nms_top_n_test=20,
+            box_detections_per_img=20)
+    with torch.no_grad():
+        detector.roi_heads.box_predictor.cls_score.weight.mul_(100)
+    dev = torch.device(device)
+    model = DetectionModel(detector, max_detections=20).eval().to(dev)
+    x = smooth_images(n, 3, W7_SIZE, seed=seed + 71).to(dev)
+    wrapper = evalkit.wrap_model(model, target=BoxScoreTarget())
+    y = wrapper.target.predict(wrapper.predict(x))
+    a = evalkit.explain(wrapper, x, y, method="GradCAM").detach()
+    a_ch = evalkit.explain(wrapper, x, y, method="Saliency").detach()
+    s = masks_from_boxes(y[:, :4], (W7_SIZE, W7_SIZE))
+    return Workload(
+        name="W7", description=f"Faster R-CNN (MobileNetV3-Large FPN, random weights, "
+        f"box_score_thresh 0, 20 proposals/detections) in DetectionModel, {n} x 3x{W7_SIZE}x"
+        f"{W7_SIZE}; references: each image's top detection (BoxScoreTarget); masks: its box",
+        model=model, x=x, y=y, a=a, a_channels=a_ch, s=s.to(dev), device=dev)
+
+
+WORKLOADS["W7"] = (make_w7, 4, 2)

@@ -17,7 +17,9 @@ A row's key is a hash of two parts:
   (including the seed :func:`~evalkit.evaluate` derived for it), the method's resolved
   configuration (registered name and keyword arguments, or the explain function's qualified
   name and the hash of its source code), the **model fingerprint** (the class and a hash of
-  every parameter and buffer of a ``torch.nn.Module``, the wrapper's softmax and target), the
+  every parameter and buffer of a ``torch.nn.Module``, and what its ``fingerprint_config()``
+  returns where it defines one (e.g. a detector's score thresholds, in
+  :class:`~evalkit.models.DetectionModel`), the wrapper's softmax and target), the
   device type and the evalkit version;
 * the **data fingerprint** of its chunk: a hash of the chunk's inputs, labels, masks and (for
   methods given as attribution arrays) attributions.
@@ -193,7 +195,8 @@ def data_fingerprint(*arrays: Any) -> str:
 
 def model_fingerprint(model: Any) -> dict[str, Any]:
     """What identifies a model's behaviour: for a ``torch.nn.Module`` its class and a hash of
-    every parameter and buffer (names, shapes, dtypes, values); for a
+    every parameter and buffer (names, shapes, dtypes, values), and its ``fingerprint_config()``
+    where it has one (settings outside the state dict); for a
     :class:`~evalkit.models.ModelWrapper` also its softmax and target settings; for other
     callables their qualified name and, when they can be pickled, a hash of their pickle."""
     from .models import ModelWrapper
@@ -210,7 +213,12 @@ def model_fingerprint(model: Any) -> dict[str, Any]:
             h.update(name.encode())
             if isinstance(t, torch.Tensor):
                 h.update(json.dumps(_array_digest(t)).encode())
-        return {"__module__": _qualname(type(model)), "state": h.hexdigest()}
+        module_fp: dict[str, Any] = {"__module__": _qualname(type(model)),
+                                     "state": h.hexdigest()}
+        settings = getattr(model, "fingerprint_config", None)
+        if callable(settings):  # settings that change outputs but are not in the state dict
+            module_fp["config"] = canonical(settings())
+        return module_fp
     if model is None:
         return {"__model__": None}
     out: dict[str, Any] = {"__model__": canonical(model) if inspect.isroutine(model)

@@ -814,7 +814,10 @@ class Metric:
     ) -> torch.Tensor:
         fn, kwargs = self._explain_callable(batch)
         if model is not None:
-            model_arg: Any = model.model if batch.explain_fn is not None else model
+            # a user's explain function gets a copy of what it was given: the raw module, or a
+            # wrapper (which carries the target, e.g. a detection or segmentation target)
+            model_arg: Any = (model.model if batch.explain_fn is not None
+                              and not isinstance(batch.model_obj, ModelWrapper) else model)
         else:
             model_arg = batch.model_obj if batch.explain_fn is not None else batch.model
         if batch.model is not None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from .base import ForwardCounter, ModelWrapper, same_device
 from .callable_model import CallableModel
+from .detection import BoxScoreTarget, DetectionModel, box_iou
 from .targets import (
     BaseTarget,
     BinaryTarget,
@@ -29,8 +30,10 @@ from .torch_model import TorchModel, randomisable_layers
 __all__ = [
     "BaseTarget",
     "BinaryTarget",
+    "BoxScoreTarget",
     "CallableModel",
     "ClassTarget",
+    "DetectionModel",
     "ForwardCounter",
     "ModelWrapper",
     "MultiLabelTarget",
@@ -39,6 +42,7 @@ __all__ = [
     "Target",
     "TorchModel",
     "as_target",
+    "box_iou",
     "randomisable_layers",
     "wrap_model",
 ]

@@ -107,6 +107,10 @@ class ModelWrapper(ABC):
             raise TypeError(f"`softmax` must be True, False or None; got {softmax!r}.")
         self.softmax = softmax
         self.target: _BaseTarget = as_target(target)
+        if softmax and not getattr(self.target, "softmax_applies", True):
+            raise ValueError(f"{type(self.target).__name__} scores outputs that have no class "
+                             "axis (e.g. detections, embeddings): a softmax over them is not "
+                             "meaningful. Pass softmax=False.")
         self.batch_size = batch_size
         self.counter = ForwardCounter()
         self._output_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -244,6 +248,12 @@ class ModelWrapper(ABC):
         """
         if not self.softmax:
             return self
+        if not getattr(self.target, "softmax_applies", True):  # e.g. embeddings
+            if not by_default:
+                raise ValueError(f"{type(self.target).__name__} scores outputs that have no "
+                                 "class axis (e.g. embeddings): a softmax over them is not "
+                                 "meaningful. Pass softmax=False.")
+            return self.with_options(softmax=False)
         shape = self.output_shape(x)
         key = tuple(x.shape[1:])
         fix = ("wrap the model with evalkit.models.wrap_model(model, softmax=False) (or pass "

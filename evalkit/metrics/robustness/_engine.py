@@ -4,6 +4,7 @@ forward passes and prediction-change handling (see the package docstring)."""
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -230,7 +231,8 @@ def _resolve_on_change(value: str | None, quantus_flag: bool | None, default: st
 
 class _Forward:
     """What a forward pass over perturbed inputs returns per row: the model outputs (B, C),
-    float64 (the predicted class and, for RelativeOutputStability, the output change)."""
+    float64 (the prediction and, for RelativeOutputStability, the output change); outputs
+    with more axes (detections (B, D, 6), maps) are flattened to (B, m)."""
 
     spec: bytes | None = b"outputs"
 
@@ -238,12 +240,12 @@ class _Forward:
         return contextlib.nullcontext()
 
     def reduce(self, outputs: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        if outputs.ndim != 2:
+        if outputs.ndim < 2:
             raise ValueError(
                 "Checking predictions needs (N, classes) model outputs; the model returned "
                 f"shape {tuple(outputs.shape)}. Use on_prediction_change='keep'."
             )
-        return outputs.to(torch.float64)
+        return outputs.reshape(outputs.shape[0], -1).to(torch.float64)
 
 
 @dataclass
@@ -459,7 +461,10 @@ class _PerturbationRobustness(Metric):
         pred = None
         target = batch.target
         if check:
-            pred = target.predict(clean)
+            # the target predicts from outputs of their own shape (flattened in the passes)
+            out_shape = tuple(batch.model.output_shape(batch.x))  # type: ignore[union-attr]
+            n_out = math.prod(out_shape)
+            pred = target.predict(clean[:, :n_out].reshape(-1, *out_shape))  # type: ignore[index]
 
         values = torch.full((n, k), float("nan"), dtype=torch.float64, device=dev)
         defined = torch.zeros((n, k), dtype=torch.bool, device=dev)
@@ -472,9 +477,8 @@ class _PerturbationRobustness(Metric):
             defined[chunk.idx] = d
             finite[chunk.idx] = chunk.a_ok
             if check:
-                n_out = clean.shape[1]  # type: ignore[union-attr]
                 s_, k_ = chunk.fwd.shape[:2]  # type: ignore[union-attr]
-                drawn = target.predict(chunk.fwd[:, :, :n_out].reshape(s_ * k_, n_out))  # type: ignore[index]
+                drawn = target.predict(chunk.fwd[:, :, :n_out].reshape(s_ * k_, *out_shape))  # type: ignore[index]
                 before = pred[chunk.idx].repeat_interleave(k_, 0)  # type: ignore[index]
                 changed[chunk.idx] = ~target.agree(drawn, before).reshape(s_, k_)  # type: ignore[index]
 
