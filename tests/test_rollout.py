@@ -272,3 +272,30 @@ def test_prefix_tokens_and_class_token():
         other = attention_rollout_grid(wrapper, x, prefix_tokens=2, class_token=1, height=3)
     assert base.shape == (1, 1, 4, 4) and other.shape == (1, 1, 3, 5)
     assert not torch.allclose(base.flatten()[1:], other.flatten())
+
+
+@pytest.mark.slow
+def test_rollout_on_torchvision_vit_b_16(torchvision):
+    """vit_b_16(weights=None) at 224 x 224: the 12 attention layers (called with
+    need_weights=False) against the weights the modules return when asked, block by block."""
+    torch.set_num_threads(1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = torchvision.models.vit_b_16(weights=None).eval()
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        t = model._process_input(x)
+        t = torch.cat([model.class_token.expand(2, -1, -1), t], 1) + model.encoder.pos_embedding
+        expected = None
+        for block in model.encoder.layers:
+            h = block.ln_1(t)
+            _, w = block.self_attention(h, h, h, need_weights=True, average_attn_weights=True)
+            a = 0.5 * w + 0.5 * torch.eye(197)
+            expected = a if expected is None else a @ expected
+            t = block(t)
+    expected = expected[:, 0, 1:].reshape(2, 1, 14, 14)
+    got = ek.explain(model, x, method="AttentionRollout", raw=True)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
+    full = ek.explain(model, x, method="AttentionRollout")
+    assert full.shape == (2, 1, 224, 224)
+    assert all(not m._forward_hooks for m in model.modules())
