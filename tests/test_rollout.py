@@ -13,7 +13,7 @@ from torch import nn
 
 import evalkit as ek
 from evalkit.explain import explainer_info
-from evalkit.explain.rollout import attention_weights, rollout
+from evalkit.explain.rollout import rollout
 from evalkit.models import wrap_model
 
 
@@ -123,32 +123,68 @@ def test_rollout_of_matrices_by_hand():
 
 
 # ============================================================================ weights
+class WeightsUser(nn.Module):
+    """Calls its attention in every way a model may: batch-first or not, need_weights given
+    positionally or by keyword (False, or True with averaged or per-head weights), with masks;
+    it uses the weights it asked for, so a hook that returned others would change its output."""
+
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.patch = nn.Conv2d(3, 8, 4, 4)
+        self.attn = nn.ModuleList([nn.MultiheadAttention(8, 2, batch_first=batch_first)
+                                   for _ in range(4)])
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)  # (N, 16, 8)
+        if not self.batch_first:
+            t = t.transpose(0, 1)
+        mask = torch.zeros(16, 16, dtype=torch.bool)
+        mask[0, 5] = True
+        padding = torch.zeros(x.shape[0], 16, dtype=torch.bool)
+        padding[:, 3] = True
+        out, w = self.attn[0](t, t, t, need_weights=False)
+        assert w is None
+        t = t + out
+        out, w = self.attn[1](t, t, t, None, True, mask)  # positional: averaged weights
+        assert w.shape == (x.shape[0], 16, 16)
+        t = t + out + w.sum()
+        out, w = self.attn[2](t, t, t, key_padding_mask=padding, average_attn_weights=False)
+        assert w.shape == (x.shape[0], 2, 16, 16)
+        t = t + out + w.amax()
+        out, _ = self.attn[3](t, t, t)
+        t = t + out
+        return self.fc((t if self.batch_first else t.transpose(0, 1)).mean(1))
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
-@pytest.mark.parametrize("masks", [False, True])
-def test_recomputed_weights_equal_the_modules_own(batch_first, masks):
+def test_callers_get_what_they_asked_for_and_the_weights_are_the_modules(batch_first):
     torch.manual_seed(0)
-    mha = nn.MultiheadAttention(8, 2, batch_first=batch_first).double().eval()
-    x = torch.randn(3, 6, 8, dtype=torch.float64)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    kw = {}
-    if masks:
-        kw["attn_mask"] = torch.zeros(6, 6, dtype=torch.bool)
-        kw["attn_mask"][0, 5] = True
-        kw["key_padding_mask"] = torch.zeros(3, 6, dtype=torch.bool)
-        kw["key_padding_mask"][1, 4] = True
-    _, expected = mha(x, x, x, need_weights=True, average_attn_weights=False, **kw)
-    got = attention_weights(mha, (x, x, x), kw)
+    model = WeightsUser(batch_first).double().eval()
+    x = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    # the per-head weights each module returns when asked, layer by layer
+    weights = []
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
+
+    def per_head(m, args, kwargs, _out):
+        call = {**dict(zip(names, args, strict=False)), **kwargs,
+                "need_weights": True, "average_attn_weights": False}
+        weights.append(m.forward(**call)[1])  # forward, not m(...): no hooks, no recursion
+
+    hooks = [m.register_forward_hook(per_head, with_kwargs=True) for m in model.attn]
+    with torch.no_grad():
+        expected_out = model(x)
+    for h in hooks:
+        h.remove()
+    expected = rollout(weights)[:, 0, 1:].reshape(3, 1, 3, 5)
+    wrapper = wrap_model(model)
+    with wrapper.evaluation():
+        from evalkit.explain.rollout import attention_rollout_grid
+
+        got = attention_rollout_grid(wrapper, x, prefix_tokens=1, height=3)
+        torch.testing.assert_close(wrapper(x), expected_out)  # hooks gone, model as before
     torch.testing.assert_close(got, expected)
-
-
-def test_separate_projection_weights():
-    torch.manual_seed(1)
-    mha = nn.MultiheadAttention(4, 2, kdim=6, vdim=6, batch_first=True).double().eval()
-    q = torch.randn(2, 5, 4, dtype=torch.float64)
-    k = torch.randn(2, 5, 6, dtype=torch.float64)
-    _, expected = mha(q, k, k, average_attn_weights=False)
-    torch.testing.assert_close(attention_weights(mha, (q, k, k), {}), expected)
 
 
 class TinyEncoderViT(nn.Module):
@@ -299,3 +335,33 @@ def test_rollout_on_torchvision_vit_b_16(torchvision):
     full = ek.explain(model, x, method="AttentionRollout")
     assert full.shape == (2, 1, 224, 224)
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_the_registry_contract_on_a_transformer():
+    """What tests/test_explain_methods.py checks of every method on a CNN, on a ViT: nothing on
+    the model changes (attributes, hook tables, flags, weights, .grad), nor the global RNGs or
+    hooks; per-sample maps in any batch; NumPy in, NumPy out; constant inputs give finite
+    maps."""
+    from _explain_helpers import assert_unchanged, module_state, rng_states, same_rng
+    from torch.nn.modules.module import _global_forward_hooks
+
+    torch.manual_seed(6)
+    model = TinyEncoderViT().double().train()
+    model.encoder.layers[0].eval()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.25)
+    x = torch.rand(4, 3, 16, 16, dtype=torch.float64)
+    x_before, before, rng = x.clone(), module_state(model), rng_states()
+    hooks = dict(_global_forward_hooks)
+    full = ek.explain(model, x, method="AttentionRollout")
+    assert_unchanged(model, before)
+    assert model.training and not model.encoder.layers[0].training
+    assert same_rng(rng, rng_states()) and hooks == dict(_global_forward_hooks)
+    assert torch.equal(x, x_before) and full.dtype == x.dtype
+    torch.testing.assert_close(ek.explain(model, x, method="AttentionRollout", batch_size=1),
+                               full, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(ek.explain(model, x.numpy(), method="AttentionRollout"),
+                               full.numpy())
+    zeros = ek.explain(model, torch.zeros(2, 3, 16, 16, dtype=torch.float64),
+                       method="AttentionRollout")
+    assert bool(torch.isfinite(zeros).all())

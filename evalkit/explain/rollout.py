@@ -15,12 +15,13 @@ over the patch tokens, folded into the patch grid and resized to the input (bili
 The attention weights are those of every ``nn.MultiheadAttention`` module of the model
 (torchvision's ``VisionTransformer`` and ``nn.TransformerEncoder``), in the order they run, or
 of the modules named by ``layer=``. Many models call these modules with ``need_weights=False``
-(torchvision's ViT does), so the weights are recomputed, in a forward hook, from the module's
-own input and projection weights (``softmax(Q K^T / sqrt(d))`` per head, with the call's
-``attn_mask`` / ``key_padding_mask``); the forward pass itself is unchanged, and the hooks are
-removed on exit, also on error. The map is class-agnostic: ``y`` is not used (the paper's
-rollout does not look at the output). It is not min-max normalised (metrics normalise
-explicitly); its values lie in [0, 1].
+(torchvision's ViT does), so a forward pre-hook asks each call for its per-head weights
+(``need_weights=True, average_attn_weights=False``) and a forward hook records them and hands
+the caller what it asked for (``None``, or the head-averaged weights); the module computes its
+attention with its explicit path instead of the fused kernel (the same values up to rounding),
+and the hooks are removed on exit, also on error. Nothing on the model is changed. The map is
+class-agnostic: ``y`` is not used (the paper's rollout does not look at the output). It is not
+min-max normalised (metrics normalise explicitly); its values lie in [0, 1].
 
 Options: ``head_fusion`` (``"mean"``, the paper's; ``"max"``, ``"min"``), ``discard_ratio``
 (default 0: set that share of the smallest fused weights of every layer and sample to 0 before
@@ -33,12 +34,10 @@ before the patches: 1 for the class token, more with distillation or register to
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._hook_handles import HookHandles
@@ -47,72 +46,12 @@ from ._hooks import interpolate_to, require_module, resolve_layers
 from .cam import _grid
 from .core import register_explainer
 
-__all__ = ["HEAD_FUSIONS", "attention_rollout", "attention_rollout_grid", "attention_weights",
-           "rollout"]
+__all__ = ["HEAD_FUSIONS", "attention_rollout", "attention_rollout_grid", "rollout"]
 
 #: how the heads of a layer are fused
 HEAD_FUSIONS = ("mean", "max", "min")
-
-
-def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
-    return args[index] if len(args) > index else kwargs.get(name)
-
-
-def attention_weights(module: nn.MultiheadAttention, args: tuple[Any, ...],
-                      kwargs: dict[str, Any]) -> torch.Tensor:
-    """The per-head attention weights (N, heads, L, S) that ``module(*args, **kwargs)``
-    computes: ``softmax(Q K^T / sqrt(d) + mask)`` from its input projections (as
-    ``need_weights=True, average_attn_weights=False`` would return them in evaluation mode)."""
-    if module.bias_k is not None or module.add_zero_attn:
-        raise ValueError(
-            "Attention rollout does not support nn.MultiheadAttention with add_bias_kv=True or "
-            "add_zero_attn=True (the extra key has no input token to roll out to)."
-        )
-    query = _argument(args, kwargs, 0, "query")
-    key = _argument(args, kwargs, 1, "key")
-    batched = query.dim() == 3
-    if not batched:  # (L, E): one unbatched sequence
-        query, key = query.unsqueeze(1), key.unsqueeze(1)
-    if module.batch_first:
-        query, key = query.transpose(0, 1), key.transpose(0, 1)
-    # (L, N, E) from here on, as in the module's own computation
-    dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
-    e = module.embed_dim
-    bias = module.in_proj_bias
-    b_q = b_k = None
-    if bias is not None:
-        b_q, b_k = bias[:e].to(dtype), bias[e:2 * e].to(dtype)
-    if module._qkv_same_embed_dim:
-        w_q, w_k = module.in_proj_weight[:e], module.in_proj_weight[e:2 * e]
-    else:
-        w_q, w_k = module.q_proj_weight, module.k_proj_weight
-    q = F.linear(query.to(dtype), w_q.to(dtype), b_q)
-    k = F.linear(key.to(dtype), w_k.to(dtype), b_k)
-    length, n = q.shape[:2]
-    source = k.shape[0]
-    heads = module.num_heads
-    d = e // heads
-    q = q.reshape(length, n, heads, d).permute(1, 2, 0, 3)  # (N, H, L, d)
-    k = k.reshape(source, n, heads, d).permute(1, 2, 0, 3)  # (N, H, S, d)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(d)
-    attn_mask = _argument(args, kwargs, 5, "attn_mask")
-    padding = _argument(args, kwargs, 3, "key_padding_mask")
-    if bool(kwargs.get("is_causal", False)) and attn_mask is None:
-        attn_mask = torch.ones(length, source, dtype=torch.bool, device=q.device).triu(1)
-    if attn_mask is not None:
-        mask = _additive(attn_mask, dtype)
-        scores = scores + (mask.reshape(n, heads, length, source) if mask.dim() == 3 else mask)
-    if padding is not None:
-        scores = scores + _additive(padding, dtype).reshape(n, 1, 1, source)
-    return torch.softmax(scores, dim=-1)
-
-
-def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A boolean mask (True: not attended) as -inf, a float mask as it is."""
-    if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
-            mask, float("-inf"))
-    return mask.to(dtype)
+#: (position, name) of nn.MultiheadAttention.forward's arguments that decide what it returns
+_WEIGHT_FLAGS = ((4, "need_weights"), (6, "average_attn_weights"))
 
 
 def rollout(attentions: Sequence[torch.Tensor], *, head_fusion: str = "mean",
@@ -185,13 +124,41 @@ def attention_rollout_grid(model: ModelWrapper, x: torch.Tensor, *, layer: Any =
     modules = _attention_modules(root, layer)
     names = {id(m): name for name, m in modules}
     calls: list[tuple[str, torch.Tensor]] = []
+    asked: list[tuple[bool, bool]] = []  # what each pending call's caller asked for
 
-    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], _out: Any) -> None:
-        calls.append((names[id(module)], attention_weights(module, args, kwargs)))
+    def ask_for_weights(module: nn.Module, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if module.bias_k is not None or module.add_zero_attn:
+            raise ValueError(
+                "AttentionRollout does not support nn.MultiheadAttention with add_bias_kv=True "
+                "or add_zero_attn=True (the extra key has no input token to roll out to)."
+            )
+        args, kwargs = list(args), dict(kwargs)
+        flags = []
+        for index, name in _WEIGHT_FLAGS:  # positional or keyword, default True
+            if len(args) > index:
+                flags.append(bool(args[index]))
+                args[index] = name == "need_weights"
+            else:
+                flags.append(bool(kwargs.get(name, True)))
+                kwargs[name] = name == "need_weights"
+        asked.append((flags[0], flags[1]))
+        return tuple(args), kwargs
+
+    def record(module: nn.Module, _args: Any, _kwargs: Any, output: Any) -> Any:
+        need, average = asked.pop()
+        out, weights = output
+        per_head = weights.unsqueeze(0) if weights.dim() == 3 else weights  # unbatched input
+        dtype = torch.float64 if weights.dtype == torch.float64 else torch.float32
+        calls.append((names[id(module)], per_head.detach().to(dtype)))  # half: in float32
+        if not need:
+            return out, None
+        return out, weights.mean(-3) if average else weights
 
     with HookHandles() as hooks, torch.no_grad():
         for _, module in modules:
-            hooks.forward(module, hook, with_kwargs=True)
+            hooks.forward_pre(module, ask_for_weights, with_kwargs=True)
+            hooks.forward(module, record, with_kwargs=True)
         model(x)
     ran = [name for name, _ in calls]
     missing = [name for name, _ in modules if name not in ran]
