@@ -31,6 +31,7 @@ __all__ = ["FAMILY_MODULES", "IMPORT_ERRORS", "Spec", "all_specs", "at_model_fre
 #: family modules in table order (the ``family`` of their specs)
 FAMILY_MODULES = ("explainers", "faithfulness", "robustness", "localisation", "complexity",
                   "randomisation", "axiomatic", "metaeval")
+FAMILY_MODULES += ("tasks_vit",)  # issue 20: ViT-B/16 rows (W9) and AttentionRollout
 
 
 @dataclass(frozen=True)
