@@ -10,12 +10,15 @@
   forward passes with the gradient at the layer).
 
 Quantus 0.6 has neither attention rollout nor reshape transforms, so these rows have no Quantus
-column; the target is the floor ratio (1.25). The rows run only where torchvision imports
+column; the target is the floor ratio (1.25). The metric rows are the ``tasks_vit`` family;
+AttentionRollout's row is in the explainers family (on W1 and W2, CNNs, a row says why it does
+not run). The rows run only where torchvision imports
 (``python -m benchmarks.run --workloads W9``).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +33,7 @@ from ..harness import Case, Context
 from ..workloads import Workload
 from . import Spec
 
+FAMILY = "tasks_vit"
 #: the layer of torchvision's ViT-B/16 whose tokens reach the class token (the last block's
 #: pre-attention layer norm): (N, 197, 768)
 VIT_LAYER = "encoder.layers.encoder_layer_11.ln_1"
@@ -149,12 +153,26 @@ def _random_logit(w: Workload, ctx: Context) -> Case:
                      "class's explanations)")
 
 
-_W = ("W9",)
+def _vision_available() -> bool:
+    try:
+        importlib.import_module("torchvision")
+    except Exception:  # ImportError, or a torchvision built for another torch
+        return False
+    return True
+
+
+#: W9 where torchvision imports, else no workload: the specs are listed everywhere (the page
+#: renders the same), and asking for W9 without torchvision runs nothing instead of failing
+_WORKLOADS = ("W9",) if _vision_available() else ()
+_NO_ATTENTION = "no nn.MultiheadAttention modules in this CNN (rollout is for transformers; W9)"
 
 SPECS = [
-    Spec("AttentionRollout", "explainers", _rollout, workloads=_W),
-    Spec("GradCAM[ViT]", "explainers", _gradcam, workloads=_W),
-    Spec("PixelFlipping[ViT]", "faithfulness", _pixel_flipping, workloads=_W),
-    Spec("MaxSensitivity[ViT]", "robustness", _max_sensitivity, workloads=_W),
-    Spec("RandomLogit[ViT]", "randomisation", _random_logit, workloads=_W),
+    # the explainer's own row: in the explainers family, with W1/W2 rows saying why not there
+    Spec("AttentionRollout", "explainers", _rollout, workloads=_WORKLOADS,
+         skip=(("W1", _NO_ATTENTION), ("W2", _NO_ATTENTION))),
+    *[Spec(f"{name}[ViT]", FAMILY, build, workloads=_WORKLOADS, metric=name)
+      for name, build in [("GradCAM", _gradcam),
+                          ("PixelFlipping", _pixel_flipping),
+                          ("MaxSensitivity", _max_sensitivity),
+                          ("RandomLogit", _random_logit)]],
 ]
