@@ -153,10 +153,10 @@ _NEEDS_MARKER = re.compile(r"<!--\s*docs-test:\s*needs:\s*(?P<module>[\w.]+)\s*-
 #: minutes); CI runs them, as it runs every slow test
 _SLOW_PAGES = {"README.md", "docs/evaluate.md", "docs/contributing.md",
                "docs/migrating-gradcam.md", "docs/metaeval.md", "docs/migrating-quantus.md"}
-_SLOW_PAGES |= {"docs/tutorials/vit.md"}  # builds ViT-B/16 and Swin-T (random weights)
 #: blocks marked as not runnable offline, per page
 _SKIPPED = {"README.md": 1, "docs/concepts.md": 1, "docs/migrating-gradcam.md": 4,
             "docs/migrating-quantus.md": 4}
+_SLOW_PAGES |= {"docs/tutorials/vit.md"}  # builds ViT-B/16 and Swin-T (random weights)
 
 
 def _pages() -> list[str]:

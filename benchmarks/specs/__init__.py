@@ -31,7 +31,6 @@ __all__ = ["FAMILY_MODULES", "IMPORT_ERRORS", "Spec", "all_specs", "at_model_fre
 #: family modules in table order (the ``family`` of their specs)
 FAMILY_MODULES = ("explainers", "faithfulness", "robustness", "localisation", "complexity",
                   "randomisation", "axiomatic", "metaeval")
-FAMILY_MODULES += ("tasks_vit",)  # issue 20: ViT-B/16 rows (W9) and AttentionRollout
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,10 @@ def at_model_free_scale(specs: list[Spec]) -> list[Spec]:
 #: family module -> import error, for modules that could not be loaded (e.g. a metric that is
 #: not implemented yet); their specs are skipped and the runner reports the error.
 IMPORT_ERRORS: dict[str, str] = {}
+
+
+#: issue 20: the ViT-B/16 rows (W9) and AttentionRollout's spec
+FAMILY_MODULES += ("tasks_vit",)
 
 
 def all_specs() -> list[Spec]:
