@@ -12,6 +12,9 @@
   d_model 64, 4 heads, mean pool, 2 classes) over 128 x 64 token ids (vocabulary 1,000; id 1 is
   the mask token, id 0 padding, unused here); masks: one seeded rationale span per sample (4 to
   16 tokens).
+* **W9** (vision transformer, issue 20): torchvision's ViT-B/16 with random weights (the
+  optional ``vision`` extra, imported only when W9 is built) on 3x224x224 smooth random images,
+  4 samples; masks: one seeded rectangle per image.
 
 Weights are drawn from seeded generators inside :func:`torch.random.fork_rng`, so building a
 workload never changes the caller's global random state. Batch-norm running statistics are then
@@ -446,6 +449,27 @@ def make_w6(n: int = 128, device: str | torch.device = "cpu", seed: int = 0) -> 
         embedding=model.embedding)
 
 
+# --------------------------------------------------------------------------- W9 (issue 20)
+def make_w9(n: int = 4, device: str | torch.device = "cpu", seed: int = 0) -> Workload:
+    """Vision transformer: torchvision's ViT-B/16 with random weights (``weights=None``, never
+    downloaded; torchvision imported here only, it is an optional extra) on ``n`` x 3x224x224
+    smooth random images, 1000 classes. torchvision initialises the head to zeros (every logit
+    0, every class gradient 0), so the head's weights are drawn from N(0, 0.02^2) and its bias
+    centres the logits over ``x``; masks: one seeded rectangle per image."""
+    import torchvision
+
+    x = smooth_images(n, 3, 224, seed=seed + 91)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 90)
+        model = torchvision.models.vit_b_16(weights=None).eval()
+        with torch.no_grad():
+            nn.init.normal_(model.heads.head.weight, std=0.02)
+    centre_logits(model, model.heads.head, x)
+    return _finish("W9", f"ViT-B/16 (torchvision, random weights), {n} x 3x224x224, 1000 "
+                   "classes", model, x, random_boxes(n, 224, seed=seed + 93),
+                   torch.device(device))
+
+
 #: name -> (builder, default N, quick N)
 WORKLOADS: dict[str, tuple[Callable[..., Workload], int, int]] = {
     "W1": (make_w1, 256, 8),
@@ -453,6 +477,7 @@ WORKLOADS: dict[str, tuple[Callable[..., Workload], int, int]] = {
     "W4": (make_w4, 10_000, 64),
     "W5": (make_w5, 256, 8),
     "W6": (make_w6, 128, 8),
+    "W9": (make_w9, 4, 2),
 }
 #: one sentence per non-image workload, for the page
 MODALITY_DESCRIPTIONS: dict[str, str] = {

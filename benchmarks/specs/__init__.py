@@ -77,6 +77,10 @@ def at_model_free_scale(specs: list[Spec]) -> list[Spec]:
 IMPORT_ERRORS: dict[str, str] = {}
 
 
+#: issue 20: the ViT-B/16 rows (W9) and AttentionRollout's spec
+FAMILY_MODULES += ("tasks_vit",)
+
+
 def all_specs() -> list[Spec]:
     specs: list[Spec] = []
     for mod in FAMILY_MODULES:

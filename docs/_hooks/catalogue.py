@@ -47,6 +47,7 @@ EXPLAINER_GROUPS = {
     "evalkit.explain.captum_methods": "captum methods",
     "evalkit.explain.cam": "CAM family (native torch)",
     "evalkit.explain.controls": "Controls",
+    "evalkit.explain.rollout": "Vision transformers (attention)",
 }
 
 

@@ -17,7 +17,9 @@ Methods (see :func:`available_methods`; :func:`explainer_info` says what each ne
 - the CAM family in torch (:mod:`evalkit.explain.cam`): GradCAM, HiResCAM, GradCAMElementWise,
   GradCAMPlusPlus, XGradCAM, LayerCAM, EigenCAM, EigenGradCAM, ScoreCAM, AblationCAM, FullGrad,
   RandomCAM;
-- controls: Random, Constant, Sobel, GroundTruth (``masks=``).
+- controls: Random, Constant, Sobel, GroundTruth (``masks=``);
+- vision transformers: AttentionRollout (:mod:`evalkit.explain.rollout`); the CAMs take a
+  ``reshape_transform`` (:func:`vit_reshape_transform`, :func:`swin_reshape_transform`).
 
 Modalities: every method declares the inputs it is defined for
 (:attr:`ExplainerInfo.modalities`; ``available_methods("tokens")``). On integer token ids
@@ -33,7 +35,7 @@ is a batch-level analysis with its own result object, not an attribution method 
 
 # the built-in methods register themselves when their modules load, i.e. when this package
 # does (the registry in .core knows none of them: no import cycle)
-from . import captum_methods, controls, tokens  # noqa: F401
+from . import captum_methods, controls, rollout, tokens  # noqa: F401
 from .cam import (
     DEFAULT_AUGMENTATIONS,
     fullgrad_decomposition,

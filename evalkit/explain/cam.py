@@ -24,7 +24,8 @@ AblationCAM            ``w_k * A_k``, ``w_k = (y - y_k) / |y|`` with ``y_k`` the
                        score with channel k ablated (Desai & Ramaswamy 2020)
 RandomCAM              ``w_k * A_k``, ``w_k ~ U(-1, 1)`` (a sanity baseline)         1F
 FullGrad               input-gradient and bias-gradient maps of every layer         1F + 1B
-                       (Srinivas & Fleuret 2019); ignores ``layer``
+                       (Srinivas & Fleuret 2019); ignores ``layer``; token-layout
+                       linear layers through ``reshape_transform``
 =====================  ==========================================================  =========
 
 Options (all methods): ``layer`` (a name from ``model.named_modules()``, a Python path such as
@@ -35,6 +36,15 @@ applied to activations *and* gradients), ``aug_smooth`` (test-time augmentation:
 flips x input scales 0.9/1.0/1.1, maps flipped back and averaged; ``aug_transforms`` takes a list
 of ``(flip, scale)`` pairs), ``eigen_smooth``, ``relu`` (default True), ``upsample_mode``
 (``F.interpolate`` mode; default bilinear for images) and ``raw``.
+
+Vision transformers: every method (and FullGrad, for its token-layout linear layers, and
+:class:`~evalkit.explain.DeepFeatureFactorization`) takes the ``reshape_transform`` of the
+layer's layout. For torchvision's ``vit_b_16``: ``layer="encoder.layers.encoder_layer_11.ln_1"``
+with :func:`vit_reshape_transform` (class token dropped, 14 x 14 grid); for ``swin_t``:
+``layer="features[-1]"`` (or ``"norm"``) with :func:`swin_reshape_transform`. A layer whose
+output does not have the input's spatial rank after the transform (tokens picked without one),
+and an ``nn.LayerNorm`` / ``nn.Linear`` layer (channels-last by construction) picked without
+one, raise a ``ValueError`` that names both transforms (see ``docs/tutorials/vit.md``).
 
 Output: (N, 1, *S) at the input's spatial size: the layer map, ReLU'd (``relu=True``), resized
 with ``F.interpolate``. It is **not** min-max normalised (metrics normalise explicitly). With
@@ -90,7 +100,8 @@ from ..runner import ForwardRunner
 from ._hooks import capture, default_cam_layer, interpolate_to, require_module, resolve_layers
 from .core import GRID_MODALITIES, register_explainer
 
-__all__ = ["DEFAULT_AUGMENTATIONS", "swin_reshape_transform", "vit_reshape_transform"]
+__all__ = ["DEFAULT_AUGMENTATIONS", "check_channels_first", "layout_error",
+           "swin_reshape_transform", "vit_reshape_transform"]
 
 #: (horizontal flip, input scale) pairs of ``aug_smooth=True``
 DEFAULT_AUGMENTATIONS: tuple[tuple[bool, float], ...] = tuple(
@@ -106,7 +117,18 @@ def vit_reshape_transform(
 
     Drops the first ``prefix_tokens`` tokens (CLS = 1; DeiT with a distillation token or models
     with register tokens have more) and folds the rest into an (N, K, height, width) grid. A
-    missing side is inferred from the token count (a square grid when both are missing).
+    missing side is inferred from the token count (a square grid when both are missing; give
+    ``height`` or ``width`` for non-square inputs).
+
+    Which layer: the ``ln_1`` (pre-attention layer norm) of the **last encoder block**, e.g.
+    torchvision's ``vit_b_16``: ``layer="encoder.layers.encoder_layer_11.ln_1"`` ((N, 197, 768)
+    at 224 x 224: the CLS token and 14 x 14 patch tokens). Its tokens reach the class token
+    through the last attention. Not the last block itself, nor ``encoder.ln``: their patch
+    tokens do not reach the head, which reads only the class token, so their gradients are 0.
+
+    >>> cam = evalkit.explain(vit, x, y, method="GradCAM",                # doctest: +SKIP
+    ...                       layer="encoder.layers.encoder_layer_11.ln_1",
+    ...                       reshape_transform=vit_reshape_transform())
     """
 
     def transform(t: torch.Tensor) -> torch.Tensor:
@@ -123,7 +145,18 @@ def swin_reshape_transform(
     height: int | None = None, width: int | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A ``reshape_transform`` for Swin-style channels-last outputs: (N, h, w, K) or (N, h*w, K)
-    (no class token) -> (N, K, h, w)."""
+    (no class token) -> (N, K, h, w).
+
+    Which layer: the last stage, e.g. torchvision's ``swin_t``: ``layer="features[-1]"`` (the
+    last stage's output, (N, 7, 7, 768) at 224 x 224) or ``layer="norm"`` (the final layer
+    norm, same shape); both are channels-last. (torchvision's ``permute`` layer, after
+    ``norm``, is already (N, 768, 7, 7) and needs no transform.) Models that keep the tokens
+    flat, (N, h*w, K) (timm's older Swin), are folded into a square grid unless ``height`` /
+    ``width`` say otherwise.
+
+    >>> cam = evalkit.explain(swin, x, y, method="GradCAM", layer="features[-1]",  # doctest: +SKIP
+    ...                       reshape_transform=swin_reshape_transform())
+    """
 
     def transform(t: torch.Tensor) -> torch.Tensor:
         if t.ndim == 4:
@@ -197,18 +230,53 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def layout_error(name: str, shape: Any, ndim: int, method: str = "CAM methods") -> ValueError:
+    """The error for a layer output that is not (N, K, *spatial) with the input's spatial axes:
+    it says which ``reshape_transform`` fits which layout (and the layers to pick)."""
+    return ValueError(
+        f"The activations of layer {name!r} have shape {shape}; {method} need (N, K, *spatial) "
+        f"with the input's {ndim - 2} spatial axes. Token layers need a reshape_transform: "
+        "(N, tokens, K) with a class token (ViT, e.g. torchvision's vit_b_16 layer "
+        "'encoder.layers.encoder_layer_11.ln_1'): "
+        "reshape_transform=evalkit.explain.vit_reshape_transform(); channels-last (N, h, w, K) "
+        "(Swin, e.g. torchvision's swin_t layer 'features[-1]' or 'norm'): "
+        "reshape_transform=evalkit.explain.swin_reshape_transform()."
+    )
+
+
+#: modules that act on the last axis of their input: their outputs are channels-last
+_CHANNELS_LAST = (nn.LayerNorm, nn.Linear)
+
+
+def check_channels_first(layers: Sequence[tuple[str, nn.Module]], reshape, ndim: int,
+                         method: str = "CAM methods") -> None:
+    """Refuse, before any forward pass, a ``nn.LayerNorm`` or ``nn.Linear`` layer (exactly
+    those types: they act on the last axis, so their output is channels-last, (N, tokens, K)
+    or (N, h, w, K)) picked without a ``reshape_transform``: a 4-D channels-last output would
+    otherwise be read as (N, K, h, w) without any error. A layer whose output is channels-first
+    after all can pass ``reshape_transform=lambda t: t``."""
+    if reshape is not None:
+        return
+    for name, module in layers:
+        if type(module) in _CHANNELS_LAST:
+            raise ValueError(
+                f"The layer {name!r} is a {type(module).__name__}, which acts on the last axis, "
+                f"so its output is channels-last (N, tokens, K) or (N, h, w, K); {method} need "
+                "(N, K, *spatial). Pass reshape_transform=evalkit.explain."
+                "vit_reshape_transform() for ViT tokens with a class token (torchvision's "
+                "vit_b_16: 'encoder.layers.encoder_layer_11.ln_1'), or swin_reshape_transform() "
+                "for Swin's (N, h, w, K) (torchvision's swin_t: 'features[-1]' or 'norm'); "
+                "reshape_transform=lambda t: t if the output is channels-first after all."
+            )
+
+
 def _reshaped(t: torch.Tensor, reshape, name: str, ndim: int) -> torch.Tensor:
     """The (reshaped) layer output, which must be (N, K, *s) with as many spatial axes as the
     input (``ndim`` = the input's rank)."""
     out = reshape(t) if reshape is not None else t
     if not isinstance(out, torch.Tensor) or out.ndim != ndim or out.shape[0] != t.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(
-            f"The activations of layer {name!r} have shape {shape}; CAM methods need (N, K, "
-            f"*spatial) with the input's {ndim - 2} spatial axes. For token layouts (N, tokens, "
-            "K) pass reshape_transform=evalkit.explain.vit_reshape_transform() (or "
-            "swin_reshape_transform())."
-        )
+        raise layout_error(name, shape, ndim)
     return out
 
 
@@ -380,6 +448,7 @@ def _run(spec: _Spec, model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | No
     if x.ndim < 3:
         raise ValueError(f"{spec.name} needs inputs with spatial axes (N, C, ...); got "
                          f"{tuple(x.shape)}.")
+    check_channels_first(layers, reshape, x.ndim)
     names = [name for name, _ in layers]
 
     def one(xa: torch.Tensor) -> torch.Tensor:
@@ -607,11 +676,22 @@ def fullgrad_decomposition(
 ) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
     """The full-gradient decomposition (Srinivas & Fleuret 2019) of the target score.
 
-    Returns ``input_part = x * d score / d x`` (N, C, *S) and, for every biased layer, its
-    bias-gradient ``b * d score / d z`` (N, K, ...) (z the layer's output). For a piecewise
+    Returns ``input_part = x * d score / d x`` (N, C, *S) and, for every biased layer that ran,
+    its bias-gradient ``b * d score / d z`` (z the layer's output) in the layer's own layout:
+    channels on axis 1 for convolutions and batch norms, on the last axis for linear layers
+    (whose bias is added along it: (N, K), or (N, tokens, K) in a transformer). For a piecewise
     linear network (ReLU, max-pooling, batch norm in evaluation mode) the total sum of all parts
-    equals the target score exactly.
+    equals the target score exactly; with softmax attention, GELU or layer norms (vision
+    transformers) it does not, and linear maps that a module calls functionally with its
+    weights (``nn.MultiheadAttention``'s projections, Swin's window attention) are not hooked.
     """
+    input_part, parts = _fullgrad_parts(model, x, y)
+    return input_part, [(name, part) for name, _, part in parts]
+
+
+def _fullgrad_parts(
+    model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None
+) -> tuple[torch.Tensor, list[tuple[str, nn.Module, torch.Tensor]]]:
     module = require_module(model, "FullGrad")
     biased = _bias_layers(module)
     xg = x.detach().requires_grad_(True)
@@ -625,9 +705,12 @@ def fullgrad_decomposition(
     for (i, _), g in zip(used, grads[1:], strict=True):
         if g is None:
             continue
-        name, _, bias = biased[i]
-        shape = (1, -1) + (1,) * (g.ndim - 2)
-        parts.append((name, (g * bias.to(g.dtype).reshape(shape)).detach()))
+        name, layer, bias = biased[i]
+        if isinstance(layer, nn.Linear):  # the bias is added along the last axis
+            shape = (1,) * (g.ndim - 1) + (-1,)
+        else:
+            shape = (1, -1) + (1,) * (g.ndim - 2)
+        parts.append((name, layer, (g * bias.to(g.dtype).reshape(shape)).detach()))
     return input_part, parts
 
 
@@ -646,16 +729,26 @@ def fullgrad(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw:
     """FullGrad saliency (Srinivas & Fleuret 2019): ``psi(|x * grad_x|)`` plus, for every
     convolution / batch-norm layer, ``psi(|b * d score / d z|)`` resized to the input and summed
     over channels, with ``psi`` a per-sample min-max rescaling over all channels (the authors'
-    code; pytorch-grad-cam rescales per channel). Linear-layer biases take part in the
-    decomposition (:func:`fullgrad_decomposition`) but have no spatial map. ``layer`` is
-    ignored (all biased layers are used); ``aug_smooth``/``aug_transforms`` and
-    ``upsample_mode`` apply; ``raw`` does not (FullGrad is defined at input size)."""
+    code; pytorch-grad-cam rescales per channel). ``layer`` is ignored (all biased layers are
+    used); ``aug_smooth``/``aug_transforms`` and ``upsample_mode`` apply; ``raw`` does not
+    (FullGrad is defined at input size).
+
+    Linear layers take part in the decomposition (:func:`fullgrad_decomposition`); those with
+    an (N, K) output have no position and no map. Those with token outputs (a vision
+    transformer's MLPs: (N, tokens, K) in ViT, (N, h, w, K) in Swin) give a map through
+    ``reshape_transform`` (the transform of their layout, e.g.
+    :func:`vit_reshape_transform`, which drops the class token's part, or
+    :func:`swin_reshape_transform`); without one they raise an error. On transformers FullGrad
+    is a heuristic: the decomposition is not complete there (softmax attention, GELU and
+    layer norms are not piecewise linear, and attention projections that a module applies
+    functionally are not hooked)."""
     if kw.pop("layer", None) is not None:
         warnings.warn("FullGrad uses every biased layer; `layer` is ignored.", EvalkitWarning,
                       stacklevel=3)
     aug_smooth = bool(kw.pop("aug_smooth", False))
     aug_transforms = kw.pop("aug_transforms", None)
     upsample_mode = kw.pop("upsample_mode", None)
+    reshape = kw.pop("reshape_transform", None)
     kw.pop("raw", None)
     if kw:
         raise TypeError(f"FullGrad got unexpected keyword arguments {sorted(kw)}.")
@@ -663,12 +756,25 @@ def fullgrad(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw:
         raise ValueError(f"FullGrad needs inputs with spatial axes; got {tuple(x.shape)}.")
 
     def one(xa: torch.Tensor) -> torch.Tensor:
-        input_part, parts = fullgrad_decomposition(model, xa, y)
+        input_part, parts = _fullgrad_parts(model, xa, y)
         dtype = _compute_dtype(input_part)
         total = _rescale(input_part.to(dtype)).sum(1, keepdim=True)
-        for _, part in parts:
-            if part.ndim != xa.ndim:
-                continue  # linear layers: no spatial map
+        tokens = [name for name, layer, part in parts
+                  if isinstance(layer, nn.Linear) and part.ndim > 2]
+        if tokens and reshape is None:
+            raise ValueError(
+                f"FullGrad: the linear layers {tokens[:3]}{' ...' if len(tokens) > 3 else ''} "
+                "have token outputs (N, tokens, K) or (N, h, w, K), channels last; pass the "
+                "reshape_transform of their layout (evalkit.explain.vit_reshape_transform() "
+                "for ViT, swin_reshape_transform() for Swin)."
+            )
+        for name, layer, part in parts:
+            if isinstance(layer, nn.Linear):
+                if part.ndim <= 2:
+                    continue  # (N, K): no position
+                part = _reshaped(part, reshape, name, xa.ndim)
+            elif part.ndim != xa.ndim:
+                continue
             # resizing is linear, so the channel sum is taken first, at the layer's size
             m = _rescale(part.to(dtype)).sum(1, keepdim=True)
             total = total + interpolate_to(m, xa.shape[2:], upsample_mode)

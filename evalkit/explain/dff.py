@@ -32,6 +32,7 @@ from .._validation import is_numpy_like
 from ..modality import as_modality
 from ..models import ModelWrapper, wrap_model
 from ._hooks import capture, interpolate_to, require_module, resolve_layer
+from .cam import check_channels_first, layout_error
 
 __all__ = ["DeepFeatureFactorization", "FactorizationResult", "deep_feature_factorization", "nmf"]
 
@@ -141,8 +142,12 @@ class DeepFeatureFactorization:
     layer:
         The layer, by name (``model.named_modules()``), Python path or module object.
     reshape_transform:
-        Maps the layer output to (N, K, *s) (token layouts; see
-        :func:`evalkit.explain.vit_reshape_transform`).
+        Maps the layer output to (N, K, *s): for token layouts,
+        :func:`evalkit.explain.vit_reshape_transform` (ViT, e.g. torchvision's ``vit_b_16`` at
+        ``"encoder.layers.encoder_layer_11.ln_1"``) or
+        :func:`evalkit.explain.swin_reshape_transform` (Swin, e.g. ``swin_t`` at
+        ``"features[-1]"``). A token layer (or an ``nn.LayerNorm`` / ``nn.Linear`` layer,
+        channels-last by construction) without one raises a ``ValueError``.
     computation_on_concepts:
         Applied to the (k, K) concept vectors to score them: a callable, or the name of a
         submodule (e.g. ``"fc"`` for the classifier after global average pooling).
@@ -178,6 +183,8 @@ class DeepFeatureFactorization:
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's (reshaped) activations for ``x`` (N, K, *s), in forward chunks."""
+        check_channels_first([(self.layer_name, self.layer)], self.reshape_transform, x.ndim,
+                             "DeepFeatureFactorization")
         wrapper = self.wrapper
         size = wrapper.resolve_batch_size(x, self.batch_size)
         parts = []
@@ -190,11 +197,9 @@ class DeepFeatureFactorization:
                     parts.append(act)
         acts = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
         out = self.reshape_transform(acts) if self.reshape_transform is not None else acts
-        if out.ndim < 3:
-            raise ValueError(
-                f"The activations of {self.layer_name!r} have shape {tuple(out.shape)}; DFF "
-                "needs (N, K, *spatial) (pass a reshape_transform for token layouts)."
-            )
+        if not isinstance(out, torch.Tensor) or out.ndim != x.ndim or out.shape[0] != x.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise layout_error(self.layer_name, shape, x.ndim, "DeepFeatureFactorization")
         return out
 
     def __call__(self, x: Any, n_components: int = 16) -> FactorizationResult:
