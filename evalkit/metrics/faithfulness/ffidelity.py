@@ -317,6 +317,13 @@ class FFidelity(RanksFeatures):
         model (the checks test the protocol, not the training), two draws."""
         return {"fine_tuned_model": copy.deepcopy, "n_draws": 2, "quantity": "score"}
 
+    @property
+    def reads_model(self) -> bool:
+        """Whether the scores depend on the model the metric is called with (metaeval's
+        applicability): not when the fine-tuned copy is given as a module, which every forward
+        then goes to."""
+        return not isinstance(self.fine_tuned_model, nn.Module | ModelWrapper)
+
     def _derived_metadata(self) -> dict[str, Any]:
         return {"higher_is_better": self.sign == "+",
                 "modalities": removal_modalities(self._imputer)}
