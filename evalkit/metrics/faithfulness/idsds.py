@@ -88,12 +88,18 @@ class GridCells(FeatureGrouping):
     so every axis has exactly ``cells`` cells, of sizes S / cells where S is a multiple (the
     IDSDS authors' ``int(H / grid)`` cells) and differing by at most one otherwise."""
 
-    def __init__(self, cells: int | Sequence[int]) -> None:
+    def __init__(self, cells: int | Sequence[int], *, modality: Any = None) -> None:
         self._cells = _per_axis(cells, "grid")
         self.cells = cells
+        self._modality = modality
+
+    def for_modality(self, modality: object) -> GridCells:
+        """This grid on the feature axes of ``modality``."""
+        return GridCells(self.cells, modality=modality)
 
     def __call__(self, x: torch.Tensor) -> Any:
-        spatial = (x.shape[1],) if x.ndim == 2 else tuple(x.shape[2:])
+        modality = self._modality if self._modality is not None else infer_modality(x)
+        spatial = tuple(x.shape[axis] for axis in modality.feature_axes(x))
         cells = self._cells * len(spatial) if len(self._cells) == 1 else self._cells
         if len(cells) != len(spatial):
             raise ValueError(f"`grid` {self.cells!r} has {len(cells)} entries but the inputs "
@@ -229,7 +235,7 @@ def finetune_on_patch_deletions(
     if modality.name not in IDSDS.modalities:
         raise ValueError("finetune_on_patch_deletions needs images (N, C, H, W) or series "
                          f"(N, C, T); got {tuple(xt.shape)}.")
-    grp = grouping(xt[:1])
+    grp = grouping.for_modality(modality)(xt[:1])
     n_patches = grp.max_groups
     if max_deleted > n_patches:
         raise ValueError(f"`max_deleted`={max_deleted} is larger than the number of patches "
