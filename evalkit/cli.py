@@ -3,7 +3,9 @@
 ``evalkit demo``            evaluate eight explanation methods on the shipped data and model
                             (images; ``--data tabular|series|text`` for the other modalities)
 ``evalkit run CONFIG.toml`` run a benchmark described by a TOML file (model, data, methods,
-                            metrics, leaderboard, report); see ``evalkit/configs/demo.toml``
+                            metrics, leaderboard, report); see ``evalkit/configs/demo.toml``;
+                            a shipped configuration runs by name (``evalkit run
+                            since_quantus``: the metrics published since Quantus)
 ``evalkit metrics``         list the metrics and their metadata
 ``evalkit methods``         list the explanation methods
 
@@ -54,7 +56,8 @@ def _toml():
 
 
 def load_config(path: str | Path | None = None) -> dict[str, Any]:
-    """Read a TOML benchmark configuration (None: the shipped demo configuration).
+    """Read a TOML benchmark configuration (None: the shipped demo configuration; the name of
+    a shipped configuration, e.g. ``"since_quantus"``, where no such file exists).
 
     Relative paths inside it (data or model files) are resolved against the file's folder,
     recorded under ``"_base"``.
@@ -66,8 +69,16 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
         config["_base"] = str(Path.cwd())
         return config
     p = Path(path)
+    shipped = resources.files("evalkit").joinpath("configs", f"{p.name}.toml")
+    if not p.is_file() and p.name == str(path) and shipped.is_file():
+        config = tomllib.loads(shipped.read_text("utf-8"))
+        config["_base"] = str(Path.cwd())
+        return config
     if not p.is_file():
-        raise FileNotFoundError(f"No configuration file {str(p)!r}.")
+        names = sorted(f.name[:-5] for f in resources.files("evalkit").joinpath(
+            "configs").iterdir() if f.name.endswith(".toml"))
+        raise FileNotFoundError(f"No configuration file {str(p)!r} (shipped configurations, "
+                                f"by name: {', '.join(names)}).")
     with p.open("rb") as f:
         config = tomllib.load(f)
     config["_base"] = str(p.resolve().parent)
@@ -678,7 +689,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_debug(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a benchmark described by a TOML configuration")
-    run.add_argument("config", help="the TOML file (see evalkit/configs/demo.toml)")
+    run.add_argument("config", help="the TOML file (see evalkit/configs/demo.toml), or the "
+                     "name of a shipped one (since_quantus)")
     run.add_argument("--out", default=None,
                      help="report folder (default: [run] out, else ./evalkit-report)")
     run.add_argument("--store", default=None,

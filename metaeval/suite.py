@@ -31,6 +31,7 @@ __all__ = [
     "as_suite",
     "default_suite",
     "reads_input",
+    "reads_model",
 ]
 
 TYPES = ("Resilience", "Adversary")
@@ -247,6 +248,19 @@ def reads_input(metric: Any) -> bool:
     return bool(getattr(metric, "needs_model", True) or getattr(metric, "re_explains", False))
 
 
+def reads_model(metric: Any) -> bool:
+    """Whether a metric's scores depend on the model it is called with.
+
+    A metric may declare ``reads_model`` (e.g. :class:`~evalkit.metrics.FFidelity` given a
+    fine-tuned module, or :class:`~evalkit.metrics.DataRandomisation`, whose forwards go to
+    another model than the one it is called with); otherwise it is ``needs_model``.
+    """
+    declared = getattr(metric, "reads_model", None)
+    if declared is not None:
+        return bool(declared)
+    return bool(getattr(metric, "needs_model", True))
+
+
 def _method_reads(method: str, what: str) -> bool:
     """Whether an explanation method depends on the model (``what="model"``) or the input."""
     try:
@@ -265,7 +279,7 @@ def applicability(metric: Any, test: PerturbationTest, methods: Iterable[str],
     """``(applicable, reason)`` of a test for a metric explained by ``methods``."""
     methods = list(methods)
     if isinstance(test, ModelPerturbationTest):
-        if getattr(metric, "needs_model", True):
+        if reads_model(metric):
             return True, ""
         if custom_explainer or any(_method_reads(m, "model") for m in methods):
             return True, ""

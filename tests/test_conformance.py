@@ -92,7 +92,8 @@ NON_DEFAULT.update({
 # and IDSDS with a random deletion value: stochastic (seeded per sample)
 NON_DEFAULT.update({
     "FFidelity(sign='-')": cheap_metric("FFidelity", sign="-"),
-    "FFidelity(alpha=0.1, beta=0.1)": cheap_metric("FFidelity", alpha=0.1, beta=0.1),
+    "FFidelity(alpha=0.1, beta=0.1, removal_ratio=1)": cheap_metric(
+        "FFidelity", alpha=0.1, beta=0.1, removal_ratio=1.0),
     "ARCC(noise=0)": cheap_metric("ARCC", noise=0.0),
     "Coherency(perturb_baseline='uniform')": cheap_metric("Coherency",
                                                           perturb_baseline="uniform"),

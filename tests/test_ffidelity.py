@@ -77,6 +77,40 @@ def test_stochastic_removal_by_hand_on_equal_contributions():
                                rtol=1e-6)
 
 
+def test_defaults_are_the_papers():
+    # Zheng et al. / the authors' code: beta 0.1, alpha (share of the part removed per draw)
+    # 0.5, 50 samples, accuracy-based fidelity
+    metric = M.FFidelity()
+    assert metric.beta == 0.1 and metric.removal_ratio == 0.5
+    assert metric.n_draws == 50 and metric.quantity == "correct"
+
+
+def test_removal_ratio_by_hand_on_equal_contributions():
+    # 8 features contributing 2 each (top 4 by a) and 0.5 each; alpha 0.5: the part is the top
+    # 4 features. beta 1 (no cap): removal_ratio 0.5 removes ceil(0.5 * 4) = 2 of them per
+    # draw (drop 4), removal_ratio 1 all 4 (drop 8), 0.3 ceil(1.2) = 2; beta 0.125 caps a
+    # removal at ceil(1) = 1 feature (drop 2)
+    model = _linear([1.0] * 8)
+    x = np.array([[2.0, 2.0, 2.0, 2.0, 0.5, 0.5, 0.5, 0.5]], dtype=np.float32)
+    a = np.array([[8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]])
+    y = np.array([0])
+    common = dict(fine_tuned_model="none", alpha=0.5, n_draws=5, quantity="score",
+                  perturb_baseline=0.0, softmax=False, seed=2)
+
+    def plus(**kw: float) -> float:
+        return float(M.FFidelity(sign="+", **common, **kw)(model, x, y, a)[0])
+
+    assert plus(beta=1.0) == pytest.approx(4.0)
+    assert plus(beta=1.0, removal_ratio=1.0) == pytest.approx(8.0)
+    assert plus(beta=1.0, removal_ratio=0.3) == pytest.approx(4.0)
+    assert plus(beta=0.125) == pytest.approx(2.0)
+    # FFid-: the bottom 4 (0.5 each), half of them per draw
+    minus = M.FFidelity(sign="-", beta=1.0, **common)(model, x, y, a)
+    np.testing.assert_allclose(minus, [1.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="removal_ratio"):
+        M.FFidelity(removal_ratio=0.0)
+
+
 def test_stochastic_draws_are_subsets_of_the_part_of_the_cap_size():
     # distinct powers of two as contributions: each draw's drop names the features it removed
     w = [2.0**j for j in range(8)]
@@ -277,8 +311,9 @@ def test_metadata_direction_and_registration():
     assert plus.higher_is_better and not minus.higher_is_better
     assert plus.family == "faithfulness" and "Zheng" in plus.paper
     assert plus.stochastic and not M.FFidelity(stochastic_removal=False).stochastic
-    # a part no larger than the cap is removed whole by every draw
-    assert not M.FFidelity(alpha=0.1, beta=0.1).stochastic
+    # a part no larger than the cap is removed whole by every draw when removal_ratio is 1
+    assert not M.FFidelity(alpha=0.1, beta=0.1, removal_ratio=1.0).stochastic
+    assert M.FFidelity(alpha=0.1, beta=0.1).stochastic
     assert set(plus.modalities) == {"image", "series", "tabular", "tokens"}
 
 

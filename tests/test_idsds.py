@@ -320,3 +320,66 @@ def test_fine_tuning_argument_checks(shapes):
         finetune_on_patch_deletions(model, x, y, patch_size=8, deletion_probability=1.5)
     with pytest.raises(ValueError, match="`y`"):
         finetune_on_patch_deletions(model, x, y[:4], patch_size=8)
+
+
+# ------------------------------------------------------------- the authors' default grid
+def test_default_is_the_authors_4_by_4_grid(patch_data):
+    # evaluate.py / train.py of Hesse et al.: --grid_rows_and_cols 4 (16 cells whatever the
+    # image size), --sd_baseline zeros, logits, Spearman
+    metric = IDSDS()
+    assert metric.patch_size is None and metric.grid == 4
+    assert metric.perturb_baseline == "zero" and metric.similarity_func == "spearman"
+    assert not metric.softmax
+    # on 8 x 8 inputs the 4 x 4 grid is the 2 x 2 patches
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand((3, 1, 8, 8), generator=g, dtype=torch.float64)
+    a = torch.rand((3, 1, 8, 8), generator=g, dtype=torch.float64)
+    y = torch.zeros(3, dtype=torch.int64)
+
+    class Linear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.rand((64,), generator=g, dtype=torch.float64),
+                                  requires_grad=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = x.flatten(1) @ self.w
+            return torch.stack([s, -s], 1)
+
+    model = Linear()
+    default = metric(model, x, y, a)
+    np.testing.assert_allclose(default, IDSDS(patch_size=2)(model, x, y, a), rtol=1e-12)
+    assert metric.patch_drops_.shape == (3, 16)
+
+
+def test_grid_cells_by_hand():
+    from evalkit.metrics.faithfulness.idsds import GridCells
+
+    # a 10-step series in 4 windows: floor(i * 4 / 10) = 0 0 0 1 1 2 2 2 3 3
+    labels = GridCells(4)(torch.zeros((2, 3, 10))).labels
+    assert labels.flatten().tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    # a 4 x 6 image in 2 x 3 cells of 2 x 2 pixels, raster order
+    labels = GridCells((2, 3))(torch.zeros((1, 1, 4, 6))).labels[0, 0]
+    expected = torch.tensor([[0, 0, 1, 1, 2, 2]] * 2 + [[3, 3, 4, 4, 5, 5]] * 2)
+    assert torch.equal(labels, expected)
+    with pytest.raises(ValueError, match="grid"):
+        GridCells(5)(torch.zeros((1, 1, 4, 4)))
+    with pytest.raises(ValueError, match="grid"):
+        GridCells(0)
+
+
+def test_a_grid_and_the_same_patch_size_are_the_same_deletions(shapes):
+    # the shapes fixture was fine-tuned with 8 x 8 patches of 32 x 32 images: the default
+    # 4 x 4 grid deletes the same patches, a 2 x 2 grid does not
+    tuned = shapes["tuned"]
+    x, y = shapes["x_test"][:4], shapes["y_test"][:4]
+    a = torch.rand((4, 1, 32, 32))
+    np.testing.assert_allclose(IDSDS()(tuned, x, y, a), IDSDS(patch_size=8)(tuned, x, y, a),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="fine-tuned with"):
+        IDSDS(grid=2)(tuned, x, y, a)
+    # the helper's default is the grid too, and IDSDS' default accepts its copy
+    by_default = finetune_on_patch_deletions(shapes["model"], shapes["x"][:16],
+                                             shapes["y"][:16], epochs=1, seed=0)
+    assert getattr(by_default, DELETION_ATTRIBUTE)["grid"] == (4, 4)
+    assert np.isfinite(IDSDS()(by_default, x, y, a)).all()

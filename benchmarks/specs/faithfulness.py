@@ -790,7 +790,7 @@ def _ffidelity(w: Workload, ctx: Context) -> Case:
     from ..harness import count_forwards
 
     fine_tuned = copy.deepcopy(w.model)
-    metric = FFidelity(fine_tuned_model=fine_tuned, seed=0)
+    metric = FFidelity(fine_tuned_model=fine_tuned, n_draws=10, seed=0)
     # the runner counts the workload model's forwards only; the masked rows go through the
     # copy, so count those here and add them to the floor (same architecture, same cost)
     copy_rows = [0]

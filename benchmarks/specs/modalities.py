@@ -87,6 +87,12 @@ class Row:
     quantus_whole_set: bool = False
     #: the agreement check, ``f(ours, quantus) -> Agreement``, replacing the generic one
     agreement: Callable[[Any, Any], Agreement] | None = None
+    #: constructor keyword arguments that depend on the workload, ``f(w) -> dict`` (a model
+    #: standing in for a trained copy), added to ``ours``
+    make: Callable[[Workload], dict[str, Any]] | None = None
+    #: the floor, ``f(w, ctx) -> Case.floor``, replacing the generic one (work the generic
+    #: floors do not describe, e.g. an attack's double backward)
+    floor: Callable[[Workload, Context], Any] | None = None
 
 
 _NO_TOKENS = "Quantus 0.6 takes no token ids"
@@ -360,18 +366,78 @@ for _name in ("FeatureAgreement", "PairwiseRankAgreement", "RankAgreement", "Sig
 
 #: metric -> modality -> why it gets a skipped row there instead
 SKIPS: dict[str, dict[str, str]] = {}
-_LATE = ("registered on main at 08:35 UTC on 2026-12-07, after this benchmark run was sized: "
-         "no W4-W6 settings yet")
-_LATE_WHY = {
-    "NAOPC": "; its default exact bounds (beam search) take minutes per series on W5",
-    "FFidelity": "; it needs a fine-tuned model copy (fine_tune_with_random_masking), which "
-                 "the harness does not build for W4-W6",
-    "DataRandomisation": "; it needs a model trained on permuted labels, which the harness "
-                         "does not build for W4-W6",
+
+
+# issue 23's metrics on W4-W6 (none is in Quantus). ABPC and SRG walk AOPC's MoRF and LeRF
+# curves with AOPC's steps; NAOPC searches its bounds over coarser features (16-30 per input,
+# a beam of 3, as its image rows); F-Fidelity and the data randomisation test run their
+# evaluation step with a stand-in for the trained copy (its training is a one-off cost, not the
+# metric's, and costs the same forwards on any weights).
+def _randomised_copy(w: Workload) -> dict[str, Any]:
+    from evalkit.metrics.data_randomisation import reinitialised_copy
+
+    return {"randomised_model": reinitialised_copy(w.model, seed=0)}
+
+
+def _attack_floor(w: Workload, ctx: Context) -> Any:
+    from .robustness import attack_floor
+
+    return attack_floor(w, ctx, steps=10)
+
+
+_NOT_TRAINED = ("; fine_tuned_model='none': the workload's model stands in for the "
+                "fine-tuned copy (fine-tuning is the user's one-off cost; the evaluation "
+                "costs the same forwards on any weights)")
+for _name in ("ABPC", "SRG"):
+    SETTINGS[_name] = {m: dataclasses.replace(r, settings=r.settings.replace(
+        "morf", "MoRF and LeRF")) for m, r in SETTINGS["AOPC"].items()}
+SETTINGS["NAOPC"] = {
+    _T: Row(dict(beam_width=3, seed=0), subset=256,
+            settings="Saliency, columns (30 features), beam_width=3, morf, black"),
+    _S: Row(dict(grouping=25, beam_width=3), settings="Saliency, 25-step windows (20 "
+                                                      "features), beam_width=3, morf, black"),
+    _K: Row(dict(grouping=4, beam_width=3), settings=f"{_TOKENS}, 4-token windows (16 "
+                                                     "features), beam_width=3, morf"),
 }
-for _name in ("LogOdds", "MinimalSubsetDeletion", "MinimalSubsetInsertion", "ABPC", "SRG",
-              "NAOPC", "FFidelity", "AdversarialTopKIntersection", "DataRandomisation"):
-    SKIPS[_name] = {m: _LATE + _LATE_WHY.get(_name, "") for m in (_T, _S, _K)}
+SETTINGS["LogOdds"] = {m: Row({}, settings=f"{what}, fraction=0.2, log-odds from logits")
+                       for m, what in ((_T, "Saliency, columns, black"),
+                                       (_S, "Saliency, time steps, black"),
+                                       (_K, _TOKENS))}
+for _name in ("MinimalSubsetDeletion", "MinimalSubsetInsertion"):
+    SETTINGS[_name] = {m: Row({}, settings=f"{what}, n_steps=100 (at most one step per "
+                                           "feature)")
+                       for m, what in ((_T, "Saliency, columns, black"),
+                                       (_S, "Saliency, time steps, black"),
+                                       (_K, _TOKENS))}
+SETTINGS["FFidelity"] = {
+    m: Row(dict(fine_tuned_model="none", n_draws=10, seed=0),
+           settings=f"{what}, FFid+, alpha 0.1..0.5, beta=0.1, removal_ratio=0.5, 10 draws, "
+                    f"correct{_NOT_TRAINED}")
+    for m, what in ((_T, "Saliency, columns, black"), (_S, "Saliency, time steps, black"),
+                    (_K, _TOKENS))}
+SETTINGS["DataRandomisation"] = {
+    m: Row({}, make=_randomised_copy,
+           settings=f"{what}, Spearman of |a|; a re-initialised copy stands in for the "
+                    "permuted-label model (its training is not timed)")
+    for m, what in ((_T, "Saliency"), (_S, "Saliency (channel-summed)"),
+                    (_K, "token Saliency"))}
+SETTINGS["AdversarialTopKIntersection"] = {
+    m: Row(dict(k=k, epsilon=0.1, nr_steps=10, seed=0), floor=_attack_floor,
+           settings=f"Saliency{what}, top-k attack (softplus beta 10), k={k}, epsilon=0.1 "
+                    "(unit-scale inputs), 10 steps, random start",
+           note="floor: per step a bare double backward of the smoothed model, per iterate a "
+                "bare input gradient, plus the re-explanation and one forward of the N inputs")
+    for m, k, what in ((_T, 6, ""), (_S, 50, " (channel-summed)"))}
+for _name in ("Coherency", "ADCC"):
+    SETTINGS[_name] = {_S: Row({}, settings="Saliency (channel-summed), x * map re-explained "
+                                            "by Saliency, softmax")}
+SETTINGS["ARCC"] = {_S: Row(dict(seed=0), settings="Saliency (channel-summed), x * map "
+                            "re-explained by Saliency, softmax, ROAD confidence combined, "
+                            "percentages [20, 40, 60, 80], noise 0.01")}
+SETTINGS["IDSDS"] = {_S: Row(dict(patch_size=16),
+                             settings="Saliency, 16-step windows (32 per series), single "
+                                      "deletions, zero, logits, Spearman; workload model "
+                                      "(fine-tuning not timed)")}
 
 
 # --------------------------------------------------------------------------- building
@@ -444,7 +510,7 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
 
         if row.subset is not None and row.subset < w.n:
             w = w.head(row.subset)
-        metric = cls(**row.ours)
+        metric = cls(**row.ours, **(row.make(w) if row.make is not None else {}))
         declared = tuple(metric.modalities)
         if modality not in declared:
             raise ValueError(f"{name}({row.ours}) declares {declared}, not {modality}")
@@ -519,7 +585,9 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
                 return np.asarray(out, dtype=np.float64)
 
         floor: Any = None
-        if explainer is not None:
+        if row.floor is not None:
+            floor = row.floor(w, ctx)
+        elif explainer is not None:
             floor = _explain_floor(w, ctx, explainer, call_kw["explain_kwargs"])
             note = "; ".join(p for p in (note, "floor: explain() of as many rows as ours "
                                          "explained + bare forward of its other rows") if p)

@@ -324,30 +324,25 @@ SPECS += [
 _ATTACK_STEPS = 10
 
 
-def _adversarial_topk(w: Workload, ctx: Context) -> Case:
-    from evalkit.metrics import AdversarialTopKIntersection
+def attack_floor(w: Workload, ctx: Context, steps: int = _ATTACK_STEPS
+                 ) -> Callable[[int, int], Callable[[], None]]:
+    """The floor of AdversarialTopKIntersection with ``steps`` attack steps (also its W4/W5
+    rows, benchmarks/specs/modalities.py)."""
     from evalkit.metrics.robustness.attack import _smoothed
-
-    metric = AdversarialTopKIntersection(nr_steps=_ATTACK_STEPS, seed=0)
-    wrapper = evalkit.wrap_model(w.model)
-    explain_kwargs = {"method": "Saliency", "reduce_channels": "sum"}
-
-    def ours() -> np.ndarray:
-        return metric(wrapper, w.x, w.y, w.a, explain_kwargs=explain_kwargs)
 
     def floor(_rows: int, _calls: int) -> Callable[[], None]:
         # the bare attack: per step one double backward through the softplus-smoothed model
         # (gradient of a scalar of the Saliency map), per iterate one first-order gradient of
         # the real model (its map and prediction), then the re-explanation of the attacked
         # inputs and the forward of the clean ones
-        first_order = forward_backward_floor(w, (_ATTACK_STEPS + 2) * w.n, ctx.batch_size)
+        first_order = forward_backward_floor(w, (steps + 2) * w.n, ctx.batch_size)
         clean = forward_floor(w, w.n, ctx.batch_size)
         size = max(1, min(ctx.batch_size, w.n))
 
         def run() -> None:
             for start in range(0, w.n, size):
                 xs, ys = w.x[start:start + size], w.y[start:start + size]
-                for _ in range(_ATTACK_STEPS):
+                for _ in range(steps):
                     xg = xs.detach().requires_grad_(True)
                     with _smoothed(10.0):
                         score = w.model(xg).gather(1, ys[:, None]).sum()
@@ -359,8 +354,21 @@ def _adversarial_topk(w: Workload, ctx: Context) -> Case:
 
         return run
 
+    return floor
+
+
+def _adversarial_topk(w: Workload, ctx: Context) -> Case:
+    from evalkit.metrics import AdversarialTopKIntersection
+
+    metric = AdversarialTopKIntersection(nr_steps=_ATTACK_STEPS, seed=0)
+    wrapper = evalkit.wrap_model(w.model)
+    explain_kwargs = {"method": "Saliency", "reduce_channels": "sum"}
+
+    def ours() -> np.ndarray:
+        return metric(wrapper, w.x, w.y, w.a, explain_kwargs=explain_kwargs)
+
     return Case(
-        ours=ours, floor=floor,
+        ours=ours, floor=attack_floor(w, ctx),
         settings=f"Saliency (channel-summed), top-k attack (softplus beta 10), k=0.02, "
                  f"epsilon=8/255, {_ATTACK_STEPS} steps, random start, seed 0; no Quantus "
                  "equivalent",

@@ -280,6 +280,13 @@ class DataRandomisation(Metric):
         model (the checks test the protocol, not the training)."""
         return {"randomised_model": reinitialised_copy}
 
+    @property
+    def reads_model(self) -> bool:
+        """Whether the scores depend on the model the metric is called with (metaeval's
+        applicability): only through a callable ``randomised_model``; a given module is
+        explained instead of it (the model's own explanation, ``a``, comes from outside)."""
+        return not isinstance(self.randomised_model, nn.Module | ModelWrapper)
+
     def _derived_metadata(self) -> dict[str, bool]:
         return {"higher_is_better": not _lower_is_better(self.similarity_func)}
 

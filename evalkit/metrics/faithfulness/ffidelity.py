@@ -15,8 +15,21 @@ the removal (the out-of-distribution problem). F-Fidelity removes that surprise 
    highest attribution): the prediction should fall (**higher is better**); FFid- removes
    random subsets of the rest (the least important features): it should not (**lower is
    better**). The random subsets are R-Fidelity's stochastic partial removal (Zheng et al.,
-   ICLR 2024); ``stochastic_removal=False`` removes the whole part instead (the classic
-   Fidelity+/-).
+   ICLR 2024): each draw removes a ``removal_ratio`` share of the part (the paper's alpha,
+   0.5 in the authors' code), at most a ``beta`` fraction of the input;
+   ``stochastic_removal=False`` removes the whole part instead (the classic Fidelity+/-).
+
+Defaults against the paper and its authors' code: ``beta=0.1``, ``removal_ratio=0.5``,
+``n_draws=50`` and ``quantity="correct"`` are theirs. Deliberate differences: ``alpha`` here is
+the explanation size (the paper's sparsity s, which it sweeps from 5 % to 100 % and reports
+as curves; the default averages 10 % to 50 %, pass ``alpha=[k / 20 for k in range(1, 21)]``
+for the paper's sweep); a draw removes an exact count of features, ceil(``removal_ratio`` *
+|part|) capped at ceil(``beta`` * G), where the authors' code removes each feature with that
+probability (the same count on average, without its variance); and
+:func:`fine_tune_with_random_masking` removes a rate drawn uniformly in [0, ``beta``) ("at most
+beta", as the paper states it; the authors' script removes exactly ``beta``) for 2 epochs of
+Adam at lr 1e-4 (their script trains 100 epochs with weight decay 1e-4: pass ``epochs``,
+``weight_decay`` for theirs).
 
 Fine-tuning costs a few epochs of training: do it once per model with the helper and pass the
 copy (``fine_tuned_model=``); the metric can also fine-tune on data you pass
@@ -161,8 +174,8 @@ class FFidelity(RanksFeatures):
     ceil(``alpha`` * G) features of highest attribution (at least 1); FFid+ removes from E,
     FFid- from its complement (the least important features). With
     ``stochastic_removal=True`` (the paper's removal, R-Fidelity's stochastic partial removal)
-    each of ``n_draws`` draws removes a uniformly random subset of min(|part|,
-    ceil(``beta`` * G)) features of that part, replaced by ``perturb_baseline``; with
+    each of ``n_draws`` draws removes a uniformly random subset of min(ceil(``removal_ratio``
+    * |part|), ceil(``beta`` * G)) features of that part, replaced by ``perturb_baseline``; with
     ``stochastic_removal=False`` the whole part is removed once (Fidelity+/-). On the
     fine-tuned model f',
 
@@ -180,11 +193,14 @@ class FFidelity(RanksFeatures):
         ``"+"`` (FFid+, default) or ``"-"`` (FFid-).
     alpha:
         The explanation size, a fraction of the features in (0, 1], or a sequence of them
-        (default 10 % to 50 %, averaged: no single size is assumed to be the true one).
+        (default 10 % to 50 %, averaged: no single size is assumed to be the true one). The
+        paper's sparsity s, not its alpha (that is ``removal_ratio``).
     beta:
-        The most features one removal takes, as a fraction of G: the fine-tuning's ``beta``.
+        The most features one removal takes, as a fraction of G: the fine-tuning's ``beta``
+        (default 0.1, the paper's).
     n_draws:
-        Random subsets per sample and ``alpha`` (``stochastic_removal=True``).
+        Random subsets per sample and ``alpha`` (``stochastic_removal=True``; default 50, the
+        authors' number of samples).
     stochastic_removal:
         Remove random subsets (default) or the whole part (one draw). (Not ``stochastic``:
         that name is the metadata every metric has, true when its score depends on the seed.)
@@ -208,9 +224,12 @@ class FFidelity(RanksFeatures):
         ``"correct"`` or ``"score"`` (see above).
     perturb_baseline, grouping:
         Replacement and features, as for :class:`AOPC`.
+    removal_ratio:
+        The share of the part one draw removes, in (0, 1] (default 0.5: the paper's alpha, the
+        authors' ``robust_ratio``), before the ``beta`` cap.
 
-    When the part is no larger than the cap (FFid+ with ``alpha <= beta``) every draw removes
-    all of it and the score is deterministic. Each draw is a function of the seed and the
+    When a draw removes the whole part (``removal_ratio=1`` and FFid+ with ``alpha <= beta``)
+    the score is deterministic. Each draw is a function of the seed and the
     sample's values (:mod:`evalkit._rng`). Ties in the attribution are ordered by feature id; a
     constant map is NaN (``constant_maps``).
 
@@ -235,7 +254,7 @@ class FFidelity(RanksFeatures):
         sign: str = "+",
         alpha: float | Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5),
         beta: float = 0.1,
-        n_draws: int = 10,
+        n_draws: int = 50,
         stochastic_removal: bool = True,
         fine_tuned_model: nn.Module | ModelWrapper | Callable[[Any], Any] | str | None = None,
         fine_tune_data: tuple[Any, Any] | None = None,
@@ -244,10 +263,12 @@ class FFidelity(RanksFeatures):
         perturb_baseline: Any = "black",
         *,
         grouping: Any = "pixels",
+        removal_ratio: float = 0.5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.sign = check_option("sign", sign, ("+", "-"))
+        self.removal_ratio = _fraction("removal_ratio", removal_ratio)
         alphas = (alpha,) if isinstance(alpha, int | float) else tuple(alpha)
         if not alphas:
             raise ValueError("`alpha` must hold at least one fraction.")
@@ -296,6 +317,13 @@ class FFidelity(RanksFeatures):
         model (the checks test the protocol, not the training), two draws."""
         return {"fine_tuned_model": copy.deepcopy, "n_draws": 2, "quantity": "score"}
 
+    @property
+    def reads_model(self) -> bool:
+        """Whether the scores depend on the model the metric is called with (metaeval's
+        applicability): not when the fine-tuned copy is given as a module, which every forward
+        then goes to."""
+        return not isinstance(self.fine_tuned_model, nn.Module | ModelWrapper)
+
     def _derived_metadata(self) -> dict[str, Any]:
         return {"higher_is_better": self.sign == "+",
                 "modalities": removal_modalities(self._imputer)}
@@ -303,7 +331,8 @@ class FFidelity(RanksFeatures):
     def _random_sources(self) -> dict[str, Any]:
         # a draw is random only where the part is larger than the cap of a removal
         part = max(self._alphas) if self.sign == "+" else 1.0 - min(self._alphas)
-        return {"random subsets": self.stochastic_removal and part > self.beta,
+        return {"random subsets": self.stochastic_removal and (self.removal_ratio < 1
+                                                               or part > self.beta),
                 "baseline": self._imputer}
 
     # ----------------------------------------------------------------- the fine-tuned model
@@ -367,7 +396,9 @@ class FFidelity(RanksFeatures):
         part = hi - lo
         if self.stochastic_removal:
             cap = torch.ceil(self.beta * g.to(torch.float64) - 1e-9).to(torch.int64).clamp(min=1)
-            take = torch.minimum(part, cap.unsqueeze(1))
+            share = torch.ceil(self.removal_ratio * part.to(torch.float64) - 1e-9).to(
+                torch.int64).clamp(min=1)
+            take = torch.minimum(torch.minimum(share, cap.unsqueeze(1)), part)
             draws = self.n_draws
         else:
             take, draws = part, 1
