@@ -17,8 +17,8 @@ A row's key is a hash of two parts:
   (including the seed :func:`~evalkit.evaluate` derived for it), the method's resolved
   configuration (registered name and keyword arguments, or the explain function's qualified
   name and the hash of its source code), the **model fingerprint** (the class and a hash of
-  every parameter and buffer of a ``torch.nn.Module``, the wrapper's softmax and target), the
-  device type and the evalkit version;
+  every parameter and buffer of a ``torch.nn.Module``, the wrapper's softmax, target and
+  output function), the device type and the evalkit version;
 * the **data fingerprint** of its chunk: a hash of the chunk's inputs, labels, masks and (for
   methods given as attribution arrays) attributions.
 
@@ -194,8 +194,8 @@ def data_fingerprint(*arrays: Any) -> str:
 def model_fingerprint(model: Any) -> dict[str, Any]:
     """What identifies a model's behaviour: for a ``torch.nn.Module`` its class and a hash of
     every parameter and buffer (names, shapes, dtypes, values); for a
-    :class:`~evalkit.models.ModelWrapper` also its softmax and target settings; for other
-    callables their qualified name and, when they can be pickled, a hash of their pickle."""
+    :class:`~evalkit.models.ModelWrapper` also its softmax, target and output function; for
+    other callables their qualified name and, when they can be pickled, a hash of their pickle."""
     from .models import ModelWrapper
 
     if isinstance(model, ModelWrapper):
@@ -203,6 +203,8 @@ def model_fingerprint(model: Any) -> dict[str, Any]:
                "target": canonical(model.target), "model": model_fingerprint(model.model)}
         if getattr(model, "autocast", None) is not None:  # mixed-precision forward passes
             out["autocast"] = str(model.autocast)
+        if getattr(model, "output_fn", None) is not None:  # e.g. out["out"] of a dict output
+            out["output_fn"] = canonical(model.output_fn)
         return out
     if isinstance(model, torch.nn.Module):
         h = hashlib.blake2b(digest_size=16)

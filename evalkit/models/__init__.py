@@ -21,6 +21,7 @@ from .targets import (
     MultiLabelTarget,
     OutputIndex,
     SegmentationTarget,
+    SimilarityTarget,
     Target,
     as_target,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "MultiLabelTarget",
     "OutputIndex",
     "SegmentationTarget",
+    "SimilarityTarget",
     "Target",
     "TorchModel",
     "as_target",

@@ -244,6 +244,12 @@ class ModelWrapper(ABC):
         """
         if not self.softmax:
             return self
+        if not getattr(self.target, "softmax_applies", True):  # e.g. embeddings
+            if not by_default:
+                raise ValueError(f"{type(self.target).__name__} scores outputs that have no "
+                                 "class axis (e.g. embeddings): a softmax over them is not "
+                                 "meaningful. Pass softmax=False.")
+            return self.with_options(softmax=False)
         shape = self.output_shape(x)
         key = tuple(x.shape[1:])
         fix = ("wrap the model with evalkit.models.wrap_model(model, softmax=False) (or pass "
