@@ -215,6 +215,17 @@ def test_metric_scores_the_label_map_of_the_prediction():
     assert set(np.unique(road)) <= {0.0, 0.5, 1.0}
 
 
+def test_random_logit_refuses_label_maps():
+    """RandomLogit shifts one class index per sample: label maps have none (and an (N,)
+    offset would broadcast against a map's last axis when it happens to have N pixels)."""
+    w = wrapped()
+    x = images(n=12)
+    pred = w.target.predict(w.predict(x))
+    with pytest.raises(ValueError, match=r"class-index labels `y` \(N,\)"):
+        ek.metrics.RandomLogit()(w, x, pred, torch.rand(12, 1, 12, 12),
+                                 explain_kwargs={"method": "Saliency"})
+
+
 def test_evaluate_with_a_segmentation_target():
     model = tiny_seg()
     x = images()
