@@ -155,7 +155,7 @@ _SLOW_PAGES = {"README.md", "docs/evaluate.md", "docs/contributing.md",
                "docs/migrating-gradcam.md", "docs/metaeval.md", "docs/migrating-quantus.md"}
 #: blocks marked as not runnable offline, per page
 _SKIPPED = {"README.md": 1, "docs/concepts.md": 1, "docs/migrating-gradcam.md": 4,
-            "docs/migrating-quantus.md": 4}
+            "docs/migrating-quantus.md": 4, "docs/tutorials/segmentation.md": 1}
 
 
 def _pages() -> list[str]:
