@@ -79,6 +79,16 @@ def test_class_index_whole_map_region_and_predicted():
     assert torch.equal(SegmentationTarget(region="predicted").regions(OUT, y), expected)
 
 
+def test_a_tie_belongs_to_every_class_that_attains_the_maximum():
+    out = torch.zeros(1, 3, 1, 2)
+    out[0, :, 0, 1] = torch.tensor([1.0, 4.0, 4.0])  # pixel 1: classes 1 and 2 tie
+    t = SegmentationTarget(region="predicted")
+    assert t(out, torch.tensor([1])).item() == 4.0
+    assert t(out, torch.tensor([2])).item() == 4.0
+    assert t(out, torch.tensor([0])).item() == 0.0  # pixel 0: all three tie at 0
+    assert t.regions(out, torch.tensor([0])).tolist() == [[[True, False]]]
+
+
 def test_empty_region_scores_zero():
     # class 0 predicted nowhere in row 2 (all class 1)
     out = torch.stack([OUT[0], torch.stack([torch.zeros(2, 2), torch.ones(2, 2),
@@ -327,3 +337,26 @@ def test_gradcam_matches_pytorch_grad_cam(torchvision, name):
     ours_pred = ek.explain(w_pred, x, category, method="GradCAM", layer="backbone.16")
     np.testing.assert_allclose(np.asarray(ours_pred).reshape(2, 128, 128), ours,
                                rtol=1e-5, atol=1e-6)
+
+
+# ============================================================================ benchmark row
+def test_w8_workload_and_its_specs_run(tmp_path):
+    """The segmentation benchmark workload (plain torch) and every spec of its family, in a
+    quick run: each row runs, and the model-bound rows have a floor."""
+    from benchmarks.run import main
+    from benchmarks.workloads import make_w8
+
+    w = make_w8(n=2)
+    assert w.x.shape == (2, 3, 128, 128) and w.y.shape == (2,)
+    assert w.s.shape == (2, 1, 128, 128) and w.s.flatten(1).any(1).all()
+    assert torch.equal(make_w8(n=2).y, w.y)  # seeded
+    results, _ = main(["--quick", "--no-quantus", "--workloads", "W8", "--families",
+                       "tasks_segmentation", "--metrics", "PixelFlipping[segmentation]",
+                       "GradCAM[segmentation]", "RelevanceMassAccuracy[segmentation]",
+                       "--out", str(tmp_path / "bench.md")])
+    assert {r.metric for r in results} == {"PixelFlipping[segmentation]",
+                                           "GradCAM[segmentation]",
+                                           "RelevanceMassAccuracy[segmentation]"}
+    for r in results:
+        assert not r.error, (r.metric, r.error)
+        assert (r.metric == "RelevanceMassAccuracy[segmentation]") == (not r.floor_s > 0)
