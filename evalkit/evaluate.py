@@ -801,14 +801,16 @@ def explain_methods(
     seed: int | None = 0,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    target: object = None,
 ) -> dict[str, np.ndarray]:
-    """The attributions :func:`evaluate` would compute for each method (same seeds), as NumPy
-    arrays; e.g. to draw a few of them with :func:`evalkit.plotting.plot_explanations`.
-    Methods that fail are left out with an :class:`~evalkit.EvalkitWarning`."""
+    """The attributions :func:`evaluate` would compute for each method (same seeds, same
+    ``target``), as NumPy arrays; e.g. to draw a few of them with
+    :func:`evalkit.plotting.plot_explanations`. Methods that fail are left out with an
+    :class:`~evalkit.EvalkitWarning`."""
     from .metrics.complexity import Sparseness
 
     ev = Evaluation({"_": Sparseness()}, xai_methods, model, x, y, s, explain_fn=explain_fn,
-                    seed=seed, batch_size=batch_size, device=device)
+                    seed=seed, batch_size=batch_size, device=device, target=target)
     out = {}
     for name in ev.methods:
         try:

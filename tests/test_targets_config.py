@@ -17,9 +17,9 @@ from torch import nn
 import evalkit as ek
 import metaeval as me
 from evalkit.datasets import make_shapes
-from evalkit.evaluate import Evaluation
+from evalkit.evaluate import Evaluation, explain_methods
 from evalkit.models import SegmentationTarget, SimilarityTarget, wrap_model
-from evalkit.store import model_fingerprint
+from evalkit.store import canonical, model_fingerprint
 from evalkit.zoo import load_shapes_cnn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +96,17 @@ def test_a_target_given_to_evaluate_hashes_as_the_same_wrapper():
                    data.y, target=target)
 
 
+def test_explain_methods_explains_the_same_target():
+    data = make_shapes(4, seed=0)
+    emb = _embedder()
+    concept = torch.linspace(0.1, 1.0, 64)
+    maps = explain_methods({"Saliency": {}}, emb, data.x, None,
+                           target=SimilarityTarget(concept))["Saliency"]
+    direct = ek.explain(wrap_model(emb, target=SimilarityTarget(concept)), data.x, None,
+                        method="Saliency")
+    np.testing.assert_allclose(maps, direct, rtol=1e-6)
+
+
 def test_output_fn_is_part_of_the_model_fingerprint():
     model = load_shapes_cnn()
     plain = model_fingerprint(wrap_model(model))
@@ -133,6 +144,9 @@ def test_the_store_never_reuses_another_targets_results(tmp_path):
 
     first = run(SimilarityTarget(e[0]))
     assert not first.resumed
+    recorded = first.config()["model_fingerprint"]["target"]  # the target is in the config
+    assert recorded["__object__"].endswith("SimilarityTarget")
+    assert recorded["state"]["reference"] == canonical(e[0])
     again = run(SimilarityTarget(e[0].clone()))  # an equal reference: read back
     assert sum(again.resumed.values()) == 1
     np.testing.assert_array_equal(first.to_frame()["score"], again.to_frame()["score"])
