@@ -297,7 +297,8 @@ class SegmentationTarget(_BaseTarget):
 
     * **class indices** (N,): the map of class ``y[i]`` over ``region``: ``None`` (default) every
       pixel; a boolean mask of shape S shared by every input; ``"predicted"`` the pixels that
-      the scored outputs themselves predict as class ``y[i]`` (argmax over classes). The
+      the scored outputs themselves predict as class ``y[i]``: where its score is the maximum
+      over classes (a pixel where several classes tie for the maximum belongs to each). The
       predicted region follows the outputs: a metric that removes features re-scores the class
       over the pixels still predicted as that class;
     * **label maps** (N, *S) of integers: pixel p of row i scores the logit of class
