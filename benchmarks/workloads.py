@@ -557,3 +557,65 @@ def make_w7(n: int = 4, device: str | torch.device = "cpu", seed: int = 0) -> Wo
 
 
 WORKLOADS["W7"] = (make_w7, 4, 2)
+
+
+# --------------------------------------------------------------------------- W8 (issue 20)
+#: W8's image side and classes
+W8_SIZE, W8_CLASSES = 128, 5
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class SegmentationNet(nn.Module):
+    """W8's model, plain torch: a convolutional backbone (3 -> 16 -> 32 -> 64 channels, output
+    stride 8), a segmentation head (3x3 conv, batch-norm, ReLU, 1x1 classifier, as the FCN
+    head of Long et al. 2015) and bilinear upsampling to the input: per-pixel logits
+    (N, classes, H, W). ``backbone.3`` is the last backbone block (GradCAM's layer)."""
+
+    def __init__(self, num_classes: int = W8_CLASSES) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(_conv_bn_relu(3, 16, 2), _conv_bn_relu(16, 32, 2),
+                                      _conv_bn_relu(32, 64, 2), _conv_bn_relu(64, 64))
+        self.head = nn.Sequential(_conv_bn_relu(64, 64), nn.Conv2d(64, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.backbone(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def make_w8(n: int = 8, device: str | torch.device = "cpu", seed: int = 0) -> Workload:
+    """Semantic segmentation: :class:`SegmentationNet` (seeded weights, batch-norm calibrated,
+    the classifier's biases centred so that every class wins somewhere) on ``n`` smooth
+    128 x 128 images, scored by ``SegmentationTarget(region="predicted")``: ``y`` is each
+    image's most frequent predicted class, the masks are the pixels predicted as it (the
+    scored region), ``a`` is GradCAM on ``backbone.3`` and ``a_channels`` Saliency, both of
+    that target. Plain torch (no torchvision)."""
+    import evalkit
+    from evalkit.models import SegmentationTarget
+
+    dev = torch.device(device)
+    x = smooth_images(n, 3, W8_SIZE, seed=seed + 81)
+    calib = smooth_images(16, 3, W8_SIZE, seed=seed + 82)
+    model = seeded_model(SegmentationNet, calib, seed=seed + 80)
+    with torch.no_grad():  # centre each class's mean logit over the calibration pixels
+        model.head[1].bias.sub_(model(calib).mean((0, 2, 3)))
+    model = model.to(dev)
+    x = x.to(dev)
+    wrapper = evalkit.wrap_model(model, target=SegmentationTarget(region="predicted"))
+    pred = wrapper.predict(x).argmax(1)
+    y = torch.stack([torch.bincount(p.flatten(), minlength=W8_CLASSES).argmax() for p in pred])
+    s = wrapper.target.regions(wrapper.predict(x), y).unsqueeze(1)
+    a = evalkit.explain(wrapper, x, y, method="GradCAM", layer="backbone.3").detach()
+    a_ch = evalkit.explain(wrapper, x, y, method="Saliency").detach()
+    return Workload(
+        name="W8", description=f"segmentation net (plain torch: conv backbone, output stride "
+        f"8, FCN head, bilinear upsampling; seeded), {n} x 3x{W8_SIZE}x{W8_SIZE}, "
+        f"{W8_CLASSES} classes; SegmentationTarget(region='predicted') of each image's most "
+        "frequent predicted class; masks: that region; a: GradCAM (backbone.3)",
+        model=model, x=x, y=y, a=a, a_channels=a_ch, s=s, device=dev)
+
+
+WORKLOADS["W8"] = (make_w8, 8, 2)

@@ -366,6 +366,7 @@ class Evaluation:
         device: torch.device | str | None = None,
         chunk_size: int | None = None,
         modality: Modality | str | None = None,
+        target: object = None,
     ) -> None:
         if explain_fn is not None and not callable(explain_fn):
             raise TypeError("`explain_fn` must be callable: f(model, x, y, **kwargs).")
@@ -381,6 +382,13 @@ class Evaluation:
         self.batch_size = batch_size
         self.device = device
         self.chunk_size = int(chunk_size)
+        if target is not None:
+            if model is None:
+                raise ValueError("`target` says which output of the model is scored; there is "
+                                 "no model.")
+            # the wrapper carries the target to every metric and explainer, and into the model
+            # fingerprint of every stored unit
+            model = wrap_model(model, target=target, device=device)
         self.model = model
         self.metrics = _normalise_metrics(metrics)
         methods = _normalise_methods(xai_methods)
@@ -678,6 +686,7 @@ def evaluate(
     chunk_size: int | None = None,
     executor: str | Executor | None = None,
     modality: Modality | str | None = None,
+    target: object = None,
 ) -> Results:
     """Score every explanation method with every metric.
 
@@ -742,6 +751,14 @@ def evaluate(
         :class:`~evalkit.modality.Modality`); default: inferred from its shape and dtype
         (integer (N, L) inputs are token ids). Passed to every metric; an explicit one is part
         of the stored configuration.
+    target:
+        Which output every metric and explainer scores (:mod:`evalkit.models.targets`: e.g.
+        ``SegmentationTarget(region="predicted")``, ``SimilarityTarget(reference)``, a callable
+        ``(outputs, y) -> (N,)``); default the wrapper's own (the class logit for a plain
+        module). The model is then wrapped with it (``wrap_model(model, target=target)``), so
+        explain callables receive that wrapper (its ``.model`` is yours). The target is part
+        of the model fingerprint of every stored unit: another target or reference never reads
+        back results stored under this one.
 
     Returns
     -------
@@ -749,7 +766,7 @@ def evaluate(
     """
     evaluation = Evaluation(metrics, xai_methods, model, x, y, s, explain_fn=explain_fn, seed=seed,
                             batch_size=batch_size, device=device, chunk_size=chunk_size,
-                            modality=modality)
+                            modality=modality, target=target)
     _warn_about_cost(evaluation)
     return as_executor(executor).run_evaluation(evaluation, store=store,
                                                 progress=_progress.resolve(progress))
@@ -784,14 +801,16 @@ def explain_methods(
     seed: int | None = 0,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    target: object = None,
 ) -> dict[str, np.ndarray]:
-    """The attributions :func:`evaluate` would compute for each method (same seeds), as NumPy
-    arrays; e.g. to draw a few of them with :func:`evalkit.plotting.plot_explanations`.
-    Methods that fail are left out with an :class:`~evalkit.EvalkitWarning`."""
+    """The attributions :func:`evaluate` would compute for each method (same seeds, same
+    ``target``), as NumPy arrays; e.g. to draw a few of them with
+    :func:`evalkit.plotting.plot_explanations`. Methods that fail are left out with an
+    :class:`~evalkit.EvalkitWarning`."""
     from .metrics.complexity import Sparseness
 
     ev = Evaluation({"_": Sparseness()}, xai_methods, model, x, y, s, explain_fn=explain_fn,
-                    seed=seed, batch_size=batch_size, device=device)
+                    seed=seed, batch_size=batch_size, device=device, target=target)
     out = {}
     for name in ev.methods:
         try:

@@ -19,8 +19,8 @@ A row's key is a hash of two parts:
   name and the hash of its source code), the **model fingerprint** (the class and a hash of
   every parameter and buffer of a ``torch.nn.Module``, and what its ``fingerprint_config()``
   returns where it defines one (e.g. a detector's score thresholds, in
-  :class:`~evalkit.models.DetectionModel`), the wrapper's softmax and target), the
-  device type and the evalkit version;
+  :class:`~evalkit.models.DetectionModel`), the wrapper's softmax, target and
+  output function), the device type and the evalkit version;
 * the **data fingerprint** of its chunk: a hash of the chunk's inputs, labels, masks and (for
   methods given as attribution arrays) attributions.
 
@@ -197,8 +197,8 @@ def model_fingerprint(model: Any) -> dict[str, Any]:
     """What identifies a model's behaviour: for a ``torch.nn.Module`` its class and a hash of
     every parameter and buffer (names, shapes, dtypes, values), and its ``fingerprint_config()``
     where it has one (settings outside the state dict); for a
-    :class:`~evalkit.models.ModelWrapper` also its softmax and target settings; for other
-    callables their qualified name and, when they can be pickled, a hash of their pickle."""
+    :class:`~evalkit.models.ModelWrapper` also its softmax, target and output function; for
+    other callables their qualified name and, when they can be pickled, a hash of their pickle."""
     from .models import ModelWrapper
 
     if isinstance(model, ModelWrapper):
@@ -206,6 +206,8 @@ def model_fingerprint(model: Any) -> dict[str, Any]:
                "target": canonical(model.target), "model": model_fingerprint(model.model)}
         if getattr(model, "autocast", None) is not None:  # mixed-precision forward passes
             out["autocast"] = str(model.autocast)
+        if getattr(model, "output_fn", None) is not None:  # e.g. out["out"] of a dict output
+            out["output_fn"] = canonical(model.output_fn)
         return out
     if isinstance(model, torch.nn.Module):
         h = hashlib.blake2b(digest_size=16)

@@ -39,8 +39,9 @@ from evalkit._validation import UndefinedScoreWarning, as_tensor, check_labels
 from evalkit.cache import forward_cache
 from evalkit.evaluate import seed_label
 from evalkit.modality import Modality, as_modality
-from evalkit.models import ModelWrapper, wrap_model
+from evalkit.models import ClassTarget, ModelWrapper, as_target, wrap_model
 from evalkit.perturb import TokenDropout, UniformNoise
+from evalkit.store import canonical
 
 from .reference import ReferenceEstimator
 from .results import MetaEvaluationResult, MetricRecord, RunBlock
@@ -175,6 +176,17 @@ class MetaEvaluation:
     target:
         ``"prediction"`` (default, as MetaQuantus): explain and score the model's predicted
         class ŷ; ``"label"``: the given ``y``.
+    model_target:
+        Which output the metrics and explainers score: an evalkit target
+        (:mod:`evalkit.models.targets`, the ``target`` of :func:`evalkit.evaluate` and
+        :func:`evalkit.explain`), given to the model's wrapper; default the wrapper's own (the
+        class logit of a plain module). With ``target="prediction"`` its labels are the
+        target's predictions: a :class:`~evalkit.models.SegmentationTarget` explains each
+        pixel's predicted class (label maps), a :class:`~evalkit.models.SimilarityTarget`
+        with a concept ignores them; per-sample references of a ``SimilarityTarget()`` need
+        ``target="label"`` with the references as ``y``. Predictions that are not one class per
+        sample (maps, embeddings) are recorded as -1 in the result's ``y_pred``; whether they
+        changed is in the tests' masks. Part of :meth:`config` (and so of stored keys).
     randomness:
         ``"independent"`` (default): each call of a stochastic metric or explainer gets its own
         seed, as MetaQuantus' fresh global draws do, so a metric's own randomness counts against
@@ -224,6 +236,7 @@ class MetaEvaluation:
         seed: int = 0,
         *,
         target: str = "prediction",
+        model_target: object = None,
         randomness: str = "independent",
         undefined: str = "nan",
         explain_fn: Callable[..., Any] | None = None,
@@ -251,6 +264,7 @@ class MetaEvaluation:
         self.nr_perturbations = int(nr_perturbations)
         self.seed = int(seed)
         self.target = target
+        self.model_target = None if model_target is None else as_target(model_target)
         self.randomness = randomness
         self.undefined = undefined
         self.explain_fn = explain_fn
@@ -278,6 +292,9 @@ class MetaEvaluation:
             "randomness": self.randomness,
             "score_all": self.score_all,
             "explain_fn": None if self.explain_fn is None else repr(self.explain_fn),
+            # only when set: the stored keys of earlier runs stay valid
+            **({} if self.model_target is None
+               else {"model_target": canonical(self.model_target)}),
         }
 
     # ------------------------------------------------------------------ entry point
@@ -361,6 +378,8 @@ class MetaEvaluation:
         """Wrap the model, validate the data (against ``modality``, default inferred from
         ``x``), and compute the predictions ŷ."""
         wrapper = wrap_model(model)
+        if self.model_target is not None:
+            wrapper = wrapper.with_options(target=self.model_target)
         if any(isinstance(t, ModelPerturbationTest) for t in self.tests) and \
                 type(wrapper).perturbed is ModelWrapper.perturbed:
             raise TypeError(
@@ -382,9 +401,10 @@ class MetaEvaluation:
             if st.shape[0] != n:
                 raise ValueError(f"`s` must have one mask per sample ({n}); got {st.shape}.")
         out = wrapper.predict(xt)
-        if out.ndim != 2:
+        if out.ndim != 2 and isinstance(wrapper.target, ClassTarget):
             raise ValueError("MetaEvaluation needs a classifier: the model's outputs must have "
-                             f"shape (N, classes); got {tuple(out.shape)}.")
+                             f"shape (N, classes); got {tuple(out.shape)}. For other outputs "
+                             "give a model_target= (e.g. SegmentationTarget()).")
         y_pred = wrapper.target.predict(out)
         if self.target == "label":
             if yt is None:
@@ -524,7 +544,7 @@ class MetaEvaluation:
             positions[name] = pos
             state.timings[f"score:{name}"] += time.perf_counter() - t1
         return {"scores": scores, "nan_reasons": reasons, "nan_positions": positions,
-                "has_masks": state.s is not None, "y_pred": state.y_pred.cpu().numpy()}
+                "has_masks": state.s is not None, "y_pred": _prediction_record(state.y_pred)}
 
     def _perturbed_input(self, state: _State, test: InputPerturbationTest,
                          t: int, k: int) -> torch.Tensor:
@@ -596,7 +616,7 @@ class MetaEvaluation:
             self._report(f"[metaeval] {test.name} t={t} k={k}: "
                          f"{time.perf_counter() - t0:.2f} s, "
                          f"{int(changed.sum())}/{n} predictions changed")
-        return {"y_pred": y_hat.cpu().numpy(), "mask": test.keeps(changed),
+        return {"y_pred": _prediction_record(y_hat), "mask": test.keeps(changed),
                 "scores": scores, "nan_reasons": reasons, "nan_positions": positions}
 
     def _kept(self, test: PerturbationTest, y_hat: torch.Tensor, state: _State
@@ -718,6 +738,14 @@ class MetaEvaluation:
             masks=masks, y_pred_perturbed=preds, metrics=records, timings=timings,
             keep_scores=self.keep_scores,
         )
+
+
+def _prediction_record(pred: torch.Tensor) -> np.ndarray:
+    """The (N,) predictions a result records: the classes, or -1 per sample for predictions
+    that are not one class per sample (segmentation maps, embeddings)."""
+    if pred.ndim == 1 and not pred.is_floating_point():
+        return pred.cpu().numpy()
+    return np.full(pred.shape[0], -1, dtype=np.int64)
 
 
 def _stochastic(method: str) -> bool:

@@ -156,7 +156,7 @@ _SLOW_PAGES = {"README.md", "docs/evaluate.md", "docs/contributing.md",
                "docs/tutorials/detection.md"}
 #: blocks marked as not runnable offline, per page
 _SKIPPED = {"README.md": 1, "docs/concepts.md": 1, "docs/migrating-gradcam.md": 4,
-            "docs/migrating-quantus.md": 4}
+            "docs/migrating-quantus.md": 4, "docs/tutorials/segmentation.md": 1}
 _SLOW_PAGES |= {"docs/tutorials/vit.md"}  # builds ViT-B/16 and Swin-T (random weights)
 
 

@@ -30,7 +30,8 @@ __all__ = ["FAMILY_MODULES", "IMPORT_ERRORS", "Spec", "all_specs", "at_model_fre
 
 #: family modules in table order (the ``family`` of their specs)
 FAMILY_MODULES = ("explainers", "faithfulness", "robustness", "localisation", "complexity",
-                  "randomisation", "axiomatic", "metaeval", "tasks_detection")
+                  "randomisation", "axiomatic", "metaeval", "tasks_detection",
+                  "tasks_segmentation")
 
 
 @dataclass(frozen=True)

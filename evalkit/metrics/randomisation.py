@@ -940,9 +940,10 @@ class RandomLogit(Metric):
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         self.y_off_ = None
         model = batch.require_model()
-        if not getattr(model.target, "uses_class_labels", False) or batch.y is None:
+        if not getattr(model.target, "uses_class_labels", False) or batch.y is None \
+                or batch.y.ndim != 1:  # e.g. segmentation label maps: no one class to shift
             raise ValueError("RandomLogit explains other classes: it needs class-index labels "
-                             "`y` and a class target (the default).")
+                             "`y` (N,) and a class target (the default).")
         n_classes = int(model.output_shape(batch.x)[0])
         if self.num_classes is not None and self.num_classes != n_classes:
             raise ValueError(f"`num_classes`={self.num_classes} but the model has {n_classes} "

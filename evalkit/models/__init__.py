@@ -22,6 +22,7 @@ from .targets import (
     MultiLabelTarget,
     OutputIndex,
     SegmentationTarget,
+    SimilarityTarget,
     Target,
     as_target,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "MultiLabelTarget",
     "OutputIndex",
     "SegmentationTarget",
+    "SimilarityTarget",
     "Target",
     "TorchModel",
     "as_target",
