@@ -13,12 +13,11 @@ from .report import (
     VERDICTS,
     ReportCard,
     ValidityReport,
-    combine,
     validity_check,
     validity_report,
 )
 
-__all__ += ["VERDICTS", "ReportCard", "ValidityReport", "combine", "validity_check",
+__all__ += ["VERDICTS", "ReportCard", "ValidityReport", "validity_check",
             "validity_report"]
 
 # check_metric(metric, checks=[..., "validity"]) runs the direction-sanity check on the testbeds

@@ -65,7 +65,6 @@ __all__ = [
     "VERDICTS",
     "ReportCard",
     "ValidityReport",
-    "combine",
     "validity_check",
     "validity_report",
 ]
@@ -644,38 +643,6 @@ def validity_report(
                                                                 resolved.items()}}
     return ValidityReport(evidence_frame, verdict_frame,
                           {k: _direction(m, k) for k, m in resolved.items()}, config)
-
-
-# ============================================================================ MetaEvaluation
-def combine(result: Any, report: ValidityReport, *, space: str | None = "Mean"
-            ) -> pd.DataFrame:
-    """MC scores and validity verdicts in one table: the rows of the meta-evaluation result's
-    ``summary()`` (for ``space``, default ``"Mean"`` (MC̄), or the only space a result has;
-    None keeps every space) joined on the metric name with :meth:`ValidityReport.summary`
-    (the count of each verdict, ``recovers`` and ``fails``). Metrics in only one of the two
-    keep their row, with the other's columns empty. The method
-    :meth:`metaeval.MetaEvaluationResult.with_validity` calls this."""
-    if not isinstance(report, ValidityReport):
-        raise TypeError(f"`report` must be a ValidityReport (from validity_report); got "
-                        f"{type(report).__name__}.")
-    s = result.summary()
-    if space is not None:
-        spaces = set(s["space"])
-        use = space if space in spaces else (next(iter(spaces)) if len(spaces) == 1 else None)
-        if use is None:
-            raise ValueError(f"The result has no {space!r} space; it has {sorted(spaces)}.")
-        s = s[s["space"] == use]
-    keep = [c for c in ("dataset", "model", "family", "metric", "space", "MC", "IAC_NR",
-                        "IAC_AR", "IEC_NR", "IEC_AR") if c in s.columns]
-    v = report.summary().drop(columns=["higher_is_better"]).rename(
-        columns={"family": "validity_family"})
-    out = s[keep].merge(v, on="metric", how="outer")
-    out["family"] = out["family"].where(out["family"].notna() & (out["family"] != ""),
-                                        out["validity_family"])
-    out = out.drop(columns=["validity_family"])
-    for verdict in VERDICTS:
-        out[verdict] = out[verdict].astype("Int64")
-    return out.reset_index(drop=True)
 
 
 # ============================================================================ check_metric
