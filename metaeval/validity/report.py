@@ -55,6 +55,7 @@ import torch
 import evalkit
 from evalkit import _progress
 from evalkit._validation import EvalkitWarning
+from evalkit.cache import forward_cache
 from evalkit.modality import as_modality
 
 from ..engine import _direction
@@ -618,17 +619,21 @@ def validity_report(
                          disable=not _progress.resolve(progress), leave=False)
     try:
         for tb in beds:
-            for name, metric in resolved.items():
-                bar.set_postfix_str(f"{name} on {tb.name}", refresh=False)
-                cell = _judge(name, metric, tb, explanations, seeds, float(alpha), float(rtol))
-                ids = {"metric": name, "family": _family(metric), "testbed": tb.name,
-                       "mechanism": tb.mechanism, "modality": tb.modality}
-                evidence += [{**ids, **{k: v for k, v in r.items() if k != "_note"}}
-                             for r in cell.rows]
-                verdicts.append({**ids, "verdict": cell.verdict, "reason": cell.reason,
-                                 **{k: cell.counts.get(k, 0) for k in
-                                    ("pairs", "decided", "in_order", "reversed")}})
-                bar.update(1)
+            # the metrics on one testbed share the forward rows they have in common (the
+            # cache's keys are exact: the same model, input bytes and perturbation)
+            with forward_cache():
+                for name, metric in resolved.items():
+                    bar.set_postfix_str(f"{name} on {tb.name}", refresh=False)
+                    cell = _judge(name, metric, tb, explanations, seeds, float(alpha),
+                                  float(rtol))
+                    ids = {"metric": name, "family": _family(metric), "testbed": tb.name,
+                           "mechanism": tb.mechanism, "modality": tb.modality}
+                    evidence += [{**ids, **{k: v for k, v in r.items() if k != "_note"}}
+                                 for r in cell.rows]
+                    verdicts.append({**ids, "verdict": cell.verdict, "reason": cell.reason,
+                                     **{k: cell.counts.get(k, 0) for k in
+                                        ("pairs", "decided", "in_order", "reversed")}})
+                    bar.update(1)
     finally:
         bar.close()
     order = {name: i for i, name in enumerate(resolved)}
@@ -651,8 +656,21 @@ def validity_check(metric: Any, *, testbeds: Any = None, seeds: Sequence[int] = 
     """The ``"validity"`` check of :func:`evalkit.testing.check_metric`: a direction-sanity
     check on the validity testbeds. It fails when the metric is wrong on more testbeds than it
     is correct (the mark of a flipped ``higher_is_better``), or when every applicable testbed
-    errored; either way the message is the metric's report card. Returns ``(passed, message,
-    report)``."""
+    errored; either way the message is the metric's report card. ``testbeds`` default: the
+    library's testbeds of the modalities the metric declares (every one if it declares none),
+    with ``n`` samples each. Returns ``(passed, message, report)``."""
+    if testbeds is None:
+        from .testbeds import list_testbeds
+
+        declared = getattr(metric, "modalities", None)
+        if declared is None:
+            testbeds = list_testbeds()
+        else:
+            names = (declared,) if isinstance(declared, str) else tuple(declared)
+            testbeds = list(dict.fromkeys(
+                t for m in names for t in list_testbeds(modality=str(getattr(m, "name", m)))))
+        if not testbeds:
+            return True, "no validity testbed has a modality the metric declares", None
     report = validity_report({_display_name(metric): metric}, testbeds, seeds=seeds,
                              progress=False, n=n)
     name = report.metrics[0]
