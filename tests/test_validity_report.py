@@ -242,12 +242,16 @@ def test_applicability_reasons_modality_masks_and_families():
                              [tb], progress=False)
     r = report.verdicts.set_index("metric")
     assert r.loc["SIC", "verdict"] == "not applicable"
-    assert "tabular" in r.loc["SIC", "reason"] and "SIC" in r.loc["SIC", "reason"]
+    assert r.loc["SIC", "reason"] == "the metric declares the modalities image, not tabular"
     assert r.loc["Sparseness", "verdict"] == "not applicable"
     assert "faithfulness famil" in r.loc["Sparseness", "reason"]
     assert "complexity" in r.loc["Sparseness", "reason"]
     assert r.loc["PointingGame", "verdict"] == "not applicable"
     assert r.loc["right", "verdict"] == "correct"
+    # a setting's own refusal comes first: ROAD's default imputer on a table
+    road = validity_report(ek.metrics.ROAD(), [linear_testbed()], progress=False).verdicts
+    assert road["verdict"].tolist() == ["not applicable"]
+    assert "background=" in road["reason"].iloc[0]
 
 
 def test_a_third_party_metric_declaring_modalities_is_held_to_them(beds):
@@ -461,6 +465,15 @@ def test_markdown_and_latex_need_no_optional_package(report, monkeypatch):
     assert "n\\_nan" in report.to_latex("evidence")
     with pytest.raises(ValueError, match="table"):
         report.to_markdown("kite")
+
+
+def test_save_and_load_round_trip(report, tmp_path):
+    report.save(tmp_path / "validity.json")
+    again = ValidityReport.load(tmp_path / "validity.json")
+    pd.testing.assert_frame_equal(again.verdicts, report.verdicts)
+    pd.testing.assert_frame_equal(again.evidence, report.evidence)
+    assert again.directions == report.directions and again.config == report.config
+    assert again.to_markdown("summary") == report.to_markdown("summary")
 
 
 def test_plot_returns_a_figure(report):

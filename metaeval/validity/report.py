@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -215,19 +217,17 @@ def applicability(metric: Any, testbed: Testbed) -> tuple[bool, str]:
     except (TypeError, ValueError) as err:
         return False, f"the testbed's modality is not understood: {err}"
     if _is_evalkit(metric):
-        try:
+        try:  # a setting's own, more specific refusal (e.g. ROAD's imputer on tables)
             metric._check_modality(mod)
-            mod.check_applies(metric)
         except ValueError as err:
             return False, str(err)
-    else:
-        declared = getattr(metric, "modalities", None)
-        if declared is not None:
-            names = (declared,) if isinstance(declared, str) else tuple(declared)
-            names = tuple(str(getattr(d, "name", d)) for d in names)
-            if mod.name not in names:
-                return False, (f"the metric declares the modalities {', '.join(names)}, not "
-                               f"{mod.name}")
+    declared = getattr(metric, "modalities", None)
+    if declared is not None:
+        names = (declared,) if isinstance(declared, str) else tuple(declared)
+        names = tuple(str(getattr(d, "name", d)) for d in names)
+        if mod.name not in names:
+            return False, (f"the metric declares the modalities {', '.join(names) or 'none'}, "
+                           f"not {mod.name}")
     if bool(getattr(metric, "needs_masks", False)) and testbed.s is None:
         return False, "the metric needs masks `s` and the testbed has none"
     family = _family(metric)
@@ -507,6 +507,32 @@ class ValidityReport:
         lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (NaN as null); :meth:`from_dict` reads it back."""
+        def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+            return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+        return {"evidence": records(self.evidence), "verdicts": records(self.verdicts),
+                "directions": dict(self.directions), "config": self.config}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ValidityReport:
+        evidence = pd.DataFrame(d["evidence"], columns=_EVIDENCE_COLUMNS)
+        for col in ("mean_better", "mean_worse", "median_better", "median_worse", "effect",
+                    "p_value"):
+            evidence[col] = evidence[col].astype(float)
+        return cls(evidence, pd.DataFrame(d["verdicts"], columns=_VERDICT_COLUMNS),
+                   {k: bool(v) for k, v in d["directions"].items()}, d.get("config"))
+
+    def save(self, path: str | Path) -> None:
+        """Write :meth:`to_dict` as JSON (e.g. to regenerate the docs' tables without a
+        rerun)."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ValidityReport:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
     def plot(self, *, figsize: tuple[float, float] | None = None,
              glyphs: bool = True) -> Any:
         """The metric x testbed grid coloured by verdict (green correct, red wrong, grey
@@ -545,6 +571,15 @@ class ValidityReport:
         ax.set_title("Validity: known order recovered per metric x testbed", fontsize=10)
         fig.tight_layout()
         return fig
+
+
+def _plain(v: Any) -> Any:
+    """A JSON value: Python scalars, NaN as None."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def _text(v: Any, digits: int) -> str:
