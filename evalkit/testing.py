@@ -124,6 +124,7 @@ __all__ = [
     "register_check",
     "register_fixture",
     "run_check",
+    "run_metric_check",
 ]
 
 #: the seed every check runs with, unless it varies the seed on purpose
