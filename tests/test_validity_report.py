@@ -254,6 +254,20 @@ def test_applicability_reasons_modality_masks_and_families():
     assert "background=" in road["reason"].iloc[0]
 
 
+def test_agreement_metrics_compare_with_the_testbed_reference_map():
+    tb = linear_testbed()
+    report = validity_report(["SignedRankAgreement"], [tb], progress=False)
+    assert report.verdicts["verdict"].tolist() == ["not applicable"]
+    assert "reference map" in report.verdicts["reason"].iloc[0]
+    # the exact map w * x as the reference (set as an attribute: Testbed.reference)
+    tb.reference = tb.explanation("exact")
+    report = validity_report(["SignedRankAgreement"], [tb], progress=False)
+    assert report.verdicts["verdict"].tolist() == ["correct"]
+    ev = report.evidence.set_index("worse")
+    assert ev.loc["random", "outcome"] == "in order"
+    assert ev.loc["negated", "mean_better"] == pytest.approx(1.0)
+
+
 def test_a_third_party_metric_declaring_modalities_is_held_to_them(beds):
     class ImageOnly(GradientAgreement):
         modalities = ("image",)

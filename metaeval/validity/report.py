@@ -15,7 +15,9 @@ For every metric x testbed:
 1. **Applicability.** The cell is ``"not applicable"``, with the reason, when the testbed's
    modality is not one the metric declares (``metric.modalities``, and the metric's own
    refusal of a setting, e.g. ROAD's default imputer on tables), when the metric needs masks
-   (``needs_masks``) and the testbed has none (``s`` is None), or when the testbed's
+   (``needs_masks``) and the testbed has none (``s`` is None), when it compares with a
+   real-valued reference map (``real_valued_s``: the ground-truth agreement metrics, which get
+   ``Testbed.reference`` as their ``s``) and the testbed fixes none, or when the testbed's
    ``families`` leave out the metric's family. A metric without a family (a third-party metric
    that declares none) is tried on every testbed.
 2. **Scores.** Every candidate named in the testbed's order is scored with
@@ -228,13 +230,28 @@ def applicability(metric: Any, testbed: Testbed) -> tuple[bool, str]:
         if mod.name not in names:
             return False, (f"the metric declares the modalities {', '.join(names) or 'none'}, "
                            f"not {mod.name}")
-    if bool(getattr(metric, "needs_masks", False)) and testbed.s is None:
+    if _real_valued_s(metric):
+        if _reference(testbed) is None:
+            return False, ("the metric compares with a reference map (real-valued `s`) and "
+                           "the testbed fixes none")
+    elif bool(getattr(metric, "needs_masks", False)) and testbed.s is None:
         return False, "the metric needs masks `s` and the testbed has none"
     family = _family(metric)
     if testbed.families is not None and family and family not in testbed.families:
         return False, (f"the testbed speaks to the {', '.join(testbed.families)} "
                        f"famil{'y' if len(testbed.families) == 1 else 'ies'}, not {family}")
     return True, ""
+
+
+def _real_valued_s(metric: Any) -> bool:
+    """Whether the metric's ``s`` is a real-valued reference map (the ground-truth agreement
+    metrics) rather than binary masks."""
+    return bool(getattr(metric, "real_valued_s", False))
+
+
+def _reference(testbed: Testbed) -> torch.Tensor | None:
+    """The testbed's exact map where its mechanism fixes one (``Testbed.reference``)."""
+    return getattr(testbed, "reference", None)
 
 
 # ============================================================================ scoring a cell
@@ -269,7 +286,8 @@ def _score(metric: Any, testbed: Testbed, name: str, a: torch.Tensor,
     with warnings.catch_warnings():
         # undefined scores are counted (n_nan), costs are those of small testbeds
         warnings.simplefilter("ignore", EvalkitWarning)
-        out = m(testbed.model, testbed.x, testbed.y, a.clone(), s=testbed.s,
+        s = _reference(testbed) if _real_valued_s(metric) else testbed.s
+        out = m(testbed.model, testbed.x, testbed.y, a.clone(), s=s,
                 explain_fn=testbed.candidates[name], **testbed.metric_kwargs, **extra)
     scores = np.asarray(out, dtype=np.float64)
     if scores.shape != (testbed.n,):
