@@ -608,6 +608,13 @@ def test_the_validity_check_is_opt_in(small_validity_check, monkeypatch):
                                 checks=["protocol", "validity"])
     assert [r.name for r in both] == ["protocol", "validity"] and len(ran) == 1
     assert testing.run_check(ek.metrics.Sparseness(), "validity").passed and len(ran) == 2
+    # "all": the per-fixture checks and every registered metric check
+    every = testing.check_metric(ek.metrics.Sparseness(), modality="tabular", checks="all")
+    assert [r.name for r in every] == [*testing.CHECKS, *testing.METRIC_CHECKS]
+    assert len(ran) == 3
+    # one name alone is one check, not its letters
+    assert [r.name for r in testing.check_metric(ek.metrics.Sparseness(), modality="tabular",
+                                                 checks="validity")] == ["validity"]
 
 
 def test_metric_checks_registry_and_missing_provider(monkeypatch):
