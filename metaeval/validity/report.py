@@ -25,7 +25,9 @@ For every metric x testbed:
    (``explain_fn`` is the candidate itself, so re-explaining metrics explain perturbed inputs
    and randomised models with it). A stochastic metric runs once per seed of ``seeds`` (an
    evalkit metric through its ``seed`` parameter; a third-party one through a ``seed`` or
-   ``random_state`` attribute, or a call keyword of that name); a deterministic one runs once.
+   ``random_state`` attribute, or a call keyword of that name), with the same seed for every
+   candidate (common random numbers: within a seed, the candidates' scores differ by their
+   maps only); a deterministic one runs once.
    Any exception, or scores that are not one number per sample, make the cell ``"error"``
    with the message; the report never stops on a metric's failure.
 3. **Pairs.** Each ordered pair is decided by the paired test of :mod:`metaeval.validity._stats`
@@ -164,8 +166,9 @@ def _seeds_for(metric: Any, seeds: Sequence[int]) -> list[int | None]:
 
 
 def _seeded(metric: Any, seed: int | None) -> tuple[Any, dict[str, Any]]:
-    """A copy of the metric that runs with ``seed`` (never the caller's object), and the call
-    keywords that pass it."""
+    """The metric to call with ``seed`` and the call keywords that pass it: a copy where the
+    seed is a parameter or attribute (the caller's object is never changed), the metric itself
+    where it is a call keyword or where there is none."""
     if _is_evalkit(metric):
         from evalkit.evaluate import _run_metric_clone
 
