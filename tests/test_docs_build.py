@@ -152,8 +152,7 @@ _NEEDS_MARKER = re.compile(r"<!--\s*docs-test:\s*needs:\s*(?P<module>[\w.]+)\s*-
 #: pages whose blocks take more than ~15 s of CPU (whole evaluations, meta-evaluations: up to
 #: minutes); CI runs them, as it runs every slow test
 _SLOW_PAGES = {"README.md", "docs/evaluate.md", "docs/contributing.md",
-               "docs/migrating-gradcam.md", "docs/metaeval.md", "docs/migrating-quantus.md",
-               "docs/validity.md"}
+               "docs/migrating-gradcam.md", "docs/metaeval.md", "docs/migrating-quantus.md"}
 #: blocks marked as not runnable offline, per page
 _SKIPPED = {"README.md": 1, "docs/concepts.md": 1, "docs/migrating-gradcam.md": 4,
             "docs/migrating-quantus.md": 4}

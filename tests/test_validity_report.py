@@ -558,6 +558,7 @@ def test_validity_beside_mc_in_one_table(report):
     assert rows.loc["flipped", "family"] == "faithfulness"
     assert set(table["metric"]) == {"PointingGame", "Sparseness", "right", "flipped",
                                     "constant", "raising"}
+    pd.testing.assert_frame_equal(mv.combine(result, report), table)
     every = result.with_validity(report, space=None)
     assert set(every.dropna(subset=["space"])["space"]) == {"Model", "Input", "Mean"}
     with pytest.raises(ValueError, match="no 'Sideways' space"):

@@ -72,6 +72,7 @@ __all__ = [
     "VERDICTS",
     "ReportCard",
     "ValidityReport",
+    "combine",
     "validity_check",
     "validity_report",
 ]
@@ -704,6 +705,18 @@ def validity_report(
                                                                 resolved.items()}}
     return ValidityReport(evidence_frame, verdict_frame,
                           {k: _direction(m, k) for k, m in resolved.items()}, config)
+
+
+# ============================================================================ MetaEvaluation
+def combine(result: Any, report: ValidityReport, *, space: str | None = "Mean"
+            ) -> pd.DataFrame:
+    """MC scores and validity verdicts in one table: the function form of
+    :meth:`metaeval.MetaEvaluationResult.with_validity` (which see), ``result`` being a
+    :class:`~metaeval.MetaEvaluationResult`."""
+    with_validity = getattr(result, "with_validity", None)
+    if not callable(with_validity):
+        raise TypeError(f"`result` must be a MetaEvaluationResult; got {type(result).__name__}.")
+    return with_validity(report, space=space)
 
 
 # ============================================================================ check_metric
