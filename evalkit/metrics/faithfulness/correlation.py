@@ -446,12 +446,10 @@ class MonotonicityCorrelation(RanksFeatures):
             rank_map = ordering.rank_map
             per_sample = batch.modality.per_sample
 
-            def values(i: torch.Tensor) -> torch.Tensor:
-                """(len(i), S, ...): the baseline values of each sample's S draws."""
-                xi = x[i].unsqueeze(1).expand(-1, s_count, *x.shape[1:])
-                flat = xi.reshape(-1, *x.shape[1:])
-                v = imputer.values(flat, draw_keys[i].reshape(-1))  # type: ignore[attr-defined]
-                return (v.expand_as(flat) if v.shape[0] == 1 else v).reshape(xi.shape)
+            def values(i: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+                """The baseline values of draw s of sample i, from the draw's own key (only
+                the rows' draws, not every draw of the rows' samples)."""
+                return imputer.values(x[i], draw_keys[i, s])  # type: ignore[attr-defined]
 
             def mask_of(i: torch.Tensor, s: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
                 """Block tt of sample i's order."""
@@ -460,7 +458,7 @@ class MonotonicityCorrelation(RanksFeatures):
 
             out = subset_scores(
                 batch, imputer, (s_count, t_count), mask_of,
-                fill_of=lambda i, s, tt: gather_per_sample(values, i, s),
+                fill_of=lambda i, s, tt: values(i, s),
                 keys_of=lambda i, s, tt: draw_keys[i, s], desc=type(self).__name__)
             sq = ((out - clean.reshape(-1, 1, 1)) ** 2).mean(1)
         inv = torch.where(clean.abs() >= self.eps, 1.0 / clean.abs().clamp_min(1e-300) ** 2,

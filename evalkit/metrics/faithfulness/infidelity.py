@@ -20,9 +20,6 @@ from .._removal import (
     window_scores,
 )
 from ..base import Metric, MetricBatch
-from ._common import (
-    gather_per_sample,
-)
 
 
 class Infidelity(Metric):
@@ -118,14 +115,12 @@ class Infidelity(Metric):
         keys = batch.keys
         std = float(self.noise_std)
 
-        def noise_of(i: torch.Tensor) -> torch.Tensor:
-            return infidelity_noise(keys[i], k, tuple(x.shape[1:]), std, x.dtype)
-
         dots = torch.full((batch.n, k), math.nan, dtype=torch.float64, device=x.device)
 
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, r = index
-            noise = gather_per_sample(noise_of, i, r)
+            noise = _rng.normal(_row_keys(keys[i], r), tuple(x.shape[1:]), std=std,
+                                dtype=x.dtype).to(x.device)
             dots[i, r] = (a[i] * noise.to(torch.float64)).flatten(1).sum(1)
             return x[i] - noise
 
@@ -169,5 +164,12 @@ def infidelity_noise(keys: torch.Tensor, n_perturb_samples: int, shape: tuple[in
                      std: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The Gaussian perturbations I of :class:`Infidelity` for samples with ``keys``:
     (len(keys), n_perturb_samples, *shape)."""
-    return _rng.normal(_rng.combine(keys, 0x1F1D), (n_perturb_samples, *shape), std=std,
-                       dtype=dtype)
+    rows = _row_keys(keys.unsqueeze(1), torch.arange(n_perturb_samples).unsqueeze(0))
+    return _rng.normal(rows.reshape(-1), shape, std=std, dtype=dtype).reshape(
+        keys.shape[0], n_perturb_samples, *shape)
+
+
+def _row_keys(sample_keys: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+    """The key of perturbation ``draw`` of the samples with ``sample_keys`` (broadcast): each
+    perturbation is drawn from its own key, so a chunk of rows draws only its own rows."""
+    return _rng.combine(sample_keys, 0x1F1D, draw)
