@@ -349,14 +349,14 @@ def subset_scores(
         i = index[0]
         mask = mask_of(*index)
         if fill_of is not None and is_baseline:
-            return modality.replace(x[i], mask, fill_of(*index))
+            return modality.replace(x.index_select(0, i), mask, fill_of(*index))
         if base is not None:
-            return modality.replace(x[i], mask, base[i])
+            return modality.replace(x.index_select(0, i), mask, base.index_select(0, i))
         if keys_of is not None:
             keys = keys_of(*index)
         else:
             keys = None if sample_keys is None else sample_keys[i]
-        return impute(imputer, x[i], mask, keys=keys, modality=modality)
+        return impute(imputer, x.index_select(0, i), mask, keys=keys, modality=modality)
 
     scores = batch.runner.run(build, (batch.n, *shape), y=batch.y,  # type: ignore[union-attr]
                               row_shape=tuple(x.shape[1:]), desc=desc)

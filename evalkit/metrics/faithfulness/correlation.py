@@ -449,11 +449,11 @@ class MonotonicityCorrelation(RanksFeatures):
             def values(i: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
                 """The baseline values of draw s of sample i, from the draw's own key (only
                 the rows' draws, not every draw of the rows' samples)."""
-                return imputer.values(x[i], draw_keys[i, s])  # type: ignore[attr-defined]
+                return imputer.values(x.index_select(0, i), draw_keys[i, s])  # type: ignore[attr-defined]
 
             def mask_of(i: torch.Tensor, s: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
                 """Block tt of sample i's order."""
-                r = rank_map[i]
+                r = rank_map.index_select(0, i)
                 return (r >= per_sample(lo[i, tt], r)) & (r < per_sample(hi[i, tt], r))
 
             out = subset_scores(

@@ -121,8 +121,8 @@ class Infidelity(Metric):
             i, r = index
             noise = _rng.normal(_row_keys(keys[i], r), tuple(x.shape[1:]), std=std,
                                 dtype=x.dtype).to(x.device)
-            dots[i, r] = (a[i] * noise.to(torch.float64)).flatten(1).sum(1)
-            return x[i] - noise
+            dots[i, r] = (a.index_select(0, i) * noise.to(torch.float64)).flatten(1).sum(1)
+            return x.index_select(0, i) - noise
 
         scores = batch.runner.run(build, (batch.n, k), y=batch.y,  # type: ignore[union-attr]
                                   row_shape=tuple(x.shape[1:]), desc=type(self).__name__)

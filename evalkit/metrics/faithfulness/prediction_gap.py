@@ -90,11 +90,11 @@ class _PredictionGap(RanksFeatures):
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, t, j = index
             kk = k_rows[i, t]
-            ranks = rank_map[i]
+            ranks = rank_map.index_select(0, i)
             mask = ranks < per_sample(kk, ranks)
             if not top:
                 mask = ~mask
-            xi = x[i]
+            xi = x.index_select(0, i)
             return _noisy_rows(noise, xi, draw_keys[i.cpu(), j.cpu()], mask.expand_as(xi))
 
         shape = (batch.n, t_count, draws)

@@ -283,7 +283,7 @@ class _SoftFidelity(Metric):
             u = _rng.uniform(row_keys[m], tuple(x.shape[1:]), dtype=torch.float64,
                              stream=_SOFT_STREAM).to(x.device)
             kept = u < prob
-            xi = x[i]
+            xi = x.index_select(0, i)
             return torch.where(kept, xi, torch.zeros_like(xi))
 
         return run_rows(batch, build, sample_idx, desc=type(self).__name__)
