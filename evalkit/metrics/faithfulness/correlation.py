@@ -446,10 +446,17 @@ class MonotonicityCorrelation(RanksFeatures):
             rank_map = ordering.rank_map
             per_sample = batch.modality.per_sample
 
+            flat_keys = draw_keys.reshape(-1)
+
             def values(i: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-                """The baseline values of draw s of sample i, from the draw's own key (only
-                the rows' draws, not every draw of the rows' samples)."""
-                return imputer.values(x.index_select(0, i), draw_keys[i, s])  # type: ignore[attr-defined]
+                """The baseline values of draw s of sample i, from the draw's own key: drawn
+                once per (sample, draw) of the chunk (rows run sample-, then draw-major, so a
+                draw's steps are adjacent) and shared by its steps."""
+                pair = i * s_count + s
+                uniq, inverse = torch.unique_consecutive(pair, return_inverse=True)
+                v = imputer.values(  # type: ignore[attr-defined]
+                    x.index_select(0, uniq // s_count), flat_keys[uniq.cpu()])
+                return v.index_select(0, inverse) if v.shape[0] > 1 else v
 
             def mask_of(i: torch.Tensor, s: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
                 """Block tt of sample i's order."""
