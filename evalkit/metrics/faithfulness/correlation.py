@@ -392,7 +392,9 @@ class MonotonicityCorrelation(RanksFeatures):
     baseline (``"black"``...) gives identical draws, so it is evaluated once per block.
 
     Deviations from Quantus: one uniform value per element, not one per sample (deviation C27);
-    features are pixels by default; randomness is seeded per sample.
+    features are pixels by default; randomness is seeded per sample, draw s from the key of
+    (sample, s) (the numbers a seed gives changed when evalkit's counter-based keyed generator
+    replaced one NumPy generator per key, their distribution did not).
 
     Reference: A. Nguyen, M. Rodriguez Martinez, "On Quantitative Aspects of Model
     Interpretability", arXiv:2007.07584, 2020.

@@ -29,7 +29,9 @@ class Infidelity(Metric):
         INFD(a, f, x) = E_I [ (I^T a - (f(x) - f(x - I)))^2 ],
 
     over random perturbations I. **Lower is better**. Per-sample; the expectation is estimated
-    with ``n_perturb_samples`` draws seeded per sample.
+    with ``n_perturb_samples`` draws seeded per sample, draw r from the key of (sample, r)
+    (:func:`infidelity_noise`; the numbers a seed gives changed when evalkit's counter-based
+    keyed generator replaced one NumPy generator per key, their distribution did not).
 
     Perturbations (``perturb_func``):
 

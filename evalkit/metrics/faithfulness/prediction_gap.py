@@ -152,8 +152,10 @@ _PARAMS = """
     Features are ranked by the magnitude of their attribution (summed over a feature's
     elements; ties in feature order); the target score is the class probability by default
     (``softmax=True``; OpenXAI reads the model's probability output). The noise is seeded per
-    sample (``seed``); draws come in fixed blocks of 16 from the sample's key, so a score does
-    not depend on the batch or the chunking. ``k_`` records each sample's k.
+    sample (``seed``): draw j of a sample comes from the key of (sample, j), the same at every
+    k, so a score does not depend on the batch or the chunking (evalkit's counter-based keyed
+    generator, docs/concepts.md; the numbers a seed gives changed when it replaced one NumPy
+    generator per key, their distribution did not). ``k_`` records each sample's k.
 
     Differences from OpenXAI: the gap is read on the target class's score (OpenXAI reads the
     first output column: the same for binary classifiers); draws are keyed per sample (OpenXAI
