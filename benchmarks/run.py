@@ -812,7 +812,7 @@ def _modality_lines(results: list[Result]) -> list[str]:
         fl = r.floor_s if r.floor_s > 0 else None
         quantus = _fmt_s(r.quantus_s) if not r.quantus_error else "error (see the row)"
         ratio = _fmt_ratio(r.floor_ratio)
-        if unreachable_floor(r) is not None:
+        if r.floor_ratio > FLOOR_TARGET and unreachable_floor(r) is not None:
             ratio += f" ({FLOOR_TARGET:g} out of reach)"
         lines.append("| " + " | ".join(_cell(c) for c in [
             r.metric, f"{r.workload} (N={r.n})", _fmt_s(r.ours_s), ratio,
