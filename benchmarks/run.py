@@ -742,8 +742,8 @@ MODALITY_PROFILES = (
     "- **ROAD on W5**: the imputation (1-D linear interpolation along time, in float64, plus "
     "each sample's keyed noise field) costs about as much as the CNN's forward of the same "
     "rows, so floor + imputation alone is about 2 x the floor (the *imputation* part "
-    "column); 1.25 is out of reach for this imputation (ROAD is defined by it), ours is "
-    "within a few per cent of floor + imputation.",
+    "column); 1.25 is out of reach for this imputation (ROAD is defined by it); ours is "
+    "within about 15 % of floor + imputation.",
     "- **Explanation-bound rows** (robustness, randomisation): their floor is explain() of "
     "the rows they explain, so their ratio is the metric's own work around the explainer "
     "(drawing noise, randomising layers, similarities); with W4's MLP the explainer's "
