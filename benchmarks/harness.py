@@ -266,19 +266,27 @@ class PartTimer:
         self.name = name
         self.device = device
         self.seconds = 0.0
+        #: values the part produced (``wrap(fn, count=...)``), e.g. random numbers drawn
+        self.values = 0
 
     def reset(self) -> None:
         self.seconds = 0.0
+        self.values = 0
 
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, fn: Callable[..., Any],
+             count: Callable[[Any], int] | None = None) -> Callable[..., Any]:
+        """``fn`` timed into :attr:`seconds`; ``count(result)`` added to :attr:`values`."""
         def timed(*args: Any, **kwargs: Any) -> Any:
             _sync(self.device)
             t0 = clock()
             try:
-                return fn(*args, **kwargs)
+                out = fn(*args, **kwargs)
             finally:
                 _sync(self.device)
                 self.seconds += clock() - t0
+            if count is not None:
+                self.values += int(count(out))
+            return out
 
         return timed
 
@@ -306,7 +314,8 @@ def _chunk_of(w: Workload, batch_size: int) -> torch.Tensor:
 
 
 def forward_floor(w: Workload, rows: int, batch_size: int, *,
-                  fill: float | None = None, write: bool = False) -> Callable[[], None] | None:
+                  fill: float | None = None, write: bool = False,
+                  draws: int = 0) -> Callable[[], None] | None:
     """A callable that runs ``rows`` bare forward rows of the workload's input shape in chunks
     of ``batch_size`` under ``torch.inference_mode`` (model in eval mode). None if rows == 0.
 
@@ -317,7 +326,12 @@ def forward_floor(w: Workload, rows: int, batch_size: int, *,
     ``write``: before each forward call, write its chunk once into fresh memory (one
     ``torch.where`` of a fixed random half of the values by the chunk's minimum): the least data
     movement of any implementation that builds each perturbed input, the part of a removal
-    metric's work that the model floor leaves out (it dominates where the model is tiny)."""
+    metric's work that the model floor leaves out (it dominates where the model is tiny).
+
+    ``draws`` (with ``write``): also draw that many U[0, 1) numbers in all, spread over the
+    chunks in proportion to their rows, with one ``torch.Generator`` (``torch.rand``: torch's
+    own unkeyed stream, the cheapest on hand): the least work of a metric that draws as many
+    random numbers as ours did (keyed draws cost more; the difference is ours)."""
     if rows <= 0:
         return None
     batch_size = max(1, min(batch_size, rows))
@@ -331,8 +345,13 @@ def forward_floor(w: Workload, rows: int, batch_size: int, *,
         gen = torch.Generator(device="cpu").manual_seed(0)
         keep = (torch.rand(full.shape, generator=gen) < 0.5).to(full.device)
         base = full.min()
+        per_row = max(0, draws) / rows
+        draw_gen = torch.Generator(device=full.device).manual_seed(1)
 
         def inputs(chunk: torch.Tensor) -> torch.Tensor:
+            if per_row:
+                torch.rand(round(per_row * chunk.shape[0]), generator=draw_gen,
+                           device=chunk.device)
             return torch.where(keep[: chunk.shape[0]], chunk, base)
     else:
         def inputs(chunk: torch.Tensor) -> torch.Tensor:
@@ -490,6 +509,10 @@ class Case:
     #: (:func:`forward_floor` with ``write=True``), as ``extra["written_floor_s"]``: where the
     #: model is tiny (W4's MLP), what building the perturbed inputs alone costs
     written_floor: bool = False
+    #: also time the written floor plus as many random numbers as ours drew in its counted
+    #: warm-up run (``part.values``: a part counting the values drawn), drawn with torch's own
+    #: generator (:func:`forward_floor` with ``draws``), as ``extra["drawn_floor_s"]``
+    drawn_floor: bool = False
 
 
 @dataclass
@@ -679,6 +702,15 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         except Exception as exc:
             res.extra["written_floor_error"] = _short_error(exc)
         written_fn = _warm_up("written_floor", written_fn, warm, res, ctx.device)
+    drawn_fn = None
+    drawn = case.part.values if case.part is not None else 0
+    if case.drawn_floor and case.floor == "forward" and drawn > 0:
+        res.extra["drawn_values"] = drawn  # what the counted warm-up run of ours drew
+        try:
+            drawn_fn = forward_floor(w, c_ours.rows, ctx.batch_size, write=True, draws=drawn)
+        except Exception as exc:
+            res.extra["drawn_floor_error"] = _short_error(exc)
+        drawn_fn = _warm_up("drawn_floor", drawn_fn, warm, res, ctx.device)
 
     # 3. alternating timed rounds
     fns: dict[str, Callable[[], Any]] = {"ours": case.ours}
@@ -690,6 +722,8 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         fns["quantus_floor"] = q_floor_fn
     if written_fn is not None:
         fns["written_floor"] = written_fn
+    if drawn_fn is not None:
+        fns["drawn_floor"] = drawn_fn
     rounds = repeats
     if max_case_s is not None:
         per_round = sum(warm.get(k, 0.0) for k in fns)
@@ -713,6 +747,8 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         res.extra["quantus_floor_s"] = timings["quantus_floor"].median
     if "written_floor" in timings:
         res.extra["written_floor_s"] = timings["written_floor"].median
+    if "drawn_floor" in timings:
+        res.extra["drawn_floor_s"] = timings["drawn_floor"].median
     if case.part is not None:  # one more run of ours, untimed, for the part's seconds
         try:
             case.part.reset()

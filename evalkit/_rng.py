@@ -10,13 +10,18 @@ guarantees that a stateful ``torch.Generator`` cannot give when work is chunked:
   (:func:`sample_keys`), and each row of a perturbation batch carries its own key;
 * the same seed gives the same numbers on every run on the same device type.
 
-Keys are int64 tensors; arithmetic wraps modulo 2**64 as in two's complement. Bulk draws seed one
-generator per key with all 64 bits of the key (see :func:`uniform`).
+Keys are int64 tensors; arithmetic wraps modulo 2**64 as in two's complement. Bulk draws
+(:func:`uniform`, :func:`normal`) are counter-based: draw ``j`` of a row is a hash of the row's
+key, the stream and ``j``, computed for all rows at once (no generator is seeded per key), so
+one key per perturbed row costs no more than one per sample. (Before issue 19's speed work, each
+key seeded a NumPy PCG64 generator; the numbers drawn for a seed changed then, their
+distribution did not.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 
 import numpy as np
@@ -35,6 +40,7 @@ __all__ = [
 ]
 
 _GOLDEN = 0x9E3779B97F4A7C15
+_M64 = (1 << 64) - 1
 _C1 = 0xBF58476D1CE4E5B9
 _C2 = 0x94D049BB133111EB
 
@@ -47,6 +53,8 @@ def _signed(v: int) -> int:
 _GOLDEN_S = _signed(_GOLDEN)
 _C1_S = _signed(_C1)
 _C2_S = _signed(_C2)
+_C1_U = np.uint64(_C1)
+_C2_U = np.uint64(_C2)
 
 
 def _shr(z: torch.Tensor, s: int) -> torch.Tensor:
@@ -54,8 +62,30 @@ def _shr(z: torch.Tensor, s: int) -> torch.Tensor:
     return (z >> s) & ((1 << (64 - s)) - 1)
 
 
+def _mix_numpy(z: np.ndarray) -> np.ndarray:
+    """:func:`mix` of a uint64 array, in place (NumPy has a logical shift; torch int64 has not,
+    and NumPy's per-call cost is a fraction of torch's for the few keys of a batch)."""
+    z ^= z >> np.uint64(30)
+    z *= _C1_U
+    z ^= z >> np.uint64(27)
+    z *= _C2_U
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def _as_uint64(t: torch.Tensor) -> np.ndarray:
+    """A CPU int64 tensor's values as a new, at least 1-d uint64 array (two's complement)."""
+    return np.array(t.detach().numpy(), dtype=np.int64, ndmin=1).view(np.uint64)
+
+
+def _from_uint64(a: np.ndarray, shape: torch.Size) -> torch.Tensor:
+    return torch.from_numpy(a.view(np.int64)).reshape(shape)
+
+
 def mix(z: torch.Tensor) -> torch.Tensor:
     """SplitMix64 finaliser: a bijective 64-bit mixing function on int64 tensors."""
+    if z.device.type == "cpu":
+        return _from_uint64(_mix_numpy(_as_uint64(z.to(torch.int64))), z.shape)
     z = (z ^ _shr(z, 30)) * _C1_S
     z = (z ^ _shr(z, 27)) * _C2_S
     return z ^ _shr(z, 31)
@@ -107,38 +137,119 @@ def numpy_generator(seed: int | np.random.Generator | None
 def sample_keys(x: torch.Tensor, seed: int) -> torch.Tensor:
     """One int64 key per sample, from the seed and the sample's values only.
 
-    Two identical samples get the same key; a sample gets the same key in any batch.
+    Two identical samples get the same key; a sample gets the same key in any batch. The key
+    hashes the sample's float32 bit patterns: each (position, 32-bit word) pair is mixed with
+    the seed's salt by the SplitMix64 finaliser (a bijection, so distinct pairs give distinct
+    terms), the terms are summed modulo 2**64 and the sum mixed again (an additive hash in the
+    manner of Bellare & Micciancio's AdHash, vectorised over samples and positions; not meant
+    to resist crafted collisions). (Before issue 19's speed work each row was hashed with
+    BLAKE2b in a Python loop: the keys, and so every seeded draw, changed then.)
     """
-    arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy().reshape(x.shape[0], -1))
-    salt = int(seed).to_bytes(16, "little", signed=True)
-    keys = [
-        int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8, key=salt).digest(), "little")
-        for row in arr
-    ]
-    return torch.tensor([_signed(k) for k in keys], dtype=torch.int64, device=x.device)
+    n = x.shape[0]
+    words = np.ascontiguousarray(
+        x.detach().to("cpu", torch.float32).numpy().reshape(n, -1)).view(np.uint32)
+    d = words.shape[1]
+    salt = np.uint64(derive_seed(int(seed), "sample keys") & _M64)
+    sums = np.zeros(n, dtype=np.uint64)
+    if d:
+        positions = np.arange(d, dtype=np.uint64)
+        for rows, cols in _blocks(n, d):
+            z = words[rows, cols].astype(np.uint64)
+            z <<= np.uint64(32)
+            z |= positions[None, cols]
+            z ^= salt
+            sums[rows] += _mix_numpy(z).sum(axis=1, dtype=np.uint64)
+    keys = _mix_numpy(_mix_numpy(sums ^ salt) + np.uint64(d))
+    return torch.from_numpy(keys.view(np.int64)).to(x.device)
 
 
 def combine(keys: torch.Tensor, *streams: int | torch.Tensor) -> torch.Tensor:
-    """Derive row keys from parent keys and stream indices (e.g. step, draw), elementwise."""
+    """Derive row keys from parent keys and stream indices (e.g. step, draw), elementwise
+    (tensor streams broadcast with the keys)."""
     out = keys.to(torch.int64)
-    for s in streams:
-        if isinstance(s, torch.Tensor):
-            s = s.to(device=out.device, dtype=torch.int64)
+    if out.device.type == "cpu":  # the same arithmetic in NumPy: a few us, not tens
+        a = _as_uint64(out)
+        shape = out.shape
+        for st in streams:
+            if isinstance(st, torch.Tensor):
+                v = _as_uint64(st.to("cpu", torch.int64))
+                shape = torch.broadcast_shapes(shape, st.shape)
+            else:
+                v = np.uint64(_mix_int(int(st) + 1) & _M64)
+            a = _mix_numpy(a * np.uint64(_GOLDEN) + v + np.uint64(1))
+        return _from_uint64(a, shape)
+    for st in streams:
+        if isinstance(st, torch.Tensor):
+            st = st.to(device=out.device, dtype=torch.int64)
         else:
-            s = _mix_int(int(s) + 1)
-        out = mix(out * _GOLDEN_S + s + 1)
+            st = _mix_int(int(st) + 1)
+        out = mix(out * _GOLDEN_S + st + 1)
     return out
-
-
-def _seeds(keys: torch.Tensor, stream: int) -> list[int]:
-    mixed = combine(keys, stream) & ((1 << 63) - 1)
-    return mixed.tolist()
 
 
 def scalar_uniform(keys: torch.Tensor, *, stream: int = 0) -> torch.Tensor:
     """One U[0, 1) float64 draw per key, fully vectorised (for cheap per-row decisions)."""
     bits = combine(keys, stream)
     return _shr(bits, 11).to(torch.float64) * (1.0 / (1 << 53))
+
+
+#: elements mixed per pass of the NumPy path (a few hundred KiB: the passes stay in cache)
+_BLOCK = 1 << 14
+
+
+def _counters(n: int, device: torch.device) -> torch.Tensor:
+    """``(j + 1) * golden`` for j < n, int64 (wrapping): SplitMix64's state increments."""
+    j = torch.arange(1, n + 1, dtype=torch.int64, device=device)
+    return j * _GOLDEN_S
+
+
+def _bits_torch(seeds: torch.Tensor, n: int) -> torch.Tensor:
+    """(R, n) int64 words: word j of row r is SplitMix64's output j for state ``seeds[r]``."""
+    return mix(seeds.unsqueeze(1) + _counters(n, seeds.device).unsqueeze(0))
+
+
+def _blocks(rows: int, n: int):
+    """(row slice, column slice) blocks of about :data:`_BLOCK` elements covering (rows, n)."""
+    if n >= _BLOCK:
+        for r in range(rows):
+            for c in range(0, n, _BLOCK):
+                yield slice(r, r + 1), slice(c, min(n, c + _BLOCK))
+    else:
+        step = _BLOCK // n
+        for r in range(0, rows, step):
+            yield slice(r, min(rows, r + step)), slice(0, n)
+
+
+def _words_numpy(seeds: torch.Tensor, n: int, out: np.ndarray, shift: int, offset: float,
+                 scale: float) -> None:
+    """Fill ``out`` (R, n) with ``((w >> shift) + offset) * scale`` of the words of
+    :func:`_bits_torch`, computed in NumPy (about 3x faster on the CPU than torch's int64 ops,
+    which have no logical shift) in cache-sized blocks, without an (R, n) array of words."""
+    s = seeds.numpy().view(np.uint64)
+    counters = _counters(n, torch.device("cpu")).numpy().view(np.uint64)
+    z_buf = np.empty(min(_BLOCK, s.size * n), dtype=np.uint64)
+    t_buf = np.empty_like(z_buf)
+    sh = np.uint64(shift)
+    for rows, cols in _blocks(s.size, n):
+        shape = (rows.stop - rows.start, cols.stop - cols.start)
+        size = shape[0] * shape[1]
+        z, t = z_buf[:size].reshape(shape), t_buf[:size].reshape(shape)
+        np.add(s[rows, None], counters[None, cols], out=z)
+        np.right_shift(z, np.uint64(30), out=t)
+        z ^= t
+        z *= _C1_U
+        np.right_shift(z, np.uint64(27), out=t)
+        z ^= t
+        z *= _C2_U
+        np.right_shift(z, np.uint64(31), out=t)
+        z ^= t
+        np.right_shift(z, sh, out=z)
+        block = out[rows, cols]
+        if offset:
+            np.add(z, offset, out=block, casting="unsafe")
+            block *= scale
+        else:
+            np.multiply(z, scale, out=block, casting="unsafe")
 
 
 def _fill(
@@ -152,35 +263,49 @@ def _fill(
 ) -> torch.Tensor:
     """One independent stream per key: ``kind`` "uniform" (U[a, b)) or "normal" (N(a, b**2)).
 
-    On the CPU each key seeds a NumPy PCG64 generator with its full 64 bits (torch's CPU
-    generator would keep only 32 of them, so distinct keys could share a stream); on CUDA each key
-    seeds a CUDA (Philox) ``torch.Generator``, which also uses all 64 bits.
+    Counter-based and vectorised over keys and draws: element ``j`` of row ``r`` comes from
+    ``w = mix(combine(keys[r], stream) + (j + 1) * golden)``, i.e. output ``j`` of a SplitMix64
+    generator (Steele et al. 2014) whose state starts at the row's combined key. A uniform is
+    the top 53 bits of ``w`` (float64) or its top 24 bits (float32 and narrower), scaled to
+    [0, 1) exactly; a normal is ``sqrt(2) * erfinv(2u - 1)`` of ``u = ((w >> 11) + 1/2) / 2**53``
+    (inverse-CDF sampling, computed in float64). The words are identical on every device
+    (NumPy on the CPU, torch elsewhere); so are the uniforms, the normals up to ``erfinv``'s
+    rounding. No generator is seeded, so a row costs about as much as its draws: one key per
+    perturbed row is as cheap as one per sample.
     """
-    seeds = _seeds(keys, stream)
-    if keys.device.type == "cpu":
-        np_dtype = np.float64 if dtype == torch.float64 else np.float32
-        out_np = np.empty((len(seeds), *shape), dtype=np_dtype)
-        for i, seed in enumerate(seeds):
-            gen = np.random.Generator(np.random.PCG64(seed))
-            if kind == "uniform":
-                out_np[i] = gen.random(shape, dtype=np_dtype)
-            else:
-                out_np[i] = gen.standard_normal(shape, dtype=np_dtype)
-        out = torch.from_numpy(out_np)
-        if out.dtype != dtype:
-            out = out.to(dtype)
-        if kind == "uniform":
-            return out * (b - a) + a if (a, b) != (0.0, 1.0) else out
-        return out * b + a if (a, b) != (0.0, 1.0) else out
-    out = torch.empty((len(seeds), *shape), dtype=dtype, device=keys.device)
-    gen = torch.Generator(device=keys.device)
-    for i, seed in enumerate(seeds):
-        gen.manual_seed(seed)
-        if kind == "uniform":
-            out[i].uniform_(a, b, generator=gen)
+    seeds = combine(keys, stream)
+    n = 1
+    for d in shape:
+        n *= int(d)
+    r = seeds.shape[0]
+    if r == 0 or n == 0:
+        return torch.empty((r, *shape), dtype=dtype, device=keys.device)
+    narrow = kind == "uniform" and dtype != torch.float64
+    if seeds.device.type == "cpu":  # the same numbers as below, computed in NumPy
+        buf = np.empty((r, n), dtype=np.float32 if narrow else np.float64)
+        if narrow:
+            _words_numpy(seeds, n, buf, 40, 0.0, 1.0 / (1 << 24))
+        elif kind == "uniform":
+            _words_numpy(seeds, n, buf, 11, 0.0, 1.0 / (1 << 53))
         else:
-            out[i].normal_(a, b, generator=gen)
-    return out
+            _words_numpy(seeds, n, buf, 11, 0.5, 1.0 / (1 << 53))
+        u = torch.from_numpy(buf)
+    else:
+        words = _bits_torch(seeds, n)
+        if narrow:
+            u = _shr(words, 40).to(torch.float32) * (1.0 / (1 << 24))
+        elif kind == "uniform":
+            u = _shr(words, 11).to(torch.float64) * (1.0 / (1 << 53))
+        else:
+            u = (_shr(words, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 53))
+    if kind == "uniform":
+        out = u.to(dtype)
+    else:  # inverse CDF of u in (0, 1): u never reaches 0 or 1, so the draw is finite
+        out = u.mul_(2.0).sub_(1.0).erfinv_().mul_(math.sqrt(2.0)).to(dtype)
+    out = out.reshape(r, *shape)
+    if (a, b) == (0.0, 1.0):
+        return out
+    return out * (b - a) + a if kind == "uniform" else out * b + a
 
 
 def uniform(
@@ -195,8 +320,8 @@ def uniform(
     """U[low, high) draws of shape ``(len(keys), *shape)``, one independent stream per key.
 
     The draws of a row depend only on its key, ``shape`` and ``stream`` (not on the other rows).
-    Seeding costs about 20-30 us per key: call it with one key per *sample* and the sample's whole
-    block of draws in ``shape``, not once per perturbation row. CPU and CUDA streams differ.
+    Rows are vectorised (see :func:`_fill`): one key per perturbed row is as cheap as one per
+    sample, and the same key gives the same uniforms on the CPU and on CUDA.
     """
     return _fill(keys, shape, dtype, stream, "uniform", float(low), float(high))
 

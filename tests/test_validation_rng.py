@@ -427,7 +427,8 @@ def _inverse_mix(v: int) -> int:
 
 
 def _key_for_generator_seed(seed: int, stream: int = 0) -> int:
-    """The key whose ``_rng._seeds(key, stream)`` equals ``seed`` (combine is a bijection)."""
+    """The key whose stream state ``_rng.combine(key, stream)`` is ``seed`` (combine is a
+    bijection)."""
     golden_inv = pow(0x9E3779B97F4A7C15, -1, 1 << 64)
     s = _rng._mix_int(stream + 1) & M64
     u = _inverse_mix(seed)
@@ -439,11 +440,11 @@ def test_inverse_helpers_are_right():
         assert _inverse_mix(_splitmix64_finaliser(v)) == v & M64
     for seed in (5, 5 + (1 << 40), 123456789):
         key = torch.tensor([_key_for_generator_seed(seed)], dtype=torch.int64)
-        assert _rng._seeds(key, 0) == [seed]
+        assert _rng.combine(key, 0).tolist() == [_to_signed(seed)]
 
 
 def test_distinct_keys_give_distinct_draws():
-    # keys whose generator seeds differ only above bit 32 must still give different streams
+    # keys whose stream states differ only above bit 32 must still give different streams
 
     k1 = _key_for_generator_seed(5)
     k2 = _key_for_generator_seed(5 + (1 << 40))

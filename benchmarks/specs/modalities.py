@@ -24,10 +24,11 @@ Settings (:data:`SETTINGS`) are the image specs' where they transfer, sized for 
   input row written once before its forward (``extra["written_floor_s"]``): on W4 the MLP
   costs about 0.2 us a row, less than building a perturbed row, so that floor shows what any
   implementation that builds its inputs must spend;
-* evalkit draws its random numbers from one generator per sample, seeded by a key hashed from
-  the sample's values (batch-independent draws): a per-sample cost of tens of microseconds
-  that the model floor does not cover; every model-bound row times it in one more untimed run
-  (the note's "keyed random draws");
+* evalkit's random numbers are keyed (each draw a hash of its row's key, the keys hashed from
+  the samples' values: batch-independent draws), a cost the model floor does not cover; every
+  model-bound row times it in one more untimed run (the note's "keyed random draws") and counts
+  the numbers drawn, and the *drawn floor* is the written floor plus as many numbers drawn with
+  torch's own unkeyed generator; ROAD's part is its imputation (keyed noise included);
 * the model-free metrics score the workload's Saliency maps against its masks (W4: the
   informative features, W5: one interval per sample, W6: one rationale span per sample);
   they have no floor.
@@ -535,13 +536,16 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
         if row.call is not None:
             call_kw.update(row.call(w))
 
-        part = _rng_part(ctx) if metric.needs_model else None
+        part = None
+        if metric.needs_model:
+            part = _imputation_part(ctx) if name in _IMPUTED else _rng_part(ctx)
+        timed_part = _timed_imputation if name in _IMPUTED else _timed_rng
 
         def ours() -> Any:
             if part is None:
                 scores = metric(model, w.x, w.y, a, **call_kw)
             else:
-                with _timed_rng(part):
+                with timed_part(part):
                     scores = metric(model, w.x, w.y, a, **call_kw)
             if row.out == "curves":
                 return metric.curves_[:, 1:]
@@ -603,7 +607,8 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
                     agreement=row.agreement or _agreement(bool(metric.stochastic), row.out,
                                                           row.differs),
                     floor=floor, settings=settings, note=note, explainer=explainer,
-                    written_floor=floor == "forward", part=part)
+                    written_floor=floor == "forward", part=part,
+                    drawn_floor=floor == "forward" and name not in _IMPUTED)
 
     return build
 
@@ -614,19 +619,45 @@ def _rng_part(ctx: Context) -> PartTimer:
 
 @contextlib.contextmanager
 def _timed_rng(part: PartTimer) -> Iterator[None]:
-    """Time evalkit's keyed random streams (``evalkit._rng``: one generator seeded per sample
-    key, and the keys hashed from each sample's values) into ``part`` while ours runs: a
-    per-sample cost that no model floor covers, large where the model is tiny (W4)."""
+    """Time evalkit's keyed random streams (``evalkit._rng``: the draws of each row hashed from
+    its key, and the keys hashed from each sample's values) into ``part`` while ours runs, and
+    count the numbers drawn (``part.values``, for the drawn floor): a cost that no model floor
+    covers, large where the model is tiny (W4)."""
     from evalkit import _rng
 
-    saved = {name: getattr(_rng, name) for name in ("_fill", "sample_keys")}
+    counts: dict[str, Callable[[Any], int] | None] = {
+        "_fill": lambda out: out.numel(), "sample_keys": None}
+    saved = {name: getattr(_rng, name) for name in counts}
     try:
         for name, fn in saved.items():
-            setattr(_rng, name, part.wrap(fn))
+            setattr(_rng, name, part.wrap(fn, counts[name]))
         yield
     finally:
         for name, fn in saved.items():
             setattr(_rng, name, fn)
+
+
+#: metrics whose rows are imputed (a mask-dependent fill such as ROAD's linear imputation):
+#: their part is the imputation, keyed noise included, not the draws alone
+_IMPUTED = frozenset({"ROAD"})
+
+
+def _imputation_part(ctx: Context) -> PartTimer:
+    return PartTimer("imputation", ctx.device)
+
+
+@contextlib.contextmanager
+def _timed_imputation(part: PartTimer) -> Iterator[None]:
+    """Time the imputation of the perturbed rows (``evalkit.metrics._removal.impute``, which
+    every window row of an imputing metric calls) into ``part`` while ours runs."""
+    from evalkit.metrics import _removal
+
+    saved = _removal.impute
+    try:
+        _removal.impute = part.wrap(saved)
+        yield
+    finally:
+        _removal.impute = saved
 
 
 def _explain_floor(w: Workload, ctx: Context, explainer: TimedExplainer,

@@ -87,7 +87,13 @@ class _BaseTarget:
         code (set-level metrics count agreeing pairs through them in O(N))."""
         if p.ndim == 1 and not p.is_floating_point():
             return p.to(torch.int64)
-        return torch.unique(p.reshape(p.shape[0], -1), dim=0, return_inverse=True)[1]
+        flat = p.reshape(p.shape[0], -1)
+        if flat.shape[1] == 1:
+            # one value per row (a class as float64, NaN where undefined): a 1-D unique, ~100x
+            # faster than torch.unique(dim=0), which also splits equal rows once a NaN is
+            # among them; codes agree with `agree` (NaN agrees with nothing, -0.0 with 0.0)
+            return torch.unique(flat[:, 0], return_inverse=True)[1]
+        return torch.unique(flat, dim=0, return_inverse=True)[1]
 
     def agree_pairwise(self, p: torch.Tensor) -> torch.Tensor:
         """(N, N) bool: whether the predictions of rows i and j agree."""

@@ -392,7 +392,9 @@ class MonotonicityCorrelation(RanksFeatures):
     baseline (``"black"``...) gives identical draws, so it is evaluated once per block.
 
     Deviations from Quantus: one uniform value per element, not one per sample (deviation C27);
-    features are pixels by default; randomness is seeded per sample.
+    features are pixels by default; randomness is seeded per sample, draw s from the key of
+    (sample, s) (the numbers a seed gives changed when evalkit's counter-based keyed generator
+    replaced one NumPy generator per key, their distribution did not).
 
     Reference: A. Nguyen, M. Rodriguez Martinez, "On Quantitative Aspects of Model
     Interpretability", arXiv:2007.07584, 2020.
@@ -446,21 +448,26 @@ class MonotonicityCorrelation(RanksFeatures):
             rank_map = ordering.rank_map
             per_sample = batch.modality.per_sample
 
-            def values(i: torch.Tensor) -> torch.Tensor:
-                """(len(i), S, ...): the baseline values of each sample's S draws."""
-                xi = x[i].unsqueeze(1).expand(-1, s_count, *x.shape[1:])
-                flat = xi.reshape(-1, *x.shape[1:])
-                v = imputer.values(flat, draw_keys[i].reshape(-1))  # type: ignore[attr-defined]
-                return (v.expand_as(flat) if v.shape[0] == 1 else v).reshape(xi.shape)
+            flat_keys = draw_keys.reshape(-1)
+
+            def values(i: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+                """The baseline values of draw s of sample i, from the draw's own key: drawn
+                once per (sample, draw) of the chunk (rows run sample-, then draw-major, so a
+                draw's steps are adjacent) and shared by its steps."""
+                pair = i * s_count + s
+                uniq, inverse = torch.unique_consecutive(pair, return_inverse=True)
+                v = imputer.values(  # type: ignore[attr-defined]
+                    x.index_select(0, uniq // s_count), flat_keys[uniq.cpu()])
+                return v.index_select(0, inverse) if v.shape[0] > 1 else v
 
             def mask_of(i: torch.Tensor, s: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
                 """Block tt of sample i's order."""
-                r = rank_map[i]
+                r = rank_map.index_select(0, i)
                 return (r >= per_sample(lo[i, tt], r)) & (r < per_sample(hi[i, tt], r))
 
             out = subset_scores(
                 batch, imputer, (s_count, t_count), mask_of,
-                fill_of=lambda i, s, tt: gather_per_sample(values, i, s),
+                fill_of=lambda i, s, tt: values(i, s),
                 keys_of=lambda i, s, tt: draw_keys[i, s], desc=type(self).__name__)
             sq = ((out - clean.reshape(-1, 1, 1)) ** 2).mean(1)
         inv = torch.where(clean.abs() >= self.eps, 1.0 / clean.abs().clamp_min(1e-300) ** 2,

@@ -20,9 +20,6 @@ from .._removal import (
     window_scores,
 )
 from ..base import Metric, MetricBatch
-from ._common import (
-    gather_per_sample,
-)
 
 
 class Infidelity(Metric):
@@ -32,7 +29,9 @@ class Infidelity(Metric):
         INFD(a, f, x) = E_I [ (I^T a - (f(x) - f(x - I)))^2 ],
 
     over random perturbations I. **Lower is better**. Per-sample; the expectation is estimated
-    with ``n_perturb_samples`` draws seeded per sample.
+    with ``n_perturb_samples`` draws seeded per sample, draw r from the key of (sample, r)
+    (:func:`infidelity_noise`; the numbers a seed gives changed when evalkit's counter-based
+    keyed generator replaced one NumPy generator per key, their distribution did not).
 
     Perturbations (``perturb_func``):
 
@@ -118,16 +117,14 @@ class Infidelity(Metric):
         keys = batch.keys
         std = float(self.noise_std)
 
-        def noise_of(i: torch.Tensor) -> torch.Tensor:
-            return infidelity_noise(keys[i], k, tuple(x.shape[1:]), std, x.dtype)
-
         dots = torch.full((batch.n, k), math.nan, dtype=torch.float64, device=x.device)
 
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, r = index
-            noise = gather_per_sample(noise_of, i, r)
-            dots[i, r] = (a[i] * noise.to(torch.float64)).flatten(1).sum(1)
-            return x[i] - noise
+            noise = _rng.normal(_row_keys(keys[i], r), tuple(x.shape[1:]), std=std,
+                                dtype=x.dtype).to(x.device)
+            dots[i, r] = (a.index_select(0, i) * noise.to(torch.float64)).flatten(1).sum(1)
+            return x.index_select(0, i) - noise
 
         scores = batch.runner.run(build, (batch.n, k), y=batch.y,  # type: ignore[union-attr]
                                   row_shape=tuple(x.shape[1:]), desc=type(self).__name__)
@@ -169,5 +166,12 @@ def infidelity_noise(keys: torch.Tensor, n_perturb_samples: int, shape: tuple[in
                      std: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The Gaussian perturbations I of :class:`Infidelity` for samples with ``keys``:
     (len(keys), n_perturb_samples, *shape)."""
-    return _rng.normal(_rng.combine(keys, 0x1F1D), (n_perturb_samples, *shape), std=std,
-                       dtype=dtype)
+    rows = _row_keys(keys.unsqueeze(1), torch.arange(n_perturb_samples).unsqueeze(0))
+    return _rng.normal(rows.reshape(-1), shape, std=std, dtype=dtype).reshape(
+        keys.shape[0], n_perturb_samples, *shape)
+
+
+def _row_keys(sample_keys: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+    """The key of perturbation ``draw`` of the samples with ``sample_keys`` (broadcast): each
+    perturbation is drawn from its own key, so a chunk of rows draws only its own rows."""
+    return _rng.combine(sample_keys, 0x1F1D, draw)

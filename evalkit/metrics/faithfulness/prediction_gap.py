@@ -17,9 +17,6 @@ from ..base import MetricBatch
 
 #: rng stream of the prediction-gap noise
 _GAP_STREAM = 0x96A9
-#: draws made from one key: a sample's draws come in fixed blocks, so a chunk of rows draws
-#: only the blocks it needs and the values never depend on the chunking
-_BLOCK = 16
 
 
 class _PredictionGap(RanksFeatures):
@@ -81,9 +78,11 @@ class _PredictionGap(RanksFeatures):
               else torch.tensor([k_max], device=dev))
         k_rows = torch.minimum(ks.unsqueeze(0), g.unsqueeze(1))  # (N, T)
         noise = batch.modality.valid_noise(GaussianNoise(self.perturb_mean, self.perturb_std))
-        keys = batch.keys
         draws = self.nr_samples
-        n_blocks = -(-draws // _BLOCK)
+        # draw j of sample i has its own key: the noise of a row depends on (sample, draw)
+        # only, the same at every step (only the mask changes) and in any chunking
+        draw_keys = _rng.combine(batch.keys.unsqueeze(1), _GAP_STREAM,
+                                 torch.arange(draws).unsqueeze(0))  # (N, draws)
         t_count = ks.shape[0]
         per_sample = batch.modality.per_sample
         top = self._perturb_top
@@ -91,23 +90,12 @@ class _PredictionGap(RanksFeatures):
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, t, j = index
             kk = k_rows[i, t]
-            mask = rank_map[i] < per_sample(kk, rank_map[i])
+            ranks = rank_map.index_select(0, i)
+            mask = ranks < per_sample(kk, ranks)
             if not top:
                 mask = ~mask
-            mask = mask.expand_as(x[i])
-            # one block of _BLOCK draws per (sample, step, block): the step only changes the
-            # mask, the noise values come from the sample's key and the block
-            blk = j // _BLOCK
-            pair = (i * t_count + t) * n_blocks + blk
-            uniq, inverse = torch.unique(pair, return_inverse=True)
-            ui = uniq // (t_count * n_blocks)
-            ub = uniq % n_blocks
-            # the rows' masks for their (sample, step): any row of the pair has the same mask
-            rep = torch.zeros(uniq.shape[0], dtype=torch.int64, device=dev).scatter_(
-                0, inverse, torch.arange(pair.shape[0], device=dev))
-            block_keys = _rng.combine(keys[ui], _GAP_STREAM, ub)
-            out = _noisy_blocks(noise, x[ui], block_keys, mask[rep])
-            return out[inverse, j % _BLOCK]
+            xi = x.index_select(0, i)
+            return _noisy_rows(noise, xi, draw_keys[i.cpu(), j.cpu()], mask.expand_as(xi))
 
         shape = (batch.n, t_count, draws)
         scores = batch.runner.run(build, shape, y=batch.y,  # type: ignore[union-attr]
@@ -126,16 +114,15 @@ class _PredictionGap(RanksFeatures):
         return torch.trapezoid(gaps, fractions, dim=1)
 
 
-def _noisy_blocks(noise: Noise, x: torch.Tensor, keys: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:
-    """(U, _BLOCK, ...) perturbed copies of the rows ``x`` (U, ...), noise only where ``mask``
-    (U, ...) holds; a noise with ``draws`` (a table's :class:`~evalkit.perturb.ColumnNoise`)
-    keeps the rows valid."""
-    draws_of = getattr(noise, "draws", None)
-    if draws_of is not None:
-        return draws_of(x, keys, _BLOCK, mask=mask)
-    n = noise.sample(keys, (_BLOCK, *x.shape[1:]), x.dtype).to(x.device)
-    return x.unsqueeze(1) + n * mask.unsqueeze(1).to(n.dtype)
+def _noisy_rows(noise: Noise, x: torch.Tensor, keys: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+    """Perturbed copies of the rows ``x`` (B, ...), noise from ``keys`` (B,) only where
+    ``mask`` (B, ...) holds; a noise with ``draws`` (a table's
+    :class:`~evalkit.perturb.ColumnNoise`) keeps the rows valid."""
+    if getattr(noise, "draws", None) is not None:
+        return noise(x, keys, mask=mask)  # type: ignore[call-arg]
+    n = noise.sample(keys, tuple(x.shape[1:]), x.dtype).to(x.device)
+    return torch.where(mask, x + n, x)
 
 
 _PARAMS = """
@@ -165,8 +152,10 @@ _PARAMS = """
     Features are ranked by the magnitude of their attribution (summed over a feature's
     elements; ties in feature order); the target score is the class probability by default
     (``softmax=True``; OpenXAI reads the model's probability output). The noise is seeded per
-    sample (``seed``); draws come in fixed blocks of 16 from the sample's key, so a score does
-    not depend on the batch or the chunking. ``k_`` records each sample's k.
+    sample (``seed``): draw j of a sample comes from the key of (sample, j), the same at every
+    k, so a score does not depend on the batch or the chunking (evalkit's counter-based keyed
+    generator, docs/concepts.md; the numbers a seed gives changed when it replaced one NumPy
+    generator per key, their distribution did not). ``k_`` records each sample's k.
 
     Differences from OpenXAI: the gap is read on the target class's score (OpenXAI reads the
     first output column: the same for binary classifiers); draws are keyed per sample (OpenXAI

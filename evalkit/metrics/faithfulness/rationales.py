@@ -283,7 +283,7 @@ class _SoftFidelity(Metric):
             u = _rng.uniform(row_keys[m], tuple(x.shape[1:]), dtype=torch.float64,
                              stream=_SOFT_STREAM).to(x.device)
             kept = u < prob
-            xi = x[i]
+            xi = x.index_select(0, i)
             return torch.where(kept, xi, torch.zeros_like(xi))
 
         return run_rows(batch, build, sample_idx, desc=type(self).__name__)
@@ -335,7 +335,10 @@ _SOFT_DOC = """
     kept with its probability and set to 0 otherwise (dropout without rescaling); on numeric
     inputs (``embedding_layer=None``) each input element is. The empty input keeps nothing.
     With ``nr_samples`` > 1 the raw value is the mean over independent draws
-    (``draw_scores_`` holds the perturbed target scores, (N, nr_samples)).
+    (``draw_scores_`` holds the perturbed target scores, (N, nr_samples)). Draw j of a sample
+    comes from the key of (sample, j) (the numbers a seed gives changed when evalkit's
+    counter-based keyed generator replaced one NumPy generator per key, their distribution did
+    not).
 
     The scored value is the target's (class ``y``'s) probability (``softmax=True`` by
     default); the paper scores the predicted class: pass ``y`` = the model's predictions.
