@@ -65,6 +65,14 @@ apply):
   another CUDA call, since random streams are equal per device type only). On token ids,
   int32 ids stand in for float64 inputs.
 
+Besides these per-fixture checks, *metric checks* judge a whole metric and run only when asked
+for by name in ``checks`` (never by default, so the conformance suite keeps its cost): other
+packages register them with :func:`register_check`, or declare them under the entry-point group
+:data:`CHECKS_ENTRY_POINT_GROUP` (loaded the first time an unknown check is requested).
+``metaeval.validity`` registers ``"validity"`` when it is imported: a direction-sanity check on
+its known-mechanism testbeds, whose message is the metric's validity report card
+(``check_metric(m, checks=[*CHECKS, "validity"])``; see ``docs/validity.md``).
+
 Fixtures are registered per modality (:func:`register_fixture`) and built once per process;
 built in: ``"image"`` (3x8x8, a small CNN with batch norm), ``"series"`` (2 channels x 16
 steps, a 1-D CNN), ``"tabular"`` (:data:`TABULAR_FEATURES` columns, an MLP) and ``"tokens"``
@@ -80,6 +88,7 @@ their ``conformance_params()`` classmethod if they define one, else with the che
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import unittest
@@ -99,7 +108,9 @@ from .metrics import Metric
 __all__ = [
     "CHEAP_PARAMS",
     "CHECKS",
+    "CHECKS_ENTRY_POINT_GROUP",
     "METADATA_FIELDS",
+    "METRIC_CHECKS",
     "STOCHASTIC_SEEDS",
     "TABULAR_FEATURES",
     "TOKENS_LENGTH",
@@ -110,6 +121,7 @@ __all__ = [
     "check_metric",
     "get_fixture",
     "parametrize_with_checks",
+    "register_check",
     "register_fixture",
     "run_check",
 ]
@@ -172,6 +184,9 @@ class CheckResult:
     message: str = ""
     skipped: bool = False
     modality: str = "image"
+    #: what a metric check produced besides the message (the ``"validity"`` check: the
+    #: :class:`metaeval.validity.ValidityReport`); None for the per-fixture checks
+    details: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 # ============================================================================ fixtures
@@ -931,11 +946,68 @@ CHECKS: dict[str, Callable[[_Context], None]] = {
 }
 
 
+# ============================================================================ metric checks
+#: ``f(metric) -> (passed, message, details)``: checks that judge a whole metric (not its calls
+#: on one modality's fixture), by name; run only when ``checks`` names them
+METRIC_CHECKS: dict[str, Callable[[Any], tuple[bool, str, Any]]] = {}
+#: the entry-point group of installed packages that provide metric checks: an entry point
+#: names a module that calls :func:`register_check` when imported
+CHECKS_ENTRY_POINT_GROUP = "evalkit.checks"
+#: where the metric checks that evalkit knows of come from (for the error when one is missing)
+_CHECK_PROVIDERS = {"validity": "metaeval.validity"}
+
+
+def register_check(name: str, check: Callable[[Any], tuple[bool, str, Any]]) -> None:
+    """Register a metric check: ``check(metric) -> (passed, message, details)``, run by
+    :func:`check_metric` when ``checks`` names it (a raised exception is a failure). The names
+    of :data:`CHECKS` are taken."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"A check's name must be a non-empty string; got {name!r}.")
+    if name in CHECKS:
+        raise ValueError(f"{name!r} is a built-in check; choose another name.")
+    if not callable(check):
+        raise TypeError(f"check {name!r} must be callable: check(metric) -> (passed, message, "
+                        "details).")
+    METRIC_CHECKS[name] = check
+
+
+def _metric_check(name: str) -> Callable[[Any], tuple[bool, str, Any]]:
+    """The registered metric check ``name``, loading the entry points of
+    :data:`CHECKS_ENTRY_POINT_GROUP` once if it is not registered yet."""
+    if name not in METRIC_CHECKS:
+        from importlib.metadata import entry_points
+
+        for point in entry_points(group=CHECKS_ENTRY_POINT_GROUP):
+            if point.name == name:
+                point.load()
+    if name not in METRIC_CHECKS:
+        known = sorted(set(CHECKS) | set(METRIC_CHECKS))
+        hint = (f" It is registered by `import {_CHECK_PROVIDERS[name]}`."
+                if name in _CHECK_PROVIDERS else "")
+        raise KeyError(f"Unknown check {name!r}; checks are {known}.{hint}")
+    return METRIC_CHECKS[name]
+
+
+def run_metric_check(metric: Any, check: str) -> CheckResult:
+    """Run one registered metric check (see :func:`register_check`); never raises for a
+    failed check."""
+    func = _metric_check(check)
+    try:
+        passed, message, details = func(metric)
+    except Exception as err:
+        return CheckResult(check, False, f"raised {type(err).__name__}: {err}",
+                           modality="all")
+    return CheckResult(check, bool(passed), str(message), modality="all", details=details)
+
+
 # ============================================================================ running
 def run_check(metric: Metric | type[Metric], check: str, *, modality: str = "image"
               ) -> CheckResult:
-    """Run one check on one modality; never raises for a failed check (see the result)."""
+    """Run one check on one modality (a metric check, on every testbed it has); never raises
+    for a failed check (see the result)."""
     if check not in CHECKS:
+        if check in METRIC_CHECKS or check in _CHECK_PROVIDERS:
+            return run_metric_check(_as_instance(metric), check)
         raise KeyError(f"Unknown check {check!r}; checks are {list(CHECKS)}.")
     metric = _as_instance(metric)
     try:
@@ -973,7 +1045,9 @@ def check_metric(
         The modality (or modalities) to check on; default: those the metric instance
         declares (``metric.modalities``).
     checks:
-        Names from :data:`CHECKS`; default: all.
+        Names from :data:`CHECKS` and of registered metric checks (:data:`METRIC_CHECKS`,
+        e.g. ``"validity"`` once ``metaeval.validity`` is imported); default: every check of
+        :data:`CHECKS` (no metric check: they are opt-in).
     raise_on_failure:
         Raise an ``AssertionError`` naming every failed check and what differed.
 
@@ -983,10 +1057,18 @@ def check_metric(
         One per check and modality; skipped checks have ``skipped=True`` and the reason.
     """
     metric = _as_instance(metric)
-    modalities = (_modalities(metric) if modality is None
-                  else (modality,) if isinstance(modality, str) else tuple(modality))
     names = list(CHECKS) if checks is None else list(checks)
-    results = [run_check(metric, name, modality=m) for m in modalities for name in names]
+    per_fixture = [name for name in names if name in CHECKS]
+    whole = [name for name in names if name not in CHECKS]
+    for name in whole:
+        _metric_check(name)  # an unknown name raises before any work
+    results = []
+    if per_fixture:
+        modalities = (_modalities(metric) if modality is None
+                      else (modality,) if isinstance(modality, str) else tuple(modality))
+        results = [run_check(metric, name, modality=m) for m in modalities
+                   for name in per_fixture]
+    results += [run_metric_check(metric, name) for name in whole]
     failed = [r for r in results if not r.passed]
     if failed and raise_on_failure:
         lines = "\n".join(f"  [{r.modality}] {r.name}: {r.message}" for r in failed)
