@@ -1,0 +1,552 @@
+"""Regenerate the validity report card of every registered metric, with the Quantus 0.6 column.
+
+    python scripts/validity_report.py                 # run and print the summary
+    python scripts/validity_report.py --write         # ... and rewrite the docs (see below)
+    python scripts/validity_report.py --metrics Sparseness PixelFlipping --testbeds linear
+    python scripts/validity_report.py --no-quantus    # evalkit only
+
+It runs :func:`metaeval.validity.validity_report` for every registered evalkit metric (at its
+defaults, except the sample counts in :data:`CHEAP`, where a default is sized for a paper's
+figure rather than for a check: say 200 perturbations where 10 decide the same pairs) on every
+testbed of :mod:`metaeval.validity.testbeds`, then scores the same candidates with the Quantus
+0.6 metric of the same name (:class:`QuantusMetric`: a test-only oracle, imported here only;
+the package never imports quantus) and judges those scores with the same rules, then tries the
+settings of :data:`ALTERNATIVES` where the default fails. With ``--write`` it writes
+
+* ``docs/_data/validity.json``: the verdicts, the reasons, the counts, the settings, the
+  timing (the metric catalogue's "report card" column reads it: ``docs/_hooks/catalogue.py``);
+* ``docs/validity.md``: the generated sections "## Report card" and "## Differences from
+  Quantus";
+* ``docs/migrating-quantus.md``: the table "Same name, different meaning".
+
+Runs on one core (``torch.set_num_threads(1)``); the time is recorded in the data file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout: this checkout's evalkit and metaeval
+    sys.path.insert(0, str(ROOT))
+
+import evalkit  # noqa: E402
+from metaeval.validity.quantus_names import (  # noqa: E402
+    SAME_NAME_DIFFERENT_MEANING,
+    same_name_markdown,
+    same_name_rows,
+)
+
+DATA_FILE = ROOT / "docs" / "_data" / "validity.json"
+VALIDITY_PAGE = ROOT / "docs" / "validity.md"
+MIGRATION_PAGE = ROOT / "docs" / "migrating-quantus.md"
+
+#: constructor arguments that make a metric cheap enough for the report, where its default
+#: is a sample count sized for a paper's figure (the same names in Quantus, which keeps them)
+CHEAP: dict[str, dict[str, Any]] = {
+    "MaxSensitivity": {"nr_samples": 10},
+    "AvgSensitivity": {"nr_samples": 10},
+    "LocalLipschitzEstimate": {"nr_samples": 10},
+    "RelativeInputStability": {"nr_samples": 10},
+    "RelativeOutputStability": {"nr_samples": 10},
+    "RelativeRepresentationStability": {"nr_samples": 10},
+    "FaithfulnessCorrelation": {"nr_runs": 20},
+    "SmoothMPRT": {"nr_samples": 5},
+}
+
+#: settings tried where a metric's default is wrong or undecided on a testbed:
+#: (metric, constructor arguments, why this setting should recover the mechanism)
+ALTERNATIVES: list[tuple[str, dict[str, Any], str]] = [
+    ("FaithfulnessCorrelation", {"subset_size": 0.5},
+     "a larger subset takes the model out of saturation"),
+    ("ROAD", {"score": "confidence"},
+     "the change of the target score instead of a rarely flipping accuracy"),
+    ("Insertion", {"perturb_baseline": "black"},
+     "a black canvas removes the evidence a blurred one leaves in place"),
+    ("Deletion", {"perturb_baseline": "black"},
+     "a black fill removes the evidence a blurred one leaves in place"),
+    ("Monotonicity", {"abs": False},
+     "signed attributions order evidence against the class last"),
+]
+
+#: Quantus' data types -> evalkit's modality names
+_QUANTUS_MODALITIES = {"IMAGE": "image", "TIMESERIES": "series", "TABULAR": "tabular",
+                       "TEXT": "tokens"}
+#: Quantus arguments that give one score per sample (or per-sample inputs the report needs)
+_QUANTUS_PER_SAMPLE: dict[str, dict[str, Any]] = {
+    "PixelFlipping": {"return_auc_per_sample": True},
+    "MPRT": {"return_average_correlation": True},
+    "SmoothMPRT": {"return_average_correlation": True},
+}
+#: Quantus metrics whose result is a curve per sample, reduced by Quantus' own AUC helper
+_QUANTUS_CURVES = ("Selectivity", "RegionPerturbation")
+
+
+# ============================================================================ Quantus
+def load_quantus() -> Any | None:
+    """The quantus 0.6 oracle with the NumPy shim it needs (deviation C16), or None."""
+    from benchmarks._quantus import load_quantus as load
+
+    return load()
+
+
+class QuantusOutputError(ValueError):
+    """A Quantus metric whose result is not one score per sample."""
+
+
+class QuantusMetric:
+    """A Quantus 0.6 metric in the third-party metric protocol of the validity report.
+
+    It scores the testbed's candidate maps with ``quantus.<name>`` (the candidate is the
+    ``explain_func``, so re-explaining metrics explain with it), reduced to one score per sample
+    where Quantus returns curves (Quantus' own ``calculate_auc``) or a per-percentage dict
+    (ROAD: one call per sample, the mean over the percentages); its direction is the one the
+    Quantus class declares (what a Quantus user follows). Its family, mask needs and randomness
+    are those of the evalkit metric of the same name, and its constructor arguments are the
+    cheap settings of :data:`CHEAP` plus what makes the result per sample. Quantus draws from
+    the global RNGs: each call seeds them from ``seed`` inside a fork, and restores them.
+    """
+
+    def __init__(self, name: str, quantus: Any, kwargs: Mapping[str, Any] | None = None,
+                 seed: int = 0) -> None:
+        self.name = name
+        self._quantus = quantus
+        self._cls = getattr(quantus, name)
+        reference = evalkit.metrics.get(name)
+        self.kwargs = {**CHEAP.get(name, {}), **_QUANTUS_PER_SAMPLE.get(name, {}),
+                       **(kwargs or {})}
+        direction = str(self._cls.score_direction).rsplit(".", 1)[-1]
+        self.higher_is_better = direction == "HIGHER"
+        self.family = reference.family
+        self.needs_masks = bool(reference.needs_masks)
+        self.stochastic = bool(reference.stochastic)
+        self.softmax = bool(reference.default_softmax)
+        self.modalities = tuple(sorted(
+            _QUANTUS_MODALITIES[str(d).rsplit(".", 1)[-1]]
+            for d in getattr(self._cls, "data_applicability", ())
+            if str(d).rsplit(".", 1)[-1] in _QUANTUS_MODALITIES))
+        self.seed = seed
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"quantus.{self.name}({args})"
+
+    def __deepcopy__(self, memo: dict) -> QuantusMetric:
+        return QuantusMetric(self.name, self._quantus, copy.deepcopy(self.kwargs, memo),
+                             self.seed)
+
+    def __call__(self, model: Any, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, *,
+                 s: torch.Tensor | None = None, explain_fn: Any = None, **_: Any) -> np.ndarray:
+        # Quantus draws from the global NumPy RNG: seed it for the call, then restore it
+        state = np.random.get_state()  # noqa: NPY002
+        try:
+            with torch.random.fork_rng():
+                np.random.seed(self.seed)  # noqa: NPY002
+                torch.manual_seed(self.seed)
+                if self.name == "ROAD":  # one curve per call: one call per sample
+                    return np.array([self._road_sample(model, x[i:i + 1], y[i:i + 1],
+                                                       a[i:i + 1], explain_fn)
+                                     for i in range(x.shape[0])])
+                return self._reduce(self._run(model, x, y, a, s, explain_fn), x.shape[0])
+        finally:
+            np.random.set_state(state)  # noqa: NPY002
+
+    def _run(self, model: Any, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor,
+             s: torch.Tensor | None, explain_fn: Any) -> Any:
+        def explain_func(model: Any, inputs: Any, targets: Any, **_: Any) -> np.ndarray:
+            out = explain_fn(model, torch.as_tensor(np.asarray(inputs), dtype=x.dtype),
+                             torch.as_tensor(np.asarray(targets)))
+            return torch.as_tensor(out).detach().cpu().numpy()
+
+        kwargs = dict(self.kwargs)
+        if self.name == "RandomLogit" and "num_classes" not in kwargs:
+            with torch.no_grad():  # Quantus' default of 1000 classes crashes (deviation C11)
+                kwargs["num_classes"] = int(model(x[:1]).shape[-1])
+        metric = self._cls(**kwargs, disable_warnings=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return metric(model=model, x_batch=x.detach().cpu().numpy(),
+                          y_batch=y.detach().cpu().numpy(),
+                          a_batch=a.detach().cpu().numpy(),
+                          s_batch=None if s is None else s.detach().cpu().numpy(),
+                          explain_func=explain_func, device="cpu", softmax=self.softmax,
+                          batch_size=int(x.shape[0]))
+
+    def _road_sample(self, model, x, y, a, explain_fn) -> float:
+        out = self._run(model, x, y, a, None, explain_fn)
+        if not isinstance(out, Mapping):
+            raise QuantusOutputError(f"quantus.ROAD returned {type(out).__name__}, not a dict "
+                                     "of percentages")
+        return float(np.mean([float(v) for v in out.values()]))
+
+    def _reduce(self, out: Any, n: int) -> np.ndarray:
+        if isinstance(out, Mapping):
+            raise QuantusOutputError(f"quantus.{self.name} returned a dict "
+                                     f"({list(out)[:3]}...), not one score per sample")
+        if self.name in _QUANTUS_CURVES:
+            from quantus.helpers.utils import calculate_auc
+
+            return np.array([calculate_auc(np.asarray(c, dtype=np.float64)) for c in out])
+        values = np.asarray(out, dtype=np.float64)
+        if values.shape != (n,):
+            raise QuantusOutputError(f"quantus.{self.name} returned shape {values.shape} for "
+                                     f"{n} samples (a set-level or per-step result), not one "
+                                     "score per sample")
+        return values
+
+
+def quantus_metrics(names: Sequence[str], quantus: Any) -> dict[str, QuantusMetric]:
+    """The Quantus metrics of the same name as ``names`` (those Quantus 0.6 has)."""
+    return {n: QuantusMetric(n, quantus) for n in names
+            if isinstance(getattr(quantus, n, None), type)}
+
+
+# ============================================================================ evalkit
+def registered_metrics() -> list[str]:
+    frame = evalkit.metrics.list_metrics()
+    return [n for n in frame["name"] if evalkit.metrics.get(n).__module__.startswith("evalkit.")]
+
+
+def evalkit_metrics(names: Sequence[str]) -> dict[str, Any]:
+    """Each metric at its defaults, with the cheap sample counts of :data:`CHEAP`."""
+    out = {}
+    for name in names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out[name] = evalkit.metrics.get(name)(**CHEAP.get(name, {}))
+    return out
+
+
+# ============================================================================ running
+def run(metrics: Sequence[str] | None = None, testbeds: Sequence[Any] | None = None, *,
+        n: int | None = None, seeds: Sequence[int] = (0, 1, 2), alternatives: bool = True,
+        quantus: bool = True) -> dict[str, Any]:
+    """Run the report (and the Quantus column, and the alternatives) and return the data that
+    ``docs/_data/validity.json`` holds. ``testbeds``: names of the testbed library or
+    :class:`~metaeval.validity.Testbed` objects (default: every testbed of the library)."""
+    from metaeval.validity import Testbed
+    from metaeval.validity import report as report_module
+
+    names = list(metrics) if metrics else registered_metrics()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    if testbeds is None:
+        from metaeval.validity.testbeds import list_testbeds
+
+        testbeds = list(list_testbeds())
+    beds = []
+    for b in testbeds:
+        if not isinstance(b, Testbed):
+            from metaeval.validity.testbeds import build_testbed
+
+            b = build_testbed(b, n=n)
+        beds.append(b)
+    t_beds = time.perf_counter() - t0
+
+    timing: dict[str, float] = {"testbeds": t_beds}
+    t = time.perf_counter()
+    ours = report_module.validity_report(evalkit_metrics(names), beds, seeds=seeds,
+                                         progress=False)
+    timing["evalkit"] = time.perf_counter() - t
+
+    theirs = None
+    q = load_quantus() if quantus else None
+    if q is not None:
+        t = time.perf_counter()
+        qm = quantus_metrics(names, q)
+        if qm:
+            theirs = report_module.validity_report(qm, beds, seeds=seeds, progress=False)
+        timing["quantus"] = time.perf_counter() - t
+
+    alt_rows: list[dict[str, Any]] = []
+    if alternatives:
+        t = time.perf_counter()
+        alt_rows = _alternatives(ours, beds, names, seeds, report_module)
+        timing["alternatives"] = time.perf_counter() - t
+    timing["total"] = time.perf_counter() - t0
+    return _data(ours, theirs, beds, alt_rows, timing, seeds, n, quantus_version=(
+        None if q is None else str(getattr(q, "__version__", "?"))))
+
+
+def _alternatives(ours: Any, beds: list[Any], names: Sequence[str], seeds: Sequence[int],
+                  report_module: Any) -> list[dict[str, Any]]:
+    """Each alternative setting on the testbeds where its metric's default is wrong or
+    undecided."""
+    rows = []
+    v = ours.verdicts
+    by_name = {b.name: b for b in beds}
+    for metric, kwargs, why in ALTERNATIVES:
+        if metric not in names:
+            continue
+        failing = v[(v["metric"] == metric) & v["verdict"].isin(["wrong", "undecided"])]
+        if failing.empty:
+            continue
+        label = f"{metric}({', '.join(f'{k}={val!r}' for k, val in kwargs.items())})"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            instance = evalkit.metrics.get(metric)(**{**CHEAP.get(metric, {}), **kwargs})
+        alt = report_module.validity_report({label: instance},
+                                            [by_name[t] for t in failing["testbed"]],
+                                            seeds=seeds, progress=False)
+        for r in alt.verdicts.itertuples():
+            default = failing.loc[failing["testbed"] == r.testbed, "verdict"].iloc[0]
+            rows.append({"metric": metric, "setting": label, "kwargs": kwargs, "why": why,
+                         "testbed": r.testbed, "mechanism": r.mechanism, "default": default,
+                         "verdict": r.verdict, "reason": r.reason})
+    return rows
+
+
+def _cells(report: Any) -> dict[str, dict[str, dict[str, str]]]:
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for r in report.verdicts.itertuples():
+        out.setdefault(r.metric, {})[r.testbed] = {"verdict": r.verdict,
+                                                   "reason": _short(r.reason)}
+    return out
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _counts(report: Any) -> dict[str, dict[str, int]]:
+    table = report.counts(by="family")
+    return {str(f): {str(c): int(table.loc[f, c]) for c in table.columns} for f in table.index}
+
+
+def _data(ours: Any, theirs: Any, beds: list[Any], alt_rows: list[dict[str, Any]],
+          timing: dict[str, float], seeds: Sequence[int], n: int | None,
+          quantus_version: str | None) -> dict[str, Any]:
+    quantus_cells = _cells(theirs) if theirs is not None else {}
+    metrics: dict[str, Any] = {}
+    for name in ours.metrics:
+        card = ours.card(name)
+        v = card.verdicts
+        metrics[name] = {
+            "family": card.family,
+            "higher_is_better": card.higher_is_better,
+            "settings": CHEAP.get(name, {}),
+            "recovers": sorted(set(v.loc[v["verdict"] == "correct", "mechanism"])),
+            "fails": sorted(set(v.loc[v["verdict"] == "wrong", "mechanism"])),
+            "undecided": sorted(set(v.loc[v["verdict"] == "undecided", "mechanism"])),
+            "errors": sorted(set(v.loc[v["verdict"] == "error", "mechanism"])),
+            "cells": _cells(ours).get(name, {}),
+            "quantus": quantus_cells.get(name),
+            "alternatives": [r for r in alt_rows if r["metric"] == name],
+            "same_name_differences": len(SAME_NAME_DIFFERENT_MEANING.get(name, ())),
+        }
+    return {
+        "generated_by": "python scripts/validity_report.py --write",
+        "config": {"seeds": list(seeds), "n": n, "alpha": ours.config.get("alpha"),
+                   "rtol": ours.config.get("rtol"), "cheap_settings": CHEAP,
+                   "torch_threads": torch.get_num_threads(), "quantus": quantus_version,
+                   "torch": torch.__version__, "numpy": np.__version__,
+                   "python": platform.python_version()},
+        "timing_s": {k: round(v, 1) for k, v in timing.items()},
+        "load_average": _load(),
+        "testbeds": {b.name: {"mechanism": b.mechanism, "modality": b.modality,
+                              "description": b.description, "n": b.n} for b in beds},
+        "counts": {"evalkit": _counts(ours),
+                   "quantus": _counts(theirs) if theirs is not None else None},
+        "metrics": metrics,
+        "same_name_different_meaning": same_name_rows(),
+    }
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ============================================================================ writing
+_GLYPH = {"correct": "✓", "wrong": "✗", "undecided": "?", "not applicable": "·", "error": "!"}
+REPORT_BEGIN = "<!-- validity report card: begin (generated) -->"
+REPORT_END = "<!-- validity report card: end -->"
+DIFF_BEGIN = "<!-- validity quantus differences: begin (generated) -->"
+DIFF_END = "<!-- validity quantus differences: end -->"
+SAME_BEGIN = "<!-- same-name table: begin (generated) -->"
+SAME_END = "<!-- same-name table: end -->"
+
+
+def _counts_table(data: dict[str, Any]) -> list[str]:
+    verdicts = ("correct", "wrong", "undecided", "not applicable", "error")
+    lines = ["| family | library | " + " | ".join(verdicts) + " |",
+             "|---|---|" + "|".join("---:" for _ in verdicts) + "|"]
+    ours, theirs = data["counts"]["evalkit"], data["counts"]["quantus"] or {}
+    for family in ours:
+        for lib, table in (("evalkit", ours), ("Quantus 0.6", theirs)):
+            if family in table:
+                row = table[family]
+                lines.append(f"| {family} | {lib} | "
+                             + " | ".join(str(row.get(v, 0)) for v in verdicts) + " |")
+    return lines
+
+
+def _grid(data: dict[str, Any]) -> list[str]:
+    beds = list(data["testbeds"])
+    lines = ["| metric | " + " | ".join(beds) + " |", "|---|" + "|".join(":-:" for _ in beds)
+             + "|"]
+    for name, m in data["metrics"].items():
+        cells = []
+        for b in beds:
+            ours = _GLYPH[m["cells"].get(b, {}).get("verdict", "not applicable")]
+            q = m["quantus"]
+            if q is not None and b in q:
+                ours += " / " + _GLYPH[q[b]["verdict"]]
+            cells.append(ours)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report_card_markdown(data: dict[str, Any]) -> str:
+    t = data["timing_s"]
+    load = data.get("load_average")
+    lines = [
+        REPORT_BEGIN,
+        "",
+        f"Generated by `{data['generated_by']}` ({len(data['metrics'])} metrics x "
+        f"{len(data['testbeds'])} testbeds, seeds {data['config']['seeds']}, alpha "
+        f"{data['config']['alpha']}, rtol {data['config']['rtol']}; Quantus "
+        f"{data['config']['quantus'] or 'not installed'}). Every metric runs at its defaults, "
+        "except the sample counts of `CHEAP` in the script: "
+        + ", ".join(f"{k} {v}" for k, v in data["config"]["cheap_settings"].items())
+        + ". The data are in `docs/_data/validity.json`; the metric catalogue's "
+        "\"report card\" column reads them.",
+        "",
+        f"Time on one core (`torch.set_num_threads(1)`): {t.get('total', 0):.0f} s in all "
+        f"(evalkit {t.get('evalkit', 0):.0f} s, Quantus {t.get('quantus', 0):.0f} s, "
+        f"alternatives {t.get('alternatives', 0):.0f} s, testbeds {t.get('testbeds', 0):.0f} s)"
+        + (f", on a shared machine with load average {load[0]:.1f}" if load else "") + ".",
+        "",
+        "### Counts per family",
+        "",
+        *_counts_table(data),
+        "",
+        "### Metric x testbed",
+        "",
+        "✓ correct, ✗ wrong, ? undecided, · not applicable, ! error; evalkit / Quantus 0.6 "
+        "where Quantus has a metric of the same name.",
+        "",
+        *_grid(data),
+        "",
+    ]
+    alts = [a for m in data["metrics"].values() for a in m["alternatives"]]
+    if alts:
+        lines += ["### Settings that recover a failure", "",
+                  "| metric | testbed | default | setting | verdict | why |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {a['metric']} | {a['testbed']} | {a['default']} | `{a['setting']}` | "
+                  f"{a['verdict']} | {a['why']} |" for a in alts]
+        lines.append("")
+    lines.append(REPORT_END)
+    return "\n".join(lines) + "\n"
+
+
+def differences_markdown(data: dict[str, Any]) -> str:
+    disagree = []
+    for name, m in data["metrics"].items():
+        q = m["quantus"]
+        if not q:
+            continue
+        for bed, cell in m["cells"].items():
+            theirs = q.get(bed, {}).get("verdict")
+            if theirs and theirs != cell["verdict"]:
+                disagree.append(f"| {name} | {bed} | {cell['verdict']} | {theirs} | "
+                                f"{q[bed]['reason'].replace('|', '/')} |")
+    lines = [
+        DIFF_BEGIN,
+        "",
+        "The metrics below share their name with a Quantus 0.6 metric but compute something "
+        "else at their defaults, so their verdicts need not agree "
+        "(`metaeval.validity.quantus_names.SAME_NAME_DIFFERENT_MEANING`; also in "
+        "[Migrating from Quantus](migrating-quantus.md#same-name-different-meaning)):",
+        "",
+        same_name_markdown("migrating-quantus.md").rstrip("\n"),
+        "",
+    ]
+    if disagree:
+        lines += ["Cells where the two libraries' verdicts differ (Quantus' reason shown):", "",
+                  "| metric | testbed | evalkit | Quantus 0.6 | Quantus' reason |",
+                  "|---|---|---|---|---|", *disagree, ""]
+    lines.append(DIFF_END)
+    return "\n".join(lines) + "\n"
+
+
+def _replace_section(text: str, heading: str, begin: str, end: str, body: str) -> str:
+    """Put ``body`` (which starts with ``begin`` and ends with ``end``) under ``heading``:
+    replace the generated block if there is one, else append the section at the end."""
+    if begin in text and end in text:
+        return re.sub(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", lambda _: body,
+                      text, flags=re.S)
+    return text.rstrip("\n") + f"\n\n{heading}\n\n{body}"
+
+
+def write(data: dict[str, Any]) -> None:
+    DATA_FILE.parent.mkdir(parents=True, exist_ok=True)
+    DATA_FILE.write_text(json.dumps(data, indent=1, sort_keys=False, default=_json) + "\n",
+                         encoding="utf-8")
+    page = VALIDITY_PAGE.read_text(encoding="utf-8") if VALIDITY_PAGE.exists() else (
+        "# Validity\n")
+    page = _replace_section(page, "## Report card", REPORT_BEGIN, REPORT_END,
+                            report_card_markdown(data))
+    page = _replace_section(page, "## Differences from Quantus", DIFF_BEGIN, DIFF_END,
+                            differences_markdown(data))
+    VALIDITY_PAGE.write_text(page, encoding="utf-8")
+    migration = MIGRATION_PAGE.read_text(encoding="utf-8")
+    migration = _replace_section(migration, "## Same name, different meaning", SAME_BEGIN,
+                                 SAME_END, f"{SAME_BEGIN}\n{same_name_markdown('')}{SAME_END}\n")
+    MIGRATION_PAGE.write_text(migration, encoding="utf-8")
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, np.integer | np.floating):
+        v = value.item()
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+    if isinstance(value, range | tuple | set):
+        return list(value)
+    return repr(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--metrics", nargs="+", help="registered names (default: all)")
+    parser.add_argument("--testbeds", nargs="+", help="testbed names (default: all)")
+    parser.add_argument("--n", type=int, default=None, help="samples per testbed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--no-quantus", action="store_true", help="skip the Quantus column")
+    parser.add_argument("--no-alternatives", action="store_true")
+    parser.add_argument("--write", action="store_true",
+                        help="rewrite docs/_data/validity.json and the generated docs sections")
+    parser.add_argument("--data", type=Path, help="write the data file here instead")
+    args = parser.parse_args(argv)
+    data = run(args.metrics, args.testbeds, n=args.n, seeds=args.seeds,
+               alternatives=not args.no_alternatives, quantus=not args.no_quantus)
+    if args.data is not None:
+        args.data.write_text(json.dumps(data, indent=1, default=_json) + "\n", encoding="utf-8")
+    if args.write:
+        write(data)
+    counts = data["counts"]
+    print(json.dumps({"timing_s": data["timing_s"], "evalkit": counts["evalkit"],
+                      "quantus": counts["quantus"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
