@@ -83,3 +83,128 @@ def test_same_names_against_quantus(quantus):
     al = get("AttributionLocalisation")()
     assert al.abs is False and al.positive_attributions is True
     assert get("Infidelity")().perturb_func == "gaussian"
+
+
+# ============================================================================ the data file
+DATA_FILE = ROOT / "docs" / "_data" / "validity.json"
+VERDICTS = ("correct", "wrong", "undecided", "not applicable", "error")
+
+
+def _catalogue():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_catalogue_under_test",
+                                                  ROOT / "docs" / "_hooks" / "catalogue.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_validity_report_under_test",
+                                                  ROOT / "scripts" / "validity_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _evalkit_names() -> set[str]:
+    frame = list_metrics()
+    return {n for n in frame["name"] if get(n).__module__.startswith("evalkit.")}
+
+
+def test_data_file_matches_the_registry():
+    """Every registered metric has its report card, with valid verdicts on known testbeds;
+    regenerate with ``python scripts/validity_report.py --write``."""
+    import json
+
+    data = json.loads(DATA_FILE.read_text(encoding="utf-8"))
+    assert set(data["metrics"]) == _evalkit_names(), (
+        "docs/_data/validity.json is stale: run python scripts/validity_report.py --write")
+    beds = set(data["testbeds"])
+    mechanisms = {b["mechanism"] for b in data["testbeds"].values()}
+    for name, m in data["metrics"].items():
+        assert m["family"] == get(name).family, name
+        assert set(m["cells"]) == beds, name
+        for cell in m["cells"].values():
+            assert cell["verdict"] in VERDICTS, (name, cell)
+        for key in ("recovers", "fails", "undecided", "errors"):
+            assert set(m[key]) <= mechanisms, (name, key)
+        if m["quantus"] is not None:
+            assert all(c["verdict"] in VERDICTS for c in m["quantus"].values()), name
+        for alt in m["alternatives"]:
+            assert alt["verdict"] in VERDICTS and alt["testbed"] in beds, (name, alt)
+    for family, counts in data["counts"]["evalkit"].items():
+        assert sum(counts[v] for v in VERDICTS) == counts["total"], family
+    assert data["same_name_different_meaning"] == same_name_rows()
+
+
+def test_catalogue_shows_the_report_card_column():
+    catalogue = _catalogue()
+    data = catalogue.validity_data()
+    text = catalogue.metric_catalogue()
+    header = next(line for line in text.splitlines() if line.startswith("| metric |"))
+    assert header.rstrip(" |").endswith("report card")
+    rows = {line.split("](")[0].lstrip("| ["): line for line in text.splitlines()
+            if line.startswith("| [")}
+    for name, m in data["metrics"].items():
+        cell = rows[name].rstrip(" |").rsplit("|", 1)[-1].strip()
+        assert cell == catalogue.report_card_cell(data, name)
+        for mechanism in m["recovers"]:
+            assert mechanism in cell
+    assert text.count("**Report card**") == len(data["metrics"])
+
+
+def test_catalogue_without_data_has_an_empty_column(tmp_path):
+    catalogue = _catalogue()
+    assert catalogue.validity_data(tmp_path / "absent.json") == {}
+    assert catalogue.report_card_cell({}, "Sparseness") == ""
+    assert catalogue.report_card_lines({}, "Sparseness") == []
+
+
+# ============================================================================ the script
+def test_script_smoke(tmp_path, monkeypatch, quantus):
+    """The regeneration on 2 metrics x 2 testbeds, with the Quantus column, written to copies
+    of the docs pages."""
+    from metaeval.validity.testbeds import list_testbeds
+
+    script = _script()
+    beds = list(list_testbeds())[:2]
+    page, migration = tmp_path / "validity.md", tmp_path / "migrating-quantus.md"
+    page.write_text("# Validity\n\n## Testbeds\n\nText of the others.\n", encoding="utf-8")
+    migration.write_text(MIGRATION_PAGE.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setattr(script, "DATA_FILE", tmp_path / "_data" / "validity.json")
+    monkeypatch.setattr(script, "VALIDITY_PAGE", page)
+    monkeypatch.setattr(script, "MIGRATION_PAGE", migration)
+    data = script.run(["Sparseness", "PixelFlipping"], beds, n=8, seeds=(0,))
+    assert set(data["metrics"]) == {"Sparseness", "PixelFlipping"}
+    assert set(data["testbeds"]) == set(beds)
+    for m in data["metrics"].values():
+        assert set(m["cells"]) == set(beds)
+        assert m["quantus"] is not None and set(m["quantus"]) == set(beds)
+    assert data["config"]["torch_threads"] == 1
+    script.write(data)
+    script.write(data)  # idempotent: the generated blocks are replaced, not appended again
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith("# Validity\n\n## Testbeds\n\nText of the others.")
+    assert text.count("## Report card") == 1 and text.count("## Differences from Quantus") == 1
+    assert "| Sparseness |" in text
+    assert migration.read_text(encoding="utf-8") == MIGRATION_PAGE.read_text(encoding="utf-8")
+    assert (tmp_path / "_data" / "validity.json").exists()
+
+
+def test_quantus_column_counts_crashes_as_errors(quantus):
+    """A Quantus metric that raises, or returns no per-sample scores, is an "error" cell with
+    the exception type."""
+    from metaeval.validity.report import validity_report
+    from metaeval.validity.testbeds import build_testbed, list_testbeds
+
+    script = _script()
+    bed = build_testbed(next(iter(list_testbeds())), n=8)
+    metric = script.QuantusMetric("SensitivityN", quantus)
+    report = validity_report({"SensitivityN": metric}, [bed], seeds=(0,), progress=False)
+    cell = report.verdicts.iloc[0]
+    if cell["verdict"] != "not applicable":
+        assert cell["verdict"] == "error" and cell["reason"].startswith("QuantusOutputError")
