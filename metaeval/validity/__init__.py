@@ -23,3 +23,10 @@ __all__ += ["VERDICTS", "ReportCard", "ValidityReport", "combine", "validity_che
 
 # check_metric(metric, checks=[..., "validity"]) runs the direction-sanity check on the testbeds
 register_check("validity", validity_check)
+
+# the library of known-mechanism testbeds, and the user's own check on their inputs
+from . import testbeds
+from .plant import PLANTABLE, plant_mechanism
+from .testbeds import build_testbed, list_testbeds
+
+__all__ += ["PLANTABLE", "build_testbed", "list_testbeds", "plant_mechanism", "testbeds"]

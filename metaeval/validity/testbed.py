@@ -56,7 +56,10 @@ class Testbed:
     metric receives; ``s`` holds ground-truth masks where the mechanism has a region (for
     localisation metrics); ``families`` lists the metric families the testbed speaks to
     (``None``: every family whose metrics can run on it); ``metric_kwargs`` are call keyword
-    arguments every metric gets on this testbed (e.g. ``{"modality": "tabular"}``).
+    arguments every metric gets on this testbed (e.g. ``{"modality": "tabular"}``);
+    ``reference`` is the exact attribution map where the mechanism fixes one (real-valued,
+    in the layout of the candidates' maps: the ``s`` the ground-truth agreement metrics take,
+    which set ``real_valued_s``).
     """
 
     name: str
@@ -71,6 +74,7 @@ class Testbed:
     s: torch.Tensor | None = None
     families: tuple[str, ...] | None = None
     metric_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    reference: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
