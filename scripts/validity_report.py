@@ -6,8 +6,10 @@
     python scripts/validity_report.py --no-quantus    # evalkit only
 
 It runs :func:`metaeval.validity.validity_report` for every registered evalkit metric (at its
-defaults, except the sample counts in :data:`CHEAP`, where a default is sized for a paper's
-figure rather than for a check: say 200 perturbations where 10 decide the same pairs) on every
+defaults, except where :func:`settings` says otherwise: the sample counts of :data:`CHEAP`,
+where a default is sized for a paper's figure rather than for a check (200 perturbations where
+10 decide the same pairs); the sizes of :data:`SIZED`, where a default assumes larger inputs
+than the testbeds'; the arguments of :data:`REQUIRED`, which have no default) on every
 testbed of :mod:`metaeval.validity.testbeds`, then scores the same candidates with the Quantus
 0.6 metric of the same name (:class:`QuantusMetric`: a test-only oracle, imported here only;
 the package never imports quantus) and judges those scores with the same rules, then tries the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import math
 import os
@@ -38,8 +41,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+# one core: NumPy's and SciPy's BLAS threads too (set before they load), torch's in run()
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout: this checkout's evalkit and metaeval
@@ -67,7 +74,32 @@ CHEAP: dict[str, dict[str, Any]] = {
     "RelativeRepresentationStability": {"nr_samples": 10},
     "FaithfulnessCorrelation": {"nr_runs": 20},
     "SmoothMPRT": {"nr_samples": 5},
+    "MonotonicityCorrelation": {"nr_samples": 10},
+    "SensitivityN": {"nr_subsets": 10, "features_in_step": 4},
+    # the beam search costs about beam_width * G^2 forward passes per input: 4-feature
+    # patches, as the metric's docstring advises on images (pixels: 100 s per image testbed)
+    "NAOPC": {"grouping": 4},
 }
+
+#: defaults sized for larger inputs (ImageNet or MNIST images) than the testbeds' (12 x 12
+#: images, 24-step series, 12-column tables, 12 tokens), where they do not fit: scaled down
+SIZED: dict[str, dict[str, Any]] = {
+    "FaithfulnessCorrelation": {"subset_size": 3},  # 224 features; a quarter of the smallest
+    "IDSDS": {"patch_size": 4},  # 16 x 16 patches
+    "Continuity": {"nr_steps": 12},  # 28 translations (at most 2 W + 1)
+    "TopKIntersection": {"k": 0.1},  # 1000 features: here the top 10 %
+}
+
+#: arguments a metric needs and has no default for, where the testbeds can give them
+REQUIRED: dict[str, dict[str, Any]] = {
+    "RelativeRepresentationStability": {"layer_names": "all"},
+}
+
+
+def settings(name: str) -> dict[str, Any]:
+    """The constructor arguments a metric gets in the report (its defaults otherwise)."""
+    return {**CHEAP.get(name, {}), **SIZED.get(name, {}), **REQUIRED.get(name, {})}
+
 
 #: settings tried where a metric's default is wrong or undecided on a testbed:
 #: (metric, constructor arguments, why this setting should recover the mechanism)
@@ -118,7 +150,8 @@ class QuantusMetric:
     (ROAD: one call per sample, the mean over the percentages); its direction is the one the
     Quantus class declares (what a Quantus user follows). Its family, mask needs and randomness
     are those of the evalkit metric of the same name, and its constructor arguments are the
-    cheap settings of :data:`CHEAP` plus what makes the result per sample. Quantus draws from
+    settings of :func:`settings` that Quantus accepts (a share ``k`` becomes a count) plus what
+    makes the result per sample. Quantus draws from
     the global RNGs: each call seeds them from ``seed`` inside a fork, and restores them.
     """
 
@@ -128,8 +161,9 @@ class QuantusMetric:
         self._quantus = quantus
         self._cls = getattr(quantus, name)
         reference = evalkit.metrics.get(name)
-        self.kwargs = {**CHEAP.get(name, {}), **_QUANTUS_PER_SAMPLE.get(name, {}),
-                       **(kwargs or {})}
+        accepted = inspect.signature(self._cls.__init__).parameters
+        cheap = {k: v for k, v in settings(name).items() if k in accepted}
+        self.kwargs = {**cheap, **_QUANTUS_PER_SAMPLE.get(name, {}), **(kwargs or {})}
         direction = str(self._cls.score_direction).rsplit(".", 1)[-1]
         self.higher_is_better = direction == "HIGHER"
         self.family = reference.family
@@ -174,6 +208,8 @@ class QuantusMetric:
             return torch.as_tensor(out).detach().cpu().numpy()
 
         kwargs = dict(self.kwargs)
+        if isinstance(kwargs.get("k"), float) and 0 < kwargs["k"] < 1:  # Quantus takes counts
+            kwargs["k"] = max(1, round(kwargs["k"] * int(np.prod(x.shape[2:] or x.shape[1:]))))
         if self.name == "RandomLogit" and "num_classes" not in kwargs:
             with torch.no_grad():  # Quantus' default of 1000 classes crashes (deviation C11)
                 kwargs["num_classes"] = int(model(x[:1]).shape[-1])
@@ -223,12 +259,12 @@ def registered_metrics() -> list[str]:
 
 
 def evalkit_metrics(names: Sequence[str]) -> dict[str, Any]:
-    """Each metric at its defaults, with the cheap sample counts of :data:`CHEAP`."""
+    """Each metric at its defaults, except for :func:`settings`."""
     out = {}
     for name in names:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out[name] = evalkit.metrics.get(name)(**CHEAP.get(name, {}))
+            out[name] = evalkit.metrics.get(name)(**settings(name))
     return out
 
 
@@ -244,7 +280,7 @@ def run(metrics: Sequence[str] | None = None, testbeds: Sequence[Any] | None = N
 
     names = list(metrics) if metrics else registered_metrics()
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
+    t0 = _clock()
     if testbeds is None:
         from metaeval.validity.testbeds import list_testbeds
 
@@ -256,31 +292,39 @@ def run(metrics: Sequence[str] | None = None, testbeds: Sequence[Any] | None = N
 
             b = build_testbed(b, n=n)
         beds.append(b)
-    t_beds = time.perf_counter() - t0
-
-    timing: dict[str, float] = {"testbeds": t_beds}
-    t = time.perf_counter()
+    timing: dict[str, float] = {"testbeds": _since(t0)}
+    t = _clock()
     ours = report_module.validity_report(evalkit_metrics(names), beds, seeds=seeds,
                                          progress=False)
-    timing["evalkit"] = time.perf_counter() - t
+    timing["evalkit"] = _since(t)
 
     theirs = None
     q = load_quantus() if quantus else None
     if q is not None:
-        t = time.perf_counter()
+        t = _clock()
         qm = quantus_metrics(names, q)
         if qm:
             theirs = report_module.validity_report(qm, beds, seeds=seeds, progress=False)
-        timing["quantus"] = time.perf_counter() - t
+        timing["quantus"] = _since(t)
 
     alt_rows: list[dict[str, Any]] = []
     if alternatives:
-        t = time.perf_counter()
+        t = _clock()
         alt_rows = _alternatives(ours, beds, names, seeds, report_module)
-        timing["alternatives"] = time.perf_counter() - t
-    timing["total"] = time.perf_counter() - t0
+        timing["alternatives"] = _since(t)
+    timing["total"] = _since(t0)
     return _data(ours, theirs, beds, alt_rows, timing, seeds, n, quantus_version=(
         None if q is None else str(getattr(q, "__version__", "?"))))
+
+
+def _clock() -> tuple[float, float]:
+    return time.process_time(), time.perf_counter()
+
+
+def _since(start: tuple[float, float]) -> dict[str, float]:
+    """CPU seconds of this process (one core: torch runs one thread) and wall seconds."""
+    cpu, wall = _clock()
+    return {"cpu": round(cpu - start[0], 1), "wall": round(wall - start[1], 1)}
 
 
 def _alternatives(ours: Any, beds: list[Any], names: Sequence[str], seeds: Sequence[int],
@@ -299,7 +343,7 @@ def _alternatives(ours: Any, beds: list[Any], names: Sequence[str], seeds: Seque
         label = f"{metric}({', '.join(f'{k}={val!r}' for k, val in kwargs.items())})"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            instance = evalkit.metrics.get(metric)(**{**CHEAP.get(metric, {}), **kwargs})
+            instance = evalkit.metrics.get(metric)(**{**settings(metric), **kwargs})
         alt = report_module.validity_report({label: instance},
                                             [by_name[t] for t in failing["testbed"]],
                                             seeds=seeds, progress=False)
@@ -330,7 +374,7 @@ def _counts(report: Any) -> dict[str, dict[str, int]]:
 
 
 def _data(ours: Any, theirs: Any, beds: list[Any], alt_rows: list[dict[str, Any]],
-          timing: dict[str, float], seeds: Sequence[int], n: int | None,
+          timing: dict[str, dict[str, float]], seeds: Sequence[int], n: int | None,
           quantus_version: str | None) -> dict[str, Any]:
     quantus_cells = _cells(theirs) if theirs is not None else {}
     metrics: dict[str, Any] = {}
@@ -340,7 +384,7 @@ def _data(ours: Any, theirs: Any, beds: list[Any], alt_rows: list[dict[str, Any]
         metrics[name] = {
             "family": card.family,
             "higher_is_better": card.higher_is_better,
-            "settings": CHEAP.get(name, {}),
+            "settings": settings(name),
             "recovers": sorted(set(v.loc[v["verdict"] == "correct", "mechanism"])),
             "fails": sorted(set(v.loc[v["verdict"] == "wrong", "mechanism"])),
             "undecided": sorted(set(v.loc[v["verdict"] == "undecided", "mechanism"])),
@@ -354,10 +398,11 @@ def _data(ours: Any, theirs: Any, beds: list[Any], alt_rows: list[dict[str, Any]
         "generated_by": "python scripts/validity_report.py --write",
         "config": {"seeds": list(seeds), "n": n, "alpha": ours.config.get("alpha"),
                    "rtol": ours.config.get("rtol"), "cheap_settings": CHEAP,
+                   "sized_settings": SIZED, "required_settings": REQUIRED,
                    "torch_threads": torch.get_num_threads(), "quantus": quantus_version,
                    "torch": torch.__version__, "numpy": np.__version__,
                    "python": platform.python_version()},
-        "timing_s": {k: round(v, 1) for k, v in timing.items()},
+        "timing_s": timing,
         "load_average": _load(),
         "testbeds": {b.name: {"mechanism": b.mechanism, "modality": b.modality,
                               "description": b.description, "n": b.n} for b in beds},
@@ -415,6 +460,15 @@ def _grid(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cpu(timing: dict[str, Any], part: str) -> str:
+    return f"{timing[part]['cpu']:.0f} s" if part in timing else "not run"
+
+
+def _settings_text(table: dict[str, dict[str, Any]]) -> str:
+    return ", ".join(f"{name} " + ", ".join(f"`{k}={v!r}`" for k, v in kw.items())
+                     for name, kw in table.items())
+
+
 def report_card_markdown(data: dict[str, Any]) -> str:
     t = data["timing_s"]
     load = data.get("load_average")
@@ -425,15 +479,18 @@ def report_card_markdown(data: dict[str, Any]) -> str:
         f"{len(data['testbeds'])} testbeds, seeds {data['config']['seeds']}, alpha "
         f"{data['config']['alpha']}, rtol {data['config']['rtol']}; Quantus "
         f"{data['config']['quantus'] or 'not installed'}). Every metric runs at its defaults, "
-        "except the sample counts of `CHEAP` in the script: "
-        + ", ".join(f"{k} {v}" for k, v in data["config"]["cheap_settings"].items())
-        + ". The data are in `docs/_data/validity.json`; the metric catalogue's "
-        "\"report card\" column reads them.",
+        "except: fewer samples where a default is sized for a paper's figure ("
+        + _settings_text(data["config"]["cheap_settings"]) + "); sizes scaled to the "
+        "testbeds' small inputs where a default assumes ImageNet or MNIST images ("
+        + _settings_text(data["config"]["sized_settings"]) + "); arguments without a default ("
+        + _settings_text(data["config"]["required_settings"]) + "). The data are in "
+        "`docs/_data/validity.json`; the metric catalogue's \"report card\" column reads them.",
         "",
-        f"Time on one core (`torch.set_num_threads(1)`): {t.get('total', 0):.0f} s in all "
-        f"(evalkit {t.get('evalkit', 0):.0f} s, Quantus {t.get('quantus', 0):.0f} s, "
-        f"alternatives {t.get('alternatives', 0):.0f} s, testbeds {t.get('testbeds', 0):.0f} s)"
-        + (f", on a shared machine with load average {load[0]:.1f}" if load else "") + ".",
+        f"Time on one core (`torch.set_num_threads(1)`; CPU seconds of the process): "
+        f"{t['total']['cpu']:.0f} s in all: evalkit {_cpu(t, 'evalkit')}, the Quantus column "
+        f"{_cpu(t, 'quantus')}, the alternative settings {_cpu(t, 'alternatives')}, building "
+        f"the testbeds {_cpu(t, 'testbeds')} ({t['total']['wall']:.0f} s of wall time"
+        + (f" on a shared machine with load average {load[0]:.1f}" if load else "") + ").",
         "",
         "### Counts per family",
         "",
