@@ -199,12 +199,39 @@ def test_quantus_column_counts_crashes_as_errors(quantus):
     """A Quantus metric that raises, or returns no per-sample scores, is an "error" cell with
     the exception type."""
     from metaeval.validity.report import validity_report
-    from metaeval.validity.testbeds import build_testbed, list_testbeds
+    from metaeval.validity.testbeds import build_testbed
 
     script = _script()
-    bed = build_testbed(next(iter(list_testbeds())), n=8)
-    metric = script.QuantusMetric("SensitivityN", quantus)
+    bed = build_testbed("image-linear", n=8)
+    metric = script.QuantusMetric("SensitivityN", quantus)  # set-level: one value per batch
     report = validity_report({"SensitivityN": metric}, [bed], seeds=(0,), progress=False)
     cell = report.verdicts.iloc[0]
-    if cell["verdict"] != "not applicable":
-        assert cell["verdict"] == "error" and cell["reason"].startswith("QuantusOutputError")
+    assert cell["verdict"] == "error" and cell["reason"].startswith("QuantusOutputError")
+
+    class Crashing(script.QuantusMetric):
+        def _run(self, *args, **kwargs):
+            raise IndexError("a crash inside quantus")
+
+    report = validity_report({"PixelFlipping": Crashing("PixelFlipping", quantus)}, [bed],
+                             seeds=(0,), progress=False)
+    assert report.verdicts.iloc[0]["verdict"] == "error"
+    assert report.verdicts.iloc[0]["reason"].startswith("IndexError")
+
+
+def test_quantus_metric_restores_the_global_rngs(quantus):
+    import numpy as np
+    import torch
+
+    from metaeval.validity.testbeds import build_testbed
+
+    bed = build_testbed("image-linear", n=4)
+    metric = _script().QuantusMetric("FaithfulnessCorrelation", quantus)
+    # the legacy global state is what Quantus draws from and must get back
+    np_state = np.random.get_state()[1].copy()  # noqa: NPY002
+    torch_state = torch.get_rng_state().clone()
+    a = bed.explanation(next(iter(bed.candidates)))
+    first = metric(bed.model, bed.x, bed.y, a, explain_fn=next(iter(bed.candidates.values())))
+    again = metric(bed.model, bed.x, bed.y, a, explain_fn=next(iter(bed.candidates.values())))
+    np.testing.assert_array_equal(first, again)  # seeded from metric.seed
+    assert (np.random.get_state()[1] == np_state).all()  # noqa: NPY002
+    assert torch.equal(torch.get_rng_state(), torch_state)
