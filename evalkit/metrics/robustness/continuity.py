@@ -60,8 +60,8 @@ class Continuity(_PerturbationRobustness):
         See the module docstring (default ``"keep"``).
     include_zero_shift:
         Whether a perturbation that leaves the input unchanged (x' = x: the zero shift, which
-        the default grid holds e.g. on 28-pixel-wide images) is scored. False (default) is the paper's
-        definition, a maximum over x' != x: the step is left out, so an explainer's own
+        the default grid holds e.g. on 28-pixel-wide images) is scored. False (default) is the
+        paper's definition, a maximum over x' != x: the step is left out, so an explainer's own
         randomness only shows through the smallest non-zero shift, divided by that shift's
         input change. True scores it (an unperturbed copy is appended where the grid lacks
         one): ||a(x) - a'(x)||_1 / 0 is unbounded where the re-explanation of x differs from
