@@ -153,8 +153,9 @@ class QuantusMetric:
     (ROAD: one call per sample, the mean over the percentages); its direction is the one the
     Quantus class declares (what a Quantus user follows). Its family, mask needs and randomness
     are those of the evalkit metric of the same name, and its constructor arguments are the
-    settings of :func:`settings` that Quantus accepts (a share ``k`` becomes a count) plus what
-    makes the result per sample. Quantus draws from
+    settings of :data:`CHEAP` and :data:`SIZED` that Quantus accepts (a share ``k`` becomes a
+    count) plus what makes the result per sample; masks that repeat over the channels are
+    passed with one channel, the form Quantus asserts. Quantus draws from
     the global RNGs: each call seeds them from ``seed`` inside a fork, and restores them.
     """
 
@@ -165,7 +166,9 @@ class QuantusMetric:
         self._cls = getattr(quantus, name)
         reference = evalkit.metrics.get(name)
         accepted = inspect.signature(self._cls.__init__).parameters
-        cheap = {k: v for k, v in settings(name).items() if k in accepted}
+        # the cheap and sized settings, not REQUIRED: Quantus' own default is what those mean
+        cheap = {k: v for k, v in {**CHEAP.get(name, {}), **SIZED.get(name, {})}.items()
+                 if k in accepted}
         self.kwargs = {**cheap, "return_aggregate": False, **_QUANTUS_PER_SAMPLE.get(name, {}),
                        **(kwargs or {})}
         direction = str(self._cls.score_direction).rsplit(".", 1)[-1]
@@ -217,6 +220,8 @@ class QuantusMetric:
         if self.name == "RandomLogit" and "num_classes" not in kwargs:
             with torch.no_grad():  # Quantus' default of 1000 classes crashes (deviation C11)
                 kwargs["num_classes"] = int(model(x[:1]).shape[-1])
+        if s is not None and s.ndim == 4 and s.shape[1] > 1 and bool((s == s[:, :1]).all()):
+            s = s[:, :1]  # Quantus takes one mask channel; evalkit broadcasts either
         metric = self._cls(**kwargs, disable_warnings=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
