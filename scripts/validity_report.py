@@ -530,17 +530,23 @@ def report_card_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_JUDGED = ("correct", "wrong", "undecided")
+
+
 def differences_markdown(data: dict[str, Any]) -> str:
-    disagree = []
+    disagree, errors = [], {}
     for name, m in data["metrics"].items():
         q = m["quantus"]
         if not q:
             continue
         for bed, cell in m["cells"].items():
-            theirs = q.get(bed, {}).get("verdict")
-            if theirs and theirs != cell["verdict"]:
-                disagree.append(f"| {name} | {bed} | {cell['verdict']} | {theirs} | "
-                                f"{q[bed]['reason'].replace('|', '/')} |")
+            theirs = q.get(bed, {})
+            if theirs.get("verdict") == "error":
+                kind = theirs["reason"].split(":", 1)[0]
+                errors.setdefault(name, {}).setdefault(kind, []).append(bed)
+            elif (cell["verdict"] in _JUDGED and theirs.get("verdict") in _JUDGED
+                  and theirs["verdict"] != cell["verdict"]):
+                disagree.append(f"| {name} | {bed} | {cell['verdict']} | {theirs['verdict']} |")
     lines = [
         DIFF_BEGIN,
         "",
@@ -553,9 +559,17 @@ def differences_markdown(data: dict[str, Any]) -> str:
         "",
     ]
     if disagree:
-        lines += ["Cells where the two libraries' verdicts differ (Quantus' reason shown):", "",
-                  "| metric | testbed | evalkit | Quantus 0.6 | Quantus' reason |",
-                  "|---|---|---|---|---|", *disagree, ""]
+        lines += ["Cells that both libraries judge, with different verdicts (the reasons are in "
+                  "`docs/_data/validity.json`):", "",
+                  "| metric | testbed | evalkit | Quantus 0.6 |", "|---|---|---|---|",
+                  *disagree, ""]
+    if errors:
+        lines += ["Cells where the Quantus metric raised (or returned no per-sample scores), by "
+                  "exception type:", "", "| metric | exception | testbeds |", "|---|---|---|"]
+        for name, kinds in errors.items():
+            for kind, beds in kinds.items():
+                lines.append(f"| {name} | `{kind}` | {', '.join(beds)} |")
+        lines.append("")
     lines.append(DIFF_END)
     return "\n".join(lines) + "\n"
 
