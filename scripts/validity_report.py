@@ -394,21 +394,16 @@ def _data(ours: Any, theirs: Any, beds: list[Any], alt_rows: list[dict[str, Any]
     metrics: dict[str, Any] = {}
     for name in ours.metrics:
         card = ours.card(name)
-        v = card.verdicts
         metrics[name] = {
             "family": card.family,
             "higher_is_better": card.higher_is_better,
             "settings": settings(name),
-            "recovers": sorted(set(v.loc[v["verdict"] == "correct", "mechanism"])),
-            "fails": sorted(set(v.loc[v["verdict"] == "wrong", "mechanism"])),
-            "undecided": sorted(set(v.loc[v["verdict"] == "undecided", "mechanism"])),
-            "errors": sorted(set(v.loc[v["verdict"] == "error", "mechanism"])),
             "cells": _cells(ours).get(name, {}),
             "quantus": quantus_cells.get(name),
             "alternatives": [r for r in alt_rows if r["metric"] == name],
             "same_name_differences": len(SAME_NAME_DIFFERENT_MEANING.get(name, ())),
         }
-    return {
+    out = {
         "generated_by": "python scripts/validity_report.py --write",
         "config": {"seeds": list(seeds), "n": n, "alpha": ours.config.get("alpha"),
                    "rtol": ours.config.get("rtol"), "cheap_settings": CHEAP,
@@ -425,6 +420,27 @@ def _data(ours: Any, theirs: Any, beds: list[Any], alt_rows: list[dict[str, Any]
         "metrics": metrics,
         "same_name_different_meaning": same_name_rows(),
     }
+    return summarise(out)
+
+
+def summarise(data: dict[str, Any]) -> dict[str, Any]:
+    """Each metric's summary from its cells: ``recovers`` (mechanisms with a correct testbed
+    and no wrong one), ``fails`` (mechanisms with a wrong testbed), and the testbeds it is
+    ``wrong_on``, ``undecided_on`` and ``error_on``."""
+    mechanism = {b: t["mechanism"] for b, t in data["testbeds"].items()}
+    for m in data["metrics"].values():
+        by: dict[str, list[str]] = {}
+        for bed, cell in m["cells"].items():
+            by.setdefault(cell["verdict"], []).append(bed)
+        wrong = {mechanism[b] for b in by.get("wrong", [])}
+        m["recovers"] = sorted({mechanism[b] for b in by.get("correct", [])} - wrong)
+        m["fails"] = sorted(wrong)
+        m["wrong_on"] = by.get("wrong", [])
+        m["undecided_on"] = by.get("undecided", [])
+        m["error_on"] = by.get("error", [])
+        for old in ("undecided", "errors"):
+            m.pop(old, None)
+    return data
 
 
 def _load() -> list[float] | None:
@@ -583,10 +599,30 @@ def _replace_section(text: str, heading: str, begin: str, end: str, body: str) -
     return text.rstrip("\n") + f"\n\n{heading}\n\n{body}"
 
 
+def compact(data: dict[str, Any]) -> dict[str, Any]:
+    """The data as committed: reasons kept where a verdict needs one (wrong, undecided, error),
+    shortened; "correct" and "not applicable" cells hold the verdict only (the full reasons
+    come with a run: ``ValidityReport.verdicts``)."""
+    out = copy.deepcopy(data)
+    for m in out["metrics"].values():
+        for cells in (m["cells"], m["quantus"] or {}):
+            for cell in cells.values():
+                if cell["verdict"] in ("correct", "not applicable"):
+                    cell.pop("reason", None)
+                elif "reason" in cell:
+                    cell["reason"] = _short(cell["reason"], 160)
+    return out
+
+
 def write(data: dict[str, Any]) -> None:
+    data = compact(summarise(data))
     DATA_FILE.parent.mkdir(parents=True, exist_ok=True)
-    DATA_FILE.write_text(json.dumps(data, indent=1, sort_keys=False, default=_json) + "\n",
-                         encoding="utf-8")
+    text = json.dumps(data, indent=1, sort_keys=False, default=_json, ensure_ascii=False)
+    # one line per cell: {"verdict": ...[, "reason": ...]}
+    text = re.sub(r'\{\n\s+("verdict": "[^"]*")(,\n\s+("reason": "(?:[^"\\]|\\.)*"))?\n\s+\}',
+                  lambda m: "{" + m.group(1) + (", " + m.group(3) if m.group(3) else "") + "}",
+                  text)
+    DATA_FILE.write_text(text + "\n", encoding="utf-8")
     page = VALIDITY_PAGE.read_text(encoding="utf-8") if VALIDITY_PAGE.exists() else (
         "# Validity\n")
     page = _replace_section(page, "## Report card", REPORT_BEGIN, REPORT_END,

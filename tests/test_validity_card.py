@@ -130,8 +130,11 @@ def test_data_file_matches_the_registry():
         assert set(m["cells"]) == beds, name
         for cell in m["cells"].values():
             assert cell["verdict"] in VERDICTS, (name, cell)
-        for key in ("recovers", "fails", "undecided", "errors"):
+        for key in ("recovers", "fails"):
             assert set(m[key]) <= mechanisms, (name, key)
+        for key, verdict in (("wrong_on", "wrong"), ("undecided_on", "undecided"),
+                             ("error_on", "error")):
+            assert m[key] == [b for b, c in m["cells"].items() if c["verdict"] == verdict]
         if m["quantus"] is not None:
             assert all(c["verdict"] in VERDICTS for c in m["quantus"].values()), name
         for alt in m["alternatives"]:

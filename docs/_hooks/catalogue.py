@@ -181,8 +181,9 @@ def metric_catalogue() -> str:
         "masks suffice); *re-explains*: calls the explain function again on perturbed inputs or "
         "models; *stochastic*: draws random numbers (seeded, per sample); *set-level*: a score "
         "defined over the data set rather than per sample; *report card*: the mechanisms of the "
-        "[validity testbeds](validity.md#report-card) the metric recovers at its defaults (✓) "
-        "and those it ranks in the wrong order (✗).",
+        "[validity testbeds](validity.md#report-card) the metric recovers at its defaults (✓: "
+        "no testbed of the mechanism in the wrong order) and the testbeds it ranks in the "
+        "wrong order (✗).",
         "",
         "| metric | family | direction | masks | gradients | model | re-explains | stochastic "
         "| set-level | report card |",
@@ -216,40 +217,47 @@ def validity_data(path: Path = VALIDITY_DATA) -> dict[str, Any]:
 
 
 def report_card_cell(data: dict[str, Any], name: str) -> str:
-    """The catalogue's "report card" cell: ✓ the mechanisms recovered, ✗ those failed."""
+    """The catalogue's "report card" cell: ✓ the mechanisms recovered (no testbed of theirs
+    wrong), ✗ the testbeds ranked in the wrong order."""
     m = data.get("metrics", {}).get(name)
     if m is None:
         return "not run" if data else ""
     parts = []
     if m["recovers"]:
         parts.append("✓ " + ", ".join(m["recovers"]))
-    if m["fails"]:
-        parts.append("✗ " + ", ".join(m["fails"]))
+    if m["wrong_on"]:
+        parts.append("✗ " + ", ".join(m["wrong_on"]))
+    if not parts and m["error_on"]:  # e.g. a metric that needs a model the testbeds lack
+        reason = m["cells"][m["error_on"][0]].get("reason", "error")
+        return _cell("! " + (reason if len(reason) <= 80 else reason[:77] + "..."))
     return _cell("; ".join(parts)) if parts else "no verdict"
 
 
 def report_card_lines(data: dict[str, Any], name: str) -> list[str]:
-    """The metric entry's report-card paragraph: verdicts by mechanism at the defaults, the
-    Quantus 0.6 metric of the same name, and the settings that recover a failure."""
+    """The metric entry's report-card paragraph: verdicts at the defaults, the Quantus 0.6
+    metric of the same name, and the settings that recover a failure."""
     m = data.get("metrics", {}).get(name)
     if m is None:
         return []
     said = []
-    for label, key in (("recovers", "recovers"), ("wrong on", "fails"),
-                       ("undecided on", "undecided"), ("errors on", "errors")):
+    for label, key in (("recovers", "recovers"), ("is wrong on", "wrong_on"),
+                       ("is undecided on", "undecided_on"), ("raises on", "error_on")):
         if m.get(key):
             said.append(f"{label} {', '.join(m[key])}")
-    text = "; ".join(said) if said else "no testbed applies"
+    text = "; ".join(said) if said else "applies to no testbed"
     q = m.get("quantus")
     if q:
         right = sorted({data["testbeds"][b]["mechanism"] for b, c in q.items()
                         if c["verdict"] == "correct" and b in data.get("testbeds", {})})
-        text += (f". Quantus 0.6's {name}: recovers {', '.join(right)}" if right
+        text += (f". Quantus 0.6's {name} recovers {', '.join(right)}" if right
                  else f". Quantus 0.6's {name} recovers none")
-    fixes = [f"`{a['setting']}` on {a['testbed']} ({a['verdict']})"
-             for a in m.get("alternatives", []) if a["verdict"] == "correct"]
+    fixes: dict[str, list[str]] = {}
+    for a in m.get("alternatives", []):
+        if a["verdict"] == "correct":
+            fixes.setdefault(a["setting"], []).append(a["testbed"])
     if fixes:
-        text += ". Recovered by " + ", ".join(fixes)
+        text += ". " + "; ".join(f"`{setting}` recovers {', '.join(beds)}"
+                                 for setting, beds in fixes.items())
     return [f"**Report card** ([validity](validity.md#report-card)). At its defaults it "
             f"{text}.", ""]
 
