@@ -71,7 +71,8 @@ packages register them with :func:`register_check`, or declare them under the en
 :data:`CHECKS_ENTRY_POINT_GROUP` (loaded the first time an unknown check is requested).
 ``metaeval.validity`` registers ``"validity"`` when it is imported: a direction-sanity check on
 its known-mechanism testbeds, whose message is the metric's validity report card
-(``check_metric(m, checks=[*CHECKS, "validity"])``; see ``docs/validity.md``).
+(``check_metric(m, checks=[*CHECKS, "validity"])``, or ``checks="all"``; see
+``docs/validity.md``).
 
 Fixtures are registered per modality (:func:`register_fixture`) and built once per process;
 built in: ``"image"`` (3x8x8, a small CNN with batch norm), ``"series"`` (2 channels x 16
@@ -124,6 +125,7 @@ __all__ = [
     "register_check",
     "register_fixture",
     "run_check",
+    "run_metric_check",
 ]
 
 #: the seed every check runs with, unless it varies the seed on purpose
@@ -975,17 +977,24 @@ def _metric_check(name: str) -> Callable[[Any], tuple[bool, str, Any]]:
     """The registered metric check ``name``, loading the entry points of
     :data:`CHECKS_ENTRY_POINT_GROUP` once if it is not registered yet."""
     if name not in METRIC_CHECKS:
-        from importlib.metadata import entry_points
-
-        for point in entry_points(group=CHECKS_ENTRY_POINT_GROUP):
-            if point.name == name:
-                point.load()
+        _load_check_entry_points(name)
     if name not in METRIC_CHECKS:
         known = sorted(set(CHECKS) | set(METRIC_CHECKS))
         hint = (f" It is registered by `import {_CHECK_PROVIDERS[name]}`."
                 if name in _CHECK_PROVIDERS else "")
         raise KeyError(f"Unknown check {name!r}; checks are {known}.{hint}")
     return METRIC_CHECKS[name]
+
+
+def _load_check_entry_points(name: str | None = None) -> None:
+    """Import the modules that installed packages declare under
+    :data:`CHECKS_ENTRY_POINT_GROUP` (those of check ``name`` only, if given) and that are
+    not registered yet; they register their checks when imported."""
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=CHECKS_ENTRY_POINT_GROUP):
+        if point.name not in METRIC_CHECKS and (name is None or point.name == name):
+            point.load()
 
 
 def run_metric_check(metric: Any, check: str) -> CheckResult:
@@ -1005,10 +1014,8 @@ def run_check(metric: Metric | type[Metric], check: str, *, modality: str = "ima
               ) -> CheckResult:
     """Run one check on one modality (a metric check, on every testbed it has); never raises
     for a failed check (see the result)."""
-    if check not in CHECKS:
-        if check in METRIC_CHECKS or check in _CHECK_PROVIDERS:
-            return run_metric_check(_as_instance(metric), check)
-        raise KeyError(f"Unknown check {check!r}; checks are {list(CHECKS)}.")
+    if check not in CHECKS:  # a metric check (an unknown name raises a KeyError there)
+        return run_metric_check(_as_instance(metric), check)
     metric = _as_instance(metric)
     try:
         ctx = _Context(metric, modality)
@@ -1030,7 +1037,7 @@ def check_metric(
     metric: Metric | type[Metric],
     *,
     modality: str | Iterable[str] | None = None,
-    checks: Iterable[str] | None = None,
+    checks: str | Iterable[str] | None = None,
     raise_on_failure: bool = True,
 ) -> list[CheckResult]:
     """Run the conformance checks on a metric (an instance, or a class instantiated with
@@ -1047,7 +1054,8 @@ def check_metric(
     checks:
         Names from :data:`CHECKS` and of registered metric checks (:data:`METRIC_CHECKS`,
         e.g. ``"validity"`` once ``metaeval.validity`` is imported); default: every check of
-        :data:`CHECKS` (no metric check: they are opt-in).
+        :data:`CHECKS` (no metric check: they are opt-in); ``"all"``: those and every metric
+        check registered or declared by an installed package.
     raise_on_failure:
         Raise an ``AssertionError`` naming every failed check and what differed.
 
@@ -1057,7 +1065,13 @@ def check_metric(
         One per check and modality; skipped checks have ``skipped=True`` and the reason.
     """
     metric = _as_instance(metric)
-    names = list(CHECKS) if checks is None else list(checks)
+    if checks is None:
+        names = list(CHECKS)
+    elif checks == "all":
+        _load_check_entry_points()
+        names = [*CHECKS, *METRIC_CHECKS]
+    else:
+        names = [checks] if isinstance(checks, str) else list(checks)
     per_fixture = [name for name in names if name in CHECKS]
     whole = [name for name in names if name not in CHECKS]
     for name in whole:

@@ -12,11 +12,15 @@ Builds on :mod:`evalkit` (evalkit never imports it).
 * Reliability statistics of a set of metrics on the same results (Tomsett et al. AAAI 2020;
   Gevaert et al. 2024): :func:`reliability_report`, :func:`krippendorff_alpha` and friends in
   :mod:`metaeval.reliability`.
+* Validity on testbeds whose mechanism is known (does a metric rank the right explanation
+  first?): :func:`validity_report` and :class:`ValidityReport` in :mod:`metaeval.validity`
+  (verdicts beside MC: :meth:`MetaEvaluationResult.with_validity`; a third-party metric's
+  report card: ``evalkit.testing.check_metric(metric, checks=["validity"])``).
 """
 
 import evalkit
 
-from . import criteria, plots, reliability
+from . import criteria, plots, reliability, validity
 from .benchmark import MetaEvaluationBenchmark
 from .criteria import CRITERIA, chance_levels
 from .engine import MetaEvaluation
@@ -30,6 +34,7 @@ from .suite import (
     default_suite,
     reads_input,
 )
+from .validity import ValidityReport, validity_report
 
 __all__ = [
     "CRITERIA",
@@ -41,6 +46,7 @@ __all__ = [
     "ModelPerturbationTest",
     "ReferenceEstimator",
     "ReliabilityReport",
+    "ValidityReport",
     "applicability",
     "chance_levels",
     "criteria",
@@ -52,6 +58,8 @@ __all__ = [
     "reference_estimators",
     "reliability",
     "reliability_report",
+    "validity",
+    "validity_report",
 ]
 
 evalkit_version = evalkit.__version__

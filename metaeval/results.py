@@ -150,7 +150,9 @@ class MetaEvaluationResult:
       with the chance levels as columns;
     * :meth:`to_frame`: the long format, one row per criterion value per perturbation (and
       per method for IAC); ``level="iteration"`` gives per-iteration criteria and MC(t);
-    * :meth:`scores_frame`: every per-sample score (when ``keep_scores``).
+    * :meth:`scores_frame`: every per-sample score (when ``keep_scores``);
+    * :meth:`with_validity`: the summary beside the verdicts of a validity report
+      (:func:`metaeval.validity.validity_report`).
 
     Plots: :meth:`plot_area` (the kite plots) and :meth:`plot_scatter`.
     """
@@ -436,6 +438,38 @@ class MetaEvaluationResult:
                 for b in self.blocks for name, rec in b.metrics.items()
                 for r, c in rec.nan_reasons.items()]
         return pd.DataFrame(rows, columns=["dataset", "model", "metric", "reason", "count"])
+
+    def with_validity(self, report: Any, *, space: str | None = "Mean") -> pd.DataFrame:
+        """MC scores and validity verdicts in one table: the :meth:`summary` rows of ``space``
+        (default ``"Mean"``, MC̄; the only space when the result has one; None: every space)
+        joined on the metric name with ``report.summary()`` of a
+        :class:`metaeval.validity.ValidityReport` (the count of each verdict, and the
+        mechanisms the metric ``recovers`` and ``fails``). A metric in only one of the two keeps
+        its row, the other's columns empty. Reliability (MC: stable and discriminative) and
+        validity (the known order recovered) are different questions; see
+        ``docs/validity.md``."""
+        validity = getattr(report, "summary", None)
+        verdicts = getattr(report, "verdicts", None)
+        if not callable(validity) or not isinstance(verdicts, pd.DataFrame):
+            raise TypeError("`report` must be a metaeval.validity.ValidityReport (from "
+                            f"validity_report); got {type(report).__name__}.")
+        s = self.summary()
+        if space is not None:
+            spaces = list(dict.fromkeys(s["space"]))
+            use = space if space in spaces else (spaces[0] if len(spaces) == 1 else None)
+            if use is None:
+                raise ValueError(f"The result has no {space!r} space; it has {spaces}.")
+            s = s[s["space"] == use]
+        keep = ["dataset", "model", "family", "metric", "space", "MC", *C.CRITERIA]
+        v = validity().drop(columns=["higher_is_better"]).rename(
+            columns={"family": "validity_family"})
+        out = s[keep].merge(v, on="metric", how="outer", sort=False)
+        missing = out["family"].isna() | (out["family"] == "")
+        out["family"] = out["family"].where(~missing, out["validity_family"])
+        counts = [c for c in v.columns if c not in ("metric", "validity_family", "recovers",
+                                                      "fails")]
+        out[counts] = out[counts].astype("Int64")
+        return out.drop(columns=["validity_family"]).reset_index(drop=True)
 
     # ------------------------------------------------------------------ plots
     def plot_area(self, **kwargs: Any) -> Any:

@@ -82,8 +82,11 @@ def test_registry_covers_every_mechanism_and_modality():
     for modality in ("tabular", "series", "tokens"):
         mechanisms = {b.mechanism for b in built.values() if b.modality == modality}
         assert {"linear", "region"} <= mechanisms and len(mechanisms) >= 3, modality
+    families = {"faithfulness", "robustness", "localisation", "complexity", "randomisation",
+                "axiomatic"}
     for name, bed in built.items():
         assert bed.name == name and bed.modality == name.split("-")[0]
+        assert set(bed.families) <= families
         assert bed.n == DEFAULT_N and bed.order and bed.families
         assert name in list_testbeds(modality=bed.modality, mechanism=bed.mechanism)
         for pair in bed.order:
@@ -151,6 +154,16 @@ def test_deterministic_given_the_seed(name):
     for cand in first.candidates:
         assert torch.equal(first.explanation(cand), again.explanation(cand))
     assert not torch.equal(first.x, other.x)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_builds_at_another_input_size(name):
+    modality = name.split("-")[0]
+    shape = {"image": (1, 16, 20), "series": (3, 40), "tabular": (20,), "tokens": (30,)}[modality]
+    bed = build_testbed(name, n=6, seed=1, shape=shape)
+    assert tuple(bed.x.shape) == (6, *shape)
+    for cand in bed.candidates:
+        assert tuple(bed.explanation(cand).shape) == _map_layout(bed)
 
 
 def test_building_leaves_the_global_rng_alone():
@@ -425,6 +438,17 @@ def test_plant_region_forms_tokens_and_dtypes():
     assert bed.x.dtype == torch.float64 and bed.reference.dtype == torch.float64
     bed = plant_mechanism("linear", x[:, 0, 0].numpy(), modality="tabular")
     assert bed.modality == "tabular" and tuple(bed.x.shape) == (4, 10)
+
+
+def test_planted_token_models_are_exact_against_the_mask_token():
+    ids = torch.randint(1, 40, (6, 15), generator=torch.Generator().manual_seed(5))
+    for kind in ("linear", "region", "sparsity"):
+        bed = plant_mechanism(kind, ids, seed=2)
+        exact = bed.explanation(next(iter(bed.candidates)))
+        change = _logit(bed.model, ids, bed.y) - _logit(bed.model, torch.zeros_like(ids), bed.y)
+        torch.testing.assert_close(exact.sum(1), change, rtol=0, atol=1e-5)
+        if bed.s is not None:
+            assert bool((exact[~bed.s] == 0).all())
 
 
 def test_plant_rejects_bad_requests():

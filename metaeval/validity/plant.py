@@ -63,8 +63,8 @@ def plant_mechanism(kind: str, x: Any, *, modality: str | Modality | None = None
         "black" baseline only where every sample's minimum is 0, as in the library's data.)
     x:
         Your inputs (tensor or array): images (N, C, H, W), series (N, C, T), tables (N, F) or
-        token ids (N, L) integers; at least two samples. They are used as given (a copy); the
-        testbed's ``x`` is them.
+        token ids (N, L) integers; at least two samples. They are used as given (a CPU copy,
+        in their own floating dtype); the testbed's ``x`` is them.
     modality:
         ``"image"``, ``"series"``, ``"tabular"``, ``"tokens"`` or a
         :class:`~evalkit.modality.Modality`; ``None`` infers it from the shape and dtype.

@@ -15,7 +15,9 @@ For every metric x testbed:
 1. **Applicability.** The cell is ``"not applicable"``, with the reason, when the testbed's
    modality is not one the metric declares (``metric.modalities``, and the metric's own
    refusal of a setting, e.g. ROAD's default imputer on tables), when the metric needs masks
-   (``needs_masks``) and the testbed has none (``s`` is None), or when the testbed's
+   (``needs_masks``) and the testbed has none (``s`` is None), when it compares with a
+   real-valued reference map (``real_valued_s``: the ground-truth agreement metrics, which get
+   ``Testbed.reference`` as their ``s``) and the testbed fixes none, or when the testbed's
    ``families`` leave out the metric's family. A metric without a family (a third-party metric
    that declares none) is tried on every testbed.
 2. **Scores.** Every candidate named in the testbed's order is scored with
@@ -23,7 +25,9 @@ For every metric x testbed:
    (``explain_fn`` is the candidate itself, so re-explaining metrics explain perturbed inputs
    and randomised models with it). A stochastic metric runs once per seed of ``seeds`` (an
    evalkit metric through its ``seed`` parameter; a third-party one through a ``seed`` or
-   ``random_state`` attribute, or a call keyword of that name); a deterministic one runs once.
+   ``random_state`` attribute, or a call keyword of that name), with the same seed for every
+   candidate (common random numbers: within a seed, the candidates' scores differ by their
+   maps only); a deterministic one runs once.
    Any exception, or scores that are not one number per sample, make the cell ``"error"``
    with the message; the report never stops on a metric's failure.
 3. **Pairs.** Each ordered pair is decided by the paired test of :mod:`metaeval.validity._stats`
@@ -42,10 +46,12 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,6 +61,7 @@ import torch
 import evalkit
 from evalkit import _progress
 from evalkit._validation import EvalkitWarning
+from evalkit.cache import forward_cache
 from evalkit.modality import as_modality
 
 from ..engine import _direction
@@ -160,8 +167,9 @@ def _seeds_for(metric: Any, seeds: Sequence[int]) -> list[int | None]:
 
 
 def _seeded(metric: Any, seed: int | None) -> tuple[Any, dict[str, Any]]:
-    """A copy of the metric that runs with ``seed`` (never the caller's object), and the call
-    keywords that pass it."""
+    """The metric to call with ``seed`` and the call keywords that pass it: a copy where the
+    seed is a parameter or attribute (the caller's object is never changed), the metric itself
+    where it is a call keyword or where there is none."""
     if _is_evalkit(metric):
         from evalkit.evaluate import _run_metric_clone
 
@@ -215,26 +223,39 @@ def applicability(metric: Any, testbed: Testbed) -> tuple[bool, str]:
     except (TypeError, ValueError) as err:
         return False, f"the testbed's modality is not understood: {err}"
     if _is_evalkit(metric):
-        try:
+        try:  # a setting's own, more specific refusal (e.g. ROAD's imputer on tables)
             metric._check_modality(mod)
-            mod.check_applies(metric)
         except ValueError as err:
             return False, str(err)
-    else:
-        declared = getattr(metric, "modalities", None)
-        if declared is not None:
-            names = (declared,) if isinstance(declared, str) else tuple(declared)
-            names = tuple(str(getattr(d, "name", d)) for d in names)
-            if mod.name not in names:
-                return False, (f"the metric declares the modalities {', '.join(names)}, not "
-                               f"{mod.name}")
-    if bool(getattr(metric, "needs_masks", False)) and testbed.s is None:
+    declared = getattr(metric, "modalities", None)
+    if declared is not None:
+        names = (declared,) if isinstance(declared, str) else tuple(declared)
+        names = tuple(str(getattr(d, "name", d)) for d in names)
+        if mod.name not in names:
+            return False, (f"the metric declares the modalities {', '.join(names) or 'none'}, "
+                           f"not {mod.name}")
+    if _real_valued_s(metric):
+        if _reference(testbed) is None:
+            return False, ("the metric compares with a reference map (real-valued `s`) and "
+                           "the testbed fixes none")
+    elif bool(getattr(metric, "needs_masks", False)) and testbed.s is None:
         return False, "the metric needs masks `s` and the testbed has none"
     family = _family(metric)
     if testbed.families is not None and family and family not in testbed.families:
         return False, (f"the testbed speaks to the {', '.join(testbed.families)} "
                        f"famil{'y' if len(testbed.families) == 1 else 'ies'}, not {family}")
     return True, ""
+
+
+def _real_valued_s(metric: Any) -> bool:
+    """Whether the metric's ``s`` is a real-valued reference map (the ground-truth agreement
+    metrics) rather than binary masks."""
+    return bool(getattr(metric, "real_valued_s", False))
+
+
+def _reference(testbed: Testbed) -> torch.Tensor | None:
+    """The testbed's exact map where its mechanism fixes one (``Testbed.reference``)."""
+    return getattr(testbed, "reference", None)
 
 
 # ============================================================================ scoring a cell
@@ -269,7 +290,8 @@ def _score(metric: Any, testbed: Testbed, name: str, a: torch.Tensor,
     with warnings.catch_warnings():
         # undefined scores are counted (n_nan), costs are those of small testbeds
         warnings.simplefilter("ignore", EvalkitWarning)
-        out = m(testbed.model, testbed.x, testbed.y, a.clone(), s=testbed.s,
+        s = _reference(testbed) if _real_valued_s(metric) else testbed.s
+        out = m(testbed.model, testbed.x, testbed.y, a.clone(), s=s,
                 explain_fn=testbed.candidates[name], **testbed.metric_kwargs, **extra)
     scores = np.asarray(out, dtype=np.float64)
     if scores.shape != (testbed.n,):
@@ -507,6 +529,32 @@ class ValidityReport:
         lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (NaN as null); :meth:`from_dict` reads it back."""
+        def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+            return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+        return {"evidence": records(self.evidence), "verdicts": records(self.verdicts),
+                "directions": dict(self.directions), "config": self.config}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ValidityReport:
+        evidence = pd.DataFrame(d["evidence"], columns=_EVIDENCE_COLUMNS)
+        for col in ("mean_better", "mean_worse", "median_better", "median_worse", "effect",
+                    "p_value"):
+            evidence[col] = evidence[col].astype(float)
+        return cls(evidence, pd.DataFrame(d["verdicts"], columns=_VERDICT_COLUMNS),
+                   {k: bool(v) for k, v in d["directions"].items()}, d.get("config"))
+
+    def save(self, path: str | Path) -> None:
+        """Write :meth:`to_dict` as JSON (e.g. to regenerate the docs' tables without a
+        rerun)."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ValidityReport:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
     def plot(self, *, figsize: tuple[float, float] | None = None,
              glyphs: bool = True) -> Any:
         """The metric x testbed grid coloured by verdict (green correct, red wrong, grey
@@ -545,6 +593,15 @@ class ValidityReport:
         ax.set_title("Validity: known order recovered per metric x testbed", fontsize=10)
         fig.tight_layout()
         return fig
+
+
+def _plain(v: Any) -> Any:
+    """A JSON value: Python scalars, NaN as None."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def _text(v: Any, digits: int) -> str:
@@ -619,17 +676,21 @@ def validity_report(
                          disable=not _progress.resolve(progress), leave=False)
     try:
         for tb in beds:
-            for name, metric in resolved.items():
-                bar.set_postfix_str(f"{name} on {tb.name}", refresh=False)
-                cell = _judge(name, metric, tb, explanations, seeds, float(alpha), float(rtol))
-                ids = {"metric": name, "family": _family(metric), "testbed": tb.name,
-                       "mechanism": tb.mechanism, "modality": tb.modality}
-                evidence += [{**ids, **{k: v for k, v in r.items() if k != "_note"}}
-                             for r in cell.rows]
-                verdicts.append({**ids, "verdict": cell.verdict, "reason": cell.reason,
-                                 **{k: cell.counts.get(k, 0) for k in
-                                    ("pairs", "decided", "in_order", "reversed")}})
-                bar.update(1)
+            # the metrics on one testbed share the forward rows they have in common (the
+            # cache's keys are exact: the same model, input bytes and perturbation)
+            with forward_cache():
+                for name, metric in resolved.items():
+                    bar.set_postfix_str(f"{name} on {tb.name}", refresh=False)
+                    cell = _judge(name, metric, tb, explanations, seeds, float(alpha),
+                                  float(rtol))
+                    ids = {"metric": name, "family": _family(metric), "testbed": tb.name,
+                           "mechanism": tb.mechanism, "modality": tb.modality}
+                    evidence += [{**ids, **{k: v for k, v in r.items() if k != "_note"}}
+                                 for r in cell.rows]
+                    verdicts.append({**ids, "verdict": cell.verdict, "reason": cell.reason,
+                                     **{k: cell.counts.get(k, 0) for k in
+                                        ("pairs", "decided", "in_order", "reversed")}})
+                    bar.update(1)
     finally:
         bar.close()
     order = {name: i for i, name in enumerate(resolved)}
@@ -649,33 +710,13 @@ def validity_report(
 # ============================================================================ MetaEvaluation
 def combine(result: Any, report: ValidityReport, *, space: str | None = "Mean"
             ) -> pd.DataFrame:
-    """MC scores and validity verdicts in one table: the rows of the meta-evaluation result's
-    ``summary()`` (for ``space``, default ``"Mean"`` (MC̄), or the only space a result has;
-    None keeps every space) joined on the metric name with :meth:`ValidityReport.summary`
-    (the count of each verdict, ``recovers`` and ``fails``). Metrics in only one of the two
-    keep their row, with the other's columns empty. The method
-    :meth:`metaeval.MetaEvaluationResult.with_validity` calls this."""
-    if not isinstance(report, ValidityReport):
-        raise TypeError(f"`report` must be a ValidityReport (from validity_report); got "
-                        f"{type(report).__name__}.")
-    s = result.summary()
-    if space is not None:
-        spaces = set(s["space"])
-        use = space if space in spaces else (next(iter(spaces)) if len(spaces) == 1 else None)
-        if use is None:
-            raise ValueError(f"The result has no {space!r} space; it has {sorted(spaces)}.")
-        s = s[s["space"] == use]
-    keep = [c for c in ("dataset", "model", "family", "metric", "space", "MC", "IAC_NR",
-                        "IAC_AR", "IEC_NR", "IEC_AR") if c in s.columns]
-    v = report.summary().drop(columns=["higher_is_better"]).rename(
-        columns={"family": "validity_family"})
-    out = s[keep].merge(v, on="metric", how="outer")
-    out["family"] = out["family"].where(out["family"].notna() & (out["family"] != ""),
-                                        out["validity_family"])
-    out = out.drop(columns=["validity_family"])
-    for verdict in VERDICTS:
-        out[verdict] = out[verdict].astype("Int64")
-    return out.reset_index(drop=True)
+    """MC scores and validity verdicts in one table: the function form of
+    :meth:`metaeval.MetaEvaluationResult.with_validity` (which see), ``result`` being a
+    :class:`~metaeval.MetaEvaluationResult`."""
+    with_validity = getattr(result, "with_validity", None)
+    if not callable(with_validity):
+        raise TypeError(f"`result` must be a MetaEvaluationResult; got {type(result).__name__}.")
+    return with_validity(report, space=space)
 
 
 # ============================================================================ check_metric
@@ -684,8 +725,21 @@ def validity_check(metric: Any, *, testbeds: Any = None, seeds: Sequence[int] = 
     """The ``"validity"`` check of :func:`evalkit.testing.check_metric`: a direction-sanity
     check on the validity testbeds. It fails when the metric is wrong on more testbeds than it
     is correct (the mark of a flipped ``higher_is_better``), or when every applicable testbed
-    errored; either way the message is the metric's report card. Returns ``(passed, message,
-    report)``."""
+    errored; either way the message is the metric's report card. ``testbeds`` default: the
+    library's testbeds of the modalities the metric declares (every one if it declares none),
+    with ``n`` samples each. Returns ``(passed, message, report)``."""
+    if testbeds is None:
+        from .testbeds import list_testbeds
+
+        declared = getattr(metric, "modalities", None)
+        if declared is None:
+            testbeds = list_testbeds()
+        else:
+            names = (declared,) if isinstance(declared, str) else tuple(declared)
+            testbeds = list(dict.fromkeys(
+                t for m in names for t in list_testbeds(modality=str(getattr(m, "name", m)))))
+        if not testbeds:
+            return True, "no validity testbed has a modality the metric declares", None
     report = validity_report({_display_name(metric): metric}, testbeds, seeds=seeds,
                              progress=False, n=n)
     name = report.metrics[0]

@@ -473,12 +473,12 @@ def _gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torc
     return grad.detach()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GradientMap:
     """The model's gradient of the explained logit, times nothing (``times="none"``), the
     input (``"input"``) or the input minus the per-sample-minimum baseline
     (``"input-baseline"``); channels summed; ``scale`` multiplies (-1: the negation),
-    ``absolute`` takes magnitudes, ``within`` (a feature mask) keeps only those features."""
+    ``absolute`` takes magnitudes."""
 
     modality: str
     times: str = "input-baseline"
@@ -495,7 +495,7 @@ class GradientMap:
         return out.abs() if self.absolute else out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OtherClassGradient:
     """The gradient map of a class other than the explained one, drawn per sample (keyed on
     the sample's values and ``seed``, so the same sample always gets the same class)."""
@@ -512,7 +512,7 @@ class OtherClassGradient:
         return _to_map(_gradient(model, x, (labels + shift) % self.n_classes), self.modality)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ExactMap:
     """The model's own closed-form attribution (``model.<method>(x, y, baseline)`` against
     the per-sample minimum, or ``token_contributions`` for tokens), channels summed;
@@ -538,7 +538,7 @@ class ExactMap:
         return out.abs() if self.absolute else out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TokenScoreMap:
     """Token testbeds: the magnitude of every position's token score |s(x_t)|, read by the
     model or not, optionally only at the positions of ``within`` (a model-aware map of the
@@ -554,7 +554,7 @@ class TokenScoreMap:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class IntensityMap:
     """Model-blind: the input's distance to the per-sample-minimum baseline, |x - x'|,
     channels summed, optionally only at the elements of ``within``."""
@@ -569,7 +569,7 @@ class IntensityMap:
         return _to_map(out, self.modality)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EdgeMap:
     """Model-blind: the edge magnitude of the channel-mean input (central differences,
     |d/dh| + |d/dw| for images, |d/dt| for series, replicated borders), (N, 1, ...)."""
@@ -585,7 +585,7 @@ class EdgeMap:
         return (padded[:, :, 2:] - padded[:, :, :-2]).abs() / 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SumMap:
     """The sum of other candidates' maps (all in the same layout)."""
 
@@ -598,7 +598,7 @@ class SumMap:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RandomMap:
     """Model-blind noise: N(0, 1) (``signed``) or U(0, 1) values in the map layout, keyed on
     each sample's values and ``seed`` (a sample gets the same map in any batch; a perturbed
@@ -616,7 +616,7 @@ class RandomMap:
         return draw(keys, shape, dtype=dtype).to(x.device)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ConstantMap:
     """The same value everywhere (a uniform, maximally spread map)."""
 
@@ -1374,12 +1374,10 @@ def _template_blocks(fshape: tuple[int, ...], n_classes: int) -> list[torch.Tens
                          f"features; got {total}.")
     flat_blocks = []
     size = total // n_classes
-    if len(fshape) == 2:  # square-ish cells on a grid
-        side = max(1, int(math.sqrt(size)))
+    if len(fshape) == 2:  # the largest square cells of which the grid holds n_classes
         h, w = fshape
+        side = next(s for s in range(min(h, w), 0, -1) if (h // s) * (w // s) >= n_classes)
         cells = [(r, c) for r in range(0, h - side + 1, side) for c in range(0, w - side + 1, side)]
-        if len(cells) < n_classes:
-            raise ValueError(f"The feature grid {fshape} is too small for {n_classes} templates.")
         step = len(cells) / n_classes
         for k in range(n_classes):
             r, c = cells[int(k * step)]
@@ -1441,13 +1439,21 @@ def list_testbeds(modality: str | None = None, mechanism: str | None = None) -> 
             and (mechanism is None or entry.mechanism == mechanism)]
 
 
-def build_testbed(name: str, *, n: int | None = None, seed: int = 0) -> Testbed:
+def build_testbed(name: str, *, n: int | None = None, seed: int = 0,
+                  shape: Sequence[int] | None = None) -> Testbed:
     """Build a registered testbed by name (:func:`list_testbeds`) with ``n`` samples
-    (``None``: :data:`DEFAULT_N`, 16) from ``seed``: the same name, n and seed give the same
-    model, inputs and candidates."""
+    (``None``: :data:`DEFAULT_N`, 16) from ``seed``: the same name, n, seed and shape give the
+    same model, inputs and candidates.
+
+    ``shape`` is the shape of one input without the sample axis (``None``:
+    :data:`DEFAULT_SHAPES`, e.g. (3, 12, 12) for images). Larger inputs let metrics whose
+    defaults need many features run at their defaults (FaithfulnessCorrelation's
+    ``subset_size=224`` and Continuity's ``nr_steps=28`` need 16 x 16 images), at a cost:
+    NAOPC's beam search at its defaults takes about 4-5 times longer on 16 x 16 than on
+    12 x 12."""
     if name not in _TESTBEDS:
         raise ValueError(f"Unknown testbed {name!r}; one of {list(_TESTBEDS)}.")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"`seed` must be an int; got {seed!r}.")
     entry = _TESTBEDS[name]
-    return entry.builder(entry.modality, n=n, seed=seed, **dict(entry.options))
+    return entry.builder(entry.modality, n=n, seed=seed, shape=shape, **dict(entry.options))
