@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import re
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ METRIC_MARKER = "<!-- evalkit:metric-catalogue -->"
 EXPLAINER_MARKER = "<!-- evalkit:explainer-catalogue -->"
 
 _ROOT = Path(__file__).resolve().parents[2]
+#: the validity report card's data (written by ``python scripts/validity_report.py --write``)
+VALIDITY_DATA = _ROOT / "docs" / "_data" / "validity.json"
 if str(_ROOT) not in sys.path:  # document the checkout, not some other installed copy
     sys.path.insert(0, str(_ROOT))
 
@@ -178,18 +181,23 @@ def metric_catalogue() -> str:
         "differentiable (torch) model; *model*: runs the model (otherwise attributions and "
         "masks suffice); *re-explains*: calls the explain function again on perturbed inputs or "
         "models; *stochastic*: draws random numbers (seeded, per sample); *set-level*: a score "
-        "defined over the data set rather than per sample.",
+        "defined over the data set rather than per sample; *report card*: the mechanisms of the "
+        "[validity testbeds](validity.md#report-card) the metric recovers at its defaults (✓: "
+        "no testbed of the mechanism in the wrong order) and the testbeds it ranks in the "
+        "wrong order (✗).",
         "",
         "| metric | family | direction | masks | gradients | model | re-explains | stochastic "
-        "| set-level |",
-        "|:---|:---|:---:|:---:|:---:|:---:|:---:|:---:|:---:|",
+        "| set-level | report card |",
+        "|:---|:---|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---|",
     ]
+    validity = validity_data()
     for row in frame.itertuples(index=False):
         arrow = "↑ higher" if row.higher_is_better else "↓ lower"
         out.append(
             f"| [{row.name}](#{row.name.lower()}) | {row.family} | {arrow} "
             f"| {_yes(row.needs_masks)} | {_yes(row.needs_gradients)} | {_yes(row.needs_model)} "
-            f"| {_yes(row.re_explains)} | {_yes(row.stochastic)} | {_yes(row.set_level)} |"
+            f"| {_yes(row.re_explains)} | {_yes(row.stochastic)} | {_yes(row.set_level)} "
+            f"| {report_card_cell(validity, row.name)} |"
         )
     for family in FAMILIES:
         rows = frame[frame["family"] == family]
@@ -197,11 +205,65 @@ def metric_catalogue() -> str:
             continue
         out += ["", f"## {FAMILY_TITLES.get(family, family.title())}", ""]
         for row in rows.itertuples(index=False):
-            out += _metric_entry(get(row.name), row)
+            out += _metric_entry(get(row.name), row, validity)
     return "\n".join(out) + "\n"
 
 
-def _metric_entry(cls: type, row: Any) -> list[str]:
+# ------------------------------------------------------------------------------ report card
+def validity_data(path: Path = VALIDITY_DATA) -> dict[str, Any]:
+    """The committed report-card data (``{}`` where it has not been generated)."""
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def report_card_cell(data: dict[str, Any], name: str) -> str:
+    """The catalogue's "report card" cell: ✓ the mechanisms recovered (no testbed of theirs
+    wrong), ✗ the testbeds ranked in the wrong order."""
+    m = data.get("metrics", {}).get(name)
+    if m is None:
+        return "not run" if data else ""
+    parts = []
+    if m["recovers"]:
+        parts.append("✓ " + ", ".join(m["recovers"]))
+    if m["wrong_on"]:
+        parts.append("✗ " + ", ".join(m["wrong_on"]))
+    if not parts and m["error_on"]:  # e.g. a metric that needs a model the testbeds lack
+        reason = m["cells"][m["error_on"][0]].get("reason", "error")
+        return _cell("! " + (reason if len(reason) <= 80 else reason[:77] + "..."))
+    return _cell("; ".join(parts)) if parts else "no verdict"
+
+
+def report_card_lines(data: dict[str, Any], name: str) -> list[str]:
+    """The metric entry's report-card paragraph: verdicts at the defaults, the Quantus 0.6
+    metric of the same name, and the settings that recover a failure."""
+    m = data.get("metrics", {}).get(name)
+    if m is None:
+        return []
+    said = []
+    for label, key in (("recovers", "recovers"), ("is wrong on", "wrong_on"),
+                       ("is undecided on", "undecided_on"), ("raises on", "error_on")):
+        if m.get(key):
+            said.append(f"{label} {', '.join(m[key])}")
+    text = "; ".join(said) if said else "applies to no testbed"
+    q = m.get("quantus")
+    if q:
+        right = sorted({data["testbeds"][b]["mechanism"] for b, c in q.items()
+                        if c["verdict"] == "correct" and b in data.get("testbeds", {})})
+        text += (f". Quantus 0.6's {name} recovers {', '.join(right)}" if right
+                 else f". Quantus 0.6's {name} recovers none")
+    fixes: dict[str, list[str]] = {}
+    for a in m.get("alternatives", []):
+        if a["verdict"] == "correct":
+            fixes.setdefault(a["setting"], []).append(a["testbed"])
+    if fixes:
+        text += ". " + "; ".join(f"`{setting}` recovers {', '.join(beds)}"
+                                 for setting, beds in fixes.items())
+    return [f"**Report card** ([validity](validity.md#report-card)). At its defaults it "
+            f"{text}.", ""]
+
+
+def _metric_entry(cls: type, row: Any, validity: dict[str, Any] | None = None) -> list[str]:
     arrow = "**↑ higher is better**" if row.higher_is_better else "**↓ lower is better**"
     needs = [label for label, flag in (("masks", row.needs_masks),
                                        ("gradients", row.needs_gradients),
@@ -238,6 +300,7 @@ def _metric_entry(cls: type, row: Any) -> list[str]:
         lines += [f"**{title}.** {notes}", ""]
     elif "Quantus" not in _summary(cls):  # else the summary above already says it
         lines += ["**Quantus.** No Quantus-specific notes in its docstring.", ""]
+    lines += report_card_lines(validity or {}, row.name)
     lines += [f"Full documentation: [`{cls.__name__}`][{api}].", ""]
     return lines
 

@@ -450,6 +450,9 @@ class TopKIntersection(RanksFeatures, _LocalisationMetric):
     ``none_in_gt_zeros`` fixture). Empty masks are NaN (with ``concept_influence`` Quantus
     divides by zero before masking).
 
+    Validity (``docs/validity.md``, report card): on an XOR of two regions (the mask: both) it
+    ranks a map of one region above a map of both, since the top k fit inside one region.
+
     Reference: J. Theiner, E. Müller-Budack, R. Ewerth, "Interpretable Semantic Photo
     Geolocation", WACV 2022 (arXiv:2104.14995).
     """

@@ -233,6 +233,10 @@ class FaithfulnessCorrelation(Metric):
     seeded per sample instead of drawn from NumPy's global RNG; the default returns per-sample
     scores (Quantus aggregates by default, ``return_aggregate=True``).
 
+    Validity (``docs/validity.md``, report card): on a saturating model a small subset cannot
+    leave saturation, so it ranks the gradient above Integrated Gradients; a subset of about
+    half the features (``subset_size``) recovers the known order.
+
     Reference: U. Bhatt, A. Weller, J. M. F. Moura, "Evaluating and Aggregating Feature-based
     Model Explanations", IJCAI 2020.
     """
@@ -329,6 +333,9 @@ class FaithfulnessEstimate(RanksFeatures):
     reproduces Quantus). NaN with a reason when the drops or the block attributions are
     constant.
 
+    Validity (``docs/validity.md``, report card): removing one feature at a time never leaves
+    saturation, so on a saturating model it ranks the gradient above Integrated Gradients.
+
     Reference: D. Alvarez-Melis, T. S. Jaakkola, "Towards Robust Interpretability with
     Self-Explaining Neural Networks", NeurIPS 2018.
     """
@@ -395,6 +402,10 @@ class MonotonicityCorrelation(RanksFeatures):
     features are pixels by default; randomness is seeded per sample, draw s from the key of
     (sample, s) (the numbers a seed gives changed when evalkit's counter-based keyed generator
     replaced one NumPy generator per key, their distribution did not).
+
+    Validity (``docs/validity.md``, report card): wrong on a saturating model (one feature at a
+    time never leaves saturation); on a region-only model the default uniform baseline leaves no
+    sample defined.
 
     Reference: A. Nguyen, M. Rodriguez Martinez, "On Quantitative Aspects of Model
     Interpretability", arXiv:2007.07584, 2020.

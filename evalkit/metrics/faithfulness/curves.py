@@ -60,6 +60,9 @@ class PixelFlipping(RanksFeatures):
         ``"pixels"`` (default), ``"channel_values"``, a patch size, ``"slic"``, a label
         array, or a :class:`~evalkit.perturb.FeatureGrouping`.
 
+    Validity (``docs/validity.md``, report card): on an AND of two regions, removing one region
+    already zeroes the output, so it ranks a map of one region above a map of both.
+
     Reference: S. Bach et al., "On Pixel-Wise Explanations for Non-Linear Classifier Decisions
     by Layer-Wise Relevance Propagation", PLoS ONE 10(7), 2015.
     """
@@ -191,6 +194,10 @@ class Insertion(Deletion):
     with zero padding, which darkens the image border; here it is the truncated, normalised
     Gaussian applied with reflect padding, so a constant image stays constant. The x-axis is the
     exact fraction of features inserted (see :class:`Deletion`).
+
+    Validity (``docs/validity.md``, report card): the blurred canvas keeps the evidence of a
+    region-only model (undecided) and ranks gradient x input above Integrated Gradients on a
+    saturating one; ``perturb_baseline="black"`` recovers both.
 
     Reference: V. Petsiuk, A. Das, K. Saenko, "RISE: Randomized Input Sampling for Explanation
     of Black-box Models", BMVC 2018.
@@ -395,6 +402,9 @@ class IROF(RanksFeatures):
       a per-column replacement, e.g. ``perturb_baseline=MarginalMeanImputer(reference=rows)``
       (:mod:`evalkit.perturb.imputation`).
 
+    Validity (``docs/validity.md``, report card): wrong on saturating models (gradient x input
+    beats Integrated Gradients), undecided on region-only ones.
+
     Reference: L. Rieger, L. K. Hansen, "IROF: a low resource evaluation metric for
     explanation methods", arXiv:2003.08747, 2020.
     """
@@ -476,6 +486,9 @@ class Monotonicity(RanksFeatures):
     Quantus returns booleans; here 1.0/0.0 floats. As in Quantus (and unlike AIX360, which
     scores the predicted class), the scored class is ``y``; pass the predictions as ``y`` for
     AIX360's choice.
+
+    Validity (``docs/validity.md``, report card): a binary score, so candidates tie on almost
+    every testbed and no pair is decided.
 
     Reference: V. Arya et al., "One Explanation Does Not Fit All: A Toolkit and Taxonomy of AI
     Explainability Techniques", arXiv:1909.03012, 2019; R. Luss et al., 2019.

@@ -53,6 +53,10 @@ class Infidelity(Metric):
     (I^T a = sum over all elements of a * I). Defaults: ``normalise=False`` (the raw
     attribution scale matters unless ``optimal_scaling``), logits (``softmax=False``).
 
+    Validity (``docs/validity.md``, report card): the squared error depends on the map's scale,
+    so on region-only and XOR models a map outside the evidence can win;
+    ``optimal_scaling=True`` recovers both (not saturation).
+
     Reference: C.-K. Yeh et al., "On the (In)fidelity and Sensitivity of Explanations",
     NeurIPS 2019.
     """

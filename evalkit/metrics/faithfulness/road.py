@@ -93,6 +93,10 @@ class ROAD(RanksFeatures):
     modality; a :class:`~evalkit.perturb.imputation.TableImputer` without a ``reference`` is
     bound to the batch (set-level).
 
+    Validity (``docs/validity.md``, report card): the default accuracy rarely flips on a
+    saturating model (undecided); ``score="confidence"`` decides it on series. On a model that
+    reads one feature a spread map beats the one-hot map.
+
     Reference: Y. Rong, T. Leemann, V. Borisov, G. Kasneci, E. Kasneci, "A Consistent and
     Efficient Evaluation Strategy for Attribution Methods", ICML 2022.
     """

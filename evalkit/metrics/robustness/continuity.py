@@ -21,10 +21,14 @@ from ._engine import (
     _PerturbationRobustness,
     _resolve_norm,
     _translation_draws,
+    translation_shifts,
 )
 from .sensitivity import _lipschitz_ratios
 
 _TRANSLATIONS = ("translation_x", "translation_y")
+#: relative difference (to ||a||) below which a re-explanation of the unchanged input counts as
+#: equal to ``a`` (float32 rounding of a deterministic explainer in another batch composition)
+_ZERO_SHIFT_RTOL = 1e-5
 
 
 class Continuity(_PerturbationRobustness):
@@ -54,15 +58,28 @@ class Continuity(_PerturbationRobustness):
         Default ``"l1"`` and ``"l2"`` (the paper's), or see :class:`LocalLipschitzEstimate`.
     on_prediction_change, return_nan_when_prediction_changes:
         See the module docstring (default ``"keep"``).
+    include_zero_shift:
+        Whether a perturbation that leaves the input unchanged (x' = x: the zero shift, which
+        the default grid holds e.g. on 28-pixel-wide images) is scored. False (default) is the
+        paper's definition, a maximum over x' != x: the step is left out, so an explainer's own
+        randomness only shows through the smallest non-zero shift, divided by that shift's
+        input change. True scores it (an unperturbed copy is appended where the grid lacks
+        one): ||a(x) - a'(x)||_1 / 0 is unbounded where the re-explanation of x differs from
+        ``a`` (a random explainer: its explanation is not a function of the input), and such a
+        sample is NaN with that reason; where it equals ``a`` (up to float32 rounding, relative
+        1e-5) the step adds 0, which never changes the maximum. evalkit's own random explainers
+        draw from each sample's key, so they repeat ``a`` at the zero shift.
 
     Deviations from Quantus 0.6: the chosen perturbation is used (Quantus ignores
     ``perturb_func`` and ``perturb_baseline`` and always translates along x with "black",
-    deviation C19); the given ``a`` is the explanation of x, normalised and abs-ed once, like every
-    re-explanation (Quantus re-explains x, and normalises and abs-es twice, deviation C19);
-    normalisation is per sample (deviation C1); no ``+1e-9`` in the denominator: a step that leaves
-    the input unchanged (the zero shift) is left out (with a deterministic explainer its ratio is 0,
-    which never changes the maximum); the prediction-change check compares with the predicted class
-    of x, not with ``y``, and does not crash on NumPy 2 (deviation C16).
+    deviation C19); the given ``a`` is the explanation of x, normalised and abs-ed once, like
+    every re-explanation (Quantus re-explains x, and normalises and abs-es twice, deviation C19);
+    normalisation is per sample (deviation C1); the zero shift is left out by default, as in the
+    paper: Quantus scores its grid's zero shift with ``+1e-9`` in the denominator, which gives 0
+    for a deterministic explainer but about 1e9 times the noise for a random one, so the noise
+    decides the score (deviation C38; ``include_zero_shift=True`` makes such a sample NaN); the
+    prediction-change check compares with the predicted class of x, not with ``y``, and does
+    not crash on NumPy 2 (deviation C16).
 
     Reference: G. Montavon, W. Samek, K.-R. Müller, "Methods for Interpreting and Understanding
     Deep Neural Networks", Digital Signal Processing 73, 2018.
@@ -81,9 +98,13 @@ class Continuity(_PerturbationRobustness):
                  perturb_std: float = 0.1, lower_bound: float = 0.02,
                  upper_bound: float | None = None, on_prediction_change: str | None = None,
                  return_nan_when_prediction_changes: bool | None = None,
-                 **kwargs: Any) -> None:
+                 include_zero_shift: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.nr_steps = check_scalar("nr_steps", nr_steps, int, min_val=1)
+        if not isinstance(include_zero_shift, bool):
+            raise TypeError("`include_zero_shift` must be True or False; got "
+                            f"{include_zero_shift!r}.")
+        self.include_zero_shift = include_zero_shift
         self.perturb_func = perturb_func
         self.perturb_baseline = perturb_baseline
         self.perturb_mean = perturb_mean
@@ -147,11 +168,16 @@ class Continuity(_PerturbationRobustness):
 
     def _draws(self, batch: MetricBatch) -> _Draws:
         if self._noise is not None:
-            return _noise_draws(self._noise, self.nr_steps)
-        if isinstance(self._perturb, str):  # a translation (checked in __init__)
-            return _translation_draws(self._perturb[-1], self.nr_steps, self._baseline, batch.x,
-                                      batch.modality)
-        return _callable_draws(self._perturb, self.nr_steps)
+            draws = _noise_draws(self._noise, self.nr_steps)
+        elif isinstance(self._perturb, str):  # a translation (checked in __init__)
+            draws = _translation_draws(self._perturb[-1], self.nr_steps, self._baseline,
+                                       batch.x, batch.modality)
+            axis = batch.modality.translation_axis(batch.x, self._perturb[-1])
+            if 0 in translation_shifts(batch.x.shape[axis], self.nr_steps):
+                return draws  # the grid's own zero shift is scored or left out by the ratio
+        else:
+            draws = _callable_draws(self._perturb, self.nr_steps)
+        return _with_zero_shift(draws) if self.include_zero_shift else draws
 
     def seed_scope(self) -> str | None:
         if self._noise is None and isinstance(self._perturb, str):  # a translation
@@ -167,4 +193,27 @@ class Continuity(_PerturbationRobustness):
         return "no perturbation changed the input (||x - x'|| = 0)"
 
     def _draw_values(self, batch, chunk, clean):
-        return _lipschitz_ratios(batch, chunk, self._num, self._den)
+        ratios, moved = _lipschitz_ratios(batch, chunk, self._num, self._den)
+        if not self.include_zero_shift:
+            return ratios, moved
+        # where x' = x the ratio holds the numerator ||a - a'|| (see _lipschitz_ratios);
+        # differences within float32 rounding (a deterministic explainer run in another batch
+        # composition) count as equal
+        a0 = batch.a[chunk.idx].reshape(chunk.idx.shape[0], -1)  # type: ignore[index]
+        scale = self._num(a0.to(torch.float64)).unsqueeze(1)
+        differs = ~moved & (ratios > _ZERO_SHIFT_RTOL * scale)
+        rows = torch.zeros(batch.n, dtype=torch.bool, device=ratios.device)
+        rows[chunk.idx] = differs.any(1)
+        batch.set_nan(rows, "the re-explanation of the unchanged input (the zero shift) differs "
+                            "from `a`: a random explainer's continuity is unbounded "
+                            "(include_zero_shift=True)")
+        return torch.where(moved, ratios, torch.zeros_like(ratios)), torch.ones_like(moved)
+
+
+def _with_zero_shift(draws: _Draws) -> _Draws:
+    """The draws plus one unperturbed copy of each sample (the zero shift), last."""
+    def make(x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return torch.cat([draws.make(x, keys), x.unsqueeze(1)], 1)
+
+    spec = None if draws.spec is None else draws.spec + b"|zero shift"
+    return _Draws(draws.k + 1, make, spec)
