@@ -695,6 +695,12 @@ def _shift_score(model: _TwoClass, x: torch.Tensor, bias: torch.Tensor | None,
             bias.fill_(-offset)
 
 
+def _eval_predictions(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The labels of a planted model: its predictions on ``x``, in eval mode."""
+    model.eval()
+    return _predictions(model, x)
+
+
 def _class_one(model: _TwoClass, x: torch.Tensor, name: str) -> torch.Tensor:
     """The labels of a model planted to predict class 1 on every sample of ``x`` (checked),
     with the model put in eval mode."""
@@ -737,8 +743,7 @@ def _testbed(name: str, mechanism: str, modality: str, description: str, model: 
 def _plant_linear(x: torch.Tensor, modality: str, seed: int, name: str) -> Testbed:
     gen = _generator(seed, "linear-weights")
     if modality == "tokens":
-        model = _new_module(lambda: TokenScoreModel(x.shape[1], _vocabulary(x)), seed)
-        _fill_token_model(model, gen, positive=False)
+        model = _token_model(x, seed, gen, positive=False)
         _shift_score(model, x, None, _median_offset)
         exact: Callable[..., torch.Tensor] = ExactMap(modality, "token_contributions")
         negated: Callable[..., torch.Tensor] = ExactMap(modality, "token_contributions", -1.0)
@@ -755,8 +760,7 @@ def _plant_linear(x: torch.Tensor, modality: str, seed: int, name: str) -> Testb
         negated = GradientMap(modality, "input-baseline", scale=-1.0)
         absolute = GradientMap(modality, "input-baseline", absolute=True)
         how = "w * (x - x') with x' the per-sample minimum (the 'black' baseline)"
-    model.eval()
-    y = _predictions(model, x)
+    y = _eval_predictions(model, x)
     candidates = _candidates(
         ("exact", exact, f"the exact attribution, {how}: complete"),
         ("negated", negated, "the exact attribution negated"),
@@ -787,9 +791,7 @@ def _plant_region(x: torch.Tensor, modality: str, seed: int, name: str,
     gen = _generator(seed, "region-weights")
     shape = tuple(x.shape[1:])
     if modality == "tokens":
-        model = _new_module(lambda: TokenScoreModel(x.shape[1], _vocabulary(x),
-                                                    reads=region), seed)
-        _fill_token_model(model, gen, positive=True)
+        model = _token_model(x, seed, gen, positive=True, reads=region)
         inside: Callable[..., torch.Tensor] = ExactMap(modality, "token_contributions")
         outside: Callable[..., torch.Tensor] = TokenScoreMap(within=~region)
         inside_how = "the read tokens' exact contributions"
@@ -900,8 +902,7 @@ def _plant_invariance(x: torch.Tensor, modality: str, seed: int, name: str,
     weights = (torch.rand(n_inputs, generator=gen) - 0.5) * inside
     _fill(model.linear.weight, weights)
     _shift_score(model, x, model.linear.bias, _median_offset)
-    model.eval()
-    y = _predictions(model, x)
+    y = _eval_predictions(model, x)
     outside = _elements(~region, modality, shape)
     candidates = _candidates(
         ("gradient", GradientMap(modality, "none"), "the gradient: the model's weights, "
@@ -951,8 +952,7 @@ def _plant_interaction(x: torch.Tensor, modality: str, seed: int, name: str,
     with torch.no_grad():
         model.linear.weight.copy_(torch.stack([wa, wb]))
         model.linear.bias.fill_(-centre)
-    model.eval()
-    y = _predictions(model, x)
+    y = _eval_predictions(model, x)
     within_a = _elements(region_a, modality, shape)
     candidates = _candidates(
         ("both", ExactMap(modality, "integrated_gradients"),
@@ -1011,8 +1011,7 @@ def _plant_model_aware(x: torch.Tensor, modality: str, seed: int, name: str) -> 
         # both classes predicted: class 1's bias at the median logit difference
         logits = model(x)
         model.classifier.bias[1] -= _median_offset(logits[:, 1] - logits[:, 0])
-    model.eval()
-    y = _predictions(model, x)
+    y = _eval_predictions(model, x)
     items: list[tuple[str, Callable[..., torch.Tensor], str]] = [
         ("gradient", GradientMap(modality, "none"), "the gradient: depends on every weight"),
         ("gradient_x_input", GradientMap(modality, "input-baseline"),
@@ -1049,9 +1048,7 @@ def _plant_one_hot(x: torch.Tensor, modality: str, seed: int, name: str,
     gen = _generator(seed, "one-hot-weights")
     shape = tuple(x.shape[1:])
     if modality == "tokens":
-        model = _new_module(lambda: TokenScoreModel(x.shape[1], _vocabulary(x),
-                                                    reads=feature), seed)
-        _fill_token_model(model, gen, positive=True)
+        model = _token_model(x, seed, gen, positive=True, reads=feature)
         one_hot: Callable[..., torch.Tensor] = ExactMap(modality, "token_contributions")
         spread: Callable[..., torch.Tensor] = TokenScoreMap()
         spread_how = "the scores of every token, read or not"
@@ -1095,8 +1092,7 @@ def _plant_completeness(x: torch.Tensor, modality: str, seed: int, name: str) ->
     shape = tuple(x.shape[1:])
     model = _new_module(lambda: HomogeneousModel(modality, shape), seed)
     _random_parameters(model, gen, he=True)
-    model.eval()
-    y = _predictions(model, x)
+    y = _eval_predictions(model, x)
     candidates = _candidates(
         ("exact", GradientMap(modality, "input-baseline"),
          "gradient x (input - x'), x' the per-sample minimum: equals IG, complete and input "
@@ -1139,8 +1135,7 @@ def _plant_class_templates(x: torch.Tensor, modality: str, seed: int, name: str,
     with torch.no_grad():
         model.linear.weight.copy_(torch.stack(rows))
         model.linear.bias.zero_()
-    model.eval()
-    y = _predictions(model, x)
+    y = _eval_predictions(model, x)
     candidates = _candidates(
         ("class_template", GradientMap(modality, "none"),
          "the gradient of the predicted class: its template, the same for every sample of "
@@ -1170,6 +1165,15 @@ def _plant_class_templates(x: torch.Tensor, modality: str, seed: int, name: str,
 
 def _vocabulary(x: torch.Tensor) -> int:
     return max(int(x.max()) + 1, 2)
+
+
+def _token_model(x: torch.Tensor, seed: int, gen: torch.Generator, *, positive: bool,
+                 reads: torch.Tensor | None = None) -> TokenScoreModel:
+    """A token-score model over the length and vocabulary of ``x`` (built under ``seed``),
+    its parameters drawn from ``gen`` (:func:`_fill_token_model`)."""
+    model = _new_module(lambda: TokenScoreModel(x.shape[1], _vocabulary(x), reads=reads), seed)
+    _fill_token_model(model, gen, positive=positive)
+    return model
 
 
 def _fill_token_model(model: TokenScoreModel, gen: torch.Generator, *, positive: bool) -> None:
