@@ -169,8 +169,7 @@ def _max_sensitivity(task: TaskRows, w: Workload, ctx: Context) -> Case:
 def _efficient_mprt(task: TaskRows, w: Workload, ctx: Context) -> Case:
     model = task.wrap(w)
     metric = EfficientMPRT(disable_warnings=True)
-    # without the timed wrapper, evalkit.explain itself (see the segmentation module: a
-    # user's explain function re-explaining the randomised copy gets the bare module there)
+    # mprt_timed False: the metric's own evalkit.explain (tasks_segmentation says why)
     te = TimedExplainer(evalkit.explain, device=ctx.device) if task.mprt_timed else None
     explain: dict[str, Any] = {} if te is None else {"explain_fn": te}
 
