@@ -16,14 +16,6 @@ from evalkit.models import SegmentationTarget, wrap_model
 N_CLASSES = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinySeg(nn.Module):
     """Two 3x3 conv layers and a 1x1 classifier: per-pixel logits (N, 3, H, W)."""
 

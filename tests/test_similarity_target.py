@@ -18,14 +18,6 @@ from evalkit.models import SimilarityTarget, wrap_model
 from evalkit.zoo import load_shapes_cnn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ============================================================================ known answers
 def test_cosine_of_given_vectors():
     out = torch.tensor([[1.0, 0.0], [3.0, 4.0], [0.0, 0.0]])

@@ -25,14 +25,6 @@ from evalkit.zoo import load_shapes_cnn
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _region() -> torch.Tensor:
     region = torch.zeros(32, 32, dtype=torch.bool)
     region[8:20, 4:30] = True

@@ -18,7 +18,6 @@ not run). The rows run only where torchvision imports
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +31,7 @@ from evalkit.metrics import MaxSensitivity, PixelFlipping, RandomLogit
 from ..harness import Case, Context
 from ..workloads import Workload
 from . import Spec
+from ._tasks import vision_workloads
 
 FAMILY = "tasks_vit"
 #: the layer of torchvision's ViT-B/16 whose tokens reach the class token (the last block's
@@ -153,17 +153,9 @@ def _random_logit(w: Workload, ctx: Context) -> Case:
                      "class's explanations)")
 
 
-def _vision_available() -> bool:
-    try:
-        importlib.import_module("torchvision")
-    except Exception:  # ImportError, or a torchvision built for another torch
-        return False
-    return True
-
-
 #: W9 where torchvision imports, else no workload: the specs are listed everywhere (the page
 #: renders the same), and asking for W9 without torchvision runs nothing instead of failing
-_WORKLOADS = ("W9",) if _vision_available() else ()
+_WORKLOADS = vision_workloads("W9")
 _NO_ATTENTION = "no nn.MultiheadAttention modules in this CNN (rollout is for transformers; W9)"
 
 SPECS = [

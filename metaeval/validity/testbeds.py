@@ -675,16 +675,76 @@ def _as_image_or_series(modality: str) -> bool:
     return modality in ("image", "series")
 
 
+def _numeric_only(modality: str, message: str) -> None:
+    """Refuse token ids where a mechanism needs numeric inputs."""
+    if modality == "tokens":
+        raise ValueError(message)
+
+
+def _shift_score(model: _TwoClass, x: torch.Tensor, bias: torch.Tensor | None,
+                 offset_of: Callable[[torch.Tensor], float]) -> None:
+    """Move the class boundary by ``offset_of`` the model's scores on ``x`` (computed with
+    ``bias`` zeroed): through ``bias`` or, for a token model (``bias`` None), its ``offset``."""
+    with torch.no_grad():
+        if bias is not None:
+            bias.zero_()
+        offset = offset_of(model.score(x))
+        if bias is None:
+            model.offset.fill_(offset)
+        else:
+            bias.fill_(-offset)
+
+
+def _eval_predictions(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The labels of a planted model: its predictions on ``x``, in eval mode."""
+    model.eval()
+    return _predictions(model, x)
+
+
+def _class_one(model: _TwoClass, x: torch.Tensor, name: str) -> torch.Tensor:
+    """The labels of a model planted to predict class 1 on every sample of ``x`` (checked),
+    with the model put in eval mode."""
+    model.eval()
+    _require_positive_score(model, x, name)
+    return torch.ones(x.shape[0], dtype=torch.long)
+
+
+def _random_candidate(modality: str, seed: int, description: str = "N(0, 1) noise, model-blind"
+                      ) -> tuple[str, Callable[..., torch.Tensor], str]:
+    return ("random", RandomMap(modality, seed), description)
+
+
+def _random_parameters(model: nn.Module, gen: torch.Generator, *, he: bool) -> None:
+    """Every parameter N(0, 1/fan_in) from ``gen`` (``he``: N(0, 2/fan_in))."""
+    with torch.no_grad():
+        for p in model.parameters():
+            fan_in = p[0].numel() if p.ndim > 1 else 1
+            if he:
+                p.copy_(torch.randn(p.shape, generator=gen) * math.sqrt(2 / fan_in))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+
+
+def _testbed(name: str, mechanism: str, modality: str, description: str, model: nn.Module,
+             x: torch.Tensor, y: torch.Tensor, candidates: dict[str, Candidate],
+             order: tuple[OrderedPair, ...], *, reference: str | None = None,
+             **fields: Any) -> Testbed:
+    """A planted testbed with the modality's metric arguments; ``reference``: the candidate
+    whose map (on the testbed's inputs) is the ground truth."""
+    truth = None if reference is None else candidates[reference](model, x, y).detach()
+    return Testbed(name=name, mechanism=mechanism, modality=modality, description=description,
+                   model=model, x=x, y=y, candidates=candidates, order=order,
+                   metric_kwargs=_metric_kwargs(modality), reference=truth, **fields)
+
+
 # ============================================================================ planters
 # Each planter builds a testbed on given inputs x (already checked); the public builders
 # generate the inputs, plant_mechanism passes the user's.
 def _plant_linear(x: torch.Tensor, modality: str, seed: int, name: str) -> Testbed:
     gen = _generator(seed, "linear-weights")
     if modality == "tokens":
-        model = _new_module(lambda: TokenScoreModel(x.shape[1], _vocabulary(x)), seed)
-        _fill_token_model(model, gen, positive=False)
-        with torch.no_grad():
-            model.offset.fill_(_median_offset(model.score(x)))
+        model = _token_model(x, seed, gen, positive=False)
+        _shift_score(model, x, None, _median_offset)
         exact: Callable[..., torch.Tensor] = ExactMap(modality, "token_contributions")
         negated: Callable[..., torch.Tensor] = ExactMap(modality, "token_contributions", -1.0)
         absolute: Callable[..., torch.Tensor] = ExactMap(modality, "token_contributions",
@@ -695,20 +755,17 @@ def _plant_linear(x: torch.Tensor, modality: str, seed: int, name: str) -> Testb
         model = _new_module(lambda: LinearModel(n_inputs), seed)
         _fill(model.linear.weight, torch.randn(n_inputs, generator=gen) / math.sqrt(n_inputs)
               * 4)
-        with torch.no_grad():
-            model.linear.bias.zero_()
-            model.linear.bias.fill_(-_median_offset(model.score(x)))
+        _shift_score(model, x, model.linear.bias, _median_offset)
         exact = GradientMap(modality, "input-baseline")
         negated = GradientMap(modality, "input-baseline", scale=-1.0)
         absolute = GradientMap(modality, "input-baseline", absolute=True)
         how = "w * (x - x') with x' the per-sample minimum (the 'black' baseline)"
-    model.eval()
-    y = _predictions(model, x)
+    y = _eval_predictions(model, x)
     candidates = _candidates(
         ("exact", exact, f"the exact attribution, {how}: complete"),
         ("negated", negated, "the exact attribution negated"),
         ("absolute", absolute, "the magnitude of the exact attribution (sign-blind)"),
-        ("random", RandomMap(modality, seed), "N(0, 1) noise, model-blind"),
+        _random_candidate(modality, seed),
     )
     order = _pairs(
         ("exact", "negated", "the model is linear, so the exact attribution ranks the features "
@@ -718,15 +775,14 @@ def _plant_linear(x: torch.Tensor, modality: str, seed: int, name: str) -> Testb
         ("exact", "random", "the exact attribution is the model's mechanism; noise carries no "
          "information about it."),
     )
-    reference = candidates["exact"](model, x, y).detach()
-    return Testbed(
-        name=name, mechanism="linear", modality=modality,
-        description=("Linear model z = w . x + b with mixed-sign weights (logits (-z, z)); the "
-                     "exact attribution is known and complete (XAI-Units' weighted features; "
-                     "Lee et al. 2025)."),
-        model=model, x=x, y=y, candidates=candidates, order=order,
+    return _testbed(
+        name, "linear", modality,
+        ("Linear model z = w . x + b with mixed-sign weights (logits (-z, z)); the "
+         "exact attribution is known and complete (XAI-Units' weighted features; "
+         "Lee et al. 2025)."),
+        model, x, y, candidates, order,
         families=("faithfulness", "localisation", "axiomatic"),
-        metric_kwargs=_metric_kwargs(modality), reference=reference,
+        reference="exact",
     )
 
 
@@ -735,9 +791,7 @@ def _plant_region(x: torch.Tensor, modality: str, seed: int, name: str,
     gen = _generator(seed, "region-weights")
     shape = tuple(x.shape[1:])
     if modality == "tokens":
-        model = _new_module(lambda: TokenScoreModel(x.shape[1], _vocabulary(x),
-                                                    reads=region), seed)
-        _fill_token_model(model, gen, positive=True)
+        model = _token_model(x, seed, gen, positive=True, reads=region)
         inside: Callable[..., torch.Tensor] = ExactMap(modality, "token_contributions")
         outside: Callable[..., torch.Tensor] = TokenScoreMap(within=~region)
         inside_how = "the read tokens' exact contributions"
@@ -752,21 +806,12 @@ def _plant_region(x: torch.Tensor, modality: str, seed: int, name: str,
         outside = IntensityMap(modality, within=_elements(~region, modality, shape))
         inside_how = "gradient x (input - baseline) of the model (zero outside the region)"
         outside_how = "the input's intensity outside the region (model-blind)"
-    with torch.no_grad():
-        if modality != "tokens":
-            model.head.bias.zero_()
-        offset = _positive_offset(model.score(x))
-        if modality == "tokens":
-            model.offset.fill_(offset)
-        else:
-            model.head.bias.fill_(-offset)
-    model.eval()
-    _require_positive_score(model, x, name)
-    y = torch.ones(x.shape[0], dtype=torch.long)
+    _shift_score(model, x, None if modality == "tokens" else model.head.bias, _positive_offset)
+    y = _class_one(model, x, name)
     candidates = _candidates(
         ("inside", inside, inside_how),
         ("outside", outside, outside_how),
-        ("random", RandomMap(modality, seed), "N(0, 1) noise, model-blind"),
+        _random_candidate(modality, seed),
     )
     order = _pairs(
         ("inside", "outside", "the model reads only the region: every feature the outside map "
@@ -774,24 +819,22 @@ def _plant_region(x: torch.Tensor, modality: str, seed: int, name: str,
         ("inside", "random", "the model reads only the region, and its output increases with "
          "every feature there; noise ranks ignored features as often as read ones."),
     )
-    return Testbed(
-        name=name, mechanism="region", modality=modality,
-        description=("A model that reads only a known region (a fixed mask, then a monotone "
-                     "nonlinear network): its output is constant when only the outside "
-                     "changes (AttributionLab, Zhang et al. 2024; XAI-TRIS, Clark et al. "
-                     "2024)."),
-        model=model, x=x, y=y, candidates=candidates, order=order,
+    return _testbed(
+        name, "region", modality,
+        ("A model that reads only a known region (a fixed mask, then a monotone "
+         "nonlinear network): its output is constant when only the outside "
+         "changes (AttributionLab, Zhang et al. 2024; XAI-TRIS, Clark et al. "
+         "2024)."),
+        model, x, y, candidates, order,
         s=_masks(region, modality, x.shape[0]), families=("localisation", "faithfulness"),
-        metric_kwargs=_metric_kwargs(modality),
     )
 
 
 def _plant_saturation(x: torch.Tensor, modality: str, seed: int, name: str,
                       region: torch.Tensor, amplitude: float = 2.0,
                       saturation: float = 2.5) -> Testbed:
-    if modality == "tokens":
-        raise ValueError("The saturation mechanism needs numeric inputs; token ids have no "
-                         "gradient (use 'linear' or 'region' for tokens).")
+    _numeric_only(modality, "The saturation mechanism needs numeric inputs; token ids have no "
+                            "gradient (use 'linear' or 'region' for tokens).")
     gen = _generator(seed, "saturation-weights")
     shape = tuple(x.shape[1:])
     n_inputs = int(math.prod(shape))
@@ -814,9 +857,7 @@ def _plant_saturation(x: torch.Tensor, modality: str, seed: int, name: str,
         model.linear.weight.copy_(torch.stack([evidence, distractor]))
         model.linear.bias.copy_(torch.tensor([-lo * float(evidence.sum()),
                                               -lo * float(distractor.sum()) - amplitude / 2]))
-    model.eval()
-    _require_positive_score(model, x, name)
-    y = torch.ones(x.shape[0], dtype=torch.long)
+    y = _class_one(model, x, name)
     candidates = _candidates(
         ("integrated_gradients", ExactMap(modality, "integrated_gradients"),
          "Integrated Gradients in closed form against the per-sample minimum: complete"),
@@ -824,7 +865,7 @@ def _plant_saturation(x: torch.Tensor, modality: str, seed: int, name: str,
          "evidence"),
         ("gradient_x_input", GradientMap(modality, "input-baseline"),
          "gradient x (input - baseline): zero on the saturated evidence"),
-        ("random", RandomMap(modality, seed), "N(0, 1) noise, model-blind"),
+        _random_candidate(modality, seed),
     )
     order = _pairs(
         ("integrated_gradients", "gradient", "the evidence carries the output but is "
@@ -835,25 +876,23 @@ def _plant_saturation(x: torch.Tensor, modality: str, seed: int, name: str,
         ("integrated_gradients", "random", "IG is exact for this model; noise carries no "
          "information about it."),
     )
-    reference = candidates["integrated_gradients"](model, x, y).detach()
-    return Testbed(
-        name=name, mechanism="saturation", modality=modality,
-        description=("z = A clamp(e(x), max=1) + d(x): the evidence e (a region) saturates, "
-                     "so the gradient is zero where the output comes from, while a small "
-                     "distractor elsewhere has a gradient (Sundararajan et al. 2017; XAI-Units' "
-                     "shattered/saturated gradients, Lee et al. 2025)."),
-        model=model, x=x, y=y, candidates=candidates, order=order,
+    return _testbed(
+        name, "saturation", modality,
+        ("z = A clamp(e(x), max=1) + d(x): the evidence e (a region) saturates, "
+         "so the gradient is zero where the output comes from, while a small "
+         "distractor elsewhere has a gradient (Sundararajan et al. 2017; XAI-Units' "
+         "shattered/saturated gradients, Lee et al. 2025)."),
+        model, x, y, candidates, order,
         s=_masks(region, modality, x.shape[0]),
         families=("faithfulness", "localisation", "axiomatic"),
-        metric_kwargs=_metric_kwargs(modality), reference=reference,
+        reference="integrated_gradients",
     )
 
 
 def _plant_invariance(x: torch.Tensor, modality: str, seed: int, name: str,
                       region: torch.Tensor) -> Testbed:
-    if modality == "tokens":
-        raise ValueError("The invariance mechanism needs numeric inputs (robustness metrics "
-                         "add noise); use 'region' for tokens.")
+    _numeric_only(modality, "The invariance mechanism needs numeric inputs (robustness metrics "
+                            "add noise); use 'region' for tokens.")
     gen = _generator(seed, "invariance-weights")
     shape = tuple(x.shape[1:])
     n_inputs = int(math.prod(shape))
@@ -862,11 +901,8 @@ def _plant_invariance(x: torch.Tensor, modality: str, seed: int, name: str,
     # |w| <= 0.5: a read feature moves gradient x input by at most half its own change
     weights = (torch.rand(n_inputs, generator=gen) - 0.5) * inside
     _fill(model.linear.weight, weights)
-    with torch.no_grad():
-        model.linear.bias.zero_()
-        model.linear.bias.fill_(-_median_offset(model.score(x)))
-    model.eval()
-    y = _predictions(model, x)
+    _shift_score(model, x, model.linear.bias, _median_offset)
+    y = _eval_predictions(model, x)
     outside = _elements(~region, modality, shape)
     candidates = _candidates(
         ("gradient", GradientMap(modality, "none"), "the gradient: the model's weights, "
@@ -876,8 +912,8 @@ def _plant_invariance(x: torch.Tensor, modality: str, seed: int, name: str,
          "features the model ignores"),
         ("intensity", IntensityMap(modality), "the input's intensity everywhere: changes with "
          "every feature, read or ignored (model-blind)"),
-        ("random", RandomMap(modality, seed), "N(0, 1) noise keyed on the input: a new map for "
-         "every perturbed input"),
+        _random_candidate(modality, seed, "N(0, 1) noise keyed on the input: a new map for "
+                          "every perturbed input"),
     )
     order = _pairs(
         ("gradient", "leaky", "the mechanism is the same at every input, so its explanation "
@@ -887,14 +923,13 @@ def _plant_invariance(x: torch.Tensor, modality: str, seed: int, name: str,
         ("gradient", "random", "the gradient is constant; the noise map is redrawn for every "
          "perturbed input."),
     )
-    return Testbed(
-        name=name, mechanism="invariance", modality=modality,
-        description=("A model linear on a region and constant outside it: an explanation of "
-                     "its mechanism changes only with the features it reads (robustness; "
-                     "XAI-Units, Lee et al. 2025)."),
-        model=model, x=x, y=y, candidates=candidates, order=order,
+    return _testbed(
+        name, "invariance", modality,
+        ("A model linear on a region and constant outside it: an explanation of "
+         "its mechanism changes only with the features it reads (robustness; "
+         "XAI-Units, Lee et al. 2025)."),
+        model, x, y, candidates, order,
         s=_masks(region, modality, x.shape[0]), families=("robustness",),
-        metric_kwargs=_metric_kwargs(modality),
     )
 
 
@@ -917,15 +952,14 @@ def _plant_interaction(x: torch.Tensor, modality: str, seed: int, name: str,
     with torch.no_grad():
         model.linear.weight.copy_(torch.stack([wa, wb]))
         model.linear.bias.fill_(-centre)
-    model.eval()
-    y = _predictions(model, x)
+    y = _eval_predictions(model, x)
     within_a = _elements(region_a, modality, shape)
     candidates = _candidates(
         ("both", ExactMap(modality, "integrated_gradients"),
          "Integrated Gradients in closed form: credits both regions"),
         ("one", ExactMap(modality, "integrated_gradients", within=within_a),
          "the same map restricted to region A"),
-        ("random", RandomMap(modality, seed), "N(0, 1) noise, model-blind"),
+        _random_candidate(modality, seed),
     )
     what = ("the output is the product of both regions' evidence (an AND)" if kind == "and"
             else "the class is the XOR of the two regions' signs")
@@ -935,17 +969,16 @@ def _plant_interaction(x: torch.Tensor, modality: str, seed: int, name: str,
         ("both", "random", "the map of both regions is the exact attribution; noise carries "
          "no information about the mechanism."),
     )
-    reference = candidates["both"](model, x, y).detach()
-    return Testbed(
-        name=name, mechanism="interaction", modality=modality,
-        description=(f"Two regions that interact ({kind.upper()}): z = k p_A p_B - c with each "
-                     "p a region's evidence, so the output needs both (XAI-Units' interacting "
-                     "features and boolean formulas, Lee et al. 2025; XAI-TRIS' XOR, Clark "
-                     "et al. 2024)."),
-        model=model, x=x, y=y, candidates=candidates, order=order,
+    return _testbed(
+        name, "interaction", modality,
+        (f"Two regions that interact ({kind.upper()}): z = k p_A p_B - c with each "
+         "p a region's evidence, so the output needs both (XAI-Units' interacting "
+         "features and boolean formulas, Lee et al. 2025; XAI-TRIS' XOR, Clark "
+         "et al. 2024)."),
+        model, x, y, candidates, order,
         s=_masks(region_a | region_b, modality, x.shape[0]),
         families=("localisation", "faithfulness", "axiomatic"),
-        metric_kwargs=_metric_kwargs(modality), reference=reference,
+        reference="both",
     )
 
 
@@ -965,15 +998,12 @@ def _model_aware_focus(model: CNNModel, modality: str) -> torch.Tensor:
 
 
 def _plant_model_aware(x: torch.Tensor, modality: str, seed: int, name: str) -> Testbed:
-    if modality == "tokens":
-        raise ValueError("The model-aware testbed needs numeric inputs (gradients).")
+    _numeric_only(modality, "The model-aware testbed needs numeric inputs (gradients).")
     gen = _generator(seed, "model-aware-weights")
     shape = tuple(x.shape[1:])
     model = _new_module(lambda: CNNModel(modality, shape), seed)
+    _random_parameters(model, gen, he=False)
     with torch.no_grad():
-        for p in model.parameters():
-            fan_in = p[0].numel() if p.ndim > 1 else 1
-            p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
         # structure, as training gives: the decision reads one part of the input (the first
         # pooled cell of the CNN, the first third of the columns of the MLP), so the gradient
         # is concentrated there and randomising the layers spreads it
@@ -981,8 +1011,7 @@ def _plant_model_aware(x: torch.Tensor, modality: str, seed: int, name: str) -> 
         # both classes predicted: class 1's bias at the median logit difference
         logits = model(x)
         model.classifier.bias[1] -= _median_offset(logits[:, 1] - logits[:, 0])
-    model.eval()
-    y = _predictions(model, x)
+    y = _eval_predictions(model, x)
     items: list[tuple[str, Callable[..., torch.Tensor], str]] = [
         ("gradient", GradientMap(modality, "none"), "the gradient: depends on every weight"),
         ("gradient_x_input", GradientMap(modality, "input-baseline"),
@@ -1003,14 +1032,14 @@ def _plant_model_aware(x: torch.Tensor, modality: str, seed: int, name: str) -> 
             ("gradient_x_input", "edges", "gradient x input depends on the weights; an edge "
              "map is the same for any model."),
         ]
-    return Testbed(
-        name=name, mechanism="model-aware", modality=modality,
-        description=("A small network whose decision reads one part of the input (as a "
-                     "trained one would): gradient maps depend on its weights, edge and "
-                     "intensity maps do not, so a randomisation metric must rank the former "
-                     "above (Adebayo et al. 2018)."),
-        model=model, x=x, y=y, candidates=_candidates(*items), order=_pairs(*pairs),
-        families=("randomisation",), metric_kwargs=_metric_kwargs(modality),
+    return _testbed(
+        name, "model-aware", modality,
+        ("A small network whose decision reads one part of the input (as a "
+         "trained one would): gradient maps depend on its weights, edge and "
+         "intensity maps do not, so a randomisation metric must rank the former "
+         "above (Adebayo et al. 2018)."),
+        model, x, y, _candidates(*items), _pairs(*pairs),
+        families=("randomisation",),
     )
 
 
@@ -1019,9 +1048,7 @@ def _plant_one_hot(x: torch.Tensor, modality: str, seed: int, name: str,
     gen = _generator(seed, "one-hot-weights")
     shape = tuple(x.shape[1:])
     if modality == "tokens":
-        model = _new_module(lambda: TokenScoreModel(x.shape[1], _vocabulary(x),
-                                                    reads=feature), seed)
-        _fill_token_model(model, gen, positive=True)
+        model = _token_model(x, seed, gen, positive=True, reads=feature)
         one_hot: Callable[..., torch.Tensor] = ExactMap(modality, "token_contributions")
         spread: Callable[..., torch.Tensor] = TokenScoreMap()
         spread_how = "the scores of every token, read or not"
@@ -1034,15 +1061,9 @@ def _plant_one_hot(x: torch.Tensor, modality: str, seed: int, name: str,
         one_hot = GradientMap(modality, "input-baseline")
         spread = IntensityMap(modality)
         spread_how = "the input's intensity everywhere (model-blind)"
-    with torch.no_grad():
-        if modality == "tokens":
-            model.offset.fill_(_positive_offset(model.score(x)))
-        else:
-            model.linear.bias.zero_()
-            model.linear.bias.fill_(-_positive_offset(model.score(x)))
-    model.eval()
-    _require_positive_score(model, x, name)
-    y = torch.ones(x.shape[0], dtype=torch.long)
+    _shift_score(model, x, None if modality == "tokens" else model.linear.bias,
+                 _positive_offset)
+    y = _class_one(model, x, name)
     candidates = _candidates(
         ("one_hot", one_hot, "the exact attribution: non-zero on the one feature read"),
         ("spread", spread, spread_how),
@@ -1054,30 +1075,24 @@ def _plant_one_hot(x: torch.Tensor, modality: str, seed: int, name: str,
         ("one_hot", "uniform", "the model reads one feature: the simplest correct explanation "
          "is one-hot, a uniform map is the most complex and credits every ignored feature."),
     )
-    reference = candidates["one_hot"](model, x, y).detach()
-    return Testbed(
-        name=name, mechanism="sparsity", modality=modality,
-        description=("A model that reads a single feature: the exact explanation is one-hot "
-                     "(complexity; XAI-Units, Lee et al. 2025)."),
-        model=model, x=x, y=y, candidates=candidates, order=order,
+    return _testbed(
+        name, "sparsity", modality,
+        ("A model that reads a single feature: the exact explanation is one-hot "
+         "(complexity; XAI-Units, Lee et al. 2025)."),
+        model, x, y, candidates, order,
         s=_masks(feature, modality, x.shape[0]),
         families=("complexity", "localisation", "faithfulness"),
-        metric_kwargs=_metric_kwargs(modality), reference=reference,
+        reference="one_hot",
     )
 
 
 def _plant_completeness(x: torch.Tensor, modality: str, seed: int, name: str) -> Testbed:
-    if modality == "tokens":
-        raise ValueError("The completeness testbed needs numeric inputs (gradients).")
+    _numeric_only(modality, "The completeness testbed needs numeric inputs (gradients).")
     gen = _generator(seed, "completeness-weights")
     shape = tuple(x.shape[1:])
     model = _new_module(lambda: HomogeneousModel(modality, shape), seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            fan_in = p[0].numel() if p.ndim > 1 else 1
-            p.copy_(torch.randn(p.shape, generator=gen) * math.sqrt(2 / fan_in))
-    model.eval()
-    y = _predictions(model, x)
+    _random_parameters(model, gen, he=True)
+    y = _eval_predictions(model, x)
     candidates = _candidates(
         ("exact", GradientMap(modality, "input-baseline"),
          "gradient x (input - x'), x' the per-sample minimum: equals IG, complete and input "
@@ -1086,7 +1101,7 @@ def _plant_completeness(x: torch.Tensor, modality: str, seed: int, name: str) ->
          "complete"),
         ("gradient_x_input", GradientMap(modality, "input"),
          "gradient x input: complete against zero, not input invariant"),
-        ("random", RandomMap(modality, seed), "N(0, 1) noise: neither"),
+        _random_candidate(modality, seed, "N(0, 1) noise: neither"),
     )
     order = _pairs(
         ("exact", "gradient", "completeness: the model is positively homogeneous, so "
@@ -1096,21 +1111,19 @@ def _plant_completeness(x: torch.Tensor, modality: str, seed: int, name: str) ->
          "al. 2019)."),
         ("exact", "random", "the exact map satisfies both axioms, noise neither."),
     )
-    reference = candidates["exact"](model, x, y).detach()
-    return Testbed(
-        name=name, mechanism="completeness", modality=modality,
-        description=("A bias-free ReLU network (positively homogeneous): gradient x (input - "
-                     "baseline) is Integrated Gradients, complete and input invariant "
-                     "(Sundararajan et al. 2017; Kindermans et al. 2019)."),
-        model=model, x=x, y=y, candidates=candidates, order=order,
-        families=("axiomatic",), metric_kwargs=_metric_kwargs(modality), reference=reference,
+    return _testbed(
+        name, "completeness", modality,
+        ("A bias-free ReLU network (positively homogeneous): gradient x (input - "
+         "baseline) is Integrated Gradients, complete and input invariant "
+         "(Sundararajan et al. 2017; Kindermans et al. 2019)."),
+        model, x, y, candidates, order,
+        families=("axiomatic",), reference="exact",
     )
 
 
 def _plant_class_templates(x: torch.Tensor, modality: str, seed: int, name: str,
                            blocks: Sequence[torch.Tensor]) -> Testbed:
-    if modality == "tokens":
-        raise ValueError("The class-template testbed needs numeric inputs.")
+    _numeric_only(modality, "The class-template testbed needs numeric inputs.")
     gen = _generator(seed, "templates-weights")
     shape = tuple(x.shape[1:])
     n_inputs = int(math.prod(shape))
@@ -1122,15 +1135,14 @@ def _plant_class_templates(x: torch.Tensor, modality: str, seed: int, name: str,
     with torch.no_grad():
         model.linear.weight.copy_(torch.stack(rows))
         model.linear.bias.zero_()
-    model.eval()
-    y = _predictions(model, x)
+    y = _eval_predictions(model, x)
     candidates = _candidates(
         ("class_template", GradientMap(modality, "none"),
          "the gradient of the predicted class: its template, the same for every sample of "
          "the class"),
         ("other_template", OtherClassGradient(modality, n_classes, seed),
          "the template of a random other class (drawn per sample)"),
-        ("random", RandomMap(modality, seed), "N(0, 1) noise, model-blind"),
+        _random_candidate(modality, seed),
     )
     order = _pairs(
         ("class_template", "other_template", "each class is decided by its own template: "
@@ -1139,20 +1151,29 @@ def _plant_class_templates(x: torch.Tensor, modality: str, seed: int, name: str,
         ("class_template", "random", "the class template is the mechanism and the same for "
          "every sample of a class; noise groups nothing."),
     )
-    return Testbed(
-        name=name, mechanism="set-level", modality=modality,
-        description=("Template matching: each class is a template on its own block of "
-                     "features (FunnyBirds-style parts, Hesse et al. 2023); explanations that "
-                     "are the class's template are consistent across samples (Sufficiency and "
-                     "Consistency, Dasgupta et al. 2022)."),
-        model=model, x=x, y=y, candidates=candidates, order=order,
+    return _testbed(
+        name, "set-level", modality,
+        ("Template matching: each class is a template on its own block of "
+         "features (FunnyBirds-style parts, Hesse et al. 2023); explanations that "
+         "are the class's template are consistent across samples (Sufficiency and "
+         "Consistency, Dasgupta et al. 2022)."),
+        model, x, y, candidates, order,
         s=torch.stack([_masks(blocks[int(c)], modality, 1)[0] for c in y]),
-        families=("faithfulness", "robustness"), metric_kwargs=_metric_kwargs(modality),
+        families=("faithfulness", "robustness"),
     )
 
 
 def _vocabulary(x: torch.Tensor) -> int:
     return max(int(x.max()) + 1, 2)
+
+
+def _token_model(x: torch.Tensor, seed: int, gen: torch.Generator, *, positive: bool,
+                 reads: torch.Tensor | None = None) -> TokenScoreModel:
+    """A token-score model over the length and vocabulary of ``x`` (built under ``seed``),
+    its parameters drawn from ``gen`` (:func:`_fill_token_model`)."""
+    model = _new_module(lambda: TokenScoreModel(x.shape[1], _vocabulary(x), reads=reads), seed)
+    _fill_token_model(model, gen, positive=positive)
+    return model
 
 
 def _fill_token_model(model: TokenScoreModel, gen: torch.Generator, *, positive: bool) -> None:
@@ -1236,8 +1257,7 @@ def saturation_testbed(modality: str = "image", *, n: int | None = None, seed: i
     Candidates: ``integrated_gradients`` (exact, complete), ``gradient``, ``gradient_x_input``,
     ``random``. Order: IG beats each. ``s``: the evidence region. Sundararajan et al. 2017.
     """
-    if modality == "tokens":
-        raise ValueError("No saturation testbed for tokens (token ids have no gradient).")
+    _numeric_only(modality, "No saturation testbed for tokens (token ids have no gradient).")
     n, shape = _resolve(modality, n, shape)
     region = default_region(_feature_shape(modality, shape))
     x = _data(modality, n, shape, seed, _elements(region, modality, shape))
@@ -1252,8 +1272,7 @@ def invariance_testbed(modality: str = "image", *, n: int | None = None, seed: i
     intensity outside the region: it changes only with ignored features), ``intensity``
     (changes everywhere), ``random`` (redrawn per input). Order: the gradient beats each.
     """
-    if modality == "tokens":
-        raise ValueError("No invariance testbed for tokens (robustness metrics add noise).")
+    _numeric_only(modality, "No invariance testbed for tokens (robustness metrics add noise).")
     n, shape = _resolve(modality, n, shape)
     region = default_region(_feature_shape(modality, shape))
     x = _data(modality, n, shape, seed)
@@ -1272,8 +1291,7 @@ def interaction_testbed(modality: str = "image", *, kind: str = "and", n: int | 
     """
     if kind not in ("and", "xor"):
         raise ValueError(f"`kind` must be 'and' or 'xor'; got {kind!r}.")
-    if modality == "tokens":
-        raise ValueError("No interaction testbed for tokens.")
+    _numeric_only(modality, "No interaction testbed for tokens.")
     n, shape = _resolve(modality, n, shape)
     fshape = _feature_shape(modality, shape)
     region_a = default_region(fshape, corner="first")
@@ -1302,8 +1320,7 @@ def model_aware_testbed(modality: str = "image", *, n: int | None = None, seed: 
     images and series, ``edges`` (model-blind). Order: each model-aware map beats each
     model-blind one. Adebayo et al. 2018.
     """
-    if modality == "tokens":
-        raise ValueError("No model-aware testbed for tokens.")
+    _numeric_only(modality, "No model-aware testbed for tokens.")
     n, shape = _resolve(modality, n, shape)
     x = _data(modality, n, shape, seed)
     return _plant_model_aware(x, modality, seed, f"{modality}-model-aware")
@@ -1334,8 +1351,7 @@ def completeness_testbed(modality: str = "image", *, n: int | None = None, seed:
     ``gradient`` (invariant, not complete), ``gradient_x_input`` (complete, not invariant),
     ``random``. Order: exact beats each. Sundararajan et al. 2017; Kindermans et al. 2019.
     """
-    if modality == "tokens":
-        raise ValueError("No completeness testbed for tokens.")
+    _numeric_only(modality, "No completeness testbed for tokens.")
     n, shape = _resolve(modality, n, shape)
     x = _data(modality, n, shape, seed)
     return _plant_completeness(x, modality, seed, f"{modality}-completeness")
@@ -1352,8 +1368,7 @@ def class_templates_testbed(modality: str = "image", *, n: int | None = None, se
     ``other_template`` (a random other class's), ``random``. Order: class_template beats both.
     ``s``: each sample's class block. FunnyBirds (Hesse et al. 2023); Dasgupta et al. 2022.
     """
-    if modality == "tokens":
-        raise ValueError("No class-template testbed for tokens.")
+    _numeric_only(modality, "No class-template testbed for tokens.")
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
         raise ValueError(f"`n_classes` must be an int >= 2; got {n_classes!r}.")
     n, shape = _resolve(modality, n, shape)
