@@ -356,7 +356,11 @@ def test_vit_b_16_maps_and_metrics(torchvision):
     random_logit = ek.metrics.RandomLogit(num_classes=1000, similarity_func="pearson")
     similarity = random_logit(model, x, y, cam, explain_fn=ek.explain,
                               explain_kwargs={"method": "GradCAM", **cam_kw})
-    assert similarity.shape == (2,) and np.isfinite(similarity).all()
+    # GradCAM of a random-weight ViT for a drawn other class can be all zero (ReLU of a
+    # negative map): that sample is NaN with the reason, never a silent number
+    assert similarity.shape == (2,) and np.isfinite(similarity).any()
+    for i in np.flatnonzero(np.isnan(similarity)):
+        assert "constant" in random_logit.nan_reasons_[int(i)]
 
     pointing = ek.metrics.RelevanceRankAccuracy()(model, x, y, cam, s=_boxes())
     assert pointing.shape == (2,) and ((pointing >= 0) & (pointing <= 1)).all()
