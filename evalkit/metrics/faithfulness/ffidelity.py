@@ -405,17 +405,25 @@ class FFidelity(RanksFeatures):
         keys = _rng.combine(batch.keys, 0xFF1D)
         pos = torch.arange(g_max, device=dev)
 
-        def positions_of(i: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-            """(B, G) bool over rank positions: the positions removed by draw d of alpha a."""
-            in_part = (pos >= lo[i, a].unsqueeze(1)) & (pos < hi[i, a].unsqueeze(1))
+        def positions_of(m: torch.Tensor) -> torch.Tensor:
+            """(B, G) bool over rank positions: the positions removed by the run rows m
+            (draw d of alpha a of sample i)."""
+            in_part = ((pos >= run_lo.index_select(0, m).unsqueeze(1))
+                       & (pos < run_hi.index_select(0, m).unsqueeze(1)))
             if not self.stochastic_removal:
                 return in_part
-            u = _rng.uniform(_rng.combine(keys[i].cpu(), a.cpu(), d.cpu()), (g_max,),
+            m_cpu = m.cpu()
+            u = _rng.uniform(_rng.combine(run_keys.index_select(0, m_cpu),
+                                          run_cpu_a.index_select(0, m_cpu),
+                                          run_cpu_d.index_select(0, m_cpu)), (g_max,),
                              dtype=torch.float64).to(dev)
             u = u.masked_fill(~in_part, math.inf)
             order = u.argsort(1)
-            rank = torch.empty_like(order).scatter_(1, order, pos.expand_as(order).contiguous())
-            return rank < take[i, a].unsqueeze(1)
+            b = order.shape[0]
+            if b not in pos_rows:  # the chunks' sizes: one or two
+                pos_rows[b] = pos.expand(b, g_max).contiguous()
+            rank = torch.empty_like(order).scatter_(1, order, pos_rows[b])
+            return rank < run_take.index_select(0, m).unsqueeze(1)
 
         imputer = self._imputer
         modality = batch.modality
@@ -429,17 +437,25 @@ class FFidelity(RanksFeatures):
                            -1).reshape(-1, 3)
         removes = take[rows[:, 0], rows[:, 1]] > 0
         run = rows[removes]
+        # each run row's part, size and keys gathered once, not per chunk (per-chunk indexing
+        # is the cost that matters next to a small model)
+        run_i, run_a = run[:, 0].contiguous(), run[:, 1]
+        run_lo, run_hi, run_take = lo[run_i, run_a], hi[run_i, run_a], take[run_i, run_a]
+        run_keys = keys.cpu().index_select(0, run_i.cpu())
+        run_cpu_a, run_cpu_d = run_a.cpu(), run[:, 2].cpu()
+        pos_rows: dict[int, torch.Tensor] = {}
 
         def build(m: torch.Tensor) -> torch.Tensor:
-            i, a, d = run[m, 0], run[m, 1], run[m, 2]
-            removed_pos = positions_of(i, a, d)
+            i = run_i.index_select(0, m)
+            removed_pos = positions_of(m)
             removed_groups = torch.zeros_like(removed_pos).scatter_(
-                1, ordering.order[i], removed_pos)
+                1, ordering.order.index_select(0, i), removed_pos)
             mask = grp.expand(removed_groups, i)
+            xi = x.index_select(0, i)
             if base is not None:
-                return modality.replace(x[i], mask, base[i])
+                return modality.replace(xi, mask, base[i])
             k_rows = None if sample_keys is None else sample_keys[i]
-            return impute(imputer, x[i], mask, keys=k_rows, modality=modality)
+            return impute(imputer, xi, mask, keys=k_rows, modality=modality)
 
         clean = clean_scores(view, self.quantity)
         scores = clean[rows[:, 0]].clone()
