@@ -408,22 +408,22 @@ class FFidelity(RanksFeatures):
         def positions_of(m: torch.Tensor) -> torch.Tensor:
             """(B, G) bool over rank positions: the positions removed by the run rows m
             (draw d of alpha a of sample i)."""
-            in_part = ((pos >= run_lo.index_select(0, m).unsqueeze(1))
-                       & (pos < run_hi.index_select(0, m).unsqueeze(1)))
+            out_part = pos >= run_hi.index_select(0, m).unsqueeze(1)
+            if not from_start:
+                out_part |= pos < run_lo.index_select(0, m).unsqueeze(1)
             if not self.stochastic_removal:
-                return in_part
+                return ~out_part
             m_cpu = m.cpu()
             u = _rng.uniform(_rng.combine(run_keys.index_select(0, m_cpu),
                                           run_cpu_a.index_select(0, m_cpu),
                                           run_cpu_d.index_select(0, m_cpu)), (g_max,),
                              dtype=torch.float64).to(dev)
-            u = u.masked_fill(~in_part, math.inf)
-            order = u.argsort(1)
-            b = order.shape[0]
-            if b not in pos_rows:  # the chunks' sizes: one or two
-                pos_rows[b] = pos.expand(b, g_max).contiguous()
-            rank = torch.empty_like(order).scatter_(1, order, pos_rows[b])
-            return rank < run_take.index_select(0, m).unsqueeze(1)
+            u = u.masked_fill_(out_part, math.inf)
+            # the `take` positions of the part with the smallest draws: those up to the take-th
+            # smallest value (take <= the part's size, so it is finite; one sort, no scatter
+            # of ranks; draws of 53 random bits do not tie)
+            kth = u.sort(1).values.gather(1, run_take.index_select(0, m).unsqueeze(1) - 1)
+            return u <= kth
 
         imputer = self._imputer
         modality = batch.modality
@@ -443,7 +443,7 @@ class FFidelity(RanksFeatures):
         run_lo, run_hi, run_take = lo[run_i, run_a], hi[run_i, run_a], take[run_i, run_a]
         run_keys = keys.cpu().index_select(0, run_i.cpu())
         run_cpu_a, run_cpu_d = run_a.cpu(), run[:, 2].cpu()
-        pos_rows: dict[int, torch.Tensor] = {}
+        from_start = not bool(run_lo.any())  # FFid+: every part starts at rank 0
 
         def build(m: torch.Tensor) -> torch.Tensor:
             i = run_i.index_select(0, m)
