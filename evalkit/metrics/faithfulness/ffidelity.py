@@ -421,7 +421,8 @@ class FFidelity(RanksFeatures):
             u = u.masked_fill_(out_part, math.inf)
             # the `take` positions of the part with the smallest draws: those up to the take-th
             # smallest value (take <= the part's size, so it is finite; one sort, no scatter
-            # of ranks; draws of 53 random bits do not tie)
+            # of ranks). Only two equal 53-bit draws at that value (odds about G^2 / 2^54 a
+            # row) would keep one more position, where the ranks kept an arbitrary one.
             kth = u.sort(1).values.gather(1, run_take.index_select(0, m).unsqueeze(1) - 1)
             return u <= kth
 
