@@ -173,7 +173,8 @@ def combine(keys: torch.Tensor, *streams: int | torch.Tensor) -> torch.Tensor:
         for st in streams:
             if isinstance(st, torch.Tensor):
                 v = _as_uint64(st.to("cpu", torch.int64))
-                shape = torch.broadcast_shapes(shape, st.shape)
+                if st.shape != shape:  # torch.broadcast_shapes: ~15 us of Python per call
+                    shape = torch.broadcast_shapes(shape, st.shape)
             else:
                 v = np.uint64(_mix_int(int(st) + 1) & _M64)
             a = _mix_numpy(a * np.uint64(_GOLDEN) + v + np.uint64(1))

@@ -470,6 +470,24 @@ class TestConsistency:
         # predictions: 0, 0, 1, 0, 2, 1
         return model, x
 
+    def test_top_n_matches_the_stable_sort(self):
+        # the float32-key topk path and the float64 fallback both pick a stable descending
+        # sort's first n: ties (equal |a|, +-a, zeros) go to the lower index
+        from evalkit.metrics.robustness.consistency import _top_n
+
+        gen = torch.Generator().manual_seed(0)
+        a32 = torch.randint(-3, 4, (200, 12), generator=gen).to(torch.float32) / 2
+        a32[0] = 0.0
+        cases = [a32.double(), a32.double() + 1e-12 * torch.rand(200, 12, generator=gen,
+                                                                 dtype=torch.float64),
+                 torch.where(torch.rand(200, 12, generator=gen) < 0.1,
+                             torch.tensor(float("nan"), dtype=torch.float64), a32.double())]
+        for flat in cases:
+            for n in (1, 5, 12):
+                expected = torch.sort(flat.abs(), dim=1, descending=True,
+                                      stable=True).indices[:, :n]
+                assert torch.equal(_top_n(flat, n), expected)
+
     def test_hand_computed(self):
         model, x = self._setup()
         # top-1 feature labels: f0, f0, f0, f1, f1, f1

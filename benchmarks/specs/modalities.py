@@ -143,6 +143,30 @@ def _gradient_a(w: Workload) -> torch.Tensor:
     return evalkit.explain(w.model, w.x, w.y, method="Gradient").detach()
 
 
+def _pairwise_floor(w: Workload, ctx: Context) -> Callable[[int, int], Callable[[], None]]:
+    """A set-level metric's floor (Sufficiency): the bare forward of the rows ours issued plus
+    the pairwise work of the whole set that any implementation does, bare: float64 Euclidean
+    distances of all N flattened maps (``torch.cdist``), the threshold test and each sample's
+    neighbour count. At N = 2000 that work is N^2 = 4 million pairs, many times the forward of
+    W4's N rows, which the forward floor alone leaves out."""
+    from ..harness import forward_floor
+
+    maps = w.a.detach().reshape(w.n, -1).to(torch.float64)
+
+    def make(rows: int, _calls: int) -> Callable[[], None]:
+        forward = forward_floor(w, rows, ctx.batch_size)
+
+        def run() -> None:
+            if forward is not None:
+                forward()
+            near = torch.cdist(maps, maps) <= 0.6
+            near.sum(1)
+
+        return run
+
+    return make
+
+
 def _with_neighbours(o: Any, t: Any) -> Agreement:
     """Sufficiency: the samples with a neighbour in ours compared (the others are NaN here, 0
     in Quantus)."""
@@ -223,12 +247,14 @@ SETTINGS: dict[str, dict[str, Row]] = {
         for m in (_T, _S)},
     "Sufficiency": {m: Row(dict(threshold=0.6, normalise=False),
                            dict(threshold=0.6, normalise=False), quantus_whole_set=True,
-                           agreement=_with_neighbours,
+                           agreement=_with_neighbours, floor=_pairwise_floor,
                            settings="set-level, Saliency (abs), threshold 0.6, "
                                     "normalise=False",
-                           note="set-level: pairwise distances of all N inputs and maps "
-                                "(N^2 pairs), which the floor (N forward rows) leaves out; "
-                                "Quantus with batch_size >= N sees the same set")
+                           note="set-level: pairwise distances of all N maps (N^2 pairs); "
+                                "floor: the N forward rows plus that pairwise work done bare "
+                                "(float64 torch.cdist of the N maps, the threshold test, "
+                                "neighbour counts); Quantus with batch_size >= N sees the same "
+                                "set")
                     for m in (_T, _S)},
     "AOPC": {_T: Row(dict(features_in_step=1), settings="Saliency, columns, morf, 1 per step"),
              _S: Row(dict(features_in_step=10), settings="Saliency, time steps, morf, "

@@ -427,11 +427,11 @@ def window_scores(
         def build(m: torch.Tensor) -> torch.Tensor:
             # index_select: several times faster than advanced indexing on the CPU, which
             # matters where the model is small (a table's MLP)
-            i = ti[m]
+            i = ti.index_select(0, m)
             r = rank_map.index_select(0, i)
-            perturbed = r < modality.per_sample(r_hi[m], r)
+            perturbed = r < modality.per_sample(r_hi.index_select(0, m), r)
             if not prefixes:
-                perturbed &= r >= modality.per_sample(r_lo[m], r)
+                perturbed &= r >= modality.per_sample(r_lo.index_select(0, m), r)
             xi = x.index_select(0, i)
             if base is not None:
                 return modality.replace(xi, perturbed,

@@ -405,17 +405,26 @@ class FFidelity(RanksFeatures):
         keys = _rng.combine(batch.keys, 0xFF1D)
         pos = torch.arange(g_max, device=dev)
 
-        def positions_of(i: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-            """(B, G) bool over rank positions: the positions removed by draw d of alpha a."""
-            in_part = (pos >= lo[i, a].unsqueeze(1)) & (pos < hi[i, a].unsqueeze(1))
+        def positions_of(m: torch.Tensor) -> torch.Tensor:
+            """(B, G) bool over rank positions: the positions removed by the run rows m
+            (draw d of alpha a of sample i)."""
+            out_part = pos >= run_hi.index_select(0, m).unsqueeze(1)
+            if not from_start:
+                out_part |= pos < run_lo.index_select(0, m).unsqueeze(1)
             if not self.stochastic_removal:
-                return in_part
-            u = _rng.uniform(_rng.combine(keys[i].cpu(), a.cpu(), d.cpu()), (g_max,),
+                return ~out_part
+            m_cpu = m.cpu()
+            u = _rng.uniform(_rng.combine(run_keys.index_select(0, m_cpu),
+                                          run_cpu_a.index_select(0, m_cpu),
+                                          run_cpu_d.index_select(0, m_cpu)), (g_max,),
                              dtype=torch.float64).to(dev)
-            u = u.masked_fill(~in_part, math.inf)
-            order = u.argsort(1)
-            rank = torch.empty_like(order).scatter_(1, order, pos.expand_as(order).contiguous())
-            return rank < take[i, a].unsqueeze(1)
+            u = u.masked_fill_(out_part, math.inf)
+            # the `take` positions of the part with the smallest draws: those up to the take-th
+            # smallest value (take <= the part's size, so it is finite; one sort, no scatter
+            # of ranks). Only two equal 53-bit draws at that value (odds about G^2 / 2^54 a
+            # row) would keep one more position, where the ranks kept an arbitrary one.
+            kth = u.sort(1).values.gather(1, run_take.index_select(0, m).unsqueeze(1) - 1)
+            return u <= kth
 
         imputer = self._imputer
         modality = batch.modality
@@ -429,17 +438,25 @@ class FFidelity(RanksFeatures):
                            -1).reshape(-1, 3)
         removes = take[rows[:, 0], rows[:, 1]] > 0
         run = rows[removes]
+        # each run row's part, size and keys gathered once, not per chunk (per-chunk indexing
+        # is the cost that matters next to a small model)
+        run_i, run_a = run[:, 0].contiguous(), run[:, 1]
+        run_lo, run_hi, run_take = lo[run_i, run_a], hi[run_i, run_a], take[run_i, run_a]
+        run_keys = keys.cpu().index_select(0, run_i.cpu())
+        run_cpu_a, run_cpu_d = run_a.cpu(), run[:, 2].cpu()
+        from_start = not bool(run_lo.any())  # FFid+: every part starts at rank 0
 
         def build(m: torch.Tensor) -> torch.Tensor:
-            i, a, d = run[m, 0], run[m, 1], run[m, 2]
-            removed_pos = positions_of(i, a, d)
+            i = run_i.index_select(0, m)
+            removed_pos = positions_of(m)
             removed_groups = torch.zeros_like(removed_pos).scatter_(
-                1, ordering.order[i], removed_pos)
+                1, ordering.order.index_select(0, i), removed_pos)
             mask = grp.expand(removed_groups, i)
+            xi = x.index_select(0, i)
             if base is not None:
-                return modality.replace(x[i], mask, base[i])
+                return modality.replace(xi, mask, base[i])
             k_rows = None if sample_keys is None else sample_keys[i]
-            return impute(imputer, x[i], mask, keys=k_rows, modality=modality)
+            return impute(imputer, xi, mask, keys=k_rows, modality=modality)
 
         clean = clean_scores(view, self.quantity)
         scores = clean[rows[:, 0]].clone()

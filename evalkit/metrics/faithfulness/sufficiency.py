@@ -120,9 +120,15 @@ class Sufficiency(Metric):
         near = d <= self.threshold
         near.fill_diagonal_(False)
         same = target.agree_pairwise(pred)  # NaN (no prediction) agrees with nothing
-        count = near.sum(1)
+        count = _row_counts(near)
         batch.set_nan(count == 0, "no other sample's explanation is within the threshold")
-        return (near & same).sum(1).to(torch.float64) / count.clamp_min(1)
+        return _row_counts(near.logical_and_(same)).to(torch.float64) / count.clamp_min(1)
+
+
+def _row_counts(m: torch.Tensor) -> torch.Tensor:
+    """(N,) int32 numbers of True per row of the bool matrix ``m`` (N, N): summed as bytes
+    into int32, 3-4x faster than ``m.sum(1)`` (which widens every element to int64)."""
+    return m.view(torch.uint8).sum(1, dtype=torch.int32)
 
 
 def _euclidean_distances(t: torch.Tensor) -> torch.Tensor:

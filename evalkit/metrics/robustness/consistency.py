@@ -91,9 +91,7 @@ class Consistency(RanksFeatures):
             codes = torch.as_tensor(f(flat), device=a.device)
         elif f in ("top_n_sign", "top_n"):
             n = min(self.n if self.n is not None else 5, flat.shape[1])
-            # stable descending sort by |a|: ties are broken by the lower index
-            order = torch.sort(flat.abs(), dim=1, descending=True, stable=True).indices[:, :n]
-            idx = torch.sort(order, dim=1).values
+            idx = torch.sort(_top_n(flat, n), dim=1).values
             codes = idx
             if f == "top_n_sign":
                 codes = torch.cat([idx, torch.sign(flat.gather(1, idx)).to(torch.int64)], 1)
@@ -140,6 +138,24 @@ class Consistency(RanksFeatures):
         batch.record("consistency", float((same_both * w).sum()) / pairs if pairs
                      else float("nan"))
         return torch.where(defined, score, torch.full_like(score, float("nan")))
+
+
+def _top_n(flat: torch.Tensor, n: int) -> torch.Tensor:
+    """(N, n) indices of the n largest |a| per row of ``flat`` (N, G) float64, ties broken by
+    the lower index (a stable descending sort's first n).
+
+    Where every |a| is exact in float32 (maps computed in float32, as most are): one ``topk``
+    of unique int64 keys, |a|'s float32 bits (ordered as the values, for non-negative floats)
+    above the reversed index, about half the time of the stable sort of all G values."""
+    mag = flat.abs()
+    g = mag.shape[1]
+    if 0 < g < 1 << 31:
+        mag32 = mag.to(torch.float32)
+        if bool((mag32.to(mag.dtype) == mag).all()):  # NaN: never equal, the sort below
+            bits = mag32.view(torch.int32).to(torch.int64)
+            rev = torch.arange(g - 1, -1, -1, dtype=torch.int64, device=flat.device)
+            return ((bits << 32) | rev).topk(n, dim=1).indices
+    return torch.sort(mag, dim=1, descending=True, stable=True).indices[:, :n]
 
 
 def _row_labels(codes: torch.Tensor) -> torch.Tensor:
