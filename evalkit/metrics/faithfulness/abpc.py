@@ -14,7 +14,7 @@ from .._ties import RanksFeatures
 from ..base import MetricBatch
 from ._common import set_curves
 from .aopc import aopc_drops, mean_over_steps
-from .rationales import removal_modalities
+from .rationales import FollowsRemovalPlan
 
 
 def morf_lerf_drops(batch: MetricBatch, plan: RemovalPlan, features_in_step: int,
@@ -31,7 +31,7 @@ def morf_lerf_drops(batch: MetricBatch, plan: RemovalPlan, features_in_step: int
     return morf, lerf, fractions, valid
 
 
-class _TwoCurves(RanksFeatures):
+class _TwoCurves(FollowsRemovalPlan, RanksFeatures):
     """Shared parameters of the metrics over the MoRF and LeRF curves of one plan."""
 
     family = "faithfulness"
@@ -49,12 +49,6 @@ class _TwoCurves(RanksFeatures):
         self.perturb_baseline = perturb_baseline
         self.grouping = grouping
         self._plan = RemovalPlan(make_grouping(grouping), make_imputer(perturb_baseline))
-
-    def _derived_metadata(self) -> dict[str, Any]:
-        return {"modalities": removal_modalities(self._plan.imputer)}
-
-    def _random_sources(self) -> dict[str, Any]:
-        return {"baseline": self._plan.imputer}
 
     def _curves(self, batch: MetricBatch):
         return morf_lerf_drops(batch, self._plan, self.features_in_step, self.n_steps,

@@ -13,10 +13,10 @@ from .._removal import RemovalPlan, clean_scores, order_groups, removal_curve
 from .._ties import RanksFeatures
 from ..base import MetricBatch
 from ._common import set_curves
-from .rationales import removal_modalities
+from .rationales import FollowsRemovalPlan
 
 
-class AOPC(RanksFeatures):
+class AOPC(FollowsRemovalPlan, RanksFeatures):
     """Area over the perturbation curve, AOPC (Samek et al. 2017), over the features of any
     modality: pixels, time steps, columns or **tokens**.
 
@@ -81,11 +81,7 @@ class AOPC(RanksFeatures):
                                  order=order)
 
     def _derived_metadata(self) -> dict[str, Any]:
-        return {"higher_is_better": self.order == "morf",
-                "modalities": removal_modalities(self._plan.imputer)}
-
-    def _random_sources(self) -> dict[str, Any]:
-        return {"baseline": self._plan.imputer}
+        return {**super()._derived_metadata(), "higher_is_better": self.order == "morf"}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         drops, fractions, valid = aopc_drops(batch, self._plan, self.order,

@@ -23,14 +23,14 @@ from ..base import MetricBatch
 from ._common import (
     set_curves,
 )
-from .rationales import removal_modalities
+from .rationales import FollowsRemovalPlan, removal_modalities
 
 #: the modalities of a removal metric whose default replacement is deterministic (token ids:
 #: the mask token; see :func:`~evalkit.metrics.faithfulness.rationales.removal_modalities`)
 _EVERY_MODALITY = ("image", "series", "tabular", "tokens")
 
 
-class PixelFlipping(RanksFeatures):
+class PixelFlipping(FollowsRemovalPlan, RanksFeatures):
     """Pixel-Flipping (Bach et al. 2015): remove features in order of decreasing relevance.
 
     Features (groups of ``grouping``, pixels by default) are replaced by ``perturb_baseline``
@@ -96,12 +96,6 @@ class PixelFlipping(RanksFeatures):
         self.grouping = grouping
         self._plan = RemovalPlan(make_grouping(grouping), make_imputer(perturb_baseline))
 
-    def _derived_metadata(self) -> dict[str, Any]:
-        return {"modalities": removal_modalities(self._plan.imputer)}
-
-    def _random_sources(self) -> dict[str, Any]:
-        return {"baseline": self._plan.imputer}
-
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         curve, fractions, _ = removal_curve(
             batch, self._plan, features_in_step=self.features_in_step, desc=type(self).__name__
@@ -110,7 +104,7 @@ class PixelFlipping(RanksFeatures):
         return trapezoid_auc(curve, fractions)
 
 
-class Deletion(RanksFeatures):
+class Deletion(FollowsRemovalPlan, RanksFeatures):
     """Deletion (Petsiuk, Das & Saenko 2018, RISE): the target probability as the most relevant
     features are deleted. **Lower is better**.
 
@@ -159,12 +153,6 @@ class Deletion(RanksFeatures):
         self.perturb_baseline = perturb_baseline
         self.grouping = grouping
         self._plan = RemovalPlan(make_grouping(grouping), self._imputer(), mode=self._mode)
-
-    def _derived_metadata(self) -> dict[str, Any]:
-        return {"modalities": removal_modalities(self._plan.imputer)}
-
-    def _random_sources(self) -> dict[str, Any]:
-        return {"baseline": self._plan.imputer}
 
     def _imputer(self) -> Imputer:
         return make_imputer(self.perturb_baseline)
@@ -463,7 +451,7 @@ class IROF(RanksFeatures):
         return 1.0 - trapezoid_auc(curve, fractions)
 
 
-class Monotonicity(RanksFeatures):
+class Monotonicity(FollowsRemovalPlan, RanksFeatures):
     """Monotonicity (Arya et al. 2019, AIX360): starting from the baseline, add the features
     back in *ascending* order of attribution; the explanation is monotonic when the target
     score never decreases. Returns 1.0 (monotonic) or 0.0 per sample: **higher is better**
@@ -512,12 +500,6 @@ class Monotonicity(RanksFeatures):
         self.grouping = grouping
         self._plan = RemovalPlan(make_grouping(grouping), make_imputer(perturb_baseline),
                                  "lerf", mode="insertion")
-
-    def _derived_metadata(self) -> dict[str, Any]:
-        return {"modalities": removal_modalities(self._plan.imputer)}
-
-    def _random_sources(self) -> dict[str, Any]:
-        return {"baseline": self._plan.imputer}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         curve, fractions, _ = removal_curve(batch, self._plan,

@@ -15,7 +15,7 @@ from .._removal import RemovalPlan, order_groups, removal_curve
 from .._ties import RanksFeatures
 from ..base import MetricBatch
 from ._views import batch_view
-from .rationales import removal_modalities
+from .rationales import FollowsRemovalPlan
 
 #: the NaN reason of a sample whose class is the ``versus`` class
 SAME_CLASS = "the scored class is the `versus` class: their log-odds is 0 whatever is erased"
@@ -51,7 +51,7 @@ class ClassLogOdds(ClassTarget):
         return own - rest
 
 
-class LogOdds(RanksFeatures):
+class LogOdds(FollowsRemovalPlan, RanksFeatures):
     """Log-odds (Shrikumar, Greenside & Kundaje 2017, the DeepLIFT MNIST experiment): the
     change of the target class's log-odds when the ``fraction`` of features the explanation
     ranks highest is erased. **Lower is better** (more negative).
@@ -105,12 +105,6 @@ class LogOdds(RanksFeatures):
         self.positive_only = check_bool("positive_only", positive_only)
         self.grouping = grouping
         self._plan = RemovalPlan(make_grouping(grouping), make_imputer(perturb_baseline))
-
-    def _derived_metadata(self) -> dict[str, Any]:
-        return {"modalities": removal_modalities(self._plan.imputer)}
-
-    def _random_sources(self) -> dict[str, Any]:
-        return {"baseline": self._plan.imputer}
 
     def _log_odds_batch(self, batch: MetricBatch) -> MetricBatch:
         """A view of the batch whose target score is the log-odds (see the class docstring)."""

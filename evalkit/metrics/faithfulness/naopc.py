@@ -16,7 +16,7 @@ from .._ties import RanksFeatures
 from ..base import MetricBatch
 from ._common import set_curves
 from .aopc import aopc_drops, mean_over_steps
-from .rationales import removal_modalities
+from .rationales import FollowsRemovalPlan
 
 __all__ = ["NAOPC", "aopc_bounds"]
 
@@ -137,7 +137,7 @@ def aopc_bounds(batch: MetricBatch, grp: Grouping, imputer: Imputer, width: torc
             torch.where(searched, upper / (g + 1), nan))
 
 
-class NAOPC(RanksFeatures):
+class NAOPC(FollowsRemovalPlan, RanksFeatures):
     """Normalised AOPC, NAOPC (Edin et al. 2024), over the features of any modality (pixels,
     time steps, columns, tokens).
 
@@ -220,11 +220,7 @@ class NAOPC(RanksFeatures):
         return {"beam_width": 1, "exact_max_features": 4}
 
     def _derived_metadata(self) -> dict[str, Any]:
-        return {"higher_is_better": self.order == "morf",
-                "modalities": removal_modalities(self._plan.imputer)}
-
-    def _random_sources(self) -> dict[str, Any]:
-        return {"baseline": self._plan.imputer}
+        return {**super()._derived_metadata(), "higher_is_better": self.order == "morf"}
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         drops, fractions, valid = aopc_drops(batch, self._plan, self.order, 1, None,

@@ -24,7 +24,7 @@ from ... import _rng
 from ..._hook_handles import HookHandles
 from ..._validation import check_bool, check_scalar
 from ...perturb import Imputer, TokenDeletion, make_grouping, make_imputer
-from .._removal import clean_scores, order_groups, run_rows, window_scores
+from .._removal import RemovalPlan, clean_scores, order_groups, run_rows, window_scores
 from .._ties import RanksFeatures
 from ..base import Metric, MetricBatch
 
@@ -53,6 +53,21 @@ def removal_modalities(imputer: Imputer) -> tuple[str, ...]:
     if imputer.stochastic:
         return ("image", "series", "tabular")
     return ("image", "series", "tabular", "tokens")
+
+
+class FollowsRemovalPlan:
+    """Mixin of the metrics that replace features through a :class:`RemovalPlan` held in
+    ``self._plan``: the modalities follow its imputer (:func:`removal_modalities`), and the
+    imputer is the metric's random source. Metrics whose direction also depends on a parameter
+    add it to ``super()._derived_metadata()``."""
+
+    _plan: RemovalPlan
+
+    def _derived_metadata(self) -> dict[str, Any]:
+        return {"modalities": removal_modalities(self._plan.imputer)}
+
+    def _random_sources(self) -> dict[str, Any]:
+        return {"baseline": self._plan.imputer}
 
 
 def rationale_sizes(percentages: Sequence[float], n_features: torch.Tensor) -> torch.Tensor:
