@@ -107,10 +107,8 @@ class ModelWrapper(ABC):
             raise TypeError(f"`softmax` must be True, False or None; got {softmax!r}.")
         self.softmax = softmax
         self.target: _BaseTarget = as_target(target)
-        if softmax and not getattr(self.target, "softmax_applies", True):
-            raise ValueError(f"{type(self.target).__name__} scores outputs that have no class "
-                             "axis (e.g. detections, embeddings): a softmax over them is not "
-                             "meaningful. Pass softmax=False.")
+        if softmax and not self.target.softmax_applies:
+            raise ValueError(self._no_softmax_message())
         self.batch_size = batch_size
         self.counter = ForwardCounter()
         self._output_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -236,6 +234,11 @@ class ModelWrapper(ABC):
             self._probability_outputs[key] = looks_like_probabilities(out)
         return self._output_shapes[key]
 
+    def _no_softmax_message(self) -> str:
+        return (f"{type(self.target).__name__} scores outputs that have no class axis (e.g. "
+                "detections, embeddings): a softmax over them is not meaningful. Pass "
+                "softmax=False.")
+
     def check_softmax(self, x: torch.Tensor, *, by_default: bool,
                       who: str = "The metric") -> ModelWrapper:
         """This wrapper, or a view without softmax, after checking that a softmax makes sense
@@ -248,11 +251,9 @@ class ModelWrapper(ABC):
         """
         if not self.softmax:
             return self
-        if not getattr(self.target, "softmax_applies", True):  # e.g. embeddings
+        if not self.target.softmax_applies:  # e.g. detections, embeddings
             if not by_default:
-                raise ValueError(f"{type(self.target).__name__} scores outputs that have no "
-                                 "class axis (e.g. embeddings): a softmax over them is not "
-                                 "meaningful. Pass softmax=False.")
+                raise ValueError(self._no_softmax_message())
             return self.with_options(softmax=False)
         shape = self.output_shape(x)
         key = tuple(x.shape[1:])
