@@ -292,9 +292,13 @@ def gaussian_blur(
         pad = k // 2
         moved = out.movedim(axis, -1)
         shape = moved.shape
-        flat = moved.reshape(-1, 1, shape[-1])
+        # every line as a channel of one depthwise convolution: the same sums as one
+        # single-channel convolution per line (bit for bit on CPU), about 3x faster than a
+        # batch of thousands of one-channel lines
+        flat = moved.reshape(1, -1, shape[-1])
         if pad:
             flat = F.pad(flat, (pad, pad), mode="reflect" if pad < shape[-1] else "replicate")
-        flat = F.conv1d(flat, kern.reshape(1, 1, -1))
+        lines = flat.shape[1]
+        flat = F.conv1d(flat, kern.reshape(1, 1, -1).expand(lines, 1, k), groups=lines)
         out = flat.reshape(shape).movedim(-1, axis)
     return out
