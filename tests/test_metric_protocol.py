@@ -26,16 +26,6 @@ from evalkit import _rng
 from evalkit.metrics import FAMILIES, Metric, MetricBatch, base, get, list_metrics, register
 from evalkit.perturb import Baseline, GaussianNoise, Pixels, rank_groups
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to CPU oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 N_CLASSES = 4
 
 

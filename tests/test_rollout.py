@@ -314,7 +314,6 @@ def test_prefix_tokens_and_class_token():
 def test_rollout_on_torchvision_vit_b_16(torchvision):
     """vit_b_16(weights=None) at 224 x 224: the 12 attention layers (called with
     need_weights=False) against the weights the modules return when asked, block by block."""
-    torch.set_num_threads(1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = torchvision.models.vit_b_16(weights=None).eval()

@@ -331,7 +331,6 @@ VIT_B_LAYER = "encoder.layers.encoder_layer_11.ln_1"
 def test_vit_b_16_maps_and_metrics(torchvision):
     """GradCAM, attention rollout and Saliency on a random ViT-B/16 at 224 x 224 (N=2), then a
     faithfulness, a robustness, a randomisation and a localisation metric on them."""
-    torch.set_num_threads(1)
     model = _vit_with_head(torchvision)
     x, y = _batch()
     cam_kw = {"layer": VIT_B_LAYER, "reshape_transform": vit_reshape_transform()}
@@ -371,7 +370,6 @@ def test_swin_t_maps_and_metrics(torchvision):
     """GradCAM at Swin-T's last stage (channels-last, swin_reshape_transform) and Saliency on a
     random Swin-T at 224 x 224 (N=2), then faithfulness, robustness, randomisation and
     localisation metrics."""
-    torch.set_num_threads(1)
     model = _swin_t(torchvision)
     x, y = _batch()
     cam_kw = {"layer": "features[-1]", "reshape_transform": swin_reshape_transform()}
@@ -427,7 +425,6 @@ def test_vit_b_16_cams_agree_with_pytorch_grad_cam(torchvision, method):
     14 x 14 grid) on the same random ViT-B/16: correlation > 0.999 per image (its maps are
     min-max scaled, ours not: correlation ignores that)."""
     gc, transforms, target = _gradcam_oracle()
-    torch.set_num_threads(1)
     model = _vit_with_head(torchvision)
     x, y = _batch()
     ours = ek.explain(model, x, y, method=method, layer=VIT_B_LAYER,
@@ -444,7 +441,6 @@ def test_swin_t_cams_agree_with_pytorch_grad_cam(torchvision, method):
     """pytorch-grad-cam's Swin transform expects flat (N, 49, K) tokens (timm's layout);
     torchvision's last stage is (N, 7, 7, K), so the oracle gets it flattened first."""
     gc, transforms, target = _gradcam_oracle()
-    torch.set_num_threads(1)
     model = _swin_t(torchvision)
     x, y = _batch()
     ours = ek.explain(model, x, y, method=method, layer="features[-1]",
