@@ -655,6 +655,8 @@ class Evaluation:
             config_hashes=self.cell_hashes, resumed=dict(resumed or {}),
             versions=library_versions(), wall_time=wall_time, store=store,
             extra={"chunk_size": self.chunk_size,
+                   # inferred or given: how the features were grouped, removed and plotted
+                   "modality": repr(self.modality),
                    "data_fingerprint": data_fingerprint(self.x, self.y, self.s),
                    "model_fingerprint": self.model_fingerprint},
             source=self,  # what plot("explanations") needs: model, x, y, s and the methods

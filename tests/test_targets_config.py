@@ -239,3 +239,23 @@ def test_metaeval_benchmark_keys_follow_the_target(tmp_path):
     assert first["units_loaded"] == 0
     assert bench(e[0].clone())["units_computed"] == 0
     assert bench(e[1])["units_loaded"] == 0
+
+
+def test_results_config_records_the_modality():
+    """The configuration says which modality the features were grouped and removed by,
+    whether inferred from the inputs or given."""
+    data = make_shapes(4, seed=2)
+    x = torch.from_numpy(data.x)
+    metrics = {"PF": ek.metrics.PixelFlipping(features_in_step=256)}
+    model = _embedder()
+    inferred = ek.evaluate(metrics, {"Saliency": {}}, model, x, None,
+                           target=SimilarityTarget(torch.ones(model(x[:1]).shape[1])),
+                           progress=False)
+    assert inferred.config()["modality"].startswith("ImageModality(")
+    table = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    mlp = nn.Sequential(nn.Linear(5, 3)).eval()
+    given = ek.evaluate({"PF": ek.metrics.PixelFlipping(features_in_step=1)}, {"Saliency": {}},
+                        mlp, table, torch.zeros(6, dtype=torch.int64), modality="tabular",
+                        progress=False)
+    assert given.config()["modality"].startswith("TabularModality(")
+    json.loads(given.to_json())  # still JSON-serialisable
