@@ -115,6 +115,9 @@ ALTERNATIVES: list[tuple[str, dict[str, Any], tuple[str, ...] | None, str]] = [
      "a black canvas holds none of the evidence a blurred one keeps"),
     ("Infidelity", {"optimal_scaling": True}, None,
      "the error after the best rescaling of the map: no longer a matter of its scale"),
+    ("FFidelity", {"quantity": "score"}, None,
+     "the drop of the target's probability instead of a 0/1 correctness that removing at "
+     "most beta = 10 % of the features rarely flips"),
 ]
 
 #: Quantus' data types -> evalkit's modality names
@@ -182,6 +185,9 @@ class QuantusMetric:
             for d in getattr(self._cls, "data_applicability", ())
             if str(d).rsplit(".", 1)[-1] in _QUANTUS_MODALITIES))
         self.seed = seed
+        # a mosaic's target quadrants reach Quantus' Focus as its `custom_batch` (the same
+        # flags in the same order), so the report judges it on the testbeds that give them
+        self.call_options = tuple(o for o in reference.call_options if o == "quadrants")
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
@@ -192,7 +198,8 @@ class QuantusMetric:
                              self.seed)
 
     def __call__(self, model: Any, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, *,
-                 s: torch.Tensor | None = None, explain_fn: Any = None, **_: Any) -> np.ndarray:
+                 s: torch.Tensor | None = None, explain_fn: Any = None,
+                 quadrants: Any = None, **_: Any) -> np.ndarray:
         # Quantus draws from the global NumPy RNG: seed it for the call, then restore it
         state = np.random.get_state()  # noqa: NPY002
         try:
@@ -203,12 +210,13 @@ class QuantusMetric:
                     return np.array([self._road_sample(model, x[i:i + 1], y[i:i + 1],
                                                        a[i:i + 1], explain_fn)
                                      for i in range(x.shape[0])])
-                return self._reduce(self._run(model, x, y, a, s, explain_fn), x.shape[0])
+                return self._reduce(self._run(model, x, y, a, s, explain_fn, quadrants),
+                                    x.shape[0])
         finally:
             np.random.set_state(state)  # noqa: NPY002
 
     def _run(self, model: Any, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor,
-             s: torch.Tensor | None, explain_fn: Any) -> Any:
+             s: torch.Tensor | None, explain_fn: Any, quadrants: Any = None) -> Any:
         def explain_func(model: Any, inputs: Any, targets: Any, **_: Any) -> np.ndarray:
             out = explain_fn(model, torch.as_tensor(np.asarray(inputs), dtype=x.dtype),
                              torch.as_tensor(np.asarray(targets)))
@@ -223,6 +231,8 @@ class QuantusMetric:
         if s is not None and s.ndim == 4 and s.shape[1] > 1 and bool((s == s[:, :1]).all()):
             s = s[:, :1]  # Quantus takes one mask channel; evalkit broadcasts either
         metric = self._cls(**kwargs, disable_warnings=True)
+        extra = {} if quadrants is None else {
+            "custom_batch": [tuple(int(v) for v in row) for row in np.asarray(quadrants)]}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return metric(model=model, x_batch=x.detach().cpu().numpy(),
@@ -230,7 +240,7 @@ class QuantusMetric:
                           a_batch=a.detach().cpu().numpy(),
                           s_batch=None if s is None else s.detach().cpu().numpy(),
                           explain_func=explain_func, device="cpu", softmax=self.softmax,
-                          batch_size=int(x.shape[0]))
+                          batch_size=int(x.shape[0]), **extra)
 
     def _road_sample(self, model, x, y, a, explain_fn) -> float:
         out = self._run(model, x, y, a, None, explain_fn)

@@ -241,3 +241,18 @@ def test_quantus_metric_restores_the_global_rngs(quantus):
     np.testing.assert_array_equal(first, again)  # seeded from metric.seed
     assert (np.random.get_state()[1] == np_state).all()  # noqa: NPY002
     assert torch.equal(torch.get_rng_state(), torch_state)
+
+
+def test_quantus_focus_is_judged_on_the_mosaic_layout_only(quantus):
+    """The Quantus oracle's Focus takes the grid testbed's target quadrants as its
+    `custom_batch`; on testbeds without a mosaic it is not applicable, as evalkit's Focus."""
+    from metaeval.validity.report import validity_report
+    from metaeval.validity.testbeds import build_testbed
+
+    metric = _script().QuantusMetric("Focus", quantus)
+    assert metric.call_options == ("quadrants",)
+    beds = [build_testbed("image-region", n=8), build_testbed("image-grid", n=8)]
+    v = validity_report({"Focus": metric}, beds, seeds=(0,), progress=False).verdicts
+    v = v.set_index("testbed")
+    assert v.loc["image-region", "verdict"] == "not applicable"
+    assert v.loc["image-grid", "verdict"] == "correct", v.loc["image-grid", "reason"]

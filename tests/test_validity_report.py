@@ -268,6 +268,84 @@ def test_agreement_metrics_compare_with_the_testbed_reference_map():
     assert ev.loc["negated", "mean_better"] == pytest.approx(1.0)
 
 
+def test_protocol_metrics_are_judged_only_where_the_testbed_gives_their_layout():
+    """GridPG, DiFull, DiPart need a grid's `cells`, Focus a mosaic's `quadrants`: "not
+    applicable" without them (they would otherwise score the masks `s` of a region, which is
+    not their protocol), judged where Testbed.call_options gives them, and then called without
+    `s` (they take either, not both)."""
+    region, grid = mv.build_testbed("image-region", n=8), mv.build_testbed("image-grid", n=8)
+    names = ["GridPG", "DiFull", "DiPart", "Focus"]
+    r = validity_report(names, [region, grid], progress=False).verdicts
+    off = r[r["testbed"] == "image-region"].set_index("metric")
+    assert (off["verdict"] == "not applicable").all()
+    assert "image grids" in off.loc["GridPG", "reason"] and "`cells`" in off.loc["GridPG", "reason"]
+    assert "mosaics" in off.loc["Focus", "reason"] and "`quadrants`" in off.loc["Focus", "reason"]
+    on = r[r["testbed"] == "image-grid"]
+    assert (on["verdict"] == "correct").all(), on[["metric", "reason"]]
+    # a third-party metric that declares `cells` gets them, and no masks
+    seen = {}
+
+    class CellShare:
+        higher_is_better = True
+        family = "localisation"
+        call_options = ("cells",)
+
+        def __call__(self, model, x, y, a, *, s=None, explain_fn=None, cells=None, **kw):
+            seen["s"], seen["cells"] = s, cells
+            return ek.metrics.GridPG()(model, x, y, a, cells=cells)
+
+    assert validity_report(CellShare(), [grid], progress=False).verdicts["verdict"].tolist() == [
+        "correct"]
+    assert seen["s"] is None and torch.equal(seen["cells"], grid.call_options["cells"])
+
+
+def test_metrics_that_train_a_copy_use_the_testbed_training_split():
+    """F-Fidelity without its fine-tuned copy, and the data randomisation test without its
+    permuted-label model, train on Testbed.train (never the evaluated x): judged where the
+    testbed has a split, "not applicable" with the reason where it has none; the caller's
+    metric keeps its settings."""
+    ffid = ek.metrics.FFidelity(n_draws=4)
+    linear = mv.build_testbed("image-linear", n=8)
+    assert linear.train is not None
+    report = validity_report({"FFidelity": ffid}, [linear], seeds=(0,), progress=False)
+    assert report.verdicts["verdict"].tolist() == ["correct"], report.verdicts["reason"]
+    assert ffid.fine_tune_data is None and ffid.fine_tuned_model is None  # not changed
+    tuned = mv.report.with_training_split(ffid, linear)
+    assert tuned is not ffid and tuned.fine_tune_data[0] is linear.train[0]
+    linear.train = None
+    cell = validity_report({"FFidelity": ffid}, [linear], seeds=(0,), progress=False).verdicts
+    assert cell["verdict"].tolist() == ["not applicable"]
+    assert "training split" in cell["reason"].iloc[0]
+    # a metric given its copy needs no split
+    assert mv.report.training_need(ek.metrics.FFidelity(fine_tuned_model="none")) is None
+    aware = mv.build_testbed("image-model-aware", n=8)
+    rand = ek.metrics.DataRandomisation()
+    report = validity_report({"DataRandomisation": rand}, [aware], progress=False)
+    assert report.verdicts["verdict"].tolist() == ["correct"], report.verdicts["reason"]
+    assert rand.randomised_model is None
+
+
+def test_a_testbed_can_name_a_metric_outside_its_families():
+    """Testbed.metrics: NonSensitivity (axiomatic) is judged on the one-hot and region
+    testbeds, whose models ignore features; the other axiomatic metrics are not."""
+    bed = mv.build_testbed("image-one-hot", n=8)
+    assert "NonSensitivity" in bed.metrics and "axiomatic" not in bed.families
+    r = validity_report(["NonSensitivity", "Completeness"], [bed], progress=False)
+    v = r.verdicts.set_index("metric")
+    assert v.loc["NonSensitivity", "verdict"] == "correct"
+    assert v.loc["Completeness", "verdict"] == "not applicable"
+
+
+def test_testbed_refuses_a_malformed_training_split():
+    tb = linear_testbed(n=6)
+    with pytest.raises(ValueError, match="one label per input"):
+        mv.Testbed(tb.name, tb.mechanism, tb.modality, tb.description, tb.model, tb.x, tb.y,
+                   tb.candidates, tb.order, train=(tb.x, tb.y[:3]))
+    with pytest.raises(ValueError, match="shape"):
+        mv.Testbed(tb.name, tb.mechanism, tb.modality, tb.description, tb.model, tb.x, tb.y,
+                   tb.candidates, tb.order, train=(tb.x[:, :4], tb.y))
+
+
 def test_a_third_party_metric_declaring_modalities_is_held_to_them(beds):
     class ImageOnly(GradientAgreement):
         modalities = ("image",)

@@ -17,17 +17,27 @@ For every metric x testbed:
    refusal of a setting, e.g. ROAD's default imputer on tables), when the metric needs masks
    (``needs_masks``) and the testbed has none (``s`` is None), when it compares with a
    real-valued reference map (``real_valued_s``: the ground-truth agreement metrics, which get
-   ``Testbed.reference`` as their ``s``) and the testbed fixes none, or when the testbed's
-   ``families`` leave out the metric's family. A metric without a family (a third-party metric
-   that declares none) is tried on every testbed.
+   ``Testbed.reference`` as their ``s``) and the testbed fixes none, when the testbed's
+   ``families`` leave out the metric's family (unless the testbed names the metric in
+   ``Testbed.metrics``), when the metric scores a protocol's layout (:data:`PROTOCOL_OPTIONS`:
+   a grid's ``cells``, a mosaic's ``quadrants``, declared in its ``call_options``) and the
+   testbed gives none in ``Testbed.call_options``, or when the metric trains a copy of the
+   model and was given none (:func:`training_need`) and the testbed has no training split
+   (``Testbed.train``). A metric without a family (a third-party metric that declares none)
+   is tried on every testbed.
 2. **Scores.** Every candidate named in the testbed's order is scored with
    ``metric(model, x, y, a=candidate map, s=s, explain_fn=candidate, **testbed.metric_kwargs)``
    (``explain_fn`` is the candidate itself, so re-explaining metrics explain perturbed inputs
-   and randomised models with it). A stochastic metric runs once per seed of ``seeds`` (an
-   evalkit metric through its ``seed`` parameter; a third-party one through a ``seed`` or
-   ``random_state`` attribute, or a call keyword of that name), with the same seed for every
-   candidate (common random numbers: within a seed, the candidates' scores differ by their
-   maps only); a deterministic one runs once.
+   and randomised models with it); a metric that declares one of ``Testbed.call_options``
+   gets it, and then no ``s``. A metric that trains a copy of the model and was given none
+   gets the testbed's training split (:func:`with_training_split`: F-Fidelity fine-tunes on
+   it with its own defaults and seed, the data randomisation test trains its permuted-label
+   copy on it with :func:`evalkit.metrics.data_randomisation.train_on_permuted_labels`'
+   defaults, seed 0); the caller's metric is never changed. A stochastic metric runs once
+   per seed of ``seeds`` (an evalkit metric through its ``seed`` parameter; a third-party one
+   through a ``seed`` or ``random_state`` attribute, or a call keyword of that name), with
+   the same seed for every candidate (common random numbers: within a seed, the candidates'
+   scores differ by their maps only); a deterministic one runs once.
    Any exception, or scores that are not one number per sample, make the cell ``"error"``
    with the message; the report never stops on a metric's failure.
 3. **Pairs.** Each ordered pair is decided by the paired test of :mod:`metaeval.validity._stats`
@@ -214,6 +224,62 @@ def _as_testbeds(testbeds: Any, n: int | None) -> list[Testbed]:
     return out
 
 
+#: call options that carry a protocol's input layout: a metric that declares one in its
+#: ``call_options`` is judged only on testbeds that give it (``Testbed.call_options``)
+PROTOCOL_OPTIONS = {
+    "cells": "image grids (the target cell of each row; Rao et al. 2022's protocol)",
+    "quadrants": "mosaics (the target quadrants of each row; Arias-Duart et al. 2022's "
+                 "protocol)",
+}
+
+
+def _protocol_options(metric: Any) -> tuple[str, ...]:
+    declared = getattr(metric, "call_options", ()) or ()
+    return tuple(o for o in PROTOCOL_OPTIONS if o in declared)
+
+
+def training_need(metric: Any) -> str | None:
+    """What a metric that trains a copy of the model needs and was not given, or None: an
+    F-Fidelity without its fine-tuned copy (``fine_tuned_model`` and ``fine_tune_data`` both
+    None), a data randomisation test without its permuted-label model
+    (``randomised_model`` None)."""
+    missing = object()
+    if (getattr(metric, "fine_tuned_model", missing) is None
+            and getattr(metric, "fine_tune_data", missing) is None):
+        return "a copy of the model fine-tuned on training data (F-Fidelity)"
+    if getattr(metric, "randomised_model", missing) is None:
+        return "a copy of the model trained on permuted training labels"
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class _PermutedLabelModel:
+    """``f(model) -> nn.Module``: a copy of ``model`` trained on ``x`` with its labels ``y``
+    permuted (:func:`evalkit.metrics.data_randomisation.train_on_permuted_labels` at its
+    defaults, seed 0); picklable."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __call__(self, model: Any) -> Any:
+        from evalkit.metrics.data_randomisation import train_on_permuted_labels
+
+        return train_on_permuted_labels(model, self.x, self.y, seed=0)
+
+
+def with_training_split(metric: Any, testbed: Testbed) -> Any:
+    """``metric``, or a copy of it that trains its copy of the model on ``testbed.train``
+    where it needs one and was given none (:func:`training_need`): F-Fidelity gets
+    ``fine_tune_data=testbed.train`` (it fine-tunes once per model, with its own defaults and
+    seed), the data randomisation test a ``randomised_model`` that trains on the split with
+    permuted labels. The caller's metric is never changed."""
+    if training_need(metric) is None or testbed.train is None or not _is_evalkit(metric):
+        return metric
+    if getattr(metric, "fine_tuned_model", ...) is None:
+        return metric.clone().set_params(fine_tune_data=tuple(testbed.train))
+    return metric.clone().set_params(randomised_model=_PermutedLabelModel(*testbed.train))
+
+
 def applicability(metric: Any, testbed: Testbed) -> tuple[bool, str]:
     """Whether ``metric`` can be judged on ``testbed``, and the reason when it cannot (the
     rules of the module docstring)."""
@@ -241,9 +307,18 @@ def applicability(metric: Any, testbed: Testbed) -> tuple[bool, str]:
     elif bool(getattr(metric, "needs_masks", False)) and testbed.s is None:
         return False, "the metric needs masks `s` and the testbed has none"
     family = _family(metric)
-    if testbed.families is not None and family and family not in testbed.families:
+    named = {type(metric).__name__, str(getattr(metric, "name", "") or "")}
+    if (testbed.families is not None and family and family not in testbed.families
+            and not named & set(testbed.metrics)):
         return False, (f"the testbed speaks to the {', '.join(testbed.families)} "
                        f"famil{'y' if len(testbed.families) == 1 else 'ies'}, not {family}")
+    protocol = _protocol_options(metric)
+    if protocol and not any(o in testbed.call_options for o in protocol):
+        return False, (f"the metric scores {PROTOCOL_OPTIONS[protocol[0]]} and the testbed "
+                       f"gives no `{protocol[0]}`")
+    need = training_need(metric)
+    if need is not None and testbed.train is None:
+        return False, f"the metric needs {need} and the testbed has no training split"
     return True, ""
 
 
@@ -287,12 +362,16 @@ class _Explanations:
 def _score(metric: Any, testbed: Testbed, name: str, a: torch.Tensor,
            seed: int | None) -> np.ndarray:
     m, extra = _seeded(metric, seed)
+    # a protocol's layout (a grid's cells, a mosaic's quadrants) replaces the masks
+    declared = getattr(metric, "call_options", ()) or ()
+    options = {k: v for k, v in testbed.call_options.items() if k in declared}
     with warnings.catch_warnings():
         # undefined scores are counted (n_nan), costs are those of small testbeds
         warnings.simplefilter("ignore", EvalkitWarning)
         s = _reference(testbed) if _real_valued_s(metric) else testbed.s
-        out = m(testbed.model, testbed.x, testbed.y, a.clone(), s=s,
-                explain_fn=testbed.candidates[name], **testbed.metric_kwargs, **extra)
+        out = m(testbed.model, testbed.x, testbed.y, a.clone(), s=None if options else s,
+                explain_fn=testbed.candidates[name], **testbed.metric_kwargs, **options,
+                **extra)
     scores = np.asarray(out, dtype=np.float64)
     if scores.shape != (testbed.n,):
         raise ValueError(f"the metric returned scores of shape {scores.shape} for the "
@@ -305,6 +384,10 @@ def _judge(name: str, metric: Any, testbed: Testbed, explanations: _Explanations
     ok, why = applicability(metric, testbed)
     if not ok:
         return _Cell("not applicable", why)
+    try:
+        metric = with_training_split(metric, testbed)
+    except Exception as err:  # a metric's failure is its verdict, never the report's
+        return _Cell("error", f"{type(err).__name__}: {err}")
     used = _seeds_for(metric, seeds)
     scores: dict[str, np.ndarray] = {}
     try:

@@ -23,7 +23,7 @@ ExplainFn = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: the mechanisms a testbed can plant (``Testbed.mechanism``)
 MECHANISMS = ("linear", "region", "saturation", "invariance", "interaction", "model-aware",
-              "sparsity", "completeness", "set-level")
+              "sparsity", "completeness", "set-level", "grid")
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,16 @@ class Testbed:
     ``reference`` is the exact attribution map where the mechanism fixes one (real-valued,
     in the layout of the candidates' maps: the ``s`` the ground-truth agreement metrics take,
     which set ``real_valued_s``).
+
+    ``metrics`` names metrics the testbed speaks to outside its ``families`` (e.g. one
+    axiomatic metric whose axiom the mechanism decides, where the family's other axioms are
+    not decided). ``call_options`` are call keyword arguments for the metrics that declare
+    them in their own ``call_options``: the layout of a protocol's inputs, e.g. a grid's
+    target ``cells`` (GridPG, DiFull, DiPart) or a mosaic's target ``quadrants`` (Focus); a
+    metric that gets one gets no ``s`` (those metrics take either, not both). ``train`` is
+    ``(x_train, y_train)``: inputs drawn apart from ``x``, from the same distribution, with
+    the model's own predictions as labels, for metrics that train a copy of the model
+    (F-Fidelity's fine-tuning, the data randomisation test); never the evaluated ``x``.
     """
 
     name: str
@@ -75,6 +85,9 @@ class Testbed:
     families: tuple[str, ...] | None = None
     metric_kwargs: Mapping[str, Any] = field(default_factory=dict)
     reference: torch.Tensor | None = None
+    metrics: tuple[str, ...] = ()
+    call_options: Mapping[str, Any] = field(default_factory=dict)
+    train: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -84,6 +97,14 @@ class Testbed:
                 if name not in self.candidates:
                     raise ValueError(f"Testbed {self.name!r}: the order names {name!r}, which "
                                      f"is not a candidate ({sorted(self.candidates)}).")
+        if self.train is not None:
+            if len(self.train) != 2 or self.train[0].shape[0] != self.train[1].shape[0]:
+                raise ValueError(f"Testbed {self.name!r}: `train` must be a pair (x_train, "
+                                 "y_train) with one label per input.")
+            if self.train[0].shape[1:] != self.x.shape[1:]:
+                raise ValueError(f"Testbed {self.name!r}: `train` inputs have the shape "
+                                 f"{tuple(self.train[0].shape[1:])}, the testbed's "
+                                 f"{tuple(self.x.shape[1:])}.")
 
     @property
     def n(self) -> int:

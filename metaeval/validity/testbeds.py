@@ -32,6 +32,10 @@ mechanism          what the model does; what a correct metric must see
 ``set-level``      each class is a template; the class's template (the model's gradient) is
                    class-consistent, a template of a random other class is not (Sufficiency
                    and Consistency, Dasgupta et al. 2022)
+``grid``           a 2 x 2 grid of cells, one head per cell that reads only its own cell (the
+                   fully disconnected model of DiFull, Rao et al. 2022): a map inside the
+                   explained cell beats one spread over the grid, which beats one of the
+                   other cells only (GridPG, DiFull, DiPart, Focus on their own protocol)
 =================  ===========================================================================
 
 Conventions every testbed keeps:
@@ -74,6 +78,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evalkit import _rng
+from evalkit.metrics.grid import grid_cell_masks
 
 from .testbed import MECHANISMS, Candidate, OrderedPair, Testbed
 
@@ -83,6 +88,7 @@ __all__ = [
     "TESTBED_MODALITIES",
     "TOKENS_VOCABULARY",
     "CNNModel",
+    "GridCellModel",
     "HomogeneousModel",
     "LinearModel",
     "ProductModel",
@@ -94,6 +100,7 @@ __all__ = [
     "class_templates_testbed",
     "completeness_testbed",
     "default_region",
+    "grid_testbed",
     "interaction_testbed",
     "invariance_testbed",
     "linear_testbed",
@@ -102,6 +109,7 @@ __all__ = [
     "one_hot_testbed",
     "region_testbed",
     "saturation_testbed",
+    "train_size",
 ]
 
 #: the modalities testbeds are built for
@@ -428,6 +436,41 @@ class TemplateModel(nn.Module):
         return self.linear(x.flatten(1))
 
 
+class GridCellModel(nn.Module):
+    """An n x n grid of cells (:func:`evalkit.metrics.grid.grid_cell_masks`), one two-class
+    head per cell, each reading only its own cell: Rao et al.'s fully disconnected model
+    (DiFull), built in. Head k scores z_k(x) = v . sum_positions softplus(conv(x * cell_k)) - c
+    with the network of :class:`RegionModel` (non-negative 3 x 3 convolution, positive head),
+    shared by the heads, so z_k increases with every feature of cell k and depends on no
+    other. The output (N, 2 n^2) has the layout of
+    :class:`evalkit.metrics.grid.DisconnectedGrid`: column c n^2 + k is cell k's logit of class
+    c, (-z_k, z_k) (:meth:`targets`)."""
+
+    def __init__(self, shape: Sequence[int], grid_size: int = 2, hidden: int = 4) -> None:
+        super().__init__()
+        self.grid_size = int(grid_size)
+        cells = torch.arange(self.grid_size ** 2)
+        masks = grid_cell_masks(cells, self.grid_size, tuple(shape[1:]))  # (n^2, 1, H, W)
+        self.register_buffer("cell_masks", masks.to(torch.float32))
+        self.body = nn.Conv2d(shape[0], hidden, 3, padding=1)
+        self.head = nn.Linear(hidden, 1)
+
+    def cell_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """z_k(x) of every cell, (N, n^2)."""
+        masks = self.cell_masks.to(x.dtype)
+        read = x.unsqueeze(1) * masks.unsqueeze(0)  # (N, n^2, C, H, W): each cell alone
+        hidden = F.softplus(self.body(read.flatten(0, 1))).flatten(2).sum(2)
+        return self.head(hidden)[:, 0].reshape(x.shape[0], masks.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.cell_scores(x)
+        return torch.cat([-z, z], 1)
+
+    def targets(self, cells: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The output column of cell ``cells``'s head for class ``y``: y n^2 + cells."""
+        return y.to(torch.int64) * self.grid_size ** 2 + cells.to(torch.int64)
+
+
 class TokenScoreModel(_TwoClass):
     """Token ids (N, L): z = sum_t r_t s(x_t) - c with s(v) = embedding(v) . w the score of
     token v and r a fixed 0/1 mask over positions (a buffer; all ones: every position is
@@ -510,6 +553,24 @@ class OtherClassGradient:
         draw = _rng.uniform(keys, (1,), dtype=torch.float64)[:, 0].to(labels.device)
         shift = 1 + (draw * (self.n_classes - 1)).long().clamp(max=self.n_classes - 2)
         return _to_map(_gradient(model, x, (labels + shift) % self.n_classes), self.modality)
+
+
+@dataclass(frozen=True, eq=False)
+class OtherCellsMap:
+    """Grid testbeds: gradient x (input - baseline) of the heads of the *other* cells of the
+    grid for the explained class, summed (output columns in the layout of
+    :class:`GridCellModel`: column c n^2 + k is cell k's class c); channels summed."""
+
+    grid_size: int = 2
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        labels = _labels(model, x, y)
+        n2 = self.grid_size ** 2
+        cls, cell = labels // n2, labels % n2
+        out = torch.zeros_like(x)
+        for step in range(1, n2):
+            out = out + _gradient(model, x, cls * n2 + (cell + step) % n2)
+        return _to_map(out * (x - _baseline(x)), "image")
 
 
 @dataclass(frozen=True, eq=False)
@@ -738,6 +799,12 @@ def _testbed(name: str, mechanism: str, modality: str, description: str, model: 
 
 
 # ============================================================================ planters
+#: metrics outside a testbed's families that the models which ignore features decide: the
+#: non-sensitivity axiom (Nguyen & Rodriguez Martinez 2020) asks that exactly the features
+#: the model ignores get zero attribution, which the region and one-hot candidates' order
+#: (zero outside the read features > non-zero there) decides
+_IGNORES_FEATURES = ("NonSensitivity",)
+
 # Each planter builds a testbed on given inputs x (already checked); the public builders
 # generate the inputs, plant_mechanism passes the user's.
 def _plant_linear(x: torch.Tensor, modality: str, seed: int, name: str) -> Testbed:
@@ -827,6 +894,7 @@ def _plant_region(x: torch.Tensor, modality: str, seed: int, name: str,
          "2024)."),
         model, x, y, candidates, order,
         s=_masks(region, modality, x.shape[0]), families=("localisation", "faithfulness"),
+        metrics=_IGNORES_FEATURES,
     )
 
 
@@ -1083,6 +1151,7 @@ def _plant_one_hot(x: torch.Tensor, modality: str, seed: int, name: str,
         s=_masks(feature, modality, x.shape[0]),
         families=("complexity", "localisation", "faithfulness"),
         reference="one_hot",
+        metrics=_IGNORES_FEATURES,
     )
 
 
@@ -1163,6 +1232,58 @@ def _plant_class_templates(x: torch.Tensor, modality: str, seed: int, name: str,
     )
 
 
+def _plant_grid(x: torch.Tensor, cells: torch.Tensor, seed: int, name: str,
+                grid_size: int) -> Testbed:
+    gen = _generator(seed, "grid-weights")
+    shape = tuple(x.shape[1:])
+    model = _new_module(lambda: GridCellModel(shape, grid_size), seed)
+    _fill(model.body.weight, torch.rand(model.body.weight.shape, generator=gen) + 0.1)
+    _fill(model.body.bias, -torch.rand(model.body.bias.shape, generator=gen))
+    _fill(model.head.weight, torch.rand(model.head.weight.shape, generator=gen) + 0.5)
+    with torch.no_grad():  # every explained head predicts its class 1 (positive evidence)
+        model.head.bias.zero_()
+        z = model.cell_scores(x).gather(1, cells.reshape(-1, 1))[:, 0]
+        model.head.bias.fill_(-_positive_offset(z))
+    model.eval()
+    y = model.targets(cells, torch.ones_like(cells))
+    inside = GradientMap("image", "input-baseline")
+    other = OtherCellsMap(grid_size)
+    candidates = _candidates(
+        ("inside", inside, "gradient x (input - baseline) of the explained cell's head: "
+         "zero outside the cell"),
+        ("spread", SumMap((inside, other)), "the same map of every cell's head for the "
+         "class: the explained cell and the other cells"),
+        ("other_cells", other, "the same map of the other cells' heads: none of it in the "
+         "explained cell"),
+        _random_candidate("image", seed),
+    )
+    order = _pairs(
+        ("inside", "spread", "the explained output is read from its cell alone: a map that "
+         "also credits the other cells, on which it provably does not depend, is less right."),
+        ("inside", "other_cells", "the explained output does not depend on the other cells "
+         "at all; the other-cells map puts all of its relevance there."),
+        ("inside", "random", "the explained output is read from its cell alone; noise is "
+         "spread over all cells."),
+        ("spread", "other_cells", "both maps credit the ignored cells, only the spread map "
+         "also credits the cell that is read."),
+    )
+    quadrants = (F.one_hot(cells, 4).to(torch.int64) if grid_size == 2 else None)
+    options: dict[str, Any] = {"cells": cells.clone()}
+    if quadrants is not None:
+        options["quadrants"] = quadrants
+    return _testbed(
+        name, "grid", "image",
+        (f"A {grid_size} x {grid_size} grid of cells with one head per cell that reads only "
+         "its own cell (the fully disconnected model of DiFull, Rao et al. 2022, by "
+         "construction); each sample explains the head of one cell, brighter than the "
+         "others. GridPG, DiFull and DiPart score the same quantity on it (their models "
+         "differ, not their scores); Focus reads the cell as its target quadrant."),
+        model, x, y, candidates, order,
+        s=grid_cell_masks(cells, grid_size, shape[1:]), families=("localisation",),
+        call_options=options,
+    )
+
+
 def _vocabulary(x: torch.Tensor) -> int:
     return max(int(x.max()) + 1, 2)
 
@@ -1193,6 +1314,21 @@ def _metric_kwargs(modality: str) -> dict[str, Any]:
     return {} if modality == "image" else {"modality": modality}
 
 
+def train_size(n: int) -> int:
+    """The size of a testbed's training split (``Testbed.train``) for ``n`` evaluated
+    samples: four times as many, at least 64 (a few mini-batches of fine-tuning)."""
+    return max(64, 4 * n)
+
+
+def _with_train(bed: Testbed, x_train: torch.Tensor) -> Testbed:
+    """``bed`` with its training split: ``x_train`` (drawn from the testbed's own input
+    distribution under a stream of its own, so never the evaluated ``x``) labelled with the
+    model's predictions, in eval mode, so that a copy trained on it learns the mechanism's
+    labels."""
+    bed.train = (x_train, _predictions(bed.model.eval(), x_train))
+    return bed
+
+
 # ============================================================================ builders
 def _resolve(modality: str, n: int | None, shape: Sequence[int] | None
              ) -> tuple[int, tuple[int, ...]]:
@@ -1209,8 +1345,8 @@ def _resolve(modality: str, n: int | None, shape: Sequence[int] | None
 
 
 def _data(modality: str, n: int, shape: tuple[int, ...], seed: int,
-          lit: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
-    gen = _generator(seed, "data")
+          lit: torch.Tensor | None = None, *, stream: str = "data", **kw: Any) -> torch.Tensor:
+    gen = _generator(seed, stream)
     if modality == "tokens":
         return _token_inputs(n, shape[0], gen)
     return _numeric_inputs(n, shape, gen, lit, **kw)
@@ -1227,7 +1363,8 @@ def linear_testbed(modality: str = "image", *, n: int | None = None, seed: int =
     the reference), axiomatic. XAI-Units' weighted features (Lee et al. 2025).
     """
     n, shape = _resolve(modality, n, shape)
-    return _plant_linear(_data(modality, n, shape, seed), modality, seed, f"{modality}-linear")
+    bed = _plant_linear(_data(modality, n, shape, seed), modality, seed, f"{modality}-linear")
+    return _with_train(bed, _data(modality, train_size(n), shape, seed, stream="train"))
 
 
 def region_testbed(modality: str = "image", *, n: int | None = None, seed: int = 0,
@@ -1245,7 +1382,9 @@ def region_testbed(modality: str = "image", *, n: int | None = None, seed: int =
     region = default_region(_feature_shape(modality, shape))
     lit = None if modality == "tokens" else _elements(region, modality, shape)
     x = _data(modality, n, shape, seed, lit, background=0.5)
-    return _plant_region(x, modality, seed, f"{modality}-region", region)
+    bed = _plant_region(x, modality, seed, f"{modality}-region", region)
+    return _with_train(bed, _data(modality, train_size(n), shape, seed, lit, background=0.5,
+                                  stream="train"))
 
 
 def saturation_testbed(modality: str = "image", *, n: int | None = None, seed: int = 0,
@@ -1260,8 +1399,10 @@ def saturation_testbed(modality: str = "image", *, n: int | None = None, seed: i
     _numeric_only(modality, "No saturation testbed for tokens (token ids have no gradient).")
     n, shape = _resolve(modality, n, shape)
     region = default_region(_feature_shape(modality, shape))
-    x = _data(modality, n, shape, seed, _elements(region, modality, shape))
-    return _plant_saturation(x, modality, seed, f"{modality}-saturation", region)
+    lit = _elements(region, modality, shape)
+    x = _data(modality, n, shape, seed, lit)
+    bed = _plant_saturation(x, modality, seed, f"{modality}-saturation", region)
+    return _with_train(bed, _data(modality, train_size(n), shape, seed, lit, stream="train"))
 
 
 def invariance_testbed(modality: str = "image", *, n: int | None = None, seed: int = 0,
@@ -1276,7 +1417,8 @@ def invariance_testbed(modality: str = "image", *, n: int | None = None, seed: i
     n, shape = _resolve(modality, n, shape)
     region = default_region(_feature_shape(modality, shape))
     x = _data(modality, n, shape, seed)
-    return _plant_invariance(x, modality, seed, f"{modality}-invariance", region)
+    bed = _plant_invariance(x, modality, seed, f"{modality}-invariance", region)
+    return _with_train(bed, _data(modality, train_size(n), shape, seed, stream="train"))
 
 
 def interaction_testbed(modality: str = "image", *, kind: str = "and", n: int | None = None,
@@ -1299,17 +1441,23 @@ def interaction_testbed(modality: str = "image", *, kind: str = "and", n: int | 
     if bool((region_a & region_b).any()):
         raise ValueError(f"The input shape {shape} is too small for two disjoint regions.")
     elem_a, elem_b = _elements(region_a, modality, shape), _elements(region_b, modality, shape)
-    if kind == "and":
-        lit = elem_a | elem_b
-    else:  # half the samples: exactly one region bright (alternating), the others both or none
-        gen = _generator(seed, "xor-pattern")
-        lit_a = torch.rand(n, generator=gen) < 0.5
-        one = torch.arange(n) % 2 == 0
+
+    def lit_of(rows: int, stream: str) -> torch.Tensor:
+        if kind == "and":
+            return elem_a | elem_b
+        # half the samples: exactly one region bright (alternating), the others both or none
+        gen = _generator(seed, stream)
+        lit_a = torch.rand(rows, generator=gen) < 0.5
+        one = torch.arange(rows) % 2 == 0
         lit_b = torch.where(one, ~lit_a, lit_a)
         view = (-1, *([1] * len(shape)))
-        lit = (lit_a.reshape(view) & elem_a) | (lit_b.reshape(view) & elem_b)
-    x = _data(modality, n, shape, seed, lit, background=0.5)
-    return _plant_interaction(x, modality, seed, f"{modality}-{kind}", region_a, region_b, kind)
+        return (lit_a.reshape(view) & elem_a) | (lit_b.reshape(view) & elem_b)
+
+    x = _data(modality, n, shape, seed, lit_of(n, "xor-pattern"), background=0.5)
+    bed = _plant_interaction(x, modality, seed, f"{modality}-{kind}", region_a, region_b, kind)
+    rows = train_size(n)
+    return _with_train(bed, _data(modality, rows, shape, seed, lit_of(rows, "xor-pattern-train"),
+                                  background=0.5, stream="train"))
 
 
 def model_aware_testbed(modality: str = "image", *, n: int | None = None, seed: int = 0,
@@ -1323,7 +1471,8 @@ def model_aware_testbed(modality: str = "image", *, n: int | None = None, seed: 
     _numeric_only(modality, "No model-aware testbed for tokens.")
     n, shape = _resolve(modality, n, shape)
     x = _data(modality, n, shape, seed)
-    return _plant_model_aware(x, modality, seed, f"{modality}-model-aware")
+    bed = _plant_model_aware(x, modality, seed, f"{modality}-model-aware")
+    return _with_train(bed, _data(modality, train_size(n), shape, seed, stream="train"))
 
 
 def one_hot_testbed(modality: str = "image", *, n: int | None = None, seed: int = 0,
@@ -1340,7 +1489,8 @@ def one_hot_testbed(modality: str = "image", *, n: int | None = None, seed: int 
     feature[tuple(d // 3 for d in fshape)] = True
     lit = None if modality == "tokens" else _elements(feature, modality, shape)
     x = _data(modality, n, shape, seed, lit)
-    return _plant_one_hot(x, modality, seed, f"{modality}-one-hot", feature)
+    bed = _plant_one_hot(x, modality, seed, f"{modality}-one-hot", feature)
+    return _with_train(bed, _data(modality, train_size(n), shape, seed, lit, stream="train"))
 
 
 def completeness_testbed(modality: str = "image", *, n: int | None = None, seed: int = 0,
@@ -1354,7 +1504,8 @@ def completeness_testbed(modality: str = "image", *, n: int | None = None, seed:
     _numeric_only(modality, "No completeness testbed for tokens.")
     n, shape = _resolve(modality, n, shape)
     x = _data(modality, n, shape, seed)
-    return _plant_completeness(x, modality, seed, f"{modality}-completeness")
+    bed = _plant_completeness(x, modality, seed, f"{modality}-completeness")
+    return _with_train(bed, _data(modality, train_size(n), shape, seed, stream="train"))
 
 
 def class_templates_testbed(modality: str = "image", *, n: int | None = None, seed: int = 0,
@@ -1374,10 +1525,52 @@ def class_templates_testbed(modality: str = "image", *, n: int | None = None, se
     n, shape = _resolve(modality, n, shape)
     fshape = _feature_shape(modality, shape)
     blocks = _template_blocks(fshape, n_classes)
-    labels = torch.arange(n) % n_classes
-    lit = torch.stack([_elements(blocks[int(c)], modality, shape) for c in labels])
-    x = _data(modality, n, shape, seed, lit, background=0.3)
-    return _plant_class_templates(x, modality, seed, f"{modality}-class-templates", blocks)
+
+    def lit_of(rows: int) -> torch.Tensor:  # sample i is class i mod n_classes
+        return torch.stack([_elements(blocks[int(c)], modality, shape)
+                            for c in torch.arange(rows) % n_classes])
+
+    x = _data(modality, n, shape, seed, lit_of(n), background=0.3)
+    bed = _plant_class_templates(x, modality, seed, f"{modality}-class-templates", blocks)
+    rows = train_size(n)
+    return _with_train(bed, _data(modality, rows, shape, seed, lit_of(rows), background=0.3,
+                                  stream="train"))
+
+
+def grid_testbed(modality: str = "image", *, n: int | None = None, seed: int = 0,
+                 shape: Sequence[int] | None = None, grid_size: int = 2) -> Testbed:
+    """A ``grid_size`` x ``grid_size`` grid of cells (2 x 2: 6 x 6 cells of a 12 x 12 image)
+    and a model with one head per cell that reads only its own cell
+    (:class:`GridCellModel`, Rao et al.'s DiFull model by construction). Sample i explains
+    the head of cell i mod n^2 (its target ``y`` is that head's class-1 column), and that cell
+    is bright, so it is also the cell the model is most confident about.
+
+    Candidates: ``inside`` (gradient x (input - baseline) of the explained head: zero outside
+    its cell), ``spread`` (the same for every head: the whole grid), ``other_cells`` (the other
+    heads only), ``random``. Order: inside beats spread, other_cells and random; spread beats
+    other_cells. ``s``: the explained cell; ``call_options``: ``cells`` (GridPG, DiFull,
+    DiPart) and, for 2 x 2 grids, ``quadrants`` (Focus). Rao, Böhle & Schiele, CVPR 2022;
+    Arias-Duart et al., FUZZ-IEEE 2022.
+    """
+    if modality != "image":
+        raise ValueError(f"The grid testbed is built for images; got {modality!r}.")
+    if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 2:
+        raise ValueError(f"`grid_size` must be an int >= 2; got {grid_size!r}.")
+    n, shape = _resolve(modality, n, shape)
+    if min(shape[1:]) < grid_size:
+        raise ValueError(f"The input shape {shape} is too small for a {grid_size} x "
+                         f"{grid_size} grid.")
+
+    def lit_of(cells: torch.Tensor) -> torch.Tensor:
+        masks = grid_cell_masks(cells, grid_size, shape[1:])  # (rows, 1, H, W)
+        return masks.expand(-1, shape[0], -1, -1)
+
+    cells = torch.arange(n) % grid_size ** 2
+    x = _data(modality, n, shape, seed, lit_of(cells), background=0.5)
+    bed = _plant_grid(x, cells, seed, f"{modality}-grid", grid_size)
+    train_cells = torch.arange(train_size(n)) % grid_size ** 2
+    return _with_train(bed, _data(modality, train_cells.shape[0], shape, seed,
+                                  lit_of(train_cells), background=0.5, stream="train"))
 
 
 def _template_blocks(fshape: tuple[int, ...], n_classes: int) -> list[torch.Tensor]:
@@ -1430,6 +1623,7 @@ def _register() -> dict[str, _Entry]:
         ("one-hot", one_hot_testbed, "sparsity", TESTBED_MODALITIES, ()),
         ("completeness", completeness_testbed, "completeness", ("image",), ()),
         ("class-templates", class_templates_testbed, "set-level", ("image", "tabular"), ()),
+        ("grid", grid_testbed, "grid", ("image",), ()),
     ]
     for suffix, builder, mechanism, modalities, options in plan:
         for modality in modalities:
