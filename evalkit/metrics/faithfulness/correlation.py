@@ -72,6 +72,11 @@ class SensitivityN(RanksFeatures):
     the whole curve, N * (1 + G / features_in_step)). With one feature per step on images,
     choose a larger ``features_in_step``.
 
+    Validity (``docs/validity.md``, report card): wrong on the image and series saturation
+    testbeds: small random subsets rarely leave saturation, so the gradient's attributions (zero
+    on the saturated evidence) correlate with the output changes as well as or better than
+    Integrated Gradients'.
+
     Reference: M. Ancona, E. Ceolini, C. Öztireli, M. Gross, "Towards better understanding of
     gradient-based attribution methods for Deep Neural Networks", ICLR 2018.
     """
