@@ -926,7 +926,7 @@ def _metaeval_lines(results: list[Result]) -> list[str]:
     for r in rows:
         mq = f"error: {r.quantus_error}" if r.quantus_error else _fmt_s(r.quantus_s)
         if not r.quantus_error and not math.isfinite(r.quantus_s):
-            mq = "— (metaquantus not installed)"
+            mq = "— (no MetaQuantus run: not installed, or nothing to compare)"
         ok = "—"
         if math.isfinite(r.speedup):
             met = _reachable_check(r, META_TARGET)
