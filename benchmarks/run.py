@@ -384,7 +384,7 @@ def _reference_lines(results: list[Result]) -> list[str]:
              "library where it imports, in the same alternating rounds (the row's note has the "
              "same numbers):", "",
              "| metric | workload | reference | ours (s) | reference (s) | speed-up (reference "
-             "/ ours) | fwd calls / rows: ours / reference | agreement |",
+             "/ ours) | fwd calls / rows: ours; reference | agreement |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         fwd = r.extra.get("reference_fwd")
@@ -394,7 +394,7 @@ def _reference_lines(results: list[Result]) -> list[str]:
                else _fmt_s(r.extra.get("reference_s", math.nan)))
         lines.append("| " + " | ".join(_cell(c) for c in [
             r.metric, f"{r.workload} (N={r.n})", r.extra["reference"], _fmt_s(r.ours_s), ref,
-            _fmt_ratio(_reference_speedup(r)), f"{ours_fwd} / {ref_fwd}",
+            _fmt_ratio(_reference_speedup(r)), f"{ours_fwd}; {ref_fwd}",
             r.extra.get("reference_agreement") or "—"]) + " |")
     return [*lines, ""]
 
@@ -672,7 +672,8 @@ def _floor_miss_text(r: Result) -> str:
     by_part = least is not None and part_floor == least
     if by_part:
         text += (f" (out of reach: floor + {r.extra['part']} alone is {least:.2f} x the floor, "
-                 f"{_fmt_s(_extra_s(r, 'part_s'))} s of {r.extra['part']})")
+                 f"{_fmt_s(_extra_s(r, 'part_s'))} s of {r.extra['part']}; ours / that "
+                 f"{r.floor_ratio / least:.2f})")
     elif least is not None:
         text += f" (out of reach: building the inputs alone makes the floor {least:.2f} x)"
     part = _extra_s(r, "part_s")

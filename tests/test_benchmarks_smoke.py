@@ -380,7 +380,8 @@ def test_a_part_that_is_a_floor_makes_the_target_out_of_reach():
         "part": "WebP encoding", "part_s": 4.2, "part_is_floor": True})
     assert run.unreachable_floor(webp) == pytest.approx((0.75 + 4.2) / 0.75)
     text = run._floor_miss_text(webp)
-    assert text.startswith("6.80 (out of reach: floor + WebP encoding alone is 6.60 x the floor")
+    assert text == ("6.80 (out of reach: floor + WebP encoding alone is 6.60 x the floor, 4.20 s "
+                    "of WebP encoding; ours / that 1.03)")
     # a part of our own work (not a floor) does not make the target out of reach
     own = _result("ROAD", ours_s=2.0, floor_s=0.5, extra={"part": "imputation", "part_s": 1.0})
     assert run.unreachable_floor(own) is None
