@@ -2,13 +2,15 @@
 
 Measurement protocol for one case:
 
-1. Warm-up: run ours once, then Quantus once, each under a forward counter (a forward pre-hook
+1. Warm-up: run ours once, then Quantus once (and another library's implementation where a
+   spec gives one, :attr:`Case.reference`), each under a forward counter (a forward pre-hook
    on the workload's root module, removed in a ``finally``). The counted calls/rows are what the
    table reports, and the outputs of these runs feed the agreement check.
 2. Build the floor from what ours needed (by default: the forward rows it issued, at the
    runner's batch size; specs may give their own floor, e.g. forward+backward for explainers).
 3. Timed rounds, alternating in the same process: ours, Quantus, floor, ours, Quantus, floor...
-   so that slow drift (thermal, other processes) hits all three alike. A call that takes less
+   (a reference, where there is one, in the same rotation) so that slow drift (thermal, other
+   processes) hits all alike. A call that takes less
    than ``min_time`` is repeated in an inner loop and its time averaged. The median over the
    rounds is reported (the minimum is kept too).
 
@@ -487,12 +489,23 @@ class Case:
     ``stats`` is an optional zero-arg callable returning a dict stored in the row's ``extra``
     after the counted warm-up run of ours (e.g. cache statistics of a suite).
     ``part`` is an optional :class:`PartTimer` inside ours (e.g. ROAD's imputation): its
-    seconds in one untimed run after the rounds go to ``extra["part_s"]``.
+    seconds in one untimed run after the rounds go to ``extra["part_s"]``. ``part_is_floor``
+    says that the part is work the metric's definition requires, done by a library at its own
+    speed (e.g. SIC's lossless WebP encoding with PIL): floor + part then bounds every
+    implementation from below (``extra["part_is_floor"]``; the page calls a floor ratio under
+    it out of reach).
     ``quantus_floor(count)`` is, where Quantus forwards other rows than ours (a bug makes it
     compute something else), given Quantus' :class:`ForwardCount`, a zero-arg callable running
     the bare model work of Quantus' rows in Quantus' own chunks; it is timed in the same rounds
     (``extra["quantus_floor_s"]``), so that the table can tell a slower implementation from a
     costlier computation.
+    ``reference()`` runs, where one is importable, another library's implementation of the
+    metric (``reference_name``, e.g. ``"pytorch-grad-cam 1.5.7"``) on the same inputs and
+    settings; it is warmed up under the forward counter after Quantus and timed in the same
+    alternating rounds, and ``reference_agreement(ours_out, reference_out)`` compares the
+    warm-up outputs. Its numbers go to ``extra``: ``reference``, ``reference_s``,
+    ``reference_min_s``, ``reference_fwd`` ([calls, rows]), ``reference_agreement``,
+    ``reference_agreement_value``, or ``reference_error``.
     """
 
     ours: Callable[[], Any]
@@ -504,7 +517,11 @@ class Case:
     explainer: TimedExplainer | None = None
     stats: Callable[[], dict[str, Any]] | None = None
     part: PartTimer | None = None
+    part_is_floor: bool = False
     quantus_floor: Callable[[ForwardCount], Callable[[], None] | None] | None = None
+    reference: Callable[[], Any] | None = None
+    reference_name: str = ""
+    reference_agreement: Callable[[Any, Any], Agreement] | None = None
     #: also time the ``"forward"`` floor with each chunk written once before its forward
     #: (:func:`forward_floor` with ``write=True``), as ``extra["written_floor_s"]``: where the
     #: model is tiny (W4's MLP), what building the perturbed inputs alone costs
@@ -600,6 +617,36 @@ def _warm_up(name: str, fn: Callable[[], Any] | None, warm: dict[str, float], re
     return fn
 
 
+def _warm_up_reference(case: Case, w: Workload, res: Result, warm: dict[str, float],
+                       out_ours: Any, device: torch.device | None,
+                       verbose: bool) -> Callable[[], Any] | None:
+    """The counted warm-up of ``case.reference`` (see :class:`Case`) and its agreement with
+    ours; returns the callable to time, or None (no reference, or it failed)."""
+    if case.reference is None:
+        return None
+    res.extra["reference"] = case.reference_name or "reference"
+    try:
+        t0 = clock()
+        with count_forwards(w.model) as count:
+            out_ref = case.reference()
+        _sync(device)
+        warm["reference"] = clock() - t0
+    except Exception as exc:
+        res.extra["reference_error"] = _short_error(exc)
+        if verbose:
+            traceback.print_exc()
+        return None
+    res.extra["reference_fwd"] = [count.calls, count.rows]
+    if case.reference_agreement is not None:
+        try:
+            ag = case.reference_agreement(out_ours, out_ref)
+            res.extra["reference_agreement"] = ag.render()
+            res.extra["reference_agreement_value"] = ag.value
+        except Exception as exc:
+            res.extra["reference_agreement"] = f"check failed: {_short_error(exc)}"
+    return case.reference
+
+
 def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
              min_time: float = 0.2, max_case_s: float | None = None,
              verbose: bool = False) -> Result:
@@ -664,6 +711,7 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
             res.agreement = f"check failed: {_short_error(exc)}"
     elif quantus_fn is None and res.quantus_error:
         res.agreement = "—"
+    reference_fn = _warm_up_reference(case, w, res, warm, out_ours, ctx.device, verbose)
 
     # 2. the floor
     floor_fn = None
@@ -720,6 +768,8 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         fns["floor"] = floor_fn
     if q_floor_fn is not None:
         fns["quantus_floor"] = q_floor_fn
+    if reference_fn is not None:
+        fns["reference"] = reference_fn
     if written_fn is not None:
         fns["written_floor"] = written_fn
     if drawn_fn is not None:
@@ -745,6 +795,9 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         res.floor_s = timings["floor"].median
     if "quantus_floor" in timings:
         res.extra["quantus_floor_s"] = timings["quantus_floor"].median
+    if "reference" in timings:
+        res.extra["reference_s"] = timings["reference"].median
+        res.extra["reference_min_s"] = timings["reference"].min
     if "written_floor" in timings:
         res.extra["written_floor_s"] = timings["written_floor"].median
     if "drawn_floor" in timings:
@@ -754,6 +807,8 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
             case.part.reset()
             case.ours()
             res.extra["part"], res.extra["part_s"] = case.part.name, case.part.seconds
+            if case.part_is_floor:
+                res.extra["part_is_floor"] = True
         except Exception as exc:
             res.extra["part_error"] = _short_error(exc)
 

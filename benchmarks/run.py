@@ -337,6 +337,7 @@ def _row_cells(r: Result) -> list[str]:
         note += (f" (that and drawing as many random numbers as ours, "
                  f"{r.extra.get('drawn_values', '?')}, with torch.rand: {_fmt_s(drawn)} s, "
                  f"{drawn / r.floor_s:.2f} x the floor; ours / that {r.ours_s / drawn:.2f})")
+    note += _reference_note(r)
     share = "—" if r.explainer_share is None else f"{100 * r.explainer_share:.0f} %"
     if r.extra.get("explained_rows") is not None and r.explainer_share is not None:
         share += f" ({r.extra['explained_rows']} rows explained)"
@@ -349,6 +350,53 @@ def _row_cells(r: Result) -> list[str]:
         r.quantus_fwd.text() if r.quantus_fwd else "—",
         share, r.agreement or "—", note, rounds_text,
     ]
+
+
+def _reference_speedup(r: Result) -> float:
+    """The reference implementation's time / ours (> 1: we are faster), NaN without one."""
+    ref = _extra_s(r, "reference_s")
+    return ref / r.ours_s if ref is not None and r.ours_s > 0 else math.nan
+
+
+def _reference_note(r: Result) -> str:
+    """The row's reference implementation (another library than Quantus), for its note."""
+    name = r.extra.get("reference")
+    if not name:
+        return ""
+    if r.extra.get("reference_error"):
+        return f" ({name} failed: {r.extra['reference_error']})"
+    fwd = r.extra.get("reference_fwd")
+    text = (f" ({name}: {_fmt_s(r.extra.get('reference_s', math.nan))} s, speed-up "
+            f"{_fmt_ratio(_reference_speedup(r))}")
+    if fwd:
+        text += f", its fwd calls / rows {fwd[0]} / {fwd[1]}"
+    if r.extra.get("reference_agreement"):
+        text += f"; agreement: {r.extra['reference_agreement']}"
+    return text + ")"
+
+
+def _reference_lines(results: list[Result]) -> list[str]:
+    """Rows timed against another library's implementation (``Case.reference``)."""
+    rows = [r for r in results if r.extra.get("reference") and _measured(r)]
+    if not rows:
+        return []
+    lines = ["Metrics that Quantus lacks but another library ships are timed against that "
+             "library where it imports, in the same alternating rounds (the row's note has the "
+             "same numbers):", "",
+             "| metric | workload | reference | ours (s) | reference (s) | speed-up (reference "
+             "/ ours) | fwd calls / rows: ours; reference | agreement |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fwd = r.extra.get("reference_fwd")
+        ours_fwd = r.ours_fwd.text() if r.ours_fwd else "—"
+        ref_fwd = f"{fwd[0]} / {fwd[1]}" if fwd else "—"
+        ref = (f"error: {r.extra['reference_error']}" if r.extra.get("reference_error")
+               else _fmt_s(r.extra.get("reference_s", math.nan)))
+        lines.append("| " + " | ".join(_cell(c) for c in [
+            r.metric, f"{r.workload} (N={r.n})", r.extra["reference"], _fmt_s(r.ours_s), ref,
+            _fmt_ratio(_reference_speedup(r)), f"{ours_fwd}; {ref_fwd}",
+            r.extra.get("reference_agreement") or "—"]) + " |")
+    return [*lines, ""]
 
 
 def _shared_note(meta: dict[str, Any]) -> str:
@@ -592,16 +640,27 @@ def _extra_s(r: Result, key: str) -> float | None:
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
 
 
+def _part_floor(r: Result) -> float | None:
+    """(floor + part) / floor where the row's timed part is itself a floor (work the metric's
+    definition requires, done by a library: ``extra["part_is_floor"]``, e.g. SIC's WebP
+    encoding), else None."""
+    part = _extra_s(r, "part_s")
+    if not (r.extra.get("part_is_floor") and part is not None and r.floor_s > 0):
+        return None
+    return (r.floor_s + part) / r.floor_s
+
+
 def unreachable_floor(r: Result) -> float | None:
     """The least floor ratio that any implementation building the same inputs reaches, where
     it is above :data:`FLOOR_TARGET` (the target is then out of reach), else None: the written
     floor (each input row written once) or the drawn floor (and as many random numbers drawn
-    as ours, with torch's unkeyed generator), W4-W6."""
+    as ours, with torch's unkeyed generator), W4-W6; or the floor plus a timed part that is
+    itself a floor (:func:`_part_floor`)."""
     if not r.floor_s > 0:
         return None
     bounds = [v / r.floor_s for v in (_extra_s(r, "written_floor_s"),
                                       _extra_s(r, "drawn_floor_s")) if v]
-    least = max(bounds, default=0.0)
+    least = max([*bounds, _part_floor(r) or 0.0], default=0.0)
     return least if least > FLOOR_TARGET else None
 
 
@@ -609,10 +668,16 @@ def _floor_miss_text(r: Result) -> str:
     """The floor ratio, and with a timed part the least ratio that part alone allows."""
     text = _fmt_ratio(r.floor_ratio)
     least = unreachable_floor(r)
-    if least is not None:
+    part_floor = _part_floor(r)
+    by_part = least is not None and part_floor == least
+    if by_part:
+        text += (f" (out of reach: floor + {r.extra['part']} alone is {least:.2f} x the floor, "
+                 f"{_fmt_s(_extra_s(r, 'part_s'))} s of {r.extra['part']}; ours / that "
+                 f"{r.floor_ratio / least:.2f})")
+    elif least is not None:
         text += f" (out of reach: building the inputs alone makes the floor {least:.2f} x)"
     part = _extra_s(r, "part_s")
-    if part and r.floor_s > 0:
+    if part and r.floor_s > 0 and not by_part:
         text += (f" ({r.extra['part']} {_fmt_s(part)} s: floor + {r.extra['part']} alone is "
                  f"{(r.floor_s + part) / r.floor_s:.2f} x the floor)")
     written = _extra_s(r, "written_floor_s")
@@ -665,6 +730,11 @@ def _misses_lines(results: list[Result]) -> list[str]:
             target = _speedup_target(r)
             rows.append((r, f">= {target:g}x Quantus", f"speed-up {_fmt_ratio(r.speedup)}",
                          r.speedup >= target * (1 - NOISE)))
+        ref_speedup = _reference_speedup(r)
+        if _measured(r) and ref_speedup < QUANTUS_TARGET:
+            rows.append((r, f"never slower than {r.extra['reference']}",
+                         f"speed-up {_fmt_ratio(ref_speedup)}",
+                         ref_speedup >= QUANTUS_TARGET * (1 - NOISE)))
         if not _measured(r) and not r.extra.get("skipped"):
             rows.append((r, "runs", r.error or "no timing", False))
     if not rows:
@@ -1036,7 +1106,11 @@ def render_markdown(results: list[Result], runs: dict[str, dict[str, Any]],
         "robustness metrics; each spec states its floor). **floor ratio** = ours / floor "
         "(1.00 = no overhead above the model). Model-free metrics have no floor. Where a "
         "metric does CPU work the floor cannot cover (ROAD's exact imputation), the note "
-        "gives that part's seconds, timed in one more untimed run; where Quantus forwards "
+        "gives that part's seconds, timed in one more untimed run; where that part is itself "
+        "a floor (SIC and AIC's lossless WebP encoding with PIL, at the paper's settings), "
+        "floor + part bounds every implementation from below, and where it exceeds the "
+        "target the row says *out of reach*, as where building the inputs alone does "
+        "(W4-W6); where Quantus forwards "
         "other rows than ours (Monotonicity, deviation C2), the note gives the model work of "
         "Quantus' own rows, in its own chunks.",
         "- **fwd calls / rows**: forward calls of the model and the inputs they carried "
@@ -1046,6 +1120,15 @@ def render_markdown(results: list[Result], runs: dict[str, dict[str, Any]],
         "the number of inputs it explained.",
         "- **agreement**: max abs difference between our and Quantus' outputs on the same "
         "inputs, or why they differ by design.",
+        "- **Other reference implementations**: where Quantus lacks a metric but another "
+        "library ships it (pytorch-grad-cam 1.5.7's ARCC), the spec runs that library too, "
+        "where it imports, on the same inputs and settings, in the same alternating rounds; "
+        "the row's note gives its seconds, the speed-up (its time / ours), its forward "
+        "counts and the agreement of the values (with the differences of definition named), "
+        "and *Against other reference implementations* below the summary lists these rows. "
+        "\"Never slower\" applies to it as to Quantus. pytorch-grad-cam imports torchvision, "
+        "so its rows are measured with a Python that has torchvision (the run's torch "
+        "version says which).",
         "- Speed targets are never asserted in tests; they are measured here, one run, and "
         "timings on a shared machine are noisy (see the load averages).",
         "- To add a metric, append a `Spec` to `SPECS` in its family's module under "
@@ -1056,6 +1139,9 @@ def render_markdown(results: list[Result], runs: dict[str, dict[str, Any]],
         "",
     ]
     lines += _summary_lines(results)
+    reference = _reference_lines(results)
+    if reference:
+        lines += ["### Against other reference implementations", "", *reference]
     lines += ["## Rows that miss a target", ""]
     lines += _misses_lines(results)
     modal = _modality_lines(results)

@@ -319,3 +319,74 @@ def test_part_timer_and_quantus_floor_reach_the_row_and_the_misses():
     assert "unreachable by a correct implementation" in text
     cells = run._row_cells(road)
     assert "imputation: 1.00 s of ours, 2.00 x the floor" in cells[COLUMNS.index("note")]
+
+
+def test_a_reference_implementation_is_timed_beside_ours_and_reported():
+    from benchmarks import run
+    from benchmarks.specs import Spec
+
+    w = get_workload("W1", 8)
+    calls = []
+
+    def build(w, ctx):
+        def reference():
+            calls.append("reference")
+            w.model(w.x)
+            return np.ones(w.n) * 0.5
+
+        return harness.Case(
+            ours=lambda: np.zeros(w.n), floor=None, reference=reference,
+            reference_name="otherlib 1.0",
+            reference_agreement=lambda o, r: harness.max_abs_diff(o, r, text="by design"))
+
+    spec = Spec("Fake", "faithfulness", build)
+    ctx = harness.Context(batch_size=8, device=torch.device("cpu"))  # no Quantus
+    res = harness.run_case(spec, w, ctx, repeats=2, min_time=0.0)
+    assert not res.error and calls == ["reference"] * 3  # the counted warm-up, 2 rounds
+    assert res.extra["reference"] == "otherlib 1.0" and res.extra["reference_fwd"] == [1, 8]
+    assert res.extra["reference_s"] > 0 and res.extra["reference_agreement_value"] == 0.5
+    assert res.extra["reference_agreement"] == "max abs diff 0.5 (by design)"
+    assert math.isnan(res.quantus_s)  # the Quantus columns stay Quantus'
+
+    def failing(w, ctx):
+        return harness.Case(ours=lambda: 0, floor=None, reference=lambda: 1 / 0,
+                            reference_name="broken 0.1")
+
+    res = harness.run_case(Spec("Fake", "faithfulness", failing), w, ctx, repeats=1,
+                           min_time=0.0)
+    assert not res.error and "ZeroDivisionError" in res.extra["reference_error"]
+    assert "reference_s" not in res.extra
+
+    fast = _result("ARCC", ours_s=1.0, floor_s=0.5, extra={
+        "reference": "otherlib 1.0", "reference_s": 4.0, "reference_fwd": [3, 24],
+        "reference_agreement": "max abs diff 0.01"})
+    slow = _result("ARCC", workload="W2", ours_s=2.0, floor_s=1.9, extra={
+        "reference": "otherlib 1.0", "reference_s": 1.0})
+    note = run._row_cells(fast)[COLUMNS.index("note")]
+    assert ("otherlib 1.0: 4.00 s, speed-up 4.00, its fwd calls / rows 3 / 24; agreement: "
+            "max abs diff 0.01") in note
+    md = run.render_markdown([fast, slow], {"r": {"date": "r", "command": "cmd"}}, "cmd")
+    table = md.split("### Against other reference implementations", 1)[1].split("## ", 1)[0]
+    assert "| ARCC | W1 (N=8) | otherlib 1.0 | 1.00 | 4.00 | 4.00 |" in table
+    misses = md.split("## Rows that miss a target", 1)[1].split("## ", 1)[0]
+    assert "| ARCC | W2 (N=8) | never slower than otherlib 1.0 | speed-up 0.50 |" in misses
+    assert "| ARCC | W1 (N=8) | never slower" not in misses
+
+
+def test_a_part_that_is_a_floor_makes_the_target_out_of_reach():
+    from benchmarks import run
+
+    webp = _result("SIC", ours_s=5.1, floor_s=0.75, extra={
+        "part": "WebP encoding", "part_s": 4.2, "part_is_floor": True})
+    assert run.unreachable_floor(webp) == pytest.approx((0.75 + 4.2) / 0.75)
+    text = run._floor_miss_text(webp)
+    assert text == ("6.80 (out of reach: floor + WebP encoding alone is 6.60 x the floor, 4.20 s "
+                    "of WebP encoding; ours / that 1.03)")
+    # a part of our own work (not a floor) does not make the target out of reach
+    own = _result("ROAD", ours_s=2.0, floor_s=0.5, extra={"part": "imputation", "part_s": 1.0})
+    assert run.unreachable_floor(own) is None
+    assert "out of reach" not in run._floor_miss_text(own)
+    # nor does a floor part that leaves the target within reach
+    small = _result("SIC", ours_s=1.5, floor_s=1.0, extra={
+        "part": "WebP encoding", "part_s": 0.1, "part_is_floor": True})
+    assert run.unreachable_floor(small) is None

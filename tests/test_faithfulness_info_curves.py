@@ -296,6 +296,37 @@ def test_sic_by_hand(compression):
     assert np.all((0 <= got) & (got <= 1))
 
 
+def test_identical_images_are_encoded_once_per_call():
+    # thresholds that reveal the same number of pixels (0.5 % and 1 % of 64 both round to
+    # 0 and 1, 3 % and 4 % to 2 and 3, ...) and a repeated sample give identical 8-bit images:
+    # each is encoded once per call, and the sizes are those of encoding every image
+    x = _textured(n=2, size=8)
+    a = torch.arange(64, 0, -1, dtype=torch.float32).reshape(1, 1, 8, 8).expand(3, 1, 8, 8)
+    thresholds = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.5)
+
+    def run(xs: torch.Tensor) -> tuple[list[bytes], np.ndarray]:
+        metric = M.SIC(thresholds, perturb_baseline="zero", compression="png", n_points=100)
+        encoded: list[bytes] = []
+        encode = metric._encode
+        metric._encode = lambda image: encoded.append(image.tobytes()) or encode(image)
+        metric(LeftHalf(), xs, torch.zeros(len(xs), dtype=torch.long), a[: len(xs)].clone())
+        return encoded, metric.compressed_sizes_
+
+    encoded, sizes = run(x)
+    assert len(encoded) == len(set(encoded))  # nothing encoded twice
+    ks = [0] + [math.floor(f * 64 + 0.5) for f in thresholds] + [64]
+    assert len(encoded) <= 2 * len(set(ks)) < 2 * len(ks)
+    again, sizes3 = run(torch.cat([x, x[:1]]))
+    assert len(again) == len(encoded)  # the repeated sample costs no encoding
+    np.testing.assert_array_equal(sizes3[:2], sizes)
+    np.testing.assert_array_equal(sizes3[2], sizes[0])
+    # the sizes of encoding every image, by hand (the ranking reveals pixels in raster order)
+    images = torch.stack([torch.where((torch.arange(64) < k).reshape(1, 8, 8), x[0], 0.0)
+                          for k in ks])
+    planes = to_uint8_planes(images, x[0].min().double(), x[0].max().double())
+    np.testing.assert_array_equal(sizes[0], [compressed_size(p, "png") for p in planes])
+
+
 def test_aic_by_hand():
     x = _textured()
     a = torch.arange(16, 0, -1, dtype=torch.float32).expand(2, 1, 16, 16).clone()

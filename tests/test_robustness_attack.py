@@ -129,9 +129,27 @@ def test_relu_networks_need_the_softplus_direction():
     assert torch.equal(torch.relu(torch.tensor([-1.0, 2.0])), torch.tensor([0.0, 2.0]))
 
 
-def test_topk_weights_count_ties_fractionally():
-    w = topk_weights(torch.tensor([[3.0, 1.0, 1.0, 0.0], [2.0, 2.0, 2.0, 2.0]]), 2)
-    np.testing.assert_allclose(w.numpy(), [[1, 0.5, 0.5, 0], [0.5, 0.5, 0.5, 0.5]])
+def test_topk_weights_break_ties_by_feature_order():
+    w = topk_weights(torch.tensor([[3.0, 1.0, 1.0, 0.0], [2.0, 2.0, 2.0, 2.0],
+                                   [0.0, 1.0, 0.0, 1.0]]), 2)
+    np.testing.assert_array_equal(w.numpy(), [[1, 1, 0, 0], [1, 1, 0, 0], [0, 1, 0, 1]])
+
+
+def test_an_unchanged_explanation_with_ties_scores_one():
+    # an explanation that ignores the input is left unchanged by any attack; with exact zeros
+    # tied at the k-th value (as behind a ReLU) the two identical maps must still have the
+    # same top k (ties counted as independent random draws on each map scored about 0.5)
+    f = get_fixture("image")
+    fixed = torch.zeros_like(f.a)
+    fixed.reshape(f.a.shape[0], -1)[:, :3] = torch.tensor([3.0, 2.0, 1.0])
+
+    def explain_fn(model, x, y, **kwargs):
+        return fixed[: x.shape[0]].clone()
+
+    metric = AdversarialTopKIntersection(k=8, epsilon=0.1, nr_steps=2, seed=0, attack="random")
+    scores = metric(f.model, f.x, f.y, fixed, explain_fn=explain_fn)
+    assert np.isfinite(scores).any()
+    np.testing.assert_array_equal(scores[np.isfinite(scores)], 1.0)
 
 
 def test_constant_and_nan_maps_and_bad_inputs():

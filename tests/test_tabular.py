@@ -330,15 +330,22 @@ def test_agreement_by_hand():
     assert np.allclose(rev, [0.0])
 
 
-def test_agreement_ties_are_expectations():
-    s = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.5]])
+def test_agreement_ties_follow_the_feature_order():
+    # a map against itself agrees fully whatever its ties: tied features are ranked by index,
+    # the same order in both maps (independent random ties scored FeatureAgreement 2/3 here)
+    tied = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0], [0.5, -0.5, 0.5, 0.5, 0.2]])
+    run = dict(model=None, x=tied, y=None, a=tied, s=tied, modality="tabular")
+    for name in ("FeatureAgreement", "RankAgreement", "SignAgreement", "SignedRankAgreement"):
+        np.testing.assert_array_equal(M.get(name)(k=2)(**run), [1.0, 1.0])
+    np.testing.assert_array_equal(M.PairwiseRankAgreement()(**run), [1.0, 1.0])
+    # a constant map ranks its features in index order
+    s = torch.tensor([[0.5, 1.0, 2.0, 3.0, 4.0]])
     const = torch.full((1, 5), 0.7)
     run = dict(model=None, x=const, y=None, a=const, s=s, modality="tabular")
-    # a constant map: each feature is in the top k with probability k / P
-    assert np.allclose(M.FeatureAgreement(k=2)(**run), [2 / 5])
-    # each position holds the reference's feature with probability 1 / P
-    assert np.allclose(M.RankAgreement(k=2)(**run), [1 / 5])
-    assert np.allclose(M.PairwiseRankAgreement()(**run), [0.5])
+    assert M.FeatureAgreement(k=2)(**run)[0] == 0.0  # {0, 1} against {4, 3}
+    assert M.FeatureAgreement(k=4)(**run)[0] == 0.75  # {0, 1, 2, 3} against {4, 3, 2, 1}
+    assert M.RankAgreement(k=2)(**run)[0] == 0.0
+    assert M.PairwiseRankAgreement()(**run)[0] == 0.0  # every pair reversed
     # a boolean ground-truth feature set works as a reference
     mask = torch.tensor([[True, True, False, False, False]])
     a = torch.tensor([[2.0, 1.5, 0.1, 0.2, 0.0]])
@@ -366,10 +373,9 @@ def test_agreement_counts_a_one_hot_group_as_one_feature():
     x = make_table(1)
     # grouped: the block (0.5 + 0.4 + 0.3) is the top feature of both maps
     assert M.FeatureAgreement(k=1)(None, x, None, a, s=ref, modality=SPEC)[0] == 1.0
-    # per column, k=2: column 2 is in both top 2; column 3 is in the reference's top 2 with
-    # probability 1/6 (six columns tie at zero for its second place): (1 + 1/6) / 2
-    assert M.FeatureAgreement(k=2)(None, x, None, a, s=ref, modality="tabular")[0] == \
-        pytest.approx(7 / 12)
+    # per column, k=2: column 2 is in both top 2; the reference's second place goes to
+    # column 0, the first of the six columns tied at zero (ties by index): 1 / 2
+    assert M.FeatureAgreement(k=2)(None, x, None, a, s=ref, modality="tabular")[0] == 0.5
 
 
 # ------------------------------------------------------------------------------- localisation

@@ -688,19 +688,23 @@ SPECS += [
 # Log-odds, Minimal Subset Deletion / Insertion and the performance information curves; none
 # is in Quantus. W2 ranks 16x16 patches for the removal metrics (196 features); SIC and AIC
 # reveal pixels as in the XRAI paper, and their time includes the WebP encoding of every
-# revealed image (work on the CPU that the forward floor does not count).
+# distinct revealed image (work on the CPU that the forward floor does not count).
 def _issue23(name: str, settings: str, w1: dict[str, Any], w2: dict[str, Any]):
     def build(w: Workload, ctx: Context) -> Case:
         from evalkit import metrics as _metrics
 
         kw = w2 if w.name == "W2" else w1
         metric = getattr(_metrics, name)(**kw)
-        part = None
+        part = stats = None
         if name in ("SIC", "AIC"):
-            # the information axis: each revealed image rebuilt, mapped to 8 bits and
-            # WebP-encoded on the CPU, which the forward floor does not count
-            part = PartTimer("WebP sizes", ctx.device)
-            metric._sizes = part.wrap(metric._sizes)
+            # the information axis: PIL's lossless WebP encoding (quality 100, the paper's
+            # settings) of each distinct revealed image, on the CPU: the definition's own cost,
+            # at the codec's speed, so floor + encoding bounds any implementation
+            part = PartTimer("WebP encoding", ctx.device)
+            metric._encode = part.wrap(metric._encode, count=lambda _size: 1)
+
+            def stats() -> dict[str, Any]:
+                return {"images_encoded": part.values}
 
         def ours() -> np.ndarray:
             return metric(w.model, w.x, w.y, w.a)
@@ -708,7 +712,8 @@ def _issue23(name: str, settings: str, w1: dict[str, Any], w2: dict[str, Any]):
         what = ", ".join(f"{k}={v!r}" for k, v in kw.items())
         return Case(ours=ours, settings=f"1-channel Saliency, {settings}"
                                         f"{', ' + what if what else ''}",
-                    part=part, note="not in Quantus")
+                    part=part, part_is_floor=part is not None, stats=stats,
+                    note="not in Quantus")
 
     return build
 
@@ -820,9 +825,114 @@ SPECS += [Spec("FFidelity", "faithfulness", _ffidelity)]
 # explainer share. Floor: explain() on those N masked inputs plus the bare forward rows ours
 # issued besides the explainer's (ADCC: Average Drop's N + N; ARCC: ROAD's imputed rows, whose
 # sparse solves are timed as a part). pytorch-grad-cam 1.5.7 ships Coherency, Complexity and
-# ARCC but imports torchvision at package import, which does not import beside this torch: no
-# reference row (tests/test_adcc.py checks against its metrics module, imported on its own).
+# ARCC, but its package imports torchvision: where it imports (a venv with torchvision), the
+# ARCC row times its ARCC as the reference (`_gradcam_arcc`); elsewhere the row says why not
+# (tests/test_adcc.py checks against its metrics module, imported on its own).
 from evalkit.metrics import ADCC, ARCC, Coherency  # noqa: E402
+
+_ARCC_PERCENTAGES = [20, 40, 60, 80]
+
+
+def _unit_cams(a: torch.Tensor) -> torch.Tensor:
+    """The 1-channel maps (N, 1, H, W) min-max normalised per sample, (N, H, W)."""
+    flat = a.reshape(a.shape[0], -1)
+    lo = flat.amin(1).reshape(-1, 1, 1)
+    span = (flat.amax(1) - flat.amin(1)).reshape(-1, 1, 1)
+    return (a[:, 0] - lo) / span
+
+
+def _gradcam_arcc(w: Workload, wrapper: Any, explain_kwargs: dict[str, Any]
+                  ) -> tuple[str, Any, Any] | str:
+    """pytorch-grad-cam's ARCC on the workload, as ``(name, reference, agreement)`` for a
+    :class:`Case`, or why it cannot run here.
+
+    Same inputs and settings as ours: the min-max normalised maps as its ``grayscale_cams``,
+    the class-y softmax probability as its targets (``ClassifierOutputSoftmaxTarget``), the
+    same explainer (evalkit's Saliency summed over channels) as its ``base_method``, ROAD at
+    percentiles [20, 40, 60, 80] with its noisy linear imputer (noise 0.01). Its noise comes
+    from torch's global generator, seeded 0 before each call inside ``fork_rng``.
+    Two differences of definition, which the agreement reports: the noise streams (ours keys
+    each sample's noise), and how many pixels a percentage removes (ours floor(G p / 100);
+    its pixels at or above ``np.percentile``'s interpolated threshold, one more at some
+    percentages). The agreement check therefore also runs both sides without noise, and ours
+    once more with its percentages set to remove the counts pytorch-grad-cam removes.
+    """
+    import contextlib
+    import importlib.metadata
+
+    try:
+        from pytorch_grad_cam.metrics import road as gradcam_road
+        from pytorch_grad_cam.metrics.arcc import ARCC as GradCamARCC
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+        version = importlib.metadata.version("grad-cam")
+    except Exception as exc:  # absent, or its torchvision does not import beside this torch
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+    import evalkit
+
+    name = f"pytorch-grad-cam {version}"
+    cams = _unit_cams(w.a).to(torch.float32).cpu().numpy()
+    targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in w.y]
+    categories = w.y
+
+    def base_method(input_tensor: torch.Tensor, targets: Any) -> np.ndarray:
+        a = evalkit.explain(wrapper, input_tensor, categories[: input_tensor.shape[0]],
+                            **explain_kwargs)
+        return a[:, 0].detach().cpu().numpy()
+
+    reference_metric = GradCamARCC(base_method, road_percentiles=list(_ARCC_PERCENTAGES))
+
+    def reference() -> np.ndarray:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return reference_metric(w.x, cams, targets, w.model)
+
+    @contextlib.contextmanager
+    def gradcam_noise(noise: float):
+        init = gradcam_road.NoisyLinearImputer.__init__
+        saved = init.__defaults__
+        init.__defaults__ = (noise, *saved[1:])
+        try:
+            yield
+        finally:
+            init.__defaults__ = saved
+
+    def removed_counts() -> list[int] | None:
+        """The pixel counts pytorch-grad-cam's ROAD removes, if the same for every sample and
+        both orders (ties in a map can make them differ), else None."""
+        counts = set()
+        for cam in cams.reshape(len(cams), -1):
+            morf = sorted(int((cam >= np.percentile(cam, q)).sum()) for q in _ARCC_PERCENTAGES)
+            lerf = sorted(int((1 - cam >= np.percentile(1 - cam, q)).sum())
+                          for q in _ARCC_PERCENTAGES)
+            if morf != lerf:
+                return None
+            counts.add(tuple(morf))
+        return list(counts.pop()) if len(counts) == 1 else None
+
+    def ours_without_noise(percentages: list[float]) -> np.ndarray:
+        metric = ARCC(percentages=percentages, noise=0.0)
+        return metric(wrapper, w.x, w.y, w.a, explain_fn=evalkit.explain,
+                      explain_kwargs=explain_kwargs)
+
+    def agreement(ours_out: Any, ref_out: Any) -> Agreement:
+        with gradcam_noise(0.0):
+            ref_still = reference()
+        still = max_abs_diff(ours_without_noise(list(_ARCC_PERCENTAGES)), ref_still)
+        parts = ["noise 0.01 at the row's settings, drawn from other streams (torch's global "
+                 "generator there, per-sample keys here)",
+                 f"noise 0 on both sides: max abs diff {still.value:.2g}"]
+        counts = removed_counts()
+        g = cams[0].size
+        if counts is None:
+            parts.append("ties make its removed-pixel counts differ between samples")
+        elif counts != [int(np.floor(g * p / 100 + 1e-9)) for p in _ARCC_PERCENTAGES]:
+            matched = max_abs_diff(ours_without_noise([100 * k / g for k in counts]),
+                                   ref_still)
+            parts.append(f"{matched.value:.2g} with ours removing its pixel counts "
+                         f"({', '.join(map(str, counts))} of {g}; ours floor(G p / 100))")
+        return max_abs_diff(ours_out, ref_out, text="; ".join(parts))
+
+    return name, reference, agreement
 
 
 def _cam_composite(cls: type):
@@ -833,7 +943,7 @@ def _cam_composite(cls: type):
 
         part = None
         if cls is ARCC:
-            metric = cls(percentages=[20, 40, 60, 80], seed=0)
+            metric = cls(percentages=list(_ARCC_PERCENTAGES), seed=0)
             part = PartTimer("imputation", ctx.device)
             for imputer in metric._road._imputers.values():
                 imputer.fill = part.wrap(imputer.fill)
@@ -847,10 +957,7 @@ def _cam_composite(cls: type):
             return metric(wrapper, w.x, w.y, w.a, explain_fn=te, explain_kwargs=explain_kwargs)
 
         def floor(rows: int, _calls: int):
-            flat = w.a.reshape(w.n, -1)
-            lo = flat.amin(1).reshape(-1, 1, 1, 1)
-            span = (flat.amax(1) - flat.amin(1)).reshape(-1, 1, 1, 1)
-            masked = w.x * ((w.a - lo) / span).to(w.x.dtype)
+            masked = w.x * _unit_cams(w.a).unsqueeze(1).to(w.x.dtype)
             # the rows counted include the explainer's own N forwards, which explain() repeats
             fwd = forward_floor(w, max(0, rows - w.n), ctx.batch_size)
 
@@ -862,11 +969,22 @@ def _cam_composite(cls: type):
             return run
 
         settings = "1-channel Saliency, x * map re-explained by Saliency, softmax"
+        note = ("not in Quantus; pytorch-grad-cam 1.5.7's package does not import beside this "
+                "torch (torchvision)")
+        reference: dict[str, Any] = {}
         if cls is ARCC:
             settings += ", ROAD confidence combined, percentages [20, 40, 60, 80], noise 0.01"
+            got = _gradcam_arcc(w, wrapper, explain_kwargs)
+            if isinstance(got, str):
+                note = f"not in Quantus; no reference: pytorch-grad-cam does not import ({got})"
+            else:
+                name, ref, agreement = got
+                reference = dict(reference=ref, reference_name=name,
+                                 reference_agreement=agreement)
+                note = (f"not in Quantus; reference: {name}'s ARCC on the same maps, targets "
+                        "(class-y softmax) and explainer (its base_method: the same Saliency)")
         return Case(ours=ours, floor=floor, settings=settings, explainer=te, part=part,
-                    note="not in Quantus; pytorch-grad-cam 1.5.7's package does not import "
-                         "beside this torch (torchvision)")
+                    note=note, **reference)
 
     return build
 

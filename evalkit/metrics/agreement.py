@@ -29,12 +29,11 @@ rule; default 0.25, OpenXAI's benchmark setting).
 
 Ties
 ----
-Features tied in magnitude are ordered uniformly at random, independently in the explanation
-and in the reference, and every score is the exact **expectation** over those orders (no
-sampling): a feature whose tie block spans the cut at k is in the top k with probability
-(k - first) / size; it holds a given position of its block with probability 1 / size. Without
-ties the scores are the definitions' exact values; a constant map scores at chance level
-instead of depending on a sort's arbitrary tie order (OpenXAI uses ``argsort``).
+Features tied in magnitude are ranked by feature index (the lower index first: a stable sort),
+the same order in the explanation and in the reference, so that a map compared with itself
+agrees fully whatever its ties (1 on every metric; breaking ties independently at random in
+each map, even in expectation, scored a map with tied features below 1 against itself). A
+constant map ranks its features in index order.
 
 Undefined scores are NaN with a reason: a reference (or attribution) row with NaN/Inf, or a
 reference that is zero everywhere (it ranks nothing, the analogue of an empty mask).
@@ -66,40 +65,13 @@ _PAPER = ("Krishna et al., The Disagreement Problem in Explainable Machine Learn
           "A Practitioner's Perspective, TMLR 2024 (arXiv:2202.01602)")
 
 
-def tie_blocks(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each entry of the rows ``values`` (N, P), ranked by descending magnitude: the first
-    0-based position of its tie block and the block's size, both (N, P) int64."""
+def feature_positions(values: torch.Tensor) -> torch.Tensor:
+    """For each entry of the rows ``values`` (N, P): its 0-based position when the row is
+    ranked by descending magnitude, ties by index (a stable sort), (N, P) int64."""
     n, p = values.shape
-    mag = values.abs()
-    srt, idx = torch.sort(mag, dim=1, descending=True, stable=True)
-    starts = torch.ones_like(srt, dtype=torch.bool)
-    starts[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    idx = torch.sort(values.abs(), dim=1, descending=True, stable=True).indices
     pos = torch.arange(p, device=values.device).expand(n, p)
-    first_sorted = torch.where(starts, pos, torch.zeros_like(pos)).cummax(1).values
-    block_id = starts.cumsum(1) - 1
-    sizes = torch.zeros((n, p), dtype=torch.int64, device=values.device).scatter_add_(
-        1, block_id, torch.ones_like(block_id))
-    size_sorted = sizes.gather(1, block_id)
-    first = torch.empty_like(first_sorted).scatter_(1, idx, first_sorted)
-    size = torch.empty_like(size_sorted).scatter_(1, idx, size_sorted)
-    return first, size
-
-
-def top_k_probability(first: torch.Tensor, size: torch.Tensor, k: int) -> torch.Tensor:
-    """P(a feature is among the top k) under uniformly random orders of ties, (N, P)."""
-    return (k - first).clamp(0).minimum(size).to(torch.float64) / size.to(torch.float64)
-
-
-def same_position_probability(first_a: torch.Tensor, size_a: torch.Tensor,
-                              first_b: torch.Tensor, size_b: torch.Tensor,
-                              k: int) -> torch.Tensor:
-    """P(a feature holds the same position < k in both orders), (N, P): the overlap of its two
-    tie blocks within the top k, over the product of the block sizes."""
-    lo = torch.maximum(first_a, first_b)
-    hi = torch.minimum(torch.minimum(first_a + size_a, first_b + size_b),
-                       torch.full_like(first_a, k))
-    overlap = (hi - lo).clamp(0).to(torch.float64)
-    return overlap / (size_a * size_b).to(torch.float64)
+    return torch.empty_like(idx).scatter_(1, idx, pos)
 
 
 class _AgreementMetric(Metric):
@@ -132,8 +104,8 @@ class _AgreementMetric(Metric):
 
 
 class _TopKAgreement(_AgreementMetric):
-    """Top-k agreement: the expected share of the top k features of the explanation that
-    satisfy the metric's condition against the reference."""
+    """Top-k agreement: the share of the top k features of the explanation that satisfy the
+    metric's condition against the reference."""
 
     _same_position = False
     _same_sign = False
@@ -154,12 +126,9 @@ class _TopKAgreement(_AgreementMetric):
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         a, ref = self._maps(batch)
         k = self._resolve_k(a.shape[1])
-        first_a, size_a = tie_blocks(a)
-        first_b, size_b = tie_blocks(ref)
-        if self._same_position:
-            hit = same_position_probability(first_a, size_a, first_b, size_b, k)
-        else:
-            hit = top_k_probability(first_a, size_a, k) * top_k_probability(first_b, size_b, k)
+        pos_a, pos_b = feature_positions(a), feature_positions(ref)
+        hit = ((pos_a == pos_b) if self._same_position else (pos_b < k)) & (pos_a < k)
+        hit = hit.to(torch.float64)
         if self._same_sign:
             hit = hit * (torch.sign(a) == torch.sign(ref)).to(torch.float64)
         return hit.sum(1) / k
@@ -173,9 +142,9 @@ _K_DOC = """
         of them (float in (0, 1], rounded up, at least 1). Default 0.25 (OpenXAI).
 
     The reference is ``s``, a real-valued map (see :mod:`evalkit.metrics.agreement`); ties are
-    broken uniformly at random in expectation. Reference: Krishna et al., "The Disagreement
-    Problem in Explainable Machine Learning: A Practitioner's Perspective", TMLR 2024
-    (arXiv:2202.01602).
+    ranked by feature index, the same order in both maps. Reference: Krishna et al., "The
+    Disagreement Problem in Explainable Machine Learning: A Practitioner's Perspective", TMLR
+    2024 (arXiv:2202.01602).
 """
 
 
@@ -237,8 +206,8 @@ class PairwiseRankAgreement(_AgreementMetric):
     better**; 1 for the same ranking, 0 for the reversed one, 0.5 at chance.
 
     Every pair of features counts (OpenXAI's setting; the paper allows a chosen subset); a
-    pair tied in one map agrees with probability 1/2 (ties broken uniformly at random), so
-    the score is 1/2 + (concordant - discordant) / (2 * pairs). The pairs are compared
+    pair tied in a map is ordered by feature index there (the lower index first, the same
+    order in both maps), so the score is concordant / pairs. The pairs are compared
     directly: the cost grows with the square of the number of features, so the metric is
     declared for tables, series and tokens, not images.
 
@@ -257,7 +226,8 @@ class PairwiseRankAgreement(_AgreementMetric):
             batch.set_nan(torch.ones(n, dtype=torch.bool, device=a.device),
                           "fewer than two features: no pairs to compare")
             return out
-        ma, mb = a.abs(), ref.abs()
+        # positions with ties by index: every pair is ordered, the same way in both maps
+        ma, mb = feature_positions(a).to(torch.float64), feature_positions(ref).to(torch.float64)
         pairs = p * (p - 1) / 2
         # rows in blocks so that a block's (B, P, P) comparisons stay within ~32 MiB
         block = max(1, (2**22) // (p * p))

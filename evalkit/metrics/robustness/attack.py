@@ -45,11 +45,12 @@ The score
 ---------
 The attacked input x* is explained again with the user's explain function (the metric's
 ``explain_fn``, preprocessed like ``a``), and the score is |top-k(a) ∩ top-k(a*)| / k over the
-features of the modality (pixels with the channels summed, time steps, columns). Ties at the
-k-th value count fractionally: each feature's membership is its probability of being in the
-top k under a uniformly random order of the tied values, and the score is the expected
-intersection (as :class:`~evalkit.metrics.TopKIntersection`); without ties it is the plain set
-intersection. An explanation of x* that is constant scores k / F (chance level). A constant
+features of the modality (pixels with the channels summed, time steps, columns). Tied values
+are ranked in the order of the features (the lower index first), the same order on both maps,
+so that an explanation the attack leaves unchanged scores 1 whatever its ties (a map with
+exact zeros, e.g. behind a ReLU, ties many features at the k-th value; counting such ties
+as independent random draws on the two maps scored an unchanged map about 0.5). An
+explanation of x* that is constant keeps the first k features in that order. A constant
 ``a`` is NaN with a reason (:mod:`evalkit.metrics._ties`).
 """
 
@@ -109,16 +110,12 @@ def _smoothed(beta: float | None) -> Iterator[None]:
 
 
 def topk_weights(values: torch.Tensor, k: int) -> torch.Tensor:
-    """(N, F) float64: each feature's probability of being among the ``k`` largest values of
-    its row when tied values are ordered uniformly at random (1 above the k-th value, a share
-    of the remaining places at it, 0 below). Rows sum to k."""
-    v = values.to(torch.float64)
-    kth = v.topk(k, dim=1).values[:, k - 1 : k]
-    above = v > kth
-    at = v == kth
-    free = k - above.sum(1, keepdim=True)
-    share = free.to(torch.float64) / at.sum(1, keepdim=True).clamp_min(1).to(torch.float64)
-    return above.to(torch.float64) + at.to(torch.float64) * share
+    """(N, F) float64: 1 for the ``k`` largest values of each row, 0 elsewhere. Tied values are
+    ranked by feature index (the lower first: a stable descending sort), the same order for
+    every map, so two identical maps have the same top-k set whatever their ties."""
+    order = torch.sort(values.to(torch.float64), dim=1, descending=True, stable=True).indices
+    out = torch.zeros(values.shape, dtype=torch.float64, device=values.device)
+    return out.scatter_(1, order[:, :k], 1.0)
 
 
 class AdversarialTopKIntersection(RanksFeatures):
@@ -130,7 +127,9 @@ class AdversarialTopKIntersection(RanksFeatures):
     predicted class is kept (the paper's top-k attack; see the module docstring for the
     iteration, the ReLU smoothing and the label rule), the attacked input is explained again
     with the metric's explain function, and the score is the share of the original top-k
-    features that are still in the top k: |top-k(a) ∩ top-k(a_adv)| / k.
+    features that are still in the top k: |top-k(a) ∩ top-k(a_adv)| / k. Tied values are
+    ranked by feature index in both maps, so an explanation the attack leaves unchanged
+    scores 1 whatever its ties.
 
     Parameters
     ----------
