@@ -17,7 +17,6 @@ import math
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-import numpy as np
 import torch
 
 from ._batching import resolve_batch_size
@@ -71,8 +70,7 @@ class ForwardRunner:
         self.cache = cache
 
     def chunk_size(self, row_shape: tuple[int, ...], dtype: torch.dtype) -> int:
-        item = torch.empty((), dtype=dtype).element_size()
-        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * item
+        row_bytes = math.prod(int(d) for d in row_shape) * dtype.itemsize
         chosen = self.batch_size if self.batch_size is not None else self.model.batch_size
         return resolve_batch_size(chosen, row_bytes,
                                   self.memory_budget, self.model.device.type)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +26,41 @@ __all__ = ["TorchModel", "randomisable_layers"]
 LAYER_ORDERS = ("top_down", "bottom_up", "independent")
 NOISE_TYPES = ("multiplicative", "additive")
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+#: the probes of :meth:`ModelWrapper.output_shape` (output shape, whether the outputs are
+#: probabilities) shared by every wrapper of a module, keyed by what they depend on: the
+#: module's structure, the per-sample input shape and dtype and ``autocast``
+_PROBES: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def module_structure(module: nn.Module) -> tuple[Any, ...]:
+    """What a module's output shape depends on besides its inputs, cheaply (about 1 us per
+    submodule): each submodule's identity, type and hook counts, and each parameter's identity,
+    shape and dtype, depth first. Replacing a layer, reshaping or re-typing a parameter, or
+    adding a hook changes it; training the weights in place does not."""
+    out: list[Any] = []
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        out.append((id(m), type(m), len(m._forward_hooks), len(m._forward_pre_hooks)))
+        for p in m._parameters.values():
+            if p is not None:
+                out.append((id(p), p.shape, p.dtype))
+        stack.extend(c for c in m._modules.values() if c is not None)
+    return tuple(out)
+
+
+def _any_training(module: nn.Module) -> bool:
+    """Whether any submodule is in training mode: a plain walk of the children (the check runs
+    on every forward chunk, and ``modules()`` costs several times more per submodule)."""
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if m.training:
+            return True
+        stack.extend(c for c in m._modules.values() if c is not None)
+    return False
 
 
 def randomisable_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -111,8 +147,9 @@ class TorchModel(ModelWrapper):
                     "yourself, or leave `device` unset."
                 )
         self._device = model_device
-        floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
-        self._dtype = floating[0] if floating else torch.get_default_dtype()
+        # the first floating parameter's dtype (not a list of all: wrapping is per call)
+        self._dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
+                           torch.get_default_dtype())
 
     @property
     def model(self) -> nn.Module:
@@ -142,15 +179,26 @@ class TorchModel(ModelWrapper):
             out = out.to(torch.promote_types(self._dtype, torch.float32))
         return out
 
+    def _shared_probe(self, x: torch.Tensor) -> tuple[dict[Any, Any], Any] | None:
+        # in evaluation mode only: with eval_mode=False the probe runs in the module's own
+        # mode and may update batch-norm statistics, which sharing would change; and not with
+        # an output_fn (a closure as a key could keep the module alive, and one made anew per
+        # call would never match)
+        if not self.eval_mode or self.output_fn is not None:
+            return None
+        try:
+            table = _PROBES.setdefault(self._model, {})
+        except TypeError:  # a module that cannot be weakly referenced
+            return None
+        return table, (module_structure(self._model), tuple(x.shape[1:]), x.dtype,
+                       self.autocast)
+
     @contextlib.contextmanager
     def evaluation(self) -> Iterator[None]:
-        if not self.eval_mode:
+        if not self.eval_mode or not _any_training(self._model):
             yield
             return
         flags = [(m, m.training) for m in self._model.modules()]
-        if not any(training for _, training in flags):
-            yield
-            return
         self._model.eval()
         try:
             yield
