@@ -157,7 +157,9 @@ class ForwardRunner:
     ) -> torch.Tensor:
         """Convenience: run already-built inputs ``x`` (N, ...) through the same chunking."""
         x = self.model.prepare(x)
-        return self.run(lambda index: x[index[0]], (x.shape[0],), y=y, reduce=reduce,
+        # index_select: the same copy as x[i], several times faster on the CPU
+        return self.run(lambda index: x.index_select(0, index[0]), (x.shape[0],), y=y,
+                        reduce=reduce,
                         row_shape=tuple(x.shape[1:]), desc=desc)
 
 

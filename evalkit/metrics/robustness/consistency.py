@@ -114,7 +114,7 @@ class Consistency(RanksFeatures):
         x = batch.x
         target = batch.target
         pred = batch.runner.run(  # type: ignore[union-attr]
-            lambda index: x[index[0]], (batch.n,),
+            lambda index: x.index_select(0, index[0]), (batch.n,),
             reduce=lambda out, index: target.predict_or_nan(out),
             row_shape=tuple(x.shape[1:]), desc="predictions")
         flag_nonfinite(batch, pred)  # a NaN output has no predicted class
