@@ -38,7 +38,9 @@ def module_structure(module: nn.Module) -> tuple[Any, ...]:
     """What a module's output shape depends on besides its inputs, cheaply (about 1 us per
     submodule): each submodule's identity, type and hook counts, and each parameter's identity,
     shape and dtype, depth first. Replacing a layer, reshaping or re-typing a parameter, or
-    adding a hook changes it; training the weights in place does not."""
+    adding a hook changes it; training the weights in place does not, nor does a plain
+    attribute that the forward reads (a detection limit set by hand): as for a wrapper passed
+    to many calls, which probes once, such a change needs a new module or wrapper."""
     out: list[Any] = []
     stack = [module]
     while stack:
