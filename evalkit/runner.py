@@ -17,7 +17,6 @@ import math
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-import numpy as np
 import torch
 
 from ._batching import resolve_batch_size
@@ -71,8 +70,7 @@ class ForwardRunner:
         self.cache = cache
 
     def chunk_size(self, row_shape: tuple[int, ...], dtype: torch.dtype) -> int:
-        item = torch.empty((), dtype=dtype).element_size()
-        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * item
+        row_bytes = math.prod(int(d) for d in row_shape) * dtype.itemsize
         chosen = self.batch_size if self.batch_size is not None else self.model.batch_size
         return resolve_batch_size(chosen, row_bytes,
                                   self.memory_budget, self.model.device.type)
@@ -113,7 +111,10 @@ class ForwardRunner:
         device = self.model.device
         chunk = self.chunk_size(row_shape, self.model.dtype)
         out: torch.Tensor | None = None
-        bar = tqdm(total=total, desc=desc, unit="input", disable=not self.progress, leave=False)
+        # no bar object at all when progress is off (a disabled tqdm still costs tens of us,
+        # a fixed cost per call that shows where the model is small)
+        bar = (tqdm(total=total, desc=desc, unit="input", leave=False) if self.progress
+               else None)
         dims = torch.tensor(shape, dtype=torch.int64)
         start = 0
         with self.model.evaluation(), torch.inference_mode():
@@ -135,9 +136,11 @@ class ForwardRunner:
                     out = torch.empty((total, *values.shape[1:]), dtype=values.dtype,
                                       device=values.device)
                 out[start:stop] = values
-                bar.update(stop - start)
+                if bar is not None:
+                    bar.update(stop - start)
                 start = stop
-        bar.close()
+        if bar is not None:
+            bar.close()
         # a normal tensor (not an inference tensor), so callers may update it in place
         result = out.reshape(*shape, *out.shape[1:]).clone()
         if cache_key is not None and self.cache is not None:
@@ -154,7 +157,9 @@ class ForwardRunner:
     ) -> torch.Tensor:
         """Convenience: run already-built inputs ``x`` (N, ...) through the same chunking."""
         x = self.model.prepare(x)
-        return self.run(lambda index: x[index[0]], (x.shape[0],), y=y, reduce=reduce,
+        # index_select: the same copy as x[i], several times faster on the CPU
+        return self.run(lambda index: x.index_select(0, index[0]), (x.shape[0],), y=y,
+                        reduce=reduce,
                         row_shape=tuple(x.shape[1:]), desc=desc)
 
 

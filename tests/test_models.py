@@ -316,6 +316,33 @@ class TestPredictScore:
         assert w.output_shape(x) == (N_CLASSES,)
         assert w.counter.calls == calls  # cached: no forward
 
+    def test_output_shape_probe_shared_by_wrappers_of_one_module(self):
+        # a module passed as it is to every metric call is wrapped anew each time: the probe
+        # runs once per module, and again after a change of its structure
+        net = make_tinynet()
+        x = images(3)
+        first = wrap_model(net)
+        assert first.output_shape(x) == (N_CLASSES,)
+        assert first.counter.calls == 1
+        second = wrap_model(net)
+        assert second.output_shape(x) == (N_CLASSES,)
+        assert second.counter.calls == 0  # shared: no forward
+        # a wrapper that runs the module in its own mode (its probe may update batch-norm
+        # statistics) or a changed head probe again
+        own_mode = wrap_model(net, eval_mode=False)
+        assert own_mode.output_shape(x) == (N_CLASSES,)
+        assert own_mode.counter.calls == 1
+        net.fc = nn.Linear(16, 2)
+        third = wrap_model(net)
+        assert third.output_shape(x) == (2,)
+        assert third.counter.calls == 1
+        # a forward hook may change what the module returns: it probes again too
+        handle = net.register_forward_hook(lambda _m, _i, out: out[:, :1])
+        try:
+            assert wrap_model(net).output_shape(x) == (1,)
+        finally:
+            handle.remove()
+
     def test_forward_counter(self):
         w = wrap_model(make_tinynet())
         w.predict(images(7), batch_size=3)

@@ -471,9 +471,10 @@ class TestConsistency:
         return model, x
 
     def test_top_n_matches_the_stable_sort(self):
-        # the float32-key topk path and the float64 fallback both pick a stable descending
-        # sort's first n: ties (equal |a|, +-a, zeros) go to the lower index
-        from evalkit.metrics.robustness.consistency import _top_n
+        # the selection (argpartition) and the stable-sort fallback for rows with a tie at the
+        # n-th value or a NaN both give the set of a stable descending sort's first n: ties
+        # (equal |a|, +-a, zeros) go to the lower index, NaN counts as the largest
+        from evalkit.metrics.robustness.consistency import _top_n_set
 
         gen = torch.Generator().manual_seed(0)
         a32 = torch.randint(-3, 4, (200, 12), generator=gen).to(torch.float32) / 2
@@ -486,7 +487,8 @@ class TestConsistency:
             for n in (1, 5, 12):
                 expected = torch.sort(flat.abs(), dim=1, descending=True,
                                       stable=True).indices[:, :n]
-                assert torch.equal(_top_n(flat, n), expected)
+                assert torch.equal(_top_n_set(flat, n), torch.sort(expected, dim=1).values)
+            assert _top_n_set(flat, 0).shape == (200, 0)
 
     def test_hand_computed(self):
         model, x = self._setup()

@@ -209,8 +209,10 @@ class Completeness(Metric):
 
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, which = index
-            xi = x[i]
-            return modality.replace(xi, modality.per_sample(which == 1, xi), x_base[i])
+            # index_select: the same rows as x[i], several times faster on the CPU
+            xi = x.index_select(0, i)
+            return modality.replace(xi, modality.per_sample(which == 1, xi),
+                                    x_base.index_select(0, i))
 
         scores = batch.runner.run(build, (batch.n, 2), y=batch.y, row_shape=tuple(x.shape[1:]),
                                   desc="Completeness").to(torch.float64)

@@ -93,7 +93,8 @@ class MetricBatch:
     explain_kwargs: dict[str, Any] = field(default_factory=dict)
     batch_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    nan_reasons: list[str | None] = field(default_factory=list)
+    #: why each undefined sample is undefined, by sample index (the first reason given wins)
+    nan_reasons: dict[int, str] = field(default_factory=dict)
     curves: torch.Tensor | None = None
     curve_x: torch.Tensor | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
@@ -123,15 +124,15 @@ class MetricBatch:
     def defined(self) -> torch.Tensor:
         """(N,) bool: the samples not (yet) undefined; set-level metrics leave the others out
         of the set."""
-        return torch.tensor([r is None for r in self.nan_reasons], dtype=torch.bool,
-                            device=self.device)
+        defined = np.ones(self.n, dtype=bool)
+        defined[list(self.nan_reasons)] = False
+        return torch.from_numpy(defined).to(self.device)
 
     def set_nan(self, mask: torch.Tensor | np.ndarray, reason: str) -> None:
         """Mark samples (bool mask (N,)) as undefined with a reason (the first reason wins)."""
         m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-        for i in np.flatnonzero(m):
-            if self.nan_reasons[i] is None:
-                self.nan_reasons[i] = reason
+        for i in np.flatnonzero(m).tolist():
+            self.nan_reasons.setdefault(i, reason)
 
     def record(self, name: str, value: Any, *, per_sample: bool | None = None,
                store: bool = True) -> None:
@@ -253,6 +254,29 @@ def _source_is_random(name: str, source: Any) -> bool:
         return bool(flag)
     raise TypeError(f"Random source {name!r} must be a bool, a Noise, or an imputer/baseline "
                     f"with a bool `stochastic`; got {type(source).__name__}.")
+
+
+@functools.cache
+def _init_parameters(cls: type) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]:
+    """The constructor parameters of a metric class, read from the signatures of the
+    ``__init__`` methods along its MRO up to :class:`Metric`: their names (first occurrence,
+    without ``self``, ``*args`` and ``**kwargs``), and the (name, default) pairs of those with
+    a default, in the order met. Cached per class: ``get_params`` runs on every call (the cost
+    check), and ``inspect.signature`` costs tens of microseconds per ``__init__``."""
+    names: list[str] = []
+    defaults: list[tuple[str, Any]] = []
+    for klass in cls.__mro__:
+        if klass is object or "__init__" not in klass.__dict__:
+            continue
+        for p in inspect.signature(klass.__init__).parameters.values():
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                if p.name not in names:
+                    names.append(p.name)
+            if p.default is not p.empty:
+                defaults.append((p.name, p.default))
+        if klass is Metric:
+            break
+    return tuple(names), tuple(defaults)
 
 
 class _ClassOrInstanceMethod:
@@ -436,17 +460,7 @@ class Metric:
     # ----------------------------------------------------------------- sklearn-style protocol
     @classmethod
     def _param_names(cls) -> list[str]:
-        names: list[str] = []
-        for klass in cls.__mro__:
-            if klass is object or "__init__" not in klass.__dict__:
-                continue
-            for p in inspect.signature(klass.__init__).parameters.values():
-                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                    if p.name not in names:
-                        names.append(p.name)
-            if klass is Metric:
-                break
-        return names
+        return list(_init_parameters(cls)[0])
 
     def estimated_forward_rows(self, x_shape: tuple[int, ...]
                                ) -> _progress.ForwardRowEstimate | None:
@@ -521,14 +535,9 @@ class Metric:
             "normalise": cls.default_normalise,
             "normalise_func": cls.default_normalise_func,
         }
-        for klass in cls.__mro__:
-            if klass is object or "__init__" not in klass.__dict__:
-                continue
-            for p in inspect.signature(klass.__init__).parameters.values():
-                if p.default is not p.empty and p.name not in out:
-                    out[p.name] = p.default
-            if klass is Metric:
-                break
+        for name, default in _init_parameters(cls)[1]:
+            if name not in out:
+                out[name] = default
         return out
 
     @_ClassOrInstanceMethod
@@ -755,7 +764,7 @@ class Metric:
             metric=self, x=xt, y=yt, a=None, s=None, model=wrapper, runner=runner, seed=seed,
             modality=modality,
             model_obj=model, explain_fn=explain_fn, explain_kwargs=dict(explain_kwargs or {}),
-            batch_size=batch_size, extra=extra, nan_reasons=[None] * n,
+            batch_size=batch_size, extra=extra,
         )
 
         if s is not None:
@@ -864,16 +873,12 @@ class Metric:
                 f"{type(self).__name__}._evaluate must return a tensor of shape ({batch.n},)."
             )
         out = to_numpy(scores.to(torch.float64)).copy()
-        reasons = list(batch.nan_reasons)
-        undefined = ~np.isfinite(out)
-        for i in np.flatnonzero(undefined):
-            if reasons[i] is None:
-                reasons[i] = "score is not finite"
-        for i, r in enumerate(reasons):
-            if r is not None:
-                out[i] = np.nan
+        reasons = dict(batch.nan_reasons)
+        for i in np.flatnonzero(~np.isfinite(out)).tolist():
+            reasons.setdefault(i, "score is not finite")
+        out[list(reasons)] = np.nan
         self.scores_ = out
-        self.nan_reasons_ = {i: r for i, r in enumerate(reasons) if r is not None}
+        self.nan_reasons_ = {i: reasons[i] for i in sorted(reasons)}
         self.curves_ = None if batch.curves is None else to_numpy(batch.curves.to(torch.float64))
         self.curve_x_ = None if batch.curve_x is None else to_numpy(batch.curve_x)
         self.seed_ = batch.seed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +26,43 @@ __all__ = ["TorchModel", "randomisable_layers"]
 LAYER_ORDERS = ("top_down", "bottom_up", "independent")
 NOISE_TYPES = ("multiplicative", "additive")
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+#: the probes of :meth:`ModelWrapper.output_shape` (output shape, whether the outputs are
+#: probabilities) shared by every wrapper of a module, keyed by what they depend on: the
+#: module's structure, the per-sample input shape and dtype and ``autocast``
+_PROBES: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def module_structure(module: nn.Module) -> tuple[Any, ...]:
+    """What a module's output shape depends on besides its inputs, cheaply (about 1 us per
+    submodule): each submodule's identity, type and hook counts, and each parameter's identity,
+    shape and dtype, depth first. Replacing a layer, reshaping or re-typing a parameter, or
+    adding a hook changes it; training the weights in place does not, nor does a plain
+    attribute that the forward reads (a detection limit set by hand): as for a wrapper passed
+    to many calls, which probes once, such a change needs a new module or wrapper."""
+    out: list[Any] = []
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        out.append((id(m), type(m), len(m._forward_hooks), len(m._forward_pre_hooks)))
+        for p in m._parameters.values():
+            if p is not None:
+                out.append((id(p), p.shape, p.dtype))
+        stack.extend(c for c in m._modules.values() if c is not None)
+    return tuple(out)
+
+
+def _any_training(module: nn.Module) -> bool:
+    """Whether any submodule is in training mode: a plain walk of the children (the check runs
+    on every forward chunk, and ``modules()`` costs several times more per submodule)."""
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if m.training:
+            return True
+        stack.extend(c for c in m._modules.values() if c is not None)
+    return False
 
 
 def randomisable_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -111,8 +149,9 @@ class TorchModel(ModelWrapper):
                     "yourself, or leave `device` unset."
                 )
         self._device = model_device
-        floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
-        self._dtype = floating[0] if floating else torch.get_default_dtype()
+        # the first floating parameter's dtype (not a list of all: wrapping is per call)
+        self._dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
+                           torch.get_default_dtype())
 
     @property
     def model(self) -> nn.Module:
@@ -142,15 +181,26 @@ class TorchModel(ModelWrapper):
             out = out.to(torch.promote_types(self._dtype, torch.float32))
         return out
 
+    def _shared_probe(self, x: torch.Tensor) -> tuple[dict[Any, Any], Any] | None:
+        # in evaluation mode only: with eval_mode=False the probe runs in the module's own
+        # mode and may update batch-norm statistics, which sharing would change; and not with
+        # an output_fn (a closure as a key could keep the module alive, and one made anew per
+        # call would never match)
+        if not self.eval_mode or self.output_fn is not None:
+            return None
+        try:
+            table = _PROBES.setdefault(self._model, {})
+        except TypeError:  # a module that cannot be weakly referenced
+            return None
+        return table, (module_structure(self._model), tuple(x.shape[1:]), x.dtype,
+                       self.autocast)
+
     @contextlib.contextmanager
     def evaluation(self) -> Iterator[None]:
-        if not self.eval_mode:
+        if not self.eval_mode or not _any_training(self._model):
             yield
             return
         flags = [(m, m.training) for m in self._model.modules()]
-        if not any(training for _, training in flags):
-            yield
-            return
         self._model.eval()
         try:
             yield
@@ -298,9 +348,19 @@ def _reinitialise(module: nn.Module, seed: int, *, keep_buffers: bool = False) -
         if keep_buffers else {}
     )
     seed &= (1 << 63) - 1
-    devices = [p.device for p in module.parameters(recurse=False) if p.device.type == "cuda"]
-    with torch.random.fork_rng(devices=sorted({d.index or 0 for d in devices})), torch.no_grad():
-        torch.manual_seed(seed)
+    kinds = {p.device.type for p in module.parameters(recurse=False)}
+    cuda = sorted({p.device.index or 0 for p in module.parameters(recurse=False)
+                   if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        if kinds <= {"cpu", "cuda"}:
+            # the generators the layer draws from, and only those: torch.manual_seed also
+            # seeds every other device type (each records a stack trace, about 0.5 ms a layer
+            # on a CPU-only build) and CUDA devices the fork does not restore
+            torch.default_generator.manual_seed(seed)
+            for idx in cuda:
+                torch.cuda.default_generators[idx].manual_seed(seed)
+        else:
+            torch.manual_seed(seed)
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
             reset()

@@ -119,7 +119,10 @@ class _ConfidenceChange(Metric):
             e = e.to(x.dtype)
 
             def build(m: torch.Tensor) -> torch.Tensor:
-                return base[m] + e[m] * (x[m] - base[m])
+                # index_select: several times faster than advanced indexing on the CPU, which
+                # matters where the model is small (a table's MLP)
+                b = base.index_select(0, m)
+                return b + e.index_select(0, m) * (x.index_select(0, m) - b)
 
             tag = b"cam-mult"
         # hash the maps only for an active forward cache: per-row hashing costs more than the

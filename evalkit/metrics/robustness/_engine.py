@@ -416,7 +416,8 @@ class _PerturbationRobustness(Metric):
                     xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
                     with forward.context():
                         vals = batch.runner.run(  # type: ignore[union-attr]
-                            lambda index, xs=xs: xs[index[0]], (xs.shape[0],),
+                            lambda index, xs=xs: xs.index_select(0, index[0]),
+                            (xs.shape[0],),
                             reduce=lambda out, index, sr=sample_of_row: forward.reduce(
                                 out, sr[index[0]]),
                             row_shape=tuple(x.shape[1:]), desc="perturbed inputs")
@@ -434,7 +435,7 @@ class _PerturbationRobustness(Metric):
         samples = torch.arange(batch.n, device=x.device)
         with forward.context():
             return batch.runner.run(  # type: ignore[union-attr]
-                lambda index: x[index[0]], (batch.n,),
+                lambda index: x.index_select(0, index[0]), (batch.n,),
                 reduce=lambda out, index: forward.reduce(out, samples[index[0]]),
                 row_shape=tuple(x.shape[1:]), desc="unperturbed inputs")
 
