@@ -32,6 +32,7 @@ from .. import _rng
 from ..cache import active_cache, combine_hashes, model_key, row_hashes
 from ..modality import Modality
 from ..perturb import FeatureGrouping, Grouping, Imputer, rank_groups
+from ..perturb._select import RankWindows, replaces_by_where, select, window_select
 from ..perturb.baselines import Baseline, impute
 from .base import MetricBatch
 
@@ -303,6 +304,15 @@ def _model_and_inputs(batch: MetricBatch) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------- subsets
+def _select_where(x: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """:meth:`Modality.replace <evalkit.modality.Modality.replace>` (``torch.where`` with the
+    fill in x's dtype) through :func:`~evalkit.perturb._select.select`."""
+    fill_t = torch.as_tensor(fill, device=x.device)
+    if fill_t.dtype != x.dtype:
+        fill_t = fill_t.to(x.dtype)
+    return select(mask, fill_t, x)
+
+
 def baseline_values(imputer: Imputer, x: torch.Tensor, keys: torch.Tensor | None,
                     modality: Modality | None = None) -> torch.Tensor | None:
     """Per-sample replacement values (N, ...) of a mask-independent baseline (computed once
@@ -321,10 +331,11 @@ def subset_scores(
     batch: MetricBatch,
     imputer: Imputer,
     shape: tuple[int, ...],
-    mask_of: Callable[..., torch.Tensor],
+    mask_of: Callable[..., torch.Tensor] | None = None,
     *,
     fill_of: Callable[..., torch.Tensor] | None = None,
     keys_of: Callable[..., torch.Tensor] | None = None,
+    window_of: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
     desc: str | None = None,
 ) -> torch.Tensor:
     """Target scores (N, *shape) float64 of every sample with a subset of its features
@@ -337,21 +348,48 @@ def subset_scores(
     imputer with the keys ``keys_of(i, j...)`` (default: the samples' keys). All rows run in
     one runner call, built chunk by chunk; samples with a non-finite output are flagged
     (:func:`flag_nonfinite`).
+
+    ``window_of(i, j...) -> (rank, lo, hi)`` may stand in for ``mask_of`` where the mask is a
+    window of a rank map, ``lo <= rank < hi`` (``rank`` (B, ...) integer, ``lo``/``hi``
+    broadcastable against it): with a baseline, such rows are selected bit by bit without
+    a bool mask (:func:`~evalkit.perturb._select.window_select`).
     """
+    if (mask_of is None) == (window_of is None):
+        raise ValueError("subset_scores needs exactly one of `mask_of` and `window_of`.")
     batch.require_model()
     x = batch.x
     modality = batch.modality
     sample_keys = batch.keys if imputer.stochastic else None
     base = baseline_values(imputer, x, batch.keys, modality) if fill_of is None else None
     is_baseline = isinstance(imputer, Baseline)
+    # where the modality replaces by torch.where, select bit by bit (the same values, several
+    # times faster on the CPU; evalkit.perturb._select)
+    by_where = replaces_by_where(modality)
+    replace = _select_where if by_where else modality.replace
+
+    def window_rows(index: tuple[torch.Tensor, ...], fill: torch.Tensor) -> torch.Tensor:
+        rank, lo, hi = window_of(*index)  # type: ignore[misc]
+        xi = x.index_select(0, index[0])
+        fill_t = torch.as_tensor(fill, device=x.device)
+        if by_where and fill_t.dtype == x.dtype:
+            return window_select(rank, lo, hi, fill_t, xi)
+        return modality.replace(xi, (rank >= lo) & (rank < hi), fill_t)
 
     def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
         i = index[0]
-        mask = mask_of(*index)
+        if window_of is not None and (base is not None or (fill_of is not None
+                                                           and is_baseline)):
+            return window_rows(index, fill_of(*index) if fill_of is not None
+                               else base.index_select(0, i))
+        if window_of is not None:
+            rank, lo, hi = window_of(*index)
+            mask = (rank >= lo) & (rank < hi)
+        else:
+            mask = mask_of(*index)
         if fill_of is not None and is_baseline:
-            return modality.replace(x.index_select(0, i), mask, fill_of(*index))
+            return replace(x.index_select(0, i), mask, fill_of(*index))
         if base is not None:
-            return modality.replace(x.index_select(0, i), mask, base.index_select(0, i))
+            return replace(x.index_select(0, i), mask, base.index_select(0, i))
         if keys_of is not None:
             keys = keys_of(*index)
         else:
@@ -423,11 +461,21 @@ def window_scores(
         # removal curves perturb prefixes of the order (lo = 0): one comparison per element
         prefixes = not bool(r_lo.any())
         per_sample_base = base is not None and base.shape[0] == n and n > 1
+        # where the modality replaces by torch.where, the rows are selected bit by bit from the
+        # rank map (no bool mask, no torch.where: several times faster on the CPU)
+        windows = (RankWindows.make(x, base, rank_map)
+                   if base is not None and replaces_by_where(modality) else None)
+        if windows is not None:
+            b_hi = windows.thresholds(r_hi)
+            b_lo = None if prefixes else windows.thresholds(r_lo)
 
         def build(m: torch.Tensor) -> torch.Tensor:
             # index_select: several times faster than advanced indexing on the CPU, which
             # matters where the model is small (a table's MLP)
             i = ti.index_select(0, m)
+            if windows is not None:
+                return windows.rows(i, b_hi.index_select(0, m),
+                                    None if b_lo is None else b_lo.index_select(0, m))
             r = rank_map.index_select(0, i)
             perturbed = r < modality.per_sample(r_hi.index_select(0, m), r)
             if not prefixes:
