@@ -430,10 +430,11 @@ def window_scores(
     n, t_count = lo.shape
     g = ordering.n_groups.to(dev).unsqueeze(1)
     lo_c = lo.clamp(0)
-    hi_c = torch.minimum(hi, g)
+    hi_c = hi - (hi - g).clamp_min_(0)  # min(hi, g), without int64 minimum's slow path
     identity = hi_c <= lo_c
-    lo_c = torch.where(identity, torch.zeros_like(lo_c), lo_c)
-    hi_c = torch.where(identity, torch.zeros_like(hi_c), hi_c)
+    zero = torch.zeros((), dtype=lo_c.dtype, device=dev)
+    lo_c = select(identity, zero, lo_c)
+    hi_c = select(identity, zero, hi_c)
     dup = torch.zeros_like(identity)
     if t_count > 1:
         dup[:, 1:] = (lo_c[:, 1:] == lo_c[:, :-1]) & (hi_c[:, 1:] == hi_c[:, :-1])
@@ -454,10 +455,12 @@ def window_scores(
         clean = clean_scores(batch, quantity)
         scores = torch.where(identity, clean.unsqueeze(1), scores)
 
-    rows = need.nonzero()  # (M, 2) sample-major
-    if rows.shape[0]:
-        ti, tt = rows[:, 0], rows[:, 1]
-        r_lo, r_hi = lo_c[ti, tt], hi_c[ti, tt]
+    flat = need.reshape(-1).nonzero().squeeze(1)  # (M,) sample-major
+    if flat.shape[0]:
+        ti = flat // t_count
+        # flat index_select: several times faster than indexing with (ti, tt)
+        r_lo = lo_c.reshape(-1).index_select(0, flat)
+        r_hi = hi_c.reshape(-1).index_select(0, flat)
         # removal curves perturb prefixes of the order (lo = 0): one comparison per element
         prefixes = not bool(r_lo.any())
         per_sample_base = base is not None and base.shape[0] == n and n > 1
@@ -493,8 +496,8 @@ def window_scores(
             fps = _window_fingerprints(batch, ordering, imputer,
                                        None if base is None else base.expand_as(x), row_keys)
             keys_list = list(zip(r_lo.tolist(), r_hi.tolist(), strict=True))
-        scores[ti, tt] = cached_rows(batch, ti, keys_list, fps, build, quantity=quantity,
-                                     desc=desc)
+        scores.view(-1).index_copy_(0, flat, cached_rows(batch, ti, keys_list, fps, build,
+                                                         quantity=quantity, desc=desc))
 
     if t_count > 1:
         # a repeated window takes the score of the last step before it that was run: a forward
