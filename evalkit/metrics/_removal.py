@@ -32,7 +32,7 @@ from .. import _rng
 from ..cache import active_cache, combine_hashes, model_key, row_hashes
 from ..modality import Modality
 from ..perturb import FeatureGrouping, Grouping, Imputer, rank_groups
-from ..perturb._select import RankWindows, replaces_by_where, select, window_select
+from ..perturb._select import RankWindows, replaces_by_where, window_select
 from ..perturb.baselines import Baseline, impute
 from .base import MetricBatch
 
@@ -304,15 +304,6 @@ def _model_and_inputs(batch: MetricBatch) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------- subsets
-def _select_where(x: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-    """:meth:`Modality.replace <evalkit.modality.Modality.replace>` (``torch.where`` with the
-    fill in x's dtype) through :func:`~evalkit.perturb._select.select`."""
-    fill_t = torch.as_tensor(fill, device=x.device)
-    if fill_t.dtype != x.dtype:
-        fill_t = fill_t.to(x.dtype)
-    return select(mask, fill_t, x)
-
-
 def baseline_values(imputer: Imputer, x: torch.Tensor, keys: torch.Tensor | None,
                     modality: Modality | None = None) -> torch.Tensor | None:
     """Per-sample replacement values (N, ...) of a mask-independent baseline (computed once
@@ -364,8 +355,10 @@ def subset_scores(
     is_baseline = isinstance(imputer, Baseline)
     # where the modality replaces by torch.where, select bit by bit (the same values, several
     # times faster on the CPU; evalkit.perturb._select)
+    # a bool mask from mask_of goes to torch.where (fast for sparse masks such as random
+    # subsets); window_of rows are selected bit by bit (no bool compare at all)
     by_where = replaces_by_where(modality)
-    replace = _select_where if by_where else modality.replace
+    replace = modality.replace
 
     def window_rows(index: tuple[torch.Tensor, ...], fill: torch.Tensor) -> torch.Tensor:
         rank, lo, hi = window_of(*index)  # type: ignore[misc]
@@ -430,11 +423,10 @@ def window_scores(
     n, t_count = lo.shape
     g = ordering.n_groups.to(dev).unsqueeze(1)
     lo_c = lo.clamp(0)
-    hi_c = hi - (hi - g).clamp_min_(0)  # min(hi, g), without int64 minimum's slow path
+    hi_c = hi - (hi - g).clamp_min_(0)  # min(hi, g): a few times faster than int64 minimum
     identity = hi_c <= lo_c
-    zero = torch.zeros((), dtype=lo_c.dtype, device=dev)
-    lo_c = select(identity, zero, lo_c)
-    hi_c = select(identity, zero, hi_c)
+    lo_c = torch.where(identity, torch.zeros_like(lo_c), lo_c)
+    hi_c = torch.where(identity, torch.zeros_like(hi_c), hi_c)
     dup = torch.zeros_like(identity)
     if t_count > 1:
         dup[:, 1:] = (lo_c[:, 1:] == lo_c[:, :-1]) & (hi_c[:, 1:] == hi_c[:, :-1])

@@ -53,7 +53,6 @@ from ..._validation import check_bool, check_option, check_scalar
 from ...modality import Modality, as_modality
 from ...models import ModelWrapper, wrap_model
 from ...perturb import make_grouping, make_imputer
-from ...perturb._select import replaces_by_where, select
 from ...perturb.baselines import impute
 from .._removal import QUANTITIES, baseline_values, clean_scores, order_groups, run_rows
 from .._ties import RanksFeatures
@@ -447,11 +446,6 @@ class FFidelity(RanksFeatures):
         run_cpu_a, run_cpu_d = run_a.cpu(), run[:, 2].cpu()
         from_start = not bool(run_lo.any())  # FFid+: every part starts at rank 0
 
-        # bit selection where the modality replaces by torch.where (the same values, several
-        # times faster on the CPU; evalkit.perturb._select); a shared baseline is not gathered
-        by_bits = base is not None and replaces_by_where(modality) and base.dtype == x.dtype
-        shared_base = by_bits and base.ndim > 0 and base.stride(0) == 0
-
         def build(m: torch.Tensor) -> torch.Tensor:
             i = run_i.index_select(0, m)
             removed_pos = positions_of(m)
@@ -459,8 +453,6 @@ class FFidelity(RanksFeatures):
                 1, ordering.order.index_select(0, i), removed_pos)
             mask = grp.expand(removed_groups, i)
             xi = x.index_select(0, i)
-            if by_bits:
-                return select(mask, base[:1] if shared_base else base.index_select(0, i), xi)
             if base is not None:
                 return modality.replace(xi, mask, base[i])
             k_rows = None if sample_keys is None else sample_keys[i]

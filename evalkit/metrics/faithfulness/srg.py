@@ -12,7 +12,6 @@ import torch
 from ... import _rng
 from ..._validation import check_scalar
 from ...perturb import Imputer, make_grouping, make_imputer, rank_groups
-from ...perturb._select import replaces_by_where, select
 from ...perturb.baselines import impute
 from .._removal import baseline_values, trapezoid_auc
 from ..base import Metric, MetricBatch
@@ -113,11 +112,8 @@ class _OcclusionScope(Metric):
 
     def _fill(self, batch: MetricBatch, imputer: Imputer, base, i, mask):
         if base is not None:
-            xi, fill = batch.x.index_select(0, i), base.index_select(0, i)
-            if replaces_by_where(batch.modality) and fill.dtype == xi.dtype:
-                # bit selection: the same values, several times faster on the CPU
-                return select(mask, fill, xi)
-            return batch.modality.replace(xi, mask, fill)
+            return batch.modality.replace(batch.x.index_select(0, i), mask,
+                                          base.index_select(0, i))
         keys = batch.keys[i] if imputer.stochastic else None
         return impute(imputer, batch.x[i], mask, keys=keys, modality=batch.modality)
 
