@@ -27,6 +27,9 @@ FLAT_BOUNDS = ("every ordering of the features gives the same AOPC (the model's 
 #: the most features the exact bounds enumerate (2^G forward passes per sample)
 EXACT_LIMIT = 16
 _UNBOUNDED = 1 << 62
+#: the most bits of (sample, feature set) the beam search packs into one int64 key (more
+#: features, or samples, fall back to the row-wise unique of the (sample, set) rows)
+_PACKED_BITS = 62
 
 
 def _set_scores(batch: MetricBatch, grp: Grouping, imputer: Imputer, base, sample_idx,
@@ -100,7 +103,7 @@ def aopc_bounds(batch: MetricBatch, grp: Grouping, imputer: Imputer, width: torc
     total = torch.zeros(sample.shape[0], dtype=torch.float64, device=dev)
     # feature j of a set is bit G - 1 - j: the first feature is the most significant
     weights = 1 << torch.arange(g_max - 1, -1, -1, device=dev, dtype=torch.int64)
-    packed = g_max + max(1, n - 1).bit_length() <= 62
+    packed = g_max + max(1, n - 1).bit_length() <= _PACKED_BITS
     all_bits = (1 << g_max) - 1 if packed else 0
     for _ in range(g_max):
         remaining = valid[sample] & ~sets
