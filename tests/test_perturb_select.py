@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from evalkit.modality import Modality, TokensModality, as_modality
-from evalkit.perturb._select import RankWindows, replaces_by_where, select
+from evalkit.perturb._select import (
+    RankWindows,
+    rank_select,
+    replaces_by_where,
+    select,
+    window_select,
+)
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
           torch.int32, torch.uint8]
@@ -74,3 +80,13 @@ def test_bit_selection_only_where_it_applies():
     assert replaces_by_where(as_modality("tabular", torch.zeros(2, 3)))
     assert replaces_by_where(Modality())
     assert not replaces_by_where(TokensModality())
+
+
+def test_large_chunks_take_torch_where_with_the_same_result():
+    x = torch.randn(600, 500)  # above the cache-sized limit: the torch.where path
+    rank = torch.randint(0, 500, (600, 1, 500)).reshape(600, 500)
+    fill = torch.full((600, 1), -1.0)
+    want = torch.where(rank < 200, fill, x)
+    assert torch.equal(rank_select(rank, torch.tensor(200), fill, x), want)
+    assert torch.equal(select(rank < 200, fill, x), want)
+    assert torch.equal(window_select(rank, torch.tensor(0), torch.tensor(200), fill, x), want)

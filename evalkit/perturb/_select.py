@@ -14,7 +14,10 @@ the rows of a removal curve, ``where(lo <= rank < hi, fill, x)``, from a rank ma
 making a bool mask (``hi - 1 - rank`` is negative exactly where ``rank >= hi``, so an arithmetic
 shift by the width's sign bit is the keep mask). Both fall back to ``torch.where`` where bit
 selection does not apply (CUDA, where ``torch.where`` is one fused kernel; dtypes without an
-integer of the same width; mixed devices).
+integer of the same width; mixed devices) or does not pay: ``torch.where`` is branchy, fast on
+sparse or regular masks and slow on dense random ones, and on chunks too large for the cache
+(more than :data:`_CACHE_ELEMENTS`) its one pass beats several bitwise passes, so
+:func:`select`, :func:`rank_select` and :func:`window_select` use it there.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ _BITS = {
     torch.int8: torch.int8,
     torch.uint8: torch.uint8,
 }
+
+
+#: above this many elements a chunk is memory-bound: torch.where's one pass beats the bit
+#: operations' several (measured on (349, 3, 500) rows); below it, bits win on dense masks
+_CACHE_ELEMENTS = 1 << 18
 
 
 def bits_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -67,7 +75,7 @@ def select(mask: torch.Tensor, fill: torch.Tensor, x: torch.Tensor) -> torch.Ten
     bits = bits_dtype(x)
     if (bits is None or fill.dtype != x.dtype or mask.dtype != torch.bool
             or fill.device != x.device or mask.device != x.device
-            or x.requires_grad or fill.requires_grad):
+            or x.requires_grad or fill.requires_grad or x.numel() > _CACHE_ELEMENTS):
         return torch.where(mask, fill, x)
     xb = _as_bits(x, bits)
     fb = _as_bits(fill, bits)
@@ -168,7 +176,8 @@ def rank_select(rank: torch.Tensor, bound: torch.Tensor, fill: torch.Tensor, x: 
     broadcastable against x, with ``rank`` broadcastable against x too."""
     bits = bits_dtype(x)
     if (bits is None or fill.dtype != x.dtype or fill.device != x.device
-            or rank.device != x.device or x.requires_grad or fill.requires_grad):
+            or rank.device != x.device or x.requires_grad or fill.requires_grad
+            or x.numel() > _CACHE_ELEMENTS):
         return torch.where(rank < bound if below else rank >= bound, fill, x)
     shift = 8 * rank.element_size() - 1
     if below:  # replace where rank < bound: keep where bound - 1 - rank < 0
@@ -194,7 +203,8 @@ def window_select(rank: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fill: 
     where :func:`bits_dtype` allows (``rank``, ``lo``, ``hi`` as in :func:`rank_select`)."""
     bits = bits_dtype(x)
     if (bits is None or fill.dtype != x.dtype or fill.device != x.device
-            or rank.device != x.device or x.requires_grad or fill.requires_grad):
+            or rank.device != x.device or x.requires_grad or fill.requires_grad
+            or x.numel() > _CACHE_ELEMENTS):
         return torch.where((rank >= lo) & (rank < hi), fill, x)
     shift = 8 * rank.element_size() - 1
     keep = (hi - 1) - rank  # negative where rank >= hi
