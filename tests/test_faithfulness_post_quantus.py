@@ -182,6 +182,24 @@ def test_beam_bounds_lie_within_the_exact_ones(small_inputs, width):
     assert not metric.exact_bounds_.any()
 
 
+@pytest.mark.parametrize("width", [1, 3])
+def test_packed_and_row_wise_beam_search_agree(small_inputs, monkeypatch, width):
+    """The beam search packs (sample, feature set) into one int64 key when it fits; the
+    row-wise path (many features) gives the same bounds and scores, bit for bit."""
+    from evalkit.metrics.faithfulness import naopc
+
+    model, x, y, a, _ = small_inputs
+    kw = dict(beam_width=width, exact=False, perturb_baseline=0.0, softmax=False)
+    packed = M.NAOPC(**kw)
+    s_packed = packed(model, x, y, a)
+    monkeypatch.setattr(naopc, "_PACKED_BITS", 0)
+    row_wise = M.NAOPC(**kw)
+    s_rows = row_wise(model, x, y, a)
+    np.testing.assert_array_equal(s_packed, s_rows)
+    np.testing.assert_array_equal(packed.aopc_min_, row_wise.aopc_min_)
+    np.testing.assert_array_equal(packed.aopc_max_, row_wise.aopc_max_)
+
+
 def test_a_beam_as_wide_as_the_largest_layer_is_exact(small_inputs):
     """C(6, 3) = 20 sets at the widest step: a beam of 20 keeps every set."""
     model, x, y, a, brute = small_inputs

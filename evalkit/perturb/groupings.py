@@ -393,10 +393,22 @@ def rank_groups(
         if random_keys is None:
             raise ValueError("order='random' needs random_keys.")
         keys = random_keys.to(torch.float64).masked_fill(~valid, math.inf)
-        return torch.sort(keys, dim=1, stable=True).indices
+        return _stable_argsort(keys, descending=False)
     s = scores.to(torch.float64).nan_to_num(0.0)
     if order == "morf":
         s = s.masked_fill(~valid, -math.inf)
-        return torch.sort(s, dim=1, descending=True, stable=True).indices
+        return _stable_argsort(s, descending=True)
     s = s.masked_fill(~valid, math.inf)
-    return torch.sort(s, dim=1, stable=True).indices
+    return _stable_argsort(s, descending=False)
+
+
+def _stable_argsort(s: torch.Tensor, *, descending: bool) -> torch.Tensor:
+    """Stable argsort of float64 ``s`` (N, G) along dim 1 (ties: lower index first). On the
+    CPU through NumPy, about 1.4x faster than torch's stable sort for many short rows (a
+    table's columns); a stable sort is unique, so the order is the same. Descending is the
+    stable ascending order of ``-s`` (no NaN here; -0.0 and 0.0 stay equal)."""
+    if s.device.type != "cpu" or s.ndim != 2 or s.requires_grad:
+        return torch.sort(s, dim=1, descending=descending, stable=True).indices
+    a = s.numpy()
+    return torch.from_numpy(np.argsort(-a if descending else a, axis=1, kind="stable")
+                            .astype(np.int64, copy=False))

@@ -222,6 +222,15 @@ class SensitivityN(RanksFeatures):
                 b_const.reshape(n, t_count))
 
 
+#: the most elements of baseline draws MonotonicityCorrelation draws at once (16 MiB of float32)
+_PREDRAW_ELEMENTS = 1 << 22
+
+
+def _draw_elements(x: torch.Tensor, draws: int) -> int:
+    """Elements of ``draws`` copies of every row of ``x``."""
+    return int(x.numel()) * draws
+
+
 class FaithfulnessCorrelation(Metric):
     """Faithfulness correlation (Bhatt, Weller & Moura 2020): the Pearson correlation, over
     ``nr_runs`` random subsets S of ``subset_size`` features, between ``sum_{i in S} a_i`` and
@@ -466,23 +475,44 @@ class MonotonicityCorrelation(RanksFeatures):
 
             flat_keys = draw_keys.reshape(-1)
 
+            # every draw's values at once where they are small (a table: N x nr_samples rows
+            # of a few columns): one keyed draw instead of one per chunk, whose fixed cost
+            # exceeds its numbers' there; a row's values depend on its key and x row only
+            predrawn = None
+            if _draw_elements(x, s_count) <= _PREDRAW_ELEMENTS:
+                predrawn = imputer.values(  # type: ignore[attr-defined]
+                    x.repeat_interleave(s_count, 0), flat_keys)
+
             def values(i: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
                 """The baseline values of draw s of sample i, from the draw's own key: drawn
                 once per (sample, draw) of the chunk (rows run sample-, then draw-major, so a
                 draw's steps are adjacent) and shared by its steps."""
                 pair = i * s_count + s
+                if predrawn is not None:
+                    return (predrawn.index_select(0, pair) if predrawn.shape[0] > 1
+                            else predrawn)
                 uniq, inverse = torch.unique_consecutive(pair, return_inverse=True)
                 v = imputer.values(  # type: ignore[attr-defined]
                     x.index_select(0, uniq // s_count), flat_keys[uniq.cpu()])
                 return v.index_select(0, inverse) if v.shape[0] > 1 else v
 
-            def mask_of(i: torch.Tensor, s: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-                """Block tt of sample i's order."""
-                r = rank_map.index_select(0, i)
-                return (r >= per_sample(lo[i, tt], r)) & (r < per_sample(hi[i, tt], r))
+            # int32 ranks and flat bounds: index_select, and no bool masks (the rows are
+            # selected bit by bit, evalkit.perturb._select)
+            rank_small = (rank_map.to(torch.int32) if int(ordering.n_groups.max()) < 2**31
+                          else rank_map)
+            flat_lo = lo.reshape(-1).to(rank_small.dtype)
+            flat_hi = hi.reshape(-1).to(rank_small.dtype)
+
+            def window_of(i: torch.Tensor, s: torch.Tensor, tt: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                """Block tt of sample i's order: its ranks and bounds."""
+                r = rank_small.index_select(0, i)
+                row = i * t_count + tt
+                return (r, per_sample(flat_lo.index_select(0, row), r),
+                        per_sample(flat_hi.index_select(0, row), r))
 
             out = subset_scores(
-                batch, imputer, (s_count, t_count), mask_of,
+                batch, imputer, (s_count, t_count), window_of=window_of,
                 fill_of=lambda i, s, tt: values(i, s),
                 keys_of=lambda i, s, tt: draw_keys[i, s], desc=type(self).__name__)
             sq = ((out - clean.reshape(-1, 1, 1)) ** 2).mean(1)

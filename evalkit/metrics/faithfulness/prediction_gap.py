@@ -11,6 +11,7 @@ import torch
 from ... import _rng
 from ..._validation import check_bool, check_scalar, check_top_k
 from ...perturb import GaussianNoise, Noise, make_grouping, rank_groups
+from ...perturb._select import rank_select
 from .._removal import clean_scores, flag_nonfinite
 from .._ties import RanksFeatures
 from ..base import MetricBatch
@@ -86,16 +87,27 @@ class _PredictionGap(RanksFeatures):
         t_count = ks.shape[0]
         per_sample = batch.modality.per_sample
         top = self._perturb_top
+        additive = getattr(noise, "draws", None) is None
+        # flat views for index_select (several times faster than advanced indexing on the CPU)
+        flat_k = k_rows.reshape(-1)
+        flat_keys = draw_keys.reshape(-1)
+        rank_small = rank_map.to(torch.int32) if g.numel() and int(g.max()) < 2**31 else rank_map
 
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, t, j = index
-            kk = k_rows[i, t]
+            kk = flat_k.index_select(0, i * t_count + t)
+            xi = x.index_select(0, i)
+            keys = flat_keys.index_select(0, (i * draws + j).cpu())
+            if additive:  # x + noise on the top-k (PGI) or the other (PGU) features
+                ranks = rank_small.index_select(0, i)
+                n = noise.sample(keys, tuple(xi.shape[1:]), xi.dtype).to(xi.device)
+                return rank_select(ranks, per_sample(kk.to(ranks.dtype), ranks), xi + n, xi,
+                                   below=top)
             ranks = rank_map.index_select(0, i)
             mask = ranks < per_sample(kk, ranks)
             if not top:
                 mask = ~mask
-            xi = x.index_select(0, i)
-            return _noisy_rows(noise, xi, draw_keys[i.cpu(), j.cpu()], mask.expand_as(xi))
+            return _noisy_rows(noise, xi, keys, mask.expand_as(xi))
 
         shape = (batch.n, t_count, draws)
         scores = batch.runner.run(build, shape, y=batch.y,  # type: ignore[union-attr]

@@ -112,7 +112,8 @@ class _OcclusionScope(Metric):
 
     def _fill(self, batch: MetricBatch, imputer: Imputer, base, i, mask):
         if base is not None:
-            return batch.modality.replace(batch.x[i], mask, base[i])
+            return batch.modality.replace(batch.x.index_select(0, i), mask,
+                                          base.index_select(0, i))
         keys = batch.keys[i] if imputer.stochastic else None
         return impute(imputer, batch.x[i], mask, keys=keys, modality=batch.modality)
 
