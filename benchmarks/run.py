@@ -679,7 +679,8 @@ def _floor_miss_text(r: Result) -> str:
     part = _extra_s(r, "part_s")
     if part and r.floor_s > 0 and not by_part:
         text += (f" ({r.extra['part']} {_fmt_s(part)} s: floor + {r.extra['part']} alone is "
-                 f"{(r.floor_s + part) / r.floor_s:.2f} x the floor)")
+                 f"{(r.floor_s + part) / r.floor_s:.2f} x the floor; ours / that "
+                 f"{r.ours_s / (r.floor_s + part):.2f})")
     written = _extra_s(r, "written_floor_s")
     if written is not None and written > 0 and r.floor_s > 0:
         text += (f" (writing each input row once alone makes the floor "
