@@ -95,6 +95,13 @@ class NeedsExplainFunction(ValueError):
     """A re-explaining metric was paired with a method given only as an attribution array."""
 
 
+class UnknownInputsError(ValueError):
+    """A method with per-sample arguments (GroundTruth's masks) was asked to explain inputs
+    that are not the evaluation's own (perturbed copies made by a robustness metric): the
+    pairing is not applicable, and the evaluation scores that cell NaN with the reason instead
+    of failing it."""
+
+
 # ---------------------------------------------------------------------- explanation methods
 class _RowMatched:
     """An explain function whose per-sample keyword arguments (GroundTruth's ``masks``,
@@ -127,7 +134,7 @@ class _RowMatched:
         idx = [self.index.get(h, -1) for h in hashes]
         missing = sum(i < 0 for i in idx)
         if missing:
-            raise ValueError(
+            raise UnknownInputsError(
                 f"{self.name} needs {', '.join(self.per_sample)} for each input, but {missing} "
                 f"of {len(idx)} inputs it was asked to explain are not inputs of the evaluation "
                 "(perturbed copies, e.g. made by a robustness metric), so their "
@@ -552,8 +559,20 @@ class Evaluation:
             kwargs["explain_fn"] = fn
             kwargs["explain_kwargs"] = ekw
         started = time.perf_counter()
-        metric(self.model, self.x[sl], None if self.y is None else self.y[sl],
-               attributions[sl_a], **kwargs)
+        try:
+            metric(self.model, self.x[sl], None if self.y is None else self.y[sl],
+                   attributions[sl_a], **kwargs)
+        except UnknownInputsError as exc:
+            # e.g. GroundTruth under MaxSensitivity: its masks exist for the evaluation's
+            # inputs only, so the pairing is undefined, not broken
+            n_unit = unit.stop - unit.start
+            return UnitRecord(
+                key=unit.key, cell_hash=unit.cell_hash, method=unit.method,
+                metric=unit.metric, start=unit.start, stop=unit.stop,
+                scores=np.full(n_unit, np.nan),
+                nan_reasons=dict.fromkeys(range(n_unit), f"not applicable: {exc}"),
+                curves=None, curve_x=None, seed=None,
+                elapsed=time.perf_counter() - started)
         elapsed = time.perf_counter() - started
         return UnitRecord(
             key=unit.key, cell_hash=unit.cell_hash, method=unit.method, metric=unit.metric,

@@ -160,8 +160,17 @@ class TestErrors:
         np.testing.assert_array_equal(r["GroundTruth", "RRA"], r["mask array", "RRA"])
         # RandomLogit re-explains the same inputs (other labels): the masks follow them
         np.testing.assert_allclose(r["GroundTruth", "RandomLogit"], 1.0)
-        # MaxSensitivity re-explains perturbed copies, whose masks are unknown
-        assert "not inputs of the evaluation" in r.errors["GroundTruth", "MaxSens"].message
+        # MaxSensitivity re-explains perturbed copies, whose masks are unknown: the pairing
+        # is not applicable (NaN with the reason on every sample, every chunk), not a failure
+        assert ("GroundTruth", "MaxSens") not in r.errors
+        assert np.isnan(r["GroundTruth", "MaxSens"]).all()
+        reasons = r.nan_reasons["GroundTruth", "MaxSens"]
+        assert sorted(reasons) == list(range(12))
+        assert all(v.startswith("not applicable: GroundTruth needs masks")
+                   and "not inputs of the evaluation" in v for v in reasons.values())
+        board = r.leaderboard(n_boot=0).to_markdown(ci=False)
+        row = next(line for line in board.splitlines() if line.startswith("| GroundTruth"))
+        assert "n/a" in row and "error" not in row
 
     def test_groundtruth_without_masks_is_a_cell_error(self, data):
         model, x, y, _ = data

@@ -153,16 +153,31 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
 def test_failed_cells_exit_non_zero_unless_allowed(tmp_path, capsys):
     from evalkit.cli import main
 
-    # the ground-truth mask of a perturbed input is unknown: MaxSensitivity cannot run on it
+    # a layer the model does not have: explaining GradCAM fails, so its cell fails
     path = _toml(tmp_path, _GOOD.replace("[methods.Sobel]", "[methods.Sobel]\n"
-                                         "[methods.GroundTruth]")
-                 + "[metrics.MaxSensitivity]\nnr_samples = 2\n")
+                                         "[methods.GradCAM]\nlayer = \"no_such_layer\"")
+                 + "[metrics.Complexity]\n")
     args = ["run", path, "--no-progress", "--no-report", "--no-store"]
     assert main(args) == 1
     captured = capsys.readouterr()
-    assert "1 of 4 cells could not be computed" in captured.out
-    assert "1 of 4 cells failed" in captured.err and "--allow-failures" in captured.err
+    assert "2 of 4 cells could not be computed" in captured.out
+    assert "Unknown layer 'no_such_layer'" in captured.out
+    assert "2 of 4 cells failed" in captured.err and "--allow-failures" in captured.err
     assert main([*args, "--allow-failures"]) == 0
+
+
+def test_a_pairing_that_does_not_apply_is_no_failure(tmp_path, capsys):
+    """GroundTruth's masks exist for the evaluation's inputs only: under MaxSensitivity (which
+    re-explains perturbed copies) its scores are undefined, shown n/a, and the run succeeds."""
+    from evalkit.cli import main
+
+    path = _toml(tmp_path, _GOOD.replace("[methods.Sobel]", "[methods.Sobel]\n"
+                                         "[methods.GroundTruth]")
+                 + "[metrics.MaxSensitivity]\nnr_samples = 2\n")
+    assert main(["run", path, "--no-progress", "--no-report", "--no-store"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| GroundTruth"))
+    assert "n/a" in row and "error" not in row
 
 
 # ---------------------------------------------------------------------- messages (item 3)
