@@ -68,26 +68,44 @@ def _fits(shape: torch.Size, into: torch.Size) -> bool:
     return all(a == 1 or a == b for a, b in zip(reversed(shape), reversed(into), strict=False))
 
 
-def select(mask: torch.Tensor, fill: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``torch.where(mask, fill, x)`` for a bool ``mask`` and ``fill`` of ``x``'s dtype (both
-    broadcastable against ``x``; the result has their broadcast shape), bit for bit, through
-    an integer view where :func:`bits_dtype` allows."""
+def _chunk_bits(x: torch.Tensor, fill: torch.Tensor,
+                *others: torch.Tensor) -> torch.dtype | None:
+    """The integer dtype for bit selection of one chunk, or None where ``torch.where`` is
+    the better (or only) choice: see :func:`bits_dtype`, plus ``fill`` of another dtype or
+    device, ``others`` (mask, ranks) on another device, autograd, and chunks larger than
+    :data:`_CACHE_ELEMENTS`."""
     bits = bits_dtype(x)
-    if (bits is None or fill.dtype != x.dtype or mask.dtype != torch.bool
-            or fill.device != x.device or mask.device != x.device
+    if (bits is None or fill.dtype != x.dtype or fill.device != x.device
+            or any(t.device != x.device for t in others)
             or x.requires_grad or fill.requires_grad or x.numel() > _CACHE_ELEMENTS):
-        return torch.where(mask, fill, x)
-    xb = _as_bits(x, bits)
+        return None
+    return bits
+
+
+def _blend(x: torch.Tensor, fill: torch.Tensor, keep: torch.Tensor,
+           bits: torch.dtype) -> torch.Tensor:
+    """``fill ^ ((x ^ fill) & keep)`` on ``bits`` views: x where ``keep`` is all ones, fill
+    where it is 0 (``keep`` of dtype ``bits``, broadcastable against x and fill)."""
     fb = _as_bits(fill, bits)
-    keep = mask.to(bits)  # 1 where replaced
-    keep -= 1  # all ones where kept, 0 where replaced
-    out = xb ^ fb
+    out = _as_bits(x, bits) ^ fb
     if _fits(keep.shape, out.shape):
         out &= keep
     else:  # the mask is larger than x and fill: the result takes its shape
         out = out & keep
     out ^= fb
     return out.view(x.dtype) if out.dtype != x.dtype else out
+
+
+def select(mask: torch.Tensor, fill: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``torch.where(mask, fill, x)`` for a bool ``mask`` and ``fill`` of ``x``'s dtype (both
+    broadcastable against ``x``; the result has their broadcast shape), bit for bit, through
+    an integer view where :func:`bits_dtype` allows."""
+    bits = _chunk_bits(x, fill, mask)
+    if bits is None or mask.dtype != torch.bool:
+        return torch.where(mask, fill, x)
+    keep = mask.to(bits)  # 1 where replaced
+    keep -= 1  # all ones where kept, 0 where replaced
+    return _blend(x, fill, keep, bits)
 
 
 class RankWindows:
@@ -174,10 +192,8 @@ def rank_select(rank: torch.Tensor, bound: torch.Tensor, fill: torch.Tensor, x: 
     ``rank`` integer (B, ...), ``bound`` integer broadcastable against it (e.g. (B, 1, ...)),
     both non-negative and below 2**31 (int32) or 2**62; ``fill`` of x's dtype,
     broadcastable against x, with ``rank`` broadcastable against x too."""
-    bits = bits_dtype(x)
-    if (bits is None or fill.dtype != x.dtype or fill.device != x.device
-            or rank.device != x.device or x.requires_grad or fill.requires_grad
-            or x.numel() > _CACHE_ELEMENTS):
+    bits = _chunk_bits(x, fill, rank)
+    if bits is None:
         return torch.where(rank < bound if below else rank >= bound, fill, x)
     shift = 8 * rank.element_size() - 1
     if below:  # replace where rank < bound: keep where bound - 1 - rank < 0
@@ -187,24 +203,15 @@ def rank_select(rank: torch.Tensor, bound: torch.Tensor, fill: torch.Tensor, x: 
     keep >>= shift
     if keep.dtype != bits:
         keep = keep.to(bits)
-    fb = _as_bits(fill, bits)
-    out = _as_bits(x, bits) ^ fb
-    if _fits(keep.shape, out.shape):
-        out &= keep
-    else:
-        out = out & keep
-    out ^= fb
-    return out.view(x.dtype) if out.dtype != x.dtype else out
+    return _blend(x, fill, keep, bits)
 
 
 def window_select(rank: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fill: torch.Tensor,
                   x: torch.Tensor) -> torch.Tensor:
     """``torch.where((lo <= rank) & (rank < hi), fill, x)``, bit for bit, without a bool mask
     where :func:`bits_dtype` allows (``rank``, ``lo``, ``hi`` as in :func:`rank_select`)."""
-    bits = bits_dtype(x)
-    if (bits is None or fill.dtype != x.dtype or fill.device != x.device
-            or rank.device != x.device or x.requires_grad or fill.requires_grad
-            or x.numel() > _CACHE_ELEMENTS):
+    bits = _chunk_bits(x, fill, rank)
+    if bits is None:
         return torch.where((rank >= lo) & (rank < hi), fill, x)
     shift = 8 * rank.element_size() - 1
     keep = (hi - 1) - rank  # negative where rank >= hi
@@ -214,11 +221,4 @@ def window_select(rank: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fill: 
     keep |= below
     if keep.dtype != bits:
         keep = keep.to(bits)
-    fb = _as_bits(fill, bits)
-    out = _as_bits(x, bits) ^ fb
-    if _fits(keep.shape, out.shape):
-        out &= keep
-    else:
-        out = out & keep
-    out ^= fb
-    return out.view(x.dtype) if out.dtype != x.dtype else out
+    return _blend(x, fill, keep, bits)
