@@ -24,6 +24,17 @@ CALL_LOG = "EVALKIT_TEST_CALL_LOG"
 DIE_AT = "EVALKIT_TEST_DIE_AT"
 
 
+def tiny_cnn(seed: int = 0) -> torch.nn.Module:
+    """A seeded 1-channel 8 x 8 CNN with 3 classes (eval mode), for metaeval tests."""
+    gen = torch.Generator().manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return net.eval()
+
+
 def problem(n: int = 12, seed: int = 3) -> tuple[torch.nn.Module, np.ndarray, np.ndarray,
                                                   np.ndarray]:
     """The shipped CNN and ``n`` synthetic 32 x 32 shapes images with masks."""

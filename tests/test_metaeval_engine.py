@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
+from _evaluate_helpers import tiny_cnn
 
 import evalkit as ek
 import metaeval as me
@@ -21,21 +21,11 @@ matplotlib.use("Agg")
 METHODS = {"Saliency": {}, "InputXGradient": {}}
 
 
-def _model(seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                        nn.Linear(4 * 8 * 8, 3))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
 def data():
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(16, 1, 8, 8, generator=gen)
-    model = _model()
+    model = tiny_cnn()
     with torch.no_grad():
         y = model(x).argmax(1)
     s = torch.zeros(16, 1, 8, 8, dtype=torch.bool)
@@ -408,7 +398,7 @@ def test_benchmark_shares_units_and_resumes_from_the_store(data, tmp_path):
     counter = CountingExplain()
     run = me.MetaEvaluation(_suite(), METHODS, iterations=1, nr_perturbations=2, seed=0,
                             explain_fn=counter)
-    datasets = {"tiny": {"x": x, "y": y, "s": s, "models": {"a": model, "b": _model(1)}}}
+    datasets = {"tiny": {"x": x, "y": y, "s": s, "models": {"a": model, "b": tiny_cnn(1)}}}
     metrics = {"Complexity": {"Sparseness": ek.metrics.Sparseness()},
                "Localisation": {"PG": ek.metrics.PointingGame()}}
     path = tmp_path / "meta.sqlite"

@@ -10,7 +10,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from _evaluate_helpers import tiny_cnn
 
 import metaeval as me
 from evalkit.cli import _build_methods, _build_metrics, load_config, run_config
@@ -58,18 +58,8 @@ def test_since_quantus_configuration_runs_without_failed_cells(tmp_path):
 
 
 # ---------------------------------------------------------------- metaeval
-def _tiny_model(seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                        nn.Linear(4 * 8 * 8, 3))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return net.eval()
-
-
 def test_metrics_reading_another_model_are_not_reached_by_a_model_perturbation():
-    model = _tiny_model()
+    model = tiny_cnn()
     mpt = me.ModelPerturbationTest("Resilience")
     # a given fine-tuned copy / permuted-label model takes every forward: perturbing the
     # evaluated model reaches the score only through the explanation methods
@@ -87,7 +77,7 @@ def test_metrics_reading_another_model_are_not_reached_by_a_model_perturbation()
 
 
 def test_meta_evaluation_of_metrics_since_quantus():
-    model = _tiny_model()
+    model = tiny_cnn()
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(8, 1, 8, 8, generator=gen)
     with torch.no_grad():
