@@ -19,6 +19,12 @@ Measurement protocol for one case:
 4. The explainer share (cases with a :class:`TimedExplainer`): from the warm-up call when it
    was slow (one-off costs are then negligible), else from one extra call.
 
+Lower bounds besides the model floor (W4-W6, where the model is cheap): the *written floor*
+(each input row written once before its forward), the *drawn floor* (and as many random
+numbers as ours drew) and the *required-work floor* (and the ranking and the scoring of the
+outputs that the metric's definition requires, :class:`RequiredWork`), each timed in the same
+alternating rounds as ours.
+
 Process state and plain processes (issues 18 and 24): the same case can be run in a new process
 per :data:`CONDITIONS` entry (``fresh``, or ``used``: :func:`dirty_process` first), since the
 C allocator's state decides whether forward passes fault in fresh pages; and a spec with a
@@ -47,14 +53,17 @@ from .workloads import Workload
 __all__ = [
     "CONDITIONS",
     "PLAIN_SCRIPTS",
+    "SCORERS",
     "Agreement",
     "Case",
     "Context",
     "ForwardCount",
     "PlainScript",
+    "RequiredWork",
     "Result",
     "TimedExplainer",
     "Timing",
+    "cheapest",
     "child_argv",
     "count_forwards",
     "dirty_process",
@@ -63,6 +72,8 @@ __all__ = [
     "max_abs_diff",
     "model_floor",
     "plain_process_times",
+    "ranking_candidates",
+    "required_floor",
     "results_of_json",
     "run_case",
     "run_conditions",
@@ -317,7 +328,8 @@ def _chunk_of(w: Workload, batch_size: int) -> torch.Tensor:
 
 def forward_floor(w: Workload, rows: int, batch_size: int, *,
                   fill: float | None = None, write: bool = False,
-                  draws: int = 0) -> Callable[[], None] | None:
+                  draws: int = 0, score: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
+                  rank: Callable[[], Any] | None = None) -> Callable[[], None] | None:
     """A callable that runs ``rows`` bare forward rows of the workload's input shape in chunks
     of ``batch_size`` under ``torch.inference_mode`` (model in eval mode). None if rows == 0.
 
@@ -333,7 +345,12 @@ def forward_floor(w: Workload, rows: int, batch_size: int, *,
     ``draws`` (with ``write``): also draw that many U[0, 1) numbers in all, spread over the
     chunks in proportion to their rows, with one ``torch.Generator`` (``torch.rand``: torch's
     own unkeyed stream, the cheapest on hand): the least work of a metric that draws as many
-    random numbers as ours did (keyed draws cost more; the difference is ours)."""
+    random numbers as ours did (keyed draws cost more; the difference is ours).
+
+    ``score(outputs, y)`` (the required-work floor, :class:`RequiredWork`): called on each
+    chunk's outputs with the chunk's labels (the workload's, repeated as its inputs are), e.g.
+    the target's softmax probability; ``rank()``: called once per call before the chunks, e.g.
+    one ranking of the attributions."""
     if rows <= 0:
         return None
     batch_size = max(1, min(batch_size, rows))
@@ -359,14 +376,177 @@ def forward_floor(w: Workload, rows: int, batch_size: int, *,
         def inputs(chunk: torch.Tensor) -> torch.Tensor:
             return chunk
 
+    if score is None:
+        def forward(chunk: torch.Tensor, _y: torch.Tensor | None) -> None:
+            model(inputs(chunk))
+    else:
+        def forward(chunk: torch.Tensor, y: torch.Tensor | None) -> None:
+            score(model(inputs(chunk)), y)
+    y_full = _labels_of(w, batch_size) if score is not None else None
+    y_last = None if y_full is None or last is None else y_full[: last.shape[0]]
+
     def run() -> None:
         with torch.inference_mode():
+            if rank is not None:
+                rank()
             for _ in range(n_full):
-                model(inputs(full))
+                forward(full, y_full)
             if last is not None:
-                model(inputs(last))
+                forward(last, y_last)
 
     return run
+
+
+def _labels_of(w: Workload, batch_size: int) -> torch.Tensor:
+    """The labels of :func:`_chunk_of`'s rows (the workload's, repeated the same way)."""
+    reps = math.ceil(batch_size / w.n)
+    return w.y.repeat(reps)[:batch_size].reshape(-1, 1).to(torch.long)
+
+
+# --------------------------------------------------------------------------- required work
+#: how a forward row's outputs (N, classes) are scored, per :attr:`RequiredWork.score`: the
+#: library forms that give the value the metric's definition needs; the required-work floor
+#: times each on one chunk and uses the cheapest
+SCORERS: dict[str, dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    # the target's probability
+    "softmax": {
+        "torch.softmax + gather": lambda out, y: torch.softmax(out, 1).gather(1, y),
+        "1 / sum exp(out - out[y])": lambda out, y: torch.exp(out - out.gather(1, y)).sum(
+            1).reciprocal(),
+    },
+    # the target's log-probability (log-odds)
+    "log_softmax": {
+        "torch.log_softmax + gather": lambda out, y: torch.log_softmax(out, 1).gather(1, y),
+        "out[y] - logsumexp": lambda out, y: out.gather(1, y).squeeze(1) - torch.logsumexp(
+            out, 1),
+    },
+    # whether the prediction (argmax) is the label: accuracy-type quantities need no softmax
+    "argmax": {
+        "argmax == y": lambda out, y: out.argmax(1).eq(y.squeeze(1)),
+    },
+}
+
+
+@dataclass(frozen=True)
+class RequiredWork:
+    """Steps that the definition of a metric requires at a row's settings besides building its
+    inputs, so that every correct implementation does them (declared per row by the spec; see
+    :mod:`benchmarks.specs.modalities`). The *required-work floor* is the written floor (the
+    drawn floor where the row draws random numbers) plus these steps at the cheapest library
+    speed on hand (:func:`required_floor`).
+
+    ``ranked``: the values whose order the metric reads, (N, G), one row per sample (the
+    attributions of its features, or of its windows); None: the score does not depend on
+    their order. ``kth``: the positions (ascending order, 0-based) at which the metric needs
+    the order split, e.g. ``(G - k,)`` where only the top-k set matters, a boundary per step
+    where a step removes several features; None: the full order. ``score``: how each forward
+    row's outputs are scored (a key of :data:`SCORERS`), None where the metric reads its
+    outputs as they are (logits)."""
+
+    ranked: torch.Tensor | None = None
+    kth: tuple[int, ...] | None = None
+    score: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.score is not None and self.score not in SCORERS:
+            raise ValueError(f"score must be one of {sorted(SCORERS)} or None; got "
+                             f"{self.score!r}")
+        if self.ranked is not None and self.ranked.ndim != 2:
+            raise ValueError(f"ranked must be (N, G); got {tuple(self.ranked.shape)}")
+        if self.kth is not None:
+            if self.ranked is None:
+                raise ValueError("kth needs ranked values")
+            g = self.ranked.shape[1]
+            if not self.kth or list(self.kth) != sorted(set(self.kth)) or not (
+                    0 <= self.kth[0] and self.kth[-1] < g):
+                raise ValueError(f"kth must be increasing positions in [0, {g}); got {self.kth}")
+
+    @property
+    def steps(self) -> bool:
+        """Whether there is any step (else the written or drawn floor is the bound)."""
+        return self.ranked is not None or self.score is not None
+
+
+def ranking_candidates(ranked: torch.Tensor, kth: tuple[int, ...] | None
+                       ) -> dict[str, Callable[[], Any]]:
+    """The library calls that give what a metric needs of the order of ``ranked`` (N, G) per
+    row (see :class:`RequiredWork`): a full sort always does (NumPy's default unstable
+    ``argsort``, ``torch.argsort``); a split at ``kth`` also NumPy's ``argpartition`` at those
+    positions; the top-k set ``torch.topk`` (unsorted for one split, sorted for nested top
+    sets that reach the top)."""
+    g = ranked.shape[1]
+    out: dict[str, Callable[[], Any]] = {
+        "torch.argsort": lambda: torch.argsort(ranked, dim=1)}
+    arr = ranked.detach().numpy() if ranked.device.type == "cpu" else None
+    if arr is not None:
+        out["numpy argsort"] = lambda: np.argsort(arr, axis=1)
+    if kth is None:
+        return out
+    if arr is not None:
+        positions = list(kth)
+        out["numpy argpartition"] = lambda: np.argpartition(arr, positions, axis=1)
+    k = g - kth[0]
+    if len(kth) == 1:
+        out[f"torch.topk (k={k}, unsorted)"] = lambda: torch.topk(ranked, k, dim=1,
+                                                                    sorted=False)
+    else:
+        out[f"torch.topk (k={k}, sorted)"] = lambda: torch.topk(ranked, k, dim=1, sorted=True)
+    return out
+
+
+def cheapest(candidates: dict[str, Callable[[], Any]], *, trials: int = 5
+             ) -> tuple[str, Callable[[], Any]]:
+    """The candidate whose least time over ``trials`` calls (after one warm-up call) is the
+    smallest, with its name."""
+    best: tuple[float, str] | None = None
+    for name, fn in candidates.items():
+        fn()
+        times = []
+        for _ in range(trials):
+            t0 = clock()
+            fn()
+            times.append(clock() - t0)
+        if best is None or min(times) < best[0]:
+            best = (min(times), name)
+    assert best is not None
+    return best[1], candidates[best[1]]
+
+
+def required_floor(w: Workload, rows: int, batch_size: int, required: RequiredWork, *,
+                   draws: int = 0) -> tuple[Callable[[], None] | None, str]:
+    """The required-work floor of ``rows`` forward rows: the written floor (with ``draws``
+    random numbers: the drawn floor) plus, per call, one ranking of ``required.ranked`` by the
+    cheapest of :func:`ranking_candidates` and, per chunk, the scoring of its outputs by the
+    cheapest of ``SCORERS[required.score]`` (each timed here, on the call's values and one
+    chunk's outputs); and the text naming the steps and the calls chosen.
+
+    A lower bound for any implementation: it builds each row as cheaply as the written floor,
+    ranks once (a metric that reads the order must compare the values; the library's
+    vectorised sorts and selections are the cheapest on hand, a hand-written loop over rows
+    is slower) and scores each row with one fused library call."""
+    rank_fn = None
+    parts = []
+    if required.ranked is not None:
+        name, rank_fn = cheapest(ranking_candidates(required.ranked, required.kth))
+        n, g = required.ranked.shape
+        what = ("the full order" if required.kth is None else
+                f"split at {len(required.kth)} position{'s' if len(required.kth) > 1 else ''}")
+        parts.append(f"one ranking per call ({what} of {n} x {g}: {name})")
+    score_fn = None
+    if required.score is not None and rows > 0:
+        chunk = _chunk_of(w, max(1, min(batch_size, rows)))
+        with torch.inference_mode():
+            out = w.model(chunk)
+        y = _labels_of(w, chunk.shape[0]).to(out.device)
+        forms = {k: (lambda f=f: f(out, y)) for k, f in SCORERS[required.score].items()}
+        name, _ = cheapest(forms)
+        score_fn = SCORERS[required.score][name]
+        parts.append(f"{required.score} scoring per chunk ({name})")
+    if rank_fn is None and score_fn is None:
+        return None, ""
+    fn = forward_floor(w, rows, batch_size, write=True, draws=draws, score=score_fn,
+                       rank=rank_fn)
+    return fn, "; ".join(parts)
 
 
 def _embedding_gradient(model: nn.Module, embedding: nn.Module, ids: torch.Tensor,
@@ -530,6 +710,11 @@ class Case:
     #: warm-up run (``part.values``: a part counting the values drawn), drawn with torch's own
     #: generator (:func:`forward_floor` with ``draws``), as ``extra["drawn_floor_s"]``
     drawn_floor: bool = False
+    #: steps that the metric's definition requires at these settings besides building the
+    #: inputs (:class:`RequiredWork`): with the written floor, the required-work floor is timed
+    #: as ``extra["required_floor_s"]`` (the drawn floor's draws included where that is timed),
+    #: with ``extra["required_steps"]`` naming the steps and the library calls chosen
+    required: RequiredWork | None = None
 
 
 @dataclass
@@ -760,6 +945,18 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
             res.extra["drawn_floor_error"] = _short_error(exc)
         drawn_fn = _warm_up("drawn_floor", drawn_fn, warm, res, ctx.device)
 
+    required_fn = None
+    if case.required is not None and case.required.steps and case.floor == "forward":
+        try:
+            required_fn, steps = required_floor(
+                w, c_ours.rows, ctx.batch_size, case.required,
+                draws=drawn if drawn_fn is not None else 0)
+            if required_fn is not None:
+                res.extra["required_steps"] = steps
+        except Exception as exc:
+            res.extra["required_floor_error"] = _short_error(exc)
+        required_fn = _warm_up("required_floor", required_fn, warm, res, ctx.device)
+
     # 3. alternating timed rounds
     fns: dict[str, Callable[[], Any]] = {"ours": case.ours}
     if quantus_fn is not None:
@@ -774,6 +971,8 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         fns["written_floor"] = written_fn
     if drawn_fn is not None:
         fns["drawn_floor"] = drawn_fn
+    if required_fn is not None:
+        fns["required_floor"] = required_fn
     rounds = repeats
     if max_case_s is not None:
         per_round = sum(warm.get(k, 0.0) for k in fns)
@@ -802,6 +1001,8 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         res.extra["written_floor_s"] = timings["written_floor"].median
     if "drawn_floor" in timings:
         res.extra["drawn_floor_s"] = timings["drawn_floor"].median
+    if "required_floor" in timings:
+        res.extra["required_floor_s"] = timings["required_floor"].median
     if case.part is not None:  # one more run of ours, untimed, for the part's seconds
         try:
             case.part.reset()

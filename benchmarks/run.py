@@ -337,6 +337,7 @@ def _row_cells(r: Result) -> list[str]:
         note += (f" (that and drawing as many random numbers as ours, "
                  f"{r.extra.get('drawn_values', '?')}, with torch.rand: {_fmt_s(drawn)} s, "
                  f"{drawn / r.floor_s:.2f} x the floor; ours / that {r.ours_s / drawn:.2f})")
+    note += _required_note(r)
     note += _reference_note(r)
     share = "—" if r.explainer_share is None else f"{100 * r.explainer_share:.0f} %"
     if r.extra.get("explained_rows") is not None and r.explainer_share is not None:
@@ -350,6 +351,17 @@ def _row_cells(r: Result) -> list[str]:
         r.quantus_fwd.text() if r.quantus_fwd else "—",
         share, r.agreement or "—", note, rounds_text,
     ]
+
+
+def _required_note(r: Result) -> str:
+    """The required-work floor's text in a row's note, or ``""`` where it was not timed."""
+    required = _extra_s(r, "required_floor_s")
+    if required is None or not required > 0 or not r.floor_s > 0:
+        return ""
+    base = "drawn" if _extra_s(r, "drawn_floor_s") else "written"
+    return (f" (the {base} floor with the work the metric's definition requires, "
+            f"{r.extra.get('required_steps', '?')}: {_fmt_s(required)} s, "
+            f"{required / r.floor_s:.2f} x the floor; ours / that {r.ours_s / required:.2f})")
 
 
 def _reference_speedup(r: Result) -> float:
@@ -634,8 +646,10 @@ def _summary_lines(results: list[Result]) -> list[str]:
 def _extra_s(r: Result, key: str) -> float | None:
     """Seconds stored in ``r.extra[key]`` if measured: ``"part_s"`` (the timed part of our work,
     e.g. ROAD's imputation), ``"quantus_floor_s"`` (the model work of the rows Quantus
-    forwards, where they are not ours) or ``"written_floor_s"`` (the floor with each input
-    row written once before its forward: W4-W6)."""
+    forwards, where they are not ours), ``"written_floor_s"`` (the floor with each input
+    row written once before its forward: W4-W6), ``"drawn_floor_s"`` (that and the random
+    numbers ours drew) or ``"required_floor_s"`` (that and the ranking and scoring the
+    metric's definition requires)."""
     v = r.extra.get(key)
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
 
@@ -652,14 +666,17 @@ def _part_floor(r: Result) -> float | None:
 
 def unreachable_floor(r: Result) -> float | None:
     """The least floor ratio that any implementation building the same inputs reaches, where
-    it is above :data:`FLOOR_TARGET` (the target is then out of reach), else None: the written
-    floor (each input row written once) or the drawn floor (and as many random numbers drawn
-    as ours, with torch's unkeyed generator), W4-W6; or the floor plus a timed part that is
-    itself a floor (:func:`_part_floor`)."""
+    it is above :data:`FLOOR_TARGET` (the target is then out of reach), else None: the largest
+    of the written floor (each input row written once), the drawn floor (and as many random
+    numbers drawn as ours, with torch's unkeyed generator) and the required-work floor (and
+    the ranking and scoring the metric's definition requires, at the cheapest library speed
+    on hand), W4-W6; or the floor plus a timed part that is itself a floor
+    (:func:`_part_floor`)."""
     if not r.floor_s > 0:
         return None
     bounds = [v / r.floor_s for v in (_extra_s(r, "written_floor_s"),
-                                      _extra_s(r, "drawn_floor_s")) if v]
+                                      _extra_s(r, "drawn_floor_s"),
+                                      _extra_s(r, "required_floor_s")) if v]
     least = max([*bounds, _part_floor(r) or 0.0], default=0.0)
     return least if least > FLOOR_TARGET else None
 
@@ -675,7 +692,12 @@ def _floor_miss_text(r: Result) -> str:
                  f"{_fmt_s(_extra_s(r, 'part_s'))} s of {r.extra['part']}; ours / that "
                  f"{r.floor_ratio / least:.2f})")
     elif least is not None:
-        text += f" (out of reach: building the inputs alone makes the floor {least:.2f} x)"
+        required = _extra_s(r, "required_floor_s")
+        if required is not None and math.isclose(required / r.floor_s, least):
+            text += (f" (out of reach: building the inputs and the ranking and scoring the "
+                     f"metric requires alone make the floor {least:.2f} x)")
+        else:
+            text += f" (out of reach: building the inputs alone makes the floor {least:.2f} x)"
     part = _extra_s(r, "part_s")
     if part and r.floor_s > 0 and not by_part:
         text += (f" ({r.extra['part']} {_fmt_s(part)} s: floor + {r.extra['part']} alone is "
@@ -689,6 +711,10 @@ def _floor_miss_text(r: Result) -> str:
     if drawn is not None and drawn > 0 and r.floor_s > 0:
         text += (f" (and drawing as many random numbers as ours with torch.rand "
                  f"{drawn / r.floor_s:.2f} x; ours / that {r.ours_s / drawn:.2f})")
+    required = _extra_s(r, "required_floor_s")
+    if required is not None and required > 0 and r.floor_s > 0:
+        text += (f" (and the required {r.extra.get('required_steps', 'steps')}: "
+                 f"{required / r.floor_s:.2f} x; ours / that {r.ours_s / required:.2f})")
     return text
 
 
@@ -758,8 +784,9 @@ def _misses_lines(results: list[Result]) -> list[str]:
 #: sizes: W4 10,000 rows, W5 256 series, W6 128 texts); the rows name their N
 MODALITY_N_WHY = (
     "W4 is measured on 2,000 of its 10,000 rows and W5 on 64 of its 256 series so that the "
-    "whole W4-W6 run (about 140 rows, each ours, Quantus, the floor, the written floor and, "
-    "for rows that draw random numbers, the drawn floor in alternation) fits about half an "
+    "whole W4-W6 run (about 140 rows, each ours, Quantus, the floor, the written floor, for "
+    "rows that draw random numbers the drawn floor and, for rows whose metric ranks or scores, "
+    "the required-work floor in alternation) fits about half an "
     "hour of one shared core: Quantus 0.6 loops in Python "
     "per sample in several of these metrics (MonotonicityCorrelation, the MPRT family), which "
     "takes minutes per call at 10,000 rows. Both models' cost is linear in N, so the ratios "
@@ -896,9 +923,23 @@ def _modality_lines(results: list[Result]) -> list[str]:
             "written* compares with that. A metric that perturbs at random also draws its "
             "random numbers: *drawn floor* is the written floor plus as many random numbers as "
             "ours drew (counted in its warm-up run) drawn with torch's own unkeyed generator "
-            "(`torch.rand`), and *ours / drawn* compares with that. Where either floor alone "
-            f"exceeds {FLOOR_TARGET:g} x the model floor, the target is out of reach for any "
-            "implementation and the floor ratio says so. evalkit's draws are keyed (each a "
+            "(`torch.rand`), and *ours / drawn* compares with that. Steps that the metric's "
+            "definition requires at the row's settings also cost every implementation: one "
+            "ranking of the attributions per call where the score reads their order (removal "
+            "curves, top-k sets, Spearman ranks; the cheapest of NumPy's default unstable "
+            "`argsort`, `torch.argsort` and, where only a split of the order at some positions "
+            "is needed, NumPy's `argpartition` at those positions or `torch.topk`, chosen by "
+            "timing each on the row's attributions) and the scoring of each forward row's "
+            "outputs that the metric reads (the target's softmax probability, its log-softmax "
+            "for log-odds, or the argmax where the score is whether the prediction is kept; "
+            "the cheapest of the library forms that give that value, per chunk; none where the "
+            "metric reads logits). *required floor* is the written (or drawn) floor with those "
+            "steps, timed in the same rounds, and *ours / required* compares with that; "
+            "`benchmarks/specs/modalities.py` declares per row which steps apply (a metric "
+            "whose score uses the attribution values and not their order ranks nothing). "
+            f"Where any of these floors alone exceeds {FLOOR_TARGET:g} x the model floor, the "
+            "target is out of reach for any implementation and the floor ratio says so. "
+            "evalkit's draws are keyed (each a "
             "hash of its row's key, the keys hashed from the samples' values, so that draws do "
             "not depend on the batch); the *part* column times them (in one more untimed run) "
             "as a multiple of the floor, or, for ROAD, its imputation. On W4's MLP "
@@ -907,14 +948,15 @@ def _modality_lines(results: list[Result]) -> list[str]:
             "What profiling found where rows stay above the floor:", "",
             *MODALITY_PROFILES, ""]
     head = ("| metric | workload | ours (s) | floor ratio | written floor (x floor) | ours / "
-            "written | drawn floor (x floor) | ours / drawn | part (x floor) | Quantus (s) | "
-            "speed-up | agreement |")
-    lines += [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "written | drawn floor (x floor) | ours / drawn | required floor (x floor) | ours / "
+            "required | part (x floor) | Quantus (s) | speed-up | agreement |")
+    lines += [head, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.extra.get("skipped"):
             continue
         written = _extra_s(r, "written_floor_s")
         drawn = _extra_s(r, "drawn_floor_s")
+        required = _extra_s(r, "required_floor_s")
         part = _extra_s(r, "part_s")
         fl = r.floor_s if r.floor_s > 0 else None
         quantus = _fmt_s(r.quantus_s) if not r.quantus_error else "error (see the row)"
@@ -927,6 +969,8 @@ def _modality_lines(results: list[Result]) -> list[str]:
             "—" if not written else f"{r.ours_s / written:.2f}",
             "—" if not (drawn and fl) else f"{drawn / fl:.2f}",
             "—" if not drawn else f"{r.ours_s / drawn:.2f}",
+            "—" if not (required and fl) else f"{required / fl:.2f}",
+            "—" if not required else f"{r.ours_s / required:.2f}",
             "—" if not (part and fl) else f"{r.extra.get('part', 'part')} {part / fl:.2f}",
             quantus, _fmt_ratio(r.speedup), r.agreement or "—"]) + " |")
     return [*lines, ""]
@@ -1128,7 +1172,10 @@ def render_markdown(results: list[Result], runs: dict[str, dict[str, Any]],
         "a floor (SIC and AIC's lossless WebP encoding with PIL, at the paper's settings), "
         "floor + part bounds every implementation from below, and where it exceeds the "
         "target the row says *out of reach*, as where building the inputs alone does "
-        "(W4-W6); where Quantus forwards "
+        "(W4-W6: the *written floor*, each input row written once; the *drawn floor*, with as "
+        "many random numbers as ours drew; the *required floor*, with the ranking of the "
+        "attributions and the scoring of the outputs that the metric's definition requires, "
+        "at the cheapest library speed on hand; see the W4-W6 section); where Quantus forwards "
         "other rows than ours (Monotonicity, deviation C2), the note gives the model work of "
         "Quantus' own rows, in its own chunks.",
         "- **fwd calls / rows**: forward calls of the model and the inputs they carried "

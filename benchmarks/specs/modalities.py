@@ -29,6 +29,27 @@ Settings (:data:`SETTINGS`) are the image specs' where they transfer, sized for 
   model-bound row times it in one more untimed run (the note's "keyed random draws") and counts
   the numbers drawn, and the *drawn floor* is the written floor plus as many numbers drawn with
   torch's own unkeyed generator; ROAD's part is its imputation (keyed noise included);
+* the *required-work floor* (``extra["required_floor_s"]``, the steps in
+  ``extra["required_steps"]``) is the written floor (the drawn floor where that is timed) plus
+  the steps that the metric's definition requires at the row's settings, so that no correct
+  implementation skips them (:func:`required_work`, :class:`benchmarks.harness.RequiredWork`):
+  one ranking of the attributions per call where the score reads their order
+  (:data:`RANKINGS`: the full order for one feature per removal step or Spearman ranks, a
+  split at each step's boundary where a step removes several features, the top-k set where
+  only that is read), by the cheapest of NumPy's default unstable ``argsort``,
+  ``torch.argsort``, NumPy's ``argpartition`` at the split positions and ``torch.topk``,
+  chosen by timing each on the row's attributions (a ranking compares the values at least as
+  a library's vectorised sort or selection does; a loop over rows in Python is slower); and
+  per chunk the scoring of the outputs the metric reads (the target's softmax probability;
+  its log-softmax for LogOdds' log-odds; the argmax where the score is whether the
+  prediction is kept: MinimalSubset*, ROAD's accuracy, FFidelity's ``quantity="correct"``,
+  Consistency's predictions), by the cheapest library form of that value. A metric with
+  ``softmax=False`` scores nothing (it reads the logits); one whose score uses the
+  attribution values and not their order ranks nothing (FaithfulnessCorrelation's random
+  subsets, Infidelity, Completeness, the soft rationale metrics, AverageDrop and kin,
+  NonSensitivity, FaithfulnessEstimate with one feature a step). Work a metric may organise
+  otherwise (normalising maps, windows' sums, correlations) is left out, so the bound stays
+  below every implementation;
 * the model-free metrics score the workload's Saliency maps against its masks (W4: the
   informative features, W5: one interval per sample, W6: one rationale span per sample);
   they have no floor.
@@ -41,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,10 +70,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..harness import Agreement, Case, Context, PartTimer, TimedExplainer, max_abs_diff
+from ..harness import (
+    Agreement,
+    Case,
+    Context,
+    PartTimer,
+    RequiredWork,
+    TimedExplainer,
+    max_abs_diff,
+)
 from ..workloads import MODALITY_WORKLOADS, Workload
 
-__all__ = ["SETTINGS", "SKIPS", "Row", "extend_specs", "modality_build"]
+__all__ = ["RANKINGS", "SETTINGS", "SKIPS", "Ranking", "Row", "extend_specs", "modality_build",
+           "required_work"]
 
 
 @dataclass(frozen=True)
@@ -634,9 +665,153 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
                                                           row.differs),
                     floor=floor, settings=settings, note=note, explainer=explainer,
                     written_floor=floor == "forward", part=part,
-                    drawn_floor=floor == "forward" and name not in _IMPUTED)
+                    drawn_floor=floor == "forward" and name not in _IMPUTED,
+                    required=(required_work(name, modality, metric, w, row, cache)
+                              if floor == "forward" else None))
 
     return build
+
+
+# --------------------------------------------------------------------------- required work
+@dataclass(frozen=True)
+class Ranking:
+    """How a metric's definition reads the order of the attributions at a row's settings.
+
+    ``window``: the order is of windows of that many time steps (tokens), each window's
+    attributions summed, instead of the row's features (columns, time steps, channel values,
+    tokens); ``split(metric, G)``: the positions (ascending order) at which the order is
+    needed split, e.g. the top-k boundary, or the boundary of each removal step that takes
+    several features; None: the full order."""
+
+    window: int | None = None
+    split: Callable[[Any, int], tuple[int, ...]] | None = None
+
+
+def _order(window: int | None = None) -> Ranking:
+    """The full order (one feature, or one window, per removal step; or ranks for Spearman)."""
+    return Ranking(window)
+
+
+def _blocks(step: int) -> Ranking:
+    """Removal steps of ``step`` features: only each feature's step, from the top."""
+    return Ranking(None, lambda _m, g: tuple(sorted(g - i for i in range(step, g, step))))
+
+
+def _tops(sizes: Callable[[Any, int], list[int]]) -> Ranking:
+    """Only the top-k sets, for the sizes k the metric reads (nested where several)."""
+    return Ranking(None, lambda m, g: tuple(sorted({g - k for k in sizes(m, g) if 0 < k < g})))
+
+
+def _half_up(v: float) -> int:
+    return math.floor(v + 0.5)
+
+
+def _sensitivity_n_sizes(m: Any, g: int) -> list[int]:
+    step = m.features_in_step
+    return [step * (i + 1) for i in range(int(m.n_max_percentage * g // step))]
+
+
+def _road_split(m: Any, g: int) -> tuple[int, ...]:
+    """ROAD's MoRF and LeRF sets at its percentages: a split at each from either end."""
+    ks = {_half_up(p / 100 * g) for p in m._percentages}
+    return tuple(sorted({k for k in ks if 0 < k < g} | {g - k for k in ks if 0 < k < g}))
+
+
+def _quantile_split(m: Any, g: int) -> tuple[int, ...]:
+    """AUCSE's masks at quantiles of each sample's attributions: a split at each quantile."""
+    return tuple(sorted({int(q * g) for q in m._quantiles if 0 < int(q * g) < g}))
+
+
+_ORDER_ROWS = {_T: _order(), _S: _blocks(10), _K: _order()}
+#: metric -> modality -> how the metric's definition at the row's settings (:data:`SETTINGS`)
+#: reads the order of the attributions; a metric or modality absent here is not ranked
+#: (its score uses the attribution values, not their order: FaithfulnessCorrelation's random
+#: subsets, Infidelity, Completeness, the soft rationale metrics, AverageDrop and kin,
+#: NonSensitivity's single features; FaithfulnessEstimate with one feature per step: a
+#: Pearson correlation of each feature's attribution with its removal's effect, whatever
+#: order the features are removed in)
+RANKINGS: dict[str, dict[str, Ranking]] = {
+    "PixelFlipping": {_T: _order(), _S: _blocks(25), _K: _order()},
+    "Deletion": dict(_ORDER_ROWS),  # W5: 50 steps of the 500 time steps
+    "Insertion": {_S: _blocks(10)},
+    "AOPC": dict(_ORDER_ROWS), "ABPC": dict(_ORDER_ROWS), "SRG": dict(_ORDER_ROWS),
+    "RegionPerturbation": {_T: _order(), _S: _order(window=10), _K: _order(window=4)},
+    "Selectivity": {_T: _order(), _S: _order(window=10), _K: _order(window=4)},
+    "IROF": {_T: _order(), _S: _order(window=50)},  # W5: 10 windows of 50 time steps
+    "Monotonicity": {_T: _order(), _S: _blocks(25), _K: _order()},
+    "MonotonicityCorrelation": {_T: _order(), _S: _blocks(50)},  # Spearman; W5 blocks
+    "FaithfulnessEstimate": {_S: _blocks(25)},  # W5: the 25-value steps follow the order
+    "SensitivityN": {m: _tops(_sensitivity_n_sizes) for m in (_T, _S, _K)},
+    "MinimalSubsetDeletion": {_T: _order(), _S: _blocks(5), _K: _order()},
+    "MinimalSubsetInsertion": {_T: _order(), _S: _blocks(5), _K: _order()},
+    "NAOPC": {_T: _order(), _S: _order(window=25), _K: _order(window=4)},
+    "ROAD": {_S: Ranking(None, _road_split)},
+    "AUCSE": {_S: Ranking(None, _quantile_split)},
+    "IDSDS": {_S: _order(window=16)},  # Spearman of the windows' attributions
+    "LogOdds": {m: _tops(lambda m, g: [max(1, _half_up(m.fraction * g))])
+                for m in (_T, _S, _K)},
+    **{name: {m: _tops(lambda m, g: [max(1, _half_up(p / 100 * g)) for p in m.percentages])
+              for m in (_T, _S, _K)}
+       for name in ("ERASERComprehensiveness", "ERASERSufficiency")},
+    "FFidelity": {m: _tops(lambda m, g: [max(1, math.ceil(a * g - 1e-9)) for a in m._alphas])
+                  for m in (_T, _S, _K)},
+    **{name: {m: _tops(lambda m, g: [m._resolve_k(g)]) for m in (_T, _S)}
+       for name in ("PGI", "PGU")},
+    "Consistency": {m: _tops(lambda m, g: [m.n if m.n is not None else 5])
+                    for m in (_T, _S)},
+}
+
+#: metrics whose scored quantity is whether the prediction (argmax) is kept: no softmax is
+#: needed for it, whatever the metric's ``softmax``
+_ARGMAX_SCORED = frozenset({"MinimalSubsetDeletion", "MinimalSubsetInsertion", "Consistency"})
+
+
+def _scoring(name: str, metric: Any) -> str | None:
+    """How each forward row's outputs are scored at the metric's settings (a key of
+    :data:`benchmarks.harness.SCORERS`), None where the logits are read as they are."""
+    if name == "LogOdds":  # log-odds from the logits: a log-softmax of every row
+        return "log_softmax"
+    if (name in _ARGMAX_SCORED or getattr(metric, "quantity", None) == "correct"
+            or (name == "ROAD" and metric.score == "accuracy")):
+        return "argmax"
+    softmax = metric.softmax if metric.softmax is not None else type(metric).default_softmax
+    return "softmax" if softmax else None
+
+
+def _ranked_values(w: Workload, row: Row, window: int | None,
+                   cache: dict[tuple[str, str, int], torch.Tensor]) -> torch.Tensor:
+    """(N, G) values whose order a ranking reads: the row's attributions per feature, or
+    summed over windows of ``window`` steps of the last axis (the last window shorter)."""
+    a = _attributions(w, row, cache).detach()
+    if window is None:
+        return a.reshape(a.shape[0], -1).contiguous()
+    t = a.shape[-1]
+    pad = -t % window
+    flat = a.reshape(a.shape[0], -1, t).sum(1)
+    if pad:
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    return flat.reshape(a.shape[0], -1, window).sum(2).contiguous()
+
+
+def required_work(name: str, modality: str, metric: Any, w: Workload, row: Row,
+                  cache: dict[tuple[str, str, int], torch.Tensor] | None = None
+                  ) -> RequiredWork | None:
+    """The steps that ``metric``'s definition requires on this row (:data:`RANKINGS`,
+    :func:`_scoring`), for the required-work floor; None where there are none."""
+    ranking = RANKINGS.get(name, {}).get(modality)
+    ranked, kth = None, None
+    if ranking is not None:
+        values = _ranked_values(w, row, ranking.window, {} if cache is None else cache)
+        if name == "Consistency":  # the top-n of |a|
+            values = values.abs()
+        kth = None if ranking.split is None else ranking.split(metric, values.shape[1])
+        if kth != ():  # () : every feature in the one set read: no order needed
+            ranked = values
+        else:
+            kth = None
+    work = RequiredWork(ranked=ranked, kth=kth if ranked is not None else None,
+                        score=_scoring(name, metric))
+    return work if work.steps else None
 
 
 def _rng_part(ctx: Context) -> PartTimer:
