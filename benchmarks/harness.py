@@ -494,8 +494,8 @@ def ranking_candidates(ranked: torch.Tensor, kth: tuple[int, ...] | None
     return out
 
 
-def cheapest(candidates: dict[str, Callable[[], Any]], *, trials: int = 5
-             ) -> tuple[str, Callable[[], Any]]:
+def cheapest(candidates: dict[str, Callable[[], Any]], *, trials: int = 5,
+             device: torch.device | None = None) -> tuple[str, Callable[[], Any]]:
     """The candidate whose least time over ``trials`` calls (after one warm-up call) is the
     smallest, with its name."""
     best: tuple[float, str] | None = None
@@ -503,8 +503,10 @@ def cheapest(candidates: dict[str, Callable[[], Any]], *, trials: int = 5
         fn()
         times = []
         for _ in range(trials):
+            _sync(device)
             t0 = clock()
             fn()
+            _sync(device)
             times.append(clock() - t0)
         if best is None or min(times) < best[0]:
             best = (min(times), name)
@@ -527,7 +529,8 @@ def required_floor(w: Workload, rows: int, batch_size: int, required: RequiredWo
     rank_fn = None
     parts = []
     if required.ranked is not None:
-        name, rank_fn = cheapest(ranking_candidates(required.ranked, required.kth))
+        name, rank_fn = cheapest(ranking_candidates(required.ranked, required.kth),
+                                 device=required.ranked.device)
         n, g = required.ranked.shape
         what = ("the full order" if required.kth is None else
                 f"split at {len(required.kth)} position{'s' if len(required.kth) > 1 else ''}")
@@ -539,7 +542,7 @@ def required_floor(w: Workload, rows: int, batch_size: int, required: RequiredWo
             out = w.model(chunk)
         y = _labels_of(w, chunk.shape[0]).to(out.device)
         forms = {k: (lambda f=f: f(out, y)) for k, f in SCORERS[required.score].items()}
-        name, _ = cheapest(forms)
+        name, _ = cheapest(forms, device=out.device)
         score_fn = SCORERS[required.score][name]
         parts.append(f"{required.score} scoring per chunk ({name})")
     if rank_fn is None and score_fn is None:
