@@ -329,7 +329,8 @@ def _chunk_of(w: Workload, batch_size: int) -> torch.Tensor:
 def forward_floor(w: Workload, rows: int, batch_size: int, *,
                   fill: float | None = None, write: bool = False,
                   draws: int = 0, score: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
-                  rank: Callable[[], Any] | None = None) -> Callable[[], None] | None:
+                  rank: Callable[[], Any] | None = None,
+                  bare_rows: int = 0) -> Callable[[], None] | None:
     """A callable that runs ``rows`` bare forward rows of the workload's input shape in chunks
     of ``batch_size`` under ``torch.inference_mode`` (model in eval mode). None if rows == 0.
 
@@ -341,11 +342,16 @@ def forward_floor(w: Workload, rows: int, batch_size: int, *,
     ``torch.where`` of a fixed random half of the values by the chunk's minimum): the least data
     movement of any implementation that builds each perturbed input, the part of a removal
     metric's work that the model floor leaves out (it dominates where the model is tiny).
+    ``bare_rows`` (with ``write``): that many rows are the samples' own inputs, which a metric
+    forwards as they are (it compares with the unperturbed prediction): the chunks that start
+    among them are forwarded unwritten (a chunk that straddles the boundary too: the bound
+    then writes fewer rows than any implementation, never more).
 
     ``draws`` (with ``write``): also draw that many U[0, 1) numbers in all, spread over the
     chunks in proportion to their rows, with one ``torch.Generator`` (``torch.rand``: torch's
     own unkeyed stream, the cheapest on hand): the least work of a metric that draws as many
-    random numbers as ours did (keyed draws cost more; the difference is ours).
+    random numbers as ours did (keyed draws cost more; the difference is ours); with
+    ``bare_rows``, spread over the written chunks.
 
     ``score(outputs, y)`` (the required-work floor, :class:`RequiredWork`): called on each
     chunk's outputs with the chunk's labels (the workload's, repeated as its inputs are), e.g.
@@ -360,11 +366,18 @@ def forward_floor(w: Workload, rows: int, batch_size: int, *,
     n_full, rest = divmod(rows, batch_size)
     last = full[:rest] if rest else None
     model = w.model
+    # chunks that start among the unperturbed rows go unwritten (and draw nothing: the draws
+    # are spread over the written rows)
+    n_chunks = n_full + (last is not None)
+    n_bare = min(n_chunks, -(-max(0, bare_rows) // batch_size)) if write else 0
+    written_rows = rows - min(rows, n_bare * batch_size)
+    if draws > 0 and written_rows == 0:
+        n_bare, written_rows = 0, rows
     if write:
         gen = torch.Generator(device="cpu").manual_seed(0)
         keep = (torch.rand(full.shape, generator=gen) < 0.5).to(full.device)
         base = full.min()
-        per_row = max(0, draws) / rows
+        per_row = max(0, draws) / written_rows if written_rows else 0.0
         draw_gen = torch.Generator(device=full.device).manual_seed(1)
 
         def inputs(chunk: torch.Tensor) -> torch.Tensor:
@@ -385,14 +398,19 @@ def forward_floor(w: Workload, rows: int, batch_size: int, *,
     y_full = _labels_of(w, batch_size) if score is not None else None
     y_last = None if y_full is None or last is None else y_full[: last.shape[0]]
 
+    def bare(chunk: torch.Tensor, y: torch.Tensor | None) -> None:
+        out = model(chunk)
+        if score is not None:
+            score(out, y)
+
     def run() -> None:
         with torch.inference_mode():
             if rank is not None:
                 rank()
-            for _ in range(n_full):
-                forward(full, y_full)
+            for i in range(n_full):
+                (bare if i < n_bare else forward)(full, y_full)
             if last is not None:
-                forward(last, y_last)
+                (bare if n_full < n_bare else forward)(last, y_last)
 
     return run
 
@@ -515,7 +533,7 @@ def cheapest(candidates: dict[str, Callable[[], Any]], *, trials: int = 5,
 
 
 def required_floor(w: Workload, rows: int, batch_size: int, required: RequiredWork, *,
-                   draws: int = 0) -> tuple[Callable[[], None] | None, str]:
+                   draws: int = 0, bare_rows: int = 0) -> tuple[Callable[[], None] | None, str]:
     """The required-work floor of ``rows`` forward rows: the written floor (with ``draws``
     random numbers: the drawn floor) plus, per call, one ranking of ``required.ranked`` by the
     cheapest of :func:`ranking_candidates` and, per chunk, the scoring of its outputs by the
@@ -548,7 +566,7 @@ def required_floor(w: Workload, rows: int, batch_size: int, required: RequiredWo
     if rank_fn is None and score_fn is None:
         return None, ""
     fn = forward_floor(w, rows, batch_size, write=True, draws=draws, score=score_fn,
-                       rank=rank_fn)
+                       rank=rank_fn, bare_rows=bare_rows)
     return fn, "; ".join(parts)
 
 
@@ -706,7 +724,8 @@ class Case:
     reference_name: str = ""
     reference_agreement: Callable[[Any, Any], Agreement] | None = None
     #: also time the ``"forward"`` floor with each chunk written once before its forward
-    #: (:func:`forward_floor` with ``write=True``), as ``extra["written_floor_s"]``: where the
+    #: (:func:`forward_floor` with ``write=True``; the chunks that start among the first N
+    #: rows, the samples' own inputs, unwritten), as ``extra["written_floor_s"]``: where the
     #: model is tiny (W4's MLP), what building the perturbed inputs alone costs
     written_floor: bool = False
     #: also time the written floor plus as many random numbers as ours drew in its counted
@@ -934,7 +953,8 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
     written_fn = None
     if case.written_floor and case.floor == "forward":
         try:
-            written_fn = forward_floor(w, c_ours.rows, ctx.batch_size, write=True)
+            written_fn = forward_floor(w, c_ours.rows, ctx.batch_size, write=True,
+                                       bare_rows=w.n)
         except Exception as exc:
             res.extra["written_floor_error"] = _short_error(exc)
         written_fn = _warm_up("written_floor", written_fn, warm, res, ctx.device)
@@ -943,7 +963,8 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
     if case.drawn_floor and case.floor == "forward" and drawn > 0:
         res.extra["drawn_values"] = drawn  # what the counted warm-up run of ours drew
         try:
-            drawn_fn = forward_floor(w, c_ours.rows, ctx.batch_size, write=True, draws=drawn)
+            drawn_fn = forward_floor(w, c_ours.rows, ctx.batch_size, write=True, draws=drawn,
+                                     bare_rows=w.n)
         except Exception as exc:
             res.extra["drawn_floor_error"] = _short_error(exc)
         drawn_fn = _warm_up("drawn_floor", drawn_fn, warm, res, ctx.device)
@@ -953,7 +974,7 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         try:
             required_fn, steps = required_floor(
                 w, c_ours.rows, ctx.batch_size, case.required,
-                draws=drawn if drawn_fn is not None else 0)
+                draws=drawn if drawn_fn is not None else 0, bare_rows=w.n)
             if required_fn is not None:
                 res.extra["required_steps"] = steps
         except Exception as exc:

@@ -173,3 +173,41 @@ def test_required_floor_is_rendered():
     row = next(line for line in lines if line.startswith("| M | W4"))
     assert "| 1.90 | 5.26 |" in row and "1.25 out of reach" in row
     assert any("*required floor*" in line for line in lines)
+
+
+def test_the_samples_own_inputs_are_forwarded_unwritten(monkeypatch):
+    w = get_workload("W4", n=16)
+    writes: list[int] = []
+    drawn: list[int] = []
+    real_where, real_rand = torch.where, torch.rand
+
+    def counting_where(cond, a, b):
+        writes.append(a.shape[0])
+        return real_where(cond, a, b)
+
+    def counting_rand(*size, **kwargs):
+        out = real_rand(*size, **kwargs)
+        drawn.append(out.numel())
+        return out
+
+    floors = {bare: harness.forward_floor(w, 40, 16, write=True, draws=240, bare_rows=bare)
+              for bare in (0, 16, 20, 40)}
+    monkeypatch.setattr(torch, "where", counting_where)
+    monkeypatch.setattr(torch, "rand", counting_rand)
+    got = {}
+    for bare, fn in floors.items():
+        writes.clear()
+        drawn.clear()
+        with harness.count_forwards(w.model) as count:
+            fn()
+        got[bare] = (list(writes), list(drawn), count.rows)
+    # chunks of 16 + 16 + 8 rows; a chunk that starts among the first `bare` rows is not
+    # written, the draws go to the written rows (all 240 of them in every case)
+    assert got[0] == ([16, 16, 8], [96, 96, 48], 40)
+    assert got[16] == ([16, 8], [160, 80], 40)
+    assert got[20] == ([8], [240], 40)  # the straddling chunk too: fewer writes, never more
+    assert got[40] == ([16, 16, 8], [96, 96, 48], 40)  # draws need written rows: all written
+    plain = harness.forward_floor(w, 16, 16, write=True, bare_rows=16)
+    writes.clear()
+    plain()
+    assert writes == []  # only the samples' own inputs (Consistency): nothing to write
