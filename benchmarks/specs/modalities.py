@@ -22,8 +22,10 @@ Settings (:data:`SETTINGS`) are the image specs' where they transfer, sized for 
   explainer's own cost is not the metric's) plus the bare forward of their other rows;
 * the other model-bound rows have the forward floor, and also the forward floor with each
   perturbed input row written once before its forward (``extra["written_floor_s"]``; the
-  samples' own N inputs, which every metric here forwards unchanged to compare with, are not
-  written: the chunks that start among the first N rows go unwritten): on W4 the MLP
+  samples' own N inputs, which the metrics here forward unchanged to compare with, are not
+  written: the chunks that start among the first N rows go unwritten; where a metric forwards
+  no unperturbed row, e.g. ROAD's accuracy against the labels, the bound writes N rows fewer
+  than it needs and stays below every implementation): on W4 the MLP
   costs about 0.2 us a row, less than building a perturbed row, so that floor shows what any
   implementation that builds its inputs must spend;
 * evalkit's random numbers are keyed (each draw a hash of its row's key, the keys hashed from
