@@ -143,16 +143,17 @@ class Consistency(RanksFeatures):
         return torch.where(defined, score, torch.full_like(score, float("nan")))
 
 
-#: the most features whose top-n label :func:`_top_n_labels` packs into bits (two per feature:
-#: at most 16 bytes a row)
-_PACKED_FEATURES = 64
+#: the most values (samples x features) whose top-n labels :func:`_top_n_labels` packs into
+#: bits (two per feature), so that its temporaries stay small; larger maps (images) take the
+#: index sets
+_PACKED_VALUES = 1 << 22
 
 
 def _top_n_labels(flat: torch.Tensor, n: int, *, signs: bool) -> torch.Tensor | None:
     """(N,) int64 labels of the top-n sets of the rows of ``flat`` (N, G) float64 (with the
     signs of the selected values when ``signs``), equal iff :func:`_top_n_set` (and the signs
     it gathers) are equal; None where this shortcut does not apply (more than
-    :data:`_PACKED_FEATURES` features, n = 0, NaN): the caller then takes the index sets.
+    :data:`_PACKED_VALUES` values, n = 0, NaN): the caller then takes the index sets.
 
     A row's set is the n largest |a|, ties at the n-th value broken by the lower index (the
     first n of a stable descending sort). Its n-th largest value comes from one row-wise sort
@@ -163,7 +164,7 @@ def _top_n_labels(flat: torch.Tensor, n: int, *, signs: bool) -> torch.Tensor | 
     grouped as integers or byte strings: no sort of index sets, no grouping of index rows.
     """
     rows, g = flat.shape
-    if n == 0 or rows == 0 or g > _PACKED_FEATURES:
+    if n == 0 or rows == 0 or rows * g > _PACKED_VALUES:
         return None
     values = flat.detach().cpu().numpy()
     mag = np.abs(values)
