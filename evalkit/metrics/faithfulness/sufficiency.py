@@ -158,9 +158,12 @@ class Sufficiency(Metric):
         # a pair is near when its finished distance is within the threshold; finishing (the
         # square root, the normalisation) is monotone in d^2, so that is one comparison of
         # d^2 with the largest d^2 whose finished distance is within it
-        limit = _largest_within(
-            lambda v: _finish(v, squared=self.distance_func == "sqeuclidean", scale=scale),
-            float(self.threshold))
+        squared = self.distance_func == "sqeuclidean"
+        threshold = float(self.threshold)
+        # where the exact real-number answer lies (the search corrects it to the bit)
+        guess = threshold * (scale or 1.0)
+        limit = _largest_within(lambda v: _finish(v, squared=squared, scale=scale),
+                                threshold, guess if squared else guess * guess)
         codes = torch.unique(pred, return_inverse=True)[1]
         classes = int(codes.max()) + 1
         onehot = None
@@ -201,6 +204,7 @@ class Sufficiency(Metric):
         idx = ok.nonzero().flatten()
         counts = None
         if (self.distance_func in _EUCLIDEAN and idx.numel() == n and pred.ndim == 1
+                and n >= _BLOCKED_SAMPLES
                 and type(target).agree_pairwise is BaseTarget.agree_pairwise):
             counts = self._neighbour_counts(a.reshape(n, -1), pred)
         if counts is not None:
@@ -232,6 +236,9 @@ def _row_counts(m: torch.Tensor) -> torch.Tensor:
 _EUCLIDEAN = ("seuclidean", "euclidean", "sqeuclidean")
 
 
+#: the fewest samples for which the blocked path pays (below, the N x N matrices are small)
+_BLOCKED_SAMPLES = 256
+
 #: the most distinct predictions whose neighbours are counted by a matrix product (one
 #: column each); more (e.g. a regression's values) are compared pair by pair
 _COUNTED_CLASSES = 256
@@ -252,16 +259,27 @@ def _finish(d2: float, *, squared: bool, scale: float | None) -> float:
     return d / scale if scale is not None else d
 
 
-def _largest_within(finish: Callable[[float], float], threshold: float) -> float:
+def _largest_within(finish: Callable[[float], float], threshold: float,
+                    guess: float = 0.0) -> float:
     """The largest float64 ``v >= 0`` with ``finish(v) <= threshold``, for a non-decreasing
-    ``finish`` with ``finish(0) <= threshold``: a bisection over the bit patterns of the
-    non-negative doubles (ordered as integers)."""
+    ``finish`` with ``finish(0) <= threshold``: from ``guess`` (an estimate) a few steps of one
+    unit in the last place, else a bisection over the bit patterns of the non-negative
+    doubles (ordered as integers)."""
+    if finish(math.inf) <= threshold:
+        return math.inf
+    v = guess if math.isfinite(guess) and guess >= 0 else 0.0
+    for _ in range(64):
+        if finish(v) > threshold:
+            v = math.nextafter(v, 0.0)
+        elif finish(math.nextafter(v, math.inf)) <= threshold:
+            v = math.nextafter(v, math.inf)
+        else:
+            return v
+
     def value(bits: int) -> float:
         return struct.unpack("<d", struct.pack("<q", bits))[0]
 
     lo, hi = 0, struct.unpack("<q", struct.pack("<d", math.inf))[0]
-    if finish(math.inf) <= threshold:
-        return math.inf
     while hi - lo > 1:  # finish(value(lo)) <= threshold < finish(value(hi))
         mid = (lo + hi) // 2
         if finish(value(mid)) <= threshold:
