@@ -802,3 +802,33 @@ def test_caller_arrays_are_not_mutated():
     np.testing.assert_array_equal(xn, x.numpy())
     np.testing.assert_array_equal(an, a.numpy())
     assert math.isfinite(float(model.w.sum()))
+
+
+@pytest.mark.parametrize("name", ["seuclidean", "euclidean", "sqeuclidean"])
+@pytest.mark.parametrize("normalise_distances", [True, False])
+def test_sufficiency_blocked_counts_equal_the_distance_matrix(name, normalise_distances):
+    """The Euclidean fast path (row blocks, one comparison of d^2 per pair, neighbours counted
+    per predicted class) gives the scores of the whole distance matrix bit for bit: several
+    blocks, identical maps (distance 0 off the diagonal) and distances on the threshold."""
+    g = torch.Generator().manual_seed(3)
+    n = 700  # several row blocks
+    a = torch.randint(0, 3, (n, 8), generator=g).to(torch.float64)
+    a[:50] = a[0]
+    x = torch.randn((n, 8), generator=g)
+    model = nn.Linear(8, 3)
+    y = torch.zeros(n, dtype=torch.long)
+    m = Sufficiency(threshold=0.5, distance_func=name, normalise_distances=normalise_distances,
+                    abs=False, normalise=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = m(model, x, y, a)
+    d = torch.as_tensor(m.distances(a))
+    near = d <= 0.5
+    near.fill_diagonal_(False)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    same = pred.unsqueeze(0) == pred.unsqueeze(1)
+    count = near.sum(1)
+    want = ((near & same).sum(1).double() / count.clamp_min(1)).numpy()
+    want[(count == 0).numpy()] = np.nan
+    assert np.array_equal(got, want, equal_nan=True)

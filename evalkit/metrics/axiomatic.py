@@ -25,6 +25,7 @@ from torch import nn
 
 from .._hook_handles import HookHandles
 from .._validation import EvalkitWarning, as_tensor, check_bool, check_scalar, finite_rows
+from ..modality import Modality
 from ..models import ModelWrapper
 from ..perturb import make_grouping, make_imputer
 from ..perturb.baselines import Baseline
@@ -206,13 +207,22 @@ class Completeness(Metric):
             full = torch.ones_like(x, dtype=torch.bool)
             x_base = self._imputer.fill(x, full, keys=keys)
         modality = batch.modality
+        if (type(modality).replace is Modality.replace and x_base.dtype == x.dtype
+                and x_base.shape == x.shape):
+            # each row is x's or the baseline's, unchanged: one selection of rows from both
+            # (n + i for the baseline), the same values as replacing every feature
+            both = torch.cat([x, x_base])
 
-        def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            i, which = index
-            # index_select: the same rows as x[i], several times faster on the CPU
-            xi = x.index_select(0, i)
-            return modality.replace(xi, modality.per_sample(which == 1, xi),
-                                    x_base.index_select(0, i))
+            def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+                i, which = index
+                return both.index_select(0, i + which * batch.n)
+        else:
+            def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+                i, which = index
+                # index_select: the same rows as x[i], several times faster on the CPU
+                xi = x.index_select(0, i)
+                return modality.replace(xi, modality.per_sample(which == 1, xi),
+                                        x_base.index_select(0, i))
 
         scores = batch.runner.run(build, (batch.n, 2), y=batch.y, row_shape=tuple(x.shape[1:]),
                                   desc="Completeness").to(torch.float64)

@@ -33,6 +33,7 @@ from .. import _progress, _quantus_compat, _rng
 from .._validation import (
     EvalkitWarning,
     UndefinedScoreWarning,
+    all_finite,
     as_tensor,
     check_bool,
     check_labels,
@@ -43,7 +44,7 @@ from ..modality import Modality, as_modality
 from ..models import ModelWrapper, wrap_model
 from ..perturb.noise import Noise
 from ..runner import ForwardRunner
-from .normalise import get_normaliser
+from .normalise import abs_normalised_by_max, get_normaliser, normalise_by_max
 
 __all__ = ["FAMILIES", "Metric", "MetricBatch", "clone", "get", "list_metrics", "register"]
 
@@ -125,14 +126,18 @@ class MetricBatch:
         """(N,) bool: the samples not (yet) undefined; set-level metrics leave the others out
         of the set."""
         defined = np.ones(self.n, dtype=bool)
-        defined[list(self.nan_reasons)] = False
+        if self.nan_reasons:
+            defined[np.fromiter(self.nan_reasons, dtype=np.intp,
+                                count=len(self.nan_reasons))] = False
         return torch.from_numpy(defined).to(self.device)
 
     def set_nan(self, mask: torch.Tensor | np.ndarray, reason: str) -> None:
         """Mark samples (bool mask (N,)) as undefined with a reason (the first reason wins)."""
         m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-        for i in np.flatnonzero(m).tolist():
-            self.nan_reasons.setdefault(i, reason)
+        reasons = self.nan_reasons
+        # the samples without a reason yet, in index order (as a loop of setdefault adds them)
+        reasons.update(dict.fromkeys([i for i in np.flatnonzero(m).tolist()
+                                      if i not in reasons], reason))
 
     def record(self, name: str, value: Any, *, per_sample: bool | None = None,
                store: bool = True) -> None:
@@ -793,13 +798,18 @@ class Metric:
     ) -> torch.Tensor:
         a = batch.modality.align(raw, x)
         a = a.to(device=batch.device, dtype=torch.float64)
-        finite = finite_rows(a)
-        if not bool(finite.all()):
+        if not all_finite(a):
+            finite = finite_rows(a)
             if flag_nan:
                 batch.set_nan(~finite, "attribution contains NaN or Inf")
             a = torch.where(batch.modality.per_sample(finite, a), a, torch.zeros_like(a))
-        if self.normalise:
-            a = get_normaliser(self.normalise_func)(a)
+        normaliser = get_normaliser(self.normalise_func) if self.normalise else None
+        if normaliser is normalise_by_max and self.abs:
+            # |a / m| is |a| / m exactly (m > 0; IEEE division rounds symmetrically): one
+            # pass of |a| serves the maximum and the result
+            return abs_normalised_by_max(a)
+        if normaliser is not None:
+            a = normaliser(a)
         if self.abs:
             a = a.abs()
         return a
@@ -873,12 +883,15 @@ class Metric:
                 f"{type(self).__name__}._evaluate must return a tensor of shape ({batch.n},)."
             )
         out = to_numpy(scores.to(torch.float64)).copy()
-        reasons = dict(batch.nan_reasons)
-        for i in np.flatnonzero(~np.isfinite(out)).tolist():
-            reasons.setdefault(i, "score is not finite")
-        out[list(reasons)] = np.nan
+        reasons = batch.nan_reasons
+        unexplained = [i for i in np.flatnonzero(~np.isfinite(out)).tolist()
+                       if i not in reasons]
+        if unexplained:
+            reasons = {**reasons, **dict.fromkeys(unexplained, "score is not finite")}
+        if reasons:
+            out[np.fromiter(reasons, dtype=np.intp, count=len(reasons))] = np.nan
         self.scores_ = out
-        self.nan_reasons_ = {i: reasons[i] for i in sorted(reasons)}
+        self.nan_reasons_ = dict(sorted(reasons.items()))
         self.curves_ = None if batch.curves is None else to_numpy(batch.curves.to(torch.float64))
         self.curve_x_ = None if batch.curve_x is None else to_numpy(batch.curve_x)
         self.seed_ = batch.seed

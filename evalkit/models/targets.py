@@ -30,6 +30,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from .._validation import all_finite, finite_rows
+
 __all__ = [
     "BaseTarget",
     "BinaryTarget",
@@ -110,13 +112,11 @@ class _BaseTarget:
                              "the labels `y`.")
         pred = self.predict(outputs)
         hit = self.agree(pred, y.to(device=pred.device, dtype=pred.dtype)).to(torch.float64)
-        return hit.masked_fill(~finite_outputs(outputs), math.nan)
+        return nan_where_not_finite(hit, outputs)
 
     def predict_or_nan(self, outputs: torch.Tensor) -> torch.Tensor:
         """:meth:`predict` as float64, NaN for a row whose outputs are not all finite."""
-        pred = self.predict(outputs).to(torch.float64)
-        bad = ~finite_outputs(outputs)
-        return pred.masked_fill(bad.reshape(-1, *([1] * (pred.ndim - 1))), math.nan)
+        return nan_where_not_finite(self.predict(outputs).to(torch.float64), outputs)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -130,7 +130,22 @@ BaseTarget = _BaseTarget
 
 def finite_outputs(outputs: torch.Tensor) -> torch.Tensor:
     """(N,) bool: rows whose outputs are all finite."""
-    return torch.isfinite(outputs.reshape(outputs.shape[0], -1)).all(1)
+    flat = outputs.reshape(outputs.shape[0], -1)
+    if flat.device.type == "cpu":  # one whole-tensor sum decides where all are finite
+        return finite_rows(flat)
+    # on an accelerator, no host sync per chunk
+    return torch.isfinite(flat).all(1)
+
+
+def nan_where_not_finite(values: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """``values`` (N, ...) derived from ``outputs`` (N, ...) with NaN in the rows whose
+    outputs are not all finite (they have no prediction), as a new tensor. On the CPU one
+    whole-tensor sum of the outputs decides the common case of all finite (a row-wise test
+    costs several times more for a small model's chunk)."""
+    if outputs.device.type == "cpu" and all_finite(outputs):
+        return values.clone() if values is outputs else values
+    bad = ~finite_outputs(outputs)
+    return values.masked_fill(bad.reshape(-1, *([1] * (values.ndim - 1))), math.nan)
 
 
 class ClassTarget(_BaseTarget):
@@ -432,7 +447,7 @@ class SegmentationTarget(_BaseTarget):
         pred = self.predict(outputs)
         lab = y.to(device=pred.device, dtype=torch.long)
         ok = ((pred == lab) | (lab < 0)).flatten(1).all(1).to(torch.float64)
-        return ok.masked_fill(~finite_outputs(outputs), math.nan)
+        return nan_where_not_finite(ok, outputs)
 
 
 class SimilarityTarget(_BaseTarget):
@@ -564,7 +579,7 @@ class SimilarityTarget(_BaseTarget):
             raise ValueError("SimilarityTarget.hits needs reference embeddings `y` (N, D) or a "
                              "`reference`.")
         hit = self.agree(emb, ref).to(torch.float64)
-        return hit.masked_fill(~finite_outputs(outputs), math.nan)
+        return nan_where_not_finite(hit, outputs)
 
 
 class _CallableTarget(_BaseTarget):

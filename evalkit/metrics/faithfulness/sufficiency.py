@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..._validation import check_bool, check_scalar
+from ...models.targets import BaseTarget
 from .._removal import (
     flag_nonfinite,
 )
@@ -67,13 +70,8 @@ class Sufficiency(Metric):
         (Standardised) Euclidean distances are computed in torch on ``a``'s device (see
         :func:`_euclidean_distances`); other distances by ``scipy.spatial.distance.cdist``."""
         device = a.device if isinstance(a, torch.Tensor) else torch.device("cpu")
-        if self.distance_func in ("seuclidean", "euclidean", "sqeuclidean"):
-            t = torch.as_tensor(a).to(torch.float64)
-            if self.distance_func == "seuclidean":
-                var = (t.var(0, unbiased=True) if t.shape[0] > 1
-                       else torch.ones(t.shape[1], dtype=t.dtype, device=t.device))
-                t = t / torch.where(var > 0, var, torch.ones_like(var)).sqrt()
-            d = _euclidean_distances(t)
+        if self.distance_func in _EUCLIDEAN:
+            d = _euclidean_distances(self._scaled(torch.as_tensor(a)))
             if self.distance_func == "sqeuclidean":
                 d = d * d
         else:
@@ -97,6 +95,100 @@ class Sufficiency(Metric):
                 d = d.div_(top)
         return d if isinstance(a, torch.Tensor) else d.cpu().numpy()
 
+    def _scaled(self, a: torch.Tensor) -> torch.Tensor:
+        """The flattened maps (N, D) as float64, each feature divided by its standard deviation
+        over the batch for ``"seuclidean"`` (unit variance where it is 0)."""
+        t = a.to(torch.float64)
+        if self.distance_func == "seuclidean":
+            var = (t.var(0, unbiased=True) if t.shape[0] > 1
+                   else torch.ones(t.shape[1], dtype=t.dtype, device=t.device))
+            t = t / torch.where(var > 0, var, torch.ones_like(var)).sqrt()
+        return t
+
+    def _neighbour_counts(self, a: torch.Tensor, pred: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(Euclidean distances, the default agreement of 1-D predictions) Each sample's
+        neighbours within the threshold, and those among them with the same prediction, (N,)
+        float64 counts, as ``distances`` and ``agree_pairwise`` give them, without their
+        N x N matrices: after the one matrix product the distances are finished, normalised
+        and tested a block of rows at a time (in cache), and the neighbours with each
+        prediction are counted by one small matrix product (the pairwise work is the
+        metric's own cost: N^2 pairs, many times the forward pass of a small model's N rows).
+        None where the largest distance is not finite: the caller takes the whole matrices."""
+        t = self._scaled(a)
+        n = t.shape[0]
+        sq = (t * t).sum(1)
+        d2 = t @ t.T  # finished in place, block by block, as _euclidean_distances does
+        step = _block_rows(n)
+        # no pair can cancel where d^2 exceeds 1e-6 of the largest |u|^2 + |v|^2: the test of
+        # each pair's own bound (below) runs on the few pairs under that
+        bound = float(sq.max()) * 2e-6
+        near_i, near_j, top2 = [], [], torch.zeros((), dtype=torch.float64, device=t.device)
+        for start in range(0, n, step):
+            rows = slice(start, min(n, start + step))
+            total = sq[rows].unsqueeze(1) + sq.unsqueeze(0)
+            block = d2[rows].mul_(-2.0).add_(total).clamp_min_(0.0)
+            top2 = torch.maximum(top2, block.max())
+            if block.device.type == "cpu":  # NumPy's nonzero: several times faster
+                flat = torch.from_numpy(np.flatnonzero(block.numpy() <= bound))
+                i, j = flat // n, flat % n
+            else:
+                i, j = (block <= bound).nonzero(as_tuple=True)
+            if i.numel():
+                own = block[i, j] <= (sq[i + start] + sq[j]).mul_(1e-6)
+                near_i.append(i[own] + start)
+                near_j.append(j[own])
+        if not math.isfinite(float(top2)):
+            return None
+        if near_i:
+            i, j = torch.cat(near_i), torch.cat(near_j)
+            before = d2[i, j]
+            exact = _exact_squares(t, i, j)
+            d2[i, j] = exact
+            if bool((before == top2).any()):  # the largest was summed again: look again
+                top2 = d2.max()
+            else:
+                top2 = torch.maximum(top2, exact.max())
+        top = float(top2.sqrt())
+        if self.distance_func == "sqeuclidean":
+            top = top * top  # the square of the largest distance, rounded as d * d is
+        if not math.isfinite(top):
+            return None
+        scale = top if self.normalise_distances and top > 0 else None
+        # a pair is near when its finished distance is within the threshold; finishing (the
+        # square root, the normalisation) is monotone in d^2, so that is one comparison of
+        # d^2 with the largest d^2 whose finished distance is within it
+        squared = self.distance_func == "sqeuclidean"
+        threshold = float(self.threshold)
+        # where the exact real-number answer lies (the search corrects it to the bit)
+        guess = threshold * (scale or 1.0)
+        limit = _largest_within(lambda v: _finish(v, squared=squared, scale=scale),
+                                threshold, guess if squared else guess * guess)
+        codes = torch.unique(pred, return_inverse=True)[1]
+        classes = int(codes.max()) + 1
+        onehot = None
+        if classes <= _COUNTED_CLASSES and n < (1 << 24):
+            # one column per predicted value (counts below 2^24 are exact in float32)
+            onehot = torch.zeros((n, classes), dtype=torch.float32, device=t.device)
+            onehot[torch.arange(n, device=t.device), codes] = 1.0
+        count = torch.empty(n, dtype=torch.float64, device=t.device)
+        both = torch.empty_like(count)
+        near_buffer = torch.empty((step, n), dtype=torch.float32 if onehot is not None
+                                  else torch.bool, device=t.device)
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            near = torch.le(d2[start:stop], limit, out=near_buffer[:stop - start])
+            near[:, start:stop].fill_diagonal_(False)
+            if onehot is None:
+                count[start:stop] = _row_counts(near)
+                same = pred[start:stop].unsqueeze(1) == pred.unsqueeze(0)
+                both[start:stop] = _row_counts(near.logical_and_(same))
+                continue
+            by_class = near @ onehot
+            count[start:stop] = by_class.sum(1)
+            both[start:stop] = by_class.gather(1, codes[start:stop].unsqueeze(1)).squeeze(1)
+        return count, both
+
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         batch.require_model()
         a = batch.a
@@ -110,6 +202,15 @@ class Sufficiency(Metric):
         # NaN itself) and takes no part in the distances' normalisation
         ok = valid_samples(batch)
         idx = ok.nonzero().flatten()
+        counts = None
+        if (self.distance_func in _EUCLIDEAN and idx.numel() == n and pred.ndim == 1
+                and n >= _BLOCKED_SAMPLES
+                and type(target).agree_pairwise is BaseTarget.agree_pairwise):
+            counts = self._neighbour_counts(a.reshape(n, -1), pred)
+        if counts is not None:
+            count, both = counts
+            batch.set_nan(count == 0, "no other sample's explanation is within the threshold")
+            return both / count.clamp_min(1)
         if idx.numel() == n:  # every sample valid: the distances as they are (no N x N copy)
             d = torch.as_tensor(self.distances(a.reshape(n, -1))).to(batch.device, torch.float64)
         else:
@@ -131,6 +232,69 @@ def _row_counts(m: torch.Tensor) -> torch.Tensor:
     return m.view(torch.uint8).sum(1, dtype=torch.int32)
 
 
+#: the distances computed in torch (the others by scipy's cdist)
+_EUCLIDEAN = ("seuclidean", "euclidean", "sqeuclidean")
+
+
+#: the fewest samples for which the blocked path pays (below, the N x N matrices are small)
+_BLOCKED_SAMPLES = 256
+
+#: the most distinct predictions whose neighbours are counted by a matrix product (one
+#: column each); more (e.g. a regression's values) are compared pair by pair
+_COUNTED_CLASSES = 256
+
+
+def _block_rows(n: int) -> int:
+    """Rows of an N x N float64 matrix per block: about 2 MiB, so that a block's passes run in
+    cache."""
+    return max(1, min(n, (1 << 18) // max(1, n)))
+
+
+def _finish(d2: float, *, squared: bool, scale: float | None) -> float:
+    """One distance from its square, as the matrix path finishes it (IEEE square root and
+    division: the same bits in Python as in torch)."""
+    d = math.sqrt(d2)
+    if squared:
+        d = d * d
+    return d / scale if scale is not None else d
+
+
+def _largest_within(finish: Callable[[float], float], threshold: float,
+                    guess: float = 0.0) -> float:
+    """The largest float64 ``v >= 0`` with ``finish(v) <= threshold``, for a non-decreasing
+    ``finish`` with ``finish(0) <= threshold``: from ``guess`` (an estimate) a few steps of one
+    unit in the last place, else a bisection over the bit patterns of the non-negative
+    doubles (ordered as integers)."""
+    if finish(math.inf) <= threshold:
+        return math.inf
+    v = guess if math.isfinite(guess) and guess >= 0 else 0.0
+    for _ in range(64):
+        if finish(v) > threshold:
+            v = math.nextafter(v, 0.0)
+        elif finish(math.nextafter(v, math.inf)) <= threshold:
+            v = math.nextafter(v, math.inf)
+        else:
+            return v
+
+    def value(bits: int) -> float:
+        return struct.unpack("<d", struct.pack("<q", bits))[0]
+
+    lo, hi = 0, struct.unpack("<q", struct.pack("<d", math.inf))[0]
+    while hi - lo > 1:  # finish(value(lo)) <= threshold < finish(value(hi))
+        mid = (lo + hi) // 2
+        if finish(value(mid)) <= threshold:
+            lo = mid
+        else:
+            hi = mid
+    return value(lo)
+
+
+def _exact_squares(t: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """|t[i] - t[j]|^2 summed directly, for the pairs whose matrix-product form cancels."""
+    return torch.cat([((t[i[k:k + 4096]] - t[j[k:k + 4096]]) ** 2).sum(1)
+                      for k in range(0, i.numel(), 4096)])
+
+
 def _euclidean_distances(t: torch.Tensor) -> torch.Tensor:
     """Pairwise Euclidean distances of the rows of ``t`` (N, D), float64.
 
@@ -145,7 +309,5 @@ def _euclidean_distances(t: torch.Tensor) -> torch.Tensor:
     d2 = (t @ t.T).mul_(-2.0).add_(total).clamp_min_(0.0)
     i, j = (d2 <= total.mul_(1e-6)).nonzero(as_tuple=True)
     if i.numel():
-        exact = torch.cat([((t[i[k:k + 4096]] - t[j[k:k + 4096]]) ** 2).sum(1)
-                           for k in range(0, i.numel(), 4096)])
-        d2[i, j] = exact
+        d2[i, j] = _exact_squares(t, i, j)
     return d2.sqrt_()
