@@ -342,3 +342,31 @@ def test_reused_modules_are_refused_by_stateful_rules():
         for m in model.modules():
             assert not m._forward_pre_hooks and not m._forward_hooks
     assert ek.explain(model, x, y, method="GuidedBackprop").shape == x.shape  # per-call hooks
+
+
+@pytest.mark.parametrize("method, abs_, times_input", [
+    ("Saliency", True, False), ("Gradient", False, False), ("InputXGradient", False, True)])
+def test_native_input_gradient_is_captums_bit_for_bit(method, abs_, times_input):
+    # Saliency, Gradient and InputXGradient seed one backward with ones instead of captum's
+    # autograd.grad over the unbound scores: the same gradients, bit for bit
+    import captum.attr as ca
+
+    model = make(BnNet)
+    x, y = inputs(5)
+    ref = ca.Saliency(model).attribute(x.clone().requires_grad_(), target=y, abs=abs_)
+    if times_input:
+        ref = x * ref
+    got = ek.explain(model, x, y, method=method)
+    assert torch.equal(got, ref.detach())
+    assert not x.requires_grad and got.grad_fn is None
+
+
+
+def test_native_input_gradient_keeps_captums_path_for_other_arguments():
+    # keyword arguments the native path does not take still reach captum, which rejects
+    # an unknown one as before
+    model = make(BnNet)
+    x, y = inputs(2)
+    for method in ("Saliency", "Gradient", "InputXGradient"):
+        with pytest.raises(TypeError, match="unexpected keyword argument 'steps'"):
+            ek.explain(model, x, y, method=method, steps=3)

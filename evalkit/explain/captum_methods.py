@@ -195,40 +195,55 @@ def _seeded_global_rngs(seed: int, device: torch.device) -> Iterator[None]:
 
 
 # ============================================================================ gradients
+def _input_gradient(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None,
+                    kw: dict[str, Any], *, abs: bool) -> torch.Tensor:
+    """The input gradient of the per-sample target scores, as captum's ``Saliency`` computes
+    it, with one backward seeded by ones instead of captum's ``autograd.grad`` over the
+    ``unbind`` of the scores: captum's form builds one gradient seed per sample, a fixed cost
+    that outweighs a small model's backward (2,000 rows of a 30-64-64-3 MLP: about 11 ms vs
+    1 ms on one CPU thread). Every seed is 1.0 in both forms, so the gradients are the same bits.
+    Other keyword arguments (captum's ``target``, ...) keep captum's own path."""
+    if kw:
+        from captum.attr import Saliency
+
+        return Saliency(_scalar_forward(model)).attribute(
+            _grad_input(x), abs=abs, additional_forward_args=_args(y), **kw
+        )
+    inputs = _grad_input(x)
+    with torch.enable_grad():
+        scores = _scalar_forward(model)(inputs, y)  # (N,): the target checks the shape
+        (grad,) = torch.autograd.grad(scores, inputs, grad_outputs=torch.ones_like(scores))
+    return grad.abs() if abs else grad
+
+
 @register_explainer("Gradient", **_GRAD)
 def gradient(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """Signed input gradient of the target score (Simonyan et al. 2014, without abs); Quantus'
     default method."""
-    from captum.attr import Saliency
-
     require_gradients(model, "Gradient")
     kw.pop("abs", None)
-    return Saliency(_scalar_forward(model)).attribute(
-        _grad_input(x), abs=False, additional_forward_args=_args(y), **kw
-    )
+    return _input_gradient(model, x, y, kw, abs=False)
 
 
 @register_explainer("Saliency", **_GRAD)
 def saliency(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """Absolute input gradient (Simonyan, Vedaldi & Zisserman 2014)."""
-    from captum.attr import Saliency
-
     require_gradients(model, "Saliency")
-    kw.setdefault("abs", True)
-    return Saliency(_scalar_forward(model)).attribute(
-        _grad_input(x), additional_forward_args=_args(y), **kw
-    )
+    take_abs = kw.pop("abs", True)
+    return _input_gradient(model, x, y, kw, abs=take_abs)
 
 
 @register_explainer("InputXGradient", **_GRAD)
 def input_x_gradient(model: ModelWrapper, x: torch.Tensor, y: torch.Tensor | None, **kw: Any):
     """Input times gradient (Shrikumar et al. 2016)."""
-    from captum.attr import InputXGradient
-
     require_gradients(model, "InputXGradient")
-    return InputXGradient(_scalar_forward(model)).attribute(
-        _grad_input(x), additional_forward_args=_args(y), **kw
-    )
+    if kw:
+        from captum.attr import InputXGradient
+
+        return InputXGradient(_scalar_forward(model)).attribute(
+            _grad_input(x), additional_forward_args=_args(y), **kw
+        )
+    return x.detach() * _input_gradient(model, x, y, kw, abs=False)
 
 
 @register_explainer("IntegratedGradients", per_sample=_BASELINES, **_GRAD)
