@@ -252,12 +252,38 @@ _CONVERSIONS = {
 }
 
 
+def _finish_block(z: np.ndarray, t: np.ndarray, block: np.ndarray, kind: str,
+                  narrow: bool) -> None:
+    """Mix the flat uint64 states ``z`` (SplitMix64's finaliser, in place; ``t`` a scratch
+    buffer of the same size) and write their draws into the flat float ``block``."""
+    shift, offset, scale, minus = _CONVERSIONS[kind, narrow]
+    np.right_shift(z, np.uint64(30), out=t)
+    z ^= t
+    z *= _C1_U
+    np.right_shift(z, np.uint64(27), out=t)
+    z ^= t
+    z *= _C2_U
+    if shift >= 31:  # (z ^ (z >> 31)) >> s is z >> s when s + 31 >= 64: skip the step
+        np.right_shift(z, np.uint64(shift), out=z)
+    else:
+        np.right_shift(z, np.uint64(31), out=t)
+        z ^= t
+        np.right_shift(z, np.uint64(shift), out=z)
+    # the shifted word fits in 53 bits: as int64 it converts to float exactly (and faster
+    # than from uint64)
+    block[...] = z.view(np.int64)
+    if offset:
+        block += offset
+    block *= block.dtype.type(scale)
+    if minus:
+        block -= minus
+
+
 def _words_numpy(seeds: np.ndarray, n: int, out: np.ndarray, kind: str, narrow: bool) -> None:
     """Fill ``out`` (R, n) with the draws of the uint64 row seeds ``seeds`` (R,): the words of
     :func:`_bits_torch` mapped by :data:`_CONVERSIONS`, computed in NumPy (several times
     faster on the CPU than torch's int64 ops, which have no logical shift) in cache-sized
     blocks, without an (R, n) array of words."""
-    shift, offset, scale, minus = _CONVERSIONS[kind, narrow]
     wide = n >= _BLOCK
     step = 1 if wide else _BLOCK // n
     size = min(_BLOCK if wide else step * n, seeds.size * n)
@@ -267,35 +293,33 @@ def _words_numpy(seeds: np.ndarray, n: int, out: np.ndarray, kind: str, narrow: 
     for rows, cols in _blocks(seeds.size, n):
         shape = (rows.stop - rows.start, cols.stop - cols.start)
         size = shape[0] * shape[1]
-        z, t = z_buf[:size], t_buf[:size]
+        z = z_buf[:size]
         if wide:
             np.multiply(np.arange(cols.start + 1, cols.stop + 1, dtype=np.uint64),
                         np.uint64(_GOLDEN), out=z)
             z += seeds[rows.start]
+            block = out[rows, cols].reshape(-1)
         else:
             z.reshape(shape)[...] = seeds[rows, None]
             z += tiled[:size]
-        np.right_shift(z, np.uint64(30), out=t)
-        z ^= t
-        z *= _C1_U
-        np.right_shift(z, np.uint64(27), out=t)
-        z ^= t
-        z *= _C2_U
-        if shift >= 31:  # (z ^ (z >> 31)) >> s is z >> s when s + 31 >= 64: skip the step
-            np.right_shift(z, np.uint64(shift), out=z)
-        else:
-            np.right_shift(z, np.uint64(31), out=t)
-            z ^= t
-            np.right_shift(z, np.uint64(shift), out=z)
-        # the shifted word fits in 53 bits: as int64 it converts to float exactly (and
-        # faster than from uint64)
-        block = out[rows, cols].reshape(-1) if wide else out[rows].reshape(-1)
-        block[...] = z.view(np.int64)
-        if offset:
-            block += offset
-        block *= block.dtype.type(scale)
-        if minus:
-            block -= minus
+            block = out[rows].reshape(-1)
+        _finish_block(z, t_buf[:size], block, kind, narrow)
+
+
+def _words_at_numpy(seeds: np.ndarray, at: np.ndarray, out: np.ndarray, kind: str,
+                    narrow: bool) -> None:
+    """:func:`_words_numpy` at the positions ``at`` (R, m) int64 only: ``out`` (R, m) gets
+    draw ``at[r, c]`` of row r's stream."""
+    m = at.shape[1]
+    step = max(1, _BLOCK // m)
+    for lo in range(0, seeds.size, step):
+        hi = min(seeds.size, lo + step)
+        z = at[lo:hi] + 1  # a new int64 array: the counters (j + 1) * golden, wrapping
+        z = z.view(np.uint64)
+        z *= np.uint64(_GOLDEN)
+        z += seeds[lo:hi, None]
+        z = z.reshape(-1)
+        _finish_block(z, np.empty_like(z), out[lo:hi].reshape(-1), kind, narrow)
 
 
 def _fill(
@@ -306,6 +330,7 @@ def _fill(
     kind: str,
     a: float,
     b: float,
+    at: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One independent stream per key: ``kind`` "uniform" (U[a, b)) or "normal" (N(a, b**2)).
 
@@ -317,23 +342,40 @@ def _fill(
     (inverse-CDF sampling, computed in float64). The words are identical on every device
     (NumPy on the CPU, torch elsewhere); so are the uniforms, the normals up to ``erfinv``'s
     rounding. No generator is seeded, so a row costs about as much as its draws: one key per
-    perturbed row is as cheap as one per sample.
+    perturbed row is as cheap as one per sample. ``at`` (R, m): only the draws at these flat
+    positions of ``shape`` (each draw is its own counter's hash, so skipping the others
+    changes nothing), returned as (R, m).
     """
     n = 1
     for d in shape:
         n *= int(d)
     r = keys.shape[0]
+    out_shape = (r, *shape) if at is None else tuple(at.shape)
+    if at is not None:
+        if at.dim() != 2 or at.shape[0] != r:
+            raise ValueError(f"`at` must be (rows, m) with one row per key; got {tuple(at.shape)} "
+                             f"for {r} keys.")
+        n = at.shape[1]
     if r == 0 or n == 0:
-        return torch.empty((r, *shape), dtype=dtype, device=keys.device)
+        return torch.empty(out_shape, dtype=dtype, device=keys.device)
     narrow = kind == "uniform" and dtype != torch.float64
     if keys.device.type == "cpu":  # the same numbers as below, computed in NumPy
         buf = np.empty((r, n), dtype=np.float32 if narrow else np.float64)
-        _words_numpy(_stream_seeds(keys, stream), n, buf, kind, narrow)
+        seeds = _stream_seeds(keys, stream)
+        if at is None:
+            _words_numpy(seeds, n, buf, kind, narrow)
+        else:
+            _words_at_numpy(seeds, at.detach().to("cpu", torch.int64).numpy(), buf, kind,
+                            narrow)
         u = torch.from_numpy(buf)
         if kind == "normal":
             u.erfinv_()
     else:
-        words = _bits_torch(combine(keys, stream), n)
+        seeds = combine(keys, stream)
+        if at is None:
+            words = _bits_torch(seeds, n)
+        else:
+            words = mix(seeds.unsqueeze(1) + (at.to(seeds.device, torch.int64) + 1) * _GOLDEN_S)
         if narrow:
             u = _shr(words, 40).to(torch.float32) * (1.0 / (1 << 24))
         elif kind == "uniform":
@@ -344,7 +386,7 @@ def _fill(
         out = u.to(dtype)
     else:
         out = u.mul_(math.sqrt(2.0)).to(dtype)
-    out = out.reshape(r, *shape)
+    out = out.reshape(out_shape)
     if (a, b) == (0.0, 1.0):
         return out
     return out * (b - a) + a if kind == "uniform" else out * b + a
@@ -358,14 +400,17 @@ def uniform(
     high: float = 1.0,
     dtype: torch.dtype = torch.float32,
     stream: int = 0,
+    at: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """U[low, high) draws of shape ``(len(keys), *shape)``, one independent stream per key.
 
     The draws of a row depend only on its key, ``shape`` and ``stream`` (not on the other rows).
     Rows are vectorised (see :func:`_fill`): one key per perturbed row is as cheap as one per
-    sample, and the same key gives the same uniforms on the CPU and on CUDA.
+    sample, and the same key gives the same uniforms on the CPU and on CUDA. ``at`` (R, m)
+    int64: only the draws at these flat positions of ``shape``, as (R, m): the same numbers
+    as ``uniform(keys, shape).reshape(R, -1).gather(1, at)``, without drawing the others.
     """
-    return _fill(keys, shape, dtype, stream, "uniform", float(low), float(high))
+    return _fill(keys, shape, dtype, stream, "uniform", float(low), float(high), at)
 
 
 def normal(
@@ -376,9 +421,11 @@ def normal(
     std: float = 1.0,
     dtype: torch.dtype = torch.float32,
     stream: int = 0,
+    at: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """N(mean, std**2) draws of shape ``(len(keys), *shape)``; see :func:`uniform`."""
-    return _fill(keys, shape, dtype, stream, "normal", float(mean), float(std))
+    """N(mean, std**2) draws of shape ``(len(keys), *shape)``; see :func:`uniform` (``at``
+    too)."""
+    return _fill(keys, shape, dtype, stream, "normal", float(mean), float(std), at)
 
 
 def permutation_keys(keys: torch.Tensor, n: int, *, stream: int = 0) -> torch.Tensor:

@@ -19,6 +19,11 @@ from ..base import MetricBatch
 #: rng stream of the prediction-gap noise
 _GAP_STREAM = 0x96A9
 
+#: the largest share of a row's elements whose noise is drawn at their positions only (then
+#: gathered and scattered); above it the whole row's noise is drawn and blended (the same
+#: numbers either way: only the cost differs)
+_POSITIONS_SHARE = 0.5
+
 
 class _PredictionGap(RanksFeatures):
     """Shared kernel of PGI and PGU: the mean absolute change of the target score when the
@@ -93,12 +98,54 @@ class _PredictionGap(RanksFeatures):
         flat_keys = draw_keys.reshape(-1)
         rank_small = rank_map.to(torch.int32) if g.numel() and int(g.max()) < 2**31 else rank_map
 
+        row_shape = tuple(x.shape[1:])
+        row_size = math.prod(row_shape)
+
+        def noisy_positions(i: torch.Tensor, t: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+            """The flat positions (B, L) of each row's perturbed elements, and which of them
+            are real (None: all; a row with fewer is padded with unperturbed positions), or
+            None where more than half the elements are perturbed (then the whole row's noise
+            is drawn and blended). Found once per (sample, k) of the chunk: the rows of one
+            sample share them."""
+            uniq, inverse = torch.unique_consecutive(i * t_count + t, return_inverse=True)
+            ranks = rank_small.index_select(0, torch.div(uniq, t_count, rounding_mode="floor"))
+            bound = flat_k.index_select(0, uniq).to(ranks.dtype).view(-1, *[1] * len(row_shape))
+            hit = (ranks < bound if top else ranks >= bound).expand(
+                uniq.shape[0], *row_shape).reshape(uniq.shape[0], row_size)
+            count = hit.sum(1)
+            width = int(count.max())
+            if width > _POSITIONS_SHARE * row_size:
+                return None
+            # the perturbed positions first, in ascending order (a stable sort of the flags)
+            pos = torch.sort(hit.to(torch.uint8), stable=True, dim=1, descending=True).indices
+            pos = pos[:, :width].index_select(0, inverse)
+            if bool((count == width).all()):
+                return pos, None
+            real = torch.arange(width, device=pos.device) < count.unsqueeze(1)
+            return pos, real.index_select(0, inverse)
+
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, t, j = index
             kk = flat_k.index_select(0, i * t_count + t)
             xi = x.index_select(0, i)
             keys = flat_keys.index_select(0, (i * draws + j).cpu())
             if additive:  # x + noise on the top-k (PGI) or the other (PGU) features
+                found = noisy_positions(i, t)
+                if found is not None:
+                    # only the perturbed elements' noise is drawn (each element has its own
+                    # counter in the row's stream: the same numbers as the whole row's)
+                    pos, real = found
+                    flat = xi.view(xi.shape[0], row_size)
+                    if pos.shape[1] == 0:
+                        return xi
+                    n = noise.sample_at(keys, row_shape, xi.dtype, pos).to(xi.device)
+                    kept = flat.gather(1, pos)
+                    moved = kept + n
+                    if real is not None:
+                        moved = torch.where(real, moved, kept)
+                    flat.scatter_(1, pos, moved)
+                    return xi
                 ranks = rank_small.index_select(0, i)
                 n = noise.sample(keys, tuple(xi.shape[1:]), xi.dtype).to(xi.device)
                 return rank_select(ranks, per_sample(kk.to(ranks.dtype), ranks), xi + n, xi,
