@@ -321,11 +321,14 @@ class FaithfulnessCorrelation(Metric):
         att = gs.unsqueeze(1).expand(-1, self.nr_runs, -1).gather(2, subsets).sum(2)
         clean = clean_scores(batch)
         g_max = grp.max_groups
+        runs = self.nr_runs
+        flat_subsets = subsets.view(-1, self.subset_size)
 
         def mask_of(i: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
             """The groups of sample i's run r."""
             sel = torch.zeros((i.shape[0], g_max), dtype=torch.bool, device=x.device)
-            sel.scatter_(1, subsets[i, r], True)
+            # index_select on the (N * runs, k) view: the rows of subsets[i, r], cheaper
+            sel.scatter_(1, flat_subsets.index_select(0, i * runs + r), True)
             return grp.expand(sel, i)
 
         scores = subset_scores(batch, self._imputer, (self.nr_runs,), mask_of,
