@@ -317,9 +317,13 @@ def test_prediction_gap_positions_equal_the_blend(monkeypatch, name, k):
     labels[0, :, 6:] = 5  # sample 0: fewer features, one large group
     y = torch.tensor([0, 1, 2, 0, 1])
     scores = {}
-    for share in (0.0, 1.0):
+    # the whole rows' noise; positions found per chunk; positions found once for the call
+    for share, whole_call in ((0.0, 0), (1.0, 0), (1.0, 1 << 22)):
         monkeypatch.setattr(prediction_gap, "_POSITIONS_SHARE", share)
+        monkeypatch.setattr(prediction_gap, "_WHOLE_CALL_ELEMENTS", whole_call)
         metric = getattr(prediction_gap, name)(k=k, nr_samples=6, grouping=labels, seed=3,
                                                auc=True)
-        scores[share] = metric(model, x, y, a, modality="series", batch_size=7)
-    assert torch.equal(torch.as_tensor(scores[0.0]), torch.as_tensor(scores[1.0]))
+        scores[share, whole_call] = torch.as_tensor(
+            metric(model, x, y, a, modality="series", batch_size=7))
+    first, *others = scores.values()
+    assert all(torch.equal(first, other) for other in others)

@@ -24,6 +24,10 @@ _GAP_STREAM = 0x96A9
 #: numbers either way: only the cost differs)
 _POSITIONS_SHARE = 0.5
 
+#: the most elements (samples x sizes x row elements) whose perturbed positions are found once
+#: per call instead of per chunk
+_WHOLE_CALL_ELEMENTS = 1 << 22
+
 
 class _PredictionGap(RanksFeatures):
     """Shared kernel of PGI and PGU: the mean absolute change of the target score when the
@@ -101,29 +105,52 @@ class _PredictionGap(RanksFeatures):
         row_shape = tuple(x.shape[1:])
         row_size = math.prod(row_shape)
 
-        def noisy_positions(i: torch.Tensor, t: torch.Tensor
-                            ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-            """The flat positions (B, L) of each row's perturbed elements, and which of them
-            are real (None: all; a row with fewer is padded with unperturbed positions), or
-            None where more than half the elements are perturbed (then the whole row's noise
-            is drawn and blended). Found once per (sample, k) of the chunk: the rows of one
-            sample share them."""
-            uniq, inverse = torch.unique_consecutive(i * t_count + t, return_inverse=True)
-            ranks = rank_small.index_select(0, torch.div(uniq, t_count, rounding_mode="floor"))
-            bound = flat_k.index_select(0, uniq).to(ranks.dtype).view(-1, *[1] * len(row_shape))
+        def positions_of(pairs: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+            """The flat positions (P, L) of the perturbed elements of the (sample, k) pairs
+            ``pairs`` (flat, i * T + t), and which of them are real (None: all; a pair with
+            fewer is padded with unperturbed positions), or None where more than
+            :data:`_POSITIONS_SHARE` of a row is perturbed (then the whole row's noise is
+            drawn and blended)."""
+            ranks = rank_small.index_select(0, torch.div(pairs, t_count, rounding_mode="floor"))
+            bound = flat_k.index_select(0, pairs).to(ranks.dtype).view(
+                -1, *[1] * len(row_shape))
             hit = (ranks < bound if top else ranks >= bound).expand(
-                uniq.shape[0], *row_shape).reshape(uniq.shape[0], row_size)
+                pairs.shape[0], *row_shape).reshape(pairs.shape[0], row_size)
             count = hit.sum(1)
             width = int(count.max())
             if width > _POSITIONS_SHARE * row_size:
                 return None
             # the perturbed positions first, in ascending order (a stable sort of the flags)
             pos = torch.sort(hit.to(torch.uint8), stable=True, dim=1, descending=True).indices
-            pos = pos[:, :width].index_select(0, inverse)
+            pos = pos[:, :width].contiguous()
             if bool((count == width).all()):
                 return pos, None
-            real = torch.arange(width, device=pos.device) < count.unsqueeze(1)
-            return pos, real.index_select(0, inverse)
+            return pos, torch.arange(width, device=pos.device) < count.unsqueeze(1)
+
+        # the pairs' positions once for the call where they are small (a table's, a series'),
+        # else per chunk for the chunk's pairs (an image's would not fit)
+        whole_call = (additive and batch.n * t_count * row_size <= _WHOLE_CALL_ELEMENTS)
+        whole = (positions_of(torch.arange(batch.n * t_count, device=dev)) if whole_call
+                 else None)
+
+        def noisy_positions(i: torch.Tensor, t: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+            """:func:`positions_of` for the rows (i, t) of a chunk (B, L)."""
+            if whole_call:
+                if whole is None:
+                    return None
+                pair = i * t_count + t
+                pos, real = whole
+                return (pos.index_select(0, pair),
+                        None if real is None else real.index_select(0, pair))
+            uniq, inverse = torch.unique_consecutive(i * t_count + t, return_inverse=True)
+            found = positions_of(uniq)
+            if found is None:
+                return None
+            pos, real = found
+            return (pos.index_select(0, inverse),
+                    None if real is None else real.index_select(0, inverse))
 
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, t, j = index
