@@ -389,7 +389,8 @@ def _fill(
     out = out.reshape(out_shape)
     if (a, b) == (0.0, 1.0):
         return out
-    return out * (b - a) + a if kind == "uniform" else out * b + a
+    # in place (out is this call's own buffer): the same operations as ``out * s + a``
+    return out.mul_(b - a if kind == "uniform" else b).add_(a)
 
 
 def uniform(
