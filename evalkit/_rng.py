@@ -20,6 +20,7 @@ distribution did not.)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import secrets
@@ -221,36 +222,104 @@ def _blocks(rows: int, n: int):
             yield slice(r, min(rows, r + step)), slice(0, n)
 
 
-def _words_numpy(seeds: torch.Tensor, n: int, out: np.ndarray, shift: int, offset: float,
-                 scale: float) -> None:
-    """Fill ``out`` (R, n) with ``((w >> shift) + offset) * scale`` of the words of
-    :func:`_bits_torch`, computed in NumPy (about 3x faster on the CPU than torch's int64 ops,
-    which have no logical shift) in cache-sized blocks, without an (R, n) array of words."""
-    s = seeds.numpy().view(np.uint64)
-    counters = _counters(n, torch.device("cpu")).numpy().view(np.uint64)
-    z_buf = np.empty(min(_BLOCK, s.size * n), dtype=np.uint64)
-    t_buf = np.empty_like(z_buf)
-    sh = np.uint64(shift)
-    for rows, cols in _blocks(s.size, n):
-        shape = (rows.stop - rows.start, cols.stop - cols.start)
-        size = shape[0] * shape[1]
-        z, t = z_buf[:size].reshape(shape), t_buf[:size].reshape(shape)
-        np.add(s[rows, None], counters[None, cols], out=z)
-        np.right_shift(z, np.uint64(30), out=t)
-        z ^= t
-        z *= _C1_U
-        np.right_shift(z, np.uint64(27), out=t)
-        z ^= t
-        z *= _C2_U
+@functools.lru_cache(maxsize=32)
+def _tiled_counters(n: int, rows: int) -> np.ndarray:
+    """The counters of :func:`_counters` (as uint64) repeated for ``rows`` rows of ``n``, flat
+    and read-only: a block's words start as its rows' seeds plus this (a broadcast add of a
+    column to a row costs several flat adds in NumPy). At most :data:`_BLOCK` elements."""
+    out = np.tile(np.arange(1, n + 1, dtype=np.uint64) * np.uint64(_GOLDEN), rows)
+    out.flags.writeable = False
+    return out
+
+
+def _stream_seeds(keys: torch.Tensor, stream: int) -> np.ndarray:
+    """``combine(keys, stream)`` of CPU keys as a uint64 array (no tensor round trip)."""
+    a = _as_uint64(keys.to(torch.int64))
+    a *= np.uint64(_GOLDEN)
+    a += np.uint64((_mix_int(int(stream) + 1) + 1) & _M64)
+    return _mix_numpy(a)
+
+
+#: the shift, offset and scale that turn a word into a draw, per (kind, narrow): a uniform is
+#: the word's top 53 bits (top 24 when narrow) over 2**53 (2**24); a normal's argument to the
+#: inverse CDF is ``2u - 1`` for ``u = ((w >> 11) + 1/2) / 2**53``, computed as
+#: ``((w >> 11) + 1/2) / 2**52 - 1``: halving a power-of-two scale is exact, so the bits are
+#: those of ``2 * u - 1``
+_CONVERSIONS = {
+    ("uniform", True): (40, 0.0, 1.0 / (1 << 24), 0.0),
+    ("uniform", False): (11, 0.0, 1.0 / (1 << 53), 0.0),
+    ("normal", False): (11, 0.5, 1.0 / (1 << 52), 1.0),
+}
+
+
+def _finish_block(z: np.ndarray, t: np.ndarray, block: np.ndarray, kind: str,
+                  narrow: bool) -> None:
+    """Mix the flat uint64 states ``z`` (SplitMix64's finaliser, in place; ``t`` a scratch
+    buffer of the same size) and write their draws into the flat float ``block``."""
+    shift, offset, scale, minus = _CONVERSIONS[kind, narrow]
+    np.right_shift(z, np.uint64(30), out=t)
+    z ^= t
+    z *= _C1_U
+    np.right_shift(z, np.uint64(27), out=t)
+    z ^= t
+    z *= _C2_U
+    if shift >= 31:  # (z ^ (z >> 31)) >> s is z >> s when s + 31 >= 64: skip the step
+        np.right_shift(z, np.uint64(shift), out=z)
+    else:
         np.right_shift(z, np.uint64(31), out=t)
         z ^= t
-        np.right_shift(z, sh, out=z)
-        block = out[rows, cols]
-        if offset:
-            np.add(z, offset, out=block, casting="unsafe")
-            block *= scale
+        np.right_shift(z, np.uint64(shift), out=z)
+    # the shifted word fits in 53 bits: as int64 it converts to float exactly (and faster
+    # than from uint64)
+    block[...] = z.view(np.int64)
+    if offset:
+        block += offset
+    block *= block.dtype.type(scale)
+    if minus:
+        block -= minus
+
+
+def _words_numpy(seeds: np.ndarray, n: int, out: np.ndarray, kind: str, narrow: bool) -> None:
+    """Fill ``out`` (R, n) with the draws of the uint64 row seeds ``seeds`` (R,): the words of
+    :func:`_bits_torch` mapped by :data:`_CONVERSIONS`, computed in NumPy (several times
+    faster on the CPU than torch's int64 ops, which have no logical shift) in cache-sized
+    blocks, without an (R, n) array of words."""
+    wide = n >= _BLOCK
+    step = 1 if wide else _BLOCK // n
+    size = min(_BLOCK if wide else step * n, seeds.size * n)
+    z_buf = np.empty(size, dtype=np.uint64)
+    t_buf = np.empty_like(z_buf)
+    tiled = None if wide else _tiled_counters(n, step)
+    for rows, cols in _blocks(seeds.size, n):
+        shape = (rows.stop - rows.start, cols.stop - cols.start)
+        size = shape[0] * shape[1]
+        z = z_buf[:size]
+        if wide:
+            np.multiply(np.arange(cols.start + 1, cols.stop + 1, dtype=np.uint64),
+                        np.uint64(_GOLDEN), out=z)
+            z += seeds[rows.start]
+            block = out[rows, cols].reshape(-1)
         else:
-            np.multiply(z, scale, out=block, casting="unsafe")
+            z.reshape(shape)[...] = seeds[rows, None]
+            z += tiled[:size]
+            block = out[rows].reshape(-1)
+        _finish_block(z, t_buf[:size], block, kind, narrow)
+
+
+def _words_at_numpy(seeds: np.ndarray, at: np.ndarray, out: np.ndarray, kind: str,
+                    narrow: bool) -> None:
+    """:func:`_words_numpy` at the positions ``at`` (R, m) int64 only: ``out`` (R, m) gets
+    draw ``at[r, c]`` of row r's stream."""
+    m = at.shape[1]
+    step = max(1, _BLOCK // m)
+    for lo in range(0, seeds.size, step):
+        hi = min(seeds.size, lo + step)
+        z = at[lo:hi] + 1  # a new int64 array: the counters (j + 1) * golden, wrapping
+        z = z.view(np.uint64)
+        z *= np.uint64(_GOLDEN)
+        z += seeds[lo:hi, None]
+        z = z.reshape(-1)
+        _finish_block(z, np.empty_like(z), out[lo:hi].reshape(-1), kind, narrow)
 
 
 def _fill(
@@ -261,6 +330,7 @@ def _fill(
     kind: str,
     a: float,
     b: float,
+    at: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One independent stream per key: ``kind`` "uniform" (U[a, b)) or "normal" (N(a, b**2)).
 
@@ -272,41 +342,55 @@ def _fill(
     (inverse-CDF sampling, computed in float64). The words are identical on every device
     (NumPy on the CPU, torch elsewhere); so are the uniforms, the normals up to ``erfinv``'s
     rounding. No generator is seeded, so a row costs about as much as its draws: one key per
-    perturbed row is as cheap as one per sample.
+    perturbed row is as cheap as one per sample. ``at`` (R, m): only the draws at these flat
+    positions of ``shape`` (each draw is its own counter's hash, so skipping the others
+    changes nothing), returned as (R, m).
     """
-    seeds = combine(keys, stream)
     n = 1
     for d in shape:
         n *= int(d)
-    r = seeds.shape[0]
+    r = keys.shape[0]
+    out_shape = (r, *shape) if at is None else tuple(at.shape)
+    if at is not None:
+        if at.dim() != 2 or at.shape[0] != r:
+            raise ValueError(f"`at` must be (rows, m) with one row per key; got {tuple(at.shape)} "
+                             f"for {r} keys.")
+        n = at.shape[1]
     if r == 0 or n == 0:
-        return torch.empty((r, *shape), dtype=dtype, device=keys.device)
+        return torch.empty(out_shape, dtype=dtype, device=keys.device)
     narrow = kind == "uniform" and dtype != torch.float64
-    if seeds.device.type == "cpu":  # the same numbers as below, computed in NumPy
+    if keys.device.type == "cpu":  # the same numbers as below, computed in NumPy
         buf = np.empty((r, n), dtype=np.float32 if narrow else np.float64)
-        if narrow:
-            _words_numpy(seeds, n, buf, 40, 0.0, 1.0 / (1 << 24))
-        elif kind == "uniform":
-            _words_numpy(seeds, n, buf, 11, 0.0, 1.0 / (1 << 53))
+        seeds = _stream_seeds(keys, stream)
+        if at is None:
+            _words_numpy(seeds, n, buf, kind, narrow)
         else:
-            _words_numpy(seeds, n, buf, 11, 0.5, 1.0 / (1 << 53))
+            _words_at_numpy(seeds, at.detach().to("cpu", torch.int64).numpy(), buf, kind,
+                            narrow)
         u = torch.from_numpy(buf)
+        if kind == "normal":
+            u.erfinv_()
     else:
-        words = _bits_torch(seeds, n)
+        seeds = combine(keys, stream)
+        if at is None:
+            words = _bits_torch(seeds, n)
+        else:
+            words = mix(seeds.unsqueeze(1) + (at.to(seeds.device, torch.int64) + 1) * _GOLDEN_S)
         if narrow:
             u = _shr(words, 40).to(torch.float32) * (1.0 / (1 << 24))
         elif kind == "uniform":
             u = _shr(words, 11).to(torch.float64) * (1.0 / (1 << 53))
-        else:
-            u = (_shr(words, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 53))
+        else:  # inverse CDF of 2u - 1 in (-1, 1): u never reaches 0 or 1, the draw is finite
+            u = ((_shr(words, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 52)) - 1.0).erfinv_()
     if kind == "uniform":
         out = u.to(dtype)
-    else:  # inverse CDF of u in (0, 1): u never reaches 0 or 1, so the draw is finite
-        out = u.mul_(2.0).sub_(1.0).erfinv_().mul_(math.sqrt(2.0)).to(dtype)
-    out = out.reshape(r, *shape)
+    else:
+        out = u.mul_(math.sqrt(2.0)).to(dtype)
+    out = out.reshape(out_shape)
     if (a, b) == (0.0, 1.0):
         return out
-    return out * (b - a) + a if kind == "uniform" else out * b + a
+    # in place (out is this call's own buffer): the same operations as ``out * s + a``
+    return out.mul_(b - a if kind == "uniform" else b).add_(a)
 
 
 def uniform(
@@ -317,14 +401,17 @@ def uniform(
     high: float = 1.0,
     dtype: torch.dtype = torch.float32,
     stream: int = 0,
+    at: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """U[low, high) draws of shape ``(len(keys), *shape)``, one independent stream per key.
 
     The draws of a row depend only on its key, ``shape`` and ``stream`` (not on the other rows).
     Rows are vectorised (see :func:`_fill`): one key per perturbed row is as cheap as one per
-    sample, and the same key gives the same uniforms on the CPU and on CUDA.
+    sample, and the same key gives the same uniforms on the CPU and on CUDA. ``at`` (R, m)
+    int64: only the draws at these flat positions of ``shape``, as (R, m): the same numbers
+    as ``uniform(keys, shape).reshape(R, -1).gather(1, at)``, without drawing the others.
     """
-    return _fill(keys, shape, dtype, stream, "uniform", float(low), float(high))
+    return _fill(keys, shape, dtype, stream, "uniform", float(low), float(high), at)
 
 
 def normal(
@@ -335,9 +422,11 @@ def normal(
     std: float = 1.0,
     dtype: torch.dtype = torch.float32,
     stream: int = 0,
+    at: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """N(mean, std**2) draws of shape ``(len(keys), *shape)``; see :func:`uniform`."""
-    return _fill(keys, shape, dtype, stream, "normal", float(mean), float(std))
+    """N(mean, std**2) draws of shape ``(len(keys), *shape)``; see :func:`uniform` (``at``
+    too)."""
+    return _fill(keys, shape, dtype, stream, "normal", float(mean), float(std), at)
 
 
 def permutation_keys(keys: torch.Tensor, n: int, *, stream: int = 0) -> torch.Tensor:

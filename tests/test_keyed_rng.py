@@ -254,3 +254,76 @@ def test_keyed_metrics_are_batch_invariant(name, modality):
     failed = [f"{r.name}: {r.message}" for r in results if not r.passed]
     assert not failed, failed
     assert any(not r.skipped for r in results)
+
+
+class TestDrawsAtPositions:
+    """``at=``: only some draws of each row, the same numbers as the whole row's."""
+
+    @pytest.mark.parametrize("kind", ["uniform", "normal"])
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+    def test_equal_to_the_whole_rows_draws(self, kind, dtype):
+        gen = torch.Generator().manual_seed(4)
+        keys = torch.randint(-(2**62), 2**62, (300,), generator=gen)
+        fn = _rng.uniform if kind == "uniform" else _rng.normal
+        for shape, m in (((30,), 8), ((3, 500), 40), ((_rng._BLOCK + 3,), 2)):
+            at = torch.randint(0, math.prod(shape), (300, m), generator=gen)
+            for kw in ({}, {"low": -1.0, "high": 2.0} if kind == "uniform"
+                       else {"mean": 0.5, "std": 0.1}):
+                whole = fn(keys, shape, dtype=dtype, stream=5, **kw)
+                got = fn(keys, shape, dtype=dtype, stream=5, at=at, **kw)
+                assert got.dtype == dtype and got.shape == at.shape
+                assert torch.equal(got, whole.reshape(300, -1).gather(1, at))
+
+    def test_the_device_paths_formula(self):
+        # the words at positions as the non-CPU path computes them
+        keys = _keys(20, 3)
+        at = torch.randint(0, 50, (20, 7), generator=torch.Generator().manual_seed(5))
+        seeds = _rng.combine(keys, 2)
+        words = _rng.mix(seeds.unsqueeze(1) + (at + 1) * _rng._GOLDEN_S)
+        assert torch.equal(words, _rng._bits_torch(seeds, 50).gather(1, at))
+
+    def test_rows_and_positions_must_match(self):
+        with pytest.raises(ValueError, match="one row per key"):
+            _rng.uniform(_keys(3), (5,), at=torch.zeros((2, 1), dtype=torch.int64))
+
+    def test_noise_models_sample_at(self):
+        from evalkit.perturb import GaussianNoise, Noise, UniformNoise
+
+        class Doubled(Noise):  # a user noise without its own sample_at: the generic gather
+            def sample(self, keys, shape, dtype):
+                return 2 * _rng.uniform(keys, shape, dtype=dtype)
+
+        keys = _keys(64)
+        at = torch.randint(0, 24, (64, 5), generator=torch.Generator().manual_seed(6))
+        for noise in (GaussianNoise(0.2, 0.3), UniformNoise(0.1), UniformNoise(-1.0, 3.0),
+                      UniformNoise(0.0), Doubled()):
+            whole = noise.sample(keys, (4, 6), torch.float32).reshape(64, -1)
+            assert torch.equal(noise.sample_at(keys, (4, 6), torch.float32, at),
+                               whole.gather(1, at)), noise
+
+
+@pytest.mark.parametrize("name", ["PGI", "PGU"])
+@pytest.mark.parametrize("k", [0.1, 0.3, 0.9])
+def test_prediction_gap_positions_equal_the_blend(monkeypatch, name, k):
+    # drawing only the perturbed elements' noise gives the scores of drawing whole rows, also
+    # with rows of unequal perturbed counts (groups of 1 and 2 features, a sample with fewer)
+    from evalkit.metrics.faithfulness import prediction_gap
+
+    gen = torch.Generator().manual_seed(7)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 12, 3))
+    x = torch.randn(5, 2, 12, generator=gen)
+    a = torch.randn(5, 2, 12, generator=gen)
+    labels = (torch.arange(12).repeat(5, 1) // 2).unsqueeze(1)  # (N, 1, T): per time step
+    labels[0, :, 6:] = 5  # sample 0: fewer features, one large group
+    y = torch.tensor([0, 1, 2, 0, 1])
+    scores = {}
+    # the whole rows' noise; positions found per chunk; positions found once for the call
+    for share, whole_call in ((0.0, 0), (1.0, 0), (1.0, 1 << 22)):
+        monkeypatch.setattr(prediction_gap, "_POSITIONS_SHARE", share)
+        monkeypatch.setattr(prediction_gap, "_WHOLE_CALL_ELEMENTS", whole_call)
+        metric = getattr(prediction_gap, name)(k=k, nr_samples=6, grouping=labels, seed=3,
+                                               auc=True)
+        scores[share, whole_call] = torch.as_tensor(
+            metric(model, x, y, a, modality="series", batch_size=7))
+    first, *others = scores.values()
+    assert all(torch.equal(first, other) for other in others)

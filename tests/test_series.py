@@ -75,6 +75,26 @@ def test_series_imputer_is_the_image_imputer_on_one_row_images():
             torch.testing.assert_close(again, ours[[3]])
 
 
+def test_a_mask_shared_by_the_channels_equals_its_expansion():
+    # a (B, 1, T) mask is imputed on its own shape (neighbours found once per series): the
+    # values, signed zeros included, are those of the mask expanded to every channel
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(6, 3, 40, generator=g, dtype=dtype)
+        x[0, :, :5] = -0.0
+        mask = torch.rand(6, 1, 40, generator=g) < 0.5
+        mask[1], mask[2] = True, False  # every step removed, none removed
+        mask[0, 0, :3] = True
+        keys = torch.arange(6, dtype=torch.int64) * 104729
+        full = mask.expand_as(x)
+        for noise in (0.0, 0.01):
+            shared = SeriesLinearImputer(noise).fill(x, mask, keys=keys)
+            expanded = SeriesLinearImputer(noise).fill(x, full.clone(), keys=keys)
+            assert torch.equal(shared, expanded)
+            assert torch.equal(shared.signbit(), expanded.signbit())
+        assert torch.equal(linear_interpolation_1d(x, mask), linear_interpolation_1d(x, full))
+
+
 def test_series_imputer_needs_series_and_keys():
     with pytest.raises(ValueError, match="series"):
         SeriesLinearImputer().fill(torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4).bool())

@@ -462,7 +462,16 @@ def linear_interpolation_1d(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     shape) of ``x`` (B, C, T), per channel; see :class:`SeriesLinearImputer`. A removed step
     between kept steps t0 < t < t1 becomes ``x[t0] + (x[t1] - x[t0]) (t - t0) / (t1 - t0)``;
     removed steps before the first (after the last) kept step take its value; a channel with
-    every step removed becomes 0 (as an image with every pixel removed). Returns a new tensor."""
+    every step removed becomes 0 (as an image with every pixel removed). Returns a new tensor.
+    The mask may also broadcast against ``x`` (e.g. (B, 1, T): the same steps removed in
+    every channel); the neighbours' positions are then found once per series."""
+    return torch.where(mask, _interpolated(x, mask).to(x.dtype), x)
+
+
+def _interpolated(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The float64 values of :func:`linear_interpolation_1d` at every position (those of the
+    kept steps are meaningless): computed in place where possible (fresh buffers of a chunk's
+    size cost as much as a pass over them)."""
     t_count = x.shape[-1]
     steps = torch.arange(t_count, device=x.device)
     known = ~mask
@@ -470,14 +479,14 @@ def linear_interpolation_1d(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     nxt = torch.where(known, steps, t_count).flip(-1).cummin(-1).values.flip(-1)
     has_prev, has_next = prev >= 0, nxt < t_count
     xd = x.to(torch.float64)
-    before = xd.gather(-1, prev.clamp_min(0))
-    after = xd.gather(-1, nxt.clamp_max(t_count - 1))
+    before = xd.gather(-1, prev.clamp_min(0).expand(xd.shape))
+    after = xd.gather(-1, nxt.clamp_max(t_count - 1).expand(xd.shape))
     span = (nxt - prev).clamp_min(1).to(torch.float64)
-    inside = before + (after - before) * (steps - prev).to(torch.float64) / span
-    value = torch.where(has_prev & has_next, inside,
-                        torch.where(has_prev, before,
-                                    torch.where(has_next, after, torch.zeros_like(xd))))
-    return torch.where(mask, value, xd).to(x.dtype)
+    # before + (after - before) * (t - t0) / span, in that order (addition commutes exactly)
+    inside = after.sub(before).mul_((steps - prev).to(torch.float64)).div_(span).add_(before)
+    # no kept step before: the one after; none after: the one before; none at all: 0
+    edge = torch.where(has_prev, before, after.masked_fill_(~has_next, 0.0))
+    return torch.where(has_prev & has_next, inside, edge, out=edge)
 
 
 def _noise_fields(keys: torch.Tensor | None, shape: tuple[int, ...], std: float,
@@ -517,13 +526,18 @@ class SeriesLinearImputer(Imputer):
             raise ValueError(
                 f"SeriesLinearImputer needs series (B, C, T); got shape {tuple(x.shape)}."
             )
-        m = mask.to(torch.bool).expand(x.shape)
-        out = linear_interpolation_1d(x, m)
+        m = mask.to(torch.bool)
+        m.expand(x.shape)  # a mask that does not broadcast against x fails here
+        if m.ndim != x.ndim:
+            m = m.reshape((1,) * (x.ndim - m.ndim) + tuple(m.shape))
+        # the mask as given (e.g. one channel for all): the neighbours are found per mask row
+        value = _interpolated(x, m).to(x.dtype)
         if self.noise > 0:
-            fields = _noise_fields(keys, tuple(x.shape[1:]), self.noise, out.dtype,
-                                   "SeriesLinearImputer")
-            out = torch.where(m, out + fields, out)
-        return out
+            # the noisy imputed values, then one selection (the same values as imputing and
+            # adding the noise where the mask holds)
+            value = value.add_(_noise_fields(keys, tuple(x.shape[1:]), self.noise, x.dtype,
+                                             "SeriesLinearImputer"))
+        return torch.where(m, value, x)
 
 
 # ---------------------------------------------------------------------- tables

@@ -31,6 +31,14 @@ class Noise:
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def sample_at(self, keys: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype,
+                  at: torch.Tensor) -> torch.Tensor:
+        """The draws of :meth:`sample` at the flat positions ``at`` (B, m) of each row only:
+        ``sample(keys, shape, dtype).reshape(B, -1).gather(1, at)``. Keyed noise draws each
+        element from its own counter, so the models here skip the other elements' draws."""
+        return self.sample(keys, shape, dtype).reshape(keys.shape[0], -1).gather(
+            1, at.to(device=keys.device, dtype=torch.int64))
+
     def __call__(
         self,
         x: torch.Tensor,
@@ -71,6 +79,11 @@ class GaussianNoise(Noise):
     ) -> torch.Tensor:
         return _rng.normal(keys, shape, mean=self.perturb_mean, std=self.perturb_std, dtype=dtype)
 
+    def sample_at(self, keys: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype,
+                  at: torch.Tensor) -> torch.Tensor:
+        return _rng.normal(keys, shape, mean=self.perturb_mean, std=self.perturb_std,
+                           dtype=dtype, at=at)
+
 
 class UniformNoise(Noise):
     """n ~ U(-lower_bound, lower_bound), or U(lower_bound, upper_bound) if ``upper_bound`` is
@@ -84,16 +97,25 @@ class UniformNoise(Noise):
         self.lower_bound = float(lower_bound)
         self.upper_bound = None if upper_bound is None else float(upper_bound)
 
+    def _bounds(self) -> tuple[float, float]:
+        if self.upper_bound is None:
+            return -self.lower_bound, self.lower_bound
+        return self.lower_bound, self.upper_bound
+
     def sample(
         self, keys: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype
     ) -> torch.Tensor:
-        if self.upper_bound is None:
-            low, high = -self.lower_bound, self.lower_bound
-        else:
-            low, high = self.lower_bound, self.upper_bound
+        low, high = self._bounds()
         if high == low:
             return torch.full((keys.shape[0], *shape), low, dtype=dtype, device=keys.device)
         return _rng.uniform(keys, shape, low=low, high=high, dtype=dtype)
+
+    def sample_at(self, keys: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype,
+                  at: torch.Tensor) -> torch.Tensor:
+        low, high = self._bounds()
+        if high == low:
+            return torch.full(tuple(at.shape), low, dtype=dtype, device=keys.device)
+        return _rng.uniform(keys, shape, low=low, high=high, dtype=dtype, at=at)
 
 
 def make_noise(spec: object = "gaussian", **kwargs: float) -> Noise:

@@ -12,10 +12,14 @@ import torch
 from ... import _rng
 from ..._validation import check_option, check_scalar
 from ...perturb import Grouping, make_grouping, make_imputer
+from ...perturb._select import replaces_by_where
+from ...perturb.baselines import Baseline
 from .._removal import (
     RemovalPlan,
+    baseline_values,
     block_windows,
     clean_scores,
+    flag_nonfinite,
     order_groups,
     removal_curve,
     subset_scores,
@@ -321,19 +325,78 @@ class FaithfulnessCorrelation(Metric):
         att = gs.unsqueeze(1).expand(-1, self.nr_runs, -1).gather(2, subsets).sum(2)
         clean = clean_scores(batch)
         g_max = grp.max_groups
+        runs = self.nr_runs
+        flat_subsets = subsets.view(-1, self.subset_size)
 
         def mask_of(i: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
             """The groups of sample i's run r."""
             sel = torch.zeros((i.shape[0], g_max), dtype=torch.bool, device=x.device)
-            sel.scatter_(1, subsets[i, r], True)
+            # index_select on the (N * runs, k) view: the rows of subsets[i, r], cheaper
+            sel.scatter_(1, flat_subsets.index_select(0, i * runs + r), True)
             return grp.expand(sel, i)
 
-        scores = subset_scores(batch, self._imputer, (self.nr_runs,), mask_of,
-                               desc=type(self).__name__)
+        elements = _group_elements(grp, tuple(x.shape[1:]))
+        if (elements is not None and isinstance(self._imputer, Baseline)
+                and replaces_by_where(batch.modality)):
+            scores = self._scattered_scores(batch, subsets, elements)
+        else:
+            scores = subset_scores(batch, self._imputer, (self.nr_runs,), mask_of,
+                                   desc=type(self).__name__)
         deltas = clean.unsqueeze(1) - scores
         corr, a_const, b_const = correlate_rows(att, deltas, self.similarity_func)
         flag_correlation(batch, a_const, b_const, deltas)
         return corr
+
+    def _scattered_scores(self, batch: MetricBatch, subsets: torch.Tensor,
+                          elements: torch.Tensor) -> torch.Tensor:
+        """:func:`subset_scores` of a baseline on groups of equal size shared by every sample
+        (pixels, time steps, columns): a row is its sample with the baseline's values written
+        at its subset's elements (one scatter of k groups' elements, not a mask of the whole
+        row and a selection): the same rows as ``modality.replace``'s ``torch.where``."""
+        batch.require_model()
+        x = batch.x
+        n = batch.n
+        runs = self.nr_runs
+        group_size = elements.shape[1]
+        base = baseline_values(self._imputer, x, batch.keys, batch.modality)
+        assert base is not None  # a Baseline
+        base_flat = base.to(x.dtype).expand(x.shape).reshape(n, -1)
+        x_flat = x.reshape(n, -1)
+        # the element positions of every run's subset (N * runs, k * group size)
+        flat_subsets = subsets.view(n * runs, -1)
+        width = flat_subsets.shape[1] * group_size
+
+        def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            i, r = index
+            pos = elements.index_select(0, flat_subsets.index_select(0, i * runs + r)
+                                        .reshape(-1)).reshape(i.shape[0], width)
+            rows = x_flat.index_select(0, i)
+            rows.scatter_(1, pos, base_flat.index_select(0, i).gather(1, pos))
+            return rows.view(i.shape[0], *x.shape[1:])
+
+        scores = batch.runner.run(build, (n, runs), y=batch.y,  # type: ignore[union-attr]
+                                  row_shape=tuple(x.shape[1:]), desc=type(self).__name__)
+        flag_nonfinite(batch, scores)
+        return scores.to(torch.float64)
+
+
+def _group_elements(grp: Grouping, row_shape: tuple[int, ...]) -> torch.Tensor | None:
+    """(G, s) int64: the flat positions in a row of each group's s elements, ascending, where
+    one label map serves every sample and every group has the same number of elements; else
+    None."""
+    if not grp.shared:
+        return None
+    try:
+        labels = grp.labels.expand(1, *row_shape).reshape(-1)
+    except RuntimeError:  # labels that do not broadcast to the rows: the general route
+        return None
+    g = grp.max_groups
+    if labels.numel() == 0 or g == 0 or labels.numel() % g:
+        return None
+    counts = torch.bincount(labels, minlength=g)
+    if counts.shape[0] != g or not bool((counts == labels.numel() // g).all()):
+        return None
+    return torch.sort(labels, stable=True).indices.reshape(g, -1)
 
 
 class FaithfulnessEstimate(RanksFeatures):

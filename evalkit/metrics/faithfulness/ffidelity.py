@@ -45,6 +45,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -408,23 +409,37 @@ class FFidelity(RanksFeatures):
         def positions_of(m: torch.Tensor) -> torch.Tensor:
             """(B, G) bool over rank positions: the positions removed by the run rows m
             (draw d of alpha a of sample i)."""
-            out_part = pos >= run_hi.index_select(0, m).unsqueeze(1)
-            if not from_start:
-                out_part |= pos < run_lo.index_select(0, m).unsqueeze(1)
+            hi_m = run_hi.index_select(0, m)
             if not self.stochastic_removal:
+                out_part = pos >= hi_m.unsqueeze(1)
+                if not from_start:
+                    out_part |= pos < run_lo.index_select(0, m).unsqueeze(1)
                 return ~out_part
-            m_cpu = m.cpu()
-            u = _rng.uniform(_rng.combine(run_keys.index_select(0, m_cpu),
-                                          run_cpu_a.index_select(0, m_cpu),
-                                          run_cpu_d.index_select(0, m_cpu)), (g_max,),
+            # positions at or past every row's part are never drawn from: a row's stream is
+            # drawn up to the chunk's last part end only (a prefix of the same numbers)
+            width = int(hi_m.max())
+            head = pos[:width]
+            out_part = head >= hi_m.unsqueeze(1)
+            if not from_start:
+                out_part |= head < run_lo.index_select(0, m).unsqueeze(1)
+            u = _rng.uniform(run_row_keys.index_select(0, m.cpu()), (width,),
                              dtype=torch.float64).to(dev)
             u = u.masked_fill_(out_part, math.inf)
             # the `take` positions of the part with the smallest draws: those up to the take-th
             # smallest value (take <= the part's size, so it is finite; one sort, no scatter
             # of ranks). Only two equal 53-bit draws at that value (odds about G^2 / 2^54 a
             # row) would keep one more position, where the ranks kept an arbitrary one.
-            kth = u.sort(1).values.gather(1, run_take.index_select(0, m).unsqueeze(1) - 1)
-            return u <= kth
+            take_m = run_take.index_select(0, m).unsqueeze(1) - 1
+            if u.device.type == "cpu":  # NumPy sorts short rows several times faster
+                ordered = torch.from_numpy(np.sort(u.numpy(), axis=1))
+            else:
+                ordered = u.sort(1).values
+            removed = u <= ordered.gather(1, take_m)
+            if width == g_max:
+                return removed
+            out = torch.zeros((m.shape[0], g_max), dtype=torch.bool, device=dev)
+            out[:, :width] = removed
+            return out
 
         imputer = self._imputer
         modality = batch.modality
@@ -442,8 +457,9 @@ class FFidelity(RanksFeatures):
         # is the cost that matters next to a small model)
         run_i, run_a = run[:, 0].contiguous(), run[:, 1]
         run_lo, run_hi, run_take = lo[run_i, run_a], hi[run_i, run_a], take[run_i, run_a]
-        run_keys = keys.cpu().index_select(0, run_i.cpu())
-        run_cpu_a, run_cpu_d = run_a.cpu(), run[:, 2].cpu()
+        # each run row's key (sample, alpha, draw), combined once for the call
+        run_row_keys = _rng.combine(keys.cpu().index_select(0, run_i.cpu()), run_a.cpu(),
+                                    run[:, 2].cpu())
         from_start = not bool(run_lo.any())  # FFid+: every part starts at rank 0
 
         def build(m: torch.Tensor) -> torch.Tensor:

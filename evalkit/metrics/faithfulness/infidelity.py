@@ -122,12 +122,18 @@ class Infidelity(Metric):
         std = float(self.noise_std)
 
         dots = torch.full((batch.n, k), math.nan, dtype=torch.float64, device=x.device)
+        flat_dots = dots.view(-1)
+        # every row's key at once (row (i, r) is flat row i * k + r), not per chunk
+        row_keys = _row_keys(keys.unsqueeze(1), torch.arange(k).unsqueeze(0)).reshape(-1)
+        row_shape = tuple(x.shape[1:])
 
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, r = index
-            noise = _rng.normal(_row_keys(keys[i], r), tuple(x.shape[1:]), std=std,
+            flat = i * k + r
+            noise = _rng.normal(row_keys.index_select(0, flat), row_shape, std=std,
                                 dtype=x.dtype).to(x.device)
-            dots[i, r] = (a.index_select(0, i) * noise.to(torch.float64)).flatten(1).sum(1)
+            flat_dots.index_copy_(0, flat, (a.index_select(0, i) * noise.to(torch.float64))
+                                  .flatten(1).sum(1))
             return x.index_select(0, i) - noise
 
         scores = batch.runner.run(build, (batch.n, k), y=batch.y,  # type: ignore[union-attr]

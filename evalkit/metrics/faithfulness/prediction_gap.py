@@ -19,6 +19,15 @@ from ..base import MetricBatch
 #: rng stream of the prediction-gap noise
 _GAP_STREAM = 0x96A9
 
+#: the largest share of a row's elements whose noise is drawn at their positions only (then
+#: gathered and scattered); above it the whole row's noise is drawn and blended (the same
+#: numbers either way: only the cost differs)
+_POSITIONS_SHARE = 0.5
+
+#: the most elements (samples x sizes x row elements) whose perturbed positions are found once
+#: per call instead of per chunk
+_WHOLE_CALL_ELEMENTS = 1 << 22
+
 
 class _PredictionGap(RanksFeatures):
     """Shared kernel of PGI and PGU: the mean absolute change of the target score when the
@@ -93,12 +102,77 @@ class _PredictionGap(RanksFeatures):
         flat_keys = draw_keys.reshape(-1)
         rank_small = rank_map.to(torch.int32) if g.numel() and int(g.max()) < 2**31 else rank_map
 
+        row_shape = tuple(x.shape[1:])
+        row_size = math.prod(row_shape)
+
+        def positions_of(pairs: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+            """The flat positions (P, L) of the perturbed elements of the (sample, k) pairs
+            ``pairs`` (flat, i * T + t), and which of them are real (None: all; a pair with
+            fewer is padded with unperturbed positions), or None where more than
+            :data:`_POSITIONS_SHARE` of a row is perturbed (then the whole row's noise is
+            drawn and blended)."""
+            ranks = rank_small.index_select(0, torch.div(pairs, t_count, rounding_mode="floor"))
+            bound = flat_k.index_select(0, pairs).to(ranks.dtype).view(
+                -1, *[1] * len(row_shape))
+            hit = (ranks < bound if top else ranks >= bound).expand(
+                pairs.shape[0], *row_shape).reshape(pairs.shape[0], row_size)
+            count = hit.sum(1)
+            width = int(count.max())
+            if width > _POSITIONS_SHARE * row_size:
+                return None
+            # the perturbed positions first, in ascending order (a stable sort of the flags)
+            pos = torch.sort(hit.to(torch.uint8), stable=True, dim=1, descending=True).indices
+            pos = pos[:, :width].contiguous()
+            if bool((count == width).all()):
+                return pos, None
+            return pos, torch.arange(width, device=pos.device) < count.unsqueeze(1)
+
+        # the pairs' positions once for the call where they are small (a table's, a series'),
+        # else per chunk for the chunk's pairs (an image's would not fit)
+        whole_call = (additive and batch.n * t_count * row_size <= _WHOLE_CALL_ELEMENTS)
+        whole = (positions_of(torch.arange(batch.n * t_count, device=dev)) if whole_call
+                 else None)
+
+        def noisy_positions(i: torch.Tensor, t: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+            """:func:`positions_of` for the rows (i, t) of a chunk (B, L)."""
+            if whole_call:
+                if whole is None:
+                    return None
+                pair = i * t_count + t
+                pos, real = whole
+                return (pos.index_select(0, pair),
+                        None if real is None else real.index_select(0, pair))
+            uniq, inverse = torch.unique_consecutive(i * t_count + t, return_inverse=True)
+            found = positions_of(uniq)
+            if found is None:
+                return None
+            pos, real = found
+            return (pos.index_select(0, inverse),
+                    None if real is None else real.index_select(0, inverse))
+
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, t, j = index
             kk = flat_k.index_select(0, i * t_count + t)
             xi = x.index_select(0, i)
             keys = flat_keys.index_select(0, (i * draws + j).cpu())
             if additive:  # x + noise on the top-k (PGI) or the other (PGU) features
+                found = noisy_positions(i, t)
+                if found is not None:
+                    # only the perturbed elements' noise is drawn (each element has its own
+                    # counter in the row's stream: the same numbers as the whole row's)
+                    pos, real = found
+                    flat = xi.view(xi.shape[0], row_size)
+                    if pos.shape[1] == 0:
+                        return xi
+                    n = noise.sample_at(keys, row_shape, xi.dtype, pos).to(xi.device)
+                    kept = flat.gather(1, pos)
+                    moved = kept + n
+                    if real is not None:
+                        moved = torch.where(real, moved, kept)
+                    flat.scatter_(1, pos, moved)
+                    return xi
                 ranks = rank_small.index_select(0, i)
                 n = noise.sample(keys, tuple(xi.shape[1:]), xi.dtype).to(xi.device)
                 return rank_select(ranks, per_sample(kk.to(ranks.dtype), ranks), xi + n, xi,
