@@ -373,6 +373,29 @@ class TestRankGroups:
         rnd = rank_groups(s, valid, "random", random_keys=keys)
         assert rnd.tolist() == [[3, 2, 1, 0], [1, 0, 2, 3]]
 
+    def test_the_stable_order_on_every_row(self):
+        # the CPU path sorts with NumPy's unstable argsort and re-sorts the rows with ties or
+        # NaN stably: every row must get the stable order of the keys (s, or -s descending),
+        # ties by lower index first and NaN last (NumPy's), as torch's stable sort without NaN
+        from evalkit.perturb.groupings import _stable_argsort
+
+        gen = torch.Generator().manual_seed(0)
+        pool = torch.tensor([0.0, -0.0, 1.0, -1.0, math.inf, -math.inf, math.nan, 5e-324],
+                            dtype=torch.float64)
+        rows = [torch.randn(50, 30, generator=gen, dtype=torch.float64),
+                pool[torch.randint(0, 8, (50, 17), generator=gen)],
+                torch.randint(-2, 3, (50, 40), generator=gen).to(torch.float64),
+                torch.randn(3, 1, generator=gen, dtype=torch.float64)]
+        for s in rows:
+            for descending in (True, False):
+                got = _stable_argsort(s, descending=descending)
+                keys = (-s if descending else s).numpy()
+                want = torch.from_numpy(np.argsort(keys, axis=1, kind="stable"))
+                assert torch.equal(got, want)
+                if not bool(s.isnan().any()):
+                    assert torch.equal(got, torch.sort(s, dim=1, descending=descending,
+                                                       stable=True).indices)
+
     def test_random_is_keyed_permutation(self):
         keys = _rng.sample_keys(rand(3, 4), 0)
         pk = _rng.permutation_keys(keys, 8)
