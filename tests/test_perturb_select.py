@@ -52,11 +52,12 @@ def test_select_broadcasts_a_larger_mask():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.int64])
 @pytest.mark.parametrize("windows", [False, True])
-def test_rank_windows_are_where_of_the_rank_window(dtype, windows):
+@pytest.mark.parametrize("fill_shape", [(6, 1, 1), (1, 1, 1), (6, 2, 9)])
+def test_rank_windows_are_where_of_the_rank_window(dtype, windows, fill_shape):
     n, c, t = 6, 2, 9
     x = _data(dtype, (n, c, t), 3)
     rank = torch.stack([torch.randperm(t) for _ in range(n)]).reshape(n, 1, t)  # shared over c
-    fill = _data(dtype, (n, 1, 1), 4)
+    fill = _data(dtype, fill_shape, 4)
     rw = RankWindows.make(x, fill, rank)
     assert rw is not None
     i = torch.tensor([0, 0, 3, 5, 5, 2])
@@ -67,7 +68,7 @@ def test_rank_windows_are_where_of_the_rank_window(dtype, windows):
     perturbed = r < hi.reshape(-1, 1, 1)
     if lo is not None:
         perturbed &= r >= lo.reshape(-1, 1, 1)
-    want = torch.where(perturbed, fill[i], x[i])
+    want = torch.where(perturbed, fill[i] if fill.shape[0] == n else fill, x[i])
     bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
     assert torch.equal(got.view(bits), want.view(bits))
 

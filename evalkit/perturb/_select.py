@@ -122,6 +122,8 @@ class RankWindows:
         self.dtype = x.dtype
         self.bits = bits
         xb = _as_bits(x, bits)
+        #: x's bits (a view): a prefix row is x ^ (diff & replaced)
+        self.x = xb
         if fill.ndim < x.ndim:
             fill = fill.reshape((1,) * (x.ndim - fill.ndim) + tuple(fill.shape))
         fb = _as_bits(fill, bits)
@@ -161,12 +163,23 @@ class RankWindows:
         (``hi``, ``lo`` (B,) from :meth:`thresholds`; ``lo`` None: 0)."""
         r = self.rank.index_select(0, i)
         shape = (-1,) + (1,) * (r.ndim - 1)
+        if lo is None:
+            # rank - hi is negative exactly where an element is replaced: its sign spread by
+            # the shift is the replace mask, computed in place on the gathered ranks (a new
+            # mask buffer and a broadcast xor with the fill cost more than a gather of x)
+            r -= hi.reshape(shape)
+            r >>= self.shift
+            if r.dtype != self.bits:  # -1 and 0 convert exactly to any signed width
+                r = r.to(self.bits)
+            out = self.diff.index_select(0, i)
+            out &= r
+            out ^= self.x.index_select(0, i)
+            return out.view(self.dtype) if out.dtype != self.dtype else out
         keep = (hi - 1).reshape(shape) - r  # negative where rank >= hi
         keep >>= self.shift
-        if lo is not None:  # also kept where rank < lo
-            below = r - lo.reshape(shape)
-            below >>= self.shift
-            keep |= below
+        below = r - lo.reshape(shape)  # also kept where rank < lo
+        below >>= self.shift
+        keep |= below
         if keep.dtype != self.bits:  # -1 and 0 convert exactly to any signed width
             keep = keep.to(self.bits)
         out = self.diff.index_select(0, i)
