@@ -291,6 +291,37 @@ class TestGroupingOps:
         with pytest.raises(ValueError, match="`reduction`"):
             g.reduce(a, "median")
 
+    def test_reduce_of_one_element_groups_is_the_scatter_result(self):
+        # one element per group (pixels of a 1-channel map, a table's columns) skips the
+        # scatter: the same bits, -0.0 becoming 0.0 and NaN staying NaN as scatter_add makes
+        from evalkit.perturb.groupings import Grouping
+
+        class Scattered(Grouping):
+            def _one_element_groups(self, shape: torch.Size) -> bool:
+                return False
+
+        special = torch.tensor([0.0, -0.0, math.nan, math.inf, -math.inf, 1e-45, 3.0, -2.5])
+        gen = torch.Generator().manual_seed(0)
+        cases = [(rand(5, 8), special[torch.randint(0, 8, (5, 8), generator=gen)]),
+                 (rand(5, 3, 4, 4), special[torch.randint(0, 8, (5, 1, 4, 4), generator=gen)]),
+                 (rand(5, 3, 4, 4), special[torch.randint(0, 8, (5, 3, 4, 4), generator=gen)]),
+                 (rand(5, 8), special[torch.randint(0, 8, (5, 8), generator=gen)].double()),
+                 (rand(5, 8), torch.randint(-3, 3, (5, 8), generator=gen))]
+        skipped = 0
+        for x, a in cases:
+            for grouping in (Pixels(), ChannelValues(), Columns([[0, 1]]) if x.ndim == 2
+                             else Patches(2)):
+                grp = grouping(x)
+                shape = torch.broadcast_shapes(a.shape, (a.shape[0], *grp.labels.shape[1:]))
+                skipped += grp._one_element_groups(shape)
+                for reduction in ("sum", "mean", "max"):
+                    got = grp.reduce(a, reduction)
+                    want = Scattered(grp.labels, grp.n_groups).reduce(a, reduction)
+                    bits = torch.int64 if got.dtype == torch.float64 else torch.int32
+                    assert got.dtype == want.dtype and got.shape == want.shape
+                    assert torch.equal(got.view(bits), want.view(bits))
+        assert skipped == 9  # and the other groupings took the scatter
+
     def test_reduce_invalid_groups_nan(self):
         x = torch.zeros(2, 1, 1, 3)
         lab = torch.tensor([[[[0, 0, 0]]], [[[0, 1, 2]]]])
