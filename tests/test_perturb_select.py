@@ -11,6 +11,7 @@ from evalkit.perturb._select import (
     rank_select,
     replaces_by_where,
     select,
+    select_kept,
     window_select,
 )
 
@@ -48,6 +49,17 @@ def test_select_broadcasts_a_larger_mask():
     mask = torch.rand(4, 3, 6) < 0.5
     fill = torch.tensor(-2.0)
     assert torch.equal(select(mask, fill, x), torch.where(mask, fill, x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_select_kept_is_where_of_the_kept_elements(dtype):
+    x = _data(dtype, (5, 3, 7), 0)
+    fill = _data(dtype, (5, 1, 1), 1)
+    kept = torch.rand(5, 1, 7, generator=torch.Generator().manual_seed(2)) < 0.5
+    want = torch.where(kept, x, fill)
+    got = select_kept(kept, x, fill)
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64, 1: torch.uint8}[x.element_size()]
+    assert got.shape == want.shape and torch.equal(got.view(bits), want.view(bits))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.int64])

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["RankWindows", "bits_dtype", "rank_select", "replaces_by_where", "select",
-           "window_select"]
+           "select_kept", "window_select"]
 
 _BITS = {
     torch.float64: torch.int64,
@@ -105,6 +105,17 @@ def select(mask: torch.Tensor, fill: torch.Tensor, x: torch.Tensor) -> torch.Ten
         return torch.where(mask, fill, x)
     keep = mask.to(bits)  # 1 where replaced
     keep -= 1  # all ones where kept, 0 where replaced
+    return _blend(x, fill, keep, bits)
+
+
+def select_kept(kept: torch.Tensor, x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """``torch.where(kept, x, fill)`` for a bool ``kept`` (True: x's element stays), bit for
+    bit: :func:`select` of the complementary mask, without negating it."""
+    bits = _chunk_bits(x, fill, kept)
+    if bits is None or kept.dtype != torch.bool:
+        return torch.where(kept, x, fill)
+    keep = kept.to(bits)  # 1 where kept
+    keep.neg_()  # all ones where kept, 0 where replaced
     return _blend(x, fill, keep, bits)
 
 
