@@ -458,7 +458,10 @@ def window_scores(
 
     flat = need.reshape(-1).nonzero().squeeze(1)  # (M,) sample-major
     if flat.shape[0]:
-        ti = flat // t_count
+        # the rows' samples: a gather from the (N, T) sample ids, several times faster than
+        # an int64 division of the flat positions on the CPU
+        ti = (torch.arange(n, device=dev).unsqueeze(1).expand(n, t_count).reshape(-1)
+              .index_select(0, flat))
         # flat index_select: several times faster than indexing with (ti, tt)
         r_lo = lo_c.reshape(-1).index_select(0, flat)
         r_hi = hi_c.reshape(-1).index_select(0, flat)
