@@ -7,8 +7,9 @@ import os
 import re
 import sys
 
-__all__ = ["CPU_MALLOC_SETTINGS", "DEFAULT_MEMORY_BUDGET", "MAX_AUTO_BATCH", "keep_cpu_heap",
-           "parse_bytes", "resolve_batch_size"]
+__all__ = ["CPU_MALLOC_SETTINGS", "DEFAULT_MEMORY_BUDGET", "MAX_AUTO_BATCH",
+           "SMALL_ROWS_CHUNK_BYTES", "SMALL_ROWS_MAX_BATCH", "keep_cpu_heap", "parse_bytes",
+           "resolve_batch_size"]
 
 #: bytes of *input* data per forward chunk when no batch size is given, by device type. On a
 #: CPU, throughput peaks when a chunk's activations stay near the caches (measured on the W1
@@ -19,8 +20,21 @@ __all__ = ["CPU_MALLOC_SETTINGS", "DEFAULT_MEMORY_BUDGET", "MAX_AUTO_BATCH", "ke
 #: 2 MiB (222 and 3 rows) spans about half and faulted in none, at the same speed per row on
 #: W1 (W2: about 4 % slower than 6-row chunks that do not fault). A GPU wants large chunks.
 DEFAULT_MEMORY_BUDGET = {"cpu": 2 * 2**20, "cuda": 256 * 2**20}
-#: the largest batch chosen automatically, by device type
+#: the largest batch chosen automatically, by device type (on a CPU, for rows that are not
+#: small: see :data:`SMALL_ROWS_CHUNK_BYTES`)
 MAX_AUTO_BATCH = {"cpu": 512, "cuda": 8192}
+#: on a CPU, rows so small that :data:`MAX_AUTO_BATCH` of them hold less input than this get
+#: chunks of this much input instead, up to :data:`SMALL_ROWS_MAX_BATCH` rows. Where a row is a
+#: few dozen values (a table's), the model is small too and each chunk's fixed costs (the
+#: Python around a forward, the target selection, a few small ops: tens of us) weigh as much
+#: as the rows: the W4 MLP (30 float32 features, 120 bytes) ran its bare forwards at 0.19-0.25 us a
+#: row in 512-row chunks and 0.16-0.21 us in 1,024-2,184-row chunks, and PixelFlipping on it
+#: took 20-25 % less time in 1,092-row chunks. Rows of 256 bytes and more keep 512: W6's 64
+#: token ids (256 bytes as the runner counts them, in the model's dtype) are embedded into
+#: activations a hundred times larger, and its transformer ran 45 % slower per row in 1,024-row
+#: chunks than in 512-row ones.
+SMALL_ROWS_CHUNK_BYTES = 128 * 2**10
+SMALL_ROWS_MAX_BATCH = 4096
 
 #: glibc malloc settings applied once, on the first CPU chunk (see :func:`keep_cpu_heap`): the
 #: largest mmap threshold and the trim threshold that glibc itself adopts dynamically
@@ -105,7 +119,8 @@ def resolve_batch_size(
     device_type: str = "cpu",
 ) -> int:
     """The number of rows per forward chunk: ``batch_size`` if given, else from the budget
-    (default: per device type, see ``DEFAULT_MEMORY_BUDGET``).
+    (default: per device type, see ``DEFAULT_MEMORY_BUDGET``), at most ``MAX_AUTO_BATCH`` rows
+    (on a CPU, more for rows under 256 bytes: see ``SMALL_ROWS_CHUNK_BYTES``).
 
     For CPU chunks, the first call also applies :func:`keep_cpu_heap`, so that chunks of this
     size run without page faults in any process."""
@@ -117,4 +132,8 @@ def resolve_batch_size(
         return batch_size
     kind = "cuda" if device_type == "cuda" else "cpu"
     budget = parse_bytes(memory_budget) or DEFAULT_MEMORY_BUDGET[kind]
-    return int(max(1, min(MAX_AUTO_BATCH[kind], budget // max(1, row_bytes))))
+    row_bytes = max(1, row_bytes)
+    cap = MAX_AUTO_BATCH[kind]
+    if kind == "cpu":  # small rows: larger chunks (see SMALL_ROWS_CHUNK_BYTES)
+        cap = max(cap, min(SMALL_ROWS_MAX_BATCH, SMALL_ROWS_CHUNK_BYTES // row_bytes))
+    return int(max(1, min(cap, budget // row_bytes)))

@@ -42,7 +42,8 @@ class ForwardRunner:
     batch_size:
         Rows per forward call. ``None`` chooses the largest chunk whose *input* fits in
         ``memory_budget`` (default 2 MiB on CPU, 256 MiB on CUDA), up to 512 (CPU) or 8192
-        (CUDA) rows.
+        (CUDA) rows; on a CPU, rows under 256 bytes (a table's) get up to 128 KiB of input per
+        chunk, at most 4096 rows (see :data:`evalkit._batching.SMALL_ROWS_CHUNK_BYTES`).
     memory_budget:
         Bytes (or a string like ``"512MiB"``) of input per chunk when ``batch_size`` is None.
     progress:

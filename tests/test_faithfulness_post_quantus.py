@@ -113,6 +113,27 @@ def test_abpc_is_aopc_morf_minus_lerf_and_srg_the_area_of_the_same_gap():
     np.testing.assert_allclose(s, np.trapezoid(abpc.curves_, abpc.curve_x_, axis=1), atol=1e-12)
 
 
+# ------------------------------------------------------------------ NAOPC beam order
+def test_beam_order_is_the_two_stable_sorts():
+    # the beam keeps each sample's best states in the order of two stable sorts (by -value,
+    # then by sample); the CPU path packs (sample, rank of -value, index) into one int64 key
+    from evalkit.metrics.faithfulness.naopc import _by_sample_then_value
+
+    gen = torch.Generator().manual_seed(0)
+    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, float("inf"), -float("inf"), 0.5],
+                        dtype=torch.float64)
+    for trial in range(60):
+        m, n = int(torch.randint(1, 300, (1,), generator=gen)), 1 + trial % 13
+        sample = torch.randint(0, n, (m,), generator=gen)
+        value = (pool[torch.randint(0, 7, (m,), generator=gen)] if trial % 2
+                 else torch.randn(m, generator=gen, dtype=torch.float64))
+        if trial % 7 == 0:
+            value[0] = float("nan")  # the stable sorts themselves
+        by_value = torch.argsort(-value, stable=True)
+        want = by_value[torch.argsort(sample[by_value], stable=True)]
+        assert torch.equal(_by_sample_then_value(sample, value, n), want)
+
+
 # ------------------------------------------------------------------ NAOPC bounds vs exact
 class SmallMLP(nn.Module):
     def __init__(self, d: int) -> None:

@@ -291,6 +291,37 @@ class TestGroupingOps:
         with pytest.raises(ValueError, match="`reduction`"):
             g.reduce(a, "median")
 
+    def test_reduce_of_one_element_groups_is_the_scatter_result(self):
+        # one element per group (pixels of a 1-channel map, a table's columns) skips the
+        # scatter: the same bits, -0.0 becoming 0.0 and NaN staying NaN as scatter_add makes
+        from evalkit.perturb.groupings import Grouping
+
+        class Scattered(Grouping):
+            def _one_element_groups(self, shape: torch.Size) -> bool:
+                return False
+
+        special = torch.tensor([0.0, -0.0, math.nan, math.inf, -math.inf, 1e-45, 3.0, -2.5])
+        gen = torch.Generator().manual_seed(0)
+        cases = [(rand(5, 8), special[torch.randint(0, 8, (5, 8), generator=gen)]),
+                 (rand(5, 3, 4, 4), special[torch.randint(0, 8, (5, 1, 4, 4), generator=gen)]),
+                 (rand(5, 3, 4, 4), special[torch.randint(0, 8, (5, 3, 4, 4), generator=gen)]),
+                 (rand(5, 8), special[torch.randint(0, 8, (5, 8), generator=gen)].double()),
+                 (rand(5, 8), torch.randint(-3, 3, (5, 8), generator=gen))]
+        skipped = 0
+        for x, a in cases:
+            for grouping in (Pixels(), ChannelValues(), Columns([[0, 1]]) if x.ndim == 2
+                             else Patches(2)):
+                grp = grouping(x)
+                shape = torch.broadcast_shapes(a.shape, (a.shape[0], *grp.labels.shape[1:]))
+                skipped += grp._one_element_groups(shape)
+                for reduction in ("sum", "mean", "max"):
+                    got = grp.reduce(a, reduction)
+                    want = Scattered(grp.labels, grp.n_groups).reduce(a, reduction)
+                    bits = torch.int64 if got.dtype == torch.float64 else torch.int32
+                    assert got.dtype == want.dtype and got.shape == want.shape
+                    assert torch.equal(got.view(bits), want.view(bits))
+        assert skipped == 9  # and the other groupings took the scatter
+
     def test_reduce_invalid_groups_nan(self):
         x = torch.zeros(2, 1, 1, 3)
         lab = torch.tensor([[[[0, 0, 0]]], [[[0, 1, 2]]]])
@@ -372,6 +403,29 @@ class TestRankGroups:
         keys = torch.tensor([[0.1, 0.9, 0.5, 0.2], [0.7, 0.3, 0.0, 0.1]])
         rnd = rank_groups(s, valid, "random", random_keys=keys)
         assert rnd.tolist() == [[3, 2, 1, 0], [1, 0, 2, 3]]
+
+    def test_the_stable_order_on_every_row(self):
+        # the CPU path sorts with NumPy's unstable argsort and re-sorts the rows with ties or
+        # NaN stably: every row must get the stable order of the keys (s, or -s descending),
+        # ties by lower index first and NaN last (NumPy's), as torch's stable sort without NaN
+        from evalkit.perturb.groupings import _stable_argsort
+
+        gen = torch.Generator().manual_seed(0)
+        pool = torch.tensor([0.0, -0.0, 1.0, -1.0, math.inf, -math.inf, math.nan, 5e-324],
+                            dtype=torch.float64)
+        rows = [torch.randn(50, 30, generator=gen, dtype=torch.float64),
+                pool[torch.randint(0, 8, (50, 17), generator=gen)],
+                torch.randint(-2, 3, (50, 40), generator=gen).to(torch.float64),
+                torch.randn(3, 1, generator=gen, dtype=torch.float64)]
+        for s in rows:
+            for descending in (True, False):
+                got = _stable_argsort(s, descending=descending)
+                keys = (-s if descending else s).numpy()
+                want = torch.from_numpy(np.argsort(keys, axis=1, kind="stable"))
+                assert torch.equal(got, want)
+                if not bool(s.isnan().any()):
+                    assert torch.equal(got, torch.sort(s, dim=1, descending=descending,
+                                                       stable=True).indices)
 
     def test_random_is_keyed_permutation(self):
         keys = _rng.sample_keys(rand(3, 4), 0)

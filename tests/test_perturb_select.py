@@ -11,6 +11,7 @@ from evalkit.perturb._select import (
     rank_select,
     replaces_by_where,
     select,
+    select_kept,
     window_select,
 )
 
@@ -50,13 +51,25 @@ def test_select_broadcasts_a_larger_mask():
     assert torch.equal(select(mask, fill, x), torch.where(mask, fill, x))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_select_kept_is_where_of_the_kept_elements(dtype):
+    x = _data(dtype, (5, 3, 7), 0)
+    fill = _data(dtype, (5, 1, 1), 1)
+    kept = torch.rand(5, 1, 7, generator=torch.Generator().manual_seed(2)) < 0.5
+    want = torch.where(kept, x, fill)
+    got = select_kept(kept, x, fill)
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64, 1: torch.uint8}[x.element_size()]
+    assert got.shape == want.shape and torch.equal(got.view(bits), want.view(bits))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.int64])
 @pytest.mark.parametrize("windows", [False, True])
-def test_rank_windows_are_where_of_the_rank_window(dtype, windows):
+@pytest.mark.parametrize("fill_shape", [(6, 1, 1), (1, 1, 1), (6, 2, 9)])
+def test_rank_windows_are_where_of_the_rank_window(dtype, windows, fill_shape):
     n, c, t = 6, 2, 9
     x = _data(dtype, (n, c, t), 3)
     rank = torch.stack([torch.randperm(t) for _ in range(n)]).reshape(n, 1, t)  # shared over c
-    fill = _data(dtype, (n, 1, 1), 4)
+    fill = _data(dtype, fill_shape, 4)
     rw = RankWindows.make(x, fill, rank)
     assert rw is not None
     i = torch.tensor([0, 0, 3, 5, 5, 2])
@@ -67,7 +80,7 @@ def test_rank_windows_are_where_of_the_rank_window(dtype, windows):
     perturbed = r < hi.reshape(-1, 1, 1)
     if lo is not None:
         perturbed &= r >= lo.reshape(-1, 1, 1)
-    want = torch.where(perturbed, fill[i], x[i])
+    want = torch.where(perturbed, fill[i] if fill.shape[0] == n else fill, x[i])
     bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
     assert torch.equal(got.view(bits), want.view(bits))
 

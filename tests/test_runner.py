@@ -274,7 +274,13 @@ def test_default_chunks_for_the_benchmark_shapes():
     assert DEFAULT_MEMORY_BUDGET["cpu"] == 2 * 2**20 and MAX_AUTO_BATCH["cpu"] == 512
     assert ForwardRunner(w).chunk_size(W1_ROW, torch.float32) == 222
     assert ForwardRunner(w).chunk_size(W2_ROW, torch.float32) == 3
-    assert ForwardRunner(w).chunk_size((10,), torch.float32) == 512  # row cap
+    assert ForwardRunner(w).chunk_size((64,), torch.float32) == 512  # row cap (256-byte rows)
+    # rows under 256 bytes (a table's): 128 KiB of input per chunk, at most 4096 rows
+    assert ForwardRunner(w).chunk_size((30,), torch.float32) == 128 * 2**10 // 120 == 1092
+    assert ForwardRunner(w).chunk_size((10,), torch.float32) == 3276
+    assert ForwardRunner(w).chunk_size((2,), torch.float32) == 4096
+    assert ForwardRunner(w, memory_budget="4KiB").chunk_size((10,), torch.float32) == 102
+    assert resolve_batch_size(None, 4, device_type="cuda") == 8192
     assert ForwardRunner(w).chunk_size((3, 512, 512), torch.float32) == 1  # never 0
     # CUDA: unchanged, 256 MiB and 8192 rows
     assert resolve_batch_size(None, 3 * 28 * 28 * 4, device_type="cuda") == 8192

@@ -260,7 +260,8 @@ class TestBatching:
         assert resolve_batch_size(None, 10**12) == 1  # never 0
         cap = _batching.MAX_AUTO_BATCH
         cpu_cap = cap["cpu"] if isinstance(cap, dict) else cap
-        assert resolve_batch_size(None, 1) == cpu_cap  # capped
+        assert resolve_batch_size(None, 256) == cpu_cap  # capped
+        assert resolve_batch_size(None, 1) == _batching.SMALL_ROWS_MAX_BATCH  # tiny rows
         for bad in (0, -1, 2.5, True):
             with pytest.raises(ValueError, match="batch_size"):
                 resolve_batch_size(bad, 10)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["RankWindows", "bits_dtype", "rank_select", "replaces_by_where", "select",
-           "window_select"]
+           "select_kept", "window_select"]
 
 _BITS = {
     torch.float64: torch.int64,
@@ -108,6 +108,17 @@ def select(mask: torch.Tensor, fill: torch.Tensor, x: torch.Tensor) -> torch.Ten
     return _blend(x, fill, keep, bits)
 
 
+def select_kept(kept: torch.Tensor, x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """``torch.where(kept, x, fill)`` for a bool ``kept`` (True: x's element stays), bit for
+    bit: :func:`select` of the complementary mask, without negating it."""
+    bits = _chunk_bits(x, fill, kept)
+    if bits is None or kept.dtype != torch.bool:
+        return torch.where(kept, x, fill)
+    keep = kept.to(bits)  # 1 where kept
+    keep.neg_()  # all ones where kept, 0 where replaced
+    return _blend(x, fill, keep, bits)
+
+
 class RankWindows:
     """The rows ``where(lo <= rank < hi, fill, x)`` of a batch, row by row, bit for bit.
 
@@ -122,6 +133,8 @@ class RankWindows:
         self.dtype = x.dtype
         self.bits = bits
         xb = _as_bits(x, bits)
+        #: x's bits (a view): a prefix row is x ^ (diff & replaced)
+        self.x = xb
         if fill.ndim < x.ndim:
             fill = fill.reshape((1,) * (x.ndim - fill.ndim) + tuple(fill.shape))
         fb = _as_bits(fill, bits)
@@ -161,12 +174,23 @@ class RankWindows:
         (``hi``, ``lo`` (B,) from :meth:`thresholds`; ``lo`` None: 0)."""
         r = self.rank.index_select(0, i)
         shape = (-1,) + (1,) * (r.ndim - 1)
+        if lo is None:
+            # rank - hi is negative exactly where an element is replaced: its sign spread by
+            # the shift is the replace mask, computed in place on the gathered ranks (a new
+            # mask buffer and a broadcast xor with the fill cost more than a gather of x)
+            r -= hi.reshape(shape)
+            r >>= self.shift
+            if r.dtype != self.bits:  # -1 and 0 convert exactly to any signed width
+                r = r.to(self.bits)
+            out = self.diff.index_select(0, i)
+            out &= r
+            out ^= self.x.index_select(0, i)
+            return out.view(self.dtype) if out.dtype != self.dtype else out
         keep = (hi - 1).reshape(shape) - r  # negative where rank >= hi
         keep >>= self.shift
-        if lo is not None:  # also kept where rank < lo
-            below = r - lo.reshape(shape)
-            below >>= self.shift
-            keep |= below
+        below = r - lo.reshape(shape)  # also kept where rank < lo
+        below >>= self.shift
+        keep |= below
         if keep.dtype != self.bits:  # -1 and 0 convert exactly to any signed width
             keep = keep.to(self.bits)
         out = self.diff.index_select(0, i)

@@ -71,7 +71,11 @@ class Grouping:
 
     def valid(self) -> torch.Tensor:
         """(N, G) bool: which group ids exist for each sample."""
-        g = torch.arange(self.max_groups, device=self.n_groups.device)
+        count = self.max_groups
+        if bool((self.n_groups == count).all()):  # every sample has every group (cheaper)
+            return torch.ones((self.n_groups.shape[0], count), dtype=torch.bool,
+                              device=self.n_groups.device)
+        g = torch.arange(count, device=self.n_groups.device)
         return g.unsqueeze(0) < self.n_groups.unsqueeze(1)
 
     def reduce(self, a: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
@@ -81,12 +85,18 @@ class Grouping:
         """
         check_option("reduction", reduction, ("sum", "mean", "max"))
         n = a.shape[0]
-        shape = torch.broadcast_shapes(a.shape, (n, *self.labels.shape[1:]))
+        target = (n, *self.labels.shape[1:])
+        # torch.broadcast_shapes costs tens of us: only where the shapes differ
+        shape = a.shape if a.shape == target else torch.broadcast_shapes(a.shape, target)
         vals = a.expand(shape).reshape(n, -1)
-        labels = self.labels.expand(shape).reshape(n, -1)
         g = self.max_groups
         dtype = a.dtype if a.is_floating_point() else torch.float32
         vals = vals.to(dtype)
+        if reduction != "max" and self._one_element_groups(shape):
+            # every group is one element of a: its sum is 0.0 + a (what scatter_add into
+            # zeros computes, -0.0 becoming 0.0), and its mean that over a count of 1, exact
+            return vals + 0.0
+        labels = self.labels.expand(shape).reshape(n, -1)
         if reduction == "max":
             out = torch.full((n, g), -math.inf, dtype=dtype, device=a.device)
             out = out.scatter_reduce(1, labels, vals, reduce="amax", include_self=True)
@@ -97,6 +107,17 @@ class Grouping:
                 counts = counts.scatter_add(1, labels, torch.ones_like(vals))
                 out = out / counts.clamp_min(1)
         return out.masked_fill(~self.valid(), math.nan)
+
+    def _one_element_groups(self, shape: torch.Size) -> bool:
+        """Whether values of the broadcast ``shape`` have one element per group, in group
+        order, and every sample has every group (a shared map 0..G-1: pixels of a 1-channel
+        attribution, a table's columns)."""
+        labels = self.labels
+        if labels.shape[0] != 1 or tuple(shape[1:]) != tuple(labels.shape[1:]):
+            return False
+        g = labels.numel()
+        return (bool((self.n_groups == g).all())
+                and bool((labels.reshape(-1) == torch.arange(g, device=labels.device)).all()))
 
     def sizes(self, like: torch.Tensor | None = None) -> torch.Tensor:
         """(N, G) number of elements in each group (of ``like``'s broadcast shape if given)."""
@@ -403,12 +424,25 @@ def rank_groups(
 
 
 def _stable_argsort(s: torch.Tensor, *, descending: bool) -> torch.Tensor:
-    """Stable argsort of float64 ``s`` (N, G) along dim 1 (ties: lower index first). On the
-    CPU through NumPy, about 1.4x faster than torch's stable sort for many short rows (a
-    table's columns); a stable sort is unique, so the order is the same. Descending is the
-    stable ascending order of ``-s`` (no NaN here; -0.0 and 0.0 stay equal)."""
+    """Stable argsort of float64 ``s`` (N, G) along dim 1 (ties: lower index first). Descending
+    is the stable ascending order of ``-s`` (-0.0 and 0.0 stay equal).
+
+    On the CPU through NumPy: its default (SIMD) argsort, several times faster than a stable
+    sort of many short rows (a table's columns: 0.3 ms against 1.0 ms for 2,000 x 30), orders
+    a row whose values are all distinct exactly as a stable sort does (such an order is
+    unique); rows with a tie (equal adjacent sorted values, -0.0 and 0.0 included) or a NaN
+    are sorted again with the stable sort, so every row gets the stable order."""
     if s.device.type != "cpu" or s.ndim != 2 or s.requires_grad:
         return torch.sort(s, dim=1, descending=descending, stable=True).indices
     a = s.numpy()
-    return torch.from_numpy(np.argsort(-a if descending else a, axis=1, kind="stable")
-                            .astype(np.int64, copy=False))
+    keys = -a if descending else a
+    order = np.argsort(keys, axis=1)
+    if keys.shape[1] > 1:
+        # sorting the values alone is cheaper than gathering them through the order
+        ordered = np.sort(keys, axis=1)
+        redo = (ordered[:, 1:] == ordered[:, :-1]).any(1)
+        redo |= np.isnan(ordered[:, -1])  # NaNs sort last and never compare equal
+        if redo.any():
+            rows = np.flatnonzero(redo)
+            order[rows] = np.argsort(keys[rows], axis=1, kind="stable")
+    return torch.from_numpy(order.astype(np.int64, copy=False))

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..._validation import check_option, check_scalar
 from ...perturb import Grouping, Imputer, make_grouping, make_imputer
-from ...perturb._select import replaces_by_where, select
+from ...perturb._select import replaces_by_where, select, select_kept
 from ...perturb.baselines import impute
 from .._removal import RemovalPlan, baseline_values, clean_scores, run_rows
 from .._ties import RanksFeatures
@@ -42,10 +43,19 @@ def _set_scores(batch: MetricBatch, grp: Grouping, imputer: Imputer, base, sampl
     # bit selection where the modality replaces by torch.where (same values, several times
     # faster on the CPU; see evalkit.perturb._select)
     by_bits = base is not None and replaces_by_where(modality) and base.dtype == x.dtype
+    # one element per feature (a table's columns, pixels of a 1-channel map): the feature
+    # mask is the element mask, no gather through the labels
+    label_shape = tuple(grp.labels.shape[1:])
+    one_element = grp._one_element_groups(torch.Size((1, *label_shape)))
 
     def build(m: torch.Tensor) -> torch.Tensor:
         i = sample_idx.index_select(0, m)
         sets = removed.index_select(0, m)
+        if weights is not None and by_bits:
+            # the kept features straight from the codes, selected without a negated mask
+            kept = (sets.unsqueeze(1) & weights) == 0
+            kept = (kept.reshape(-1, *label_shape) if one_element else grp.mask(kept, i))
+            return select_kept(kept, x.index_select(0, i), base.index_select(0, i))
         if weights is not None:
             sets = (sets.unsqueeze(1) & weights) != 0
         mask = grp.mask(sets, i)
@@ -59,11 +69,31 @@ def _set_scores(batch: MetricBatch, grp: Grouping, imputer: Imputer, base, sampl
     return run_rows(batch, build, sample_idx, desc=desc)
 
 
+def _by_sample_then_value(sample: torch.Tensor, value: torch.Tensor, n: int) -> torch.Tensor:
+    """The order of the entries by ``sample`` (in 0..n-1), then by decreasing ``value``, then
+    by index: two stable sorts (by -value, then by sample), or on the CPU, without NaN, one
+    NumPy argsort of the unique int64 keys (sample, dense rank of -value, index), whose
+    order is the same, and a SIMD argsort of the values for the ranks: 2-3x faster."""
+    m = value.shape[0]
+    if (value.device.type != "cpu" or m == 0 or (n * m + m) * m >= 2**62
+            or bool(value.isnan().any())):
+        by_value = torch.argsort(-value, stable=True)
+        return by_value[torch.argsort(sample[by_value], stable=True)]
+    neg = (-value).numpy()
+    ordered = np.argsort(neg)
+    increases = np.empty(m, dtype=np.int64)
+    increases[0] = 0
+    np.not_equal(neg[ordered[1:]], neg[ordered[:-1]], out=increases[1:])  # -0.0 == 0.0
+    dense = np.empty(m, dtype=np.int64)
+    dense[ordered] = np.cumsum(increases)
+    key = (sample.numpy().astype(np.int64) * m + dense) * m + np.arange(m, dtype=np.int64)
+    return torch.from_numpy(np.argsort(key))
+
+
 def _top_per_sample(sample: torch.Tensor, value: torch.Tensor, width: torch.Tensor,
                     n: int) -> torch.Tensor:
     """Indices of the ``width[i]`` largest ``value`` of each sample i (ties: first index)."""
-    by_value = torch.argsort(-value, stable=True)
-    by_sample = by_value[torch.argsort(sample[by_value], stable=True)]
+    by_sample = _by_sample_then_value(sample, value, n)
     s = sample[by_sample]
     counts = torch.bincount(s, minlength=n)
     starts = torch.cumsum(counts, 0) - counts
