@@ -62,3 +62,30 @@ def test_group_elements():
     labels = torch.zeros(1, 1, 4, 5, dtype=torch.int64)
     labels[..., 0, :2] = 1
     assert correlation._group_elements(make_grouping(labels)(x), (3, 4, 5)) is None
+
+
+def test_subsets_are_sorted_so_sums_do_not_depend_on_the_cpus_partition_order(monkeypatch):
+    # np.argpartition's order within the k smallest depends on the CPU's SIMD kernels; the ids
+    # are sorted, so a partition that returns them in another order gives the same bits
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 40, generator=gen)
+    a = torch.randn(6, 40, generator=gen)
+    model = _model(40)
+    y = torch.arange(6) % 3
+    metric = M.FaithfulnessCorrelation(nr_runs=8, subset_size=13, grouping="pixels", seed=0)
+    first = metric(model, x, y, a, modality="tabular")
+    subsets = metric.subsets_.copy()
+    assert (subsets[..., 1:] > subsets[..., :-1]).all()  # ascending, distinct
+
+    real = correlation.np.argpartition
+
+    def reversed_partition(u, kth, axis):
+        out = real(u, kth, axis=axis)
+        out[..., : kth + 1] = out[..., kth::-1].copy()  # the same sets, listed the other way
+        return out
+
+    monkeypatch.setattr(correlation.np, "argpartition", reversed_partition)
+    again = M.FaithfulnessCorrelation(nr_runs=8, subset_size=13, grouping="pixels", seed=0)
+    second = again(model, x, y, a, modality="tabular")
+    assert (again.subsets_ == subsets).all()
+    assert torch.equal(torch.as_tensor(first), torch.as_tensor(second))

@@ -240,7 +240,8 @@ class FaithfulnessCorrelation(Metric):
     ``nr_runs`` random subsets S of ``subset_size`` features, between ``sum_{i in S} a_i`` and
     the output change ``f(x) - f(x_S)`` when S is replaced by ``perturb_baseline``.
     **Higher is better** (1: the attribution of any subset predicts its effect).
-    After a call, ``subsets_`` (N, nr_runs, subset_size) holds the group ids of every run.
+    After a call, ``subsets_`` (N, nr_runs, subset_size) holds the group ids of every run, in
+    ascending order (so the attribution sums over a subset are the same bits on every machine).
 
     The subsets of a sample are drawn from its own random key (``seed`` and the sample's
     values), so scores do not depend on the batch. A sample is NaN when its output changes are
@@ -306,12 +307,15 @@ class FaithfulnessCorrelation(Metric):
             if not all_valid:
                 u = u.masked_fill(~valid[s : s + block].unsqueeze(1), math.inf)
             # the k smallest of i.i.d. uniforms: a uniform k-subset (argpartition is ~2x faster
-            # than topk on the CPU; the order within a subset does not matter)
+            # than topk on the CPU). Its order within a subset depends on the CPU's SIMD
+            # kernels (and differs from topk's), and the attribution sums follow that order to
+            # the last bit: sorted ids make the sums the same on every machine and device
             if u.device.type == "cpu":
                 idx = np.argpartition(u.numpy(), k - 1, axis=2)[..., :k]
+                idx.sort(axis=2)
                 out[s : s + block] = torch.from_numpy(idx)
             else:
-                out[s : s + block] = u.topk(k, dim=2, largest=False).indices
+                out[s : s + block] = u.topk(k, dim=2, largest=False).indices.sort(dim=2).values
         return out
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
