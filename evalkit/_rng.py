@@ -148,7 +148,9 @@ def sample_keys(x: torch.Tensor, seed: int) -> torch.Tensor:
     """
     n = x.shape[0]
     words = np.ascontiguousarray(
-        x.detach().to("cpu", torch.float32).numpy().reshape(n, -1)).view(np.uint32)
+        # the row width from the shape: reshape(n, -1) cannot infer it for an empty batch
+        x.detach().to("cpu", torch.float32).numpy().reshape(n, math.prod(x.shape[1:]))
+    ).view(np.uint32)
     d = words.shape[1]
     salt = np.uint64(derive_seed(int(seed), "sample keys") & _M64)
     sums = np.zeros(n, dtype=np.uint64)

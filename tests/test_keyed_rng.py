@@ -327,3 +327,12 @@ def test_prediction_gap_positions_equal_the_blend(monkeypatch, name, k):
             metric(model, x, y, a, modality="series", batch_size=7))
     first, *others = scores.values()
     assert all(torch.equal(first, other) for other in others)
+
+
+def test_sample_keys_of_an_empty_batch_are_empty():
+    # reshape(0, -1) cannot infer the row width: the keys of no samples are no keys
+    for shape in ((0, 30), (0, 3, 8, 8), (0,)):
+        keys = _rng.sample_keys(torch.zeros(shape), 0)
+        assert keys.dtype == torch.int64 and keys.shape == (0,)
+    full = torch.randn(4, 3, 5)
+    assert torch.equal(_rng.sample_keys(full, 7)[:2], _rng.sample_keys(full[:2], 7))
