@@ -134,18 +134,23 @@ def _rank_numpy(a: np.ndarray) -> np.ndarray:
     faster than torch's CPU kernels for many short rows)."""
     n, d = a.shape
     order = np.argsort(a, axis=1)
-    sorted_vals = np.take_along_axis(a, order, axis=1)
-    pos = np.broadcast_to(np.arange(d), (n, d))
+    # flat indices: one 1-D gather and one 1-D scatter (take/put_along_axis build index grids)
+    order += np.arange(0, n * d, d)[:, None]
+    flat = order.reshape(-1)
+    sorted_vals = a.reshape(-1)[flat].reshape(n, d)
     first = np.ones((n, d), dtype=bool)
-    first[:, 1:] = sorted_vals[:, 1:] != sorted_vals[:, :-1]
+    np.not_equal(sorted_vals[:, 1:], sorted_vals[:, :-1], out=first[:, 1:])
+    out = np.empty(n * d, dtype=np.float64)
+    if first.all():  # no ties (usual for real-valued maps): the rank is the sorted position + 1
+        out[flat] = np.broadcast_to(np.arange(1.0, d + 1.0), (n, d)).reshape(-1)
+        return out.reshape(n, d)
+    pos = np.broadcast_to(np.arange(d), (n, d))
     last = np.ones((n, d), dtype=bool)
     last[:, :-1] = first[:, 1:]
     start = np.maximum.accumulate(np.where(first, pos, 0), axis=1)
     end = np.minimum.accumulate(np.where(last, pos, d)[:, ::-1], axis=1)[:, ::-1]
-    avg = (start + end) / 2.0 + 1.0
-    out = np.empty((n, d), dtype=np.float64)
-    np.put_along_axis(out, order, avg, axis=1)
-    return out
+    out[flat] = ((start + end) / 2.0 + 1.0).reshape(-1)
+    return out.reshape(n, d)
 
 
 def _pearson_rows(x: torch.Tensor, y: torch.Tensor,
