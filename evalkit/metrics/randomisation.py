@@ -475,9 +475,13 @@ class MPRT(_ModelRandomisation):
         used = rows[-1:] if (self.summary == "last" or self.skip_layers) else rows
         reasons = [None] * batch.n
         for name, _, layer_reasons in used:
+            if not any(layer_reasons):  # the usual case: no undefined row (no per-row loop)
+                continue
             for i, r in enumerate(layer_reasons):
                 if r is not None and reasons[i] is None:
                     reasons[i] = f"similarity undefined after randomising {name!r}: {r}"
+        if not any(reasons):
+            return summary
         for i, r in enumerate(reasons):
             if r is not None:
                 batch.set_nan(torch.arange(batch.n) == i, r)
