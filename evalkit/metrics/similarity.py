@@ -323,6 +323,9 @@ def _symmetric_pad(x: torch.Tensor, axis: int, r: int) -> torch.Tensor:
     if r == 0:
         return x
     length = x.shape[axis]
+    if r <= length:  # slices and a cat: no index tensor and no gather
+        return torch.cat([x.narrow(axis, 0, r).flip(axis), x,
+                          x.narrow(axis, length - r, r).flip(axis)], axis)
     idx = torch.arange(length, device=x.device)
     left = idx[:r].flip(0) if r <= length else _reflect_index(-r, 0, length, x.device)
     right = idx[length - r :].flip(0) if r <= length else _reflect_index(length, length + r,
@@ -441,7 +444,11 @@ def ssim(
     flat_b = xb.reshape(n * c, *spatial)
     stacked = torch.stack([flat_a, flat_b, flat_a * flat_a, flat_b * flat_b, flat_a * flat_b])
     filt = _filter(stacked.reshape(5 * n * c, *spatial), kernel, n_spatial)
-    ux, uy, uxx, uyy, uxy = filt.reshape(5, n, c, *spatial).unbind(0)
+    pad = (win_size - 1) // 2
+    crop = (slice(None), slice(None), *(slice(pad, dim - pad) for dim in spatial))
+    # only the positions a window radius from the border enter the mean: the element-wise
+    # terms below are computed there only
+    ux, uy, uxx, uyy, uxy = (f[crop] for f in filt.reshape(5, n, c, *spatial).unbind(0))
     vx = cov_norm * (uxx - ux * ux)
     vy = cov_norm * (uyy - uy * uy)
     vxy = cov_norm * (uxy - ux * uy)
@@ -451,9 +458,7 @@ def ssim(
     den = (ux * ux + uy * uy + c1) * (vx + vy + c2)
     s = num / den
     same = (xa == xb).reshape(n, -1).all(1)
-    pad = (win_size - 1) // 2
-    crop = (slice(None), slice(None), *(slice(pad, dim - pad) for dim in spatial))
-    per_channel = s[crop].reshape(n, c, -1).mean(2)
+    per_channel = s.reshape(n, c, -1).mean(2)
     out = per_channel.mean(1)
     # identical maps are perfectly similar even when their range is 0 (0/0 above)
     return torch.where(same, torch.ones_like(out), out)
