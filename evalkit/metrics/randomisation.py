@@ -622,6 +622,8 @@ class SmoothMPRT(MPRT):
             batch.extra["_smooth_rows"] = (x, rows_all)
         y_rows = None if y is None else y.repeat_interleave(k)
         size = batch.batch_size or (batch.model.resolve_batch_size(x) if batch.model else n)
+        # the calling convention is read from the function's signature once, not per chunk
+        quantus_style = _quantus_compat.is_quantus_explain_func(fn)
         parts = []
         start = 0
         while start < total:
@@ -632,7 +634,7 @@ class SmoothMPRT(MPRT):
                 first, last = start // k, (stop - 1) // k + 1
                 xs = self._noisy_rows(batch, x, first, last)[start - first * k : stop - first * k]
             ys = None if y_rows is None else y_rows[start:stop]
-            out = torch.as_tensor(call_explain_fn(fn, model_arg, xs, ys, kwargs),
+            out = torch.as_tensor(call_explain_fn(fn, model_arg, xs, ys, kwargs, quantus_style),
                                   device=x.device)
             if out.ndim == 0 or out.shape[0] != stop - start:
                 raise RuntimeError(
