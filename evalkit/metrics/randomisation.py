@@ -52,6 +52,8 @@ from .._validation import check_bool, check_option, check_scalar, finite_rows
 from ..models import ModelWrapper, randomisable_layers
 from .base import Metric, MetricBatch, call_explain_fn
 from .similarity import (
+    _centred_rows,
+    _pearson_centred,
     _pearson_rows,
     get_similarity,
     rank,
@@ -412,10 +414,17 @@ class MPRT(_ModelRandomisation):
             # the reference is ranked once for all layers
             if "ref_rank" not in cache:
                 flat = ref.reshape(ref.shape[0], -1).to(torch.float64)
-                cache["ref_rank"] = rank(flat)
+                ref_rank = rank(flat)
+                # on the CPU the centred reference ranks are kept too (the same arithmetic)
+                cache["ref_rank"] = (_centred_rows(ref_rank) if ref_rank.device.type == "cpu"
+                                     else ref_rank)
                 cache["ref_finite"] = finite_rows(flat)
             flat = other.reshape(other.shape[0], -1).to(torch.float64)
-            s = _pearson_rows(cache["ref_rank"], rank(flat))
+            other_rank = rank(flat)
+            if isinstance(cache["ref_rank"], tuple):
+                s = _pearson_centred(cache["ref_rank"], _centred_rows(other_rank))
+            else:
+                s = _pearson_rows(cache["ref_rank"], other_rank)
             ok = cache["ref_finite"] & finite_rows(flat)
             s = torch.where(ok, s, torch.full_like(s, math.nan))
         else:

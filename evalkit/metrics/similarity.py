@@ -153,28 +153,43 @@ def _rank_numpy(a: np.ndarray) -> np.ndarray:
     return out.reshape(n, d)
 
 
+def _centred_rows(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """A CPU (N, D) tensor's rows minus their means, and their sums of squares: the half of
+    :func:`_pearson_rows` that one side needs, kept when one side is compared with many."""
+    xn = x.detach().numpy().astype(np.float64, copy=False)
+    xn = xn - xn.mean(1, keepdims=True)
+    return xn, np.einsum("ij,ij->i", xn, xn)
+
+
+def _pearson_centred(x: tuple[np.ndarray, np.ndarray],
+                     y: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+    """Row-wise Pearson correlation of two :func:`_centred_rows` results, clipped to
+    [-1, 1]; NaN where a row has no spread."""
+    (xn, xx), (yn, yy) = x, y
+    num = np.einsum("ij,ij->i", xn, yn)
+    den = np.sqrt(xx * yy)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return torch.from_numpy(np.clip(r, -1.0, 1.0))
+
+
 def _pearson_rows(x: torch.Tensor, y: torch.Tensor,
                   valid: torch.Tensor | None = None) -> torch.Tensor:
     """Pearson correlation of each row pair of (N, D) tensors over the ``valid`` entries
     (all when None), clipped to [-1, 1]; NaN where a row has no spread."""
     if x.device.type == "cpu":  # NumPy's single-threaded row reductions are faster on the CPU
+        if valid is None:
+            return _pearson_centred(_centred_rows(x), _centred_rows(y))
         xn = x.detach().numpy().astype(np.float64, copy=False)
         yn = y.detach().numpy().astype(np.float64, copy=False)
-        if valid is None:
-            xn = xn - xn.mean(1, keepdims=True)
-            yn = yn - yn.mean(1, keepdims=True)
-        else:
-            w = valid.detach().cpu().numpy()
-            cnt = np.maximum(w.sum(1, keepdims=True), 1)
-            xn = np.where(w, xn, 0.0)
-            yn = np.where(w, yn, 0.0)
-            xn = np.where(w, xn - xn.sum(1, keepdims=True) / cnt, 0.0)
-            yn = np.where(w, yn - yn.sum(1, keepdims=True) / cnt, 0.0)
-        num = np.einsum("ij,ij->i", xn, yn)
-        den = np.sqrt(np.einsum("ij,ij->i", xn, xn) * np.einsum("ij,ij->i", yn, yn))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-        return torch.from_numpy(np.clip(r, -1.0, 1.0))
+        w = valid.detach().cpu().numpy()
+        cnt = np.maximum(w.sum(1, keepdims=True), 1)
+        xn = np.where(w, xn, 0.0)
+        yn = np.where(w, yn, 0.0)
+        xn = np.where(w, xn - xn.sum(1, keepdims=True) / cnt, 0.0)
+        yn = np.where(w, yn - yn.sum(1, keepdims=True) / cnt, 0.0)
+        return _pearson_centred((xn, np.einsum("ij,ij->i", xn, xn)),
+                                (yn, np.einsum("ij,ij->i", yn, yn)))
     if valid is None:
         x = x - x.mean(1, keepdim=True)
         y = y - y.mean(1, keepdim=True)
