@@ -355,13 +355,16 @@ def _reflect_index(start: int, stop: int, length: int, device: torch.device) -> 
     return torch.where(i < length, i, period - 1 - i)
 
 
-def _filter(x: torch.Tensor, kernel: torch.Tensor, n_spatial: int) -> torch.Tensor:
+def _filter(x: torch.Tensor, kernel: torch.Tensor, n_spatial: int, *,
+            first_padded: bool = False) -> torch.Tensor:
     """Separable filter of (M, *spatial) with a 1-D kernel along every spatial axis, edges
-    handled by symmetric reflection (``scipy.ndimage`` ``mode="reflect"``); same shape out."""
+    handled by symmetric reflection (``scipy.ndimage`` ``mode="reflect"``); same shape out.
+    ``first_padded``: ``x`` is already padded along the first spatial axis."""
     r = (kernel.numel() - 1) // 2
     out = x
     for axis in range(1, n_spatial + 1):
-        moved = _symmetric_pad(out, axis, r).movedim(axis, -1)
+        padded = out if (first_padded and axis == 1) else _symmetric_pad(out, axis, r)
+        moved = padded.movedim(axis, -1)
         shape = moved.shape
         if shape[-1] <= _BANDED_MAX:
             flat = moved.reshape(-1, shape[-1]) @ _banded(kernel, shape[-1])
@@ -457,8 +460,28 @@ def ssim(
 
     flat_a = xa.reshape(n * c, *spatial)
     flat_b = xb.reshape(n * c, *spatial)
-    stacked = torch.stack([flat_a, flat_b, flat_a * flat_a, flat_b * flat_b, flat_a * flat_b])
-    filt = _filter(stacked.reshape(5 * n * c, *spatial), kernel, n_spatial)
+    # the five filtered maps are written into one buffer already padded along the first
+    # spatial axis (no stack and no padding copy; the same values)
+    r = (kernel.numel() - 1) // 2
+    length = spatial[0]
+    if r <= length:
+        stacked = torch.empty((5, n * c, length + 2 * r, *spatial[1:]), dtype=flat_a.dtype,
+                              device=flat_a.device)
+        mid = stacked.narrow(2, r, length)
+        mid[0] = flat_a
+        mid[1] = flat_b
+        torch.mul(flat_a, flat_a, out=mid[2])
+        torch.mul(flat_b, flat_b, out=mid[3])
+        torch.mul(flat_a, flat_b, out=mid[4])
+        if r:
+            stacked.narrow(2, 0, r).copy_(mid.narrow(2, 0, r).flip(2))
+            stacked.narrow(2, r + length, r).copy_(mid.narrow(2, length - r, r).flip(2))
+        filt = _filter(stacked.reshape(5 * n * c, *stacked.shape[2:]), kernel, n_spatial,
+                       first_padded=True)
+    else:
+        stacked = torch.stack([flat_a, flat_b, flat_a * flat_a, flat_b * flat_b,
+                               flat_a * flat_b])
+        filt = _filter(stacked.reshape(5 * n * c, *spatial), kernel, n_spatial)
     pad = (win_size - 1) // 2
     crop = (slice(None), slice(None), *(slice(pad, dim - pad) for dim in spatial))
     # only the positions a window radius from the border enter the mean: the element-wise
