@@ -137,12 +137,15 @@ def _rank_numpy(a: np.ndarray) -> np.ndarray:
     # flat indices: one 1-D gather and one 1-D scatter (take/put_along_axis build index grids)
     order += np.arange(0, n * d, d)[:, None]
     flat = order.reshape(-1)
-    sorted_vals = a.reshape(-1)[flat].reshape(n, d)
+    # the sorted values live in the output's buffer until the ranks overwrite them (few fresh
+    # allocations: on the CPU their page faults cost as much as the arithmetic)
+    out = np.empty(n * d, dtype=np.float64)
+    sorted_vals = np.take(a.reshape(-1), flat,
+                          out=out if a.dtype == np.float64 else None).reshape(n, d)
     first = np.ones((n, d), dtype=bool)
     np.not_equal(sorted_vals[:, 1:], sorted_vals[:, :-1], out=first[:, 1:])
-    out = np.empty(n * d, dtype=np.float64)
     if first.all():  # no ties (usual for real-valued maps): the rank is the sorted position + 1
-        out[flat] = np.broadcast_to(np.arange(1.0, d + 1.0), (n, d)).reshape(-1)
+        out[order] = np.arange(1.0, d + 1.0)
         return out.reshape(n, d)
     pos = np.broadcast_to(np.arange(d), (n, d))
     last = np.ones((n, d), dtype=bool)
