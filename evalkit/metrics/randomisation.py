@@ -52,6 +52,8 @@ from .._validation import check_bool, check_option, check_scalar, finite_rows
 from ..models import ModelWrapper, randomisable_layers
 from .base import Metric, MetricBatch, call_explain_fn
 from .similarity import (
+    _centred_rows,
+    _pearson_centred,
     _pearson_rows,
     get_similarity,
     rank,
@@ -412,10 +414,17 @@ class MPRT(_ModelRandomisation):
             # the reference is ranked once for all layers
             if "ref_rank" not in cache:
                 flat = ref.reshape(ref.shape[0], -1).to(torch.float64)
-                cache["ref_rank"] = rank(flat)
+                ref_rank = rank(flat)
+                # on the CPU the centred reference ranks are kept too (the same arithmetic)
+                cache["ref_rank"] = (_centred_rows(ref_rank) if ref_rank.device.type == "cpu"
+                                     else ref_rank)
                 cache["ref_finite"] = finite_rows(flat)
             flat = other.reshape(other.shape[0], -1).to(torch.float64)
-            s = _pearson_rows(cache["ref_rank"], rank(flat))
+            other_rank = rank(flat)
+            if isinstance(cache["ref_rank"], tuple):
+                s = _pearson_centred(cache["ref_rank"], _centred_rows(other_rank))
+            else:
+                s = _pearson_rows(cache["ref_rank"], other_rank)
             ok = cache["ref_finite"] & finite_rows(flat)
             s = torch.where(ok, s, torch.full_like(s, math.nan))
         else:
@@ -475,9 +484,13 @@ class MPRT(_ModelRandomisation):
         used = rows[-1:] if (self.summary == "last" or self.skip_layers) else rows
         reasons = [None] * batch.n
         for name, _, layer_reasons in used:
+            if not any(layer_reasons):  # the usual case: no undefined row (no per-row loop)
+                continue
             for i, r in enumerate(layer_reasons):
                 if r is not None and reasons[i] is None:
                     reasons[i] = f"similarity undefined after randomising {name!r}: {r}"
+        if not any(reasons):
+            return summary
         for i, r in enumerate(reasons):
             if r is not None:
                 batch.set_nan(torch.arange(batch.n) == i, r)
@@ -618,6 +631,8 @@ class SmoothMPRT(MPRT):
             batch.extra["_smooth_rows"] = (x, rows_all)
         y_rows = None if y is None else y.repeat_interleave(k)
         size = batch.batch_size or (batch.model.resolve_batch_size(x) if batch.model else n)
+        # the calling convention is read from the function's signature once, not per chunk
+        quantus_style = _quantus_compat.is_quantus_explain_func(fn)
         parts = []
         start = 0
         while start < total:
@@ -628,7 +643,7 @@ class SmoothMPRT(MPRT):
                 first, last = start // k, (stop - 1) // k + 1
                 xs = self._noisy_rows(batch, x, first, last)[start - first * k : stop - first * k]
             ys = None if y_rows is None else y_rows[start:stop]
-            out = torch.as_tensor(call_explain_fn(fn, model_arg, xs, ys, kwargs),
+            out = torch.as_tensor(call_explain_fn(fn, model_arg, xs, ys, kwargs, quantus_style),
                                   device=x.device)
             if out.ndim == 0 or out.shape[0] != stop - start:
                 raise RuntimeError(

@@ -134,18 +134,46 @@ def _rank_numpy(a: np.ndarray) -> np.ndarray:
     faster than torch's CPU kernels for many short rows)."""
     n, d = a.shape
     order = np.argsort(a, axis=1)
-    sorted_vals = np.take_along_axis(a, order, axis=1)
-    pos = np.broadcast_to(np.arange(d), (n, d))
+    # flat indices: one 1-D gather and one 1-D scatter (take/put_along_axis build index grids)
+    order += np.arange(0, n * d, d)[:, None]
+    flat = order.reshape(-1)
+    # the sorted values live in the output's buffer until the ranks overwrite them (few fresh
+    # allocations: on the CPU their page faults cost as much as the arithmetic)
+    out = np.empty(n * d, dtype=np.float64)
+    sorted_vals = np.take(a.reshape(-1), flat,
+                          out=out if a.dtype == np.float64 else None).reshape(n, d)
     first = np.ones((n, d), dtype=bool)
-    first[:, 1:] = sorted_vals[:, 1:] != sorted_vals[:, :-1]
+    np.not_equal(sorted_vals[:, 1:], sorted_vals[:, :-1], out=first[:, 1:])
+    if first.all():  # no ties (usual for real-valued maps): the rank is the sorted position + 1
+        out[order] = np.arange(1.0, d + 1.0)
+        return out.reshape(n, d)
+    pos = np.broadcast_to(np.arange(d), (n, d))
     last = np.ones((n, d), dtype=bool)
     last[:, :-1] = first[:, 1:]
     start = np.maximum.accumulate(np.where(first, pos, 0), axis=1)
     end = np.minimum.accumulate(np.where(last, pos, d)[:, ::-1], axis=1)[:, ::-1]
-    avg = (start + end) / 2.0 + 1.0
-    out = np.empty((n, d), dtype=np.float64)
-    np.put_along_axis(out, order, avg, axis=1)
-    return out
+    out[flat] = ((start + end) / 2.0 + 1.0).reshape(-1)
+    return out.reshape(n, d)
+
+
+def _centred_rows(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """A CPU (N, D) tensor's rows minus their means, and their sums of squares: the half of
+    :func:`_pearson_rows` that one side needs, kept when one side is compared with many."""
+    xn = x.detach().numpy().astype(np.float64, copy=False)
+    xn = xn - xn.mean(1, keepdims=True)
+    return xn, np.einsum("ij,ij->i", xn, xn)
+
+
+def _pearson_centred(x: tuple[np.ndarray, np.ndarray],
+                     y: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+    """Row-wise Pearson correlation of two :func:`_centred_rows` results, clipped to
+    [-1, 1]; NaN where a row has no spread."""
+    (xn, xx), (yn, yy) = x, y
+    num = np.einsum("ij,ij->i", xn, yn)
+    den = np.sqrt(xx * yy)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return torch.from_numpy(np.clip(r, -1.0, 1.0))
 
 
 def _pearson_rows(x: torch.Tensor, y: torch.Tensor,
@@ -153,23 +181,18 @@ def _pearson_rows(x: torch.Tensor, y: torch.Tensor,
     """Pearson correlation of each row pair of (N, D) tensors over the ``valid`` entries
     (all when None), clipped to [-1, 1]; NaN where a row has no spread."""
     if x.device.type == "cpu":  # NumPy's single-threaded row reductions are faster on the CPU
+        if valid is None:
+            return _pearson_centred(_centred_rows(x), _centred_rows(y))
         xn = x.detach().numpy().astype(np.float64, copy=False)
         yn = y.detach().numpy().astype(np.float64, copy=False)
-        if valid is None:
-            xn = xn - xn.mean(1, keepdims=True)
-            yn = yn - yn.mean(1, keepdims=True)
-        else:
-            w = valid.detach().cpu().numpy()
-            cnt = np.maximum(w.sum(1, keepdims=True), 1)
-            xn = np.where(w, xn, 0.0)
-            yn = np.where(w, yn, 0.0)
-            xn = np.where(w, xn - xn.sum(1, keepdims=True) / cnt, 0.0)
-            yn = np.where(w, yn - yn.sum(1, keepdims=True) / cnt, 0.0)
-        num = np.einsum("ij,ij->i", xn, yn)
-        den = np.sqrt(np.einsum("ij,ij->i", xn, xn) * np.einsum("ij,ij->i", yn, yn))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-        return torch.from_numpy(np.clip(r, -1.0, 1.0))
+        w = valid.detach().cpu().numpy()
+        cnt = np.maximum(w.sum(1, keepdims=True), 1)
+        xn = np.where(w, xn, 0.0)
+        yn = np.where(w, yn, 0.0)
+        xn = np.where(w, xn - xn.sum(1, keepdims=True) / cnt, 0.0)
+        yn = np.where(w, yn - yn.sum(1, keepdims=True) / cnt, 0.0)
+        return _pearson_centred((xn, np.einsum("ij,ij->i", xn, xn)),
+                                (yn, np.einsum("ij,ij->i", yn, yn)))
     if valid is None:
         x = x - x.mean(1, keepdim=True)
         y = y - y.mean(1, keepdim=True)
@@ -318,6 +341,9 @@ def _symmetric_pad(x: torch.Tensor, axis: int, r: int) -> torch.Tensor:
     if r == 0:
         return x
     length = x.shape[axis]
+    if r <= length:  # slices and a cat: no index tensor and no gather
+        return torch.cat([x.narrow(axis, 0, r).flip(axis), x,
+                          x.narrow(axis, length - r, r).flip(axis)], axis)
     idx = torch.arange(length, device=x.device)
     left = idx[:r].flip(0) if r <= length else _reflect_index(-r, 0, length, x.device)
     right = idx[length - r :].flip(0) if r <= length else _reflect_index(length, length + r,
@@ -332,13 +358,16 @@ def _reflect_index(start: int, stop: int, length: int, device: torch.device) -> 
     return torch.where(i < length, i, period - 1 - i)
 
 
-def _filter(x: torch.Tensor, kernel: torch.Tensor, n_spatial: int) -> torch.Tensor:
+def _filter(x: torch.Tensor, kernel: torch.Tensor, n_spatial: int, *,
+            first_padded: bool = False) -> torch.Tensor:
     """Separable filter of (M, *spatial) with a 1-D kernel along every spatial axis, edges
-    handled by symmetric reflection (``scipy.ndimage`` ``mode="reflect"``); same shape out."""
+    handled by symmetric reflection (``scipy.ndimage`` ``mode="reflect"``); same shape out.
+    ``first_padded``: ``x`` is already padded along the first spatial axis."""
     r = (kernel.numel() - 1) // 2
     out = x
     for axis in range(1, n_spatial + 1):
-        moved = _symmetric_pad(out, axis, r).movedim(axis, -1)
+        padded = out if (first_padded and axis == 1) else _symmetric_pad(out, axis, r)
+        moved = padded.movedim(axis, -1)
         shape = moved.shape
         if shape[-1] <= _BANDED_MAX:
             flat = moved.reshape(-1, shape[-1]) @ _banded(kernel, shape[-1])
@@ -434,9 +463,33 @@ def ssim(
 
     flat_a = xa.reshape(n * c, *spatial)
     flat_b = xb.reshape(n * c, *spatial)
-    stacked = torch.stack([flat_a, flat_b, flat_a * flat_a, flat_b * flat_b, flat_a * flat_b])
-    filt = _filter(stacked.reshape(5 * n * c, *spatial), kernel, n_spatial)
-    ux, uy, uxx, uyy, uxy = filt.reshape(5, n, c, *spatial).unbind(0)
+    # the five filtered maps are written into one buffer already padded along the first
+    # spatial axis (no stack and no padding copy; the same values)
+    r = (kernel.numel() - 1) // 2
+    length = spatial[0]
+    if r <= length:
+        stacked = torch.empty((5, n * c, length + 2 * r, *spatial[1:]), dtype=flat_a.dtype,
+                              device=flat_a.device)
+        mid = stacked.narrow(2, r, length)
+        mid[0] = flat_a
+        mid[1] = flat_b
+        torch.mul(flat_a, flat_a, out=mid[2])
+        torch.mul(flat_b, flat_b, out=mid[3])
+        torch.mul(flat_a, flat_b, out=mid[4])
+        if r:
+            stacked.narrow(2, 0, r).copy_(mid.narrow(2, 0, r).flip(2))
+            stacked.narrow(2, r + length, r).copy_(mid.narrow(2, length - r, r).flip(2))
+        filt = _filter(stacked.reshape(5 * n * c, *stacked.shape[2:]), kernel, n_spatial,
+                       first_padded=True)
+    else:
+        stacked = torch.stack([flat_a, flat_b, flat_a * flat_a, flat_b * flat_b,
+                               flat_a * flat_b])
+        filt = _filter(stacked.reshape(5 * n * c, *spatial), kernel, n_spatial)
+    pad = (win_size - 1) // 2
+    crop = (slice(None), slice(None), *(slice(pad, dim - pad) for dim in spatial))
+    # only the positions a window radius from the border enter the mean: the element-wise
+    # terms below are computed there only
+    ux, uy, uxx, uyy, uxy = (f[crop] for f in filt.reshape(5, n, c, *spatial).unbind(0))
     vx = cov_norm * (uxx - ux * ux)
     vy = cov_norm * (uyy - uy * uy)
     vxy = cov_norm * (uxy - ux * uy)
@@ -446,9 +499,7 @@ def ssim(
     den = (ux * ux + uy * uy + c1) * (vx + vy + c2)
     s = num / den
     same = (xa == xb).reshape(n, -1).all(1)
-    pad = (win_size - 1) // 2
-    crop = (slice(None), slice(None), *(slice(pad, dim - pad) for dim in spatial))
-    per_channel = s[crop].reshape(n, c, -1).mean(2)
+    per_channel = s.reshape(n, c, -1).mean(2)
     out = per_channel.mean(1)
     # identical maps are perfectly similar even when their range is 0 (0/0 above)
     return torch.where(same, torch.ones_like(out), out)
