@@ -1062,3 +1062,23 @@ class TestQuantusOracle:
 def _q_grad(model, inputs, targets, **kwargs):
     """A Quantus-style explain function: the signed gradient summed over channels, NumPy out."""
     return grad_fn(model, torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()
+
+
+@pytest.mark.parametrize("metric", [MPRT(layer_order="top_down", seed=0),
+                                    SmoothMPRT(nr_samples=3, seed=0)],
+                         ids=["MPRT", "SmoothMPRT"])
+def test_explain_fn_gets_a_wrapper_where_the_user_gave_one(setup, metric):
+    # a wrapper carries the user's target (detection, segmentation): the randomised copy is
+    # handed to a custom explain function as a wrapper, a plain module as a module
+    model, x, y = setup
+    seen = []
+
+    def explain_fn(m, xs, ys):
+        seen.append(m)
+        return fixed_fn(m, xs, ys)
+
+    metric(wrap_model(model), x[:4], y[:4], explain_fn=explain_fn)
+    assert seen and all(isinstance(m, ek.models.ModelWrapper) for m in seen)
+    seen.clear()
+    metric(model, x[:4], y[:4], explain_fn=explain_fn)
+    assert seen and all(isinstance(m, nn.Module) for m in seen)

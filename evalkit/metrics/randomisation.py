@@ -617,7 +617,10 @@ class SmoothMPRT(MPRT):
             return super()._run_explain(batch, x, y, model)
         fn, kwargs = self._explain_callable(batch)
         if model is not None:
-            model_arg: Any = model.model if batch.explain_fn is not None else model
+            # as Metric._run_explain: a user who gave a wrapper gets the copy's wrapper (it
+            # carries their target), a user who gave a module gets the copied module
+            model_arg: Any = (model.model if batch.explain_fn is not None
+                              and not isinstance(batch.model_obj, ModelWrapper) else model)
         else:
             model_arg = batch.model_obj if batch.explain_fn is not None else batch.model
         n = x.shape[0]
