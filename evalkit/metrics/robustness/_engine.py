@@ -392,7 +392,9 @@ class _PerturbationRobustness(Metric):
             got = None
             if todo:
                 xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
-                ys = None if batch.y is None else batch.y[idx[todo]].repeat_interleave(k, dim=0)
+                # all of the chunk: idx itself (indexing with a list of S ints costs more)
+                sel = idx if len(todo) == s else idx[todo]
+                ys = None if batch.y is None else batch.y[sel].repeat_interleave(k, dim=0)
                 got = self._run_explain(batch, xs, ys)
                 if store is not None:  # copies: a view would keep the whole chunk alive
                     blocks = got.reshape(len(todo), k, *got.shape[1:])
@@ -413,7 +415,7 @@ class _PerturbationRobustness(Metric):
             if forward is not None:
                 todo = [j for j in range(s) if fwd[j] is None]
                 if todo:
-                    sample_of_row = idx[todo].repeat_interleave(k)
+                    sample_of_row = (idx if len(todo) == s else idx[todo]).repeat_interleave(k)
                     xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
                     with forward.context():
                         vals = batch.runner.run(  # type: ignore[union-attr]
