@@ -425,8 +425,9 @@ class _PerturbationRobustness(Metric):
                                 out, sr[index[0]]),
                             row_shape=tuple(x.shape[1:]), desc="perturbed inputs")
                     vals = vals.reshape(len(todo), k, -1)
-                    for j, v in zip(todo, vals, strict=True):
-                        fwd[j] = v
+                    if len(todo) != s or fwd_cached:  # per-sample views only where needed
+                        for j, v in zip(todo, vals, strict=True):
+                            fwd[j] = v
                     if fwd_cached:
                         store.put([fkeys[j] for j in todo], [fwd[j].clone() for j in todo])
                 fwd_t = vals if len(todo) == s else torch.stack(fwd, 0)
