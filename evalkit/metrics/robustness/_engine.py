@@ -250,7 +250,8 @@ class _Forward:
 
 @dataclass
 class _Chunk:
-    """The perturbed copies of S samples: ``idx`` (S,) sample indices, ``x`` (S, K, ...)
+    """The perturbed copies of S samples: ``idx`` (S,) sample indices (consecutive: ``rows``
+    is the same selection as a slice, a view where ``idx`` gathers a copy), ``x`` (S, K, ...)
     perturbed inputs, ``a`` (S, K, ...) their preprocessed explanations (float64) or None,
     ``a_ok`` (S, K) finite re-explanations, ``fwd`` (S, K, m) forward values or None."""
 
@@ -259,6 +260,7 @@ class _Chunk:
     a: torch.Tensor | None
     a_ok: torch.Tensor
     fwd: torch.Tensor | None
+    rows: slice
 
 
 def _sample_fingerprints(batch: MetricBatch, draws: _Draws) -> list[bytes]:
@@ -375,6 +377,8 @@ class _PerturbationRobustness(Metric):
         for start in range(0, n, per_chunk):
             idx = torch.arange(start, min(n, start + per_chunk), device=x.device)
             s = idx.shape[0]
+            rows = slice(start, start + s)
+            # copies (a gather), not views: a user's perturb_func gets rows it may modify
             xp = draws.make(x[idx], keys[idx])  # (S, K, ...)
             flat_x = xp.reshape(s * k, *x.shape[1:])
             raw: list[torch.Tensor | None] = [None] * s
@@ -431,7 +435,7 @@ class _PerturbationRobustness(Metric):
                     if fwd_cached:
                         store.put([fkeys[j] for j in todo], [fwd[j].clone() for j in todo])
                 fwd_t = vals if len(todo) == s else torch.stack(fwd, 0)
-            yield _Chunk(idx=idx, x=xp, a=a, a_ok=a_ok, fwd=fwd_t)
+            yield _Chunk(idx=idx, x=xp, a=a, a_ok=a_ok, fwd=fwd_t, rows=rows)
 
     def _clean_forward(self, batch: MetricBatch, forward: _Forward) -> torch.Tensor:
         """Model outputs (N, C) float64 of the unperturbed inputs, once per call."""
@@ -478,14 +482,14 @@ class _PerturbationRobustness(Metric):
         for chunk in self._iter_chunks(batch, draws, forward):
             self._check_attribution_layout(batch, chunk.a)
             v, d = self._draw_values(batch, chunk, clean)
-            values[chunk.idx] = v
-            defined[chunk.idx] = d
-            finite[chunk.idx] = chunk.a_ok
+            values[chunk.rows] = v
+            defined[chunk.rows] = d
+            finite[chunk.rows] = chunk.a_ok
             if check:
                 s_, k_ = chunk.fwd.shape[:2]  # type: ignore[union-attr]
                 drawn = target.predict(chunk.fwd[:, :, :n_out].reshape(s_ * k_, *out_shape))  # type: ignore[index]
-                before = pred[chunk.idx].repeat_interleave(k_, 0)  # type: ignore[index]
-                changed[chunk.idx] = ~target.agree(drawn, before).reshape(s_, k_)  # type: ignore[index]
+                before = pred[chunk.rows].repeat_interleave(k_, 0)  # type: ignore[index]
+                changed[chunk.rows] = ~target.agree(drawn, before).reshape(s_, k_)  # type: ignore[index]
 
         bad_expl = ~finite.all(1)
         batch.set_nan(bad_expl, "a re-explanation of a perturbed input contains NaN or Inf")
