@@ -31,7 +31,10 @@ def _relative_change(ref: torch.Tensor, new: torch.Tensor, eps_min: float, p: fl
     """|| (ref - new) / max(|ref|, eps_min) ||_p over the last axis (``ref`` broadcasts against
     ``new``), computed in the tensors' dtype, returned as float64."""
     scale = ref.abs().clamp_min(eps_min)
-    return torch.linalg.vector_norm((ref - new) / scale, ord=p, dim=-1).to(torch.float64)
+    diff = ref - new
+    # in place where the dtypes agree: one temporary of the (S, K, D) stack instead of two
+    diff = diff.div_(scale) if diff.dtype == scale.dtype else diff / scale
+    return torch.linalg.vector_norm(diff, ord=p, dim=-1).to(torch.float64)
 
 
 class _RelativeStability(_NoiseRobustness):
