@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -445,7 +446,8 @@ class _CheckedTarget(_BaseTarget):
 def explain_rows(x: torch.Tensor, model: ModelWrapper, batch_size: int | None = None) -> int:
     """Inputs per explainer call: ``batch_size`` (or the wrapper's), else as many rows like
     ``x``'s as :data:`EXPLAIN_MEMORY_BUDGET` allows on the model's device."""
-    row_bytes = int(np.prod(x.shape[1:], dtype=np.int64)) * x.element_size()
+    # math.prod: np.prod of a torch.Size costs more than the rest of this function
+    row_bytes = math.prod(x.shape[1:]) * x.element_size()
     kind = "cuda" if model.device.type == "cuda" else "cpu"
     requested = batch_size if batch_size is not None else model.batch_size
     return resolve_batch_size(requested, row_bytes, EXPLAIN_MEMORY_BUDGET[kind], kind)

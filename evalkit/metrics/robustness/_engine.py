@@ -14,7 +14,7 @@ import torch
 
 from ... import _rng
 from ..._batching import parse_bytes
-from ..._validation import check_option, check_scalar
+from ..._validation import check_option, check_scalar, finite_rows
 from ...cache import (
     ExplanationCache,
     active_explanation_cache,
@@ -250,7 +250,8 @@ class _Forward:
 
 @dataclass
 class _Chunk:
-    """The perturbed copies of S samples: ``idx`` (S,) sample indices, ``x`` (S, K, ...)
+    """The perturbed copies of S samples: ``idx`` (S,) sample indices (consecutive: ``rows``
+    is the same selection as a slice, a view where ``idx`` gathers a copy), ``x`` (S, K, ...)
     perturbed inputs, ``a`` (S, K, ...) their preprocessed explanations (float64) or None,
     ``a_ok`` (S, K) finite re-explanations, ``fwd`` (S, K, m) forward values or None."""
 
@@ -259,6 +260,7 @@ class _Chunk:
     a: torch.Tensor | None
     a_ok: torch.Tensor
     fwd: torch.Tensor | None
+    rows: slice
 
 
 def _sample_fingerprints(batch: MetricBatch, draws: _Draws) -> list[bytes]:
@@ -375,6 +377,8 @@ class _PerturbationRobustness(Metric):
         for start in range(0, n, per_chunk):
             idx = torch.arange(start, min(n, start + per_chunk), device=x.device)
             s = idx.shape[0]
+            rows = slice(start, start + s)
+            # copies (a gather), not views: a user's perturb_func gets rows it may modify
             xp = draws.make(x[idx], keys[idx])  # (S, K, ...)
             flat_x = xp.reshape(s * k, *x.shape[1:])
             raw: list[torch.Tensor | None] = [None] * s
@@ -392,7 +396,9 @@ class _PerturbationRobustness(Metric):
             got = None
             if todo:
                 xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
-                ys = None if batch.y is None else batch.y[idx[todo]].repeat_interleave(k, dim=0)
+                # all of the chunk: idx itself (indexing with a list of S ints costs more)
+                sel = idx if len(todo) == s else idx[todo]
+                ys = None if batch.y is None else batch.y[sel].repeat_interleave(k, dim=0)
                 got = self._run_explain(batch, xs, ys)
                 if store is not None:  # copies: a view would keep the whole chunk alive
                     blocks = got.reshape(len(todo), k, *got.shape[1:])
@@ -404,7 +410,8 @@ class _PerturbationRobustness(Metric):
             else:
                 a_raw = torch.stack(raw, 0)  # (S, K, ...)
                 a_raw = a_raw.reshape(s * k, *a_raw.shape[2:])
-            a_ok = torch.isfinite(_flat(a_raw)).all(1).reshape(s, k)
+            # one sum decides almost every row (finite_rows), instead of isfinite + all
+            a_ok = finite_rows(_flat(a_raw)).reshape(s, k)
             a = self._preprocess_attributions(batch, a_raw, flat_x, flag_nan=False)
             a = a.reshape(s, k, *a.shape[1:])
             # ---- forward values
@@ -412,7 +419,7 @@ class _PerturbationRobustness(Metric):
             if forward is not None:
                 todo = [j for j in range(s) if fwd[j] is None]
                 if todo:
-                    sample_of_row = idx[todo].repeat_interleave(k)
+                    sample_of_row = (idx if len(todo) == s else idx[todo]).repeat_interleave(k)
                     xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
                     with forward.context():
                         vals = batch.runner.run(  # type: ignore[union-attr]
@@ -422,12 +429,13 @@ class _PerturbationRobustness(Metric):
                                 out, sr[index[0]]),
                             row_shape=tuple(x.shape[1:]), desc="perturbed inputs")
                     vals = vals.reshape(len(todo), k, -1)
-                    for j, v in zip(todo, vals, strict=True):
-                        fwd[j] = v
+                    if len(todo) != s or fwd_cached:  # per-sample views only where needed
+                        for j, v in zip(todo, vals, strict=True):
+                            fwd[j] = v
                     if fwd_cached:
                         store.put([fkeys[j] for j in todo], [fwd[j].clone() for j in todo])
                 fwd_t = vals if len(todo) == s else torch.stack(fwd, 0)
-            yield _Chunk(idx=idx, x=xp, a=a, a_ok=a_ok, fwd=fwd_t)
+            yield _Chunk(idx=idx, x=xp, a=a, a_ok=a_ok, fwd=fwd_t, rows=rows)
 
     def _clean_forward(self, batch: MetricBatch, forward: _Forward) -> torch.Tensor:
         """Model outputs (N, C) float64 of the unperturbed inputs, once per call."""
@@ -474,14 +482,14 @@ class _PerturbationRobustness(Metric):
         for chunk in self._iter_chunks(batch, draws, forward):
             self._check_attribution_layout(batch, chunk.a)
             v, d = self._draw_values(batch, chunk, clean)
-            values[chunk.idx] = v
-            defined[chunk.idx] = d
-            finite[chunk.idx] = chunk.a_ok
+            values[chunk.rows] = v
+            defined[chunk.rows] = d
+            finite[chunk.rows] = chunk.a_ok
             if check:
                 s_, k_ = chunk.fwd.shape[:2]  # type: ignore[union-attr]
                 drawn = target.predict(chunk.fwd[:, :, :n_out].reshape(s_ * k_, *out_shape))  # type: ignore[index]
-                before = pred[chunk.idx].repeat_interleave(k_, 0)  # type: ignore[index]
-                changed[chunk.idx] = ~target.agree(drawn, before).reshape(s_, k_)  # type: ignore[index]
+                before = pred[chunk.rows].repeat_interleave(k_, 0)  # type: ignore[index]
+                changed[chunk.rows] = ~target.agree(drawn, before).reshape(s_, k_)  # type: ignore[index]
 
         bad_expl = ~finite.all(1)
         batch.set_nan(bad_expl, "a re-explanation of a perturbed input contains NaN or Inf")

@@ -199,11 +199,11 @@ class Continuity(_PerturbationRobustness):
         # where x' = x the ratio holds the numerator ||a - a'|| (see _lipschitz_ratios);
         # differences within float32 rounding (a deterministic explainer run in another batch
         # composition) count as equal
-        a0 = batch.a[chunk.idx].reshape(chunk.idx.shape[0], -1)  # type: ignore[index]
+        a0 = batch.a[chunk.rows].reshape(chunk.idx.shape[0], -1)  # type: ignore[index]
         scale = self._num(a0.to(torch.float64)).unsqueeze(1)
         differs = ~moved & (ratios > _ZERO_SHIFT_RTOL * scale)
         rows = torch.zeros(batch.n, dtype=torch.bool, device=ratios.device)
-        rows[chunk.idx] = differs.any(1)
+        rows[chunk.rows] = differs.any(1)
         batch.set_nan(rows, "the re-explanation of the unchanged input (the zero shift) differs "
                             "from `a`: a random explainer's continuity is unbounded "
                             "(include_zero_shift=True)")

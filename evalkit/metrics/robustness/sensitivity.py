@@ -71,11 +71,11 @@ class LocalLipschitzEstimate(_NoiseRobustness):
 
 def _lipschitz_ratios(batch: MetricBatch, chunk: _Chunk, num, den):
     s, k = chunk.a_ok.shape
-    a0 = batch.a[chunk.idx]  # type: ignore[index]
+    a0 = batch.a[chunk.rows]  # type: ignore[index]
     da = (chunk.a - a0.unsqueeze(1)).reshape(s * k, -1)
     # the inputs' differences in their own dtype (what the model saw; a float64 copy of the whole
     # stack would cost more than the rest of the metric's arithmetic)
-    dx = (chunk.x - batch.x[chunk.idx].unsqueeze(1)).reshape(s * k, -1)
+    dx = (chunk.x - batch.x[chunk.rows].unsqueeze(1)).reshape(s * k, -1)
     numer = num(da).reshape(s, k).to(torch.float64)
     denom = den(dx).reshape(s, k).to(torch.float64)
     ok = denom > 0
@@ -138,7 +138,7 @@ class MaxSensitivity(_NoiseRobustness):
 
     def _draw_values(self, batch, chunk, clean):
         s, k = chunk.a_ok.shape
-        a0 = batch.a[chunk.idx]  # type: ignore[index]
+        a0 = batch.a[chunk.rows]  # type: ignore[index]
         da = _flat((chunk.a - a0.unsqueeze(1)).reshape(s * k, *a0.shape[1:]))
         numer = self._num(da).reshape(s, k)
         if self._den is None:

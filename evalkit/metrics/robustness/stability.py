@@ -31,7 +31,10 @@ def _relative_change(ref: torch.Tensor, new: torch.Tensor, eps_min: float, p: fl
     """|| (ref - new) / max(|ref|, eps_min) ||_p over the last axis (``ref`` broadcasts against
     ``new``), computed in the tensors' dtype, returned as float64."""
     scale = ref.abs().clamp_min(eps_min)
-    return torch.linalg.vector_norm((ref - new) / scale, ord=p, dim=-1).to(torch.float64)
+    diff = ref - new
+    # in place where the dtypes agree: one temporary of the (S, K, D) stack instead of two
+    diff = diff.div_(scale) if diff.dtype == scale.dtype else diff / scale
+    return torch.linalg.vector_norm(diff, ord=p, dim=-1).to(torch.float64)
 
 
 class _RelativeStability(_NoiseRobustness):
@@ -61,7 +64,7 @@ class _RelativeStability(_NoiseRobustness):
 
     def _numerator(self, batch: MetricBatch, chunk: _Chunk) -> torch.Tensor:
         s, k = chunk.a_ok.shape
-        a0 = _flat(batch.a[chunk.idx]).unsqueeze(1)  # type: ignore[index]
+        a0 = _flat(batch.a[chunk.rows]).unsqueeze(1)  # type: ignore[index]
         return _relative_change(a0, chunk.a.reshape(s, k, -1), self.eps_min, self.p_norm)
 
     def _ratio(self, numer: torch.Tensor, denom: torch.Tensor) -> tuple[torch.Tensor,
@@ -95,7 +98,7 @@ class RelativeInputStability(_RelativeStability):
 
     def _draw_values(self, batch, chunk, clean):
         s, k = chunk.a_ok.shape
-        x0 = _flat(batch.x[chunk.idx]).unsqueeze(1)
+        x0 = _flat(batch.x[chunk.rows]).unsqueeze(1)
         denom = _relative_change(x0, chunk.x.reshape(s, k, -1), self.eps_min, self.p_norm)
         return self._ratio(self._numerator(batch, chunk), denom)
 
@@ -126,7 +129,7 @@ class RelativeOutputStability(_RelativeStability):
     needs_outputs = True
 
     def _draw_values(self, batch, chunk, clean):
-        h0 = clean[chunk.idx]
+        h0 = clean[chunk.rows]
         h = chunk.fwd
         denom = torch.linalg.vector_norm(h - h0.unsqueeze(1), ord=self.p_norm, dim=2)
         return self._ratio(self._numerator(batch, chunk), denom)
