@@ -890,8 +890,8 @@ MODALITY_PROFILES = (
     "(drawing noise, randomising layers, similarities). Saliency, Gradient and "
     "InputXGradient are one backward seeded with ones (captum's form seeded one gradient per "
     "sample: 11 ms against the MLP's 1 ms backward for 2,000 W4 rows), so on W4 the explain "
-    "floor fell about 5x and that own work now shows (robustness about 1.9-2.4 x the floor, "
-    "randomisation 1.6-6 x: model copies and re-initialisation, SSIM and rank similarities, "
+    "floor fell about 5x and that own work now shows (robustness about 1.7-2.2 x the floor, "
+    "randomisation 1.5-4.6 x: model copies and re-initialisation, SSIM and rank similarities, "
     "histogram entropies), while ours is 3-4x faster than before in seconds.",
 )
 
