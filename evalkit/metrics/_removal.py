@@ -362,10 +362,10 @@ def subset_scores(
     sample_keys = batch.keys if imputer.stochastic else None
     base = baseline_values(imputer, x, batch.keys, modality) if fill_of is None else None
     is_baseline = isinstance(imputer, Baseline)
-    # where the modality replaces by torch.where, select bit by bit (the same values, several
-    # times faster on the CPU; evalkit.perturb._select)
+    # where the modality replaces by torch.where, window_of rows are selected bit by bit (the
+    # same values, several times faster on the CPU, no bool compare: evalkit.perturb._select);
     # a bool mask from mask_of goes to torch.where (fast for sparse masks such as random
-    # subsets); window_of rows are selected bit by bit (no bool compare at all)
+    # subsets)
     by_where = replaces_by_where(modality)
     replace = modality.replace
 
@@ -375,7 +375,7 @@ def subset_scores(
         fill_t = torch.as_tensor(fill, device=x.device)
         if by_where and fill_t.dtype == x.dtype:
             return window_select(rank, lo, hi, fill_t, xi)
-        return modality.replace(xi, (rank >= lo) & (rank < hi), fill_t)
+        return replace(xi, (rank >= lo) & (rank < hi), fill_t)
 
     def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
         i = index[0]

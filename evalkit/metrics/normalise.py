@@ -24,18 +24,23 @@ def _per_sample(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return scale.reshape(scale.shape[0], *([1] * (like.ndim - 1)))
 
 
+def _divide_by_max(values: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """``values`` / the per-sample maximum of ``magnitude`` (|a|), left as they are where that
+    maximum is 0."""
+    scale = magnitude.reshape(magnitude.shape[0], -1).amax(1)
+    return values / _per_sample(torch.where(scale > 0, scale, torch.ones_like(scale)), values)
+
+
 def normalise_by_max(a: torch.Tensor) -> torch.Tensor:
     """a / max|a| per sample, so each map lies in [-1, 1] with max |a| = 1."""
-    scale = a.reshape(a.shape[0], -1).abs().amax(1)
-    return a / _per_sample(torch.where(scale > 0, scale, torch.ones_like(scale)), a)
+    return _divide_by_max(a, a.abs())
 
 
 def abs_normalised_by_max(a: torch.Tensor) -> torch.Tensor:
     """``normalise_by_max(a).abs()``, bit for bit, in one pass of |a| fewer: |a / m| is
     |a| / m exactly for m > 0 (IEEE division rounds symmetrically)."""
     mag = a.abs()
-    scale = mag.reshape(mag.shape[0], -1).amax(1)
-    return mag / _per_sample(torch.where(scale > 0, scale, torch.ones_like(scale)), mag)
+    return _divide_by_max(mag, mag)
 
 
 def normalise_by_negative(a: torch.Tensor) -> torch.Tensor:

@@ -344,10 +344,10 @@ def _symmetric_pad(x: torch.Tensor, axis: int, r: int) -> torch.Tensor:
     if r <= length:  # slices and a cat: no index tensor and no gather
         return torch.cat([x.narrow(axis, 0, r).flip(axis), x,
                           x.narrow(axis, length - r, r).flip(axis)], axis)
+    # a pad wider than the axis reflects more than once: gather through periodic indices
     idx = torch.arange(length, device=x.device)
-    left = idx[:r].flip(0) if r <= length else _reflect_index(-r, 0, length, x.device)
-    right = idx[length - r :].flip(0) if r <= length else _reflect_index(length, length + r,
-                                                                        length, x.device)
+    left = _reflect_index(-r, 0, length, x.device)
+    right = _reflect_index(length, length + r, length, x.device)
     return torch.index_select(x, axis, torch.cat([left, idx, right]))
 
 
