@@ -62,12 +62,14 @@ class _PredictionGap(RanksFeatures):
         """Cheap settings for :func:`evalkit.testing.check_metric`."""
         return {"nr_samples": 4}
 
-    def _resolve_k(self, n_features: int) -> int:
-        """OpenXAI's rule: a fraction is rounded up (at least 1); an int is capped at the
-        number of features."""
+    def _resolve_k(self, n_features: torch.Tensor) -> torch.Tensor:
+        """Each sample's k from its own number of features ``n_features`` (N,), OpenXAI's
+        rule: a fraction is rounded up (at least 1); an int is capped at the number of
+        features."""
         if isinstance(self.k, float):
-            return max(1, math.ceil(self.k * n_features))
-        return min(self.k, n_features)
+            return torch.ceil(self.k * n_features.to(torch.float64)).to(
+                n_features.dtype).clamp(min=1)
+        return n_features.clamp(max=self.k)
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         batch.require_model()
@@ -83,10 +85,13 @@ class _PredictionGap(RanksFeatures):
             .contiguous())
         rank_map = grp.expand(rank)  # (N, ...) position of each element's feature
         g = grp.n_groups.to(dev)
-        k_max = self._resolve_k(int(g.max()))
+        # k per sample from its own feature count (a sample with fewer features gets a
+        # smaller k, not the largest sample's k capped at its count)
+        k_each = self._resolve_k(g)
+        k_max = int(k_each.max())
         ks = (torch.arange(1, k_max + 1, device=dev) if self.auc
               else torch.tensor([k_max], device=dev))
-        k_rows = torch.minimum(ks.unsqueeze(0), g.unsqueeze(1))  # (N, T)
+        k_rows = torch.minimum(ks.unsqueeze(0), k_each.unsqueeze(1))  # (N, T)
         noise = batch.modality.valid_noise(GaussianNoise(self.perturb_mean, self.perturb_std))
         draws = self.nr_samples
         # draw j of sample i has its own key: the noise of a row depends on (sample, draw)
@@ -156,7 +161,7 @@ class _PredictionGap(RanksFeatures):
             i, t, j = index
             kk = flat_k.index_select(0, i * t_count + t)
             xi = x.index_select(0, i)
-            keys = flat_keys.index_select(0, (i * draws + j).cpu())
+            keys = flat_keys.index_select(0, i * draws + j)
             if additive:  # x + noise on the top-k (PGI) or the other (PGU) features
                 found = noisy_positions(i, t)
                 if found is not None:
@@ -217,7 +222,9 @@ _PARAMS = """
     k:
         The number of top features: an int, or a fraction of the features (float in (0, 1],
         rounded up, at least 1; OpenXAI's rule). Default 0.25, OpenXAI's benchmark setting.
-        An int above a sample's number of features means all of them.
+        An int above a sample's number of features means all of them. k is resolved per
+        sample from that sample's own number of features (with a grouping that gives samples
+        different feature counts, k=0.25 is a quarter of each sample's features).
     nr_samples:
         Noise draws per sample (OpenXAI: 100).
     perturb_std, perturb_mean:
@@ -230,7 +237,9 @@ _PARAMS = """
     auc:
         False (default): the gap at k. True: the area under the gap over k = 1..K (K from
         ``k``) on a [0, 1] axis (OpenXAI's leaderboard "AUC" setting), with the per-k gaps in
-        ``curves_``.
+        ``curves_``. K is the largest sample's k; a sample with a smaller k keeps its gap at
+        its own k for the remaining steps. Where K is 1 there is no area: the score is the
+        gap at k (as with ``auc=False``) and no curve is recorded.
     grouping:
         The features (default: the modality's: pixels, time steps, columns or a table's
         column groups; see :func:`evalkit.perturb.make_grouping`).
