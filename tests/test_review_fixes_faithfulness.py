@@ -79,3 +79,50 @@ def test_pg_auc_with_different_ks_keeps_the_smaller_samples_gap_at_its_k():
     assert curves.shape == (2, 4)
     at_k = M.PGI(k=1, nr_samples=4, grouping=lab[1:], seed=0)(model, x[1:], y[1:], a[1:])
     assert np.allclose(curves[1], at_k[0])
+
+
+# ------------------------------------------------------------------------------ SensitivityN
+
+
+class _NanWhenFirstRemoved(nn.Module):
+    """A linear model whose output is NaN once feature 0 is removed (set to 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lin(x)
+        return torch.where(x[:, :1] == 0, torch.full_like(out, float("nan")), out)
+
+
+def _morf_inputs(n_nan: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """4 samples; the first ``n_nan`` rank feature 0 first (removed at n=1: NaN output)."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 5) + 0.5
+    a = torch.rand(4, 5)
+    a[:n_nan, 0] = 10.0
+    a[n_nan:, 0] = -10.0
+    return x, torch.tensor([0, 1, 2, 0]), a
+
+
+def test_sensitivity_n_morf_needs_three_samples_with_finite_outputs():
+    # 2 of 4 samples' outputs turn NaN: the set left has 2 samples, whose correlation is
+    # always +-1; before, samples 2 and 3 scored -1
+    x, y, a = _morf_inputs(2)
+    metric = M.SensitivityN(subsets="morf", n_max_percentage=0.4, perturb_baseline=0.0,
+                            softmax=False, normalise=False, abs=False)
+    scores = metric(_NanWhenFirstRemoved(), x, y, a)
+    assert np.isnan(scores).all()
+    assert "not finite" in metric.nan_reasons_[0]
+    assert "at least 3 samples" in metric.nan_reasons_[2]
+    assert "at least 3 samples" in metric.nan_reasons_[3]
+
+
+def test_sensitivity_n_morf_with_three_samples_left_is_defined():
+    x, y, a = _morf_inputs(1)
+    metric = M.SensitivityN(subsets="morf", n_max_percentage=0.4, perturb_baseline=0.0,
+                            softmax=False, normalise=False, abs=False)
+    scores = metric(_NanWhenFirstRemoved(), x, y, a)
+    assert np.isnan(scores[0]) and np.isfinite(scores[1:]).all()

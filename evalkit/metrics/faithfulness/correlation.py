@@ -66,7 +66,8 @@ class SensitivityN(RanksFeatures):
       taken *across the samples of the batch passed to the call* (all of it: Quantus uses the
       first batch chunk only, deviation C4, and pairs the cumulative output change with the sum of
       the attributions of the last step only, deviation C24; here the sum covers all n features).
-      Every sample gets the set's value.
+      Every sample gets the set's value. The set needs at least 3 samples whose attributions
+      and model outputs are finite (else every sample is NaN with that reason).
 
     ``curves_`` holds the correlation for each n (x-axis: n as a fraction of the features); the
     score is the mean over n of the defined values (NaN with a reason if none is defined).
@@ -170,6 +171,13 @@ class SensitivityN(RanksFeatures):
         scores, _, _ = removal_curve(batch, plan, sizes, ordering=ordering,
                                      desc=type(self).__name__)
         ok = valid_samples(batch)  # less any sample whose model output was not finite
+        if int(ok.sum()) < 3:  # the outputs left fewer than 3: two points always correlate
+            batch.set_nan(torch.ones(n, dtype=torch.bool), "SensitivityN(subsets='morf') "
+                          "correlates across samples and needs at least 3 samples with finite "
+                          "attributions and model outputs")
+            flags = torch.zeros(sizes.shape, dtype=torch.bool, device=batch.device)
+            nan = torch.full(sizes.shape, math.nan, dtype=torch.float64, device=batch.device)
+            return nan, flags, flags
         deltas = clean.unsqueeze(1) - scores
         gs = ordering.group_scores.nan_to_num(0.0).gather(1, ordering.order)
         csum = gs.cumsum(1)
