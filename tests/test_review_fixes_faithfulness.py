@@ -126,3 +126,59 @@ def test_sensitivity_n_morf_with_three_samples_left_is_defined():
                             softmax=False, normalise=False, abs=False)
     scores = metric(_NanWhenFirstRemoved(), x, y, a)
     assert np.isnan(scores[0]) and np.isfinite(scores[1:]).all()
+
+
+def test_sensitivity_n_sizes_stop_at_each_samples_own_share():
+    # n_max_percentage=0.5: 8 sizes for the 16-feature sample, 2 for the 4-feature one; before,
+    # the small sample's sizes were capped at 4 features and scored up to all of them
+    model = _linear_image_model()
+    torch.manual_seed(1)
+    x = torch.randn(2, 1, 4, 4)
+    y = torch.tensor([0, 1])
+    a = torch.randn(2, 1, 4, 4)
+    lab = _two_groupings()
+    metric = M.SensitivityN(n_max_percentage=0.5, nr_subsets=5, grouping=lab,
+                            perturb_baseline=0.0, seed=0)
+    scores = metric(model, x, y, a)
+    assert np.allclose(metric.curve_x_[0], np.arange(1, 9) / 16)
+    assert np.allclose(metric.curve_x_[1, :2], [0.25, 0.5])
+    assert np.isnan(metric.curve_x_[1, 2:]).all() and np.isnan(metric.curves_[1, 2:]).all()
+    assert np.isfinite(metric.curves_[1, :2]).all()
+    assert np.isclose(scores[1], metric.curves_[1, :2].mean())
+
+
+def test_sensitivity_n_sample_without_a_size_is_nan_with_a_reason():
+    model = _linear_image_model()
+    torch.manual_seed(1)
+    x = torch.randn(2, 1, 4, 4)
+    y = torch.tensor([0, 1])
+    a = torch.randn(2, 1, 4, 4)
+    lab = _two_groupings()
+    # 0.2 * 16 = 3.2 -> 3 sizes for sample 0; 0.2 * 4 = 0.8 -> none for sample 1
+    metric = M.SensitivityN(n_max_percentage=0.2, nr_subsets=5, grouping=lab,
+                            perturb_baseline=0.0, seed=0)
+    scores = metric(model, x, y, a)
+    assert np.isfinite(scores[0]) and np.isnan(scores[1])
+    assert "no subset size" in metric.nan_reasons_[1]
+
+
+def test_sensitivity_n_morf_leaves_samples_beyond_their_share_out_of_the_set():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x = torch.randn(5, 1, 4, 4)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    a = torch.randn(5, 1, 4, 4)
+    lab = np.zeros((5, 1, 4, 4), dtype=np.int64)
+    lab[:3, 0] = np.arange(16).reshape(4, 4)
+    lab[3:] = _two_groupings()[1]
+    metric = M.SensitivityN(n_max_percentage=0.5, subsets="morf", grouping=lab,
+                            perturb_baseline=0.0)
+    scores = metric(model, x, y, a)
+    # sizes 1-2 correlate over 5 samples, 3-8 over the 3 large ones only: the same values as
+    # the 3 large samples alone
+    big = M.SensitivityN(n_max_percentage=0.5, subsets="morf", grouping=lab[:3],
+                         perturb_baseline=0.0)
+    big(model, x[:3], y[:3], a[:3])
+    assert np.allclose(metric.curves_[0, 2:], big.curves_[0, 2:])
+    assert np.isnan(metric.curve_x_[3:, 2:]).all()
+    assert np.allclose(scores, scores[0])

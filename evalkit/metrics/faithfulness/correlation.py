@@ -71,6 +71,12 @@ class SensitivityN(RanksFeatures):
 
     ``curves_`` holds the correlation for each n (x-axis: n as a fraction of the features); the
     score is the mean over n of the defined values (NaN with a reason if none is defined).
+    The sizes n come from the sample with the most features; a sample with fewer (a grouping
+    that gives samples different feature counts) stops at ``n_max_percentage`` of its own:
+    the larger sizes are undefined for it (NaN in ``curve_x_``, and in ``curves_`` for the
+    random form; in the ``"morf"`` form it takes no part in the set's correlation at those
+    sizes, and a size with fewer than 3 samples in the set is NaN). A sample with no size at
+    all (``n_max_percentage`` of its features below ``features_in_step``) is NaN with a reason.
 
     Cost: with T = floor(n_max_percentage * G / features_in_step) subset sizes, the random form
     forwards N * (1 + nr_subsets * T) rows, the ``"morf"`` form N * (1 + T) (Quantus forwards
@@ -138,13 +144,22 @@ class SensitivityN(RanksFeatures):
         ordering = order_groups(batch, self._grouping, "morf")
         grp = ordering.grouping
         sizes = self._sizes(grp)
+        # the sizes above n_max_percentage of a sample's own features (sizes come from the
+        # largest sample): undefined for that sample, not capped at its feature count
+        limits = torch.tensor([int(self.n_max_percentage * g // self.features_in_step)
+                               for g in grp.n_groups.tolist()], device=sizes.device)
+        beyond = torch.arange(1, sizes.shape[1] + 1, device=sizes.device) > limits.unsqueeze(1)
+        batch.set_nan(beyond.all(1), "n_max_percentage * the sample's number of features is "
+                      "smaller than features_in_step: no subset size")
         clean = clean_scores(batch)
         if self.subsets == "morf":
-            corr, a_const, b_const = self._across_samples(batch, ordering, sizes, clean)
+            corr, a_const, b_const = self._across_samples(batch, ordering, sizes, clean, beyond)
         else:
             corr, a_const, b_const = self._per_sample(batch, grp, ordering.group_scores, sizes,
                                                       clean)
+            corr = corr.masked_fill(beyond, math.nan)
         fractions = sizes.to(torch.float64) / grp.n_groups.to(torch.float64).unsqueeze(1)
+        fractions = fractions.masked_fill(beyond, math.nan)
         set_curves(batch, corr, fractions)
         defined = torch.isfinite(corr)
         score = torch.where(defined, corr, torch.zeros_like(corr)).sum(1) / defined.sum(1)
@@ -156,10 +171,9 @@ class SensitivityN(RanksFeatures):
                       "attribution sums or output changes)")
         return score
 
-    def _across_samples(self, batch, ordering, sizes, clean):
+    def _across_samples(self, batch, ordering, sizes, clean, beyond):
         n = batch.n
         ok = valid_samples(batch)
-        t_count = sizes.shape[1]
         if int(ok.sum()) < 3:
             batch.set_nan(torch.ones(n, dtype=torch.bool), "SensitivityN(subsets='morf') "
                           "correlates across samples and needs at least 3 samples with finite "
@@ -182,9 +196,12 @@ class SensitivityN(RanksFeatures):
         gs = ordering.group_scores.nan_to_num(0.0).gather(1, ordering.order)
         csum = gs.cumsum(1)
         att = csum.gather(1, (sizes - 1).clamp(min=0))
-        # samples whose attribution was not finite take no part in the set's correlation
-        corr, a_const, b_const = correlate_rows(att.T, deltas.T, self.similarity_func,
-                                            ok.unsqueeze(0).expand(t_count, -1))
+        # samples whose attribution was not finite take no part in the set's correlation, nor
+        # do samples at a size beyond their n_max_percentage; a size with fewer than 3 samples
+        # in the set is undefined
+        in_set = ok.unsqueeze(0) & ~beyond.T
+        corr, a_const, b_const = correlate_rows(att.T, deltas.T, self.similarity_func, in_set)
+        corr = corr.masked_fill(in_set.sum(1) < 3, math.nan)
         return tuple(v.unsqueeze(0).expand(n, -1).contiguous() for v in (corr, a_const, b_const))
 
     def _per_sample(self, batch, grp, group_scores, sizes, clean
