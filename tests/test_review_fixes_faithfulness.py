@@ -182,3 +182,20 @@ def test_sensitivity_n_morf_leaves_samples_beyond_their_share_out_of_the_set():
     assert np.allclose(metric.curves_[0, 2:], big.curves_[0, 2:])
     assert np.isnan(metric.curve_x_[3:, 2:]).all()
     assert np.allclose(scores, scores[0])
+
+
+# ------------------------------------------------------------------- FaithfulnessCorrelation
+
+
+def test_faithfulness_correlation_error_names_the_smallest_number_of_features():
+    # the message printed subset_size where it meant the smallest input's number of features
+    # (the same number whenever it is raised, so it read as a repetition)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 3))
+    x = torch.randn(2, 6)
+    y = torch.tensor([0, 1])
+    a = torch.randn(2, 6)
+    lab = np.array([[0, 1, 2, 3, 4, 5], [0, 0, 1, 1, 2, 3]])  # 6 and 4 features
+    with pytest.raises(ValueError, match=r"`subset_size`=4 .*the smallest has 4: every subset"):
+        M.FaithfulnessCorrelation(nr_runs=3, subset_size=4, grouping=lab, seed=0)(
+            model, x, y, a)

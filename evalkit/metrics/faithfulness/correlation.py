@@ -312,13 +312,17 @@ class FaithfulnessCorrelation(Metric):
         return {"random subsets": True, "baseline": self._imputer}
 
     def subsets(self, batch: MetricBatch, grp: Grouping) -> torch.Tensor:
-        """The (N, nr_runs, subset_size) group ids of every run (from the batch's keys)."""
+        """The (N, nr_runs, subset_size) group ids of every run (from the batch's keys).
+
+        Raises ValueError, naming the smallest number of features, when ``subset_size`` equals
+        it (every subset would be every feature)."""
         n_groups_check("subset_size", self.subset_size, grp, "features")
         if self.subset_size == int(grp.n_groups.min()):
             # every subset would be every feature: the correlation is undefined for every
             # sample, a setting error (Quantus refuses it too)
             raise ValueError(f"`subset_size`={self.subset_size} must be smaller than the number "
-                             f"of features of every input ({self.subset_size}).")
+                             f"of features of every input (the smallest has "
+                             f"{int(grp.n_groups.min())}: every subset would be every feature).")
         g_max = grp.max_groups
         valid = grp.valid()
         keys = _rng.combine(batch.keys, 0xFC0)
