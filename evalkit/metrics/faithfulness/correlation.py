@@ -255,11 +255,6 @@ class SensitivityN(RanksFeatures):
 _PREDRAW_ELEMENTS = 1 << 22
 
 
-def _draw_elements(x: torch.Tensor, draws: int) -> int:
-    """Elements of ``draws`` copies of every row of ``x``."""
-    return int(x.numel()) * draws
-
-
 class FaithfulnessCorrelation(Metric):
     """Faithfulness correlation (Bhatt, Weller & Moura 2020): the Pearson correlation, over
     ``nr_runs`` random subsets S of ``subset_size`` features, between ``sum_{i in S} a_i`` and
@@ -575,7 +570,7 @@ class MonotonicityCorrelation(RanksFeatures):
             # of a few columns): one keyed draw instead of one per chunk, whose fixed cost
             # exceeds its numbers' there; a row's values depend on its key and x row only
             predrawn = None
-            if _draw_elements(x, s_count) <= _PREDRAW_ELEMENTS:
+            if int(x.numel()) * s_count <= _PREDRAW_ELEMENTS:
                 predrawn = imputer.values(  # type: ignore[attr-defined]
                     x.repeat_interleave(s_count, 0), flat_keys)
 
