@@ -165,7 +165,8 @@ def linear_imputation(x: torch.Tensor, mask: torch.Tensor, *,
     :func:`_solve_banded`): the cheapest exact route for many small systems. Larger images use
     one sparse LU (SuperLU, nested-dissection order) per block of images, whose fill grows far
     slower than a band. An image with every pixel removed has no boundary values; its pixels
-    become 0 (the system would be singular).
+    become 0 (the system would be singular). The removed pixels' values are not read: a NaN or
+    inf there does not change the result.
     """
     b, _c, h, w = x.shape
     m = mask.detach().to("cpu").numpy().astype(bool, copy=False)
@@ -256,9 +257,10 @@ class _single_blas_thread:
 
 def _system(xv: np.ndarray, m: np.ndarray):
     """Diagonal (H*W,), right-hand sides (S, C, H*W) and the (pixel j, pixel j + d, weight)
-    couplings (d > 0) of the unknowns of each image, over the flattened pixels."""
+    couplings (d > 0) of the unknowns of each image, over the flattened pixels. The removed
+    pixels' own values take no part (a NaN or inf there does not reach its neighbours)."""
     s, c, h, w = xv.shape
-    known = xv * (~m)[:, None]
+    known = np.where(m[:, None], 0.0, xv)  # not xv * ~m: a removed NaN times 0 is NaN
     rhs = np.zeros((s, c, h, w))
     diag = np.zeros((h, w))
     couplings = []
