@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evalkit.perturb.imputation import linear_imputation
+from evalkit.perturb.imputation import KNNImputer, linear_imputation
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
@@ -26,3 +26,19 @@ def test_linear_imputation_ignores_the_removed_pixels_values(bad, size):
     out = linear_imputation(poisoned, mask)
     assert torch.isfinite(out).all()
     assert torch.equal(out, linear_imputation(reference, mask))
+
+
+@pytest.mark.parametrize("standardise", [True, False])
+def test_knn_imputer_finds_the_nearest_row_on_a_column_with_a_large_offset(standardise):
+    # column 0 sits at 1e9 + {0, 1, 2, 3}: the row at 1e9 + 2.9 is nearest to the last
+    # background row; before, |x|^2 - 2 x.r + |r|^2 on the raw values lost every digit and the
+    # first row (10.0) was taken
+    off = 1e9
+    bg = torch.tensor([[off + 0.0, 10.0], [off + 1.0, 20.0], [off + 2.0, 30.0],
+                       [off + 3.0, 40.0]], dtype=torch.float64)
+    x = torch.tensor([[off + 2.9, 0.0], [off + 0.2, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[False, True], [False, True]])
+    out = KNNImputer(bg, k=1, standardise=standardise).fill(x, mask)
+    assert out[:, 1].tolist() == [40.0, 10.0]
+    out = KNNImputer(bg, k=2, standardise=standardise).fill(x, mask)
+    assert out[:, 1].tolist() == [35.0, 15.0]

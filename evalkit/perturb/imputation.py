@@ -724,6 +724,8 @@ class KNNImputer(TableImputer):
 
     ``standardise``: measure distances on columns divided by the background's standard
     deviations (True, default; columns with other units then weigh alike), else raw values.
+    Distances are computed on columns centred on the background's means (the same distances,
+    without the loss of precision of a column with a large offset, e.g. a timestamp).
     """
 
     def __init__(self, reference: Any = None, *, k: int = 5, noise: float = 0.0,
@@ -741,7 +743,10 @@ class KNNImputer(TableImputer):
         sd = bg.std(0, correction=0) if self.standardise else torch.ones(
             bg.shape[1], dtype=torch.float64, device=x.device)
         sd = torch.where(sd > 0, sd, torch.ones_like(sd))
-        xs, rs = x / sd, bg / sd
+        # centred first: the expanded squares below cancel catastrophically on columns with a
+        # large offset (1e9 + small differences picked the wrong neighbour)
+        mu = bg.mean(0)
+        xs, rs = (x - mu) / sd, (bg - mu) / sd
         keep = (~mask).to(torch.float64)
         # sum_f keep_f (x_f - r_f)^2 as three products (no (B, M, F) tensor)
         dist = ((keep * xs * xs).sum(1, keepdim=True) - 2 * (keep * xs) @ rs.T
