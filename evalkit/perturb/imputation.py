@@ -650,14 +650,18 @@ def _equal_rows(x: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
 
 def _background_moments(x: torch.Tensor, bg: torch.Tensor, excluded: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row background mean (B, F), scatter-matrix correction and count: the excluded rows
-    of row b are c_b copies of x_b, so mean and scatter follow from the full background's by
-    removing them (mu' = (M mu - c x) / (M - c), S' = S - c M / (M - c) (x - mu)(x - mu)^T)."""
+    """Per-row background mean (B, F), number of excluded rows c (B,) and of rows left
+    M - c (B,): the excluded rows of row b are c_b copies of x_b, so mean and scatter follow
+    from the full background's by removing them (mu' = (M mu - c x) / (M - c); the scatter
+    S' = S - c M / (M - c) (x - mu)(x - mu)^T is the caller's). A row with no excluded copy
+    (c = 0) gets the full background's mean whatever its values (a NaN in it does not leak)."""
     m_total = bg.shape[0]
     mu = bg.mean(0)
     c = excluded.sum(1).to(torch.float64)
     count = m_total - c
-    mean = (m_total * mu - c.unsqueeze(1) * x) / count.unsqueeze(1)
+    # only rows with excluded copies are corrected: 0 * NaN would be NaN
+    removed = torch.where((c > 0).unsqueeze(1), c.unsqueeze(1) * x, torch.zeros_like(x))
+    mean = (m_total * mu - removed) / count.unsqueeze(1)
     return mean, c, count
 
 
@@ -700,8 +704,9 @@ class ConditionalMeanImputer(TableImputer):
         step = max(1, _SOLVE_ELEMENTS // max(1, f * f))
         for start in range(0, b, step):
             sl = slice(start, start + step)
-            d = x[sl] - mu
             cc, cnt = c[sl], count[sl]
+            # a row with no excluded copy has no correction (a NaN in it would give 0 * NaN)
+            d = torch.where((cc > 0).unsqueeze(1), x[sl] - mu, torch.zeros_like(x[sl]))
             s = scatter - (cc * m_total / cnt).view(-1, 1, 1) * d.unsqueeze(2) * d.unsqueeze(1)
             cov = s / (cnt - 1).clamp_min(1).view(-1, 1, 1)
             cov = torch.where((cnt > 1).view(-1, 1, 1), cov, torch.zeros_like(cov))
@@ -747,6 +752,7 @@ class KNNImputer(TableImputer):
         # large offset (1e9 + small differences picked the wrong neighbour)
         mu = bg.mean(0)
         xs, rs = (x - mu) / sd, (bg - mu) / sd
+        xs = torch.where(mask, torch.zeros_like(xs), xs)  # a removed NaN: not 0 * NaN below
         keep = (~mask).to(torch.float64)
         # sum_f keep_f (x_f - r_f)^2 as three products (no (B, M, F) tensor)
         dist = ((keep * xs * xs).sum(1, keepdim=True) - 2 * (keep * xs) @ rs.T
