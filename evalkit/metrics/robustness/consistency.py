@@ -42,8 +42,8 @@ class Consistency(RanksFeatures):
         to (N, m) codes (rows compared for equality) or (N,) labels. Quantus' functions of
         these names are recognised and replaced by the ones here.
     n:
-        n of the top-n discretisers (default 5) or the decimals of ``"floating_points"``
-        (default 2).
+        n of the top-n discretisers (default 5; at least 1, else ValueError) or the decimals of
+        ``"floating_points"`` (default 2; 0 rounds to integers).
 
     With the default ``abs=True`` (as in Quantus) every attribution is non-negative, so
     ``"top_n_sign"`` and ``"sign"`` see no negative signs; pass ``abs=False`` to use them.
@@ -75,6 +75,10 @@ class Consistency(RanksFeatures):
             check_option("discretise_func", discretise_func, _DISCRETISERS)
         self.discretise_func = discretise_func
         self.n = check_scalar("n", n, int, min_val=0, allow_none=True)
+        if self.n == 0 and discretise_func in ("top_n_sign", "top_n"):
+            raise ValueError(f"`n` must be at least 1 for discretise_func={discretise_func!r} "
+                             "(the top 0 features would give every map the same label); got "
+                             "0. n=0 is valid for 'floating_points' (0 decimals).")
         self.consistency_: float | None = None
 
     def _ranks_attributions(self) -> bool:
@@ -235,8 +239,10 @@ def _row_labels(codes: torch.Tensor) -> torch.Tensor:
     is many times faster than ``torch.unique(dim=0)`` (the metric's own cost on a small model,
     e.g. the W4 benchmark's MLP); the labels only name groups, so their numbering does not
     matter. Floating-point codes keep ``torch.unique`` (0.0 and -0.0 are equal, their bytes
-    are not)."""
-    if codes.is_floating_point() or codes.is_complex() or codes.shape[1] == 0:
+    are not). Zero-width codes (a callable's (N, 0)) are all equal: every label is 0."""
+    if codes.shape[1] == 0:  # torch.unique(dim=0) refuses a zero-sized dimension
+        return torch.zeros(codes.shape[0], dtype=torch.int64, device=codes.device)
+    if codes.is_floating_point() or codes.is_complex():
         return torch.unique(codes, dim=0, return_inverse=True)[1]
     # the narrowest integer type that holds every code (equal rows stay equal, distinct rows
     # distinct): fewer bytes to sort (top-n indices of a few hundred features fit int16)

@@ -1,0 +1,48 @@
+"""Regression tests for the robustness and perturbation bugs of the code review of main at
+32b91e0 (Consistency with n=0, ColumnNoise's validation). Each test failed before its fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from evalkit import metrics as M
+
+pytestmark = pytest.mark.filterwarnings("ignore::evalkit.UndefinedScoreWarning")
+
+
+def _model_and_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 3))
+    x = torch.randn(4, 6)
+    return model, x, torch.tensor([0, 1, 2, 0]), torch.randn(4, 6)
+
+
+# -------------------------------------------------------------------------------- Consistency
+
+
+@pytest.mark.parametrize("func", ["top_n", "top_n_sign"])
+def test_consistency_top_n_rejects_n_zero_with_a_clear_error(func):
+    # before: a RuntimeError from torch.unique on the (N, 0) codes, at call time
+    with pytest.raises(ValueError, match="`n` must be at least 1"):
+        M.Consistency(discretise_func=func, n=0)
+
+
+def test_consistency_floating_points_keeps_n_zero():
+    model, x, y, a = _model_and_data()
+    a = torch.tensor([[0.2, 1.4, 0.0, 0.0, 0.0, 0.0]] * 2 + [[0.1, 0.6, 0.0, 0.0, 0.0, 0.0]] * 2)
+    scores = M.Consistency(discretise_func="floating_points", n=0, abs=False,
+                           normalise=False)(model, x, y, a)
+    assert np.isfinite(scores).all()
+
+
+def test_consistency_callable_with_zero_width_codes_gives_one_label():
+    # a callable returning (N, 0) codes: every map has the same (empty) label
+    model, x, y, a = _model_and_data()
+    metric = M.Consistency(discretise_func=lambda f: np.zeros((f.shape[0], 0)), abs=False,
+                           normalise=False)
+    same = M.Consistency(discretise_func=lambda f: np.zeros(f.shape[0]), abs=False,
+                         normalise=False)
+    assert np.array_equal(metric(model, x, y, a), same(model, x, y, a), equal_nan=True)
