@@ -199,3 +199,27 @@ def test_faithfulness_correlation_error_names_the_smallest_number_of_features():
     with pytest.raises(ValueError, match=r"`subset_size`=4 .*the smallest has 4: every subset"):
         M.FaithfulnessCorrelation(nr_runs=3, subset_size=4, grouping=lab, seed=0)(
             model, x, y, a)
+
+
+# -------------------------------------------------------------------------------- Sufficiency
+
+
+def test_sufficiency_seuclidean_is_pdist_not_plain_cdist():
+    # the documented variance (docstring fix only: the values did not change): pdist's, i.e.
+    # var(A, ddof=1); plain cdist(A, A) differs by one common factor, which the default
+    # normalisation removes
+    from scipy.spatial.distance import cdist, pdist, squareform
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 5))
+    raw = M.Sufficiency(distance_func="seuclidean", normalise_distances=False).distances(a)
+    assert np.allclose(raw, squareform(pdist(a, "seuclidean")), rtol=1e-10, atol=1e-12)
+    v = np.var(a, axis=0, ddof=1)
+    assert np.allclose(raw, cdist(a, a, "seuclidean", V=v), rtol=1e-10, atol=1e-12)
+    plain = cdist(a, a, "seuclidean")
+    n = a.shape[0]
+    assert np.allclose(plain, raw * np.sqrt((2 * n - 1) / (2 * (n - 1))), rtol=1e-10)
+    normalised = M.Sufficiency(distance_func="seuclidean").distances(a)
+    assert np.allclose(normalised, plain / plain.max(), rtol=1e-10, atol=1e-12)
+    # a tensor in gives a tensor out
+    assert isinstance(M.Sufficiency().distances(torch.as_tensor(a)), torch.Tensor)

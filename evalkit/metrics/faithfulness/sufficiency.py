@@ -12,13 +12,9 @@ import torch
 
 from ..._validation import check_bool, check_scalar
 from ...models.targets import BaseTarget
-from .._removal import (
-    flag_nonfinite,
-)
+from .._removal import flag_nonfinite
 from ..base import Metric, MetricBatch
-from ._common import (
-    valid_samples,
-)
+from ._common import valid_samples
 
 
 class Sufficiency(Metric):
@@ -30,9 +26,16 @@ class Sufficiency(Metric):
 
     Distances between the flattened attributions are ``scipy.spatial.distance.cdist``'s with
     ``distance_func`` (any metric name scipy accepts, or a callable on two vectors; the
-    (standardised) Euclidean ones are computed in torch on the device, within 1e-12), divided
-    by the largest distance in the batch when ``normalise_distances`` (Quantus divides by the
-    maximum too), so ``threshold`` is relative. The neighbourhoods use the whole batch passed
+    (standardised) Euclidean ones are computed in torch on the device, within about 1e-10
+    relative), divided by the largest distance in the batch when ``normalise_distances``
+    (Quantus divides by the maximum too), so ``threshold`` is relative. For ``"seuclidean"``
+    the variance of each feature is its sample variance over the batch's attributions A
+    (``var(A, ddof=1)``): the distances of ``scipy.spatial.distance.pdist(A, "seuclidean")``,
+    or of ``cdist(A, A, "seuclidean", V=var(A, axis=0, ddof=1))``. A plain
+    ``cdist(A, A, "seuclidean")`` takes the variance over the stacked ``[A; A]``, smaller by
+    the factor 2(N-1)/(2N-1) for every feature, so its distances are larger by one common
+    factor: the same after the default normalisation, different with
+    ``normalise_distances=False``. The neighbourhoods use the whole batch passed
     to the call: scores depend on which samples are evaluated together (that is the metric's
     definition), never on ``batch_size``.
 
@@ -64,8 +67,9 @@ class Sufficiency(Metric):
         self.normalise_distances = check_bool("normalise_distances", normalise_distances)
 
     def distances(self, a: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """The (N, N) distance matrix of flattened attributions ``a`` (N, D), normalised;
-        NumPy in, NumPy out.
+        """The (N, N) distance matrix of flattened attributions ``a`` (N, D), normalised when
+        ``normalise_distances``; NumPy in, NumPy out; a tensor in, a float64 tensor on its
+        device out.
 
         (Standardised) Euclidean distances are computed in torch on ``a``'s device (see
         :func:`_euclidean_distances`); other distances by ``scipy.spatial.distance.cdist``."""
@@ -107,14 +111,16 @@ class Sufficiency(Metric):
 
     def _neighbour_counts(self, a: torch.Tensor, pred: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(Euclidean distances, the default agreement of 1-D predictions) Each sample's
-        neighbours within the threshold, and those among them with the same prediction, (N,)
-        float64 counts, as ``distances`` and ``agree_pairwise`` give them, without their
-        N x N matrices: after the one matrix product the distances are finished, normalised
-        and tested a block of rows at a time (in cache), and the neighbours with each
-        prediction are counted by one small matrix product (the pairwise work is the
-        metric's own cost: N^2 pairs, many times the forward pass of a small model's N rows).
-        None where the largest distance is not finite: the caller takes the whole matrices."""
+        """For each sample, the number of neighbours within the threshold and the number of
+        those with the same prediction, two (N,) float64 counts equal to those of the
+        ``distances`` and ``agree_pairwise`` matrices, without building them (the route for
+        the Euclidean distances and the default agreement of 1-D predictions).
+
+        After the one matrix product the distances are finished, normalised and tested a block
+        of rows at a time (in cache), and the neighbours with each prediction are counted by
+        one small matrix product (the pairwise work is the metric's own cost: N^2 pairs, many
+        times the forward pass of a small model's N rows). Returns None where the largest
+        distance is not finite: the caller then takes the whole matrices."""
         t = self._scaled(a)
         n = t.shape[0]
         sq = (t * t).sum(1)
