@@ -46,3 +46,39 @@ def test_consistency_callable_with_zero_width_codes_gives_one_label():
     same = M.Consistency(discretise_func=lambda f: np.zeros(f.shape[0]), abs=False,
                          normalise=False)
     assert np.array_equal(metric(model, x, y, a), same(model, x, y, a), equal_nan=True)
+
+
+# -------------------------------------------------------------------------------- ColumnNoise
+
+
+def _column_noise(**kwargs):
+    from evalkit.perturb import ColumnNoise, GaussianNoise
+
+    kwargs.setdefault("levels", {1: [0.0, 1.0, 2.0]})
+    return ColumnNoise(GaussianNoise(0, 0.1), **kwargs)
+
+
+def test_column_noise_rejects_an_unknown_kind():
+    # before: "continous" was silently treated as continuous-like (not clipped, not snapped)
+    with pytest.raises(ValueError, match="`kinds` must each be one of"):
+        _column_noise(kinds=["continous", "categorical"])
+
+
+def test_column_noise_rejects_scales_of_the_wrong_length():
+    # before: accepted, then a broadcast error at the first draw
+    with pytest.raises(ValueError, match="`scales` needs one value per column: 3 for 2"):
+        _column_noise(kinds=["continuous", "categorical"], scales=[1.0, 1.0, 5.0])
+
+
+def test_column_noise_rejects_a_label_outside_its_categories():
+    # before: 7.0 was read as category 0 and resampled among the others
+    from evalkit import _rng
+
+    noise = _column_noise(kinds=["continuous", "categorical"], flip_prob=1.0)
+    x = torch.tensor([[0.5, 7.0], [0.5, 0.0]])
+    with pytest.raises(ValueError, match=r"column 1 holds 7.0, which is not among"):
+        noise(x, _rng.sample_keys(x, 0))
+    good = torch.tensor([[0.5, 2.0], [0.5, 0.0]])
+    out = noise(good, _rng.sample_keys(good, 0))
+    assert set(out[:, 1].tolist()) <= {0.0, 1.0, 2.0}
+    assert (out[:, 1] != good[:, 1]).all()  # flip_prob=1: always another category

@@ -153,6 +153,10 @@ def mean_absolute_noise(noise: Noise) -> float:
                      "resampling probability (`flip_prob`) explicitly.")
 
 
+#: the column kinds of :class:`ColumnNoise`
+_COLUMN_KINDS = ("continuous", "ordinal", "categorical")
+
+
 class ColumnNoise(Noise):
     """Noise for tables that keeps every row valid under a column spec.
 
@@ -163,21 +167,24 @@ class ColumnNoise(Noise):
       one); without listed levels, rounded to the nearest integer.
     * **categorical** features (a label-encoded column with its list of categories, or a group
       of one-hot columns): with probability ``flip_prob`` resampled uniformly among the *other*
-      categories (never a fractional or empty one-hot row), else kept.
+      categories (never a fractional or empty one-hot row), else kept. A label-encoded value
+      that is not among its column's categories is a ValueError (when categories are drawn).
 
     Parameters
     ----------
     base:
         The continuous noise (:class:`GaussianNoise`, :class:`UniformNoise`, ...).
     kinds:
-        One of ``"continuous"``, ``"ordinal"``, ``"categorical"`` per column.
+        One of ``"continuous"``, ``"ordinal"``, ``"categorical"`` per column (anything else is
+        a ValueError).
     one_hot:
         The one-hot groups (lists of columns, each all categorical).
     levels:
         ``{column: values}``: the categories of each label-encoded categorical column (needed)
         and the levels of ordinal columns (optional).
     scales:
-        Per-column noise scales (F,), or None (all 1).
+        Per-column noise scales (F,), or None (all 1); a length other than the number of
+        columns is a ValueError.
     flip_prob:
         The probability that a categorical feature changes in one draw; None: the mean
         absolute value of the wrapped noise (:func:`mean_absolute_noise`, OpenXAI's rule
@@ -193,10 +200,16 @@ class ColumnNoise(Noise):
             base = base.base
         self.base = base
         self.kinds = tuple(kinds)
+        unknown = sorted({k for k in self.kinds if k not in _COLUMN_KINDS}, key=str)
+        if unknown:
+            raise ValueError(f"`kinds` must each be one of {_COLUMN_KINDS}; got {unknown}.")
         self.one_hot = tuple(tuple(int(c) for c in g) for g in one_hot)
         self.levels = {int(c): tuple(float(v) for v in vals)
                        for c, vals in sorted((levels or {}).items())}
         self.scales = None if scales is None else tuple(float(v) for v in scales)
+        if self.scales is not None and len(self.scales) != len(self.kinds):
+            raise ValueError(f"`scales` needs one value per column: {len(self.scales)} for "
+                             f"{len(self.kinds)} columns.")
         if flip_prob is None:
             flip_prob = min(1.0, mean_absolute_noise(base))
         if not 0 <= flip_prob <= 1:
@@ -265,7 +278,12 @@ class ColumnNoise(Noise):
                     flip = flip & mask[:, cols].any(1, keepdim=True)
                 if len(cols) == 1:
                     cats = torch.tensor(self.levels[cols[0]], dtype=x.dtype, device=dev)
-                    current = (x[:, cols[0]].unsqueeze(1) == cats).to(torch.int64).argmax(1)
+                    hits = x[:, cols[0]].unsqueeze(1) == cats
+                    if not bool(hits.any(1).all()):  # argmax would read it as category 0
+                        bad = x[:, cols[0]][~hits.any(1)][0].item()
+                        raise ValueError(f"ColumnNoise: column {cols[0]} holds {bad}, which is "
+                                         f"not among its categories {self.levels[cols[0]]}.")
+                    current = hits.to(torch.int64).argmax(1)
                 else:
                     cats = None
                     current = x[:, cols].argmax(1)
