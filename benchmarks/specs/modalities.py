@@ -671,7 +671,9 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
                     written_floor=floor == "forward", part=part,
                     drawn_floor=floor == "forward" and name not in _IMPUTED,
                     required=(required_work(name, modality, metric, w, row, cache)
-                              if floor == "forward" else None))
+                              if floor == "forward" else
+                              _randomisation_work(name, metric, w, a, call_kw)
+                              if explainer is not None and row.floor is None else None))
 
     return build
 
@@ -816,6 +818,19 @@ def required_work(name: str, modality: str, metric: Any, w: Workload, row: Row,
     work = RequiredWork(ranked=ranked, kth=kth if ranked is not None else None,
                         score=_scoring(name, metric))
     return work if work.steps else None
+
+
+def _randomisation_work(name: str, metric: Any, w: Workload, a: torch.Tensor,
+                        call_kw: dict[str, Any]) -> RequiredWork | None:
+    """A randomisation row's required work besides its explain() floor (the model copy and
+    re-initialisation, the similarity or entropy of the maps, the off-target labels:
+    :func:`benchmarks.specs.randomisation.required_randomisation_work`); None for the other
+    re-explaining rows."""
+    from .randomisation import required_randomisation_work
+
+    if "explain_kwargs" not in call_kw:
+        return None
+    return required_randomisation_work(name, metric, w, a, call_kw["explain_kwargs"])
 
 
 def _rng_part(ctx: Context) -> PartTimer:
