@@ -674,6 +674,30 @@ class TestHistogramEntropy:
                for row, b in zip(a, bins, strict=True)]
         np.testing.assert_allclose(ours, ref, atol=1e-12)
 
+    def test_numpy_and_torch_counts_agree_with_numpy_histogram(self):
+        """The CPU (NumPy) and device (torch) bin counts are numpy.histogram's, bin for bin,
+        also for values on bin edges, ties, constant rows and a row with NaN."""
+        from evalkit.metrics.randomisation import (
+            _histogram_counts_numpy,
+            _histogram_counts_torch,
+        )
+
+        rng = np.random.default_rng(3)
+        a = rng.normal(size=(7, 50))
+        a[1] = np.linspace(-1.0, 1.0, 50)  # many values on the exact bin edges
+        a[2] = np.round(a[2] * 2) / 2  # ties
+        a[3] = 0.7  # constant
+        a[4, :25] = 1e-300  # a tiny range next to zero
+        a[5, 3] = np.nan
+        bins = np.array([10, 7, 100, 3, 13, 10, 1])
+        numpy_counts = _histogram_counts_numpy(a, bins)
+        torch_counts = _histogram_counts_torch(torch.as_tensor(a), torch.as_tensor(bins))
+        assert torch.equal(torch.from_numpy(numpy_counts), torch_counts)
+        for i in (0, 1, 2, 3, 4, 6):  # numpy.histogram rejects NaN
+            ref = np.histogram(a[i], bins=int(bins[i]))[0]
+            assert np.array_equal(numpy_counts[i, : bins[i]], ref), i
+            assert not numpy_counts[i, bins[i]:].any()
+
     def test_matches_quantus_discrete_entropy(self, quantus):
         rng = np.random.default_rng(2)
         a = rng.normal(size=(4, 1, 8, 8))

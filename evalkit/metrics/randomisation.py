@@ -670,9 +670,18 @@ def _histogram_entropy(a: torch.Tensor, n_bins: torch.Tensor) -> torch.Tensor:
         # NumPy's single-threaded element-wise passes over many short rows are several times
         # faster than torch's CPU kernels; the same IEEE operations give the same bins
         counts = torch.from_numpy(_histogram_counts_numpy(flat.numpy(), n_bins.cpu().numpy()))
-        # a bin's term depends only on its count k in 0..d (see below)
-        terms = torch.special.xlogy(p, p).index_select(0, counts.reshape(-1))
-        return -terms.reshape(counts.shape).sum(1)
+    else:
+        counts = _histogram_counts_torch(flat, n_bins)
+    # a bin's term depends only on its count k in 0..d: the d + 1 terms computed once (the
+    # same xlogy of the same k / d) and gathered, instead of xlogy on every bin of every row
+    terms = torch.special.xlogy(p, p).index_select(0, counts.reshape(-1))
+    return -terms.reshape(counts.shape).sum(1)
+
+
+def _histogram_counts_torch(flat: torch.Tensor, n_bins: torch.Tensor) -> torch.Tensor:
+    """:func:`_histogram_entropy`'s counts (N, max bins), int64, with torch (any device):
+    equal-width bins over each row's [min, max], binned as ``numpy.histogram`` does."""
+    n = flat.shape[0]
     lo = flat.amin(1, keepdim=True)
     hi = flat.amax(1, keepdim=True)
     const = hi == lo
@@ -691,9 +700,7 @@ def _histogram_entropy(a: torch.Tensor, n_bins: torch.Tensor) -> torch.Tensor:
     idx = idx.clamp(min=0).minimum(bins - 1)
     counts = torch.zeros((n, int(bins.max())), dtype=torch.int64, device=flat.device)
     counts.scatter_add_(1, idx, torch.ones_like(idx))
-    # a bin's term depends only on its count k in 0..d: the d + 1 terms computed once (the
-    # same xlogy of the same k / d) and gathered, instead of xlogy on every bin of every row
-    return -torch.special.xlogy(p, p)[counts].sum(1)
+    return counts
 
 
 def _histogram_counts_numpy(flat: np.ndarray, n_bins: np.ndarray) -> np.ndarray:
