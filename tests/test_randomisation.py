@@ -516,6 +516,24 @@ class TestMPRTSimilarities:
         fixed = MPRT(similarity_func=func)(model, x, y, explain_fn=fixed_fn)
         np.testing.assert_allclose(fixed, 0.0 if func == "mse" else 1.0, atol=1e-9)
 
+    def test_spearman_of_float32_maps_equals_that_of_their_float64_values(self):
+        """The randomised maps are ranked in their own dtype (float32 maps widen exactly to
+        float64: the same order and ties): the same bits as ranking the float64 copy, also with
+        ties, a constant row and a non-finite row."""
+        gen = torch.Generator().manual_seed(0)
+        ref = torch.rand((6, 40), generator=gen, dtype=torch.float64)
+        other = torch.rand((6, 40), generator=gen)
+        other[1] = torch.round(other[1] * 4) / 4  # ties
+        other[2] = 0.5  # constant: undefined
+        other[3, 5] = math.nan
+        finite = torch.tensor([True, True, True, False, True, True])
+        m = MPRT()
+        s32, r32 = m._similarity(ref, other, finite, {})
+        s64, r64 = m._similarity(ref, other.double(), finite, {})
+        assert torch.equal(s32.isnan(), s64.isnan()) and r32 == r64
+        assert torch.equal(s32.nan_to_num(7.0), s64.nan_to_num(7.0))
+        np.testing.assert_allclose(s64[0].item(), st.spearmanr(ref[0], other[0].double())[0])
+
     def test_direction_follows_the_similarity_kind(self, setup):
         """A distance grows as the explanations differ: higher is then better, for the
         instance (class metadata unchanged); a faithful explainer scores above the control."""

@@ -419,7 +419,11 @@ class MPRT(_ModelRandomisation):
                 cache["ref_rank"] = (_centred_rows(ref_rank) if ref_rank.device.type == "cpu"
                                      else ref_rank)
                 cache["ref_finite"] = finite_rows(flat)
-            flat = other.reshape(other.shape[0], -1).to(torch.float64)
+            flat = other.reshape(other.shape[0], -1)
+            if flat.dtype not in (torch.float32, torch.float64):
+                flat = flat.to(torch.float64)
+            # float32 maps are ranked as they are: their float64 values are the same numbers,
+            # so the same order and ties (no widening copy per layer)
             other_rank = rank(flat)
             if isinstance(cache["ref_rank"], tuple):
                 s = _pearson_centred(cache["ref_rank"], _centred_rows(other_rank))
