@@ -901,9 +901,10 @@ MODALITY_PROFILES = (
     "histogram entropies), while ours is 3-4x faster than before in seconds. For the "
     "randomisation rows that work is part of the metric's definition: the *required floor* "
     "(the model copy and its re-initialised layers, the similarity or entropy of the maps at "
-    "library speed) is about 1.5 x the floor for MPRT and DataRandomisation on W4, 2.5-3 x "
-    "for EfficientMPRT (two histogram entropies) and RandomLogit (SSIM), where the MLP's "
-    "explain() of 2,000 rows is about 1 ms; on W5 the CNN's explanations dominate.",
+    "library speed) is about 1.3-1.7 x the floor for MPRT and DataRandomisation on W4 "
+    "(Spearman ranks), 2.4-3.3 x for EfficientMPRT (two histogram entropies) and RandomLogit "
+    "(SSIM), where the MLP's explain() of 2,000 rows is 1-2 ms; on W5 the CNN's explanations "
+    "dominate (1.0-1.2 x).",
 )
 
 
