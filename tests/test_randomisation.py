@@ -534,6 +534,15 @@ class TestMPRTSimilarities:
         assert torch.equal(s32.nan_to_num(7.0), s64.nan_to_num(7.0))
         np.testing.assert_allclose(s64[0].item(), st.spearmanr(ref[0], other[0].double())[0])
 
+    @pytest.mark.parametrize("cls", [MPRT, EfficientMPRT])
+    def test_progress_bar_only_when_asked(self, setup, cls, capsys):
+        model, x, y = setup
+        quiet = cls()(model, x, y, explain_fn=grad_fn)
+        assert capsys.readouterr().err == ""
+        shown = cls(progress=True)(model, x, y, explain_fn=grad_fn)
+        assert cls.__name__ in capsys.readouterr().err
+        np.testing.assert_array_equal(quiet, shown)
+
     def test_direction_follows_the_similarity_kind(self, setup):
         """A distance grows as the explanations differ: higher is then better, for the
         instance (class metadata unchanged); a faithful explainer scores above the control."""
