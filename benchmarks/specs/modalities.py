@@ -53,7 +53,10 @@ Settings (:data:`SETTINGS`) are the image specs' where they transfer, sized for 
   subsets, Infidelity, Completeness, the soft rationale metrics, AverageDrop and kin,
   NonSensitivity, FaithfulnessEstimate with one feature a step). Work a metric may organise
   otherwise (normalising maps, windows' sums, correlations) is left out, so the bound stays
-  below every implementation;
+  below every implementation; the randomisation rows (explain() floor) have one too: that
+  floor plus the per-call steps of their definition (a model copy with the randomised layers
+  re-initialised, the similarity or entropy of the maps, the off-target labels, SmoothMPRT's
+  noisy inputs and means; :func:`benchmarks.specs.randomisation.required_randomisation_work`);
 * the model-free metrics score the workload's Saliency maps against its masks (W4: the
   informative features, W5: one interval per sample, W6: one rationale span per sample);
   they have no floor.
