@@ -23,7 +23,10 @@ Lower bounds besides the model floor (W4-W6, where the model is cheap): the *wri
 (each input row written once before its forward), the *drawn floor* (and as many random
 numbers as ours drew) and the *required-work floor* (and the ranking and the scoring of the
 outputs that the metric's definition requires, :class:`RequiredWork`), each timed in the same
-alternating rounds as ours.
+alternating rounds as ours. A re-explaining metric (floor: ``explain()`` of the rows it
+explained) can have a required-work floor too: that floor plus the steps its definition
+requires once per call (:class:`RequiredStep`: a model copy and re-initialisation, the
+similarity of the maps...).
 
 Process state and plain processes (issues 18 and 24): the same case can be run in a new process
 per :data:`CONDITIONS` entry (``fresh``, or ``used``: :func:`dirty_process` first), since the
@@ -59,6 +62,7 @@ __all__ = [
     "Context",
     "ForwardCount",
     "PlainScript",
+    "RequiredStep",
     "RequiredWork",
     "Result",
     "TimedExplainer",
@@ -446,6 +450,21 @@ SCORERS: dict[str, dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 
 
 @dataclass(frozen=True)
+class RequiredStep:
+    """One step of a metric's required work that runs once per call, besides the floor's model
+    work (e.g. a re-explaining metric's model copy and the similarity of its maps):
+    ``what`` names it; ``forms``: library calls that each do the whole step for one call on
+    the row's data, of which the required-work floor times each and uses the cheapest."""
+
+    what: str
+    forms: dict[str, Callable[[], Any]]
+
+    def __post_init__(self) -> None:
+        if not self.forms:
+            raise ValueError(f"required step {self.what!r} has no forms")
+
+
+@dataclass(frozen=True)
 class RequiredWork:
     """Steps that the definition of a metric requires at a row's settings besides building its
     inputs, so that every correct implementation does them (declared per row by the spec; see
@@ -459,11 +478,14 @@ class RequiredWork:
     the order split, e.g. ``(G - k,)`` where only the top-k set matters, a boundary per step
     where a step removes several features; None: the full order. ``score``: how each forward
     row's outputs are scored (a key of :data:`SCORERS`), None where the metric reads its
-    outputs as they are (logits)."""
+    outputs as they are (logits). ``per_call``: further steps once per call
+    (:class:`RequiredStep`), e.g. for a re-explaining metric (whose floor is ``explain()`` of
+    the rows it explains) copying and re-initialising the model and comparing the maps."""
 
     ranked: torch.Tensor | None = None
     kth: tuple[int, ...] | None = None
     score: str | None = None
+    per_call: tuple[RequiredStep, ...] = ()
 
     def __post_init__(self) -> None:
         if self.score is not None and self.score not in SCORERS:
@@ -482,7 +504,7 @@ class RequiredWork:
     @property
     def steps(self) -> bool:
         """Whether there is any step (else the written or drawn floor is the bound)."""
-        return self.ranked is not None or self.score is not None
+        return self.ranked is not None or self.score is not None or bool(self.per_call)
 
 
 def ranking_candidates(ranked: torch.Tensor, kth: tuple[int, ...] | None
@@ -563,11 +585,35 @@ def required_floor(w: Workload, rows: int, batch_size: int, required: RequiredWo
         name, _ = cheapest(forms, device=out.device)
         score_fn = SCORERS[required.score][name]
         parts.append(f"{required.score} scoring per chunk ({name})")
-    if rank_fn is None and score_fn is None:
+    if rank_fn is None and score_fn is None and not required.per_call:
         return None, ""
     fn = forward_floor(w, rows, batch_size, write=True, draws=draws, score=score_fn,
                        rank=rank_fn, bare_rows=bare_rows)
+    if required.per_call and fn is not None:
+        fn, text = with_required_steps(fn, required.per_call, device=w.x.device)
+        parts.append(text)
     return fn, "; ".join(parts)
+
+
+def with_required_steps(base: Callable[[], Any], steps: tuple[RequiredStep, ...], *,
+                        device: torch.device | None = None) -> tuple[Callable[[], None], str]:
+    """``base`` (a floor) followed by each of ``steps`` in its cheapest form (:func:`cheapest`,
+    timed here on the step's own data), and the text naming the steps and the forms chosen:
+    the required-work floor of a row whose floor is not the forward floor (a re-explaining
+    metric's ``explain()`` floor)."""
+    chosen: list[Callable[[], Any]] = []
+    parts = []
+    for step in steps:
+        name, fn = cheapest(step.forms, device=device)
+        chosen.append(fn)
+        parts.append(f"{step.what} ({name})")
+
+    def run() -> None:
+        base()
+        for fn in chosen:
+            fn()
+
+    return run, "; ".join(parts)
 
 
 def _embedding_gradient(model: nn.Module, embedding: nn.Module, ids: torch.Tensor,
@@ -735,7 +781,9 @@ class Case:
     #: steps that the metric's definition requires at these settings besides building the
     #: inputs (:class:`RequiredWork`): with the written floor, the required-work floor is timed
     #: as ``extra["required_floor_s"]`` (the drawn floor's draws included where that is timed),
-    #: with ``extra["required_steps"]`` naming the steps and the library calls chosen
+    #: with ``extra["required_steps"]`` naming the steps and the library calls chosen; with
+    #: another floor (a callable: ``explain()`` of the rows ours explained), that floor plus
+    #: the ``per_call`` steps (:func:`with_required_steps`)
     required: RequiredWork | None = None
 
 
@@ -970,11 +1018,17 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
         drawn_fn = _warm_up("drawn_floor", drawn_fn, warm, res, ctx.device)
 
     required_fn = None
-    if case.required is not None and case.required.steps and case.floor == "forward":
+    if case.required is not None and case.required.steps and (
+            case.floor == "forward" or (floor_fn is not None and case.required.per_call)):
         try:
-            required_fn, steps = required_floor(
-                w, c_ours.rows, ctx.batch_size, case.required,
-                draws=drawn if drawn_fn is not None else 0, bare_rows=w.n)
+            if case.floor == "forward":
+                required_fn, steps = required_floor(
+                    w, c_ours.rows, ctx.batch_size, case.required,
+                    draws=drawn if drawn_fn is not None else 0, bare_rows=w.n)
+            else:  # another floor (explain()): that floor and the per-call steps
+                assert floor_fn is not None
+                required_fn, steps = with_required_steps(floor_fn, case.required.per_call,
+                                                         device=ctx.device)
             if required_fn is not None:
                 res.extra["required_steps"] = steps
         except Exception as exc:

@@ -516,6 +516,33 @@ class TestMPRTSimilarities:
         fixed = MPRT(similarity_func=func)(model, x, y, explain_fn=fixed_fn)
         np.testing.assert_allclose(fixed, 0.0 if func == "mse" else 1.0, atol=1e-9)
 
+    def test_spearman_of_float32_maps_equals_that_of_their_float64_values(self):
+        """The randomised maps are ranked in their own dtype (float32 maps widen exactly to
+        float64: the same order and ties): the same bits as ranking the float64 copy, also with
+        ties, a constant row and a non-finite row."""
+        gen = torch.Generator().manual_seed(0)
+        ref = torch.rand((6, 40), generator=gen, dtype=torch.float64)
+        other = torch.rand((6, 40), generator=gen)
+        other[1] = torch.round(other[1] * 4) / 4  # ties
+        other[2] = 0.5  # constant: undefined
+        other[3, 5] = math.nan
+        finite = torch.tensor([True, True, True, False, True, True])
+        m = MPRT()
+        s32, r32 = m._similarity(ref, other, finite, {})
+        s64, r64 = m._similarity(ref, other.double(), finite, {})
+        assert torch.equal(s32.isnan(), s64.isnan()) and r32 == r64
+        assert torch.equal(s32.nan_to_num(7.0), s64.nan_to_num(7.0))
+        np.testing.assert_allclose(s64[0].item(), st.spearmanr(ref[0], other[0].double())[0])
+
+    @pytest.mark.parametrize("cls", [MPRT, EfficientMPRT])
+    def test_progress_bar_only_when_asked(self, setup, cls, capsys):
+        model, x, y = setup
+        quiet = cls()(model, x, y, explain_fn=grad_fn)
+        assert capsys.readouterr().err == ""
+        shown = cls(progress=True)(model, x, y, explain_fn=grad_fn)
+        assert cls.__name__ in capsys.readouterr().err
+        np.testing.assert_array_equal(quiet, shown)
+
     def test_direction_follows_the_similarity_kind(self, setup):
         """A distance grows as the explanations differ: higher is then better, for the
         instance (class metadata unchanged); a faithful explainer scores above the control."""
@@ -673,6 +700,30 @@ class TestHistogramEntropy:
         ref = [st.entropy(np.histogram(row.ravel(), bins=int(b))[0])
                for row, b in zip(a, bins, strict=True)]
         np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+    def test_numpy_and_torch_counts_agree_with_numpy_histogram(self):
+        """The CPU (NumPy) and device (torch) bin counts are numpy.histogram's, bin for bin,
+        also for values on bin edges, ties, constant rows and a row with NaN."""
+        from evalkit.metrics.randomisation import (
+            _histogram_counts_numpy,
+            _histogram_counts_torch,
+        )
+
+        rng = np.random.default_rng(3)
+        a = rng.normal(size=(7, 50))
+        a[1] = np.linspace(-1.0, 1.0, 50)  # many values on the exact bin edges
+        a[2] = np.round(a[2] * 2) / 2  # ties
+        a[3] = 0.7  # constant
+        a[4, :25] = 1e-300  # a tiny range next to zero
+        a[5, 3] = np.nan
+        bins = np.array([10, 7, 100, 3, 13, 10, 1])
+        numpy_counts = _histogram_counts_numpy(a, bins)
+        torch_counts = _histogram_counts_torch(torch.as_tensor(a), torch.as_tensor(bins))
+        assert torch.equal(torch.from_numpy(numpy_counts), torch_counts)
+        for i in (0, 1, 2, 3, 4, 6):  # numpy.histogram rejects NaN
+            ref = np.histogram(a[i], bins=int(bins[i]))[0]
+            assert np.array_equal(numpy_counts[i, : bins[i]], ref), i
+            assert not numpy_counts[i, bins[i]:].any()
 
     def test_matches_quantus_discrete_entropy(self, quantus):
         rng = np.random.default_rng(2)

@@ -53,7 +53,10 @@ Settings (:data:`SETTINGS`) are the image specs' where they transfer, sized for 
   subsets, Infidelity, Completeness, the soft rationale metrics, AverageDrop and kin,
   NonSensitivity, FaithfulnessEstimate with one feature a step). Work a metric may organise
   otherwise (normalising maps, windows' sums, correlations) is left out, so the bound stays
-  below every implementation;
+  below every implementation; the randomisation rows (explain() floor) have one too: that
+  floor plus the per-call steps of their definition (a model copy with the randomised layers
+  re-initialised, the similarity or entropy of the maps, the off-target labels, SmoothMPRT's
+  noisy inputs and means; :func:`benchmarks.specs.randomisation.required_randomisation_work`);
 * the model-free metrics score the workload's Saliency maps against its masks (W4: the
   informative features, W5: one interval per sample, W6: one rationale span per sample);
   they have no floor.
@@ -613,8 +616,11 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
             if row.out == "set":
                 return metric.curves_[0]
             if row.out == "layers":  # per-layer means, as Quantus' per-layer dict
+                # (NumPy, not pandas' drop and mean: this glue is timed with ours)
                 frame = metric.layer_scores_
-                return frame.drop(index="original", errors="ignore").mean(axis=1).to_numpy()
+                values = frame.to_numpy(dtype=np.float64)[frame.index != "original"]
+                finite = np.isfinite(values)
+                return np.where(finite, values, 0.0).sum(1) / np.maximum(finite.sum(1), 1)
             return scores
 
         quantus_fn = None
@@ -671,7 +677,9 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
                     written_floor=floor == "forward", part=part,
                     drawn_floor=floor == "forward" and name not in _IMPUTED,
                     required=(required_work(name, modality, metric, w, row, cache)
-                              if floor == "forward" else None))
+                              if floor == "forward" else
+                              _randomisation_work(name, metric, w, a, call_kw)
+                              if explainer is not None and row.floor is None else None))
 
     return build
 
@@ -816,6 +824,19 @@ def required_work(name: str, modality: str, metric: Any, w: Workload, row: Row,
     work = RequiredWork(ranked=ranked, kth=kth if ranked is not None else None,
                         score=_scoring(name, metric))
     return work if work.steps else None
+
+
+def _randomisation_work(name: str, metric: Any, w: Workload, a: torch.Tensor,
+                        call_kw: dict[str, Any]) -> RequiredWork | None:
+    """A randomisation row's required work besides its explain() floor (the model copy and
+    re-initialisation, the similarity or entropy of the maps, the off-target labels:
+    :func:`benchmarks.specs.randomisation.required_randomisation_work`); None for the other
+    re-explaining rows."""
+    from .randomisation import required_randomisation_work
+
+    if "explain_kwargs" not in call_kw:
+        return None
+    return required_randomisation_work(name, metric, w, a, call_kw["explain_kwargs"])
 
 
 def _rng_part(ctx: Context) -> PartTimer:

@@ -23,13 +23,23 @@ reproduced is a test (tests/test_randomisation.py::TestQuantusOracle).
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import torch
 
 from evalkit.metrics import MPRT, EfficientMPRT, RandomLogit, SmoothMPRT
 from evalkit.models import randomisable_layers
 
-from ..harness import Agreement, Case, Context, forward_backward_floor
+from ..harness import (
+    Agreement,
+    Case,
+    Context,
+    RequiredStep,
+    RequiredWork,
+    forward_backward_floor,
+)
 from ..workloads import Workload
 from . import Spec
 
@@ -228,3 +238,330 @@ def _data_randomisation(w: Workload, ctx: Context) -> Case:
 
 
 SPECS += [Spec("DataRandomisation", "randomisation", _data_randomisation)]
+
+
+# --------------------------------------------------------------------------- required work
+# The required-work floor of the randomisation rows on W4-W6 (benchmarks/specs/modalities.py:
+# their floor is explain() of the rows they explain): that floor plus the steps that the
+# metric's definition requires once per call, each in the cheapest library form timed on the
+# row's own data (:class:`benchmarks.harness.RequiredStep`). Each form leaves out what an
+# implementation may organise otherwise (seeding, NaN bookkeeping, float64, tie handling of
+# ranks, validation), so that the bound stays below every implementation.
+
+def _reset(module: torch.nn.Module) -> None:
+    reset = getattr(module, "reset_parameters", None)
+    if callable(reset):
+        reset()
+    else:
+        for p in module.parameters(recurse=False):
+            p.normal_()
+
+
+def model_copy_step(model: torch.nn.Module, names: list[str]) -> RequiredStep:
+    """One independent copy of ``model`` with the layers ``names`` re-initialised by torch's
+    own initialisers (``reset_parameters``), the global generator restored afterwards (the
+    caller's random streams are left as they were): ``copy.deepcopy`` of the model, or of the
+    re-initialised layers only (a lower bound of a copy that shares the layers it keeps)."""
+    import copy
+
+    layers = [model.get_submodule(n) for n in names]
+
+    def whole() -> None:
+        state = torch.get_rng_state()
+        with torch.no_grad():
+            work = copy.deepcopy(model)
+            for name in names:
+                _reset(work.get_submodule(name))
+        torch.set_rng_state(state)
+
+    def layers_only() -> None:
+        state = torch.get_rng_state()
+        with torch.no_grad():
+            for layer in layers:
+                _reset(copy.deepcopy(layer))
+        torch.set_rng_state(state)
+
+    what = (f"one model copy with its {len(names)} layer{'s' if len(names) != 1 else ''} "
+            "re-initialised")
+    return RequiredStep(what, {"copy.deepcopy + reset_parameters": whole,
+                               "copy.deepcopy of those layers + reset_parameters": layers_only})
+
+
+def _flat_np(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().reshape(t.shape[0], -1).cpu().numpy())
+
+
+def spearman_step(ref: torch.Tensor, other: torch.Tensor, pairs: int, *,
+                  absolute: bool) -> RequiredStep:
+    """The Spearman rank correlation of the reference map of each sample with ``pairs`` other
+    maps (of |a| where ``absolute``): the reference ranked once, each other map ranked, the
+    Pearson correlation of the ranks per row. Ranks by NumPy's ``argsort`` (no tie handling:
+    a lower bound of ``scipy.stats.rankdata``), ``torch.argsort`` or ``scipy.stats.rankdata``;
+    ``other`` (maps of a re-initialised model) stands in for each pair's map."""
+    from scipy.stats import rankdata
+
+    a_np, b_np = _flat_np(ref), _flat_np(other)
+    a_t, b_t = torch.from_numpy(a_np), torch.from_numpy(b_np)
+    n, d = a_np.shape
+    offsets = np.arange(0, n * d, d)[:, None]
+    seq = np.tile(np.arange(1.0, d + 1.0), n)
+    seq_t = torch.arange(1.0, d + 1.0, dtype=torch.float64).expand(n, d)
+
+    def ranks_argsort(x: np.ndarray) -> np.ndarray:
+        order = np.argsort(x, axis=1)
+        order += offsets
+        out = np.empty(n * d)
+        out[order.reshape(-1)] = seq
+        return out.reshape(n, d)
+
+    def centred(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = r - r.mean(1, keepdims=True)
+        return c, np.einsum("ij,ij->i", c, c)
+
+    def numpy_form(rank_fn: Any) -> Any:
+        def run() -> None:
+            c0, s0 = centred(rank_fn(np.abs(a_np) if absolute else a_np))
+            for _ in range(pairs):
+                c, s = centred(rank_fn(np.abs(b_np) if absolute else b_np))
+                np.einsum("ij,ij->i", c0, c) / np.sqrt(s0 * s)
+
+        return run
+
+    def torch_ranks(x: torch.Tensor) -> torch.Tensor:
+        return torch.empty((n, d), dtype=torch.float64).scatter_(1, torch.argsort(x, dim=1),
+                                                                 seq_t)
+
+    def torch_form() -> None:
+        with torch.inference_mode():
+            r0 = torch_ranks(a_t.abs() if absolute else a_t)
+            c0 = r0 - r0.mean(1, keepdim=True)
+            s0 = (c0 * c0).sum(1)
+            for _ in range(pairs):
+                r = torch_ranks(b_t.abs() if absolute else b_t)
+                c = r - r.mean(1, keepdim=True)
+                (c0 * c).sum(1) / torch.sqrt(s0 * (c * c).sum(1))
+
+    what = (f"Spearman of {'|a|' if absolute else 'a'} for {pairs} map pair"
+            f"{'s' if pairs != 1 else ''} ({pairs + 1} rankings of {n} x {d})")
+    return RequiredStep(what, {
+        "numpy argsort ranks": numpy_form(ranks_argsort),
+        "scipy.stats.rankdata": numpy_form(lambda x: rankdata(x, axis=1)),
+        "torch.argsort ranks": torch_form,
+    })
+
+
+def entropy_step(maps: list[torch.Tensor], bins: int) -> RequiredStep:
+    """The Shannon entropy of the histogram (``bins`` equal-width bins over each row's own
+    [min, max]) of each of ``maps``' rows, in the maps' own dtype: bin indices, counts (NumPy
+    ``bincount`` with row offsets, or torch ``scatter_add_``) and the entropy of the counts,
+    log d - mean(log count) over the row's values (each value's bin count gathered: d terms a
+    row instead of one per bin)."""
+    arrays = [_flat_np(m) for m in maps]
+    tensors = [torch.from_numpy(x) for x in arrays]
+    n, d = arrays[0].shape
+    offsets = np.arange(0, n * bins, bins)[:, None]
+    offsets_t = torch.from_numpy(offsets)
+
+    def numpy_form() -> None:
+        for x in arrays:
+            lo = x.min(1, keepdims=True)
+            span = x.max(1, keepdims=True) - lo
+            idx = ((x - lo) * (bins / np.where(span > 0, span, 1.0))).astype(np.int64)
+            np.minimum(idx, bins - 1, out=idx)
+            idx += offsets
+            flat = idx.reshape(-1)
+            counts = np.bincount(flat, minlength=n * bins)
+            np.log(d) - np.log(counts[flat].reshape(n, d)).mean(1)
+
+    def torch_form() -> None:
+        with torch.inference_mode():
+            for x in tensors:
+                lo = x.amin(1, keepdim=True)
+                span = x.amax(1, keepdim=True) - lo
+                idx = ((x - lo) * (bins / torch.where(span > 0, span, 1.0))).to(torch.int64)
+                flat = (idx.clamp_(max=bins - 1) + offsets_t).reshape(-1)
+                counts = torch.bincount(flat, minlength=n * bins)
+                math.log(d) - counts[flat].reshape(n, d).log().mean(1)
+
+    what = f"histogram entropy ({bins} bins) of {len(maps)} x {n} maps of {d} values"
+    return RequiredStep(what, {"numpy bincount": numpy_form, "torch bincount": torch_form})
+
+
+def ssim_step(ref: torch.Tensor, other: torch.Tensor, *, normalise: bool) -> RequiredStep:
+    """The mean SSIM (Wang et al. 2004; uniform 7-wide window, sample covariance, the pair's
+    joint range, the positions a window radius from the border) of each sample's pair of maps,
+    each map divided by its largest |value| first where ``normalise``: vectorised with
+    ``scipy.ndimage.uniform_filter`` or torch's average pooling over the valid positions
+    (no padding: only those enter the mean), or ``skimage.metrics.structural_similarity`` per
+    sample."""
+    from scipy.ndimage import uniform_filter
+
+    a = ref.detach().to(torch.float64).cpu()
+    b = other.detach().to(torch.float64).cpu()
+    if a.ndim == 2:  # (N, D): one channel
+        a, b = a[:, None], b[:, None]
+    n, c = a.shape[:2]
+    spatial = a.ndim - 2
+    win = 7
+    k1, k2 = 0.01, 0.03
+    cov = win**spatial / (win**spatial - 1)
+    a_np, b_np = a.numpy(), b.numpy()
+
+    def prepared_np() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, y = a_np, b_np
+        if normalise:
+            axes = tuple(range(1, x.ndim))
+            x = x / np.abs(x).max(axes, keepdims=True)
+            y = y / np.abs(y).max(axes, keepdims=True)
+        axes = tuple(range(1, x.ndim))
+        rng = np.maximum(x.max(axes), y.max(axes)) - np.minimum(x.min(axes), y.min(axes))
+        return x, y, rng.reshape(n, *([1] * (x.ndim - 1)))
+
+    def formula(ux, uy, uxx, uyy, uxy, rng):
+        vx, vy, vxy = cov * (uxx - ux * ux), cov * (uyy - uy * uy), cov * (uxy - ux * uy)
+        c1, c2 = (k1 * rng) ** 2, (k2 * rng) ** 2
+        return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1)
+                                                        * (vx + vy + c2))
+
+    def scipy_form() -> None:
+        x, y, rng = prepared_np()
+        size = (1, 1, *([win] * spatial))
+        f = [uniform_filter(v, size=size, mode="reflect") for v in (x, y, x * x, y * y, x * y)]
+        r = win // 2
+        crop = (slice(None), slice(None), *([slice(r, -r)] * spatial))
+        formula(*(v[crop] for v in f), rng).reshape(n, -1).mean(1)
+
+    pool = (torch.nn.functional.avg_pool1d if spatial == 1 else
+            torch.nn.functional.avg_pool2d if spatial == 2 else torch.nn.functional.avg_pool3d)
+
+    def torch_form() -> None:
+        with torch.inference_mode():
+            x, y = a, b
+            if normalise:
+                x = x / x.abs().flatten(1).amax(1).reshape(n, *([1] * (x.ndim - 1)))
+                y = y / y.abs().flatten(1).amax(1).reshape(n, *([1] * (y.ndim - 1)))
+            fx, fy = x.flatten(1), y.flatten(1)
+            rng = (torch.maximum(fx.amax(1), fy.amax(1)) - torch.minimum(fx.amin(1), fy.amin(1))
+                   ).reshape(n, 1, *([1] * spatial))
+            stacked = torch.cat([x, y, x * x, y * y, x * y], 1)  # (N, 5C, *spatial)
+            f = pool(stacked, win, stride=1).unflatten(1, (5, c))
+            formula(*f.unbind(1), rng).reshape(n, -1).mean(1)
+
+    forms = {"scipy.ndimage.uniform_filter": scipy_form, "torch avg_pool (valid)": torch_form}
+    if spatial in (1, 2):
+        from skimage.metrics import structural_similarity
+
+        def skimage_form() -> None:
+            x, y, rng = prepared_np()
+            for i in range(n):
+                xi, yi = (x[i, 0], y[i, 0]) if c == 1 else (x[i], y[i])
+                structural_similarity(xi, yi, win_size=win, data_range=float(rng.reshape(-1)[i]),
+                                      channel_axis=None if c == 1 else 0)
+
+        forms["skimage structural_similarity per sample"] = skimage_form
+    what = (f"SSIM of {n} map pairs ({'normalised, ' if normalise else ''}"
+            f"{'x'.join(map(str, a.shape[2:]))} per channel)")
+    return RequiredStep(what, forms)
+
+
+def label_draw_step(y: torch.Tensor, n_classes: int) -> RequiredStep:
+    """One draw of an off-target class per sample, y' = (y + U{1..C-1}) mod C."""
+    yt = y.detach().cpu().to(torch.int64)
+    yn = yt.numpy()
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+
+    def torch_form() -> None:
+        (yt + torch.randint(1, n_classes, yt.shape, generator=gen)) % n_classes
+
+    def numpy_form() -> None:
+        (yn + rng.integers(1, n_classes, yn.shape)) % n_classes
+
+    return RequiredStep(f"one draw of the {yt.shape[0]} off-target labels",
+                        {"torch.randint": torch_form, "numpy integers": numpy_form})
+
+
+def smoothing_steps(x: torch.Tensor, k: int, models: int, map_shape: tuple[int, ...]
+                    ) -> tuple[RequiredStep, RequiredStep]:
+    """SmoothMPRT's noisy inputs (N (K - 1) Gaussian copies of the inputs, x + sigma * noise,
+    built once and shared by every model) and the mean of each model's K explanations."""
+    xs = x.detach()
+    n = xs.shape[0]
+    std = torch.ones((n, 1, *([1] * (xs.ndim - 1))), dtype=xs.dtype)
+    gen = torch.Generator().manual_seed(0)
+    maps = torch.rand((n, k, *map_shape), generator=gen)
+
+    def noisy() -> None:
+        with torch.inference_mode():
+            noise = torch.randn((n, k - 1, *xs.shape[1:]), generator=gen, dtype=xs.dtype)
+            torch.addcmul(xs.unsqueeze(1), noise, std)
+
+    def means() -> None:
+        with torch.inference_mode():
+            for _ in range(models):
+                maps.mean(1)
+
+    return (RequiredStep(f"{n} x {k - 1} noisy inputs", {"torch.randn + addcmul": noisy}),
+            RequiredStep(f"the mean of each of {models} models' {k} explanations per sample",
+                         {"torch mean": means}))
+
+
+#: the metrics whose W4-W6 rows have a required-work floor here
+REQUIRED_RANDOMISATION = ("MPRT", "SmoothMPRT", "EfficientMPRT", "RandomLogit",
+                          "DataRandomisation")
+
+
+def required_randomisation_work(name: str, metric: Any, w: Workload, a: torch.Tensor,
+                                explain_kwargs: dict[str, Any]) -> RequiredWork | None:
+    """The per-call steps that the definition of randomisation metric ``name`` (an instance,
+    ``metric``, at the row's settings) requires besides explaining (the floor): the model
+    copy and the re-initialisation of the randomised layers (MPRT, SmoothMPRT, EfficientMPRT),
+    the similarity or entropy of the maps at the row's settings, the off-target labels
+    (RandomLogit), the noisy inputs and the means of the explanations (SmoothMPRT). None for
+    other metrics or settings that these steps do not describe (e.g. a user similarity)."""
+    import evalkit
+    from evalkit.metrics.data_randomisation import reinitialised_copy
+
+    if name not in REQUIRED_RANDOMISATION or w.x.device.type != "cpu":
+        return None
+    steps: list[RequiredStep] = []
+    model = w.model
+    names: list[str] = []
+    if name in ("MPRT", "SmoothMPRT", "EfficientMPRT"):
+        names = metric._layers(evalkit.wrap_model(model))
+        steps.append(model_copy_step(model, names))
+    # maps of a re-initialised copy (RandomLogit: of the other classes) stand in for the maps
+    # each call compares
+    y = w.y
+    n_classes = 0
+    if name == "RandomLogit":
+        with torch.inference_mode():
+            n_classes = int(model(w.x[:1]).shape[1])
+        y = (w.y + 1) % n_classes
+        other = evalkit.explain(model, w.x, y, **explain_kwargs).detach()
+    else:
+        other = evalkit.explain(reinitialised_copy(model, seed=1), w.x, y,
+                                **explain_kwargs).detach()
+    sim = getattr(metric, "similarity_func", None)
+    absolute = bool(metric.abs if metric.abs is not None else type(metric).default_abs)
+    normalise = bool(metric.normalise if metric.normalise is not None
+                     else type(metric).default_normalise)
+    if name == "SmoothMPRT":
+        steps.extend(smoothing_steps(w.x, metric.nr_samples, len(names) + 1,
+                                     tuple(a.shape[1:])))
+    if name == "EfficientMPRT":
+        if not isinstance(metric.n_bins, int) or not metric.skip_layers:
+            return None
+        steps.append(entropy_step([a, other], metric.n_bins))
+    elif sim == "spearman":
+        pairs = 1 if name in ("RandomLogit", "DataRandomisation") or getattr(
+            metric, "skip_layers", False) or getattr(metric, "summary", "mean") == "last" \
+            else len(names)
+        steps.append(spearman_step(a, other, pairs, absolute=absolute))
+    elif sim == "ssim" and not absolute:
+        steps.append(ssim_step(a, other, normalise=normalise))
+    else:
+        return None
+    if name == "RandomLogit":
+        steps.append(label_draw_step(w.y, n_classes))
+    return RequiredWork(per_call=tuple(steps))

@@ -140,8 +140,9 @@ def _rank_numpy(a: np.ndarray) -> np.ndarray:
     # the sorted values live in the output's buffer until the ranks overwrite them (few fresh
     # allocations: on the CPU their page faults cost as much as the arithmetic)
     out = np.empty(n * d, dtype=np.float64)
-    sorted_vals = np.take(a.reshape(-1), flat,
-                          out=out if a.dtype == np.float64 else None).reshape(n, d)
+    # mode="clip": the indices are valid, and numpy buffers ``out`` in its default "raise" mode
+    sorted_vals = np.take(a.reshape(-1), flat, out=out if a.dtype == np.float64 else None,
+                          mode="clip").reshape(n, d)
     first = np.ones((n, d), dtype=bool)
     np.not_equal(sorted_vals[:, 1:], sorted_vals[:, :-1], out=first[:, 1:])
     if first.all():  # no ties (usual for real-valued maps): the rank is the sorted position + 1
