@@ -253,12 +253,18 @@ class TimedExplainer:
         self.seconds = 0.0
         self.calls = 0
         self.rows = 0  #: inputs explained (rows of the second argument, ``x``)
+        #: models explained with, counted as changes of the first argument from call to call
+        #: (MPRT's randomised copies: each model's rows need their own explain() calls)
+        self.models = 0
+        self._last_model: Any = None
         self.__name__ = getattr(fn, "__name__", "explain")
 
     def reset(self) -> None:
         self.seconds = 0.0
         self.calls = 0
         self.rows = 0
+        self.models = 0
+        self._last_model = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         _sync(self.device)
@@ -267,6 +273,11 @@ class TimedExplainer:
         _sync(self.device)
         self.seconds += clock() - t0
         self.calls += 1
+        # the last model is held, so a new copy cannot reuse its id and pass for it
+        model = args[0] if args else kwargs.get("model")
+        if model is not self._last_model or self.models == 0:
+            self.models += 1
+            self._last_model = model
         x = args[1] if len(args) > 1 else kwargs.get("x", kwargs.get("inputs"))
         if hasattr(x, "shape") and len(x.shape) > 0:
             self.rows += int(x.shape[0])
@@ -986,6 +997,7 @@ def run_case(spec: Any, w: Workload, ctx: Context, *, repeats: int = 3,
     if case.explainer is not None:  # what the counted warm-up run explained
         res.extra["explained_rows"] = case.explainer.rows
         res.extra["explainer_calls"] = case.explainer.calls
+        res.extra["explained_models"] = case.explainer.models
         warm_share = (case.explainer.seconds / warm["ours"]
                       if warm["ours"] >= 2 * min_time > 0 else None)
     # the floors' warm-ups, timed to plan the rounds

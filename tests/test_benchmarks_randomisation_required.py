@@ -140,3 +140,36 @@ def test_randomisation_required_floor_is_rendered():
     assert "ours / that 1.88" in note
     row = next(line for line in run._modality_lines([r]) if line.startswith("| MPRT | W4"))
     assert "| 1.60 | 1.88 |" in row and "1.25 out of reach" in row
+
+
+def test_timed_explainer_counts_the_models_it_explained_with():
+    seen: list[int] = []
+    timed = harness.TimedExplainer(lambda model, x, y: seen.append(len(x)))
+    a, b = object(), object()
+    for model in (a, a, b, b, a):
+        timed(model, torch.zeros(3, 2), None)
+    assert (timed.calls, timed.rows, timed.models) == (5, 15, 3)
+    timed.reset()
+    assert (timed.calls, timed.rows, timed.models) == (0, 0, 0)
+
+
+# MPRT with the maps given explains with its 3 randomised copies (the MLP's 3 layers)
+@pytest.mark.parametrize("name, models", [("MPRT", 3), ("EfficientMPRT", 1),
+                                          ("MaxSensitivity[Saliency]", 1)])
+def test_explain_floor_explains_once_per_model_ours_used(name, models, monkeypatch):
+    import evalkit
+
+    w = get_workload("W4", n=16)
+    ctx = Context(batch_size=8, device=torch.device("cpu"))
+    spec = next(s for s in all_specs() if s.name == name)
+    res = harness.run_case(spec, w, ctx, repeats=1, min_time=0.0)
+    assert not res.error and res.extra["explained_models"] == models
+    case = spec.build(w, ctx)
+    case.ours()
+    rows_per_call: list[int] = []
+    real = evalkit.explain
+    monkeypatch.setattr(evalkit, "explain",
+                        lambda m, x, y, **kw: rows_per_call.append(len(x)) or real(m, x, y, **kw))
+    case.floor(case.explainer.rows, 0)()
+    assert len(rows_per_call) == case.explainer.models
+    assert sum(rows_per_call) == case.explainer.rows

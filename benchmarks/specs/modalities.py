@@ -661,7 +661,8 @@ def modality_build(name: str, modality: str) -> Callable[[Workload, Context], Ca
         elif explainer is not None:
             floor = _explain_floor(w, ctx, explainer, call_kw["explain_kwargs"])
             note = "; ".join(p for p in (note, "floor: explain() of as many rows as ours "
-                                         "explained + bare forward of its other rows") if p)
+                                         "explained (one call per model) + bare forward of "
+                                         "its other rows") if p)
         elif metric.needs_model:
             floor = "forward"
         settings = row.settings or ", ".join(f"{k}={v!r}" for k, v in row.ours.items()
@@ -889,8 +890,10 @@ def _timed_imputation(part: PartTimer) -> Iterator[None]:
 def _explain_floor(w: Workload, ctx: Context, explainer: TimedExplainer,
                    explain_kwargs: dict[str, Any]) -> Callable[[int, int], Any]:
     """The floor of a re-explaining metric, as the image robustness rows: ``explain()`` (the
-    same method and options) of as many of the workload's rows as ours explained, in one call,
-    plus a bare forward of the other rows it issued."""
+    same method and options) of as many of the workload's rows as ours explained, in one call
+    per model ours explained with (the randomisation metrics explain with several models, whose
+    rows no implementation can explain in one call; the rows are split evenly between the
+    calls), plus a bare forward of the other rows it issued."""
     from ..harness import forward_floor
 
     def make(rows: int, _calls: int) -> Callable[[], None]:
@@ -900,12 +903,16 @@ def _explain_floor(w: Workload, ctx: Context, explainer: TimedExplainer,
         reps = -(-explained // w.n)
         stack = w.x.repeat(reps, *([1] * (w.x.ndim - 1)))[:explained]
         y_stack = w.y.repeat(reps)[:explained]
+        models = max(1, min(explainer.models, explained))
+        parts = [(stack[explained * i // models: explained * (i + 1) // models],
+                  y_stack[explained * i // models: explained * (i + 1) // models])
+                 for i in range(models)]
         wrapper = evalkit.wrap_model(w.model)
         fwd = forward_floor(w, max(0, rows - explained), ctx.batch_size)
 
         def run() -> None:
-            if explained:
-                evalkit.explain(wrapper, stack, y_stack, **explain_kwargs)
+            for xs, ys in parts if explained else ():
+                evalkit.explain(wrapper, xs, ys, **explain_kwargs)
             if fwd is not None:
                 fwd()
 
