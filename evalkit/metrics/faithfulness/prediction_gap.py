@@ -170,9 +170,10 @@ class _PredictionGap(RanksFeatures):
                         return xi
                     n = noise.sample_at(keys, row_shape, xi.dtype, pos).to(xi.device)
                     kept = flat.gather(1, pos)
-                    moved = kept + n
-                    if real is not None:
-                        moved = torch.where(real, moved, kept)
+                    if real is None:  # in place: the gathered values are not needed again
+                        moved = kept.add_(n)
+                    else:
+                        moved = torch.where(real, kept + n, kept)
                     flat.scatter_(1, pos, moved)
                     return xi
                 ranks = rank_small.index_select(0, i)
