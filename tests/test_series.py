@@ -3,6 +3,8 @@ localisation and the AUCSE metric of Turbé et al. (2023), with answers computed
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -101,6 +103,68 @@ def test_series_imputer_needs_series_and_keys():
     with pytest.raises(ValueError, match="keys"):
         SeriesLinearImputer(0.1).fill(torch.zeros(2, 1, 4), torch.ones(2, 1, 4).bool())
     assert not SeriesLinearImputer(0).stochastic and SeriesLinearImputer(0.01).stochastic
+
+
+def _interpolated_by_hand(x: torch.Tensor, mask: torch.Tensor, noise: float,
+                          keys: torch.Tensor | None) -> torch.Tensor:
+    """SeriesLinearImputer's definition, one series and step at a time: the float64 line
+    ``x0 + (x1 - x0) * (t - t0) / (t1 - t0)`` (in that order) cast to x's dtype, the nearest
+    kept value at either end, 0 with nothing kept, then the row's noise field added."""
+    from evalkit import _rng
+
+    b, c, t_count = x.shape
+    m = mask.expand(x.shape)
+    out = x.clone()
+    fields = (None if noise == 0 else
+              _rng.normal(keys, (c, t_count), std=noise, dtype=x.dtype, stream=0x90AD))
+    for i in range(b):
+        for ch in range(c):
+            kept = [t for t in range(t_count) if not m[i, ch, t]]
+            for t in range(t_count):
+                if not m[i, ch, t]:
+                    continue
+                before = [k for k in kept if k < t]
+                after = [k for k in kept if k > t]
+                x64 = x[i, ch].to(torch.float64)
+                if before and after:
+                    t0, t1 = before[-1], after[0]
+                    v = ((x64[t1] - x64[t0]) * float(t - t0)) / float(t1 - t0) + x64[t0]
+                elif before or after:
+                    v = x64[(before or after)[-1 if before else 0]]
+                else:
+                    v = torch.tensor(0.0, dtype=torch.float64)
+                v = v.to(x.dtype)
+                out[i, ch, t] = v if fields is None else v + fields[i, ch, t]
+    return out
+
+
+def test_series_imputation_equals_its_definition_bit_for_bit():
+    # removed steps only are computed (neighbours gathered): the same bits as the definition
+    # step by step, with non-finite and signed-zero values, broadcast and per-channel masks,
+    # rows with every or no step removed, repeated keys and several dtypes
+    g = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        x = (torch.randn(5, 3, 23, generator=g) * 100).to(dtype)
+        x[0, 1, 4], x[1, 0, 7], x[2, 2, 0], x[3, 0, 10] = math.nan, math.inf, -0.0, -math.inf
+        keys = torch.tensor([11, 11, 5, 7, 5], dtype=torch.int64)
+        for shape in ((5, 1, 23), (5, 3, 23), (1, 1, 23), (23,)):
+            mask = torch.rand(shape, generator=g) < 0.5
+            if len(shape) == 3 and shape[0] == 5:
+                mask[1], mask[2] = True, False
+            for noise in (0.0, 0.01):
+                ours = SeriesLinearImputer(noise).fill(x, mask, keys=keys)
+                m3 = mask.reshape((1,) * (3 - mask.ndim) + tuple(mask.shape))
+                want = _interpolated_by_hand(x, m3, noise, keys)
+                assert ours.dtype == x.dtype and ours.shape == x.shape
+                assert torch.equal(ours.isnan(), want.isnan())
+                assert torch.equal(ours.nan_to_num(0.0), want.nan_to_num(0.0))
+                finite = ~want.isnan()
+                assert torch.equal(ours.signbit()[finite], want.signbit()[finite])
+            torch.testing.assert_close(linear_interpolation_1d(x, mask),
+                                       SeriesLinearImputer(0.0).fill(x, mask), rtol=0, atol=0,
+                                       equal_nan=True)
+    with pytest.raises(ValueError, match="series"):
+        linear_interpolation_1d(torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.bool))
 
 
 # ====================================================================== imputers: tables

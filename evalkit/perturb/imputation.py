@@ -462,33 +462,101 @@ def _check_noise(noise: Any, name: str = "noise") -> float:
 def linear_interpolation_1d(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Exact (noise-free) 1-D linear imputation of the steps ``mask`` (B, C, T) (bool, same
     shape) of ``x`` (B, C, T), per channel; see :class:`SeriesLinearImputer`. A removed step
-    between kept steps t0 < t < t1 becomes ``x[t0] + (x[t1] - x[t0]) (t - t0) / (t1 - t0)``;
-    removed steps before the first (after the last) kept step take its value; a channel with
-    every step removed becomes 0 (as an image with every pixel removed). Returns a new tensor.
-    The mask may also broadcast against ``x`` (e.g. (B, 1, T): the same steps removed in
-    every channel); the neighbours' positions are then found once per series."""
-    return torch.where(mask, _interpolated(x, mask).to(x.dtype), x)
+    between kept steps t0 < t < t1 becomes ``x[t0] + (x[t1] - x[t0]) (t - t0) / (t1 - t0)``
+    (computed in float64, in that order, then cast to x's dtype); removed steps before the
+    first (after the last) kept step take its value; a channel with every step removed
+    becomes 0 (as an image with every pixel removed). Returns a new tensor. The mask may also
+    broadcast against ``x`` (e.g. (B, 1, T): the same steps removed in every channel); the
+    neighbours' positions are then found once per series."""
+    if x.ndim != 3:
+        raise ValueError(f"linear_interpolation_1d needs series (B, C, T); got shape "
+                         f"{tuple(x.shape)}.")
+    return _imputed_series(x, _series_mask(x, mask))
 
 
-def _interpolated(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The float64 values of :func:`linear_interpolation_1d` at every position (those of the
-    kept steps are meaningless): computed in place where possible (fresh buffers of a chunk's
-    size cost as much as a pass over them)."""
-    t_count = x.shape[-1]
-    steps = torch.arange(t_count, device=x.device)
-    known = ~mask
-    prev = torch.where(known, steps, -1).cummax(-1).values
-    nxt = torch.where(known, steps, t_count).flip(-1).cummin(-1).values.flip(-1)
-    has_prev, has_next = prev >= 0, nxt < t_count
-    xd = x.to(torch.float64)
-    before = xd.gather(-1, prev.clamp_min(0).expand(xd.shape))
-    after = xd.gather(-1, nxt.clamp_max(t_count - 1).expand(xd.shape))
-    span = (nxt - prev).clamp_min(1).to(torch.float64)
-    # before + (after - before) * (t - t0) / span, in that order (addition commutes exactly)
-    inside = after.sub(before).mul_((steps - prev).to(torch.float64)).div_(span).add_(before)
-    # no kept step before: the one after; none after: the one before; none at all: 0
-    edge = torch.where(has_prev, before, after.masked_fill_(~has_next, 0.0))
-    return torch.where(has_prev & has_next, inside, edge, out=edge)
+def _series_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` as bool with x's number of axes (leading axes of size 1 added); a mask that
+    does not broadcast against x fails here."""
+    m = mask.to(torch.bool)
+    m.expand(x.shape)
+    if m.ndim != x.ndim:
+        m = m.reshape((1,) * (x.ndim - m.ndim) + tuple(m.shape))
+    return m
+
+
+def _imputed_series(x: torch.Tensor, mask: torch.Tensor, noise: float = 0.0,
+                    keys: torch.Tensor | None = None, who: str = "") -> torch.Tensor:
+    """A new tensor: ``x`` (B, C, T) with the steps of ``mask`` (bool, broadcastable to x, with
+    x's number of axes) replaced by their linear interpolation (:func:`linear_interpolation_1d`),
+    plus the rows' N(0, noise**2) fields (one per distinct key of ``keys``, as
+    :func:`_noise_fields`) when ``noise`` > 0. A mask with one channel is imputed once per
+    series, one with C channels per channel."""
+    b, c, t_count = x.shape
+    fields = field_rows = None
+    if noise > 0:
+        if keys is None:
+            raise ValueError(f"{who} with noise > 0 needs per-row random keys.")
+        uniq, field_rows = torch.unique(keys, return_inverse=True)
+        fields = _rng.normal(uniq, (c, t_count), std=noise, dtype=x.dtype,
+                             stream=_NOISE_STREAM)
+        field_rows = field_rows.expand(b)
+    if mask.shape[1] != 1 and c != 1:
+        # a mask per channel: every channel is a series of its own
+        rows = mask.expand(b, c, t_count).reshape(b * c, t_count)
+        if fields is not None:
+            fields = fields.reshape(-1, 1, t_count)
+            field_rows = (field_rows.unsqueeze(1) * c
+                          + torch.arange(c, device=x.device)).reshape(-1)
+        return _imputed_rows(x.reshape(b * c, 1, t_count), rows, fields, field_rows
+                             ).view(b, c, t_count)
+    return _imputed_rows(x, mask.expand(b, 1, t_count).reshape(b, t_count), fields,
+                         field_rows)
+
+
+def _imputed_rows(x: torch.Tensor, rows: torch.Tensor, fields: torch.Tensor | None,
+                  field_rows: torch.Tensor | None) -> torch.Tensor:
+    """:func:`_imputed_series` of series ``x`` (R, C, T) with one mask ``rows`` (R, T) for
+    all their channels, noise ``fields`` (F, C, T) and ``field_rows`` (R,) each series' field.
+
+    Computed at the removed steps only (about half the values of a removal curve's rows, and
+    no full-size float64 buffers): their kept neighbours' values gathered, the float64
+    arithmetic done on them element by element (the same operations, in the same order, as
+    on every position followed by a selection: the same bits), and one copy into x's
+    values."""
+    r_count, c, t_count = x.shape
+    # int32 steps: half the bytes of the two scans (a series has fewer than 2**31 steps)
+    steps = torch.arange(t_count, device=x.device, dtype=torch.int32)
+    known = ~rows
+    prev = torch.where(known, steps, -1).cummax(-1).values.view(-1)
+    nxt = torch.where(known, steps, t_count).flip(-1).cummin(-1).values.flip(-1).view(-1)
+    pos = rows.reshape(-1).nonzero().squeeze(1)  # flat (series, step) of the removed steps
+    p0, p1 = prev.index_select(0, pos), nxt.index_select(0, pos)
+    series = pos.div(t_count, rounding_mode="floor")
+    start = series * t_count
+    t = pos - start
+    # channel-major values (C, R * T): a channel's removed steps are one index_select
+    per_channel = torch.empty((c, r_count * t_count), dtype=x.dtype, device=x.device)
+    per_channel.view(c, r_count, t_count).copy_(x.transpose(0, 1))
+    before = per_channel.index_select(1, start + p0.clamp_min(0)).to(torch.float64)
+    after = per_channel.index_select(1, start + p1.clamp_max(t_count - 1)).to(torch.float64)
+    span = (p1 - p0).clamp_min(1).to(torch.float64)
+    # before + (after - before) * (t - t0) / span, in that order
+    value = after.sub(before).mul_((t - p0).to(torch.float64)).div_(span).add_(before)
+    # the few steps without a kept step on one side (or both): the kept one's value, or 0
+    edge = ((p0 < 0) | (p1 >= t_count)).nonzero().squeeze(1)
+    if edge.numel():
+        has_prev = p0.index_select(0, edge) >= 0
+        has_next = p1.index_select(0, edge) < t_count
+        edge_value = torch.where(has_prev, before.index_select(1, edge),
+                                 after.index_select(1, edge).masked_fill_(~has_next, 0.0))
+        value.index_copy_(1, edge, edge_value)
+    value = value.to(x.dtype)
+    if fields is not None:
+        assert field_rows is not None
+        noise = fields.transpose(0, 1).reshape(c, -1)  # (C, F * T), as per_channel
+        value.add_(noise.index_select(1, field_rows.index_select(0, series) * t_count + t))
+    per_channel.index_copy_(1, pos, value)
+    return per_channel.view(c, r_count, t_count).transpose(0, 1).contiguous()
 
 
 def _noise_fields(keys: torch.Tensor | None, shape: tuple[int, ...], std: float,
@@ -528,18 +596,8 @@ class SeriesLinearImputer(Imputer):
             raise ValueError(
                 f"SeriesLinearImputer needs series (B, C, T); got shape {tuple(x.shape)}."
             )
-        m = mask.to(torch.bool)
-        m.expand(x.shape)  # a mask that does not broadcast against x fails here
-        if m.ndim != x.ndim:
-            m = m.reshape((1,) * (x.ndim - m.ndim) + tuple(m.shape))
-        # the mask as given (e.g. one channel for all): the neighbours are found per mask row
-        value = _interpolated(x, m).to(x.dtype)
-        if self.noise > 0:
-            # the noisy imputed values, then one selection (the same values as imputing and
-            # adding the noise where the mask holds)
-            value = value.add_(_noise_fields(keys, tuple(x.shape[1:]), self.noise, x.dtype,
-                                             "SeriesLinearImputer"))
-        return torch.where(m, value, x)
+        return _imputed_series(x, _series_mask(x, mask), self.noise, keys,
+                               "SeriesLinearImputer")
 
 
 # ---------------------------------------------------------------------- tables

@@ -126,15 +126,26 @@ class Infidelity(Metric):
         # every row's key at once (row (i, r) is flat row i * k + r), not per chunk
         row_keys = _row_keys(keys.unsqueeze(1), torch.arange(k).unsqueeze(0)).reshape(-1)
         row_shape = tuple(x.shape[1:])
+        # the float64 attributions once per call, and one float64 buffer for every chunk's
+        # products a * I (consumed before the next chunk): the same values as casting both
+        # per chunk (a float32 value converts to float64 exactly)
+        a64 = a.to(torch.float64)
+        products: list[torch.Tensor] = []
 
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, r = index
             flat = i * k + r
             noise = _rng.normal(row_keys.index_select(0, flat), row_shape, std=std,
                                 dtype=x.dtype).to(x.device)
-            flat_dots.index_copy_(0, flat, (a.index_select(0, i) * noise.to(torch.float64))
-                                  .flatten(1).sum(1))
-            return x.index_select(0, i) - noise
+            a_rows = a64.index_select(0, i)
+            shape = torch.broadcast_shapes(a_rows.shape, noise.shape)
+            if not products or products[0].shape[1:] != shape[1:] or (
+                    products[0].shape[0] < shape[0]):
+                products[:] = [torch.empty(shape, dtype=torch.float64, device=x.device)]
+            product = torch.mul(a_rows, noise, out=products[0][: shape[0]])
+            flat_dots.index_copy_(0, flat, product.flatten(1).sum(1))
+            # in place on the fresh rows: the same values as ``x[i] - noise``, no new buffer
+            return x.index_select(0, i).sub_(noise)
 
         scores = batch.runner.run(build, (batch.n, k), y=batch.y,  # type: ignore[union-attr]
                                   row_shape=tuple(x.shape[1:]), desc=type(self).__name__)

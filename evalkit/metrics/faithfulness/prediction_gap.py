@@ -23,6 +23,9 @@ _GAP_STREAM = 0x96A9
 #: gathered and scattered); above it the whole row's noise is drawn and blended (the same
 #: numbers either way: only the cost differs)
 _POSITIONS_SHARE = 0.5
+#: the same where the positions are found once per call (their cost is not per chunk):
+#: drawing and blending a whole row costs less only above about 90 % of it
+_POSITIONS_SHARE_WHOLE_CALL = 0.8
 
 #: the most elements (samples x sizes x row elements) whose perturbed positions are found once
 #: per call instead of per chunk
@@ -110,13 +113,12 @@ class _PredictionGap(RanksFeatures):
         row_shape = tuple(x.shape[1:])
         row_size = math.prod(row_shape)
 
-        def positions_of(pairs: torch.Tensor
+        def positions_of(pairs: torch.Tensor, share: float
                          ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
             """The flat positions (P, L) of the perturbed elements of the (sample, k) pairs
             ``pairs`` (flat, i * T + t), and which of them are real (None: all; a pair with
-            fewer is padded with unperturbed positions), or None where more than
-            :data:`_POSITIONS_SHARE` of a row is perturbed (then the whole row's noise is
-            drawn and blended)."""
+            fewer is padded with unperturbed positions), or None where more than ``share`` of
+            a row is perturbed (then the whole row's noise is drawn and blended)."""
             ranks = rank_small.index_select(0, torch.div(pairs, t_count, rounding_mode="floor"))
             bound = flat_k.index_select(0, pairs).to(ranks.dtype).view(
                 -1, *[1] * len(row_shape))
@@ -124,7 +126,7 @@ class _PredictionGap(RanksFeatures):
                 pairs.shape[0], *row_shape).reshape(pairs.shape[0], row_size)
             count = hit.sum(1)
             width = int(count.max())
-            if width > _POSITIONS_SHARE * row_size:
+            if width > share * row_size:
                 return None
             # the perturbed positions first, in ascending order (a stable sort of the flags)
             pos = torch.sort(hit.to(torch.uint8), stable=True, dim=1, descending=True).indices
@@ -136,8 +138,8 @@ class _PredictionGap(RanksFeatures):
         # the pairs' positions once for the call where they are small (a table's, a series'),
         # else per chunk for the chunk's pairs (an image's would not fit)
         whole_call = (additive and batch.n * t_count * row_size <= _WHOLE_CALL_ELEMENTS)
-        whole = (positions_of(torch.arange(batch.n * t_count, device=dev)) if whole_call
-                 else None)
+        whole = (positions_of(torch.arange(batch.n * t_count, device=dev),
+                              _POSITIONS_SHARE_WHOLE_CALL) if whole_call else None)
 
         def noisy_positions(i: torch.Tensor, t: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -150,7 +152,7 @@ class _PredictionGap(RanksFeatures):
                 return (pos.index_select(0, pair),
                         None if real is None else real.index_select(0, pair))
             uniq, inverse = torch.unique_consecutive(i * t_count + t, return_inverse=True)
-            found = positions_of(uniq)
+            found = positions_of(uniq, _POSITIONS_SHARE)
             if found is None:
                 return None
             pos, real = found
@@ -173,9 +175,10 @@ class _PredictionGap(RanksFeatures):
                         return xi
                     n = noise.sample_at(keys, row_shape, xi.dtype, pos).to(xi.device)
                     kept = flat.gather(1, pos)
-                    moved = kept + n
-                    if real is not None:
-                        moved = torch.where(real, moved, kept)
+                    if real is None:  # in place: the gathered values are not needed again
+                        moved = kept.add_(n)
+                    else:
+                        moved = torch.where(real, kept + n, kept)
                     flat.scatter_(1, pos, moved)
                     return xi
                 ranks = rank_small.index_select(0, i)
