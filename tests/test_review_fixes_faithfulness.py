@@ -223,3 +223,22 @@ def test_sufficiency_seuclidean_is_pdist_not_plain_cdist():
     assert np.allclose(normalised, plain / plain.max(), rtol=1e-10, atol=1e-12)
     # a tensor in gives a tensor out
     assert isinstance(M.Sufficiency().distances(torch.as_tensor(a)), torch.Tensor)
+
+
+def test_sensitivity_n_random_subsets_of_a_sample_do_not_depend_on_the_others_counts():
+    """The random subsets are drawn over each sample's own groups: a sample with 4 groups
+    scores the same alone and beside a sample with 16 (its draws were laid out over the
+    largest sample's count, so its subsets changed with its neighbours)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, a = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    y = torch.tensor([0, 1])
+    lab = np.zeros((2, 1, 4, 4), dtype=np.int64)
+    lab[0, 0] = np.arange(16).reshape(4, 4)
+    lab[1, 0] = (np.arange(16).reshape(4, 4) // 2 % 2) + 2 * (np.arange(4)[:, None] // 2)
+    kw = dict(n_max_percentage=0.5, nr_subsets=6, perturb_baseline=0.0, seed=0)
+    mixed = M.SensitivityN(grouping=lab, **kw)(model, x, y, a)
+    alone = M.SensitivityN(grouping=lab[1:], **kw)(model, x[1:], y[1:], a[1:])
+    assert np.isfinite(mixed[1]) and mixed[1] == pytest.approx(alone[0], abs=1e-12)
+    first = M.SensitivityN(grouping=lab[:1], **kw)(model, x[:1], y[:1], a[:1])
+    assert mixed[0] == pytest.approx(first[0], abs=1e-12)

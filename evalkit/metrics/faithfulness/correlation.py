@@ -214,9 +214,22 @@ class SensitivityN(RanksFeatures):
         gs = group_scores.nan_to_num(0.0)
         keys = _rng.combine(batch.keys, 0x5E45)
 
+        counts = grp.n_groups.to(x.device)
+        ragged = bool((counts != g_max).any())
+
         def orders_of(i: torch.Tensor) -> torch.Tensor:
             """(len(i), K, G): run r's random permutation of each sample's groups."""
-            u = _rng.uniform(keys[i], (k, g_max), dtype=torch.float64)
+            if ragged:
+                # each sample's draws laid out over its own groups (K, G_i), as it would draw
+                # alone: its subsets must not depend on the other samples' feature counts
+                g_i = counts[i].view(-1, 1, 1)
+                j = torch.arange(g_max, device=x.device).view(1, 1, -1)
+                r = torch.arange(k, device=x.device).view(1, -1, 1)
+                at = torch.where(j < g_i, r * g_i + j, 0).reshape(len(i), -1)
+                u = _rng.uniform(keys[i], (k, g_max), dtype=torch.float64, at=at)
+                u = u.view(len(i), k, g_max)
+            else:
+                u = _rng.uniform(keys[i], (k, g_max), dtype=torch.float64)
             return u.masked_fill(~valid[i].unsqueeze(1), math.inf).argsort(2)
 
         def ranks_of(i: torch.Tensor) -> torch.Tensor:
