@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ... import _rng
-from ..._batching import parse_bytes
+from ..._batching import MAX_AUTO_BATCH, SMALL_ROWS_CHUNK_BYTES, SMALL_ROWS_MAX_BATCH, parse_bytes
 from ..._validation import check_option, check_scalar, finite_rows
 from ...cache import (
     ExplanationCache,
@@ -302,6 +302,29 @@ def _stack_samples(batch: MetricBatch, k: int) -> int:
     return max(1, budget // max(1, per_sample))
 
 
+def _explain_rows(batch: MetricBatch, x: torch.Tensor) -> int | None:
+    """Inputs per explain-function call on the perturbed stack: None (the model's chunk size,
+    as for any explanation) unless the rows are small CPU rows under an automatic batch size.
+
+    Rows under 256 bytes (a table's few dozen features: the runner's "small rows", see
+    :data:`evalkit._batching.SMALL_ROWS_CHUNK_BYTES`) get up to
+    :data:`~evalkit._batching.SMALL_ROWS_MAX_BATCH` rows a call, as long as a call holds no more
+    input than :func:`evalkit.explain` itself explains at once
+    (:data:`evalkit.explain.core.EXPLAIN_MEMORY_BUDGET`): the N x K perturbed copies of a
+    table then take a few explain calls instead of dozens, each with its fixed validation and
+    setup costs (W4: 5 calls instead of 19)."""
+    model = batch.model
+    if (batch.batch_size is not None or model is None or model.batch_size is not None
+            or model.device.type != "cpu"):
+        return None
+    from ...explain.core import EXPLAIN_MEMORY_BUDGET
+
+    row_bytes = max(1, math.prod(x.shape[1:]) * x.element_size())
+    if row_bytes * MAX_AUTO_BATCH["cpu"] >= SMALL_ROWS_CHUNK_BYTES:
+        return None
+    return max(1, min(SMALL_ROWS_MAX_BATCH, EXPLAIN_MEMORY_BUDGET["cpu"] // row_bytes))
+
+
 class _PerturbationRobustness(Metric):
     """Shared machinery of the metrics that re-explain K perturbed copies of every sample."""
 
@@ -373,6 +396,7 @@ class _PerturbationRobustness(Metric):
         espec = _explainer_spec(batch, store) if store is not None else b""
         fwd_cached = store is not None and forward is not None and forward.spec is not None
         per_chunk = _stack_samples(batch, k)
+        explain_rows = _explain_rows(batch, x)
         keys = batch.keys
         for start in range(0, n, per_chunk):
             idx = torch.arange(start, min(n, start + per_chunk), device=x.device)
@@ -399,7 +423,7 @@ class _PerturbationRobustness(Metric):
                 # all of the chunk: idx itself (indexing with a list of S ints costs more)
                 sel = idx if len(todo) == s else idx[todo]
                 ys = None if batch.y is None else batch.y[sel].repeat_interleave(k, dim=0)
-                got = self._run_explain(batch, xs, ys)
+                got = self._run_explain(batch, xs, ys, rows=explain_rows)
                 if store is not None:  # copies: a view would keep the whole chunk alive
                     blocks = got.reshape(len(todo), k, *got.shape[1:])
                     store.put([ekeys[j] for j in todo], [b.clone() for b in blocks])
