@@ -23,7 +23,7 @@ from ...cache import (
     row_hashes,
 )
 from ...modality import Modality
-from ...perturb import Baseline, Noise, TokenDropout, make_noise
+from ...perturb import Baseline, GaussianNoise, Noise, TokenDropout, UniformNoise, make_noise
 from ..base import Metric, MetricBatch
 
 ON_PREDICTION_CHANGE = ("keep", "drop_draw", "nan_sample")
@@ -103,10 +103,17 @@ def _noise_spec(noise: Noise, k: int) -> str:
 
 
 def _noise_draws(noise: Noise, k: int) -> _Draws:
+    # the built-in noises return a fresh buffer of the requested dtype: x is added into it
+    # (x + n is n + x bit for bit) instead of into a second (S, K, ...) tensor
+    fresh = type(noise) in (GaussianNoise, UniformNoise)
+
     def make(x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         # one stream per sample, the sample's whole (K, ...) block at once
         n = noise.sample(_rng.combine(keys, _NOISE_STREAM), (k, *x.shape[1:]), x.dtype)
-        return x.unsqueeze(1) + n.to(x.device)
+        n = n.to(x.device)
+        if fresh and n.dtype == x.dtype and n.is_contiguous():
+            return n.add_(x.unsqueeze(1))
+        return x.unsqueeze(1) + n
 
     return _Draws(k, make, _noise_spec(noise, k).encode())
 
@@ -416,7 +423,8 @@ class _PerturbationRobustness(Metric):
                                            forward.spec + b"|fwd")
                     fwd = store.get(fkeys)
             # ---- explanations of the samples not in the cache
-            todo = [j for j in range(s) if raw[j] is None]
+            # (without a cache every sample is to do: no scan of the S slots)
+            todo = [j for j in range(s) if raw[j] is None] if store is not None else range(s)
             got = None
             if todo:
                 xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
@@ -441,7 +449,7 @@ class _PerturbationRobustness(Metric):
             # ---- forward values
             fwd_t = None
             if forward is not None:
-                todo = [j for j in range(s) if fwd[j] is None]
+                todo = [j for j in range(s) if fwd[j] is None] if fwd_cached else range(s)
                 if todo:
                     sample_of_row = (idx if len(todo) == s else idx[todo]).repeat_interleave(k)
                     xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
