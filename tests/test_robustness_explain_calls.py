@@ -64,3 +64,19 @@ def test_large_rows_keep_the_model_chunk_size() -> None:
                                          explain_kwargs={"method": "Saliency"})
     chunk = ek.wrap_model(model).resolve_batch_size(x)
     assert chunk < 80 * K and max(counter.rows) == chunk
+
+
+def test_attack_on_small_rows_scores_as_in_model_chunks() -> None:
+    from evalkit.metrics import AdversarialTopKIntersection
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x = torch.randn(1500, FEATURES)  # one attack chunk by default, two of 1,092 rows below
+    y = model(x).argmax(1)
+    a = ek.explain(model, x, y, method="Saliency")
+    kw = {"explain_kwargs": {"method": "Saliency"}}
+    whole = AdversarialTopKIntersection(nr_steps=3, seed=0, disable_warnings=True)(
+        model, x, y, a, **kw)
+    chunked = AdversarialTopKIntersection(nr_steps=3, seed=0, disable_warnings=True)(
+        model, x, y, a, batch_size=1092, **kw)
+    np.testing.assert_array_equal(whole, chunked)
