@@ -30,7 +30,7 @@ def _relative_change(ref: torch.Tensor, new: torch.Tensor, eps_min: float, p: fl
                      ) -> torch.Tensor:
     """|| (ref - new) / max(|ref|, eps_min) ||_p over the last axis (``ref`` broadcasts against
     ``new``), computed in the tensors' dtype, returned as float64."""
-    scale = ref.abs().clamp_min(eps_min)
+    scale = ref.abs().clamp_min_(eps_min)  # in place: abs() is a fresh tensor
     diff = ref - new
     # in place where the dtypes agree: one temporary of the (S, K, D) stack instead of two
     diff = diff.div_(scale) if diff.dtype == scale.dtype else diff / scale
@@ -185,7 +185,8 @@ class _RepresentationForward(_Forward):
         elif used != self._used:
             raise RuntimeError("The representation layers that ran differ between forward "
                                f"passes ({self._used} vs {used}).")
-        return torch.cat(parts, 1)
+        # one layer's recorded copy is the representation as it is (no second copy)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
     def reduce(self, outputs: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         out = super().reduce(outputs, sample)
