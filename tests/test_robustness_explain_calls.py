@@ -80,3 +80,26 @@ def test_attack_on_small_rows_scores_as_in_model_chunks() -> None:
     chunked = AdversarialTopKIntersection(nr_steps=3, seed=0, disable_warnings=True)(
         model, x, y, a, batch_size=1092, **kw)
     np.testing.assert_array_equal(whole, chunked)
+
+
+@pytest.mark.parametrize("cls", [MaxSensitivity, RelativeInputStability])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_explain_functions_outputs_are_left_unchanged(cls, dtype) -> None:
+    """The draw values are computed in the engine's own float64 copy of the re-explanations,
+    never in the tensors an explain function returned (it may keep them)."""
+    model, x, y = _data()
+    model = model.to(dtype)
+    x = x.to(dtype)
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keeping(m, xs, ys, **kw):
+        out = ek.explain(m, xs, ys, **kw)
+        kept.append((out, out.clone()))
+        return out
+
+    a = ek.explain(model, x, y, method="Saliency")
+    cls(nr_samples=K, seed=0, disable_warnings=True)(
+        model, x, y, a, explain_fn=keeping, explain_kwargs={"method": "Saliency"})
+    assert kept
+    for out, copy in kept:
+        assert torch.equal(out, copy)

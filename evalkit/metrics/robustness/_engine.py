@@ -260,7 +260,10 @@ class _Chunk:
     """The perturbed copies of S samples: ``idx`` (S,) sample indices (consecutive: ``rows``
     is the same selection as a slice, a view where ``idx`` gathers a copy), ``x`` (S, K, ...)
     perturbed inputs, ``a`` (S, K, ...) their preprocessed explanations (float64) or None,
-    ``a_ok`` (S, K) finite re-explanations, ``fwd`` (S, K, m) forward values or None."""
+    ``a_ok`` (S, K) finite re-explanations, ``fwd`` (S, K, m) forward values or None.
+    ``a_owned``: ``a`` is the engine's own buffer (a float64 copy, not the explain function's
+    output nor a view of the inputs it was given), used by nothing once the chunk's draw values
+    are computed, so that they may be computed in it (:func:`_minus`)."""
 
     idx: torch.Tensor
     x: torch.Tensor
@@ -268,6 +271,17 @@ class _Chunk:
     a_ok: torch.Tensor
     fwd: torch.Tensor | None
     rows: slice
+    a_owned: bool = False
+
+
+def _minus(values: torch.Tensor, ref: torch.Tensor, owned: bool) -> torch.Tensor:
+    """``values - ref`` (``ref`` broadcasting against ``values``), written into ``values``
+    where it is the engine's own buffer of the result's dtype and shape: the same numbers
+    without a second (S, K, ...) tensor."""
+    if (owned and torch.result_type(values, ref) == values.dtype
+            and torch.broadcast_shapes(values.shape, ref.shape) == values.shape):
+        return values.sub_(ref)
+    return values - ref
 
 
 def _sample_fingerprints(batch: MetricBatch, draws: _Draws) -> list[bytes]:
@@ -449,6 +463,9 @@ class _PerturbationRobustness(Metric):
             # one sum decides almost every row (finite_rows), instead of isfinite + all
             a_ok = finite_rows(_flat(a_raw)).reshape(s, k)
             a = self._preprocess_attributions(batch, a_raw, flat_x, flag_nan=False)
+            # a new tensor (a float64 copy, normalised...), not the explain function's output
+            # or a cached block
+            a_owned = a.untyped_storage().data_ptr() != a_raw.untyped_storage().data_ptr()
             a = a.reshape(s, k, *a.shape[1:])
             # ---- forward values
             fwd_t = None
@@ -471,7 +488,8 @@ class _PerturbationRobustness(Metric):
                     if fwd_cached:
                         store.put([fkeys[j] for j in todo], [fwd[j].clone() for j in todo])
                 fwd_t = vals if len(todo) == s else torch.stack(fwd, 0)
-            yield _Chunk(idx=idx, x=xp, a=a, a_ok=a_ok, fwd=fwd_t, rows=rows)
+            yield _Chunk(idx=idx, x=xp, a=a, a_ok=a_ok, fwd=fwd_t, rows=rows,
+                         a_owned=a_owned)
 
     def _clean_forward(self, batch: MetricBatch, forward: _Forward) -> torch.Tensor:
         """Model outputs (N, C) float64 of the unperturbed inputs, once per call."""
