@@ -337,8 +337,9 @@ def _explain_rows(batch: MetricBatch, x: torch.Tensor) -> int | None:
     splits each call into chunks of the same size as before (its own chunk size for small rows
     is the model's), so it computes on exactly the rows it computed on before."""
     model = batch.model
+    # token ids are embedded into far larger rows: they keep the model's chunks
     if (batch.batch_size is not None or model is None or model.batch_size is not None
-            or model.device.type != "cpu"):
+            or model.device.type != "cpu" or not x.is_floating_point()):
         return None
     from ...explain.core import EXPLAIN_MEMORY_BUDGET
 
