@@ -202,8 +202,9 @@ class _RepresentationForward(_Forward):
                                               device=reps.device)
             self.clean_reps[sample] = reps
             return out
+        # reps is this pass's own copy (the recorded clone, or a concatenation of clones)
         rel = _relative_change(self.clean_reps[sample], reps,  # type: ignore[index]
-                               self.metric.eps_min, self.metric.p_norm)
+                               self.metric.eps_min, self.metric.p_norm, owned=True)
         return torch.cat([out, rel.unsqueeze(1)], 1)
 
 
