@@ -830,7 +830,10 @@ class Metric:
         x: torch.Tensor,
         y: torch.Tensor | None,
         model: ModelWrapper | None = None,
+        rows: int | None = None,
     ) -> torch.Tensor:
+        """The explain function on ``x`` (labels ``y``), in calls of ``rows`` inputs (default:
+        the batch size, or the model's chunk size for inputs like ``x``)."""
         fn, kwargs = self._explain_callable(batch)
         if model is not None:
             # a user's explain function gets a copy of what it was given: the raw module, or a
@@ -839,7 +842,9 @@ class Metric:
                               and not isinstance(batch.model_obj, ModelWrapper) else model)
         else:
             model_arg = batch.model_obj if batch.explain_fn is not None else batch.model
-        if batch.model is not None:
+        if rows is not None:
+            size = rows
+        elif batch.model is not None:
             size = batch.model.resolve_batch_size(x, batch.batch_size)
         else:
             size = batch.batch_size if batch.batch_size is not None else len(x)

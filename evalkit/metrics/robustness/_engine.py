@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ... import _rng
-from ..._batching import parse_bytes
+from ..._batching import MAX_AUTO_BATCH, SMALL_ROWS_CHUNK_BYTES, SMALL_ROWS_MAX_BATCH, parse_bytes
 from ..._validation import check_option, check_scalar, finite_rows
 from ...cache import (
     ExplanationCache,
@@ -23,7 +23,7 @@ from ...cache import (
     row_hashes,
 )
 from ...modality import Modality
-from ...perturb import Baseline, Noise, TokenDropout, make_noise
+from ...perturb import Baseline, GaussianNoise, Noise, TokenDropout, UniformNoise, make_noise
 from ..base import Metric, MetricBatch
 
 ON_PREDICTION_CHANGE = ("keep", "drop_draw", "nan_sample")
@@ -103,10 +103,17 @@ def _noise_spec(noise: Noise, k: int) -> str:
 
 
 def _noise_draws(noise: Noise, k: int) -> _Draws:
+    # the built-in noises return a fresh buffer of the requested dtype: x is added into it
+    # (x + n is n + x bit for bit) instead of into a second (S, K, ...) tensor
+    fresh = type(noise) in (GaussianNoise, UniformNoise)
+
     def make(x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         # one stream per sample, the sample's whole (K, ...) block at once
         n = noise.sample(_rng.combine(keys, _NOISE_STREAM), (k, *x.shape[1:]), x.dtype)
-        return x.unsqueeze(1) + n.to(x.device)
+        n = n.to(x.device)
+        if fresh and n.dtype == x.dtype and n.is_contiguous():
+            return n.add_(x.unsqueeze(1))
+        return x.unsqueeze(1) + n
 
     return _Draws(k, make, _noise_spec(noise, k).encode())
 
@@ -253,7 +260,10 @@ class _Chunk:
     """The perturbed copies of S samples: ``idx`` (S,) sample indices (consecutive: ``rows``
     is the same selection as a slice, a view where ``idx`` gathers a copy), ``x`` (S, K, ...)
     perturbed inputs, ``a`` (S, K, ...) their preprocessed explanations (float64) or None,
-    ``a_ok`` (S, K) finite re-explanations, ``fwd`` (S, K, m) forward values or None."""
+    ``a_ok`` (S, K) finite re-explanations, ``fwd`` (S, K, m) forward values or None.
+    ``a_owned``: ``a`` is the engine's own buffer (a float64 copy, not the explain function's
+    output nor a view of the inputs it was given), used by nothing once the chunk's draw values
+    are computed, so that they may be computed in it (:func:`_minus`)."""
 
     idx: torch.Tensor
     x: torch.Tensor
@@ -261,6 +271,17 @@ class _Chunk:
     a_ok: torch.Tensor
     fwd: torch.Tensor | None
     rows: slice
+    a_owned: bool = False
+
+
+def _minus(values: torch.Tensor, ref: torch.Tensor, owned: bool) -> torch.Tensor:
+    """``values - ref`` (``ref`` broadcasting against ``values``), written into ``values``
+    where it is the engine's own buffer of the result's dtype and shape: the same numbers
+    without a second (S, K, ...) tensor."""
+    if (owned and torch.result_type(values, ref) == values.dtype
+            and torch.broadcast_shapes(values.shape, ref.shape) == values.shape):
+        return values.sub_(ref)
+    return values - ref
 
 
 def _sample_fingerprints(batch: MetricBatch, draws: _Draws) -> list[bytes]:
@@ -300,6 +321,34 @@ def _stack_samples(batch: MetricBatch, k: int) -> int:
     numel = int(np.prod(batch.x.shape[1:], dtype=np.int64))
     per_sample = k * numel * (batch.x.element_size() + 8)
     return max(1, budget // max(1, per_sample))
+
+
+def _explain_rows(batch: MetricBatch, x: torch.Tensor) -> int | None:
+    """Inputs per explain-function call on the perturbed stack: None (the model's chunk size,
+    as for any explanation) unless the rows are small CPU rows under an automatic batch size.
+
+    Rows under 256 bytes (a table's few dozen features: the runner's "small rows", see
+    :data:`evalkit._batching.SMALL_ROWS_CHUNK_BYTES`) get as many whole model chunks a call as
+    fit in :data:`~evalkit._batching.SMALL_ROWS_MAX_BATCH` rows and in the input that
+    :func:`evalkit.explain` itself explains at once
+    (:data:`evalkit.explain.core.EXPLAIN_MEMORY_BUDGET`): the N x K perturbed copies of a table
+    then take a few explain calls instead of dozens, each with its fixed validation and setup
+    costs (W4: 7 calls of 3 x 1,092 rows instead of 19 of 1,092). Whole chunks: ``explain()``
+    splits each call into chunks of the same size as before (its own chunk size for small rows
+    is the model's), so it computes on exactly the rows it computed on before."""
+    model = batch.model
+    # token ids are embedded into far larger rows: they keep the model's chunks
+    if (batch.batch_size is not None or model is None or model.batch_size is not None
+            or model.device.type != "cpu" or not x.is_floating_point()):
+        return None
+    from ...explain.core import EXPLAIN_MEMORY_BUDGET
+
+    row_bytes = max(1, math.prod(x.shape[1:]) * x.element_size())
+    if row_bytes * MAX_AUTO_BATCH["cpu"] >= SMALL_ROWS_CHUNK_BYTES:
+        return None
+    chunk = model.resolve_batch_size(x)
+    whole = min(SMALL_ROWS_MAX_BATCH, EXPLAIN_MEMORY_BUDGET["cpu"] // row_bytes) // chunk
+    return whole * chunk if whole > 1 else None
 
 
 class _PerturbationRobustness(Metric):
@@ -373,6 +422,7 @@ class _PerturbationRobustness(Metric):
         espec = _explainer_spec(batch, store) if store is not None else b""
         fwd_cached = store is not None and forward is not None and forward.spec is not None
         per_chunk = _stack_samples(batch, k)
+        explain_rows = _explain_rows(batch, x)
         keys = batch.keys
         for start in range(0, n, per_chunk):
             idx = torch.arange(start, min(n, start + per_chunk), device=x.device)
@@ -392,14 +442,15 @@ class _PerturbationRobustness(Metric):
                                            forward.spec + b"|fwd")
                     fwd = store.get(fkeys)
             # ---- explanations of the samples not in the cache
-            todo = [j for j in range(s) if raw[j] is None]
+            # (without a cache every sample is to do: no scan of the S slots)
+            todo = [j for j in range(s) if raw[j] is None] if store is not None else range(s)
             got = None
             if todo:
                 xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
                 # all of the chunk: idx itself (indexing with a list of S ints costs more)
                 sel = idx if len(todo) == s else idx[todo]
                 ys = None if batch.y is None else batch.y[sel].repeat_interleave(k, dim=0)
-                got = self._run_explain(batch, xs, ys)
+                got = self._run_explain(batch, xs, ys, rows=explain_rows)
                 if store is not None:  # copies: a view would keep the whole chunk alive
                     blocks = got.reshape(len(todo), k, *got.shape[1:])
                     store.put([ekeys[j] for j in todo], [b.clone() for b in blocks])
@@ -413,11 +464,14 @@ class _PerturbationRobustness(Metric):
             # one sum decides almost every row (finite_rows), instead of isfinite + all
             a_ok = finite_rows(_flat(a_raw)).reshape(s, k)
             a = self._preprocess_attributions(batch, a_raw, flat_x, flag_nan=False)
+            # a new tensor (a float64 copy, normalised...), not the explain function's output
+            # or a cached block
+            a_owned = a.untyped_storage().data_ptr() != a_raw.untyped_storage().data_ptr()
             a = a.reshape(s, k, *a.shape[1:])
             # ---- forward values
             fwd_t = None
             if forward is not None:
-                todo = [j for j in range(s) if fwd[j] is None]
+                todo = [j for j in range(s) if fwd[j] is None] if fwd_cached else range(s)
                 if todo:
                     sample_of_row = (idx if len(todo) == s else idx[todo]).repeat_interleave(k)
                     xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
@@ -435,7 +489,8 @@ class _PerturbationRobustness(Metric):
                     if fwd_cached:
                         store.put([fkeys[j] for j in todo], [fwd[j].clone() for j in todo])
                 fwd_t = vals if len(todo) == s else torch.stack(fwd, 0)
-            yield _Chunk(idx=idx, x=xp, a=a, a_ok=a_ok, fwd=fwd_t, rows=rows)
+            yield _Chunk(idx=idx, x=xp, a=a, a_ok=a_ok, fwd=fwd_t, rows=rows,
+                         a_owned=a_owned)
 
     def _clean_forward(self, batch: MetricBatch, forward: _Forward) -> torch.Tensor:
         """Model outputs (N, C) float64 of the unperturbed inputs, once per call."""

@@ -11,6 +11,7 @@ from ._engine import (
     _Chunk,
     _documented,
     _flat,
+    _minus,
     _NoiseRobustness,
     _resolve_norm,
 )
@@ -72,7 +73,7 @@ class LocalLipschitzEstimate(_NoiseRobustness):
 def _lipschitz_ratios(batch: MetricBatch, chunk: _Chunk, num, den):
     s, k = chunk.a_ok.shape
     a0 = batch.a[chunk.rows]  # type: ignore[index]
-    da = (chunk.a - a0.unsqueeze(1)).reshape(s * k, -1)
+    da = _minus(chunk.a, a0.unsqueeze(1), chunk.a_owned).reshape(s * k, -1)
     # the inputs' differences in their own dtype (what the model saw; a float64 copy of the whole
     # stack would cost more than the rest of the metric's arithmetic)
     dx = (chunk.x - batch.x[chunk.rows].unsqueeze(1)).reshape(s * k, -1)
@@ -139,7 +140,7 @@ class MaxSensitivity(_NoiseRobustness):
     def _draw_values(self, batch, chunk, clean):
         s, k = chunk.a_ok.shape
         a0 = batch.a[chunk.rows]  # type: ignore[index]
-        da = _flat((chunk.a - a0.unsqueeze(1)).reshape(s * k, *a0.shape[1:]))
+        da = _flat(_minus(chunk.a, a0.unsqueeze(1), chunk.a_owned).reshape(s * k, *a0.shape[1:]))
         numer = self._num(da).reshape(s, k)
         if self._den is None:
             return numer, torch.ones_like(numer, dtype=torch.bool)

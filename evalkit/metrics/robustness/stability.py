@@ -17,6 +17,7 @@ from ._engine import (
     _documented,
     _flat,
     _Forward,
+    _minus,
     _NoiseRobustness,
 )
 
@@ -26,12 +27,15 @@ def _leaf_layers(model: torch.nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if n and next(m.children(), None) is None]
 
 
-def _relative_change(ref: torch.Tensor, new: torch.Tensor, eps_min: float, p: float
-                     ) -> torch.Tensor:
+def _relative_change(ref: torch.Tensor, new: torch.Tensor, eps_min: float, p: float,
+                     owned: bool = False) -> torch.Tensor:
     """|| (ref - new) / max(|ref|, eps_min) ||_p over the last axis (``ref`` broadcasts against
-    ``new``), computed in the tensors' dtype, returned as float64."""
-    scale = ref.abs().clamp_min(eps_min)
-    diff = ref - new
+    ``new``), computed in the tensors' dtype, returned as float64. ``owned``: ``new`` is a
+    buffer the caller gives up (see ``_Chunk.a_owned``): the differences are computed in it,
+    as ``new - ref``, whose elements are exactly the negatives of ``ref - new`` (IEEE
+    subtraction rounds symmetrically), so the norm is the same."""
+    scale = ref.abs().clamp_min_(eps_min)  # in place: abs() is a fresh tensor
+    diff = _minus(new, ref, True) if owned else ref - new
     # in place where the dtypes agree: one temporary of the (S, K, D) stack instead of two
     diff = diff.div_(scale) if diff.dtype == scale.dtype else diff / scale
     return torch.linalg.vector_norm(diff, ord=p, dim=-1).to(torch.float64)
@@ -65,7 +69,8 @@ class _RelativeStability(_NoiseRobustness):
     def _numerator(self, batch: MetricBatch, chunk: _Chunk) -> torch.Tensor:
         s, k = chunk.a_ok.shape
         a0 = _flat(batch.a[chunk.rows]).unsqueeze(1)  # type: ignore[index]
-        return _relative_change(a0, chunk.a.reshape(s, k, -1), self.eps_min, self.p_norm)
+        return _relative_change(a0, chunk.a.reshape(s, k, -1), self.eps_min, self.p_norm,
+                                owned=chunk.a_owned)
 
     def _ratio(self, numer: torch.Tensor, denom: torch.Tensor) -> tuple[torch.Tensor,
                                                                          torch.Tensor]:
@@ -185,7 +190,8 @@ class _RepresentationForward(_Forward):
         elif used != self._used:
             raise RuntimeError("The representation layers that ran differ between forward "
                                f"passes ({self._used} vs {used}).")
-        return torch.cat(parts, 1)
+        # one layer's recorded copy is the representation as it is (no second copy)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
     def reduce(self, outputs: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         out = super().reduce(outputs, sample)
@@ -196,8 +202,9 @@ class _RepresentationForward(_Forward):
                                               device=reps.device)
             self.clean_reps[sample] = reps
             return out
+        # reps is this pass's own copy (the recorded clone, or a concatenation of clones)
         rel = _relative_change(self.clean_reps[sample], reps,  # type: ignore[index]
-                               self.metric.eps_min, self.metric.p_norm)
+                               self.metric.eps_min, self.metric.p_norm, owned=True)
         return torch.cat([out, rel.unsqueeze(1)], 1)
 
 
