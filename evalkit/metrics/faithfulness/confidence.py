@@ -140,7 +140,9 @@ class _ConfidenceChange(Metric):
         # forward pass of a small model (the W4 benchmark's MLP)
         fps = (sample_fingerprints(batch, row_hashes(e, n), row_hashes(base, n), tag)
                if active_cache() is not None else None)
-        y1 = cached_rows(batch, idx, [()] * n, fps, build, desc=type(self).__name__)
+        # the unperturbed rows run in the same pass (or come from the forward cache)
+        y1 = cached_rows(batch, idx, [()] * n, fps, build, desc=type(self).__name__,
+                         with_clean=True)
         return clean_scores(batch), y1
 
 

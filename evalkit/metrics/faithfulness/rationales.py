@@ -121,7 +121,7 @@ class _ERASERFidelity(RanksFeatures):
         else:  # the rationale alone: ranks [k, G) replaced
             lo, hi = k, g.unsqueeze(1).expand_as(k)
         scores = window_scores(batch, ordering, self._imputer, lo, hi,
-                               desc=type(self).__name__)
+                               desc=type(self).__name__, with_clean=True)
         deltas = clean_scores(batch).unsqueeze(1) - scores
         batch.set_curves(deltas, torch.tensor(bins, dtype=torch.float64) / 100)
         batch.record("rationale_sizes", k, per_sample=True)
@@ -301,7 +301,8 @@ class _SoftFidelity(Metric):
             xi = x.index_select(0, i)
             return torch.where(kept, xi, torch.zeros_like(xi))
 
-        return run_rows(batch, build, sample_idx, desc=type(self).__name__)
+        # the unperturbed rows (p(y | x)) run in the same pass
+        return run_rows(batch, build, sample_idx, desc=type(self).__name__, with_clean=True)
 
     def _embedding_dropout(self, batch: MetricBatch, sample_idx: torch.Tensor,
                            row_keys: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -157,7 +157,7 @@ class AUCSE(RanksFeatures):
         g = ordering.n_groups.to(rel.device).unsqueeze(1)
         hi_all = counts if self.expected_score is not None else torch.cat([counts, g], 1)
         masked = window_scores(batch, ordering, self._replacement, torch.zeros_like(hi_all),
-                               hi_all, desc=type(self).__name__)
+                               hi_all, desc=type(self).__name__, with_clean=True)
         full = masked[:, -1] if self.expected_score is None else None
         scores = masked[:, : counts.shape[1]]
         clean = clean_scores(batch)
