@@ -117,7 +117,7 @@ class ForwardRunner:
 
     def run_concat(
         self,
-        sources: Sequence[tuple[int, Callable[[torch.Tensor], torch.Tensor]]],
+        sources: Sequence[tuple[int, Callable[[torch.Tensor], torch.Tensor] | torch.Tensor]],
         *,
         y: torch.Tensor | None = None,
         reduce: Reducer | None = None,
@@ -130,7 +130,10 @@ class ForwardRunner:
         64 rows costs much more than half a call of 128).
 
         ``sources``: ``(rows, build)`` pairs; ``build(local)`` returns the inputs of the
-        source's rows ``local`` ((B,) int64 in ``[0, rows)``). ``y`` and ``reduce`` index the
+        source's rows ``local`` ((B,) int64 in ``[0, rows)``); or ``build`` is a tensor of the
+        rows as they are (already on the model's device, in its dtype): a chunk within it is a
+        view of it, not a copy (pass only tensors of the caller's own making: a model that
+        writes into its input would write into them). ``y`` and ``reduce`` index the
         concatenated rows (``index[0]`` is the row's position among all rows). Returns
         ``(total, ...)`` values, the sources' rows in order.
         """
@@ -149,7 +152,11 @@ class ForwardRunner:
             parts = []
             for (_, build), lo, hi in zip(sources, offsets[:-1], offsets[1:], strict=True):
                 a, b = max(start, lo), min(stop, hi)
-                if a < b:
+                if a >= b:
+                    continue
+                if isinstance(build, torch.Tensor):
+                    parts.append(build[a - lo:b - lo])
+                else:
                     parts.append(build(torch.arange(a - lo, b - lo, dtype=torch.int64,
                                                     device=device)))
             inputs = parts[0] if len(parts) == 1 else torch.cat(parts)

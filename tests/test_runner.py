@@ -387,6 +387,10 @@ def test_run_concat_chunks_across_sources(bs):
     rows_ref = ForwardRunner(w, batch_size=bs).run(flat_build, (N, T), y=Y, row_shape=(3, 8, 8))
     assert torch.allclose(got[:N], own_ref, atol=1e-6)
     assert torch.allclose(got[N:], rows_ref.reshape(-1), atol=1e-6)
+    # a source given as a tensor of its rows: the same values as a builder of them
+    as_tensor = ForwardRunner(w, batch_size=bs).run_concat([(N, X), (N * T, perturbed)],
+                                                           y=y_rows, row_shape=(3, 8, 8))
+    assert torch.equal(as_tensor, got)
     # empty sources are skipped; no rows at all: no call
     w.counter.reset()
     none = ForwardRunner(w).run_concat([(0, own), (0, perturbed)], y=Y, row_shape=(3, 8, 8))

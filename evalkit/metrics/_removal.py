@@ -200,7 +200,8 @@ class _Rows:
     ``m`` (B,), whose samples are ``sample_idx`` (M,); with ``fingerprints`` (N,) and
     ``row_keys`` (M,) its rows go through the active forward cache (:func:`cached_rows`)."""
 
-    build: Callable[[torch.Tensor], torch.Tensor]
+    #: or the rows themselves, a tensor of the metric's own making (its chunks are views)
+    build: Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
     sample_idx: torch.Tensor
     row_keys: list | None = None
     fingerprints: list[bytes] | None = None
@@ -253,7 +254,7 @@ def _forward_sources(batch: MetricBatch, sources: list[_Rows], quantity: str,
         runs.append((src, miss, fps))
 
     # the rows to run: all of a source's, or its cache misses
-    pieces: list[tuple[int, Callable[[torch.Tensor], torch.Tensor]]] = []
+    pieces: list[tuple[int, Callable[[torch.Tensor], torch.Tensor] | torch.Tensor]] = []
     samples: list[torch.Tensor] = []
     for src, miss, _ in runs:
         if miss is None:
@@ -261,8 +262,13 @@ def _forward_sources(batch: MetricBatch, sources: list[_Rows], quantity: str,
                 pieces.append((int(src.sample_idx.shape[0]), src.build))
                 samples.append(src.sample_idx)
         elif miss.shape[0]:
-            pieces.append((int(miss.shape[0]),
-                           lambda mm, build=src.build, miss=miss: build(miss.index_select(0, mm))))
+            build = src.build
+            if isinstance(build, torch.Tensor):
+                pieces.append((int(miss.shape[0]), lambda mm, rows=build, miss=miss:
+                               rows.index_select(0, miss.index_select(0, mm))))
+            else:
+                pieces.append((int(miss.shape[0]), lambda mm, build=build, miss=miss:
+                               build(miss.index_select(0, mm))))
             samples.append(src.sample_idx.index_select(0, miss))
     new = None
     if pieces:
@@ -321,6 +327,8 @@ def _clean_source(batch: MetricBatch, quantity: str) -> _Rows | None:
         return None
     x = batch.x
     n = batch.n
+    # copies of the rows (not views of the user's x, which a model that writes into its
+    # input would change)
     return _Rows(lambda m: x.index_select(0, m), torch.arange(n, device=x.device), [()] * n,
                  sample_fingerprints(batch, b"clean"))
 
@@ -369,8 +377,10 @@ def cached_rows(
     Row m belongs to sample ``sample_idx[m]`` and has the hashable key ``row_keys[m]`` within
     that sample; ``fingerprints`` (N,) identify everything else that determines the inputs
     (see :mod:`evalkit.cache`). Without an active cache (or fingerprints) this is
-    :func:`run_rows`. ``with_clean``: as in :func:`run_rows` (the samples' own rows go
-    through the cache too: a cached unperturbed score is read, not forwarded).
+    :func:`run_rows`. ``build_rows`` may also be a tensor of the M rows, of the metric's own
+    making (the runner then forwards views of it). ``with_clean``: as in :func:`run_rows`
+    (the samples' own rows go through the cache too: a cached unperturbed score is read, not
+    forwarded).
     """
     batch.require_model()
     if int(sample_idx.shape[0]) == 0 and not with_clean:
