@@ -45,6 +45,7 @@ __all__ = [
     "clean_scores",
     "order_groups",
     "removal_curve",
+    "run_row_sources",
     "run_rows",
     "sample_fingerprints",
     "steps_from_features_in_step",
@@ -359,6 +360,22 @@ def run_rows(batch: MetricBatch, build_rows, sample_idx: torch.Tensor, *,
         return torch.empty(0, dtype=torch.float64, device=batch.device)
     return _forward_with_clean(batch, _Rows(build_rows, sample_idx), quantity, desc,
                                with_clean)
+
+
+def run_row_sources(batch: MetricBatch, sources: list[tuple], *, quantity: str = "score",
+                    desc: str | None = None, with_clean: bool = False) -> list[torch.Tensor]:
+    """:func:`run_rows` for several sources of rows at once, all in one chunked pass:
+    ``sources`` are ``(build_rows, sample_idx)`` pairs (``build_rows`` a function of the
+    source's row ids, or a tensor of its rows of the metric's own making); returns each
+    source's (M_k,) float64 values. ``with_clean`` as in :func:`run_rows`."""
+    batch.require_model()
+    rows = [_Rows(build, idx) for build, idx in sources]
+    clean = _clean_source(batch, quantity) if with_clean else None
+    if clean is None:
+        return _forward_sources(batch, rows, quantity, desc)
+    clean_values, *values = _forward_sources(batch, [clean, *rows], quantity, desc)
+    batch.extra[f"_clean_{quantity}"] = clean_values
+    return values
 
 
 def cached_rows(
