@@ -14,7 +14,7 @@ sample's scores do not depend on the chunk size (the model sees each input exact
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 import torch
@@ -96,36 +96,110 @@ class ForwardRunner:
         if cache_key is not None and self.cache is not None and cache_key in self.cache:
             return self.cache[cache_key].clone()
         if reduce is None:
-            model = self.model
-
-            def reduce(outputs: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
-                if y is None:
-                    return model.select(outputs, None)
-                i = index[0]
-                # index_select: a few us less per chunk than y[i] (a small model's chunk)
-                return model.select(outputs, y.index_select(0, i) if y.device == i.device
-                                    else y[i])
-
+            reduce = self._target_reducer(y)
         total = math.prod(shape)
         if total == 0:
             return torch.empty(shape, dtype=self.model.dtype, device=self.model.device)
+        dims = torch.tensor(shape, dtype=torch.int64)
         device = self.model.device
+
+        def make(start: int, stop: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+            # built on the model's device: no host-to-device copy (a sync on CUDA) per chunk
+            index = _unravel(torch.arange(start, stop, dtype=torch.int64, device=device), dims)
+            return build(index), index
+
+        out = self._walk(make, total, reduce, row_shape, desc)
+        # a normal tensor (not an inference tensor), so callers may update it in place
+        result = out.reshape(*shape, *out.shape[1:]).clone()
+        if cache_key is not None and self.cache is not None:
+            self.cache[cache_key] = result.clone()
+        return result
+
+    def run_concat(
+        self,
+        sources: Sequence[tuple[int, Callable[[torch.Tensor], torch.Tensor] | torch.Tensor]],
+        *,
+        y: torch.Tensor | None = None,
+        reduce: Reducer | None = None,
+        row_shape: tuple[int, ...],
+        desc: str | None = None,
+    ) -> torch.Tensor:
+        """Evaluate the model on the rows of several sources, one after the other, in ONE
+        chunked pass: a chunk may end in one source and go on in the next, so that the
+        forward calls are as few and as full as the chunk size allows (a conv net's call of
+        64 rows costs much more than half a call of 128).
+
+        ``sources``: ``(rows, build)`` pairs; ``build(local)`` returns the inputs of the
+        source's rows ``local`` ((B,) int64 in ``[0, rows)``); or ``build`` is a tensor of the
+        rows as they are (already on the model's device, in its dtype): a chunk within it is a
+        view of it, not a copy (pass only tensors of the caller's own making: a model that
+        writes into its input would write into them). ``y`` and ``reduce`` index the
+        concatenated rows (``index[0]`` is the row's position among all rows). Returns
+        ``(total, ...)`` values, the sources' rows in order.
+        """
+        sizes = [int(rows) for rows, _ in sources]
+        total = sum(sizes)
+        if total == 0:
+            return torch.empty((0,), dtype=self.model.dtype, device=self.model.device)
+        if reduce is None:
+            reduce = self._target_reducer(y)
+        device = self.model.device
+        offsets = [0]
+        for rows in sizes:
+            offsets.append(offsets[-1] + rows)
+
+        def make(start: int, stop: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+            parts = []
+            for (_, build), lo, hi in zip(sources, offsets[:-1], offsets[1:], strict=True):
+                a, b = max(start, lo), min(stop, hi)
+                if a >= b:
+                    continue
+                if isinstance(build, torch.Tensor):
+                    parts.append(build[a - lo:b - lo])
+                else:
+                    parts.append(build(torch.arange(a - lo, b - lo, dtype=torch.int64,
+                                                    device=device)))
+            inputs = parts[0] if len(parts) == 1 else torch.cat(parts)
+            return inputs, (torch.arange(start, stop, dtype=torch.int64, device=device),)
+
+        return self._walk(make, total, reduce, row_shape, desc).clone()
+
+    def _target_reducer(self, y: torch.Tensor | None) -> Reducer:
+        model = self.model
+
+        def reduce(outputs: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            if y is None:
+                return model.select(outputs, None)
+            i = index[0]
+            # index_select: a few us less per chunk than y[i] (a small model's chunk)
+            return model.select(outputs, y.index_select(0, i) if y.device == i.device
+                                else y[i])
+
+        return reduce
+
+    def _walk(
+        self,
+        make: Callable[[int, int], tuple[torch.Tensor, tuple[torch.Tensor, ...]]],
+        total: int,
+        reduce: Reducer,
+        row_shape: tuple[int, ...],
+        desc: str | None,
+    ) -> torch.Tensor:
+        """Rows ``[0, total)`` in chunks: ``make(start, stop) -> (inputs, index)``, the model
+        on the inputs, ``reduce(outputs, index)``; returns the (total, ...) values (an
+        inference tensor: callers clone it)."""
         chunk = self.chunk_size(row_shape, self.model.dtype)
         out: torch.Tensor | None = None
         # no bar object at all when progress is off (a disabled tqdm still costs tens of us,
         # a fixed cost per call that shows where the model is small)
         bar = (tqdm(total=total, desc=desc, unit="input", leave=False) if self.progress
                else None)
-        dims = torch.tensor(shape, dtype=torch.int64)
         start = 0
         with self.model.evaluation(), torch.inference_mode():
             while start < total:
                 stop = min(total, start + chunk)
-                # built on the model's device: no host-to-device copy (a sync on CUDA) per chunk
-                flat = torch.arange(start, stop, dtype=torch.int64, device=device)
-                index = _unravel(flat, dims)
                 try:
-                    inputs = build(index)
+                    inputs, index = make(start, stop)
                     values = reduce(self.model(inputs), index)
                 except torch.cuda.OutOfMemoryError:
                     if chunk == 1:
@@ -142,11 +216,8 @@ class ForwardRunner:
                 start = stop
         if bar is not None:
             bar.close()
-        # a normal tensor (not an inference tensor), so callers may update it in place
-        result = out.reshape(*shape, *out.shape[1:]).clone()
-        if cache_key is not None and self.cache is not None:
-            self.cache[cache_key] = result.clone()
-        return result
+        assert out is not None
+        return out
 
     def outputs(
         self,

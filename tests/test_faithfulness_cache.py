@@ -63,8 +63,13 @@ def test_suite_issues_fewer_rows_with_identical_scores(setup):
     sep, rows_sep = _run(_suite(), model, x, y, a)
     cache = ForwardCache()
     shared, rows_shared = _run(_suite(), model, x, y, a, cache)
+    # not bit for bit: the model's float32 output for a row may differ in its last bit with
+    # the number of rows in its forward call (a few rows take another matrix-product path),
+    # and shared rows come from other metrics' calls (the unperturbed rows share a call with
+    # the perturbed ones); SensitivityN's correlation of near-equal deltas amplifies that to
+    # about 2e-6
     for s1, s2, m in zip(sep, shared, _suite(), strict=True):
-        np.testing.assert_allclose(s2, s1, rtol=1e-6, atol=1e-7, err_msg=repr(m))
+        np.testing.assert_allclose(s2, s1, rtol=1e-5, atol=1e-7, err_msg=repr(m))
     assert rows_shared < 0.6 * rows_sep, (rows_shared, rows_sep)
     st = cache.stats()
     assert st.hits > 0 and st.misses == rows_shared
@@ -209,3 +214,38 @@ def test_user_imputers_never_share_rows_their_repr_cannot_tell_apart(setup):
         second = M.ROAD(percentages=[50], seed=0)(model, x, y, a)  # a new, equal imputer
         assert cache.stats().misses == misses and cache.stats().hits > 0
     np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("metric", [
+    M.AverageDrop(), M.ERASERComprehensiveness(), M.SoftSufficiency(seed=0),
+    M.LogOdds(fraction=0.25),
+])
+def test_unperturbed_rows_share_the_perturbed_rows_pass(setup, metric):
+    """A metric that reads the unperturbed scores and perturbed ones forwards both in one
+    chunked pass (one call where they fit a chunk), and a cached unperturbed score is read,
+    not forwarded again."""
+    model, x, y, a = setup
+    w = ek.wrap_model(model)
+    w.output_shape(x)  # the label check's one-row forward, done before counting
+    w.counter.reset()
+    ref = metric(w, x, y, a)
+    assert w.counter.calls == 1 and w.counter.rows > x.shape[0]
+    rows_alone = w.counter.rows
+    with forward_cache():
+        M.AverageDrop()(w, x, y, a)  # caches the unperturbed scores (and x * e)
+        w.counter.reset()
+        got = metric(w, x, y, a)
+        # AverageDrop's own rows all come from the cache; the others forward only their
+        # perturbed rows (LogOdds scores log-odds: another target, nothing shared)
+        if isinstance(metric, M.AverageDrop):
+            expected = 0
+        elif isinstance(metric, M.LogOdds):
+            expected = rows_alone
+        else:
+            expected = rows_alone - x.shape[0]
+        assert w.counter.rows == expected
+        if isinstance(metric, M.LogOdds):  # its own unperturbed rows, once cached, are read
+            w.counter.reset()
+            M.LogOdds(fraction=0.5)(w, x, y, a)
+            assert w.counter.rows == x.shape[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, equal_nan=True)

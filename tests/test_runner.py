@@ -355,3 +355,43 @@ def test_default_cpu_chunks_do_not_refault_pages_in_a_fresh_process():
     # the median chunk: one chunk's activations span about 30 MiB (7,500 pages), which
     # faulted in again on every chunk before (8,000-12,000 faults)
     assert faults < 100, faults
+
+
+@pytest.mark.parametrize("bs", [1, 3, 4, 7, 100])
+def test_run_concat_chunks_across_sources(bs):
+    """Several row sources run in one chunked pass: chunks fill up across a source's end
+    (ceil(total / bs) calls), every row once, in order, each source's builder given its own
+    row ids; the values are those of separate runs."""
+    w = wrap_model(make_net())
+    flat_build = build_factory(X, T)
+    seen: list[tuple[str, list[int]]] = []
+
+    def perturbed(m):
+        seen.append(("perturbed", m.tolist()))
+        return flat_build((m // T, m % T))
+
+    def own(m):
+        seen.append(("own", m.tolist()))
+        return X.index_select(0, m)
+
+    y_rows = torch.cat([Y, Y.repeat_interleave(T)])
+    w.counter.reset()
+    got = ForwardRunner(w, batch_size=bs).run_concat([(N, own), (N * T, perturbed)], y=y_rows,
+                                                     row_shape=(3, 8, 8))
+    total = N + N * T
+    assert got.shape == (total,)
+    assert w.counter.calls == math.ceil(total / bs) and w.counter.rows == total
+    assert [r for name, rows in seen if name == "own" for r in rows] == list(range(N))
+    assert [r for name, rows in seen if name == "perturbed" for r in rows] == list(range(N * T))
+    own_ref = ForwardRunner(w, batch_size=bs).outputs(X, y=Y)
+    rows_ref = ForwardRunner(w, batch_size=bs).run(flat_build, (N, T), y=Y, row_shape=(3, 8, 8))
+    assert torch.allclose(got[:N], own_ref, atol=1e-6)
+    assert torch.allclose(got[N:], rows_ref.reshape(-1), atol=1e-6)
+    # a source given as a tensor of its rows: the same values as a builder of them
+    as_tensor = ForwardRunner(w, batch_size=bs).run_concat([(N, X), (N * T, perturbed)],
+                                                           y=y_rows, row_shape=(3, 8, 8))
+    assert torch.equal(as_tensor, got)
+    # empty sources are skipped; no rows at all: no call
+    w.counter.reset()
+    none = ForwardRunner(w).run_concat([(0, own), (0, perturbed)], y=Y, row_shape=(3, 8, 8))
+    assert none.shape == (0,) and w.counter.calls == 0

@@ -473,3 +473,30 @@ def test_aucse_metadata_and_refusals():
                 torch.ones(2, 3, 4, 4))
     with pytest.raises(ValueError, match="quantiles"):
         AUCSE(quantiles=[1.5])
+
+
+@pytest.mark.parametrize("grouping", ["channel_values", "pixels"])
+def test_aucse_threshold_masks_equal_the_sorted_order_masks(grouping):
+    """AUCSE selects each quantile's points by comparing with the threshold instead of
+    sorting them; the masks, so every score, curve and drop, are those of the prefixes of the
+    sorted morf order (which an active forward cache still uses): ties, zeros, negative
+    relevance, a constant map and a map without a non-negative value included."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 2, 40, generator=g)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(80, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(3, 80, generator=g))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    a = torch.round(torch.randn(6, 2, 40, generator=g) * 2) / 2  # many ties and zeros
+    a[3] = 0.25  # constant
+    a[4] = -torch.rand(2, 40, generator=g) - 0.1  # no non-negative relevance
+    kwargs = dict(grouping=grouping, seed=0, normalise=False, disable_warnings=True)
+    fast = AUCSE(**kwargs)
+    scores = fast(model, x, y, a)
+    with ek.forward_cache():  # the keys name the full order: the sorted path
+        slow = AUCSE(**kwargs)
+        ref = slow(model, x, y, a)
+    np.testing.assert_array_equal(scores, ref)
+    np.testing.assert_array_equal(fast.curves_, slow.curves_)
+    np.testing.assert_array_equal(fast.score_drops_, slow.score_drops_)
+    assert fast.nan_reasons_ == slow.nan_reasons_

@@ -45,6 +45,7 @@ __all__ = [
     "clean_scores",
     "order_groups",
     "removal_curve",
+    "run_row_sources",
     "run_rows",
     "sample_fingerprints",
     "steps_from_features_in_step",
@@ -194,28 +195,187 @@ def flag_nonfinite(batch: MetricBatch, values: torch.Tensor,
         batch.set_nan(per_sample, NONFINITE_OUTPUT)
 
 
+@dataclass
+class _Rows:
+    """One source of rows for :func:`_forward_sources`: ``build(m) -> inputs`` for its row ids
+    ``m`` (B,), whose samples are ``sample_idx`` (M,); with ``fingerprints`` (N,) and
+    ``row_keys`` (M,) its rows go through the active forward cache (:func:`cached_rows`)."""
+
+    #: or the rows themselves, a tensor of the metric's own making (its chunks are views)
+    build: Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
+    sample_idx: torch.Tensor
+    row_keys: list | None = None
+    fingerprints: list[bytes] | None = None
+
+
+def _forward_sources(batch: MetricBatch, sources: list[_Rows], quantity: str,
+                     desc: str | None) -> list[torch.Tensor]:
+    """(M_k,) float64 values of the rows of each source. Rows an active forward cache holds
+    are read from it; all the others, of every source, run in ONE chunked runner pass
+    (:meth:`~evalkit.runner.ForwardRunner.run_concat`), so that a metric's unperturbed and
+    perturbed rows share full chunks instead of two half-empty calls. Samples with a
+    non-finite value are flagged (:func:`flag_nonfinite`); new values are stored in the
+    cache."""
+    batch.require_model()
+    cache = active_cache()
+    device = batch.device
+    outs: list[torch.Tensor | None] = []
+    runs: list[tuple[_Rows, torch.Tensor | None, list[bytes] | None]] = []
+    for src in sources:
+        m = int(src.sample_idx.shape[0])
+        if cache is None or src.fingerprints is None or m == 0:
+            outs.append(None)
+            runs.append((src, None, None))
+            continue
+        assert src.row_keys is not None
+        fps = combine_hashes(src.fingerprints, quantity.encode())
+        s_list = src.sample_idx.tolist()
+        groups: dict[int, list[int]] = {}
+        for j, i in enumerate(s_list):
+            groups.setdefault(i, []).append(j)
+        order = sorted(groups)
+        got = cache.lookup([fps[i] for i in order],
+                           [[src.row_keys[j] for j in groups[i]] for i in order])
+        out = torch.full((m,), float("nan"), dtype=torch.float64, device=device)
+        missing: list[int] = []
+        hit_rows: list[int] = []
+        hit_values: list[float] = []
+        for i, vals in zip(order, got, strict=True):
+            for j, v in zip(groups[i], vals, strict=True):
+                if v is None:
+                    missing.append(j)
+                else:
+                    hit_rows.append(j)
+                    hit_values.append(v)
+        if hit_rows:  # one copy to the device, not one per cached row
+            out[torch.tensor(hit_rows, dtype=torch.int64, device=device)] = torch.tensor(
+                hit_values, dtype=torch.float64, device=device)
+        outs.append(out)
+        miss = torch.tensor(sorted(missing), dtype=torch.int64, device=device)
+        runs.append((src, miss, fps))
+
+    # the rows to run: all of a source's, or its cache misses
+    pieces: list[tuple[int, Callable[[torch.Tensor], torch.Tensor] | torch.Tensor]] = []
+    samples: list[torch.Tensor] = []
+    for src, miss, _ in runs:
+        if miss is None:
+            if src.sample_idx.shape[0]:
+                pieces.append((int(src.sample_idx.shape[0]), src.build))
+                samples.append(src.sample_idx)
+        elif miss.shape[0]:
+            build = src.build
+            if isinstance(build, torch.Tensor):
+                pieces.append((int(miss.shape[0]), lambda mm, rows=build, miss=miss:
+                               rows.index_select(0, miss.index_select(0, mm))))
+            else:
+                pieces.append((int(miss.shape[0]), lambda mm, build=build, miss=miss:
+                               build(miss.index_select(0, mm))))
+            samples.append(src.sample_idx.index_select(0, miss))
+    new = None
+    if pieces:
+        sample_idx = samples[0] if len(samples) == 1 else torch.cat(samples)
+        y = batch.y
+        # index_select: the same rows as y[sample_idx], several times faster on the CPU
+        if y is None:
+            y_rows = None
+        else:
+            y_rows = (y.index_select(0, sample_idx) if y.device == sample_idx.device
+                      else y[sample_idx])
+        new = batch.runner.run_concat(  # type: ignore[union-attr]
+            pieces, y=y_rows, reduce=_reducer(batch, quantity, y_rows),
+            row_shape=tuple(batch.x.shape[1:]), desc=desc,
+        ).to(torch.float64)
+        flag_nonfinite(batch, new, sample_idx)
+
+    results: list[torch.Tensor] = []
+    pos = 0
+    for (src, miss, fps), out in zip(runs, outs, strict=True):
+        if miss is None:
+            m = int(src.sample_idx.shape[0])
+            if m == 0:
+                results.append(torch.empty(0, dtype=torch.float64, device=device))
+                continue
+            assert new is not None
+            results.append(new[pos:pos + m] if len(pieces) > 1 else new)
+            pos += m
+            continue
+        assert out is not None and fps is not None
+        k = int(miss.shape[0])
+        if k:
+            assert new is not None
+            vals = new[pos:pos + k]
+            pos += k
+            out[miss] = vals
+            s_list = src.sample_idx.tolist()
+            per: dict[int, tuple[list, list]] = {}
+            for j, v in zip(miss.tolist(), vals.tolist(), strict=True):
+                ks, vs = per.setdefault(s_list[j], ([], []))
+                ks.append(src.row_keys[j])  # type: ignore[index]
+                vs.append(v)
+            idxs = sorted(per)
+            cache.store([fps[i] for i in idxs], [per[i][0] for i in idxs],  # type: ignore[union-attr]
+                        [per[i][1] for i in idxs])
+        if k < int(src.sample_idx.shape[0]):  # cached rows: the rows run were flagged above
+            flag_nonfinite(batch, out, src.sample_idx)
+        results.append(out)
+    return results
+
+
+def _clean_source(batch: MetricBatch, quantity: str) -> _Rows | None:
+    """The samples' own rows as a source, or None where this call already has their values
+    (:func:`clean_scores`)."""
+    if batch.extra.get(f"_clean_{quantity}") is not None:
+        return None
+    x = batch.x
+    n = batch.n
+    # copies of the rows (not views of the user's x, which a model that writes into its
+    # input would change)
+    return _Rows(lambda m: x.index_select(0, m), torch.arange(n, device=x.device), [()] * n,
+                 sample_fingerprints(batch, b"clean"))
+
+
+def _forward_with_clean(batch: MetricBatch, rows: _Rows, quantity: str, desc: str | None,
+                        with_clean: bool) -> torch.Tensor:
+    """The values of ``rows``; with ``with_clean``, the samples' own rows (where this call
+    has not got them yet) run first in the same pass and are kept for :func:`clean_scores`."""
+    clean = _clean_source(batch, quantity) if with_clean else None
+    if clean is None:
+        return _forward_sources(batch, [rows], quantity, desc)[0]
+    clean_values, values = _forward_sources(batch, [clean, rows], quantity, desc)
+    batch.extra[f"_clean_{quantity}"] = clean_values
+    return values
+
+
 def run_rows(batch: MetricBatch, build_rows, sample_idx: torch.Tensor, *,
-             quantity: str = "score", desc: str | None = None) -> torch.Tensor:
+             quantity: str = "score", desc: str | None = None,
+             with_clean: bool = False) -> torch.Tensor:
     """Run the model on M irregular rows: ``build_rows(m) -> inputs`` for row ids ``m`` (B,),
     whose samples are ``sample_idx`` (M,) (for the labels). Returns (M,) float64 values;
-    samples with a non-finite value are flagged (:func:`flag_nonfinite`)."""
+    samples with a non-finite value are flagged (:func:`flag_nonfinite`).
+
+    ``with_clean``: the metric will also read :func:`clean_scores`; the samples' own rows then
+    run in the same pass (fewer, fuller forward calls), unless this call already has them."""
     batch.require_model()
-    m = int(sample_idx.shape[0])
-    if m == 0:
+    if int(sample_idx.shape[0]) == 0 and not with_clean:
         return torch.empty(0, dtype=torch.float64, device=batch.device)
-    y = batch.y
-    # index_select: the same rows as y[sample_idx], several times faster on the CPU
-    if y is None:
-        y_rows = None
-    else:
-        y_rows = (y.index_select(0, sample_idx) if y.device == sample_idx.device
-                  else y[sample_idx])
-    out = batch.runner.run(  # type: ignore[union-attr]
-        lambda index: build_rows(index[0]), (m,), y=y_rows,
-        reduce=_reducer(batch, quantity, y_rows), row_shape=tuple(batch.x.shape[1:]), desc=desc,
-    ).to(torch.float64)
-    flag_nonfinite(batch, out, sample_idx)
-    return out
+    return _forward_with_clean(batch, _Rows(build_rows, sample_idx), quantity, desc,
+                               with_clean)
+
+
+def run_row_sources(batch: MetricBatch, sources: list[tuple], *, quantity: str = "score",
+                    desc: str | None = None, with_clean: bool = False) -> list[torch.Tensor]:
+    """:func:`run_rows` for several sources of rows at once, all in one chunked pass:
+    ``sources`` are ``(build_rows, sample_idx)`` pairs (``build_rows`` a function of the
+    source's row ids, or a tensor of its rows of the metric's own making); returns each
+    source's (M_k,) float64 values. ``with_clean`` as in :func:`run_rows`."""
+    batch.require_model()
+    rows = [_Rows(build, idx) for build, idx in sources]
+    clean = _clean_source(batch, quantity) if with_clean else None
+    if clean is None:
+        return _forward_sources(batch, rows, quantity, desc)
+    clean_values, *values = _forward_sources(batch, [clean, *rows], quantity, desc)
+    batch.extra[f"_clean_{quantity}"] = clean_values
+    return values
 
 
 def cached_rows(
@@ -227,55 +387,25 @@ def cached_rows(
     *,
     quantity: str = "score",
     desc: str | None = None,
+    with_clean: bool = False,
 ) -> torch.Tensor:
     """:func:`run_rows` through the active :func:`~evalkit.cache.forward_cache` (if any).
 
     Row m belongs to sample ``sample_idx[m]`` and has the hashable key ``row_keys[m]`` within
     that sample; ``fingerprints`` (N,) identify everything else that determines the inputs
     (see :mod:`evalkit.cache`). Without an active cache (or fingerprints) this is
-    :func:`run_rows`.
+    :func:`run_rows`. ``build_rows`` may also be a tensor of the M rows, of the metric's own
+    making (the runner then forwards views of it). ``with_clean``: as in :func:`run_rows`
+    (the samples' own rows go through the cache too: a cached unperturbed score is read, not
+    forwarded).
     """
-    cache = active_cache()
-    m = int(sample_idx.shape[0])
-    if cache is None or fingerprints is None or m == 0:
-        return run_rows(batch, build_rows, sample_idx, quantity=quantity, desc=desc)
-    fps = combine_hashes(fingerprints, quantity.encode())
-    s_list = sample_idx.tolist()
-    groups: dict[int, list[int]] = {}
-    for j, i in enumerate(s_list):
-        groups.setdefault(i, []).append(j)
-    order = sorted(groups)
-    got = cache.lookup([fps[i] for i in order], [[row_keys[j] for j in groups[i]] for i in order])
-    out = torch.full((m,), float("nan"), dtype=torch.float64, device=batch.device)
-    missing: list[int] = []
-    hit_rows: list[int] = []
-    hit_values: list[float] = []
-    for i, vals in zip(order, got, strict=True):
-        for j, v in zip(groups[i], vals, strict=True):
-            if v is None:
-                missing.append(j)
-            else:
-                hit_rows.append(j)
-                hit_values.append(v)
-    if hit_rows:  # one copy to the device, not one per cached row
-        out[torch.tensor(hit_rows, dtype=torch.int64, device=batch.device)] = torch.tensor(
-            hit_values, dtype=torch.float64, device=batch.device)
-    if missing:
-        miss = torch.tensor(sorted(missing), dtype=torch.int64, device=batch.device)
-        new = run_rows(batch, lambda mm: build_rows(miss[mm]), sample_idx[miss],
-                       quantity=quantity, desc=desc)
-        out[miss] = new
-        per: dict[int, tuple[list, list]] = {}
-        for j, v in zip(miss.tolist(), new.tolist(), strict=True):
-            ks, vs = per.setdefault(s_list[j], ([], []))
-            ks.append(row_keys[j])
-            vs.append(v)
-        idxs = sorted(per)
-        cache.store([fps[i] for i in idxs], [per[i][0] for i in idxs],
-                    [per[i][1] for i in idxs])
-    if hit_rows:  # rows run here were flagged by run_rows
-        flag_nonfinite(batch, out, sample_idx)
-    return out
+    batch.require_model()
+    if int(sample_idx.shape[0]) == 0 and not with_clean:
+        return torch.empty(0, dtype=torch.float64, device=batch.device)
+    use_cache = active_cache() is not None and fingerprints is not None
+    rows = _Rows(build_rows, sample_idx, row_keys if use_cache else None,
+                 fingerprints if use_cache else None)
+    return _forward_with_clean(batch, rows, quantity, desc, with_clean)
 
 
 def sample_fingerprints(batch: MetricBatch, *parts: list[bytes] | bytes) -> list[bytes] | None:
@@ -288,17 +418,16 @@ def sample_fingerprints(batch: MetricBatch, *parts: list[bytes] | bytes) -> list
 
 def clean_scores(batch: MetricBatch, quantity: str = "score") -> torch.Tensor:
     """(N,) float64 target scores (or correctness) of the unperturbed inputs, computed once per
-    call and shared between metrics through the cache."""
+    call and shared between metrics through the cache (metrics that also run perturbed rows
+    get them in the same pass with ``with_clean=True``)."""
     memo_key = f"_clean_{quantity}"
     memo = batch.extra.get(memo_key)
     if memo is not None:
         return memo
-    x = batch.x
-    n = batch.n
-    idx = torch.arange(n, device=x.device)
-    fps = sample_fingerprints(batch, b"clean")
-    out = cached_rows(batch, idx, [()] * n, fps, lambda m: x[m], quantity=quantity,
-                      desc="unperturbed")
+    batch.require_model()
+    source = _clean_source(batch, quantity)
+    assert source is not None
+    out = _forward_sources(batch, [source], quantity, "unperturbed")[0]
     batch.extra[memo_key] = out
     return out
 
@@ -415,6 +544,7 @@ def window_scores(
     keys: torch.Tensor | None = None,
     quantity: str = "score",
     desc: str | None = None,
+    with_clean: bool = False,
 ) -> torch.Tensor:
     """Target scores (N, T) float64 with the groups of rank ``lo[i, t] <= r < hi[i, t]``
     perturbed by ``imputer`` in sample i's order.
@@ -422,7 +552,9 @@ def window_scores(
     ``keys`` (N,): random keys passed to a stochastic imputer (default: the batch's sample
     keys). Rows that perturb no group get the unperturbed score. ``quantity="correct"`` reads
     1 where the target's prediction is y (``Target.hits``; the argmax for classifiers)
-    instead of the target score.
+    instead of the target score. ``with_clean``: the caller will also read
+    :func:`clean_scores`; the samples' own rows then run in the same pass as the perturbed
+    ones (see :func:`run_rows`).
     """
     batch.require_model()
     x = batch.x
@@ -452,9 +584,7 @@ def window_scores(
     rank_map = ordering.rank_map
 
     scores = torch.full((n, t_count), float("nan"), dtype=torch.float64, device=dev)
-    if bool(identity.any()):
-        clean = clean_scores(batch, quantity)
-        scores = torch.where(identity, clean.unsqueeze(1), scores)
+    any_identity = bool(identity.any())
 
     flat = need.reshape(-1).nonzero().squeeze(1)  # (M,) sample-major
     if flat.shape[0]:
@@ -500,8 +630,14 @@ def window_scores(
             fps = _window_fingerprints(batch, ordering, imputer,
                                        None if base is None else base.expand_as(x), row_keys)
             keys_list = list(zip(r_lo.tolist(), r_hi.tolist(), strict=True))
-        scores.view(-1).index_copy_(0, flat, cached_rows(batch, ti, keys_list, fps, build,
-                                                         quantity=quantity, desc=desc))
+        # the samples' own rows (the identity windows' score, or the caller's) run in the same
+        # pass as the perturbed rows
+        scores.view(-1).index_copy_(0, flat, cached_rows(
+            batch, ti, keys_list, fps, build, quantity=quantity, desc=desc,
+            with_clean=with_clean or any_identity))
+    if any_identity:
+        clean = clean_scores(batch, quantity)
+        scores = torch.where(identity, clean.unsqueeze(1), scores)
 
     if t_count > 1 and bool(dup.any()):
         # a repeated window takes the score of the last step before it that was run: a forward

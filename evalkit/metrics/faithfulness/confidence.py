@@ -123,11 +123,8 @@ class _ConfidenceChange(Metric):
             e = e.to(x.dtype)
             if x.numel() * x.element_size() <= _WHOLE_BYTES:
                 # small inputs (a table, a few series): every perturbed input at once, the same
-                # values as chunk by chunk, and each chunk one row selection
-                whole = base + e * (x - base)
-
-                def build(m: torch.Tensor) -> torch.Tensor:
-                    return whole.index_select(0, m)
+                # values as chunk by chunk; the runner forwards views of it (no copy)
+                build = base + e * (x - base)
             else:
                 def build(m: torch.Tensor) -> torch.Tensor:
                     # index_select: several times faster than advanced indexing on the CPU,
@@ -140,7 +137,9 @@ class _ConfidenceChange(Metric):
         # forward pass of a small model (the W4 benchmark's MLP)
         fps = (sample_fingerprints(batch, row_hashes(e, n), row_hashes(base, n), tag)
                if active_cache() is not None else None)
-        y1 = cached_rows(batch, idx, [()] * n, fps, build, desc=type(self).__name__)
+        # the unperturbed rows run in the same pass (or come from the forward cache)
+        y1 = cached_rows(batch, idx, [()] * n, fps, build, desc=type(self).__name__,
+                         with_clean=True)
         return clean_scores(batch), y1
 
 

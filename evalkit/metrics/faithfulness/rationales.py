@@ -24,7 +24,14 @@ from ... import _rng
 from ..._hook_handles import HookHandles
 from ..._validation import check_bool, check_scalar
 from ...perturb import Imputer, TokenDeletion, make_grouping, make_imputer
-from .._removal import RemovalPlan, clean_scores, order_groups, run_rows, window_scores
+from .._removal import (
+    RemovalPlan,
+    clean_scores,
+    order_groups,
+    run_row_sources,
+    run_rows,
+    window_scores,
+)
 from .._ties import RanksFeatures
 from ..base import Metric, MetricBatch
 
@@ -121,7 +128,7 @@ class _ERASERFidelity(RanksFeatures):
         else:  # the rationale alone: ranks [k, G) replaced
             lo, hi = k, g.unsqueeze(1).expand_as(k)
         scores = window_scores(batch, ordering, self._imputer, lo, hi,
-                               desc=type(self).__name__)
+                               desc=type(self).__name__, with_clean=True)
         deltas = clean_scores(batch).unsqueeze(1) - scores
         batch.set_curves(deltas, torch.tensor(bins, dtype=torch.float64) / 100)
         batch.record("rationale_sizes", k, per_sample=True)
@@ -244,14 +251,23 @@ class _SoftFidelity(Metric):
         grp = self._grouping(batch.x)
         scores = grp.reduce(batch.a, "sum")  # type: ignore[arg-type]
         valid = grp.valid()
-        lo = torch.where(valid, scores, torch.full_like(scores, math.inf)).amin(1, keepdim=True)
-        hi = torch.where(valid, scores, torch.full_like(scores, -math.inf)).amax(
-            1, keepdim=True)
+        # every sample has every group (inputs of one shape): no masking needed
+        ragged = not bool(valid.all())
+        if ragged:
+            lo = torch.where(valid, scores, torch.full_like(scores, math.inf)).amin(
+                1, keepdim=True)
+            hi = torch.where(valid, scores, torch.full_like(scores, -math.inf)).amax(
+                1, keepdim=True)
+        else:
+            lo = scores.amin(1, keepdim=True)
+            hi = scores.amax(1, keepdim=True)
         span = hi - lo
         batch.set_nan(span.squeeze(1) == 0,
                       "the attribution is constant: no token is more important than another")
         q = (scores - lo) / torch.where(span > 0, span, torch.ones_like(span))
-        return torch.where(valid, q, torch.zeros_like(q)).clamp(0.0, 1.0), grp
+        if ragged:
+            q = torch.where(valid, q, torch.zeros_like(q))
+        return q.clamp(0.0, 1.0), grp
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         batch.require_model()
@@ -268,7 +284,8 @@ class _SoftFidelity(Metric):
         row_keys = _rng.combine(batch.keys[sample_idx], _SOFT_STREAM, draw_idx)
         keep_flat = keep_rows.reshape(n * draws, -1)
         if self.embedding_layer is None:
-            probs = self._input_dropout(batch, grp, sample_idx, row_keys, keep_flat)
+            empty = draw_idx == s if self.normalised_by_empty else None
+            probs = self._input_dropout(batch, grp, sample_idx, row_keys, keep_flat, empty)
         else:
             probs = self._embedding_dropout(batch, sample_idx, row_keys, keep_flat)
         probs = probs.reshape(n, draws)
@@ -288,20 +305,43 @@ class _SoftFidelity(Metric):
         return (raw - (1.0 - room)) / room
 
     def _input_dropout(self, batch: MetricBatch, grp: Any, sample_idx: torch.Tensor,
-                       row_keys: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Target scores of the rows with input elements zeroed at random (numeric data)."""
+                       row_keys: torch.Tensor, keep: torch.Tensor,
+                       empty: torch.Tensor | None) -> torch.Tensor:
+        """Target scores of the rows with input elements zeroed at random (numeric data).
+        ``empty`` (M,) bool: the rows that keep nothing (the empty input: zeros, whatever the
+        draws; none are drawn for them)."""
         x = batch.x
+        drawn = (torch.arange(sample_idx.shape[0], device=sample_idx.device) if empty is None
+                 else (~empty).nonzero().squeeze(1))
+        d_samples = sample_idx.index_select(0, drawn)
+        d_keys = row_keys.index_select(0, drawn)
+        d_keep = keep.index_select(0, drawn)
 
         def build(m: torch.Tensor) -> torch.Tensor:
-            i = sample_idx[m]
-            prob = grp.expand(keep[m], i)  # (B, Cg, *S) per-element keep probabilities
-            u = _rng.uniform(row_keys[m], tuple(x.shape[1:]), dtype=torch.float64,
-                             stream=_SOFT_STREAM).to(x.device)
+            i = d_samples.index_select(0, m)
+            prob = grp.expand(d_keep.index_select(0, m), i)  # (B, Cg, *S) keep probabilities
+            u = _rng.uniform(d_keys.index_select(0, m), tuple(x.shape[1:]),
+                             dtype=torch.float64, stream=_SOFT_STREAM).to(x.device)
             kept = u < prob
             xi = x.index_select(0, i)
             return torch.where(kept, xi, torch.zeros_like(xi))
 
-        return run_rows(batch, build, sample_idx, desc=type(self).__name__)
+        def zeros(m: torch.Tensor) -> torch.Tensor:
+            # u < 0 never holds for u in [0, 1): the empty input is zeros
+            return torch.zeros((m.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+
+        sources: list[tuple] = [(build, d_samples)]
+        if empty is not None:
+            blank = empty.nonzero().squeeze(1)
+            sources.append((zeros, sample_idx.index_select(0, blank)))
+        # the unperturbed rows (p(y | x)) run in the same pass
+        values = run_row_sources(batch, sources, desc=type(self).__name__, with_clean=True)
+        if empty is None:
+            return values[0]
+        out = torch.empty(sample_idx.shape[0], dtype=torch.float64, device=sample_idx.device)
+        out[drawn] = values[0]
+        out[blank] = values[1]
+        return out
 
     def _embedding_dropout(self, batch: MetricBatch, sample_idx: torch.Tensor,
                            row_keys: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

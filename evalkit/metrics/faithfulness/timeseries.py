@@ -10,9 +10,11 @@ import numpy as np
 import torch
 
 from ..._validation import as_tensor, check_option, check_scalar
+from ...cache import active_cache
 from ...perturb import make_grouping
+from ...perturb.groupings import Grouping
 from ...perturb.imputation import GaussianReplacement
-from .._removal import clean_scores, order_groups, window_scores
+from .._removal import Ordering, clean_scores, order_groups, window_scores
 from .._ties import RanksFeatures
 from ..base import MetricBatch
 from ._common import set_curves
@@ -136,9 +138,21 @@ class AUCSE(RanksFeatures):
         return self.order != "random"
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
-        ordering = order_groups(batch, self._grouping, self.order)
-        rel = ordering.group_scores  # (N, G) float64, NaN for groups a sample lacks
-        valid = ordering.grouping.valid()
+        # "morf" masks the points at or above each quantile of the relevance: a comparison
+        # with the thresholds decides them (:func:`_threshold_ordering`), and the full order
+        # of the points is only built where that shortcut does not apply
+        if self.order == "morf":
+            if batch.a is None:
+                raise ValueError(f"{type(self).__name__} needs attributions.")
+            grp = self._grouping.for_modality(batch.modality)(batch.x)
+            rel = grp.reduce(batch.a, "sum")  # as order_groups' default reduction
+            valid = grp.valid()
+            ordering: Ordering | None = None
+        else:
+            ordering = order_groups(batch, self._grouping, self.order)
+            grp = ordering.grouping
+            rel = ordering.group_scores  # (N, G) float64, NaN for groups a sample lacks
+            valid = grp.valid()
         candidate = valid & (rel.nan_to_num(-1.0) >= 0)
         n_cand = candidate.sum(1)
         batch.set_nan(n_cand == 0, "no non-negative attribution to mask")
@@ -152,12 +166,17 @@ class AUCSE(RanksFeatures):
         v_lo, v_hi = ascending.gather(1, lo), ascending.gather(1, hi)
         tau = v_lo + (h - lo.to(torch.float64)) * (v_hi - v_lo)
         tau = torch.where(torch.isfinite(tau), tau, torch.zeros_like(tau))
-        counts = (candidate.unsqueeze(1) & (rel.unsqueeze(1) >= tau.unsqueeze(2))).sum(2)
+        included = candidate.unsqueeze(1) & (rel.unsqueeze(1) >= tau.unsqueeze(2))
+        counts = _count_true(included, 2)
         counts = torch.where(n_cand.unsqueeze(1) > 0, counts, torch.zeros_like(counts))
+        if ordering is None:
+            ordering = _threshold_ordering(grp, rel, valid, tau, included, counts)
+        if ordering is None:
+            ordering = order_groups(batch, grp, self.order)
         g = ordering.n_groups.to(rel.device).unsqueeze(1)
         hi_all = counts if self.expected_score is not None else torch.cat([counts, g], 1)
         masked = window_scores(batch, ordering, self._replacement, torch.zeros_like(hi_all),
-                               hi_all, desc=type(self).__name__)
+                               hi_all, desc=type(self).__name__, with_clean=True)
         full = masked[:, -1] if self.expected_score is None else None
         scores = masked[:, : counts.shape[1]]
         clean = clean_scores(batch)
@@ -175,6 +194,47 @@ class AUCSE(RanksFeatures):
         x_axis = torch.cat([zeros, fractions, torch.ones_like(zeros)], 1)
         set_curves(batch, curve, x_axis)
         return torch.trapezoid(curve, x_axis, dim=1)
+
+
+def _threshold_ordering(grp: Grouping, rel: torch.Tensor, valid: torch.Tensor,
+                        tau: torch.Tensor, included: torch.Tensor, counts: torch.Tensor
+                        ) -> Ordering | None:
+    """An :class:`Ordering` whose rank map selects, for each step's window [0, counts[:, q]),
+    exactly the points of the morf order's first counts[:, q] (the candidates at or above the
+    threshold ``tau[:, q]``), without sorting the points; None where that cannot be shown
+    cheaply (an active forward cache, whose keys name the full order; thresholds that do not
+    decrease along the steps; a relevance that is not finite), and the caller sorts.
+
+    Why the sets agree: exactly counts[:, q] points have a relevance >= tau[:, q] (all
+    candidates: tau >= 0 where a sample has candidates), every other point's is smaller (or
+    is not a valid group, ordered last), so they are the counts[:, q] largest, whatever the
+    order among ties. With decreasing thresholds the sets grow: a point first selected at step
+    q gets the rank counts[:, q - 1] (0 at q = 0), one never selected the last count (below
+    the sample's number of groups: it is not a candidate), an invalid group the largest
+    number of groups (never in a window)."""
+    if active_cache() is not None:
+        return None
+    if tau.shape[1] > 1 and not bool((tau[:, 1:] <= tau[:, :-1]).all()):
+        return None
+    if not bool(torch.isfinite(torch.where(valid, rel, torch.zeros_like(rel))).all()):
+        return None
+    q_count = counts.shape[1]
+    first = q_count - _count_true(included, 1)  # (N, G): the first step that selects it
+    previous = torch.cat([torch.zeros_like(counts[:, :1]), counts], 1)  # counts of step q - 1
+    rank = previous.gather(1, first)
+    rank = torch.where(valid, rank, torch.full_like(rank, grp.max_groups))
+    return Ordering(grp, rel, rank, grp.expand(rank), "morf-thresholds")
+
+
+def _count_true(mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """int64 numbers of True along ``dim`` of a bool ``mask``, summed in the narrowest integer
+    type that holds them (a bool sum accumulates in int64: several times slower on the CPU)."""
+    size = mask.shape[dim]
+    if size <= 255:
+        return mask.view(torch.uint8).sum(dim, dtype=torch.uint8).to(torch.int64)
+    if size <= 32767:
+        return mask.sum(dim, dtype=torch.int16).to(torch.int64)
+    return mask.sum(dim)
 
 
 def _sorted_rows(values: torch.Tensor) -> torch.Tensor:
