@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ... import _rng
-from ..._batching import MAX_AUTO_BATCH, SMALL_ROWS_CHUNK_BYTES, SMALL_ROWS_MAX_BATCH, parse_bytes
+from ..._batching import parse_bytes
 from ..._validation import check_option, check_scalar, finite_rows
 from ...cache import (
     ExplanationCache,
@@ -24,7 +24,7 @@ from ...cache import (
 )
 from ...modality import Modality
 from ...perturb import Baseline, GaussianNoise, Noise, TokenDropout, UniformNoise, make_noise
-from ..base import Metric, MetricBatch
+from ..base import Metric, MetricBatch, explain_call_rows
 
 ON_PREDICTION_CHANGE = ("keep", "drop_draw", "nan_sample")
 
@@ -323,32 +323,8 @@ def _stack_samples(batch: MetricBatch, k: int) -> int:
     return max(1, budget // max(1, per_sample))
 
 
-def _explain_rows(batch: MetricBatch, x: torch.Tensor) -> int | None:
-    """Inputs per explain-function call on the perturbed stack: None (the model's chunk size,
-    as for any explanation) unless the rows are small CPU rows under an automatic batch size.
-
-    Rows under 256 bytes (a table's few dozen features: the runner's "small rows", see
-    :data:`evalkit._batching.SMALL_ROWS_CHUNK_BYTES`) get as many whole model chunks a call as
-    fit in :data:`~evalkit._batching.SMALL_ROWS_MAX_BATCH` rows and in the input that
-    :func:`evalkit.explain` itself explains at once
-    (:data:`evalkit.explain.core.EXPLAIN_MEMORY_BUDGET`): the N x K perturbed copies of a table
-    then take a few explain calls instead of dozens, each with its fixed validation and setup
-    costs (W4: 7 calls of 3 x 1,092 rows instead of 19 of 1,092). Whole chunks: ``explain()``
-    splits each call into chunks of the same size as before (its own chunk size for small rows
-    is the model's), so it computes on exactly the rows it computed on before."""
-    model = batch.model
-    # token ids are embedded into far larger rows: they keep the model's chunks
-    if (batch.batch_size is not None or model is None or model.batch_size is not None
-            or model.device.type != "cpu" or not x.is_floating_point()):
-        return None
-    from ...explain.core import EXPLAIN_MEMORY_BUDGET
-
-    row_bytes = max(1, math.prod(x.shape[1:]) * x.element_size())
-    if row_bytes * MAX_AUTO_BATCH["cpu"] >= SMALL_ROWS_CHUNK_BYTES:
-        return None
-    chunk = model.resolve_batch_size(x)
-    whole = min(SMALL_ROWS_MAX_BATCH, EXPLAIN_MEMORY_BUDGET["cpu"] // row_bytes) // chunk
-    return whole * chunk if whole > 1 else None
+#: inputs per explain call on the perturbed stack (see :func:`explain_call_rows`)
+_explain_rows = explain_call_rows
 
 
 class _PerturbationRobustness(Metric):

@@ -1,0 +1,51 @@
+"""The randomisation metrics explain each (randomised) model's rows of a table in whole
+model chunks per call, as the robustness engine does (``explain_call_rows``): a few calls
+instead of one per model chunk, with the same scores; a given batch size still bounds them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import evalkit as ek
+from evalkit.metrics import MPRT, EfficientMPRT, RandomLogit
+
+N, FEATURES = 2500, 30  # rows of 120 bytes: the runner chunks 1,092, a call takes 3,276
+
+
+class _CountingExplainer:
+    """``evalkit.explain`` that records the rows of every call."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def __call__(self, model, x, y, **kwargs):
+        self.rows.append(int(x.shape[0]))
+        return ek.explain(model, x, y, **kwargs)
+
+
+@pytest.mark.parametrize("cls, kwargs, models", [
+    (MPRT, {}, 3), (EfficientMPRT, {}, 1), (RandomLogit, {"num_classes": 3}, 1)])
+def test_each_model_explains_a_tables_rows_in_one_call(cls, kwargs, models) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 3)).eval()
+    x = torch.randn(N, FEATURES)
+    y = model(x).argmax(1)
+    a = ek.explain(model, x, y, method="Saliency")
+    counter = _CountingExplainer()
+    scores = cls(seed=0, **kwargs)(model, x, y, a, explain_fn=counter,
+                                   explain_kwargs={"method": "Saliency"})
+    assert counter.rows == [N] * models
+
+    bounded = _CountingExplainer()
+    again = cls(seed=0, **kwargs)(model, x, y, a, explain_fn=bounded,
+                                  explain_kwargs={"method": "Saliency"}, batch_size=1092)
+    assert bounded.rows == [1092, 1092, 316] * models
+    if isinstance(scores, dict):
+        for key in scores:
+            np.testing.assert_array_equal(scores[key], again[key])
+    else:
+        np.testing.assert_array_equal(scores, again)
