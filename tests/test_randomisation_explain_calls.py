@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import evalkit as ek
-from evalkit.metrics import MPRT, EfficientMPRT, RandomLogit
+from evalkit.metrics import MPRT, EfficientMPRT, RandomLogit, SmoothMPRT
 
 N, FEATURES = 2500, 30  # rows of 120 bytes: the runner chunks 1,092, a call takes 3,276
 
@@ -49,3 +49,21 @@ def test_each_model_explains_a_tables_rows_in_one_call(cls, kwargs, models) -> N
             np.testing.assert_array_equal(scores[key], again[key])
     else:
         np.testing.assert_array_equal(scores, again)
+
+
+def test_smooth_mprt_explains_a_models_noisy_rows_in_whole_model_chunks() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x = torch.randn(700, FEATURES)
+    y = model(x).argmax(1)
+    a = ek.explain(model, x, y, method="Saliency")
+    counter = _CountingExplainer()
+    kw = dict(seed=0, nr_samples=5, reference="given")
+    scores = SmoothMPRT(**kw)(model, x, y, a, explain_fn=counter,
+                              explain_kwargs={"method": "Saliency"})
+    assert counter.rows == [3276, 224] * 2  # 3,500 noisy rows per randomised model
+    bounded = _CountingExplainer()
+    again = SmoothMPRT(**kw)(model, x, y, a, explain_fn=bounded,
+                             explain_kwargs={"method": "Saliency"}, batch_size=1092)
+    assert bounded.rows == [1092, 1092, 1092, 224] * 2
+    np.testing.assert_array_equal(np.asarray(scores), np.asarray(again))

@@ -50,7 +50,7 @@ from .._progress import tqdm
 from .._rng import derive_seed
 from .._validation import check_bool, check_option, check_scalar, finite_rows
 from ..models import ModelWrapper, randomisable_layers
-from .base import Metric, MetricBatch, call_explain_fn
+from .base import Metric, MetricBatch, call_explain_fn, explain_call_rows
 from .similarity import (
     _centred_rows,
     _pearson_centred,
@@ -655,7 +655,8 @@ class SmoothMPRT(MPRT):
             rows_all = self._noisy_rows(batch, x, 0, n)
             batch.extra["_smooth_rows"] = (x, rows_all)
         y_rows = None if y is None else y.repeat_interleave(k)
-        size = batch.batch_size or (batch.model.resolve_batch_size(x) if batch.model else n)
+        size = (batch.batch_size or explain_call_rows(batch, x)
+                or (batch.model.resolve_batch_size(x) if batch.model else n))
         # the calling convention is read from the function's signature once, not per chunk
         quantus_style = _quantus_compat.is_quantus_explain_func(fn)
         parts = []
