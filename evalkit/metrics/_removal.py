@@ -34,6 +34,7 @@ from ..modality import Modality
 from ..perturb import FeatureGrouping, Grouping, Imputer, rank_groups
 from ..perturb._select import RankWindows, replaces_by_where, window_select
 from ..perturb.baselines import Baseline, impute
+from ..runner import take_rows
 from .base import MetricBatch
 
 __all__ = [
@@ -274,13 +275,7 @@ def _forward_sources(batch: MetricBatch, sources: list[_Rows], quantity: str,
     new = None
     if pieces:
         sample_idx = samples[0] if len(samples) == 1 else torch.cat(samples)
-        y = batch.y
-        # index_select: the same rows as y[sample_idx], several times faster on the CPU
-        if y is None:
-            y_rows = None
-        else:
-            y_rows = (y.index_select(0, sample_idx) if y.device == sample_idx.device
-                      else y[sample_idx])
+        y_rows = None if batch.y is None else take_rows(batch.y, sample_idx)
         new = batch.runner.run_concat(  # type: ignore[union-attr]
             pieces, y=y_rows, reduce=_reducer(batch, quantity, y_rows),
             row_shape=tuple(batch.x.shape[1:]), desc=desc,
