@@ -768,7 +768,8 @@ RANKINGS: dict[str, dict[str, Ranking]] = {
        for name in ("ERASERComprehensiveness", "ERASERSufficiency")},
     "FFidelity": {m: _tops(lambda m, g: [max(1, math.ceil(a * g - 1e-9)) for a in m._alphas])
                   for m in (_T, _S, _K)},
-    **{name: {m: _tops(lambda m, g: [m._resolve_k(g)]) for m in (_T, _S)}
+    **{name: {m: _tops(lambda m, g: [int(m._resolve_k(torch.tensor([g]))[0])])
+                   for m in (_T, _S)}
        for name in ("PGI", "PGU")},
     "Consistency": {m: _tops(lambda m, g: [m.n if m.n is not None else 5])
                     for m in (_T, _S)},
