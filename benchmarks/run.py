@@ -899,15 +899,19 @@ MODALITY_PROFILES = (
     "(drawing noise, randomising layers, similarities). Saliency, Gradient and "
     "InputXGradient are one backward seeded with ones (captum's form seeded one gradient per "
     "sample: 11 ms against the MLP's 1 ms backward for 2,000 W4 rows), so on W4 the explain "
-    "floor fell about 5x and that own work now shows (robustness about 1.7-2.2 x the floor, "
-    "randomisation 1.5-4.6 x: model copies and re-initialisation, SSIM and rank similarities, "
-    "histogram entropies), while ours is 3-4x faster than before in seconds. For the "
-    "randomisation rows that work is part of the metric's definition: the *required floor* "
+    "floor fell about 5x and that own work now shows (robustness about 1.5-2.0 x the floor, "
+    "randomisation 2.0-4.8 x except SmoothMPRT: model copies and re-initialisation, SSIM and "
+    "rank similarities, histogram entropies), while ours is 3-4x faster than before in "
+    "seconds. Small rows (a table's) are explained in calls of several whole model chunks "
+    "(W4: 7 explain calls instead of 19 for MaxSensitivity, one per randomised model instead "
+    "of two for MPRT), and the floor of a metric that explains with several models (MPRT's "
+    "randomised copies) makes one explain() call per model. For the randomisation rows the "
+    "work around the explainer is part of the metric's definition: the *required floor* "
     "(the model copy and its re-initialised layers, the similarity or entropy of the maps at "
-    "library speed) is about 1.3-1.7 x the floor for MPRT and DataRandomisation on W4 "
-    "(Spearman ranks), 2.4-3.3 x for EfficientMPRT (two histogram entropies) and RandomLogit "
-    "(SSIM), where the MLP's explain() of 2,000 rows is 1-2 ms; on W5 the CNN's explanations "
-    "dominate (1.0-1.2 x).",
+    "library speed) is about 1.2 x the floor for MPRT and 1.6 x for DataRandomisation on W4 "
+    "(Spearman ranks), 1.9 x for EfficientMPRT (two histogram entropies) and 2.3 x for "
+    "RandomLogit (SSIM), where the MLP's explain() of 2,000 rows is 1-3 ms; on W5 the CNN's "
+    "explanations dominate (0.8-1.15 x).",
 )
 
 
