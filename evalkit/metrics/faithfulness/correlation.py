@@ -173,25 +173,23 @@ class SensitivityN(RanksFeatures):
 
     def _across_samples(self, batch, ordering, sizes, clean, beyond):
         n = batch.n
-        ok = valid_samples(batch)
-        if int(ok.sum()) < 3:
+
+        def too_few(what: str):
             batch.set_nan(torch.ones(n, dtype=torch.bool), "SensitivityN(subsets='morf') "
-                          "correlates across samples and needs at least 3 samples with finite "
-                          "attributions")
+                          f"correlates across samples and needs at least 3 samples with {what}")
             flags = torch.zeros(sizes.shape, dtype=torch.bool, device=batch.device)
             nan = torch.full(sizes.shape, math.nan, dtype=torch.float64, device=batch.device)
             return nan, flags, flags
+
+        ok = valid_samples(batch)
+        if int(ok.sum()) < 3:
+            return too_few("finite attributions")
         plan = RemovalPlan(ordering.grouping, self._imputer)
         scores, _, _ = removal_curve(batch, plan, sizes, ordering=ordering,
                                      desc=type(self).__name__)
         ok = valid_samples(batch)  # less any sample whose model output was not finite
         if int(ok.sum()) < 3:  # the outputs left fewer than 3: two points always correlate
-            batch.set_nan(torch.ones(n, dtype=torch.bool), "SensitivityN(subsets='morf') "
-                          "correlates across samples and needs at least 3 samples with finite "
-                          "attributions and model outputs")
-            flags = torch.zeros(sizes.shape, dtype=torch.bool, device=batch.device)
-            nan = torch.full(sizes.shape, math.nan, dtype=torch.float64, device=batch.device)
-            return nan, flags, flags
+            return too_few("finite attributions and model outputs")
         deltas = clean.unsqueeze(1) - scores
         gs = ordering.group_scores.nan_to_num(0.0).gather(1, ordering.order)
         csum = gs.cumsum(1)
