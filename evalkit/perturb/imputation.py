@@ -488,17 +488,13 @@ def _imputed_series(x: torch.Tensor, mask: torch.Tensor, noise: float = 0.0,
                     keys: torch.Tensor | None = None, who: str = "") -> torch.Tensor:
     """A new tensor: ``x`` (B, C, T) with the steps of ``mask`` (bool, broadcastable to x, with
     x's number of axes) replaced by their linear interpolation (:func:`linear_interpolation_1d`),
-    plus the rows' N(0, noise**2) fields (one per distinct key of ``keys``, as
-    :func:`_noise_fields`) when ``noise`` > 0. A mask with one channel is imputed once per
+    plus the rows' N(0, noise**2) fields (one per distinct key of ``keys``:
+    :func:`_distinct_noise_fields`) when ``noise`` > 0. A mask with one channel is imputed once per
     series, one with C channels per channel."""
     b, c, t_count = x.shape
     fields = field_rows = None
     if noise > 0:
-        if keys is None:
-            raise ValueError(f"{who} with noise > 0 needs per-row random keys.")
-        uniq, field_rows = torch.unique(keys, return_inverse=True)
-        fields = _rng.normal(uniq, (c, t_count), std=noise, dtype=x.dtype,
-                             stream=_NOISE_STREAM)
+        fields, field_rows = _distinct_noise_fields(keys, (c, t_count), noise, x.dtype, who)
         field_rows = field_rows.expand(b)
     if mask.shape[1] != 1 and c != 1:
         # a mask per channel: every channel is a series of its own
@@ -559,13 +555,20 @@ def _imputed_rows(x: torch.Tensor, rows: torch.Tensor, fields: torch.Tensor | No
     return per_channel.view(c, r_count, t_count).transpose(0, 1).contiguous()
 
 
-def _noise_fields(keys: torch.Tensor | None, shape: tuple[int, ...], std: float,
-                  dtype: torch.dtype, who: str) -> torch.Tensor:
-    """One N(0, std^2) field of ``shape`` per row, drawn once per distinct key."""
+def _distinct_noise_fields(keys: torch.Tensor | None, shape: tuple[int, ...], std: float,
+                           dtype: torch.dtype, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One N(0, std^2) field of ``shape`` per distinct key, and each row's field index."""
     if keys is None:
         raise ValueError(f"{who} with noise > 0 needs per-row random keys.")
     uniq, inverse = torch.unique(keys, return_inverse=True)
-    return _rng.normal(uniq, shape, std=std, dtype=dtype, stream=_NOISE_STREAM)[inverse]
+    return _rng.normal(uniq, shape, std=std, dtype=dtype, stream=_NOISE_STREAM), inverse
+
+
+def _noise_fields(keys: torch.Tensor | None, shape: tuple[int, ...], std: float,
+                  dtype: torch.dtype, who: str) -> torch.Tensor:
+    """One N(0, std^2) field of ``shape`` per row, drawn once per distinct key."""
+    fields, inverse = _distinct_noise_fields(keys, shape, std, dtype, who)
+    return fields[inverse]
 
 
 class SeriesLinearImputer(Imputer):

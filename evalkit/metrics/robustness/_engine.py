@@ -24,7 +24,7 @@ from ...cache import (
 )
 from ...modality import Modality
 from ...perturb import Baseline, GaussianNoise, Noise, TokenDropout, UniformNoise, make_noise
-from ..base import Metric, MetricBatch, explain_call_rows
+from ..base import Metric, MetricBatch
 
 ON_PREDICTION_CHANGE = ("keep", "drop_draw", "nan_sample")
 
@@ -323,10 +323,6 @@ def _stack_samples(batch: MetricBatch, k: int) -> int:
     return max(1, budget // max(1, per_sample))
 
 
-#: inputs per explain call on the perturbed stack (see :func:`explain_call_rows`)
-_explain_rows = explain_call_rows
-
-
 class _PerturbationRobustness(Metric):
     """Shared machinery of the metrics that re-explain K perturbed copies of every sample."""
 
@@ -398,7 +394,6 @@ class _PerturbationRobustness(Metric):
         espec = _explainer_spec(batch, store) if store is not None else b""
         fwd_cached = store is not None and forward is not None and forward.spec is not None
         per_chunk = _stack_samples(batch, k)
-        explain_rows = _explain_rows(batch, x)
         keys = batch.keys
         for start in range(0, n, per_chunk):
             idx = torch.arange(start, min(n, start + per_chunk), device=x.device)
@@ -426,7 +421,9 @@ class _PerturbationRobustness(Metric):
                 # all of the chunk: idx itself (indexing with a list of S ints costs more)
                 sel = idx if len(todo) == s else idx[todo]
                 ys = None if batch.y is None else batch.y[sel].repeat_interleave(k, dim=0)
-                got = self._run_explain(batch, xs, ys, rows=explain_rows)
+                # small rows (a table's): calls of several whole model chunks, as
+                # Metric._run_explain chooses (explain_call_rows)
+                got = self._run_explain(batch, xs, ys)
                 if store is not None:  # copies: a view would keep the whole chunk alive
                     blocks = got.reshape(len(todo), k, *got.shape[1:])
                     store.put([ekeys[j] for j in todo], [b.clone() for b in blocks])

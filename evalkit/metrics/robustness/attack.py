@@ -69,9 +69,8 @@ from ... import _rng
 from ..._validation import check_bool, check_option, check_scalar, check_top_k
 from ...models import ModelWrapper
 from .._ties import RanksFeatures
-from ..base import MetricBatch
+from ..base import MetricBatch, explain_call_rows
 from ..similarity import spearman
-from ._engine import _explain_rows
 
 __all__ = ["ATTACKS", "ATTACK_EXPLAINERS", "AdversarialTopKIntersection"]
 
@@ -380,9 +379,9 @@ class AdversarialTopKIntersection(RanksFeatures):
         found = torch.zeros(n, dtype=torch.bool, device=batch.device)
         curves = torch.full((n, self.nr_steps + 1), math.nan, dtype=torch.float64,
                             device=batch.device)
-        # small rows (a table's): the larger chunks of the re-explanations (_explain_rows)
-        size = _explain_rows(batch, batch.x) or model.resolve_batch_size(batch.x,
-                                                                          batch.batch_size)
+        # small rows (a table's): the chunks of the re-explanations (explain_call_rows)
+        size = explain_call_rows(batch, batch.x) or model.resolve_batch_size(batch.x,
+                                                                              batch.batch_size)
         with model.evaluation(), torch.enable_grad():
             for start in range(0, n, size):
                 idx = torch.arange(start, min(n, start + size), device=batch.device)
@@ -398,7 +397,7 @@ class AdversarialTopKIntersection(RanksFeatures):
         rows = torch.nonzero(found).flatten()
         if rows.numel():
             y_rows = None if batch.y is None else batch.y[rows]
-            raw = self._run_explain(batch, x_adv[rows], y_rows, rows=size)
+            raw = self._run_explain(batch, x_adv[rows], y_rows)
             finite = torch.isfinite(raw.reshape(raw.shape[0], -1)).all(1).to(batch.device)
             a_adv = self._preprocess_attributions(batch, raw, x_adv[rows], flag_nan=False)
             if a_adv.shape[1:] != batch.a.shape[1:]:
