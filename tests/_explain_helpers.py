@@ -116,3 +116,17 @@ def assert_unchanged(model: nn.Module, before) -> None:
             assert torch.equal(g, after_grads[k]), k
     for p in model.parameters():
         assert p.requires_grad
+
+
+class CountingExplainer:
+    """``evalkit.explain`` that records the rows of every call (the explain calls a metric
+    makes)."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def __call__(self, model, x, y, **kwargs):
+        import evalkit
+
+        self.rows.append(int(x.shape[0]))
+        return evalkit.explain(model, x, y, **kwargs)

@@ -7,23 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _explain_helpers import CountingExplainer
 from torch import nn
 
 import evalkit as ek
 from evalkit.metrics import MPRT, EfficientMPRT, RandomLogit, SmoothMPRT
 
 N, FEATURES = 2500, 30  # rows of 120 bytes: the runner chunks 1,092, a call takes 3,276
-
-
-class _CountingExplainer:
-    """``evalkit.explain`` that records the rows of every call."""
-
-    def __init__(self) -> None:
-        self.rows: list[int] = []
-
-    def __call__(self, model, x, y, **kwargs):
-        self.rows.append(int(x.shape[0]))
-        return ek.explain(model, x, y, **kwargs)
 
 
 @pytest.mark.parametrize("cls, kwargs, models", [
@@ -35,12 +25,12 @@ def test_each_model_explains_a_tables_rows_in_one_call(cls, kwargs, models) -> N
     x = torch.randn(N, FEATURES)
     y = model(x).argmax(1)
     a = ek.explain(model, x, y, method="Saliency")
-    counter = _CountingExplainer()
+    counter = CountingExplainer()
     scores = cls(seed=0, **kwargs)(model, x, y, a, explain_fn=counter,
                                    explain_kwargs={"method": "Saliency"})
     assert counter.rows == [N] * models
 
-    bounded = _CountingExplainer()
+    bounded = CountingExplainer()
     again = cls(seed=0, **kwargs)(model, x, y, a, explain_fn=bounded,
                                   explain_kwargs={"method": "Saliency"}, batch_size=1092)
     assert bounded.rows == [1092, 1092, 316] * models
@@ -57,12 +47,12 @@ def test_smooth_mprt_explains_a_models_noisy_rows_in_whole_model_chunks() -> Non
     x = torch.randn(700, FEATURES)
     y = model(x).argmax(1)
     a = ek.explain(model, x, y, method="Saliency")
-    counter = _CountingExplainer()
+    counter = CountingExplainer()
     kw = dict(seed=0, nr_samples=5, reference="given")
     scores = SmoothMPRT(**kw)(model, x, y, a, explain_fn=counter,
                               explain_kwargs={"method": "Saliency"})
     assert counter.rows == [3276, 224] * 2  # 3,500 noisy rows per randomised model
-    bounded = _CountingExplainer()
+    bounded = CountingExplainer()
     again = SmoothMPRT(**kw)(model, x, y, a, explain_fn=bounded,
                              explain_kwargs={"method": "Saliency"}, batch_size=1092)
     assert bounded.rows == [1092, 1092, 1092, 224] * 2

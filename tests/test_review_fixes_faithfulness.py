@@ -28,6 +28,18 @@ def _linear_image_model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
 
 
+def _two_sample_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor,
+                                 np.ndarray]:
+    """The linear model, two 1x4x4 inputs, their labels and attributions, and
+    :func:`_two_groupings`."""
+    model = _linear_image_model()
+    torch.manual_seed(1)
+    x = torch.randn(2, 1, 4, 4)
+    y = torch.tensor([0, 1])
+    a = torch.randn(2, 1, 4, 4)
+    return model, x, y, a, _two_groupings()
+
+
 # ---------------------------------------------------------------------------------- PGI / PGU
 
 
@@ -35,12 +47,7 @@ def _linear_image_model() -> nn.Module:
 def test_pg_fractional_k_is_resolved_from_each_samples_own_feature_count(cls):
     # k=0.25 of 16 features is 4, of 4 features is 1 (OpenXAI: ceil(0.25 * 4)); before, the
     # sample with 4 features got k=4 (all of them) and PGU scored it 0
-    model = _linear_image_model()
-    torch.manual_seed(1)
-    x = torch.randn(2, 1, 4, 4)
-    y = torch.tensor([0, 1])
-    a = torch.randn(2, 1, 4, 4)
-    lab = _two_groupings()
+    model, x, y, a, lab = _two_sample_case()
     assert [len(np.unique(v)) for v in lab] == [16, 4]
     metric = cls(k=0.25, nr_samples=8, grouping=lab, seed=0)
     mixed = metric(model, x, y, a)
@@ -52,12 +59,7 @@ def test_pg_fractional_k_is_resolved_from_each_samples_own_feature_count(cls):
 
 
 def test_pg_int_k_and_equal_feature_counts_keep_their_k():
-    model = _linear_image_model()
-    torch.manual_seed(1)
-    x = torch.randn(2, 1, 4, 4)
-    y = torch.tensor([0, 1])
-    a = torch.randn(2, 1, 4, 4)
-    lab = _two_groupings()
+    model, x, y, a, lab = _two_sample_case()
     metric = M.PGI(k=3, nr_samples=4, grouping=lab, seed=0)
     metric(model, x, y, a)
     assert metric.k_.tolist() == [3, 3]
@@ -67,12 +69,7 @@ def test_pg_int_k_and_equal_feature_counts_keep_their_k():
 
 
 def test_pg_auc_with_different_ks_keeps_the_smaller_samples_gap_at_its_k():
-    model = _linear_image_model()
-    torch.manual_seed(1)
-    x = torch.randn(2, 1, 4, 4)
-    y = torch.tensor([0, 1])
-    a = torch.randn(2, 1, 4, 4)
-    lab = _two_groupings()
+    model, x, y, a, lab = _two_sample_case()
     metric = M.PGI(k=0.25, nr_samples=4, grouping=lab, seed=0, auc=True)
     metric(model, x, y, a)
     curves = metric.curves_
@@ -131,12 +128,7 @@ def test_sensitivity_n_morf_with_three_samples_left_is_defined():
 def test_sensitivity_n_sizes_stop_at_each_samples_own_share():
     # n_max_percentage=0.5: 8 sizes for the 16-feature sample, 2 for the 4-feature one; before,
     # the small sample's sizes were capped at 4 features and scored up to all of them
-    model = _linear_image_model()
-    torch.manual_seed(1)
-    x = torch.randn(2, 1, 4, 4)
-    y = torch.tensor([0, 1])
-    a = torch.randn(2, 1, 4, 4)
-    lab = _two_groupings()
+    model, x, y, a, lab = _two_sample_case()
     metric = M.SensitivityN(n_max_percentage=0.5, nr_subsets=5, grouping=lab,
                             perturb_baseline=0.0, seed=0)
     scores = metric(model, x, y, a)
@@ -148,12 +140,7 @@ def test_sensitivity_n_sizes_stop_at_each_samples_own_share():
 
 
 def test_sensitivity_n_sample_without_a_size_is_nan_with_a_reason():
-    model = _linear_image_model()
-    torch.manual_seed(1)
-    x = torch.randn(2, 1, 4, 4)
-    y = torch.tensor([0, 1])
-    a = torch.randn(2, 1, 4, 4)
-    lab = _two_groupings()
+    model, x, y, a, lab = _two_sample_case()
     # 0.2 * 16 = 3.2 -> 3 sizes for sample 0; 0.2 * 4 = 0.8 -> none for sample 1
     metric = M.SensitivityN(n_max_percentage=0.2, nr_subsets=5, grouping=lab,
                             perturb_baseline=0.0, seed=0)
@@ -229,13 +216,7 @@ def test_sensitivity_n_random_subsets_of_a_sample_do_not_depend_on_the_others_co
     """The random subsets are drawn over each sample's own groups: a sample with 4 groups
     scores the same alone and beside a sample with 16 (its draws were laid out over the
     largest sample's count, so its subsets changed with its neighbours)."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
-    x, a = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
-    y = torch.tensor([0, 1])
-    lab = np.zeros((2, 1, 4, 4), dtype=np.int64)
-    lab[0, 0] = np.arange(16).reshape(4, 4)
-    lab[1, 0] = (np.arange(16).reshape(4, 4) // 2 % 2) + 2 * (np.arange(4)[:, None] // 2)
+    model, x, y, a, lab = _two_sample_case()
     kw = dict(n_max_percentage=0.5, nr_subsets=6, perturb_baseline=0.0, seed=0)
     mixed = M.SensitivityN(grouping=lab, **kw)(model, x, y, a)
     alone = M.SensitivityN(grouping=lab[1:], **kw)(model, x[1:], y[1:], a[1:])

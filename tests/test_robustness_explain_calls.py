@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _explain_helpers import CountingExplainer
 from torch import nn
 
 import evalkit as ek
@@ -14,17 +15,6 @@ from evalkit._batching import SMALL_ROWS_MAX_BATCH
 from evalkit.metrics import AvgSensitivity, MaxSensitivity, RelativeInputStability
 
 N, FEATURES, K = 300, 30, 10  # 3,000 perturbed rows of 120 bytes (the runner chunks 1,092)
-
-
-class _CountingExplainer:
-    """``evalkit.explain`` that records the rows of every call."""
-
-    def __init__(self) -> None:
-        self.rows: list[int] = []
-
-    def __call__(self, model, x, y, **kwargs):
-        self.rows.append(int(x.shape[0]))
-        return ek.explain(model, x, y, **kwargs)
 
 
 def _data() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -38,14 +28,14 @@ def _data() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 def test_small_rows_take_few_explain_calls_with_the_same_scores(cls) -> None:
     model, x, y = _data()
     a = ek.explain(model, x, y, method="Saliency")
-    counter = _CountingExplainer()
+    counter = CountingExplainer()
     metric = cls(nr_samples=K, seed=0, disable_warnings=True)
     scores = metric(model, x, y, a, explain_fn=counter, explain_kwargs={"method": "Saliency"})
     assert counter.rows == [N * K]  # one call: 3,000 rows <= 4,096
     assert max(counter.rows) <= SMALL_ROWS_MAX_BATCH
 
     # a given batch size bounds every call, and the scores are the same
-    bounded = _CountingExplainer()
+    bounded = CountingExplainer()
     again = cls(nr_samples=K, seed=0, disable_warnings=True)(
         model, x, y, a, explain_fn=bounded, explain_kwargs={"method": "Saliency"},
         batch_size=1092)
@@ -57,7 +47,7 @@ def test_large_rows_keep_the_model_chunk_size() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 100, 3)).eval()
     x = torch.randn(80, 3, 100)  # 1,200 bytes a row: not small
-    counter = _CountingExplainer()
+    counter = CountingExplainer()
     y = model(x).argmax(1)
     a = ek.explain(model, x, y, method="Saliency")
     MaxSensitivity(nr_samples=K, seed=0)(model, x, y, a, explain_fn=counter,
