@@ -835,9 +835,12 @@ def _randomisation_work(name: str, metric: Any, w: Workload, a: torch.Tensor,
     :func:`benchmarks.specs.randomisation.required_randomisation_work`); None for the other
     re-explaining rows."""
     from .randomisation import required_randomisation_work
+    from .robustness import REQUIRED_ROBUSTNESS, required_robustness_work
 
     if "explain_kwargs" not in call_kw:
         return None
+    if name in REQUIRED_ROBUSTNESS:  # the noise, the distances and the predicted classes
+        return required_robustness_work(name, metric, w, a)
     return required_randomisation_work(name, metric, w, a, call_kw["explain_kwargs"])
 
 
