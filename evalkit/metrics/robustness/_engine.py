@@ -400,7 +400,8 @@ class _PerturbationRobustness(Metric):
             s = idx.shape[0]
             rows = slice(start, start + s)
             # copies (a gather), not views: a user's perturb_func gets rows it may modify
-            xp = draws.make(x[idx], keys[idx])  # (S, K, ...)
+            # (index_select: the same copy as x[idx], several times faster on the CPU)
+            xp = draws.make(x.index_select(0, idx), keys.index_select(0, idx))  # (S, K, ...)
             flat_x = xp.reshape(s * k, *x.shape[1:])
             raw: list[torch.Tensor | None] = [None] * s
             fwd: list[torch.Tensor | None] = [None] * s
