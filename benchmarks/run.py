@@ -911,7 +911,11 @@ MODALITY_PROFILES = (
     "library speed) is about 1.2 x the floor for MPRT and 1.6 x for DataRandomisation on W4 "
     "(Spearman ranks), 1.9 x for EfficientMPRT (two histogram entropies) and 2.3 x for "
     "RandomLogit (SSIM), where the MLP's explain() of 2,000 rows is 1-3 ms; on W5 the CNN's "
-    "explanations dominate (0.8-1.15 x).",
+    "explanations dominate (0.8-1.15 x). The noise-based robustness rows have a required "
+    "floor too (the perturbed inputs' noise at torch's unkeyed speed, the score's distances "
+    "and, where flipped draws are dropped, the predicted classes): about 1.1-1.3 x their "
+    "explain() floor on W4 (runs of one thread on a busy machine; each row's note gives "
+    "its own).",
 )
 
 
