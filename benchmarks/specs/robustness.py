@@ -452,14 +452,17 @@ def _inference(fn: Callable[[], Any]) -> Callable[[], Any]:
 
 def distance_step(what: str, ref: torch.Tensor, new: torch.Tensor, order: float, *,
                   relative_eps: float | None = None, over: torch.Tensor | None = None,
-                  scale_ref: bool = False) -> RequiredStep:
+                  scale_ref: bool = False, differences: torch.Tensor | None = None
+                  ) -> RequiredStep:
     """The distances ||ref_i - new_ik|| (``ref`` (N, F), ``new`` (N, K, F)) of order
     ``order`` per draw, in the maps' own dtype: with ``relative_eps``, of the differences
     divided elementwise by max(|ref|, eps) (the relative stabilities); ``over``: the
     distances are divided by these (N, K) values (the ratio of the score, maximised over the
-    draws); ``scale_ref``: by ||ref_i|| (MaxSensitivity's denominator). Forms: torch's
-    ``linalg.vector_norm`` of the differences, ``torch.cdist`` (plain distances) and NumPy's
-    ``linalg.norm``."""
+    draws); ``scale_ref``: by ||ref_i|| (MaxSensitivity's denominator); ``differences``: the
+    (N, K, F) values new - ref where an implementation has them already (the inputs' noise),
+    one more form that needs no subtraction. Forms: torch's ``linalg.vector_norm`` of the
+    differences, ``torch.cdist`` (of the values divided by the divisors for relative
+    changes) and NumPy's ``linalg.norm``."""
     r, v = ref.detach(), new.detach()
     ru = r.unsqueeze(1)
     rn, vn = r.cpu().numpy(), v.cpu().numpy()
@@ -487,9 +490,25 @@ def distance_step(what: str, ref: torch.Tensor, new: torch.Tensor, order: float,
         return finish(np.linalg.norm(diff, ord=order, axis=-1), False)
 
     forms = {"torch.linalg.vector_norm": _inference(torch_form), "numpy linalg.norm": numpy_form}
-    if relative_eps is None and order in (1.0, 2.0, math.inf):
-        forms["torch.cdist"] = _inference(
-            lambda: finish(torch.cdist(v, ru, p=order).squeeze(2), True))
+    if differences is not None:
+        dv = differences.detach()
+
+        def given_form() -> torch.Tensor:
+            d = dv if relative_eps is None else dv / ru.abs().clamp_min(relative_eps)
+            return finish(torch.linalg.vector_norm(d, ord=order, dim=-1), True)
+
+        forms["torch.linalg.vector_norm of the noise"] = _inference(given_form)
+    if order in (1.0, 2.0, math.inf):
+        if relative_eps is None:
+            forms["torch.cdist"] = _inference(
+                lambda: finish(torch.cdist(v, ru, p=order).squeeze(2), True))
+        else:
+            # ||(ref - new) / s|| = ||ref / s - new / s||: one division, then the distances
+            def scaled_cdist() -> torch.Tensor:
+                scale = ru.abs().clamp_min(relative_eps)
+                return finish(torch.cdist(v / scale, ru / scale, p=order).squeeze(2), True)
+
+            forms["torch.cdist of the scaled values"] = _inference(scaled_cdist)
     n, k, f = v.shape
     return RequiredStep(f"{what} ({n} x {k} draws of {f} values, order {order:g})", forms)
 
@@ -603,7 +622,7 @@ def required_robustness_work(name: str, metric: Any, w: Workload, a: torch.Tenso
         eps = float(metric.eps_min)
         if name == "RelativeInputStability":
             steps.append(distance_step("relative input changes", v["x"], v["xk"], order,
-                                       relative_eps=eps))
+                                       relative_eps=eps, differences=v["noise"]))
         elif name == "RelativeOutputStability":
             steps.append(distance_step("output changes ||h(x) - h(x'_k)||", v["h"], v["hk"],
                                        order))
