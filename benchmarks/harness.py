@@ -26,7 +26,8 @@ outputs that the metric's definition requires, :class:`RequiredWork`), each time
 alternating rounds as ours. A re-explaining metric (floor: ``explain()`` of the rows it
 explained) can have a required-work floor too: that floor plus the steps its definition
 requires once per call (:class:`RequiredStep`: a model copy and re-initialisation, the
-similarity of the maps...).
+similarity of the maps, the noise of the perturbed copies and the distances of a robustness
+score...).
 
 Process state and plain processes (issues 18 and 24): the same case can be run in a new process
 per :data:`CONDITIONS` entry (``fresh``, or ``used``: :func:`dirty_process` first), since the

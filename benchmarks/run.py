@@ -911,7 +911,11 @@ MODALITY_PROFILES = (
     "library speed) is about 1.2 x the floor for MPRT and 1.6 x for DataRandomisation on W4 "
     "(Spearman ranks), 1.9 x for EfficientMPRT (two histogram entropies) and 2.3 x for "
     "RandomLogit (SSIM), where the MLP's explain() of 2,000 rows is 1-3 ms; on W5 the CNN's "
-    "explanations dominate (0.8-1.15 x).",
+    "explanations dominate (0.8-1.15 x). The noise-based robustness rows have a required "
+    "floor too (the perturbed inputs' noise at torch's unkeyed speed, the score's distances "
+    "and, where flipped draws are dropped, the predicted classes): about 1.1-1.3 x their "
+    "explain() floor on W4 (runs of one thread on a busy machine; each row's note gives "
+    "its own).",
 )
 
 
@@ -982,6 +986,22 @@ def _modality_lines(results: list[Result]) -> list[str]:
             "histogram entropy of the original and the randomised maps by a NumPy or torch "
             "`bincount`), for RandomLogit one draw of the off-target labels, for SmoothMPRT "
             "the noisy inputs (`torch.randn`) and the mean of each model's explanations. "
+            "The noise-based robustness rows (MaxSensitivity, AvgSensitivity, "
+            "LocalLipschitzEstimate and the relative input, output and representation "
+            "stabilities), whose floor is explain() of the N x K perturbed inputs (stacked "
+            "before timing) and the bare forward of the rows they also run, have one as well "
+            "(`benchmarks/specs/robustness.py`): that floor plus the perturbed inputs, as many "
+            "noise values as the copies hold, of the inputs' dtype, drawn with torch's unkeyed "
+            "generator (`Tensor.uniform_` or `normal_`, or `torch.rand` or `randn`) and added "
+            "to the inputs; the distances of the score per draw at the row's norm, in the "
+            "maps' own dtype (the maps' change, by `torch.linalg.vector_norm`, `torch.cdist` "
+            "or NumPy's `linalg.norm`, over ||a|| for the sensitivities; the inputs' change for "
+            "LocalLipschitzEstimate as the norm of the noise drawn; for the relative "
+            "stabilities the elementwise relative change of the maps and of the inputs, the "
+            "outputs' change or the representation layer's relative change, that layer's "
+            "outputs taken as given); and, where draws that change the prediction are dropped "
+            "(the relative stabilities' default), the argmax of each draw's outputs against "
+            "the unperturbed one. "
             f"Where any of these floors alone exceeds {FLOOR_TARGET:g} x the model floor, the "
             "target is out of reach for any implementation and the floor ratio says so. "
             "evalkit's draws are keyed (each a "

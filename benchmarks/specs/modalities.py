@@ -56,7 +56,10 @@ Settings (:data:`SETTINGS`) are the image specs' where they transfer, sized for 
   below every implementation; the randomisation rows (explain() floor) have one too: that
   floor plus the per-call steps of their definition (a model copy with the randomised layers
   re-initialised, the similarity or entropy of the maps, the off-target labels, SmoothMPRT's
-  noisy inputs and means; :func:`benchmarks.specs.randomisation.required_randomisation_work`);
+  noisy inputs and means; :func:`benchmarks.specs.randomisation.required_randomisation_work`),
+  and so do the noise-based robustness rows (the perturbed inputs' noise, the score's distances,
+  the predicted classes where flipped draws are dropped;
+  :func:`benchmarks.specs.robustness.required_robustness_work`);
 * the model-free metrics score the workload's Saliency maps against its masks (W4: the
   informative features, W5: one interval per sample, W6: one rationale span per sample);
   they have no floor.
@@ -835,9 +838,12 @@ def _randomisation_work(name: str, metric: Any, w: Workload, a: torch.Tensor,
     :func:`benchmarks.specs.randomisation.required_randomisation_work`); None for the other
     re-explaining rows."""
     from .randomisation import required_randomisation_work
+    from .robustness import REQUIRED_ROBUSTNESS, required_robustness_work
 
     if "explain_kwargs" not in call_kw:
         return None
+    if name in REQUIRED_ROBUSTNESS:  # the noise, the distances and the predicted classes
+        return required_robustness_work(name, metric, w, a)
     return required_randomisation_work(name, metric, w, a, call_kw["explain_kwargs"])
 
 

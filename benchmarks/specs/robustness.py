@@ -25,6 +25,7 @@ so its scores would mean something else).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,8 @@ from ..harness import (
     Agreement,
     Case,
     Context,
+    RequiredStep,
+    RequiredWork,
     TimedExplainer,
     forward_backward_floor,
     forward_floor,
@@ -382,3 +385,255 @@ SPECS += [
     Spec("AdversarialTopKIntersection", "robustness", _adversarial_topk,
          subset=(("W1", 64), ("W2", 2))),
 ]
+
+
+# --------------------------------------------------------------------------- required work
+#: the noise-based robustness metrics whose W4-W6 rows have a required-work floor here
+REQUIRED_ROBUSTNESS = ("MaxSensitivity", "AvgSensitivity", "LocalLipschitzEstimate",
+                       "RelativeInputStability", "RelativeOutputStability",
+                       "RelativeRepresentationStability")
+
+
+def _norm_order(norm: Any) -> float | None:
+    """The order of one of the engine's named norms (l1, l2, linf), None for a user callable."""
+    from evalkit.metrics.robustness import _engine
+
+    return {_engine._l1: 1.0, _engine._l2: 2.0, _engine._linf: math.inf}.get(norm)
+
+
+def noise_step(x: torch.Tensor, k: int, noise: Any) -> RequiredStep | None:
+    """The K perturbed copies of every input: N x K x D numbers of the inputs' dtype drawn
+    from the metric's noise (uniform or Gaussian; with torch's own unkeyed generator, the
+    cheapest on hand) and added to the inputs, x'_k = x + noise (the explain() floor's stack
+    is built before timing). None for other noises."""
+    from evalkit.perturb import GaussianNoise, UniformNoise
+
+    xs = x.detach()
+    shape = (xs.shape[0], k, *xs.shape[1:])
+    xu = xs.unsqueeze(1)
+    gen = torch.Generator(device=xs.device).manual_seed(0)
+    kw = {"dtype": xs.dtype, "device": xs.device}
+    if type(noise) is UniformNoise:
+        low, high = noise._bounds()
+
+        def uniform_form() -> None:
+            torch.empty(shape, **kw).uniform_(low, high, generator=gen).add_(xu)
+
+        def rand_form() -> None:  # U[0, 1): less than the metric's range needs, a lower bound
+            torch.rand(shape, generator=gen, **kw).add_(xu)
+
+        forms = {"Tensor.uniform_ + add_": uniform_form, "torch.rand + add_": rand_form}
+    elif type(noise) is GaussianNoise:
+        mean, std = noise.perturb_mean, noise.perturb_std
+
+        def normal_form() -> None:
+            torch.empty(shape, **kw).normal_(mean, std, generator=gen).add_(xu)
+
+        def randn_form() -> None:  # N(0, 1): less than the metric's scaling needs
+            torch.randn(shape, generator=gen, **kw).add_(xu)
+
+        forms = {"Tensor.normal_ + add_": normal_form, "torch.randn + add_": randn_form}
+    else:
+        return None
+    count = math.prod(shape)
+    return RequiredStep(f"{count:,} noise values ({str(xs.dtype).removeprefix('torch.')}) "
+                        f"drawn and added to the inputs ({shape[0]} x {k} copies)", forms)
+
+
+def _inference(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run under ``torch.inference_mode`` (no autograd bookkeeping), its result
+    returned (the floor ignores it; the tests read it)."""
+    def run() -> Any:
+        with torch.inference_mode():
+            return fn()
+
+    return run
+
+
+def distance_step(what: str, ref: torch.Tensor, new: torch.Tensor, order: float, *,
+                  relative_eps: float | None = None, over: torch.Tensor | None = None,
+                  scale_ref: bool = False, differences: torch.Tensor | None = None
+                  ) -> RequiredStep:
+    """The distances ||ref_i - new_ik|| (``ref`` (N, F), ``new`` (N, K, F)) of order
+    ``order`` per draw, in the maps' own dtype: with ``relative_eps``, of the differences
+    divided elementwise by max(|ref|, eps) (the relative stabilities); ``over``: the
+    distances are divided by these (N, K) values (the ratio of the score, maximised over the
+    draws); ``scale_ref``: by ||ref_i|| (MaxSensitivity's denominator); ``differences``: the
+    (N, K, F) values new - ref where an implementation has them already (the inputs' noise),
+    one more form that needs no subtraction. Forms: torch's ``linalg.vector_norm`` of the
+    differences, ``torch.cdist`` (of the values divided by the divisors for relative
+    changes) and NumPy's ``linalg.norm``."""
+    r, v = ref.detach(), new.detach()
+    ru = r.unsqueeze(1)
+    rn, vn = r.cpu().numpy(), v.cpu().numpy()
+    on = None if over is None else over.detach().cpu().numpy()
+
+    def finish(d: Any, torch_side: bool) -> Any:
+        if scale_ref:
+            d = d / (torch.linalg.vector_norm(r, ord=order, dim=-1).unsqueeze(1) if torch_side
+                     else np.linalg.norm(rn, ord=order, axis=-1)[:, None])
+        if over is not None:
+            d = d / (over if torch_side else on)
+        d.max(1)  # the score: the largest (or mean) value over the draws
+        return d
+
+    def torch_form() -> torch.Tensor:
+        diff = v - ru
+        if relative_eps is not None:
+            diff.div_(ru.abs().clamp_min(relative_eps))
+        return finish(torch.linalg.vector_norm(diff, ord=order, dim=-1), True)
+
+    def numpy_form() -> np.ndarray:
+        diff = vn - rn[:, None]
+        if relative_eps is not None:
+            diff /= np.maximum(np.abs(rn), relative_eps)[:, None]
+        return finish(np.linalg.norm(diff, ord=order, axis=-1), False)
+
+    forms = {"torch.linalg.vector_norm": _inference(torch_form), "numpy linalg.norm": numpy_form}
+    if differences is not None:
+        dv = differences.detach()
+
+        def given_form() -> torch.Tensor:
+            d = dv if relative_eps is None else dv / ru.abs().clamp_min(relative_eps)
+            return finish(torch.linalg.vector_norm(d, ord=order, dim=-1), True)
+
+        forms["torch.linalg.vector_norm of the noise"] = _inference(given_form)
+    if order in (1.0, 2.0, math.inf):
+        if relative_eps is None:
+            forms["torch.cdist"] = _inference(
+                lambda: finish(torch.cdist(v, ru, p=order).squeeze(2), True))
+        else:
+            # ||(ref - new) / s|| = ||ref / s - new / s||: one division, then the distances
+            def scaled_cdist() -> torch.Tensor:
+                scale = ru.abs().clamp_min(relative_eps)
+                return finish(torch.cdist(v / scale, ru / scale, p=order).squeeze(2), True)
+
+            forms["torch.cdist of the scaled values"] = _inference(scaled_cdist)
+    n, k, f = v.shape
+    return RequiredStep(f"{what} ({n} x {k} draws of {f} values, order {order:g})", forms)
+
+
+def prediction_step(clean: torch.Tensor, outputs: torch.Tensor) -> RequiredStep:
+    """Whether each draw keeps the predicted class: the argmax of the N x K perturbed outputs
+    against that of the N unperturbed ones (``on_prediction_change`` other than 'keep')."""
+    c, o = clean.detach(), outputs.detach()
+
+    def form() -> torch.Tensor:
+        return o.argmax(-1).eq(c.argmax(-1).unsqueeze(1))
+
+    n, k = o.shape[:2]
+    return RequiredStep(f"the predicted class of {n} x {k} draws against the unperturbed",
+                        {"argmax == argmax": _inference(form)})
+
+
+def _perturbed_values(w: Workload, k: int, noise: Any, a: torch.Tensor,
+                      layer: str | None) -> dict[str, torch.Tensor]:
+    """Stand-ins for what a call computes, built once (untimed) for the steps: the noise
+    (N, K, D) and the perturbed inputs, maps of the perturbed inputs (the row's maps, each
+    value scaled by a seeded factor near 1), the model outputs (and the flattened outputs of
+    ``layer``) of the inputs and of the perturbed inputs."""
+    x = w.x.detach()
+    n = x.shape[0]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    shape = (n, k, *x.shape[1:])
+    eps = torch.empty(shape, dtype=x.dtype)
+    if hasattr(noise, "perturb_std"):
+        eps.normal_(noise.perturb_mean, noise.perturb_std, generator=gen)
+    else:
+        eps.uniform_(*noise._bounds(), generator=gen)
+    eps = eps.to(x.device)
+    xk = x.unsqueeze(1) + eps
+    af = a.detach().reshape(n, -1).to(x.dtype)
+    jitter = 1 + 0.1 * torch.randn((n, k, af.shape[1]), generator=gen, dtype=af.dtype)
+    out: dict[str, torch.Tensor] = {
+        "noise": eps.reshape(n, k, -1), "x": x.reshape(n, -1), "xk": xk.reshape(n, k, -1),
+        "a": af, "ak": af.unsqueeze(1) * jitter.to(af.device)}
+    seen: list[torch.Tensor] = []
+    handle = None
+    if layer is not None:
+        module = dict(w.model.named_modules())[layer]
+        handle = module.register_forward_hook(
+            lambda _m, _i, o: seen.append(o.detach().reshape(o.shape[0], -1).clone()))
+    try:
+        with torch.inference_mode():
+            out["h"] = w.model(x).reshape(n, -1).clone()
+            out["hk"] = w.model(xk.reshape(n * k, *x.shape[1:])).reshape(n, k, -1).clone()
+    finally:
+        if handle is not None:
+            handle.remove()
+    if layer is not None:
+        out["r"], out["rk"] = seen[0], seen[1].reshape(n, k, -1)
+    return out
+
+
+def required_robustness_work(name: str, metric: Any, w: Workload, a: torch.Tensor
+                             ) -> RequiredWork | None:
+    """The per-call steps that the definition of noise-based robustness metric ``name`` (an
+    instance, ``metric``, at the row's settings) requires besides explaining the perturbed
+    inputs (the floor): the noise of every perturbed copy added to the inputs
+    (:func:`noise_step`), the distances of the score (:func:`distance_step`: the maps' change
+    per draw, and the inputs', outputs' or representation's change it is divided by), and,
+    where draws that change the prediction are dropped or make the sample NaN, the predicted
+    classes (:func:`prediction_step`). None for other metrics or settings these steps do not
+    describe (a user norm or noise)."""
+    if name not in REQUIRED_ROBUSTNESS or w.x.device.type != "cpu":
+        return None
+    k = metric.nr_samples
+    noise = getattr(metric, "noise_", None)
+    modality = w.modality
+    if modality is not None and not isinstance(modality, str) and (
+            modality.valid_noise(noise) is not noise):
+        return None
+    draws = noise_step(w.x, k, noise)
+    if draws is None:
+        return None
+    relative = name.startswith("Relative")
+    if relative:
+        order = float(metric.p_norm)
+        numerator = denominator = order
+    else:
+        numerator = _norm_order(metric._num)
+        denominator = None if metric._den is None else _norm_order(metric._den)
+        if numerator is None or (metric._den is not None and denominator is None):
+            return None
+    layer = None
+    if name == "RelativeRepresentationStability":
+        layers = metric.resolve_layers(w.model)
+        if len(layers) != 1:
+            return None
+        layer = layers[0]
+    v = _perturbed_values(w, k, noise, a, layer)
+    steps = [draws]
+    if name == "LocalLipschitzEstimate":
+        # x'_k - x is the noise drawn: its norm needs no subtraction
+        noise_norm = torch.linalg.vector_norm(v["noise"], ord=denominator, dim=-1)
+        steps.append(RequiredStep(
+            f"input distances ||x - x'_k|| ({v['noise'].shape[0]} x {k} draws, order "
+            f"{denominator:g})",
+            {"torch.linalg.vector_norm of the noise": _inference(
+                lambda: torch.linalg.vector_norm(v["noise"], ord=denominator, dim=-1))}))
+        steps.append(distance_step("map distances ||a(x) - a(x'_k)|| over the input distances",
+                                   v["a"], v["ak"], numerator, over=noise_norm))
+    elif not relative:
+        steps.append(distance_step(
+            "map distances ||a(x) - a(x'_k)||" + (" over ||a(x)||" if denominator else ""),
+            v["a"], v["ak"], numerator, scale_ref=denominator is not None))
+    else:
+        eps = float(metric.eps_min)
+        if name == "RelativeInputStability":
+            steps.append(distance_step("relative input changes", v["x"], v["xk"], order,
+                                       relative_eps=eps, differences=v["noise"]))
+        elif name == "RelativeOutputStability":
+            steps.append(distance_step("output changes ||h(x) - h(x'_k)||", v["h"], v["hk"],
+                                       order))
+        else:
+            steps.append(distance_step(f"relative changes of layer {layer}'s outputs", v["r"],
+                                       v["rk"], order, relative_eps=eps))
+        # the ratio's denominator (the step above) is timed on its own; the maps' relative
+        # change is divided by it
+        steps.append(distance_step("relative map changes over the denominators", v["a"],
+                                   v["ak"], order, relative_eps=eps,
+                                   over=torch.ones((v["a"].shape[0], k), dtype=v["a"].dtype)))
+    if metric.on_prediction_change_ != "keep":
+        steps.append(prediction_step(v["h"], v["hk"]))
+    return RequiredWork(per_call=tuple(steps))

@@ -400,7 +400,8 @@ class _PerturbationRobustness(Metric):
             s = idx.shape[0]
             rows = slice(start, start + s)
             # copies (a gather), not views: a user's perturb_func gets rows it may modify
-            xp = draws.make(x[idx], keys[idx])  # (S, K, ...)
+            # (index_select: the same copy as x[idx], several times faster on the CPU)
+            xp = draws.make(x.index_select(0, idx), keys.index_select(0, idx))  # (S, K, ...)
             flat_x = xp.reshape(s * k, *x.shape[1:])
             raw: list[torch.Tensor | None] = [None] * s
             fwd: list[torch.Tensor | None] = [None] * s
@@ -448,10 +449,10 @@ class _PerturbationRobustness(Metric):
                 if todo:
                     sample_of_row = (idx if len(todo) == s else idx[todo]).repeat_interleave(k)
                     xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
+                    # the chunks are views of the stack (the engine's own tensor), not copies
                     with forward.context():
-                        vals = batch.runner.run(  # type: ignore[union-attr]
-                            lambda index, xs=xs: xs.index_select(0, index[0]),
-                            (xs.shape[0],),
+                        vals = batch.runner.run_concat(  # type: ignore[union-attr]
+                            [(xs.shape[0], xs)],
                             reduce=lambda out, index, sr=sample_of_row: forward.reduce(
                                 out, sr[index[0]]),
                             row_shape=tuple(x.shape[1:]), desc="perturbed inputs")

@@ -249,9 +249,11 @@ class AdversarialTopKIntersection(RanksFeatures):
             return float(self.step_size)
         return 2.5 * float(self.epsilon) / self.nr_steps
 
-    def _project(self, x_new: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        eps = float(self.epsilon)
-        out = torch.minimum(torch.maximum(x_new, x0 - eps), x0 + eps)
+    def _project(self, x_new: torch.Tensor, low: torch.Tensor, high: torch.Tensor
+                 ) -> torch.Tensor:
+        """``x_new`` clamped to the ball [low, high] = [x0 - eps, x0 + eps] (the bounds made
+        once per chunk), then to ``clip``."""
+        out = torch.clamp(x_new, low, high)  # min(max(x_new, low), high) in one pass
         if self.clip is not None:
             out = out.clamp(self.clip[0], self.clip[1])
         return out
@@ -273,9 +275,12 @@ class AdversarialTopKIntersection(RanksFeatures):
     def _share(self, batch: MetricBatch, expl: torch.Tensor, weights: torch.Tensor
                ) -> torch.Tensor:
         """The share of |map| on the original top-k features (differentiable), (S,)."""
-        mass = batch.modality.feature_maps(expl)[0].abs()
+        mass = batch.modality.feature_maps(expl)[0]
+        if self.attack_explainer != "Saliency":  # |dS/dx| and its channel sums are >= 0
+            mass = mass.abs()
         total = mass.sum(1)
-        inside = (mass * weights.to(mass.dtype)).sum(1)
+        inside = (mass * (weights if weights.dtype == mass.dtype
+                          else weights.to(mass.dtype))).sum(1)
         return inside / torch.where(total > 0, total, torch.ones_like(total))
 
     def _objective(self, batch: MetricBatch, model: ModelWrapper, x: torch.Tensor,
@@ -319,12 +324,15 @@ class AdversarialTopKIntersection(RanksFeatures):
         shape = tuple(x0.shape[1:])
         eps = float(self.epsilon)
         alpha = self._step_size()
+        low, high = x0 - eps, x0 + eps
+        if x0.is_floating_point():  # the maps' dtype: converted once, not at every iterate
+            weights = weights.to(x0.dtype)
         if self.random_start:
             start = _rng.uniform(keys, shape, low=-eps, high=eps, dtype=x0.dtype,
                                  stream=_START_STREAM).to(x0.device)
-            x_cur = self._project(x0 + start, x0)
+            x_cur = self._project(x0 + start, low, high)
         else:
-            x_cur = self._project(x0.clone(), x0)
+            x_cur = self._project(x0.clone(), low, high)
         signs = None
         if self.attack == "random":
             u = _rng.uniform(keys, (self.nr_steps, *shape), dtype=x0.dtype,
@@ -356,8 +364,11 @@ class AdversarialTopKIntersection(RanksFeatures):
             curve[:, p] = torch.where(kept, obj, torch.full_like(obj, math.nan))
             if last:
                 break
-            step = signs[:, p] if signs is not None else -torch.sign(grad)
-            x_cur = self._project(x_cur + alpha * step, x0).detach()
+            if signs is not None:
+                moved = x_cur + alpha * signs[:, p]
+            else:  # x - alpha * sign(g): the same values as x + alpha * (-sign(g))
+                moved = x_cur.sub(torch.sign(grad), alpha=alpha)
+            x_cur = self._project(moved, low, high).detach()
         return best, found, curve
 
     # ------------------------------------------------------------------ the metric

@@ -27,14 +27,21 @@ def _leaf_layers(model: torch.nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if n and next(m.children(), None) is None]
 
 
+def _divisors(ref: torch.Tensor, eps_min: float) -> torch.Tensor:
+    """max(|ref|, eps_min), the elementwise divisors of a relative change."""
+    return ref.abs().clamp_min_(eps_min)  # in place: abs() is a fresh tensor
+
+
 def _relative_change(ref: torch.Tensor, new: torch.Tensor, eps_min: float, p: float,
-                     owned: bool = False) -> torch.Tensor:
+                     owned: bool = False, scale: torch.Tensor | None = None) -> torch.Tensor:
     """|| (ref - new) / max(|ref|, eps_min) ||_p over the last axis (``ref`` broadcasts against
     ``new``), computed in the tensors' dtype, returned as float64. ``owned``: ``new`` is a
     buffer the caller gives up (see ``_Chunk.a_owned``): the differences are computed in it,
     as ``new - ref``, whose elements are exactly the negatives of ``ref - new`` (IEEE
-    subtraction rounds symmetrically), so the norm is the same."""
-    scale = ref.abs().clamp_min_(eps_min)  # in place: abs() is a fresh tensor
+    subtraction rounds symmetrically), so the norm is the same. ``scale``: the divisors
+    (:func:`_divisors` of ``ref``) where the caller has them already."""
+    if scale is None:
+        scale = _divisors(ref, eps_min)
     diff = _minus(new, ref, True) if owned else ref - new
     # in place where the dtypes agree: one temporary of the (S, K, D) stack instead of two
     diff = diff.div_(scale) if diff.dtype == scale.dtype else diff / scale
@@ -157,6 +164,8 @@ class _RepresentationForward(_Forward):
         self.skip_silent = skip_silent
         self.clean = True
         self.clean_reps: torch.Tensor | None = None
+        #: the divisors of the clean representations (N, R), once for all of their draws
+        self.clean_scale: torch.Tensor | None = None
         self._used: list[str] | None = None
         self._store: dict[str, list[torch.Tensor]] | None = None
 
@@ -202,9 +211,15 @@ class _RepresentationForward(_Forward):
                                               device=reps.device)
             self.clean_reps[sample] = reps
             return out
-        # reps is this pass's own copy (the recorded clone, or a concatenation of clones)
-        rel = _relative_change(self.clean_reps[sample], reps,  # type: ignore[index]
-                               self.metric.eps_min, self.metric.p_norm, owned=True)
+        clean = self.clean_reps
+        assert clean is not None
+        if self.clean_scale is None:
+            self.clean_scale = _divisors(clean, self.metric.eps_min)
+        # reps is this pass's own copy (the recorded clone, or a concatenation of clones);
+        # index_select: the same rows as clean[sample], several times faster on the CPU
+        rel = _relative_change(clean.index_select(0, sample), reps, self.metric.eps_min,
+                               self.metric.p_norm, owned=True,
+                               scale=self.clean_scale.index_select(0, sample))
         return torch.cat([out, rel.unsqueeze(1)], 1)
 
 
