@@ -518,7 +518,7 @@ def _imputed_rows(x: torch.Tensor, rows: torch.Tensor, fields: torch.Tensor | No
     (:func:`_imputed_rows_numpy`: the same values, bit for bit, in fewer passes over memory);
     other devices and dtypes through torch (:func:`_imputed_rows_torch`)."""
     if (x.device.type == "cpu" and rows.device.type == "cpu" and x.dtype in _NUMPY_FLOATS
-            and not x.requires_grad and (fields is None or (
+            and not x.requires_grad and not x.is_neg() and (fields is None or (
                 fields.device.type == "cpu" and fields.dtype == x.dtype
                 and not fields.requires_grad))):
         return _imputed_rows_numpy(x, rows, fields, field_rows)
