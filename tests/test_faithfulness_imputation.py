@@ -226,3 +226,41 @@ def test_series_numpy_and_torch_routes_agree_bit_for_bit(dtype):
                 ref = imp._imputed_rows_torch(x, rows, *noise)
                 assert ours.shape == ref.shape and ours.is_contiguous()
                 assert torch.equal(ours.view(bits), ref.view(bits)), (r, c, t, density)
+
+
+def test_series_fields_drawn_ahead_are_the_fields_drawn_per_chunk(monkeypatch):
+    """SeriesLinearImputer.with_fields_for draws each key's noise field once: filling with the
+    bound copy gives the bits of the unbound imputer, for rows whose keys it holds (no draw)
+    and for rows with other keys (drawn as before); ROAD on series draws no field per chunk."""
+    from evalkit.metrics.faithfulness import ROAD
+    from evalkit.perturb.imputation import SeriesLinearImputer
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 40, generator=g)
+    mask = torch.rand(6, 1, 40, generator=g) < 0.5
+    keys = torch.tensor([5, 9, 5, 2, 9, 2])
+    plain = SeriesLinearImputer(0.1)
+    bound = plain.with_fields_for(torch.tensor([9, 2, 5, 7]), (3, 40), x.dtype)
+    draws = []
+    real = imp._distinct_noise_fields
+    monkeypatch.setattr(imp, "_distinct_noise_fields", lambda *a: draws.append(a) or real(*a))
+    assert torch.equal(bound.fill(x, mask, keys=keys), plain.fill(x, mask, keys=keys))
+    assert len(draws) == 1  # the plain imputer's; the bound one read its fields
+    other = torch.tensor([5, 9, 5, 2, 9, 11])  # key 11 was not drawn ahead
+    assert torch.equal(bound.fill(x, mask, keys=other), plain.fill(x, mask, keys=other))
+    assert len(draws) == 3
+    per_channel = torch.rand(6, 3, 40, generator=g) < 0.5
+    assert torch.equal(bound.fill(x, per_channel, keys=keys),
+                       plain.fill(x, per_channel, keys=keys))
+    assert SeriesLinearImputer(0.0).with_fields_for(keys, (3, 40), x.dtype).noise == 0.0
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(120, 3))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    a = torch.rand(6, 3, 40, generator=g)
+    road = ROAD(percentages=(20, 60), score="confidence", seed=0)
+    draws.clear()
+    scores = road(model, x, y, a, modality="series")
+    assert not draws
+    monkeypatch.setattr(SeriesLinearImputer, "with_fields_for", lambda self, *a: self)
+    again = road(model, x, y, a, modality="series")
+    assert draws and np.array_equal(scores, again, equal_nan=True)

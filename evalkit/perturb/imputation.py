@@ -485,16 +485,17 @@ def _series_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _imputed_series(x: torch.Tensor, mask: torch.Tensor, noise: float = 0.0,
-                    keys: torch.Tensor | None = None, who: str = "") -> torch.Tensor:
+                    keys: torch.Tensor | None = None, who: str = "",
+                    drawn: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """A new tensor: ``x`` (B, C, T) with the steps of ``mask`` (bool, broadcastable to x, with
     x's number of axes) replaced by their linear interpolation (:func:`linear_interpolation_1d`),
     plus the rows' N(0, noise**2) fields (one per distinct key of ``keys``:
-    :func:`_distinct_noise_fields`) when ``noise`` > 0. A mask with one channel is imputed once per
-    series, one with C channels per channel."""
+    :func:`_distinct_noise_fields`, or ``drawn`` ahead: :func:`_row_fields`) when ``noise`` >
+    0. A mask with one channel is imputed once per series, one with C channels per channel."""
     b, c, t_count = x.shape
     fields = field_rows = None
     if noise > 0:
-        fields, field_rows = _distinct_noise_fields(keys, (c, t_count), noise, x.dtype, who)
+        fields, field_rows = _row_fields(keys, (c, t_count), noise, x.dtype, who, drawn)
         field_rows = field_rows.expand(b)
     if mask.shape[1] != 1 and c != 1:
         # a mask per channel: every channel is a series of its own
@@ -648,6 +649,24 @@ def _distinct_noise_fields(keys: torch.Tensor | None, shape: tuple[int, ...], st
     return _rng.normal(uniq, shape, std=std, dtype=dtype, stream=_NOISE_STREAM), inverse
 
 
+def _row_fields(keys: torch.Tensor | None, shape: tuple[int, ...], std: float,
+                dtype: torch.dtype, who: str, drawn: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_distinct_noise_fields` of the rows' ``keys``, read from ``drawn`` (sorted
+    distinct keys (K,), their fields (K, *shape), drawn ahead with the same ``std``) where it
+    holds every key with fields of this shape, dtype and device: the same numbers (a field
+    depends only on its key), without drawing them again."""
+    if drawn is not None and keys is not None and keys.numel():
+        known, fields = drawn
+        if (tuple(fields.shape[1:]) == tuple(shape) and fields.dtype == dtype
+                and fields.device == keys.device and known.numel()):
+            where = torch.searchsorted(known, keys)
+            found = known.index_select(0, where.clamp_max(known.numel() - 1)) == keys
+            if bool(found.all()):
+                return fields, where
+    return _distinct_noise_fields(keys, shape, std, dtype, who)
+
+
 def _noise_fields(keys: torch.Tensor | None, shape: tuple[int, ...], std: float,
                   dtype: torch.dtype, who: str) -> torch.Tensor:
     """One N(0, std^2) field of ``shape`` per row, drawn once per distinct key."""
@@ -672,9 +691,29 @@ class SeriesLinearImputer(Imputer):
     def __init__(self, noise: float = 0.01) -> None:
         self.noise = _check_noise(noise)
         self.stochastic = self.noise > 0
+        #: (sorted keys, their noise fields) drawn ahead by :meth:`with_fields_for`
+        self._drawn: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def cache_token(self) -> bytes:
         return f"SeriesLinearImputer(noise={self.noise!r})".encode()
+
+    def with_fields_for(self, keys: torch.Tensor, shape: tuple[int, ...],
+                        dtype: torch.dtype) -> SeriesLinearImputer:
+        """A copy of this imputer holding the noise fields of ``keys`` (e.g. the samples' keys
+        of one metric call) for series rows of ``shape`` (C, T) and ``dtype``, drawn once (this
+        imputer itself where it adds no noise).
+
+        A metric that fills rows of the same samples in many chunks (ROAD: every percentage
+        and both orders) then draws each sample's field once per call instead of once per
+        chunk: the same numbers, as a field depends only on its key; rows with another key
+        draw theirs as before. Keep the copy for one call (it holds K x C x T values)."""
+        if not self.stochastic:
+            return self
+        bound = copy.copy(self)
+        known = torch.unique(keys)
+        bound._drawn = (known, _rng.normal(known, tuple(shape), std=self.noise, dtype=dtype,
+                                           stream=_NOISE_STREAM))
+        return bound
 
     def fill(
         self, x: torch.Tensor, mask: torch.Tensor, *, keys: torch.Tensor | None = None
@@ -684,7 +723,7 @@ class SeriesLinearImputer(Imputer):
                 f"SeriesLinearImputer needs series (B, C, T); got shape {tuple(x.shape)}."
             )
         return _imputed_series(x, _series_mask(x, mask), self.noise, keys,
-                               "SeriesLinearImputer")
+                               "SeriesLinearImputer", self._drawn)
 
 
 # ---------------------------------------------------------------------- tables
