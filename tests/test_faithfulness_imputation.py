@@ -240,19 +240,22 @@ def test_series_fields_drawn_ahead_are_the_fields_drawn_per_chunk(monkeypatch):
     mask = torch.rand(6, 1, 40, generator=g) < 0.5
     keys = torch.tensor([5, 9, 5, 2, 9, 2])
     plain = SeriesLinearImputer(0.1)
-    bound = plain.with_fields_for(torch.tensor([9, 2, 5, 7]), (3, 40), x.dtype)
+    bound = plain.with_fields_for(torch.tensor([9, 2, 5, 7]))
     draws = []
     real = imp._distinct_noise_fields
     monkeypatch.setattr(imp, "_distinct_noise_fields", lambda *a: draws.append(a) or real(*a))
     assert torch.equal(bound.fill(x, mask, keys=keys), plain.fill(x, mask, keys=keys))
-    assert len(draws) == 1  # the plain imputer's; the bound one read its fields
+    assert len(draws) == 1  # the plain imputer's; the bound one drew its fields ahead
     other = torch.tensor([5, 9, 5, 2, 9, 11])  # key 11 was not drawn ahead
     assert torch.equal(bound.fill(x, mask, keys=other), plain.fill(x, mask, keys=other))
     assert len(draws) == 3
     per_channel = torch.rand(6, 3, 40, generator=g) < 0.5
     assert torch.equal(bound.fill(x, per_channel, keys=keys),
                        plain.fill(x, per_channel, keys=keys))
-    assert SeriesLinearImputer(0.0).with_fields_for(keys, (3, 40), x.dtype).noise == 0.0
+    assert torch.equal(bound.fill(x[:, :2], mask, keys=keys),  # another shape: drawn
+                       plain.fill(x[:, :2], mask, keys=keys))
+    noiseless = SeriesLinearImputer(0.0)
+    assert noiseless.with_fields_for(keys) is noiseless
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(120, 3))
     y = torch.tensor([0, 1, 2, 0, 1, 2])

@@ -691,28 +691,29 @@ class SeriesLinearImputer(Imputer):
     def __init__(self, noise: float = 0.01) -> None:
         self.noise = _check_noise(noise)
         self.stochastic = self.noise > 0
-        #: (sorted keys, their noise fields) drawn ahead by :meth:`with_fields_for`
+        #: the keys whose fields :meth:`with_fields_for` draws at the first fill, and then
+        #: (sorted keys, their fields)
+        self._ahead: torch.Tensor | None = None
         self._drawn: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def cache_token(self) -> bytes:
         return f"SeriesLinearImputer(noise={self.noise!r})".encode()
 
-    def with_fields_for(self, keys: torch.Tensor, shape: tuple[int, ...],
-                        dtype: torch.dtype) -> SeriesLinearImputer:
-        """A copy of this imputer holding the noise fields of ``keys`` (e.g. the samples' keys
-        of one metric call) for series rows of ``shape`` (C, T) and ``dtype``, drawn once (this
-        imputer itself where it adds no noise).
+    def with_fields_for(self, keys: torch.Tensor) -> SeriesLinearImputer:
+        """A copy of this imputer that draws the noise fields of all ``keys`` (e.g. the
+        samples' keys of one metric call) at its first fill, for that fill's series shape and
+        dtype, and reads them afterwards (this imputer itself where it adds no noise).
 
         A metric that fills rows of the same samples in many chunks (ROAD: every percentage
         and both orders) then draws each sample's field once per call instead of once per
-        chunk: the same numbers, as a field depends only on its key; rows with another key
-        draw theirs as before. Keep the copy for one call (it holds K x C x T values)."""
+        chunk: the same numbers, as a field depends only on its key; rows with another key,
+        shape or dtype draw theirs as before. Keep the copy for one call (it holds K x C x T
+        values)."""
         if not self.stochastic:
             return self
         bound = copy.copy(self)
-        known = torch.unique(keys)
-        bound._drawn = (known, _rng.normal(known, tuple(shape), std=self.noise, dtype=dtype,
-                                           stream=_NOISE_STREAM))
+        bound._ahead = torch.unique(keys)
+        bound._drawn = None
         return bound
 
     def fill(
@@ -722,6 +723,10 @@ class SeriesLinearImputer(Imputer):
             raise ValueError(
                 f"SeriesLinearImputer needs series (B, C, T); got shape {tuple(x.shape)}."
             )
+        if self._ahead is not None and self._drawn is None:
+            known = self._ahead.to(x.device)
+            self._drawn = (known, _rng.normal(known, tuple(x.shape[1:]), std=self.noise,
+                                              dtype=x.dtype, stream=_NOISE_STREAM))
         return _imputed_series(x, _series_mask(x, mask), self.noise, keys,
                                "SeriesLinearImputer", self._drawn)
 

@@ -169,8 +169,7 @@ class ROAD(RanksFeatures):
         if isinstance(imputer, SeriesLinearImputer) and batch.x.ndim == 3:
             # each sample's noise field drawn once for both orders and every percentage (the
             # same numbers as per chunk)
-            imputer = imputer.with_fields_for(batch.keys, tuple(batch.x.shape[1:]),
-                                              batch.x.dtype)
+            imputer = imputer.with_fields_for(batch.keys)
         return imputer
 
     def _curve(self, batch: MetricBatch, order: str, imputer: Imputer) -> torch.Tensor:
