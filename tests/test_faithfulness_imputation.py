@@ -197,3 +197,73 @@ def test_float32_inputs_keep_their_dtype_and_device():
     assert out.dtype == torch.float32 and out.device == x.device
     np.testing.assert_allclose(out.numpy(), linear_imputation(x.double(), m).numpy(), rtol=1e-6,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_series_numpy_and_torch_routes_agree_bit_for_bit(dtype):
+    """The series imputer's CPU route (NumPy) and its torch route give the same bits: NaN,
+    infinities and -0.0 in the series, runs at both ends, rows with nothing or everything
+    removed, one channel or several, with and without noise fields; the input is not
+    written (a one-channel series' transpose is a view of it)."""
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    g = torch.Generator().manual_seed(0)
+    for r, c, t in [(1, 1, 1), (3, 1, 2), (1, 1, 7), (6, 3, 40), (5, 2, 301), (0, 3, 5)]:
+        for density in (0.0, 0.3, 0.7, 1.0):
+            x = torch.randn(r, c, t, generator=g, dtype=dtype)
+            if x.numel() >= 4:
+                x.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -0.0, -float("inf")],
+                                              dtype=dtype)
+            rows = torch.rand(r, t, generator=g) < density
+            if r >= 3:
+                rows[0], rows[1] = True, False
+                rows[2, : t // 2] = True  # a leading run
+            fields = torch.randn(2, c, t, generator=g, dtype=dtype) * 0.01
+            field_rows = torch.randint(0, 2, (r,), generator=g)
+            for noise in ((None, None), (fields, field_rows)):
+                before = x.clone()
+                ours = imp._imputed_rows_numpy(x, rows, *noise)
+                assert torch.equal(x.view(bits), before.view(bits))
+                ref = imp._imputed_rows_torch(x, rows, *noise)
+                assert ours.shape == ref.shape and ours.is_contiguous()
+                assert torch.equal(ours.view(bits), ref.view(bits)), (r, c, t, density)
+
+
+def test_series_fields_drawn_ahead_are_the_fields_drawn_per_chunk(monkeypatch):
+    """SeriesLinearImputer.with_fields_for draws each key's noise field once: filling with the
+    bound copy gives the bits of the unbound imputer, for rows whose keys it holds (no draw)
+    and for rows with other keys (drawn as before); ROAD on series draws no field per chunk."""
+    from evalkit.metrics.faithfulness import ROAD
+    from evalkit.perturb.imputation import SeriesLinearImputer
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 40, generator=g)
+    mask = torch.rand(6, 1, 40, generator=g) < 0.5
+    keys = torch.tensor([5, 9, 5, 2, 9, 2])
+    plain = SeriesLinearImputer(0.1)
+    bound = plain.with_fields_for(torch.tensor([9, 2, 5, 7]))
+    draws = []
+    real = imp._distinct_noise_fields
+    monkeypatch.setattr(imp, "_distinct_noise_fields", lambda *a: draws.append(a) or real(*a))
+    assert torch.equal(bound.fill(x, mask, keys=keys), plain.fill(x, mask, keys=keys))
+    assert len(draws) == 1  # the plain imputer's; the bound one drew its fields ahead
+    other = torch.tensor([5, 9, 5, 2, 9, 11])  # key 11 was not drawn ahead
+    assert torch.equal(bound.fill(x, mask, keys=other), plain.fill(x, mask, keys=other))
+    assert len(draws) == 3
+    per_channel = torch.rand(6, 3, 40, generator=g) < 0.5
+    assert torch.equal(bound.fill(x, per_channel, keys=keys),
+                       plain.fill(x, per_channel, keys=keys))
+    assert torch.equal(bound.fill(x[:, :2], mask, keys=keys),  # another shape: drawn
+                       plain.fill(x[:, :2], mask, keys=keys))
+    noiseless = SeriesLinearImputer(0.0)
+    assert noiseless.with_fields_for(keys) is noiseless
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(120, 3))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    a = torch.rand(6, 3, 40, generator=g)
+    road = ROAD(percentages=(20, 60), score="confidence", seed=0)
+    draws.clear()
+    scores = road(model, x, y, a, modality="series")
+    assert not draws
+    monkeypatch.setattr(SeriesLinearImputer, "with_fields_for", lambda self, *a: self)
+    again = road(model, x, y, a, modality="series")
+    assert draws and np.array_equal(scores, again, equal_nan=True)

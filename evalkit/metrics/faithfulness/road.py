@@ -166,6 +166,10 @@ class ROAD(RanksFeatures):
                 raise ValueError(f"ROAD's {type(imputer).__name__} imputes tables (N, F); got "
                                  f"{batch.modality.name} inputs.")
             imputer = imputer.with_background(batch.x)
+        if isinstance(imputer, SeriesLinearImputer):
+            # each sample's noise field drawn once for both orders and every percentage (the
+            # same numbers as per chunk)
+            imputer = imputer.with_fields_for(batch.keys)
         return imputer
 
     def _curve(self, batch: MetricBatch, order: str, imputer: Imputer) -> torch.Tensor:
