@@ -130,11 +130,16 @@ class Sufficiency(Metric):
         # each pair's own bound (below) runs on the few pairs under that
         bound = float(sq.max()) * 2e-6
         near_i, near_j, top2 = [], [], torch.zeros((), dtype=torch.float64, device=t.device)
+        total_buffer = torch.empty((step, n), dtype=torch.float64, device=t.device)
         for start in range(0, n, step):
             rows = slice(start, min(n, start + step))
-            total = sq[rows].unsqueeze(1) + sq.unsqueeze(0)
-            block = d2[rows].mul_(-2.0).add_(total).clamp_min_(0.0)
-            top2 = torch.maximum(top2, block.max())
+            total = torch.add(sq[rows].unsqueeze(1), sq.unsqueeze(0),
+                              out=total_buffer[:rows.stop - start])
+            # total - 2 u.v in one pass (the product by -2 is exact: the same bits as
+            # multiplying first); no clamp at 0: a negative d^2 is under `bound`, so its pair
+            # is summed directly below, and the running maximum starts at 0
+            block = torch.add(total, d2[rows], alpha=-2.0, out=d2[rows])
+            top2 = torch.maximum(top2, block.amax())
             if block.device.type == "cpu":  # NumPy's nonzero: several times faster
                 flat = torch.from_numpy(np.flatnonzero(block.numpy() <= bound))
                 i, j = flat // n, flat % n
@@ -181,9 +186,14 @@ class Sufficiency(Metric):
         both = torch.empty_like(count)
         near_buffer = torch.empty((step, n), dtype=torch.float32 if onehot is not None
                                   else torch.bool, device=t.device)
+        on_cpu = t.device.type == "cpu"
         for start in range(0, n, step):
             stop = min(n, start + step)
-            near = torch.le(d2[start:stop], limit, out=near_buffer[:stop - start])
+            near = near_buffer[:stop - start]
+            if on_cpu:  # NumPy writes the comparison as float32 several times faster
+                np.less_equal(d2[start:stop].numpy(), limit, out=near.numpy())
+            else:
+                torch.le(d2[start:stop], limit, out=near)
             near[:, start:stop].fill_diagonal_(False)
             if onehot is None:
                 count[start:stop] = _row_counts(near)
