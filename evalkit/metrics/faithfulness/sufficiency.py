@@ -154,7 +154,7 @@ class Sufficiency(Metric):
         if near_i:
             i, j = torch.cat(near_i), torch.cat(near_j)
             before = d2[i, j]
-            exact = _exact_squares(t, i, j)
+            exact = _exact_squares(t, i, j, sq)
             d2[i, j] = exact
             if bool((before == top2).any()):  # the largest was summed again: look again
                 top2 = d2.max()
@@ -305,10 +305,19 @@ def _largest_within(finish: Callable[[float], float], threshold: float,
     return value(lo)
 
 
-def _exact_squares(t: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    """|t[i] - t[j]|^2 summed directly, for the pairs whose matrix-product form cancels."""
-    return torch.cat([((t[i[k:k + 4096]] - t[j[k:k + 4096]]) ** 2).sum(1)
-                      for k in range(0, i.numel(), 4096)])
+def _exact_squares(t: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+                   sq: torch.Tensor) -> torch.Tensor:
+    """|t[i] - t[j]|^2 summed directly, for the pairs whose matrix-product form cancels
+    (``sq``: the rows' |t|^2). A row's pair with itself is 0 without the sum where the row is
+    finite (its |t|^2 is: x - x is exactly 0), which is most of the pairs of a small batch."""
+    out = torch.zeros(i.shape, dtype=t.dtype, device=t.device)
+    summed = ((i != j) | ~torch.isfinite(sq.index_select(0, i))).nonzero().squeeze(1)
+    i, j = i.index_select(0, summed), j.index_select(0, summed)
+    for k in range(0, i.numel(), 4096):
+        rows = slice(k, k + 4096)
+        diff = t.index_select(0, i[rows]) - t.index_select(0, j[rows])
+        out[summed[rows]] = (diff ** 2).sum(1)
+    return out
 
 
 def _euclidean_distances(t: torch.Tensor) -> torch.Tensor:
@@ -325,5 +334,5 @@ def _euclidean_distances(t: torch.Tensor) -> torch.Tensor:
     d2 = (t @ t.T).mul_(-2.0).add_(total).clamp_min_(0.0)
     i, j = (d2 <= total.mul_(1e-6)).nonzero(as_tuple=True)
     if i.numel():
-        d2[i, j] = _exact_squares(t, i, j)
+        d2[i, j] = _exact_squares(t, i, j, sq)
     return d2.sqrt_()
