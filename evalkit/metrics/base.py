@@ -829,22 +829,29 @@ class Metric:
     def _preprocess_attributions(
         self, batch: MetricBatch, raw: torch.Tensor, x: torch.Tensor, *, flag_nan: bool
     ) -> torch.Tensor:
-        a = batch.modality.align(raw, x)
-        a = a.to(device=batch.device, dtype=torch.float64)
+        aligned = batch.modality.align(raw, x)
+        a = aligned.to(device=batch.device, dtype=torch.float64)
+        # a new tensor (a conversion, not the caller's float64 map): the steps below may
+        # write into it, the same values as out of place with one temporary fewer each
+        owned = a is not aligned
         if not all_finite(a):
             finite = finite_rows(a)
             if flag_nan:
                 batch.set_nan(~finite, "attribution contains NaN or Inf")
             a = torch.where(batch.modality.per_sample(finite, a), a, torch.zeros_like(a))
+            owned = True
         normaliser = get_normaliser(self.normalise_func) if self.normalise else None
         if normaliser is normalise_by_max and self.abs:
             # |a / m| is |a| / m exactly (m > 0; IEEE division rounds symmetrically): one
             # pass of |a| serves the maximum and the result
-            return abs_normalised_by_max(a)
-        if normaliser is not None:
+            return abs_normalised_by_max(a, inplace=owned)
+        if normaliser is normalise_by_max:
+            a = normalise_by_max(a, inplace=owned)
+        elif normaliser is not None:
             a = normaliser(a)
+            owned = False  # a callable's result may be anything, its input included
         if self.abs:
-            a = a.abs()
+            a = a.abs_() if owned else a.abs()
         return a
 
     # ----------------------------------------------------------------- explaining
