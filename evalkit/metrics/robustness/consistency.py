@@ -160,10 +160,10 @@ def _top_n_labels(flat: torch.Tensor, n: int, *, signs: bool) -> torch.Tensor | 
     :data:`_PACKED_VALUES` values, n = 0, NaN): the caller then takes the index sets.
 
     A row's set is the n largest |a|, ties at the n-th value broken by the lower index (the
-    first n of a stable descending sort). Its n-th largest value comes from one row-wise sort
-    of the values (NumPy's vectorised sort: cheaper than a selection of indices on short
-    rows); where the value below it differs, the set is every |a| at or above it; rows with a
-    tie across that boundary take the lowest-index tied features. The set, and the sign of
+    first n of a stable descending sort). Its n-th largest value (and the one below it) comes
+    from one row-wise selection of the values (NumPy's partition); where the value below it
+    differs, the set is every |a| at or above it; rows with a tie across that boundary take
+    the lowest-index tied features. The set, and the sign of
     each selected value (positive, zero, negative: two bits), are packed into bits and
     grouped as integers or byte strings: no sort of index sets, no grouping of index rows.
     """
@@ -174,7 +174,9 @@ def _top_n_labels(flat: torch.Tensor, n: int, *, signs: bool) -> torch.Tensor | 
     mag = np.abs(values)
     if np.isnan(mag.sum()):  # a NaN: its place in the order is the index sets' business
         return None
-    ordered = np.sort(mag, axis=1)
+    # the n-th largest value and the one below it, in their sorted places (a selection, no
+    # sort of the whole row)
+    ordered = np.partition(mag, (g - n - 1, g - n) if n < g else g - n, axis=1)
     nth = ordered[:, g - n]
     keep = mag >= nth[:, None]
     if n < g:
