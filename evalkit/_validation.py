@@ -7,6 +7,8 @@ the caller's arrays: NumPy inputs are wrapped or copied, tensors are only read.
 
 from __future__ import annotations
 
+import cmath
+import math
 import numbers
 from collections.abc import Iterable
 from typing import Any
@@ -96,7 +98,13 @@ def all_finite(t: torch.Tensor) -> bool:
 
 
 def _sum_is_finite(t: torch.Tensor) -> bool:
-    return bool(torch.isfinite(t.sum()))
+    total = t.sum()
+    if total.device.type != "cpu":
+        return bool(torch.isfinite(total))
+    # on the CPU the Python number is tested: torch.isfinite of a 0-d tensor costs several
+    # times the sum of a small batch (a fixed cost of every metric call)
+    value = total.item()
+    return cmath.isfinite(value) if isinstance(value, complex) else math.isfinite(value)
 
 
 def finite_rows(t: torch.Tensor) -> torch.Tensor:

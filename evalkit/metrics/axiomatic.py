@@ -209,23 +209,31 @@ class Completeness(Metric):
         modality = batch.modality
         if (type(modality).replace is Modality.replace and x_base.dtype == x.dtype
                 and x_base.shape == x.shape):
-            # each row is x's or the baseline's, unchanged: one selection of rows from both
-            # (n + i for the baseline), the same values as replacing every feature
-            both = torch.cat([x, x_base])
+            # each row is x's or the baseline's, unchanged: the rows in the runner's order
+            # (sample-major: x_i, then its baseline) written once, whose chunks the runner
+            # forwards as views (the same rows and chunks as building them chunk by chunk)
+            rows = torch.stack([x, x_base], 1).reshape(2 * batch.n, *x.shape[1:])
+            y_rows = None if batch.y is None else batch.y.repeat_interleave(2, 0)
+            scores = batch.runner.run_concat(
+                [(2 * batch.n, rows)], y=y_rows, row_shape=tuple(x.shape[1:]),
+                desc="Completeness").reshape(batch.n, 2).to(torch.float64)
+            return self._score(batch, scores)
 
-            def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
-                i, which = index
-                return both.index_select(0, i + which * batch.n)
-        else:
-            def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
-                i, which = index
-                # index_select: the same rows as x[i], several times faster on the CPU
-                xi = x.index_select(0, i)
-                return modality.replace(xi, modality.per_sample(which == 1, xi),
-                                        x_base.index_select(0, i))
+        def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            i, which = index
+            # index_select: the same rows as x[i], several times faster on the CPU
+            xi = x.index_select(0, i)
+            return modality.replace(xi, modality.per_sample(which == 1, xi),
+                                    x_base.index_select(0, i))
 
         scores = batch.runner.run(build, (batch.n, 2), y=batch.y, row_shape=tuple(x.shape[1:]),
                                   desc="Completeness").to(torch.float64)
+        return self._score(batch, scores)
+
+    def _score(self, batch: MetricBatch, scores: torch.Tensor) -> torch.Tensor:
+        """The scores from the (N, 2) target scores of x and of its baseline."""
+        assert batch.a is not None
+        x = batch.x
         delta = scores[:, 0] - scores[:, 1]
         if self.output_func is not None:
             delta = torch.as_tensor(self.output_func(delta), device=x.device).to(torch.float64)

@@ -829,22 +829,36 @@ class Metric:
     def _preprocess_attributions(
         self, batch: MetricBatch, raw: torch.Tensor, x: torch.Tensor, *, flag_nan: bool
     ) -> torch.Tensor:
-        a = batch.modality.align(raw, x)
-        a = a.to(device=batch.device, dtype=torch.float64)
+        aligned = batch.modality.align(raw, x)
+        normaliser = get_normaliser(self.normalise_func) if self.normalise else None
+        if (normaliser is normalise_by_max and aligned.is_floating_point()
+                and aligned.dtype != torch.float64 and aligned.device == batch.device
+                and all_finite(aligned)):
+            # a narrower float map (float32: most explanations): |a| and its maximum are exact
+            # in its own dtype, and the division promotes to float64, so one pass writes the
+            # float64 result, the same values as converting first
+            return _divided_by_max(aligned, absolute=self.abs)
+        a = aligned.to(device=batch.device, dtype=torch.float64)
+        # a new tensor (a conversion, not the caller's float64 map): the steps below may
+        # write into it, the same values as out of place with one temporary fewer each
+        owned = a is not aligned
         if not all_finite(a):
             finite = finite_rows(a)
             if flag_nan:
                 batch.set_nan(~finite, "attribution contains NaN or Inf")
             a = torch.where(batch.modality.per_sample(finite, a), a, torch.zeros_like(a))
-        normaliser = get_normaliser(self.normalise_func) if self.normalise else None
+            owned = True
         if normaliser is normalise_by_max and self.abs:
             # |a / m| is |a| / m exactly (m > 0; IEEE division rounds symmetrically): one
             # pass of |a| serves the maximum and the result
-            return abs_normalised_by_max(a)
-        if normaliser is not None:
+            return abs_normalised_by_max(a, inplace=owned)
+        if normaliser is normalise_by_max:
+            a = normalise_by_max(a, inplace=owned)
+        elif normaliser is not None:
             a = normaliser(a)
+            owned = False  # a callable's result may be anything, its input included
         if self.abs:
-            a = a.abs()
+            a = a.abs_() if owned else a.abs()
         return a
 
     # ----------------------------------------------------------------- explaining
@@ -954,6 +968,17 @@ class Metric:
 
 
 _install_metadata_fields(Metric)
+
+
+def _divided_by_max(a: torch.Tensor, *, absolute: bool) -> torch.Tensor:
+    """``normalise_by_max`` of a finite floating map narrower than float64 (its absolute
+    value with ``absolute``), as float64, bit for bit as converting it to float64 first:
+    |a| and the per-sample maximum are exact in ``a``'s dtype, and the division promotes
+    both operands to float64 before dividing."""
+    mag = a.abs()
+    scale = mag.reshape(mag.shape[0], -1).amax(1).to(torch.float64)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.div(mag if absolute else a, scale.reshape(-1, *([1] * (a.ndim - 1))))
 
 
 def call_explain_fn(fn: Callable[..., Any], model: Any, x: Any, y: Any,

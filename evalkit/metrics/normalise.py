@@ -24,23 +24,27 @@ def _per_sample(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return scale.reshape(scale.shape[0], *([1] * (like.ndim - 1)))
 
 
-def _divide_by_max(values: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+def _divide_by_max(values: torch.Tensor, magnitude: torch.Tensor, *,
+                   inplace: bool = False) -> torch.Tensor:
     """``values`` / the per-sample maximum of ``magnitude`` (|a|), left as they are where that
-    maximum is 0."""
+    maximum is 0; ``inplace``: divided in place (the same values)."""
     scale = magnitude.reshape(magnitude.shape[0], -1).amax(1)
-    return values / _per_sample(torch.where(scale > 0, scale, torch.ones_like(scale)), values)
+    scale = _per_sample(torch.where(scale > 0, scale, torch.ones_like(scale)), values)
+    return values.div_(scale) if inplace else values / scale
 
 
-def normalise_by_max(a: torch.Tensor) -> torch.Tensor:
-    """a / max|a| per sample, so each map lies in [-1, 1] with max |a| = 1."""
-    return _divide_by_max(a, a.abs())
+def normalise_by_max(a: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """a / max|a| per sample, so each map lies in [-1, 1] with max |a| = 1. ``inplace``:
+    ``a`` is divided in place (evalkit's own copies; the same values)."""
+    return _divide_by_max(a, a.abs(), inplace=inplace)
 
 
-def abs_normalised_by_max(a: torch.Tensor) -> torch.Tensor:
+def abs_normalised_by_max(a: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """``normalise_by_max(a).abs()``, bit for bit, in one pass of |a| fewer: |a / m| is
-    |a| / m exactly for m > 0 (IEEE division rounds symmetrically)."""
-    mag = a.abs()
-    return _divide_by_max(mag, mag)
+    |a| / m exactly for m > 0 (IEEE division rounds symmetrically). ``inplace``: written into
+    ``a`` (evalkit's own copies)."""
+    mag = a.abs_() if inplace else a.abs()
+    return _divide_by_max(mag, mag, inplace=True)
 
 
 def normalise_by_negative(a: torch.Tensor) -> torch.Tensor:

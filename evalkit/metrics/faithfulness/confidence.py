@@ -92,7 +92,7 @@ class _ConfidenceChange(Metric):
         batch.set_nan(const, "the explanation is constant and cannot be normalised to [0, 1]")
         per_sample = batch.modality.per_sample
         span = torch.where(const, torch.ones_like(hi), hi - lo)
-        e = (a - per_sample(lo, a)) / per_sample(span, a)
+        e = (a - per_sample(lo, a)).div_(per_sample(span, a))
         if self.threshold_percentile is not None:
             t = row_percentile(e.reshape(batch.n, -1), self.threshold_percentile)
             e = (e >= per_sample(t, e)).to(e.dtype)
@@ -123,8 +123,9 @@ class _ConfidenceChange(Metric):
             e = e.to(x.dtype)
             if x.numel() * x.element_size() <= _WHOLE_BYTES:
                 # small inputs (a table, a few series): every perturbed input at once, the same
-                # values as chunk by chunk; the runner forwards views of it (no copy)
-                build = base + e * (x - base)
+                # values as chunk by chunk (b + e * (x - b), written into one new tensor); the
+                # runner forwards views of it (no copy)
+                build = (x - base).mul_(e).add_(base)
             else:
                 def build(m: torch.Tensor) -> torch.Tensor:
                     # index_select: several times faster than advanced indexing on the CPU,

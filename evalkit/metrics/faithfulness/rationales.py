@@ -322,9 +322,9 @@ class _SoftFidelity(Metric):
             prob = grp.expand(d_keep.index_select(0, m), i)  # (B, Cg, *S) keep probabilities
             u = _rng.uniform(d_keys.index_select(0, m), tuple(x.shape[1:]),
                              dtype=torch.float64, stream=_SOFT_STREAM).to(x.device)
-            kept = u < prob
-            xi = x.index_select(0, i)
-            return torch.where(kept, xi, torch.zeros_like(xi))
+            # the rows are a new tensor (index_select copies): zeroed in place, the same
+            # values as torch.where(u < prob, x, 0) without a second tensor
+            return x.index_select(0, i).masked_fill_(~(u < prob), 0.0)
 
         def zeros(m: torch.Tensor) -> torch.Tensor:
             # u < 0 never holds for u in [0, 1): the empty input is zeros

@@ -130,11 +130,16 @@ class Sufficiency(Metric):
         # each pair's own bound (below) runs on the few pairs under that
         bound = float(sq.max()) * 2e-6
         near_i, near_j, top2 = [], [], torch.zeros((), dtype=torch.float64, device=t.device)
+        total_buffer = torch.empty((step, n), dtype=torch.float64, device=t.device)
         for start in range(0, n, step):
             rows = slice(start, min(n, start + step))
-            total = sq[rows].unsqueeze(1) + sq.unsqueeze(0)
-            block = d2[rows].mul_(-2.0).add_(total).clamp_min_(0.0)
-            top2 = torch.maximum(top2, block.max())
+            total = torch.add(sq[rows].unsqueeze(1), sq.unsqueeze(0),
+                              out=total_buffer[:rows.stop - start])
+            # total - 2 u.v in one pass (the product by -2 is exact: the same bits as
+            # multiplying first); no clamp at 0: a negative d^2 is under `bound`, so its pair
+            # is summed directly below, and the running maximum starts at 0
+            block = torch.add(total, d2[rows], alpha=-2.0, out=d2[rows])
+            top2 = torch.maximum(top2, block.amax())
             if block.device.type == "cpu":  # NumPy's nonzero: several times faster
                 flat = torch.from_numpy(np.flatnonzero(block.numpy() <= bound))
                 i, j = flat // n, flat % n
@@ -149,7 +154,7 @@ class Sufficiency(Metric):
         if near_i:
             i, j = torch.cat(near_i), torch.cat(near_j)
             before = d2[i, j]
-            exact = _exact_squares(t, i, j)
+            exact = _exact_squares(t, i, j, sq)
             d2[i, j] = exact
             if bool((before == top2).any()):  # the largest was summed again: look again
                 top2 = d2.max()
@@ -181,9 +186,14 @@ class Sufficiency(Metric):
         both = torch.empty_like(count)
         near_buffer = torch.empty((step, n), dtype=torch.float32 if onehot is not None
                                   else torch.bool, device=t.device)
+        on_cpu = t.device.type == "cpu"
         for start in range(0, n, step):
             stop = min(n, start + step)
-            near = torch.le(d2[start:stop], limit, out=near_buffer[:stop - start])
+            near = near_buffer[:stop - start]
+            if on_cpu:  # NumPy writes the comparison as float32 several times faster
+                np.less_equal(d2[start:stop].numpy(), limit, out=near.numpy())
+            else:
+                torch.le(d2[start:stop], limit, out=near)
             near[:, start:stop].fill_diagonal_(False)
             if onehot is None:
                 count[start:stop] = _row_counts(near)
@@ -295,10 +305,19 @@ def _largest_within(finish: Callable[[float], float], threshold: float,
     return value(lo)
 
 
-def _exact_squares(t: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    """|t[i] - t[j]|^2 summed directly, for the pairs whose matrix-product form cancels."""
-    return torch.cat([((t[i[k:k + 4096]] - t[j[k:k + 4096]]) ** 2).sum(1)
-                      for k in range(0, i.numel(), 4096)])
+def _exact_squares(t: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+                   sq: torch.Tensor) -> torch.Tensor:
+    """|t[i] - t[j]|^2 summed directly, for the pairs whose matrix-product form cancels
+    (``sq``: the rows' |t|^2). A row's pair with itself is 0 without the sum where the row is
+    finite (its |t|^2 is: x - x is exactly 0), which is most of the pairs of a small batch."""
+    out = torch.zeros(i.shape, dtype=t.dtype, device=t.device)
+    summed = ((i != j) | ~torch.isfinite(sq.index_select(0, i))).nonzero().squeeze(1)
+    i, j = i.index_select(0, summed), j.index_select(0, summed)
+    for k in range(0, i.numel(), 4096):
+        rows = slice(k, k + 4096)
+        diff = t.index_select(0, i[rows]) - t.index_select(0, j[rows])
+        out[summed[rows]] = (diff ** 2).sum(1)
+    return out
 
 
 def _euclidean_distances(t: torch.Tensor) -> torch.Tensor:
@@ -315,5 +334,5 @@ def _euclidean_distances(t: torch.Tensor) -> torch.Tensor:
     d2 = (t @ t.T).mul_(-2.0).add_(total).clamp_min_(0.0)
     i, j = (d2 <= total.mul_(1e-6)).nonzero(as_tuple=True)
     if i.numel():
-        d2[i, j] = _exact_squares(t, i, j)
+        d2[i, j] = _exact_squares(t, i, j, sq)
     return d2.sqrt_()

@@ -160,12 +160,12 @@ def _top_n_labels(flat: torch.Tensor, n: int, *, signs: bool) -> torch.Tensor | 
     :data:`_PACKED_VALUES` values, n = 0, NaN): the caller then takes the index sets.
 
     A row's set is the n largest |a|, ties at the n-th value broken by the lower index (the
-    first n of a stable descending sort). Its n-th largest value comes from one row-wise sort
-    of the values (NumPy's vectorised sort: cheaper than a selection of indices on short
-    rows); where the value below it differs, the set is every |a| at or above it; rows with a
-    tie across that boundary take the lowest-index tied features. The set, and the sign of
-    each selected value (positive, zero, negative: two bits), are packed into bits and
-    grouped as integers or byte strings: no sort of index sets, no grouping of index rows.
+    first n of a stable descending sort). Its n-th largest value (and the one below it) comes
+    from one row-wise selection of the values (NumPy's vectorised partition); where the value
+    below it differs, the set is every |a| at or above it; rows with a tie across that
+    boundary take the lowest-index tied features. The set, and the sign of each selected value
+    (positive, zero, negative: two bits), are packed into bits and grouped as integers or byte
+    strings: no sort of index sets, no grouping of index rows.
     """
     rows, g = flat.shape
     if n == 0 or rows == 0 or rows * g > _PACKED_VALUES:
@@ -174,11 +174,14 @@ def _top_n_labels(flat: torch.Tensor, n: int, *, signs: bool) -> torch.Tensor | 
     mag = np.abs(values)
     if np.isnan(mag.sum()):  # a NaN: its place in the order is the index sets' business
         return None
-    ordered = np.sort(mag, axis=1)
-    nth = ordered[:, g - n]
+    # the n-th largest value in its sorted place, the smaller values before it (one
+    # selection, no sort of the whole row; NumPy's vectorised partition takes one kth only)
+    parted = np.partition(mag, g - n, axis=1)
+    nth = parted[:, g - n]
     keep = mag >= nth[:, None]
     if n < g:
-        tied = np.flatnonzero(ordered[:, g - n - 1] == nth)
+        # the value just below the n-th largest: the largest of those before it
+        tied = np.flatnonzero(parted[:, :g - n].max(axis=1) == nth)
         if tied.size:  # more values equal the n-th than fit: the lowest indices among them
             sub = mag[tied]
             above = sub > nth[tied, None]
