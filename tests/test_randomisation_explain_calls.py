@@ -13,7 +13,7 @@ from torch import nn
 import evalkit as ek
 from evalkit.metrics import MPRT, EfficientMPRT, RandomLogit, SmoothMPRT
 
-N, FEATURES = 2500, 30  # rows of 120 bytes: the runner chunks 1,092, a call takes 3,276
+N, FEATURES = 2500, 30  # rows of 120 bytes: the runner chunks 1,092, a call takes 69,888
 
 
 @pytest.mark.parametrize("cls, kwargs, models", [
@@ -41,7 +41,11 @@ def test_each_model_explains_a_tables_rows_in_one_call(cls, kwargs, models) -> N
         np.testing.assert_array_equal(scores, again)
 
 
-def test_smooth_mprt_explains_a_models_noisy_rows_in_whole_model_chunks() -> None:
+def test_smooth_mprt_explains_a_models_noisy_rows_in_whole_model_chunks(monkeypatch) -> None:
+    # a call budget of 4,096 rows of 120 bytes: three whole model chunks (3,276 rows) a call
+    import evalkit.metrics.base as base
+
+    monkeypatch.setattr(base, "SMALL_ROWS_CALL_BYTES", 4096 * FEATURES * 4)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
     x = torch.randn(700, FEATURES)

@@ -1,6 +1,7 @@
 """How the perturbation-robustness engine chunks its explain calls: small CPU rows (a table's
-few dozen features) are explained in calls of up to 4,096 perturbed inputs under an automatic
-batch size, a given batch size still bounds every call, and the scores do not depend on it."""
+few dozen features) are explained in calls of whole model chunks up to
+``SMALL_ROWS_CALL_BYTES`` of input under an automatic batch size, a given batch size still
+bounds every call, and the scores do not depend on it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from _explain_helpers import CountingExplainer
 from torch import nn
 
 import evalkit as ek
-from evalkit._batching import SMALL_ROWS_MAX_BATCH
+from evalkit._batching import SMALL_ROWS_CALL_BYTES
 from evalkit.metrics import AvgSensitivity, MaxSensitivity, RelativeInputStability
 
 N, FEATURES, K = 300, 30, 10  # 3,000 perturbed rows of 120 bytes (the runner chunks 1,092)
@@ -31,8 +32,8 @@ def test_small_rows_take_few_explain_calls_with_the_same_scores(cls) -> None:
     counter = CountingExplainer()
     metric = cls(nr_samples=K, seed=0, disable_warnings=True)
     scores = metric(model, x, y, a, explain_fn=counter, explain_kwargs={"method": "Saliency"})
-    assert counter.rows == [N * K]  # one call: 3,000 rows <= 4,096
-    assert max(counter.rows) <= SMALL_ROWS_MAX_BATCH
+    assert counter.rows == [N * K]  # one call: 3,000 rows of 120 bytes
+    assert max(counter.rows) * FEATURES * 4 <= SMALL_ROWS_CALL_BYTES
 
     # a given batch size bounds every call, and the scores are the same
     bounded = CountingExplainer()

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from .. import _progress, _quantus_compat, _rng
-from .._batching import MAX_AUTO_BATCH, SMALL_ROWS_CHUNK_BYTES, SMALL_ROWS_MAX_BATCH
+from .._batching import MAX_AUTO_BATCH, SMALL_ROWS_CALL_BYTES, SMALL_ROWS_CHUNK_BYTES
 from .._validation import (
     EvalkitWarning,
     UndefinedScoreWarning,
@@ -309,12 +309,10 @@ def explain_call_rows(batch: MetricBatch, x: torch.Tensor) -> int | None:
 
     Rows under 256 bytes (a table's few dozen features: the runner's "small rows", see
     :data:`evalkit._batching.SMALL_ROWS_CHUNK_BYTES`) get as many whole model chunks a call as
-    fit in :data:`~evalkit._batching.SMALL_ROWS_MAX_BATCH` rows and in the input that
-    :func:`evalkit.explain` itself explains at once
-    (:data:`evalkit.explain.core.EXPLAIN_MEMORY_BUDGET`): the N x K perturbed copies of a table
-    (robustness) or the N rows of each randomised model (randomisation) then take a few explain
-    calls instead of dozens, each with its fixed validation and setup costs (W4
-    MaxSensitivity: 7 calls of 3 x 1,092 rows instead of 19 of 1,092; MPRT: one call per
+    fit in :data:`~evalkit._batching.SMALL_ROWS_CALL_BYTES` of input: the N x K perturbed
+    copies of a table (robustness) or the N rows of each randomised model (randomisation) then
+    take one or a few explain calls instead of dozens, each with its fixed validation and setup
+    costs (W4 MaxSensitivity: 1 call of 20,000 rows instead of 19 of 1,092; MPRT: one call per
     layer instead of two). Whole chunks: ``explain()`` splits each call into chunks of the same
     size as before (its own chunk size for small rows is the model's), so it computes on
     exactly the rows it computed on before."""
@@ -323,13 +321,11 @@ def explain_call_rows(batch: MetricBatch, x: torch.Tensor) -> int | None:
     if (batch.batch_size is not None or model is None or model.batch_size is not None
             or model.device.type != "cpu" or not x.is_floating_point()):
         return None
-    from ..explain.core import EXPLAIN_MEMORY_BUDGET
-
     row_bytes = max(1, math.prod(x.shape[1:]) * x.element_size())
     if row_bytes * MAX_AUTO_BATCH["cpu"] >= SMALL_ROWS_CHUNK_BYTES:
         return None
     chunk = model.resolve_batch_size(x)
-    whole = min(SMALL_ROWS_MAX_BATCH, EXPLAIN_MEMORY_BUDGET["cpu"] // row_bytes) // chunk
+    whole = (SMALL_ROWS_CALL_BYTES // row_bytes) // chunk
     return whole * chunk if whole > 1 else None
 
 
