@@ -464,6 +464,31 @@ def ssim(
 
     flat_a = xa.reshape(n * c, *spatial)
     flat_b = xb.reshape(n * c, *spatial)
+    pad = (win_size - 1) // 2
+    if a.device.type == "cpu":
+        s = _ssim_map_cpu(flat_a, flat_b, kernel, rng, cov_norm, K1, K2).reshape(
+            n, c, *(dim - 2 * pad for dim in spatial))
+    else:
+        s = _ssim_map_padded(flat_a, flat_b, kernel, rng, cov_norm, K1, K2, n, c)
+    if a.device.type == "cpu":  # NumPy's row reduction of booleans is many times faster
+        same = torch.from_numpy(
+            np.equal(a.detach().numpy(), b.detach().numpy()).reshape(n, -1).all(1))
+    else:
+        same = (xa == xb).reshape(n, -1).all(1)
+    per_channel = s.reshape(n, c, -1).mean(2)
+    out = per_channel.mean(1)
+    # identical maps are perfectly similar even when their range is 0 (0/0 above)
+    return torch.where(same, torch.ones_like(out), out)
+
+
+def _ssim_map_padded(flat_a: torch.Tensor, flat_b: torch.Tensor, kernel: torch.Tensor,
+                     rng: torch.Tensor, cov_norm: float, K1: float, K2: float, n: int,
+                     c: int) -> torch.Tensor:
+    """:func:`ssim`'s per-position values (N, C, *valid) off the CPU: the five maps filtered
+    over their reflection-padded extent (``conv1d`` or a banded product), then cropped."""
+    spatial = tuple(flat_a.shape[1:])
+    n_spatial = len(spatial)
+    win_size = kernel.numel()
     # the five filtered maps are written into one buffer already padded along the first
     # spatial axis (no stack and no padding copy; the same values)
     r = (kernel.numel() - 1) // 2
@@ -498,12 +523,82 @@ def ssim(
     c2 = (K2 * rng) ** 2
     num = (2 * ux * uy + c1) * (2 * vxy + c2)
     den = (ux * ux + uy * uy + c1) * (vx + vy + c2)
-    s = num / den
-    same = (xa == xb).reshape(n, -1).all(1)
-    per_channel = s.reshape(n, c, -1).mean(2)
-    out = per_channel.mean(1)
-    # identical maps are perfectly similar even when their range is 0 (0/0 above)
-    return torch.where(same, torch.ones_like(out), out)
+    return num / den
+
+
+def _valid_filter(x: torch.Tensor, axis: int, kernel: torch.Tensor, taps: list[float]
+                  ) -> torch.Tensor:
+    """The correlation of ``x`` with ``kernel`` along ``axis`` at the positions whose window
+    lies inside the axis (``len(taps) - 1`` fewer), computed as :func:`_filter` computes
+    them: an axis short enough for the banded product is reflection-padded and multiplied as
+    there (the product's shape decides its kernel, hence its bits), then cropped; a longer axis
+    is filtered tap by tap with the fused multiply-add chain ``conv1d`` computes
+    (``acc = x_0 w_0``, then ``acc = fma(x_t, w_t, acc)``, which is ``add_`` with ``alpha``),
+    without padding: the valid windows never reach it."""
+    length = x.shape[axis]
+    r = (len(taps) - 1) // 2
+    if length + 2 * r <= _BANDED_MAX:
+        moved = _symmetric_pad(x, axis, r).movedim(axis, -1)
+        flat = moved.reshape(-1, length + 2 * r) @ _banded(kernel, length + 2 * r)
+        flat = flat[:, r:length - r]
+        return flat.reshape(*moved.shape[:-1], length - 2 * r).movedim(-1, axis)
+    out_len = length - len(taps) + 1
+    acc = x.narrow(axis, 0, out_len) * taps[0]
+    for t in range(1, len(taps)):
+        acc.add_(x.narrow(axis, t, out_len), alpha=taps[t])
+    return acc
+
+
+#: map values per chunk of :func:`_ssim_map_cpu` (about 256 KiB of float64 per map): the five
+#: maps of a chunk and their terms stay in the core's cache through the filter's passes
+_SSIM_CHUNK = 32768
+
+
+def _ssim_map_cpu(flat_a: torch.Tensor, flat_b: torch.Tensor, kernel: torch.Tensor,
+                  rng: torch.Tensor, cov_norm: float, K1: float, K2: float) -> torch.Tensor:
+    """:func:`ssim`'s per-position values (N x C, *valid) on the CPU: the numbers of
+    :func:`_ssim_map_padded` with less work. Only the positions a window radius from the
+    border enter the mean, and their windows never reach the padding, so the five maps are
+    filtered at those positions only (:func:`_valid_filter`, the same bits as
+    :func:`_filter`), and the formula runs in place (the same operations in the same order),
+    in chunks of rows small enough that a chunk's maps stay in the core's cache through the
+    filter's passes (each tap of a long axis is one pass)."""
+    m = flat_a.shape[0]
+    spatial = flat_a.shape[1:]
+    taps = kernel.tolist()
+    valid = tuple(dim - len(taps) + 1 for dim in spatial)
+    rng = rng.reshape(-1, *([1] * len(spatial)))
+    c = m // rng.shape[0]
+    if c > 1:  # one range per sample, for each of its channels
+        rng = rng.repeat_interleave(c, 0)
+    c1_all = (K1 * rng) ** 2
+    c2_all = (K2 * rng) ** 2
+    out = torch.empty((m, *valid), dtype=flat_a.dtype)
+    step = max(1, _SSIM_CHUNK // max(1, flat_a[0].numel()))
+    for start in range(0, m, step):
+        stop = min(m, start + step)
+        xa, xb = flat_a[start:stop], flat_b[start:stop]
+        rows = stop - start
+        stacked = torch.empty((5, rows, *spatial), dtype=flat_a.dtype)
+        stacked[0] = xa
+        stacked[1] = xb
+        torch.mul(xa, xa, out=stacked[2])
+        torch.mul(xb, xb, out=stacked[3])
+        torch.mul(xa, xb, out=stacked[4])
+        filt = stacked.reshape(5 * rows, *spatial)
+        for axis in range(1, filt.ndim):
+            filt = _valid_filter(filt, axis, kernel, taps)
+        ux, uy, uxx, uyy, uxy = filt.reshape(5, rows, *valid).unbind(0)
+        c1, c2 = c1_all[start:stop], c2_all[start:stop]
+        ux_ux = ux * ux
+        uy_uy = uy * uy
+        vx = (uxx - ux_ux).mul_(cov_norm)
+        vy = (uyy - uy_uy).mul_(cov_norm)
+        vxy = (uxy - ux * uy).mul_(cov_norm)
+        num = (2 * ux).mul_(uy).add_(c1).mul_(vxy.mul_(2).add_(c2))
+        den = ux_ux.add_(uy_uy).add_(c1).mul_(vx.add_(vy).add_(c2))
+        torch.div(num, den, out=out[start:stop])
+    return out
 
 
 # ============================================================================ HOG
