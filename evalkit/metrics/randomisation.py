@@ -728,8 +728,16 @@ def _histogram_counts_torch(flat: torch.Tensor, n_bins: torch.Tensor) -> torch.T
 
 def _histogram_counts_numpy(flat: np.ndarray, n_bins: np.ndarray) -> np.ndarray:
     """:func:`_histogram_entropy`'s counts (N, max bins), int64, with NumPy on the CPU: the
-    same float64 operations in the same order, so the same bin of every value."""
-    n = flat.shape[0]
+    same float64 operations in the same order, so the same bin of every value.
+
+    numpy.histogram's bin is floor(t), t = (x - lo) * bins / span, corrected against the exact
+    edges lo + j * span / bins. A correction can only move a value whose t lies within
+    rounding error of an integer: with t and the edges each off by a few ulps, in bin units
+    at most eps (6 bins + |lo| bins / span). So the corrections run on those values only (the
+    candidates: t's fractional part within a generous ``slack`` of 0 or 1, t at the last edge,
+    and every value of a row whose range is not finite or whose slack is not small); every
+    other value keeps floor(t), which is what the corrections leave it."""
+    n, d = flat.shape
     bins = n_bins.astype(np.int64).reshape(-1, 1)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         lo = flat.min(1, keepdims=True)
@@ -739,14 +747,28 @@ def _histogram_counts_numpy(flat: np.ndarray, n_bins: np.ndarray) -> np.ndarray:
         lo = np.where(const, lo - 0.5, lo)
         hi = np.where(const, hi + 0.5, hi)
         span = hi - lo
-        idx = ((flat - lo) * (bins.astype(np.float64) / span)).astype(np.int64)
-        np.subtract(idx, 1, out=idx, where=idx == bins)
-        # numpy's correction against the exact linspace edges
+        norm = bins.astype(np.float64) / span
+        t = (flat - lo) * norm
+        idx = t.astype(np.int64)
         width = span / bins
-        np.subtract(idx, 1, out=idx, where=flat < lo + idx * width)
-        np.add(idx, 1, out=idx, where=(flat >= lo + (idx + 1) * width) & (idx != bins - 1))
-    np.maximum(idx, 0, out=idx)
-    np.minimum(idx, bins - 1, out=idx)
+        # 64 times the bound above, and |hi| as well as |lo|
+        slack = 64 * np.finfo(np.float64).eps * (6 * bins + (np.abs(lo) + np.abs(hi)) * norm)
+        exact_rows = ~(np.isfinite(slack) & (span > 0) & (slack < 0.25))
+        frac = t - idx
+        near = (frac < slack) | (frac > 1 - slack) | (idx >= bins) | exact_rows
+        cand = np.flatnonzero(near)
+        if cand.size:
+            rows = cand // d
+            x = flat.reshape(-1)[cand]
+            j = idx.reshape(-1)[cand]
+            b, low, w = bins[rows, 0], lo[rows, 0], width[rows, 0]
+            np.subtract(j, 1, out=j, where=j == b)
+            # numpy's correction against the exact linspace edges
+            np.subtract(j, 1, out=j, where=x < low + j * w)
+            np.add(j, 1, out=j, where=(x >= low + (j + 1) * w) & (j != b - 1))
+            np.maximum(j, 0, out=j)
+            np.minimum(j, b - 1, out=j)
+            idx.reshape(-1)[cand] = j
     width_all = int(bins.max())
     idx += np.arange(0, n * width_all, width_all)[:, None]
     return np.bincount(idx.reshape(-1), minlength=n * width_all).reshape(n, width_all)
