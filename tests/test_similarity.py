@@ -53,6 +53,27 @@ class TestCorrelations:
         ref = [st.spearmanr(x.ravel(), y.ravel())[0] for x, y in zip(a, b, strict=True)]
         np.testing.assert_allclose(ours, ref, atol=1e-12)
 
+    @pytest.mark.parametrize("d", [2, 3, 30, 500, 784])
+    def test_pearson_with_ranks_of_is_the_general_path(self, d):
+        # the tie-free shortcut (sorted positions, closed-form sums) gives the bits of ranking
+        # and centring; rows with ties, NaN or signed zeros fall back or agree
+        gen = np.random.default_rng(d)
+        ref = sim._centred_rows(sim.rank(torch.from_numpy(gen.normal(size=(12, d)))))
+        for kind in range(5):
+            other = gen.normal(size=(12, d))
+            if kind == 1:
+                other = np.round(other)  # ties
+            elif kind == 2:
+                other[3, 0] = np.nan
+            elif kind == 3 and d > 2:
+                other[5, :2] = [0.0, -0.0]
+            elif kind == 4:
+                other = np.abs(other) / np.abs(other).max(1, keepdims=True)
+            general = sim._pearson_centred(ref, sim._centred_rows(sim.rank(torch.from_numpy(
+                other))))
+            fast = sim._pearson_with_ranks_of(ref, other)
+            assert torch.equal(fast.nan_to_num(7.0), general.nan_to_num(7.0)), kind
+
     def test_pearson_matches_scipy(self):
         a, b = pair((5, 3, 8))
         ours = sim.pearson(t(a), t(b)).numpy()

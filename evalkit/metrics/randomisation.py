@@ -53,8 +53,8 @@ from ..models import ModelWrapper, randomisable_layers
 from .base import Metric, MetricBatch, call_explain_fn, explain_call_rows
 from .similarity import (
     _centred_rows,
-    _pearson_centred,
     _pearson_rows,
+    _pearson_with_ranks_of,
     get_similarity,
     rank,
     similarity_info,
@@ -442,11 +442,10 @@ class MPRT(_ModelRandomisation):
                 flat = flat.to(torch.float64)
             # float32 maps are ranked as they are: their float64 values are the same numbers,
             # so the same order and ties (no widening copy per layer)
-            other_rank = rank(flat)
             if isinstance(cache["ref_rank"], tuple):
-                s = _pearson_centred(cache["ref_rank"], _centred_rows(other_rank))
+                s = _pearson_with_ranks_of(cache["ref_rank"], flat.detach().numpy())
             else:
-                s = _pearson_rows(cache["ref_rank"], other_rank)
+                s = _pearson_rows(cache["ref_rank"], rank(flat))
             ok = cache["ref_finite"] & finite_rows(flat)
             s = torch.where(ok, s, torch.full_like(s, math.nan))
         else:

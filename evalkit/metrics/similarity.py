@@ -165,16 +165,47 @@ def _centred_rows(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return xn, np.einsum("ij,ij->i", xn, xn)
 
 
-def _pearson_centred(x: tuple[np.ndarray, np.ndarray],
-                     y: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+def _pearson_centred(x: tuple[Any, np.ndarray], y: tuple[Any, np.ndarray], *,
+                     products: bool = False) -> torch.Tensor:
     """Row-wise Pearson correlation of two :func:`_centred_rows` results, clipped to
-    [-1, 1]; NaN where a row has no spread."""
+    [-1, 1]; NaN where a row has no spread. ``products``: ``x[0]`` holds the rows' centred
+    product sums already (``y[0]`` is unused)."""
     (xn, xx), (yn, yy) = x, y
-    num = np.einsum("ij,ij->i", xn, yn)
+    num = xn if products else np.einsum("ij,ij->i", xn, yn)
     den = np.sqrt(xx * yy)
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
     return torch.from_numpy(np.clip(r, -1.0, 1.0))
+
+
+#: the longest rows :func:`_pearson_with_ranks_of` takes: below it every sum of centred ranks
+#: and their products is an exact float64 (multiples of 1/4 under 2**51), so any summation
+#: order gives the same number
+_EXACT_RANK_SUMS = 100_000
+
+
+def _pearson_with_ranks_of(ref: tuple[np.ndarray, np.ndarray], other: np.ndarray
+                           ) -> torch.Tensor:
+    """``_pearson_centred(ref, _centred_rows(rank(other)))`` for ``ref`` the centred ranks of
+    CPU rows, without building ``other``'s ranks where its rows have no ties: then a row's
+    ranks are its sorted positions 1..D, their mean (D + 1) / 2, their centred sum of squares
+    D (D^2 - 1) / 12, and the centred product sum is sum_k ref[order_k] * (k + 1) (``ref`` sums
+    to 0). All of these are exact (:data:`_EXACT_RANK_SUMS`), so they are the numbers the
+    general path computes. Rows with ties (or very long rows) take the general path."""
+    n, d = other.shape
+    if d > _EXACT_RANK_SUMS or d < 2:
+        return _pearson_centred(ref, _centred_rows(torch.from_numpy(_rank_numpy(other))))
+    order = np.argsort(other, axis=1)
+    order += np.arange(0, n * d, d)[:, None]
+    flat = order.reshape(-1)
+    ordered = np.take(other.reshape(-1), flat, mode="clip").reshape(n, d)
+    if (ordered[:, 1:] == ordered[:, :-1]).any():
+        return _pearson_centred(ref, _centred_rows(torch.from_numpy(_rank_numpy(other))))
+    xn, xx = ref
+    num = np.take(xn.reshape(-1), flat, mode="clip").reshape(n, d) @ np.arange(1.0, d + 1.0)
+    yy = np.full(n, d * (d * d - 1) / 12)
+    # the general path's centred ranks would be exact too: the same num and yy
+    return _pearson_centred((num, xx), (None, yy), products=True)
 
 
 def _pearson_rows(x: torch.Tensor, y: torch.Tensor,
@@ -270,7 +301,10 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     average ranks, as ``scipy.stats.spearmanr``); NaN where a row is constant."""
     a, b = _pair(a, b)
     fa, fb = _flat(a), _flat(b)
-    out = _pearson_rows(rank(fa), rank(fb))
+    if fa.device.type == "cpu" and fa.shape[1]:
+        out = _pearson_with_ranks_of(_centred_rows(rank(fa)), fb.detach().numpy())
+    else:
+        out = _pearson_rows(rank(fa), rank(fb))
     finite = finite_rows(fa) & finite_rows(fb)
     return torch.where(finite, out, torch.full_like(out, math.nan))
 
