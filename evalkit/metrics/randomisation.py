@@ -237,10 +237,10 @@ class _ModelRandomisation(Metric):
         initialisation (``norm_layers="random"``), each from a seed of its own name."""
         if self.norm_layers != "random":
             return
-        modules = dict(copy.model.named_modules())
         for name in names:
-            if _is_norm_layer(modules[name]):
-                _random_norm_init(modules[name], derive_seed(seed, "norm_layer", name))
+            layer = copy.model.get_submodule(name)  # not a dict of every module per step
+            if _is_norm_layer(layer):
+                _random_norm_init(layer, derive_seed(seed, "norm_layer", name))
 
     def _progress(self, total: int, desc: str):
         if not self.progress:  # a disabled bar draws nothing; building one costs a call ~0.5 ms
