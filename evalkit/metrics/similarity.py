@@ -40,6 +40,7 @@ name                       value                                           kind
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -499,7 +500,7 @@ def ssim(
     flat_a = xa.reshape(n * c, *spatial)
     flat_b = xb.reshape(n * c, *spatial)
     pad = (win_size - 1) // 2
-    if a.device.type == "cpu":
+    if a.device.type == "cpu" and _fma_chain_is_conv1d():
         s = _ssim_map_cpu(flat_a, flat_b, kernel, rng, cov_norm, K1, K2).reshape(
             n, c, *(dim - 2 * pad for dim in spatial))
     else:
@@ -558,6 +559,18 @@ def _ssim_map_padded(flat_a: torch.Tensor, flat_b: torch.Tensor, kernel: torch.T
     num = (2 * ux * uy + c1) * (2 * vxy + c2)
     den = (ux * ux + uy * uy + c1) * (vx + vy + c2)
     return num / den
+
+
+@functools.cache
+def _fma_chain_is_conv1d() -> bool:
+    """Whether, on this machine, ``add_`` with ``alpha`` chains to the bits of a float64
+    ``conv1d`` (both fused multiply-adds in tap order, as with MKL on x86-64): checked once
+    on a few rows; where they differ the CPU keeps the padded path (:func:`_ssim_map_padded`)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((8, 200), generator=gen, dtype=torch.float64) * 3
+    taps = torch.rand(7, generator=gen, dtype=torch.float64)
+    conv = F.conv1d(x[:, None], taps.reshape(1, 1, -1))[:, 0]
+    return torch.equal(_valid_filter(x, 1, taps, taps.tolist()), conv)
 
 
 def _valid_filter(x: torch.Tensor, axis: int, kernel: torch.Tensor, taps: list[float]
