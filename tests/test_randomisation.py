@@ -725,6 +725,50 @@ class TestHistogramEntropy:
             assert np.array_equal(numpy_counts[i, : bins[i]], ref), i
             assert not numpy_counts[i, bins[i]:].any()
 
+    def test_numpy_counts_correct_only_near_edges_yet_match_every_value(self):
+        """The NumPy counts run numpy.histogram's edge corrections only on values within
+        rounding distance of an edge; the torch counts run them on every value. Rows built to
+        stress that split (values exactly on edges, far from zero, huge, tiny, integer, NaN,
+        inf, constant) give the same counts bin for bin."""
+        from evalkit.metrics.randomisation import (
+            _histogram_counts_numpy,
+            _histogram_counts_torch,
+        )
+
+        rng = np.random.default_rng(5)
+        for kind in range(12):
+            a = rng.normal(size=(9, 257))
+            if kind == 1:
+                a = np.round(a * 7) / 3
+            elif kind == 2:
+                edges = np.linspace(-1.3, 2.9, 38)
+                a = rng.choice(edges, size=a.shape)
+                a[:, 0], a[:, 1] = edges[0], edges[-1]
+            elif kind == 3:
+                a *= 1e-300
+            elif kind == 4:
+                a += 1e12
+            elif kind == 5:
+                a[:, :100] = 0.7
+            elif kind == 6:
+                a[2, 5] = np.nan
+            elif kind == 7:
+                a[4, 9] = np.inf
+            elif kind == 8:
+                a *= 1e300
+            elif kind == 9:
+                a = rng.integers(0, 7, a.shape).astype(np.float64)
+            elif kind == 10:
+                a = 1.0 + rng.integers(0, 5, a.shape) * 1e-15
+            elif kind == 11:
+                a[3] = 2.5
+            bins = rng.integers(1, 250, 9)
+            if kind == 2:
+                bins[:] = 37
+            ours = _histogram_counts_numpy(a, bins)
+            full = _histogram_counts_torch(torch.as_tensor(a), torch.as_tensor(bins))
+            assert torch.equal(torch.from_numpy(ours), full), kind
+
     def test_matches_quantus_discrete_entropy(self, quantus):
         rng = np.random.default_rng(2)
         a = rng.normal(size=(4, 1, 8, 8))

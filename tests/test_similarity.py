@@ -53,6 +53,27 @@ class TestCorrelations:
         ref = [st.spearmanr(x.ravel(), y.ravel())[0] for x, y in zip(a, b, strict=True)]
         np.testing.assert_allclose(ours, ref, atol=1e-12)
 
+    @pytest.mark.parametrize("d", [2, 3, 30, 500, 784])
+    def test_pearson_with_ranks_of_is_the_general_path(self, d):
+        # the tie-free shortcut (sorted positions, closed-form sums) gives the bits of ranking
+        # and centring; rows with ties, NaN or signed zeros fall back or agree
+        gen = np.random.default_rng(d)
+        ref = sim._centred_rows(sim.rank(torch.from_numpy(gen.normal(size=(12, d)))))
+        for kind in range(5):
+            other = gen.normal(size=(12, d))
+            if kind == 1:
+                other = np.round(other)  # ties
+            elif kind == 2:
+                other[3, 0] = np.nan
+            elif kind == 3 and d > 2:
+                other[5, :2] = [0.0, -0.0]
+            elif kind == 4:
+                other = np.abs(other) / np.abs(other).max(1, keepdims=True)
+            general = sim._pearson_centred(ref, sim._centred_rows(sim.rank(torch.from_numpy(
+                other))))
+            fast = sim._pearson_with_ranks_of(ref, other)
+            assert torch.equal(fast.nan_to_num(7.0), general.nan_to_num(7.0)), kind
+
     def test_pearson_matches_scipy(self):
         a, b = pair((5, 3, 8))
         ours = sim.pearson(t(a), t(b)).numpy()
@@ -188,6 +209,56 @@ class TestSSIM:
         with pytest.raises(ValueError, match="SSIM and HOG need"):
             sim.ssim(torch.zeros(1, 1, 2, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2, 2))
 
+
+    @pytest.mark.parametrize("length", [65, 70, 100, 230, 506, 1000])
+    @pytest.mark.parametrize("gaussian", [False, True])
+    def test_fma_chain_is_conv1d(self, length, gaussian):
+        # the CPU path filters long axes tap by tap with add_(alpha) (a fused multiply-add)
+        # where its one-time check says that gives conv1d's bits (the padded path's, and the
+        # former ones); then every length here must agree too
+        if not sim._fma_chain_is_conv1d():
+            pytest.skip("add_(alpha) is not conv1d's arithmetic on this machine: the CPU keeps "
+                        "the padded SSIM path")
+        gen = torch.Generator().manual_seed(length)
+        x = torch.randn((40, length), generator=gen, dtype=torch.float64) * 7
+        taps = torch.exp(-0.5 * (torch.arange(-5, 6, dtype=torch.float64) / 1.5) ** 2) \
+            if gaussian else torch.full((7,), 1 / 7, dtype=torch.float64)
+        taps = taps / taps.sum()
+        conv = torch.nn.functional.conv1d(x[:, None], taps.reshape(1, 1, -1))[:, 0]
+        assert torch.equal(sim._valid_filter(x, 1, taps, taps.tolist()), conv)
+
+    @pytest.mark.parametrize("shape", [(6, 30), (9, 64), (5, 1, 500), (4, 3, 40), (3, 1, 28, 28),
+                                       (2, 2, 70, 20), (1, 1, 100, 100), (3, 1, 7), (2, 2, 9, 7),
+                                       (2, 1, 8, 9, 10)])
+    @pytest.mark.parametrize("options", [{}, {"gaussian_weights": True}, {"win_size": 3},
+                                         {"data_range": 2.0, "use_sample_covariance": False}])
+    def test_cpu_path_is_the_padded_path(self, shape, options, monkeypatch):
+        # the CPU path (valid positions only, no padding, in cache-sized chunks) gives the bits
+        # of the padded path (filter everything, crop), including NaN maps and equal maps
+        gen = torch.Generator().manual_seed(len(shape))
+        a = torch.randn(shape, generator=gen, dtype=torch.float64)
+        b = a + 0.3 * torch.randn(shape, generator=gen, dtype=torch.float64)
+        b[0] = a[0]
+        a.reshape(shape[0], -1)[-1, 2] = math.nan
+        try:
+            fast = sim.ssim(a, b, **options)
+        except ValueError:
+            return  # the window does not fit: both paths refuse alike
+        monkeypatch.setattr(sim, "_SSIM_CHUNK", 1)  # one row a chunk: chunking changes nothing
+        assert torch.equal(sim.ssim(a, b, **options).nan_to_num(5.0), fast.nan_to_num(5.0))
+
+        def padded(fa, fb, kernel, rng, cov_norm, k1, k2):
+            n = rng.shape[0]
+            r = (kernel.numel() - 1) // 2
+            out = sim._ssim_map_padded(fa, fb, kernel, rng, cov_norm, k1, k2, n,
+                                       fa.shape[0] // n)
+            return out.reshape(fa.shape[0], *(d - 2 * r for d in fa.shape[1:]))
+
+        monkeypatch.setattr(sim, "_ssim_map_cpu", padded)
+        slow = sim.ssim(a, b, **options)
+        assert torch.equal(torch.isnan(slow), torch.isnan(fast))
+        assert torch.equal(slow.nan_to_num(5.0), fast.nan_to_num(5.0))
+        assert torch.equal(slow.nan_to_num(5.0).signbit(), fast.nan_to_num(5.0).signbit())
 
 # ============================================================================ HOG
 class TestHOG:

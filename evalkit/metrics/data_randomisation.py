@@ -40,6 +40,7 @@ from torch import nn
 from .._rng import derive_seed
 from .._validation import as_tensor, check_bool, check_scalar, finite_rows
 from ..models import ModelWrapper, wrap_model
+from ..models._copy import copy_module
 from .base import Metric, MetricBatch
 from .randomisation import _lower_is_better, similarity_to_original
 from .similarity import get_similarity
@@ -97,7 +98,7 @@ def reinitialised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     permuted-label model in tests of the metric's mechanics."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"reinitialised_copy needs a torch.nn.Module; got {type(model).__name__}.")
-    work = copy.deepcopy(model)
+    work = copy_module(model)
     with torch.random.fork_rng(devices=_cuda_devices(work)):
         _reinitialise(work, seed)
     return work.eval()
@@ -191,7 +192,7 @@ def fit_copy(
     mini-batch's inputs (e.g. delete patches); it must draw its own random numbers from
     ``seed``, never from the global generator. The user's model is never modified.
     """
-    work = copy.deepcopy(model)
+    work = copy_module(model)
     for p in work.parameters():
         p.requires_grad_(True)
     with torch.random.fork_rng(devices=_cuda_devices(work)):

@@ -53,8 +53,8 @@ from ..models import ModelWrapper, randomisable_layers
 from .base import Metric, MetricBatch, call_explain_fn, explain_call_rows
 from .similarity import (
     _centred_rows,
-    _pearson_centred,
     _pearson_rows,
+    _pearson_with_ranks_of,
     get_similarity,
     rank,
     similarity_info,
@@ -237,10 +237,10 @@ class _ModelRandomisation(Metric):
         initialisation (``norm_layers="random"``), each from a seed of its own name."""
         if self.norm_layers != "random":
             return
-        modules = dict(copy.model.named_modules())
         for name in names:
-            if _is_norm_layer(modules[name]):
-                _random_norm_init(modules[name], derive_seed(seed, "norm_layer", name))
+            layer = copy.model.get_submodule(name)  # not a dict of every module per step
+            if _is_norm_layer(layer):
+                _random_norm_init(layer, derive_seed(seed, "norm_layer", name))
 
     def _progress(self, total: int, desc: str):
         if not self.progress:  # a disabled bar draws nothing; building one costs a call ~0.5 ms
@@ -442,11 +442,10 @@ class MPRT(_ModelRandomisation):
                 flat = flat.to(torch.float64)
             # float32 maps are ranked as they are: their float64 values are the same numbers,
             # so the same order and ties (no widening copy per layer)
-            other_rank = rank(flat)
             if isinstance(cache["ref_rank"], tuple):
-                s = _pearson_centred(cache["ref_rank"], _centred_rows(other_rank))
+                s = _pearson_with_ranks_of(cache["ref_rank"], flat.detach().numpy())
             else:
-                s = _pearson_rows(cache["ref_rank"], other_rank)
+                s = _pearson_rows(cache["ref_rank"], rank(flat))
             ok = cache["ref_finite"] & finite_rows(flat)
             s = torch.where(ok, s, torch.full_like(s, math.nan))
         else:
@@ -728,8 +727,16 @@ def _histogram_counts_torch(flat: torch.Tensor, n_bins: torch.Tensor) -> torch.T
 
 def _histogram_counts_numpy(flat: np.ndarray, n_bins: np.ndarray) -> np.ndarray:
     """:func:`_histogram_entropy`'s counts (N, max bins), int64, with NumPy on the CPU: the
-    same float64 operations in the same order, so the same bin of every value."""
-    n = flat.shape[0]
+    same float64 operations in the same order, so the same bin of every value.
+
+    numpy.histogram's bin is floor(t), t = (x - lo) * bins / span, corrected against the exact
+    edges lo + j * span / bins. A correction can only move a value whose t lies within
+    rounding error of an integer: with t and the edges each off by a few ulps, in bin units
+    at most eps (6 bins + |lo| bins / span). So the corrections run on those values only (the
+    candidates: t's fractional part within a generous ``slack`` of 0 or 1, t at the last edge,
+    and every value of a row whose range is not finite or whose slack is not small); every
+    other value keeps floor(t), which is what the corrections leave it."""
+    n, d = flat.shape
     bins = n_bins.astype(np.int64).reshape(-1, 1)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         lo = flat.min(1, keepdims=True)
@@ -739,14 +746,28 @@ def _histogram_counts_numpy(flat: np.ndarray, n_bins: np.ndarray) -> np.ndarray:
         lo = np.where(const, lo - 0.5, lo)
         hi = np.where(const, hi + 0.5, hi)
         span = hi - lo
-        idx = ((flat - lo) * (bins.astype(np.float64) / span)).astype(np.int64)
-        np.subtract(idx, 1, out=idx, where=idx == bins)
-        # numpy's correction against the exact linspace edges
+        norm = bins.astype(np.float64) / span
+        t = (flat - lo) * norm
+        idx = t.astype(np.int64)
         width = span / bins
-        np.subtract(idx, 1, out=idx, where=flat < lo + idx * width)
-        np.add(idx, 1, out=idx, where=(flat >= lo + (idx + 1) * width) & (idx != bins - 1))
-    np.maximum(idx, 0, out=idx)
-    np.minimum(idx, bins - 1, out=idx)
+        # 64 times the bound above, and |hi| as well as |lo|
+        slack = 64 * np.finfo(np.float64).eps * (6 * bins + (np.abs(lo) + np.abs(hi)) * norm)
+        exact_rows = ~(np.isfinite(slack) & (span > 0) & (slack < 0.25))
+        frac = t - idx
+        near = (frac < slack) | (frac > 1 - slack) | (idx >= bins) | exact_rows
+        cand = np.flatnonzero(near)
+        if cand.size:
+            rows = cand // d
+            x = flat.reshape(-1)[cand]
+            j = idx.reshape(-1)[cand]
+            b, low, w = bins[rows, 0], lo[rows, 0], width[rows, 0]
+            np.subtract(j, 1, out=j, where=j == b)
+            # numpy's correction against the exact linspace edges
+            np.subtract(j, 1, out=j, where=x < low + j * w)
+            np.add(j, 1, out=j, where=(x >= low + (j + 1) * w) & (j != b - 1))
+            np.maximum(j, 0, out=j)
+            np.minimum(j, b - 1, out=j)
+            idx.reshape(-1)[cand] = j
     width_all = int(bins.max())
     idx += np.arange(0, n * width_all, width_all)[:, None]
     return np.bincount(idx.reshape(-1), minlength=n * width_all).reshape(n, width_all)

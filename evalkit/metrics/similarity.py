@@ -40,6 +40,7 @@ name                       value                                           kind
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,16 +166,47 @@ def _centred_rows(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return xn, np.einsum("ij,ij->i", xn, xn)
 
 
-def _pearson_centred(x: tuple[np.ndarray, np.ndarray],
-                     y: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+def _pearson_centred(x: tuple[Any, np.ndarray], y: tuple[Any, np.ndarray], *,
+                     products: bool = False) -> torch.Tensor:
     """Row-wise Pearson correlation of two :func:`_centred_rows` results, clipped to
-    [-1, 1]; NaN where a row has no spread."""
+    [-1, 1]; NaN where a row has no spread. ``products``: ``x[0]`` holds the rows' centred
+    product sums already (``y[0]`` is unused)."""
     (xn, xx), (yn, yy) = x, y
-    num = np.einsum("ij,ij->i", xn, yn)
+    num = xn if products else np.einsum("ij,ij->i", xn, yn)
     den = np.sqrt(xx * yy)
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
     return torch.from_numpy(np.clip(r, -1.0, 1.0))
+
+
+#: the longest rows :func:`_pearson_with_ranks_of` takes: below it every sum of centred ranks
+#: and their products is an exact float64 (multiples of 1/4 under 2**51), so any summation
+#: order gives the same number
+_EXACT_RANK_SUMS = 100_000
+
+
+def _pearson_with_ranks_of(ref: tuple[np.ndarray, np.ndarray], other: np.ndarray
+                           ) -> torch.Tensor:
+    """``_pearson_centred(ref, _centred_rows(rank(other)))`` for ``ref`` the centred ranks of
+    CPU rows, without building ``other``'s ranks where its rows have no ties: then a row's
+    ranks are its sorted positions 1..D, their mean (D + 1) / 2, their centred sum of squares
+    D (D^2 - 1) / 12, and the centred product sum is sum_k ref[order_k] * (k + 1) (``ref`` sums
+    to 0). All of these are exact (:data:`_EXACT_RANK_SUMS`), so they are the numbers the
+    general path computes. Rows with ties (or very long rows) take the general path."""
+    n, d = other.shape
+    if d > _EXACT_RANK_SUMS or d < 2:
+        return _pearson_centred(ref, _centred_rows(torch.from_numpy(_rank_numpy(other))))
+    order = np.argsort(other, axis=1)
+    order += np.arange(0, n * d, d)[:, None]
+    flat = order.reshape(-1)
+    ordered = np.take(other.reshape(-1), flat, mode="clip").reshape(n, d)
+    if (ordered[:, 1:] == ordered[:, :-1]).any():
+        return _pearson_centred(ref, _centred_rows(torch.from_numpy(_rank_numpy(other))))
+    xn, xx = ref
+    num = np.take(xn.reshape(-1), flat, mode="clip").reshape(n, d) @ np.arange(1.0, d + 1.0)
+    yy = np.full(n, d * (d * d - 1) / 12)
+    # the general path's centred ranks would be exact too: the same num and yy
+    return _pearson_centred((num, xx), (None, yy), products=True)
 
 
 def _pearson_rows(x: torch.Tensor, y: torch.Tensor,
@@ -270,7 +302,10 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     average ranks, as ``scipy.stats.spearmanr``); NaN where a row is constant."""
     a, b = _pair(a, b)
     fa, fb = _flat(a), _flat(b)
-    out = _pearson_rows(rank(fa), rank(fb))
+    if fa.device.type == "cpu" and fa.shape[1]:
+        out = _pearson_with_ranks_of(_centred_rows(rank(fa)), fb.detach().numpy())
+    else:
+        out = _pearson_rows(rank(fa), rank(fb))
     finite = finite_rows(fa) & finite_rows(fb)
     return torch.where(finite, out, torch.full_like(out, math.nan))
 
@@ -464,6 +499,31 @@ def ssim(
 
     flat_a = xa.reshape(n * c, *spatial)
     flat_b = xb.reshape(n * c, *spatial)
+    pad = (win_size - 1) // 2
+    if a.device.type == "cpu" and _fma_chain_is_conv1d():
+        s = _ssim_map_cpu(flat_a, flat_b, kernel, rng, cov_norm, K1, K2).reshape(
+            n, c, *(dim - 2 * pad for dim in spatial))
+    else:
+        s = _ssim_map_padded(flat_a, flat_b, kernel, rng, cov_norm, K1, K2, n, c)
+    if a.device.type == "cpu":  # NumPy's row reduction of booleans is many times faster
+        same = torch.from_numpy(
+            np.equal(a.detach().numpy(), b.detach().numpy()).reshape(n, -1).all(1))
+    else:
+        same = (xa == xb).reshape(n, -1).all(1)
+    per_channel = s.reshape(n, c, -1).mean(2)
+    out = per_channel.mean(1)
+    # identical maps are perfectly similar even when their range is 0 (0/0 above)
+    return torch.where(same, torch.ones_like(out), out)
+
+
+def _ssim_map_padded(flat_a: torch.Tensor, flat_b: torch.Tensor, kernel: torch.Tensor,
+                     rng: torch.Tensor, cov_norm: float, K1: float, K2: float, n: int,
+                     c: int) -> torch.Tensor:
+    """:func:`ssim`'s per-position values (N, C, *valid) off the CPU: the five maps filtered
+    over their reflection-padded extent (``conv1d`` or a banded product), then cropped."""
+    spatial = tuple(flat_a.shape[1:])
+    n_spatial = len(spatial)
+    win_size = kernel.numel()
     # the five filtered maps are written into one buffer already padded along the first
     # spatial axis (no stack and no padding copy; the same values)
     r = (kernel.numel() - 1) // 2
@@ -498,12 +558,94 @@ def ssim(
     c2 = (K2 * rng) ** 2
     num = (2 * ux * uy + c1) * (2 * vxy + c2)
     den = (ux * ux + uy * uy + c1) * (vx + vy + c2)
-    s = num / den
-    same = (xa == xb).reshape(n, -1).all(1)
-    per_channel = s.reshape(n, c, -1).mean(2)
-    out = per_channel.mean(1)
-    # identical maps are perfectly similar even when their range is 0 (0/0 above)
-    return torch.where(same, torch.ones_like(out), out)
+    return num / den
+
+
+@functools.cache
+def _fma_chain_is_conv1d() -> bool:
+    """Whether, on this machine, ``add_`` with ``alpha`` chains to the bits of a float64
+    ``conv1d`` (both fused multiply-adds in tap order, as with MKL on x86-64): checked once
+    on a few rows; where they differ the CPU keeps the padded path (:func:`_ssim_map_padded`)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((8, 200), generator=gen, dtype=torch.float64) * 3
+    taps = torch.rand(7, generator=gen, dtype=torch.float64)
+    conv = F.conv1d(x[:, None], taps.reshape(1, 1, -1))[:, 0]
+    return torch.equal(_valid_filter(x, 1, taps, taps.tolist()), conv)
+
+
+def _valid_filter(x: torch.Tensor, axis: int, kernel: torch.Tensor, taps: list[float]
+                  ) -> torch.Tensor:
+    """The correlation of ``x`` with ``kernel`` along ``axis`` at the positions whose window
+    lies inside the axis (``len(taps) - 1`` fewer), computed as :func:`_filter` computes
+    them: an axis short enough for the banded product is reflection-padded and multiplied as
+    there (the product's shape decides its kernel, hence its bits), then cropped; a longer axis
+    is filtered tap by tap with the fused multiply-add chain ``conv1d`` computes
+    (``acc = x_0 w_0``, then ``acc = fma(x_t, w_t, acc)``, which is ``add_`` with ``alpha``),
+    without padding: the valid windows never reach it."""
+    length = x.shape[axis]
+    r = (len(taps) - 1) // 2
+    if length + 2 * r <= _BANDED_MAX:
+        moved = _symmetric_pad(x, axis, r).movedim(axis, -1)
+        flat = moved.reshape(-1, length + 2 * r) @ _banded(kernel, length + 2 * r)
+        flat = flat[:, r:length - r]
+        return flat.reshape(*moved.shape[:-1], length - 2 * r).movedim(-1, axis)
+    out_len = length - len(taps) + 1
+    acc = x.narrow(axis, 0, out_len) * taps[0]
+    for t in range(1, len(taps)):
+        acc.add_(x.narrow(axis, t, out_len), alpha=taps[t])
+    return acc
+
+
+#: map values per chunk of :func:`_ssim_map_cpu` (about 256 KiB of float64 per map): the five
+#: maps of a chunk and their terms stay in the core's cache through the filter's passes
+_SSIM_CHUNK = 32768
+
+
+def _ssim_map_cpu(flat_a: torch.Tensor, flat_b: torch.Tensor, kernel: torch.Tensor,
+                  rng: torch.Tensor, cov_norm: float, K1: float, K2: float) -> torch.Tensor:
+    """:func:`ssim`'s per-position values (N x C, *valid) on the CPU: the numbers of
+    :func:`_ssim_map_padded` with less work. Only the positions a window radius from the
+    border enter the mean, and their windows never reach the padding, so the five maps are
+    filtered at those positions only (:func:`_valid_filter`, the same bits as
+    :func:`_filter`), and the formula runs in place (the same operations in the same order),
+    in chunks of rows small enough that a chunk's maps stay in the core's cache through the
+    filter's passes (each tap of a long axis is one pass)."""
+    m = flat_a.shape[0]
+    spatial = flat_a.shape[1:]
+    taps = kernel.tolist()
+    valid = tuple(dim - len(taps) + 1 for dim in spatial)
+    rng = rng.reshape(-1, *([1] * len(spatial)))
+    c = m // rng.shape[0]
+    if c > 1:  # one range per sample, for each of its channels
+        rng = rng.repeat_interleave(c, 0)
+    c1_all = (K1 * rng) ** 2
+    c2_all = (K2 * rng) ** 2
+    out = torch.empty((m, *valid), dtype=flat_a.dtype)
+    step = max(1, _SSIM_CHUNK // max(1, flat_a[0].numel()))
+    for start in range(0, m, step):
+        stop = min(m, start + step)
+        xa, xb = flat_a[start:stop], flat_b[start:stop]
+        rows = stop - start
+        stacked = torch.empty((5, rows, *spatial), dtype=flat_a.dtype)
+        stacked[0] = xa
+        stacked[1] = xb
+        torch.mul(xa, xa, out=stacked[2])
+        torch.mul(xb, xb, out=stacked[3])
+        torch.mul(xa, xb, out=stacked[4])
+        filt = stacked.reshape(5 * rows, *spatial)
+        for axis in range(1, filt.ndim):
+            filt = _valid_filter(filt, axis, kernel, taps)
+        ux, uy, uxx, uyy, uxy = filt.reshape(5, rows, *valid).unbind(0)
+        c1, c2 = c1_all[start:stop], c2_all[start:stop]
+        ux_ux = ux * ux
+        uy_uy = uy * uy
+        vx = (uxx - ux_ux).mul_(cov_norm)
+        vy = (uyy - uy_uy).mul_(cov_norm)
+        vxy = (uxy - ux * uy).mul_(cov_norm)
+        num = (2 * ux).mul_(uy).add_(c1).mul_(vxy.mul_(2).add_(c2))
+        den = ux_ux.add_(uy_uy).add_(c1).mul_(vx.add_(vy).add_(c2))
+        torch.div(num, den, out=out[start:stop])
+    return out
 
 
 # ============================================================================ HOG

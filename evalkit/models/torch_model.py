@@ -19,6 +19,7 @@ from torch import nn
 from .._hook_handles import record_outputs
 from .._rng import derive_seed
 from .._validation import check_option
+from ._copy import copy_module
 from .base import ModelWrapper, same_device
 
 __all__ = ["TorchModel", "randomisable_layers"]
@@ -252,7 +253,7 @@ class TorchModel(ModelWrapper):
         names = [name for name, _ in layers]
         if order == "top_down":
             names = names[::-1]
-        work = copy.deepcopy(self._model)
+        work = copy_module(self._model)
         modules = dict(work.named_modules())
         pristine = copy.deepcopy(work.state_dict()) if order == "independent" else None
         try:
@@ -270,7 +271,7 @@ class TorchModel(ModelWrapper):
         self, layer_names: list[str], *, seed: int = 42, keep_buffers: bool = False
     ) -> Iterator[TorchModel]:
         """A copy with the given layers re-initialised (see :meth:`randomise_layers`)."""
-        work = copy.deepcopy(self._model)
+        work = copy_module(self._model)
         modules = dict(work.named_modules())
         for name in layer_names:
             if name not in modules:
@@ -301,7 +302,7 @@ class TorchModel(ModelWrapper):
             mean = 1.0 if noise_type == "multiplicative" else 0.0
         if std < 0:
             raise ValueError(f"`std` must be >= 0; got {std}.")
-        work = copy.deepcopy(self._model)
+        work = copy_module(self._model)
         with torch.no_grad():
             for name, p in work.named_parameters():
                 gen = torch.Generator(device=p.device)
@@ -348,11 +349,10 @@ def _reinitialise(module: nn.Module, seed: int, *, keep_buffers: bool = False) -
         if keep_buffers else {}
     )
     seed &= (1 << 63) - 1
-    kinds = {p.device.type for p in module.parameters(recurse=False)}
-    cuda = sorted({p.device.index or 0 for p in module.parameters(recurse=False)
-                   if p.device.type == "cuda"})
+    params = list(module.parameters(recurse=False))
+    cuda = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
-        if kinds <= {"cpu", "cuda"}:
+        if all(p.device.type in ("cpu", "cuda") for p in params):
             # the generators the layer draws from, and only those: torch.manual_seed also
             # seeds every other device type (each records a stack trace, about 0.5 ms a layer
             # on a CPU-only build) and CUDA devices the fork does not restore
@@ -365,7 +365,7 @@ def _reinitialise(module: nn.Module, seed: int, *, keep_buffers: bool = False) -
         if callable(reset):
             reset()
         else:
-            for p in module.parameters(recurse=False):
+            for p in params:
                 std = float(p.std()) if p.numel() > 1 else 1.0
                 p.normal_(0.0, std if std > 0 else 1.0)
         for name, value in saved.items():

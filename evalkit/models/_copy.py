@@ -1,0 +1,113 @@
+"""An independent copy of a ``torch.nn.Module``: ``copy.deepcopy``'s result, built faster.
+
+The randomisation metrics copy the user's model on every call (the copy's layers are then
+re-initialised). ``copy.deepcopy`` of a module walks every attribute of every submodule through
+the generic pickling protocol (``__reduce_ex__``, ``_reconstruct``, a memo entry per object),
+which costs more than copying the weights of a small model. :func:`copy_module` follows the
+same protocol for the parts of a module that are known to need nothing more: a submodule whose
+class copies the default way is rebuilt as ``copy.deepcopy`` rebuilds it (``cls.__new__``, its
+``__getstate__`` copied, ``__setstate__``), plain ``dict`` state is copied entry by entry,
+values that ``copy.deepcopy`` returns as they are (numbers, strings, functions, tuples of
+those) are kept, empty hook dicts are made anew, and ``nn.Parameter`` uses its own
+``__deepcopy__``. Everything else (tensors, non-empty hook dicts, user attributes, modules
+with their own copy methods) goes through ``copy.deepcopy`` with the same memo, so shared
+objects (tied weights, a submodule used twice) stay shared in the copy exactly as they would.
+"""
+
+from __future__ import annotations
+
+import copy
+import copyreg
+import types
+import weakref
+from collections import OrderedDict
+from typing import Any
+
+from torch import nn
+
+__all__ = ["copy_module"]
+
+#: the types that ``copy.deepcopy`` returns as they are (its atomic table)
+_ATOMIC: frozenset[type] = frozenset({
+    type(None), int, float, bool, complex, bytes, str, types.CodeType, type, range,
+    types.BuiltinFunctionType, types.FunctionType, weakref.ref, property, type(Ellipsis),
+    type(NotImplemented),
+})
+
+#: per module class: whether ``copy.deepcopy`` copies it the default way (``object``'s reduce:
+#: ``cls.__new__(cls)``, then ``__setstate__`` of the copied ``__getstate__``)
+_DEFAULT_REDUCE: dict[type, bool] = {}
+
+
+def _copies_by_default(cls: type) -> bool:
+    ok = _DEFAULT_REDUCE.get(cls)
+    if ok is None:
+        ok = (cls.__reduce_ex__ is object.__reduce_ex__
+              and cls.__reduce__ is object.__reduce__
+              and getattr(cls, "__deepcopy__", None) is None
+              and cls not in copyreg.dispatch_table
+              and not hasattr(cls, "__getnewargs_ex__")
+              and not hasattr(cls, "__getnewargs__")
+              and cls.__new__ is object.__new__
+              and not issubclass(cls, list | dict)
+              and callable(getattr(cls, "__setstate__", None)))
+        _DEFAULT_REDUCE[cls] = ok
+    return ok
+
+
+def copy_module(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module``, equal to ``copy.deepcopy(module)`` (same classes, attributes,
+    parameters, buffers, hooks and sharing), built with less per-attribute work."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"copy_module needs a torch.nn.Module; got {type(module).__name__}.")
+    return _copy_module(module, {})
+
+
+def _copy_module(module: nn.Module, memo: dict[Any, Any]) -> nn.Module:
+    done = memo.get(id(module))
+    if done is not None:
+        return done
+    cls = type(module)
+    if not _copies_by_default(cls):
+        return copy.deepcopy(module, memo)
+    state = module.__getstate__()
+    if type(state) is not dict:
+        return copy.deepcopy(module, memo)
+    new = cls.__new__(cls)
+    memo[id(module)] = new
+    new.__setstate__(_copy_dict(state, memo))
+    return new
+
+
+def _copy_dict(d: dict[Any, Any], memo: dict[Any, Any]) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    memo[id(d)] = out
+    for key, value in d.items():
+        out[key if type(key) in _ATOMIC else _copy_value(key, memo)] = _copy_value(value, memo)
+    return out
+
+
+def _copy_value(value: Any, memo: dict[Any, Any]) -> Any:
+    cls = type(value)
+    if cls in _ATOMIC:
+        return value
+    done = memo.get(id(value), memo)
+    if done is not memo:
+        return done
+    if cls is nn.Parameter:
+        return value.__deepcopy__(memo)
+    if isinstance(value, nn.Module):
+        return _copy_module(value, memo)
+    if cls is dict:
+        return _copy_dict(value, memo)
+    if cls is tuple and all(type(v) in _ATOMIC for v in value):
+        return value  # deepcopy returns such a tuple itself
+    if cls is OrderedDict and not value:  # an unused hook table
+        out: OrderedDict[Any, Any] = OrderedDict()
+        memo[id(value)] = out
+        return out
+    if cls is set and all(type(v) in _ATOMIC for v in value):
+        out_set = set(value)
+        memo[id(value)] = out_set
+        return out_set
+    return copy.deepcopy(value, memo)
