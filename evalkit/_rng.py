@@ -37,6 +37,7 @@ __all__ = [
     "resolve_seed",
     "sample_keys",
     "scalar_uniform",
+    "smallest_uniforms",
     "uniform",
 ]
 
@@ -228,7 +229,7 @@ def _blocks(rows: int, n: int):
 def _tiled_counters(n: int, rows: int) -> np.ndarray:
     """The counters of :func:`_counters` (as uint64) repeated for ``rows`` rows of ``n``, flat
     and read-only: a block's words start as its rows' seeds plus this (a broadcast add of a
-    column to a row costs several flat adds in NumPy). At most :data:`_BLOCK` elements."""
+    column to a row costs several flat adds in NumPy). At most :data:`_SMALLEST_BLOCK` elements."""
     out = np.tile(np.arange(1, n + 1, dtype=np.uint64) * np.uint64(_GOLDEN), rows)
     out.flags.writeable = False
     return out
@@ -434,3 +435,137 @@ def normal(
 def permutation_keys(keys: torch.Tensor, n: int, *, stream: int = 0) -> torch.Tensor:
     """Random sort keys (B, n): ``argsort`` along the last axis is a uniform permutation."""
     return uniform(keys, (n,), dtype=torch.float64, stream=stream)
+
+
+#: the candidate threshold of :func:`smallest_uniforms`: ``k + 4 sqrt(k) + 4`` expected
+#: candidates per row leaves a row fewer than k (and so the full draw) with probability ~3e-5
+_CANDIDATE_SIGMAS = 4.0
+#: rows of :func:`smallest_uniforms`' candidates sorted at once: the row index sits above the
+#: 53 bits of a draw in one int64 sort key, so at most 2**10
+_SORT_ROWS = 1 << 10
+#: draws hashed per pass of :func:`smallest_uniforms` (its passes are fewer than
+#: :func:`_words_numpy`'s, so a larger block pays)
+_SMALLEST_BLOCK = 1 << 16
+#: above this share of candidates a row is cheaper drawn and partitioned in full
+_CANDIDATE_SHARE = 0.3
+
+
+def smallest_uniforms(keys: torch.Tensor, shape: tuple[int, ...], k: int, *,
+                      valid: torch.Tensor | None = None, stream: int = 0) -> torch.Tensor:
+    """The positions (R, *shape[:-1], k), ascending, of the ``k`` smallest draws along the
+    last axis of ``uniform(keys, shape, dtype=torch.float64, stream=stream)``: a uniform
+    random k-subset of each row's positions. ``valid`` (R, shape[-1]) bool: positions that
+    are never chosen (as if their draws were +inf; each row needs at least ``k`` valid).
+
+    The same subsets as an ``argpartition`` of the float64 draws (ties, two equal 53-bit
+    draws at the k-th place, fall back to it), cheaper on the CPU: a draw is below the k-th
+    smallest when few are, so only the draws under a threshold (about ``k + 4 sqrt(k)`` of a
+    row, from the top bits of the hash, before its last steps) are finished and ranked; a row
+    with fewer than ``k`` under it is drawn in full.
+    """
+    r = keys.shape[0]
+    *lead, g = (int(d) for d in shape)
+    if not 1 <= k <= g:
+        raise ValueError(f"`k` must be in [1, {g}]; got {k}.")
+    runs = math.prod(lead)
+    if valid is not None and tuple(valid.shape) != (r, g):
+        raise ValueError(f"`valid` must be ({r}, {g}); got {tuple(valid.shape)}.")
+    if r == 0:
+        return torch.empty((0, *lead, k), dtype=torch.int64, device=keys.device)
+    n_valid = g if valid is None else int(valid.sum(1).min())
+    if n_valid < k:
+        raise ValueError(f"Every row needs at least k={k} valid positions; one has {n_valid}.")
+    threshold = (k + _CANDIDATE_SIGMAS * math.sqrt(k) + _CANDIDATE_SIGMAS) / n_valid
+    if keys.device.type != "cpu" or threshold > _CANDIDATE_SHARE:
+        return _smallest_full(keys, shape, k, valid, stream)
+    seeds = _stream_seeds(keys, stream)
+    # draw j = run * g + c of a key's stream: the row (key, run) starts at counter run * g
+    row_seeds = (seeds[:, None] + np.arange(runs, dtype=np.uint64)[None, :]
+                 * np.uint64(g * _GOLDEN & _M64)).reshape(-1)
+    rows = r * runs
+    # compare the hash's top 31 bits before its last xor-shift (which leaves them unchanged):
+    # a threshold that is a multiple of 2**-31 then reads the same bits as the finished word
+    bound = np.uint64(min(math.ceil(threshold * 2.0**31), (1 << 31) - 1) << 33)
+    valid_np = None if valid is None else valid.detach().to("cpu", torch.bool).numpy()
+    out = np.empty((rows, k), dtype=np.int64)
+    full_rows: list[np.ndarray] = []
+    step = max(1, min(_SORT_ROWS, _SMALLEST_BLOCK // g))
+    tiled = _tiled_counters(g, step).reshape(step, g)
+    z_buf = np.empty((step, g), dtype=np.uint64)
+    t_buf = np.empty_like(z_buf)
+    m_buf = np.empty((step, g), dtype=bool)
+    row_bits = np.arange(step, dtype=np.int64) << 53
+    for lo in range(0, rows, step):
+        hi = min(rows, lo + step)
+        b = hi - lo
+        z, t = z_buf[:b], t_buf[:b]
+        np.add(tiled[:b], row_seeds[lo:hi, None], out=z)
+        np.right_shift(z, np.uint64(30), out=t)
+        z ^= t
+        z *= _C1_U
+        np.right_shift(z, np.uint64(27), out=t)
+        z ^= t
+        z *= _C2_U
+        below = np.less(z, bound, out=m_buf[:b])
+        if valid_np is not None:
+            below &= valid_np[np.arange(lo, hi) // runs]
+        flat = np.flatnonzero(below)
+        local = flat // g
+        w = z.reshape(-1).take(flat)
+        w ^= w >> np.uint64(31)
+        w >>= np.uint64(11)
+        # (row, draw) in one sortable int64: each row's candidates in order of their draws
+        sort_key = w.view(np.int64)
+        sort_key |= row_bits.take(local)
+        chosen, bad = _rank_candidates(sort_key, local, b, k)
+        columns = flat
+        columns -= local * g
+        if bad.any():
+            chosen &= ~bad.take(local)
+            full_rows.append(np.flatnonzero(bad) + lo)
+            out[np.flatnonzero(~bad) + lo] = columns[chosen].reshape(-1, k)
+        else:
+            out[lo:hi] = columns[chosen].reshape(-1, k)
+    if full_rows:
+        again = np.concatenate(full_rows)
+        u = np.empty((again.size, g), dtype=np.float64)
+        _words_numpy(row_seeds[again], g, u, "uniform", False)
+        if valid_np is not None:
+            u[~valid_np[again // runs]] = np.inf
+        picked = np.argpartition(u, k - 1, axis=1)[:, :k]
+        picked.sort(axis=1)
+        out[again] = picked
+    return torch.from_numpy(out).view(r, *lead, k).to(keys.device)
+
+
+def _rank_candidates(sort_key: np.ndarray, local: np.ndarray, rows: int, k: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Which candidates are their row's k smallest, and which rows cannot say: ``sort_key``
+    (C,) int64 the (row, draw) keys of the candidates of ``rows`` rows, ``local`` (C,) their
+    rows, ascending. A row with fewer than k candidates, or whose (k+1)-th smallest draw equals
+    its k-th (argpartition would take one of the two), is bad: the caller draws it in full."""
+    counts = np.bincount(local, minlength=rows)
+    ends = np.cumsum(counts)
+    ranked = np.sort(sort_key)
+    kth_at = ends - counts + (k - 1)
+    short = counts < k
+    kth_at[short] = 0
+    kth = ranked.take(kth_at)
+    bad = short | (ranked.take(np.minimum(kth_at + 1, ends - 1)) == kth) & (counts > k)
+    return sort_key <= kth.take(local), bad
+
+
+def _smallest_full(keys: torch.Tensor, shape: tuple[int, ...], k: int,
+                   valid: torch.Tensor | None, stream: int) -> torch.Tensor:
+    """:func:`smallest_uniforms` from every draw: argpartition on the CPU, topk elsewhere."""
+    u = uniform(keys, shape, dtype=torch.float64, stream=stream)
+    if valid is not None:
+        u = u.masked_fill(~valid.to(u.device).view(valid.shape[0], *[1] * (len(shape) - 1),
+                                                    valid.shape[1]), math.inf)
+    if u.device.type == "cpu":
+        # the order within a subset depends on the CPU's SIMD kernels (and differs from
+        # topk's): sorted positions are the same on every machine and device
+        idx = np.argpartition(u.numpy(), k - 1, axis=-1)[..., :k]
+        idx.sort(axis=-1)
+        return torch.from_numpy(idx)
+    return u.topk(k, dim=-1, largest=False).indices.sort(dim=-1).values
