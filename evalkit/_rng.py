@@ -213,14 +213,14 @@ def _bits_torch(seeds: torch.Tensor, n: int) -> torch.Tensor:
     return mix(seeds.unsqueeze(1) + _counters(n, seeds.device).unsqueeze(0))
 
 
-def _blocks(rows: int, n: int):
-    """(row slice, column slice) blocks of about :data:`_BLOCK` elements covering (rows, n)."""
-    if n >= _BLOCK:
+def _blocks(rows: int, n: int, block: int = _BLOCK):
+    """(row slice, column slice) blocks of about ``block`` elements covering (rows, n)."""
+    if n >= block:
         for r in range(rows):
-            for c in range(0, n, _BLOCK):
-                yield slice(r, r + 1), slice(c, min(n, c + _BLOCK))
+            for c in range(0, n, block):
+                yield slice(r, r + 1), slice(c, min(n, c + block))
     else:
-        step = _BLOCK // n
+        step = block // n
         for r in range(0, rows, step):
             yield slice(r, min(rows, r + step)), slice(0, n)
 
@@ -229,7 +229,8 @@ def _blocks(rows: int, n: int):
 def _tiled_counters(n: int, rows: int) -> np.ndarray:
     """The counters of :func:`_counters` (as uint64) repeated for ``rows`` rows of ``n``, flat
     and read-only: a block's words start as its rows' seeds plus this (a broadcast add of a
-    column to a row costs several flat adds in NumPy). At most :data:`_SMALLEST_BLOCK` elements."""
+    column to a row costs several flat adds in NumPy). At most :data:`_SMALLEST_BLOCK`
+    elements."""
     out = np.tile(np.arange(1, n + 1, dtype=np.uint64) * np.uint64(_GOLDEN), rows)
     out.flags.writeable = False
     return out
@@ -282,47 +283,60 @@ def _finish_block(z: np.ndarray, t: np.ndarray, block: np.ndarray, kind: str,
         block -= minus
 
 
-def _words_numpy(seeds: np.ndarray, n: int, out: np.ndarray, kind: str, narrow: bool) -> None:
-    """Fill ``out`` (R, n) with the draws of the uint64 row seeds ``seeds`` (R,): the words of
-    :func:`_bits_torch` mapped by :data:`_CONVERSIONS`, computed in NumPy (several times
-    faster on the CPU than torch's int64 ops, which have no logical shift) in cache-sized
-    blocks, without an (R, n) array of words."""
-    wide = n >= _BLOCK
-    step = 1 if wide else _BLOCK // n
-    size = min(_BLOCK if wide else step * n, seeds.size * n)
+#: draws finished per pass of :func:`_draw_numpy`: the block's words and floats stay in the
+#: cache between NumPy's passes, and torch's per-call cost (erfinv, scaling) stays small
+_DRAW_BLOCK = 1 << 15
+
+
+def _draw_numpy(seeds: np.ndarray, at: np.ndarray | None, out: np.ndarray, kind: str,
+                a: float, b: float) -> None:
+    """Fill ``out`` (R, m), a new float32 or float64 array, with :func:`_fill`'s draws
+    for the uint64 row seeds ``seeds`` (R,): draw j of row r (``at[r, j]`` where ``at`` is
+    given), a block of rows (or of a wide row) at a time from hash to scaled value, so that no
+    (R, m) array of words or float64 values is made. Each value goes through the same
+    operations as in :func:`_fill`'s whole-array form (the erfinv, the scaling by ``sqrt(2)``,
+    ``b`` and ``a`` in the same dtypes and order), so the numbers are the same."""
+    rows, m = out.shape
+    narrow = kind == "uniform" and out.dtype != np.float64
+    wide = m >= _DRAW_BLOCK
+    step = 1 if wide else _DRAW_BLOCK // m
+    size = min(_DRAW_BLOCK if wide else step * m, rows * m)
     z_buf = np.empty(size, dtype=np.uint64)
     t_buf = np.empty_like(z_buf)
-    tiled = None if wide else _tiled_counters(n, step)
-    for rows, cols in _blocks(seeds.size, n):
-        shape = (rows.stop - rows.start, cols.stop - cols.start)
-        size = shape[0] * shape[1]
-        z = z_buf[:size]
-        if wide:
-            np.multiply(np.arange(cols.start + 1, cols.stop + 1, dtype=np.uint64),
+    # a normal is finished in float64 (its inverse CDF too) before it is cast to ``out``
+    scratch = (np.empty(size, dtype=np.float64)
+               if kind == "normal" and out.dtype != np.float64 else None)
+    tiled = None if wide or at is not None else _tiled_counters(m, step)
+    scale = b - a if kind == "uniform" else b
+    for rs, cs in _blocks(rows, m, _DRAW_BLOCK):
+        shape = (rs.stop - rs.start, cs.stop - cs.start)
+        count = shape[0] * shape[1]
+        z = z_buf[:count]
+        if at is not None:
+            zi = z.view(np.int64).reshape(shape)
+            np.add(at[rs, cs], 1, out=zi)  # the counters (j + 1) * golden, wrapping
+            z *= np.uint64(_GOLDEN)
+            z.reshape(shape)[...] += seeds[rs, None]
+        elif wide:
+            np.multiply(np.arange(cs.start + 1, cs.stop + 1, dtype=np.uint64),
                         np.uint64(_GOLDEN), out=z)
-            z += seeds[rows.start]
-            block = out[rows, cols].reshape(-1)
+            z += seeds[rs.start]
         else:
-            z.reshape(shape)[...] = seeds[rows, None]
-            z += tiled[:size]
-            block = out[rows].reshape(-1)
-        _finish_block(z, t_buf[:size], block, kind, narrow)
-
-
-def _words_at_numpy(seeds: np.ndarray, at: np.ndarray, out: np.ndarray, kind: str,
-                    narrow: bool) -> None:
-    """:func:`_words_numpy` at the positions ``at`` (R, m) int64 only: ``out`` (R, m) gets
-    draw ``at[r, c]`` of row r's stream."""
-    m = at.shape[1]
-    step = max(1, _BLOCK // m)
-    for lo in range(0, seeds.size, step):
-        hi = min(seeds.size, lo + step)
-        z = at[lo:hi] + 1  # a new int64 array: the counters (j + 1) * golden, wrapping
-        z = z.view(np.uint64)
-        z *= np.uint64(_GOLDEN)
-        z += seeds[lo:hi, None]
-        z = z.reshape(-1)
-        _finish_block(z, np.empty_like(z), out[lo:hi].reshape(-1), kind, narrow)
+            z.reshape(shape)[...] = seeds[rs, None]
+            z += tiled[:count]
+        target = out[rs, cs].reshape(-1)  # a view: rows of a block are whole rows
+        floats = target if scratch is None else scratch[:count]
+        _finish_block(z, t_buf[:count], floats, kind, narrow)
+        if kind == "normal":
+            torch.from_numpy(floats).erfinv_()
+            floats *= math.sqrt(2.0)
+            if scratch is not None:
+                target[...] = floats
+        if (a, b) != (0.0, 1.0):
+            # NumPy's float32 (float64) product and sum of the value and the rounded scalar:
+            # the same operation, bit for bit, as torch's ``mul_(scale).add_(a)``
+            target *= target.dtype.type(scale)
+            target += target.dtype.type(a)
 
 
 def _fill(
@@ -363,28 +377,31 @@ def _fill(
         return torch.empty(out_shape, dtype=dtype, device=keys.device)
     narrow = kind == "uniform" and dtype != torch.float64
     if keys.device.type == "cpu":  # the same numbers as below, computed in NumPy
-        buf = np.empty((r, n), dtype=np.float32 if narrow else np.float64)
-        seeds = _stream_seeds(keys, stream)
-        if at is None:
-            _words_numpy(seeds, n, buf, kind, narrow)
-        else:
-            _words_at_numpy(seeds, at.detach().to("cpu", torch.int64).numpy(), buf, kind,
-                            narrow)
-        u = torch.from_numpy(buf)
-        if kind == "normal":
-            u.erfinv_()
+        direct = dtype in (torch.float32, torch.float64)
+        if direct:
+            np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        else:  # drawn as below (float32 uniforms, float64 normals), then cast and scaled
+            np_dtype = np.float32 if narrow else np.float64
+        # a NumPy buffer: fresh large ones fault in fewer pages than torch.empty's here
+        buf = np.empty((r, n), dtype=np_dtype)
+        _draw_numpy(_stream_seeds(keys, stream),
+                    None if at is None else at.detach().to("cpu", torch.int64).numpy(),
+                    buf, kind, *((a, b) if direct else (0.0, 1.0)))
+        out = torch.from_numpy(buf).reshape(out_shape)
+        if direct or (a, b) == (0.0, 1.0):
+            return out.to(dtype)
+        return out.to(dtype).mul_(b - a if kind == "uniform" else b).add_(a)
+    seeds = combine(keys, stream)
+    if at is None:
+        words = _bits_torch(seeds, n)
     else:
-        seeds = combine(keys, stream)
-        if at is None:
-            words = _bits_torch(seeds, n)
-        else:
-            words = mix(seeds.unsqueeze(1) + (at.to(seeds.device, torch.int64) + 1) * _GOLDEN_S)
-        if narrow:
-            u = _shr(words, 40).to(torch.float32) * (1.0 / (1 << 24))
-        elif kind == "uniform":
-            u = _shr(words, 11).to(torch.float64) * (1.0 / (1 << 53))
-        else:  # inverse CDF of 2u - 1 in (-1, 1): u never reaches 0 or 1, the draw is finite
-            u = ((_shr(words, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 52)) - 1.0).erfinv_()
+        words = mix(seeds.unsqueeze(1) + (at.to(seeds.device, torch.int64) + 1) * _GOLDEN_S)
+    if narrow:
+        u = _shr(words, 40).to(torch.float32) * (1.0 / (1 << 24))
+    elif kind == "uniform":
+        u = _shr(words, 11).to(torch.float64) * (1.0 / (1 << 53))
+    else:  # inverse CDF of 2u - 1 in (-1, 1): u never reaches 0 or 1, the draw is finite
+        u = ((_shr(words, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 52)) - 1.0).erfinv_()
     if kind == "uniform":
         out = u.to(dtype)
     else:
@@ -444,7 +461,7 @@ _CANDIDATE_SIGMAS = 4.0
 #: 53 bits of a draw in one int64 sort key, so at most 2**10
 _SORT_ROWS = 1 << 10
 #: draws hashed per pass of :func:`smallest_uniforms` (its passes are fewer than
-#: :func:`_words_numpy`'s, so a larger block pays)
+#: :func:`_draw_numpy`'s, so a larger block pays)
 _SMALLEST_BLOCK = 1 << 16
 #: above this share of candidates a row is cheaper drawn and partitioned in full
 _CANDIDATE_SHARE = 0.3
@@ -529,7 +546,7 @@ def smallest_uniforms(keys: torch.Tensor, shape: tuple[int, ...], k: int, *,
     if full_rows:
         again = np.concatenate(full_rows)
         u = np.empty((again.size, g), dtype=np.float64)
-        _words_numpy(row_seeds[again], g, u, "uniform", False)
+        _draw_numpy(row_seeds[again], None, u, "uniform", 0.0, 1.0)
         if valid_np is not None:
             u[~valid_np[again // runs]] = np.inf
         picked = np.argpartition(u, k - 1, axis=1)[:, :k]

@@ -159,7 +159,7 @@ class TestKeyedness:
         # rows longer than the NumPy path's block are split into column blocks; many short
         # rows share one block: the numbers are the same
         keys = _keys(3, 5)
-        n = _rng._BLOCK * 2 + 123
+        n = _rng._DRAW_BLOCK * 2 + 123
         long = _rng.uniform(keys, (n,), dtype=torch.float64)
         assert torch.equal(long, _torch_reference(keys, n, 0, "uniform", torch.float64))
 
@@ -265,7 +265,7 @@ class TestDrawsAtPositions:
         gen = torch.Generator().manual_seed(4)
         keys = torch.randint(-(2**62), 2**62, (300,), generator=gen)
         fn = _rng.uniform if kind == "uniform" else _rng.normal
-        for shape, m in (((30,), 8), ((3, 500), 40), ((_rng._BLOCK + 3,), 2)):
+        for shape, m in (((30,), 8), ((3, 500), 40), ((_rng._DRAW_BLOCK + 3,), 2)):
             at = torch.randint(0, math.prod(shape), (300, m), generator=gen)
             for kw in ({}, {"low": -1.0, "high": 2.0} if kind == "uniform"
                        else {"mean": 0.5, "std": 0.1}):
@@ -273,6 +273,14 @@ class TestDrawsAtPositions:
                 got = fn(keys, shape, dtype=dtype, stream=5, at=at, **kw)
                 assert got.dtype == dtype and got.shape == at.shape
                 assert torch.equal(got, whole.reshape(300, -1).gather(1, at))
+
+    def test_positions_wider_than_a_block(self):
+        keys = _keys(3, 11)
+        n = _rng._DRAW_BLOCK * 2 + 5
+        at = torch.randint(0, n, (3, _rng._DRAW_BLOCK + 7),
+                           generator=torch.Generator().manual_seed(2))
+        for fn in (_rng.uniform, _rng.normal):
+            assert torch.equal(fn(keys, (n,), at=at), fn(keys, (n,)).gather(1, at))
 
     def test_the_device_paths_formula(self):
         # the words at positions as the non-CPU path computes them
