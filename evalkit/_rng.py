@@ -283,12 +283,19 @@ def _finish_block(z: np.ndarray, t: np.ndarray, block: np.ndarray, kind: str,
         block -= minus
 
 
+#: outputs from this many bytes are aligned (below, the few microseconds it costs are more
+#: than their vector loads lose)
+_ALIGN_FROM = 1 << 16
+
+
 def _aligned_empty(shape: tuple[int, int], dtype: type) -> np.ndarray:
-    """A new C-contiguous NumPy array on a 64-byte boundary, as torch's allocator gives
-    (NumPy's own are 16-byte aligned, which slows torch's vector kernels and matrix products
-    that read the draws later). A NumPy buffer all the same: a fresh large one faults in
-    fewer pages than ``torch.empty``'s."""
+    """A new C-contiguous NumPy array, on a 64-byte boundary as torch's allocator gives from
+    :data:`_ALIGN_FROM` bytes (NumPy's own are 16-byte aligned, which slows torch's vector
+    kernels and matrix products that read the draws later). A NumPy buffer all the same: a
+    fresh large one faults in fewer pages than ``torch.empty``'s."""
     size = shape[0] * shape[1] * np.dtype(dtype).itemsize
+    if size < _ALIGN_FROM:
+        return np.empty(shape, dtype=dtype)
     raw = np.empty(size + 64, dtype=np.uint8)
     start = -raw.ctypes.data % 64
     return raw[start : start + size].view(dtype).reshape(shape)
