@@ -37,6 +37,7 @@ __all__ = [
     "resolve_seed",
     "sample_keys",
     "scalar_uniform",
+    "smallest_uniforms",
     "uniform",
 ]
 
@@ -212,14 +213,14 @@ def _bits_torch(seeds: torch.Tensor, n: int) -> torch.Tensor:
     return mix(seeds.unsqueeze(1) + _counters(n, seeds.device).unsqueeze(0))
 
 
-def _blocks(rows: int, n: int):
-    """(row slice, column slice) blocks of about :data:`_BLOCK` elements covering (rows, n)."""
-    if n >= _BLOCK:
+def _blocks(rows: int, n: int, block: int = _BLOCK):
+    """(row slice, column slice) blocks of about ``block`` elements covering (rows, n)."""
+    if n >= block:
         for r in range(rows):
-            for c in range(0, n, _BLOCK):
-                yield slice(r, r + 1), slice(c, min(n, c + _BLOCK))
+            for c in range(0, n, block):
+                yield slice(r, r + 1), slice(c, min(n, c + block))
     else:
-        step = _BLOCK // n
+        step = block // n
         for r in range(0, rows, step):
             yield slice(r, min(rows, r + step)), slice(0, n)
 
@@ -228,7 +229,8 @@ def _blocks(rows: int, n: int):
 def _tiled_counters(n: int, rows: int) -> np.ndarray:
     """The counters of :func:`_counters` (as uint64) repeated for ``rows`` rows of ``n``, flat
     and read-only: a block's words start as its rows' seeds plus this (a broadcast add of a
-    column to a row costs several flat adds in NumPy). At most :data:`_BLOCK` elements."""
+    column to a row costs several flat adds in NumPy). At most :data:`_SMALLEST_BLOCK`
+    elements."""
     out = np.tile(np.arange(1, n + 1, dtype=np.uint64) * np.uint64(_GOLDEN), rows)
     out.flags.writeable = False
     return out
@@ -281,47 +283,78 @@ def _finish_block(z: np.ndarray, t: np.ndarray, block: np.ndarray, kind: str,
         block -= minus
 
 
-def _words_numpy(seeds: np.ndarray, n: int, out: np.ndarray, kind: str, narrow: bool) -> None:
-    """Fill ``out`` (R, n) with the draws of the uint64 row seeds ``seeds`` (R,): the words of
-    :func:`_bits_torch` mapped by :data:`_CONVERSIONS`, computed in NumPy (several times
-    faster on the CPU than torch's int64 ops, which have no logical shift) in cache-sized
-    blocks, without an (R, n) array of words."""
-    wide = n >= _BLOCK
-    step = 1 if wide else _BLOCK // n
-    size = min(_BLOCK if wide else step * n, seeds.size * n)
+#: outputs from this many bytes are aligned (below, the few microseconds it costs are more
+#: than their vector loads lose)
+_ALIGN_FROM = 1 << 16
+
+
+def _aligned_empty(shape: tuple[int, int], dtype: type) -> np.ndarray:
+    """A new C-contiguous NumPy array, on a 64-byte boundary as torch's allocator gives from
+    :data:`_ALIGN_FROM` bytes (NumPy's own are 16-byte aligned, which slows torch's vector
+    kernels and matrix products that read the draws later). A NumPy buffer all the same: a
+    fresh large one faults in fewer pages than ``torch.empty``'s."""
+    size = shape[0] * shape[1] * np.dtype(dtype).itemsize
+    if size < _ALIGN_FROM:
+        return np.empty(shape, dtype=dtype)
+    raw = np.empty(size + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start : start + size].view(dtype).reshape(shape)
+
+
+#: draws finished per pass of :func:`_draw_numpy`: the block's words and floats stay in the
+#: cache between NumPy's passes, and torch's per-call cost (erfinv, scaling) stays small
+_DRAW_BLOCK = 1 << 15
+
+
+def _draw_numpy(seeds: np.ndarray, at: np.ndarray | None, out: np.ndarray, kind: str,
+                a: float, b: float) -> None:
+    """Fill ``out`` (R, m), a new float32 or float64 array, with :func:`_fill`'s draws
+    for the uint64 row seeds ``seeds`` (R,): draw j of row r (``at[r, j]`` where ``at`` is
+    given), a block of rows (or of a wide row) at a time from hash to scaled value, so that no
+    (R, m) array of words or float64 values is made. Each value goes through the same
+    operations as in :func:`_fill`'s whole-array form (the erfinv, the scaling by ``sqrt(2)``,
+    ``b`` and ``a`` in the same dtypes and order), so the numbers are the same."""
+    rows, m = out.shape
+    narrow = kind == "uniform" and out.dtype != np.float64
+    wide = m >= _DRAW_BLOCK
+    step = 1 if wide else _DRAW_BLOCK // m
+    size = min(_DRAW_BLOCK if wide else step * m, rows * m)
     z_buf = np.empty(size, dtype=np.uint64)
     t_buf = np.empty_like(z_buf)
-    tiled = None if wide else _tiled_counters(n, step)
-    for rows, cols in _blocks(seeds.size, n):
-        shape = (rows.stop - rows.start, cols.stop - cols.start)
-        size = shape[0] * shape[1]
-        z = z_buf[:size]
-        if wide:
-            np.multiply(np.arange(cols.start + 1, cols.stop + 1, dtype=np.uint64),
+    # a normal is finished in float64 (its inverse CDF too) before it is cast to ``out``
+    scratch = (np.empty(size, dtype=np.float64)
+               if kind == "normal" and out.dtype != np.float64 else None)
+    tiled = None if wide or at is not None else _tiled_counters(m, step)
+    scale = b - a if kind == "uniform" else b
+    for rs, cs in _blocks(rows, m, _DRAW_BLOCK):
+        shape = (rs.stop - rs.start, cs.stop - cs.start)
+        count = shape[0] * shape[1]
+        z = z_buf[:count]
+        if at is not None:
+            zi = z.view(np.int64).reshape(shape)
+            np.add(at[rs, cs], 1, out=zi)  # the counters (j + 1) * golden, wrapping
+            z *= np.uint64(_GOLDEN)
+            z.reshape(shape)[...] += seeds[rs, None]
+        elif wide:
+            np.multiply(np.arange(cs.start + 1, cs.stop + 1, dtype=np.uint64),
                         np.uint64(_GOLDEN), out=z)
-            z += seeds[rows.start]
-            block = out[rows, cols].reshape(-1)
+            z += seeds[rs.start]
         else:
-            z.reshape(shape)[...] = seeds[rows, None]
-            z += tiled[:size]
-            block = out[rows].reshape(-1)
-        _finish_block(z, t_buf[:size], block, kind, narrow)
-
-
-def _words_at_numpy(seeds: np.ndarray, at: np.ndarray, out: np.ndarray, kind: str,
-                    narrow: bool) -> None:
-    """:func:`_words_numpy` at the positions ``at`` (R, m) int64 only: ``out`` (R, m) gets
-    draw ``at[r, c]`` of row r's stream."""
-    m = at.shape[1]
-    step = max(1, _BLOCK // m)
-    for lo in range(0, seeds.size, step):
-        hi = min(seeds.size, lo + step)
-        z = at[lo:hi] + 1  # a new int64 array: the counters (j + 1) * golden, wrapping
-        z = z.view(np.uint64)
-        z *= np.uint64(_GOLDEN)
-        z += seeds[lo:hi, None]
-        z = z.reshape(-1)
-        _finish_block(z, np.empty_like(z), out[lo:hi].reshape(-1), kind, narrow)
+            z.reshape(shape)[...] = seeds[rs, None]
+            z += tiled[:count]
+        target = out[rs, cs].reshape(-1)  # a view: rows of a block are whole rows
+        floats = target if scratch is None else scratch[:count]
+        _finish_block(z, t_buf[:count], floats, kind, narrow)
+        if kind == "normal":
+            torch.from_numpy(floats).erfinv_()
+            floats *= math.sqrt(2.0)
+            if scratch is not None:
+                target[...] = floats
+        if (a, b) != (0.0, 1.0):
+            # NumPy's float32 (float64) product and sum of the value and the rounded scalar:
+            # the same operation, bit for bit, as torch's ``mul_(scale).add_(a)``
+            target *= target.dtype.type(scale)
+            target += target.dtype.type(a)
 
 
 def _fill(
@@ -362,28 +395,30 @@ def _fill(
         return torch.empty(out_shape, dtype=dtype, device=keys.device)
     narrow = kind == "uniform" and dtype != torch.float64
     if keys.device.type == "cpu":  # the same numbers as below, computed in NumPy
-        buf = np.empty((r, n), dtype=np.float32 if narrow else np.float64)
-        seeds = _stream_seeds(keys, stream)
-        if at is None:
-            _words_numpy(seeds, n, buf, kind, narrow)
-        else:
-            _words_at_numpy(seeds, at.detach().to("cpu", torch.int64).numpy(), buf, kind,
-                            narrow)
-        u = torch.from_numpy(buf)
-        if kind == "normal":
-            u.erfinv_()
+        direct = dtype in (torch.float32, torch.float64)
+        if direct:
+            np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        else:  # drawn as below (float32 uniforms, float64 normals), then cast and scaled
+            np_dtype = np.float32 if narrow else np.float64
+        buf = _aligned_empty((r, n), np_dtype)
+        _draw_numpy(_stream_seeds(keys, stream),
+                    None if at is None else at.detach().to("cpu", torch.int64).numpy(),
+                    buf, kind, *((a, b) if direct else (0.0, 1.0)))
+        out = torch.from_numpy(buf).reshape(out_shape)
+        if direct or (a, b) == (0.0, 1.0):
+            return out.to(dtype)
+        return out.to(dtype).mul_(b - a if kind == "uniform" else b).add_(a)
+    seeds = combine(keys, stream)
+    if at is None:
+        words = _bits_torch(seeds, n)
     else:
-        seeds = combine(keys, stream)
-        if at is None:
-            words = _bits_torch(seeds, n)
-        else:
-            words = mix(seeds.unsqueeze(1) + (at.to(seeds.device, torch.int64) + 1) * _GOLDEN_S)
-        if narrow:
-            u = _shr(words, 40).to(torch.float32) * (1.0 / (1 << 24))
-        elif kind == "uniform":
-            u = _shr(words, 11).to(torch.float64) * (1.0 / (1 << 53))
-        else:  # inverse CDF of 2u - 1 in (-1, 1): u never reaches 0 or 1, the draw is finite
-            u = ((_shr(words, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 52)) - 1.0).erfinv_()
+        words = mix(seeds.unsqueeze(1) + (at.to(seeds.device, torch.int64) + 1) * _GOLDEN_S)
+    if narrow:
+        u = _shr(words, 40).to(torch.float32) * (1.0 / (1 << 24))
+    elif kind == "uniform":
+        u = _shr(words, 11).to(torch.float64) * (1.0 / (1 << 53))
+    else:  # inverse CDF of 2u - 1 in (-1, 1): u never reaches 0 or 1, the draw is finite
+        u = ((_shr(words, 11).to(torch.float64) + 0.5) * (1.0 / (1 << 52)) - 1.0).erfinv_()
     if kind == "uniform":
         out = u.to(dtype)
     else:
@@ -434,3 +469,137 @@ def normal(
 def permutation_keys(keys: torch.Tensor, n: int, *, stream: int = 0) -> torch.Tensor:
     """Random sort keys (B, n): ``argsort`` along the last axis is a uniform permutation."""
     return uniform(keys, (n,), dtype=torch.float64, stream=stream)
+
+
+#: the candidate threshold of :func:`smallest_uniforms`: ``k + 4 sqrt(k) + 4`` expected
+#: candidates per row leaves a row fewer than k (and so the full draw) with probability ~3e-5
+_CANDIDATE_SIGMAS = 4.0
+#: rows of :func:`smallest_uniforms`' candidates sorted at once: the row index sits above the
+#: 53 bits of a draw in one int64 sort key, so at most 2**10
+_SORT_ROWS = 1 << 10
+#: draws hashed per pass of :func:`smallest_uniforms` (its passes are fewer than
+#: :func:`_draw_numpy`'s, so a larger block pays)
+_SMALLEST_BLOCK = 1 << 16
+#: above this share of candidates a row is cheaper drawn and partitioned in full
+_CANDIDATE_SHARE = 0.3
+
+
+def smallest_uniforms(keys: torch.Tensor, shape: tuple[int, ...], k: int, *,
+                      valid: torch.Tensor | None = None, stream: int = 0) -> torch.Tensor:
+    """The positions (R, *shape[:-1], k), ascending, of the ``k`` smallest draws along the
+    last axis of ``uniform(keys, shape, dtype=torch.float64, stream=stream)``: a uniform
+    random k-subset of each row's positions. ``valid`` (R, shape[-1]) bool: positions that
+    are never chosen (as if their draws were +inf; each row needs at least ``k`` valid).
+
+    The same subsets as an ``argpartition`` of the float64 draws (ties, two equal 53-bit
+    draws at the k-th place, fall back to it), cheaper on the CPU: a draw is below the k-th
+    smallest when few are, so only the draws under a threshold (about ``k + 4 sqrt(k)`` of a
+    row, from the top bits of the hash, before its last steps) are finished and ranked; a row
+    with fewer than ``k`` under it is drawn in full.
+    """
+    r = keys.shape[0]
+    *lead, g = (int(d) for d in shape)
+    if not 1 <= k <= g:
+        raise ValueError(f"`k` must be in [1, {g}]; got {k}.")
+    runs = math.prod(lead)
+    if valid is not None and tuple(valid.shape) != (r, g):
+        raise ValueError(f"`valid` must be ({r}, {g}); got {tuple(valid.shape)}.")
+    if r == 0:
+        return torch.empty((0, *lead, k), dtype=torch.int64, device=keys.device)
+    n_valid = g if valid is None else int(valid.sum(1).min())
+    if n_valid < k:
+        raise ValueError(f"Every row needs at least k={k} valid positions; one has {n_valid}.")
+    threshold = (k + _CANDIDATE_SIGMAS * math.sqrt(k) + _CANDIDATE_SIGMAS) / n_valid
+    if keys.device.type != "cpu" or threshold > _CANDIDATE_SHARE:
+        return _smallest_full(keys, shape, k, valid, stream)
+    seeds = _stream_seeds(keys, stream)
+    # draw j = run * g + c of a key's stream: the row (key, run) starts at counter run * g
+    row_seeds = (seeds[:, None] + np.arange(runs, dtype=np.uint64)[None, :]
+                 * np.uint64(g * _GOLDEN & _M64)).reshape(-1)
+    rows = r * runs
+    # compare the hash's top 31 bits before its last xor-shift (which leaves them unchanged):
+    # a threshold that is a multiple of 2**-31 then reads the same bits as the finished word
+    bound = np.uint64(min(math.ceil(threshold * 2.0**31), (1 << 31) - 1) << 33)
+    valid_np = None if valid is None else valid.detach().to("cpu", torch.bool).numpy()
+    out = np.empty((rows, k), dtype=np.int64)
+    full_rows: list[np.ndarray] = []
+    step = max(1, min(_SORT_ROWS, _SMALLEST_BLOCK // g))
+    tiled = _tiled_counters(g, step).reshape(step, g)
+    z_buf = np.empty((step, g), dtype=np.uint64)
+    t_buf = np.empty_like(z_buf)
+    m_buf = np.empty((step, g), dtype=bool)
+    row_bits = np.arange(step, dtype=np.int64) << 53
+    for lo in range(0, rows, step):
+        hi = min(rows, lo + step)
+        b = hi - lo
+        z, t = z_buf[:b], t_buf[:b]
+        np.add(tiled[:b], row_seeds[lo:hi, None], out=z)
+        np.right_shift(z, np.uint64(30), out=t)
+        z ^= t
+        z *= _C1_U
+        np.right_shift(z, np.uint64(27), out=t)
+        z ^= t
+        z *= _C2_U
+        below = np.less(z, bound, out=m_buf[:b])
+        if valid_np is not None:
+            below &= valid_np[np.arange(lo, hi) // runs]
+        flat = np.flatnonzero(below)
+        local = flat // g
+        w = z.reshape(-1).take(flat)
+        w ^= w >> np.uint64(31)
+        w >>= np.uint64(11)
+        # (row, draw) in one sortable int64: each row's candidates in order of their draws
+        sort_key = w.view(np.int64)
+        sort_key |= row_bits.take(local)
+        chosen, bad = _rank_candidates(sort_key, local, b, k)
+        columns = flat
+        columns -= local * g
+        if bad.any():
+            chosen &= ~bad.take(local)
+            full_rows.append(np.flatnonzero(bad) + lo)
+            out[np.flatnonzero(~bad) + lo] = columns[chosen].reshape(-1, k)
+        else:
+            out[lo:hi] = columns[chosen].reshape(-1, k)
+    if full_rows:
+        again = np.concatenate(full_rows)
+        u = np.empty((again.size, g), dtype=np.float64)
+        _draw_numpy(row_seeds[again], None, u, "uniform", 0.0, 1.0)
+        if valid_np is not None:
+            u[~valid_np[again // runs]] = np.inf
+        picked = np.argpartition(u, k - 1, axis=1)[:, :k]
+        picked.sort(axis=1)
+        out[again] = picked
+    return torch.from_numpy(out).view(r, *lead, k).to(keys.device)
+
+
+def _rank_candidates(sort_key: np.ndarray, local: np.ndarray, rows: int, k: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Which candidates are their row's k smallest, and which rows cannot say: ``sort_key``
+    (C,) int64 the (row, draw) keys of the candidates of ``rows`` rows, ``local`` (C,) their
+    rows, ascending. A row with fewer than k candidates, or whose (k+1)-th smallest draw equals
+    its k-th (argpartition would take one of the two), is bad: the caller draws it in full."""
+    counts = np.bincount(local, minlength=rows)
+    ends = np.cumsum(counts)
+    ranked = np.sort(sort_key)
+    kth_at = ends - counts + (k - 1)
+    short = counts < k
+    kth_at[short] = 0
+    kth = ranked.take(kth_at)
+    bad = short | (ranked.take(np.minimum(kth_at + 1, ends - 1)) == kth) & (counts > k)
+    return sort_key <= kth.take(local), bad
+
+
+def _smallest_full(keys: torch.Tensor, shape: tuple[int, ...], k: int,
+                   valid: torch.Tensor | None, stream: int) -> torch.Tensor:
+    """:func:`smallest_uniforms` from every draw: argpartition on the CPU, topk elsewhere."""
+    u = uniform(keys, shape, dtype=torch.float64, stream=stream)
+    if valid is not None:
+        u = u.masked_fill(~valid.to(u.device).view(valid.shape[0], *[1] * (len(shape) - 1),
+                                                    valid.shape[1]), math.inf)
+    if u.device.type == "cpu":
+        # the order within a subset depends on the CPU's SIMD kernels (and differs from
+        # topk's): sorted positions are the same on every machine and device
+        idx = np.argpartition(u.numpy(), k - 1, axis=-1)[..., :k]
+        idx.sort(axis=-1)
+        return torch.from_numpy(idx)
+    return u.topk(k, dim=-1, largest=False).indices.sort(dim=-1).values

@@ -335,22 +335,13 @@ class FaithfulnessCorrelation(Metric):
         out = torch.empty((batch.n, self.nr_runs, self.subset_size), dtype=torch.int64,
                           device=batch.device)
         block = max(1, 2**22 // max(1, self.nr_runs * g_max))
-        k = self.subset_size
         all_valid = bool(valid.all())
         for s in range(0, batch.n, block):
-            u = _rng.uniform(keys[s : s + block], (self.nr_runs, g_max), dtype=torch.float64)
-            if not all_valid:
-                u = u.masked_fill(~valid[s : s + block].unsqueeze(1), math.inf)
-            # the k smallest of i.i.d. uniforms: a uniform k-subset (argpartition is ~2x faster
-            # than topk on the CPU). Its order within a subset depends on the CPU's SIMD
-            # kernels (and differs from topk's), and the attribution sums follow that order to
-            # the last bit: sorted ids make the sums the same on every machine and device
-            if u.device.type == "cpu":
-                idx = np.argpartition(u.numpy(), k - 1, axis=2)[..., :k]
-                idx.sort(axis=2)
-                out[s : s + block] = torch.from_numpy(idx)
-            else:
-                out[s : s + block] = u.topk(k, dim=2, largest=False).indices.sort(dim=2).values
+            # the k smallest of i.i.d. uniforms: a uniform k-subset, as ascending ids (the
+            # attribution sums follow their order to the last bit: the same on every machine)
+            out[s : s + block] = _rng.smallest_uniforms(
+                keys[s : s + block], (self.nr_runs, g_max), self.subset_size,
+                valid=None if all_valid else valid[s : s + block]).to(batch.device)
         return out
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
