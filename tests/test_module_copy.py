@@ -197,3 +197,27 @@ def test_copy_module_same_outputs() -> None:
 def test_copy_module_rejects_non_modules() -> None:
     with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         copy_module([nn.Linear(1, 1)])  # type: ignore[arg-type]
+
+
+class _NewStateDict(nn.Module):
+    """A module whose ``__getstate__`` builds a new dict (and a new config in it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cfg = {"scale": 2.0}
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["cfg"] = dict(self.cfg)
+        return state
+
+
+def test_copy_module_keeps_a_built_state_alive_until_the_copy_ends() -> None:
+    # the state dicts __getstate__ builds are memoised by address: freed early, a later
+    # object at the same address took another module's copied state
+    root = nn.Sequential(nn.Sequential(nn.Linear(2, 2)), _NewStateDict(),
+                         nn.Sequential(nn.Linear(2, 2)), _NewStateDict())
+    for _ in range(3):
+        ours = copy_module(root)
+        assert ours[1].cfg == {"scale": 2.0} and ours[3].cfg == {"scale": 2.0}
+        assert ours[1].cfg is not ours[3].cfg

@@ -35,8 +35,9 @@ _ATOMIC: frozenset[type] = frozenset({
 })
 
 #: per module class: whether ``copy.deepcopy`` copies it the default way (``object``'s reduce:
-#: ``cls.__new__(cls)``, then ``__setstate__`` of the copied ``__getstate__``)
-_DEFAULT_REDUCE: dict[type, bool] = {}
+#: ``cls.__new__(cls)``, then ``__setstate__`` of the copied ``__getstate__``); weak keys, so
+#: classes made on the fly (torch's parametrisations make one per module) can still be freed
+_DEFAULT_REDUCE: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
 
 
 def _copies_by_default(cls: type) -> bool:
@@ -73,6 +74,9 @@ def _copy_module(module: nn.Module, memo: dict[Any, Any]) -> nn.Module:
     state = module.__getstate__()
     if type(state) is not dict:
         return copy.deepcopy(module, memo)
+    # __getstate__ may build a new dict: kept alive to the end of the copy, as copy.deepcopy
+    # keeps what it memoises, or a later object at its address would hit its memo entry
+    memo.setdefault(id(memo), []).append(state)
     new = cls.__new__(cls)
     memo[id(module)] = new
     new.__setstate__(_copy_dict(state, memo))
