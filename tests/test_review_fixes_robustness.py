@@ -82,3 +82,34 @@ def test_column_noise_rejects_a_label_outside_its_categories():
     out = noise(good, _rng.sample_keys(good, 0))
     assert set(out[:, 1].tolist()) <= {0.0, 1.0, 2.0}
     assert (out[:, 1] != good[:, 1]).all()  # flip_prob=1: always another category
+
+
+@pytest.mark.parametrize("cls", [M.RelativeInputStability, M.LocalLipschitzEstimate])
+def test_a_model_writing_into_its_input_leaves_the_perturbed_inputs_intact(cls):
+    """RIS's and LLE's input change is read after the perturbed forward passes: a model that
+    writes into its input (an in-place ReLU first) must see copies, not the engine's stack."""
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 3)
+
+    class InPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(torch.relu_(x))
+
+    class Pure(InPlace):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(torch.relu(x))
+
+    x = torch.randn(8, 6)
+    y = torch.zeros(8, dtype=torch.long)
+
+    def explain(model, inputs, targets, **kwargs):  # the same map for both models
+        return inputs.detach().clone()
+
+    kw = {"nr_samples": 5, "seed": 0, "disable_warnings": True}
+    pure = cls(**kw)(Pure().eval(), x.clone(), y, explain_fn=explain)
+    in_place = cls(**kw)(InPlace().eval(), x.clone(), y, explain_fn=explain)
+    np.testing.assert_array_equal(in_place, pure)

@@ -226,7 +226,8 @@ class ModelWrapper(ABC):
                     return self._output_shapes[key]
             raw_view = self if not self.softmax else self.with_options(softmax=False)
             try:
-                out = raw_view.predict(x[:1])
+                # a copy of the row: a model that writes into its input must not change x
+                out = raw_view.predict(x[:1].clone())
             except ModelCallError:
                 raise
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:

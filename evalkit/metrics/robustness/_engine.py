@@ -449,10 +449,11 @@ class _PerturbationRobustness(Metric):
                 if todo:
                     sample_of_row = (idx if len(todo) == s else idx[todo]).repeat_interleave(k)
                     xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
-                    # the chunks are views of the stack (the engine's own tensor), not copies
+                    # copies of the stack's rows, not views: a model that writes into its
+                    # input would change the perturbed inputs that RIS and LLE read afterwards
                     with forward.context():
                         vals = batch.runner.run_concat(  # type: ignore[union-attr]
-                            [(xs.shape[0], xs)],
+                            [(xs.shape[0], lambda local, xs=xs: xs.index_select(0, local))],
                             reduce=lambda out, index, sr=sample_of_row: forward.reduce(
                                 out, sr[index[0]]),
                             row_shape=tuple(x.shape[1:]), desc="perturbed inputs")
