@@ -225,12 +225,23 @@ def _blocks(rows: int, n: int, block: int = _BLOCK):
             yield slice(r, min(rows, r + step)), slice(0, n)
 
 
-@functools.lru_cache(maxsize=32)
 def _tiled_counters(n: int, rows: int) -> np.ndarray:
     """The counters of :func:`_counters` (as uint64) repeated for ``rows`` rows of ``n``, flat
     and read-only: a block's words start as its rows' seeds plus this (a broadcast add of a
-    column to a row costs several flat adds in NumPy). At most :data:`_SMALLEST_BLOCK`
-    elements."""
+    column to a row costs several flat adds in NumPy). Blocks of up to
+    :data:`_SMALLEST_BLOCK` elements are cached; a wider row (one row a block) is not, so the
+    cache never holds more than 32 such small arrays."""
+    if n * rows <= _SMALLEST_BLOCK:
+        return _tiled_counters_cached(n, rows)
+    return _tile_counters(n, rows)
+
+
+@functools.lru_cache(maxsize=32)
+def _tiled_counters_cached(n: int, rows: int) -> np.ndarray:
+    return _tile_counters(n, rows)
+
+
+def _tile_counters(n: int, rows: int) -> np.ndarray:
     out = np.tile(np.arange(1, n + 1, dtype=np.uint64) * np.uint64(_GOLDEN), rows)
     out.flags.writeable = False
     return out
@@ -578,6 +589,8 @@ def _rank_candidates(sort_key: np.ndarray, local: np.ndarray, rows: int, k: int
     (C,) int64 the (row, draw) keys of the candidates of ``rows`` rows, ``local`` (C,) their
     rows, ascending. A row with fewer than k candidates, or whose (k+1)-th smallest draw equals
     its k-th (argpartition would take one of the two), is bad: the caller draws it in full."""
+    if sort_key.size == 0:  # no candidate in any row: every row is drawn in full
+        return np.zeros(0, dtype=bool), np.ones(rows, dtype=bool)
     counts = np.bincount(local, minlength=rows)
     ends = np.cumsum(counts)
     ranked = np.sort(sort_key)

@@ -367,6 +367,13 @@ class TestSmallestUniforms:
         assert torch.equal(_rng.smallest_uniforms(keys, shape, k),
                            _argpartition_subsets(keys, shape, k))
 
+    def test_a_wide_row_without_candidates_is_drawn_in_full(self):
+        # one row a block (over 32,768 draws) and k=1: no draw of this key is under the
+        # threshold, which left the candidate ranking nothing to take from
+        keys = torch.tensor([4908])
+        assert torch.equal(_rng.smallest_uniforms(keys, (1, 32769), 1),
+                           _argpartition_subsets(keys, (1, 32769), 1))
+
     def test_invalid_positions_are_never_chosen(self):
         keys = _keys(12)
         valid = torch.ones(12, 1000, dtype=torch.bool)

@@ -701,6 +701,15 @@ class TestHistogramEntropy:
                for row, b in zip(a, bins, strict=True)]
         np.testing.assert_allclose(ours, ref, atol=1e-12)
 
+    def test_column_major_maps_count_as_their_contiguous_copy(self):
+        # a transposed (N, D) map reaches the NumPy counts in Fortran order; the edge
+        # corrections are written through a flat view, which only C order gives
+        torch.manual_seed(0)
+        for a, bins in [(torch.randn(500, 64).T, torch.full((64,), 10)),
+                        (torch.randn(300, 6).T, torch.tensor([3, 5, 7, 9, 10, 10]))]:
+            assert torch.equal(_histogram_entropy(a, bins),
+                               _histogram_entropy(a.contiguous(), bins))
+
     def test_numpy_and_torch_counts_agree_with_numpy_histogram(self):
         """The CPU (NumPy) and device (torch) bin counts are numpy.histogram's, bin for bin,
         also for values on bin edges, ties, constant rows and a row with NaN."""

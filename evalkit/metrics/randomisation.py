@@ -736,6 +736,8 @@ def _histogram_counts_numpy(flat: np.ndarray, n_bins: np.ndarray) -> np.ndarray:
     candidates: t's fractional part within a generous ``slack`` of 0 or 1, t at the last edge,
     and every value of a row whose range is not finite or whose slack is not small); every
     other value keeps floor(t), which is what the corrections leave it."""
+    # C order: the corrections are written through idx.reshape(-1), a view only then
+    flat = np.ascontiguousarray(flat)
     n, d = flat.shape
     bins = n_bins.astype(np.int64).reshape(-1, 1)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
