@@ -259,6 +259,8 @@ class TimedExplainer:
         self.models = 0
         self._last_model: Any = None
         self.__name__ = getattr(fn, "__name__", "explain")
+        #: a wrapper computes in the chunks of the function it wraps (evalkit.explain does)
+        self.chunks_internally = getattr(fn, "chunks_internally", False)
 
     def reset(self) -> None:
         self.seconds = 0.0

@@ -36,11 +36,13 @@ MAX_AUTO_BATCH = {"cpu": 512, "cuda": 8192}
 #: chunks than in 512-row ones.
 SMALL_ROWS_CHUNK_BYTES = 128 * 2**10
 SMALL_ROWS_MAX_BATCH = 4096
-#: on a CPU, input bytes of small rows that a metric hands to one explain-function call when it
-#: explains rows itself (``evalkit.metrics.base.explain_call_rows``): each call still computes
-#: in the model's chunks, so what a call adds is its input and output, not activations; each
-#: call has fixed costs (validation, set-up: about 0.3 ms), which W4's 20,000 perturbed rows
-#: paid 7 times in calls of 3,276 rows and pay once in one call of 2.4 MB
+#: on a CPU, input bytes of small rows that a metric hands to one call of ``evalkit.explain``
+#: (or of an explain function with ``chunks_internally = True``) when it explains rows itself
+#: (``evalkit.metrics.base.explain_call_rows``; other explain functions get at most
+#: :data:`SMALL_ROWS_MAX_BATCH` rows): each call still computes in the model's chunks, so what
+#: a call adds is its input and output, not activations; each call has fixed costs
+#: (validation, set-up: about 0.3 ms), which W4's 20,000 perturbed rows paid 7 times in calls
+#: of 3,276 rows and pay once in one call of 2.4 MB
 SMALL_ROWS_CALL_BYTES = 8 * 2**20
 
 #: glibc malloc settings applied once, on the first CPU chunk (see :func:`keep_cpu_heap`): the

@@ -122,8 +122,10 @@ class CountingExplainer:
     """``evalkit.explain`` that records the rows of every call (the explain calls a metric
     makes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, chunks_internally: bool = False) -> None:
         self.rows: list[int] = []
+        #: say, as evalkit.explain does, that it computes in its own chunks
+        self.chunks_internally = chunks_internally
 
     def __call__(self, model, x, y, **kwargs):
         import evalkit

@@ -94,3 +94,22 @@ def test_the_explain_functions_outputs_are_left_unchanged(cls, dtype) -> None:
     assert kept
     for out, copy in kept:
         assert torch.equal(out, copy)
+
+
+def test_only_a_function_that_chunks_itself_gets_calls_over_4096_rows() -> None:
+    """evalkit.explain (or a function with ``chunks_internally = True``) gets one call of the
+    5,000 perturbed rows; another explain function, which may hold a whole call's
+    activations, gets whole model chunks up to 4,096 rows; the scores are the same."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x = torch.randn(500, FEATURES)
+    y = model(x).argmax(1)
+    a = ek.explain(model, x, y, method="Saliency")
+    kw = {"explain_kwargs": {"method": "Saliency"}}
+    chunking = CountingExplainer(chunks_internally=True)
+    plain = CountingExplainer()
+    s1 = MaxSensitivity(nr_samples=K, seed=0)(model, x, y, a, explain_fn=chunking, **kw)
+    s2 = MaxSensitivity(nr_samples=K, seed=0)(model, x, y, a, explain_fn=plain, **kw)
+    assert chunking.rows == [500 * K]
+    assert plain.rows == [3276, 500 * K - 3276]  # 3 whole chunks of 1,092 <= 4,096
+    np.testing.assert_array_equal(s1, s2)

@@ -558,3 +558,8 @@ def numpy_explain_fn(fn: Callable[..., np.ndarray]) -> Callable[..., torch.Tenso
 
     adapted.__name__ = getattr(fn, "__name__", "numpy_explain_fn")
     return adapted
+
+
+#: explain() computes in its own chunks (:func:`explain_rows`): a metric may hand it calls of
+#: many small rows at once (see ``evalkit.metrics.base.explain_call_rows``)
+explain.chunks_internally = True  # type: ignore[attr-defined]

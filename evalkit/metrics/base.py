@@ -31,7 +31,12 @@ import pandas as pd
 import torch
 
 from .. import _progress, _quantus_compat, _rng
-from .._batching import MAX_AUTO_BATCH, SMALL_ROWS_CALL_BYTES, SMALL_ROWS_CHUNK_BYTES
+from .._batching import (
+    MAX_AUTO_BATCH,
+    SMALL_ROWS_CALL_BYTES,
+    SMALL_ROWS_CHUNK_BYTES,
+    SMALL_ROWS_MAX_BATCH,
+)
 from .._validation import (
     EvalkitWarning,
     UndefinedScoreWarning,
@@ -308,14 +313,18 @@ def explain_call_rows(batch: MetricBatch, x: torch.Tensor) -> int | None:
     automatic batch size.
 
     Rows under 256 bytes (a table's few dozen features: the runner's "small rows", see
-    :data:`evalkit._batching.SMALL_ROWS_CHUNK_BYTES`) get as many whole model chunks a call as
-    fit in :data:`~evalkit._batching.SMALL_ROWS_CALL_BYTES` of input: the N x K perturbed
-    copies of a table (robustness) or the N rows of each randomised model (randomisation) then
-    take one or a few explain calls instead of dozens, each with its fixed validation and setup
-    costs (W4 MaxSensitivity: 1 call of 20,000 rows instead of 19 of 1,092; MPRT: one call per
-    layer instead of two). Whole chunks: ``explain()`` splits each call into chunks of the same
-    size as before (its own chunk size for small rows is the model's), so it computes on
-    exactly the rows it computed on before."""
+    :data:`evalkit._batching.SMALL_ROWS_CHUNK_BYTES`) get several whole model chunks a call:
+    the N x K perturbed copies of a table (robustness) or the N rows of each randomised model
+    (randomisation) then take one or a few explain calls instead of dozens, each with its
+    fixed validation and setup costs (W4 MaxSensitivity: 1 call of 20,000 rows instead of 19
+    of 1,092; MPRT: one call per layer instead of two). :func:`evalkit.explain`, and an explain
+    function that says it computes in its own chunks (an attribute ``chunks_internally =
+    True``), get up to :data:`~evalkit._batching.SMALL_ROWS_CALL_BYTES` of input a call, since
+    a call then adds only its input and output; any other explain function, which may hold
+    a whole call's activations or expand its rows (integration steps), gets up to
+    :data:`~evalkit._batching.SMALL_ROWS_MAX_BATCH` rows. Whole chunks: ``explain()`` splits
+    each call into chunks of the same size as before (its own chunk size for small rows is
+    the model's), so it computes on exactly the rows it computed on before."""
     model = batch.model
     # token ids are embedded into far larger rows: they keep the model's chunks
     if (batch.batch_size is not None or model is None or model.batch_size is not None
@@ -325,7 +334,12 @@ def explain_call_rows(batch: MetricBatch, x: torch.Tensor) -> int | None:
     if row_bytes * MAX_AUTO_BATCH["cpu"] >= SMALL_ROWS_CHUNK_BYTES:
         return None
     chunk = model.resolve_batch_size(x)
-    whole = (SMALL_ROWS_CALL_BYTES // row_bytes) // chunk
+    fn = batch.explain_fn
+    if fn is None or getattr(fn, "chunks_internally", False) is True:
+        rows = SMALL_ROWS_CALL_BYTES // row_bytes
+    else:
+        rows = min(SMALL_ROWS_MAX_BATCH, SMALL_ROWS_CALL_BYTES // row_bytes)
+    whole = rows // chunk
     return whole * chunk if whole > 1 else None
 
 
