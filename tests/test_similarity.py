@@ -216,14 +216,14 @@ class TestSSIM:
         # the CPU path filters long axes tap by tap with add_(alpha) (a fused multiply-add)
         # where its one-time check says that gives conv1d's bits (the padded path's, and the
         # former ones); then every length here must agree too
-        if not sim._fma_chain_is_conv1d():
+        taps = torch.exp(-0.5 * (torch.arange(-5, 6, dtype=torch.float64) / 1.5) ** 2) \
+            if gaussian else torch.full((7,), 1 / 7, dtype=torch.float64)
+        taps = taps / taps.sum()
+        if not sim._fma_chain_is_conv1d(tuple(taps.tolist())):
             pytest.skip("add_(alpha) is not conv1d's arithmetic on this machine: the CPU keeps "
                         "the padded SSIM path")
         gen = torch.Generator().manual_seed(length)
         x = torch.randn((40, length), generator=gen, dtype=torch.float64) * 7
-        taps = torch.exp(-0.5 * (torch.arange(-5, 6, dtype=torch.float64) / 1.5) ** 2) \
-            if gaussian else torch.full((7,), 1 / 7, dtype=torch.float64)
-        taps = taps / taps.sum()
         conv = torch.nn.functional.conv1d(x[:, None], taps.reshape(1, 1, -1))[:, 0]
         assert torch.equal(sim._valid_filter(x, 1, taps, taps.tolist()), conv)
 

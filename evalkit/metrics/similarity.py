@@ -500,7 +500,7 @@ def ssim(
     flat_a = xa.reshape(n * c, *spatial)
     flat_b = xb.reshape(n * c, *spatial)
     pad = (win_size - 1) // 2
-    if a.device.type == "cpu" and _fma_chain_is_conv1d():
+    if a.device.type == "cpu" and _fma_chain_is_conv1d(tuple(kernel.tolist())):
         s = _ssim_map_cpu(flat_a, flat_b, kernel, rng, cov_norm, K1, K2).reshape(
             n, c, *(dim - 2 * pad for dim in spatial))
     else:
@@ -561,16 +561,18 @@ def _ssim_map_padded(flat_a: torch.Tensor, flat_b: torch.Tensor, kernel: torch.T
     return num / den
 
 
-@functools.cache
-def _fma_chain_is_conv1d() -> bool:
+@functools.lru_cache(maxsize=64)
+def _fma_chain_is_conv1d(taps: tuple[float, ...]) -> bool:
     """Whether, on this machine, ``add_`` with ``alpha`` chains to the bits of a float64
-    ``conv1d`` (both fused multiply-adds in tap order, as with MKL on x86-64): checked once
-    on a few rows; where they differ the CPU keeps the padded path (:func:`_ssim_map_padded`)."""
+    ``conv1d`` with these taps (both fused multiply-adds in tap order, as with MKL on x86-64):
+    checked once per window on a few long rows (the tap-by-tap form is used only on axes too
+    long for the banded product); where they differ the CPU keeps the padded path
+    (:func:`_ssim_map_padded`)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn((8, 200), generator=gen, dtype=torch.float64) * 3
-    taps = torch.rand(7, generator=gen, dtype=torch.float64)
-    conv = F.conv1d(x[:, None], taps.reshape(1, 1, -1))[:, 0]
-    return torch.equal(_valid_filter(x, 1, taps, taps.tolist()), conv)
+    x = torch.randn((8, 4 * _BANDED_MAX + len(taps)), generator=gen, dtype=torch.float64) * 3
+    kernel = torch.tensor(taps, dtype=torch.float64)
+    conv = F.conv1d(x[:, None], kernel.reshape(1, 1, -1))[:, 0]
+    return torch.equal(_valid_filter(x, 1, kernel, list(taps)), conv)
 
 
 def _valid_filter(x: torch.Tensor, axis: int, kernel: torch.Tensor, taps: list[float]
