@@ -10,18 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _required_floor_helpers import build_case as _build
+from _required_floor_helpers import check_per_call_steps
 
 from benchmarks import harness, run
 from benchmarks.harness import Context
-from benchmarks.specs import all_specs
 from benchmarks.specs import robustness as rob
 from benchmarks.workloads import get_workload
-
-
-def _build(name: str, wname: str, n: int):
-    w = get_workload(wname, n=n)
-    spec = next(s for s in all_specs() if s.name == name)
-    return w, spec, spec.build(w, Context(batch_size=8, device=torch.device("cpu")))
 
 
 @pytest.mark.parametrize("name, wname, steps", [
@@ -47,16 +42,7 @@ def _build(name: str, wname: str, n: int):
 ])
 def test_robustness_rows_declare_their_per_call_steps(name, wname, steps):
     _, _, case = _build(name, wname, n=16 if wname == "W4" else 4)
-    assert callable(case.floor) and case.explainer is not None  # the explain() floor
-    assert case.required is not None and case.required.steps
-    assert case.required.ranked is None and case.required.score is None
-    whats = [s.what for s in case.required.per_call]
-    for part in steps:
-        assert any(part in what for what in whats), (part, whats)
-    assert len(whats) == len(steps)
-    for step in case.required.per_call:  # every form runs on the row's data
-        for fn in step.forms.values():
-            fn()
+    check_per_call_steps(case, steps)
 
 
 def test_noise_step_draws_as_many_values_as_the_copies_hold():
