@@ -267,17 +267,23 @@ _CONVERSIONS = {
 }
 
 
-def _finish_block(z: np.ndarray, t: np.ndarray, block: np.ndarray, kind: str,
-                  narrow: bool) -> None:
-    """Mix the flat uint64 states ``z`` (SplitMix64's finaliser, in place; ``t`` a scratch
-    buffer of the same size) and write their draws into the flat float ``block``."""
-    shift, offset, scale, minus = _CONVERSIONS[kind, narrow]
+def _mix_to_last_shift(z: np.ndarray, t: np.ndarray) -> None:
+    """SplitMix64's finaliser on the uint64 states ``z`` in place, up to (not including) its
+    last xor-shift ``z ^= z >> 31``; ``t`` a scratch buffer of ``z``'s shape."""
     np.right_shift(z, np.uint64(30), out=t)
     z ^= t
     z *= _C1_U
     np.right_shift(z, np.uint64(27), out=t)
     z ^= t
     z *= _C2_U
+
+
+def _finish_block(z: np.ndarray, t: np.ndarray, block: np.ndarray, kind: str,
+                  narrow: bool) -> None:
+    """Mix the flat uint64 states ``z`` (SplitMix64's finaliser, in place; ``t`` a scratch
+    buffer of the same size) and write their draws into the flat float ``block``."""
+    shift, offset, scale, minus = _CONVERSIONS[kind, narrow]
+    _mix_to_last_shift(z, t)
     if shift >= 31:  # (z ^ (z >> 31)) >> s is z >> s when s + 31 >= 64: skip the step
         np.right_shift(z, np.uint64(shift), out=z)
     else:
@@ -545,12 +551,7 @@ def smallest_uniforms(keys: torch.Tensor, shape: tuple[int, ...], k: int, *,
         b = hi - lo
         z, t = z_buf[:b], t_buf[:b]
         np.add(tiled[:b], row_seeds[lo:hi, None], out=z)
-        np.right_shift(z, np.uint64(30), out=t)
-        z ^= t
-        z *= _C1_U
-        np.right_shift(z, np.uint64(27), out=t)
-        z ^= t
-        z *= _C2_U
+        _mix_to_last_shift(z, t)
         below = np.less(z, bound, out=m_buf[:b])
         if valid_np is not None:
             below &= valid_np[np.arange(lo, hi) // runs]
