@@ -452,8 +452,9 @@ class _PerturbationRobustness(Metric):
                     # copies of the stack's rows, not views: a model that writes into its
                     # input would change the perturbed inputs that RIS and LLE read afterwards
                     with forward.context():
-                        vals = batch.runner.run_concat(  # type: ignore[union-attr]
-                            [(xs.shape[0], lambda local, xs=xs: xs.index_select(0, local))],
+                        vals = batch.runner.run(  # type: ignore[union-attr]
+                            lambda index, xs=xs: xs.index_select(0, index[0]),
+                            (xs.shape[0],),
                             reduce=lambda out, index, sr=sample_of_row: forward.reduce(
                                 out, sr[index[0]]),
                             row_shape=tuple(x.shape[1:]), desc="perturbed inputs")
