@@ -117,14 +117,14 @@ class Sufficiency(Metric):
         the Euclidean distances and the default agreement of 1-D predictions).
 
         The pairwise work is the metric's own cost (N^2 pairs, many times the forward pass of
-        a small model's N rows), so it runs on the pairs i <= j only: the distances are
-        symmetric (the matrix product's u.v and v.u are the same number, as are |u|^2 + |v|^2
-        and the direct sum of a cancelling pair either way round). After the one matrix
+        a small model's N rows), so it runs on the pairs i <= j only, the pair (j, i) taking
+        the value of (i, j): the same number wherever the product ``t @ t.T`` is symmetric
+        (u.v and v.u are sums of the same products; MKL's is, bit for bit), as |u|^2 + |v|^2
+        and the direct sum of a cancelling pair are either way round. After the one matrix
         product, a block of rows i at a time, over the columns j >= i, is finished in place
-        (in cache), and then normalised and tested; its neighbours are counted for its rows,
-        and mirrored for its columns, by small matrix products per predicted class. Returns
-        None where the largest distance is not finite: the caller then takes the whole
-        matrices."""
+        (in cache) and then tested; its neighbours are counted for its rows, and mirrored for
+        its columns, by small matrix products per predicted class. Returns None where the
+        largest distance is not finite: the caller then takes the whole matrices."""
         t = self._scaled(a)
         n = t.shape[0]
         sq = (t * t).sum(1)
