@@ -832,3 +832,48 @@ def test_sufficiency_blocked_counts_equal_the_distance_matrix(name, normalise_di
     want = ((near & same).sum(1).double() / count.clamp_min(1)).numpy()
     want[(count == 0).numpy()] = np.nan
     assert np.array_equal(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ["seuclidean", "euclidean", "sqeuclidean"])
+@pytest.mark.parametrize("threshold", [0.5, 1e-9, 0.0])
+@pytest.mark.parametrize("by_matrix_product", [True, False])
+def test_sufficiency_upper_triangle_counts_equal_the_distance_matrix(name, threshold,
+                                                                     by_matrix_product,
+                                                                     monkeypatch):
+    """The fast path finishes and tests the pairs i <= j only and skips the scan for
+    cancelling pairs where it provably changes nothing: near-identical float maps (whose
+    matrix-product d^2 cancels), tiny and zero thresholds (the scan then runs), several
+    blocks, neighbours counted per class by a matrix product or pair by pair; the same scores
+    bit for bit as the whole distance matrix and as the path that always scans."""
+    from evalkit.metrics.faithfulness import sufficiency as module
+
+    if not by_matrix_product:
+        monkeypatch.setattr(module, "_COUNTED_CLASSES", 1)
+    g = torch.Generator().manual_seed(5)
+    n = 600
+    a = torch.rand((n, 12), generator=g, dtype=torch.float64)
+    a[100:140] = a[7] + 1e-9 * torch.rand((40, 12), generator=g, dtype=torch.float64)
+    a[200:220] = a[9]
+    x = torch.randn((n, 12), generator=g)
+    y = torch.zeros(n, dtype=torch.long)
+    model = nn.Linear(12, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn((3, 12), generator=g))
+    m = Sufficiency(threshold=threshold, distance_func=name, abs=False, normalise=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = m(model, x, y, a)
+        with monkeypatch.context() as always_scan:
+            always_scan.setattr(module, "_CANCEL_MARGIN", math.inf)
+            scanned = m(model, x, y, a)
+    d = torch.as_tensor(m.distances(a))
+    near = d <= threshold
+    near.fill_diagonal_(False)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    same = pred.unsqueeze(0) == pred.unsqueeze(1)
+    count = near.sum(1)
+    want = ((near & same).sum(1).double() / count.clamp_min(1)).numpy()
+    want[(count == 0).numpy()] = np.nan
+    assert np.array_equal(got, want, equal_nan=True)
+    assert np.array_equal(scanned, want, equal_nan=True)

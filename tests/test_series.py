@@ -500,3 +500,26 @@ def test_aucse_threshold_masks_equal_the_sorted_order_masks(grouping):
     np.testing.assert_array_equal(fast.curves_, slow.curves_)
     np.testing.assert_array_equal(fast.score_drops_, slow.score_drops_)
     assert fast.nan_reasons_ == slow.nan_reasons_
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_aucse_threshold_counts_compare_in_float64(dtype):
+    """The counts at each quantile's threshold (float64, interpolated between two close
+    relevances) are those of the sorted morf order, for float32 and float64 attributions
+    alike (the thresholds are compared in float64, never rounded)."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 3, 64, generator=g)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
+    y = torch.tensor([0, 1, 2, 0, 1])
+    # consecutive float32 values (shuffled): each threshold lies between two of them
+    steps = torch.stack([torch.randperm(192, generator=g) for _ in range(5)])
+    a = (1.0 + steps.to(torch.float64) * 2.0 ** -23).reshape(5, 3, 64).to(dtype)
+    kwargs = dict(quantiles=[0.03, 0.31, 0.5, 0.77, 0.99], seed=0, normalise=False,
+                  disable_warnings=True)
+    fast = AUCSE(**kwargs)
+    scores = fast(model, x, y, a)
+    with ek.forward_cache():  # the sorted path
+        slow = AUCSE(**kwargs)
+        ref = slow(model, x, y, a)
+    np.testing.assert_array_equal(scores, ref)
+    np.testing.assert_array_equal(fast.masked_fractions_, slow.masked_fractions_)

@@ -569,10 +569,11 @@ def _imputed_rows_numpy(x: torch.Tensor, rows: torch.Tensor, fields: torch.Tenso
     before = per_channel.take(pos - back, axis=1, mode="clip")
     after = per_channel.take(pos + ahead, axis=1, mode="clip")
     with np.errstate(all="ignore"):  # torch's arithmetic warns about nothing either
-        # before + (after - before) * (t - t0) / (t1 - t0), in that order, in float64
+        # before + (after - before) * (t - t0) / (t1 - t0), in that order, in float64 (the
+        # step counts cast once per step, not once per channel inside each operation)
         value = np.subtract(after, before, dtype=np.float64)
-        value *= back
-        value /= span
+        value *= back.astype(np.float64)
+        value /= span.astype(np.float64)
         value += before
     # the few steps without a kept step on one side (or both): the kept one's value, or 0
     edge = np.flatnonzero(np.minimum(a, b) == 0)
@@ -587,7 +588,10 @@ def _imputed_rows_numpy(x: torch.Tensor, rows: torch.Tensor, fields: torch.Tenso
         fn = fields.detach().numpy()
         noise = np.ascontiguousarray(fn.reshape(fn.shape[0], c, t_count).transpose(1, 0, 2)
                                      ).reshape(c, -1)  # (C, F * T), as per_channel
-        imputed += noise.take(field_rows.numpy().take(series) * t_count + t, axis=1)
+        # a removed step's place in its field: pos + (field row - series) * T, the shift
+        # computed once per series
+        shift = (field_rows.numpy() - np.arange(r_count)) * t_count
+        imputed += noise.take(pos + shift.take(series), axis=1)
     out = torch.from_numpy(per_channel)
     # torch's index_copy_ writes the (C, P) values several times faster than NumPy's
     # fancy assignment

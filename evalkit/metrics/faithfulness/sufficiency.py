@@ -116,94 +116,146 @@ class Sufficiency(Metric):
         ``distances`` and ``agree_pairwise`` matrices, without building them (the route for
         the Euclidean distances and the default agreement of 1-D predictions).
 
-        After the one matrix product the distances are finished, normalised and tested a block
-        of rows at a time (in cache), and the neighbours with each prediction are counted by
-        one small matrix product (the pairwise work is the metric's own cost: N^2 pairs, many
-        times the forward pass of a small model's N rows). Returns None where the largest
-        distance is not finite: the caller then takes the whole matrices."""
+        The pairwise work is the metric's own cost (N^2 pairs, many times the forward pass of
+        a small model's N rows), so it runs on the pairs i <= j only, the pair (j, i) taking
+        the value of (i, j): the same number wherever the product ``t @ t.T`` is symmetric
+        (u.v and v.u are sums of the same products; MKL's is, bit for bit), as |u|^2 + |v|^2
+        and the direct sum of a cancelling pair are either way round. After the one matrix
+        product, a block of rows i at a time, over the columns j >= i, is finished in place
+        (in cache) and then tested; its neighbours are counted for its rows, and mirrored for
+        its columns, by small matrix products per predicted class. Returns None where the
+        largest distance is not finite: the caller then takes the whole matrices."""
         t = self._scaled(a)
         n = t.shape[0]
         sq = (t * t).sum(1)
-        d2 = t @ t.T  # finished in place, block by block, as _euclidean_distances does
-        step = _block_rows(n)
-        # no pair can cancel where d^2 exceeds 1e-6 of the largest |u|^2 + |v|^2: the test of
-        # each pair's own bound (below) runs on the few pairs under that
-        bound = float(sq.max()) * 2e-6
-        near_i, near_j, top2 = [], [], torch.zeros((), dtype=torch.float64, device=t.device)
-        total_buffer = torch.empty((step, n), dtype=torch.float64, device=t.device)
-        for start in range(0, n, step):
-            rows = slice(start, min(n, start + step))
-            total = torch.add(sq[rows].unsqueeze(1), sq.unsqueeze(0),
-                              out=total_buffer[:rows.stop - start])
+        d2 = t @ t.T  # its upper triangle finished in place, block by block
+        blocks = _upper_blocks(n)
+        top2 = torch.zeros((), dtype=torch.float64, device=t.device)
+        buffer = torch.empty(_BLOCK_ELEMENTS, dtype=torch.float64, device=t.device)
+        on_cpu = t.device.type == "cpu"
+        for start, stop in blocks:
+            rows, width = stop - start, n - start
+            upper = d2[start:stop, start:]
+            total = torch.add(sq[start:stop].unsqueeze(1), sq[start:].unsqueeze(0),
+                              out=buffer[:rows * width].view(rows, width))
             # total - 2 u.v in one pass (the product by -2 is exact: the same bits as
-            # multiplying first); no clamp at 0: a negative d^2 is under `bound`, so its pair
-            # is summed directly below, and the running maximum starts at 0
-            block = torch.add(total, d2[rows], alpha=-2.0, out=d2[rows])
-            top2 = torch.maximum(top2, block.amax())
-            if block.device.type == "cpu":  # NumPy's nonzero: several times faster
-                flat = torch.from_numpy(np.flatnonzero(block.numpy() <= bound))
-                i, j = flat // n, flat % n
-            else:
-                i, j = (block <= bound).nonzero(as_tuple=True)
-            if i.numel():
-                own = block[i, j] <= (sq[i + start] + sq[j]).mul_(1e-6)
-                near_i.append(i[own] + start)
-                near_j.append(j[own])
+            # multiplying first); no clamp at 0: a negative d^2 cancelled (see below), and
+            # the running maximum starts at 0
+            block = torch.add(total, upper, alpha=-2.0, out=upper)
+            # NumPy's max: several times faster on the CPU
+            top2 = torch.maximum(top2, torch.tensor(block.numpy().max()) if on_cpu
+                                 else block.amax())
         if not math.isfinite(float(top2)):
             return None
-        if near_i:
-            i, j = torch.cat(near_i), torch.cat(near_j)
-            before = d2[i, j]
-            exact = _exact_squares(t, i, j, sq)
-            d2[i, j] = exact
-            if bool((before == top2).any()):  # the largest was summed again: look again
-                top2 = d2.max()
-            else:
-                top2 = torch.maximum(top2, exact.max())
-        top = float(top2.sqrt())
-        if self.distance_func == "sqeuclidean":
-            top = top * top  # the square of the largest distance, rounded as d * d is
-        if not math.isfinite(top):
+        largest_sq = float(sq.max())
+        limit = self._limit(top2)
+        if not (t.shape[1] <= _CANCEL_FEATURES and float(top2) > _CANCEL_MARGIN * largest_sq
+                and limit is not None and limit >= _CANCEL_MARGIN * largest_sq):
+            # the pairs whose matrix-product form may cancel are summed directly, as
+            # _euclidean_distances does; skipped above, where provably nothing changes: a
+            # pair is summed only where its d^2 is at most 1e-6 of |u|^2 + |v|^2, and then
+            # (with few enough features for the rounding of both forms to stay within 1e-9 of
+            # that) both its values are under _CANCEL_MARGIN times the largest |u|^2: a
+            # neighbour either way (under the limit), never the largest d^2 (above it), and
+            # the pairs (i, i) are no one's neighbour
+            top2 = self._sum_cancelling_pairs(t, sq, d2, blocks, top2)
+            limit = self._limit(top2)
+        if limit is None:
             return None
-        scale = top if self.normalise_distances and top > 0 else None
-        # a pair is near when its finished distance is within the threshold; finishing (the
-        # square root, the normalisation) is monotone in d^2, so that is one comparison of
-        # d^2 with the largest d^2 whose finished distance is within it
-        squared = self.distance_func == "sqeuclidean"
-        threshold = float(self.threshold)
-        # where the exact real-number answer lies (the search corrects it to the bit)
-        guess = threshold * (scale or 1.0)
-        limit = _largest_within(lambda v: _finish(v, squared=squared, scale=scale),
-                                threshold, guess if squared else guess * guess)
         codes = torch.unique(pred, return_inverse=True)[1]
         classes = int(codes.max()) + 1
         onehot = None
         if classes <= _COUNTED_CLASSES and n < (1 << 24):
-            # one column per predicted value (counts below 2^24 are exact in float32)
+            # one column per predicted value (counts below 2^24 are exact in float32, so the
+            # sums of the row and the mirrored column blocks are the whole rows' counts)
             onehot = torch.zeros((n, classes), dtype=torch.float32, device=t.device)
             onehot[torch.arange(n, device=t.device), codes] = 1.0
-        count = torch.empty(n, dtype=torch.float64, device=t.device)
-        both = torch.empty_like(count)
-        near_buffer = torch.empty((step, n), dtype=torch.float32 if onehot is not None
+            by_class = torch.zeros((n, classes), dtype=torch.float32, device=t.device)
+        else:
+            count = torch.zeros(n, dtype=torch.int64, device=t.device)
+            both = torch.zeros_like(count)
+        near_buffer = torch.empty(_BLOCK_ELEMENTS, dtype=torch.float32 if onehot is not None
                                   else torch.bool, device=t.device)
-        on_cpu = t.device.type == "cpu"
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            near = near_buffer[:stop - start]
+        for start, stop in blocks:
+            width = n - start
+            near = near_buffer[:(stop - start) * width].view(stop - start, width)
             if on_cpu:  # NumPy writes the comparison as float32 several times faster
-                np.less_equal(d2[start:stop].numpy(), limit, out=near.numpy())
+                np.less_equal(d2[start:stop, start:].numpy(), limit, out=near.numpy())
             else:
-                torch.le(d2[start:stop], limit, out=near)
-            near[:, start:stop].fill_diagonal_(False)
-            if onehot is None:
-                count[start:stop] = _row_counts(near)
-                same = pred[start:stop].unsqueeze(1) == pred.unsqueeze(0)
-                both[start:stop] = _row_counts(near.logical_and_(same))
+                torch.le(d2[start:stop, start:], limit, out=near)
+            near[:, :stop - start].fill_diagonal_(False)
+            mirrored = near[:, stop - start:]  # the pairs (j, i) of the columns j >= stop
+            if onehot is not None:
+                by_class[start:stop] += near @ onehot[start:]
+                by_class[stop:] += mirrored.T @ onehot[start:stop]
                 continue
-            by_class = near @ onehot
-            count[start:stop] = by_class.sum(1)
-            both[start:stop] = by_class.gather(1, codes[start:stop].unsqueeze(1)).squeeze(1)
-        return count, both
+            same = pred[start:stop].unsqueeze(1) == pred[start:].unsqueeze(0)
+            count[start:stop] += _row_counts(near)
+            count[stop:] += mirrored.sum(0)
+            near.logical_and_(same)
+            both[start:stop] += _row_counts(near)
+            both[stop:] += mirrored.sum(0)
+        if onehot is not None:
+            count = by_class.sum(1)
+            both = by_class.gather(1, codes.unsqueeze(1)).squeeze(1)
+        return count.to(torch.float64), both.to(torch.float64)
+
+    def _limit(self, top2: torch.Tensor) -> float | None:
+        """The largest d^2 whose finished distance (square root, squared again for
+        ``"sqeuclidean"``, normalised by the largest distance, whose square is ``top2``) is
+        within the threshold; None where the largest distance is not finite.
+
+        Finishing is monotone in d^2, so a pair is near exactly when its d^2 is at most
+        this."""
+        top = float(top2.sqrt())
+        squared = self.distance_func == "sqeuclidean"
+        if squared:
+            top = top * top  # the square of the largest distance, rounded as d * d is
+        if not math.isfinite(top):
+            return None
+        scale = top if self.normalise_distances and top > 0 else None
+        threshold = float(self.threshold)
+        # where the exact real-number answer lies (the search corrects it to the bit)
+        guess = threshold * (scale or 1.0)
+        return _largest_within(lambda v: _finish(v, squared=squared, scale=scale),
+                               threshold, guess if squared else guess * guess)
+
+    @staticmethod
+    def _sum_cancelling_pairs(t: torch.Tensor, sq: torch.Tensor, d2: torch.Tensor,
+                              blocks: list[tuple[int, int]], top2: torch.Tensor
+                              ) -> torch.Tensor:
+        """Replace, in the finished upper triangle of ``d2``, the d^2 of the pairs whose
+        matrix-product form may cancel (d^2 at most 1e-6 of |u|^2 + |v|^2) by their direct sums
+        (:func:`_exact_squares`), and return the largest d^2 after that (``top2`` before)."""
+        n = t.shape[0]
+        # no pair can cancel where d^2 exceeds 1e-6 of the largest |u|^2 + |v|^2: the test of
+        # each pair's own bound (below) runs on the few pairs under that
+        bound = float(sq.max()) * 2e-6
+        near_i, near_j = [], []
+        for start, stop in blocks:
+            block = d2[start:stop, start:]
+            if block.device.type == "cpu":  # NumPy's nonzero: several times faster
+                width = n - start
+                flat = torch.from_numpy(np.flatnonzero(block.numpy() <= bound))
+                i, j = flat // width, flat % width
+            else:
+                i, j = (block <= bound).nonzero(as_tuple=True)
+            if i.numel():
+                own = block[i, j] <= (sq[i + start] + sq[j + start]).mul_(1e-6)
+                near_i.append(i[own] + start)
+                near_j.append(j[own] + start)
+        if not near_i:
+            return top2
+        i, j = torch.cat(near_i), torch.cat(near_j)
+        before = d2[i, j]
+        exact = _exact_squares(t, i, j, sq)
+        d2[i, j] = exact
+        if bool((before == top2).any()):  # the largest was summed again: look again
+            top2 = torch.zeros((), dtype=torch.float64, device=t.device)
+            for start, stop in blocks:
+                top2 = torch.maximum(top2, d2[start:stop, start:].amax())
+            return top2
+        return torch.maximum(top2, exact.max())
 
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         batch.require_model()
@@ -260,10 +312,27 @@ _BLOCKED_SAMPLES = 256
 _COUNTED_CLASSES = 256
 
 
-def _block_rows(n: int) -> int:
-    """Rows of an N x N float64 matrix per block: about 2 MiB, so that a block's passes run in
-    cache."""
-    return max(1, min(n, (1 << 18) // max(1, n)))
+#: the skipped scan for cancelling pairs (see ``Sufficiency._neighbour_counts``): at most this
+#: many features (the rounding of D-term sums stays within D * 2^-53 relative: below 1e-9),
+#: and the largest d^2 and the limit at least this multiple of the largest |u|^2
+_CANCEL_FEATURES = 1 << 20
+_CANCEL_MARGIN = 4e-6
+
+#: the most pairs of a block of :func:`_upper_blocks` (1 MiB of float64: a block and its
+#: buffer stay in a core's cache)
+_BLOCK_ELEMENTS = 1 << 17
+
+
+def _upper_blocks(n: int) -> list[tuple[int, int]]:
+    """Row blocks ``(start, stop)`` of the upper triangle of an N x N matrix (rows
+    ``start:stop``, columns ``start:``), each of at most ``_BLOCK_ELEMENTS`` pairs (at least
+    one row): more rows per block as the rows shorten."""
+    blocks, start = [], 0
+    while start < n:
+        stop = min(n, start + max(1, _BLOCK_ELEMENTS // (n - start)))
+        blocks.append((start, stop))
+        start = stop
+    return blocks
 
 
 def _finish(d2: float, *, squared: bool, scale: float | None) -> float:

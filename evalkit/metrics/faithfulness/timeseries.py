@@ -166,11 +166,14 @@ class AUCSE(RanksFeatures):
         v_lo, v_hi = ascending.gather(1, lo), ascending.gather(1, hi)
         tau = v_lo + (h - lo.to(torch.float64)) * (v_hi - v_lo)
         tau = torch.where(torch.isfinite(tau), tau, torch.zeros_like(tau))
-        included = candidate.unsqueeze(1) & (rel.unsqueeze(1) >= tau.unsqueeze(2))
-        counts = _count_true(included, 2)
+        # the candidates at or above each threshold: all but those below it, which lead the
+        # sorted row (the others are +inf there; tau is finite); compared in float64, as
+        # the relevance (float32 or float64, widened exactly) meets tau (float64)
+        counts = n_cand.unsqueeze(1) - torch.searchsorted(ascending.to(torch.float64),
+                                                          tau.contiguous())
         counts = torch.where(n_cand.unsqueeze(1) > 0, counts, torch.zeros_like(counts))
         if ordering is None:
-            ordering = _threshold_ordering(grp, rel, valid, tau, included, counts)
+            ordering = _threshold_ordering(grp, rel, valid, tau, candidate, counts)
         if ordering is None:
             ordering = order_groups(batch, grp, self.order)
         g = ordering.n_groups.to(rel.device).unsqueeze(1)
@@ -197,7 +200,7 @@ class AUCSE(RanksFeatures):
 
 
 def _threshold_ordering(grp: Grouping, rel: torch.Tensor, valid: torch.Tensor,
-                        tau: torch.Tensor, included: torch.Tensor, counts: torch.Tensor
+                        tau: torch.Tensor, candidate: torch.Tensor, counts: torch.Tensor
                         ) -> Ordering | None:
     """An :class:`Ordering` whose rank map selects, for each step's window [0, counts[:, q]),
     exactly the points of the morf order's first counts[:, q] (the candidates at or above the
@@ -219,22 +222,19 @@ def _threshold_ordering(grp: Grouping, rel: torch.Tensor, valid: torch.Tensor,
     if not bool(torch.isfinite(torch.where(valid, rel, torch.zeros_like(rel))).all()):
         return None
     q_count = counts.shape[1]
-    first = q_count - _count_true(included, 1)  # (N, G): the first step that selects it
+    # (N, G): the first step that selects a point; the steps that select a candidate are
+    # those whose threshold is at most its relevance (the last ones: the thresholds
+    # decrease), none for the others
+    selected = (torch.where(candidate, rel.to(tau.dtype), -math.inf).unsqueeze(1)
+                >= tau.unsqueeze(2))  # (N, Q, G)
+    # summed as bytes where they fit (a bool sum widens every element to int64)
+    selecting = (selected.view(torch.uint8).sum(1, dtype=torch.uint8) if q_count <= 255
+                 else selected.sum(1))
+    first = q_count - selecting.to(torch.int64)
     previous = torch.cat([torch.zeros_like(counts[:, :1]), counts], 1)  # counts of step q - 1
     rank = previous.gather(1, first)
     rank = torch.where(valid, rank, torch.full_like(rank, grp.max_groups))
     return Ordering(grp, rel, rank, grp.expand(rank), "morf-thresholds")
-
-
-def _count_true(mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """int64 numbers of True along ``dim`` of a bool ``mask``, summed in the narrowest integer
-    type that holds them (a bool sum accumulates in int64: several times slower on the CPU)."""
-    size = mask.shape[dim]
-    if size <= 255:
-        return mask.view(torch.uint8).sum(dim, dtype=torch.uint8).to(torch.int64)
-    if size <= 32767:
-        return mask.sum(dim, dtype=torch.int16).to(torch.int64)
-    return mask.sum(dim)
 
 
 def _sorted_rows(values: torch.Tensor) -> torch.Tensor:
