@@ -4,6 +4,7 @@ forward passes and prediction-change handling (see the package docstring)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -246,7 +247,16 @@ class _Forward:
     def context(self) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
 
-    def reduce(self, outputs: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    def begin(self, sample_of_row: torch.Tensor, k: int, first: int | None) -> None:
+        """A pass over rows starts: ``sample_of_row`` (R,) the sample of each row, ``k`` rows
+        per sample, ``first``: where the samples are consecutive (row r belongs to sample
+        ``first + r // k``), the first one, else None."""
+
+    def rows(self, index: torch.Tensor) -> None:
+        """The rows ``index`` (positions in the pass, consecutive) are forwarded next."""
+
+    def reduce(self, outputs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The values of the rows ``index`` (positions in the pass) from their outputs."""
         if outputs.ndim < 2:
             raise ValueError(
                 "Checking predictions needs (N, classes) model outputs; the model returned "
@@ -449,14 +459,13 @@ class _PerturbationRobustness(Metric):
                 if todo:
                     sample_of_row = (idx if len(todo) == s else idx[todo]).repeat_interleave(k)
                     xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
-                    # copies of the stack's rows, not views: a model that writes into its
-                    # input would change the perturbed inputs that RIS and LLE read afterwards
+                    # copies of the stack's rows (_forward_rows); the samples are consecutive
+                    # where all of the chunk's are to do
+                    forward.begin(sample_of_row, k, start if len(todo) == s else None)
                     with forward.context():
                         vals = batch.runner.run(  # type: ignore[union-attr]
-                            lambda index, xs=xs: xs.index_select(0, index[0]),
-                            (xs.shape[0],),
-                            reduce=lambda out, index, sr=sample_of_row: forward.reduce(
-                                out, sr[index[0]]),
+                            functools.partial(_forward_rows, forward, xs), (xs.shape[0],),
+                            reduce=lambda out, index: forward.reduce(out, index[0]),
                             row_shape=tuple(x.shape[1:]), desc="perturbed inputs")
                     vals = vals.reshape(len(todo), k, -1)
                     if len(todo) != s or fwd_cached:  # per-sample views only where needed
@@ -471,11 +480,11 @@ class _PerturbationRobustness(Metric):
     def _clean_forward(self, batch: MetricBatch, forward: _Forward) -> torch.Tensor:
         """Model outputs (N, C) float64 of the unperturbed inputs, once per call."""
         x = batch.x
-        samples = torch.arange(batch.n, device=x.device)
+        forward.begin(torch.arange(batch.n, device=x.device), 1, 0)
         with forward.context():
             return batch.runner.run(  # type: ignore[union-attr]
-                lambda index: x.index_select(0, index[0]), (batch.n,),
-                reduce=lambda out, index: forward.reduce(out, samples[index[0]]),
+                functools.partial(_forward_rows, forward, x), (batch.n,),
+                reduce=lambda out, index: forward.reduce(out, index[0]),
                 row_shape=tuple(x.shape[1:]), desc="unperturbed inputs")
 
     def _check_attribution_layout(self, batch: MetricBatch, a_pert: torch.Tensor) -> None:
@@ -545,6 +554,16 @@ class _PerturbationRobustness(Metric):
         batch.record("draw_scores", masked, per_sample=True)
         batch.record("prediction_changed", changed, per_sample=changed is not None)
         return score
+
+
+def _forward_rows(forward: _Forward, xs: torch.Tensor, index: tuple[torch.Tensor, ...]
+                  ) -> torch.Tensor:
+    """The runner's builder of a pass over the rows of ``xs``: copies of the rows (a gather),
+    not views, so that a model that writes into its input cannot change the perturbed inputs
+    that RIS and LLE read afterwards (index_select: the same copy as xs[i], several times
+    faster on the CPU); ``forward`` is told which rows come next."""
+    forward.rows(index[0])
+    return xs.index_select(0, index[0])
 
 
 def _rows_of(samples: list[int], k: int, device: torch.device) -> torch.Tensor:
