@@ -15,7 +15,7 @@ import torch
 
 from ... import _rng
 from ..._batching import parse_bytes
-from ..._validation import check_option, check_scalar, finite_rows
+from ..._validation import all_finite, check_option, check_scalar, finite_rows
 from ...cache import (
     ExplanationCache,
     active_explanation_cache,
@@ -247,10 +247,8 @@ class _Forward:
     def context(self) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
 
-    def begin(self, sample_of_row: torch.Tensor, k: int, first: int | None) -> None:
-        """A pass over rows starts: ``sample_of_row`` (R,) the sample of each row, ``k`` rows
-        per sample, ``first``: where the samples are consecutive (row r belongs to sample
-        ``first + r // k``), the first one, else None."""
+    def begin(self, sample_of_row: torch.Tensor) -> None:
+        """A pass over rows starts: ``sample_of_row`` (R,) is the sample of each row."""
 
     def rows(self, index: torch.Tensor) -> None:
         """The rows ``index`` (positions in the pass, consecutive) are forwarded next."""
@@ -282,6 +280,8 @@ class _Chunk:
     fwd: torch.Tensor | None
     rows: slice
     a_owned: bool = False
+    #: every entry of ``a_ok`` is True
+    all_finite: bool = False
 
 
 def _minus(values: torch.Tensor, ref: torch.Tensor, owned: bool) -> torch.Tensor:
@@ -404,6 +404,8 @@ class _PerturbationRobustness(Metric):
         espec = _explainer_spec(batch, store) if store is not None else b""
         fwd_cached = store is not None and forward is not None and forward.spec is not None
         per_chunk = _stack_samples(batch, k)
+        plain_maps = (not self.normalise and not self.abs
+                      and type(self)._preprocess_attributions is Metric._preprocess_attributions)
         keys = batch.keys
         for start in range(0, n, per_chunk):
             idx = torch.arange(start, min(n, start + per_chunk), device=x.device)
@@ -446,8 +448,16 @@ class _PerturbationRobustness(Metric):
                 a_raw = torch.stack(raw, 0)  # (S, K, ...)
                 a_raw = a_raw.reshape(s * k, *a_raw.shape[2:])
             # one sum decides almost every row (finite_rows), instead of isfinite + all
-            a_ok = finite_rows(_flat(a_raw)).reshape(s, k)
-            a = self._preprocess_attributions(batch, a_raw, flat_x, flag_nan=False)
+            all_ok = all_finite(a_raw)
+            a_ok = (torch.ones((s, k), dtype=torch.bool, device=a_raw.device) if all_ok
+                    else finite_rows(_flat(a_raw)).reshape(s, k))
+            if all_ok and plain_maps:
+                # what _preprocess_attributions does with finite maps and neither
+                # normalisation nor abs (a float64 copy), without its second finiteness sum
+                a = batch.modality.align(a_raw, flat_x).to(device=batch.device,
+                                                           dtype=torch.float64)
+            else:
+                a = self._preprocess_attributions(batch, a_raw, flat_x, flag_nan=False)
             # a new tensor (a float64 copy, normalised...), not the explain function's output
             # or a cached block
             a_owned = a.untyped_storage().data_ptr() != a_raw.untyped_storage().data_ptr()
@@ -459,9 +469,8 @@ class _PerturbationRobustness(Metric):
                 if todo:
                     sample_of_row = (idx if len(todo) == s else idx[todo]).repeat_interleave(k)
                     xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
-                    # copies of the stack's rows (_forward_rows); the samples are consecutive
-                    # where all of the chunk's are to do
-                    forward.begin(sample_of_row, k, start if len(todo) == s else None)
+                    # copies of the stack's rows (_forward_rows)
+                    forward.begin(sample_of_row)
                     with forward.context():
                         vals = batch.runner.run(  # type: ignore[union-attr]
                             functools.partial(_forward_rows, forward, xs), (xs.shape[0],),
@@ -475,12 +484,12 @@ class _PerturbationRobustness(Metric):
                         store.put([fkeys[j] for j in todo], [fwd[j].clone() for j in todo])
                 fwd_t = vals if len(todo) == s else torch.stack(fwd, 0)
             yield _Chunk(idx=idx, x=xp, a=a, a_ok=a_ok, fwd=fwd_t, rows=rows,
-                         a_owned=a_owned)
+                         a_owned=a_owned, all_finite=all_ok)
 
     def _clean_forward(self, batch: MetricBatch, forward: _Forward) -> torch.Tensor:
         """Model outputs (N, C) float64 of the unperturbed inputs, once per call."""
         x = batch.x
-        forward.begin(torch.arange(batch.n, device=x.device), 1, 0)
+        forward.begin(torch.arange(batch.n, device=x.device))
         with forward.context():
             return batch.runner.run(  # type: ignore[union-attr]
                 functools.partial(_forward_rows, forward, x), (batch.n,),
@@ -519,8 +528,10 @@ class _PerturbationRobustness(Metric):
         defined = torch.zeros((n, k), dtype=torch.bool, device=dev)
         finite = torch.ones((n, k), dtype=torch.bool, device=dev)
         changed = torch.zeros((n, k), dtype=torch.bool, device=dev) if check else None
+        all_finite_maps = True
         for chunk in self._iter_chunks(batch, draws, forward):
             self._check_attribution_layout(batch, chunk.a)
+            all_finite_maps = all_finite_maps and chunk.all_finite
             v, d = self._draw_values(batch, chunk, clean)
             values[chunk.rows] = v
             defined[chunk.rows] = d
@@ -531,9 +542,12 @@ class _PerturbationRobustness(Metric):
                 before = pred[chunk.rows].repeat_interleave(k_, 0)  # type: ignore[index]
                 changed[chunk.rows] = ~target.agree(drawn, before).reshape(s_, k_)  # type: ignore[index]
 
-        bad_expl = ~finite.all(1)
-        batch.set_nan(bad_expl, "a re-explanation of a perturbed input contains NaN or Inf")
-        use = defined & finite
+        if all_finite_maps:  # every re-explanation finite (one sum per chunk said so)
+            use = defined
+        else:
+            bad_expl = ~finite.all(1)
+            batch.set_nan(bad_expl, "a re-explanation of a perturbed input contains NaN or Inf")
+            use = defined & finite
         if mode == "drop_draw":
             use = use & ~changed  # type: ignore[operator]
             batch.set_nan(changed.all(1),  # type: ignore[union-attr]
@@ -543,14 +557,20 @@ class _PerturbationRobustness(Metric):
             batch.set_nan(changed.any(1),  # type: ignore[union-attr]
                           "a perturbation changed the predicted class "
                           "(on_prediction_change='nan_sample')")
-        batch.set_nan(~use.any(1), self._undefined_reason())
-        masked = torch.where(use, values, torch.full_like(values, float("nan")))
-        if self.reduction == "max":
-            score = torch.where(use, values, torch.full_like(values, -float("inf"))).amax(1)
+        if bool(use.all()):
+            # every draw counts (the common case): the masks below would select every value
+            masked = values
+            score = values.amax(1) if self.reduction == "max" else values.sum(1) / k
         else:
-            count = use.sum(1)
-            score = torch.where(use, values, torch.zeros_like(values)).sum(1) / count.clamp_min(1)
-        score = torch.where(use.any(1), score, torch.full_like(score, float("nan")))
+            batch.set_nan(~use.any(1), self._undefined_reason())
+            masked = torch.where(use, values, torch.full_like(values, float("nan")))
+            if self.reduction == "max":
+                score = torch.where(use, values, torch.full_like(values, -float("inf"))).amax(1)
+            else:
+                count = use.sum(1)
+                score = (torch.where(use, values, torch.zeros_like(values)).sum(1)
+                         / count.clamp_min(1))
+            score = torch.where(use.any(1), score, torch.full_like(score, float("nan")))
         batch.record("draw_scores", masked, per_sample=True)
         batch.record("prediction_changed", changed, per_sample=changed is not None)
         return score

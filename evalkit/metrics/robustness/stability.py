@@ -181,7 +181,7 @@ class _RepresentationForward(_Forward):
         self._sample: torch.Tensor | None = None
         self._diff: torch.Tensor | None = None
 
-    def begin(self, sample_of_row: torch.Tensor, k: int, first: int | None) -> None:
+    def begin(self, sample_of_row: torch.Tensor) -> None:
         self._sample_of_row = sample_of_row
 
     def rows(self, index: torch.Tensor) -> None:
