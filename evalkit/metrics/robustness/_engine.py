@@ -243,6 +243,8 @@ class _Forward:
     with more axes (detections (B, D, 6), maps) are flattened to (B, m)."""
 
     spec: bytes | None = b"outputs"
+    #: the forward needs to know the samples of the rows (begin, rows)
+    needs_samples: ClassVar[bool] = False
 
     def context(self) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
@@ -467,10 +469,10 @@ class _PerturbationRobustness(Metric):
             if forward is not None:
                 todo = [j for j in range(s) if fwd[j] is None] if fwd_cached else range(s)
                 if todo:
-                    sample_of_row = (idx if len(todo) == s else idx[todo]).repeat_interleave(k)
                     xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
+                    if forward.needs_samples:
+                        forward.begin((idx if len(todo) == s else idx[todo]).repeat_interleave(k))
                     # copies of the stack's rows (_forward_rows)
-                    forward.begin(sample_of_row)
                     with forward.context():
                         vals = batch.runner.run(  # type: ignore[union-attr]
                             functools.partial(_forward_rows, forward, xs), (xs.shape[0],),
@@ -489,7 +491,8 @@ class _PerturbationRobustness(Metric):
     def _clean_forward(self, batch: MetricBatch, forward: _Forward) -> torch.Tensor:
         """Model outputs (N, C) float64 of the unperturbed inputs, once per call."""
         x = batch.x
-        forward.begin(torch.arange(batch.n, device=x.device))
+        if forward.needs_samples:
+            forward.begin(torch.arange(batch.n, device=x.device))
         with forward.context():
             return batch.runner.run(  # type: ignore[union-attr]
                 functools.partial(_forward_rows, forward, x), (batch.n,),
@@ -582,7 +585,8 @@ def _forward_rows(forward: _Forward, xs: torch.Tensor, index: tuple[torch.Tensor
     not views, so that a model that writes into its input cannot change the perturbed inputs
     that RIS and LLE read afterwards (index_select: the same copy as xs[i], several times
     faster on the CPU); ``forward`` is told which rows come next."""
-    forward.rows(index[0])
+    if forward.needs_samples:
+        forward.rows(index[0])
     return xs.index_select(0, index[0])
 
 

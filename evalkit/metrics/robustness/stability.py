@@ -159,6 +159,7 @@ class _RepresentationForward(_Forward):
     recording a copy and subtracting afterwards, so the same values."""
 
     spec = None
+    needs_samples = True
 
     def __init__(self, metric: RelativeRepresentationStability, module: torch.nn.Module,
                  layers: list[str], n: int, *, skip_silent: bool = False) -> None:
