@@ -1113,6 +1113,67 @@ class TestRepresentationLayers:
             expected.append(num / den)
         np.testing.assert_allclose(out, torch.stack(expected, 1).amax(1).numpy(), rtol=1e-5)
 
+    def test_layer_called_twice_contributes_both_outputs(self):
+        """A layer that runs twice per forward pass enters the representation with both of its
+        outputs, in call order (hand-computed relative change of the concatenation)."""
+
+        class Shared(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.fc = nn.Linear(3, 3)
+                self.act = nn.ReLU(inplace=True)
+                self.head = nn.Linear(3, 2)
+
+            def forward(self, x):
+                return self.head(self.fc(self.act(self.fc(x))))
+
+        torch.manual_seed(3)
+        model = Shared().eval()
+        x = torch.tensor([[0.5, 0.9, 0.4], [0.8, 0.3, 0.6], [0.7, 0.2, 0.1]])
+        y = torch.zeros(3, dtype=torch.int64)
+        noise = FixedNoise(torch.tensor([0.1, -0.2, 0.05]), [1.0, -0.5, 2.0])
+        out = RelativeRepresentationStability(
+            nr_samples=3, perturb_func=noise, layer_names=["fc"], on_prediction_change="keep")(
+            model, x, y, explain_fn=identity_explain)
+        w, b = model.fc.weight.detach().double(), model.fc.bias.detach().double()
+
+        def rep(inputs):
+            h1 = inputs @ w.T + b
+            return torch.cat([h1, h1.clamp_min(0) @ w.T + b], 1)
+
+        xd = x.double()
+        ref = rep(xd)
+        expected = []
+        for k in (1.0, -0.5, 2.0):
+            xp = (x + k * noise.pattern).double()
+            num = ((xd - xp) / xd).norm(dim=1)
+            den = ((ref - rep(xp)) / ref.abs().clamp_min(1e-6)).norm(dim=1)
+            expected.append(num / den)
+        np.testing.assert_allclose(out, torch.stack(expected, 1).amax(1).numpy(), rtol=1e-5)
+
+    def test_layer_calls_that_differ_between_passes_raise(self):
+        """A layer that runs once on the unperturbed inputs and twice on perturbed ones has no
+        comparable representation: a clear error, not a shape error from deep inside."""
+
+        class Flaky(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.fc = nn.Linear(3, 3)
+                self.head = nn.Linear(3, 2)
+
+            def forward(self, x):
+                h = self.fc(x)
+                if bool((x.abs() > 0.01).any()):  # the perturbed (non-zero) inputs
+                    h = self.fc(h)
+                return self.head(h)
+
+        x = torch.zeros(2, 3)
+        y = torch.zeros(2, dtype=torch.int64)
+        with pytest.raises(RuntimeError, match="differ between forward passes"):
+            RelativeRepresentationStability(nr_samples=2, seed=0, layer_names=["fc"],
+                                            on_prediction_change="keep")(
+                Flaky().eval(), x, y, explain_fn=constant_explain)
+
     def test_needs_a_torch_module(self):
         x, y = cnn_data(2)
 

@@ -4,6 +4,7 @@ forward passes and prediction-change handling (see the package docstring)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import torch
 
 from ... import _rng
 from ..._batching import parse_bytes
-from ..._validation import check_option, check_scalar, finite_rows
+from ..._validation import all_finite, check_option, check_scalar, finite_rows
 from ...cache import (
     ExplanationCache,
     active_explanation_cache,
@@ -242,11 +243,20 @@ class _Forward:
     with more axes (detections (B, D, 6), maps) are flattened to (B, m)."""
 
     spec: bytes | None = b"outputs"
+    #: the forward needs to know the samples of the rows (begin, rows)
+    needs_samples: ClassVar[bool] = False
 
     def context(self) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
 
-    def reduce(self, outputs: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    def begin(self, sample_of_row: torch.Tensor) -> None:
+        """A pass over rows starts: ``sample_of_row`` (R,) is the sample of each row."""
+
+    def rows(self, index: torch.Tensor) -> None:
+        """The rows ``index`` (positions in the pass, consecutive) are forwarded next."""
+
+    def reduce(self, outputs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The values of the rows ``index`` (positions in the pass) from their outputs."""
         if outputs.ndim < 2:
             raise ValueError(
                 "Checking predictions needs (N, classes) model outputs; the model returned "
@@ -272,6 +282,8 @@ class _Chunk:
     fwd: torch.Tensor | None
     rows: slice
     a_owned: bool = False
+    #: every entry of ``a_ok`` is True
+    all_finite: bool = False
 
 
 def _minus(values: torch.Tensor, ref: torch.Tensor, owned: bool) -> torch.Tensor:
@@ -394,6 +406,8 @@ class _PerturbationRobustness(Metric):
         espec = _explainer_spec(batch, store) if store is not None else b""
         fwd_cached = store is not None and forward is not None and forward.spec is not None
         per_chunk = _stack_samples(batch, k)
+        plain_maps = (not self.normalise and not self.abs
+                      and type(self)._preprocess_attributions is Metric._preprocess_attributions)
         keys = batch.keys
         for start in range(0, n, per_chunk):
             idx = torch.arange(start, min(n, start + per_chunk), device=x.device)
@@ -436,8 +450,16 @@ class _PerturbationRobustness(Metric):
                 a_raw = torch.stack(raw, 0)  # (S, K, ...)
                 a_raw = a_raw.reshape(s * k, *a_raw.shape[2:])
             # one sum decides almost every row (finite_rows), instead of isfinite + all
-            a_ok = finite_rows(_flat(a_raw)).reshape(s, k)
-            a = self._preprocess_attributions(batch, a_raw, flat_x, flag_nan=False)
+            all_ok = all_finite(a_raw)
+            a_ok = (torch.ones((s, k), dtype=torch.bool, device=a_raw.device) if all_ok
+                    else finite_rows(_flat(a_raw)).reshape(s, k))
+            if all_ok and plain_maps:
+                # what _preprocess_attributions does with finite maps and neither
+                # normalisation nor abs (a float64 copy), without its second finiteness sum
+                a = batch.modality.align(a_raw, flat_x).to(device=batch.device,
+                                                           dtype=torch.float64)
+            else:
+                a = self._preprocess_attributions(batch, a_raw, flat_x, flag_nan=False)
             # a new tensor (a float64 copy, normalised...), not the explain function's output
             # or a cached block
             a_owned = a.untyped_storage().data_ptr() != a_raw.untyped_storage().data_ptr()
@@ -447,16 +469,14 @@ class _PerturbationRobustness(Metric):
             if forward is not None:
                 todo = [j for j in range(s) if fwd[j] is None] if fwd_cached else range(s)
                 if todo:
-                    sample_of_row = (idx if len(todo) == s else idx[todo]).repeat_interleave(k)
                     xs = flat_x if len(todo) == s else flat_x[_rows_of(todo, k, x.device)]
-                    # copies of the stack's rows, not views: a model that writes into its
-                    # input would change the perturbed inputs that RIS and LLE read afterwards
+                    if forward.needs_samples:
+                        forward.begin((idx if len(todo) == s else idx[todo]).repeat_interleave(k))
+                    # copies of the stack's rows (_forward_rows)
                     with forward.context():
                         vals = batch.runner.run(  # type: ignore[union-attr]
-                            lambda index, xs=xs: xs.index_select(0, index[0]),
-                            (xs.shape[0],),
-                            reduce=lambda out, index, sr=sample_of_row: forward.reduce(
-                                out, sr[index[0]]),
+                            functools.partial(_forward_rows, forward, xs), (xs.shape[0],),
+                            reduce=lambda out, index: forward.reduce(out, index[0]),
                             row_shape=tuple(x.shape[1:]), desc="perturbed inputs")
                     vals = vals.reshape(len(todo), k, -1)
                     if len(todo) != s or fwd_cached:  # per-sample views only where needed
@@ -466,16 +486,17 @@ class _PerturbationRobustness(Metric):
                         store.put([fkeys[j] for j in todo], [fwd[j].clone() for j in todo])
                 fwd_t = vals if len(todo) == s else torch.stack(fwd, 0)
             yield _Chunk(idx=idx, x=xp, a=a, a_ok=a_ok, fwd=fwd_t, rows=rows,
-                         a_owned=a_owned)
+                         a_owned=a_owned, all_finite=all_ok)
 
     def _clean_forward(self, batch: MetricBatch, forward: _Forward) -> torch.Tensor:
         """Model outputs (N, C) float64 of the unperturbed inputs, once per call."""
         x = batch.x
-        samples = torch.arange(batch.n, device=x.device)
+        if forward.needs_samples:
+            forward.begin(torch.arange(batch.n, device=x.device))
         with forward.context():
             return batch.runner.run(  # type: ignore[union-attr]
-                lambda index: x.index_select(0, index[0]), (batch.n,),
-                reduce=lambda out, index: forward.reduce(out, samples[index[0]]),
+                functools.partial(_forward_rows, forward, x), (batch.n,),
+                reduce=lambda out, index: forward.reduce(out, index[0]),
                 row_shape=tuple(x.shape[1:]), desc="unperturbed inputs")
 
     def _check_attribution_layout(self, batch: MetricBatch, a_pert: torch.Tensor) -> None:
@@ -510,8 +531,10 @@ class _PerturbationRobustness(Metric):
         defined = torch.zeros((n, k), dtype=torch.bool, device=dev)
         finite = torch.ones((n, k), dtype=torch.bool, device=dev)
         changed = torch.zeros((n, k), dtype=torch.bool, device=dev) if check else None
+        all_finite_maps = True
         for chunk in self._iter_chunks(batch, draws, forward):
             self._check_attribution_layout(batch, chunk.a)
+            all_finite_maps = all_finite_maps and chunk.all_finite
             v, d = self._draw_values(batch, chunk, clean)
             values[chunk.rows] = v
             defined[chunk.rows] = d
@@ -522,9 +545,12 @@ class _PerturbationRobustness(Metric):
                 before = pred[chunk.rows].repeat_interleave(k_, 0)  # type: ignore[index]
                 changed[chunk.rows] = ~target.agree(drawn, before).reshape(s_, k_)  # type: ignore[index]
 
-        bad_expl = ~finite.all(1)
-        batch.set_nan(bad_expl, "a re-explanation of a perturbed input contains NaN or Inf")
-        use = defined & finite
+        if all_finite_maps:  # every re-explanation finite (one sum per chunk said so)
+            use = defined
+        else:
+            bad_expl = ~finite.all(1)
+            batch.set_nan(bad_expl, "a re-explanation of a perturbed input contains NaN or Inf")
+            use = defined & finite
         if mode == "drop_draw":
             use = use & ~changed  # type: ignore[operator]
             batch.set_nan(changed.all(1),  # type: ignore[union-attr]
@@ -534,17 +560,34 @@ class _PerturbationRobustness(Metric):
             batch.set_nan(changed.any(1),  # type: ignore[union-attr]
                           "a perturbation changed the predicted class "
                           "(on_prediction_change='nan_sample')")
-        batch.set_nan(~use.any(1), self._undefined_reason())
-        masked = torch.where(use, values, torch.full_like(values, float("nan")))
-        if self.reduction == "max":
-            score = torch.where(use, values, torch.full_like(values, -float("inf"))).amax(1)
+        if bool(use.all()):
+            # every draw counts (the common case): the masks below would select every value
+            masked = values
+            score = values.amax(1) if self.reduction == "max" else values.sum(1) / k
         else:
-            count = use.sum(1)
-            score = torch.where(use, values, torch.zeros_like(values)).sum(1) / count.clamp_min(1)
-        score = torch.where(use.any(1), score, torch.full_like(score, float("nan")))
+            batch.set_nan(~use.any(1), self._undefined_reason())
+            masked = torch.where(use, values, torch.full_like(values, float("nan")))
+            if self.reduction == "max":
+                score = torch.where(use, values, torch.full_like(values, -float("inf"))).amax(1)
+            else:
+                count = use.sum(1)
+                score = (torch.where(use, values, torch.zeros_like(values)).sum(1)
+                         / count.clamp_min(1))
+            score = torch.where(use.any(1), score, torch.full_like(score, float("nan")))
         batch.record("draw_scores", masked, per_sample=True)
         batch.record("prediction_changed", changed, per_sample=changed is not None)
         return score
+
+
+def _forward_rows(forward: _Forward, xs: torch.Tensor, index: tuple[torch.Tensor, ...]
+                  ) -> torch.Tensor:
+    """The runner's builder of a pass over the rows of ``xs``: copies of the rows (a gather),
+    not views, so that a model that writes into its input cannot change the perturbed inputs
+    that RIS and LLE read afterwards (index_select: the same copy as xs[i], several times
+    faster on the CPU); ``forward`` is told which rows come next."""
+    if forward.needs_samples:
+        forward.rows(index[0])
+    return xs.index_select(0, index[0])
 
 
 def _rows_of(samples: list[int], k: int, device: torch.device) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._hook_handles import record_outputs
+from ..._hook_handles import HookHandles, record_outputs
 from ..._validation import check_scalar
 from ..base import MetricBatch
 from ._engine import (
@@ -150,9 +150,16 @@ class RelativeOutputStability(_RelativeStability):
 class _RepresentationForward(_Forward):
     """Model outputs plus, per row, the relative change of the captured layers' outputs with
     respect to the unperturbed sample's. The unperturbed pass (``clean=True``) stores the
-    flattened representations (N, R) in the model's dtype and returns the outputs only."""
+    flattened representations (N, R) in the model's dtype and returns the outputs only.
+
+    In the perturbed passes each layer's output is subtracted from the unperturbed rows when
+    the layer returns, into the chunk's gathered copy of those rows (a buffer of the engine's
+    own: a later in-place operation, e.g. ``ReLU(inplace=True)``, cannot change it, and no
+    copy of the output is kept): the same elementwise operations on the same numbers as
+    recording a copy and subtracting afterwards, so the same values."""
 
     spec = None
+    needs_samples = True
 
     def __init__(self, metric: RelativeRepresentationStability, module: torch.nn.Module,
                  layers: list[str], n: int, *, skip_silent: bool = False) -> None:
@@ -167,22 +174,74 @@ class _RepresentationForward(_Forward):
         #: the divisors of the clean representations (N, R), once for all of their draws
         self.clean_scale: torch.Tensor | None = None
         self._used: list[str] | None = None
-        self._store: dict[str, list[torch.Tensor]] | None = None
+        #: layer -> (column offset, width) of each of its calls in the representation
+        self._layout: dict[str, list[tuple[int, int]]] = {}
+        self._store: dict[str, list[Any]] | None = None
+        self._sample_of_row: torch.Tensor | None = None
+        #: the samples of the chunk's rows, and (perturbed passes) their differences (B, R)
+        self._sample: torch.Tensor | None = None
+        self._diff: torch.Tensor | None = None
+
+    def begin(self, sample_of_row: torch.Tensor) -> None:
+        self._sample_of_row = sample_of_row
+
+    def rows(self, index: torch.Tensor) -> None:
+        self._sample = self._sample_of_row.index_select(0, index)  # type: ignore[union-attr]
+        self._diff = None
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
-        # copies taken when each layer returns: a later in-place operation (ReLU(inplace=True)
-        # after the layer) would otherwise change the recorded output
-        with record_outputs(self.module, self.layers, copy=True) as store:
+        if self.clean:
+            # copies taken when each layer returns: a later in-place operation
+            # (ReLU(inplace=True) after the layer) would otherwise change the recorded output
+            with record_outputs(self.module, self.layers, copy=True) as store:
+                self._store = store
+                try:
+                    yield
+                finally:
+                    self._store = None
+            return
+        modules = dict(self.module.named_modules())
+        store: dict[str, list[Any]] = {name: [] for name in self.layers}
+        with HookHandles() as hooks:
+            for name in store:
+                hooks.forward(modules[name], self._difference_hook(name, store[name]))
             self._store = store
             try:
                 yield
             finally:
                 self._store = None
 
+    def _difference_hook(self, name: str, calls: list[Any]) -> Any:
+        slots = self._layout.get(name, [])
+
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            if isinstance(output, tuple | list):
+                output = output[0]
+            flat = output.reshape(output.shape[0], -1)
+            j = len(calls)
+            clean = self.clean_reps
+            assert clean is not None
+            if (j >= len(slots) or slots[j][1] != flat.shape[1]
+                    or torch.result_type(flat, clean) != clean.dtype):
+                calls.append(False)  # not as in the unperturbed pass: reduce() raises
+                return
+            if self._diff is None:
+                # the unperturbed rows, gathered (index_select: the same rows as
+                # clean[sample], several times faster on the CPU)
+                self._diff = clean.index_select(0, self._sample)  # type: ignore[arg-type]
+            offset, width = slots[j]
+            cols = self._diff[:, offset:offset + width]
+            torch.sub(flat, cols, out=cols)  # reps - clean, as _relative_change's owned form
+            calls.append(True)
+
+        return hook
+
     def _reps(self) -> torch.Tensor:
         parts = []
         used = []
+        layout: dict[str, list[tuple[int, int]]] = {}
+        width = 0
         for name in self.layers:
             captured = self._store[name]  # type: ignore[index]
             if not captured:
@@ -190,36 +249,56 @@ class _RepresentationForward(_Forward):
                     continue
                 raise RuntimeError(f"Layer {name!r} produced no output in the forward pass.")
             used.append(name)
-            parts.extend(out.reshape(out.shape[0], -1) for out in captured)
+            for out in captured:
+                flat = out.reshape(out.shape[0], -1)
+                layout.setdefault(name, []).append((width, flat.shape[1]))
+                width += flat.shape[1]
+                parts.append(flat)
             captured.clear()
         if self._used is None:
             if not parts:
                 raise RuntimeError(f"None of the layers {self.layers} ran in the forward pass.")
             self._used = used
+            self._layout = layout
         elif used != self._used:
             raise RuntimeError("The representation layers that ran differ between forward "
                                f"passes ({self._used} vs {used}).")
         # one layer's recorded copy is the representation as it is (no second copy)
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
-    def reduce(self, outputs: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        out = super().reduce(outputs, sample)
-        reps = self._reps()
+    def _differences(self) -> torch.Tensor:
+        """The chunk's ``reps - clean`` (B, R), written by the hooks."""
+        used = []
+        ok = True
+        for name in self.layers:
+            captured = self._store[name]  # type: ignore[index]
+            if not captured:
+                if self.skip_silent:
+                    continue
+                raise RuntimeError(f"Layer {name!r} produced no output in the forward pass.")
+            used.append(name)
+            ok = ok and all(captured) and len(captured) == len(self._layout[name])
+            captured.clear()
+        if used != self._used or not ok or self._diff is None:
+            raise RuntimeError("The representation layers that ran differ between forward "
+                               f"passes ({self._used} vs {used}, or their calls or widths).")
+        return self._diff
+
+    def reduce(self, outputs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        out = super().reduce(outputs, index)
         if self.clean:
+            reps = self._reps()
             if self.clean_reps is None:
                 self.clean_reps = torch.empty((self.n, reps.shape[1]), dtype=reps.dtype,
                                               device=reps.device)
-            self.clean_reps[sample] = reps
+            self.clean_reps[self._sample] = reps
             return out
-        clean = self.clean_reps
-        assert clean is not None
         if self.clean_scale is None:
-            self.clean_scale = _divisors(clean, self.metric.eps_min)
-        # reps is this pass's own copy (the recorded clone, or a concatenation of clones);
-        # index_select: the same rows as clean[sample], several times faster on the CPU
-        rel = _relative_change(clean.index_select(0, sample), reps, self.metric.eps_min,
-                               self.metric.p_norm, owned=True,
-                               scale=self.clean_scale.index_select(0, sample))
+            self.clean_scale = _divisors(self.clean_reps, self.metric.eps_min)  # type: ignore[arg-type]
+        # (reps - clean) / max(|clean|, eps_min) and its norm, as _relative_change computes it
+        diff = self._differences().div_(self.clean_scale.index_select(0, self._sample))  # type: ignore[arg-type]
+        self._diff = None
+        rel = torch.linalg.vector_norm(diff, ord=self.metric.p_norm, dim=-1).to(torch.float64)
         return torch.cat([out, rel.unsqueeze(1)], 1)
 
 
