@@ -598,9 +598,12 @@ def _valid_filter(x: torch.Tensor, axis: int, kernel: torch.Tensor, taps: list[f
     return acc
 
 
-#: map values per chunk of :func:`_ssim_map_cpu` (about 256 KiB of float64 per map): the five
-#: maps of a chunk and their terms stay in the core's cache through the filter's passes
-_SSIM_CHUNK = 32768
+#: map values per chunk of :func:`_ssim_map_cpu` (128 KiB of float64 per map): the five maps
+#: of a chunk, the filter's output and the formula's terms (about 1.5 MiB) stay in a core's
+#: 2 MiB L2 cache through the filter's passes; twice as many (the former value) spill, and
+#: each of the filter's seven passes then runs about twice as slowly (W5's 64 x 500 maps:
+#: 3.5 -> 1.9 ms a call, measured interleaved); smaller chunks add per-chunk op overhead
+_SSIM_CHUNK = 16384
 
 
 def _ssim_map_cpu(flat_a: torch.Tensor, flat_b: torch.Tensor, kernel: torch.Tensor,
