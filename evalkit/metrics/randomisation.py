@@ -749,14 +749,22 @@ def _histogram_counts_numpy(flat: np.ndarray, n_bins: np.ndarray) -> np.ndarray:
         hi = np.where(const, hi + 0.5, hi)
         span = hi - lo
         norm = bins.astype(np.float64) / span
-        t = (flat - lo) * norm
+        t = np.subtract(flat, lo)
+        t *= norm  # (flat - lo) * norm, without a second array of the maps' size
         idx = t.astype(np.int64)
         width = span / bins
         # 64 times the bound above, and |hi| as well as |lo|
         slack = 64 * np.finfo(np.float64).eps * (6 * bins + (np.abs(lo) + np.abs(hi)) * norm)
         exact_rows = ~(np.isfinite(slack) & (span > 0) & (slack < 0.25))
-        frac = t - idx
-        near = (frac < slack) | (frac > 1 - slack) | (idx >= bins) | exact_rows
+        # t within slack of an integer: its fractional part at least 1/2 - slack from 1/2
+        # (also t at the last edge, idx == bins: its fractional part is within rounding of
+        # 0); computed in t's array, whose values are not needed any more
+        dist = np.subtract(t, idx, out=t)
+        dist -= 0.5
+        np.abs(dist, out=dist)
+        near = dist > 0.5 - slack
+        if exact_rows.any():
+            near[exact_rows[:, 0]] = True
         cand = np.flatnonzero(near)
         if cand.size:
             rows = cand // d
