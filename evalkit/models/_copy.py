@@ -142,10 +142,16 @@ def _copy_plain_tensor(t: torch.Tensor, memo: dict[Any, Any]) -> torch.Tensor | 
     copies = memo.setdefault("torch", {})
     new_storage = copies.get(storage._cdata)
     if new_storage is None:
+        if (t.storage_offset() == 0 and t.is_contiguous()
+                and t.numel() * t.element_size() == storage.nbytes()):
+            # the tensor is its whole storage: its clone is that storage's copy, viewed alike
+            new = t.clone(memory_format=torch.contiguous_format)
+            copies[storage._cdata] = new.untyped_storage()
+            memo[id(t)] = new
+            return new
         new_storage = storage.clone()
         copies[storage._cdata] = new_storage
-    with torch.no_grad():
-        new = t.new_empty([])
-        new.set_(new_storage, t.storage_offset(), t.size(), t.stride())
+    new = t.new_empty([])
+    new.set_(new_storage, t.storage_offset(), t.size(), t.stride())
     memo[id(t)] = new
     return new
