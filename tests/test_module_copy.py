@@ -70,6 +70,24 @@ class _OwnState(nn.Linear):
         return state
 
 
+class _Views(nn.Module):
+    """Buffers and tensor attributes that share storage (views, a transpose, an alias of a
+    parameter), of other dtypes, empty or requiring gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        base = torch.arange(12.0).reshape(3, 4)
+        self.register_buffer("base", base)
+        self.register_buffer("row", base[1])  # a view: storage offset 4
+        self.register_buffer("transposed", base.t())  # not contiguous
+        self.weight = nn.Parameter(torch.randn(3))
+        self.register_buffer("alias", self.weight.detach())  # the parameter's storage
+        self.register_buffer("in_half", torch.ones(3, dtype=torch.float16))
+        self.register_buffer("empty", torch.empty(0))
+        self.plain = base[2, 1:]  # a plain attribute viewing the buffer's storage
+        self.needs_grad = torch.ones(2, requires_grad=True)
+
+
 def _objects(module: nn.Module) -> list[tuple[str, Any]]:
     """(path, object) of every module, parameter, buffer and attribute value, duplicates
     kept, in a fixed order."""
@@ -154,6 +172,7 @@ def _models() -> dict[str, nn.Module]:
         "own_deepcopy": nn.Sequential(_OwnDeepcopy(2, 2), nn.Linear(2, 1)),
         "own_getstate": nn.Sequential(_OwnState(2, 2)),
         "parametrized": param_norm,
+        "views": _Views(),
     }
 
 

@@ -425,6 +425,47 @@ class TestMPRTNormLayers:
         assert torch.equal(seen[0], net[2].weight)  # before its step
         assert not torch.equal(seen[1], torch.ones(8)) and ((seen[1] >= 0) & (seen[1] < 1)).all()
 
+    def test_fully_randomised_copy_is_the_cascade_s_last_step_whole(self):
+        """skip_layers builds the fully randomised copy directly and leaves out the resets
+        that norm_layers="random" overwrites (torch's own norm layers): every parameter and
+        buffer of that copy equals the cascade's last copy's, and a norm subclass with its own
+        reset still gets it."""
+
+        class CountingNorm(nn.BatchNorm1d):
+            def reset_parameters(self):
+                super().reset_parameters()
+                self.resets = getattr(self, "resets", 0) + 1
+
+        def make():
+            net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8),
+                                nn.LayerNorm(8), CountingNorm(8), nn.GroupNorm(2, 8), nn.ReLU(),
+                                nn.Linear(8, 3))
+            with torch.no_grad():
+                for layer in (net[2], net[4]):
+                    layer.weight.uniform_(0.5, 2.0)
+                    layer.bias.uniform_(-1, 1)
+                    layer.running_mean.uniform_(-1, 1)
+                    layer.running_var.uniform_(0.5, 3.0)
+            return net
+
+        net = seeded(make, 4)
+        x = images(5, (1, 4, 4))
+        y = predicted(net, x)
+        copies = []
+
+        def fn(m, xs, ys):
+            if m is not net:
+                copies.append(({k: v.clone() for k, v in m.state_dict().items()},
+                               m[4].resets))
+            return grad_fn(m, xs, ys)
+
+        for skip in (False, True):
+            MPRT(layer_order="bottom_up", seed=3, skip_layers=skip)(net, x, y, explain_fn=fn)
+        (cascade, cascade_resets), (direct, direct_resets) = copies[-2], copies[-1]
+        assert cascade.keys() == direct.keys()
+        assert all(torch.equal(cascade[k], direct[k]) for k in cascade)
+        assert direct_resets == cascade_resets == net[4].resets + 1
+
     def test_bad_option(self):
         with pytest.raises(ValueError, match="norm_layers"):
             MPRT(norm_layers="uniform")

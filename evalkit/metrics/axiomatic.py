@@ -487,8 +487,14 @@ class InputInvariance(Metric):
             channel_dim = 1 if isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d) \
                 else comp.ndim - 1
             per_channel = comp.movedim(channel_dim, -1).reshape(-1, comp.shape[channel_dim])
-            constant = bool(torch.allclose(per_channel, per_channel[:1].expand_as(per_channel),
-                                           rtol=1e-5, atol=1e-6 * (1 + float(comp.abs().max()))))
+            if per_channel.shape[0] == 1:
+                # one position (a linear layer): allclose of the row with itself, which only
+                # NaN fails
+                constant = not bool(per_channel.isnan().any())
+            else:
+                constant = bool(torch.allclose(
+                    per_channel, per_channel[:1].expand_as(per_channel), rtol=1e-5,
+                    atol=1e-6 * (1 + float(comp.abs().max()))))
             if constant:
                 shift = per_channel[0]
                 if layer.bias is None:
@@ -565,12 +571,13 @@ class InputInvariance(Metric):
                 f"{tuple(a2.shape)} but `a` has shape {tuple(a1.shape)}; compute `a` with the "
                 "same explain function."
             )
-        diff = (a2 - a1).reshape(batch.n, -1).abs().amax(1)
+        diff = torch.sub(a2, a1).abs_().reshape(batch.n, -1).amax(1)
         scale_a = a1.reshape(batch.n, -1).abs().amax(1)
         passed = diff <= self.atol + self.rtol * scale_a
         batch.set_nan(~finite, "the shifted model's explanation contains NaN or Inf")
-        rel = diff / torch.where(scale_a > 0, scale_a, torch.ones_like(scale_a))
-        rel = torch.where((scale_a > 0) | (diff == 0), rel, torch.full_like(rel, math.inf))
+        positive = scale_a > 0
+        rel = diff / torch.where(positive, scale_a, 1.0)
+        rel = torch.where(positive | (diff == 0), rel, math.inf)
         batch.record("residuals", rel, per_sample=True)
         if self.return_residual:
             batch.set_nan((scale_a == 0) & (diff > 0),

@@ -108,6 +108,19 @@ def _random_norm_init(module: nn.Module, seed: int) -> None:
             bias.zero_()
 
 
+def _reset_is_overwritten(layer: nn.Module) -> bool:
+    """Whether ``norm_layers="random"`` leaves nothing of the layer's re-initialisation with
+    ``keep_buffers``: a torch normalisation layer (torch's own class, so torch's
+    ``reset_parameters``) whose parameters are only ``weight`` and ``bias``. That reset is
+    deterministic (weight 1, bias 0, running statistics reset) and draws nothing; the kept
+    buffers are restored after it, and :func:`_random_norm_init` then overwrites the weight and
+    the bias whole, so the copy is the same without running it."""
+    if not _is_norm_layer(layer) or not type(layer).__module__.startswith("torch.nn.modules."):
+        return False
+    params = dict(layer.named_parameters(recurse=False))
+    return isinstance(params.get("weight"), torch.Tensor) and set(params) <= {"weight", "bias"}
+
+
 def _lower_is_better(similarity_func: Any) -> bool:
     """Direction of a score that is ``similarity_func`` of two explanations which should
     differ: lower is better for a similarity, higher for a registered distance (``"mse"``,
@@ -222,7 +235,12 @@ class _ModelRandomisation(Metric):
         keep = self.norm_layers in ("random", "reinit")
         if only_last:
             last = self._ordered(names)[-1]
-            with model.randomised(names, seed=seed, keep_buffers=keep) as copy:
+            reset = names
+            if self.norm_layers == "random":
+                module = model.model
+                reset = [n for n in names
+                         if not _reset_is_overwritten(module.get_submodule(n))]
+            with model.randomised(reset, seed=seed, keep_buffers=keep) as copy:
                 self._randomise_norm_layers(copy, names, seed)
                 yield last, _same_shapes(copy, model)
             return
@@ -749,14 +767,22 @@ def _histogram_counts_numpy(flat: np.ndarray, n_bins: np.ndarray) -> np.ndarray:
         hi = np.where(const, hi + 0.5, hi)
         span = hi - lo
         norm = bins.astype(np.float64) / span
-        t = (flat - lo) * norm
+        t = np.subtract(flat, lo)
+        t *= norm  # (flat - lo) * norm, without a second array of the maps' size
         idx = t.astype(np.int64)
         width = span / bins
         # 64 times the bound above, and |hi| as well as |lo|
         slack = 64 * np.finfo(np.float64).eps * (6 * bins + (np.abs(lo) + np.abs(hi)) * norm)
         exact_rows = ~(np.isfinite(slack) & (span > 0) & (slack < 0.25))
-        frac = t - idx
-        near = (frac < slack) | (frac > 1 - slack) | (idx >= bins) | exact_rows
+        # t within slack of an integer: its fractional part at least 1/2 - slack from 1/2
+        # (also t at the last edge, idx == bins: its fractional part is within rounding of
+        # 0); computed in t's array, whose values are not needed any more
+        dist = np.subtract(t, idx, out=t)
+        dist -= 0.5
+        np.abs(dist, out=dist)
+        near = dist > 0.5 - slack
+        if exact_rows.any():
+            near[exact_rows[:, 0]] = True
         cand = np.flatnonzero(near)
         if cand.size:
             rows = cand // d

@@ -8,10 +8,12 @@ same protocol for the parts of a module that are known to need nothing more: a s
 class copies the default way is rebuilt as ``copy.deepcopy`` rebuilds it (``cls.__new__``, its
 ``__getstate__`` copied, ``__setstate__``), plain ``dict`` state is copied entry by entry,
 values that ``copy.deepcopy`` returns as they are (numbers, strings, functions, tuples of
-those) are kept, empty hook dicts are made anew, and ``nn.Parameter`` uses its own
-``__deepcopy__``. Everything else (tensors, non-empty hook dicts, user attributes, modules
-with their own copy methods) goes through ``copy.deepcopy`` with the same memo, so shared
-objects (tied weights, a submodule used twice) stay shared in the copy exactly as they would.
+those) are kept, empty hook dicts are made anew, ``nn.Parameter`` uses its own
+``__deepcopy__``, and plain dense tensors (buffers) take the steps ``Tensor.__deepcopy__``
+takes for them, without its generic checks. Everything else (other tensors, non-empty hook
+dicts, user attributes, modules with their own copy methods) goes through ``copy.deepcopy``
+with the same memo, so shared objects (tied weights, a submodule used twice, buffers that view
+one storage) stay shared in the copy exactly as they would.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
+import torch
 from torch import nn
+from torch.overrides import has_torch_function_unary
 
 __all__ = ["copy_module"]
 
@@ -114,4 +118,40 @@ def _copy_value(value: Any, memo: dict[Any, Any]) -> Any:
         out_set = set(value)
         memo[id(value)] = out_set
         return out_set
+    if cls is torch.Tensor:
+        out_tensor = _copy_plain_tensor(value, memo)
+        if out_tensor is not None:
+            return out_tensor
     return copy.deepcopy(value, memo)
+
+
+def _copy_plain_tensor(t: torch.Tensor, memo: dict[Any, Any]) -> torch.Tensor | None:
+    """``copy.deepcopy`` of a plain dense tensor (a buffer: a leaf without gradient, hooks'
+    state or attributes of its own), or None for any other tensor. The steps of
+    ``Tensor.__deepcopy__`` for such a tensor, without its generic checks and wrappers (about
+    25 us a tensor): its storage cloned once per copy (keyed in ``memo["torch"]`` as
+    ``UntypedStorage.__deepcopy__`` keys it, so tensors that share a storage share its copy,
+    whichever of the two paths copies them), and a tensor of the same offset, size and stride
+    on it."""
+    if (t.requires_grad or not t.is_leaf or t.grad is not None or t.layout is not torch.strided
+            or t.device.type not in ("cpu", "cuda") or t.is_quantized or t.is_nested
+            or t.is_conj() or t.is_neg() or t.__dict__ or has_torch_function_unary(t)
+            or not torch._C._has_storage(t)):
+        return None
+    storage = t.untyped_storage()
+    copies = memo.setdefault("torch", {})
+    new_storage = copies.get(storage._cdata)
+    if new_storage is None:
+        if (t.storage_offset() == 0 and t.is_contiguous()
+                and t.numel() * t.element_size() == storage.nbytes()):
+            # the tensor is its whole storage: its clone is that storage's copy, viewed alike
+            new = t.clone(memory_format=torch.contiguous_format)
+            copies[storage._cdata] = new.untyped_storage()
+            memo[id(t)] = new
+            return new
+        new_storage = storage.clone()
+        copies[storage._cdata] = new_storage
+    new = t.new_empty([])
+    new.set_(new_storage, t.storage_offset(), t.size(), t.stride())
+    memo[id(t)] = new
+    return new
