@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .. import _rng
@@ -35,11 +36,13 @@ from ..perturb import FeatureGrouping, Grouping, Imputer, rank_groups
 from ..perturb._select import RankWindows, replaces_by_where, window_select
 from ..perturb.baselines import Baseline, impute
 from ..runner import take_rows
+from ._sorting import stable_argsort_rows
 from .base import MetricBatch
 
 __all__ = [
     "Ordering",
     "RemovalPlan",
+    "RowWriter",
     "baseline_values",
     "block_windows",
     "cached_rows",
@@ -113,20 +116,47 @@ def order_groups(
     grp = (grouping if isinstance(grouping, Grouping)
            else grouping.for_modality(batch.modality)(batch.x))
     scores = grp.reduce(batch.a, group_reduction)
-    valid = grp.valid()
-    if order == "index":
-        ids = torch.arange(grp.max_groups, device=scores.device, dtype=torch.float64)
-        order_t = rank_groups(-ids.expand_as(scores), valid, "morf")
+    g_max = grp.max_groups
+    complete = bool((grp.n_groups == g_max).all())  # every sample has every group
+    if order in ("morf", "lerf") and scores.device.type == "cpu" and scores.ndim == 2:
+        order_t = _rank_on_cpu(scores, None if complete else grp.valid(), order)
+    elif order == "index":
+        ids = torch.arange(g_max, device=scores.device, dtype=torch.float64)
+        order_t = rank_groups(-ids.expand_as(scores), grp.valid(), "morf")
     elif order == "random":
-        keys = _rng.permutation_keys(_rng.combine(batch.keys, stream), grp.max_groups)
-        order_t = rank_groups(scores, valid, "random", random_keys=keys)
+        keys = _rng.permutation_keys(_rng.combine(batch.keys, stream), g_max)
+        order_t = rank_groups(scores, grp.valid(), "random", random_keys=keys)
     else:
-        order_t = rank_groups(scores, valid, order)
+        order_t = rank_groups(scores, grp.valid(), order)
     rank = torch.empty_like(order_t).scatter_(
         1, order_t, torch.arange(order_t.shape[1], device=order_t.device).expand_as(order_t)
         .contiguous()
     )
-    return Ordering(grp, scores, order_t, grp.expand(rank), order)
+    labels = grp.labels
+    if (complete and labels.shape[0] == 1 and labels.numel() == g_max
+            and bool((labels.reshape(-1) == torch.arange(g_max, device=labels.device)).all())):
+        # one group per element in group-id order (pixels of a 1-channel map, a table's
+        # columns): the rank map is the ranks themselves, no gather through the labels
+        rank_map = rank.view(rank.shape[0], *labels.shape[1:])
+    else:
+        rank_map = grp.expand(rank)
+    return Ordering(grp, scores, order_t, rank_map, order)
+
+
+def _rank_on_cpu(scores: torch.Tensor, valid: torch.Tensor | None, order: str) -> torch.Tensor:
+    """:func:`~evalkit.perturb.rank_groups` of ``scores`` (N, G) on the CPU for ``"morf"`` or
+    ``"lerf"`` (``valid`` None: every group exists), the same order: the scores as float64
+    with NaN as 0 (and infinities as the largest finite values, as ``nan_to_num``), missing
+    groups last, ties in group-id order; ranked by one sort of packed words
+    (:func:`~evalkit.metrics._sorting.stable_argsort_rows`) instead of an argsort and a
+    sort."""
+    s = scores.detach().to(torch.float64).numpy()
+    if not np.isfinite(s).all():
+        s = np.nan_to_num(s, nan=0.0)
+    if valid is not None:
+        s = np.where(valid.numpy(), s, -np.inf if order == "morf" else np.inf)
+    keys = np.negative(s) if order == "morf" else s
+    return torch.from_numpy(stable_argsort_rows(keys))
 
 
 def block_windows(n_groups: torch.Tensor, features_in_step: int
@@ -194,6 +224,70 @@ def flag_nonfinite(batch: MetricBatch, values: torch.Tensor,
         per_sample[sample_idx.to(values.device)[bad]] = True
     if bool(per_sample.any()):
         batch.set_nan(per_sample, NONFINITE_OUTPUT)
+
+
+@dataclass(frozen=True)
+class RowWriter:
+    """A source's rows that can be written straight into part of a larger chunk:
+    ``write(m, out)`` writes the rows ``m`` (B,) into ``out``, a new contiguous (B, *shape)
+    tensor of ``dtype``. Called with ``m`` alone it returns the rows as a new tensor, like any
+    builder. A chunk that spans the samples' own rows and a metric's perturbed rows is then
+    built in one buffer (:func:`_forward_sources`), not built in parts and concatenated (one
+    copy of every row fewer)."""
+
+    write: Callable[[torch.Tensor, torch.Tensor], object]
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+    def __call__(self, m: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((int(m.shape[0]), *self.shape), dtype=self.dtype, device=self.device)
+        self.write(m, out)
+        return out
+
+
+def _one_buffer(pieces: list[tuple[int, Callable[[torch.Tensor], torch.Tensor] | torch.Tensor]],
+                x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """One builder for the rows of all ``pieces`` in order, or None where a piece cannot write
+    into a shared buffer: a chunk inside one piece is that piece's own rows (a view of a
+    tensor piece), a chunk across pieces is one new tensor that each piece writes its part
+    of. The runner then forwards one source: the same rows in the same chunks, without the
+    concatenation of parts built separately."""
+    shape = tuple(x.shape[1:])
+    for _, build in pieces:
+        if isinstance(build, torch.Tensor):
+            if build.dtype != x.dtype or build.device != x.device or not build.is_contiguous():
+                return None
+        elif not (isinstance(build, RowWriter) and build.dtype == x.dtype
+                  and build.shape == shape and build.device == x.device):
+            return None
+    offsets = [0]
+    for rows, _ in pieces:
+        offsets.append(offsets[-1] + rows)
+    device = x.device
+
+    def build(mm: torch.Tensor) -> torch.Tensor:
+        # the runner asks for consecutive rows: mm is arange(start, stop)
+        start = int(mm[0]) if mm.shape[0] else 0
+        stop = start + int(mm.shape[0])
+        parts = [(src, lo, max(start, lo), min(stop, hi))
+                 for (_, src), lo, hi in zip(pieces, offsets[:-1], offsets[1:], strict=True)
+                 if max(start, lo) < min(stop, hi)]
+        if len(parts) == 1:
+            src, lo, a, b = parts[0]
+            if isinstance(src, torch.Tensor):
+                return src[a - lo:b - lo]
+            return src(torch.arange(a - lo, b - lo, dtype=torch.int64, device=device))
+        out = torch.empty((stop - start, *shape), dtype=x.dtype, device=device)
+        for src, lo, a, b in parts:
+            part = out[a - start:b - start]
+            if isinstance(src, torch.Tensor):
+                part.copy_(src[a - lo:b - lo])
+            else:
+                src.write(torch.arange(a - lo, b - lo, dtype=torch.int64, device=device), part)
+        return out
+
+    return build
 
 
 @dataclass
@@ -273,6 +367,10 @@ def _forward_sources(batch: MetricBatch, sources: list[_Rows], quantity: str,
                                build(miss.index_select(0, mm))))
             samples.append(src.sample_idx.index_select(0, miss))
     new = None
+    if len(pieces) > 1 and all(miss is None for _, miss, _ in runs):
+        fused = _one_buffer(pieces, batch.x)
+        if fused is not None:
+            pieces = [(sum(rows for rows, _ in pieces), fused)]
     if pieces:
         sample_idx = samples[0] if len(samples) == 1 else torch.cat(samples)
         y_rows = None if batch.y is None else take_rows(batch.y, sample_idx)
@@ -284,6 +382,7 @@ def _forward_sources(batch: MetricBatch, sources: list[_Rows], quantity: str,
 
     results: list[torch.Tensor] = []
     pos = 0
+    whole = len(runs) == 1
     for (src, miss, fps), out in zip(runs, outs, strict=True):
         if miss is None:
             m = int(src.sample_idx.shape[0])
@@ -291,7 +390,7 @@ def _forward_sources(batch: MetricBatch, sources: list[_Rows], quantity: str,
                 results.append(torch.empty(0, dtype=torch.float64, device=device))
                 continue
             assert new is not None
-            results.append(new[pos:pos + m] if len(pieces) > 1 else new)
+            results.append(new if whole else new[pos:pos + m])
             pos += m
             continue
         assert out is not None and fps is not None
@@ -325,7 +424,9 @@ def _clean_source(batch: MetricBatch, quantity: str) -> _Rows | None:
     n = batch.n
     # copies of the rows (not views of the user's x, which a model that writes into its
     # input would change)
-    return _Rows(lambda m: x.index_select(0, m), torch.arange(n, device=x.device), [()] * n,
+    rows = RowWriter(lambda m, out: torch.index_select(x, 0, m, out=out), tuple(x.shape[1:]),
+                     x.dtype, x.device)
+    return _Rows(rows, torch.arange(n, device=x.device), [()] * n,
                  sample_fingerprints(batch, b"clean"))
 
 
@@ -601,13 +702,15 @@ def window_scores(
             b_hi = windows.thresholds(r_hi)
             b_lo = None if prefixes else windows.thresholds(r_lo)
 
+        def write(m: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+            assert windows is not None
+            return windows.rows(ti.index_select(0, m), b_hi.index_select(0, m),
+                                None if b_lo is None else b_lo.index_select(0, m), out=out)
+
         def build(m: torch.Tensor) -> torch.Tensor:
             # index_select: several times faster than advanced indexing on the CPU, which
             # matters where the model is small (a table's MLP)
             i = ti.index_select(0, m)
-            if windows is not None:
-                return windows.rows(i, b_hi.index_select(0, m),
-                                    None if b_lo is None else b_lo.index_select(0, m))
             r = rank_map.index_select(0, i)
             perturbed = r < modality.per_sample(r_hi.index_select(0, m), r)
             if not prefixes:
@@ -627,8 +730,11 @@ def window_scores(
             keys_list = list(zip(r_lo.tolist(), r_hi.tolist(), strict=True))
         # the samples' own rows (the identity windows' score, or the caller's) run in the same
         # pass as the perturbed rows
+        # bit-selected rows are written straight into the runner's chunk
+        rows = (build if windows is None
+                else RowWriter(write, tuple(x.shape[1:]), x.dtype, x.device))
         scores.view(-1).index_copy_(0, flat, cached_rows(
-            batch, ti, keys_list, fps, build, quantity=quantity, desc=desc,
+            batch, ti, keys_list, fps, rows, quantity=quantity, desc=desc,
             with_clean=with_clean or any_identity))
     if any_identity:
         clean = clean_scores(batch, quantity)

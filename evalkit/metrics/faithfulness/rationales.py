@@ -26,6 +26,7 @@ from ..._validation import check_bool, check_scalar
 from ...perturb import Imputer, TokenDeletion, make_grouping, make_imputer
 from .._removal import (
     RemovalPlan,
+    RowWriter,
     clean_scores,
     order_groups,
     run_row_sources,
@@ -317,23 +318,26 @@ class _SoftFidelity(Metric):
         d_keys = row_keys.index_select(0, drawn)
         d_keep = keep.index_select(0, drawn)
 
-        def build(m: torch.Tensor) -> torch.Tensor:
+        def write(m: torch.Tensor, out: torch.Tensor) -> None:
             i = d_samples.index_select(0, m)
             prob = grp.expand(d_keep.index_select(0, m), i)  # (B, Cg, *S) keep probabilities
             u = _rng.uniform(d_keys.index_select(0, m), tuple(x.shape[1:]),
                              dtype=torch.float64, stream=_SOFT_STREAM).to(x.device)
-            # the rows are a new tensor (index_select copies): zeroed in place, the same
-            # values as torch.where(u < prob, x, 0) without a second tensor
-            return x.index_select(0, i).masked_fill_(~(u < prob), 0.0)
+            # the rows are copied into the chunk and zeroed in place there, the same values
+            # as torch.where(u < prob, x, 0) without a second tensor
+            torch.index_select(x, 0, i, out=out).masked_fill_(~(u < prob), 0.0)
 
-        def zeros(m: torch.Tensor) -> torch.Tensor:
+        def zeros(m: torch.Tensor, out: torch.Tensor) -> None:
             # u < 0 never holds for u in [0, 1): the empty input is zeros
-            return torch.zeros((m.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+            out.zero_()
 
+        shape = tuple(x.shape[1:])
+        build = RowWriter(write, shape, x.dtype, x.device)
         sources: list[tuple] = [(build, d_samples)]
         if empty is not None:
             blank = empty.nonzero().squeeze(1)
-            sources.append((zeros, sample_idx.index_select(0, blank)))
+            sources.append((RowWriter(zeros, shape, x.dtype, x.device),
+                            sample_idx.index_select(0, blank)))
         # the unperturbed rows (p(y | x)) run in the same pass
         values = run_row_sources(batch, sources, desc=type(self).__name__, with_clean=True)
         if empty is None:
