@@ -47,6 +47,8 @@ __all__ = [
     "block_windows",
     "cached_rows",
     "clean_scores",
+    "group_scores",
+    "identity_groups",
     "order_groups",
     "removal_curve",
     "run_row_sources",
@@ -115,9 +117,10 @@ def order_groups(
         raise ValueError(f"{type(batch.metric).__name__} needs attributions.")
     grp = (grouping if isinstance(grouping, Grouping)
            else grouping.for_modality(batch.modality)(batch.x))
-    scores = grp.reduce(batch.a, group_reduction)
     g_max = grp.max_groups
     complete = bool((grp.n_groups == g_max).all())  # every sample has every group
+    identity = complete and identity_groups(grp)
+    scores = group_scores(grp, batch.a, group_reduction, identity=identity)
     if order in ("morf", "lerf") and scores.device.type == "cpu" and scores.ndim == 2:
         order_t = _rank_on_cpu(scores, None if complete else grp.valid(), order)
     elif order == "index":
@@ -132,15 +135,37 @@ def order_groups(
         1, order_t, torch.arange(order_t.shape[1], device=order_t.device).expand_as(order_t)
         .contiguous()
     )
-    labels = grp.labels
-    if (complete and labels.shape[0] == 1 and labels.numel() == g_max
-            and bool((labels.reshape(-1) == torch.arange(g_max, device=labels.device)).all())):
+    if identity:
         # one group per element in group-id order (pixels of a 1-channel map, a table's
         # columns): the rank map is the ranks themselves, no gather through the labels
-        rank_map = rank.view(rank.shape[0], *labels.shape[1:])
+        rank_map = rank.view(rank.shape[0], *grp.labels.shape[1:])
     else:
         rank_map = grp.expand(rank)
     return Ordering(grp, scores, order_t, rank_map, order)
+
+
+def identity_groups(grp: Grouping) -> bool:
+    """Whether ``grp`` is one shared label map 0..G-1 in element order and every sample has
+    every group (pixels of a 1-channel map, a table's columns): per-group values are then
+    the elements' own, in order (:func:`group_scores`, ``Grouping.expand`` is a reshape)."""
+    labels = grp.labels
+    g = labels.numel()
+    return (labels.shape[0] == 1 and bool((grp.n_groups == g).all())
+            and bool((labels.reshape(-1) == torch.arange(g, device=labels.device)).all()))
+
+
+def group_scores(grp: Grouping, a: torch.Tensor, reduction: str = "sum", *,
+                 identity: bool | None = None) -> torch.Tensor:
+    """``grp.reduce(a, reduction)``, the same values; where every group is one element of
+    ``a`` in order (``identity``: :func:`identity_groups`, computed if None) a ``"sum"`` or
+    ``"mean"`` is the elements themselves plus 0.0 (as the reduction's own shortcut for such
+    groups: -0.0 becomes 0.0), without the reduction's checks and broadcasts."""
+    n = a.shape[0]
+    if (reduction in ("sum", "mean") and a.shape == (n, *grp.labels.shape[1:])
+            and (identity_groups(grp) if identity is None else identity)):
+        dtype = a.dtype if a.is_floating_point() else torch.float32
+        return a.reshape(n, -1).to(dtype) + 0.0
+    return grp.reduce(a, reduction)
 
 
 def _rank_on_cpu(scores: torch.Tensor, valid: torch.Tensor | None, order: str) -> torch.Tensor:
