@@ -680,19 +680,8 @@ def window_scores(
     batch.require_model()
     x = batch.x
     dev = x.device
-    lo = lo.to(device=dev, dtype=torch.int64)
-    hi = hi.to(device=dev, dtype=torch.int64)
     n, t_count = lo.shape
-    g = ordering.n_groups.to(dev).unsqueeze(1)
-    lo_c = lo.clamp(0)
-    hi_c = hi - (hi - g).clamp_min_(0)  # min(hi, g): a few times faster than int64 minimum
-    identity = hi_c <= lo_c
-    lo_c = torch.where(identity, torch.zeros_like(lo_c), lo_c)
-    hi_c = torch.where(identity, torch.zeros_like(hi_c), hi_c)
-    dup = torch.zeros_like(identity)
-    if t_count > 1:
-        dup[:, 1:] = (lo_c[:, 1:] == lo_c[:, :-1]) & (hi_c[:, 1:] == hi_c[:, :-1])
-    need = ~identity & ~dup
+    identity, dup, flat, ti, r_lo, r_hi = _window_rows(lo, hi, ordering.n_groups, dev)
 
     stochastic = getattr(imputer, "stochastic", False)
     row_keys = (batch.keys if keys is None else keys) if stochastic else None
@@ -707,15 +696,7 @@ def window_scores(
     scores = torch.full((n, t_count), float("nan"), dtype=torch.float64, device=dev)
     any_identity = bool(identity.any())
 
-    flat = need.reshape(-1).nonzero().squeeze(1)  # (M,) sample-major
     if flat.shape[0]:
-        # the rows' samples: a gather from the (N, T) sample ids, several times faster than
-        # an int64 division of the flat positions on the CPU
-        ti = (torch.arange(n, device=dev).unsqueeze(1).expand(n, t_count).reshape(-1)
-              .index_select(0, flat))
-        # flat index_select: several times faster than indexing with (ti, tt)
-        r_lo = lo_c.reshape(-1).index_select(0, flat)
-        r_hi = hi_c.reshape(-1).index_select(0, flat)
         # removal curves perturb prefixes of the order (lo = 0): one comparison per element
         prefixes = not bool(r_lo.any())
         per_sample_base = base is not None and base.shape[0] == n and n > 1
@@ -753,9 +734,8 @@ def window_scores(
             fps = _window_fingerprints(batch, ordering, imputer,
                                        None if base is None else base.expand_as(x), row_keys)
             keys_list = list(zip(r_lo.tolist(), r_hi.tolist(), strict=True))
-        # the samples' own rows (the identity windows' score, or the caller's) run in the same
-        # pass as the perturbed rows
-        # bit-selected rows are written straight into the runner's chunk
+        # bit-selected rows are written straight into the runner's chunk; the samples' own
+        # rows (the identity windows' score, or the caller's) run in the same pass
         rows = (build if windows is None
                 else RowWriter(write, tuple(x.shape[1:]), x.dtype, x.device))
         scores.view(-1).index_copy_(0, flat, cached_rows(
@@ -773,6 +753,65 @@ def window_scores(
         source = torch.where(dup, torch.zeros_like(steps), steps).cummax(1).values
         scores = scores.gather(1, source)
     return scores
+
+
+def _window_rows(lo: torch.Tensor, hi: torch.Tensor, n_groups: torch.Tensor,
+                 device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The rows :func:`window_scores` runs, from windows ``lo``/``hi`` (N, T) clipped to
+    [0, G_i]: ``identity`` (N, T) (the window is empty: the unperturbed score), ``dup``
+    (N, T) (the same window as the step before), and for the M rows to run, sample-major,
+    their flat positions, samples, ``lo`` and ``hi`` (each (M,) int64). On the CPU in NumPy
+    (the same integer arithmetic: a few us a step instead of tens for torch's calls on
+    these small arrays)."""
+    if device.type == "cpu":
+        return _window_rows_numpy(lo, hi, n_groups)
+    return _window_rows_torch(lo, hi, n_groups, device)
+
+
+def _window_rows_numpy(lo: torch.Tensor, hi: torch.Tensor, n_groups: torch.Tensor
+                       ) -> tuple[torch.Tensor, ...]:
+    """:func:`_window_rows` on the CPU, in NumPy."""
+    t_count = lo.shape[1]
+    lo_a = lo.detach().to("cpu", torch.int64).numpy()
+    hi_a = hi.detach().to("cpu", torch.int64).numpy()
+    g = n_groups.detach().to("cpu", torch.int64).numpy()[:, None]
+    lo_c = np.maximum(lo_a, 0)
+    hi_c = np.minimum(hi_a, g)
+    ident = hi_c <= lo_c
+    lo_c[ident] = 0
+    hi_c[ident] = 0
+    dup_a = np.zeros_like(ident)
+    if t_count > 1:
+        dup_a[:, 1:] = (lo_c[:, 1:] == lo_c[:, :-1]) & (hi_c[:, 1:] == hi_c[:, :-1])
+    flat_a = np.flatnonzero(~(ident | dup_a))  # (M,) sample-major
+    return (torch.from_numpy(ident), torch.from_numpy(dup_a), torch.from_numpy(flat_a),
+            torch.from_numpy(flat_a // t_count if t_count > 1 else flat_a.copy()),
+            torch.from_numpy(lo_c.reshape(-1)[flat_a]),
+            torch.from_numpy(hi_c.reshape(-1)[flat_a]))
+
+
+def _window_rows_torch(lo: torch.Tensor, hi: torch.Tensor, n_groups: torch.Tensor,
+                       device: torch.device) -> tuple[torch.Tensor, ...]:
+    """:func:`_window_rows` in torch, on ``device``."""
+    n, t_count = lo.shape
+    lo = lo.to(device=device, dtype=torch.int64)
+    hi = hi.to(device=device, dtype=torch.int64)
+    g = n_groups.to(device).unsqueeze(1)
+    lo_c = lo.clamp(0)
+    hi_c = hi - (hi - g).clamp_min_(0)  # min(hi, g)
+    identity = hi_c <= lo_c
+    lo_c = torch.where(identity, torch.zeros_like(lo_c), lo_c)
+    hi_c = torch.where(identity, torch.zeros_like(hi_c), hi_c)
+    dup = torch.zeros_like(identity)
+    if t_count > 1:
+        dup[:, 1:] = (lo_c[:, 1:] == lo_c[:, :-1]) & (hi_c[:, 1:] == hi_c[:, :-1])
+    flat = (~identity & ~dup).reshape(-1).nonzero().squeeze(1)
+    # the rows' samples: a gather from the (N, T) sample ids, several times faster than an
+    # int64 division of the flat positions
+    ti = (torch.arange(n, device=device).unsqueeze(1).expand(n, t_count).reshape(-1)
+          .index_select(0, flat))
+    return (identity, dup, flat, ti, lo_c.reshape(-1).index_select(0, flat),
+            hi_c.reshape(-1).index_select(0, flat))
 
 
 def _window_fingerprints(batch: MetricBatch, ordering: Ordering, imputer: Imputer,
