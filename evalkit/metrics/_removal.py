@@ -51,6 +51,7 @@ __all__ = [
     "identity_groups",
     "order_groups",
     "removal_curve",
+    "row_range",
     "run_row_sources",
     "run_rows",
     "sample_fingerprints",
@@ -269,6 +270,18 @@ class RowWriter:
         out = torch.empty((int(m.shape[0]), *self.shape), dtype=self.dtype, device=self.device)
         self.write(m, out)
         return out
+
+
+def row_range(m: torch.Tensor) -> tuple[int, int] | None:
+    """``(start, stop)`` where the row ids ``m`` (B,) are ``arange(start, stop)`` (the
+    runner's chunks: the rows are then slices, views, not gathers), else None."""
+    k = int(m.shape[0])
+    if k == 0:
+        return None
+    start = int(m[0])
+    if int(m[-1]) - start + 1 != k or (k > 2 and not bool((m.diff() == 1).all())):
+        return None
+    return start, start + k
 
 
 def _one_buffer(pieces: list[tuple[int, Callable[[torch.Tensor], torch.Tensor] | torch.Tensor]],
