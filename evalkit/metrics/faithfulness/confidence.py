@@ -123,7 +123,13 @@ class _ConfidenceChange(Metric):
             tag = b"cam-keep"
         else:
             e = e.to(x.dtype)
-            if base.dtype == x.dtype:
+            if x.numel() * x.element_size() <= _WHOLE_BYTES:
+                # small inputs (a table, a few series): every perturbed input at once, the same
+                # values as chunk by chunk (b + e * (x - b), written into one new tensor); the
+                # runner forwards views of it (no copy; a chunk that also holds clean rows
+                # copies its part)
+                build = (x - base).mul_(e).add_(base)
+            elif base.dtype == x.dtype:
                 def write(m: torch.Tensor, out: torch.Tensor) -> None:
                     # b + e * (x - b) of the rows, written into the runner's chunk (chunks are
                     # consecutive rows: slices, no gathers); elementwise, so the same values
@@ -138,11 +144,6 @@ class _ConfidenceChange(Metric):
                     torch.sub(rows, b, out=out).mul_(scale).add_(b)
 
                 build = RowWriter(write, tuple(x.shape[1:]), x.dtype, x.device)
-            elif x.numel() * x.element_size() <= _WHOLE_BYTES:
-                # small inputs (a table, a few series): every perturbed input at once, the same
-                # values as chunk by chunk (b + e * (x - b), written into one new tensor); the
-                # runner forwards views of it (no copy)
-                build = (x - base).mul_(e).add_(base)
             else:
                 def build(m: torch.Tensor) -> torch.Tensor:
                     # index_select: several times faster than advanced indexing on the CPU,
