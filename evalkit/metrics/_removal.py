@@ -257,16 +257,20 @@ class RowWriter:
     """A source's rows that can be written straight into part of a larger chunk:
     ``write(m, out)`` writes the rows ``m`` (B,) into ``out``, a new contiguous (B, *shape)
     tensor of ``dtype``. Called with ``m`` alone it returns the rows as a new tensor, like any
-    builder. A chunk that spans the samples' own rows and a metric's perturbed rows is then
-    built in one buffer (:func:`_forward_sources`), not built in parts and concatenated (one
-    copy of every row fewer)."""
+    builder (or ``alone(m)``, where given: e.g. a plain gather). A chunk that spans the
+    samples' own rows and a metric's perturbed rows is then built in one buffer
+    (:func:`_forward_sources`), not built in parts and concatenated (one copy of every row
+    fewer)."""
 
     write: Callable[[torch.Tensor, torch.Tensor], object]
     shape: tuple[int, ...]
     dtype: torch.dtype
     device: torch.device
+    alone: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, m: torch.Tensor) -> torch.Tensor:
+        if self.alone is not None:
+            return self.alone(m)
         out = torch.empty((int(m.shape[0]), *self.shape), dtype=self.dtype, device=self.device)
         self.write(m, out)
         return out
@@ -287,17 +291,15 @@ def row_range(m: torch.Tensor) -> tuple[int, int] | None:
 def _one_buffer(pieces: list[tuple[int, Callable[[torch.Tensor], torch.Tensor] | torch.Tensor]],
                 x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """One builder for the rows of all ``pieces`` in order, or None where a piece cannot write
-    into a shared buffer: a chunk inside one piece is that piece's own rows (a view of a
-    tensor piece), a chunk across pieces is one new tensor that each piece writes its part
-    of. The runner then forwards one source: the same rows in the same chunks, without the
-    concatenation of parts built separately."""
+    into a shared buffer (it is not a :class:`RowWriter` of x's rows; a tensor of rows gains
+    nothing: its part of a chunk is copied either way, and its chunks are views): a chunk
+    inside one piece is that piece's own rows, a chunk across pieces is one new tensor that
+    each piece writes its part of. The runner then forwards one source: the same rows in the
+    same chunks, without building the parts separately and concatenating them."""
     shape = tuple(x.shape[1:])
     for _, build in pieces:
-        if isinstance(build, torch.Tensor):
-            if build.dtype != x.dtype or build.device != x.device or not build.is_contiguous():
-                return None
-        elif not (isinstance(build, RowWriter) and build.dtype == x.dtype
-                  and build.shape == shape and build.device == x.device):
+        if not (isinstance(build, RowWriter) and build.dtype == x.dtype
+                and build.shape == shape and build.device == x.device):
             return None
     offsets = [0]
     for rows, _ in pieces:
@@ -313,16 +315,11 @@ def _one_buffer(pieces: list[tuple[int, Callable[[torch.Tensor], torch.Tensor] |
                  if max(start, lo) < min(stop, hi)]
         if len(parts) == 1:
             src, lo, a, b = parts[0]
-            if isinstance(src, torch.Tensor):
-                return src[a - lo:b - lo]
-            return src(torch.arange(a - lo, b - lo, dtype=torch.int64, device=device))
+            return src(mm if lo == 0 else mm - lo)
         out = torch.empty((stop - start, *shape), dtype=x.dtype, device=device)
         for src, lo, a, b in parts:
-            part = out[a - start:b - start]
-            if isinstance(src, torch.Tensor):
-                part.copy_(src[a - lo:b - lo])
-            else:
-                src.write(torch.arange(a - lo, b - lo, dtype=torch.int64, device=device), part)
+            src.write(torch.arange(a - lo, b - lo, dtype=torch.int64, device=device),
+                      out[a - start:b - start])
         return out
 
     return build
@@ -463,7 +460,7 @@ def _clean_source(batch: MetricBatch, quantity: str) -> _Rows | None:
     # copies of the rows (not views of the user's x, which a model that writes into its
     # input would change)
     rows = RowWriter(lambda m, out: torch.index_select(x, 0, m, out=out), tuple(x.shape[1:]),
-                     x.dtype, x.device)
+                     x.dtype, x.device, alone=lambda m: x.index_select(0, m))
     return _Rows(rows, torch.arange(n, device=x.device), [()] * n,
                  sample_fingerprints(batch, b"clean"))
 
