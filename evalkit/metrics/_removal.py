@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .. import _rng
@@ -35,17 +36,22 @@ from ..perturb import FeatureGrouping, Grouping, Imputer, rank_groups
 from ..perturb._select import RankWindows, replaces_by_where, window_select
 from ..perturb.baselines import Baseline, impute
 from ..runner import take_rows
+from ._sorting import stable_argsort_rows
 from .base import MetricBatch
 
 __all__ = [
     "Ordering",
     "RemovalPlan",
+    "RowWriter",
     "baseline_values",
     "block_windows",
     "cached_rows",
     "clean_scores",
+    "group_scores",
+    "identity_groups",
     "order_groups",
     "removal_curve",
+    "row_range",
     "run_row_sources",
     "run_rows",
     "sample_fingerprints",
@@ -112,21 +118,71 @@ def order_groups(
         raise ValueError(f"{type(batch.metric).__name__} needs attributions.")
     grp = (grouping if isinstance(grouping, Grouping)
            else grouping.for_modality(batch.modality)(batch.x))
-    scores = grp.reduce(batch.a, group_reduction)
-    valid = grp.valid()
-    if order == "index":
-        ids = torch.arange(grp.max_groups, device=scores.device, dtype=torch.float64)
-        order_t = rank_groups(-ids.expand_as(scores), valid, "morf")
+    g_max = grp.max_groups
+    complete = bool((grp.n_groups == g_max).all())  # every sample has every group
+    identity = complete and identity_groups(grp)
+    scores = group_scores(grp, batch.a, group_reduction, identity=identity)
+    if order in ("morf", "lerf") and scores.device.type == "cpu" and scores.ndim == 2:
+        order_t = _rank_on_cpu(scores, None if complete else grp.valid(), order)
+    elif order == "index":
+        ids = torch.arange(g_max, device=scores.device, dtype=torch.float64)
+        order_t = rank_groups(-ids.expand_as(scores), grp.valid(), "morf")
     elif order == "random":
-        keys = _rng.permutation_keys(_rng.combine(batch.keys, stream), grp.max_groups)
-        order_t = rank_groups(scores, valid, "random", random_keys=keys)
+        keys = _rng.permutation_keys(_rng.combine(batch.keys, stream), g_max)
+        order_t = rank_groups(scores, grp.valid(), "random", random_keys=keys)
     else:
-        order_t = rank_groups(scores, valid, order)
+        order_t = rank_groups(scores, grp.valid(), order)
     rank = torch.empty_like(order_t).scatter_(
         1, order_t, torch.arange(order_t.shape[1], device=order_t.device).expand_as(order_t)
         .contiguous()
     )
-    return Ordering(grp, scores, order_t, grp.expand(rank), order)
+    if identity:
+        # one group per element in group-id order (pixels of a 1-channel map, a table's
+        # columns): the rank map is the ranks themselves, no gather through the labels
+        rank_map = rank.view(rank.shape[0], *grp.labels.shape[1:])
+    else:
+        rank_map = grp.expand(rank)
+    return Ordering(grp, scores, order_t, rank_map, order)
+
+
+def identity_groups(grp: Grouping) -> bool:
+    """Whether ``grp`` is one shared label map 0..G-1 in element order and every sample has
+    every group (pixels of a 1-channel map, a table's columns): per-group values are then
+    the elements' own, in order (:func:`group_scores`, ``Grouping.expand`` is a reshape)."""
+    labels = grp.labels
+    g = labels.numel()
+    return (labels.shape[0] == 1 and bool((grp.n_groups == g).all())
+            and bool((labels.reshape(-1) == torch.arange(g, device=labels.device)).all()))
+
+
+def group_scores(grp: Grouping, a: torch.Tensor, reduction: str = "sum", *,
+                 identity: bool | None = None) -> torch.Tensor:
+    """``grp.reduce(a, reduction)``, the same values; where every group is one element of
+    ``a`` in order (``identity``: :func:`identity_groups`, computed if None) a ``"sum"`` or
+    ``"mean"`` is the elements themselves plus 0.0 (as the reduction's own shortcut for such
+    groups: -0.0 becomes 0.0), without the reduction's checks and broadcasts."""
+    n = a.shape[0]
+    if (reduction in ("sum", "mean") and a.shape == (n, *grp.labels.shape[1:])
+            and (identity_groups(grp) if identity is None else identity)):
+        dtype = a.dtype if a.is_floating_point() else torch.float32
+        return a.reshape(n, -1).to(dtype) + 0.0
+    return grp.reduce(a, reduction)
+
+
+def _rank_on_cpu(scores: torch.Tensor, valid: torch.Tensor | None, order: str) -> torch.Tensor:
+    """:func:`~evalkit.perturb.rank_groups` of ``scores`` (N, G) on the CPU for ``"morf"`` or
+    ``"lerf"`` (``valid`` None: every group exists), the same order: the scores as float64
+    with NaN as 0 (and infinities as the largest finite values, as ``nan_to_num``), missing
+    groups last, ties in group-id order; ranked by one sort of packed words
+    (:func:`~evalkit.metrics._sorting.stable_argsort_rows`) instead of an argsort and a
+    sort."""
+    s = scores.detach().to(torch.float64).numpy()
+    if not np.isfinite(s).all():
+        s = np.nan_to_num(s, nan=0.0)
+    if valid is not None:
+        s = np.where(valid.numpy(), s, -np.inf if order == "morf" else np.inf)
+    keys = np.negative(s) if order == "morf" else s
+    return torch.from_numpy(stable_argsort_rows(keys))
 
 
 def block_windows(n_groups: torch.Tensor, features_in_step: int
@@ -194,6 +250,79 @@ def flag_nonfinite(batch: MetricBatch, values: torch.Tensor,
         per_sample[sample_idx.to(values.device)[bad]] = True
     if bool(per_sample.any()):
         batch.set_nan(per_sample, NONFINITE_OUTPUT)
+
+
+@dataclass(frozen=True)
+class RowWriter:
+    """A source's rows that can be written straight into part of a larger chunk:
+    ``write(m, out)`` writes the rows ``m`` (B,) into ``out``, a new contiguous (B, *shape)
+    tensor of ``dtype``. Called with ``m`` alone it returns the rows as a new tensor, like any
+    builder (or ``alone(m)``, where given: e.g. a plain gather). A chunk that spans the
+    samples' own rows and a metric's perturbed rows is then built in one buffer
+    (:func:`_forward_sources`), not built in parts and concatenated (one copy of every row
+    fewer)."""
+
+    write: Callable[[torch.Tensor, torch.Tensor], object]
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+    alone: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __call__(self, m: torch.Tensor) -> torch.Tensor:
+        if self.alone is not None:
+            return self.alone(m)
+        out = torch.empty((int(m.shape[0]), *self.shape), dtype=self.dtype, device=self.device)
+        self.write(m, out)
+        return out
+
+
+def row_range(m: torch.Tensor) -> tuple[int, int] | None:
+    """``(start, stop)`` where the row ids ``m`` (B,) are ``arange(start, stop)`` (the
+    runner's chunks: the rows are then slices, views, not gathers), else None."""
+    k = int(m.shape[0])
+    if k == 0:
+        return None
+    start = int(m[0])
+    if int(m[-1]) - start + 1 != k or (k > 2 and not bool((m.diff() == 1).all())):
+        return None
+    return start, start + k
+
+
+def _one_buffer(pieces: list[tuple[int, Callable[[torch.Tensor], torch.Tensor] | torch.Tensor]],
+                x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """One builder for the rows of all ``pieces`` in order, or None where a piece cannot write
+    into a shared buffer (it is not a :class:`RowWriter` of x's rows; a tensor of rows gains
+    nothing: its part of a chunk is copied either way, and its chunks are views): a chunk
+    inside one piece is that piece's own rows, a chunk across pieces is one new tensor that
+    each piece writes its part of. The runner then forwards one source: the same rows in the
+    same chunks, without building the parts separately and concatenating them."""
+    shape = tuple(x.shape[1:])
+    for _, build in pieces:
+        if not (isinstance(build, RowWriter) and build.dtype == x.dtype
+                and build.shape == shape and build.device == x.device):
+            return None
+    offsets = [0]
+    for rows, _ in pieces:
+        offsets.append(offsets[-1] + rows)
+    device = x.device
+
+    def build(mm: torch.Tensor) -> torch.Tensor:
+        # the runner asks for consecutive rows: mm is arange(start, stop)
+        start = int(mm[0]) if mm.shape[0] else 0
+        stop = start + int(mm.shape[0])
+        parts = [(src, lo, max(start, lo), min(stop, hi))
+                 for (_, src), lo, hi in zip(pieces, offsets[:-1], offsets[1:], strict=True)
+                 if max(start, lo) < min(stop, hi)]
+        if len(parts) == 1:
+            src, lo, a, b = parts[0]
+            return src(mm if lo == 0 else mm - lo)
+        out = torch.empty((stop - start, *shape), dtype=x.dtype, device=device)
+        for src, lo, a, b in parts:
+            src.write(torch.arange(a - lo, b - lo, dtype=torch.int64, device=device),
+                      out[a - start:b - start])
+        return out
+
+    return build
 
 
 @dataclass
@@ -273,6 +402,10 @@ def _forward_sources(batch: MetricBatch, sources: list[_Rows], quantity: str,
                                build(miss.index_select(0, mm))))
             samples.append(src.sample_idx.index_select(0, miss))
     new = None
+    if len(pieces) > 1 and all(miss is None for _, miss, _ in runs):
+        fused = _one_buffer(pieces, batch.x)
+        if fused is not None:
+            pieces = [(sum(rows for rows, _ in pieces), fused)]
     if pieces:
         sample_idx = samples[0] if len(samples) == 1 else torch.cat(samples)
         y_rows = None if batch.y is None else take_rows(batch.y, sample_idx)
@@ -284,6 +417,7 @@ def _forward_sources(batch: MetricBatch, sources: list[_Rows], quantity: str,
 
     results: list[torch.Tensor] = []
     pos = 0
+    whole = len(runs) == 1
     for (src, miss, fps), out in zip(runs, outs, strict=True):
         if miss is None:
             m = int(src.sample_idx.shape[0])
@@ -291,7 +425,7 @@ def _forward_sources(batch: MetricBatch, sources: list[_Rows], quantity: str,
                 results.append(torch.empty(0, dtype=torch.float64, device=device))
                 continue
             assert new is not None
-            results.append(new[pos:pos + m] if len(pieces) > 1 else new)
+            results.append(new if whole else new[pos:pos + m])
             pos += m
             continue
         assert out is not None and fps is not None
@@ -325,7 +459,9 @@ def _clean_source(batch: MetricBatch, quantity: str) -> _Rows | None:
     n = batch.n
     # copies of the rows (not views of the user's x, which a model that writes into its
     # input would change)
-    return _Rows(lambda m: x.index_select(0, m), torch.arange(n, device=x.device), [()] * n,
+    rows = RowWriter(lambda m, out: torch.index_select(x, 0, m, out=out), tuple(x.shape[1:]),
+                     x.dtype, x.device, alone=lambda m: x.index_select(0, m))
+    return _Rows(rows, torch.arange(n, device=x.device), [()] * n,
                  sample_fingerprints(batch, b"clean"))
 
 
@@ -554,19 +690,8 @@ def window_scores(
     batch.require_model()
     x = batch.x
     dev = x.device
-    lo = lo.to(device=dev, dtype=torch.int64)
-    hi = hi.to(device=dev, dtype=torch.int64)
     n, t_count = lo.shape
-    g = ordering.n_groups.to(dev).unsqueeze(1)
-    lo_c = lo.clamp(0)
-    hi_c = hi - (hi - g).clamp_min_(0)  # min(hi, g): a few times faster than int64 minimum
-    identity = hi_c <= lo_c
-    lo_c = torch.where(identity, torch.zeros_like(lo_c), lo_c)
-    hi_c = torch.where(identity, torch.zeros_like(hi_c), hi_c)
-    dup = torch.zeros_like(identity)
-    if t_count > 1:
-        dup[:, 1:] = (lo_c[:, 1:] == lo_c[:, :-1]) & (hi_c[:, 1:] == hi_c[:, :-1])
-    need = ~identity & ~dup
+    identity, dup, flat, ti, r_lo, r_hi = _window_rows(lo, hi, ordering.n_groups, dev)
 
     stochastic = getattr(imputer, "stochastic", False)
     row_keys = (batch.keys if keys is None else keys) if stochastic else None
@@ -581,15 +706,7 @@ def window_scores(
     scores = torch.full((n, t_count), float("nan"), dtype=torch.float64, device=dev)
     any_identity = bool(identity.any())
 
-    flat = need.reshape(-1).nonzero().squeeze(1)  # (M,) sample-major
     if flat.shape[0]:
-        # the rows' samples: a gather from the (N, T) sample ids, several times faster than
-        # an int64 division of the flat positions on the CPU
-        ti = (torch.arange(n, device=dev).unsqueeze(1).expand(n, t_count).reshape(-1)
-              .index_select(0, flat))
-        # flat index_select: several times faster than indexing with (ti, tt)
-        r_lo = lo_c.reshape(-1).index_select(0, flat)
-        r_hi = hi_c.reshape(-1).index_select(0, flat)
         # removal curves perturb prefixes of the order (lo = 0): one comparison per element
         prefixes = not bool(r_lo.any())
         per_sample_base = base is not None and base.shape[0] == n and n > 1
@@ -601,13 +718,15 @@ def window_scores(
             b_hi = windows.thresholds(r_hi)
             b_lo = None if prefixes else windows.thresholds(r_lo)
 
+        def write(m: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+            assert windows is not None
+            return windows.rows(ti.index_select(0, m), b_hi.index_select(0, m),
+                                None if b_lo is None else b_lo.index_select(0, m), out=out)
+
         def build(m: torch.Tensor) -> torch.Tensor:
             # index_select: several times faster than advanced indexing on the CPU, which
             # matters where the model is small (a table's MLP)
             i = ti.index_select(0, m)
-            if windows is not None:
-                return windows.rows(i, b_hi.index_select(0, m),
-                                    None if b_lo is None else b_lo.index_select(0, m))
             r = rank_map.index_select(0, i)
             perturbed = r < modality.per_sample(r_hi.index_select(0, m), r)
             if not prefixes:
@@ -625,10 +744,12 @@ def window_scores(
             fps = _window_fingerprints(batch, ordering, imputer,
                                        None if base is None else base.expand_as(x), row_keys)
             keys_list = list(zip(r_lo.tolist(), r_hi.tolist(), strict=True))
-        # the samples' own rows (the identity windows' score, or the caller's) run in the same
-        # pass as the perturbed rows
+        # bit-selected rows are written straight into the runner's chunk; the samples' own
+        # rows (the identity windows' score, or the caller's) run in the same pass
+        rows = (build if windows is None
+                else RowWriter(write, tuple(x.shape[1:]), x.dtype, x.device))
         scores.view(-1).index_copy_(0, flat, cached_rows(
-            batch, ti, keys_list, fps, build, quantity=quantity, desc=desc,
+            batch, ti, keys_list, fps, rows, quantity=quantity, desc=desc,
             with_clean=with_clean or any_identity))
     if any_identity:
         clean = clean_scores(batch, quantity)
@@ -642,6 +763,65 @@ def window_scores(
         source = torch.where(dup, torch.zeros_like(steps), steps).cummax(1).values
         scores = scores.gather(1, source)
     return scores
+
+
+def _window_rows(lo: torch.Tensor, hi: torch.Tensor, n_groups: torch.Tensor,
+                 device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The rows :func:`window_scores` runs, from windows ``lo``/``hi`` (N, T) clipped to
+    [0, G_i]: ``identity`` (N, T) (the window is empty: the unperturbed score), ``dup``
+    (N, T) (the same window as the step before), and for the M rows to run, sample-major,
+    their flat positions, samples, ``lo`` and ``hi`` (each (M,) int64). On the CPU in NumPy
+    (the same integer arithmetic: a few us a step instead of tens for torch's calls on
+    these small arrays)."""
+    if device.type == "cpu":
+        return _window_rows_numpy(lo, hi, n_groups)
+    return _window_rows_torch(lo, hi, n_groups, device)
+
+
+def _window_rows_numpy(lo: torch.Tensor, hi: torch.Tensor, n_groups: torch.Tensor
+                       ) -> tuple[torch.Tensor, ...]:
+    """:func:`_window_rows` on the CPU, in NumPy."""
+    t_count = lo.shape[1]
+    lo_a = lo.detach().to("cpu", torch.int64).numpy()
+    hi_a = hi.detach().to("cpu", torch.int64).numpy()
+    g = n_groups.detach().to("cpu", torch.int64).numpy()[:, None]
+    lo_c = np.maximum(lo_a, 0)
+    hi_c = np.minimum(hi_a, g)
+    ident = hi_c <= lo_c
+    lo_c[ident] = 0
+    hi_c[ident] = 0
+    dup_a = np.zeros_like(ident)
+    if t_count > 1:
+        dup_a[:, 1:] = (lo_c[:, 1:] == lo_c[:, :-1]) & (hi_c[:, 1:] == hi_c[:, :-1])
+    flat_a = np.flatnonzero(~(ident | dup_a))  # (M,) sample-major
+    return (torch.from_numpy(ident), torch.from_numpy(dup_a), torch.from_numpy(flat_a),
+            torch.from_numpy(flat_a // t_count if t_count > 1 else flat_a.copy()),
+            torch.from_numpy(lo_c.reshape(-1)[flat_a]),
+            torch.from_numpy(hi_c.reshape(-1)[flat_a]))
+
+
+def _window_rows_torch(lo: torch.Tensor, hi: torch.Tensor, n_groups: torch.Tensor,
+                       device: torch.device) -> tuple[torch.Tensor, ...]:
+    """:func:`_window_rows` in torch, on ``device``."""
+    n, t_count = lo.shape
+    lo = lo.to(device=device, dtype=torch.int64)
+    hi = hi.to(device=device, dtype=torch.int64)
+    g = n_groups.to(device).unsqueeze(1)
+    lo_c = lo.clamp(0)
+    hi_c = hi - (hi - g).clamp_min_(0)  # min(hi, g)
+    identity = hi_c <= lo_c
+    lo_c = torch.where(identity, torch.zeros_like(lo_c), lo_c)
+    hi_c = torch.where(identity, torch.zeros_like(hi_c), hi_c)
+    dup = torch.zeros_like(identity)
+    if t_count > 1:
+        dup[:, 1:] = (lo_c[:, 1:] == lo_c[:, :-1]) & (hi_c[:, 1:] == hi_c[:, :-1])
+    flat = (~identity & ~dup).reshape(-1).nonzero().squeeze(1)
+    # the rows' samples: a gather from the (N, T) sample ids, several times faster than an
+    # int64 division of the flat positions
+    ti = (torch.arange(n, device=device).unsqueeze(1).expand(n, t_count).reshape(-1)
+          .index_select(0, flat))
+    return (identity, dup, flat, ti, lo_c.reshape(-1).index_select(0, flat),
+            hi_c.reshape(-1).index_select(0, flat))
 
 
 def _window_fingerprints(batch: MetricBatch, ordering: Ordering, imputer: Imputer,

@@ -55,7 +55,8 @@ def constant_maps(batch: MetricBatch, a: torch.Tensor | None = None) -> torch.Te
     if a is None:
         raise ValueError(f"{type(batch.metric).__name__} needs attributions.")
     features, _ = batch.modality.feature_maps(a)
-    return features.amax(1) == features.amin(1)
+    lo, hi = torch.aminmax(features, dim=1)  # one pass for both
+    return hi == lo
 
 
 class RanksFeatures(Metric):

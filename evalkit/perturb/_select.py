@@ -168,10 +168,11 @@ class RankWindows:
         for all rows, not per chunk)."""
         return t.to(self.rank_dtype)
 
-    def rows(self, i: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor | None = None
-             ) -> torch.Tensor:
+    def rows(self, i: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor | None = None, *,
+             out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows of samples ``i`` (B,) with the elements of rank ``lo <= rank < hi`` replaced
-        (``hi``, ``lo`` (B,) from :meth:`thresholds`; ``lo`` None: 0)."""
+        (``hi``, ``lo`` (B,) from :meth:`thresholds`; ``lo`` None: 0). ``out``: a contiguous
+        (B, ...) tensor of x's dtype to write the rows into (e.g. part of a larger chunk)."""
         r = self.rank.index_select(0, i)
         shape = (-1,) + (1,) * (r.ndim - 1)
         if lo is None:
@@ -182,7 +183,7 @@ class RankWindows:
             r >>= self.shift
             if r.dtype != self.bits:  # -1 and 0 convert exactly to any signed width
                 r = r.to(self.bits)
-            out = self.diff.index_select(0, i)
+            out = self._gather_diff(i, out)
             out &= r
             out ^= self.x.index_select(0, i)
             return out.view(self.dtype) if out.dtype != self.dtype else out
@@ -193,10 +194,16 @@ class RankWindows:
         keep |= below
         if keep.dtype != self.bits:  # -1 and 0 convert exactly to any signed width
             keep = keep.to(self.bits)
-        out = self.diff.index_select(0, i)
+        out = self._gather_diff(i, out)
         out &= keep
         out ^= self.fill if self.shared_fill else self.fill.index_select(0, i)
         return out.view(self.dtype) if out.dtype != self.dtype else out
+
+    def _gather_diff(self, i: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """``diff`` of samples ``i``, as a new tensor or written into ``out`` (bits view)."""
+        if out is None:
+            return self.diff.index_select(0, i)
+        return torch.index_select(self.diff, 0, i, out=_as_bits(out, self.bits))
 
 
 def replaces_by_where(modality: object) -> bool:

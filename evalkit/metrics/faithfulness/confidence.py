@@ -11,9 +11,11 @@ from ...cache import active_cache, row_hashes
 from ...modality import Modality
 from ...perturb import make_imputer
 from .._removal import (
+    RowWriter,
     baseline_values,
     cached_rows,
     clean_scores,
+    row_range,
     sample_fingerprints,
 )
 from ..base import Metric, MetricBatch
@@ -124,8 +126,24 @@ class _ConfidenceChange(Metric):
             if x.numel() * x.element_size() <= _WHOLE_BYTES:
                 # small inputs (a table, a few series): every perturbed input at once, the same
                 # values as chunk by chunk (b + e * (x - b), written into one new tensor); the
-                # runner forwards views of it (no copy)
+                # runner forwards views of it (no copy; a chunk that also holds clean rows
+                # copies its part)
                 build = (x - base).mul_(e).add_(base)
+            elif base.dtype == x.dtype:
+                def write(m: torch.Tensor, out: torch.Tensor) -> None:
+                    # b + e * (x - b) of the rows, written into the runner's chunk (chunks are
+                    # consecutive rows: slices, no gathers); elementwise, so the same values
+                    # as all rows at once
+                    span = row_range(m)
+                    if span is None:
+                        b = base.index_select(0, m)
+                        rows, scale = x.index_select(0, m), e.index_select(0, m)
+                    else:
+                        b = base[span[0]:span[1]]
+                        rows, scale = x[span[0]:span[1]], e[span[0]:span[1]]
+                    torch.sub(rows, b, out=out).mul_(scale).add_(b)
+
+                build = RowWriter(write, tuple(x.shape[1:]), x.dtype, x.device)
             else:
                 def build(m: torch.Tensor) -> torch.Tensor:
                     # index_select: several times faster than advanced indexing on the CPU,

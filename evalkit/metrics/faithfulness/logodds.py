@@ -11,7 +11,7 @@ import torch
 from ..._validation import check_bool, check_scalar
 from ...models.targets import BinaryTarget, ClassTarget
 from ...perturb import make_grouping, make_imputer
-from .._removal import RemovalPlan, order_groups, removal_curve
+from .._removal import RemovalPlan, order_groups, window_scores
 from .._ties import RanksFeatures
 from ..base import MetricBatch
 from ._views import batch_view
@@ -138,9 +138,11 @@ class LogOdds(FollowsRemovalPlan, RanksFeatures):
             positive = (ordering.group_scores > 0).sum(1).to(batch.device)
             k = torch.minimum(k, positive)
         k = torch.minimum(k, g)
-        steps = torch.stack([torch.zeros_like(k), k], 1)
-        log_odds, _, _ = removal_curve(scored, self._plan, steps, ordering=ordering,
-                                       desc=type(self).__name__)
+        # the deletion curve at 0 and k groups (removal_curve's windows, without its
+        # fractions, which this score does not read)
+        hi = torch.stack([torch.zeros_like(k), k], 1)
+        log_odds = window_scores(scored, ordering, self._plan.imputer, torch.zeros_like(hi), hi,
+                                 desc=type(self).__name__)
         batch.record("log_odds", log_odds)
         batch.record("n_erased", k)
         return log_odds[:, 1] - log_odds[:, 0]

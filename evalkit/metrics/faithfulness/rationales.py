@@ -26,7 +26,10 @@ from ..._validation import check_bool, check_scalar
 from ...perturb import Imputer, TokenDeletion, make_grouping, make_imputer
 from .._removal import (
     RemovalPlan,
+    RowWriter,
     clean_scores,
+    group_scores,
+    identity_groups,
     order_groups,
     run_row_sources,
     run_rows,
@@ -249,11 +252,12 @@ class _SoftFidelity(Metric):
     def _importance(self, batch: MetricBatch) -> tuple[torch.Tensor, Any]:
         """(N, G) importance min-max scaled to [0, 1] per sample, and the grouping."""
         grp = self._grouping(batch.x)
-        scores = grp.reduce(batch.a, "sum")  # type: ignore[arg-type]
-        valid = grp.valid()
         # every sample has every group (inputs of one shape): no masking needed
-        ragged = not bool(valid.all())
+        ragged = not bool((grp.n_groups == grp.max_groups).all())
+        scores = group_scores(grp, batch.a, "sum",  # type: ignore[arg-type]
+                              identity=False if ragged else None)
         if ragged:
+            valid = grp.valid()
             lo = torch.where(valid, scores, torch.full_like(scores, math.inf)).amin(
                 1, keepdim=True)
             hi = torch.where(valid, scores, torch.full_like(scores, -math.inf)).amax(
@@ -276,18 +280,18 @@ class _SoftFidelity(Metric):
         n, s = batch.n, self.nr_samples
         # rows (i, j): draw j < S of sample i; row S keeps nothing (the empty input)
         draws = s + 1 if self.normalised_by_empty else s
-        keep_rows = keep.unsqueeze(1).repeat(1, draws, 1)  # (N, R, G)
-        if self.normalised_by_empty:
-            keep_rows[:, s] = 0.0
         sample_idx = torch.arange(n, device=batch.device).repeat_interleave(draws)
         draw_idx = torch.arange(draws, device=batch.device).repeat(n)
         row_keys = _rng.combine(batch.keys[sample_idx], _SOFT_STREAM, draw_idx)
-        keep_flat = keep_rows.reshape(n * draws, -1)
         if self.embedding_layer is None:
             empty = draw_idx == s if self.normalised_by_empty else None
-            probs = self._input_dropout(batch, grp, sample_idx, row_keys, keep_flat, empty)
+            probs = self._input_dropout(batch, grp, sample_idx, row_keys, keep, empty)
         else:
-            probs = self._embedding_dropout(batch, sample_idx, row_keys, keep_flat)
+            keep_rows = keep.unsqueeze(1).repeat(1, draws, 1)  # (N, R, G)
+            if self.normalised_by_empty:
+                keep_rows[:, s] = 0.0
+            probs = self._embedding_dropout(batch, sample_idx, row_keys,
+                                            keep_rows.reshape(n * draws, -1))
         probs = probs.reshape(n, draws)
         p = clean_scores(batch)
         drop = (p.unsqueeze(1) - probs[:, :s]).clamp(min=0)  # max(0, p(y|x) - p(y|x'))
@@ -308,32 +312,44 @@ class _SoftFidelity(Metric):
                        row_keys: torch.Tensor, keep: torch.Tensor,
                        empty: torch.Tensor | None) -> torch.Tensor:
         """Target scores of the rows with input elements zeroed at random (numeric data).
-        ``empty`` (M,) bool: the rows that keep nothing (the empty input: zeros, whatever the
-        draws; none are drawn for them)."""
+        ``keep`` (N, G): each sample's keep probabilities; ``empty`` (M,) bool: the rows that
+        keep nothing (the empty input: zeros, whatever the draws; none are drawn for
+        them)."""
         x = batch.x
         drawn = (torch.arange(sample_idx.shape[0], device=sample_idx.device) if empty is None
                  else (~empty).nonzero().squeeze(1))
         d_samples = sample_idx.index_select(0, drawn)
         d_keys = row_keys.index_select(0, drawn)
-        d_keep = keep.index_select(0, drawn)
+        # one element per group in order: the probabilities' map is a reshape, no gather
+        flat_groups = identity_groups(grp)
+        label_shape = tuple(grp.labels.shape[1:])
+        # u >= p is ~(u < p) for the uniform draws u, unless p is NaN
+        nan_keep = bool(keep.isnan().any())
 
-        def build(m: torch.Tensor) -> torch.Tensor:
+        def write(m: torch.Tensor, out: torch.Tensor) -> None:
             i = d_samples.index_select(0, m)
-            prob = grp.expand(d_keep.index_select(0, m), i)  # (B, Cg, *S) keep probabilities
+            rows = keep.index_select(0, i)
+            # (B, Cg, *S) keep probabilities
+            prob = (rows.view(rows.shape[0], *label_shape) if flat_groups
+                    else grp.expand(rows, i))
             u = _rng.uniform(d_keys.index_select(0, m), tuple(x.shape[1:]),
                              dtype=torch.float64, stream=_SOFT_STREAM).to(x.device)
-            # the rows are a new tensor (index_select copies): zeroed in place, the same
-            # values as torch.where(u < prob, x, 0) without a second tensor
-            return x.index_select(0, i).masked_fill_(~(u < prob), 0.0)
+            # the rows are copied into the chunk and zeroed in place there, the same values
+            # as torch.where(u < prob, x, 0) without a second tensor
+            drop = ~(u < prob) if nan_keep else u >= prob
+            torch.index_select(x, 0, i, out=out).masked_fill_(drop, 0.0)
 
-        def zeros(m: torch.Tensor) -> torch.Tensor:
+        def zeros(m: torch.Tensor, out: torch.Tensor) -> None:
             # u < 0 never holds for u in [0, 1): the empty input is zeros
-            return torch.zeros((m.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+            out.zero_()
 
+        shape = tuple(x.shape[1:])
+        build = RowWriter(write, shape, x.dtype, x.device)
         sources: list[tuple] = [(build, d_samples)]
         if empty is not None:
             blank = empty.nonzero().squeeze(1)
-            sources.append((zeros, sample_idx.index_select(0, blank)))
+            sources.append((RowWriter(zeros, shape, x.dtype, x.device),
+                            sample_idx.index_select(0, blank)))
         # the unperturbed rows (p(y | x)) run in the same pass
         values = run_row_sources(batch, sources, desc=type(self).__name__, with_clean=True)
         if empty is None:
