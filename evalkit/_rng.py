@@ -372,7 +372,8 @@ def _draw_numpy(seeds: np.ndarray, at: np.ndarray | None, out: np.ndarray, kind:
     z_buf = np.empty(size, dtype=np.uint64)
     t_buf = np.empty_like(z_buf)
     # a normal is finished in float64 (its inverse CDF too) before it is cast to ``out``
-    scratch = (np.empty(size, dtype=np.float64)
+    # (in the scratch words' buffer: they are spent when the floats are written)
+    scratch = (t_buf.view(np.float64)
                if kind == "normal" and out.dtype != np.float64 else None)
     tiled = None if wide or at is not None else _tiled_counters(m, step)
     ftype = out.dtype.type
