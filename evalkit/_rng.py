@@ -590,6 +590,9 @@ def smallest_uniforms(keys: torch.Tensor, shape: tuple[int, ...], k: int, *,
     t_buf = np.empty_like(z_buf)
     m_buf = np.empty((step, g), dtype=bool)
     row_bits = np.arange(step, dtype=np.int64) << 53
+    # a block's row r ends at flat position (r + 1) * g, and starts at r * g
+    row_ends = np.arange(1, step + 1, dtype=np.int64) * g
+    row_starts = (row_ends - g)[:, None]
     for lo in range(0, rows, step):
         hi = min(rows, lo + step)
         b = hi - lo
@@ -607,15 +610,18 @@ def smallest_uniforms(keys: torch.Tensor, shape: tuple[int, ...], k: int, *,
         # (row, draw) in one sortable int64: each row's candidates in order of their draws
         sort_key = w.view(np.int64)
         sort_key |= row_bits.take(local)
-        chosen, bad = _rank_candidates(sort_key, local, b, k)
-        columns = flat
-        columns -= local * g
+        # the candidates before each row's end (flat is ascending): a search per row,
+        # cheaper than counting the candidates' rows
+        ends = np.searchsorted(flat, row_ends[:b])
+        chosen, bad = _rank_candidates(sort_key, local, ends, k)
         if bad.any():
             chosen &= ~bad.take(local)
             full_rows.append(np.flatnonzero(bad) + lo)
+            columns = flat
+            columns -= local * g
             out[np.flatnonzero(~bad) + lo] = columns[chosen].reshape(-1, k)
-        else:
-            out[lo:hi] = columns[chosen].reshape(-1, k)
+        else:  # k chosen per row, in order: their flat positions less their rows' starts
+            np.subtract(flat[chosen].reshape(b, k), row_starts[:b], out=out[lo:hi])
     if full_rows:
         again = np.concatenate(full_rows)
         u = np.empty((again.size, g), dtype=np.float64)
@@ -628,16 +634,16 @@ def smallest_uniforms(keys: torch.Tensor, shape: tuple[int, ...], k: int, *,
     return torch.from_numpy(out).view(r, *lead, k).to(keys.device)
 
 
-def _rank_candidates(sort_key: np.ndarray, local: np.ndarray, rows: int, k: int
+def _rank_candidates(sort_key: np.ndarray, local: np.ndarray, ends: np.ndarray, k: int
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Which candidates are their row's k smallest, and which rows cannot say: ``sort_key``
-    (C,) int64 the (row, draw) keys of the candidates of ``rows`` rows, ``local`` (C,) their
-    rows, ascending. A row with fewer than k candidates, or whose (k+1)-th smallest draw equals
-    its k-th (argpartition would take one of the two), is bad: the caller draws it in full."""
+    (C,) int64 the (row, draw) keys of the candidates of ``len(ends)`` rows, ``local`` (C,)
+    their rows, ascending, ``ends`` (rows,) the number of candidates up to each row's end. A
+    row with fewer than k candidates, or whose (k+1)-th smallest draw equals its k-th
+    (argpartition would take one of the two), is bad: the caller draws it in full."""
     if sort_key.size == 0:  # no candidate in any row: every row is drawn in full
-        return np.zeros(0, dtype=bool), np.ones(rows, dtype=bool)
-    counts = np.bincount(local, minlength=rows)
-    ends = np.cumsum(counts)
+        return np.zeros(0, dtype=bool), np.ones(ends.shape[0], dtype=bool)
+    counts = np.diff(ends, prepend=0)
     ranked = np.sort(sort_key)
     kth_at = ends - counts + (k - 1)
     short = counts < k
