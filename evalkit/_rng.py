@@ -643,7 +643,8 @@ def _rank_candidates(sort_key: np.ndarray, local: np.ndarray, ends: np.ndarray, 
     (argpartition would take one of the two), is bad: the caller draws it in full."""
     if sort_key.size == 0:  # no candidate in any row: every row is drawn in full
         return np.zeros(0, dtype=bool), np.ones(ends.shape[0], dtype=bool)
-    counts = np.diff(ends, prepend=0)
+    counts = ends.copy()
+    counts[1:] -= ends[:-1]
     ranked = np.sort(sort_key)
     kth_at = ends - counts + (k - 1)
     short = counts < k
