@@ -279,9 +279,11 @@ def _mix_to_last_shift(z: np.ndarray, t: np.ndarray) -> None:
 
 
 def _finish_block(z: np.ndarray, t: np.ndarray, block: np.ndarray, kind: str,
-                  narrow: bool) -> None:
+                  narrow: bool, unit: float | None = None) -> None:
     """Mix the flat uint64 states ``z`` (SplitMix64's finaliser, in place; ``t`` a scratch
-    buffer of the same size) and write their draws into the flat float ``block``."""
+    buffer of the same size) and write their draws into the flat float ``block``. ``unit``
+    (uniforms only): the factor of the shifted word instead of its conversion scale (see
+    :func:`_uniform_factor`)."""
     shift, offset, scale, minus = _CONVERSIONS[kind, narrow]
     _mix_to_last_shift(z, t)
     if shift >= 31:  # (z ^ (z >> 31)) >> s is z >> s when s + 31 >= 64: skip the step
@@ -295,9 +297,38 @@ def _finish_block(z: np.ndarray, t: np.ndarray, block: np.ndarray, kind: str,
     block[...] = z.view(np.int64)
     if offset:
         block += offset
-    block *= block.dtype.type(scale)
+    block *= block.dtype.type(scale if unit is None else unit)
     if minus:
         block -= minus
+
+
+def _uniform_factor(ftype: type, unit: float, scale: float) -> float | None:
+    """``unit * scale`` in ``ftype`` where multiplying a uniform's shifted word ``v`` by it
+    gives the bits of ``(v * unit) * scale`` (None where it may not): ``v * unit`` is exact
+    (a power-of-two unit), so both products round the same real number, provided
+    ``unit * scale`` is itself exact (a finite scale whose product stays a normal float)."""
+    s = ftype(scale)
+    fused = ftype(unit) * s
+    if not math.isfinite(s) or (s != 0 and abs(fused) < np.finfo(ftype).tiny):
+        return None
+    return float(fused)
+
+
+def _adds_nothing(ftype: type, a: float, scale: float, kind: str) -> bool:
+    """Whether adding ``a`` (in ``ftype``) to every draw scaled by ``scale`` leaves its bits:
+    ``x + (-0.0)`` is ``x`` for every ``x``; ``x + 0.0`` is ``x`` unless ``x`` is -0.0, which
+    a uniform (``u >= 0``) times a scale of positive sign never is, nor a normal draw (never
+    0: ``|x| > 1e-16`` from its inverse CDF's argument, ``|2u - 1| >= 2**-53``) times a scale
+    of magnitude at least 1e-20 (the product stays above float32's smallest normal)."""
+    af = ftype(a)
+    if af != 0:
+        return False
+    if math.copysign(1.0, af) < 0:
+        return True
+    s = ftype(scale)
+    if kind == "uniform":
+        return math.copysign(1.0, s) > 0 and not math.isnan(s)
+    return bool(abs(s) >= 1e-20)
 
 
 #: outputs from this many bytes are aligned (below, the few microseconds it costs are more
@@ -328,9 +359,11 @@ def _draw_numpy(seeds: np.ndarray, at: np.ndarray | None, out: np.ndarray, kind:
     """Fill ``out`` (R, m), a new float32 or float64 array, with :func:`_fill`'s draws
     for the uint64 row seeds ``seeds`` (R,): draw j of row r (``at[r, j]`` where ``at`` is
     given), a block of rows (or of a wide row) at a time from hash to scaled value, so that no
-    (R, m) array of words or float64 values is made. Each value goes through the same
-    operations as in :func:`_fill`'s whole-array form (the erfinv, the scaling by ``sqrt(2)``,
-    ``b`` and ``a`` in the same dtypes and order), so the numbers are the same."""
+    (R, m) array of words or float64 values is made. Each value has the bits of
+    :func:`_fill`'s whole-array form (the erfinv, the scaling by ``sqrt(2)``, ``b`` and ``a``
+    in the same dtypes and order); steps that cannot change a bit are fused or left out (a
+    uniform's power-of-two unit and its scale in one product, an add of zero to values that
+    are never -0.0, a product by 1)."""
     rows, m = out.shape
     narrow = kind == "uniform" and out.dtype != np.float64
     wide = m >= _DRAW_BLOCK
@@ -339,18 +372,28 @@ def _draw_numpy(seeds: np.ndarray, at: np.ndarray | None, out: np.ndarray, kind:
     z_buf = np.empty(size, dtype=np.uint64)
     t_buf = np.empty_like(z_buf)
     # a normal is finished in float64 (its inverse CDF too) before it is cast to ``out``
-    scratch = (np.empty(size, dtype=np.float64)
+    # (in the scratch words' buffer: they are spent when the floats are written)
+    scratch = (t_buf.view(np.float64)
                if kind == "normal" and out.dtype != np.float64 else None)
     tiled = None if wide or at is not None else _tiled_counters(m, step)
+    ftype = out.dtype.type
     scale = b - a if kind == "uniform" else b
+    scaled = (a, b) != (0.0, 1.0) and ftype(scale) != 1
+    unit = None
+    if kind == "uniform" and scaled:
+        unit = _uniform_factor(ftype, _CONVERSIONS[kind, narrow][2], scale)
+        scaled = unit is None
+    added = (a, b) != (0.0, 1.0) and not _adds_nothing(ftype, a, scale, kind)
+    if at is not None:
+        at = at.view(np.uint64)
+        # the counters (j + 1) * golden as j * golden + golden: the golden goes to the seeds
+        seeds = seeds + np.uint64(_GOLDEN)
     for rs, cs in _blocks(rows, m, _DRAW_BLOCK):
         shape = (rs.stop - rs.start, cs.stop - cs.start)
         count = shape[0] * shape[1]
         z = z_buf[:count]
         if at is not None:
-            zi = z.view(np.int64).reshape(shape)
-            np.add(at[rs, cs], 1, out=zi)  # the counters (j + 1) * golden, wrapping
-            z *= np.uint64(_GOLDEN)
+            np.multiply(at[rs, cs], np.uint64(_GOLDEN), out=z.reshape(shape))
             z.reshape(shape)[...] += seeds[rs, None]
         elif wide:
             np.multiply(np.arange(cs.start + 1, cs.stop + 1, dtype=np.uint64),
@@ -361,17 +404,18 @@ def _draw_numpy(seeds: np.ndarray, at: np.ndarray | None, out: np.ndarray, kind:
             z += tiled[:count]
         target = out[rs, cs].reshape(-1)  # a view: rows of a block are whole rows
         floats = target if scratch is None else scratch[:count]
-        _finish_block(z, t_buf[:count], floats, kind, narrow)
+        _finish_block(z, t_buf[:count], floats, kind, narrow, unit)
         if kind == "normal":
             torch.from_numpy(floats).erfinv_()
             floats *= math.sqrt(2.0)
             if scratch is not None:
                 target[...] = floats
-        if (a, b) != (0.0, 1.0):
-            # NumPy's float32 (float64) product and sum of the value and the rounded scalar:
-            # the same operation, bit for bit, as torch's ``mul_(scale).add_(a)``
-            target *= target.dtype.type(scale)
-            target += target.dtype.type(a)
+        # NumPy's float32 (float64) product and sum of the value and the rounded scalar:
+        # the same operation, bit for bit, as torch's ``mul_(scale).add_(a)``
+        if scaled:
+            target *= ftype(scale)
+        if added:
+            target += ftype(a)
 
 
 def _fill(
@@ -546,6 +590,9 @@ def smallest_uniforms(keys: torch.Tensor, shape: tuple[int, ...], k: int, *,
     t_buf = np.empty_like(z_buf)
     m_buf = np.empty((step, g), dtype=bool)
     row_bits = np.arange(step, dtype=np.int64) << 53
+    # a block's row r ends at flat position (r + 1) * g, and starts at r * g
+    row_ends = np.arange(1, step + 1, dtype=np.int64) * g
+    row_starts = (row_ends - g)[:, None]
     for lo in range(0, rows, step):
         hi = min(rows, lo + step)
         b = hi - lo
@@ -563,15 +610,18 @@ def smallest_uniforms(keys: torch.Tensor, shape: tuple[int, ...], k: int, *,
         # (row, draw) in one sortable int64: each row's candidates in order of their draws
         sort_key = w.view(np.int64)
         sort_key |= row_bits.take(local)
-        chosen, bad = _rank_candidates(sort_key, local, b, k)
-        columns = flat
-        columns -= local * g
+        # the candidates before each row's end (flat is ascending): a search per row,
+        # cheaper than counting the candidates' rows
+        ends = np.searchsorted(flat, row_ends[:b])
+        chosen, bad = _rank_candidates(sort_key, local, ends, k)
         if bad.any():
             chosen &= ~bad.take(local)
             full_rows.append(np.flatnonzero(bad) + lo)
+            columns = flat
+            columns -= local * g
             out[np.flatnonzero(~bad) + lo] = columns[chosen].reshape(-1, k)
-        else:
-            out[lo:hi] = columns[chosen].reshape(-1, k)
+        else:  # k chosen per row, in order: their flat positions less their rows' starts
+            np.subtract(flat[chosen].reshape(b, k), row_starts[:b], out=out[lo:hi])
     if full_rows:
         again = np.concatenate(full_rows)
         u = np.empty((again.size, g), dtype=np.float64)
@@ -584,16 +634,17 @@ def smallest_uniforms(keys: torch.Tensor, shape: tuple[int, ...], k: int, *,
     return torch.from_numpy(out).view(r, *lead, k).to(keys.device)
 
 
-def _rank_candidates(sort_key: np.ndarray, local: np.ndarray, rows: int, k: int
+def _rank_candidates(sort_key: np.ndarray, local: np.ndarray, ends: np.ndarray, k: int
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Which candidates are their row's k smallest, and which rows cannot say: ``sort_key``
-    (C,) int64 the (row, draw) keys of the candidates of ``rows`` rows, ``local`` (C,) their
-    rows, ascending. A row with fewer than k candidates, or whose (k+1)-th smallest draw equals
-    its k-th (argpartition would take one of the two), is bad: the caller draws it in full."""
+    (C,) int64 the (row, draw) keys of the candidates of ``len(ends)`` rows, ``local`` (C,)
+    their rows, ascending, ``ends`` (rows,) the number of candidates up to each row's end. A
+    row with fewer than k candidates, or whose (k+1)-th smallest draw equals its k-th
+    (argpartition would take one of the two), is bad: the caller draws it in full."""
     if sort_key.size == 0:  # no candidate in any row: every row is drawn in full
-        return np.zeros(0, dtype=bool), np.ones(rows, dtype=bool)
-    counts = np.bincount(local, minlength=rows)
-    ends = np.cumsum(counts)
+        return np.zeros(0, dtype=bool), np.ones(ends.shape[0], dtype=bool)
+    counts = ends.copy()
+    counts[1:] -= ends[:-1]
     ranked = np.sort(sort_key)
     kth_at = ends - counts + (k - 1)
     short = counts < k

@@ -4,6 +4,7 @@ the general route (a mask of the whole row and ``modality.replace``)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,6 +24,9 @@ def _model(d: int) -> torch.nn.Module:
     ((7, 2, 40), "series", "pixels", "black"),
     ((7, 2, 40), "series", "pixels", 0.25),
     ((9, 12), "tabular", "pixels", "mean"),
+    # a baseline row shared by the samples, on groups that are single positions in order
+    ((7, 2, 40), "series", "channel_values", np.linspace(-1.0, 1.0, 80).reshape(2, 40)),
+    ((9, 12), "tabular", "pixels", 0.5),
 ])
 def test_scattered_rows_equal_the_general_route(monkeypatch, shape, modality, grouping,
                                                 baseline):

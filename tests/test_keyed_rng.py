@@ -397,7 +397,8 @@ class TestSmallestUniforms:
         # and 2nd tie below the k-th (no ambiguity), row 2 has one candidate only
         row = np.array([0, 0, 0, 0, 1, 1, 1, 2])
         draws = np.array([9, 5, 1, 5, 3, 3, 8, 2])
-        chosen, bad = _rng._rank_candidates(draws | (row << 53), row, 3, 2)
+        ends = np.array([4, 7, 8])  # the candidates up to each row's end
+        chosen, bad = _rng._rank_candidates(draws | (row << 53), row, ends, 2)
         assert bad.tolist() == [True, False, True]
         assert chosen[row == 1].tolist() == [True, True, False]
 

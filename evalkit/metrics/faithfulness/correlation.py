@@ -390,18 +390,31 @@ class FaithfulnessCorrelation(Metric):
         group_size = elements.shape[1]
         base = baseline_values(self._imputer, x, batch.keys, batch.modality)
         assert base is not None  # a Baseline
-        base_flat = base.to(x.dtype).expand(x.shape).reshape(n, -1)
+        base = base.to(x.dtype)
+        # a baseline shared by the samples (a value, a per-channel or per-position one) is
+        # one row, read by every row of a chunk where its subset's elements are; a sample's
+        # own baseline is a row per sample
+        shared = base.dim() < x.dim() or base.shape[0] == 1
+        base_flat = (base.expand(1, *x.shape[1:]).reshape(1, -1) if shared
+                     else base.expand(x.shape).reshape(n, -1))
         x_flat = x.reshape(n, -1)
         # the element positions of every run's subset (N * runs, k * group size)
         flat_subsets = subsets.view(n * runs, -1)
         width = flat_subsets.shape[1] * group_size
+        # one element per group, group g's at position g (a table's columns, channel values):
+        # a run's group ids are its positions
+        identity = group_size == 1 and torch.equal(
+            elements.view(-1), torch.arange(elements.shape[0], device=elements.device))
 
         def build(index: tuple[torch.Tensor, ...]) -> torch.Tensor:
             i, r = index
-            pos = elements.index_select(0, flat_subsets.index_select(0, i * runs + r)
-                                        .reshape(-1)).reshape(i.shape[0], width)
+            ids = flat_subsets.index_select(0, i * runs + r)
+            pos = ids if identity else elements.index_select(0, ids.reshape(-1)).reshape(
+                i.shape[0], width)
             rows = x_flat.index_select(0, i)
-            rows.scatter_(1, pos, base_flat.index_select(0, i).gather(1, pos))
+            source = (base_flat.expand(i.shape[0], -1) if shared
+                      else base_flat.index_select(0, i))
+            rows.scatter_(1, pos, source.gather(1, pos))
             return rows.view(i.shape[0], *x.shape[1:])
 
         scores = batch.runner.run(build, (n, runs), y=batch.y,  # type: ignore[union-attr]

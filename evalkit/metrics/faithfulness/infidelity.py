@@ -142,7 +142,10 @@ class Infidelity(Metric):
             if not products or products[0].shape[1:] != shape[1:] or (
                     products[0].shape[0] < shape[0]):
                 products[:] = [torch.empty(shape, dtype=torch.float64, device=x.device)]
-            product = torch.mul(a_rows, noise, out=products[0][: shape[0]])
+            # the noise cast to float64 first, then a float64 product in place: the same
+            # values as the mixed-dtype ``a_rows * noise`` (which casts each float32 the same
+            # way), somewhat faster (several times on 2-D rows)
+            product = products[0][: shape[0]].copy_(noise).mul_(a_rows)
             flat_dots.index_copy_(0, flat, product.flatten(1).sum(1))
             # in place on the fresh rows: the same values as ``x[i] - noise``, no new buffer
             return x.index_select(0, i).sub_(noise)

@@ -174,12 +174,13 @@ class _PredictionGap(RanksFeatures):
                     if pos.shape[1] == 0:
                         return xi
                     n = noise.sample_at(keys, row_shape, xi.dtype, pos).to(xi.device)
+                    if real is None:
+                        # x + noise at the (distinct) positions in one pass: scatter_add_
+                        # adds in the dtype as ``x.gather(1, pos) + n`` then scatter_ would
+                        flat.scatter_add_(1, pos, n)
+                        return xi
                     kept = flat.gather(1, pos)
-                    if real is None:  # in place: the gathered values are not needed again
-                        moved = kept.add_(n)
-                    else:
-                        moved = torch.where(real, kept + n, kept)
-                    flat.scatter_(1, pos, moved)
+                    flat.scatter_(1, pos, torch.where(real, kept + n, kept))
                     return xi
                 ranks = rank_small.index_select(0, i)
                 n = noise.sample(keys, tuple(xi.shape[1:]), xi.dtype).to(xi.device)
