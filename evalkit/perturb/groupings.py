@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -49,14 +49,41 @@ class Grouping:
         against the inputs. Group ids of sample i are 0..n_groups[i]-1.
     n_groups:
         int64 tensor (N,): the number of groups of each sample.
+
+    What a grouping knows when it builds the labels (every sample has the same number of
+    groups; the labels are 0..G-1 in element order) is kept with them, so that the questions
+    metrics ask on every call (:attr:`max_groups`, :attr:`complete`, :meth:`valid`,
+    :meth:`one_element_per_group`) need no pass over the tensors; what it does not know is
+    computed from them when first asked and kept. The tensors are read-only: nothing writes
+    into them once the grouping is built.
     """
 
     labels: torch.Tensor
     n_groups: torch.Tensor
+    #: the number of groups of every sample, where they all have the same (None: not known yet)
+    _count: int | None = field(default=None, kw_only=True, repr=False, compare=False)
+    #: whether the labels are 0..G-1 in element order, one shared map (None: not known yet)
+    _in_order: bool | None = field(default=None, kw_only=True, repr=False, compare=False)
+    _max: int | None = field(default=None, init=False, repr=False, compare=False)
+    _complete: bool | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def max_groups(self) -> int:
-        return int(self.n_groups.max())
+        if self._count is not None:
+            return self._count
+        if self._max is None:  # one reduction (a device sync on accelerators) per grouping
+            object.__setattr__(self, "_max", int(self.n_groups.max()))
+        return self._max  # type: ignore[return-value]
+
+    @property
+    def complete(self) -> bool:
+        """True when every sample has every group id 0..max_groups-1."""
+        if self._count is not None:
+            return True
+        if self._complete is None:
+            object.__setattr__(self, "_complete",
+                               bool((self.n_groups == self.max_groups).all()))
+        return self._complete  # type: ignore[return-value]
 
     @property
     def shared(self) -> bool:
@@ -72,7 +99,7 @@ class Grouping:
     def valid(self) -> torch.Tensor:
         """(N, G) bool: which group ids exist for each sample."""
         count = self.max_groups
-        if bool((self.n_groups == count).all()):  # every sample has every group (cheaper)
+        if self.complete:  # every sample has every group (cheaper)
             return torch.ones((self.n_groups.shape[0], count), dtype=torch.bool,
                               device=self.n_groups.device)
         g = torch.arange(count, device=self.n_groups.device)
@@ -92,7 +119,7 @@ class Grouping:
         g = self.max_groups
         dtype = a.dtype if a.is_floating_point() else torch.float32
         vals = vals.to(dtype)
-        if reduction != "max" and self._one_element_groups(shape):
+        if reduction != "max" and self.one_element_per_group(shape):
             # every group is one element of a: its sum is 0.0 + a (what scatter_add into
             # zeros computes, -0.0 becoming 0.0), and its mean that over a count of 1, exact
             return vals + 0.0
@@ -108,16 +135,22 @@ class Grouping:
                 out = out / counts.clamp_min(1)
         return out.masked_fill(~self.valid(), math.nan)
 
-    def _one_element_groups(self, shape: torch.Size) -> bool:
-        """Whether values of the broadcast ``shape`` have one element per group, in group
-        order, and every sample has every group (a shared map 0..G-1: pixels of a 1-channel
-        attribution, a table's columns)."""
+    def one_element_per_group(self, shape: Sequence[int] | None = None) -> bool:
+        """Whether values of the broadcast ``shape`` (N, ...) (default: the labels' own) have
+        one element per group, in group order, and every sample has every group: a shared map
+        0..G-1, as pixels of a 1-channel attribution or a table's columns. Per-group values
+        are then the elements themselves, and a group selection is an element mask."""
         labels = self.labels
-        if labels.shape[0] != 1 or tuple(shape[1:]) != tuple(labels.shape[1:]):
+        if labels.shape[0] != 1 or (shape is not None
+                                    and tuple(shape[1:]) != tuple(labels.shape[1:])):
             return False
-        g = labels.numel()
-        return (bool((self.n_groups == g).all())
-                and bool((labels.reshape(-1) == torch.arange(g, device=labels.device)).all()))
+        if self._in_order is None:
+            g = labels.numel()
+            in_order = (self.complete and self.max_groups == g
+                        and bool((labels.reshape(-1)
+                                  == torch.arange(g, device=labels.device)).all()))
+            object.__setattr__(self, "_in_order", in_order)
+        return self._in_order  # type: ignore[return-value]
 
     def sizes(self, like: torch.Tensor | None = None) -> torch.Tensor:
         """(N, G) number of elements in each group (of ``like``'s broadcast shape if given)."""
@@ -161,22 +194,32 @@ class FeatureGrouping(ABC):
         return f"{type(self).__name__}({params})"
 
 
-def _shared(labels: torch.Tensor, n: int, device: torch.device) -> Grouping:
+def _shared(labels: torch.Tensor, n: int, device: torch.device, *, count: int | None = None,
+            in_order: bool | None = None) -> Grouping:
+    """One label map for all ``n`` samples; ``count``: its number of groups where the caller
+    knows it (else the labels' maximum + 1), ``in_order``: whether it is 0..G-1 in element
+    order (None: found when asked)."""
     labels = labels.to(device)
-    count = int(labels.max()) + 1
-    return Grouping(labels, torch.full((n,), count, dtype=torch.int64, device=device))
+    if not count:  # unknown, or no elements (whose maximum raises, as it always did)
+        count = int(labels.max()) + 1
+    return Grouping(labels, torch.full((n,), count, dtype=torch.int64, device=device),
+                    _count=count, _in_order=in_order)
+
+
+def _element_order(shape: tuple[int, ...], n: int, device: torch.device) -> Grouping:
+    """Every element of a map of ``shape`` (1, ...) its own group, numbered in order."""
+    count = math.prod(shape)
+    labels = torch.arange(count, device=device).reshape(shape)
+    return _shared(labels, n, device, count=count, in_order=True)
 
 
 class Pixels(FeatureGrouping):
     """One group per spatial position (all channels together); per column for tabular data."""
 
     def __call__(self, x: torch.Tensor) -> Grouping:
-        n = x.shape[0]
         if x.ndim == 2:
-            return _shared(torch.arange(x.shape[1]).reshape(1, -1), n, x.device)
-        spatial = tuple(x.shape[2:])
-        labels = torch.arange(int(np.prod(spatial))).reshape(1, 1, *spatial)
-        return _shared(labels, n, x.device)
+            return _element_order((1, x.shape[1]), x.shape[0], x.device)
+        return _element_order((1, 1, *x.shape[2:]), x.shape[0], x.device)
 
 
 class DefaultFeatures(Pixels):
@@ -196,8 +239,7 @@ class ChannelValues(FeatureGrouping):
     """Every element (channel value) its own group, as Quantus counts features."""
 
     def __call__(self, x: torch.Tensor) -> Grouping:
-        labels = torch.arange(int(np.prod(x.shape[1:]))).reshape(1, *x.shape[1:])
-        return _shared(labels, x.shape[0], x.device)
+        return _element_order((1, *x.shape[1:]), x.shape[0], x.device)
 
 
 class Patches(FeatureGrouping):
@@ -242,7 +284,7 @@ class Patches(FeatureGrouping):
             labels = labels + grids[axis].reshape(view) * stride
             stride *= counts[axis]
         labels = labels.reshape(1, -1) if x.ndim == 2 else labels.reshape(1, 1, *spatial)
-        return _shared(labels, x.shape[0], x.device)
+        return _shared(labels, x.shape[0], x.device, count=math.prod(counts))
 
 
 class Windows(Patches):
@@ -322,7 +364,7 @@ class Columns(FeatureGrouping):
             next_id += 1
         rest = (labels < 0).nonzero().flatten()
         labels[rest] = torch.arange(next_id, next_id + rest.numel())
-        return _shared(labels.reshape(1, d), x.shape[0], x.device)
+        return _shared(labels.reshape(1, d), x.shape[0], x.device, count=next_id + rest.numel())
 
 
 class CustomGrouping(FeatureGrouping):
