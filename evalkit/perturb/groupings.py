@@ -274,17 +274,25 @@ class Patches(FeatureGrouping):
         for p, s in zip(sizes, spatial, strict=True):
             if p > s:
                 raise ValueError(f"`patch_size` {p} is larger than the input extent {s}.")
-        grids = [torch.arange(s) // p for s, p in zip(spatial, sizes, strict=True)]
-        counts = [math.ceil(s / p) for s, p in zip(spatial, sizes, strict=True)]
-        labels = torch.zeros(spatial, dtype=torch.int64)
+        # a patch's id along each axis, scaled by the number of patches of the axes after it,
+        # summed over the axes by broadcasting
+        counts = [-(-s // p) for s, p in zip(spatial, sizes, strict=True)]
+        labels: torch.Tensor | None = None
         stride = 1
         for axis in reversed(range(len(spatial))):
             view = [1] * len(spatial)
             view[axis] = spatial[axis]
-            labels = labels + grids[axis].reshape(view) * stride
+            grid = torch.arange(spatial[axis], device=x.device) // sizes[axis]
+            if stride > 1:
+                grid = grid * stride
+            grid = grid.reshape(view)
+            labels = grid if labels is None else grid + labels
             stride *= counts[axis]
+        assert labels is not None
         labels = labels.reshape(1, -1) if x.ndim == 2 else labels.reshape(1, 1, *spatial)
-        return _shared(labels, x.shape[0], x.device, count=math.prod(counts))
+        # patches of one element are the element order; a larger one is never one element
+        return _shared(labels, x.shape[0], x.device, count=math.prod(counts),
+                       in_order=all(p == 1 for p in sizes))
 
 
 class Windows(Patches):
