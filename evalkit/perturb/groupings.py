@@ -69,6 +69,7 @@ class Grouping:
 
     @property
     def max_groups(self) -> int:
+        """The largest number of groups of a sample (the G of (N, G) per-group values)."""
         if self._count is not None:
             return self._count
         if self._max is None:  # one reduction (a device sync on accelerators) per grouping
