@@ -357,6 +357,13 @@ class TestGroupingOps:
         assert ragged.valid().tolist() == [[True, True, False], [True, True, True]]
         assert Pixels()(rand(2, 6)).one_element_per_group((2, 6))
         assert not Patches(2)(rand(2, 6)).one_element_per_group((2, 6))
+        # other tensors put in with dataclasses.replace are not taken for the old ones
+        import dataclasses
+
+        pairs = torch.tensor([[0, 0, 1, 1, 2, 2]])
+        merged = dataclasses.replace(Pixels()(rand(2, 6)), labels=pairs,
+                                     n_groups=torch.tensor([3, 3]))
+        assert merged.max_groups == 3 and not merged.one_element_per_group()
 
     def test_one_channel_attribution_vs_channel_values(self):
         x = rand(2, 3, 2, 2)

@@ -60,10 +60,12 @@ class Grouping:
 
     labels: torch.Tensor
     n_groups: torch.Tensor
-    #: the number of groups of every sample, where they all have the same (None: not known yet)
-    _count: int | None = field(default=None, kw_only=True, repr=False, compare=False)
-    #: whether the labels are 0..G-1 in element order, one shared map (None: not known yet)
-    _in_order: bool | None = field(default=None, kw_only=True, repr=False, compare=False)
+    # Known facts, set where the labels are built (_shared; not constructor arguments, so
+    # that dataclasses.replace() with other tensors starts without them):
+    # the number of groups of every sample, where they all have the same (None: not known yet)
+    _count: int | None = field(default=None, init=False, repr=False, compare=False)
+    # whether the labels are 0..G-1 in element order, one shared map (None: not known yet)
+    _in_order: bool | None = field(default=None, init=False, repr=False, compare=False)
     _max: int | None = field(default=None, init=False, repr=False, compare=False)
     _complete: bool | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -203,8 +205,10 @@ def _shared(labels: torch.Tensor, n: int, device: torch.device, *, count: int | 
     labels = labels.to(device)
     if not count:  # unknown, or no elements (whose maximum raises, as it always did)
         count = int(labels.max()) + 1
-    return Grouping(labels, torch.full((n,), count, dtype=torch.int64, device=device),
-                    _count=count, _in_order=in_order)
+    grouping = Grouping(labels, torch.full((n,), count, dtype=torch.int64, device=device))
+    object.__setattr__(grouping, "_count", count)
+    object.__setattr__(grouping, "_in_order", in_order)
+    return grouping
 
 
 def _element_order(shape: tuple[int, ...], n: int, device: torch.device) -> Grouping:
