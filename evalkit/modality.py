@@ -444,6 +444,9 @@ class TabularModality(Modality):
         """As :meth:`Modality.check`, then the column spec: the number of columns, one-hot
         rows (0/1, exactly one 1), label-encoded codes and ordinal levels."""
         x = super().check(x, name, dtype=dtype)
+        if (self.kinds is None and self.scales is None and self.groups is None
+                and self.categories is None):
+            return x  # no column spec: nothing more to check
         n = self.n_columns
         if n is not None and x.shape[1] != n:
             raise ValueError(f"`{name}` has {x.shape[1]} columns but the column spec describes "

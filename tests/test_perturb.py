@@ -297,7 +297,7 @@ class TestGroupingOps:
         from evalkit.perturb.groupings import Grouping
 
         class Scattered(Grouping):
-            def _one_element_groups(self, shape: torch.Size) -> bool:
+            def one_element_per_group(self, shape=None) -> bool:
                 return False
 
         special = torch.tensor([0.0, -0.0, math.nan, math.inf, -math.inf, 1e-45, 3.0, -2.5])
@@ -313,7 +313,7 @@ class TestGroupingOps:
                              else Patches(2)):
                 grp = grouping(x)
                 shape = torch.broadcast_shapes(a.shape, (a.shape[0], *grp.labels.shape[1:]))
-                skipped += grp._one_element_groups(shape)
+                skipped += grp.one_element_per_group(shape)
                 for reduction in ("sum", "mean", "max"):
                     got = grp.reduce(a, reduction)
                     want = Scattered(grp.labels, grp.n_groups).reduce(a, reduction)
@@ -329,6 +329,41 @@ class TestGroupingOps:
         out = g.reduce(torch.ones(2, 1, 1, 3), "sum")
         assert out[0, 0] == 3 and math.isnan(out[0, 1]) and math.isnan(out[0, 2])
         assert out[1].tolist() == [1.0, 1.0, 1.0]
+
+    def test_facts_known_at_build_time_match_the_tensors(self):
+        # Pixels, ChannelValues, Patches and Columns state their group count (and whether the
+        # labels are 0..G-1 in element order) as they build them; a Grouping given only the
+        # tensors finds the same answers from them
+        from evalkit.perturb.groupings import Grouping
+
+        cases = [(rand(3, 8), Pixels()), (rand(3, 8), ChannelValues()),
+                 (rand(3, 8), Patches(3)), (rand(3, 8), Columns([[0, 5], [2, 3, 4]])),
+                 (rand(3, 8), Columns()), (rand(3, 2, 7), Pixels()), (rand(3, 2, 7), Patches(1)),
+                 (rand(3, 2, 7), ChannelValues()), (rand(2, 3, 5, 4), Patches((2, 3))),
+                 (rand(2, 1, 5, 4), Pixels()), (rand(2, 3, 5, 4), ChannelValues())]
+        for x, grouping in cases:
+            built = grouping(x)
+            plain = Grouping(built.labels, built.n_groups)
+            assert built.max_groups == plain.max_groups == int(built.labels.max()) + 1
+            assert built.complete and plain.complete
+            assert torch.equal(built.valid(), plain.valid())
+            own = (built.labels.shape[0], *built.labels.shape[1:])
+            for shape in (own, (x.shape[0], *built.labels.shape[1:]), x.shape):
+                assert built.one_element_per_group(shape) == plain.one_element_per_group(shape)
+            assert built.one_element_per_group() == plain.one_element_per_group()
+        ragged = CustomGrouping(torch.tensor([[0, 0, 1], [0, 1, 2]]))(rand(2, 3))
+        assert ragged.max_groups == 3 and not ragged.complete
+        assert not ragged.one_element_per_group()
+        assert ragged.valid().tolist() == [[True, True, False], [True, True, True]]
+        assert Pixels()(rand(2, 6)).one_element_per_group((2, 6))
+        assert not Patches(2)(rand(2, 6)).one_element_per_group((2, 6))
+        # other tensors put in with dataclasses.replace are not taken for the old ones
+        import dataclasses
+
+        pairs = torch.tensor([[0, 0, 1, 1, 2, 2]])
+        merged = dataclasses.replace(Pixels()(rand(2, 6)), labels=pairs,
+                                     n_groups=torch.tensor([3, 3]))
+        assert merged.max_groups == 3 and not merged.one_element_per_group()
 
     def test_one_channel_attribution_vs_channel_values(self):
         x = rand(2, 3, 2, 2)

@@ -119,7 +119,7 @@ def order_groups(
     grp = (grouping if isinstance(grouping, Grouping)
            else grouping.for_modality(batch.modality)(batch.x))
     g_max = grp.max_groups
-    complete = bool((grp.n_groups == g_max).all())  # every sample has every group
+    complete = grp.complete  # every sample has every group
     identity = complete and identity_groups(grp)
     scores = group_scores(grp, batch.a, group_reduction, identity=identity)
     if order in ("morf", "lerf") and scores.device.type == "cpu" and scores.ndim == 2:
@@ -149,10 +149,7 @@ def identity_groups(grp: Grouping) -> bool:
     """Whether ``grp`` is one shared label map 0..G-1 in element order and every sample has
     every group (pixels of a 1-channel map, a table's columns): per-group values are then
     the elements' own, in order (:func:`group_scores`, ``Grouping.expand`` is a reshape)."""
-    labels = grp.labels
-    g = labels.numel()
-    return (labels.shape[0] == 1 and bool((grp.n_groups == g).all())
-            and bool((labels.reshape(-1) == torch.arange(g, device=labels.device)).all()))
+    return grp.one_element_per_group()
 
 
 def group_scores(grp: Grouping, a: torch.Tensor, reduction: str = "sum", *,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -49,14 +49,44 @@ class Grouping:
         against the inputs. Group ids of sample i are 0..n_groups[i]-1.
     n_groups:
         int64 tensor (N,): the number of groups of each sample.
+
+    What a grouping knows when it builds the labels (every sample has the same number of
+    groups; the labels are 0..G-1 in element order) is kept with them, so that the questions
+    metrics ask on every call (:attr:`max_groups`, :attr:`complete`, :meth:`valid`,
+    :meth:`one_element_per_group`) need no pass over the tensors; what it does not know is
+    computed from them when first asked and kept. The tensors are read-only: nothing writes
+    into them once the grouping is built.
     """
 
     labels: torch.Tensor
     n_groups: torch.Tensor
+    # Known facts, set where the labels are built (_shared; not constructor arguments, so
+    # that dataclasses.replace() with other tensors starts without them):
+    # the number of groups of every sample, where they all have the same (None: not known yet)
+    _count: int | None = field(default=None, init=False, repr=False, compare=False)
+    # whether the labels are 0..G-1 in element order, one shared map (None: not known yet)
+    _in_order: bool | None = field(default=None, init=False, repr=False, compare=False)
+    _max: int | None = field(default=None, init=False, repr=False, compare=False)
+    _complete: bool | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def max_groups(self) -> int:
-        return int(self.n_groups.max())
+        """The largest number of groups of a sample (the G of (N, G) per-group values)."""
+        if self._count is not None:
+            return self._count
+        if self._max is None:  # one reduction (a device sync on accelerators) per grouping
+            object.__setattr__(self, "_max", int(self.n_groups.max()))
+        return self._max  # type: ignore[return-value]
+
+    @property
+    def complete(self) -> bool:
+        """True when every sample has every group id 0..max_groups-1."""
+        if self._count is not None:
+            return True
+        if self._complete is None:
+            object.__setattr__(self, "_complete",
+                               bool((self.n_groups == self.max_groups).all()))
+        return self._complete  # type: ignore[return-value]
 
     @property
     def shared(self) -> bool:
@@ -72,7 +102,7 @@ class Grouping:
     def valid(self) -> torch.Tensor:
         """(N, G) bool: which group ids exist for each sample."""
         count = self.max_groups
-        if bool((self.n_groups == count).all()):  # every sample has every group (cheaper)
+        if self.complete:  # every sample has every group (cheaper)
             return torch.ones((self.n_groups.shape[0], count), dtype=torch.bool,
                               device=self.n_groups.device)
         g = torch.arange(count, device=self.n_groups.device)
@@ -92,7 +122,7 @@ class Grouping:
         g = self.max_groups
         dtype = a.dtype if a.is_floating_point() else torch.float32
         vals = vals.to(dtype)
-        if reduction != "max" and self._one_element_groups(shape):
+        if reduction != "max" and self.one_element_per_group(shape):
             # every group is one element of a: its sum is 0.0 + a (what scatter_add into
             # zeros computes, -0.0 becoming 0.0), and its mean that over a count of 1, exact
             return vals + 0.0
@@ -108,16 +138,22 @@ class Grouping:
                 out = out / counts.clamp_min(1)
         return out.masked_fill(~self.valid(), math.nan)
 
-    def _one_element_groups(self, shape: torch.Size) -> bool:
-        """Whether values of the broadcast ``shape`` have one element per group, in group
-        order, and every sample has every group (a shared map 0..G-1: pixels of a 1-channel
-        attribution, a table's columns)."""
+    def one_element_per_group(self, shape: Sequence[int] | None = None) -> bool:
+        """Whether values of the broadcast ``shape`` (N, ...) (default: the labels' own) have
+        one element per group, in group order, and every sample has every group: a shared map
+        0..G-1, as pixels of a 1-channel attribution or a table's columns. Per-group values
+        are then the elements themselves, and a group selection is an element mask."""
         labels = self.labels
-        if labels.shape[0] != 1 or tuple(shape[1:]) != tuple(labels.shape[1:]):
+        if labels.shape[0] != 1 or (shape is not None
+                                    and tuple(shape[1:]) != tuple(labels.shape[1:])):
             return False
-        g = labels.numel()
-        return (bool((self.n_groups == g).all())
-                and bool((labels.reshape(-1) == torch.arange(g, device=labels.device)).all()))
+        if self._in_order is None:
+            g = labels.numel()
+            in_order = (self.complete and self.max_groups == g
+                        and bool((labels.reshape(-1)
+                                  == torch.arange(g, device=labels.device)).all()))
+            object.__setattr__(self, "_in_order", in_order)
+        return self._in_order  # type: ignore[return-value]
 
     def sizes(self, like: torch.Tensor | None = None) -> torch.Tensor:
         """(N, G) number of elements in each group (of ``like``'s broadcast shape if given)."""
@@ -161,22 +197,34 @@ class FeatureGrouping(ABC):
         return f"{type(self).__name__}({params})"
 
 
-def _shared(labels: torch.Tensor, n: int, device: torch.device) -> Grouping:
+def _shared(labels: torch.Tensor, n: int, device: torch.device, *, count: int | None = None,
+            in_order: bool | None = None) -> Grouping:
+    """One label map for all ``n`` samples; ``count``: its number of groups where the caller
+    knows it (else the labels' maximum + 1), ``in_order``: whether it is 0..G-1 in element
+    order (None: found when asked)."""
     labels = labels.to(device)
-    count = int(labels.max()) + 1
-    return Grouping(labels, torch.full((n,), count, dtype=torch.int64, device=device))
+    if not count:  # unknown, or no elements (whose maximum raises, as it always did)
+        count = int(labels.max()) + 1
+    grouping = Grouping(labels, torch.full((n,), count, dtype=torch.int64, device=device))
+    object.__setattr__(grouping, "_count", count)
+    object.__setattr__(grouping, "_in_order", in_order)
+    return grouping
+
+
+def _element_order(shape: tuple[int, ...], n: int, device: torch.device) -> Grouping:
+    """Every element of a map of ``shape`` (1, ...) its own group, numbered in order."""
+    count = math.prod(shape)
+    labels = torch.arange(count, device=device).reshape(shape)
+    return _shared(labels, n, device, count=count, in_order=True)
 
 
 class Pixels(FeatureGrouping):
     """One group per spatial position (all channels together); per column for tabular data."""
 
     def __call__(self, x: torch.Tensor) -> Grouping:
-        n = x.shape[0]
         if x.ndim == 2:
-            return _shared(torch.arange(x.shape[1]).reshape(1, -1), n, x.device)
-        spatial = tuple(x.shape[2:])
-        labels = torch.arange(int(np.prod(spatial))).reshape(1, 1, *spatial)
-        return _shared(labels, n, x.device)
+            return _element_order((1, x.shape[1]), x.shape[0], x.device)
+        return _element_order((1, 1, *x.shape[2:]), x.shape[0], x.device)
 
 
 class DefaultFeatures(Pixels):
@@ -196,8 +244,7 @@ class ChannelValues(FeatureGrouping):
     """Every element (channel value) its own group, as Quantus counts features."""
 
     def __call__(self, x: torch.Tensor) -> Grouping:
-        labels = torch.arange(int(np.prod(x.shape[1:]))).reshape(1, *x.shape[1:])
-        return _shared(labels, x.shape[0], x.device)
+        return _element_order((1, *x.shape[1:]), x.shape[0], x.device)
 
 
 class Patches(FeatureGrouping):
@@ -232,17 +279,25 @@ class Patches(FeatureGrouping):
         for p, s in zip(sizes, spatial, strict=True):
             if p > s:
                 raise ValueError(f"`patch_size` {p} is larger than the input extent {s}.")
-        grids = [torch.arange(s) // p for s, p in zip(spatial, sizes, strict=True)]
-        counts = [math.ceil(s / p) for s, p in zip(spatial, sizes, strict=True)]
-        labels = torch.zeros(spatial, dtype=torch.int64)
+        # a patch's id along each axis, scaled by the number of patches of the axes after it,
+        # summed over the axes by broadcasting
+        counts = [-(-s // p) for s, p in zip(spatial, sizes, strict=True)]
+        labels: torch.Tensor | None = None
         stride = 1
         for axis in reversed(range(len(spatial))):
             view = [1] * len(spatial)
             view[axis] = spatial[axis]
-            labels = labels + grids[axis].reshape(view) * stride
+            grid = torch.arange(spatial[axis], device=x.device) // sizes[axis]
+            if stride > 1:
+                grid = grid * stride
+            grid = grid.reshape(view)
+            labels = grid if labels is None else grid + labels
             stride *= counts[axis]
+        assert labels is not None
         labels = labels.reshape(1, -1) if x.ndim == 2 else labels.reshape(1, 1, *spatial)
-        return _shared(labels, x.shape[0], x.device)
+        # patches of one element are the element order; a larger one is never one element
+        return _shared(labels, x.shape[0], x.device, count=math.prod(counts),
+                       in_order=all(p == 1 for p in sizes))
 
 
 class Windows(Patches):
@@ -322,7 +377,7 @@ class Columns(FeatureGrouping):
             next_id += 1
         rest = (labels < 0).nonzero().flatten()
         labels[rest] = torch.arange(next_id, next_id + rest.numel())
-        return _shared(labels.reshape(1, d), x.shape[0], x.device)
+        return _shared(labels.reshape(1, d), x.shape[0], x.device, count=next_id + rest.numel())
 
 
 class CustomGrouping(FeatureGrouping):

@@ -46,7 +46,7 @@ def _set_scores(batch: MetricBatch, grp: Grouping, imputer: Imputer, base, sampl
     # one element per feature (a table's columns, pixels of a 1-channel map): the feature
     # mask is the element mask, no gather through the labels
     label_shape = tuple(grp.labels.shape[1:])
-    one_element = grp._one_element_groups(torch.Size((1, *label_shape)))
+    one_element = grp.one_element_per_group()
 
     def build(m: torch.Tensor) -> torch.Tensor:
         i = sample_idx.index_select(0, m)
