@@ -334,6 +334,29 @@ class TestShiftedModel:
             torch.testing.assert_close(work(x + d), model(x), rtol=1e-5, atol=1e-5)
         assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
+    @pytest.mark.parametrize(
+        "factory, shape",
+        [
+            (lambda: relu_net(in_ch=3, size=6), (3, 6, 6)),
+            (lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(),
+                                   nn.Linear(4 * 8, 3)), (2, 10)),
+            (lambda: nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 3)), (7,)),
+            (mlp, (3, 6, 6)),  # flattened first: the layer sees the same data, reshaped
+        ],
+    )
+    @pytest.mark.parametrize("batch_size", [None, 2])
+    def test_reference_forward_finds_the_probes_first_layer(self, factory, shape, batch_size):
+        # the reference predict finds the first layer (and its input shape for one sample)
+        # that a one-sample probe finds, with the same outputs as a plain predict
+        torch.manual_seed(0)
+        model = factory()
+        x = torch.randn(5, *shape)
+        w = wrap_model(model, batch_size=batch_size)
+        outputs, found = InputInvariance._predict_finding_first_layer(w, x)
+        assert torch.equal(outputs, w.predict(x))
+        assert found == InputInvariance._first_layer(w, model, x[:1].clone())
+        assert all(not m._forward_pre_hooks for m in model.modules())
+
     def test_trained_model_with_padded_bias_free_first_conv(self):
         from evalkit.datasets import make_shapes
         from evalkit.zoo import load_shapes_cnn

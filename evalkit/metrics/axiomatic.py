@@ -467,9 +467,15 @@ class InputInvariance(Metric):
                 f"shape {tuple(x.shape[1:])}."
             ) from err
 
-    def shifted_model(self, model: ModelWrapper, x: torch.Tensor) -> tuple[nn.Module, str, str]:
+    def shifted_model(self, model: ModelWrapper, x: torch.Tensor,
+                      first_layer: tuple[str, tuple[int, ...]] | None = None
+                      ) -> tuple[nn.Module, str, str]:
         """A deep copy of ``model``'s module whose first layer absorbs the shift, the first
-        layer's name, and the kind of compensation (``"bias"`` or ``"bias map"``)."""
+        layer's name, and the kind of compensation (``"bias"`` or ``"bias map"``).
+
+        ``first_layer``: the first layer's name and its input shape for one sample, where a
+        forward pass already found them (:meth:`_predict_finding_first_layer`); None: one
+        forward of a copy of the first sample finds them."""
         module = getattr(model, "model", None)
         if not isinstance(module, nn.Module):
             raise NotImplementedError(
@@ -477,8 +483,10 @@ class InputInvariance(Metric):
                 f"in a copy of the model; got {type(model).__name__}."
             )
         d = self._shift(x)
-        probe = x[:1].detach().clone()
-        name, layer_input_shape = self._first_layer(model, module, probe)
+        if first_layer is None:
+            probe = x[:1].detach().clone()
+            first_layer = self._first_layer(model, module, probe)
+        name, layer_input_shape = first_layer
         work = copy_module(module)  # copy.deepcopy's copy, built with less work
         layer = dict(work.named_modules())[name]
         with torch.no_grad():
@@ -541,18 +549,60 @@ class InputInvariance(Metric):
             )
         return names[first], tuple(first_in.shape)
 
+    @staticmethod
+    def _predict_finding_first_layer(model: ModelWrapper, x: torch.Tensor
+                                     ) -> tuple[torch.Tensor, tuple[str, tuple[int, ...]] | None]:
+        """``model.predict(x)``, and the first layer's name and its input shape for one sample
+        as :meth:`_first_layer` finds them, read from the first chunk's forward pass (which
+        saves the probe's forward pass of its own); None where that pass does not decide them
+        (then :meth:`_first_layer` probes, and raises its errors)."""
+        module = getattr(model, "model", None)
+        if not isinstance(module, nn.Module):
+            return model.predict(x), None
+        seen: dict[str, Any] = {}
+        hooks = HookHandles()
+
+        def root_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            if "root" not in seen:
+                seen["root"] = args[0] if args and isinstance(args[0], torch.Tensor) else None
+
+        def layer_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                seen["first"] = (mod, args[0])
+                hooks.remove()  # the first call is all it needs: later chunks run hook-free
+
+        with hooks:
+            hooks.forward_pre(module, root_hook)
+            for m in module.modules():
+                if isinstance(m, _FIRST_LAYER_TYPES):
+                    hooks.forward_pre(m, layer_hook)
+            outputs = model.predict(x)
+        root, first = seen.get("root"), seen.get("first")
+        if root is None or first is None:
+            return outputs, None
+        layer, first_in = first
+        if (first_in.data_ptr() != root.data_ptr() or first_in.numel() != root.numel()
+                or first_in.ndim < 1 or root.ndim < 1 or first_in.shape[0] != root.shape[0]):
+            return outputs, None
+        name = next((n for n, m in module.named_modules() if m is layer), None)
+        if name is None:
+            return outputs, None
+        return outputs, (name, (1, *first_in.shape[1:]))
+
     # ------------------------------------------------------------------ evaluate
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         model = batch.require_model()
         assert batch.a is not None
         x = batch.x
-        work, name, kind = self.shifted_model(model, x)
+        # the compensation must be exact: m2(x + d) == m1(x); the reference forward pass also
+        # finds the first layer
+        ref, first_layer = self._predict_finding_first_layer(model, x)
+        ref = ref.to(torch.float64)
+        work, name, kind = self.shifted_model(model, x, first_layer)
         shifted = model._copy(work)  # a wrapper with the same options around the copy
         x_shift = x + self._shift(x)
         batch.record("first_layer", name)
         batch.record("compensation", kind)
-        # the compensation must be exact: m2(x + d) == m1(x)
-        ref = model.predict(x).to(torch.float64)
         out = shifted.predict(x_shift).to(torch.float64)
         scale = float(ref.abs().max()) if ref.numel() else 0.0
         err = float((out - ref).abs().max()) if ref.numel() else 0.0
