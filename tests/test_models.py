@@ -360,6 +360,19 @@ class TestPredictScore:
         out = w.predict(images(2))
         assert not out.requires_grad
 
+    @pytest.mark.parametrize("batch_size", [None, 2])
+    def test_predict_returns_an_ordinary_tensor(self, batch_size):
+        # one chunk (cloned) or several (concatenated): not an inference tensor, so callers
+        # may write into it and use it with autograd
+        w = wrap_model(make_tinynet(), batch_size=batch_size)
+        x = images(5)
+        out = w.predict(x)
+        assert not out.is_inference()
+        expected = out.clone()
+        out.add_(1.0)
+        torch.testing.assert_close(out, expected + 1.0)
+        assert torch.equal(w.predict(x), expected)
+
     def test_predict_empty_batch_clear_error_or_empty_output(self):
         w = wrap_model(make_tinynet())
         try:

@@ -488,7 +488,7 @@ class InputInvariance(Metric):
             first_layer = self._first_layer(model, module, probe)
         name, layer_input_shape = first_layer
         work = copy_module(module)  # copy.deepcopy's copy, built with less work
-        layer = dict(work.named_modules())[name]
+        layer = work.get_submodule(name)  # the path's modules only, not a walk of all
         with torch.no_grad():
             d_in = d.reshape(layer_input_shape)
             comp = layer(d_in) - layer(torch.zeros_like(d_in))  # W d, with the layer's padding
@@ -512,7 +512,7 @@ class InputInvariance(Metric):
                 kind = "bias"
             else:
                 parent_name, _, child = name.rpartition(".")
-                parent = dict(work.named_modules())[parent_name] if parent_name else work
+                parent = work.get_submodule(parent_name)
                 if parent is work and not parent_name and name == "":
                     raise ValueError("InputInvariance cannot wrap the model itself.")
                 setattr(parent, child, _ShiftCompensated(layer, comp.detach().clone()))
