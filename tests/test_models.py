@@ -690,6 +690,20 @@ class TestRandomiseLayers:
         with pytest.raises(ValueError, match="Unknown layer 'nope'"), w.randomised(["nope"]):
             pass
 
+    def test_randomised_several_layers_match_the_cascade_and_keep_the_rng(self):
+        # one fork of the global RNG for the whole copy: each layer still draws what it draws
+        # in a cascade (its own seed), and the caller's random stream is unaffected
+        w = wrap_model(make_tinynet())
+        names = ["conv1", "bn", "fc"]
+        cascade = [rw.model.state_dict() for _, rw in
+                   w.randomise_layers("bottom_up", seed=3, layer_names=names)][-1]
+        torch.manual_seed(123)
+        before = torch.get_rng_state().clone()
+        with w.randomised(names, seed=3) as rw:
+            got = rw.model.state_dict()
+            assert all(torch.equal(got[k], cascade[k]) for k in cascade)
+        assert torch.equal(torch.get_rng_state(), before)
+
     def test_keep_buffers(self):
         net = make_tinynet()
         w = wrap_model(net)
