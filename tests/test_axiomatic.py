@@ -453,6 +453,54 @@ class TestInputInvariance:
         scores = InputInvariance(input_shift=-1.0)(model, x, y, explain_fn=ig_min_baseline)
         np.testing.assert_array_equal(scores, 1.0)
 
+    @pytest.mark.parametrize("batch_size", [None, 4])
+    def test_compensation_checked_on_the_explanations_forward(self, data, batch_size):
+        # a gradient runs the copy on exactly the shifted rows: their outputs serve the
+        # compensation check, which then needs no forward pass of its own (N rows for the
+        # reference, N for the explanation, and at most one cached label-check row)
+        model, x, y = data
+        a = ek.explain(model, x, y, method="Gradient")
+        w = wrap_model(model, batch_size=batch_size)
+        w.counter.reset()
+        scores = InputInvariance(input_shift=-1.0)(w, x, y, a,
+                                                   explain_kwargs={"method": "Gradient"})
+        np.testing.assert_array_equal(scores, 1.0)
+        assert w.counter.rows - 2 * len(x) in (0, 1)
+
+    def test_copy_that_does_not_reproduce_the_model_raises(self):
+        # the input also bypasses the first layer: the bias cannot absorb the shift, whether
+        # the explanation's forward passes or the check's own predict show it
+        class Bypass(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(6, 3)
+
+            def forward(self, x):
+                return self.fc(x) + x[:, :3]
+
+        model = seeded(Bypass)
+        x = torch.rand(5, 6, generator=torch.Generator().manual_seed(1))
+        y = predicted(model, x)
+        with pytest.raises(ValueError, match="does not reproduce the model"):
+            InputInvariance(input_shift=-1.0)(model, x, y, explain_kwargs={"method": "Gradient"})
+
+        def failing(mdl, xs, ys):
+            raise RuntimeError("explainer failed")
+
+        with pytest.raises(ValueError, match="does not reproduce the model"):
+            InputInvariance(input_shift=-1.0)(model, x, y, torch.ones(5, 6), explain_fn=failing)
+
+    def test_explain_function_that_runs_other_inputs(self, data):
+        # integration steps run the copy on other rows than the shifted inputs: the check
+        # predicts the shifted inputs itself (and the scores are those of the statement)
+        model, x, y = data
+        w = wrap_model(model)
+        m = InputInvariance(input_shift=-1.0)
+        w.counter.reset()
+        scores = m(w, x, y, explain_kwargs={"method": "IntegratedGradients", "n_steps": 4})
+        np.testing.assert_array_equal(scores, 0.0)
+        assert w.counter.rows >= 3 * len(x)
+
     def test_residual_mode_and_user_model_untouched(self, data):
         model, x, y = data
         state = {k: v.clone() for k, v in model.state_dict().items()}
