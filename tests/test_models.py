@@ -360,6 +360,19 @@ class TestPredictScore:
         out = w.predict(images(2))
         assert not out.requires_grad
 
+    @pytest.mark.parametrize("batch_size", [None, 2])
+    def test_predict_returns_an_ordinary_tensor(self, batch_size):
+        # one chunk (cloned) or several (concatenated): not an inference tensor, so callers
+        # may write into it and use it with autograd
+        w = wrap_model(make_tinynet(), batch_size=batch_size)
+        x = images(5)
+        out = w.predict(x)
+        assert not out.is_inference()
+        expected = out.clone()
+        out.add_(1.0)
+        torch.testing.assert_close(out, expected + 1.0)
+        assert torch.equal(w.predict(x), expected)
+
     def test_predict_empty_batch_clear_error_or_empty_output(self):
         w = wrap_model(make_tinynet())
         try:
@@ -676,6 +689,20 @@ class TestRandomiseLayers:
             assert all(torch.equal(st[k], fc_weights[k]) for k in st)
         with pytest.raises(ValueError, match="Unknown layer 'nope'"), w.randomised(["nope"]):
             pass
+
+    def test_randomised_several_layers_match_the_cascade_and_keep_the_rng(self):
+        # one fork of the global RNG for the whole copy: each layer still draws what it draws
+        # in a cascade (its own seed), and the caller's random stream is unaffected
+        w = wrap_model(make_tinynet())
+        names = ["conv1", "bn", "fc"]
+        cascade = [rw.model.state_dict() for _, rw in
+                   w.randomise_layers("bottom_up", seed=3, layer_names=names)][-1]
+        torch.manual_seed(123)
+        before = torch.get_rng_state().clone()
+        with w.randomised(names, seed=3) as rw:
+            got = rw.model.state_dict()
+            assert all(torch.equal(got[k], cascade[k]) for k in cascade)
+        assert torch.equal(torch.get_rng_state(), before)
 
     def test_keep_buffers(self):
         net = make_tinynet()

@@ -191,8 +191,9 @@ class ModelWrapper(ABC):
         with self.evaluation(), torch.inference_mode():
             for start in range(0, n, bs):
                 outs.append(self(x[start : start + bs]))
-        # cloned outside inference mode: callers get an ordinary tensor they may modify
-        return (torch.cat(outs, 0) if len(outs) > 1 else outs[0]).clone()
+        # outside inference mode, callers get an ordinary tensor they may modify: the
+        # concatenation of several chunks is one already, a single chunk is cloned
+        return torch.cat(outs, 0) if len(outs) > 1 else outs[0].clone()
 
     def score(self, x: Any, y: Any = None, *, batch_size: int | None = None) -> torch.Tensor:
         """The target score of every sample, shape (N,); ``y`` is validated for the target."""

@@ -276,8 +276,13 @@ class TorchModel(ModelWrapper):
         for name in layer_names:
             if name not in modules:
                 raise ValueError(f"Unknown layer {name!r}.")
-            _reinitialise(modules[name], derive_seed(seed, "layer", name),
-                          keep_buffers=keep_buffers)
+        layers = [modules[name] for name in layer_names]
+        # one fork of the global RNG state for the whole copy (not one per layer): each layer
+        # seeds the generators it draws from itself, so its values are the same
+        with _forked_rng(layers):
+            for name, layer in zip(layer_names, layers, strict=True):
+                _draw_initialisation(layer, derive_seed(seed, "layer", name),
+                                     keep_buffers=keep_buffers)
         yield self._copy(work)
 
     @contextlib.contextmanager
@@ -344,6 +349,21 @@ def _reinitialise(module: nn.Module, seed: int, *, keep_buffers: bool = False) -
     get N(0, std) with the std of the trained values. ``keep_buffers`` restores the layer's own
     buffers afterwards (e.g. batch-norm running statistics, which ``reset_parameters`` resets).
     """
+    with _forked_rng([module]):
+        _draw_initialisation(module, seed, keep_buffers=keep_buffers)
+
+
+def _forked_rng(modules: list[nn.Module]) -> contextlib.AbstractContextManager[Any]:
+    """The global RNG state saved and restored around re-initialising ``modules``: the CPU's
+    and that of each CUDA device their own parameters are on."""
+    cuda = sorted({p.device.index or 0 for m in modules for p in m.parameters(recurse=False)
+                   if p.device.type == "cuda"})
+    return torch.random.fork_rng(devices=cuda)
+
+
+def _draw_initialisation(module: nn.Module, seed: int, *, keep_buffers: bool = False) -> None:
+    """The draws of :func:`_reinitialise`, in the global RNG state as it is (the caller forks
+    it)."""
     saved = (
         {name: b.detach().clone() for name, b in module.named_buffers(recurse=False)}
         if keep_buffers else {}
@@ -351,7 +371,7 @@ def _reinitialise(module: nn.Module, seed: int, *, keep_buffers: bool = False) -
     seed &= (1 << 63) - 1
     params = list(module.parameters(recurse=False))
     cuda = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+    with torch.no_grad():
         if all(p.device.type in ("cpu", "cuda") for p in params):
             # the generators the layer draws from, and only those: torch.manual_seed also
             # seeds every other device type (each records a stack trace, about 0.5 ms a layer
