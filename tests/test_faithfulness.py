@@ -877,3 +877,23 @@ def test_sufficiency_upper_triangle_counts_equal_the_distance_matrix(name, thres
     want[(count == 0).numpy()] = np.nan
     assert np.array_equal(got, want, equal_nan=True)
     assert np.array_equal(scanned, want, equal_nan=True)
+
+
+def test_sufficiency_blocks_wider_than_the_block_budget(monkeypatch):
+    """Where N exceeds the block budget, a block is one row of N - start pairs: its buffers
+    hold it (a small budget stands in for 2^17 samples)."""
+    from evalkit.metrics.faithfulness import sufficiency as module
+
+    g = torch.Generator().manual_seed(2)
+    n = 300
+    a = torch.rand((n, 5), generator=g, dtype=torch.float64)
+    x = torch.randn((n, 5), generator=g)
+    y = torch.zeros(n, dtype=torch.long)
+    model = nn.Linear(5, 3)
+    m = Sufficiency(threshold=0.3, abs=False, normalise=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = m(model, x, y, a)
+        monkeypatch.setattr(module, "_BLOCK_ELEMENTS", 256)
+        got = m(model, x, y, a)
+    assert np.array_equal(got, want, equal_nan=True)

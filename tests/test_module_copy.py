@@ -240,3 +240,15 @@ def test_copy_module_keeps_a_built_state_alive_until_the_copy_ends() -> None:
         ours = copy_module(root)
         assert ours[1].cfg == {"scale": 2.0} and ours[3].cfg == {"scale": 2.0}
         assert ours[1].cfg is not ours[3].cfg
+
+
+def test_buffer_with_unusual_strides_keeps_them_as_deepcopy_does():
+    """A tensor that is its whole storage may carry any stride on a size-1 dimension: the
+    copy keeps deepcopy's strides, not the contiguous ones."""
+    module = nn.Module()
+    module.register_buffer("b", torch.randn(3, 1).t())  # (1, 3), strides (1, 1)
+    want = copy.deepcopy(module)
+    got = copy_module(module)
+    assert got.b.stride() == want.b.stride() == module.b.stride()
+    assert torch.equal(got.b, module.b)
+    assert got.b.data_ptr() != module.b.data_ptr()

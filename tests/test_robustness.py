@@ -1174,6 +1174,41 @@ class TestRepresentationLayers:
                                             on_prediction_change="keep")(
                 Flaky().eval(), x, y, explain_fn=constant_explain)
 
+    @pytest.mark.parametrize("fail_rows", [5, 15])  # the unperturbed pass, the perturbed
+    def test_chunk_retried_after_out_of_memory_gives_the_same_scores(self, fail_rows):
+        """The runner retries a chunk that ran out of (CUDA) memory at half the size: the
+        layer calls the failed attempt recorded must not count towards the retried chunk."""
+
+        class FailsOnce(nn.Module):
+            def __init__(self, fail_rows: int) -> None:
+                super().__init__()
+                self.fc = nn.Linear(3, 4)
+                self.head = nn.Linear(4, 2)
+                self.calls = 0
+                self.fail_rows = fail_rows
+
+            def forward(self, x):
+                h = self.fc(x)  # the layer's hook has run when the error comes
+                self.calls += 1
+                if x.shape[0] == self.fail_rows:
+                    self.fail_rows = -1  # once
+                    raise torch.cuda.OutOfMemoryError("simulated")
+                return self.head(torch.relu(h))
+
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(5, 3, generator=g)
+        y = torch.zeros(5, dtype=torch.int64)
+        metric = RelativeRepresentationStability(nr_samples=3, seed=0, layer_names=["fc"],
+                                                 on_prediction_change="keep")
+        torch.manual_seed(0)
+        ref_model = FailsOnce(fail_rows=-1).eval()
+        torch.manual_seed(0)
+        model = FailsOnce(fail_rows=fail_rows).eval()
+        want = metric(ref_model, x, y, explain_fn=constant_explain)
+        got = metric(model, x, y, explain_fn=constant_explain)
+        assert model.calls > ref_model.calls  # the failed attempt ran
+        np.testing.assert_array_equal(got, want)
+
     def test_needs_a_torch_module(self):
         x, y = cnn_data(2)
 

@@ -145,7 +145,9 @@ def _copy_plain_tensor(t: torch.Tensor, memo: dict[Any, Any]) -> torch.Tensor | 
         if (t.storage_offset() == 0 and t.is_contiguous()
                 and t.numel() * t.element_size() == storage.nbytes()):
             # the tensor is its whole storage: its clone is that storage's copy, viewed alike
-            new = t.clone(memory_format=torch.contiguous_format)
+            # preserve_format keeps the strides of a dense tensor (deepcopy's copy does:
+            # size-1 dimensions may carry any stride)
+            new = t.clone(memory_format=torch.preserve_format)
             copies[storage._cdata] = new.untyped_storage()
             memo[id(t)] = new
             return new

@@ -131,7 +131,9 @@ class Sufficiency(Metric):
         d2 = t @ t.T  # its upper triangle finished in place, block by block
         blocks = _upper_blocks(n)
         top2 = torch.zeros((), dtype=torch.float64, device=t.device)
-        buffer = torch.empty(_BLOCK_ELEMENTS, dtype=torch.float64, device=t.device)
+        # a block is at least one row of n - start pairs (wider than _BLOCK_ELEMENTS where
+        # n is)
+        buffer = torch.empty(max(_BLOCK_ELEMENTS, n), dtype=torch.float64, device=t.device)
         on_cpu = t.device.type == "cpu"
         for start, stop in blocks:
             rows, width = stop - start, n - start
@@ -174,7 +176,7 @@ class Sufficiency(Metric):
         else:
             count = torch.zeros(n, dtype=torch.int64, device=t.device)
             both = torch.zeros_like(count)
-        near_buffer = torch.empty(_BLOCK_ELEMENTS, dtype=torch.float32 if onehot is not None
+        near_buffer = torch.empty(max(_BLOCK_ELEMENTS, n), dtype=torch.float32 if onehot is not None
                                   else torch.bool, device=t.device)
         for start, stop in blocks:
             width = n - start

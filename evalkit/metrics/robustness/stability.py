@@ -188,6 +188,10 @@ class _RepresentationForward(_Forward):
     def rows(self, index: torch.Tensor) -> None:
         self._sample = self._sample_of_row.index_select(0, index)  # type: ignore[union-attr]
         self._diff = None
+        if self._store is not None:
+            # a chunk retried after running out of memory starts its layer calls afresh
+            for calls in self._store.values():
+                calls.clear()
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
