@@ -334,29 +334,6 @@ class TestShiftedModel:
             torch.testing.assert_close(work(x + d), model(x), rtol=1e-5, atol=1e-5)
         assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
-    @pytest.mark.parametrize(
-        "factory, shape",
-        [
-            (lambda: relu_net(in_ch=3, size=6), (3, 6, 6)),
-            (lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(),
-                                   nn.Linear(4 * 8, 3)), (2, 10)),
-            (lambda: nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 3)), (7,)),
-            (mlp, (3, 6, 6)),  # flattened first: the layer sees the same data, reshaped
-        ],
-    )
-    @pytest.mark.parametrize("batch_size", [None, 2])
-    def test_reference_forward_finds_the_probes_first_layer(self, factory, shape, batch_size):
-        # the reference predict finds the first layer (and its input shape for one sample)
-        # that a one-sample probe finds, with the same outputs as a plain predict
-        torch.manual_seed(0)
-        model = factory()
-        x = torch.randn(5, *shape)
-        w = wrap_model(model, batch_size=batch_size)
-        outputs, found = InputInvariance._predict_finding_first_layer(w, x)
-        assert torch.equal(outputs, w.predict(x))
-        assert found == InputInvariance._first_layer(w, model, x[:1].clone())
-        assert all(not m._forward_pre_hooks for m in model.modules())
-
     def test_trained_model_with_padded_bias_free_first_conv(self):
         from evalkit.datasets import make_shapes
         from evalkit.zoo import load_shapes_cnn
@@ -453,54 +430,6 @@ class TestInputInvariance:
         scores = InputInvariance(input_shift=-1.0)(model, x, y, explain_fn=ig_min_baseline)
         np.testing.assert_array_equal(scores, 1.0)
 
-    @pytest.mark.parametrize("batch_size", [None, 4])
-    def test_compensation_checked_on_the_explanations_forward(self, data, batch_size):
-        # a gradient runs the copy on exactly the shifted rows: their outputs serve the
-        # compensation check, which then needs no forward pass of its own (N rows for the
-        # reference, N for the explanation, and at most one cached label-check row)
-        model, x, y = data
-        a = ek.explain(model, x, y, method="Gradient")
-        w = wrap_model(model, batch_size=batch_size)
-        w.counter.reset()
-        scores = InputInvariance(input_shift=-1.0)(w, x, y, a,
-                                                   explain_kwargs={"method": "Gradient"})
-        np.testing.assert_array_equal(scores, 1.0)
-        assert w.counter.rows - 2 * len(x) in (0, 1)
-
-    def test_copy_that_does_not_reproduce_the_model_raises(self):
-        # the input also bypasses the first layer: the bias cannot absorb the shift, whether
-        # the explanation's forward passes or the check's own predict show it
-        class Bypass(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.fc = nn.Linear(6, 3)
-
-            def forward(self, x):
-                return self.fc(x) + x[:, :3]
-
-        model = seeded(Bypass)
-        x = torch.rand(5, 6, generator=torch.Generator().manual_seed(1))
-        y = predicted(model, x)
-        with pytest.raises(ValueError, match="does not reproduce the model"):
-            InputInvariance(input_shift=-1.0)(model, x, y, explain_kwargs={"method": "Gradient"})
-
-        def failing(mdl, xs, ys):
-            raise RuntimeError("explainer failed")
-
-        with pytest.raises(ValueError, match="does not reproduce the model"):
-            InputInvariance(input_shift=-1.0)(model, x, y, torch.ones(5, 6), explain_fn=failing)
-
-    def test_explain_function_that_runs_other_inputs(self, data):
-        # integration steps run the copy on other rows than the shifted inputs: the check
-        # predicts the shifted inputs itself (and the scores are those of the statement)
-        model, x, y = data
-        w = wrap_model(model)
-        m = InputInvariance(input_shift=-1.0)
-        w.counter.reset()
-        scores = m(w, x, y, explain_kwargs={"method": "IntegratedGradients", "n_steps": 4})
-        np.testing.assert_array_equal(scores, 0.0)
-        assert w.counter.rows >= 3 * len(x)
-
     def test_residual_mode_and_user_model_untouched(self, data):
         model, x, y = data
         state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -562,3 +491,59 @@ def test_metadata():
         assert cls.family == "axiomatic"
         assert get(cls.__name__) is cls
     assert not NonSensitivity.higher_is_better
+
+
+def _input_gradient(m, xs, ys):
+    xs = xs.clone().requires_grad_(True)
+    m(xs).gather(1, ys.view(-1, 1)).sum().backward()
+    return xs.grad
+
+
+def test_input_invariance_with_per_sample_gradients_through_vmap():
+    """torch.func's per-sample gradients (vmap over grad) run the shifted copy on batched
+    tensors: the metric must not inspect them (a gradient is input invariant here)."""
+    from torch.func import grad, vmap
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(5, 6)
+    y = model(x).argmax(1)
+
+    def per_sample_grad(m, xs, ys):
+        def f(xi, yi):
+            return m(xi.unsqueeze(0))[0].gather(0, yi.view(1)).sum()
+
+        return vmap(grad(f))(xs, ys)
+
+    scores = InputInvariance(input_shift=-1.0)(model, x, y, per_sample_grad(model, x, y),
+                                               explain_fn=per_sample_grad)
+    np.testing.assert_array_equal(scores, np.ones(5))
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(3, None), (4, None), (6, 4)])
+def test_input_invariance_sequence_first_model_with_a_per_step_shift(n, batch_size):
+    """A sequence-first model transposes (N, T, F) before its first Linear: the bias map of a
+    shift that varies over T must follow the layer's own input layout, also where a chunk
+    has as many rows as there are time steps."""
+
+    class SeqFirst(nn.Module):
+        def __init__(self, t: int, f: int) -> None:
+            super().__init__()
+            self.fc = nn.Linear(f, 4)
+            self.head = nn.Linear(4 * t, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.fc(x.transpose(0, 1)))  # (T, N, 4)
+            return self.head(h.transpose(0, 1).reshape(x.shape[0], -1))
+
+    torch.manual_seed(0)
+    t, f = 4, 3
+    model = SeqFirst(t, f).eval()
+    shift = torch.randn(t, f)
+    x = torch.randn(n, t, f)
+    y = model(x).argmax(1)
+    residual = InputInvariance(input_shift=shift, return_residual=True)(
+        wrap_model(model, batch_size=batch_size), x, y, _input_gradient(model, x, y),
+        explain_fn=_input_gradient)
+    assert residual.shape == (n,)
+    assert np.all(residual < 1e-5)  # the gradient of the compensated copy is the model's

@@ -34,64 +34,6 @@ from .base import Metric, MetricBatch
 __all__ = ["Completeness", "InputInvariance", "NonSensitivity"]
 
 
-def _reproduces(out: torch.Tensor, ref: torch.Tensor) -> float | None:
-    """None if the shifted copy's outputs ``out`` reproduce the model's ``ref`` (max absolute
-    difference within 1e-3 of their scale), else that difference."""
-    if out.shape != ref.shape:
-        return math.inf
-    scale = float(ref.abs().max()) if ref.numel() else 0.0
-    err = float((out - ref).abs().max()) if ref.numel() else 0.0
-    if not math.isfinite(err) or err > 1e-3 * max(scale, 1.0):
-        return err
-    return None
-
-
-class _ForwardOutputs:
-    """The shifted copy's outputs on ``x`` as the explain function's own forward passes
-    compute them (one forward hook on the copy's module): the compensation check then needs
-    no forward pass of its own where the explanation ran the model on exactly ``x``'s rows,
-    in order (a gradient, a CAM). Anything else (other inputs, noise, integration steps, an
-    ``output_fn`` or autocast on the wrapper) leaves :meth:`outputs` None."""
-
-    def __init__(self, wrapper: ModelWrapper, x: torch.Tensor) -> None:
-        self.wrapper = wrapper
-        self.x = x
-        self.parts: list[torch.Tensor] = []
-        self.rows = 0
-        self.valid = (isinstance(getattr(wrapper, "model", None), nn.Module)
-                      and getattr(wrapper, "output_fn", None) is None
-                      and getattr(wrapper, "autocast", None) is None)
-
-    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not self.valid:
-            return
-        xin = args[0] if len(args) == 1 else None
-        if (not isinstance(xin, torch.Tensor) or not isinstance(output, torch.Tensor)
-                or xin.ndim != self.x.ndim or xin.dtype != self.x.dtype
-                or xin.shape[1:] != self.x.shape[1:] or output.ndim < 1
-                or output.shape[0] != xin.shape[0]
-                or self.rows + xin.shape[0] > self.x.shape[0]
-                or not torch.equal(xin.detach(), self.x[self.rows:self.rows + xin.shape[0]])):
-            self.valid = False
-            self.parts = []
-            return
-        self.parts.append(output.detach().clone())
-        self.rows += xin.shape[0]
-
-    def recording(self) -> HookHandles:
-        hooks = HookHandles()
-        if self.valid:
-            hooks.forward(self.wrapper.model, self._hook)
-        return hooks
-
-    def outputs(self) -> torch.Tensor | None:
-        """The wrapper's outputs on ``x`` (its softmax applied), or None."""
-        if not self.valid or self.rows != self.x.shape[0] or not self.parts:
-            return None
-        out = torch.cat(self.parts, 0) if len(self.parts) > 1 else self.parts[0]
-        return torch.softmax(out, dim=1) if self.wrapper.softmax else out
-
-
 def _bool_or_residual(passed: torch.Tensor, residual: torch.Tensor, as_residual: bool
                       ) -> torch.Tensor:
     return residual.to(torch.float64) if as_residual else passed.to(torch.float64)
@@ -525,15 +467,9 @@ class InputInvariance(Metric):
                 f"shape {tuple(x.shape[1:])}."
             ) from err
 
-    def shifted_model(self, model: ModelWrapper, x: torch.Tensor,
-                      first_layer: tuple[str, tuple[int, ...]] | None = None
-                      ) -> tuple[nn.Module, str, str]:
+    def shifted_model(self, model: ModelWrapper, x: torch.Tensor) -> tuple[nn.Module, str, str]:
         """A deep copy of ``model``'s module whose first layer absorbs the shift, the first
-        layer's name, and the kind of compensation (``"bias"`` or ``"bias map"``).
-
-        ``first_layer``: the first layer's name and its input shape for one sample, where a
-        forward pass already found them (:meth:`_predict_finding_first_layer`); None: one
-        forward of a copy of the first sample finds them."""
+        layer's name, and the kind of compensation (``"bias"`` or ``"bias map"``)."""
         module = getattr(model, "model", None)
         if not isinstance(module, nn.Module):
             raise NotImplementedError(
@@ -541,10 +477,8 @@ class InputInvariance(Metric):
                 f"in a copy of the model; got {type(model).__name__}."
             )
         d = self._shift(x)
-        if first_layer is None:
-            probe = x[:1].detach().clone()
-            first_layer = self._first_layer(model, module, probe)
-        name, layer_input_shape = first_layer
+        probe = x[:1].detach().clone()
+        name, layer_input_shape = self._first_layer(model, module, probe)
         work = copy_module(module)  # copy.deepcopy's copy, built with less work
         layer = work.get_submodule(name)  # the path's modules only, not a walk of all
         with torch.no_grad():
@@ -607,84 +541,27 @@ class InputInvariance(Metric):
             )
         return names[first], tuple(first_in.shape)
 
-    @staticmethod
-    def _predict_finding_first_layer(model: ModelWrapper, x: torch.Tensor
-                                     ) -> tuple[torch.Tensor, tuple[str, tuple[int, ...]] | None]:
-        """``model.predict(x)``, and the first layer's name and its input shape for one sample
-        as :meth:`_first_layer` finds them, read from the first chunk's forward pass (which
-        saves the probe's forward pass of its own); None where that pass does not decide them
-        (then :meth:`_first_layer` probes, and raises its errors)."""
-        module = getattr(model, "model", None)
-        if not isinstance(module, nn.Module):
-            return model.predict(x), None
-        seen: dict[str, Any] = {}
-        hooks = HookHandles()
-
-        def root_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
-            if "root" not in seen:
-                seen["root"] = args[0] if args and isinstance(args[0], torch.Tensor) else None
-
-        def layer_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
-            if args and isinstance(args[0], torch.Tensor):
-                seen["first"] = (mod, args[0])
-                hooks.remove()  # the first call is all it needs: later chunks run hook-free
-
-        with hooks:
-            hooks.forward_pre(module, root_hook)
-            for m in module.modules():
-                if isinstance(m, _FIRST_LAYER_TYPES):
-                    hooks.forward_pre(m, layer_hook)
-            outputs = model.predict(x)
-        root, first = seen.get("root"), seen.get("first")
-        if root is None or first is None:
-            return outputs, None
-        layer, first_in = first
-        if (first_in.data_ptr() != root.data_ptr() or first_in.numel() != root.numel()
-                or first_in.ndim < 1 or root.ndim < 1 or first_in.shape[0] != root.shape[0]):
-            return outputs, None
-        name = next((n for n, m in module.named_modules() if m is layer), None)
-        if name is None:
-            return outputs, None
-        return outputs, (name, (1, *first_in.shape[1:]))
-
     # ------------------------------------------------------------------ evaluate
     def _evaluate(self, batch: MetricBatch) -> torch.Tensor:
         model = batch.require_model()
         assert batch.a is not None
         x = batch.x
-        # the compensation must be exact: m2(x + d) == m1(x); the reference forward pass also
-        # finds the first layer
-        ref, first_layer = self._predict_finding_first_layer(model, x)
-        ref = ref.to(torch.float64)
-        work, name, kind = self.shifted_model(model, x, first_layer)
+        work, name, kind = self.shifted_model(model, x)
         shifted = model._copy(work)  # a wrapper with the same options around the copy
         x_shift = x + self._shift(x)
         batch.record("first_layer", name)
         batch.record("compensation", kind)
-
-        def check_compensation(out: torch.Tensor | None) -> bool:
-            # m2(x + d) must reproduce m1(x); outputs that the explanation's forward passes
-            # gave may only pass the check: where they do not (or there are none), the
-            # copy's own predict decides, and a failure raises
-            if out is not None and _reproduces(out.to(torch.float64), ref) is None:
-                return True
-            err = _reproduces(shifted.predict(x_shift).to(torch.float64), ref)
-            if err is not None:
-                raise ValueError(
-                    f"InputInvariance: the shifted copy does not reproduce the model (max "
-                    f"output difference {err:.3g}); the first layer {name!r} cannot absorb "
-                    "the shift."
-                )
-            return True
-
-        seen = _ForwardOutputs(shifted, x_shift)
-        try:
-            with seen.recording():
-                raw = self._run_explain(batch, x_shift, batch.y, shifted)
-        except Exception:
-            check_compensation(None)  # a copy that does not reproduce the model says so first
-            raise
-        check_compensation(seen.outputs())
+        # the compensation must be exact: m2(x + d) == m1(x)
+        ref = model.predict(x).to(torch.float64)
+        out = shifted.predict(x_shift).to(torch.float64)
+        scale = float(ref.abs().max()) if ref.numel() else 0.0
+        err = float((out - ref).abs().max()) if ref.numel() else 0.0
+        if not math.isfinite(err) or err > 1e-3 * max(scale, 1.0):
+            raise ValueError(
+                f"InputInvariance: the shifted copy does not reproduce the model (max output "
+                f"difference {err:.3g}); the first layer {name!r} cannot absorb the shift."
+            )
+        raw = self._run_explain(batch, x_shift, batch.y, shifted)
         finite = finite_rows(raw)
         a2 = self._preprocess_attributions(batch, raw, x_shift, flag_nan=False)
         a1 = batch.a
