@@ -13,6 +13,7 @@ from evalkit.perturb._select import (
     select,
     select_kept,
     window_select,
+    zero_unkept_,
 )
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
@@ -103,3 +104,26 @@ def test_large_chunks_take_torch_where_with_the_same_result():
     assert torch.equal(rank_select(rank, torch.tensor(200), fill, x), want)
     assert torch.equal(select(rank < 200, fill, x), want)
     assert torch.equal(window_select(rank, torch.tensor(0), torch.tensor(200), fill, x), want)
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.bool])
+@pytest.mark.parametrize("kept_shape", [(5, 3, 7), (5, 1, 7), (1, 3, 1)])
+def test_zero_unkept_is_masked_fill_bit_for_bit(dtype, kept_shape):
+    x = (_data(dtype, (5, 3, 7), 0) if dtype != torch.bool
+         else torch.rand(5, 3, 7, generator=torch.Generator().manual_seed(0)) < 0.5)
+    kept = torch.rand(kept_shape, generator=torch.Generator().manual_seed(2)) < 0.5
+    want = x.clone().masked_fill_(~kept, 0)
+    out = x.clone()
+    assert zero_unkept_(out, kept) is out  # in place
+    if dtype == torch.bool:
+        assert torch.equal(out, want)
+        return
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64, 1: torch.uint8}[x.element_size()]
+    # kept elements keep their bits (NaN, -0.0, -inf among them); dropped ones are +0.0
+    assert torch.equal(out.view(bits), want.view(bits))
+
+
+def test_zero_unkept_of_a_large_chunk_is_masked_fill():
+    x = torch.randn(600, 500)  # above the cache-sized limit: masked_fill_
+    kept = torch.rand(600, 500) < 0.5
+    assert torch.equal(zero_unkept_(x.clone(), kept), x.masked_fill(~kept, 0))

@@ -305,3 +305,23 @@ def test_every_metric_that_ranks_features_handles_constant_maps():
         if calls and not issubclass(cls, RanksFeatures):
             missing[name] = calls
     assert not missing, f"rank features but do not subclass RanksFeatures: {missing}"
+
+
+def test_constant_maps_are_the_maps_whose_feature_values_are_all_equal():
+    from types import SimpleNamespace
+
+    from evalkit.metrics._ties import constant_maps
+
+    a = torch.randn(6, 3, 4, 5)
+    a[1] = 2.5  # constant
+    a[2] = 0.0
+    a[2, 0, 0, 0] = -0.0  # -0.0 equals 0.0: still constant
+    a[3, 1, 2, 3] = float("nan")  # a NaN feature: not constant
+    a[4] = float("nan")  # all NaN: not constant (NaN equals nothing)
+    a[5, :, :, :] = 1.0
+    a[5, 0, 0, 0] = 1.5  # one feature differs (its channel sum)
+    batch = SimpleNamespace(a=a, modality=ImageModality(), metric=None)
+    features = a.sum(1).reshape(6, -1)
+    lo, hi = torch.aminmax(features, dim=1)
+    assert constant_maps(batch).tolist() == (hi == lo).tolist() == [
+        False, True, True, False, False, False]

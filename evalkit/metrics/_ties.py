@@ -55,6 +55,10 @@ def constant_maps(batch: MetricBatch, a: torch.Tensor | None = None) -> torch.Te
     if a is None:
         raise ValueError(f"{type(batch.metric).__name__} needs attributions.")
     features, _ = batch.modality.feature_maps(a)
+    if features.device.type == "cpu":
+        # torch's CPU aminmax along a dimension is several times slower than amin and amax
+        # apart (8 against 1.1 ms for 64 maps of 224 x 224 float32, one thread)
+        return features.amax(1) == features.amin(1)
     lo, hi = torch.aminmax(features, dim=1)  # one pass for both
     return hi == lo
 

@@ -24,6 +24,7 @@ from ... import _rng
 from ..._hook_handles import HookHandles
 from ..._validation import check_bool, check_scalar
 from ...perturb import Imputer, TokenDeletion, make_grouping, make_imputer
+from ...perturb._select import zero_unkept_
 from .._removal import (
     RemovalPlan,
     RowWriter,
@@ -323,8 +324,6 @@ class _SoftFidelity(Metric):
         # one element per group in order: the probabilities' map is a reshape, no gather
         flat_groups = identity_groups(grp)
         label_shape = tuple(grp.labels.shape[1:])
-        # u >= p is ~(u < p) for the uniform draws u, unless p is NaN
-        nan_keep = bool(keep.isnan().any())
 
         def write(m: torch.Tensor, out: torch.Tensor) -> None:
             i = d_samples.index_select(0, m)
@@ -335,9 +334,9 @@ class _SoftFidelity(Metric):
             u = _rng.uniform(d_keys.index_select(0, m), tuple(x.shape[1:]),
                              dtype=torch.float64, stream=_SOFT_STREAM).to(x.device)
             # the rows are copied into the chunk and zeroed in place there, the same values
-            # as torch.where(u < prob, x, 0) without a second tensor
-            drop = ~(u < prob) if nan_keep else u >= prob
-            torch.index_select(x, 0, i, out=out).masked_fill_(drop, 0.0)
+            # as torch.where(u < prob, x, 0) without a second tensor (u < prob is False for
+            # a NaN probability: the element is dropped)
+            zero_unkept_(torch.index_select(x, 0, i, out=out), u < prob)
 
         def zeros(m: torch.Tensor, out: torch.Tensor) -> None:
             # u < 0 never holds for u in [0, 1): the empty input is zeros
