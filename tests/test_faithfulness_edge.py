@@ -366,3 +366,32 @@ def test_empty_and_full_perturbation_sets(data):
     drop_top = M.AverageDrop(threshold_percentile=100, relative=False)(model, x, y, a)
     drop_all = M.AverageDrop(threshold_percentile=0, relative=False)(model, x, y, a)
     assert (drop_top >= drop_all).all() and (drop_top > 0).any()
+
+
+def test_soft_pair_drops_elements_whose_keep_probability_is_nan():
+    """Importances of +-1e308 overflow the min-max span (q = inf / inf = NaN for every
+    feature but the smallest, which gets q = 0): a NaN keep probability drops its element
+    (u < NaN is False). Sufficiency (keep q) then drops everything, comprehensiveness
+    (keep 1 - q) keeps only the smallest feature: every draw scores that input."""
+    import warnings
+
+    from evalkit.metrics import SoftComprehensiveness, SoftSufficiency
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).eval()
+    x = torch.randn(3, 4)
+    y = torch.zeros(3, dtype=torch.long)
+    a = torch.full((3, 4), 1e308, dtype=torch.float64)
+    a[:, 0] = -1e308
+    only_first = torch.zeros_like(x)
+    only_first[:, 0] = x[:, 0]
+    with torch.no_grad():
+        p_empty = torch.softmax(model(torch.zeros_like(x)), 1)[:, 0].numpy()
+        p_first = torch.softmax(model(only_first), 1)[:, 0].numpy()
+    for cls, want in ((SoftSufficiency, p_empty), (SoftComprehensiveness, p_first)):
+        metric = cls(nr_samples=2, normalise=False, abs=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            metric(model, x, y, a)
+        draws = np.asarray(metric.draw_scores_)
+        np.testing.assert_allclose(draws, np.repeat(want[:, None], 2, 1), rtol=1e-6)
