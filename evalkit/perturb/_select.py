@@ -121,10 +121,11 @@ def select_kept(kept: torch.Tensor, x: torch.Tensor, fill: torch.Tensor) -> torc
 
 def zero_unkept_(out: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """``out.masked_fill_(~kept, 0)`` in place for a bool ``kept`` broadcastable into ``out``
-    (True: the element stays; ``out`` non-overlapping: no expanded view), bit for bit (a zeroed float is +0.0): an AND of ``out``'s bits
-    with the mask widened to all ones, without negating the mask (about 2.5 times faster than
-    a negation and ``masked_fill_`` on the CPU, (64, 3, 500) float32 rows), where
-    :func:`bits_dtype` allows and the chunk is cache-sized; else ``masked_fill_``."""
+    (True: the element stays; ``out`` non-overlapping: no expanded view), bit for bit (a
+    zeroed float is +0.0): an AND of ``out``'s bits with the mask widened to all ones,
+    without negating the mask (about 2.5 times faster than a negation and ``masked_fill_`` on
+    the CPU, (64, 3, 500) float32 rows), where :func:`bits_dtype` allows and the chunk is
+    cache-sized; else ``masked_fill_``."""
     bits = bits_dtype(out)
     if (bits is None or kept.dtype != torch.bool or kept.device != out.device
             or out.requires_grad or out.numel() > _CACHE_ELEMENTS
