@@ -804,6 +804,21 @@ def test_caller_arrays_are_not_mutated():
     assert math.isfinite(float(model.w.sum()))
 
 
+def _sufficiency_from_whole_matrix(m, model, x, a, threshold):
+    """Sufficiency by definition from the whole distance matrix: the share of each sample's
+    neighbours (distance <= threshold, itself excluded) with its predicted class; NaN without
+    neighbours."""
+    near = torch.as_tensor(m.distances(a)) <= threshold
+    near.fill_diagonal_(False)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    same = pred.unsqueeze(0) == pred.unsqueeze(1)
+    count = near.sum(1)
+    want = ((near & same).sum(1).double() / count.clamp_min(1)).numpy()
+    want[(count == 0).numpy()] = np.nan
+    return want
+
+
 @pytest.mark.parametrize("name", ["seuclidean", "euclidean", "sqeuclidean"])
 @pytest.mark.parametrize("normalise_distances", [True, False])
 def test_sufficiency_blocked_counts_equal_the_distance_matrix(name, normalise_distances):
@@ -822,15 +837,7 @@ def test_sufficiency_blocked_counts_equal_the_distance_matrix(name, normalise_di
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         got = m(model, x, y, a)
-    d = torch.as_tensor(m.distances(a))
-    near = d <= 0.5
-    near.fill_diagonal_(False)
-    with torch.no_grad():
-        pred = model(x).argmax(1)
-    same = pred.unsqueeze(0) == pred.unsqueeze(1)
-    count = near.sum(1)
-    want = ((near & same).sum(1).double() / count.clamp_min(1)).numpy()
-    want[(count == 0).numpy()] = np.nan
+    want = _sufficiency_from_whole_matrix(m, model, x, a, 0.5)
     assert np.array_equal(got, want, equal_nan=True)
 
 
@@ -866,15 +873,7 @@ def test_sufficiency_upper_triangle_counts_equal_the_distance_matrix(name, thres
         with monkeypatch.context() as always_scan:
             always_scan.setattr(module, "_CANCEL_MARGIN", math.inf)
             scanned = m(model, x, y, a)
-    d = torch.as_tensor(m.distances(a))
-    near = d <= threshold
-    near.fill_diagonal_(False)
-    with torch.no_grad():
-        pred = model(x).argmax(1)
-    same = pred.unsqueeze(0) == pred.unsqueeze(1)
-    count = near.sum(1)
-    want = ((near & same).sum(1).double() / count.clamp_min(1)).numpy()
-    want[(count == 0).numpy()] = np.nan
+    want = _sufficiency_from_whole_matrix(m, model, x, a, threshold)
     assert np.array_equal(got, want, equal_nan=True)
     assert np.array_equal(scanned, want, equal_nan=True)
 

@@ -241,17 +241,25 @@ class _RepresentationForward(_Forward):
 
         return hook
 
-    def _reps(self) -> torch.Tensor:
-        parts = []
-        used = []
-        layout: dict[str, list[tuple[int, int]]] = {}
-        width = 0
+    def _layers_that_ran(self) -> list[tuple[str, list[Any]]]:
+        """(name, what its hooks recorded) of the layers that ran in the chunk's forward pass;
+        a silent layer is left out where ``skip_silent``, else an error."""
+        ran = []
         for name in self.layers:
             captured = self._store[name]  # type: ignore[index]
             if not captured:
                 if self.skip_silent:
                     continue
                 raise RuntimeError(f"Layer {name!r} produced no output in the forward pass.")
+            ran.append((name, captured))
+        return ran
+
+    def _reps(self) -> torch.Tensor:
+        parts = []
+        used = []
+        layout: dict[str, list[tuple[int, int]]] = {}
+        width = 0
+        for name, captured in self._layers_that_ran():
             used.append(name)
             for out in captured:
                 flat = out.reshape(out.shape[0], -1)
@@ -274,12 +282,7 @@ class _RepresentationForward(_Forward):
         """The chunk's ``reps - clean`` (B, R), written by the hooks."""
         used = []
         ok = True
-        for name in self.layers:
-            captured = self._store[name]  # type: ignore[index]
-            if not captured:
-                if self.skip_silent:
-                    continue
-                raise RuntimeError(f"Layer {name!r} produced no output in the forward pass.")
+        for name, captured in self._layers_that_ran():
             used.append(name)
             ok = ok and all(captured) and len(captured) == len(self._layout[name])
             captured.clear()
