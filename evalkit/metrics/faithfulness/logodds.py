@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..._validation import check_bool, check_scalar
@@ -147,20 +146,7 @@ class LogOdds(FollowsRemovalPlan, RanksFeatures):
         """The number of groups each sample erases, k (N,) int64 (``fraction`` of its G
         rounded half up, at most its positive groups with ``positive_only``, at most G), and
         the windows' upper bounds (N, 2): 0 and k."""
-        g = ordering.n_groups
-        if g.device.type == "cpu" and device.type == "cpu":
-            # the same float64 arithmetic in NumPy: a few us instead of tens for each of
-            # torch's calls on these (N,) arrays
-            gn = g.numpy()
-            k = np.floor(self.fraction * gn.astype(np.float64) + 0.5).astype(np.int64)
-            if self.positive_only:
-                np.minimum(k, np.count_nonzero(ordering.group_scores.detach().numpy() > 0,
-                                               axis=1), out=k)
-            np.minimum(k, gn, out=k)
-            hi = np.zeros((k.shape[0], 2), dtype=np.int64)
-            hi[:, 1] = k
-            return torch.from_numpy(k), torch.from_numpy(hi)
-        g = g.to(device)
+        g = ordering.n_groups.to(device)
         k = torch.floor(self.fraction * g.to(torch.float64) + 0.5).to(torch.int64)
         if self.positive_only:
             k = torch.minimum(k, (ordering.group_scores > 0).sum(1).to(device))
